@@ -1,0 +1,237 @@
+"""Structured attention kernels: a dense-masked reference and an efficient
+candidate-gather path, both driven by :mod:`structmt.attention.structure`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .structure import Structure, Supports, make_supports, sink_positions
+
+IMPLS = ("auto", "reference", "efficient")
+
+
+def structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps: float) -> Tensor:
+    """Softmax over ``support`` plus error-term keys of bounded weight.
+
+    Each error key gets ``sink_eps * sigmoid(score)`` (at most ``sink_eps``);
+    the structured weights share the rest, so each row sums to 1.  A row with
+    an empty support gets zero weight (never NaN), error keys included.
+    """
+    masked = scores.float().masked_fill(~support, float("-inf"))
+    probs = torch.softmax(masked, dim=-1)
+    probs = torch.where(support, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
+    if sink_eps:
+        extra = sink_eps * torch.sigmoid(scores.float()) * (error & support.any(-1, keepdim=True))
+        probs = probs * (1.0 - extra.sum(-1, keepdim=True)) + extra
+    return probs.type_as(scores)
+
+
+def _structure_for(
+    num_heads: int,
+    window: int | Sequence[int],
+    rare: int,
+    rare_heads: Sequence[bool] | Tensor | None,
+    causal: bool,
+    sinks: int,
+    sink_eps: float,
+) -> Structure:
+    windows = (window,) * num_heads if isinstance(window, int) else tuple(int(w) for w in window)
+    if len(windows) != num_heads:
+        raise ValueError(f"window: got {len(windows)} values for {num_heads} heads")
+    if rare_heads is None:
+        rare_heads = (True,) * num_heads
+    flags = tuple(bool(x) for x in (rare_heads.tolist() if isinstance(rare_heads, Tensor) else rare_heads))
+    if len(flags) != num_heads:
+        raise ValueError(f"rare_heads: got {len(flags)} values for {num_heads} heads")
+    return Structure(window=windows, rare_heads=flags, rare=rare, causal=causal, sinks=sinks, sink_eps=sink_eps)
+
+
+def _index_grid(batch: int, num_heads: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    b = torch.arange(batch, device=device).view(batch, 1, 1, 1)
+    h = torch.arange(num_heads, device=device).view(1, num_heads, 1, 1)
+    return b, h
+
+
+def reference_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    supports: Supports,
+    sink_eps: float,
+    q_pos: Tensor,
+    kv_pos: Tensor,
+    dropout_p: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Dense scores with the support as a boolean mask: ``O(Tq * S)``.
+
+    ``q_pos``: ``(Tq,)`` positions of the queries; ``kv_pos``: ``(S,)`` of the keys.
+    Returns the output ``(B, H, Tq, D)`` and the weights ``(B, H, Tq, S)``.
+    """
+    b, h = _index_grid(q.size(0), q.size(1), q.device)
+    qi, kvi = q_pos.view(1, 1, -1, 1), kv_pos.view(1, 1, 1, -1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.size(-1))
+    weights = structured_softmax(scores, supports.support(b, h, qi, kvi), supports.error(b, h, qi, kvi), sink_eps)
+    out = torch.matmul(F.dropout(weights, dropout_p, training=dropout_p > 0), v)
+    return out, weights
+
+
+def candidate_attention(
+    q: Tensor,
+    k_c: Tensor,
+    v_c: Tensor,
+    kv_pos: Tensor,
+    groups: Sequence[tuple[int, str]],
+    supports: Supports,
+    sink_eps: float,
+    q_pos: Tensor,
+    dropout_p: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Attention over gathered candidate keys: ``O(Tq * C)``.
+
+    Args:
+        q: ``(B, H, Tq, D)``.
+        k_c, v_c: ``(B, Tq, C, H, D)`` candidate keys/values of every query.
+        kv_pos: ``(B, Tq, C)`` their positions (any value where invalid).
+        groups: consecutive ``(size, name)`` slices of the ``C`` candidates,
+            ``name`` in ``band|rare|error``.
+        q_pos: ``(Tq,)`` query positions.
+    Returns:
+        output ``(B, H, Tq, D)`` and candidate weights ``(B, H, Tq, C)``.
+    """
+    b, h = _index_grid(q.size(0), q.size(1), q.device)
+    qi = q_pos.view(1, 1, -1, 1)
+    kv = kv_pos.unsqueeze(1)  # (B, 1, Tq, C)
+    support_parts, error_parts, start = [], [], 0
+    for size, name in groups:
+        part = kv[..., start : start + size]
+        start += size
+        allowed = getattr(supports, name)(b, h, qi, part)
+        allowed = allowed.expand(q.size(0), q.size(1), q.size(2), size)
+        support_parts.append(allowed if name != "error" else torch.zeros_like(allowed))
+        error_parts.append(allowed if name == "error" else torch.zeros_like(allowed))
+    support, error = torch.cat(support_parts, -1), torch.cat(error_parts, -1)
+    scores = torch.einsum("bhtd,btchd->bhtc", q, k_c) / math.sqrt(q.size(-1))
+    weights = structured_softmax(scores, support, error, sink_eps)
+    out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights, dropout_p, training=dropout_p > 0), v_c)
+    return out, weights
+
+
+def efficient_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    structure: Structure,
+    supports: Supports,
+    rare_sets: Tensor | None,
+    sink_pos: Tensor | None,
+    dropout_p: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gather the band, rare and error keys of every query and attend over them.
+
+    Time and memory ``O(T * (2w+1+r+k))`` per head; no ``T x T`` tensor.
+    Returns the output, the candidate weights ``(B, H, T, C)`` and the
+    candidate positions ``(B, T, C)``.
+    """
+    B, H, T, D = q.shape
+    W = structure.max_window
+    offsets = torch.arange(-W, 1 if structure.causal else W + 1, device=q.device)
+    q_pos = torch.arange(T, device=q.device)
+    parts = [(q_pos.view(1, T, 1) + offsets).expand(B, T, offsets.numel())]
+    groups = [(offsets.numel(), "band")]
+    if structure.uses_rare and rare_sets is not None:
+        parts.append(rare_sets)
+        groups.append((rare_sets.size(-1), "rare"))
+    if structure.sinks and sink_pos is not None:
+        parts.append(sink_pos.unsqueeze(1).expand(B, T, sink_pos.size(-1)))
+        groups.append((sink_pos.size(-1), "error"))
+    kv_pos = torch.cat(parts, dim=-1)
+    index = kv_pos.clamp(0, k.size(2) - 1)
+    batch = torch.arange(B, device=q.device).view(B, 1, 1)
+    k_c = k.transpose(1, 2)[batch, index]  # (B, T, C, H, D)
+    v_c = v.transpose(1, 2)[batch, index]
+    out, weights = candidate_attention(q, k_c, v_c, kv_pos, groups, supports, structure.sink_eps, q_pos, dropout_p)
+    return out, weights, kv_pos
+
+
+def choose_impl(impl: str, structure: Structure, num_keys: int) -> str:
+    """``auto`` picks the efficient path once the dense score matrix is
+    several times larger than the candidate set (short NMT sentences stay dense)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    return "efficient" if num_keys >= 4 * structure.keys_per_query and num_keys > 64 else "reference"
+
+
+def scatter_dense(weights: Tensor, kv_pos: Tensor, num_keys: int) -> Tensor:
+    """Candidate weights ``(B, H, T, C)`` → dense ``(B, H, T, S)`` (only when asked for)."""
+    B, H, T, C = weights.shape
+    valid = (kv_pos >= 0) & (kv_pos < num_keys)
+    index = kv_pos.clamp(0, num_keys - 1).unsqueeze(1).expand(B, H, T, C)
+    w = weights * valid.unsqueeze(1)
+    return weights.new_zeros(B, H, T, num_keys).scatter_add_(-1, index, w)
+
+
+def structured_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    window: int | Sequence[int],
+    rare_index: Tensor | None = None,
+    rare_heads: Sequence[bool] | Tensor | None = None,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    sinks: int = 0,
+    sink_eps: float = 0.0,
+    dropout_p: float = 0.0,
+    impl: str = "auto",
+    need_weights: bool = False,
+    structure: Structure | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention restricted to band + rare columns (+ bounded error keys).
+
+    Shaped like :func:`torch.nn.functional.scaled_dot_product_attention`:
+    ``q, k, v`` are ``(batch, heads, T, head_dim)`` (self-attention, ``Tq == Tk``).
+
+    Args:
+        window: band half-width, an int or one per head.
+        rare_index: ``(B, r)`` rare key positions for every query, or
+            ``(B, T, r)`` one set per query; -1 marks an empty slot.
+        rare_heads: which heads see the rare columns (all by default).
+        causal: also require ``kv <= q``.
+        key_padding_mask: ``(B, T)``, True at padding (as in fairseq).
+        sinks, sink_eps: error term, the first ``sinks`` real keys with weight
+            at most ``sink_eps`` each.
+        impl: ``auto|reference|efficient``.
+        need_weights: also return dense ``(B, H, T, T)`` weights.
+        structure: a prebuilt :class:`Structure` (overrides the above).
+    Returns:
+        ``(output (B, H, T, D), weights or None)``.
+    """
+    B, H, T, _ = q.shape
+    if k.shape[:3] != (B, H, T) or v.shape[:3] != (B, H, T):
+        raise ValueError(
+            f"q, k, v must share (batch, heads, T); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    r = 0 if rare_index is None else rare_index.size(-1)
+    if structure is None:
+        structure = _structure_for(H, window, r, rare_heads, causal, sinks, sink_eps)
+    sets = None
+    if rare_index is not None and structure.uses_rare:
+        sets = rare_index.unsqueeze(1).expand(B, T, r) if rare_index.dim() == 2 else rare_index
+    sink_pos = sink_positions(key_padding_mask, B, T, structure.sinks, q.device) if structure.sinks else None
+    supports = make_supports(
+        structure, num_keys=T, rare_sets=sets, key_padding_mask=key_padding_mask, sink_pos=sink_pos, device=q.device
+    )
+    if choose_impl(impl, structure, T) == "reference":
+        pos = torch.arange(T, device=q.device)
+        out, weights = reference_attention(q, k, v, supports, structure.sink_eps, pos, pos, dropout_p)
+        return out, (weights if need_weights else None)
+    out, weights, kv_pos = efficient_attention(q, k, v, structure, supports, sets, sink_pos, dropout_p)
+    return out, (scatter_dense(weights, kv_pos, T) if need_weights else None)

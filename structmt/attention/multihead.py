@@ -1,0 +1,208 @@
+"""A drop-in for fairseq's ``MultiheadAttention`` restricted to a :class:`Structure`."""
+
+from __future__ import annotations
+
+import torch
+from fairseq.modules.multihead_attention import MultiheadAttention
+from torch import Tensor
+
+from .functional import candidate_attention, structured_attention
+from .structure import NEVER_RARE, Structure, keys_to_positions, make_supports, rare_sets
+
+IncrementalState = dict[str, dict[str, Tensor | None]] | None
+
+
+class StructuredMultiheadAttention(MultiheadAttention):
+    """Self-attention whose heads only see their structured support.
+
+    Same parameters (and parameter names) as fairseq's ``MultiheadAttention``,
+    so dense checkpoints load into it and back.  The owning encoder/decoder
+    sets :attr:`token_rarity` (``(B, T)`` rarity keys of the input tokens)
+    before each forward; it is only needed when a head uses rare columns.
+
+    In incremental decoding the cache keeps the last ``w`` keys/values, the
+    current ``r`` rare ones and the ``k`` error keys: bounded, whatever the
+    prefix length.
+    """
+
+    structure: Structure
+    impl: str
+    token_rarity: Tensor | None
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        structure: Structure,
+        *,
+        dropout: float = 0.0,
+        bias: bool = True,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__(embed_dim, num_heads, dropout=dropout, bias=bias, self_attention=True)
+        self._configure(structure, impl)
+
+    def _configure(self, structure: Structure, impl: str) -> None:
+        if structure.num_heads != self.num_heads:
+            raise ValueError(f"structure has {structure.num_heads} heads, the attention {self.num_heads}")
+        if not self.self_attention:
+            raise ValueError("structured attention applies to self-attention blocks only")
+        if self.bias_k is not None or self.add_zero_attn:
+            raise ValueError("structured attention does not support add_bias_kv / add_zero_attn")
+        self.structure = structure
+        self.impl = impl
+        self.token_rarity = None
+
+    @classmethod
+    def from_dense(
+        cls, dense: MultiheadAttention, structure: Structure, impl: str = "auto"
+    ) -> StructuredMultiheadAttention:
+        """Wrap the projections of an existing ``MultiheadAttention`` (no new parameters)."""
+        new = cls.__new__(cls)
+        new.__dict__.update(dense.__dict__)
+        new._configure(structure, impl)
+        return new
+
+    def extra_repr(self) -> str:
+        s = self.structure
+        return (
+            f"heads={self.num_heads}, window={s.window}, rare={s.rare}, rare_heads={s.rare_heads}, "
+            f"causal={s.causal}, sinks={s.sinks}, impl={self.impl}"
+        )
+
+    def _rarity(self, batch: int, length: int, device: torch.device) -> Tensor:
+        if self.token_rarity is None:
+            if self.structure.uses_rare:
+                raise RuntimeError("rare-token heads need token_rarity; set it from the input tokens first")
+            return torch.full((batch, length), NEVER_RARE, dtype=torch.long, device=device)
+        return self.token_rarity
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor | None,
+        value: Tensor | None,
+        key_padding_mask: Tensor | None = None,
+        incremental_state: IncrementalState = None,
+        need_weights: bool = True,
+        static_kv: bool = False,
+        attn_mask: Tensor | None = None,
+        before_softmax: bool = False,
+        need_head_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Input ``(T, B, C)`` as in fairseq; returns ``(T, B, C)`` and weights
+        ``(B, T, S)`` averaged over heads, or ``(H, B, T, S)`` with ``need_head_weights``."""
+        if before_softmax:
+            raise NotImplementedError("before_softmax is not supported by structured attention")
+        if attn_mask is not None and not self.structure.causal:
+            raise NotImplementedError(
+                "an extra attn_mask is only accepted as the causal mask of decoder self-attention"
+            )
+        T, B, E = query.shape
+        H, D = self.num_heads, self.head_dim
+
+        def heads(x: Tensor) -> Tensor:
+            return x.view(-1, B, H, D).permute(1, 2, 0, 3)
+
+        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(query)), heads(self.v_proj(query))
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.to(torch.bool)
+        keys = self._rarity(B, T, query.device)
+        need = need_weights or need_head_weights
+        dropout_p = self.dropout_module.p if self.training else 0.0
+        if incremental_state is not None:
+            out, weights = self._step(q, k, v, keys[:, -1], incremental_state)
+            weights = None  # weights over the bounded cache are not a full row
+        else:
+            sets = rare_sets(keys, self.structure.rare, self.structure.causal) if self.structure.uses_rare else None
+            out, weights = structured_attention(
+                q,
+                k,
+                v,
+                window=self.structure.window,
+                rare_index=sets,
+                key_padding_mask=key_padding_mask,
+                dropout_p=dropout_p,
+                impl=self.impl,
+                need_weights=need,
+                structure=self.structure,
+            )
+        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(T, B, E))
+        if weights is None or not need:
+            return out, None
+        return out, (weights.transpose(0, 1) if need_head_weights else weights.mean(dim=1))
+
+    def _step(
+        self, q: Tensor, k: Tensor, v: Tensor, new_rarity: Tensor, incremental_state: dict
+    ) -> tuple[Tensor, Tensor]:
+        """One decoding step against the bounded cache (decoder self-attention)."""
+        if not self.structure.causal:
+            raise RuntimeError("incremental decoding needs a causal structure")
+        if q.size(2) != 1:
+            raise RuntimeError("incremental decoding feeds one token at a time")
+        s, B = self.structure, q.size(0)
+        buf = self._get_input_buffer(incremental_state)
+        step = int(buf["step"][0, 0]) if "step" in buf else 0
+        empty = k[:, :, :0]
+
+        band_k = torch.cat([buf.get("prev_key", empty), k], dim=2)
+        band_v = torch.cat([buf.get("prev_value", empty), v], dim=2)
+        nb = band_k.size(2)
+        parts_k, parts_v = [band_k], [band_v]
+        pos = [torch.arange(step - nb + 1, step + 1, device=q.device).expand(B, nb)]
+        groups = [(nb, "band")]
+        sets = None
+        if s.uses_rare:
+            old = buf.get("rare_rank", torch.full((B, 0), NEVER_RARE, dtype=torch.long, device=q.device))
+            merged = torch.cat([old, new_rarity.view(B, 1)], dim=1)
+            take = min(s.rare, merged.size(1))
+            ranks, idx = merged.topk(take, dim=1, largest=False, sorted=True)
+            pick = idx.view(B, 1, take, 1).expand(B, self.num_heads, take, k.size(-1))
+            rare_k = torch.cat([buf.get("rare_key", empty), k], dim=2).gather(2, pick)
+            rare_v = torch.cat([buf.get("rare_value", empty), v], dim=2).gather(2, pick)
+            buf.update(rare_rank=ranks, rare_key=rare_k, rare_value=rare_v)
+            sets = keys_to_positions(ranks)
+            parts_k.append(rare_k)
+            parts_v.append(rare_v)
+            pos.append(sets)
+            groups.append((take, "rare"))
+            sets = sets.unsqueeze(1)
+        sink_pos = None
+        if s.sinks:
+            sink_k, sink_v = buf.get("sink_key", empty), buf.get("sink_value", empty)
+            if sink_k.size(2) < s.sinks:
+                sink_k, sink_v = torch.cat([sink_k, k], dim=2), torch.cat([sink_v, v], dim=2)
+            buf.update(sink_key=sink_k, sink_value=sink_v)
+            ns = sink_k.size(2)
+            sink_pos = torch.arange(ns, device=q.device).expand(B, ns)
+            parts_k.append(sink_k)
+            parts_v.append(sink_v)
+            pos.append(sink_pos)
+            groups.append((ns, "error"))
+
+        supports = make_supports(
+            s,
+            num_keys=step + 1,
+            rare_sets=sets,
+            key_padding_mask=None,
+            sink_pos=sink_pos,
+            device=q.device,
+            first_query=step,
+        )
+        k_c = torch.cat(parts_k, dim=2).permute(0, 2, 1, 3).unsqueeze(1)  # (B, 1, C, H, D)
+        v_c = torch.cat(parts_v, dim=2).permute(0, 2, 1, 3).unsqueeze(1)
+        kv_pos = torch.cat(pos, dim=1).unsqueeze(1)
+        q_pos = torch.tensor([step], device=q.device)
+        out, weights = candidate_attention(q, k_c, v_c, kv_pos, groups, supports, s.sink_eps, q_pos)
+
+        keep = s.max_window
+        buf["prev_key"] = band_k[:, :, nb - min(keep, nb) :]
+        buf["prev_value"] = band_v[:, :, nb - min(keep, nb) :]
+        buf["step"] = torch.full((B, 1), step + 1, dtype=torch.long, device=q.device)
+        self._set_input_buffer(incremental_state, buf)
+        return out, weights
+
+    def cache_size(self, incremental_state: IncrementalState) -> int:
+        """Number of cached key vectors per sequence and head (for the bounded-cache check)."""
+        buf = self._get_input_buffer(incremental_state)
+        return sum(buf[name].size(2) for name in ("prev_key", "rare_key", "sink_key") if name in buf)

@@ -1,0 +1,340 @@
+"""The one definition of the attention structure (DESIGN.md §2-3).
+
+A head's *support* is a predicate over ``(b, h, q, kv)`` index tensors, in the
+style of FlexAttention's ``mask_mod``: the same predicates build the dense
+boolean mask of the reference path, mask the gathered candidate keys of the
+efficient path, and drive incremental decoding, analysis and figures.
+
+Groups of keys a query may see:
+
+* **band**: ``|q - kv| <= window[h]`` (positional heads use a small window,
+  syntactic and rare heads the syntactic one);
+* **rare**: ``kv`` is one of the ``r`` rarest tokens (of the prefix ``<= q``
+  when causal), for heads with ``rare_heads[h]``; a rare key already inside the
+  band counts once, in the band;
+* **sink** (the error term Ẽ): the first ``sinks`` non-padding keys, each with a
+  weight bounded by ``sink_eps``; only where the key is not already in the
+  support.
+
+All groups are intersected with causality (``kv <= q``) and key padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Predicate = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+#: rarity keys are ``count * POSITION_SPAN + position``: lower is rarer, ties
+#: break by position; special symbols and padding get ``NEVER_RARE``.
+POSITION_SPAN = 1 << 20
+NEVER_RARE = torch.iinfo(torch.int64).max
+
+ROLES = ("positional", "syntactic", "rare")
+ROLE_ALIASES = {
+    "pos": "positional",
+    "syn": "syntactic",
+    "rare": "rare",
+    "positional": "positional",
+    "syntactic": "syntactic",
+}
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Per-head structure of one attention block.
+
+    Attributes:
+        window: band half-width of each head.
+        rare_heads: whether each head also sees the rare-token columns.
+        rare: number of rare tokens ``r``.
+        causal: restrict every support to ``kv <= q`` (decoder self-attention).
+        sinks: number of error-term keys (first non-padding positions).
+        sink_eps: bound on the weight of each error-term key.
+    """
+
+    window: tuple[int, ...]
+    rare_heads: tuple[bool, ...]
+    rare: int = 0
+    causal: bool = False
+    sinks: int = 0
+    sink_eps: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.window) != len(self.rare_heads):
+            raise ValueError("window and rare_heads need one entry per head")
+        if any(w < 0 for w in self.window):
+            raise ValueError(f"band windows must be >= 0, got {self.window}")
+        if self.rare < 0:
+            raise ValueError(f"the rare-token count r must be >= 0, got {self.rare}")
+        if self.sinks < 0:
+            raise ValueError(f"the error-term key count must be >= 0, got {self.sinks}")
+        if self.sinks and not 0.0 < self.sink_eps * self.sinks < 1.0:
+            raise ValueError(f"error term: sinks * eps must lie in (0, 1), got {self.sinks} * {self.sink_eps}")
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.window)
+
+    @property
+    def max_window(self) -> int:
+        return max(self.window)
+
+    @property
+    def uses_rare(self) -> bool:
+        return self.rare > 0 and any(self.rare_heads)
+
+    @property
+    def keys_per_query(self) -> int:
+        """Candidate keys per query of the efficient path: band + rare + sinks."""
+        band = self.max_window + 1 if self.causal else 2 * self.max_window + 1
+        return band + (self.rare if self.uses_rare else 0) + self.sinks
+
+    @classmethod
+    def from_roles(
+        cls,
+        roles: list[str],
+        *,
+        window: int,
+        pos_window: int = 1,
+        rare: int = 0,
+        causal: bool = False,
+        sinks: int = 0,
+        sink_eps: float = 0.0,
+    ) -> Structure:
+        """Build a structure from head roles (``positional|syntactic|rare``)."""
+        widths = []
+        for role in roles:
+            if role not in ROLES:
+                raise ValueError(f"unknown head role {role!r}; choose from {', '.join(ROLES)}")
+            widths.append(pos_window if role == "positional" else window)
+        return cls(
+            window=tuple(widths),
+            rare_heads=tuple(role == "rare" for role in roles),
+            rare=rare,
+            causal=causal,
+            sinks=sinks,
+            sink_eps=sink_eps,
+        )
+
+
+def parse_role_mix(spec: str, num_heads: int, num_layers: int, option: str = "--struct-heads") -> list[list[str]]:
+    """Parse ``pos:1,syn:2,rare:1`` (all layers) or ``;``-separated per-layer mixes.
+
+    Returns one list of ``num_heads`` role names per layer.
+    """
+    layer_specs = [s for s in spec.split(";") if s.strip()]
+    if len(layer_specs) not in (1, num_layers):
+        raise ValueError(
+            f"{option} {spec!r}: give one role mix for all layers or one per layer "
+            f"({num_layers} layers), separated by ';'"
+        )
+    layers = []
+    for layer_spec in layer_specs:
+        roles: list[str] = []
+        for item in layer_spec.split(","):
+            name, _, count = item.strip().partition(":")
+            if name not in ROLE_ALIASES:
+                raise ValueError(
+                    f"{option} {spec!r}: unknown head role {name!r}; use pos/positional, syn/syntactic or rare"
+                )
+            try:
+                n = int(count) if count else 1
+            except ValueError:
+                raise ValueError(f"{option} {spec!r}: head count {count!r} is not an integer") from None
+            if n < 0:
+                raise ValueError(f"{option} {spec!r}: head count for {name} must be >= 0")
+            roles += [ROLE_ALIASES[name]] * n
+        if len(roles) != num_heads:
+            raise ValueError(
+                f"{option} {spec!r}: the role mix {layer_spec!r} gives {len(roles)} heads but the layer has {num_heads}"
+            )
+        layers.append(roles)
+    return layers * num_layers if len(layers) == 1 else layers
+
+
+# --------------------------------------------------------------------------
+# Predicates (mask_mod style), composed per group
+
+
+def band(window: Tensor) -> Predicate:
+    """``|q - kv| <= window[h]``."""
+    return lambda b, h, q, kv: (q - kv).abs() <= window[h]
+
+
+def causal(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+    """``kv <= q``."""
+    return kv <= q
+
+
+def rare_columns(rare_sets: Tensor, rare_heads: Tensor, first_query: int = 0) -> Predicate:
+    """``kv`` is in the rare set of query ``q``.
+
+    ``rare_sets``: ``(B, Tq, r)`` positions (-1 = none), row ``i`` for the
+    query at position ``first_query + i``.
+    """
+
+    def mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        member = (rare_sets[b, q - first_query] == kv.unsqueeze(-1)).any(-1)
+        return member & rare_heads[h]
+
+    return mod
+
+
+def first_keys(sink_pos: Tensor) -> Predicate:
+    """``kv`` is one of the error-term keys ``sink_pos[b]`` (``(B, k)``)."""
+    return lambda b, h, q, kv: (sink_pos[b] == kv.unsqueeze(-1)).any(-1)
+
+
+def real_key(key_padding_mask: Tensor | None, num_keys: int) -> Predicate:
+    """``0 <= kv < num_keys`` and ``kv`` is not padding."""
+
+    def mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        inside = (kv >= 0) & (kv < num_keys)
+        if key_padding_mask is None:
+            return inside
+        return inside & ~key_padding_mask[b, kv.clamp(0, num_keys - 1)]
+
+    return mod
+
+
+def and_masks(*mods: Predicate) -> Predicate:
+    def mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        out = mods[0](b, h, q, kv)
+        for m in mods[1:]:
+            out = out & m(b, h, q, kv)
+        return out
+
+    return mod
+
+
+def or_masks(*mods: Predicate) -> Predicate:
+    def mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        out = mods[0](b, h, q, kv)
+        for m in mods[1:]:
+            out = out | m(b, h, q, kv)
+        return out
+
+    return mod
+
+
+@dataclass
+class Supports:
+    """The group predicates of one call: which ``(b, h, q, kv)`` each group allows.
+
+    ``band`` and ``rare`` are disjoint (a rare key inside the band belongs to
+    the band); their union is the structured support.  ``error`` is disjoint
+    from both.
+    """
+
+    band: Predicate
+    rare: Predicate
+    error: Predicate
+
+    def support(self, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return self.band(b, h, q, kv) | self.rare(b, h, q, kv)
+
+
+def make_supports(
+    structure: Structure,
+    *,
+    num_keys: int,
+    rare_sets: Tensor | None,
+    key_padding_mask: Tensor | None,
+    sink_pos: Tensor | None,
+    device: torch.device,
+    first_query: int = 0,
+) -> Supports:
+    """Compose the group predicates of ``structure`` for one batch."""
+    window = torch.tensor(structure.window, device=device)
+    base = real_key(key_padding_mask, num_keys)
+    if structure.causal:
+        base = and_masks(base, causal)
+    in_band = band(window)
+    band_ok = and_masks(in_band, base)
+
+    def nothing(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return torch.zeros((), dtype=torch.bool, device=device).expand(
+            torch.broadcast_shapes(b.shape, h.shape, q.shape, kv.shape)
+        )
+
+    if structure.uses_rare and rare_sets is not None:
+        rare_heads = torch.tensor(structure.rare_heads, device=device)
+        in_rare = rare_columns(rare_sets, rare_heads, first_query)
+        rare_ok = and_masks(in_rare, lambda b, h, q, kv: ~in_band(b, h, q, kv), base)
+        structured = or_masks(in_band, in_rare)
+    else:
+        rare_ok = nothing
+        structured = in_band
+    if structure.sinks and sink_pos is not None:
+        error_ok = and_masks(first_keys(sink_pos), lambda b, h, q, kv: ~structured(b, h, q, kv), base)
+    else:
+        error_ok = nothing
+    return Supports(band=band_ok, rare=rare_ok, error=error_ok)
+
+
+# --------------------------------------------------------------------------
+# Rare tokens and error-term keys
+
+
+def rarity_keys(tokens: Tensor, counts: Tensor, never_rare: Tensor) -> Tensor:
+    """Rarity key per position: ``count * POSITION_SPAN + position``; lower is rarer.
+
+    Args:
+        tokens: ``(B, T)`` token ids.
+        counts: ``(V,)`` corpus counts (fairseq ``Dictionary.count``).
+        never_rare: ``(V,)`` bool, True for special symbols and padding.
+    """
+    pos = torch.arange(tokens.size(1), device=tokens.device)
+    if tokens.size(1) > POSITION_SPAN:
+        raise ValueError(f"sequences longer than {POSITION_SPAN} tokens are not supported")
+    keys = counts[tokens].clamp(max=(NEVER_RARE // POSITION_SPAN) - 1) * POSITION_SPAN + pos
+    return keys.masked_fill(never_rare[tokens], NEVER_RARE)
+
+
+def smallest(keys: Tensor, r: int) -> Tensor:
+    """The ``r`` smallest keys along the last dim, ascending; padded with ``NEVER_RARE``."""
+    if keys.size(-1) < r:
+        fill = keys.new_full((*keys.shape[:-1], r - keys.size(-1)), NEVER_RARE)
+        keys = torch.cat([keys, fill], dim=-1)
+    return keys.topk(r, dim=-1, largest=False, sorted=True).values
+
+
+def keys_to_positions(keys: Tensor) -> Tensor:
+    """Positions of rarity keys; -1 where the key is ``NEVER_RARE``."""
+    return torch.where(keys == NEVER_RARE, -1, keys % POSITION_SPAN)
+
+
+def rare_sets(keys: Tensor, r: int, causal: bool) -> Tensor:
+    """Rare set of every query: ``(B, T, r)`` key positions, -1 for none.
+
+    Non-causal: the ``r`` rarest positions of the sequence.  Causal: the ``r``
+    rarest of the prefix ``<= q``, by a log-depth scan of "r smallest" merges
+    (windows of the scan are disjoint, so no key is counted twice).
+    """
+    B, T = keys.shape
+    if r == 0:
+        return keys.new_full((B, T, 0), -1)
+    if not causal:
+        return keys_to_positions(smallest(keys, r)).unsqueeze(1).expand(B, T, r)
+    state = smallest(keys.unsqueeze(-1), r)  # (B, T, r)
+    shift = 1
+    while shift < T:
+        earlier = torch.cat([state.new_full((B, shift, r), NEVER_RARE), state[:, :-shift]], dim=1)
+        state = smallest(torch.cat([state, earlier], dim=-1), r)
+        shift *= 2
+    return keys_to_positions(state)
+
+
+def sink_positions(
+    key_padding_mask: Tensor | None, batch: int, num_keys: int, sinks: int, device: torch.device
+) -> Tensor:
+    """The first ``sinks`` non-padding positions of each sequence, ``(B, sinks)``, -1 for none."""
+    pos = torch.arange(num_keys, device=device).expand(batch, num_keys)
+    if key_padding_mask is not None:
+        pos = pos.masked_fill(key_padding_mask, NEVER_RARE)
+    return keys_to_positions(smallest(pos, sinks))

@@ -1,0 +1,1 @@
+"""Data preparation: fetch (verified), clean, SentencePiece, binarize."""

@@ -1,0 +1,100 @@
+"""Find or download corpus files, verifying SHA-256 checksums."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .files import atomic_path, sha256_file
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO_ROOT / "data"
+MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}"
+MULTI30K_ENV = "STRUCTMT_MULTI30K"
+MULTI30K_SHARED = REPO_ROOT.parent / "shared" / "data" / "multi30k"
+
+
+class DataError(RuntimeError):
+    """A corpus problem the user must fix; the message says what and where."""
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """``sha256sum`` format: ``<hex>  <name>`` per line."""
+    sums = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise DataError(f"{path}:{lineno}: expected '<sha256>  <file name>', got {line!r}")
+        sums[parts[1].lstrip("*")] = parts[0]
+    return sums
+
+
+def verify(path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise DataError(
+            f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}. "
+            "The file is corrupt or not the published one; delete it and fetch it again."
+        )
+
+
+def download(url: str, dest: Path, expected: str, timeout: float = 20.0) -> None:
+    """Download ``url`` to ``dest`` atomically; nothing is left behind unless the checksum matches."""
+    with atomic_path(dest) as tmp:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            while block := response.read(1 << 20):
+                out.write(block)
+        verify(tmp, expected)
+
+
+def fetch_files(
+    names: list[str],
+    checksums: dict[str, str],
+    *,
+    url_template: str,
+    mirror: str | None,
+    env_var: str,
+    fallback: Path | None,
+    cache: Path,
+) -> tuple[dict[str, Path], str]:
+    """Locate verified copies of ``names``.
+
+    Order: a mirror given by configuration, then ``$env_var``, then the
+    download cache (downloading what is missing), then ``fallback``.
+    Returns the paths and a sentence saying which source was used.
+    """
+    missing = [n for n in names if n not in checksums]
+    if missing:
+        raise DataError(f"no checksum for {missing} in the manifest; add them to data/*.sha256")
+    for label, folder in (("configured mirror", mirror), (f"${env_var}", os.environ.get(env_var))):
+        if folder:
+            root = Path(folder).expanduser()
+            absent = [n for n in names if not (root / n).is_file()]
+            if absent:
+                raise DataError(
+                    f"{label} {root} lacks {', '.join(absent)}; point it at a folder holding the corpus files"
+                )
+            for n in names:
+                verify(root / n, checksums[n])
+            return {n: root / n for n in names}, f"{label} {root}"
+    try:
+        for n in names:
+            dest = cache / n
+            if not dest.exists():
+                download(url_template.format(name=n), dest, checksums[n])
+            verify(dest, checksums[n])
+        return {n: cache / n for n in names}, f"download cache {cache} (from {url_template.format(name='…')})"
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        if fallback is not None and all((fallback / n).is_file() for n in names):
+            for n in names:
+                verify(fallback / n, checksums[n])
+            return {n: fallback / n for n in names}, f"offline mirror {fallback} (download failed: {err})"
+        raise DataError(
+            f"cannot download {url_template.format(name=names[0])} ({err}) and no local mirror was found. "
+            f"Set ${env_var} (or data.mirror=...) to a folder with the corpus files"
+            + (f", or place them at {fallback}" if fallback else "")
+        ) from err

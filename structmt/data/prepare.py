@@ -1,0 +1,258 @@
+"""Multi30k en→de preparation: fetch → decompress → clean → SentencePiece → binarize.
+
+Every stage is idempotent (:class:`structmt.data.files.Stage`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import subprocess
+import sys
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, DataError, fetch_files, read_checksums
+from .files import Stage, atomic_path
+
+log = logging.getLogger("structmt.data")
+
+#: fairseq split name → Multi30k file stem
+MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
+
+
+@dataclass
+class PrepConfig:
+    src: str = "en"
+    tgt: str = "de"
+    vocab_size: int = 8000
+    max_tokens_per_sentence: int = 250  # whitespace tokens, cleaning filter
+    max_length_ratio: float = 3.0
+    max_train_lines: int = 0  # 0 = all; a slice for smoke tests
+    max_eval_lines: int = 0  # 0 = all; slices valid/test too (smoke tests only)
+    mirror: str | None = None
+
+
+@dataclass
+class CleanCounts:
+    read: int = 0
+    empty: int = 0
+    too_long: int = 0
+    bad_ratio: int = 0
+    duplicate: int = 0
+    kept: int = 0
+
+
+def read_gz_lines(path: Path) -> list[str]:
+    """Decode a gzipped UTF-8 text file; errors name the file and line."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as err:
+        raise DataError(f"{path}: not a complete gzip file ({err}); fetch it again") from err
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        try:
+            out.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {err.start}); fix or remove the line"
+            ) from None
+    return out
+
+
+def clean_pairs(
+    src: list[str], tgt: list[str], cfg: PrepConfig, names: tuple[str, str]
+) -> tuple[list[tuple[str, str]], CleanCounts]:
+    """Drop empty lines, overlong sentences, extreme length ratios and duplicate pairs."""
+    if len(src) != len(tgt):
+        raise DataError(f"parallel files differ in length: {names[0]} has {len(src)} lines, {names[1]} has {len(tgt)}")
+    counts, seen, kept = CleanCounts(read=len(src)), set(), []
+    for s, t in zip(src, tgt, strict=True):
+        s, t = " ".join(s.split()), " ".join(t.split())
+        ns, nt = len(s.split()), len(t.split())
+        if not ns or not nt:
+            counts.empty += 1
+        elif max(ns, nt) > cfg.max_tokens_per_sentence:
+            counts.too_long += 1
+        elif max(ns, nt) > cfg.max_length_ratio * min(ns, nt) and max(ns, nt) > 5:
+            counts.bad_ratio += 1
+        elif (s, t) in seen:
+            counts.duplicate += 1
+        else:
+            seen.add((s, t))
+            kept.append((s, t))
+    counts.kept = len(kept)
+    return kept, counts
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
+    """Prepare Multi30k under ``out_dir``; returns the fairseq data-bin folder."""
+    cfg = cfg or PrepConfig()
+    out_dir = Path(out_dir)
+    langs = (cfg.src, cfg.tgt)
+    names = [f"{stem}.{lang}.gz" for stem in MULTI30K_SPLITS.values() for lang in langs]
+    paths, source = fetch_files(
+        names,
+        read_checksums(MANIFESTS / "multi30k.sha256"),
+        url_template=MULTI30K_URL,
+        mirror=cfg.mirror,
+        env_var=MULTI30K_ENV,
+        fallback=MULTI30K_SHARED,
+        cache=out_dir / "download",
+    )
+    log.info("Multi30k source: %s", source)
+    print(f"[data] Multi30k source: {source}", flush=True)
+
+    # 1. raw text (train cleaned, eval sets untouched: references stay raw)
+    raw = out_dir / "raw"
+    raw_out = [raw / f"{split}.{lang}" for split in MULTI30K_SPLITS for lang in langs]
+    stage = Stage("raw", raw, {"cfg": asdict(cfg) | {"vocab_size": None}}, [paths[n] for n in names], raw_out)
+    if not stage.done():
+        for split, stem in MULTI30K_SPLITS.items():
+            src_lines = read_gz_lines(paths[f"{stem}.{cfg.src}.gz"])
+            tgt_lines = read_gz_lines(paths[f"{stem}.{cfg.tgt}.gz"])
+            if split == "train":
+                pairs, counts = clean_pairs(src_lines, tgt_lines, cfg, (f"{stem}.{cfg.src}.gz", f"{stem}.{cfg.tgt}.gz"))
+                if cfg.max_train_lines:
+                    pairs = pairs[: cfg.max_train_lines]
+                print(f"[data] cleaning train: {asdict(counts)}; using {len(pairs)} pairs", flush=True)
+                src_lines, tgt_lines = [p[0] for p in pairs], [p[1] for p in pairs]
+            elif len(src_lines) != len(tgt_lines):
+                raise DataError(f"{stem}: {cfg.src} has {len(src_lines)} lines, {cfg.tgt} has {len(tgt_lines)}")
+            elif cfg.max_eval_lines:
+                src_lines, tgt_lines = src_lines[: cfg.max_eval_lines], tgt_lines[: cfg.max_eval_lines]
+            _write_lines(raw / f"{split}.{cfg.src}", src_lines)
+            _write_lines(raw / f"{split}.{cfg.tgt}", tgt_lines)
+        stage.finish()
+    else:
+        print("[data] raw: up to date", flush=True)
+
+    # 2. joint SentencePiece model
+    spm_dir = out_dir / "spm"
+    model = spm_dir / "spm.model"
+    stage = Stage(
+        "spm_train",
+        spm_dir,
+        {"vocab_size": cfg.vocab_size},
+        [raw / f"train.{lang}" for lang in langs],
+        [model, spm_dir / "spm.vocab"],
+    )
+    if not stage.done():
+        train_sentencepiece([raw / f"train.{lang}" for lang in langs], spm_dir / "spm", cfg.vocab_size)
+        stage.finish()
+
+    # 3. encode
+    enc_out = [spm_dir / f"{split}.{lang}" for split in MULTI30K_SPLITS for lang in langs]
+    stage = Stage("spm_encode", spm_dir, {}, [model, *raw_out], enc_out)
+    if not stage.done():
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        for split in MULTI30K_SPLITS:
+            for lang in langs:
+                lines = (raw / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
+                _write_lines(spm_dir / f"{split}.{lang}", [" ".join(p) for p in sp.encode(lines, out_type=str)])
+        stage.finish()
+
+    # 4. binarize with a joined dictionary
+    bin_dir = out_dir / "bin"
+    bin_out = [bin_dir / f"dict.{lang}.txt" for lang in langs] + [
+        bin_dir / f"{split}.{cfg.src}-{cfg.tgt}.{lang}.bin" for split in MULTI30K_SPLITS for lang in langs
+    ]
+    stage = Stage("binarize", bin_dir, {"src": cfg.src, "tgt": cfg.tgt}, enc_out, bin_out)
+    if not stage.done():
+        binarize(spm_dir, bin_dir, cfg.src, cfg.tgt, list(MULTI30K_SPLITS))
+        stage.finish()
+    return bin_dir
+
+
+def train_sentencepiece(inputs: list[Path], prefix: Path, vocab_size: int) -> None:
+    """Train a joint unigram SentencePiece model; ``prefix.model`` appears only when complete."""
+    import sentencepiece as spm
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    tmp_prefix = prefix.parent / f".{prefix.name}.tmp"
+    spm.SentencePieceTrainer.train(
+        input=",".join(str(p) for p in inputs),
+        model_prefix=str(tmp_prefix),
+        vocab_size=vocab_size,
+        character_coverage=1.0,
+        model_type="unigram",
+        input_sentence_size=2_000_000,
+        shuffle_input_sentence=True,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        unk_id=0,
+        minloglevel=2,
+        num_threads=2,
+    )
+    for ext in ("vocab", "model"):
+        Path(f"{tmp_prefix}.{ext}").replace(f"{prefix}.{ext}")
+
+
+def binarize(text_dir: Path, bin_dir: Path, src: str, tgt: str, splits: list[str]) -> None:
+    """``fairseq-preprocess`` with a joined dictionary, into a temp folder renamed into place."""
+    import shutil
+
+    tmp = bin_dir.parent / f".{bin_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    prefs = {"train": "--trainpref", "valid": "--validpref"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairseq_cli.preprocess",
+        "--source-lang",
+        src,
+        "--target-lang",
+        tgt,
+        "--joined-dictionary",
+        "--destdir",
+        str(tmp),
+        "--workers",
+        "2",
+    ]
+    for split in ("train", "valid"):
+        cmd += [prefs[split], str(text_dir / split)]
+    tests = [str(text_dir / s) for s in splits if s.startswith("test")]
+    if tests:
+        cmd += ["--testpref", ",".join(tests)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"fairseq-preprocess failed:\n{result.stderr[-2000:]}")
+    if bin_dir.exists():
+        shutil.rmtree(bin_dir)
+    tmp.replace(bin_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Prepare Multi30k (verified) into a fairseq data-bin.")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--vocab-size", type=int, default=PrepConfig.vocab_size)
+    p.add_argument("--max-train-lines", type=int, default=0)
+    p.add_argument("--mirror", default=None, help=f"folder with the Multi30k .gz files (or set ${MULTI30K_ENV})")
+    a = p.parse_args(argv)
+    try:
+        out = prepare_multi30k(
+            a.out_dir, PrepConfig(vocab_size=a.vocab_size, max_train_lines=a.max_train_lines, mirror=a.mirror)
+        )
+    except DataError as err:
+        sys.exit(f"error: {err}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

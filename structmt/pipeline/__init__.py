@@ -1,0 +1,1 @@
+"""The experiment pipeline: train → decode → score → leaderboard."""

@@ -1,0 +1,255 @@
+"""One experiment = prepare (cached) → train → decode → score → leaderboard.
+
+A run's id is derived from its resolved settings, so re-running the same
+settings finds the finished run (and skips it) or resumes it from its last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.files import write_text_atomic
+from ..data.prepare import PrepConfig, prepare_multi30k
+from . import leaderboard
+from .steps import Score, decode, score, train
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: fairseq split → published test set name (Multi30k)
+TEST_SETS = {"test": "test_2016_flickr", "test1": "test_2017_flickr"}
+
+
+@dataclass
+class ModelSpec:
+    """The architecture and, for structured models, the attention structure."""
+
+    arch: str = "structured_transformer_multi30k"
+    window: int = 3
+    rare: int = 2
+    heads: str = "auto"
+    error: str = "none"
+
+    @property
+    def structured(self) -> bool:
+        return self.arch.startswith("structured_")
+
+    def fairseq_args(self) -> list[str]:
+        if not self.structured:
+            return []
+        return [
+            "--struct-window",
+            str(self.window),
+            "--struct-rare",
+            str(self.rare),
+            "--struct-heads",
+            self.heads,
+            "--struct-error",
+            self.error,
+        ]
+
+
+@dataclass
+class Schedule:
+    """Optimisation settings shared by the runs that are compared with each other."""
+
+    name: str = "cpu_demo"
+    max_update: int = 1200
+    lr: float = 0.003
+    warmup: int = 300
+    max_tokens: int = 4096
+    dropout: float = 0.3
+    label_smoothing: float = 0.1
+    seed: int = 1
+    threads: int = 2
+    beam: int = 5
+
+    def fairseq_args(self) -> list[str]:
+        return [
+            "--optimizer",
+            "adam",
+            "--adam-betas",
+            "(0.9,0.98)",
+            "--lr",
+            str(self.lr),
+            "--lr-scheduler",
+            "inverse_sqrt",
+            "--warmup-updates",
+            str(self.warmup),
+            "--max-tokens",
+            str(self.max_tokens),
+            "--max-update",
+            str(self.max_update),
+            "--dropout",
+            str(self.dropout),
+            "--criterion",
+            "label_smoothed_cross_entropy",
+            "--label-smoothing",
+            str(self.label_smoothing),
+            "--seed",
+            str(self.seed),
+            "--num-workers",
+            "0",
+            "--required-batch-size-multiple",
+            "1",
+            "--no-epoch-checkpoints",
+            "--save-interval-updates",
+            "200",
+            "--keep-interval-updates",
+            "1",
+            "--disable-validation",
+            "--log-interval",
+            "50",
+        ]
+
+
+@dataclass
+class DataSpec:
+    name: str = "multi30k_en_de"
+    src: str = "en"
+    tgt: str = "de"
+    vocab_size: int = 8000
+    mirror: str | None = None
+
+
+@dataclass
+class RunSpec:
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    schedule: Schedule = field(default_factory=Schedule)
+
+    def run_id(self) -> str:
+        """Stable id from the settings that change the result (not the thread count)."""
+        settings = asdict(self)
+        settings["schedule"].pop("threads")
+        settings["data"].pop("mirror")
+        if not self.model.structured:
+            settings["model"] = {"arch": self.model.arch}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        m = self.model
+        shape = f"w{m.window}-r{m.rare}" if m.structured else "dense"
+        return f"{self.data.name}-{self.schedule.name}-{shape}-{digest}"
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _count_params(train_log: Path) -> int:
+    found = re.findall(r"num\. shared model params: ([\d,]+)", train_log.read_text(encoding="utf-8", errors="replace"))
+    return int(found[-1].replace(",", "")) if found else 0
+
+
+def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples: int = 1000) -> tuple[float, float]:
+    """sacreBLEU's paired bootstrap resampling: (p-value, 95% CI half-width of the system's BLEU)."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    refs = ref.read_text(encoding="utf-8").splitlines()
+    systems = [
+        ("baseline", baseline_hyp.read_text(encoding="utf-8").splitlines()),
+        ("system", system_hyp.read_text(encoding="utf-8").splitlines()),
+    ]
+    test = PairedTest(systems, {"BLEU": BLEU(references=[refs])}, references=None, test_type="bs", n_samples=n_samples)
+    _, results = test()
+    res = results["BLEU"][1]
+    return round(float(res.p_value), 4), round(float(res.ci), 2)
+
+
+def run_experiment(
+    spec: RunSpec, *, runs_dir: Path, results_dir: Path, baseline: RunSpec | None = None, log: Any = print
+) -> list[dict[str, Any]]:
+    """Run (or resume, or skip) one experiment and add its rows to the leaderboard."""
+    if spec.data.name != "multi30k_en_de":
+        raise ValueError(f"data {spec.data.name!r}: only multi30k_en_de is wired into the pipeline so far")
+    run_id = spec.run_id()
+    run_dir = runs_dir / run_id
+    bin_dir = prepare_multi30k(
+        runs_dir / "data" / "multi30k_en_de",
+        PrepConfig(src=spec.data.src, tgt=spec.data.tgt, vocab_size=spec.data.vocab_size, mirror=spec.data.mirror),
+    )
+    raw = bin_dir.parent / "raw"
+    done = run_dir / "result.json"
+    if done.exists():
+        log(f"[{run_id}] finished earlier; skipping")
+        return json.loads(done.read_text())["rows"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "spec.json", json.dumps(asdict(spec), indent=2) + "\n")
+
+    log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run_dir / 'train.log'})")
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
+    trained = train(bin_dir, run_dir, spec.model.arch, spec.model.fairseq_args() + spec.schedule.fairseq_args(), env)
+    metrics_path = run_dir / "train.json"
+    if trained.tokens_per_second or not metrics_path.exists():
+        write_text_atomic(metrics_path, json.dumps(asdict(trained), default=str) + "\n")
+    metrics = json.loads(metrics_path.read_text())
+
+    rows = []
+    hyp_dir = results_dir / "hyps"
+    for subset, test_name in TEST_SETS.items():
+        hyp = decode(
+            bin_dir,
+            trained.checkpoint,
+            subset,
+            run_dir / f"{test_name}.{spec.data.tgt}",
+            beam=spec.schedule.beam,
+            log=run_dir / "decode.log",
+        )
+        ref = raw / f"{subset}.{spec.data.tgt}"
+        s: Score = score(hyp, ref)
+        kept = hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(hyp, kept)
+        p_value, ci = "", ""
+        if baseline is not None and spec.model.structured:
+            base_hyp = hyp_dir / f"{baseline.run_id()}.{test_name}.{spec.data.tgt}"
+            if base_hyp.exists():
+                p_value, ci = paired_bootstrap(base_hyp, hyp, ref)
+        log(f"[{run_id}] {test_name}: BLEU {s.bleu} chrF {s.chrf} ({s.bleu_signature})")
+        rows.append(
+            {
+                "run_id": run_id,
+                "data": spec.data.name,
+                "direction": f"{spec.data.src}-{spec.data.tgt}",
+                "test_set": test_name,
+                "arch": spec.model.arch,
+                "window": spec.model.window if spec.model.structured else "",
+                "rare": spec.model.rare if spec.model.structured else "",
+                "heads": spec.model.heads if spec.model.structured else "",
+                "params": _count_params(run_dir / "train.log"),
+                "updates": metrics["updates"],
+                "train_seconds": round(float(metrics["wall_seconds"]), 1),
+                "train_tokens_per_s": round(float(metrics["tokens_per_second"]), 1),
+                "bleu": s.bleu,
+                "chrf": s.chrf,
+                "bleu_signature": s.bleu_signature,
+                "chrf_signature": s.chrf_signature,
+                "p_value_vs_dense": p_value,
+                "bleu_ci95": ci,
+                "seed": spec.schedule.seed,
+                "git_commit": git_commit(),
+                "hypothesis": str(kept.relative_to(REPO_ROOT)) if kept.is_relative_to(REPO_ROOT) else str(kept),
+            }
+        )
+    csv_path = results_dir / "leaderboard.csv"
+    leaderboard.add_rows(csv_path, rows)
+    leaderboard.write_markdown(csv_path, results_dir / "LEADERBOARD.md")
+    write_text_atomic(done, json.dumps({"rows": rows}, indent=2) + "\n")
+    return rows

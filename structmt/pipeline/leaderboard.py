@@ -1,0 +1,101 @@
+"""The BLEU leaderboard: ``results/leaderboard.csv`` (one row per run and test set),
+rendered to ``results/LEADERBOARD.md``.
+
+Rows are keyed by ``(run_id, test_set)``: appending a row that exists replaces
+nothing and adds nothing.  Writers hold a file lock and replace the file
+atomically, so concurrent sweep jobs never lose or duplicate a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from ..data.files import write_text_atomic
+
+COLUMNS = [
+    "run_id",
+    "data",
+    "direction",
+    "test_set",
+    "arch",
+    "window",
+    "rare",
+    "heads",
+    "params",
+    "updates",
+    "train_seconds",
+    "train_tokens_per_s",
+    "bleu",
+    "chrf",
+    "bleu_signature",
+    "chrf_signature",
+    "p_value_vs_dense",
+    "bleu_ci95",
+    "seed",
+    "git_commit",
+    "hypothesis",
+]
+
+
+def read_rows(csv_path: Path) -> list[dict[str, str]]:
+    if not csv_path.exists():
+        return []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _render_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="raise", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: row.get(c, "") for c in COLUMNS})
+    return buf.getvalue()
+
+
+def add_rows(csv_path: Path, new_rows: list[dict[str, Any]]) -> int:
+    """Add rows not yet present (by ``(run_id, test_set)``); returns how many were added."""
+    unknown = {k for row in new_rows for k in row} - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"leaderboard rows have unknown columns {sorted(unknown)}")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(csv_path) + ".lock", timeout=120):
+        rows = read_rows(csv_path)
+        seen = {(r["run_id"], r["test_set"]) for r in rows}
+        added = [r for r in new_rows if (str(r["run_id"]), str(r["test_set"])) not in seen]
+        if added:
+            write_text_atomic(csv_path, _render_csv(rows + added))
+        return len(added)
+
+
+def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> str:
+    """A markdown table per test set, best BLEU first."""
+    out = [f"# {title}", "", "Generated from `results/leaderboard.csv` by `structmt.pipeline.leaderboard`.", ""]
+    for test in sorted({r["test_set"] for r in rows}):
+        out += [
+            f"## {test}",
+            "",
+            "| run | arch | w | r | heads | BLEU | chrF | p vs dense | updates | train s | tok/s | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        subset = sorted((r for r in rows if r["test_set"] == test), key=lambda r: -float(r["bleu"] or 0))
+        for r in subset:
+            out.append(
+                f"| {r['run_id']} | {r['arch']} | {r['window']} | {r['rare']} | {r['heads']} | {r['bleu']} | "
+                f"{r['chrf']} | {r['p_value_vs_dense']} | {r['updates']} | {r['train_seconds']} | "
+                f"{r['train_tokens_per_s']} | {r['git_commit'][:8]} |"
+            )
+        sigs = sorted({r["bleu_signature"] for r in subset})
+        out += ["", "BLEU signature: " + "; ".join(f"`{s}`" for s in sigs), ""]
+    return "\n".join(out) + "\n"
+
+
+def write_markdown(csv_path: Path, md_path: Path) -> str:
+    text = render_markdown(read_rows(csv_path))
+    write_text_atomic(md_path, text)
+    return text

@@ -1,0 +1,151 @@
+"""Pipeline steps around the fairseq command-line tools.
+
+Every step runs fairseq as a subprocess with an argument list (never a
+shell), logs to the run folder, and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.files import atomic_path
+
+PLUGIN_DIR = Path(__file__).resolve().parents[1]
+
+
+class StepError(RuntimeError):
+    """A pipeline step failed; the message names the log to read."""
+
+
+def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
+        raise StepError(f"{cmd[2]} failed (exit {code}); see {log}:\n{tail}")
+    return time.time() - start
+
+
+@dataclass
+class TrainResult:
+    updates: int
+    wall_seconds: float
+    tokens_per_second: float
+    checkpoint: Path
+
+
+def train(bin_dir: Path, run_dir: Path, arch: str, args: list[str], env: dict[str, str] | None = None) -> TrainResult:
+    """``fairseq-train`` into ``run_dir/checkpoints``; resumes from ``checkpoint_last.pt`` when present."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairseq_cli.train",
+        str(bin_dir),
+        "--user-dir",
+        str(PLUGIN_DIR),
+        "--arch",
+        arch,
+        "--save-dir",
+        str(run_dir / "checkpoints"),
+        "--log-format",
+        "simple",
+        *args,
+    ]
+    wall = _run(cmd, run_dir / "train.log", env)
+    log = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")
+    summaries = re.findall(r"\| train \| .*?\| wps ([\d.]+) .*?\| num_updates (\d+)", log)
+    wps = [float(w) for w, _ in summaries]
+    updates = int(summaries[-1][1]) if summaries else 0
+    timing = re.findall(r"done training in ([\d.]+) seconds", log)
+    return TrainResult(
+        updates=updates,
+        wall_seconds=float(timing[-1]) if timing else wall,
+        tokens_per_second=sum(wps) / len(wps) if wps else 0.0,
+        checkpoint=run_dir / "checkpoints" / "checkpoint_last.pt",
+    )
+
+
+def decode(
+    bin_dir: Path,
+    checkpoint: Path,
+    subset: str,
+    out: Path,
+    *,
+    beam: int = 5,
+    batch_size: int = 128,
+    log: Path | None = None,
+) -> Path:
+    """Beam-search ``subset`` and write detokenized hypotheses in the original order
+    (fairseq's ``--remove-bpe sentencepiece`` undoes the run's SentencePiece pieces)."""
+    raw = out.with_suffix(out.suffix + ".fairseq")
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairseq_cli.generate",
+        str(bin_dir),
+        "--user-dir",
+        str(PLUGIN_DIR),
+        "--path",
+        str(checkpoint),
+        "--gen-subset",
+        subset,
+        "--beam",
+        str(beam),
+        "--batch-size",
+        str(batch_size),
+        "--max-len-a",
+        "1.2",
+        "--max-len-b",
+        "10",
+        "--remove-bpe",
+        "sentencepiece",
+        # fairseq-fixed drops a final batch whose size is not a multiple of this (default 8)
+        "--required-batch-size-multiple",
+        "1",
+        "--results-path",
+        str(raw),
+    ]
+    _run(cmd, log or out.with_suffix(".log"))
+    text = (raw / f"generate-{subset}.txt").read_text(encoding="utf-8")
+    hyps = {int(i): h for i, h in re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", text, flags=re.M)}
+    src_count = len(re.findall(r"^S-\d+\t", text, flags=re.M))
+    if len(hyps) != src_count:
+        raise StepError(f"{raw}: {src_count} sources but {len(hyps)} hypotheses")
+    with atomic_path(out) as tmp:
+        tmp.write_text("".join(hyps[i] + "\n" for i in range(len(hyps))), encoding="utf-8")
+    return out
+
+
+@dataclass
+class Score:
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+
+
+def score(hyp: Path, ref: Path) -> Score:
+    """sacreBLEU BLEU and chrF of detokenized ``hyp`` against the raw ``ref``, with signatures."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    hyps = hyp.read_text(encoding="utf-8").splitlines()
+    refs = ref.read_text(encoding="utf-8").splitlines()
+    if len(hyps) != len(refs):
+        raise StepError(f"{hyp} has {len(hyps)} lines but the reference {ref} has {len(refs)}")
+    bleu, chrf = BLEU(), CHRF()
+    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
+    return Score(
+        bleu=round(b.score, 2),
+        chrf=round(c.score, 2),
+        bleu_signature=str(bleu.get_signature()),
+        chrf_signature=str(chrf.get_signature()),
+    )

@@ -1,0 +1,122 @@
+"""The fairseq model: build-time validation, checkpoint compatibility, causality, decoding."""
+
+import pytest
+import torch
+from conftest import build
+
+from structmt.attention.multihead import StructuredMultiheadAttention
+
+TINY = (
+    "--encoder-embed-dim",
+    "32",
+    "--decoder-embed-dim",
+    "32",
+    "--encoder-ffn-embed-dim",
+    "32",
+    "--decoder-ffn-embed-dim",
+    "32",
+    "--encoder-attention-heads",
+    "4",
+    "--decoder-attention-heads",
+    "4",
+)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--struct-window", "-1"), "--struct-window must be >= 0"),
+        (("--struct-rare", "-2"), "--struct-rare must be >= 0"),
+        (("--struct-heads", "pos:1,syn:2"), "gives 3 heads but the layer has 4"),
+        (("--struct-heads", "pos:1,diag:3"), "unknown head role 'diag'"),
+        (("--struct-apply", "encoder,cross"), "--struct-apply 'encoder,cross': unknown attention block"),
+        (("--struct-error", "topk"), "--struct-error 'topk'"),
+        (("--struct-impl", "fast"), "--struct-impl 'fast'"),
+        (("--struct-error", "sink:4", "--struct-error-eps", "0.5"), "sinks \\* eps must lie in"),
+    ],
+)
+def test_bad_configuration_fails_at_build_time(dict_dir, extra, message):
+    with pytest.raises(ValueError, match=message):
+        build(dict_dir, "structured_transformer_tiny", *TINY, *extra)
+
+
+def test_structured_blocks_and_roles(dict_dir):
+    _, model = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-heads", "pos:1,syn:2,rare:1")
+    for layer in model.encoder.layers:
+        assert isinstance(layer.self_attn, StructuredMultiheadAttention)
+        assert layer.self_attn.structure.window == (1, 3, 3, 3)
+        assert layer.self_attn.structure.rare_heads == (False, False, False, True)
+        assert not layer.self_attn.structure.causal
+    for layer in model.decoder.layers:
+        assert layer.self_attn.structure.causal
+        assert not isinstance(layer.encoder_attn, StructuredMultiheadAttention)  # cross stays dense
+    _, enc_only = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-apply", "encoder")
+    assert not any(isinstance(layer.self_attn, StructuredMultiheadAttention) for layer in enc_only.decoder.layers)
+
+
+def test_dense_checkpoints_load_both_ways_and_init_matches(dict_dir):
+    _, dense = build(dict_dir, "transformer_tiny", *TINY, seed=3)
+    _, struct = build(dict_dir, "structured_transformer_tiny", *TINY, seed=3)
+    dense_sd, struct_sd = dense.state_dict(), struct.state_dict()
+    assert list(dense_sd) == list(struct_sd)
+    assert all(torch.equal(dense_sd[k], struct_sd[k]) for k in dense_sd)  # same seed, same init
+    struct.load_state_dict(dense_sd, strict=True)
+    dense.load_state_dict(struct_sd, strict=True)
+
+
+def _batch(B=3, S=9, T=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 44, (B, S), generator=gen)
+    src[1, :2] = 1  # left padding, as fairseq pads sources
+    src[:, -1] = 2
+    tgt = torch.randint(4, 44, (B, T), generator=gen)
+    tgt[:, 0] = 2  # prev_output_tokens start with eos
+    return src, (src != 1).sum(1), tgt
+
+
+def test_changing_future_targets_leaves_earlier_outputs(dict_dir):
+    _, model = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-rare", "2")
+    src, lengths, tgt = _batch()
+    out, _ = model(src, lengths, tgt)
+    changed = tgt.clone()
+    changed[:, 5:] = torch.flip(changed[:, 5:], dims=[1]) + 1
+    out2, _ = model(src, lengths, changed)
+    assert torch.allclose(out[:, :5], out2[:, :5], atol=1e-6)
+    assert not torch.allclose(out[:, 5:], out2[:, 5:])
+
+
+@pytest.mark.parametrize(
+    "extra", [(), ("--struct-error", "sink:2"), ("--struct-heads", "rare:2,pos:1,syn:1", "--struct-window", "1")]
+)
+def test_incremental_decoding_matches_teacher_forcing(dict_dir, extra):
+    _, model = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-rare", "2", *extra)
+    src, lengths, tgt = _batch(T=12)
+    full, _ = model(src, lengths, tgt)
+    enc = model.encoder(src, src_lengths=lengths)
+    state: dict = {}
+    steps = []
+    for t in range(tgt.size(1)):
+        out, _ = model.decoder.forward(tgt[:, : t + 1], encoder_out=enc, incremental_state=state)
+        steps.append(out)
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    # the self-attention cache is bounded: last w keys + r rare + sinks, whatever the length
+    sizes = {layer.self_attn.cache_size(state) for layer in model.decoder.layers}
+    s = model.decoder.layers[0].self_attn.structure
+    assert sizes == {s.max_window + s.rare + s.sinks}
+
+
+def test_beam_reorder_keeps_incremental_state_consistent(dict_dir):
+    _, model = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-rare", "2")
+    src, lengths, tgt = _batch(T=10)
+    src, lengths = src[:1].expand_as(src), lengths[:1].expand_as(lengths)  # beams of one sentence, as in beam search
+    order = torch.tensor([2, 0, 0])
+    enc = model.encoder(src, src_lengths=lengths)
+    state: dict = {}
+    for t in range(5):
+        model.decoder.forward(tgt[:, : t + 1], encoder_out=enc, incremental_state=state)
+    model.decoder.reorder_incremental_state_scripting(state, order)
+    enc = model.encoder.reorder_encoder_out(enc, order)
+    tgt_r = tgt[order]
+    outs = [model.decoder.forward(tgt_r[:, : t + 1], encoder_out=enc, incremental_state=state)[0] for t in range(5, 10)]
+    full, _ = model(src[order], lengths[order], tgt_r)
+    assert torch.allclose(torch.cat(outs, dim=1), full[:, 5:], atol=1e-5)
