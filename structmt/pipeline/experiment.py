@@ -19,8 +19,9 @@ from typing import Any
 
 from ..data.files import write_text_atomic
 from ..data.prepare import PrepConfig, prepare_multi30k
-from . import leaderboard
+from . import leaderboard, tracking
 from .steps import Score, decode, score, train
+from .translate import model_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,40 +174,91 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
     return round(float(res.p_value), 4), round(float(res.ci), 2)
 
 
-def run_experiment(
-    spec: RunSpec, *, runs_dir: Path, results_dir: Path, baseline: RunSpec | None = None, log: Any = print
-) -> list[dict[str, Any]]:
-    """Run (or resume, or skip) one experiment and add its rows to the leaderboard."""
+def keep_model_files(bin_dir: Path, run_dir: Path, src: str, tgt: str) -> None:
+    """Copy the SentencePiece model and dictionaries into the run, so it translates on its own."""
+    folder = model_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bin_dir.parent / "spm" / "spm.model", folder / "spm.model")
+    for lang in (src, tgt):
+        shutil.copyfile(bin_dir / f"dict.{lang}.txt", folder / f"dict.{lang}.txt")
+
+
+def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
+    """The binarized data of ``spec`` (prepared once, cached under ``runs_dir/data``)."""
     if spec.data.name != "multi30k_en_de":
         raise ValueError(f"data {spec.data.name!r}: only multi30k_en_de is wired into the pipeline so far")
-    run_id = spec.run_id()
-    run_dir = runs_dir / run_id
-    bin_dir = prepare_multi30k(
-        runs_dir / "data" / "multi30k_en_de",
+    return prepare_multi30k(
+        runs_dir / "data" / spec.data.name,
         PrepConfig(src=spec.data.src, tgt=spec.data.tgt, vocab_size=spec.data.vocab_size, mirror=spec.data.mirror),
     )
-    raw = bin_dir.parent / "raw"
-    done = run_dir / "result.json"
-    if done.exists():
-        log(f"[{run_id}] finished earlier; skipping")
-        return json.loads(done.read_text())["rows"]
+
+
+def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) the model of ``spec``; returns its training metrics."""
+    bin_dir = prepare_data(spec, runs_dir)
+    run_id = spec.run_id()
+    run_dir = runs_dir / run_id
+    metrics_path = run_dir / "train.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics["updates"] >= spec.schedule.max_update:
+            log(f"[{run_id}] trained earlier ({metrics['updates']} updates); skipping training")
+            return metrics
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "spec.json", json.dumps(asdict(spec), indent=2) + "\n")
-
+    keep_model_files(bin_dir, run_dir, spec.data.src, spec.data.tgt)
     log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run_dir / 'train.log'})")
     env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
     trained = train(bin_dir, run_dir, spec.model.arch, spec.model.fairseq_args() + spec.schedule.fairseq_args(), env)
-    metrics_path = run_dir / "train.json"
-    if trained.tokens_per_second or not metrics_path.exists():
-        write_text_atomic(metrics_path, json.dumps(asdict(trained), default=str) + "\n")
-    metrics = json.loads(metrics_path.read_text())
+    metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)}
+    write_text_atomic(metrics_path, json.dumps(metrics) + "\n")
+    log(f"[{run_id}] trained: {trained.updates} updates, {trained.tokens_per_second:.0f} target tokens/s")
+    return metrics
+
+
+def run_experiment(
+    spec: RunSpec,
+    *,
+    runs_dir: Path,
+    results_dir: Path,
+    baseline: RunSpec | None = None,
+    log: Any = print,
+    wandb_project: str = tracking.DEFAULT_PROJECT,
+) -> list[dict[str, Any]]:
+    """Run (or resume, or skip) one experiment and add its rows to the leaderboard."""
+    train_run(spec, runs_dir=runs_dir, log=log)
+    return evaluate_run(
+        spec, runs_dir=runs_dir, results_dir=results_dir, baseline=baseline, log=log, wandb_project=wandb_project
+    )
+
+
+def evaluate_run(
+    spec: RunSpec,
+    *,
+    runs_dir: Path,
+    results_dir: Path,
+    baseline: RunSpec | None = None,
+    log: Any = print,
+    wandb_project: str = tracking.DEFAULT_PROJECT,
+) -> list[dict[str, Any]]:
+    """Decode and score a trained run, add its leaderboard rows, log it to W&B (skipped when done)."""
+    run_id = spec.run_id()
+    run_dir = runs_dir / run_id
+    done = run_dir / "result.json"
+    if done.exists():
+        log(f"[{run_id}] evaluated earlier; skipping")
+        return json.loads(done.read_text())["rows"]
+    bin_dir = prepare_data(spec, runs_dir)
+    raw = bin_dir.parent / "raw"
+    metrics = json.loads((run_dir / "train.json").read_text())
+    checkpoint = Path(metrics["checkpoint"])
 
     rows = []
     hyp_dir = results_dir / "hyps"
     for subset, test_name in TEST_SETS.items():
         hyp = decode(
             bin_dir,
-            trained.checkpoint,
+            checkpoint,
             subset,
             run_dir / f"{test_name}.{spec.data.tgt}",
             beam=spec.schedule.beam,
@@ -250,6 +302,17 @@ def run_experiment(
         )
     csv_path = results_dir / "leaderboard.csv"
     leaderboard.add_rows(csv_path, rows)
-    leaderboard.write_markdown(csv_path, results_dir / "LEADERBOARD.md")
+    leaderboard.publish(results_dir)
+    folder = tracking.log_experiment(
+        run_id,
+        asdict(spec),
+        run_dir / "train.log",
+        rows,
+        runs_dir / "wandb",
+        project=wandb_project,
+        group=f"{spec.data.name}-{spec.schedule.name}",
+    )
+    if folder is not None:
+        log(f"[{run_id}] W&B ({tracking.wandb_mode()}): {folder}")
     write_text_atomic(done, json.dumps({"rows": rows}, indent=2) + "\n")
     return rows

@@ -99,3 +99,62 @@ def write_markdown(csv_path: Path, md_path: Path) -> str:
     text = render_markdown(read_rows(csv_path))
     write_text_atomic(md_path, text)
     return text
+
+
+def write_chart(csv_path: Path, png_path: Path) -> None:
+    """Bar chart of BLEU per run, one group of bars per test set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_rows(csv_path)
+    runs = sorted({r["run_id"] for r in rows})
+    tests = sorted({r["test_set"] for r in rows})
+    bleu = {(r["run_id"], r["test_set"]): float(r["bleu"]) for r in rows}
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs) * len(tests)), 4.5))
+    width = 0.8 / max(1, len(tests))
+    for i, test in enumerate(tests):
+        xs = [j + i * width for j in range(len(runs))]
+        ax.bar(xs, [bleu.get((run, test), 0.0) for run in runs], width, label=test)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(runs))])
+    ax.set_xticklabels(runs, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("sacreBLEU")
+    ax.legend()
+    ax.set_title("structmt leaderboard")
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(png_path)
+
+
+def publish(results_dir: Path) -> None:
+    """Render ``LEADERBOARD.md`` and ``leaderboard.png`` from the CSV."""
+    csv_path = results_dir / "leaderboard.csv"
+    write_markdown(csv_path, results_dir / "LEADERBOARD.md")
+    write_chart(csv_path, results_dir / "leaderboard.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``structmt-leaderboard``: re-render the leaderboard and (re)build its W&B table."""
+    import argparse
+
+    from .tracking import DEFAULT_PROJECT, log_leaderboard
+
+    root = Path(__file__).resolve().parents[2]
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--results-dir", type=Path, default=root / "results")
+    p.add_argument("--wandb", action="store_true", help="also rebuild the W&B leaderboard table")
+    p.add_argument("--wandb-dir", type=Path, default=root / "runs" / "wandb")
+    p.add_argument("--project", default=DEFAULT_PROJECT)
+    a = p.parse_args(argv)
+    csv_path = a.results_dir / "leaderboard.csv"
+    if not csv_path.exists():
+        raise SystemExit(f"error: {csv_path} does not exist; run an experiment first (make demo)")
+    publish(a.results_dir)
+    print(render_markdown(read_rows(csv_path)))
+    if a.wandb:
+        folder = log_leaderboard(read_rows(csv_path), a.wandb_dir, a.project)
+        print(f"W&B leaderboard table: {folder} (upload an offline run with: wandb sync {folder})")

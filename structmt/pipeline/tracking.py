@@ -1,0 +1,160 @@
+"""Weights & Biases logging: one W&B run per experiment (config, training curves
+parsed from fairseq's log, final scores) and a leaderboard table per project.
+
+Offline by default (runs are written under ``runs/wandb`` and can be uploaded
+later with ``wandb sync``); online when ``WANDB_MODE=online`` or an API key is
+configured.  Logging never fails or blocks a run: errors become warnings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PROJECT = "structmt"
+_INNER = re.compile(r"train_inner \| epoch \d+:.*?\|? (loss=.*)$")
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set, else online with an API key and offline without."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def training_curve(train_log: Path) -> list[dict[str, float]]:
+    """The ``train_inner`` records of a fairseq log (``--log-format simple``)."""
+    points = []
+    for line in train_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = _INNER.search(line)
+        if not m:
+            continue
+        record = {}
+        for item in m.group(1).split(", "):
+            key, _, value = item.partition("=")
+            try:
+                record[key.strip()] = float(value)
+            except ValueError:
+                continue
+        if "num_updates" in record:
+            points.append(record)
+    return points
+
+
+def _init(wandb_dir: Path, **kwargs: Any) -> Any:
+    import wandb
+
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    settings = wandb.Settings(init_timeout=60, silent=True, x_disable_stats=True, console="off")
+    return wandb.init(dir=str(wandb_dir), mode=wandb_mode(), settings=settings, reinit="finish_previous", **kwargs)
+
+
+def log_experiment(
+    run_id: str,
+    config: dict[str, Any],
+    train_log: Path,
+    rows: list[dict[str, Any]],
+    wandb_dir: Path,
+    project: str = DEFAULT_PROJECT,
+    group: str | None = None,
+) -> Path | None:
+    """Log one experiment; returns the local W&B run folder (None if logging failed)."""
+    try:
+        run = _init(
+            wandb_dir,
+            project=project,
+            name=run_id,
+            id=run_id,
+            group=group,
+            config=config,
+            job_type="experiment",
+            resume="allow",
+        )
+        for point in training_curve(train_log):
+            step = int(point.pop("num_updates"))
+            run.log({f"train/{k}": v for k, v in point.items()}, step=step)
+        for row in rows:
+            for metric in ("bleu", "chrf", "p_value_vs_dense"):
+                if row.get(metric) not in ("", None):
+                    run.summary[f"{row['test_set']}/{metric}"] = float(row[metric])
+            run.summary[f"{row['test_set']}/bleu_signature"] = row["bleu_signature"]
+        folder = Path(run.dir).parent
+        run.finish()
+        return folder
+    except Exception as err:  # noqa: BLE001 - tracking must never fail a run
+        warnings.warn(f"W&B logging skipped for {run_id}: {err}", stacklevel=2)
+        return None
+
+
+def log_leaderboard(rows: list[dict[str, str]], wandb_dir: Path, project: str = DEFAULT_PROJECT) -> Path | None:
+    """(Re)build the project's leaderboard ``wandb.Table`` from the CSV rows."""
+    try:
+        import wandb
+
+        from .leaderboard import COLUMNS
+
+        run = _init(wandb_dir, project=project, name="leaderboard", job_type="leaderboard")
+        table = wandb.Table(columns=COLUMNS, data=[[r.get(c, "") for c in COLUMNS] for r in rows])
+        run.log({"leaderboard": table})
+        folder = Path(run.dir).parent
+        run.finish()
+        return folder
+    except Exception as err:  # noqa: BLE001
+        warnings.warn(f"W&B leaderboard skipped: {err}", stacklevel=2)
+        return None
+
+
+def read_records(wandb_file: Path) -> list[Any]:
+    """Decode the records of a local ``.wandb`` file (LevelDB-log framing of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = wandb_file.read_bytes()
+    block, pos, records, pending = 32768, 7, [], b""  # 7-byte file header (":W&B", magic, version)
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending += payload
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def read_offline_run(folder: Path) -> dict[str, Any]:
+    """Config, history rows and summary of a local W&B run folder (for checks and tests)."""
+    import json
+
+    files = list(folder.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no run-*.wandb file in {folder}")
+
+    def key(item: Any) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    for record in read_records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "history":
+            history.append({key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            summary.update({key(i): json.loads(i.value_json) for i in record.summary.update})
+    return {"config": config, "history": history, "summary": summary}

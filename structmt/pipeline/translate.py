@@ -1,0 +1,88 @@
+"""``structmt-translate RUN_DIR < src > hyp``: translate raw text with a trained run,
+applying the run's own SentencePiece model and dictionary; output is
+detokenized, one line per input line, in input order."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+CHECKPOINT = Path("checkpoints") / "checkpoint_last.pt"
+MODEL_FILES = ("spm.model", "dict.{src}.txt", "dict.{tgt}.txt")
+
+
+def model_dir(run_dir: Path) -> Path:
+    """The folder holding the run's SentencePiece model and dictionaries (``RUN_DIR/model``)."""
+    return run_dir / "model"
+
+
+class Translator:
+    """Beam search with one trained run; loads once, translates many batches."""
+
+    def __init__(self, run_dir: Path, *, beam: int = 5, batch_size: int = 64, checkpoint: Path | None = None):
+        import sentencepiece as spm
+        import torch
+        from fairseq import checkpoint_utils
+        from fairseq.dataclass.configs import GenerationConfig
+
+        import structmt  # noqa: F401  (registers the models, allowlists checkpoint classes)
+
+        run_dir = Path(run_dir)
+        ckpt = checkpoint or run_dir / CHECKPOINT
+        folder = model_dir(run_dir)
+        for path in (ckpt, folder / "spm.model"):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: is {run_dir} a finished structmt run folder?")
+        spec_file = run_dir / "spec.json"
+        if not spec_file.is_file():
+            raise FileNotFoundError(f"{spec_file} not found: is {run_dir} a structmt run folder?")
+        data = json.loads(spec_file.read_text())["data"]
+        src, tgt = data["src"], data["tgt"]
+        models, _, self.task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(ckpt)], arg_overrides={"data": str(folder), "source_lang": src, "target_lang": tgt}
+        )
+        self.models = [m.eval() for m in models]
+        self.sp = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+        self.generator = self.task.build_generator(
+            self.models, GenerationConfig(beam=beam, max_len_a=1.2, max_len_b=10)
+        )
+        self.batch_size = batch_size
+        self._torch = torch
+
+    def translate(self, lines: list[str]) -> list[str]:
+        src_dict, tgt_dict = self.task.source_dictionary, self.task.target_dictionary
+        tokens = [
+            src_dict.encode_line(" ".join(self.sp.encode(line.strip(), out_type=str)), add_if_not_exist=False).long()
+            for line in lines
+        ]
+        dataset = self.task.build_dataset_for_inference(tokens, [t.numel() for t in tokens])
+        order = sorted(range(len(lines)), key=lambda i: tokens[i].numel())
+        out = [""] * len(lines)
+        with self._torch.no_grad():
+            for start in range(0, len(order), self.batch_size):
+                sample = dataset.collater([dataset[i] for i in order[start : start + self.batch_size]])
+                hypos = self.task.inference_step(self.generator, self.models, sample)
+                for sample_id, hyp in zip(sample["id"].tolist(), hypos, strict=True):
+                    pieces = tgt_dict.string(hyp[0]["tokens"].int().cpu())
+                    out[sample_id] = pieces.replace(" ", "").replace("\u2581", " ").strip()
+        return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("run_dir", type=Path, help="a run folder made by the pipeline (runs/<run id>)")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    a = p.parse_args(argv)
+    try:
+        translator = Translator(a.run_dir, beam=a.beam, batch_size=a.batch_size)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+    lines = sys.stdin.read().splitlines()
+    sys.stdout.write("".join(h + "\n" for h in translator.translate(lines)))
+
+
+if __name__ == "__main__":
+    main()

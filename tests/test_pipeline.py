@@ -1,0 +1,203 @@
+"""Pipeline pieces: idempotent data stages, verified downloads, scoring, leaderboard, W&B."""
+
+import gzip
+import hashlib
+import http.server
+import multiprocessing
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from structmt.data.fetch import DataError, fetch_files
+from structmt.data.prepare import PrepConfig, prepare_multi30k
+from structmt.pipeline import leaderboard
+from structmt.pipeline.steps import score
+from structmt.pipeline.tracking import log_experiment, read_offline_run
+
+
+def _stamps(out: Path) -> dict[str, float]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob(".*.stamp")}
+
+
+def test_stages_are_idempotent_and_rerun_only_what_changed(tmp_path, capsys):
+    cfg = PrepConfig(vocab_size=400, max_train_lines=800, max_eval_lines=20)
+    prepare_multi30k(tmp_path, cfg)
+    first = _stamps(tmp_path)
+    assert set(first) == {"raw/.raw.stamp", "spm/.spm_train.stamp", "spm/.spm_encode.stamp", "bin/.binarize.stamp"}
+    capsys.readouterr()
+    prepare_multi30k(tmp_path, cfg)
+    assert _stamps(tmp_path) == first  # nothing rebuilt
+    assert "raw: up to date" in capsys.readouterr().out
+    cfg.vocab_size = 300
+    prepare_multi30k(tmp_path, cfg)
+    second = _stamps(tmp_path)
+    assert second["raw/.raw.stamp"] == first["raw/.raw.stamp"]  # raw text does not depend on the vocabulary
+    assert all(second[k] != first[k] for k in first if not k.startswith("raw/"))
+    assert len((tmp_path / "bin" / "dict.en.txt").read_text().splitlines()) <= 300  # padded to a multiple of 8
+
+
+def _gz(path: Path, lines: list[str]) -> str:
+    path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode()))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving ``tmp_path/served``."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = lambda *a, **k: _Quiet(*a, directory=str(root), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/{{name}}"
+    server.shutdown()
+
+
+def test_download_verifies_checksum_and_leaves_nothing_on_mismatch(http_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    root, url = http_root
+    good = _gz(root / "a.en.gz", ["hello world"])
+    cache = tmp_path / "cache"
+    paths, source = fetch_files(
+        ["a.en.gz"],
+        {"a.en.gz": good},
+        url_template=url,
+        mirror=None,
+        env_var="STRUCTMT_MULTI30K",
+        fallback=None,
+        cache=cache,
+    )
+    assert paths["a.en.gz"].read_bytes() == (root / "a.en.gz").read_bytes() and "download" in source
+    _gz(root / "b.en.gz", ["tampered"])
+    with pytest.raises(DataError, match=r"checksum mismatch for .*expected sha256 0{64}"):
+        fetch_files(
+            ["b.en.gz"],
+            {"b.en.gz": "0" * 64},
+            url_template=url,
+            mirror=None,
+            env_var="STRUCTMT_MULTI30K",
+            fallback=None,
+            cache=cache,
+        )
+    assert sorted(p.name for p in cache.iterdir()) == ["a.en.gz"]  # no partial or unverified file
+
+
+def test_missing_mirror_and_no_network_names_what_to_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    with pytest.raises(DataError, match=r"Set \$STRUCTMT_MULTI30K .*or place them at"):
+        fetch_files(
+            ["x.gz"],
+            {"x.gz": "0" * 64},
+            url_template="http://127.0.0.1:9/{name}",
+            mirror=None,
+            env_var="STRUCTMT_MULTI30K",
+            fallback=tmp_path / "nowhere",
+            cache=tmp_path / "c",
+        )
+    monkeypatch.setenv("STRUCTMT_MULTI30K", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match=r"\$STRUCTMT_MULTI30K .*empty lacks x.gz"):
+        fetch_files(
+            ["x.gz"],
+            {"x.gz": "0" * 64},
+            url_template="http://127.0.0.1:9/{name}",
+            mirror=None,
+            env_var="STRUCTMT_MULTI30K",
+            fallback=None,
+            cache=tmp_path / "c",
+        )
+
+
+def test_bleu_equals_sacrebleu_cli(tmp_path):
+    ref = tmp_path / "ref.de"
+    hyp = tmp_path / "hyp.de"
+    ref.write_text("Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\nEine Frau liest ein Buch im Park.\n")
+    hyp.write_text("Ein Mann fährt ein Fahrrad.\nZwei Hunde spielen im Schnee.\nEine Frau liest im Park.\n")
+    s = score(hyp, ref)
+    cli = subprocess.run(
+        [sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-b", "-w", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert s.bleu == float(cli.stdout.strip())
+    cli_chrf = subprocess.run(
+        [sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-b", "-w", "2", "-m", "chrf"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert s.chrf == float(cli_chrf.stdout.strip())
+    assert s.bleu_signature == "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+
+
+def _row(run: str, test: str = "test_2016_flickr", bleu: float = 30.0) -> dict:
+    return {"run_id": run, "test_set": test, "bleu": bleu, "chrf": 55.0, "bleu_signature": "sig", "git_commit": "abc"}
+
+
+def test_leaderboard_rows_are_never_duplicated(tmp_path):
+    csv_path = tmp_path / "leaderboard.csv"
+    assert leaderboard.add_rows(csv_path, [_row("a"), _row("a", "test_2017_flickr")]) == 2
+    assert leaderboard.add_rows(csv_path, [_row("a"), _row("b")]) == 1
+    rows = leaderboard.read_rows(csv_path)
+    assert [(r["run_id"], r["test_set"]) for r in rows] == [
+        ("a", "test_2016_flickr"),
+        ("a", "test_2017_flickr"),
+        ("b", "test_2016_flickr"),
+    ]
+    with pytest.raises(ValueError, match="unknown columns"):
+        leaderboard.add_rows(csv_path, [_row("c") | {"bogus": 1}])
+    md = leaderboard.render_markdown(rows)
+    assert md.count("| a |") == 2 and "BLEU signature: `sig`" in md
+
+
+def _append_many(csv_path: str, worker: int) -> None:
+    for i in range(15):
+        leaderboard.add_rows(Path(csv_path), [_row(f"w{worker}-{i}"), _row("shared")])
+
+
+def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
+    csv_path = tmp_path / "leaderboard.csv"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(csv_path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    keys = [(r["run_id"], r["test_set"]) for r in leaderboard.read_rows(csv_path)]
+    assert len(keys) == len(set(keys)) == 4 * 15 + 1
+
+
+def test_wandb_offline_run_holds_config_curve_and_scores(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    log = tmp_path / "train.log"
+    log.write_text(
+        "2026-01-01 | INFO | train_inner | epoch 001:     50 / 136 loss=12.3, nll_loss=12.2, ppl=4756.5, wps=2322.1, "
+        "num_updates=50, lr=0.00025\n"
+        "2026-01-01 | INFO | train_inner | epoch 001:    100 / 136 loss=9.8, nll_loss=9.4, ppl=685.9, wps=1988.8, "
+        "num_updates=100, lr=0.0005\n"
+    )
+    rows = [_row("run-x", bleu=31.25) | {"chrf": 57.5, "p_value_vs_dense": 0.04}]
+    folder = log_experiment(
+        "run-x",
+        {"model": {"arch": "structured_transformer_multi30k", "window": 3}},
+        log,
+        rows,
+        tmp_path / "wandb",
+        project="structmt-test",
+    )
+    assert folder is not None and folder.name.startswith("offline-run-")
+    run = read_offline_run(folder)
+    assert run["config"]["model"] == {"arch": "structured_transformer_multi30k", "window": 3}
+    assert [h["train/loss"] for h in run["history"]] == [12.3, 9.8]
+    assert run["summary"]["test_2016_flickr/bleu"] == 31.25
+    assert run["summary"]["test_2016_flickr/p_value_vs_dense"] == 0.04
