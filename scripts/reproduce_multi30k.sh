@@ -12,7 +12,7 @@ WARMUP=${WARMUP:-1000}
 what=${1:-all}
 DATA=runs/data/m30k
 mkdir -p "$OUT"
-"$PY" -m structmt.data.prepare "$DATA" >"$OUT/prepare.log" 2>&1
+"$PY" -m structmt.data.cli "$DATA" >"$OUT/prepare.log" 2>&1
 BIN=$DATA/bin
 
 train() {  # $1 = name, $2 = arch

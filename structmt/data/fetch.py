@@ -42,13 +42,15 @@ def verify(path: Path, expected: str) -> None:
         )
 
 
-def download(url: str, dest: Path, expected: str, timeout: float = 20.0) -> None:
-    """Download ``url`` to ``dest`` atomically; nothing is left behind unless the checksum matches."""
+def download(url: str, dest: Path, expected: str | None, timeout: float = 20.0) -> None:
+    """Download ``url`` to ``dest`` atomically; nothing is left behind unless the checksum matches
+    (``expected=None``: no checksum to check)."""
     with atomic_path(dest) as tmp:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             while block := response.read(1 << 20):
                 out.write(block)
-        verify(tmp, expected)
+        if expected is not None:
+            verify(tmp, expected)
 
 
 def fetch_files(

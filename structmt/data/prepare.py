@@ -44,27 +44,6 @@ class CleanCounts:
     kept: int = 0
 
 
-def read_gz_lines(path: Path) -> list[str]:
-    """Decode a gzipped UTF-8 text file; errors name the file and line."""
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except (EOFError, OSError, zlib.error) as err:
-        raise DataError(f"{path}: not a complete gzip file ({err}); fetch it again") from err
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for lineno, line in enumerate(lines, 1):
-        try:
-            out.append(line.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as err:
-            raise DataError(
-                f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {err.start}); fix or remove the line"
-            ) from None
-    return out
-
-
 def clean_pairs(
     src: list[str], tgt: list[str], cfg: PrepConfig, names: tuple[str, str]
 ) -> tuple[list[tuple[str, str]], CleanCounts]:
@@ -95,10 +74,33 @@ def _write_lines(path: Path, lines: list[str]) -> None:
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
+#: a corpus to prepare: fairseq split name → list of (source file, target file), plain or .gz
+Splits = dict[str, list[tuple[Path, Path]]]
+
+
+def read_lines(path: Path) -> list[str]:
+    """Read a UTF-8 text file, gzipped or not; errors name the file and line."""
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, OSError, zlib.error) as err:
+        raise DataError(f"{path}: cannot read ({err}); if it is a truncated download, fetch it again") from err
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        try:
+            out.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {err.start}); fix or remove the line"
+            ) from None
+    return out
+
+
 def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
     """Prepare Multi30k under ``out_dir``; returns the fairseq data-bin folder."""
     cfg = cfg or PrepConfig()
-    out_dir = Path(out_dir)
     langs = (cfg.src, cfg.tgt)
     names = [f"{stem}.{lang}.gz" for stem in MULTI30K_SPLITS.values() for lang in langs]
     paths, source = fetch_files(
@@ -108,27 +110,50 @@ def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
         mirror=cfg.mirror,
         env_var=MULTI30K_ENV,
         fallback=MULTI30K_SHARED,
-        cache=out_dir / "download",
+        cache=Path(out_dir) / "download",
     )
     log.info("Multi30k source: %s", source)
     print(f"[data] Multi30k source: {source}", flush=True)
+    splits = {
+        split: [(paths[f"{stem}.{cfg.src}.gz"], paths[f"{stem}.{cfg.tgt}.gz"])]
+        for split, stem in MULTI30K_SPLITS.items()
+    }
+    return prepare_parallel(out_dir, splits, cfg)
+
+
+def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
+    """raw (train cleaned) → joint SentencePiece → encode → binarize; every stage idempotent.
+
+    ``splits`` must hold ``train`` and ``valid``; other names (``test``, ``test1``…)
+    are test sets.  Returns the fairseq data-bin folder.
+    """
+    out_dir = Path(out_dir)
+    langs = (cfg.src, cfg.tgt)
+    inputs = [p for pairs in splits.values() for pair in pairs for p in pair]
 
     # 1. raw text (train cleaned, eval sets untouched: references stay raw)
     raw = out_dir / "raw"
-    raw_out = [raw / f"{split}.{lang}" for split in MULTI30K_SPLITS for lang in langs]
-    stage = Stage("raw", raw, {"cfg": asdict(cfg) | {"vocab_size": None}}, [paths[n] for n in names], raw_out)
+    raw_out = [raw / f"{split}.{lang}" for split in splits for lang in langs]
+    stage = Stage("raw", raw, {"cfg": asdict(cfg) | {"vocab_size": None}, "splits": list(splits)}, inputs, raw_out)
     if not stage.done():
-        for split, stem in MULTI30K_SPLITS.items():
-            src_lines = read_gz_lines(paths[f"{stem}.{cfg.src}.gz"])
-            tgt_lines = read_gz_lines(paths[f"{stem}.{cfg.tgt}.gz"])
+        for split, pairs in splits.items():
+            src_lines, tgt_lines = [], []
+            for src_path, tgt_path in pairs:
+                s_lines, t_lines = read_lines(src_path), read_lines(tgt_path)
+                if len(s_lines) != len(t_lines):
+                    raise DataError(
+                        f"parallel files differ in length: {src_path} has {len(s_lines)} lines, "
+                        f"{tgt_path} has {len(t_lines)}"
+                    )
+                src_lines += s_lines
+                tgt_lines += t_lines
             if split == "train":
-                pairs, counts = clean_pairs(src_lines, tgt_lines, cfg, (f"{stem}.{cfg.src}.gz", f"{stem}.{cfg.tgt}.gz"))
+                names = (", ".join(str(p[0]) for p in pairs), ", ".join(str(p[1]) for p in pairs))
+                kept, counts = clean_pairs(src_lines, tgt_lines, cfg, names)
                 if cfg.max_train_lines:
-                    pairs = pairs[: cfg.max_train_lines]
-                print(f"[data] cleaning train: {asdict(counts)}; using {len(pairs)} pairs", flush=True)
-                src_lines, tgt_lines = [p[0] for p in pairs], [p[1] for p in pairs]
-            elif len(src_lines) != len(tgt_lines):
-                raise DataError(f"{stem}: {cfg.src} has {len(src_lines)} lines, {cfg.tgt} has {len(tgt_lines)}")
+                    kept = kept[: cfg.max_train_lines]
+                print(f"[data] cleaning train: {asdict(counts)}; using {len(kept)} pairs", flush=True)
+                src_lines, tgt_lines = [p[0] for p in kept], [p[1] for p in kept]
             elif cfg.max_eval_lines:
                 src_lines, tgt_lines = src_lines[: cfg.max_eval_lines], tgt_lines[: cfg.max_eval_lines]
             _write_lines(raw / f"{split}.{cfg.src}", src_lines)
@@ -152,13 +177,13 @@ def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
         stage.finish()
 
     # 3. encode
-    enc_out = [spm_dir / f"{split}.{lang}" for split in MULTI30K_SPLITS for lang in langs]
+    enc_out = [spm_dir / f"{split}.{lang}" for split in splits for lang in langs]
     stage = Stage("spm_encode", spm_dir, {}, [model, *raw_out], enc_out)
     if not stage.done():
         import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor(model_file=str(model))
-        for split in MULTI30K_SPLITS:
+        for split in splits:
             for lang in langs:
                 lines = (raw / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
                 _write_lines(spm_dir / f"{split}.{lang}", [" ".join(p) for p in sp.encode(lines, out_type=str)])
@@ -167,11 +192,11 @@ def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
     # 4. binarize with a joined dictionary
     bin_dir = out_dir / "bin"
     bin_out = [bin_dir / f"dict.{lang}.txt" for lang in langs] + [
-        bin_dir / f"{split}.{cfg.src}-{cfg.tgt}.{lang}.bin" for split in MULTI30K_SPLITS for lang in langs
+        bin_dir / f"{split}.{cfg.src}-{cfg.tgt}.{lang}.bin" for split in splits for lang in langs
     ]
     stage = Stage("binarize", bin_dir, {"src": cfg.src, "tgt": cfg.tgt}, enc_out, bin_out)
     if not stage.done():
-        binarize(spm_dir, bin_dir, cfg.src, cfg.tgt, list(MULTI30K_SPLITS))
+        binarize(spm_dir, bin_dir, cfg.src, cfg.tgt, list(splits))
         stage.finish()
     return bin_dir
 
@@ -190,6 +215,7 @@ def train_sentencepiece(inputs: list[Path], prefix: Path, vocab_size: int) -> No
         model_type="unigram",
         input_sentence_size=2_000_000,
         shuffle_input_sentence=True,
+        hard_vocab_limit=False,  # small corpora get the largest vocabulary they support
         bos_id=-1,
         eos_id=-1,
         pad_id=-1,
@@ -234,25 +260,3 @@ def binarize(text_dir: Path, bin_dir: Path, src: str, tgt: str, splits: list[str
     if bin_dir.exists():
         shutil.rmtree(bin_dir)
     tmp.replace(bin_dir)
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(description="Prepare Multi30k (verified) into a fairseq data-bin.")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--vocab-size", type=int, default=PrepConfig.vocab_size)
-    p.add_argument("--max-train-lines", type=int, default=0)
-    p.add_argument("--mirror", default=None, help=f"folder with the Multi30k .gz files (or set ${MULTI30K_ENV})")
-    a = p.parse_args(argv)
-    try:
-        out = prepare_multi30k(
-            a.out_dir, PrepConfig(vocab_size=a.vocab_size, max_train_lines=a.max_train_lines, mirror=a.mirror)
-        )
-    except DataError as err:
-        sys.exit(f"error: {err}")
-    print(out)
-
-
-if __name__ == "__main__":
-    main()

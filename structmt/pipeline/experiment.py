@@ -17,16 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.cli import prepare_dataset, test_sets
 from ..data.files import write_text_atomic
-from ..data.prepare import PrepConfig, prepare_multi30k
+from ..data.prepare import PrepConfig
 from . import leaderboard, tracking
 from .steps import Score, decode, score, train
 from .translate import model_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-#: fairseq split → published test set name (Multi30k)
-TEST_SETS = {"test": "test_2016_flickr", "test1": "test_2017_flickr"}
 
 
 @dataclass
@@ -119,6 +117,7 @@ class DataSpec:
     tgt: str = "de"
     vocab_size: int = 8000
     mirror: str | None = None
+    base_url: str | None = None
 
 
 @dataclass
@@ -132,6 +131,7 @@ class RunSpec:
         settings = asdict(self)
         settings["schedule"].pop("threads")
         settings["data"].pop("mirror")
+        settings["data"].pop("base_url")
         if not self.model.structured:
             settings["model"] = {"arch": self.model.arch}
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
@@ -185,12 +185,8 @@ def keep_model_files(bin_dir: Path, run_dir: Path, src: str, tgt: str) -> None:
 
 def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
     """The binarized data of ``spec`` (prepared once, cached under ``runs_dir/data``)."""
-    if spec.data.name != "multi30k_en_de":
-        raise ValueError(f"data {spec.data.name!r}: only multi30k_en_de is wired into the pipeline so far")
-    return prepare_multi30k(
-        runs_dir / "data" / spec.data.name,
-        PrepConfig(src=spec.data.src, tgt=spec.data.tgt, vocab_size=spec.data.vocab_size, mirror=spec.data.mirror),
-    )
+    cfg = PrepConfig(src=spec.data.src, tgt=spec.data.tgt, vocab_size=spec.data.vocab_size, mirror=spec.data.mirror)
+    return prepare_dataset(spec.data.name, runs_dir / "data" / spec.data.name, cfg, spec.data.base_url)
 
 
 def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, Any]:
@@ -255,7 +251,7 @@ def evaluate_run(
 
     rows = []
     hyp_dir = results_dir / "hyps"
-    for subset, test_name in TEST_SETS.items():
+    for subset, test_name in test_sets(spec.data.name).items():
         hyp = decode(
             bin_dir,
             checkpoint,

@@ -1,0 +1,57 @@
+"""``structmt-prepare``: prepare a data set into a fairseq data-bin folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .fetch import MULTI30K_ENV, DataError
+from .prepare import MULTI30K_SPLITS, PrepConfig, prepare_multi30k
+from .wmt import RECIPES, load_manifest, prepare_wmt
+
+DATASETS = ("multi30k_en_de", *RECIPES)
+
+
+def test_sets(name: str) -> dict[str, str]:
+    """fairseq test split → published test set name, for a data set."""
+    if name == "multi30k_en_de":
+        return {split: stem for split, stem in MULTI30K_SPLITS.items() if split.startswith("test")}
+    return {"test": load_manifest(name)["test"]["name"]}
+
+
+def prepare_dataset(name: str, out_dir: Path, cfg: PrepConfig, base_url: str | None = None) -> Path:
+    """Prepare ``name`` (one of :data:`DATASETS`) under ``out_dir``; returns the data-bin folder."""
+    if name == "multi30k_en_de":
+        return prepare_multi30k(out_dir, cfg)
+    if name in RECIPES:
+        return prepare_wmt(name, out_dir, cfg, base_url=base_url)
+    raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--data", default="multi30k_en_de", choices=DATASETS)
+    p.add_argument("--vocab-size", type=int, default=None, help="SentencePiece vocabulary (8000 Multi30k, 32000 WMT)")
+    p.add_argument("--max-train-lines", type=int, default=0)
+    p.add_argument("--mirror", default=None, help=f"Multi30k: folder with the .gz files (or set ${MULTI30K_ENV})")
+    p.add_argument("--base-url", default=None, help="WMT: a mirror serving the training archives by file name")
+    a = p.parse_args(argv)
+    if a.data == "multi30k_en_de":
+        src, tgt, vocab = "en", "de", 8000
+    else:
+        manifest = load_manifest(a.data)
+        src, tgt, vocab = manifest["src"], manifest["tgt"], 32000
+    cfg = PrepConfig(
+        src=src, tgt=tgt, vocab_size=a.vocab_size or vocab, max_train_lines=a.max_train_lines, mirror=a.mirror
+    )
+    try:
+        out = prepare_dataset(a.data, a.out_dir, cfg, a.base_url)
+    except DataError as err:
+        sys.exit(f"error: {err}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
