@@ -30,10 +30,10 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m structmt.pipeline.demo
+	$(PY) -m structmt.pipeline.recipes demo
 
 reproduce: $(STAMP)
-	scripts/reproduce_multi30k.sh all
+	$(PY) -m structmt.pipeline.recipes reproduce
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check structmt tests scripts

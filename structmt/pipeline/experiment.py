@@ -70,44 +70,23 @@ class Schedule:
     seed: int = 1
     threads: int = 2
     beam: int = 5
+    #: fairseq-fixed drops a final batch whose size is not a multiple of this; 1 keeps every sentence
+    batch_multiple: int = 1
+    save_interval: int = 200
 
     def fairseq_args(self) -> list[str]:
+        # fmt: off
         return [
-            "--optimizer",
-            "adam",
-            "--adam-betas",
-            "(0.9,0.98)",
-            "--lr",
-            str(self.lr),
-            "--lr-scheduler",
-            "inverse_sqrt",
-            "--warmup-updates",
-            str(self.warmup),
-            "--max-tokens",
-            str(self.max_tokens),
-            "--max-update",
-            str(self.max_update),
-            "--dropout",
-            str(self.dropout),
-            "--criterion",
-            "label_smoothed_cross_entropy",
-            "--label-smoothing",
-            str(self.label_smoothing),
-            "--seed",
-            str(self.seed),
-            "--num-workers",
-            "0",
-            "--required-batch-size-multiple",
-            "1",
-            "--no-epoch-checkpoints",
-            "--save-interval-updates",
-            "200",
-            "--keep-interval-updates",
-            "1",
-            "--disable-validation",
-            "--log-interval",
-            "50",
+            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", str(self.lr),
+            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(self.warmup),
+            "--max-tokens", str(self.max_tokens), "--max-update", str(self.max_update),
+            "--dropout", str(self.dropout), "--criterion", "label_smoothed_cross_entropy",
+            "--label-smoothing", str(self.label_smoothing), "--seed", str(self.seed), "--num-workers", "0",
+            "--required-batch-size-multiple", str(self.batch_multiple), "--no-epoch-checkpoints",
+            "--save-interval-updates", str(self.save_interval), "--keep-interval-updates", "1",
+            "--disable-validation", "--log-interval", "50",
         ]
+        # fmt: on
 
 
 @dataclass
@@ -130,6 +109,7 @@ class RunSpec:
         """Stable id from the settings that change the result (not the thread count)."""
         settings = asdict(self)
         settings["schedule"].pop("threads")
+        settings["schedule"].pop("save_interval")
         settings["data"].pop("mirror")
         settings["data"].pop("base_url")
         if not self.model.structured:

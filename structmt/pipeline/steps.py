@@ -61,16 +61,30 @@ def train(bin_dir: Path, run_dir: Path, arch: str, args: list[str], env: dict[st
         *args,
     ]
     wall = _run(cmd, run_dir / "train.log", env)
-    log = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")
-    summaries = re.findall(r"\| train \| .*?\| wps ([\d.]+) .*?\| num_updates (\d+)", log)
-    wps = [float(w) for w, _ in summaries]
-    updates = int(summaries[-1][1]) if summaries else 0
-    timing = re.findall(r"done training in ([\d.]+) seconds", log)
+    return parse_train_log(run_dir / "train.log", run_dir / "checkpoints" / "checkpoint_last.pt", wall)
+
+
+def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0) -> TrainResult:
+    """Updates, cumulative wall-clock and training tokens/s from fairseq's epoch summaries.
+
+    Summaries that added no update (a resumed run that was already finished)
+    are ignored; tokens/s is weighted by each epoch's training time.
+    """
+    text = log.read_text(encoding="utf-8", errors="replace")
+    pattern = r"\| train \| epoch \d+ \|.*?\| wps ([\d.]+) .*?\| num_updates (\d+) .*?\| train_wall (\d+) \| wall (\d+)"
+    updates, tokens, seconds, wall = 0, 0.0, 0.0, fallback_wall
+    for wps, num_updates, train_wall, wall_clock in re.findall(pattern, text):
+        if int(num_updates) <= updates:
+            continue
+        updates = int(num_updates)
+        tokens += float(wps) * float(train_wall)
+        seconds += float(train_wall)
+        wall = float(wall_clock)
     return TrainResult(
         updates=updates,
-        wall_seconds=float(timing[-1]) if timing else wall,
-        tokens_per_second=sum(wps) / len(wps) if wps else 0.0,
-        checkpoint=run_dir / "checkpoints" / "checkpoint_last.pt",
+        wall_seconds=wall,
+        tokens_per_second=tokens / seconds if seconds else 0.0,
+        checkpoint=checkpoint,
     )
 
 
