@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from filelock import FileLock
+
 from .fetch import MULTI30K_ENV, DataError
 from .prepare import MULTI30K_SPLITS, PrepConfig, prepare_multi30k
 from .wmt import RECIPES, load_manifest, prepare_wmt
@@ -21,12 +23,18 @@ def test_sets(name: str) -> dict[str, str]:
 
 
 def prepare_dataset(name: str, out_dir: Path, cfg: PrepConfig, base_url: str | None = None) -> Path:
-    """Prepare ``name`` (one of :data:`DATASETS`) under ``out_dir``; returns the data-bin folder."""
-    if name == "multi30k_en_de":
-        return prepare_multi30k(out_dir, cfg)
-    if name in RECIPES:
+    """Prepare ``name`` (one of :data:`DATASETS`) under ``out_dir``; returns the data-bin folder.
+
+    Concurrent callers (sweep jobs) wait for each other: one prepares, the others find it done.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
+        if name == "multi30k_en_de":
+            return prepare_multi30k(out_dir, cfg)
         return prepare_wmt(name, out_dir, cfg, base_url=base_url)
-    raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
 
 
 def main(argv: list[str] | None = None) -> None:

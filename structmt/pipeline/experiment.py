@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from ..data.cli import prepare_dataset, test_sets
 from ..data.files import write_text_atomic
 from ..data.prepare import PrepConfig
@@ -73,6 +75,9 @@ class Schedule:
     #: fairseq-fixed drops a final batch whose size is not a multiple of this; 1 keeps every sentence
     batch_multiple: int = 1
     save_interval: int = 200
+    update_freq: int = 1
+    #: more fairseq-train options, e.g. distributed training: ["--distributed-world-size", "8"]
+    extra_args: list[str] = field(default_factory=list)
 
     def fairseq_args(self) -> list[str]:
         # fmt: off
@@ -84,7 +89,8 @@ class Schedule:
             "--label-smoothing", str(self.label_smoothing), "--seed", str(self.seed), "--num-workers", "0",
             "--required-batch-size-multiple", str(self.batch_multiple), "--no-epoch-checkpoints",
             "--save-interval-updates", str(self.save_interval), "--keep-interval-updates", "1",
-            "--disable-validation", "--log-interval", "50",
+            "--disable-validation", "--log-interval", "50", "--update-freq", str(self.update_freq),
+            *self.extra_args,
         ]
         # fmt: on
 
@@ -97,6 +103,8 @@ class DataSpec:
     vocab_size: int = 8000
     mirror: str | None = None
     base_url: str | None = None
+    max_train_lines: int = 0  # 0 = all; slices are for smoke tests
+    max_eval_lines: int = 0
 
 
 @dataclass
@@ -165,13 +173,38 @@ def keep_model_files(bin_dir: Path, run_dir: Path, src: str, tgt: str) -> None:
 
 def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
     """The binarized data of ``spec`` (prepared once, cached under ``runs_dir/data``)."""
-    cfg = PrepConfig(src=spec.data.src, tgt=spec.data.tgt, vocab_size=spec.data.vocab_size, mirror=spec.data.mirror)
-    return prepare_dataset(spec.data.name, runs_dir / "data" / spec.data.name, cfg, spec.data.base_url)
+    d = spec.data
+    cfg = PrepConfig(
+        src=d.src,
+        tgt=d.tgt,
+        vocab_size=d.vocab_size,
+        mirror=d.mirror,
+        max_train_lines=d.max_train_lines,
+        max_eval_lines=d.max_eval_lines,
+    )
+    # one folder per preparation setting, so concurrent jobs with other settings never share stages
+    variant = {"vocab_size": d.vocab_size, "max_train_lines": d.max_train_lines, "max_eval_lines": d.max_eval_lines}
+    default = {"vocab_size": DataSpec.vocab_size, "max_train_lines": 0, "max_eval_lines": 0}
+    folder = d.name if variant == default else f"{d.name}-{hashlib.sha256(repr(variant).encode()).hexdigest()[:6]}"
+    return prepare_dataset(d.name, runs_dir / "data" / folder, cfg, d.base_url)
 
 
 def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, Any]:
-    """Train (or resume, or skip when finished) the model of ``spec``; returns its training metrics."""
+    """Train (or resume, or skip when finished) the model of ``spec``; returns its training metrics.
+
+    Holds the run's lock, so two jobs of a sweep never train the same run at once.
+    """
     bin_dir = prepare_data(spec, runs_dir)
+    with run_lock(runs_dir, spec.run_id()):
+        return _train_locked(spec, runs_dir, bin_dir, log)
+
+
+def run_lock(runs_dir: Path, run_id: str) -> FileLock:
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(runs_dir / f".{run_id}.lock"))
+
+
+def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dict[str, Any]:
     run_id = spec.run_id()
     run_dir = runs_dir / run_id
     metrics_path = run_dir / "train.json"
@@ -218,6 +251,13 @@ def evaluate_run(
     wandb_project: str = tracking.DEFAULT_PROJECT,
 ) -> list[dict[str, Any]]:
     """Decode and score a trained run, add its leaderboard rows, log it to W&B (skipped when done)."""
+    with run_lock(runs_dir, spec.run_id()):
+        return _evaluate_locked(spec, runs_dir, results_dir, baseline, log, wandb_project)
+
+
+def _evaluate_locked(
+    spec: RunSpec, runs_dir: Path, results_dir: Path, baseline: RunSpec | None, log: Any, wandb_project: str
+) -> list[dict[str, Any]]:
     run_id = spec.run_id()
     run_dir = runs_dir / run_id
     done = run_dir / "result.json"

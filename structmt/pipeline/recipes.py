@@ -21,14 +21,18 @@ from ..data.fetch import DataError
 from .experiment import REPO_ROOT, ModelSpec, RunSpec, Schedule, evaluate_run, prepare_data, train_run
 from .leaderboard import read_rows
 
-SCHEDULES = {
-    # ~20 minutes on 2 CPU cores
-    "demo": Schedule(name="cpu_demo", max_update=500, lr=0.005, warmup=250, threads=1),
-    # the headline table (Wu et al. 2021's CPU recipe, shortened to 3500 updates)
-    "reproduce": Schedule(
-        name="reproduce", max_update=3500, lr=0.005, warmup=1000, threads=1, batch_multiple=8, save_interval=500
-    ),
-}
+#: recipe → its schedule in conf/train (the same files the Hydra app uses)
+RECIPES = {"demo": "cpu_demo", "reproduce": "reproduce"}
+
+
+def load_schedule(name: str) -> Schedule:
+    """A schedule from ``conf/train/<name>.yaml``, checked against :class:`Schedule`."""
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(
+        OmegaConf.structured(Schedule), OmegaConf.load(REPO_ROOT / "conf" / "train" / f"{name}.yaml")
+    )
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
 def compare(dense: RunSpec, structured: RunSpec, *, runs_dir: Path, results_dir: Path) -> list[dict[str, Any]]:
@@ -43,13 +47,13 @@ def compare(dense: RunSpec, structured: RunSpec, *, runs_dir: Path, results_dir:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", choices=sorted(SCHEDULES))
+    p.add_argument("recipe", choices=sorted(RECIPES))
     p.add_argument("--max-update", type=int, default=None, help="override the schedule's number of updates")
     p.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     a = p.parse_args(argv)
     logging.getLogger("filelock").setLevel(logging.WARNING)
-    schedule = SCHEDULES[a.recipe]
+    schedule = load_schedule(RECIPES[a.recipe])
     if a.max_update is not None:
         schedule = replace(schedule, max_update=a.max_update)
     dense = RunSpec(model=ModelSpec(arch="transformer_multi30k"), schedule=schedule)

@@ -61,7 +61,9 @@ def log_experiment(
     project: str = DEFAULT_PROJECT,
     group: str | None = None,
 ) -> Path | None:
-    """Log one experiment; returns the local W&B run folder (None if logging failed)."""
+    """Log one experiment; returns the local W&B run folder (None if disabled or failed)."""
+    if wandb_mode() == "disabled":
+        return None
     try:
         run = _init(
             wandb_dir,

@@ -1,0 +1,107 @@
+"""The Hydra app: config composition, validation of overrides, local multi-job sweeps."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from structmt.pipeline import leaderboard
+from structmt.pipeline.app import ConfigError, specs, validate
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="structmt", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("group", ["data", "model", "train", "logger"])
+def test_every_group_option_composes_and_validates(group):
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        cfg = _compose(f"{group}={option}")
+        validate(cfg)
+        spec, baseline = specs(cfg)
+        assert spec.run_id().startswith(cfg.data.name)
+        if spec.model.structured:
+            assert baseline is not None and baseline.model.arch == spec.model.arch.removeprefix("structured_")
+            assert baseline.schedule == spec.schedule and baseline.data == spec.data
+
+
+def test_sweep_configs_compose():
+    for sweep in ("wr_grid", "wr_small", "optuna_wr"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="structmt", overrides=[f"+sweep={sweep}"], return_hydra_config=True)
+        params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+        assert set(params) == {"model.window", "model.rare"}
+    assert cfg.hydra.sweeper.direction == "maximize"
+
+
+def test_run_id_is_stable_and_ignores_threads():
+    a, _ = specs(_compose("model.window=5"))
+    b, _ = specs(_compose("model.window=5", "train.threads=2"))
+    c, _ = specs(_compose("model.window=4"))
+    assert a.run_id() == b.run_id() != c.run_id()
+
+
+def test_range_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"model.window=-1 must be >= 0.*train.dropout=1.5 must lie in"):
+        validate(_compose("model.window=-1", "train.dropout=1.5"))
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "structmt.pipeline.app",
+            *args,
+            f"runs_dir={tmp_path}/runs",
+            f"results_dir={tmp_path}/results",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.window=-1", "model.window=-1 must be >= 0"),
+        ("model.rare=abc", "full_key: model.rare"),
+        ("model=transformer_huge", "Could not find 'model/transformer_huge'"),
+        ("train.max_updates=10", "Key 'max_updates' not in 'Schedule'"),
+    ],
+)
+def test_bad_override_fails_before_any_work(tmp_path, override, message):
+    result = _run(tmp_path, override)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "runs" / "data").exists() and not (tmp_path / "results").exists()
+
+
+SMOKE = ["data=multi30k_smoke", "model=structured_tiny", "train=smoke", "logger=none", "baseline=false"]
+
+
+def test_local_jobs_launcher_runs_points_as_separate_jobs_and_reruns_skip(tmp_path):
+    result = _run(tmp_path, "-m", "hydra/launcher=local_jobs", *SMOKE, "model.window=1,3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")
+    assert sorted({(r["window"], r["test_set"]) for r in rows}) == [
+        ("1", "test_2016_flickr"),
+        ("1", "test_2017_flickr"),
+        ("3", "test_2016_flickr"),
+        ("3", "test_2017_flickr"),
+    ]
+    job_logs = list((tmp_path / "runs" / "multirun").rglob("*_log.out"))
+    assert len({p.parent for p in job_logs}) == 2  # two submitit jobs
+    again = _run(tmp_path, "-m", "hydra/launcher=local_jobs", *SMOKE, "model.window=1,3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv") == rows
+    assert (tmp_path / "results" / "leaderboard.png").stat().st_size > 0
