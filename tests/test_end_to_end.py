@@ -78,3 +78,29 @@ def test_train_decode_score(data_bin, tmp_path, arch, extra):
         check=True,
     ).stdout
     assert out == hyp.read_text()
+
+
+def test_fairseq_hydra_train_with_the_plugin(data_bin, tmp_path):
+    """fairseq's own Hydra entry point builds the structured model from conf/fairseq and saves a loadable checkpoint."""
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairseq_cli.hydra_train",
+        "--config-dir",
+        str(repo / "conf" / "fairseq"),
+        "--config-name",
+        "structured_multi30k",
+        f"task.data={data_bin}",
+        f"common.user_dir={repo / 'structmt'}",
+        "optimization.max_update=2",
+        "dataset.max_tokens=1024",
+        f"checkpoint.save_dir={tmp_path / 'ckpt'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (tmp_path / "hydra" / "hydra_train.log").read_text()
+    assert "StructuredMultiheadAttention" in log and "window=(1, 3, 3, 3), rare=2" in log
+    state = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt")
+    assert state["optimizer_history"][-1]["num_updates"] == 2

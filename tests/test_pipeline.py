@@ -201,3 +201,28 @@ def test_wandb_offline_run_holds_config_curve_and_scores(tmp_path, monkeypatch):
     assert [h["train/loss"] for h in run["history"]] == [12.3, 9.8]
     assert run["summary"]["test_2016_flickr/bleu"] == 31.25
     assert run["summary"]["test_2016_flickr/p_value_vs_dense"] == 0.04
+
+
+def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
+    from structmt.pipeline.sweep_report import report
+
+    rows = [_row("d", bleu=30.0) | {"data": "m", "schedule": "s", "window": "", "rare": "", "train_tokens_per_s": 100}]
+    for w, r, b in [(1, 0, 28.5), (1, 2, 29.0), (3, 0, 30.5), (3, 2, 29.9)]:
+        rows.append(
+            _row(f"w{w}r{r}", bleu=b)
+            | {
+                "data": "m",
+                "schedule": "s",
+                "window": w,
+                "rare": r,
+                "train_tokens_per_s": 90 + w,
+                "p_value_vs_dense": 0.2,
+            }
+        )
+    rows.append(_row("other", bleu=99.0) | {"data": "m", "schedule": "other", "window": 1, "rare": 1})
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
+    assert "Best structured point: w=3, r=0: BLEU 30.5, at or above the dense baseline's 30.0" in text
+    assert text.count("| structured |") == 4 and "99.0" not in text
+    assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_bleu.png").stat().st_size > 0
+    assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_cost.png").stat().st_size > 0

@@ -295,6 +295,7 @@ def _evaluate_locked(
             {
                 "run_id": run_id,
                 "data": spec.data.name,
+                "schedule": spec.schedule.name,
                 "direction": f"{spec.data.src}-{spec.data.tgt}",
                 "test_set": test_name,
                 "arch": spec.model.arch,

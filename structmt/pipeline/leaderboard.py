@@ -20,6 +20,7 @@ from ..data.files import write_text_atomic
 COLUMNS = [
     "run_id",
     "data",
+    "schedule",
     "direction",
     "test_set",
     "arch",
