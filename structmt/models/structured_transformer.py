@@ -7,7 +7,9 @@ baseline and a structured model therefore differ only in attention, and
 checkpoints load both ways.
 """
 
+import json
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +49,13 @@ class StructureConfig(FairseqDataclass):
             "'auto' = H/4 positional, max(1, H/4) rare (if r > 0), the rest syntactic"
         },
     )
+    struct_heads_from: str = field(
+        default="",
+        metadata={
+            "help": "JSON file with per-layer role mixes {'encoder': [...], 'decoder': [...]} "
+            "(written by structmt-analyze as roles.json); overrides --struct-heads"
+        },
+    )
     struct_pos_window: int = field(default=1, metadata={"help": "band half-width of positional heads (0 = identity)"})
     struct_error: str = field(
         default="none",
@@ -79,6 +88,20 @@ def _error_term(spec: str, eps: float) -> tuple[int, float]:
     return int(count), eps
 
 
+def roles_from_file(path: str, block: str) -> list[str]:
+    """Per-layer role mixes of ``block`` from a roles JSON file (``structmt-analyze`` writes one)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--struct-heads-from {path}: no such file (structmt-analyze writes results/roles.json)")
+    try:
+        mixes = json.loads(p.read_text()).get(block)
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"--struct-heads-from {path}: not a JSON object of role mixes ({err})") from None
+    if not isinstance(mixes, list) or not all(isinstance(m, str) for m in mixes):
+        raise ValueError(f"--struct-heads-from {path}: needs a list of role mixes under {block!r}")
+    return mixes
+
+
 def layer_structures(args: Any, block: str) -> list[Structure]:
     """Validate the ``--struct-*`` options and build one :class:`Structure` per layer of ``block``."""
     for name in ("struct_window", "struct_rare", "struct_pos_window"):
@@ -89,7 +112,12 @@ def layer_structures(args: Any, block: str) -> list[Structure]:
     sinks, eps = _error_term(args.struct_error, args.struct_error_eps)
     heads = getattr(args, f"{block}_attention_heads")
     layers = getattr(args, f"{block}_layers")
-    spec = args.struct_heads if args.struct_heads != "auto" else default_role_mix(heads, args.struct_rare)
+    if args.struct_heads_from:
+        spec = ";".join(roles_from_file(args.struct_heads_from, block))
+    elif args.struct_heads != "auto":
+        spec = args.struct_heads
+    else:
+        spec = default_role_mix(heads, args.struct_rare)
     roles = parse_role_mix(spec, heads, layers)
     try:
         return [

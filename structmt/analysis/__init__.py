@@ -1,0 +1,1 @@
+"""Attention analysis: extraction from fairseq checkpoints, projection onto Σ, figures."""

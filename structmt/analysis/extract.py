@@ -1,0 +1,114 @@
+"""Teacher-forced extraction of every attention head's weights from a fairseq checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+BLOCKS = ("encoder", "decoder", "cross")
+
+
+@dataclass
+class SentenceAttention:
+    """Attention of one sentence, padding removed: ``block → [layer] → (heads, Tq, Tk)``."""
+
+    sample_id: int
+    src_len: int
+    tgt_len: int
+    weights: dict[str, list[Tensor]] = field(default_factory=dict)
+
+
+def load(checkpoint: Path, data_dir: Path) -> tuple[Any, Any]:
+    """A model (eval mode) and its task from a checkpoint (dense or structured) and a data-bin."""
+    from fairseq import checkpoint_utils
+
+    import structmt  # noqa: F401  (registers the models, allowlists checkpoint classes)
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(checkpoint)], arg_overrides={"data": str(data_dir)}
+    )
+    return models[0].eval(), task
+
+
+def _attention_modules(model: Any) -> dict[str, list[Any]]:
+    return {
+        "encoder": [layer.self_attn for layer in model.encoder.layers],
+        "decoder": [layer.self_attn for layer in model.decoder.layers],
+        "cross": [layer.encoder_attn for layer in model.decoder.layers],
+    }
+
+
+class _Recorder:
+    """Wraps a fairseq attention module's forward to keep its per-head weights."""
+
+    def __init__(self, module: Any) -> None:
+        self.module, self.original = module, module.forward
+        self.weights: Tensor | None = None
+        module.forward = self
+        # fairseq's fast path (F.multi_head_attention_forward) only returns head-averaged weights;
+        # this flag makes it take the explicit path, which computes the same thing per head.
+        self.skip = module.skip_embed_dim_check
+        module.skip_embed_dim_check = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        wanted_heads, wanted = kwargs.get("need_head_weights", False), kwargs.get("need_weights", True)
+        kwargs.update(need_weights=True, need_head_weights=True)
+        out, weights = self.original(*args, **kwargs)
+        self.weights = weights  # (heads, batch, Tq, Tk)
+        if wanted_heads:
+            return out, weights
+        return out, (weights.mean(0) if wanted and weights is not None else None)
+
+    def remove(self) -> None:
+        self.module.forward = self.original
+        self.module.skip_embed_dim_check = self.skip
+
+
+def iterate(
+    model: Any, task: Any, subset: str = "test", batch_size: int = 32, src_lengths: set[int] | None = None
+) -> Iterator[SentenceAttention]:
+    """Yield the attention of every sentence of ``subset`` (optionally only given source lengths)."""
+    task.load_dataset(subset)
+    dataset = task.dataset(subset)
+    pad = task.source_dictionary.pad()
+    recorders = {block: [_Recorder(m) for m in mods] for block, mods in _attention_modules(model).items()}
+    try:
+        itr = task.get_batch_iterator(
+            dataset=dataset, max_sentences=batch_size, required_batch_size_multiple=1, max_positions=None
+        ).next_epoch_itr(shuffle=False)
+        with torch.no_grad():
+            for sample in itr:
+                src = sample["net_input"]["src_tokens"]
+                keep = [
+                    i for i in range(src.size(0)) if src_lengths is None or int((src[i] != pad).sum()) in src_lengths
+                ]
+                if not keep:
+                    continue
+                model(**sample["net_input"])
+                tgt = sample["net_input"]["prev_output_tokens"]
+                for i in keep:
+                    src_pos = (src[i] != pad).nonzero().flatten()
+                    n_tgt = int((tgt[i] != pad).sum())
+                    item = SentenceAttention(int(sample["id"][i]), len(src_pos), n_tgt)
+                    for block, recs in recorders.items():
+                        layers = []
+                        for rec in recs:
+                            w = rec.weights[:, i]
+                            if block == "encoder":
+                                w = w[:, src_pos][:, :, src_pos]
+                            elif block == "decoder":
+                                w = w[:, :n_tgt, :n_tgt]
+                            else:
+                                w = w[:, :n_tgt][:, :, src_pos]
+                            layers.append(w.float().clone())
+                        item.weights[block] = layers
+                    yield item
+    finally:
+        for recs in recorders.values():
+            for rec in recs:
+                rec.remove()
