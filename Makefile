@@ -10,7 +10,7 @@ FAIRSEQ := fairseq-fixed==0.12.3.1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candidates.cpp
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt numpy cython
 	# fairseq fork for Python 3.11, built against the installed torch, without its torchaudio pin
 	$(PIP) install -q --no-deps --no-build-isolation $(FAIRSEQ)
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# the project itself: --no-build-isolation so its C++ kernel compiles against this torch
+	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[dev]'
 	$(PY) -c "import structmt, fairseq; print('structmt ready: fairseq', fairseq.__version__)"
 	touch $(STAMP)
 

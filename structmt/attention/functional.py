@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,25 @@ def reference_attention(
     return out, weights
 
 
+def candidate_masks(
+    shape: torch.Size, kv_pos: Tensor, groups: Sequence[tuple[int, str]], supports: Supports, q_pos: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Which candidates are in the structured support and which are error keys: two ``(B, H, Tq, C)`` masks."""
+    B, H, Tq = shape[0], shape[1], shape[2]
+    b, h = _index_grid(B, H, kv_pos.device)
+    qi = q_pos.view(1, 1, -1, 1)
+    kv = kv_pos.unsqueeze(1)  # (B, 1, Tq, C)
+    support_parts, error_parts, start = [], [], 0
+    for size, name in groups:
+        part = kv[..., start : start + size]
+        start += size
+        allowed = getattr(supports, name)(b, h, qi, part).expand(B, H, Tq, size)
+        none = torch.zeros_like(allowed)
+        support_parts.append(none if name == "error" else allowed)
+        error_parts.append(allowed if name == "error" else none)
+    return torch.cat(support_parts, -1), torch.cat(error_parts, -1)
+
+
 def candidate_attention(
     q: Tensor,
     k_c: Tensor,
@@ -103,18 +123,7 @@ def candidate_attention(
     Returns:
         output ``(B, H, Tq, D)`` and candidate weights ``(B, H, Tq, C)``.
     """
-    b, h = _index_grid(q.size(0), q.size(1), q.device)
-    qi = q_pos.view(1, 1, -1, 1)
-    kv = kv_pos.unsqueeze(1)  # (B, 1, Tq, C)
-    support_parts, error_parts, start = [], [], 0
-    for size, name in groups:
-        part = kv[..., start : start + size]
-        start += size
-        allowed = getattr(supports, name)(b, h, qi, part)
-        allowed = allowed.expand(q.size(0), q.size(1), q.size(2), size)
-        support_parts.append(allowed if name != "error" else torch.zeros_like(allowed))
-        error_parts.append(allowed if name == "error" else torch.zeros_like(allowed))
-    support, error = torch.cat(support_parts, -1), torch.cat(error_parts, -1)
+    support, error = candidate_masks(q.shape, kv_pos, groups, supports, q_pos)
     scores = torch.einsum("bhtd,btchd->bhtc", q, k_c) / math.sqrt(q.size(-1))
     weights = structured_softmax(scores, support, error, sink_eps)
     out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights, dropout_p, training=dropout_p > 0), v_c)
@@ -151,11 +160,57 @@ def efficient_attention(
         groups.append((sink_pos.size(-1), "error"))
     kv_pos = torch.cat(parts, dim=-1)
     index = kv_pos.clamp(0, k.size(2) - 1)
+    if fused_kernel_usable(q, dropout_p):
+        support, error = candidate_masks(q.shape, kv_pos, groups, supports, q_pos)
+        kind = support.to(torch.int8) + 2 * error.to(torch.int8)
+        out, weights = FusedCandidateAttention.apply(
+            q, k, v, index, kind, 1.0 / math.sqrt(q.size(-1)), structure.sink_eps
+        )
+        return out, weights, kv_pos
     batch = torch.arange(B, device=q.device).view(B, 1, 1)
     k_c = k.transpose(1, 2)[batch, index]  # (B, T, C, H, D)
     v_c = v.transpose(1, 2)[batch, index]
     out, weights = candidate_attention(q, k_c, v_c, kv_pos, groups, supports, structure.sink_eps, q_pos, dropout_p)
     return out, weights, kv_pos
+
+
+def _load_kernels() -> Any:
+    try:
+        from .. import _kernels  # built by setup.py against the installed torch
+
+        return _kernels
+    except ImportError:
+        return None
+
+
+_KERNELS = _load_kernels()
+
+
+def fused_kernel_usable(q: Tensor, dropout_p: float) -> bool:
+    """The C++ kernel covers float32 CPU tensors without attention dropout."""
+    return _KERNELS is not None and q.device.type == "cpu" and q.dtype == torch.float32 and dropout_p == 0.0
+
+
+class FusedCandidateAttention(torch.autograd.Function):
+    """Forward and backward of candidate attention in one C++ pass each (no gathered copies)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, index: Tensor, kind: Tensor, scale: float, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        out, weights, scores = _KERNELS.forward(q, k, v, index, kind, scale, eps)
+        ctx.save_for_backward(q, k, v, index, kind, scores)
+        ctx.scale, ctx.eps = scale, eps
+        ctx.mark_non_differentiable(weights)
+        return out, weights
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, grad_weights: Tensor | None) -> tuple[Tensor | None, ...]:
+        q, k, v, index, kind, scores = ctx.saved_tensors
+        dq, dk, dv = _KERNELS.backward(
+            grad_out, q.contiguous(), k.contiguous(), v.contiguous(), index, kind, scores, ctx.scale, ctx.eps
+        )
+        return dq, dk, dv, None, None, None, None
 
 
 def choose_impl(impl: str, structure: Structure, num_keys: int) -> str:
