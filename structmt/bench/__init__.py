@@ -1,0 +1,1 @@
+"""Benchmarks: attention kernels side by side (``structmt-bench attention``)."""

@@ -1,0 +1,286 @@
+"""``structmt-bench attention``: forward+backward time and peak memory of dense SDPA,
+fairseq's MultiheadAttention, compiled FlexAttention (forward only on CPU) and
+structmt's reference and efficient paths, side by side on the same inputs.
+
+Every ratio is measured in one run.  Peak memory is measured in a fresh child
+process per (implementation, length) from the growth of its maximum resident set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient")
+
+
+def inputs(length: int, tokens: int, heads: int, dim: int, rare: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    batch = max(1, tokens // length)
+    q, k, v = (torch.randn(batch, heads, length, dim, generator=gen) for _ in range(3))
+    rare_index = torch.randint(0, length, (batch, rare), generator=gen)
+    return q, k, v, rare_index
+
+
+def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[], Any], bool]:
+    """A closure running one step of ``impl``; returns it and whether it includes the backward pass."""
+    import torch.nn.functional as F
+
+    from structmt.attention import structured_attention
+
+    if impl == "sdpa":
+        q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+        return (lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()), True
+    if impl in ("reference", "efficient"):
+        q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+        return (
+            lambda: structured_attention(q, k, v, window=window, rare_index=rare_index, impl=impl)[0].sum().backward()
+        ), True
+    if impl == "fairseq_mha":
+        from fairseq.modules.multihead_attention import MultiheadAttention
+
+        B, H, T, D = q.shape
+        mha = MultiheadAttention(H * D, H, self_attention=True)
+        x = q.permute(2, 0, 1, 3).reshape(T, B, H * D).clone().requires_grad_()
+        return (lambda: mha(x, x, x, need_weights=False)[0].sum().backward()), True
+    if impl == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        B, H, T, _ = q.shape
+
+        def mask_mod(b, h, qi, kv):
+            in_rare = (rare_index[b] == kv.unsqueeze(-1)).any(-1) if rare_index.numel() else kv < 0
+            return ((qi - kv).abs() <= window) | in_rare
+
+        block_mask = create_block_mask(mask_mod, B=B, H=None, Q_LEN=T, KV_LEN=T, device="cpu")
+        compiled = torch.compile(flex_attention)
+
+        def step():
+            with torch.no_grad():
+                compiled(q, k, v, block_mask=block_mask)
+
+        return step, False
+    raise ValueError(impl)
+
+
+def median_time(step: Callable[[], Any], repeats: int) -> float:
+    step()  # warm-up (and compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_child(conn, impl, length, tokens, heads, dim, rare, window):
+    torch.set_num_threads(torch.get_num_threads())
+    q, k, v, r = inputs(length, tokens, heads, dim, rare)
+    step, _ = make_step(impl, q, k, v, r, window)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    conn.send((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    conn.close()
+
+
+def peak_bytes(impl: str, length: int, tokens: int, heads: int, dim: int, rare: int, window: int) -> int:
+    """Peak resident-memory growth of one step, in a fresh process (inputs allocated before the baseline)."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_peak_child, args=(child, impl, length, tokens, heads, dim, rare, window))
+    proc.start()
+    value = parent.recv() if parent.poll(1800) else -1
+    proc.join()
+    return int(value)
+
+
+def hardware(size_mb: int = 512) -> dict[str, float]:
+    """Copy bandwidth (read + write) and float32 matmul rate of this machine, measured now."""
+    x = torch.empty(size_mb * 1024 * 1024 // 4)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    copy = median_time(lambda: y.copy_(x), 5)
+    a = torch.randn(2048, 2048)
+    mm = median_time(lambda: a @ a, 5)
+    return {"copy_gb_per_s": 2 * x.numel() * 4 / copy / 1e9, "matmul_gflop_per_s": 2 * 2048**3 / mm / 1e9}
+
+
+def traffic_floor_bytes(batch: int, heads: int, length: int, dim: int, candidates: int) -> float:
+    """Bytes the band and rare gathers must move, forward + backward: every query reads its
+    ``C`` keys and values and writes its output (forward); the backward reads them again and writes
+    dq, dk and dv (float32)."""
+    rows = batch * heads * length
+    forward = rows * (2 * candidates + 2) * dim * 4
+    backward = rows * (4 * candidates + 3) * dim * 4
+    return forward + backward
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": commit,
+    }
+
+
+def run(
+    lengths: list[int],
+    tokens: int,
+    heads: int,
+    dim: int,
+    window: int,
+    rare: int,
+    impls: list[str],
+    repeats: int,
+    memory: bool,
+    dense_limit: int,
+) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "hardware": hardware(),
+        "settings": {"tokens": tokens, "heads": heads, "dim": dim, "window": window, "rare": rare, "repeats": repeats},
+        "rows": [],
+    }
+    for length in lengths:
+        q, k, v, r = inputs(length, tokens, heads, dim, rare)
+        row: dict[str, Any] = {"T": length, "batch": q.size(0)}
+        for impl in impls:
+            if impl in ("sdpa", "fairseq_mha", "reference") and length > dense_limit:
+                continue
+            step, backward = make_step(impl, q, k, v, r, window)
+            row[f"{impl}_s"] = median_time(step, repeats)
+            row[f"{impl}_backward"] = backward
+            if memory:
+                row[f"{impl}_peak_bytes"] = peak_bytes(impl, length, tokens, heads, dim, rare, window)
+            print(
+                f"T={length:5d} {impl:12s} {row[f'{impl}_s'] * 1000:9.2f} ms"
+                + (f"  peak {row[f'{impl}_peak_bytes'] / 2**20:8.1f} MiB" if memory else ""),
+                flush=True,
+            )
+        candidates = 2 * window + 1 + rare
+        row["floor_s"] = traffic_floor_bytes(q.size(0), heads, length, dim, candidates) / (
+            results["hardware"]["copy_gb_per_s"] * 1e9
+        )
+        results["rows"].append(row)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    head = (
+        "| T | batch | SDPA f+b ms | fairseq MHA f+b ms | Flex fwd ms | reference f+b ms | efficient f+b ms | "
+        "SDPA / efficient | Flex fwd / efficient f+b | efficient / traffic floor | efficient MiB per 1k tokens |"
+    )
+    lines = [head, "|" + "---|" * 11]
+
+    def ms(row, key):
+        return f"{row[key] * 1000:.1f}" if key in row else "–"
+
+    for row in rows:
+        eff = row.get("efficient_s")
+        ratio = f"{row['sdpa_s'] / eff:.1f}×" if eff and "sdpa_s" in row else "–"
+        flex = f"{row['flex_s'] / eff:.2f}×" if eff and "flex_s" in row else "–"
+        floor = f"{eff / row['floor_s']:.1f}×" if eff else "–"
+        mem = (
+            f"{row['efficient_peak_bytes'] / 2**20 / (row['T'] * row['batch'] / 1000):.2f}"
+            if "efficient_peak_bytes" in row
+            else "–"
+        )
+        lines.append(
+            f"| {row['T']} | {row['batch']} | {ms(row, 'sdpa_s')} | {ms(row, 'fairseq_mha_s')} | "
+            f"{ms(row, 'flex_s')} | {ms(row, 'reference_s')} | {ms(row, 'efficient_s')} | {ratio} | {flex} | "
+            f"{floor} | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for impl in IMPLS:
+        pts = [(r["T"], r[f"{impl}_s"]) for r in results["rows"] if f"{impl}_s" in r]
+        if pts:
+            ax1.loglog(*zip(*pts, strict=True), marker="o", label=impl + (" (fwd)" if impl == "flex" else ""))
+        mem = [(r["T"], r[f"{impl}_peak_bytes"] / 2**20) for r in results["rows"] if f"{impl}_peak_bytes" in r]
+        if mem:
+            ax2.loglog(*zip(*mem, strict=True), marker="o", label=impl)
+    ax1.set_xlabel("T (tokens per batch constant)")
+    ax1.set_ylabel("seconds per step")
+    ax2.set_xlabel("T")
+    ax2.set_ylabel("peak MiB")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--lengths", default="32,128,512,1024,2048,4096,8192")
+    p.add_argument("--tokens", type=int, default=8192, help="tokens per batch, held constant")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--window", type=int, default=3)
+    p.add_argument("--rare", type=int, default=2)
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--dense-limit", type=int, default=8192, help="skip O(T²) implementations above this length")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_attention")
+    a = p.parse_args(argv)
+    results = run(
+        [int(x) for x in a.lengths.split(",")],
+        a.tokens,
+        a.heads,
+        a.dim,
+        a.window,
+        a.rare,
+        a.impls.split(","),
+        a.repeats,
+        not a.no_memory,
+        a.dense_limit,
+    )
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, a.out.with_suffix(".png"))
+    print(table(results))
+    hw = results["hardware"]
+    print(
+        f"\ncopy bandwidth {hw['copy_gb_per_s']:.1f} GB/s, matmul {hw['matmul_gflop_per_s']:.1f} GFLOP/s; "
+        f"{results['machine']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
