@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..data.files import write_text_atomic
+from ..figures import annotated_heatmap, pyplot, save
 from .extract import SentenceAttention, iterate, load
 from .project import best_role, project, random_search
 
@@ -95,11 +96,7 @@ def role_mix(sentences: list[SentenceAttention], block: str, w: int, r: int) -> 
 
 
 def figure(sentence: SentenceAttention, block: str, w: int, r: int, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     heads = [
         (layer, head)
         for layer in range(len(sentence.weights[block]))
@@ -120,36 +117,23 @@ def figure(sentence: SentenceAttention, block: str, w: int, r: int, png: Path) -
     fig.suptitle(
         f"{block} self-attention, sentence {sentence.sample_id} (n={sentence.src_len}), w={w}, r={r}", fontsize=8
     )
-    fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    save(fig, png, dpi=110)
 
 
 def grid_figure(values: dict[str, float], png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = [[values[f"w{w}_r{r}"] for w in GRID_W] for r in GRID_R]
-    fig, ax = plt.subplots(figsize=(6, 3))
-    im = ax.imshow(data, origin="lower", cmap="magma_r", aspect="auto")
-    ax.set_xticks(range(len(GRID_W)), [str(w) for w in GRID_W])
-    ax.set_yticks(range(len(GRID_R)), [str(r) for r in GRID_R])
-    ax.set_xlabel("w")
-    ax.set_ylabel("r")
-    for i, row in enumerate(data):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.4f}", ha="center", va="center", fontsize=6, color="black")
-    fig.colorbar(im, ax=ax, label="mean error per entry")
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(png)
+    grid = [[values[f"w{w}_r{r}"] for w in GRID_W] for r in GRID_R]
+    annotated_heatmap(
+        grid,
+        GRID_W,
+        GRID_R,
+        xlabel="w",
+        ylabel="r",
+        label="mean error per entry",
+        title=title,
+        png=png,
+        fmt="{:.4f}",
+        cmap="magma",
+    )
 
 
 def analyze(

@@ -221,12 +221,9 @@ def table(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], png: Path) -> None:
-    import matplotlib
+    from ..figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = pyplot().subplots(1, 2, figsize=(11, 4))
     for impl in IMPLS:
         pts = [(r["T"], r[f"{impl}_s"]) for r in results["rows"] if f"{impl}_s" in r]
         if pts:
@@ -240,9 +237,7 @@ def plot(results: dict[str, Any], png: Path) -> None:
     ax2.set_ylabel("peak MiB")
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    save(fig, png)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -104,11 +104,9 @@ def write_markdown(csv_path: Path, md_path: Path) -> str:
 
 def write_chart(csv_path: Path, png_path: Path) -> None:
     """Bar chart of BLEU per run, one group of bars per test set."""
-    import matplotlib
+    from ..figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = read_rows(csv_path)
     runs = sorted({r["run_id"] for r in rows})
     tests = sorted({r["test_set"] for r in rows})
@@ -123,12 +121,7 @@ def write_chart(csv_path: Path, png_path: Path) -> None:
     ax.set_ylabel("sacreBLEU")
     ax.legend()
     ax.set_title("structmt leaderboard")
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(png_path)
+    save(fig, png_path)
 
 
 def publish(results_dir: Path) -> None:

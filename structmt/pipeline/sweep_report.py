@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from ..data.files import write_text_atomic
+from ..figures import annotated_heatmap
 from .leaderboard import read_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -18,31 +19,10 @@ def sweep_rows(rows: list[dict[str, str]], data: str, schedule: str, test_set: s
 
 
 def heatmap(points: dict[tuple[int, int], float], title: str, label: str, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ws = sorted({w for w, _ in points})
     rs = sorted({r for _, r in points})
     grid = [[points.get((w, r), float("nan")) for w in ws] for r in rs]
-    fig, ax = plt.subplots(figsize=(1.2 * len(ws) + 2, 1.0 * len(rs) + 1.5))
-    im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(ws)), [str(w) for w in ws])
-    ax.set_yticks(range(len(rs)), [str(r) for r in rs])
-    ax.set_xlabel("window w")
-    ax.set_ylabel("rare tokens r")
-    for i, row in enumerate(grid):
-        for j, v in enumerate(row):
-            if v == v:
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white", fontsize=9)
-    fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(png)
+    annotated_heatmap(grid, ws, rs, xlabel="window w", ylabel="rare tokens r", label=label, title=title, png=png)
 
 
 def report(results_dir: Path, data: str, schedule: str, test_set: str, out_dir: Path) -> str:

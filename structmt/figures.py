@@ -1,0 +1,57 @@
+"""Figure helpers shared by the leaderboard, sweep report, analysis and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig: Any, png: Path, dpi: int = 120) -> None:
+    """Write ``fig`` to ``png`` atomically and close it."""
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=dpi)
+    pyplot().close(fig)
+    tmp.replace(png)
+
+
+def annotated_heatmap(
+    grid: Sequence[Sequence[float]],
+    xs: Sequence[Any],
+    ys: Sequence[Any],
+    *,
+    xlabel: str,
+    ylabel: str,
+    label: str,
+    title: str,
+    png: Path,
+    fmt: str = "{:.1f}",
+    cmap: str = "viridis",
+) -> None:
+    """A heatmap with its value written in every cell (NaN cells stay empty)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(xs) + 2), max(2.5, 0.7 * len(ys) + 1.5)))
+    im = ax.imshow(grid, origin="lower", cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if value == value:
+                ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=7, color="white")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title, fontsize=8)
+    save(fig, png)
