@@ -96,6 +96,23 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
     return "\n".join(out) + "\n"
 
 
+def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
+    """The README's headline table: one line per model and test set of one data set and schedule."""
+    subset = [r for r in rows if r["data"] == data and r["schedule"] == schedule]
+    lines = [
+        "| test set | model | w | r | BLEU | chrF | p vs dense | 95% CI | updates | train h | train tok/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(subset, key=lambda r: (r["test_set"], bool(r["window"]), r["run_id"])):
+        lines.append(
+            f"| {r['test_set']} | {r['arch']} | {r['window'] or '–'} | {r['rare'] or '–'} | {r['bleu']} | "
+            f"{r['chrf']} | {r['p_value_vs_dense'] or '–'} | {('±' + r['bleu_ci95']) if r['bleu_ci95'] else '–'}"
+            f" | {r['updates']} | {float(r['train_seconds']) / 3600:.2f} | {r['train_tokens_per_s']} |"
+        )
+    sigs = sorted({r["bleu_signature"] for r in subset})
+    return "\n".join(lines) + "\n\nBLEU signature: " + "; ".join(f"`{s}`" for s in sigs) + "\n"
+
+
 def write_markdown(csv_path: Path, md_path: Path) -> str:
     text = render_markdown(read_rows(csv_path))
     write_text_atomic(md_path, text)
@@ -143,10 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--wandb", action="store_true", help="also rebuild the W&B leaderboard table")
     p.add_argument("--wandb-dir", type=Path, default=root / "runs" / "wandb")
     p.add_argument("--project", default=DEFAULT_PROJECT)
+    p.add_argument("--headline", metavar="SCHEDULE", help="print the README headline table of this schedule")
+    p.add_argument("--data", default="multi30k_en_de")
     a = p.parse_args(argv)
     csv_path = a.results_dir / "leaderboard.csv"
     if not csv_path.exists():
         raise SystemExit(f"error: {csv_path} does not exist; run an experiment first (make demo)")
+    if a.headline:
+        print(headline(read_rows(csv_path), a.data, a.headline))
+        return
     publish(a.results_dir)
     print(render_markdown(read_rows(csv_path)))
     if a.wandb:
