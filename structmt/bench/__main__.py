@@ -1,14 +1,17 @@
-"""``structmt-bench attention ...``"""
+"""``structmt-bench attention|decode ...``"""
 
 import sys
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("attention",):
-        sys.exit("usage: structmt-bench attention [options]   (train and decode benchmarks: not yet)")
-    from .attention import main as attention
-
-    attention(sys.argv[2:])
+    commands = ("attention", "decode")
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit("usage: structmt-bench attention|decode [options]   (the train benchmark: not yet)")
+    if sys.argv[1] == "attention":
+        from .attention import main as run
+    else:
+        from .decode import main as run
+    run(sys.argv[2:])
 
 
 if __name__ == "__main__":
