@@ -1,5 +1,7 @@
 """The Hydra app: config composition, validation of overrides, local multi-job sweeps."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +107,44 @@ def test_local_jobs_launcher_runs_points_as_separate_jobs_and_reruns_skip(tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
     assert leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv") == rows
     assert (tmp_path / "results" / "leaderboard.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_killed_point_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL a sweep point mid-training; the same command resumes it from checkpoint_last.pt."""
+    import os
+    import signal
+    import time
+
+    args = [
+        sys.executable,
+        "-m",
+        "structmt.pipeline.app",
+        *SMOKE,
+        "train.max_update=80",
+        "train.save_interval=10",
+        f"runs_dir={tmp_path}/runs",
+        f"results_dir={tmp_path}/results",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 600
+    ckpt = None
+    while time.time() < deadline and ckpt is None:
+        found = list((tmp_path / "runs").glob("*/checkpoints/checkpoint_*_20.pt")) + list(
+            (tmp_path / "runs").glob("*/checkpoints/checkpoint_*_30.pt")
+        )
+        ckpt = found[0] if found else None
+        time.sleep(0.5)
+    assert ckpt is not None, "no intermediate checkpoint appeared"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_dir = ckpt.parent.parent
+    assert not (run_dir / "train.json").exists() and not (run_dir / "result.json").exists()
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    log = (run_dir / "train.log").read_text()
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
+    assert json.loads((run_dir / "train.json").read_text())["updates"] == 80
+    assert len(leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")) == 2
