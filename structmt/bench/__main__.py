@@ -1,16 +1,18 @@
-"""``structmt-bench attention|decode ...``"""
+"""``structmt-bench attention|decode|train ...``"""
 
 import sys
 
 
 def main() -> None:
-    commands = ("attention", "decode")
+    commands = ("attention", "decode", "train")
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        sys.exit("usage: structmt-bench attention|decode [options]   (the train benchmark: not yet)")
+        sys.exit("usage: structmt-bench attention|decode|train [options]")
     if sys.argv[1] == "attention":
         from .attention import main as run
-    else:
+    elif sys.argv[1] == "decode":
         from .decode import main as run
+    else:
+        from .train import main as run
     run(sys.argv[2:])
 
 
