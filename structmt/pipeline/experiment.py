@@ -282,12 +282,17 @@ def _evaluate_locked(
         )
         ref = raw / f"{subset}.{spec.data.tgt}"
         s: Score = score(hyp, ref)
+        # the leaderboard keeps the first evaluation of a run id; a re-run elsewhere (a fresh clone
+        # reproducing it) keeps its hypotheses in its run folder and leaves the committed file alone
         kept = hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}"
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(hyp, kept)
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(hyp, kept)
+        elif kept.read_bytes() != hyp.read_bytes():
+            kept = hyp
         p_value, ci = "", ""
         if baseline is not None and spec.model.structured:
-            base_hyp = hyp_dir / f"{baseline.run_id()}.{test_name}.{spec.data.tgt}"
+            base_hyp = runs_dir / baseline.run_id() / f"{test_name}.{spec.data.tgt}"
             if base_hyp.exists():
                 p_value, ci = paired_bootstrap(base_hyp, hyp, ref)
         log(f"[{run_id}] {test_name}: BLEU {s.bleu} chrF {s.chrf} ({s.bleu_signature})")
