@@ -23,7 +23,7 @@ from ..data.cli import prepare_dataset, test_sets
 from ..data.files import write_text_atomic
 from ..data.prepare import PrepConfig
 from . import leaderboard, tracking
-from .steps import Score, decode, score, train
+from .steps import Score, decode, parse_train_log, score, train
 from .translate import model_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -217,12 +217,30 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
     write_text_atomic(run_dir / "spec.json", json.dumps(asdict(spec), indent=2) + "\n")
     keep_model_files(bin_dir, run_dir, spec.data.src, spec.data.tgt)
     log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run_dir / 'train.log'})")
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
-    trained = train(bin_dir, run_dir, spec.model.arch, spec.model.fairseq_args() + spec.schedule.fairseq_args(), env)
+    checkpoint = run_dir / "checkpoints" / "checkpoint_last.pt"
+    if checkpoint_updates(checkpoint) >= spec.schedule.max_update:
+        # finished, but killed before train.json: fairseq would run one more update on resume
+        trained = parse_train_log(run_dir / "train.log", checkpoint)
+    else:
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
+        args = spec.model.fairseq_args() + spec.schedule.fairseq_args()
+        trained = train(bin_dir, run_dir, spec.model.arch, args, env)
     metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)}
     write_text_atomic(metrics_path, json.dumps(metrics) + "\n")
     log(f"[{run_id}] trained: {trained.updates} updates, {trained.tokens_per_second:.0f} target tokens/s")
     return metrics
+
+
+def checkpoint_updates(checkpoint: Path) -> int:
+    """Number of updates stored in a fairseq checkpoint (0 when there is none)."""
+    if not checkpoint.exists():
+        return 0
+    import torch
+
+    import structmt  # noqa: F401  (allowlists the classes fairseq checkpoints need)
+
+    state = torch.load(checkpoint, map_location="cpu", mmap=True)
+    return int(state["optimizer_history"][-1]["num_updates"])
 
 
 def run_experiment(

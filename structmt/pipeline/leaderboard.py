@@ -174,3 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.wandb:
         folder = log_leaderboard(read_rows(csv_path), a.wandb_dir, a.project)
         print(f"W&B leaderboard table: {folder} (upload an offline run with: wandb sync {folder})")
+
+
+if __name__ == "__main__":
+    main()
