@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from ..bench.attention import machine
 from ..data.files import write_text_atomic
 from ..figures import annotated_heatmap, pyplot, save
+from ..pipeline.experiment import git_commit
 from .extract import SentenceAttention, iterate, load
 from .project import best_role, project, random_search
 
@@ -136,6 +138,11 @@ def grid_figure(values: dict[str, float], png: Path, title: str) -> None:
     )
 
 
+def machine_summary() -> str:
+    m = machine()
+    return f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}"
+
+
 def analyze(
     checkpoint: Path,
     data_dir: Path,
@@ -155,6 +162,8 @@ def analyze(
         "checkpoint": str(checkpoint),
         "subset": subset,
         "sentences": len(everything),
+        "commit": git_commit(),
+        "machine": machine_summary(),
         f"sentences_n{n}": len(exact),
         "draws": draws,
     }
