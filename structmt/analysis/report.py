@@ -195,7 +195,8 @@ def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
         "# Attention analysis: projection onto Σ (Conti 2024)",
         "",
         f"Produced by `{command}` from `{result['checkpoint']}` on the `{result['subset']}` split "
-        f"({result['sentences']} sentences, {result[f'sentences_n{n}']} with n={n} source tokens).",
+        f"({result['sentences']} sentences, {result[f'sentences_n{n}']} with n={n} source tokens); "
+        f"commit `{result['commit']}`; machine: {result['machine']}.",
         "",
         "Mean error per entry is `|A − X| / n²` for the best `X` (the paper's metric). *Optimised*: the exact "
         "L1 projection (band part of A, best r columns, best positional diagonal); *random search*: the "
