@@ -48,3 +48,28 @@ def build(data_dir: Path, arch: str, *extra: str, seed: int = 0):
 @pytest.fixture
 def dict_dir(tmp_path):
     return make_dict_dir(tmp_path)
+
+
+def attention_with_grads(structure, q, k, v, pad, sets, impl, loss=lambda out: out.pow(2).sum()):
+    """Output, dense weights and (dq, dk, dv) of ``structured_attention`` on fresh leaf copies of q, k, v."""
+    from structmt.attention import structured_attention
+
+    qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+    out, w = structured_attention(
+        qq,
+        kk,
+        vv,
+        window=structure.window,
+        rare_index=sets,
+        key_padding_mask=pad,
+        impl=impl,
+        need_weights=True,
+        structure=structure,
+    )
+    loss(out).backward()
+    return out, w, qq.grad, kk.grad, vv.grad
+
+
+def assert_close_all(a, b, tol=1e-5):
+    for x, y in zip(a, b, strict=True):
+        assert (x - y).abs().max() <= tol

@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from conftest import assert_close_all, attention_with_grads
 from fairseq.modules.multihead_attention import MultiheadAttention
 
 from structmt.attention import Structure, rare_sets, rarity_keys, structured_attention
@@ -83,27 +84,9 @@ def _random_case(seed: int):
 @pytest.mark.parametrize("seed", range(40))
 def test_reference_and_efficient_agree(seed):
     structure, q, k, v, pad, sets = _random_case(seed)
-    outs, grads = [], []
-    for impl in ("reference", "efficient"):
-        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
-        out, w = structured_attention(
-            qq,
-            kk,
-            vv,
-            window=structure.window,
-            rare_index=sets,
-            key_padding_mask=pad,
-            impl=impl,
-            need_weights=True,
-            structure=structure,
-        )
-        out.backward(torch.ones_like(out))
-        outs.append((out, w))
-        grads.append([t.grad for t in (qq, kk, vv)])
-    assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-5
-    assert (outs[0][1] - outs[1][1]).abs().max() <= 1e-5
-    for g_ref, g_eff in zip(*grads, strict=True):
-        assert (g_ref - g_eff).abs().max() <= 1e-5
+    reference = attention_with_grads(structure, q, k, v, pad, sets, "reference", loss=torch.sum)
+    efficient = attention_with_grads(structure, q, k, v, pad, sets, "efficient", loss=torch.sum)
+    assert_close_all(reference, efficient)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -225,6 +208,10 @@ def test_supports_are_one_definition():
     assert torch.equal(w[0] > 0, mask[0])
 
 
+def _tilted_sum(out: torch.Tensor) -> torch.Tensor:
+    return (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+
+
 def test_fused_kernel_and_python_gather_path_agree(monkeypatch):
     """The C++ kernel (built at install) and the pure-PyTorch gather path compute the same thing."""
     import structmt.attention.functional as functional
@@ -235,19 +222,16 @@ def test_fused_kernel_and_python_gather_path_agree(monkeypatch):
         results = []
         for kernels in (functional._KERNELS, None):
             monkeypatch.setattr(functional, "_KERNELS", kernels)
-            qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
-            out, w = structured_attention(
-                qq,
-                kk,
-                vv,
-                window=structure.window,
-                rare_index=sets,
-                key_padding_mask=pad,
-                impl="efficient",
-                need_weights=True,
-                structure=structure,
+            results.append(
+                attention_with_grads(
+                    structure,
+                    q,
+                    k,
+                    v,
+                    pad,
+                    sets,
+                    "efficient",
+                    loss=lambda out: (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                )
             )
-            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-            results.append((out, w, qq.grad, kk.grad, vv.grad))
-        for got, want in zip(*results, strict=True):
-            assert (got - want).abs().max() <= 1e-5
+        assert_close_all(*results)

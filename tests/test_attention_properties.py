@@ -1,10 +1,11 @@
 """Property-based tests (hypothesis): random shapes, masks, w, r and role mixes."""
 
 import torch
+from conftest import assert_close_all, attention_with_grads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from structmt.attention import Structure, rare_sets, rarity_keys, structured_attention
+from structmt.attention import Structure, rare_sets, rarity_keys
 
 ROLE = st.sampled_from(["positional", "syntactic", "rare"])
 
@@ -35,25 +36,7 @@ def test_efficient_equals_reference(batch, length, roles, window, rare, sinks, c
     never = torch.zeros(30, dtype=torch.bool)
     never[:4] = True
     sets = rare_sets(rarity_keys(tokens, torch.randint(1, 9, (30,), generator=gen), never), rare, causal)
-    grads = []
-    outs = []
-    for impl in ("reference", "efficient"):
-        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
-        out, w = structured_attention(
-            qq,
-            kk,
-            vv,
-            window=window,
-            rare_index=sets,
-            key_padding_mask=pad,
-            impl=impl,
-            need_weights=True,
-            structure=structure,
-        )
-        out.pow(2).sum().backward()
-        outs.append((out, w))
-        grads.append((qq.grad, kk.grad, vv.grad))
-    assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-5
-    assert (outs[0][1] - outs[1][1]).abs().max() <= 1e-5
-    for a, b in zip(*grads, strict=True):
-        assert (a - b).abs().max() <= 1e-4
+    reference = attention_with_grads(structure, q, k, v, pad, sets, "reference")
+    efficient = attention_with_grads(structure, q, k, v, pad, sets, "efficient")
+    assert_close_all(reference[:2], efficient[:2], 1e-5)
+    assert_close_all(reference[2:], efficient[2:], 1e-4)
