@@ -7,6 +7,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -128,7 +129,9 @@ class RunSpec:
         return f"{self.data.name}-{self.schedule.name}-{shape}-{digest}"
 
 
+@functools.cache
 def git_commit() -> str:
+    """The commit of the code this process runs (read once, at its first use: runs call it when they start)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
@@ -194,6 +197,7 @@ def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, A
 
     Holds the run's lock, so two jobs of a sweep never train the same run at once.
     """
+    git_commit()  # pin the commit of the code that trains
     bin_dir = prepare_data(spec, runs_dir)
     with run_lock(runs_dir, spec.run_id()):
         return _train_locked(spec, runs_dir, bin_dir, log)
