@@ -52,6 +52,7 @@ class StructuredMultiheadAttention(MultiheadAttention):
         self.structure = structure
         self.impl = impl
         self.token_rarity = None
+        self.token_rare_sets: Tensor | None = None  # (B, T, r), shared by the owner for a full pass
 
     @classmethod
     def from_dense(
@@ -114,7 +115,11 @@ class StructuredMultiheadAttention(MultiheadAttention):
             out, weights = self._step(q, k, v, keys[:, -1], incremental_state)
             weights = None  # weights over the bounded cache are not a full row
         else:
-            sets = rare_sets(keys, self.structure.rare, self.structure.causal) if self.structure.uses_rare else None
+            sets = None
+            if self.structure.uses_rare:
+                sets = self.token_rare_sets
+                if sets is None or sets.shape[:2] != keys.shape:
+                    sets = rare_sets(keys, self.structure.rare, self.structure.causal)
             out, weights = structured_attention(
                 q,
                 k,

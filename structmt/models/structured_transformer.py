@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..attention.functional import IMPLS
 from ..attention.multihead import StructuredMultiheadAttention
-from ..attention.structure import Structure, parse_role_mix, rarity_keys
+from ..attention.structure import Structure, parse_role_mix, rare_sets, rarity_keys
 
 BLOCKS = ("encoder", "decoder")
 
@@ -167,13 +167,22 @@ class _RarityMixin:
         for layer, structure in zip(self.layers, structures, strict=True):
             layer.self_attn = StructuredMultiheadAttention.from_dense(layer.self_attn, structure, impl)
 
-    def _share_rarity(self, tokens: Tensor) -> None:
+    def _share_rarity(self, tokens: Tensor, incremental: bool = False) -> None:
+        """Give every structured layer the rarity keys of ``tokens`` and, for a full pass, the rare
+        sets (computed once per (r, causal), not once per layer)."""
         attns = self.structured_attentions()
         if not any(a.structure.uses_rare for a in attns):
             return
         keys = rarity_keys(tokens, self.token_counts, self.never_rare)  # type: ignore[attr-defined]
+        sets: dict[tuple[int, bool], Tensor] = {}
         for attn in attns:
             attn.token_rarity = keys
+            attn.token_rare_sets = None
+            if attn.structure.uses_rare and not incremental:
+                key = (attn.structure.rare, attn.structure.causal)
+                if key not in sets:
+                    sets[key] = rare_sets(keys, *key)
+                attn.token_rare_sets = sets[key]
 
 
 class StructuredTransformerEncoder(_RarityMixin, TransformerEncoderBase):
@@ -208,7 +217,7 @@ class StructuredTransformerDecoder(_RarityMixin, TransformerDecoderBase):
         alignment_layer: int | None = None,
         alignment_heads: int | None = None,
     ):
-        self._share_rarity(prev_output_tokens)
+        self._share_rarity(prev_output_tokens, incremental=incremental_state is not None)
         return super().extract_features_scriptable(
             prev_output_tokens, encoder_out, incremental_state, full_context_alignment, alignment_layer, alignment_heads
         )
