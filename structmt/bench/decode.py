@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     structured = sentences_per_second(a.structured, a.data, a.subset, a.beam, a.batch_size)
     lengths = [8, 32, 128, 256]
     caches = {"dense": cache_sizes(a.dense, a.data, lengths), "structured": cache_sizes(a.structured, a.data, lengths)}
+    from .attention import machine
+
     result = {
+        "command": "structmt-bench decode " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[2:])),
+        "machine": machine(),
         "dense": dense,
         "structured": structured,
         "ratio": structured["sentences_per_s"] / dense["sentences_per_s"],
