@@ -44,12 +44,9 @@ class CleanCounts:
     kept: int = 0
 
 
-def clean_pairs(
-    src: list[str], tgt: list[str], cfg: PrepConfig, names: tuple[str, str]
-) -> tuple[list[tuple[str, str]], CleanCounts]:
-    """Drop empty lines, overlong sentences, extreme length ratios and duplicate pairs."""
-    if len(src) != len(tgt):
-        raise DataError(f"parallel files differ in length: {names[0]} has {len(src)} lines, {names[1]} has {len(tgt)}")
+def clean_pairs(src: list[str], tgt: list[str], cfg: PrepConfig) -> tuple[list[tuple[str, str]], CleanCounts]:
+    """Drop empty lines, overlong sentences, extreme length ratios and duplicate pairs
+    (the caller has checked that the sides are parallel)."""
     counts, seen, kept = CleanCounts(read=len(src)), set(), []
     for s, t in zip(src, tgt, strict=True):
         s, t = " ".join(s.split()), " ".join(t.split())
@@ -81,7 +78,11 @@ Splits = dict[str, list[tuple[Path, Path]]]
 def read_lines(path: Path) -> list[str]:
     """Read a UTF-8 text file, gzipped or not; errors name the file and line."""
     try:
-        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     except (EOFError, OSError, zlib.error) as err:
         raise DataError(f"{path}: cannot read ({err}); if it is a truncated download, fetch it again") from err
     lines = raw.split(b"\n")
@@ -148,8 +149,7 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
                 src_lines += s_lines
                 tgt_lines += t_lines
             if split == "train":
-                names = (", ".join(str(p[0]) for p in pairs), ", ".join(str(p[1]) for p in pairs))
-                kept, counts = clean_pairs(src_lines, tgt_lines, cfg, names)
+                kept, counts = clean_pairs(src_lines, tgt_lines, cfg)
                 if cfg.max_train_lines:
                     kept = kept[: cfg.max_train_lines]
                 print(f"[data] cleaning train: {asdict(counts)}; using {len(kept)} pairs", flush=True)
