@@ -39,24 +39,34 @@ class ModelSpec:
     rare: int = 2
     heads: str = "auto"
     error: str = "none"
+    #: a roles JSON file (``structmt-analyze`` writes results/roles.json); replaces ``heads``
+    heads_from: str = ""
 
     @property
     def structured(self) -> bool:
         return self.arch.startswith("structured_")
 
-    def fairseq_args(self) -> list[str]:
+    def roles_path(self) -> Path | None:
+        """The roles file, checked (relative paths are taken from the current directory, then the repository)."""
+        if not (self.structured and self.heads_from):
+            return None
+        for p in (Path(self.heads_from).expanduser(), REPO_ROOT / self.heads_from):
+            if p.is_file():
+                return p.resolve()
+        raise FileNotFoundError(
+            f"model.heads_from={self.heads_from!r}: no such file (structmt-analyze writes results/roles.json)"
+        )
+
+    def heads_label(self) -> str:
+        """The role mix as the leaderboard shows it."""
+        return f"from:{Path(self.heads_from).name}" if self.heads_from else self.heads
+
+    def fairseq_args(self, roles: Path | None = None) -> list[str]:
+        """The ``--struct-*`` options; ``roles`` is the run's own copy of the roles file."""
         if not self.structured:
             return []
-        return [
-            "--struct-window",
-            str(self.window),
-            "--struct-rare",
-            str(self.rare),
-            "--struct-heads",
-            self.heads,
-            "--struct-error",
-            self.error,
-        ]
+        heads = ["--struct-heads-from", str(roles)] if roles else ["--struct-heads", self.heads]
+        return ["--struct-window", str(self.window), "--struct-rare", str(self.rare), *heads, "--struct-error", self.error]
 
 
 @dataclass
@@ -123,9 +133,14 @@ class RunSpec:
         settings["data"].pop("base_url")
         if not self.model.structured:
             settings["model"] = {"arch": self.model.arch}
+        elif roles := self.model.roles_path():
+            # the roles themselves, not where the file lies, identify the run
+            settings["model"]["heads_from"] = hashlib.sha256(roles.read_bytes()).hexdigest()
+        else:
+            settings["model"].pop("heads_from")  # ids of runs from before the option existed stay valid
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
-        shape = f"w{m.window}-r{m.rare}" if m.structured else "dense"
+        shape = f"w{m.window}-r{m.rare}" + ("-roles" if m.heads_from else "") if m.structured else "dense"
         return f"{self.data.name}-{self.schedule.name}-{shape}-{digest}"
 
 
@@ -227,7 +242,11 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
         trained = parse_train_log(run_dir / "train.log", checkpoint)
     else:
         env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
-        args = spec.model.fairseq_args() + spec.schedule.fairseq_args()
+        roles = spec.model.roles_path()
+        if roles is not None:  # the run keeps its own copy: decoding and translation load it from there
+            shutil.copyfile(roles, run_dir / "roles.json")
+            roles = run_dir / "roles.json"
+        args = spec.model.fairseq_args(roles) + spec.schedule.fairseq_args()
         trained = train(bin_dir, run_dir, spec.model.arch, args, env)
     metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)}
     write_text_atomic(metrics_path, json.dumps(metrics) + "\n")
@@ -328,7 +347,7 @@ def _evaluate_locked(
                 "arch": spec.model.arch,
                 "window": spec.model.window if spec.model.structured else "",
                 "rare": spec.model.rare if spec.model.structured else "",
-                "heads": spec.model.heads if spec.model.structured else "",
+                "heads": spec.model.heads_label() if spec.model.structured else "",
                 "params": _count_params(run_dir / "train.log"),
                 "updates": metrics["updates"],
                 "train_seconds": round(float(metrics["wall_seconds"]), 1),
