@@ -66,7 +66,15 @@ class ModelSpec:
         if not self.structured:
             return []
         heads = ["--struct-heads-from", str(roles)] if roles else ["--struct-heads", self.heads]
-        return ["--struct-window", str(self.window), "--struct-rare", str(self.rare), *heads, "--struct-error", self.error]
+        return [
+            "--struct-window",
+            str(self.window),
+            "--struct-rare",
+            str(self.rare),
+            *heads,
+            "--struct-error",
+            self.error,
+        ]
 
 
 @dataclass
