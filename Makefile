@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 FAIRSEQ := fairseq-fixed==0.12.3.1
 
-.PHONY: install test test-all demo reproduce lint clean
+.PHONY: install test test-reliability test-all demo reproduce lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candid
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+test-reliability: $(STAMP)
+	$(PY) -m pytest -q -m reliability
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q

@@ -79,8 +79,11 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         ("model.rare=abc", "full_key: model.rare"),
         ("model=transformer_huge", "Could not find 'model/transformer_huge'"),
         ("train.max_updates=10", "Key 'max_updates' not in 'Schedule'"),
+        ("model.heads_from=missing.json", "model.heads_from missing.json: no such file"),
+        ("data.mirror=/no/such/dir", "data.mirror='/no/such/dir' is not a folder"),
     ],
 )
+@pytest.mark.reliability
 def test_bad_override_fails_before_any_work(tmp_path, override, message):
     result = _run(tmp_path, override)
     assert result.returncode != 0
@@ -109,6 +112,7 @@ def test_local_jobs_launcher_runs_points_as_separate_jobs_and_reruns_skip(tmp_pa
     assert (tmp_path / "results" / "leaderboard.png").stat().st_size > 0
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_killed_point_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL a sweep point mid-training; the same command resumes it from checkpoint_last.pt."""

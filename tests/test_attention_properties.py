@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis): random shapes, masks, w, r and role mixes."""
 
+import pytest
 import torch
 from conftest import assert_close_all, attention_with_grads
 from hypothesis import given, settings
@@ -7,6 +8,7 @@ from hypothesis import strategies as st
 
 from structmt.attention import Structure, rare_sets, rarity_keys
 
+pytestmark = pytest.mark.reliability  # fuzzing the attention module against the reference
 ROLE = st.sampled_from(["positional", "syntactic", "rare"])
 
 

@@ -54,6 +54,7 @@ def data_bin(tmp_path_factory) -> Path:
     "arch, extra",
     [("transformer_tiny", []), ("structured_transformer_tiny", ["--struct-window", "3", "--struct-rare", "2"])],
 )
+@pytest.mark.reliability
 def test_train_decode_score(data_bin, tmp_path, arch, extra):
     assert not [k for k in os.environ if "WEIGHTS_ONLY" in k]  # torch's safe loading is not switched off
     result = train(data_bin, tmp_path, arch, SHORT + extra)

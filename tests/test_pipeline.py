@@ -62,6 +62,7 @@ def http_root(tmp_path):
     server.shutdown()
 
 
+@pytest.mark.reliability
 def test_download_verifies_checksum_and_leaves_nothing_on_mismatch(http_root, tmp_path, monkeypatch):
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
     root, url = http_root
@@ -91,6 +92,7 @@ def test_download_verifies_checksum_and_leaves_nothing_on_mismatch(http_root, tm
     assert sorted(p.name for p in cache.iterdir()) == ["a.en.gz"]  # no partial or unverified file
 
 
+@pytest.mark.reliability
 def test_missing_mirror_and_no_network_names_what_to_set(tmp_path, monkeypatch):
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
     with pytest.raises(DataError, match=r"Set \$STRUCTMT_MULTI30K .*or place them at"):
@@ -164,6 +166,7 @@ def _append_many(csv_path: str, worker: int) -> None:
         leaderboard.add_rows(Path(csv_path), [_row(f"w{worker}-{i}"), _row("shared")])
 
 
+@pytest.mark.reliability
 def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     csv_path = tmp_path / "leaderboard.csv"
     ctx = multiprocessing.get_context("spawn")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..bench.attention import machine
-from ..data.files import write_text_atomic
+from ..data.files import existing_dir, existing_file, write_text_atomic
 from ..figures import annotated_heatmap, pyplot, save
 from ..pipeline.experiment import git_commit
 from .extract import SentenceAttention, iterate, load
@@ -260,8 +260,8 @@ def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("data_dir", type=Path, help="the binarized data the model was trained on")
+    p.add_argument("checkpoint", type=existing_file)
+    p.add_argument("data_dir", type=existing_dir, help="the binarized data the model was trained on")
     p.add_argument("--subset", default="test")
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results")
     p.add_argument("--draws", type=int, default=30, help="random members per family for the paper's baseline")

@@ -21,8 +21,10 @@ All groups are intersected with causality (``kv <= q``) and key padding.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -155,6 +157,21 @@ def parse_role_mix(spec: str, num_heads: int, num_layers: int, option: str = "--
             )
         layers.append(roles)
     return layers * num_layers if len(layers) == 1 else layers
+
+
+def roles_from_file(path: str | Path, block: str, option: str = "--struct-heads-from") -> list[str]:
+    """Per-layer role mixes of ``block`` (encoder/decoder) from a roles JSON file
+    (``structmt-analyze`` writes one: ``{"encoder": ["rare:1,syn:3", ...], "decoder": [...]}``)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"{option} {path}: no such file (structmt-analyze writes results/roles.json)")
+    try:
+        mixes = json.loads(p.read_text(encoding="utf-8")).get(block)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise ValueError(f"{option} {path}: not a JSON object of role mixes ({err})") from None
+    if not isinstance(mixes, list) or not mixes or not all(isinstance(m, str) for m in mixes):
+        raise ValueError(f"{option} {path}: needs a non-empty list of role mixes under {block!r}")
+    return mixes
 
 
 # --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .fetch import MULTI30K_ENV, DataError
+from .files import existing_dir
 from .prepare import MULTI30K_SPLITS, PrepConfig, prepare_multi30k
 from .wmt import RECIPES, load_manifest, prepare_wmt
 
@@ -43,7 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="multi30k_en_de", choices=DATASETS)
     p.add_argument("--vocab-size", type=int, default=None, help="SentencePiece vocabulary (8000 Multi30k, 32000 WMT)")
     p.add_argument("--max-train-lines", type=int, default=0)
-    p.add_argument("--mirror", default=None, help=f"Multi30k: folder with the .gz files (or set ${MULTI30K_ENV})")
+    p.add_argument(
+        "--mirror",
+        type=existing_dir,
+        default=None,
+        help=f"Multi30k: folder with the .gz files (or set ${MULTI30K_ENV})",
+    )
     p.add_argument("--base-url", default=None, help="WMT: a mirror serving the training archives by file name")
     a = p.parse_args(argv)
     if a.data == "multi30k_en_de":
@@ -52,7 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         manifest = load_manifest(a.data)
         src, tgt, vocab = manifest["src"], manifest["tgt"], 32000
     cfg = PrepConfig(
-        src=src, tgt=tgt, vocab_size=a.vocab_size or vocab, max_train_lines=a.max_train_lines, mirror=a.mirror
+        src=src,
+        tgt=tgt,
+        vocab_size=a.vocab_size or vocab,
+        max_train_lines=a.max_train_lines,
+        mirror=str(a.mirror) if a.mirror else None,
     )
     try:
         out = prepare_dataset(a.data, a.out_dir, cfg, a.base_url)

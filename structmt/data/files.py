@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -24,6 +25,42 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def existing_file(value: str) -> Path:
+    """argparse type for a path option that must be a file (argparse names the option on error)."""
+    p = Path(value).expanduser()
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: no such file")
+    return p
+
+
+def existing_dir(value: str) -> Path:
+    """argparse type for a path option that must be a folder."""
+    p = Path(value).expanduser()
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: no such folder")
+    return p
+
+
+#: characters that Python's ``str.splitlines`` and text-mode files treat as line ends, besides "\n"
+_INNER_BREAKS = str.maketrans(dict.fromkeys("\r\v\f\x1c\x1d\x1e\x85\u2028\u2029", " "))
+
+
+def text_lines(text: str) -> tuple[list[str], int]:
+    """Split ``text`` on "\n" only (a final "\r" is dropped) and replace other line-break
+    characters inside a line by spaces, so every later tool sees the same lines.
+    Returns the lines and how many of them had such characters."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out, changed = [], 0
+    for line in lines:
+        line = line.removesuffix("\r")
+        fixed = line.translate(_INNER_BREAKS)
+        changed += fixed != line
+        out.append(fixed)
+    return out, changed
 
 
 def write_text_atomic(path: Path, text: str) -> None:

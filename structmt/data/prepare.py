@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, DataError, fetch_files, read_checksums
-from .files import Stage, atomic_path
+from .files import Stage, atomic_path, text_lines
 
 log = logging.getLogger("structmt.data")
 
@@ -79,24 +79,49 @@ def read_lines(path: Path) -> list[str]:
     """Read a UTF-8 text file, gzipped or not; errors name the file and line."""
     try:
         if path.suffix == ".gz":
+            if path.stat().st_size == 0:  # gzip reads an empty file as empty text
+                raise EOFError("empty .gz file")
             with gzip.open(path, "rb") as f:
                 raw = f.read()
         else:
             raw = path.read_bytes()
     except (EOFError, OSError, zlib.error) as err:
         raise DataError(f"{path}: cannot read ({err}); if it is a truncated download, fetch it again") from err
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for lineno, line in enumerate(lines, 1):
-        try:
-            out.append(line.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as err:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        lineno = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+        raise DataError(
+            f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {column} of the line); fix or remove the line"
+        ) from None
+    lines, changed = text_lines(text)
+    if changed:
+        print(f"[data] {path}: {changed} lines held line-break characters (\\r, U+2028…); replaced by spaces")
+    return lines
+
+
+def _read_split(split: str, pairs: list[tuple[Path, Path]], cfg: PrepConfig) -> tuple[list[str], list[str]]:
+    """The source and target lines of one split, checked parallel; train is cleaned (counts printed)."""
+    src_lines: list[str] = []
+    tgt_lines: list[str] = []
+    for src_path, tgt_path in pairs:
+        s_lines, t_lines = read_lines(src_path), read_lines(tgt_path)
+        if len(s_lines) != len(t_lines):
             raise DataError(
-                f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {err.start}); fix or remove the line"
-            ) from None
-    return out
+                f"parallel files differ in length: {src_path} has {len(s_lines)} lines, {tgt_path} has {len(t_lines)}"
+            )
+        src_lines += s_lines
+        tgt_lines += t_lines
+    if split == "train":
+        kept, counts = clean_pairs(src_lines, tgt_lines, cfg)
+        if cfg.max_train_lines:
+            kept = kept[: cfg.max_train_lines]
+        print(f"[data] cleaning train: {asdict(counts)}; using {len(kept)} pairs", flush=True)
+        return [p[0] for p in kept], [p[1] for p in kept]
+    if cfg.max_eval_lines:
+        return src_lines[: cfg.max_eval_lines], tgt_lines[: cfg.max_eval_lines]
+    return src_lines, tgt_lines
 
 
 def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
@@ -137,25 +162,9 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
     raw_out = [raw / f"{split}.{lang}" for split in splits for lang in langs]
     stage = Stage("raw", raw, {"cfg": asdict(cfg) | {"vocab_size": None}, "splits": list(splits)}, inputs, raw_out)
     if not stage.done():
-        for split, pairs in splits.items():
-            src_lines, tgt_lines = [], []
-            for src_path, tgt_path in pairs:
-                s_lines, t_lines = read_lines(src_path), read_lines(tgt_path)
-                if len(s_lines) != len(t_lines):
-                    raise DataError(
-                        f"parallel files differ in length: {src_path} has {len(s_lines)} lines, "
-                        f"{tgt_path} has {len(t_lines)}"
-                    )
-                src_lines += s_lines
-                tgt_lines += t_lines
-            if split == "train":
-                kept, counts = clean_pairs(src_lines, tgt_lines, cfg)
-                if cfg.max_train_lines:
-                    kept = kept[: cfg.max_train_lines]
-                print(f"[data] cleaning train: {asdict(counts)}; using {len(kept)} pairs", flush=True)
-                src_lines, tgt_lines = [p[0] for p in kept], [p[1] for p in kept]
-            elif cfg.max_eval_lines:
-                src_lines, tgt_lines = src_lines[: cfg.max_eval_lines], tgt_lines[: cfg.max_eval_lines]
+        # read and check every input before writing anything: bad data leaves no partial output
+        texts = {split: _read_split(split, pairs, cfg) for split, pairs in splits.items()}
+        for split, (src_lines, tgt_lines) in texts.items():
             _write_lines(raw / f"{split}.{cfg.src}", src_lines)
             _write_lines(raw / f"{split}.{cfg.tgt}", tgt_lines)
         stage.finish()

@@ -7,9 +7,7 @@ baseline and a structured model therefore differ only in attention, and
 checkpoints load both ways.
 """
 
-import json
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +29,7 @@ from torch import Tensor
 
 from ..attention.functional import IMPLS
 from ..attention.multihead import StructuredMultiheadAttention
-from ..attention.structure import Structure, parse_role_mix, rare_sets, rarity_keys
+from ..attention.structure import Structure, parse_role_mix, rare_sets, rarity_keys, roles_from_file
 
 BLOCKS = ("encoder", "decoder")
 
@@ -86,20 +84,6 @@ def _error_term(spec: str, eps: float) -> tuple[int, float]:
     if kind != "sink" or not count.isdigit() or int(count) < 1:
         raise ValueError(f"--struct-error {spec!r}: use 'none' or 'sink:K' with an integer K >= 1")
     return int(count), eps
-
-
-def roles_from_file(path: str, block: str) -> list[str]:
-    """Per-layer role mixes of ``block`` from a roles JSON file (``structmt-analyze`` writes one)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--struct-heads-from {path}: no such file (structmt-analyze writes results/roles.json)")
-    try:
-        mixes = json.loads(p.read_text()).get(block)
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"--struct-heads-from {path}: not a JSON object of role mixes ({err})") from None
-    if not isinstance(mixes, list) or not all(isinstance(m, str) for m in mixes):
-        raise ValueError(f"--struct-heads-from {path}: needs a list of role mixes under {block!r}")
-    return mixes
 
 
 def layer_structures(args: Any, block: str) -> list[Structure]:

@@ -63,6 +63,12 @@ def validate(cfg: Any) -> None:
         ("logger.mode", cfg.logger.mode in LOGGER_MODES, f"must be one of {', '.join(LOGGER_MODES)}"),
     ]
     bad = [f"{key}={OmegaConf.select(cfg, key)!r} {why}" for key, ok, why in checks if not ok]
+    try:  # path options are checked before use
+        ModelSpec(arch=cfg.model.arch, heads_from=cfg.model.heads_from).roles_path()
+    except ValueError as err:
+        bad.append(str(err))
+    if cfg.data.mirror and not Path(cfg.data.mirror).expanduser().is_dir():
+        bad.append(f"data.mirror={cfg.data.mirror!r} is not a folder; give the folder holding the corpus files")
     if cfg.model.error != "none" and not str(cfg.model.error).startswith("sink:"):
         bad.append(f"model.error={cfg.model.error!r} must be 'none' or 'sink:K'")
     if bad:

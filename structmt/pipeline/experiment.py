@@ -20,9 +20,10 @@ from typing import Any
 
 from filelock import FileLock
 
+from ..attention.structure import roles_from_file
 from ..data.cli import prepare_dataset, test_sets
 from ..data.files import write_text_atomic
-from ..data.prepare import PrepConfig
+from ..data.prepare import PrepConfig, read_lines
 from . import leaderboard, tracking
 from .steps import Score, decode, parse_train_log, score, train
 from .translate import model_dir
@@ -47,15 +48,14 @@ class ModelSpec:
         return self.arch.startswith("structured_")
 
     def roles_path(self) -> Path | None:
-        """The roles file, checked (relative paths are taken from the current directory, then the repository)."""
+        """The roles file, checked (a relative path is taken from the current directory, then the repository)."""
         if not (self.structured and self.heads_from):
             return None
-        for p in (Path(self.heads_from).expanduser(), REPO_ROOT / self.heads_from):
-            if p.is_file():
-                return p.resolve()
-        raise FileNotFoundError(
-            f"model.heads_from={self.heads_from!r}: no such file (structmt-analyze writes results/roles.json)"
-        )
+        places = (Path(self.heads_from).expanduser(), REPO_ROOT / self.heads_from)
+        found = next((p for p in places if p.is_file()), None)
+        for block in ("encoder", "decoder"):
+            roles_from_file(found or self.heads_from, block, option="model.heads_from")
+        return found.resolve()
 
     def heads_label(self) -> str:
         """The role mix as the leaderboard shows it."""
@@ -177,11 +177,8 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
-    refs = ref.read_text(encoding="utf-8").splitlines()
-    systems = [
-        ("baseline", baseline_hyp.read_text(encoding="utf-8").splitlines()),
-        ("system", system_hyp.read_text(encoding="utf-8").splitlines()),
-    ]
+    refs = read_lines(ref)
+    systems = [("baseline", read_lines(baseline_hyp)), ("system", read_lines(system_hyp))]
     test = PairedTest(systems, {"BLEU": BLEU(references=[refs])}, references=None, test_type="bs", n_samples=n_samples)
     _, results = test()
     res = results["BLEU"][1]

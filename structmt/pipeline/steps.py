@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.files import atomic_path
+from ..data.prepare import read_lines
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 
@@ -151,8 +152,7 @@ def score(hyp: Path, ref: Path) -> Score:
     """sacreBLEU BLEU and chrF of detokenized ``hyp`` against the raw ``ref``, with signatures."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    hyps = hyp.read_text(encoding="utf-8").splitlines()
-    refs = ref.read_text(encoding="utf-8").splitlines()
+    hyps, refs = read_lines(hyp), read_lines(ref)
     if len(hyps) != len(refs):
         raise StepError(f"{hyp} has {len(hyps)} lines but the reference {ref} has {len(refs)}")
     bleu, chrf = BLEU(), CHRF()

@@ -44,6 +44,16 @@ def training_curve(train_log: Path) -> list[dict[str, float]]:
     return points
 
 
+def _finish(run: Any) -> Path:
+    """Finish ``run`` and wait until its local files are complete; returns its folder."""
+    import wandb
+
+    folder = Path(run.dir).parent
+    run.finish()
+    wandb.teardown()  # finish() can return before the service has flushed the run file
+    return folder
+
+
 def _init(wandb_dir: Path, **kwargs: Any) -> Any:
     import wandb
 
@@ -83,9 +93,7 @@ def log_experiment(
                 if row.get(metric) not in ("", None):
                     run.summary[f"{row['test_set']}/{metric}"] = float(row[metric])
             run.summary[f"{row['test_set']}/bleu_signature"] = row["bleu_signature"]
-        folder = Path(run.dir).parent
-        run.finish()
-        return folder
+        return _finish(run)
     except Exception as err:  # noqa: BLE001 - tracking must never fail a run
         warnings.warn(f"W&B logging skipped for {run_id}: {err}", stacklevel=2)
         return None
@@ -101,9 +109,7 @@ def log_leaderboard(rows: list[dict[str, str]], wandb_dir: Path, project: str = 
         run = _init(wandb_dir, project=project, name="leaderboard", job_type="leaderboard")
         table = wandb.Table(columns=COLUMNS, data=[[r.get(c, "") for c in COLUMNS] for r in rows])
         run.log({"leaderboard": table})
-        folder = Path(run.dir).parent
-        run.finish()
-        return folder
+        return _finish(run)
     except Exception as err:  # noqa: BLE001
         warnings.warn(f"W&B leaderboard skipped: {err}", stacklevel=2)
         return None

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..data.files import existing_dir, text_lines
+
 CHECKPOINT = Path("checkpoints") / "checkpoint_last.pt"
 MODEL_FILES = ("spm.model", "dict.{src}.txt", "dict.{tgt}.txt")
 
@@ -72,7 +74,7 @@ class Translator:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("run_dir", type=Path, help="a run folder made by the pipeline (runs/<run id>)")
+    p.add_argument("run_dir", type=existing_dir, help="a run folder made by the pipeline (runs/<run id>)")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     a = p.parse_args(argv)
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         translator = Translator(a.run_dir, beam=a.beam, batch_size=a.batch_size)
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
-    lines = sys.stdin.read().splitlines()
+    lines, _ = text_lines(sys.stdin.read())  # one output line per input line, whatever it holds
     sys.stdout.write("".join(h + "\n" for h in translator.translate(lines)))
 
 

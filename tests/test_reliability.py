@@ -1,0 +1,217 @@
+"""Reliability: bad input fails clearly and leaves nothing behind; interrupted steps are never
+trusted; no shell, no leaked keys, path options checked; random bytes at the data cleaning.
+
+Run on their own with ``pytest -m reliability`` (the slow ones too: ``pytest -m reliability``
+selects them whatever ``slow`` says).
+"""
+
+import ast
+import gzip
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import make_dict_dir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from structmt.data.fetch import DataError
+from structmt.data.files import text_lines
+from structmt.data.prepare import PrepConfig, clean_pairs, prepare_parallel, read_lines
+from structmt.pipeline import steps
+from structmt.pipeline.steps import StepError, decode
+
+pytestmark = pytest.mark.reliability
+REPO = Path(__file__).resolve().parents[1]
+GOOD = ["a man rides a horse .", "two dogs play", "a woman reads"]
+
+
+def _files(folder: Path, broken: str) -> dict[str, list[tuple[Path, Path]]]:
+    """A tiny corpus (train/valid/test) with one defect, chosen by ``broken``."""
+    folder.mkdir()
+    texts = {f"{split}.{lang}": "".join(line + "\n" for line in GOOD) for split in ("train", "valid", "test")
+             for lang in ("en", "de")}  # fmt: skip
+    names = {key: key for key in texts}
+    if broken == "line_counts":
+        texts["train.de"] = "eins\nzwei\n"
+    elif broken == "invalid_utf8":  # in the last split read: nothing may be written for the earlier ones
+        texts["test.de"] = "ein Mann\nzwei \udcff Hunde\n"
+    for key, text in texts.items():
+        data = text.encode("utf-8", errors="surrogateescape")
+        if broken == "truncated_gz" and key == "valid.en":
+            names[key] = key + ".gz"
+            data = gzip.compress(data)[:-12]
+        (folder / names[key]).write_bytes(data)
+    return {s: [(folder / names[f"{s}.en"], folder / names[f"{s}.de"])] for s in ("train", "valid", "test")}
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ("line_counts", r"parallel files differ in length: {c}/train\.en has 3 lines, {c}/train\.de has 2"),
+        ("invalid_utf8", r"{c}/test\.de:2: invalid UTF-8 \(invalid start byte at byte 5 of the line\)"),
+        ("truncated_gz", r"{c}/valid\.en\.gz: cannot read .*truncated download, fetch it again"),
+    ],
+)
+def test_bad_data_names_file_and_line_and_leaves_no_output(tmp_path, broken, message):
+    splits = _files(tmp_path / "corpus", broken)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=message.format(c=re.escape(str(tmp_path / "corpus")))):
+        prepare_parallel(out, splits, PrepConfig(vocab_size=40))
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no partial text, no stamp, no temp file
+
+
+def test_cleaning_counts_every_dropped_line():
+    src = ["a b", "   ", "", "x " * 300, "one", "a   b", "c d", "tiny"]
+    tgt = ["c d", "eins", "zwei", "y", "1 2 3 4 5 6 7 8 9 10", "c   d", "\t", "klein"]
+    kept, counts = clean_pairs(src, tgt, PrepConfig())
+    assert kept == [("a b", "c d"), ("tiny", "klein")]
+    assert (counts.read, counts.empty, counts.too_long, counts.bad_ratio, counts.duplicate, counts.kept) == (
+        8, 3, 1, 1, 1, 2,
+    )  # fmt: skip
+
+
+def test_line_break_characters_inside_a_line_become_spaces(tmp_path, capsys):
+    f = tmp_path / "corpus.de"
+    f.write_bytes("a\u2028b\nc\rd\ne\r\nf\x85g\n".encode())
+    assert read_lines(f) == ["a b", "c d", "e", "f g"]
+    assert f"{f}: 3 lines held line-break characters" in capsys.readouterr().out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400), st.binary(max_size=400))
+def test_random_bytes_are_read_and_cleaned_or_rejected_with_the_line(src_bytes, tgt_bytes):
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / "x.en", Path(tmp) / "x.de"]
+        sides = []
+        for path, data in zip(paths, (src_bytes, tgt_bytes), strict=True):
+            path.write_bytes(data)
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                line = data.count(b"\n", 0, err.start) + 1
+                with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:{line}: invalid UTF-8"):
+                    read_lines(path)
+                return
+            lines = read_lines(path)
+            assert len(lines) == text.count("\n") + (not text.endswith("\n") and text != "")
+            assert all(line.splitlines() in ([line], []) for line in lines)  # one line for every tool
+            sides.append(lines)
+        n = min(len(sides[0]), len(sides[1]))
+        kept, counts = clean_pairs(sides[0][:n], sides[1][:n], PrepConfig(max_tokens_per_sentence=20))
+        assert counts.read == n == counts.empty + counts.too_long + counts.bad_ratio + counts.duplicate + counts.kept
+        assert len(set(kept)) == len(kept) == counts.kept
+        for pair in kept:
+            assert all(side and side == " ".join(side.split()) for side in pair)
+        out = Path(tmp) / "kept.en"
+        out.write_text("".join(s + "\n" for s, _ in kept), encoding="utf-8")
+        with open(out, encoding="utf-8") as f:  # how fairseq-preprocess reads it
+            assert sum(1 for _ in f) == len(kept)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200), st.integers(0, 60))
+def test_truncated_gzip_is_rejected_or_read_whole(text, cut):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.en.gz"
+        data = gzip.compress(text.encode("utf-8"))
+        path.write_bytes(data[: max(0, len(data) - cut)])
+        if cut == 0:
+            assert read_lines(path) == text_lines(text)[0]
+        else:
+            with pytest.raises(DataError, match="cannot read"):
+                read_lines(path)
+
+
+# --------------------------------------------------------------------------
+# interrupted or failed decoding leaves no hypothesis file a later step would trust
+
+
+def test_failed_decoding_leaves_no_hypothesis_file(tmp_path):
+    bin_dir = make_dict_dir(tmp_path)
+    broken = tmp_path / "checkpoint_last.pt"
+    broken.write_bytes(b"not a checkpoint")  # e.g. cut off by a full disk
+    out = tmp_path / "hyp" / "test.de"
+    with pytest.raises(StepError, match=r"fairseq_cli.generate failed \(exit \d+\); see .*test\.log"):
+        decode(bin_dir, broken, "test", out)
+    assert not out.exists() and not list(out.parent.glob(".test.de.*"))
+
+
+def test_incomplete_generation_output_is_not_trusted(tmp_path, monkeypatch):
+    """A generator that stopped early (killed while writing) must not yield a short hypothesis file."""
+
+    def stopped_early(cmd, log, env=None):
+        results = Path(cmd[cmd.index("--results-path") + 1])
+        results.mkdir(parents=True)
+        (results / "generate-test.txt").write_text("S-0\ta\nS-1\tb\nS-2\tc\nD-0\t-0.1\tA\nD-2\t-0.2\tC\n")
+        return 1.0
+
+    monkeypatch.setattr(steps, "_run", stopped_early)
+    out = tmp_path / "test.de"
+    with pytest.raises(StepError, match="3 sources but 2 hypotheses"):
+        decode(tmp_path, tmp_path / "c.pt", "test", out)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------
+# safety
+
+
+def _calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            yield node, name
+
+
+def test_no_subprocess_runs_a_shell():
+    offenders = []
+    for path in sorted((REPO / "structmt").rglob("*.py")):
+        for node, name in _calls(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(REPO)}:{node.lineno}"
+            if name in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"):
+                offenders.append(f"{where}: {name}")
+            if name.startswith("subprocess."):
+                if any(k.arg == "shell" for k in node.keywords):
+                    offenders.append(f"{where}: shell= argument")
+                if node.args and isinstance(node.args[0], ast.Constant | ast.JoinedStr | ast.BinOp):
+                    offenders.append(f"{where}: command given as a string")
+    assert not offenders
+
+
+def test_wandb_key_never_reaches_logs_or_results(tmp_path, monkeypatch):
+    from structmt.pipeline import leaderboard
+    from structmt.pipeline.tracking import log_experiment
+
+    secret = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    log = tmp_path / "train.log"
+    log.write_text("x | INFO | train_inner | epoch 001: 50 / 136 loss=12.3, num_updates=50, lr=0.00025\n")
+    row = {"run_id": "run-k", "test_set": "test_2016_flickr", "bleu": 30.0, "chrf": 55.0, "bleu_signature": "s"}
+    folder = log_experiment("run-k", {"model": {"window": 3}}, log, [row], tmp_path / "wandb", project="p")
+    assert folder is not None
+    leaderboard.add_rows(tmp_path / "results" / "leaderboard.csv", [row])
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 3
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["structmt.analysis.report", "missing.pt", "."], "argument checkpoint: missing.pt: no such file"),
+        (["structmt.pipeline.translate", "no/such/run"], "argument run_dir: no/such/run: no such folder"),
+        (["structmt.data.cli", "out", "--mirror", "nowhere"], "argument --mirror: nowhere: no such folder"),
+    ],
+)
+def test_path_options_are_checked_before_use(tmp_path, command, message):
+    result = subprocess.run(
+        [sys.executable, "-m", *command], cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode == 2 and message in result.stderr
+    assert os.listdir(tmp_path) == []
