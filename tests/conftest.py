@@ -45,6 +45,15 @@ def build(data_dir: Path, arch: str, *extra: str, seed: int = 0):
     return task, task.build_model(args).eval()
 
 
+@pytest.fixture(scope="session")
+def data_bin(tmp_path_factory) -> Path:
+    """A binarized slice of the embedded Multi30k (1500 training pairs, 60 per test set)."""
+    from structmt.data.prepare import PrepConfig, prepare_multi30k
+
+    out = tmp_path_factory.mktemp("m30k")
+    return prepare_multi30k(out, PrepConfig(vocab_size=500, max_train_lines=1500, max_eval_lines=60))
+
+
 @pytest.fixture
 def dict_dir(tmp_path):
     return make_dict_dir(tmp_path)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_end_to_end import data_bin  # noqa: F401  (module fixture: binarized slice of Multi30k)
 
 REPO = Path(__file__).resolve().parents[1]
 UPDATES = 4
@@ -126,7 +125,7 @@ def final_weights(save_dir: Path) -> tuple[int, dict[str, torch.Tensor]]:
 
 @pytest.mark.slow
 @pytest.mark.reliability
-def test_two_gloo_ranks_match_update_freq_2(data_bin, tmp_path):  # noqa: F811
+def test_two_gloo_ranks_match_update_freq_2(data_bin, tmp_path):
     """2 CPU ranks (gloo) at --max-tokens M == 1 process at --max-tokens M --update-freq 2.
 
     Checked per update (--log-interval 1): the same num_updates, bsz and wpb (so the same

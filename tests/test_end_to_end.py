@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from structmt.data.prepare import PrepConfig, prepare_multi30k
 from structmt.pipeline.experiment import keep_model_files
 from structmt.pipeline.steps import decode, score, train
 
@@ -42,12 +41,6 @@ SHORT = [
     "--log-interval",
     "10",
 ]
-
-
-@pytest.fixture(scope="module")
-def data_bin(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("m30k")
-    return prepare_multi30k(out, PrepConfig(vocab_size=500, max_train_lines=1500, max_eval_lines=60))
 
 
 @pytest.mark.parametrize(

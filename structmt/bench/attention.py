@@ -2,19 +2,22 @@
 fairseq's MultiheadAttention, compiled FlexAttention (forward only on CPU) and
 structmt's reference and efficient paths, side by side on the same inputs.
 
-Every ratio is measured in one run.  Peak memory is measured in a fresh child
-process per (implementation, length) from the growth of its maximum resident set.
+Every ratio is measured in one run.  Peak memory is the resident memory one step adds
+on top of its inputs, in a fresh child process per (implementation, length); see
+:func:`peak_bytes`.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
+import os
 import platform
-import resource
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +25,12 @@ from typing import Any
 
 import torch
 
+from ..data.files import write_text_atomic
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient")
+IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
+#: implementations whose cost is O(T²) (skipped above --dense-limit)
+QUADRATIC = ("sdpa", "fairseq_mha", "reference")
 
 
 def inputs(length: int, tokens: int, heads: int, dim: int, rare: int, seed: int = 0):
@@ -40,21 +47,45 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
 
     from structmt.attention import structured_attention
 
+    def fresh(*tensors: torch.Tensor) -> None:
+        for t in tensors:
+            t.grad = None  # every step allocates its gradients, as a training step does
+
     if impl == "sdpa":
         q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
-        return (lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()), True
+
+        def sdpa_step():
+            fresh(q, k, v)
+            F.scaled_dot_product_attention(q, k, v).sum().backward()
+
+        return sdpa_step, True
     if impl in ("reference", "efficient"):
         q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
-        return (
-            lambda: structured_attention(q, k, v, window=window, rare_index=rare_index, impl=impl)[0].sum().backward()
-        ), True
+
+        def structured_step():
+            fresh(q, k, v)
+            structured_attention(q, k, v, window=window, rare_index=rare_index, impl=impl)[0].sum().backward()
+
+        return structured_step, True
+    if impl == "efficient_fwd":
+
+        def forward_step():
+            with torch.no_grad():
+                structured_attention(q, k, v, window=window, rare_index=rare_index, impl="efficient")
+
+        return forward_step, False
     if impl == "fairseq_mha":
         from fairseq.modules.multihead_attention import MultiheadAttention
 
         B, H, T, D = q.shape
         mha = MultiheadAttention(H * D, H, self_attention=True)
         x = q.permute(2, 0, 1, 3).reshape(T, B, H * D).clone().requires_grad_()
-        return (lambda: mha(x, x, x, need_weights=False)[0].sum().backward()), True
+
+        def mha_step():
+            fresh(x, *mha.parameters())
+            mha(x, x, x, need_weights=False)[0].sum().backward()
+
+        return mha_step, True
     if impl == "flex":
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -65,7 +96,7 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
             return ((qi - kv).abs() <= window) | in_rare
 
         block_mask = create_block_mask(mask_mod, B=B, H=None, Q_LEN=T, KV_LEN=T, device="cpu")
-        compiled = torch.compile(flex_attention)
+        compiled = torch.compile(flex_attention, dynamic=False)  # the dynamic-shape CPU template fails to build
 
         def step():
             with torch.no_grad():
@@ -85,22 +116,47 @@ def median_time(step: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
 def _peak_child(conn, impl, length, tokens, heads, dim, rare, window):
-    torch.set_num_threads(torch.get_num_threads())
     q, k, v, r = inputs(length, tokens, heads, dim, rare)
     step, _ = make_step(impl, q, k, v, r, window)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()
-    conn.send((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    step()  # warm-up: thread pools, kernel caches, compilation
+    gc.collect()
+    try:  # reset the peak-RSS counter (Linux), so the peak is the next step's alone
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kib("VmRSS")
+        step()
+        conn.send((_status_kib("VmHWM") - base) * 1024)
+    except OSError:  # no clear_refs: the growth of the peak over the first step is the best we have
+        conn.send(-1)
     conn.close()
 
 
 def peak_bytes(impl: str, length: int, tokens: int, heads: int, dim: int, rare: int, window: int) -> int:
-    """Peak resident-memory growth of one step, in a fresh process (inputs allocated before the baseline)."""
+    """Peak resident memory one step adds on top of its inputs, measured in a fresh process.
+
+    The child allocates with ``MALLOC_MMAP_THRESHOLD_=65536``, so freed blocks go back to the
+    system and the resident set follows live memory; the peak is read from ``VmHWM`` after
+    resetting it (``/proc/self/clear_refs``) between a warm-up step and the measured one.
+    """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_peak_child, args=(child, impl, length, tokens, heads, dim, rare, window))
-    proc.start()
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        proc.start()
+    finally:
+        if saved is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
     value = parent.recv() if parent.poll(1800) else -1
     proc.join()
     return int(value)
@@ -171,16 +227,16 @@ def run(
         q, k, v, r = inputs(length, tokens, heads, dim, rare)
         row: dict[str, Any] = {"T": length, "batch": q.size(0)}
         for impl in impls:
-            if impl in ("sdpa", "fairseq_mha", "reference") and length > dense_limit:
+            if impl in QUADRATIC and length > dense_limit:
                 continue
             step, backward = make_step(impl, q, k, v, r, window)
             row[f"{impl}_s"] = median_time(step, repeats)
             row[f"{impl}_backward"] = backward
-            if memory:
+            if memory and impl != "efficient_fwd":
                 row[f"{impl}_peak_bytes"] = peak_bytes(impl, length, tokens, heads, dim, rare, window)
             print(
                 f"T={length:5d} {impl:12s} {row[f'{impl}_s'] * 1000:9.2f} ms"
-                + (f"  peak {row[f'{impl}_peak_bytes'] / 2**20:8.1f} MiB" if memory else ""),
+                + (f"  peak {row[f'{impl}_peak_bytes'] / 2**20:8.1f} MiB" if f"{impl}_peak_bytes" in row else ""),
                 flush=True,
             )
         candidates = 2 * window + 1 + rare
@@ -191,32 +247,69 @@ def run(
     return results
 
 
-def table(results: dict[str, Any]) -> str:
-    rows = results["rows"]
-    head = (
-        "| T | batch | SDPA f+b ms | fairseq MHA f+b ms | Flex fwd ms | reference f+b ms | efficient f+b ms | "
-        "SDPA / efficient | Flex fwd / efficient f+b | efficient / traffic floor | efficient MiB per 1k tokens |"
-    )
-    lines = [head, "|" + "---|" * 11]
+def _per_1k_tokens(row: dict[str, Any], impl: str) -> float | None:
+    peak = row.get(f"{impl}_peak_bytes")
+    return peak / 2**20 / (row["T"] * row["batch"] / 1000) if peak is not None and peak >= 0 else None
 
-    def ms(row, key):
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals, each as (what, measured ratio, target, met), from this run's rows."""
+    by_t = {r["T"]: r for r in results["rows"]}
+    out = []
+
+    def goal(what: str, value: float | None, target: float, at_least: bool) -> None:
+        met = value is not None and (value >= target if at_least else value <= target)
+        out.append(
+            {"goal": what, "measured": value, "target": ("≥ " if at_least else "≤ ") + f"{target:g}", "met": met}
+        )
+
+    def ratio(t: int, num: str, den: str) -> float | None:
+        r = by_t.get(t, {})
+        return r[num] / r[den] if num in r and den in r else None
+
+    goal("T=4096: SDPA f+b / efficient f+b", ratio(4096, "sdpa_s", "efficient_s"), 15, True)
+    goal("T=4096: Flex fwd / efficient fwd", ratio(4096, "flex_s", "efficient_fwd_s"), 3, True)
+    goal("T=4096: efficient f+b / memory-traffic floor", ratio(4096, "efficient_s", "floor_s"), 4, False)
+    per_token = [v for t, r in by_t.items() if 1024 <= t <= 8192 and (v := _per_1k_tokens(r, "efficient"))]
+    flat = max(per_token) / min(per_token) if len(per_token) >= 2 else None
+    goal("efficient peak memory per token, max / min over T = 1024…8192", flat, 1.2, False)
+    goal("T=32: efficient f+b / SDPA f+b", ratio(32, "efficient_s", "sdpa_s"), 1.2, False)
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    head = (
+        "| T | batch | SDPA f+b ms | fairseq MHA f+b ms | reference f+b ms | efficient f+b ms | Flex fwd ms | "
+        "efficient fwd ms | SDPA / efficient (f+b) | Flex / efficient (fwd) | efficient / traffic floor | "
+        "peak MiB per 1k tokens: SDPA | efficient |"
+    )
+    lines = [head, "|" + "---|" * 13]
+
+    def ms(row: dict[str, Any], key: str) -> str:
         return f"{row[key] * 1000:.1f}" if key in row else "–"
 
-    for row in rows:
-        eff = row.get("efficient_s")
-        ratio = f"{row['sdpa_s'] / eff:.1f}×" if eff and "sdpa_s" in row else "–"
-        flex = f"{row['flex_s'] / eff:.2f}×" if eff and "flex_s" in row else "–"
-        floor = f"{eff / row['floor_s']:.1f}×" if eff else "–"
-        mem = (
-            f"{row['efficient_peak_bytes'] / 2**20 / (row['T'] * row['batch'] / 1000):.2f}"
-            if "efficient_peak_bytes" in row
-            else "–"
-        )
-        lines.append(
-            f"| {row['T']} | {row['batch']} | {ms(row, 'sdpa_s')} | {ms(row, 'fairseq_mha_s')} | "
-            f"{ms(row, 'flex_s')} | {ms(row, 'reference_s')} | {ms(row, 'efficient_s')} | {ratio} | {flex} | "
-            f"{floor} | {mem} |"
-        )
+    def ratio(row: dict[str, Any], num: str, den: str, fmt: str = ".1f") -> str:
+        return f"{row[num] / row[den]:{fmt}}×" if num in row and den in row else "–"
+
+    def mib(row: dict[str, Any], impl: str) -> str:
+        v = _per_1k_tokens(row, impl)
+        return f"{v:.2f}" if v is not None else "–"
+
+    for row in results["rows"]:
+        cells = [str(row["T"]), str(row["batch"])]
+        cells += [ms(row, f"{i}_s") for i in ("sdpa", "fairseq_mha", "reference", "efficient", "flex", "efficient_fwd")]
+        cells += [
+            ratio(row, "sdpa_s", "efficient_s"),
+            ratio(row, "flex_s", "efficient_fwd_s", ".2f"),
+            ratio(row, "efficient_s", "floor_s"),
+            mib(row, "sdpa"),
+            mib(row, "efficient"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
+    for g in goals(results):
+        value = f"{g['measured']:.2f}" if g["measured"] is not None else "not measured"
+        lines.append(f"| {g['goal']} | {value} | {g['target']} | {'yes' if g['met'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -267,7 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         a.dense_limit,
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    results["command"] = "structmt-bench attention " + " ".join(argv if argv is not None else sys.argv[2:])
+    results["goals"] = goals(results)
+    write_text_atomic(a.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     plot(results, a.out.with_suffix(".png"))
     print(table(results))
     hw = results["hardware"]
