@@ -49,22 +49,22 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
 
     def fresh(*tensors: torch.Tensor) -> None:
         for t in tensors:
-            t.grad = None  # every step allocates its gradients, as a training step does
+            t.grad = None  # freed after every step: each step allocates its gradients, as a training step does
 
     if impl == "sdpa":
         q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
 
         def sdpa_step():
-            fresh(q, k, v)
             F.scaled_dot_product_attention(q, k, v).sum().backward()
+            fresh(q, k, v)
 
         return sdpa_step, True
     if impl in ("reference", "efficient"):
         q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
 
         def structured_step():
-            fresh(q, k, v)
             structured_attention(q, k, v, window=window, rare_index=rare_index, impl=impl)[0].sum().backward()
+            fresh(q, k, v)
 
         return structured_step, True
     if impl == "efficient_fwd":
@@ -82,8 +82,8 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
         x = q.permute(2, 0, 1, 3).reshape(T, B, H * D).clone().requires_grad_()
 
         def mha_step():
-            fresh(x, *mha.parameters())
             mha(x, x, x, need_weights=False)[0].sum().backward()
+            fresh(x, *mha.parameters())
 
         return mha_step, True
     if impl == "flex":

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
+from ..data.files import write_text_atomic
 from ..data.prepare import PrepConfig, binarize, prepare_multi30k
 from ..pipeline.steps import train
 
@@ -89,8 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     for n in (int(x) for x in a.doc_tokens.split(",")):
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
         results[f"docs{n}"] = measure(docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(results, indent=2) + "\n")
+    from .attention import machine
+
+    record = {
+        "command": "structmt-bench train " + " ".join(argv if argv is not None else sys.argv[2:]),
+        "machine": machine(),
+        "updates": a.updates,
+        "results": results,
+    }
+    write_text_atomic(a.out, json.dumps(record, indent=2) + "\n")
     for name, r in results.items():
         print(
             f"{name:10s} dense {r['dense']:8.0f} tok/s  structured {r['structured']:8.0f} tok/s  ratio {r['ratio']:.2f}"

@@ -1,0 +1,135 @@
+"""``structmt-bench report``: render ``results/BENCHMARKS.md`` from the JSON files that
+``structmt-bench attention|train|decode`` wrote, with each run's command and machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..data.files import write_text_atomic
+from .attention import REPO_ROOT, table
+
+#: training tokens/s goals, structured / dense (issue #5)
+TRAIN_GOALS = {"multi30k": 0.9, "docs2048": 2.0}
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _provenance(record: dict[str, Any]) -> list[str]:
+    m = record.get("machine", {})
+    return [
+        f"Command: `{record.get('command', '?')}`  ",
+        f"Machine: {m.get('cpu', '?')}, {m.get('threads', '?')} torch threads, torch {m.get('torch', '?')}, "
+        f"Python {m.get('python', '?')}; code at commit `{m.get('commit', '?')}`.",
+        "",
+    ]
+
+
+def attention_section(record: dict[str, Any] | None) -> list[str]:
+    lines = ["## Attention kernel (`structmt-bench attention`)", ""]
+    if record is None:
+        return lines + ["Not run yet: `structmt-bench attention`.", ""]
+    s, hw = record["settings"], record["hardware"]
+    lines += _provenance(record)
+    lines += [
+        f"Self-attention over `(batch, {s['heads']} heads, T, {s['dim']})` float32 tensors, {s['tokens']} tokens "
+        f"per batch at every T, w={s['window']}, r={s['rare']} rare columns; median of {s['repeats']} steps "
+        "after a warm-up. f+b = forward and backward; FlexAttention (compiled, BlockMask from the same "
+        "supports) runs forward only, as torch has no FlexAttention backward on CPU, so it is compared with "
+        "structmt's forward. Peak memory: resident memory one step adds on top of its inputs, in a fresh "
+        "process (`VmHWM` after a reset, with glibc returning freed blocks). The traffic floor is the bytes "
+        "the band and rare gathers must move (forward and backward) over the copy bandwidth measured in the "
+        f"same run: {hw['copy_gb_per_s']:.1f} GB/s (matmul: {hw['matmul_gflop_per_s']:.0f} GFLOP/s).",
+        "",
+        table(record),
+        "",
+        "![time and memory against T](bench_attention.png)",
+        "",
+    ]
+    return lines
+
+
+def train_section(record: dict[str, Any] | None) -> list[str]:
+    lines = ["## Training throughput (`structmt-bench train`)", ""]
+    if record is None:
+        return lines + ["Not run yet: `structmt-bench train`.", ""]
+    lines += _provenance(record)
+    lines += [
+        f"Target tokens/s reported by fairseq-train over {record['updates']} updates, dense "
+        "(`transformer_multi30k`) then structured (`structured_transformer_multi30k`, w=3, r=2), same "
+        "batches, one after the other in one run. `docsN`: consecutive Multi30k sentence pairs concatenated "
+        "into pseudo-documents of at least N source pieces.",
+        "",
+        "| data | dense tok/s | structured tok/s | structured / dense | goal | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in record["results"].items():
+        goal = TRAIN_GOALS.get(name)
+        met = "–" if goal is None else ("yes" if r["ratio"] >= goal else "no")
+        lines.append(
+            f"| {name} | {r['dense']:.0f} | {r['structured']:.0f} | {r['ratio']:.2f} | "
+            f"{'–' if goal is None else f'≥ {goal}'} | {met} |"
+        )
+    return lines + [""]
+
+
+def decode_section(record: dict[str, Any] | None) -> list[str]:
+    lines = ["## Beam-search decoding (`structmt-bench decode`)", ""]
+    if record is None:
+        return lines + ["Not run yet: `structmt-bench decode --dense … --structured … --data …`.", ""]
+    lines += _provenance(record)
+    d, s = record["dense"], record["structured"]
+    ratios = record.get("ratios", [record["ratio"]])
+    lines += [
+        "Sentences/s of fairseq's beam search over the same test set, dense and structured checkpoints "
+        f"alternating {len(ratios)} times in one run (best round of each shown; the ratio is the median "
+        "of the per-round ratios).",
+        "",
+        "| model | sentences | sentences/s |",
+        "|---|---|---|",
+        f"| dense | {d['sentences']} | {d['sentences_per_s']:.1f} |",
+        f"| structured | {s['sentences']} | {s['sentences_per_s']:.1f} |",
+        "",
+        f"Structured / dense: {record['ratio']:.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)}).",
+        "",
+        "Decoder self-attention keys cached per sentence (summed over layers) after L steps:",
+        "",
+        "| L | " + " | ".join(record["cache_keys_by_length"]) + " |",
+        "|---|" + "---|" * len(record["cache_keys_by_length"]),
+    ]
+    by_model = record["cache_keys_by_length"]
+    for length in next(iter(by_model.values())):
+        lines.append(f"| {length} | " + " | ".join(str(by_model[m][length]) for m in by_model) + " |")
+    return lines + [""]
+
+
+def render(results_dir: Path) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `structmt-bench report` from `bench_attention.json`, `bench_train.json` and "
+        "`bench_decode.json`; every number comes from the command shown above its table, run on the "
+        "machine shown there. Ratios are measured side by side in one run.",
+        "",
+    ]
+    lines += attention_section(_load(results_dir / "bench_attention.json"))
+    lines += train_section(_load(results_dir / "bench_train.json"))
+    lines += decode_section(_load(results_dir / "bench_decode.json"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    a = p.parse_args(argv)
+    out = a.results_dir / "BENCHMARKS.md"
+    write_text_atomic(out, render(a.results_dir) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

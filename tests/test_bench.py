@@ -1,0 +1,44 @@
+"""The benchmark harness: its memory probe sees a T×T tensor when there is one, and the
+goal table and BENCHMARKS.md are computed from the measured rows, not written by hand."""
+
+from structmt.bench.attention import goals, peak_bytes, table
+from structmt.bench.report import render
+
+
+def test_peak_memory_probe_sees_the_quadratic_path_and_not_the_efficient_one():
+    T, heads = 1024, 8
+    square = heads * T * T * 4  # one float32 T×T score matrix per head (batch 1)
+    reference = peak_bytes("reference", T, T, heads, 64, 2, 3)
+    efficient = peak_bytes("efficient", T, T, heads, 64, 2, 3)
+    assert reference >= square
+    assert 0 < efficient < square / 4
+
+
+def _rows(efficient_4096: float) -> dict:
+    rows = [
+        {"T": 32, "batch": 256, "sdpa_s": 1.0, "efficient_s": 1.1, "efficient_peak_bytes": 2**20},
+        {"T": 1024, "batch": 8, "efficient_s": 1.0, "efficient_peak_bytes": 8 * 2**20},
+        {"T": 4096, "batch": 2, "sdpa_s": 16.0, "efficient_s": efficient_4096, "flex_s": 0.9,
+         "efficient_fwd_s": 0.3, "floor_s": 0.25, "efficient_peak_bytes": 9 * 2**20},
+        {"T": 8192, "batch": 1, "efficient_s": 1.0, "efficient_peak_bytes": 8 * 2**20},
+    ]  # fmt: skip
+    return {"rows": rows}
+
+
+def test_goals_are_computed_from_the_rows():
+    met = {g["goal"]: (round(g["measured"], 3), g["met"]) for g in goals(_rows(1.0))}
+    assert met == {
+        "T=4096: SDPA f+b / efficient f+b": (16.0, True),
+        "T=4096: Flex fwd / efficient fwd": (3.0, True),
+        "T=4096: efficient f+b / memory-traffic floor": (4.0, True),
+        "efficient peak memory per token, max / min over T = 1024…8192": (1.125, True),
+        "T=32: efficient f+b / SDPA f+b": (1.1, True),
+    }
+    slower = {g["goal"]: g["met"] for g in goals(_rows(2.0))}
+    assert not slower["T=4096: SDPA f+b / efficient f+b"] and not slower["T=4096: efficient f+b / memory-traffic floor"]
+    assert "| T=4096: SDPA f+b / efficient f+b | 8.00 | ≥ 15 | no |" in table(_rows(2.0))
+
+
+def test_report_says_what_has_not_been_run(tmp_path):
+    text = render(tmp_path)
+    assert text.count("Not run yet") == 3
