@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,5 +54,5 @@ def annotated_heatmap(
             if value == value:
                 ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=7, color="white")
     fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(textwrap.fill(title, 48), fontsize=8)  # wrapped: small grids make narrow figures
     save(fig, png)
