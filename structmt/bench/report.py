@@ -40,7 +40,9 @@ def attention_section(record: dict[str, Any] | None) -> list[str]:
         f"per batch at every T, w={s['window']}, r={s['rare']} rare columns; median of {s['repeats']} steps "
         "after a warm-up. f+b = forward and backward; FlexAttention (compiled, BlockMask from the same "
         "supports) runs forward only, as torch has no FlexAttention backward on CPU, so it is compared with "
-        "structmt's forward. Peak memory: resident memory one step adds on top of its inputs, in a fresh "
+        "structmt's forward. fairseq's MultiheadAttention includes its four linear projections "
+        f"({s['heads'] * s['dim']}×{s['heads'] * s['dim']} each), which the other rows do not. "
+        "Peak memory: resident memory one step adds on top of its inputs, in a fresh "
         "process (`VmHWM` after a reset, with glibc returning freed blocks). The traffic floor is the bytes "
         "the band and rare gathers must move (forward and backward) over the copy bandwidth measured in the "
         f"same run: {hw['copy_gb_per_s']:.1f} GB/s (matmul: {hw['matmul_gflop_per_s']:.0f} GFLOP/s).",
