@@ -40,7 +40,10 @@ def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en",
     return bin_dir
 
 
-def measure(bin_dir: Path, work: Path, updates: int, max_tokens: int, max_positions: int) -> dict[str, float]:
+def measure(
+    bin_dir: Path, work: Path, updates: int, max_tokens: int, max_positions: int, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """Target tokens/s of dense and structured on the same data (``extra``: more fairseq-train options for both)."""
     rates = {}
     for name, arch in (("dense", "transformer_multi30k"), ("structured", "structured_transformer_multi30k")):
         run_dir = work / name
@@ -72,6 +75,7 @@ def measure(bin_dir: Path, work: Path, updates: int, max_tokens: int, max_positi
             "--required-batch-size-multiple",
             "1",
             "--skip-invalid-size-inputs-valid-test",
+            *extra,
         ]
         result = train(bin_dir, run_dir, arch, args, env=dict(os.environ))
         rates[name] = result.tokens_per_second
@@ -83,6 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--updates", type=int, default=60)
     p.add_argument("--doc-tokens", default="512,2048")
+    p.add_argument(
+        "--no-cross-too",
+        action="store_true",
+        help="also measure the longest documents with decoders without cross-attention (which both models "
+        "keep dense), to isolate what the self-attention structure saves",
+    )
     p.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "bench_train")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_train.json")
     a = p.parse_args(argv)
@@ -91,6 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     for n in (int(x) for x in a.doc_tokens.split(",")):
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
         results[f"docs{n}"] = measure(docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n)
+    if a.no_cross_too:
+        n = max(int(x) for x in a.doc_tokens.split(","))
+        results[f"docs{n}_no_cross"] = measure(
+            docs, a.work / f"docs{n}-no-cross-runs", a.updates, 2 * n + 512, 4 * n, ("--no-cross-attention",)
+        )
     from .attention import machine
 
     record = {
