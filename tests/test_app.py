@@ -50,6 +50,20 @@ def test_run_id_is_stable_and_ignores_threads():
     assert a.run_id() == b.run_id() != c.run_id()
 
 
+def test_roles_file_runs_are_identified_by_the_roles_not_the_path(tmp_path):
+    roles = (REPO / "results" / "roles.json").read_text()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "roles.json").write_text(roles)
+    (tmp_path / "b.json").write_text(roles)
+    (tmp_path / "c.json").write_text(roles.replace("syn:1", "pos:1", 1))
+    ids = [
+        specs(_compose(f"model.heads_from={tmp_path / f}"))[0].run_id() for f in ("a/roles.json", "b.json", "c.json")
+    ]
+    assert ids[0] == ids[1] != ids[2] and "-w3-r2-roles-" in ids[0]
+    # runs without a roles file keep the ids they had before the option existed (the committed demo run)
+    assert specs(_compose())[0].run_id() == "multi30k_en_de-cpu_demo-w3-r2-e4aa037a"
+
+
 def test_range_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"model.window=-1 must be >= 0.*train.dropout=1.5 must lie in"):
         validate(_compose("model.window=-1", "train.dropout=1.5"))
