@@ -6,7 +6,7 @@ from structmt.bench.report import render
 
 
 def test_peak_memory_probe_sees_the_quadratic_path_and_not_the_efficient_one():
-    T, heads = 1024, 8
+    T, heads = 2048, 8
     square = heads * T * T * 4  # one float32 T×T score matrix per head (batch 1)
     reference = peak_bytes("reference", T, T, heads, 64, 2, 3)
     efficient = peak_bytes("efficient", T, T, heads, 64, 2, 3)
