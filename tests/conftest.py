@@ -8,6 +8,8 @@ from fairseq import options, tasks
 from fairseq.data import Dictionary
 
 REPO = Path(__file__).resolve().parents[1]
+#: the fairseq task of every test model: translation en→de
+TASK = ["--task", "translation", "-s", "en", "-t", "de"]
 
 
 def make_dict_dir(tmp: Path, size: int = 40) -> Path:
@@ -29,12 +31,7 @@ def build(data_dir: Path, arch: str, *extra: str, seed: int = 0):
             str(REPO / "structmt"),
             "--arch",
             arch,
-            "--task",
-            "translation",
-            "-s",
-            "en",
-            "-t",
-            "de",
+            *TASK,
             "--dropout",
             "0",
             *extra,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TASK
 
 REPO = Path(__file__).resolve().parents[1]
 UPDATES = 4
@@ -39,12 +40,7 @@ TRAIN = [
     "3",
     "--struct-rare",
     "2",
-    "--task",
-    "translation",
-    "-s",
-    "en",
-    "-t",
-    "de",
+    *TASK,
     "--cpu",
     "--optimizer",
     "adam",
