@@ -323,7 +323,7 @@ def plot(results: dict[str, Any], png: Path) -> None:
             ax1.loglog(*zip(*pts, strict=True), marker="o", label=impl + (" (fwd)" if impl == "flex" else ""))
         mem = [(r["T"], r[f"{impl}_peak_bytes"] / 2**20) for r in results["rows"] if f"{impl}_peak_bytes" in r]
         if mem:
-            ax2.loglog(*zip(*mem, strict=True), marker="o", label=impl)
+            ax2.loglog(*zip(*mem, strict=True), marker="o", label=impl + (" (fwd)" if impl == "flex" else ""))
     ax1.set_xlabel("T (tokens per batch constant)")
     ax1.set_ylabel("seconds per step")
     ax2.set_xlabel("T")
