@@ -15,11 +15,11 @@ import torch
 from ..bench.attention import machine
 from ..data.files import existing_dir, existing_file, write_text_atomic
 from ..figures import annotated_heatmap, pyplot, save
+from ..paths import REPO_ROOT
 from ..pipeline.experiment import git_commit
 from .extract import SentenceAttention, iterate, load
 from .project import best_role, project, random_search
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SHORT = {"positional": "pos", "syntactic": "syn", "rare": "rare"}
 GRID_W = (0, 1, 2, 3, 5, 8, 10)
 GRID_R = (0, 1, 2, 4)

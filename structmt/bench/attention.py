@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,8 +25,9 @@ from typing import Any
 import torch
 
 from ..data.files import write_text_atomic
+from ..paths import REPO_ROOT
+from ..pipeline.experiment import git_commit
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
 #: implementations whose cost is O(T²) (skipped above --dense-limit)
 QUADRATIC = ("sdpa", "fairseq_mha", "reference")
@@ -193,15 +193,12 @@ def machine() -> dict[str, str]:
         )
     except (OSError, StopIteration):
         pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-    ).stdout.strip()
     return {
         "cpu": cpu,
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "commit": commit,
+        "commit": git_commit(),
     }
 
 

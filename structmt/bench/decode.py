@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from ..data.files import write_text_atomic
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ..paths import REPO_ROOT
 
 
 def sentences_per_second(checkpoint: Path, data_dir: Path, subset: str, beam: int, batch_size: int) -> dict[str, Any]:

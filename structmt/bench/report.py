@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.files import write_text_atomic
-from .attention import REPO_ROOT, table
+from ..paths import REPO_ROOT
+from .attention import table
 
 #: training tokens/s goals, structured / dense (issue #5)
 TRAIN_GOALS = {"multi30k": 0.9, "docs2048": 2.0}

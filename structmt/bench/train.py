@@ -16,9 +16,8 @@ from typing import Any
 
 from ..data.files import write_text_atomic
 from ..data.prepare import PrepConfig, binarize, prepare_multi30k
+from ..paths import REPO_ROOT
 from ..pipeline.steps import train
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en", tgt: str = "de") -> Path:

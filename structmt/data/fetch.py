@@ -7,9 +7,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..paths import REPO_ROOT
 from .files import atomic_path, sha256_file
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "data"
 MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}"
 MULTI30K_ENV = "STRUCTMT_MULTI30K"

@@ -18,7 +18,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .experiment import REPO_ROOT, DataSpec, ModelSpec, RunSpec, Schedule, run_experiment
+from ..paths import REPO_ROOT
+from .experiment import DataSpec, ModelSpec, RunSpec, Schedule, run_experiment
 
 LOGGER_MODES = ("auto", "offline", "online", "disabled")
 

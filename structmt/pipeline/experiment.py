@@ -24,11 +24,10 @@ from ..attention.structure import roles_from_file
 from ..data.cli import prepare_dataset, test_sets
 from ..data.files import write_text_atomic
 from ..data.prepare import PrepConfig, read_lines
+from ..paths import REPO_ROOT
 from . import leaderboard, tracking
 from .steps import Score, decode, parse_train_log, score, train
 from .translate import model_dir
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 from filelock import FileLock
 
 from ..data.files import write_text_atomic
+from ..paths import REPO_ROOT
 
 COLUMNS = [
     "run_id",
@@ -154,11 +155,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from .tracking import DEFAULT_PROJECT, log_leaderboard
 
-    root = Path(__file__).resolve().parents[2]
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--results-dir", type=Path, default=root / "results")
+    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     p.add_argument("--wandb", action="store_true", help="also rebuild the W&B leaderboard table")
-    p.add_argument("--wandb-dir", type=Path, default=root / "runs" / "wandb")
+    p.add_argument("--wandb-dir", type=Path, default=REPO_ROOT / "runs" / "wandb")
     p.add_argument("--project", default=DEFAULT_PROJECT)
     p.add_argument("--headline", metavar="SCHEDULE", help="print the README headline table of this schedule")
     p.add_argument("--data", default="multi30k_en_de")

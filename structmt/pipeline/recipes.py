@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.fetch import DataError
-from .experiment import REPO_ROOT, ModelSpec, RunSpec, Schedule, evaluate_run, prepare_data, train_run
+from ..paths import REPO_ROOT
+from .experiment import ModelSpec, RunSpec, Schedule, evaluate_run, prepare_data, train_run
 from .leaderboard import read_rows
 
 #: recipe → its schedule in conf/train (the same files the Hydra app uses)

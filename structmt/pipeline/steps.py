@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ..data.files import atomic_path
 from ..data.prepare import read_lines
-
-PLUGIN_DIR = Path(__file__).resolve().parents[1]
+from ..paths import PLUGIN_DIR
 
 
 class StepError(RuntimeError):

@@ -9,9 +9,8 @@ from pathlib import Path
 
 from ..data.files import write_text_atomic
 from ..figures import annotated_heatmap
+from ..paths import REPO_ROOT
 from .leaderboard import read_rows
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def sweep_rows(rows: list[dict[str, str]], data: str, schedule: str, test_set: str) -> list[dict[str, str]]:
