@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import build
 
-from structmt.attention.multihead import StructuredMultiheadAttention
+from structmt.attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
 
 TINY = (
     "--encoder-embed-dim",
@@ -33,6 +33,8 @@ TINY = (
         (("--struct-error", "topk"), "--struct-error 'topk'"),
         (("--struct-impl", "fast"), "--struct-impl 'fast'"),
         (("--struct-error", "sink:4", "--struct-error-eps", "0.5"), "sinks \\* eps must lie in"),
+        (("--struct-cross-window", "-2"), "--struct-cross-window must be >= 0, or -1"),
+        (("--struct-cross-window", "2", "--struct-cross-slope", "0"), "--struct-cross-slope: .* must be > 0"),
     ],
 )
 def test_bad_configuration_fails_at_build_time(dict_dir, extra, message):
@@ -49,9 +51,30 @@ def test_structured_blocks_and_roles(dict_dir):
         assert not layer.self_attn.structure.causal
     for layer in model.decoder.layers:
         assert layer.self_attn.structure.causal
-        assert not isinstance(layer.encoder_attn, StructuredMultiheadAttention)  # cross stays dense
+        assert type(layer.encoder_attn).__name__ == "MultiheadAttention"  # cross-attention dense by default
     _, enc_only = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-apply", "encoder")
     assert not any(isinstance(layer.self_attn, StructuredMultiheadAttention) for layer in enc_only.decoder.layers)
+
+
+def test_structured_cross_attention_option(dict_dir):
+    cross = ("--struct-cross-window", "2", "--struct-cross-slope", "0.8")
+    _, model = build(dict_dir, "structured_transformer_tiny", *TINY, *cross, seed=3)
+    assert all(isinstance(layer.encoder_attn, StructuredCrossAttention) for layer in model.decoder.layers)
+    assert {(layer.encoder_attn.band.window, layer.encoder_attn.band.slope) for layer in model.decoder.layers} == {
+        (2, 0.8)
+    }
+    _, dense = build(dict_dir, "transformer_tiny", *TINY, seed=3)
+    assert list(dense.state_dict()) == list(model.state_dict())  # no new parameters
+
+
+def test_wide_bands_everywhere_equal_the_dense_transformer(dict_dir):
+    """The anchor of DESIGN.md §2, cross-attention included: wide syntactic bands, no rare columns."""
+    wide = ("--struct-heads", "syn:4", "--struct-window", "50", "--struct-rare", "0", "--struct-cross-window", "50")
+    _, model = build(dict_dir, "structured_transformer_tiny", *TINY, *wide, seed=3)
+    _, dense = build(dict_dir, "transformer_tiny", *TINY, seed=3)
+    model.eval(), dense.eval()
+    src, lengths, tgt = _batch()
+    assert torch.allclose(model(src, lengths, tgt)[0], dense(src, lengths, tgt)[0], atol=1e-5)
 
 
 def test_dense_checkpoints_load_both_ways_and_init_matches(dict_dir):
@@ -86,7 +109,13 @@ def test_changing_future_targets_leaves_earlier_outputs(dict_dir):
 
 
 @pytest.mark.parametrize(
-    "extra", [(), ("--struct-error", "sink:2"), ("--struct-heads", "rare:2,pos:1,syn:1", "--struct-window", "1")]
+    "extra",
+    [
+        (),
+        ("--struct-error", "sink:2"),
+        ("--struct-heads", "rare:2,pos:1,syn:1", "--struct-window", "1"),
+        ("--struct-cross-window", "1", "--struct-cross-slope", "0.7"),
+    ],
 )
 def test_incremental_decoding_matches_teacher_forcing(dict_dir, extra):
     _, model = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-rare", "2", *extra)
@@ -105,8 +134,9 @@ def test_incremental_decoding_matches_teacher_forcing(dict_dir, extra):
     assert sizes == {s.max_window + s.rare + s.sinks}
 
 
-def test_beam_reorder_keeps_incremental_state_consistent(dict_dir):
-    _, model = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-rare", "2")
+@pytest.mark.parametrize("extra", [(), ("--struct-cross-window", "1")])
+def test_beam_reorder_keeps_incremental_state_consistent(dict_dir, extra):
+    _, model = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-rare", "2", *extra)
     src, lengths, tgt = _batch(T=10)
     src, lengths = src[:1].expand_as(src), lengths[:1].expand_as(lengths)  # beams of one sentence, as in beam search
     order = torch.tensor([2, 0, 0])

@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .structure import Structure, Supports, make_supports, sink_positions
+from .structure import (
+    CrossBand,
+    Structure,
+    Supports,
+    aligned_centers,
+    make_cross_supports,
+    make_supports,
+    sink_positions,
+)
 
 IMPLS = ("auto", "reference", "efficient")
 
@@ -159,19 +167,33 @@ def efficient_attention(
         parts.append(sink_pos.unsqueeze(1).expand(B, T, sink_pos.size(-1)))
         groups.append((sink_pos.size(-1), "error"))
     kv_pos = torch.cat(parts, dim=-1)
+    out, weights = attend_candidates(q, k, v, kv_pos, groups, supports, q_pos, structure.sink_eps, dropout_p)
+    return out, weights, kv_pos
+
+
+def attend_candidates(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kv_pos: Tensor,
+    groups: Sequence[tuple[int, str]],
+    supports: Supports,
+    q_pos: Tensor,
+    sink_eps: float = 0.0,
+    dropout_p: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Attend from ``q`` ``(B, H, Tq, D)`` over the candidate keys ``kv_pos`` ``(B, Tq, C)`` of
+    ``k, v`` ``(B, H, S, D)``: the fused C++ kernel when it applies, else gathered copies.
+    Returns the output ``(B, H, Tq, D)`` and the candidate weights ``(B, H, Tq, C)``."""
     index = kv_pos.clamp(0, k.size(2) - 1)
     if fused_kernel_usable(q, dropout_p):
         support, error = candidate_masks(q.shape, kv_pos, groups, supports, q_pos)
         kind = support.to(torch.int8) + 2 * error.to(torch.int8)
-        out, weights = FusedCandidateAttention.apply(
-            q, k, v, index, kind, 1.0 / math.sqrt(q.size(-1)), structure.sink_eps
-        )
-        return out, weights, kv_pos
-    batch = torch.arange(B, device=q.device).view(B, 1, 1)
-    k_c = k.transpose(1, 2)[batch, index]  # (B, T, C, H, D)
+        return FusedCandidateAttention.apply(q, k, v, index, kind, 1.0 / math.sqrt(q.size(-1)), sink_eps)
+    batch = torch.arange(q.size(0), device=q.device).view(-1, 1, 1)
+    k_c = k.transpose(1, 2)[batch, index]  # (B, Tq, C, H, D)
     v_c = v.transpose(1, 2)[batch, index]
-    out, weights = candidate_attention(q, k_c, v_c, kv_pos, groups, supports, structure.sink_eps, q_pos, dropout_p)
-    return out, weights, kv_pos
+    return candidate_attention(q, k_c, v_c, kv_pos, groups, supports, sink_eps, q_pos, dropout_p)
 
 
 def _load_kernels() -> Any:
@@ -213,7 +235,7 @@ class FusedCandidateAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def choose_impl(impl: str, structure: Structure, num_keys: int, fused: bool = False) -> str:
+def choose_impl(impl: str, structure: Structure | CrossBand, num_keys: int, fused: bool = False) -> str:
     """``auto``: with the fused kernel the efficient path is the faster one at every length we
     measured (from T = 16 up, forward+backward); without it, the pure-PyTorch gather path only
     pays once the dense score matrix is several times larger than the candidate set."""
@@ -293,3 +315,46 @@ def structured_attention(
         return out, (weights if need_weights else None)
     out, weights, kv_pos = efficient_attention(q, k, v, structure, supports, sets, sink_pos, dropout_p)
     return out, (scatter_dense(weights, kv_pos, T) if need_weights else None)
+
+
+def aligned_cross_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    window: int,
+    slope: float = 1.0,
+    key_padding_mask: Tensor | None = None,
+    first_query: int = 0,
+    dropout_p: float = 0.0,
+    impl: str = "auto",
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Structured cross-attention: target position ``i`` attends to the source band
+    ``|j - c(i)| <= window`` around ``c(i) = round(slope * i)`` (see :class:`CrossBand`).
+
+    Args:
+        q: ``(B, H, Tq, D)`` target queries at positions ``first_query ...``.
+        k, v: ``(B, H, S, D)`` source keys and values.
+        key_padding_mask: ``(B, S)``, True at source padding (left or right).
+        need_weights: also return dense ``(B, H, Tq, S)`` weights.
+    Returns:
+        ``(output (B, H, Tq, D), weights or None)``.
+    """
+    B, H, Tq, _ = q.shape
+    S = k.size(2)
+    if k.shape[:2] != (B, H) or v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"q, k, v must share (batch, heads); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    band = CrossBand(window, slope)
+    q_pos = torch.arange(first_query, first_query + Tq, device=q.device)
+    centers = aligned_centers(key_padding_mask, B, S, q_pos, band.slope)
+    supports = make_cross_supports(
+        centers, band.window, num_keys=S, key_padding_mask=key_padding_mask, first_query=first_query
+    )
+    if choose_impl(impl, band, S, fused_kernel_usable(q, dropout_p)) == "reference":
+        out, weights = reference_attention(q, k, v, supports, 0.0, q_pos, torch.arange(S, device=q.device), dropout_p)
+        return out, (weights if need_weights else None)
+    offsets = torch.arange(-band.window, band.window + 1, device=q.device)
+    kv_pos = centers.unsqueeze(-1) + offsets  # (B, Tq, C)
+    out, weights = attend_candidates(q, k, v, kv_pos, [(offsets.numel(), "band")], supports, q_pos, 0.0, dropout_p)
+    return out, (scatter_dense(weights, kv_pos, S) if need_weights else None)

@@ -6,13 +6,32 @@ import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor
 
-from .functional import candidate_attention, structured_attention
-from .structure import NEVER_RARE, Structure, keys_to_positions, make_supports, rare_sets
+from .functional import aligned_cross_attention, candidate_attention, structured_attention
+from .structure import NEVER_RARE, CrossBand, Structure, keys_to_positions, make_supports, rare_sets
 
 IncrementalState = dict[str, dict[str, Tensor | None]] | None
 
 
-class StructuredMultiheadAttention(MultiheadAttention):
+class _StructuredBase(MultiheadAttention):
+    """What both structured blocks share: head split and the fairseq-shaped return."""
+
+    def _heads(self, x: Tensor, batch: int) -> Tensor:
+        """``(T, B, E)`` → ``(B, H, T, D)``."""
+        return x.view(-1, batch, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+
+    def _output(
+        self, out: Tensor, weights: Tensor | None, need_weights: bool, need_head_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(B, H, T, D)`` → fairseq's ``(T, B, E)`` after the output projection, and the weights
+        ``(B, T, S)`` averaged over heads, or ``(H, B, T, S)`` with ``need_head_weights``."""
+        B, H, T, D = out.shape
+        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(T, B, H * D))
+        if weights is None or not (need_weights or need_head_weights):
+            return out, None
+        return out, (weights.transpose(0, 1) if need_head_weights else weights.mean(dim=1))
+
+
+class StructuredMultiheadAttention(_StructuredBase):
     """Self-attention whose heads only see their structured support.
 
     Same parameters (and parameter names) as fairseq's ``MultiheadAttention``,
@@ -99,13 +118,8 @@ class StructuredMultiheadAttention(MultiheadAttention):
             raise NotImplementedError(
                 "an extra attn_mask is only accepted as the causal mask of decoder self-attention"
             )
-        T, B, E = query.shape
-        H, D = self.num_heads, self.head_dim
-
-        def heads(x: Tensor) -> Tensor:
-            return x.view(-1, B, H, D).permute(1, 2, 0, 3)
-
-        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(query)), heads(self.v_proj(query))
+        T, B, _ = query.shape
+        q, k, v = (self._heads(proj(query), B) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask.to(torch.bool)
         keys = self._rarity(B, T, query.device)
@@ -132,10 +146,7 @@ class StructuredMultiheadAttention(MultiheadAttention):
                 need_weights=need,
                 structure=self.structure,
             )
-        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(T, B, E))
-        if weights is None or not need:
-            return out, None
-        return out, (weights.transpose(0, 1) if need_head_weights else weights.mean(dim=1))
+        return self._output(out, weights, need_weights, need_head_weights)
 
     def _step(
         self, q: Tensor, k: Tensor, v: Tensor, new_rarity: Tensor, incremental_state: dict
@@ -211,3 +222,84 @@ class StructuredMultiheadAttention(MultiheadAttention):
         """Number of cached key vectors per sequence and head (for the bounded-cache check)."""
         buf = self._get_input_buffer(incremental_state)
         return sum(buf[name].size(2) for name in ("prev_key", "rare_key", "sink_key") if name in buf)
+
+
+class StructuredCrossAttention(_StructuredBase):
+    """Encoder-decoder attention restricted to the aligned source band of a :class:`CrossBand`.
+
+    Same parameters as fairseq's ``MultiheadAttention`` (built with
+    :meth:`from_dense`).  The owning decoder sets :attr:`first_query`, the
+    target position of the first query (the prefix length minus one while
+    decoding incrementally, 0 otherwise).  The projected source keys and values
+    are cached once per sentence, as fairseq does.
+    """
+
+    band: CrossBand
+    impl: str
+    first_query: int
+
+    @classmethod
+    def from_dense(cls, dense: MultiheadAttention, band: CrossBand, impl: str = "auto") -> StructuredCrossAttention:
+        """Wrap the projections of an existing encoder-decoder ``MultiheadAttention`` (no new parameters)."""
+        if not dense.encoder_decoder_attention:
+            raise ValueError("structured cross-attention replaces an encoder-decoder attention block")
+        if dense.bias_k is not None or dense.add_zero_attn:
+            raise ValueError("structured attention does not support add_bias_kv / add_zero_attn")
+        new = cls.__new__(cls)
+        new.__dict__.update(dense.__dict__)
+        new.band, new.impl, new.first_query = band, impl, 0
+        return new
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, cross_window={self.band.window}, slope={self.band.slope}, impl={self.impl}"
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor | None,
+        value: Tensor | None,
+        key_padding_mask: Tensor | None = None,
+        incremental_state: IncrementalState = None,
+        need_weights: bool = True,
+        static_kv: bool = False,
+        attn_mask: Tensor | None = None,
+        before_softmax: bool = False,
+        need_head_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Input ``(Tq, B, C)`` queries and ``(S, B, C)`` encoder states, as in fairseq."""
+        if before_softmax or attn_mask is not None:
+            raise NotImplementedError("structured cross-attention takes no attn_mask / before_softmax")
+        B = query.size(1)
+        buf = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
+        if "prev_key" in buf:  # the source of this sentence was projected at the first step
+            k, v, key_padding_mask = buf["prev_key"], buf["prev_value"], buf.get("prev_key_padding_mask")
+        else:
+            if key is None:
+                raise RuntimeError("structured cross-attention needs the encoder output at the first step")
+            k, v = self._heads(self.k_proj(key), B), self._heads(self.v_proj(key), B)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.to(torch.bool)
+            if incremental_state is not None:
+                buf = {"prev_key": k, "prev_value": v, "prev_key_padding_mask": key_padding_mask}
+                self._set_input_buffer(incremental_state, buf)
+        out, weights = aligned_cross_attention(
+            self._heads(self.q_proj(query), B),
+            k,
+            v,
+            window=self.band.window,
+            slope=self.band.slope,
+            key_padding_mask=key_padding_mask,
+            first_query=self.first_query if incremental_state is not None else 0,
+            dropout_p=self.dropout_module.p if self.training else 0.0,
+            impl=self.impl,
+            need_weights=need_weights or need_head_weights,
+        )
+        return self._output(out, weights, need_weights, need_head_weights)
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> IncrementalState:
+        """Select the cached source of the surviving hypotheses (one copy per hypothesis)."""
+        buf = self._get_input_buffer(incremental_state)
+        for name, value in buf.items():
+            if value is not None:
+                buf[name] = value.index_select(0, new_order)
+        return self._set_input_buffer(incremental_state, buf)

@@ -17,6 +17,14 @@ Groups of keys a query may see:
   support.
 
 All groups are intersected with causality (``kv <= q``) and key padding.
+
+Cross-attention is dense by default.  The optional structured cross-attention
+(:class:`CrossBand`) gives target position ``i`` the source band
+``|j - c(i)| <= window`` around the aligned position ``c(i) = round(slope * i)``
+(counted from the first real source token, clamped to the last one).  The
+slope is a fixed ratio ``|src| / |tgt|``, not the pair's own, because the
+target length is unknown while decoding: teacher forcing and incremental
+decoding then see the same keys.
 """
 
 from __future__ import annotations
@@ -124,6 +132,25 @@ class Structure:
         )
 
 
+@dataclass(frozen=True)
+class CrossBand:
+    """Structured cross-attention: every head of target position ``i`` sees the source
+    positions ``j`` with ``|j - c(i)| <= window``, ``c(i) = min(round(slope * i), n_src - 1)``."""
+
+    window: int
+    slope: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.window < 0:
+            raise ValueError(f"the cross-attention band half-width must be >= 0, got {self.window}")
+        if not self.slope > 0:
+            raise ValueError(f"the cross-attention slope |src|/|tgt| must be > 0, got {self.slope}")
+
+    @property
+    def keys_per_query(self) -> int:
+        return 2 * self.window + 1
+
+
 def parse_role_mix(spec: str, num_heads: int, num_layers: int, option: str = "--struct-heads") -> list[list[str]]:
     """Parse ``pos:1,syn:2,rare:1`` (all layers) or ``;``-separated per-layer mixes.
 
@@ -219,6 +246,18 @@ def real_key(key_padding_mask: Tensor | None, num_keys: int) -> Predicate:
     return mod
 
 
+def aligned_band(centers: Tensor, window: int, first_query: int = 0) -> Predicate:
+    """``|kv - centers[b, q]| <= window``; ``centers``: ``(B, Tq)``, row ``i`` for query ``first_query + i``."""
+    return lambda b, h, q, kv: (kv - centers[b, q - first_query]).abs() <= window
+
+
+def nothing(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+    """The empty group."""
+    return torch.zeros((), dtype=torch.bool, device=kv.device).expand(
+        torch.broadcast_shapes(b.shape, h.shape, q.shape, kv.shape)
+    )
+
+
 def and_masks(*mods: Predicate) -> Predicate:
     def mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         out = mods[0](b, h, q, kv)
@@ -274,11 +313,6 @@ def make_supports(
     in_band = band(window)
     band_ok = and_masks(in_band, base)
 
-    def nothing(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        return torch.zeros((), dtype=torch.bool, device=device).expand(
-            torch.broadcast_shapes(b.shape, h.shape, q.shape, kv.shape)
-        )
-
     if structure.uses_rare and rare_sets is not None:
         rare_heads = torch.tensor(structure.rare_heads, device=device)
         in_rare = rare_columns(rare_sets, rare_heads, first_query)
@@ -292,6 +326,35 @@ def make_supports(
     else:
         error_ok = nothing
     return Supports(band=band_ok, rare=rare_ok, error=error_ok)
+
+
+def make_cross_supports(
+    centers: Tensor, window: int, *, num_keys: int, key_padding_mask: Tensor | None, first_query: int = 0
+) -> Supports:
+    """The support of structured cross-attention: the aligned band over real source keys."""
+
+    in_band = and_masks(aligned_band(centers, window, first_query), real_key(key_padding_mask, num_keys))
+    return Supports(band=in_band, rare=nothing, error=nothing)
+
+
+def aligned_centers(key_padding_mask: Tensor | None, batch: int, num_keys: int, q_pos: Tensor, slope: float) -> Tensor:
+    """``(B, Tq)`` source position aligned with each target position ``q_pos``.
+
+    ``c(i) = start + min(round(slope * i), n - 1)`` where ``start`` is the first
+    real source position (fairseq left-pads the source) and ``n`` the number of
+    real source tokens; the real tokens must be contiguous.
+    """
+    device = q_pos.device
+    if key_padding_mask is None:
+        start = torch.zeros(batch, dtype=torch.long, device=device)
+        length = torch.full((batch,), num_keys, dtype=torch.long, device=device)
+    else:
+        real = ~key_padding_mask
+        length = real.sum(-1)
+        start = real.to(torch.int8).argmax(-1)
+    offset = torch.floor(q_pos.to(torch.float64) * slope + 0.5).long()  # round half up, same in every mode
+    last = (length - 1).clamp(min=0).unsqueeze(1)
+    return start.unsqueeze(1) + torch.minimum(offset.unsqueeze(0), last)
 
 
 # --------------------------------------------------------------------------

@@ -28,8 +28,8 @@ from fairseq.models.transformer import (
 from torch import Tensor
 
 from ..attention.functional import IMPLS
-from ..attention.multihead import StructuredMultiheadAttention
-from ..attention.structure import Structure, parse_role_mix, rare_sets, rarity_keys, roles_from_file
+from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
+from ..attention.structure import CrossBand, Structure, parse_role_mix, rare_sets, rarity_keys, roles_from_file
 
 BLOCKS = ("encoder", "decoder")
 
@@ -64,6 +64,16 @@ class StructureConfig(FairseqDataclass):
     struct_error_eps: float = field(default=0.05, metadata={"help": "weight bound of each error-term key"})
     struct_apply: str = field(
         default="encoder,decoder", metadata={"help": "attention blocks to structure: encoder,decoder"}
+    )
+    struct_cross_window: int = field(
+        default=-1,
+        metadata={
+            "help": "structured cross-attention: band half-width around the aligned source position "
+            "round(slope * i); -1 keeps cross-attention dense"
+        },
+    )
+    struct_cross_slope: float = field(
+        default=1.0, metadata={"help": "source/target length ratio of the cross-attention band's centre line"}
     )
     struct_impl: str = field(default="auto", metadata={"help": "kernel: auto|reference|efficient"})
 
@@ -120,13 +130,25 @@ def layer_structures(args: Any, block: str) -> list[Structure]:
         raise ValueError(f"--struct-error-eps: {e}") from None
 
 
+def cross_band(args: Any) -> CrossBand | None:
+    """The ``--struct-cross-*`` options as a :class:`CrossBand`, or None for dense cross-attention."""
+    if args.struct_cross_window < -1:
+        raise ValueError(f"--struct-cross-window must be >= 0, or -1 for dense, got {args.struct_cross_window}")
+    if args.struct_cross_window == -1:
+        return None
+    try:
+        return CrossBand(args.struct_cross_window, args.struct_cross_slope)
+    except ValueError as e:
+        raise ValueError(f"--struct-cross-slope: {e}") from None
+
+
 def structured_blocks(spec: str) -> list[str]:
     blocks = [b.strip() for b in spec.split(",") if b.strip()]
     unknown = [b for b in blocks if b not in BLOCKS]
     if unknown or not blocks:
         raise ValueError(
             f"--struct-apply {spec!r}: unknown attention block(s) {unknown}; choose from {', '.join(BLOCKS)} "
-            "(cross-attention stays dense)"
+            "(cross-attention: --struct-cross-window)"
         )
     return blocks
 
@@ -202,6 +224,10 @@ class StructuredTransformerDecoder(_RarityMixin, TransformerDecoderBase):
         alignment_heads: int | None = None,
     ):
         self._share_rarity(prev_output_tokens, incremental=incremental_state is not None)
+        first_query = prev_output_tokens.size(1) - 1 if incremental_state is not None else 0
+        for layer in self.layers:
+            if isinstance(layer.encoder_attn, StructuredCrossAttention):
+                layer.encoder_attn.first_query = first_query
         return super().extract_features_scriptable(
             prev_output_tokens, encoder_out, incremental_state, full_context_alignment, alignment_layer, alignment_heads
         )
@@ -220,9 +246,15 @@ class StructuredTransformerModel(TransformerModel):
     def build_model(cls, args: Any, task: Any) -> "StructuredTransformerModel":
         structured_base(args)
         structures = {block: layer_structures(args, block) for block in structured_blocks(args.struct_apply)}
+        band = cross_band(args)
         model = super().build_model(args, task)
         for block, per_layer in structures.items():
             getattr(model, block).apply_structure(per_layer, args.struct_impl)
+        if band is not None:
+            for layer in model.decoder.layers:
+                if layer.encoder_attn is None:
+                    raise ValueError("--struct-cross-window needs a decoder with cross-attention")
+                layer.encoder_attn = StructuredCrossAttention.from_dense(layer.encoder_attn, band, args.struct_impl)
         return model
 
     @classmethod

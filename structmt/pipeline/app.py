@@ -53,6 +53,8 @@ def validate(cfg: Any) -> None:
     checks = [
         ("model.window", cfg.model.window >= 0, "must be >= 0"),
         ("model.rare", cfg.model.rare >= 0, "must be >= 0"),
+        ("model.cross_window", cfg.model.cross_window >= -1, "must be >= 0, or -1 for dense cross-attention"),
+        ("model.cross_slope", cfg.model.cross_slope > 0, "must be > 0 (source/target length ratio)"),
         ("train.max_update", cfg.train.max_update > 0, "must be > 0"),
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
         ("train.warmup", cfg.train.warmup >= 0, "must be >= 0"),

@@ -41,6 +41,10 @@ class ModelSpec:
     error: str = "none"
     #: a roles JSON file (``structmt-analyze`` writes results/roles.json); replaces ``heads``
     heads_from: str = ""
+    #: structured cross-attention: band half-width around j = round(cross_slope * i); -1 = dense
+    cross_window: int = -1
+    #: source/target length ratio of that band's centre line
+    cross_slope: float = 1.0
 
     @property
     def structured(self) -> bool:
@@ -60,6 +64,10 @@ class ModelSpec:
         """The role mix as the leaderboard shows it."""
         return f"from:{Path(self.heads_from).name}" if self.heads_from else self.heads
 
+    def cross_label(self) -> str:
+        """The cross-attention band as the leaderboard shows it ('' = dense)."""
+        return f"w{self.cross_window}/slope{self.cross_slope:g}" if self.structured and self.cross_window >= 0 else ""
+
     def fairseq_args(self, roles: Path | None = None) -> list[str]:
         """The ``--struct-*`` options; ``roles`` is the run's own copy of the roles file."""
         if not self.structured:
@@ -73,6 +81,10 @@ class ModelSpec:
             *heads,
             "--struct-error",
             self.error,
+            "--struct-cross-window",
+            str(self.cross_window),
+            "--struct-cross-slope",
+            str(self.cross_slope),
         ]
 
 
@@ -145,9 +157,15 @@ class RunSpec:
             settings["model"]["heads_from"] = hashlib.sha256(roles.read_bytes()).hexdigest()
         else:
             settings["model"].pop("heads_from")  # ids of runs from before the option existed stay valid
+        if self.model.structured and self.model.cross_window < 0:
+            settings["model"].pop("cross_window")  # likewise for dense cross-attention
+            settings["model"].pop("cross_slope")
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
-        shape = f"w{m.window}-r{m.rare}" + ("-roles" if m.heads_from else "") if m.structured else "dense"
+        shape = "dense"
+        if m.structured:
+            shape = f"w{m.window}-r{m.rare}" + ("-roles" if m.heads_from else "")
+            shape += f"-x{m.cross_window}" if m.cross_window >= 0 else ""
         return f"{self.data.name}-{self.schedule.name}-{shape}-{digest}"
 
 
@@ -352,6 +370,7 @@ def _evaluate_locked(
                 "window": spec.model.window if spec.model.structured else "",
                 "rare": spec.model.rare if spec.model.structured else "",
                 "heads": spec.model.heads_label() if spec.model.structured else "",
+                "cross": spec.model.cross_label(),
                 "params": _count_params(run_dir / "train.log"),
                 "updates": metrics["updates"],
                 "train_seconds": round(float(metrics["wall_seconds"]), 1),

@@ -28,6 +28,7 @@ COLUMNS = [
     "window",
     "rare",
     "heads",
+    "cross",
     "params",
     "updates",
     "train_seconds",
@@ -82,13 +83,14 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
         out += [
             f"## {test}",
             "",
-            "| run | arch | w | r | heads | BLEU | chrF | p vs dense | updates | train s | tok/s | commit |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| run | arch | w | r | heads | cross | BLEU | chrF | p vs dense | updates | train s | tok/s | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         subset = sorted((r for r in rows if r["test_set"] == test), key=lambda r: -float(r["bleu"] or 0))
         for r in subset:
             out.append(
-                f"| {r['run_id']} | {r['arch']} | {r['window']} | {r['rare']} | {r['heads']} | {r['bleu']} | "
+                f"| {r['run_id']} | {r['arch']} | {r['window']} | {r['rare']} | {r['heads']} | {r.get('cross', '')} | "
+                f"{r['bleu']} | "
                 f"{r['chrf']} | {r['p_value_vs_dense']} | {r['updates']} | {r['train_seconds']} | "
                 f"{r['train_tokens_per_s']} | {r['git_commit'][:8]} |"
             )

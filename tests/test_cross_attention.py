@@ -1,0 +1,115 @@
+"""Structured cross-attention: the aligned band, its kernels and its module."""
+
+import pytest
+import torch
+from conftest import assert_close_all
+from fairseq.modules.multihead_attention import MultiheadAttention
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import structmt.attention.functional as functional
+from structmt.attention import CrossBand, aligned_cross_attention
+from structmt.attention.multihead import StructuredCrossAttention
+from structmt.attention.structure import aligned_centers
+
+
+def _cross_with_grads(q, k, v, pad, impl, **band):
+    qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+    out, w = aligned_cross_attention(qq, kk, vv, key_padding_mask=pad, impl=impl, need_weights=True, **band)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), w, qq.grad, kk.grad, vv.grad
+
+
+def _source_padding(lengths: list[int], S: int, left: bool) -> torch.Tensor:
+    pos = torch.arange(S)
+    n = torch.tensor(lengths)[:, None]
+    return (pos < S - n) if left else (pos >= n)
+
+
+def test_centres_follow_the_slope_from_the_first_real_token_and_stop_at_the_last():
+    pad = _source_padding([6, 3], 6, left=True)  # row 1: positions 3, 4, 5 are real
+    centres = aligned_centers(pad, 2, 6, torch.arange(8), slope=0.5)
+    assert centres.tolist() == [[0, 1, 1, 2, 2, 3, 3, 4], [3, 4, 4, 5, 5, 5, 5, 5]]  # round half up, clamped
+    right = aligned_centers(_source_padding([6, 3], 6, left=False), 2, 6, torch.arange(4) + 2, slope=1.0)
+    assert right.tolist() == [[2, 3, 4, 5], [2, 2, 2, 2]]
+
+
+def test_weights_live_exactly_on_the_band():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, 5, 4), torch.randn(2, 2, 7, 4), torch.randn(2, 2, 7, 4)
+    pad = _source_padding([7, 4], 7, left=True)
+    for impl in ("reference", "efficient"):
+        _, w = aligned_cross_attention(q, k, v, window=1, slope=1.0, key_padding_mask=pad, impl=impl, need_weights=True)
+        allowed = torch.zeros(2, 5, 7, dtype=torch.bool)
+        for b, (start, n) in enumerate([(0, 7), (3, 4)]):
+            for i in range(5):
+                c = start + min(i, n - 1)
+                allowed[b, i, max(start, c - 1) : min(start + n, c + 2)] = True
+        assert torch.equal(w > 0, allowed.unsqueeze(1).expand_as(w)), impl
+        assert torch.allclose(w.sum(-1), torch.ones(2, 2, 5))
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_wide_band_equals_fairseq_encoder_decoder_attention(left):
+    torch.manual_seed(1)
+    E, H, T, S, B = 32, 4, 6, 9, 3
+    dense = MultiheadAttention(E, H, encoder_decoder_attention=True).eval()
+    ours = StructuredCrossAttention.from_dense(dense, CrossBand(S - 1, slope=0.6))
+    assert list(dict(ours.named_parameters())) == list(dict(dense.named_parameters()))
+    x, mem = torch.randn(T, B, E), torch.randn(S, B, E)
+    pad = _source_padding([9, 5, 2], S, left)
+    for impl in ("reference", "efficient"):
+        ours.impl = impl
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        m1, m2 = mem.clone().requires_grad_(), mem.clone().requires_grad_()
+        want, want_w = dense(x1, m1, m1, key_padding_mask=pad, static_kv=True, need_weights=True)
+        got, got_w = ours(x2, m2, m2, key_padding_mask=pad, static_kv=True, need_weights=True)
+        assert_close_all((want, want_w), (got, got_w), 1e-5)
+        g = torch.randn_like(want)
+        (want * g).sum().backward()
+        (got * g).sum().backward()
+        assert_close_all((x1.grad, m1.grad), (x2.grad, m2.grad), 1e-5)
+
+
+def test_fused_kernel_and_python_gather_path_agree(monkeypatch):
+    assert functional._KERNELS is not None, "the C++ kernel was not built by make install"
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = torch.randn(3, 2, 13, 8, generator=gen), torch.randn(3, 2, 10, 8, generator=gen), torch.randn(3, 2, 10, 8)
+    pad = _source_padding([10, 6, 1], 10, left=True)
+    results = []
+    for kernels in (functional._KERNELS, None):
+        monkeypatch.setattr(functional, "_KERNELS", kernels)
+        results.append(_cross_with_grads(q, k, v, pad, "efficient", window=2, slope=0.8))
+    assert_close_all(*results)
+
+
+@pytest.mark.reliability
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    tgt=st.integers(1, 30),
+    src=st.integers(1, 30),
+    window=st.integers(0, 6),
+    slope=st.floats(0.2, 2.5),
+    left=st.booleans(),
+    lengths=st.lists(st.integers(1, 30), min_size=3, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_efficient_equals_reference(batch, tgt, src, window, slope, left, lengths, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, 2, tgt, 8, generator=gen)
+    k, v = (torch.randn(batch, 2, src, 8, generator=gen) for _ in range(2))
+    pad = _source_padding([src] + [min(n, src) for n in lengths[1:batch]], src, left)
+    reference = _cross_with_grads(q, k, v, pad, "reference", window=window, slope=slope)
+    efficient = _cross_with_grads(q, k, v, pad, "efficient", window=window, slope=slope)
+    assert_close_all(reference[:2], efficient[:2], 1e-5)
+    assert_close_all(reference[2:], efficient[2:], 1e-4)
+
+
+def test_bad_band_is_refused():
+    with pytest.raises(ValueError, match="half-width must be >= 0"):
+        CrossBand(-1)
+    with pytest.raises(ValueError, match="slope"):
+        CrossBand(2, slope=0.0)
+    with pytest.raises(ValueError, match="encoder-decoder attention"):
+        StructuredCrossAttention.from_dense(MultiheadAttention(8, 2, self_attention=True), CrossBand(1))
