@@ -42,3 +42,31 @@ def test_goals_are_computed_from_the_rows():
 def test_report_says_what_has_not_been_run(tmp_path):
     text = render(tmp_path)
     assert text.count("Not run yet") == 3
+
+
+def test_report_marks_every_training_and_decoding_goal(tmp_path):
+    import json
+
+    machine = {"cpu": "test", "torch_threads": 2, "torch": "x", "python": "y", "commit": "abc"}
+    row = lambda ratio: {"dense": 100.0, "structured": 100.0 * ratio, "ratio": ratio, "ratios": [ratio]}  # noqa: E731
+    train = {"docs2048": row(1.8), "docs2048_cross32": row(2.5), "docs2048_no_cross": row(2.2), "multi30k": row(0.95)}
+    (tmp_path / "bench_train.json").write_text(
+        json.dumps({"command": "c", "machine": machine, "updates": 60, "results": train})
+    )
+    hyp = {"sentences": 10, "sentences_per_s": 5.0}
+    decode = {
+        "command": "c",
+        "machine": machine,
+        "dense": hyp,
+        "structured": hyp,
+        "ratio": 0.97,
+        "ratios": [0.97],
+        "cache_keys_by_length": {"dense": {"8": 32, "32": 128}, "structured": {"8": 20, "32": 20}},
+    }
+    (tmp_path / "bench_decode.json").write_text(json.dumps(decode))
+    lines = render(tmp_path).splitlines()
+    marks = {line.split(" | ")[0].strip("| "): line.split(" | ")[5] for line in lines if line.startswith("| docs")}
+    assert marks == {"docs2048": "no", "docs2048_cross32": "yes", "docs2048_no_cross": "–"}
+    assert any(line.startswith("| multi30k |") and "| ≥ 0.9 | yes |" in line for line in lines)
+    assert "goal ≥ 1.0: not met" in "\n".join(lines)
+    assert "does not grow with the output length: met" in "\n".join(lines)

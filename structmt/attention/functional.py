@@ -89,51 +89,37 @@ def reference_attention(
     return out, weights
 
 
-def candidate_masks(
+def candidate_kinds(
     shape: torch.Size, kv_pos: Tensor, groups: Sequence[tuple[int, str]], supports: Supports, q_pos: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Which candidates are in the structured support and which are error keys: two ``(B, H, Tq, C)`` masks."""
+) -> Tensor:
+    """What each candidate key is to its query, ``(B, H, Tq, C)`` int8: 0 not allowed, 1 in the
+    structured support, 2 an error-term key."""
     B, H, Tq = shape[0], shape[1], shape[2]
     b, h = _index_grid(B, H, kv_pos.device)
     qi = q_pos.view(1, 1, -1, 1)
     kv = kv_pos.unsqueeze(1)  # (B, 1, Tq, C)
-    support_parts, error_parts, start = [], [], 0
+    parts, start = [], 0
     for size, name in groups:
-        part = kv[..., start : start + size]
+        allowed = getattr(supports, name)(b, h, qi, kv[..., start : start + size]).to(torch.int8)
+        parts.append((allowed * 2 if name == "error" else allowed).expand(B, H, Tq, size))
         start += size
-        allowed = getattr(supports, name)(b, h, qi, part).expand(B, H, Tq, size)
-        none = torch.zeros_like(allowed)
-        support_parts.append(none if name == "error" else allowed)
-        error_parts.append(allowed if name == "error" else none)
-    return torch.cat(support_parts, -1), torch.cat(error_parts, -1)
+    return torch.cat(parts, -1)
 
 
 def candidate_attention(
-    q: Tensor,
-    k_c: Tensor,
-    v_c: Tensor,
-    kv_pos: Tensor,
-    groups: Sequence[tuple[int, str]],
-    supports: Supports,
-    sink_eps: float,
-    q_pos: Tensor,
-    dropout_p: float = 0.0,
+    q: Tensor, k_c: Tensor, v_c: Tensor, kind: Tensor, sink_eps: float, dropout_p: float = 0.0
 ) -> tuple[Tensor, Tensor]:
     """Attention over gathered candidate keys: ``O(Tq * C)``.
 
     Args:
         q: ``(B, H, Tq, D)``.
         k_c, v_c: ``(B, Tq, C, H, D)`` candidate keys/values of every query.
-        kv_pos: ``(B, Tq, C)`` their positions (any value where invalid).
-        groups: consecutive ``(size, name)`` slices of the ``C`` candidates,
-            ``name`` in ``band|rare|error``.
-        q_pos: ``(Tq,)`` query positions.
+        kind: ``(B, H, Tq, C)`` from :func:`candidate_kinds`.
     Returns:
         output ``(B, H, Tq, D)`` and candidate weights ``(B, H, Tq, C)``.
     """
-    support, error = candidate_masks(q.shape, kv_pos, groups, supports, q_pos)
     scores = torch.einsum("bhtd,btchd->bhtc", q, k_c) / math.sqrt(q.size(-1))
-    weights = structured_softmax(scores, support, error, sink_eps)
+    weights = structured_softmax(scores, kind == 1, kind == 2, sink_eps)
     out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights, dropout_p, training=dropout_p > 0), v_c)
     return out, weights
 
@@ -167,33 +153,24 @@ def efficient_attention(
         parts.append(sink_pos.unsqueeze(1).expand(B, T, sink_pos.size(-1)))
         groups.append((sink_pos.size(-1), "error"))
     kv_pos = torch.cat(parts, dim=-1)
-    out, weights = attend_candidates(q, k, v, kv_pos, groups, supports, q_pos, structure.sink_eps, dropout_p)
+    kind = candidate_kinds(q.shape, kv_pos, groups, supports, q_pos)
+    out, weights = attend_candidates(q, k, v, kv_pos.clamp(0, T - 1), kind, structure.sink_eps, dropout_p)
     return out, weights, kv_pos
 
 
 def attend_candidates(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    kv_pos: Tensor,
-    groups: Sequence[tuple[int, str]],
-    supports: Supports,
-    q_pos: Tensor,
-    sink_eps: float = 0.0,
-    dropout_p: float = 0.0,
+    q: Tensor, k: Tensor, v: Tensor, index: Tensor, kind: Tensor, sink_eps: float = 0.0, dropout_p: float = 0.0
 ) -> tuple[Tensor, Tensor]:
-    """Attend from ``q`` ``(B, H, Tq, D)`` over the candidate keys ``kv_pos`` ``(B, Tq, C)`` of
-    ``k, v`` ``(B, H, S, D)``: the fused C++ kernel when it applies, else gathered copies.
-    Returns the output ``(B, H, Tq, D)`` and the candidate weights ``(B, H, Tq, C)``."""
-    index = kv_pos.clamp(0, k.size(2) - 1)
+    """Attend from ``q`` ``(B, H, Tq, D)`` over the candidate keys ``index`` ``(B, Tq, C)`` of
+    ``k, v`` ``(B, H, S, D)``, ``kind`` from :func:`candidate_kinds`: the fused C++ kernel when it
+    applies, else gathered copies.  Returns the output ``(B, H, Tq, D)`` and the candidate
+    weights ``(B, H, Tq, C)``."""
     if fused_kernel_usable(q, dropout_p):
-        support, error = candidate_masks(q.shape, kv_pos, groups, supports, q_pos)
-        kind = support.to(torch.int8) + 2 * error.to(torch.int8)
         return FusedCandidateAttention.apply(q, k, v, index, kind, 1.0 / math.sqrt(q.size(-1)), sink_eps)
     batch = torch.arange(q.size(0), device=q.device).view(-1, 1, 1)
     k_c = k.transpose(1, 2)[batch, index]  # (B, Tq, C, H, D)
     v_c = v.transpose(1, 2)[batch, index]
-    return candidate_attention(q, k_c, v_c, kv_pos, groups, supports, sink_eps, q_pos, dropout_p)
+    return candidate_attention(q, k_c, v_c, kind, sink_eps, dropout_p)
 
 
 def _load_kernels() -> Any:
@@ -356,5 +333,6 @@ def aligned_cross_attention(
         return out, (weights if need_weights else None)
     offsets = torch.arange(-band.window, band.window + 1, device=q.device)
     kv_pos = centers.unsqueeze(-1) + offsets  # (B, Tq, C)
-    out, weights = attend_candidates(q, k, v, kv_pos, [(offsets.numel(), "band")], supports, q_pos, 0.0, dropout_p)
+    kind = candidate_kinds(q.shape, kv_pos, [(offsets.numel(), "band")], supports, q_pos)
+    out, weights = attend_candidates(q, k, v, kv_pos.clamp(0, S - 1), kind, 0.0, dropout_p)
     return out, (scatter_dense(weights, kv_pos, S) if need_weights else None)

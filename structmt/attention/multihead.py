@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor
 
-from .functional import aligned_cross_attention, candidate_attention, structured_attention
+from .functional import aligned_cross_attention, attend_candidates, candidate_kinds, structured_attention
 from .structure import NEVER_RARE, CrossBand, Structure, keys_to_positions, make_supports, rare_sets
 
 IncrementalState = dict[str, dict[str, Tensor | None]] | None
+
+
+@dataclass
+class StepPlan:
+    """The keys one decoding step attends to, as positions in the bounded cache."""
+
+    rare_rank: Tensor | None  # (B, r') rarity keys of the rare set after this step
+    rare_pick: Tensor | None  # (B, r') where they lie in [cached rare keys, this key]
+    index: Tensor  # (B, 1, C) candidate slots in [band, rare, error-term] keys
+    kind: Tensor  # (B, H, 1, C) from candidate_kinds
 
 
 class _StructuredBase(MultiheadAttention):
@@ -72,6 +84,7 @@ class StructuredMultiheadAttention(_StructuredBase):
         self.impl = impl
         self.token_rarity = None
         self.token_rare_sets: Tensor | None = None  # (B, T, r), shared by the owner for a full pass
+        self.step_plans: dict | None = None  # shared by the owner among its layers for one decoding step
 
     @classmethod
     def from_dense(
@@ -156,67 +169,78 @@ class StructuredMultiheadAttention(_StructuredBase):
             raise RuntimeError("incremental decoding needs a causal structure")
         if q.size(2) != 1:
             raise RuntimeError("incremental decoding feeds one token at a time")
-        s, B = self.structure, q.size(0)
+        s, (B, H, _, D) = self.structure, q.shape
         buf = self._get_input_buffer(incremental_state)
         step = int(buf["step"][0, 0]) if "step" in buf else 0
+        plan = self._step_plan(step, buf, new_rarity)
         empty = k[:, :, :0]
-
         band_k = torch.cat([buf.get("prev_key", empty), k], dim=2)
         band_v = torch.cat([buf.get("prev_value", empty), v], dim=2)
-        nb = band_k.size(2)
         parts_k, parts_v = [band_k], [band_v]
-        pos = [torch.arange(step - nb + 1, step + 1, device=q.device).expand(B, nb)]
-        groups = [(nb, "band")]
-        sets = None
-        if s.uses_rare:
-            old = buf.get("rare_rank", torch.full((B, 0), NEVER_RARE, dtype=torch.long, device=q.device))
-            merged = torch.cat([old, new_rarity.view(B, 1)], dim=1)
-            take = min(s.rare, merged.size(1))
-            ranks, idx = merged.topk(take, dim=1, largest=False, sorted=True)
-            pick = idx.view(B, 1, take, 1).expand(B, self.num_heads, take, k.size(-1))
+        if plan.rare_pick is not None:
+            pick = plan.rare_pick.view(B, 1, -1, 1).expand(B, H, plan.rare_pick.size(1), D)
             rare_k = torch.cat([buf.get("rare_key", empty), k], dim=2).gather(2, pick)
             rare_v = torch.cat([buf.get("rare_value", empty), v], dim=2).gather(2, pick)
-            buf.update(rare_rank=ranks, rare_key=rare_k, rare_value=rare_v)
-            sets = keys_to_positions(ranks)
+            buf.update(rare_rank=plan.rare_rank, rare_key=rare_k, rare_value=rare_v)
             parts_k.append(rare_k)
             parts_v.append(rare_v)
-            pos.append(sets)
-            groups.append((take, "rare"))
-            sets = sets.unsqueeze(1)
-        sink_pos = None
         if s.sinks:
             sink_k, sink_v = buf.get("sink_key", empty), buf.get("sink_value", empty)
             if sink_k.size(2) < s.sinks:
                 sink_k, sink_v = torch.cat([sink_k, k], dim=2), torch.cat([sink_v, v], dim=2)
             buf.update(sink_key=sink_k, sink_value=sink_v)
-            ns = sink_k.size(2)
-            sink_pos = torch.arange(ns, device=q.device).expand(B, ns)
             parts_k.append(sink_k)
             parts_v.append(sink_v)
+        k_c, v_c = torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)  # (B, H, C, D)
+        out, weights = attend_candidates(q, k_c, v_c, plan.index, plan.kind, s.sink_eps)
+
+        keep = min(s.max_window, band_k.size(2))
+        buf["prev_key"] = band_k[:, :, band_k.size(2) - keep :]
+        buf["prev_value"] = band_v[:, :, band_v.size(2) - keep :]
+        buf["step"] = torch.full((B, 1), step + 1, dtype=torch.long, device=q.device)
+        self._set_input_buffer(incremental_state, buf)
+        return out, weights
+
+    def _step_plan(self, step: int, buf: dict, new_rarity: Tensor) -> StepPlan:
+        """Which cached keys the query of ``step`` sees.  Every layer with this structure holds
+        the same rare ranks (same tokens, same beam reorders), so the decoder shares one plan
+        per step among them through :attr:`step_plans`."""
+        s, B, device = self.structure, new_rarity.size(0), new_rarity.device
+        if self.step_plans is not None and (s, step) in self.step_plans:
+            return self.step_plans[s, step]
+        nb = min(step, s.max_window) + 1  # the cache holds the last min(step, w) keys, then this one
+        pos = [torch.arange(step - nb + 1, step + 1, device=device).expand(B, nb)]
+        groups = [(nb, "band")]
+        ranks = pick = sets = sink_pos = None
+        if s.uses_rare:
+            old = buf.get("rare_rank", torch.full((B, 0), NEVER_RARE, dtype=torch.long, device=device))
+            merged = torch.cat([old, new_rarity.view(B, 1)], dim=1)
+            ranks, pick = merged.topk(min(s.rare, merged.size(1)), dim=1, largest=False, sorted=True)
+            sets = keys_to_positions(ranks)
+            pos.append(sets)
+            groups.append((sets.size(1), "rare"))
+            sets = sets.unsqueeze(1)
+        if s.sinks:
+            ns = min(step + 1, s.sinks)
+            sink_pos = torch.arange(ns, device=device).expand(B, ns)
             pos.append(sink_pos)
             groups.append((ns, "error"))
-
         supports = make_supports(
             s,
             num_keys=step + 1,
             rare_sets=sets,
             key_padding_mask=None,
             sink_pos=sink_pos,
-            device=q.device,
+            device=device,
             first_query=step,
         )
-        k_c = torch.cat(parts_k, dim=2).permute(0, 2, 1, 3).unsqueeze(1)  # (B, 1, C, H, D)
-        v_c = torch.cat(parts_v, dim=2).permute(0, 2, 1, 3).unsqueeze(1)
-        kv_pos = torch.cat(pos, dim=1).unsqueeze(1)
-        q_pos = torch.tensor([step], device=q.device)
-        out, weights = candidate_attention(q, k_c, v_c, kv_pos, groups, supports, s.sink_eps, q_pos)
-
-        keep = s.max_window
-        buf["prev_key"] = band_k[:, :, nb - min(keep, nb) :]
-        buf["prev_value"] = band_v[:, :, nb - min(keep, nb) :]
-        buf["step"] = torch.full((B, 1), step + 1, dtype=torch.long, device=q.device)
-        self._set_input_buffer(incremental_state, buf)
-        return out, weights
+        kv_pos = torch.cat(pos, dim=1).unsqueeze(1)  # (B, 1, C) positions of the cached keys
+        kind = candidate_kinds((B, self.num_heads, 1), kv_pos, groups, supports, torch.tensor([step], device=device))
+        index = torch.arange(kv_pos.size(-1), device=device).expand_as(kv_pos)  # where they lie in the cache
+        plan = StepPlan(rare_rank=ranks, rare_pick=pick, index=index, kind=kind)
+        if self.step_plans is not None:
+            self.step_plans[s, step] = plan
+        return plan
 
     def cache_size(self, incremental_state: IncrementalState) -> int:
         """Number of cached key vectors per sequence and head (for the bounded-cache check)."""

@@ -42,6 +42,11 @@ def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en",
     return bin_dir
 
 
+#: model name → (arch, extra fairseq-train options) of the compared models; "dense" is the baseline
+Variants = dict[str, tuple[str, tuple[str, ...]]]
+STRUCTURED: Variants = {"structured": ("structured_transformer_multi30k", ())}
+
+
 def measure(
     bin_dir: Path,
     work: Path,
@@ -50,25 +55,36 @@ def measure(
     max_positions: int,
     extra: tuple[str, ...] = (),
     rounds: int = 1,
-) -> dict[str, Any]:
-    """Target tokens/s of dense and structured on the same data, alternating ``rounds`` times
-    (``extra``: more fairseq-train options for both).  Reports the best round of each model and
-    the median of the per-round ratios."""
-    per_round = [_one_round(bin_dir, work, updates, max_tokens, max_positions, extra) for _ in range(rounds)]
-    ratios = [r["structured"] / r["dense"] for r in per_round]
-    return {
-        "dense": max(r["dense"] for r in per_round),
-        "structured": max(r["structured"] for r in per_round),
-        "ratio": statistics.median(ratios),
-        "ratios": ratios,
-    }
+    variants: Variants = STRUCTURED,
+) -> dict[str, dict[str, Any]]:
+    """Target tokens/s of dense and each variant on the same data, alternating ``rounds`` times
+    (``extra``: more fairseq-train options for all).  One result per variant: the best round of
+    dense and of the variant, and the median of the per-round ratios variant / dense."""
+    models: Variants = {"dense": ("transformer_multi30k", ()), **variants}
+    per_round = [_one_round(bin_dir, work, updates, max_tokens, max_positions, extra, models) for _ in range(rounds)]
+    out = {}
+    for name in variants:
+        ratios = [r[name] / r["dense"] for r in per_round]
+        out[name] = {
+            "dense": max(r["dense"] for r in per_round),
+            "structured": max(r[name] for r in per_round),
+            "ratio": statistics.median(ratios),
+            "ratios": ratios,
+        }
+    return out
 
 
 def _one_round(
-    bin_dir: Path, work: Path, updates: int, max_tokens: int, max_positions: int, extra: tuple[str, ...]
+    bin_dir: Path,
+    work: Path,
+    updates: int,
+    max_tokens: int,
+    max_positions: int,
+    extra: tuple[str, ...],
+    models: Variants,
 ) -> dict[str, float]:
     rates = {}
-    for name, arch in (("dense", "transformer_multi30k"), ("structured", "structured_transformer_multi30k")):
+    for name, (arch, model_args) in models.items():
         run_dir = work / name
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh log: the rate is read from it
         args = [
@@ -100,6 +116,7 @@ def _one_round(
             "1",
             "--skip-invalid-size-inputs-valid-test",
             *extra,
+            *model_args,
         ]
         result = train(bin_dir, run_dir, arch, args, env=dict(os.environ))
         rates[name] = result.tokens_per_second
@@ -114,23 +131,45 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--no-cross-too",
         action="store_true",
-        help="also measure the longest documents with decoders without cross-attention (which both models "
-        "keep dense), to isolate what the self-attention structure saves",
+        help="also measure the longest documents with decoders without cross-attention, to isolate what "
+        "the self-attention structure saves",
     )
+    p.add_argument(
+        "--cross-window",
+        type=int,
+        default=32,
+        help="also measure the structured model with structured cross-attention of this half-width "
+        "(--struct-cross-window; -1: do not)",
+    )
+    p.add_argument("--cross-slope", type=float, default=0.97, help="its --struct-cross-slope (Multi30k en-de: 0.97)")
     p.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "bench_train")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_train.json")
     a = p.parse_args(argv)
+    variants = dict(STRUCTURED)
+    if a.cross_window >= 0:
+        cross = ("--struct-cross-window", str(a.cross_window), "--struct-cross-slope", str(a.cross_slope))
+        variants[f"cross{a.cross_window}"] = ("structured_transformer_multi30k", cross)
     data = prepare_multi30k(REPO_ROOT / "runs" / "data" / "multi30k_en_de", PrepConfig())
-    results = {"multi30k": measure(data, a.work / "sentences", a.updates, 4096, 1024, rounds=a.rounds)}
+    results: dict[str, Any] = {}
+
+    def add(name: str, found: dict[str, dict[str, Any]]) -> None:
+        for variant, row in found.items():
+            results[name if variant == "structured" else f"{name}_{variant}"] = row
+
+    add("multi30k", measure(data, a.work / "sentences", a.updates, 4096, 1024, rounds=a.rounds, variants=variants))
     for n in (int(x) for x in a.doc_tokens.split(",")):
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
-        results[f"docs{n}"] = measure(docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, rounds=a.rounds)
+        found = measure(
+            docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, rounds=a.rounds, variants=variants
+        )
+        add(f"docs{n}", found)
     if a.no_cross_too:
         n = max(int(x) for x in a.doc_tokens.split(","))
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
-        results[f"docs{n}_no_cross"] = measure(
+        found = measure(
             docs, a.work / f"docs{n}-no-cross-runs", a.updates, 2 * n + 512, 4 * n, ("--no-cross-attention",), a.rounds
         )
+        add(f"docs{n}_no_cross", found)
     from .attention import machine
 
     record = {

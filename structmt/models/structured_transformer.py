@@ -175,8 +175,12 @@ class _RarityMixin:
 
     def _share_rarity(self, tokens: Tensor, incremental: bool = False) -> None:
         """Give every structured layer the rarity keys of ``tokens`` and, for a full pass, the rare
-        sets (computed once per (r, causal), not once per layer)."""
+        sets (computed once per (r, causal), not once per layer); for a decoding step, a shared
+        place for the step's plan (computed once per structure)."""
         attns = self.structured_attentions()
+        plans: dict | None = {} if incremental else None  # one plan per structure for this step
+        for attn in attns:
+            attn.step_plans = plans
         if not any(a.structure.uses_rare for a in attns):
             return
         keys = rarity_keys(tokens, self.token_counts, self.never_rare)  # type: ignore[attr-defined]
