@@ -115,6 +115,16 @@ def test_changing_future_targets_leaves_earlier_outputs(dict_dir):
         ("--struct-error", "sink:2"),
         ("--struct-heads", "rare:2,pos:1,syn:1", "--struct-window", "1"),
         ("--struct-cross-window", "1", "--struct-cross-slope", "0.7"),
+        (
+            "--struct-heads",
+            "pos:2,rare:2",
+            "--struct-window",
+            "0",
+            "--struct-pos-window",
+            "0",
+            "--struct-error",
+            "sink:3",
+        ),
     ],
 )
 def test_incremental_decoding_matches_teacher_forcing(dict_dir, extra):

@@ -166,7 +166,11 @@ def attend_candidates(
     applies, else gathered copies.  Returns the output ``(B, H, Tq, D)`` and the candidate
     weights ``(B, H, Tq, C)``."""
     if fused_kernel_usable(q, dropout_p):
-        return FusedCandidateAttention.apply(q, k, v, index, kind, 1.0 / math.sqrt(q.size(-1)), sink_eps)
+        scale = 1.0 / math.sqrt(q.size(-1))
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return FusedCandidateAttention.apply(q, k, v, index, kind, scale, sink_eps)
+        out, weights, _ = _KERNELS.forward(q, k, v, index, kind, scale, sink_eps)  # inference: no autograd node
+        return out, weights
     batch = torch.arange(q.size(0), device=q.device).view(-1, 1, 1)
     k_c = k.transpose(1, 2)[batch, index]  # (B, Tq, C, H, D)
     v_c = v.transpose(1, 2)[batch, index]

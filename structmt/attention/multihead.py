@@ -16,12 +16,13 @@ IncrementalState = dict[str, dict[str, Tensor | None]] | None
 
 @dataclass
 class StepPlan:
-    """The keys one decoding step attends to, as positions in the bounded cache."""
+    """The keys one decoding step attends to, and where they come from."""
 
     rare_rank: Tensor | None  # (B, r') rarity keys of the rare set after this step
-    rare_pick: Tensor | None  # (B, r') where they lie in [cached rare keys, this key]
-    index: Tensor  # (B, 1, C) candidate slots in [band, rare, error-term] keys
+    pick: Tensor  # (B, C) slot of each candidate in [cache, this step's key]
+    index: Tensor  # (B, 1, C) the candidates, in order, for the kernel
     kind: Tensor  # (B, H, 1, C) from candidate_kinds
+    drop: int  # band slots (0 or 1) that the next step no longer needs
 
 
 class _StructuredBase(MultiheadAttention):
@@ -164,66 +165,67 @@ class StructuredMultiheadAttention(_StructuredBase):
     def _step(
         self, q: Tensor, k: Tensor, v: Tensor, new_rarity: Tensor, incremental_state: dict
     ) -> tuple[Tensor, Tensor]:
-        """One decoding step against the bounded cache (decoder self-attention)."""
+        """One decoding step against the bounded cache (decoder self-attention).
+
+        The cache holds the keys/values the next query may need, in slots
+        ``[band (the last min(step, w)) | rare (r') | error-term keys]``; this
+        step's candidates are gathered from the cache plus the new key, and
+        become the next cache (minus the band key that falls out of reach).
+        """
         if not self.structure.causal:
             raise RuntimeError("incremental decoding needs a causal structure")
         if q.size(2) != 1:
             raise RuntimeError("incremental decoding feeds one token at a time")
-        s, (B, H, _, D) = self.structure, q.shape
+        B = q.size(0)
         buf = self._get_input_buffer(incremental_state)
         step = int(buf["step"][0, 0]) if "step" in buf else 0
         plan = self._step_plan(step, buf, new_rarity)
+        pick = plan.pick.view(B, 1, -1, 1).expand(-1, q.size(1), -1, q.size(3))
         empty = k[:, :, :0]
-        band_k = torch.cat([buf.get("prev_key", empty), k], dim=2)
-        band_v = torch.cat([buf.get("prev_value", empty), v], dim=2)
-        parts_k, parts_v = [band_k], [band_v]
-        if plan.rare_pick is not None:
-            pick = plan.rare_pick.view(B, 1, -1, 1).expand(B, H, plan.rare_pick.size(1), D)
-            rare_k = torch.cat([buf.get("rare_key", empty), k], dim=2).gather(2, pick)
-            rare_v = torch.cat([buf.get("rare_value", empty), v], dim=2).gather(2, pick)
-            buf.update(rare_rank=plan.rare_rank, rare_key=rare_k, rare_value=rare_v)
-            parts_k.append(rare_k)
-            parts_v.append(rare_v)
-        if s.sinks:
-            sink_k, sink_v = buf.get("sink_key", empty), buf.get("sink_value", empty)
-            if sink_k.size(2) < s.sinks:
-                sink_k, sink_v = torch.cat([sink_k, k], dim=2), torch.cat([sink_v, v], dim=2)
-            buf.update(sink_key=sink_k, sink_value=sink_v)
-            parts_k.append(sink_k)
-            parts_v.append(sink_v)
-        k_c, v_c = torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)  # (B, H, C, D)
-        out, weights = attend_candidates(q, k_c, v_c, plan.index, plan.kind, s.sink_eps)
-
-        keep = min(s.max_window, band_k.size(2))
-        buf["prev_key"] = band_k[:, :, band_k.size(2) - keep :]
-        buf["prev_value"] = band_v[:, :, band_v.size(2) - keep :]
+        k_c = torch.cat([buf.get("cache_key", empty), k], dim=2).gather(2, pick)
+        v_c = torch.cat([buf.get("cache_value", empty), v], dim=2).gather(2, pick)
+        out, weights = attend_candidates(q, k_c, v_c, plan.index, plan.kind, self.structure.sink_eps)
+        buf["cache_key"], buf["cache_value"] = k_c[:, :, plan.drop :], v_c[:, :, plan.drop :]
+        if plan.rare_rank is not None:
+            buf["rare_rank"] = plan.rare_rank
         buf["step"] = torch.full((B, 1), step + 1, dtype=torch.long, device=q.device)
         self._set_input_buffer(incremental_state, buf)
         return out, weights
 
     def _step_plan(self, step: int, buf: dict, new_rarity: Tensor) -> StepPlan:
-        """Which cached keys the query of ``step`` sees.  Every layer with this structure holds
-        the same rare ranks (same tokens, same beam reorders), so the decoder shares one plan
-        per step among them through :attr:`step_plans`."""
+        """Which keys the query of ``step`` sees and where they lie in [cache, new key].  Every
+        layer with this structure holds the same rare ranks (same tokens, same beam reorders), so
+        the decoder shares one plan per step among them through :attr:`step_plans`."""
         s, B, device = self.structure, new_rarity.size(0), new_rarity.device
         if self.step_plans is not None and (s, step) in self.step_plans:
             return self.step_plans[s, step]
-        nb = min(step, s.max_window) + 1  # the cache holds the last min(step, w) keys, then this one
+        w = s.max_window
+        old_band, old_sinks = min(step, w), min(step, s.sinks)  # cache slots filled by earlier steps
+        old = buf.get("rare_rank", torch.full((B, 0), NEVER_RARE, dtype=torch.long, device=device))
+        new = old_band + old.size(1) + old_sinks  # the slot of this step's key in [cache, new key]
+
+        def slots(*ids: int) -> Tensor:
+            return torch.tensor(ids, dtype=torch.long, device=device).expand(B, len(ids))
+
+        nb = old_band + 1
         pos = [torch.arange(step - nb + 1, step + 1, device=device).expand(B, nb)]
+        picks = [slots(*range(old_band), new)]
         groups = [(nb, "band")]
-        ranks = pick = sets = sink_pos = None
+        ranks = sets = sink_pos = None
         if s.uses_rare:
-            old = buf.get("rare_rank", torch.full((B, 0), NEVER_RARE, dtype=torch.long, device=device))
             merged = torch.cat([old, new_rarity.view(B, 1)], dim=1)
-            ranks, pick = merged.topk(min(s.rare, merged.size(1)), dim=1, largest=False, sorted=True)
+            ranks, idx = merged.topk(min(s.rare, merged.size(1)), dim=1, largest=False, sorted=True)
             sets = keys_to_positions(ranks)
             pos.append(sets)
+            picks.append(torch.where(idx < old.size(1), old_band + idx, new))
             groups.append((sets.size(1), "rare"))
             sets = sets.unsqueeze(1)
         if s.sinks:
             ns = min(step + 1, s.sinks)
             sink_pos = torch.arange(ns, device=device).expand(B, ns)
             pos.append(sink_pos)
+            first = old_band + old.size(1)
+            picks.append(slots(*range(first, first + old_sinks), *([new] if ns > old_sinks else [])))
             groups.append((ns, "error"))
         supports = make_supports(
             s,
@@ -234,10 +236,12 @@ class StructuredMultiheadAttention(_StructuredBase):
             device=device,
             first_query=step,
         )
-        kv_pos = torch.cat(pos, dim=1).unsqueeze(1)  # (B, 1, C) positions of the cached keys
+        kv_pos = torch.cat(pos, dim=1).unsqueeze(1)  # (B, 1, C) positions of this step's keys
         kind = candidate_kinds((B, self.num_heads, 1), kv_pos, groups, supports, torch.tensor([step], device=device))
-        index = torch.arange(kv_pos.size(-1), device=device).expand_as(kv_pos)  # where they lie in the cache
-        plan = StepPlan(rare_rank=ranks, rare_pick=pick, index=index, kind=kind)
+        index = torch.arange(kv_pos.size(-1), device=device).expand_as(kv_pos)
+        plan = StepPlan(
+            rare_rank=ranks, pick=torch.cat(picks, dim=1), index=index, kind=kind, drop=nb - min(step + 1, w)
+        )
         if self.step_plans is not None:
             self.step_plans[s, step] = plan
         return plan
@@ -245,7 +249,7 @@ class StructuredMultiheadAttention(_StructuredBase):
     def cache_size(self, incremental_state: IncrementalState) -> int:
         """Number of cached key vectors per sequence and head (for the bounded-cache check)."""
         buf = self._get_input_buffer(incremental_state)
-        return sum(buf[name].size(2) for name in ("prev_key", "rare_key", "sink_key") if name in buf)
+        return buf["cache_key"].size(2) if "cache_key" in buf else 0
 
 
 class StructuredCrossAttention(_StructuredBase):

@@ -361,16 +361,16 @@ def aligned_centers(key_padding_mask: Tensor | None, batch: int, num_keys: int, 
 # Rare tokens and error-term keys
 
 
-def rarity_keys(tokens: Tensor, counts: Tensor, never_rare: Tensor) -> Tensor:
+def rarity_keys(tokens: Tensor, counts: Tensor, never_rare: Tensor, first_position: int = 0) -> Tensor:
     """Rarity key per position: ``count * POSITION_SPAN + position``; lower is rarer.
 
     Args:
-        tokens: ``(B, T)`` token ids.
+        tokens: ``(B, T)`` token ids, at positions ``first_position ...``.
         counts: ``(V,)`` corpus counts (fairseq ``Dictionary.count``).
         never_rare: ``(V,)`` bool, True for special symbols and padding.
     """
-    pos = torch.arange(tokens.size(1), device=tokens.device)
-    if tokens.size(1) > POSITION_SPAN:
+    pos = torch.arange(first_position, first_position + tokens.size(1), device=tokens.device)
+    if first_position + tokens.size(1) > POSITION_SPAN:
         raise ValueError(f"sequences longer than {POSITION_SPAN} tokens are not supported")
     keys = counts[tokens].clamp(max=(NEVER_RARE // POSITION_SPAN) - 1) * POSITION_SPAN + pos
     return keys.masked_fill(never_rare[tokens], NEVER_RARE)

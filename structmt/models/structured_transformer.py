@@ -183,7 +183,11 @@ class _RarityMixin:
             attn.step_plans = plans
         if not any(a.structure.uses_rare for a in attns):
             return
-        keys = rarity_keys(tokens, self.token_counts, self.never_rare)  # type: ignore[attr-defined]
+        if incremental:  # a decoding step needs the key of its last token only
+            tokens, first = tokens[:, -1:], tokens.size(1) - 1
+        else:
+            first = 0
+        keys = rarity_keys(tokens, self.token_counts, self.never_rare, first)  # type: ignore[attr-defined]
         sets: dict[tuple[int, bool], Tensor] = {}
         for attn in attns:
             attn.token_rarity = keys
