@@ -172,6 +172,9 @@ def test_rare_selection_picks_lowest_counts_never_specials():
     for i in range(37):
         want = rare_sets(keys[:, : i + 1], 3, causal=False)[:, 0]
         assert torch.equal(got[:, i], want)
+    # a decoding step computes the key of its last token alone, at its position
+    for i in range(37):
+        assert torch.equal(rarity_keys(tokens[:, i : i + 1], counts, never, first_position=i), keys[:, i : i + 1])
 
 
 def test_role_mix_parsing_and_errors():

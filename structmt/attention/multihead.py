@@ -20,9 +20,8 @@ class StepPlan:
 
     rare_rank: Tensor | None  # (B, r') rarity keys of the rare set after this step
     pick: Tensor  # (B, C) slot of each candidate in [cache, this step's key]
-    index: Tensor  # (B, 1, C) the candidates, in order, for the kernel
     kind: Tensor  # (B, H, 1, C) from candidate_kinds
-    drop: int  # band slots (0 or 1) that the next step no longer needs
+    keep: Tensor  # (B * H * C',) rows of the flattened [cache, this step's key] that form the next cache
 
 
 class _StructuredBase(MultiheadAttention):
@@ -169,8 +168,8 @@ class StructuredMultiheadAttention(_StructuredBase):
 
         The cache holds the keys/values the next query may need, in slots
         ``[band (the last min(step, w)) | rare (r') | error-term keys]``; this
-        step's candidates are gathered from the cache plus the new key, and
-        become the next cache (minus the band key that falls out of reach).
+        step attends to its candidates among the cache plus the new key, and
+        they become the next cache (minus the band key that falls out of reach).
         """
         if not self.structure.causal:
             raise RuntimeError("incremental decoding needs a causal structure")
@@ -180,12 +179,13 @@ class StructuredMultiheadAttention(_StructuredBase):
         buf = self._get_input_buffer(incremental_state)
         step = int(buf["step"][0, 0]) if "step" in buf else 0
         plan = self._step_plan(step, buf, new_rarity)
-        pick = plan.pick.view(B, 1, -1, 1).expand(-1, q.size(1), -1, q.size(3))
         empty = k[:, :, :0]
-        k_c = torch.cat([buf.get("cache_key", empty), k], dim=2).gather(2, pick)
-        v_c = torch.cat([buf.get("cache_value", empty), v], dim=2).gather(2, pick)
-        out, weights = attend_candidates(q, k_c, v_c, plan.index, plan.kind, self.structure.sink_eps)
-        buf["cache_key"], buf["cache_value"] = k_c[:, :, plan.drop :], v_c[:, :, plan.drop :]
+        pool_k = torch.cat([buf.get("cache_key", empty), k], dim=2)  # (B, H, cache + 1, D)
+        pool_v = torch.cat([buf.get("cache_value", empty), v], dim=2)
+        out, weights = attend_candidates(q, pool_k, pool_v, plan.pick.unsqueeze(1), plan.kind, self.structure.sink_eps)
+        H, D = q.size(1), q.size(3)
+        buf["cache_key"] = pool_k.view(-1, D).index_select(0, plan.keep).view(B, H, -1, D)  # the next cache
+        buf["cache_value"] = pool_v.view(-1, D).index_select(0, plan.keep).view(B, H, -1, D)
         if plan.rare_rank is not None:
             buf["rare_rank"] = plan.rare_rank
         buf["step"] = torch.full((B, 1), step + 1, dtype=torch.long, device=q.device)
@@ -238,10 +238,10 @@ class StructuredMultiheadAttention(_StructuredBase):
         )
         kv_pos = torch.cat(pos, dim=1).unsqueeze(1)  # (B, 1, C) positions of this step's keys
         kind = candidate_kinds((B, self.num_heads, 1), kv_pos, groups, supports, torch.tensor([step], device=device))
-        index = torch.arange(kv_pos.size(-1), device=device).expand_as(kv_pos)
-        plan = StepPlan(
-            rare_rank=ranks, pick=torch.cat(picks, dim=1), index=index, kind=kind, drop=nb - min(step + 1, w)
-        )
+        pick = torch.cat(picks, dim=1)
+        rows = torch.arange(B * self.num_heads, device=device).view(B, -1, 1) * (new + 1)  # flat (b, h) offsets
+        keep = (rows + pick[:, nb - min(step + 1, w) :].unsqueeze(1)).view(-1)  # minus the band key out of reach
+        plan = StepPlan(rare_rank=ranks, pick=pick, kind=kind, keep=keep)
         if self.step_plans is not None:
             self.step_plans[s, step] = plan
         return plan
@@ -258,8 +258,9 @@ class StructuredCrossAttention(_StructuredBase):
     Same parameters as fairseq's ``MultiheadAttention`` (built with
     :meth:`from_dense`).  The owning decoder sets :attr:`first_query`, the
     target position of the first query (the prefix length minus one while
-    decoding incrementally, 0 otherwise).  The projected source keys and values
-    are cached once per sentence, as fairseq does.
+    decoding incrementally, 0 otherwise).  While decoding, the projected source
+    keys and values are computed at the first step and cached, one copy per
+    hypothesis (fairseq's dense block keeps one per sentence).
     """
 
     band: CrossBand

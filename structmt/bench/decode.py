@@ -1,6 +1,6 @@
 """``structmt-bench decode``: beam-search sentences/s of a dense and a structured
-checkpoint on the same test set (measured one after the other in one run), and
-the decoder self-attention cache size against the output length."""
+checkpoint on the same test set (alternating in one run), and the decoder
+self-attention cache size and step time against the output length."""
 
 from __future__ import annotations
 
@@ -45,28 +45,35 @@ def sentences_per_second(checkpoint: Path, data_dir: Path, subset: str, beam: in
     }
 
 
-def cache_sizes(checkpoint: Path, data_dir: Path, lengths: list[int]) -> dict[int, int]:
-    """Cached decoder self-attention key vectors per sequence and head, summed over layers, after ``L`` steps."""
+def incremental_steps(
+    checkpoint: Path, data_dir: Path, lengths: list[int], batch: int = 64
+) -> dict[int, dict[str, float]]:
+    """Decoder self-attention keys cached per sequence (summed over layers and averaged over heads'
+    shared cache) after ``L`` incremental steps, and the mean time of one decoder step for ``batch``
+    sequences of random tokens over those ``L`` steps."""
     from ..analysis.extract import load
 
     model, task = load(checkpoint, data_dir)
     dictionary = task.target_dictionary
-    src = torch.full((1, 12), dictionary.index("▁a") if dictionary.index("▁a") != dictionary.unk() else 10)
-    src[0, -1] = dictionary.eos()
-    enc = model.encoder(src, src_lengths=torch.tensor([12]))
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randint(dictionary.nspecial, len(dictionary), (batch, 12), generator=gen)
+    src[:, -1] = dictionary.eos()
     out = {}
     with torch.no_grad():
+        enc = model.encoder(src, src_lengths=torch.full((batch,), 12))
         for length in lengths:
             state: dict = {}
-            tokens = torch.full((1, length), dictionary.eos())
-            tokens[0, 1:] = torch.randint(dictionary.nspecial, len(dictionary), (length - 1,))
+            tokens = torch.randint(dictionary.nspecial, len(dictionary), (batch, length), generator=gen)
+            tokens[:, 0] = dictionary.eos()
+            start = time.perf_counter()
             for t in range(length):
                 model.decoder.forward(tokens[:, : t + 1], encoder_out=enc, incremental_state=state)
-            total = 0
+            seconds = time.perf_counter() - start
+            keys = 0
             for layer in model.decoder.layers:
                 buf = layer.self_attn._get_input_buffer(state)
-                total += sum(v.size(-2) for k, v in buf.items() if k.endswith("key") and v is not None and v.dim() == 4)
-            out[length] = total
+                keys += sum(v.size(-2) for k, v in buf.items() if k.endswith("key") and v is not None and v.dim() == 4)
+            out[length] = {"cache_keys": keys, "ms_per_step": 1000 * seconds / length}
     return out
 
 
@@ -89,8 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     ratios = [r["structured"]["sentences_per_s"] / r["dense"]["sentences_per_s"] for r in rounds]
     best = {name: max((r[name] for r in rounds), key=lambda x: x["sentences_per_s"]) for name in rounds[0]}
     dense, structured = best["dense"], best["structured"]
-    lengths = [8, 32, 128, 256]
-    caches = {"dense": cache_sizes(a.dense, a.data, lengths), "structured": cache_sizes(a.structured, a.data, lengths)}
+    lengths = [8, 32, 128, 512]
+    steps = {
+        "dense": incremental_steps(a.dense, a.data, lengths),
+        "structured": incremental_steps(a.structured, a.data, lengths),
+    }
     from .attention import machine
 
     result = {
@@ -100,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         "structured": structured,
         "ratio": statistics.median(ratios),
         "ratios": ratios,
-        "cache_keys_by_length": caches,
+        "cache_keys_by_length": {m: {n: r["cache_keys"] for n, r in by_n.items()} for m, by_n in steps.items()},
+        "step_ms_by_length": {m: {n: r["ms_per_step"] for n, r in by_n.items()} for m, by_n in steps.items()},
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(a.out, json.dumps(result, indent=2) + "\n")
@@ -109,8 +120,11 @@ def main(argv: list[str] | None = None) -> None:
         f"(best of {a.repeats}); ratio structured / dense, median of rounds: {result['ratio']:.2f} "
         f"({', '.join(f'{r:.2f}' for r in ratios)})"
     )
-    for name, sizes in caches.items():
-        print(f"{name:10s} cached keys per head after L steps: " + ", ".join(f"L={k}: {v}" for k, v in sizes.items()))
+    for name, by_n in steps.items():
+        print(
+            f"{name:10s} after L steps (cached keys, ms per step of 64 sequences): "
+            + ", ".join(f"L={n}: {r['cache_keys']}, {r['ms_per_step']:.1f} ms" for n, r in by_n.items())
+        )
 
 
 if __name__ == "__main__":
