@@ -46,34 +46,39 @@ def sentences_per_second(checkpoint: Path, data_dir: Path, subset: str, beam: in
 
 
 def incremental_steps(
-    checkpoint: Path, data_dir: Path, lengths: list[int], batch: int = 64
-) -> dict[int, dict[str, float]]:
-    """Decoder self-attention keys cached per sequence (summed over layers and averaged over heads'
-    shared cache) after ``L`` incremental steps, and the mean time of one decoder step for ``batch``
-    sequences of random tokens over those ``L`` steps."""
+    checkpoints: dict[str, Path], data_dir: Path, lengths: list[int], repeats: int, batch: int = 64
+) -> dict[str, dict[int, dict[str, float]]]:
+    """Per model: decoder self-attention keys cached per sequence (summed over layers) after ``L``
+    incremental steps, and the time of one decoder step for ``batch`` sequences of random tokens,
+    averaged over the ``L`` steps (median of ``repeats``, the models alternating)."""
     from ..analysis.extract import load
 
-    model, task = load(checkpoint, data_dir)
-    dictionary = task.target_dictionary
+    models = {name: load(path, data_dir) for name, path in checkpoints.items()}
+    dictionary = next(iter(models.values()))[1].target_dictionary
     gen = torch.Generator().manual_seed(0)
     src = torch.randint(dictionary.nspecial, len(dictionary), (batch, 12), generator=gen)
     src[:, -1] = dictionary.eos()
-    out = {}
+    out: dict[str, dict[int, dict[str, float]]] = {name: {} for name in models}
     with torch.no_grad():
-        enc = model.encoder(src, src_lengths=torch.full((batch,), 12))
         for length in lengths:
-            state: dict = {}
             tokens = torch.randint(dictionary.nspecial, len(dictionary), (batch, length), generator=gen)
             tokens[:, 0] = dictionary.eos()
-            start = time.perf_counter()
-            for t in range(length):
-                model.decoder.forward(tokens[:, : t + 1], encoder_out=enc, incremental_state=state)
-            seconds = time.perf_counter() - start
-            keys = 0
-            for layer in model.decoder.layers:
-                buf = layer.self_attn._get_input_buffer(state)
-                keys += sum(v.size(-2) for k, v in buf.items() if k.endswith("key") and v is not None and v.dim() == 4)
-            out[length] = {"cache_keys": keys, "ms_per_step": 1000 * seconds / length}
+            times: dict[str, list[float]] = {name: [] for name in models}
+            for _ in range(repeats):
+                for name, (model, _) in models.items():
+                    enc = model.encoder(src, src_lengths=torch.full((batch,), 12))
+                    state: dict = {}
+                    start = time.perf_counter()
+                    for t in range(length):
+                        model.decoder.forward(tokens[:, : t + 1], encoder_out=enc, incremental_state=state)
+                    times[name].append(time.perf_counter() - start)
+                    keys = 0
+                    for layer in model.decoder.layers:
+                        buf = layer.self_attn._get_input_buffer(state)
+                        keys += sum(v.size(-2) for k, v in buf.items() if k.endswith("key") and v.dim() == 4)
+                    out[name][length] = {"cache_keys": keys}
+            for name, seconds in times.items():
+                out[name][length]["ms_per_step"] = 1000 * statistics.median(seconds) / length
     return out
 
 
@@ -97,10 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     best = {name: max((r[name] for r in rounds), key=lambda x: x["sentences_per_s"]) for name in rounds[0]}
     dense, structured = best["dense"], best["structured"]
     lengths = [8, 32, 128, 512]
-    steps = {
-        "dense": incremental_steps(a.dense, a.data, lengths),
-        "structured": incremental_steps(a.structured, a.data, lengths),
-    }
+    steps = incremental_steps({"dense": a.dense, "structured": a.structured}, a.data, lengths, a.repeats)
     from .attention import machine
 
     result = {

@@ -118,7 +118,7 @@ def decode_section(record: dict[str, Any] | None) -> list[str]:
         "",
         "Decoder self-attention keys cached per sequence (summed over layers) after L incremental steps, "
         "and the mean time of one decoder step for 64 sequences over those L steps (random tokens, same "
-        "checkpoints):",
+        "checkpoints; median of the same number of alternating rounds):",
         "",
     ]
     by_model, ms = record["cache_keys_by_length"], record.get("step_ms_by_length", {})
