@@ -16,6 +16,7 @@ import torch
 
 from ..data.files import write_text_atomic
 from ..paths import REPO_ROOT
+from .attention import machine
 
 
 def sentences_per_second(checkpoint: Path, data_dir: Path, subset: str, beam: int, batch_size: int) -> dict[str, Any]:
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="alternate dense and structured this many times")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_decode.json")
     a = p.parse_args(argv)
+    started_on = machine()  # the commit the run starts from
     rounds = []
     for _ in range(a.repeats):  # alternating spreads slow phases of a shared machine over both
         dense = sentences_per_second(a.dense, a.data, a.subset, a.beam, a.batch_size)
@@ -103,11 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     dense, structured = best["dense"], best["structured"]
     lengths = [8, 32, 128, 512]
     steps = incremental_steps({"dense": a.dense, "structured": a.structured}, a.data, lengths, a.repeats)
-    from .attention import machine
-
     result = {
         "command": "structmt-bench decode " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[2:])),
-        "machine": machine(),
+        "machine": started_on,
         "dense": dense,
         "structured": structured,
         "ratio": statistics.median(ratios),

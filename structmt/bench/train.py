@@ -18,6 +18,7 @@ from ..data.files import write_text_atomic
 from ..data.prepare import PrepConfig, binarize, prepare_multi30k
 from ..paths import REPO_ROOT
 from ..pipeline.steps import train
+from .attention import machine
 
 
 def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en", tgt: str = "de") -> Path:
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "bench_train")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_train.json")
     a = p.parse_args(argv)
+    started_on = machine()  # the commit the run starts from
     variants = dict(STRUCTURED)
     if a.cross_window >= 0:
         cross = ("--struct-cross-window", str(a.cross_window), "--struct-cross-slope", str(a.cross_slope))
@@ -170,11 +172,9 @@ def main(argv: list[str] | None = None) -> None:
             docs, a.work / f"docs{n}-no-cross-runs", a.updates, 2 * n + 512, 4 * n, ("--no-cross-attention",), a.rounds
         )
         add(f"docs{n}_no_cross", found)
-    from .attention import machine
-
     record = {
         "command": "structmt-bench train " + " ".join(argv if argv is not None else sys.argv[2:]),
-        "machine": machine(),
+        "machine": started_on,
         "updates": a.updates,
         "results": results,
     }

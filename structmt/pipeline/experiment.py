@@ -171,13 +171,17 @@ class RunSpec:
 
 @functools.cache
 def git_commit() -> str:
-    """The commit of the code this process runs (read once, at its first use: runs call it when they start)."""
+    """The commit of the code this process runs (read once, at its first use: runs and benchmarks call it
+    when they start); ``+dirty`` if tracked files outside ``results/`` differ from it."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
