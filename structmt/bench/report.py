@@ -93,6 +93,18 @@ def train_section(record: dict[str, Any] | None) -> list[str]:
             + ", ".join(f"{x:.2f}" for x in r.get("ratios", [r["ratio"]]))
             + " |"
         )
+    lines.append("")
+    for data, goal in TRAIN_GOALS.items():
+        rows = {n: r for n, r in record["results"].items() if n.partition("_")[0] == data and train_goal(n)}
+        met = [f"`{n}` ({r['ratio']:.2f})" for n, r in rows.items() if r["ratio"] >= goal]
+        missed = [f"`{n}` ({r['ratio']:.2f})" for n, r in rows.items() if r["ratio"] < goal]
+        if rows:
+            lines.append(
+                f"Goal {data} ≥ {goal}: "
+                + (f"met by {', '.join(met)}" if met else "not met")
+                + (f"; not by {', '.join(missed)}" if missed else "")
+                + ".  "
+            )
     return lines + [""]
 
 
