@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
@@ -25,7 +26,16 @@ class StepPlan:
 
 
 class _StructuredBase(MultiheadAttention):
-    """What both structured blocks share: head split and the fairseq-shaped return."""
+    """What both structured blocks share: adopting a dense block, head split and the fairseq-shaped return."""
+
+    @classmethod
+    def _adopt(cls, dense: MultiheadAttention) -> Self:
+        """A block of this class on the projections of ``dense`` (no new parameters)."""
+        if dense.bias_k is not None or dense.add_zero_attn:
+            raise ValueError("structured attention does not support add_bias_kv / add_zero_attn")
+        new = cls.__new__(cls)
+        new.__dict__.update(dense.__dict__)
+        return new
 
     def _heads(self, x: Tensor, batch: int) -> Tensor:
         """``(T, B, E)`` → ``(B, H, T, D)``."""
@@ -78,8 +88,6 @@ class StructuredMultiheadAttention(_StructuredBase):
             raise ValueError(f"structure has {structure.num_heads} heads, the attention {self.num_heads}")
         if not self.self_attention:
             raise ValueError("structured attention applies to self-attention blocks only")
-        if self.bias_k is not None or self.add_zero_attn:
-            raise ValueError("structured attention does not support add_bias_kv / add_zero_attn")
         self.structure = structure
         self.impl = impl
         self.token_rarity = None
@@ -91,8 +99,7 @@ class StructuredMultiheadAttention(_StructuredBase):
         cls, dense: MultiheadAttention, structure: Structure, impl: str = "auto"
     ) -> StructuredMultiheadAttention:
         """Wrap the projections of an existing ``MultiheadAttention`` (no new parameters)."""
-        new = cls.__new__(cls)
-        new.__dict__.update(dense.__dict__)
+        new = cls._adopt(dense)
         new._configure(structure, impl)
         return new
 
@@ -272,10 +279,7 @@ class StructuredCrossAttention(_StructuredBase):
         """Wrap the projections of an existing encoder-decoder ``MultiheadAttention`` (no new parameters)."""
         if not dense.encoder_decoder_attention:
             raise ValueError("structured cross-attention replaces an encoder-decoder attention block")
-        if dense.bias_k is not None or dense.add_zero_attn:
-            raise ValueError("structured attention does not support add_bias_kv / add_zero_attn")
-        new = cls.__new__(cls)
-        new.__dict__.update(dense.__dict__)
+        new = cls._adopt(dense)
         new.band, new.impl, new.first_query = band, impl, 0
         return new
 

@@ -19,13 +19,10 @@ from ..paths import REPO_ROOT
 from .attention import machine
 
 
-def sentences_per_second(checkpoint: Path, data_dir: Path, subset: str, beam: int, batch_size: int) -> dict[str, Any]:
+def sentences_per_second(model: Any, task: Any, subset: str, beam: int, batch_size: int) -> dict[str, Any]:
+    """Beam-search ``subset`` (already loaded into ``task``) with ``model``."""
     from fairseq.dataclass.configs import GenerationConfig
 
-    from ..analysis.extract import load
-
-    model, task = load(checkpoint, data_dir)
-    task.load_dataset(subset)
     generator = task.build_generator([model], GenerationConfig(beam=beam, max_len_a=1.2, max_len_b=10))
     itr = task.get_batch_iterator(
         dataset=task.dataset(subset), max_sentences=batch_size, required_batch_size_multiple=1
@@ -38,7 +35,6 @@ def sentences_per_second(checkpoint: Path, data_dir: Path, subset: str, beam: in
             tokens += sum(len(h[0]["tokens"]) for h in hypos)
     seconds = time.perf_counter() - start
     return {
-        "checkpoint": str(checkpoint),
         "sentences": sentences,
         "output_tokens": tokens,
         "seconds": seconds,
@@ -47,14 +43,11 @@ def sentences_per_second(checkpoint: Path, data_dir: Path, subset: str, beam: in
 
 
 def incremental_steps(
-    checkpoints: dict[str, Path], data_dir: Path, lengths: list[int], repeats: int, batch: int = 64
+    models: dict[str, tuple[Any, Any]], lengths: list[int], repeats: int, batch: int = 64
 ) -> dict[str, dict[int, dict[str, float]]]:
     """Per model: decoder self-attention keys cached per sequence (summed over layers) after ``L``
     incremental steps, and the time of one decoder step for ``batch`` sequences of random tokens,
     averaged over the ``L`` steps (median of ``repeats``, the models alternating)."""
-    from ..analysis.extract import load
-
-    models = {name: load(path, data_dir) for name, path in checkpoints.items()}
     dictionary = next(iter(models.values()))[1].target_dictionary
     gen = torch.Generator().manual_seed(0)
     src = torch.randint(dictionary.nspecial, len(dictionary), (batch, 12), generator=gen)
@@ -67,6 +60,7 @@ def incremental_steps(
             times: dict[str, list[float]] = {name: [] for name in models}
             for _ in range(repeats):
                 for name, (model, _) in models.items():
+                    model.decoder.set_beam_size(1)  # beam search set it on the cross-attention blocks
                     enc = model.encoder(src, src_lengths=torch.full((batch,), 12))
                     state: dict = {}
                     start = time.perf_counter()
@@ -95,21 +89,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_decode.json")
     a = p.parse_args(argv)
     started_on = machine()  # the commit the run starts from
+    from ..analysis.extract import load
+
+    models = {"dense": load(a.dense, a.data), "structured": load(a.structured, a.data)}  # (model, task)
+    for _, task in models.values():
+        task.load_dataset(a.subset)
     rounds = []
     for _ in range(a.repeats):  # alternating spreads slow phases of a shared machine over both
-        dense = sentences_per_second(a.dense, a.data, a.subset, a.beam, a.batch_size)
-        structured = sentences_per_second(a.structured, a.data, a.subset, a.beam, a.batch_size)
-        rounds.append({"dense": dense, "structured": structured})
+        rounds.append({name: sentences_per_second(*mt, a.subset, a.beam, a.batch_size) for name, mt in models.items()})
     ratios = [r["structured"]["sentences_per_s"] / r["dense"]["sentences_per_s"] for r in rounds]
     best = {name: max((r[name] for r in rounds), key=lambda x: x["sentences_per_s"]) for name in rounds[0]}
     dense, structured = best["dense"], best["structured"]
     lengths = [8, 32, 128, 512]
-    steps = incremental_steps({"dense": a.dense, "structured": a.structured}, a.data, lengths, a.repeats)
+    steps = incremental_steps(models, lengths, a.repeats)
     result = {
         "command": "structmt-bench decode " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[2:])),
         "machine": started_on,
-        "dense": dense,
-        "structured": structured,
+        "dense": {"checkpoint": str(a.dense), **dense},
+        "structured": {"checkpoint": str(a.structured), **structured},
         "ratio": statistics.median(ratios),
         "ratios": ratios,
         "cache_keys_by_length": {m: {n: r["cache_keys"] for n, r in by_n.items()} for m, by_n in steps.items()},
