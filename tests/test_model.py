@@ -25,16 +25,17 @@ TINY = (
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (("--struct-window", "-1"), "--struct-window must be >= 0"),
-        (("--struct-rare", "-2"), "--struct-rare must be >= 0"),
+        (("--struct-window", "-1"), "--struct-window=-1 must be >= 0"),
+        (("--struct-rare", "-2"), "--struct-rare=-2 must be >= 0"),
         (("--struct-heads", "pos:1,syn:2"), "gives 3 heads but the layer has 4"),
-        (("--struct-heads", "pos:1,diag:3"), "unknown head role 'diag'"),
-        (("--struct-apply", "encoder,cross"), "--struct-apply 'encoder,cross': unknown attention block"),
-        (("--struct-error", "topk"), "--struct-error 'topk'"),
-        (("--struct-impl", "fast"), "--struct-impl 'fast'"),
-        (("--struct-error", "sink:4", "--struct-error-eps", "0.5"), "sinks \\* eps must lie in"),
-        (("--struct-cross-window", "-2"), "--struct-cross-window must be >= 0, or -1"),
-        (("--struct-cross-window", "2", "--struct-cross-slope", "0"), "--struct-cross-slope: .* must be > 0"),
+        (("--struct-heads", "pos:1,diag:3"), "--struct-heads='pos:1,diag:3': unknown head role 'diag'"),
+        (("--struct-apply", "encoder,cross"), "--struct-apply='encoder,cross' names unknown attention block"),
+        (("--struct-error", "topk"), "--struct-error='topk' must be 'none' or 'sink:K'"),
+        (("--struct-impl", "fast"), "--struct-impl='fast' choose from"),
+        (("--struct-error", "sink:4", "--struct-error-eps", "0.5"), "--struct-error-eps=0.5: sinks \\* eps must lie in"),
+        (("--struct-cross-window", "-2"), "--struct-cross-window=-2 must be >= 0, or -1"),
+        (("--struct-cross-window", "2", "--struct-cross-slope", "0"), "--struct-cross-slope=0.0 must be > 0"),
+        (("--struct-window", "-1", "--struct-rare", "-1"), "--struct-window=-1 must be >= 0; --struct-rare=-1"),
     ],
 )
 def test_bad_configuration_fails_at_build_time(dict_dir, extra, message):

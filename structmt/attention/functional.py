@@ -11,8 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .options import IMPLS
 from .structure import (
+    CandidateLayout,
     CrossBand,
+    Kind,
     Structure,
     Supports,
     aligned_centers,
@@ -20,8 +23,6 @@ from .structure import (
     make_supports,
     sink_positions,
 )
-
-IMPLS = ("auto", "reference", "efficient")
 
 
 def structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps: float) -> Tensor:
@@ -89,23 +90,6 @@ def reference_attention(
     return out, weights
 
 
-def candidate_kinds(
-    shape: torch.Size, kv_pos: Tensor, groups: Sequence[tuple[int, str]], supports: Supports, q_pos: Tensor
-) -> Tensor:
-    """What each candidate key is to its query, ``(B, H, Tq, C)`` int8: 0 not allowed, 1 in the
-    structured support, 2 an error-term key."""
-    B, H, Tq = shape[0], shape[1], shape[2]
-    b, h = _index_grid(B, H, kv_pos.device)
-    qi = q_pos.view(1, 1, -1, 1)
-    kv = kv_pos.unsqueeze(1)  # (B, 1, Tq, C)
-    parts, start = [], 0
-    for size, name in groups:
-        allowed = getattr(supports, name)(b, h, qi, kv[..., start : start + size]).to(torch.int8)
-        parts.append((allowed * 2 if name == "error" else allowed).expand(B, H, Tq, size))
-        start += size
-    return torch.cat(parts, -1)
-
-
 def candidate_attention(
     q: Tensor, k_c: Tensor, v_c: Tensor, kind: Tensor, sink_eps: float, dropout_p: float = 0.0
 ) -> tuple[Tensor, Tensor]:
@@ -114,12 +98,13 @@ def candidate_attention(
     Args:
         q: ``(B, H, Tq, D)``.
         k_c, v_c: ``(B, Tq, C, H, D)`` candidate keys/values of every query.
-        kind: ``(B, H, Tq, C)`` from :func:`candidate_kinds`.
+        kind: ``(B, H, Tq, C)`` :class:`~structmt.attention.structure.Kind` codes
+            from :meth:`CandidateLayout.kinds`.
     Returns:
         output ``(B, H, Tq, D)`` and candidate weights ``(B, H, Tq, C)``.
     """
     scores = torch.einsum("bhtd,btchd->bhtc", q, k_c) / math.sqrt(q.size(-1))
-    weights = structured_softmax(scores, kind == 1, kind == 2, sink_eps)
+    weights = structured_softmax(scores, kind == Kind.SUPPORT, kind == Kind.ERROR, sink_eps)
     out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights, dropout_p, training=dropout_p > 0), v_c)
     return out, weights
 
@@ -141,19 +126,15 @@ def efficient_attention(
     candidate positions ``(B, T, C)``.
     """
     B, H, T, D = q.shape
-    W = structure.max_window
-    offsets = torch.arange(-W, 1 if structure.causal else W + 1, device=q.device)
+    layout = CandidateLayout.of(structure)
     q_pos = torch.arange(T, device=q.device)
-    parts = [(q_pos.view(1, T, 1) + offsets).expand(B, T, offsets.numel())]
-    groups = [(offsets.numel(), "band")]
-    if structure.uses_rare and rare_sets is not None:
-        parts.append(rare_sets)
-        groups.append((rare_sets.size(-1), "rare"))
-    if structure.sinks and sink_pos is not None:
-        parts.append(sink_pos.unsqueeze(1).expand(B, T, sink_pos.size(-1)))
-        groups.append((sink_pos.size(-1), "error"))
-    kv_pos = torch.cat(parts, dim=-1)
-    kind = candidate_kinds(q.shape, kv_pos, groups, supports, q_pos)
+    offsets = torch.arange(-structure.max_window, layout.band - structure.max_window, device=q.device)
+    kv_pos = layout.assemble(
+        (q_pos.view(1, T, 1) + offsets).expand(B, T, layout.band),
+        rare_sets if layout.rare else None,
+        sink_pos.unsqueeze(1).expand(B, T, layout.error) if layout.error else None,
+    )
+    kind = layout.kinds(kv_pos, supports, q_pos, H)
     out, weights = attend_candidates(q, k, v, kv_pos.clamp(0, T - 1), kind, structure.sink_eps, dropout_p)
     return out, weights, kv_pos
 
@@ -162,7 +143,7 @@ def attend_candidates(
     q: Tensor, k: Tensor, v: Tensor, index: Tensor, kind: Tensor, sink_eps: float = 0.0, dropout_p: float = 0.0
 ) -> tuple[Tensor, Tensor]:
     """Attend from ``q`` ``(B, H, Tq, D)`` over the candidate keys ``index`` ``(B, Tq, C)`` of
-    ``k, v`` ``(B, H, S, D)``, ``kind`` from :func:`candidate_kinds`: the fused C++ kernel when it
+    ``k, v`` ``(B, H, S, D)``, ``kind`` from :meth:`CandidateLayout.kinds`: the fused C++ kernel when it
     applies, else gathered copies.  Returns the output ``(B, H, Tq, D)`` and the candidate
     weights ``(B, H, Tq, C)``."""
     if fused_kernel_usable(q, dropout_p):
@@ -238,6 +219,32 @@ def scatter_dense(weights: Tensor, kv_pos: Tensor, num_keys: int) -> Tensor:
     return weights.new_zeros(B, H, T, num_keys).scatter_add_(-1, index, w)
 
 
+def _rare_sets_of(rare_index: Tensor, batch: int, length: int) -> Tensor:
+    """``(B, r)`` or ``(B, T, r)`` rare positions as ``(B, T, r)`` (checked)."""
+    r = rare_index.size(-1)
+    if rare_index.dtype not in (torch.int32, torch.int64) or rare_index.dim() not in (2, 3):
+        raise ValueError(
+            f"rare_index must be an integer tensor (B, r) or (B, T, r), got {rare_index.dtype} "
+            f"{tuple(rare_index.shape)}"
+        )
+    want = (batch, r) if rare_index.dim() == 2 else (batch, length, r)
+    if tuple(rare_index.shape) != want:
+        raise ValueError(f"rare_index: expected shape {want}, got {tuple(rare_index.shape)}")
+    sets = rare_index.long()
+    return sets.unsqueeze(1).expand(batch, length, r) if sets.dim() == 2 else sets
+
+
+def unique_positions(sets: Tensor) -> Tensor:
+    """Rare sets with repeated positions counted once: a position that already appeared
+    earlier in its set becomes -1 (an empty slot).  The slots keep their order."""
+    if sets.size(-1) < 2:
+        return sets
+    same = sets.unsqueeze(-1) == sets.unsqueeze(-2)  # (..., r, r): [i, j] slot i equals slot j
+    earlier = torch.ones(sets.size(-1), sets.size(-1), dtype=torch.bool, device=sets.device).tril(-1)
+    repeated = (same & earlier).any(-1) & (sets >= 0)
+    return sets.masked_fill(repeated, -1)
+
+
 def structured_attention(
     q: Tensor,
     k: Tensor,
@@ -263,7 +270,8 @@ def structured_attention(
     Args:
         window: band half-width, an int or one per head.
         rare_index: ``(B, r)`` rare key positions for every query, or
-            ``(B, T, r)`` one set per query; -1 marks an empty slot.
+            ``(B, T, r)`` one set per query; -1 marks an empty slot.  A set is
+            a set: a position repeated within it counts once.
         rare_heads: which heads see the rare columns (all by default).
         causal: also require ``kv <= q``.
         key_padding_mask: ``(B, T)``, True at padding (as in fairseq).
@@ -284,8 +292,14 @@ def structured_attention(
     if structure is None:
         structure = _structure_for(H, window, r, rare_heads, causal, sinks, sink_eps)
     sets = None
-    if rare_index is not None and structure.uses_rare:
-        sets = rare_index.unsqueeze(1).expand(B, T, r) if rare_index.dim() == 2 else rare_index
+    if structure.uses_rare:
+        if rare_index is None or r != structure.rare:
+            got = None if rare_index is None else tuple(rare_index.shape)
+            raise ValueError(
+                f"rare_index: the structure has {structure.rare} rare columns; give (B, {structure.rare}) "
+                f"or (B, T, {structure.rare}) positions, got {got}"
+            )
+        sets = unique_positions(_rare_sets_of(rare_index, B, T))
     sink_pos = sink_positions(key_padding_mask, B, T, structure.sinks, q.device) if structure.sinks else None
     supports = make_supports(
         structure, num_keys=T, rare_sets=sets, key_padding_mask=key_padding_mask, sink_pos=sink_pos, device=q.device
@@ -335,8 +349,8 @@ def aligned_cross_attention(
     if choose_impl(impl, band, S, fused_kernel_usable(q, dropout_p)) == "reference":
         out, weights = reference_attention(q, k, v, supports, 0.0, q_pos, torch.arange(S, device=q.device), dropout_p)
         return out, (weights if need_weights else None)
-    offsets = torch.arange(-band.window, band.window + 1, device=q.device)
-    kv_pos = centers.unsqueeze(-1) + offsets  # (B, Tq, C)
-    kind = candidate_kinds(q.shape, kv_pos, [(offsets.numel(), "band")], supports, q_pos)
+    layout = CandidateLayout.of(band)
+    kv_pos = layout.assemble(centers.unsqueeze(-1) + torch.arange(-band.window, band.window + 1, device=q.device))
+    kind = layout.kinds(kv_pos, supports, q_pos, H)
     out, weights = attend_candidates(q, k, v, kv_pos.clamp(0, S - 1), kind, 0.0, dropout_p)
     return out, (scatter_dense(weights, kv_pos, S) if need_weights else None)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Self
+from typing import TypeVar
 
 import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor
 
-from .functional import aligned_cross_attention, attend_candidates, candidate_kinds, structured_attention
-from .structure import NEVER_RARE, CrossBand, Structure, keys_to_positions, make_supports, rare_sets
+from .context import TokenContext, current
+from .functional import aligned_cross_attention, attend_candidates, structured_attention
+from .structure import NEVER_RARE, CandidateLayout, CrossBand, Structure, keys_to_positions, make_supports
+
+Block = TypeVar("Block", bound="_StructuredBase")
 
 IncrementalState = dict[str, dict[str, Tensor | None]] | None
 
@@ -21,7 +24,7 @@ class StepPlan:
 
     rare_rank: Tensor | None  # (B, r') rarity keys of the rare set after this step
     pick: Tensor  # (B, C) slot of each candidate in [cache, this step's key]
-    kind: Tensor  # (B, H, 1, C) from candidate_kinds
+    kind: Tensor  # (B, H, 1, C) Kind codes
     keep: Tensor  # (B * H * C',) rows of the flattened [cache, this step's key] that form the next cache
 
 
@@ -29,7 +32,7 @@ class _StructuredBase(MultiheadAttention):
     """What both structured blocks share: adopting a dense block, head split and the fairseq-shaped return."""
 
     @classmethod
-    def _adopt(cls, dense: MultiheadAttention) -> Self:
+    def _adopt(cls: type[Block], dense: MultiheadAttention) -> Block:
         """A block of this class on the projections of ``dense`` (no new parameters)."""
         if dense.bias_k is not None or dense.add_zero_attn:
             raise ValueError("structured attention does not support add_bias_kv / add_zero_attn")
@@ -57,9 +60,10 @@ class StructuredMultiheadAttention(_StructuredBase):
     """Self-attention whose heads only see their structured support.
 
     Same parameters (and parameter names) as fairseq's ``MultiheadAttention``,
-    so dense checkpoints load into it and back.  The owning encoder/decoder
-    sets :attr:`token_rarity` (``(B, T)`` rarity keys of the input tokens)
-    before each forward; it is only needed when a head uses rare columns.
+    so dense checkpoints load into it and back.  Rare-token heads need the
+    rarity of the input tokens: a :class:`~structmt.attention.context.TokenContext`
+    passed as ``context``, or the one the owning encoder/decoder made current
+    for this forward.
 
     In incremental decoding the cache keeps the last ``w`` keys/values, the
     current ``r`` rare ones and the ``k`` error keys: bounded, whatever the
@@ -68,7 +72,6 @@ class StructuredMultiheadAttention(_StructuredBase):
 
     structure: Structure
     impl: str
-    token_rarity: Tensor | None
 
     def __init__(
         self,
@@ -90,9 +93,6 @@ class StructuredMultiheadAttention(_StructuredBase):
             raise ValueError("structured attention applies to self-attention blocks only")
         self.structure = structure
         self.impl = impl
-        self.token_rarity = None
-        self.token_rare_sets: Tensor | None = None  # (B, T, r), shared by the owner for a full pass
-        self.step_plans: dict | None = None  # shared by the owner among its layers for one decoding step
 
     @classmethod
     def from_dense(
@@ -110,13 +110,6 @@ class StructuredMultiheadAttention(_StructuredBase):
             f"causal={s.causal}, sinks={s.sinks}, impl={self.impl}"
         )
 
-    def _rarity(self, batch: int, length: int, device: torch.device) -> Tensor:
-        if self.token_rarity is None:
-            if self.structure.uses_rare:
-                raise RuntimeError("rare-token heads need token_rarity; set it from the input tokens first")
-            return torch.full((batch, length), NEVER_RARE, dtype=torch.long, device=device)
-        return self.token_rarity
-
     def forward(  # type: ignore[override]
         self,
         query: Tensor,
@@ -129,9 +122,11 @@ class StructuredMultiheadAttention(_StructuredBase):
         attn_mask: Tensor | None = None,
         before_softmax: bool = False,
         need_head_weights: bool = False,
+        context: TokenContext | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Input ``(T, B, C)`` as in fairseq; returns ``(T, B, C)`` and weights
-        ``(B, T, S)`` averaged over heads, or ``(H, B, T, S)`` with ``need_head_weights``."""
+        ``(B, T, S)`` averaged over heads, or ``(H, B, T, S)`` with ``need_head_weights``.
+        ``context``: the input tokens' context (default: the current forward's)."""
         if before_softmax:
             raise NotImplementedError("before_softmax is not supported by structured attention")
         if attn_mask is not None and not self.structure.causal:
@@ -142,35 +137,35 @@ class StructuredMultiheadAttention(_StructuredBase):
         q, k, v = (self._heads(proj(query), B) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask.to(torch.bool)
-        keys = self._rarity(B, T, query.device)
-        need = need_weights or need_head_weights
-        dropout_p = self.dropout_module.p if self.training else 0.0
-        if incremental_state is not None:
-            out, weights = self._step(q, k, v, keys[:, -1], incremental_state)
-            weights = None  # weights over the bounded cache are not a full row
-        else:
-            sets = None
-            if self.structure.uses_rare:
-                sets = self.token_rare_sets
-                if sets is None or sets.shape[:2] != keys.shape:
-                    sets = rare_sets(keys, self.structure.rare, self.structure.causal)
-            out, weights = structured_attention(
-                q,
-                k,
-                v,
-                window=self.structure.window,
-                rare_index=sets,
-                key_padding_mask=key_padding_mask,
-                dropout_p=dropout_p,
-                impl=self.impl,
-                need_weights=need,
-                structure=self.structure,
+        context = context or current()
+        if self.structure.uses_rare and context is None:
+            raise RuntimeError(
+                "rare-token heads need the rarity of the input tokens: run the block inside its structured "
+                "encoder/decoder, or pass context=TokenContext.from_tokens(...)"
             )
+        if incremental_state is not None:
+            out = self._step(q, k, v, incremental_state, context)
+            return self._output(out, None, need_weights, need_head_weights)  # weights over the cache: not a full row
+        sets = None
+        if self.structure.uses_rare:
+            sets = context.rare_sets(self.structure.rare, self.structure.causal)  # type: ignore[union-attr]
+            if sets.shape[:2] != (B, T):
+                raise RuntimeError(f"the token context holds {tuple(sets.shape[:2])} tokens, the input ({B}, {T})")
+        out, weights = structured_attention(
+            q,
+            k,
+            v,
+            window=self.structure.window,
+            rare_index=sets,
+            key_padding_mask=key_padding_mask,
+            dropout_p=self.dropout_module.p if self.training else 0.0,
+            impl=self.impl,
+            need_weights=need_weights or need_head_weights,
+            structure=self.structure,
+        )
         return self._output(out, weights, need_weights, need_head_weights)
 
-    def _step(
-        self, q: Tensor, k: Tensor, v: Tensor, new_rarity: Tensor, incremental_state: dict
-    ) -> tuple[Tensor, Tensor]:
+    def _step(self, q: Tensor, k: Tensor, v: Tensor, incremental_state: dict, context: TokenContext | None) -> Tensor:
         """One decoding step against the bounded cache (decoder self-attention).
 
         The cache holds the keys/values the next query may need, in slots
@@ -185,11 +180,23 @@ class StructuredMultiheadAttention(_StructuredBase):
         B = q.size(0)
         buf = self._get_input_buffer(incremental_state)
         step = int(buf["step"][0, 0]) if "step" in buf else 0
-        plan = self._step_plan(step, buf, new_rarity)
+        new_rarity = (
+            context.rarity_or_none(B, 1, q.device)
+            if context
+            else torch.full((B, 1), NEVER_RARE, dtype=torch.long, device=q.device)
+        )[:, -1]
+        old_ranks = buf.get("rare_rank")
+
+        def build() -> StepPlan:
+            return self._step_plan(step, old_ranks, new_rarity)
+
+        # every layer with this structure holds the same rare ranks (same tokens, same beam reorders),
+        # so one plan per step serves them all
+        plan = context.shared((self.structure, step), build) if context else build()
         empty = k[:, :, :0]
         pool_k = torch.cat([buf.get("cache_key", empty), k], dim=2)  # (B, H, cache + 1, D)
         pool_v = torch.cat([buf.get("cache_value", empty), v], dim=2)
-        out, weights = attend_candidates(q, pool_k, pool_v, plan.pick.unsqueeze(1), plan.kind, self.structure.sink_eps)
+        out, _ = attend_candidates(q, pool_k, pool_v, plan.pick.unsqueeze(1), plan.kind, self.structure.sink_eps)
         H, D = q.size(1), q.size(3)
         buf["cache_key"] = pool_k.view(-1, D).index_select(0, plan.keep).view(B, H, -1, D)  # the next cache
         buf["cache_value"] = pool_v.view(-1, D).index_select(0, plan.keep).view(B, H, -1, D)
@@ -197,43 +204,37 @@ class StructuredMultiheadAttention(_StructuredBase):
             buf["rare_rank"] = plan.rare_rank
         buf["step"] = torch.full((B, 1), step + 1, dtype=torch.long, device=q.device)
         self._set_input_buffer(incremental_state, buf)
-        return out, weights
+        return out
 
-    def _step_plan(self, step: int, buf: dict, new_rarity: Tensor) -> StepPlan:
-        """Which keys the query of ``step`` sees and where they lie in [cache, new key].  Every
-        layer with this structure holds the same rare ranks (same tokens, same beam reorders), so
-        the decoder shares one plan per step among them through :attr:`step_plans`."""
+    def _step_plan(self, step: int, old_ranks: Tensor | None, new_rarity: Tensor) -> StepPlan:
+        """Which keys the query of ``step`` sees and where they lie in [cache, new key]."""
         s, B, device = self.structure, new_rarity.size(0), new_rarity.device
-        if self.step_plans is not None and (s, step) in self.step_plans:
-            return self.step_plans[s, step]
         w = s.max_window
         old_band, old_sinks = min(step, w), min(step, s.sinks)  # cache slots filled by earlier steps
-        old = buf.get("rare_rank", torch.full((B, 0), NEVER_RARE, dtype=torch.long, device=device))
+        old = old_ranks if old_ranks is not None else torch.full((B, 0), NEVER_RARE, dtype=torch.long, device=device)
         new = old_band + old.size(1) + old_sinks  # the slot of this step's key in [cache, new key]
 
         def slots(*ids: int) -> Tensor:
             return torch.tensor(ids, dtype=torch.long, device=device).expand(B, len(ids))
 
         nb = old_band + 1
-        pos = [torch.arange(step - nb + 1, step + 1, device=device).expand(B, nb)]
-        picks = [slots(*range(old_band), new)]
-        groups = [(nb, "band")]
-        ranks = sets = sink_pos = None
+        ranks = sets = rare_pos = rare_pick = sink_pos = sink_pick = None
         if s.uses_rare:
             merged = torch.cat([old, new_rarity.view(B, 1)], dim=1)
             ranks, idx = merged.topk(min(s.rare, merged.size(1)), dim=1, largest=False, sorted=True)
-            sets = keys_to_positions(ranks)
-            pos.append(sets)
-            picks.append(torch.where(idx < old.size(1), old_band + idx, new))
-            groups.append((sets.size(1), "rare"))
-            sets = sets.unsqueeze(1)
+            rare_pos = keys_to_positions(ranks)
+            rare_pick = torch.where(idx < old.size(1), old_band + idx, new)
+            sets = rare_pos.unsqueeze(1)
         if s.sinks:
             ns = min(step + 1, s.sinks)
             sink_pos = torch.arange(ns, device=device).expand(B, ns)
-            pos.append(sink_pos)
             first = old_band + old.size(1)
-            picks.append(slots(*range(first, first + old_sinks), *([new] if ns > old_sinks else [])))
-            groups.append((ns, "error"))
+            sink_pick = slots(*range(first, first + old_sinks), *([new] if ns > old_sinks else []))
+        layout = CandidateLayout(
+            band=nb,
+            rare=0 if rare_pos is None else rare_pos.size(1),
+            error=0 if sink_pos is None else sink_pos.size(1),
+        )
         supports = make_supports(
             s,
             num_keys=step + 1,
@@ -243,15 +244,13 @@ class StructuredMultiheadAttention(_StructuredBase):
             device=device,
             first_query=step,
         )
-        kv_pos = torch.cat(pos, dim=1).unsqueeze(1)  # (B, 1, C) positions of this step's keys
-        kind = candidate_kinds((B, self.num_heads, 1), kv_pos, groups, supports, torch.tensor([step], device=device))
-        pick = torch.cat(picks, dim=1)
+        band_pos = torch.arange(step - nb + 1, step + 1, device=device).expand(B, nb)
+        kv_pos = layout.assemble(band_pos, rare_pos, sink_pos).unsqueeze(1)  # (B, 1, C) positions of this step's keys
+        kind = layout.kinds(kv_pos, supports, torch.tensor([step], device=device), self.num_heads)
+        pick = layout.assemble(slots(*range(old_band), new), rare_pick, sink_pick)
         rows = torch.arange(B * self.num_heads, device=device).view(B, -1, 1) * (new + 1)  # flat (b, h) offsets
         keep = (rows + pick[:, nb - min(step + 1, w) :].unsqueeze(1)).view(-1)  # minus the band key out of reach
-        plan = StepPlan(rare_rank=ranks, pick=pick, kind=kind, keep=keep)
-        if self.step_plans is not None:
-            self.step_plans[s, step] = plan
-        return plan
+        return StepPlan(rare_rank=ranks, pick=pick, kind=kind, keep=keep)
 
     def cache_size(self, incremental_state: IncrementalState) -> int:
         """Number of cached key vectors per sequence and head (for the bounded-cache check)."""
@@ -263,16 +262,15 @@ class StructuredCrossAttention(_StructuredBase):
     """Encoder-decoder attention restricted to the aligned source band of a :class:`CrossBand`.
 
     Same parameters as fairseq's ``MultiheadAttention`` (built with
-    :meth:`from_dense`).  The owning decoder sets :attr:`first_query`, the
-    target position of the first query (the prefix length minus one while
-    decoding incrementally, 0 otherwise).  While decoding, the projected source
+    :meth:`from_dense`).  While decoding, the target position of the query
+    comes from the decoder's :class:`~structmt.attention.context.TokenContext`
+    (passed as ``context`` or current for the step).  The projected source
     keys and values are computed at the first step and cached, one copy per
     hypothesis (fairseq's dense block keeps one per sentence).
     """
 
     band: CrossBand
     impl: str
-    first_query: int
 
     @classmethod
     def from_dense(cls, dense: MultiheadAttention, band: CrossBand, impl: str = "auto") -> StructuredCrossAttention:
@@ -280,7 +278,7 @@ class StructuredCrossAttention(_StructuredBase):
         if not dense.encoder_decoder_attention:
             raise ValueError("structured cross-attention replaces an encoder-decoder attention block")
         new = cls._adopt(dense)
-        new.band, new.impl, new.first_query = band, impl, 0
+        new.band, new.impl = band, impl
         return new
 
     def extra_repr(self) -> str:
@@ -298,11 +296,21 @@ class StructuredCrossAttention(_StructuredBase):
         attn_mask: Tensor | None = None,
         before_softmax: bool = False,
         need_head_weights: bool = False,
+        context: TokenContext | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Input ``(Tq, B, C)`` queries and ``(S, B, C)`` encoder states, as in fairseq."""
         if before_softmax or attn_mask is not None:
             raise NotImplementedError("structured cross-attention takes no attn_mask / before_softmax")
         B = query.size(1)
+        first_query = 0
+        if incremental_state is not None:
+            context = context or current()
+            if context is None or not context.incremental:
+                raise RuntimeError(
+                    "a decoding step of structured cross-attention needs the decoder's step context "
+                    "(TokenContext.from_tokens(prefix, ..., incremental=True)) for the target position"
+                )
+            first_query = context.first_position
         buf = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
         if "prev_key" in buf:  # the source of this sentence was projected at the first step
             k, v, key_padding_mask = buf["prev_key"], buf["prev_value"], buf.get("prev_key_padding_mask")
@@ -322,7 +330,7 @@ class StructuredCrossAttention(_StructuredBase):
             window=self.band.window,
             slope=self.band.slope,
             key_padding_mask=key_padding_mask,
-            first_query=self.first_query if incremental_state is not None else 0,
+            first_query=first_query,
             dropout_p=self.dropout_module.p if self.training else 0.0,
             impl=self.impl,
             need_weights=need_weights or need_head_weights,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import torch
@@ -101,8 +102,7 @@ class Structure:
     @property
     def keys_per_query(self) -> int:
         """Candidate keys per query of the efficient path: band + rare + sinks."""
-        band = self.max_window + 1 if self.causal else 2 * self.max_window + 1
-        return band + (self.rare if self.uses_rare else 0) + self.sinks
+        return CandidateLayout.of(self).size
 
     @classmethod
     def from_roles(
@@ -148,42 +148,52 @@ class CrossBand:
 
     @property
     def keys_per_query(self) -> int:
-        return 2 * self.window + 1
+        return CandidateLayout.of(self).size
 
 
-def parse_role_mix(spec: str, num_heads: int, num_layers: int, option: str = "--struct-heads") -> list[list[str]]:
+def parse_role_spec(mix: str) -> list[str]:
+    """The head roles of one role mix such as ``pos:1,syn:2,rare:1`` (checks the syntax only)."""
+    roles: list[str] = []
+    for item in mix.split(","):
+        name, _, count = item.strip().partition(":")
+        if name not in ROLE_ALIASES:
+            raise ValueError(f"unknown head role {name!r}; use pos/positional, syn/syntactic or rare")
+        try:
+            n = int(count) if count else 1
+        except ValueError:
+            raise ValueError(f"head count {count!r} is not an integer") from None
+        if n < 0:
+            raise ValueError(f"head count for {name} must be >= 0")
+        roles += [ROLE_ALIASES[name]] * n
+    return roles
+
+
+def parse_role_mix(
+    spec: str, num_heads: int, num_layers: int | None, option: str = "--struct-heads"
+) -> list[list[str]]:
     """Parse ``pos:1,syn:2,rare:1`` (all layers) or ``;``-separated per-layer mixes.
 
-    Returns one list of ``num_heads`` role names per layer.
+    Returns one list of ``num_heads`` role names per layer; with ``num_layers=None``
+    (a pruned stack), one per mix given, unexpanded.
     """
     layer_specs = [s for s in spec.split(";") if s.strip()]
-    if len(layer_specs) not in (1, num_layers):
+    if not layer_specs or (num_layers is not None and len(layer_specs) not in (1, num_layers)):
         raise ValueError(
             f"{option} {spec!r}: give one role mix for all layers or one per layer "
             f"({num_layers} layers), separated by ';'"
         )
     layers = []
     for layer_spec in layer_specs:
-        roles: list[str] = []
-        for item in layer_spec.split(","):
-            name, _, count = item.strip().partition(":")
-            if name not in ROLE_ALIASES:
-                raise ValueError(
-                    f"{option} {spec!r}: unknown head role {name!r}; use pos/positional, syn/syntactic or rare"
-                )
-            try:
-                n = int(count) if count else 1
-            except ValueError:
-                raise ValueError(f"{option} {spec!r}: head count {count!r} is not an integer") from None
-            if n < 0:
-                raise ValueError(f"{option} {spec!r}: head count for {name} must be >= 0")
-            roles += [ROLE_ALIASES[name]] * n
+        try:
+            roles = parse_role_spec(layer_spec)
+        except ValueError as err:
+            raise ValueError(f"{option} {spec!r}: {err}") from None
         if len(roles) != num_heads:
             raise ValueError(
                 f"{option} {spec!r}: the role mix {layer_spec!r} gives {len(roles)} heads but the layer has {num_heads}"
             )
         layers.append(roles)
-    return layers * num_layers if len(layers) == 1 else layers
+    return layers * num_layers if len(layers) == 1 and num_layers is not None else layers
 
 
 def roles_from_file(path: str | Path, block: str, option: str = "--struct-heads-from") -> list[str]:
@@ -199,6 +209,82 @@ def roles_from_file(path: str | Path, block: str, option: str = "--struct-heads-
     if not isinstance(mixes, list) or not mixes or not all(isinstance(m, str) for m in mixes):
         raise ValueError(f"{option} {path}: needs a non-empty list of role mixes under {block!r}")
     return mixes
+
+
+# --------------------------------------------------------------------------
+# Candidate keys: the layout every efficient path shares
+
+
+class Kind(IntEnum):
+    """What a candidate key is to its query (int8 in every kernel; ``csrc/candidates.cpp`` names the same values)."""
+
+    NOT_ALLOWED = 0  # masked out: padding, the future, outside every group, or a duplicate
+    SUPPORT = 1  # in the structured support: shares the softmax
+    ERROR = 2  # an error-term key: weight ``sink_eps * sigmoid(score)``
+
+
+@dataclass(frozen=True)
+class CandidateLayout:
+    """The candidate keys of a query, in slots ``[band | rare | error]``.
+
+    The efficient paths gather, for every query, ``band`` keys around it (or
+    around its aligned source position), its ``rare`` set and the ``error``
+    keys, in that order; :meth:`kinds` says what each one is to the query.
+    """
+
+    band: int
+    rare: int = 0
+    error: int = 0
+
+    @classmethod
+    def of(cls, structure: Structure | CrossBand) -> CandidateLayout:
+        """The layout of a full pass (training, scoring) with ``structure``."""
+        if isinstance(structure, CrossBand):
+            return cls(band=2 * structure.window + 1)
+        w = structure.max_window
+        return cls(
+            band=w + 1 if structure.causal else 2 * w + 1,
+            rare=structure.rare if structure.uses_rare else 0,
+            error=structure.sinks,
+        )
+
+    @property
+    def size(self) -> int:
+        return self.band + self.rare + self.error
+
+    def segments(self) -> list[tuple[str, int]]:
+        """``(group, size)`` of the non-empty segments, in slot order; the group names a :class:`Supports` field."""
+        return [(name, n) for name, n in (("band", self.band), ("rare", self.rare), ("error", self.error)) if n]
+
+    def assemble(self, band: Tensor, rare: Tensor | None = None, error: Tensor | None = None) -> Tensor:
+        """Concatenate per-segment tensors ``(..., n)`` (key positions or cache slots) into ``(..., size)``."""
+        parts = {"band": band, "rare": rare, "error": error}
+        for name, n in (("band", self.band), ("rare", self.rare), ("error", self.error)):
+            got = 0 if parts[name] is None else parts[name].size(-1)  # type: ignore[union-attr]
+            if got != n:
+                raise ValueError(f"candidate layout: the {name} segment has {got} slots, the layout {n}")
+        return torch.cat([parts[name] for name, _ in self.segments()], dim=-1)  # type: ignore[misc]
+
+    def kinds(self, positions: Tensor, supports: Supports, q_pos: Tensor, num_heads: int) -> Tensor:
+        """What each candidate is to its query: ``(B, H, Tq, C)`` int8 :class:`Kind` codes.
+
+        Args:
+            positions: ``(B, Tq, C)`` key position of each candidate (any value outside
+                the keys is simply not allowed).
+            q_pos: ``(Tq,)`` positions of the queries.
+        """
+        B, Tq, _ = positions.shape
+        b = torch.arange(B, device=positions.device).view(B, 1, 1, 1)
+        h = torch.arange(num_heads, device=positions.device).view(1, num_heads, 1, 1)
+        qi = q_pos.view(1, 1, -1, 1)
+        kv = positions.unsqueeze(1)  # (B, 1, Tq, C)
+        parts, start = [], 0
+        for name, n in self.segments():
+            allowed = getattr(supports, name)(b, h, qi, kv[..., start : start + n])
+            code = Kind.ERROR if name == "error" else Kind.SUPPORT
+            parts.append((allowed.to(torch.int8) * int(code)).expand(B, num_heads, Tq, n))
+            start += n
+        return torch.cat(parts, -1)
 
 
 # --------------------------------------------------------------------------

@@ -1,18 +1,29 @@
-"""``structured_transformer``: fairseq's transformer with structured self-attention.
+"""``structured_transformer``: fairseq's transformer with structured attention.
 
-The model builds exactly the dense transformer (same modules, same
-initialisation order, same parameter names) and then restricts the chosen
-self-attention blocks to their structure, reusing their projections.  A dense
-baseline and a structured model therefore differ only in attention, and
-checkpoints load both ways.
+Built through fairseq's own construction hooks, as fairseq's linformer
+example is: the encoder and decoder build their layers in
+``build_encoder_layer``/``build_decoder_layer``, and a structured layer builds
+its attention in ``build_self_attention``/``build_encoder_attention`` by
+building fairseq's dense block exactly as fairseq would (same modules, same
+initialisation order, same parameter names) and restricting it to the layer's
+structure.  A dense baseline and a structured model of the same seed
+therefore start from the same weights, and checkpoints load both ways.  The
+layers are ordinary fairseq layers held in fairseq's own ``ModuleList`` or
+``LayerDropModuleList``: LayerDrop, ``--*-layers-to-keep`` pruning and
+checkpoint upgrades work as for the dense transformer.
+
+Each encoder or decoder forward builds the :class:`TokenContext` of its tokens
+and makes it current while its layers run (see :mod:`structmt.attention.context`);
+nothing is stored on a module between forwards.
 """
 
-from dataclasses import dataclass, field, fields
+from __future__ import annotations
+
+import functools
 from typing import Any
 
 import torch
-from fairseq.dataclass import FairseqDataclass
-from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.distributed import fsdp_wrap
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import (
     TransformerConfig,
@@ -25,138 +36,90 @@ from fairseq.models.transformer import (
     transformer_wmt_en_de,
     transformer_wmt_en_de_big,
 )
+from fairseq.modules.checkpoint_activations import checkpoint_wrapper
+from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 from torch import Tensor
 
-from ..attention.functional import IMPLS
+from ..attention.context import TokenContext, active, current
 from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
-from ..attention.structure import CrossBand, Structure, parse_role_mix, rare_sets, rarity_keys, roles_from_file
-
-BLOCKS = ("encoder", "decoder")
-
-
-@dataclass
-class StructureConfig(FairseqDataclass):
-    """Options of the structured attention (``--struct-*``)."""
-
-    struct_window: int = field(default=3, metadata={"help": "band half-width w of syntactic and rare heads"})
-    struct_rare: int = field(default=2, metadata={"help": "number r of rare-token columns (rare heads)"})
-    struct_heads: str = field(
-        default="auto",
-        metadata={
-            "help": "head role mix per layer, e.g. 'pos:1,syn:2,rare:1'; ';' separates per-layer mixes; "
-            "'auto' = H/4 positional, max(1, H/4) rare (if r > 0), the rest syntactic"
-        },
-    )
-    struct_heads_from: str = field(
-        default="",
-        metadata={
-            "help": "JSON file with per-layer role mixes {'encoder': [...], 'decoder': [...]} "
-            "(written by structmt-analyze as roles.json); overrides --struct-heads"
-        },
-    )
-    struct_pos_window: int = field(default=1, metadata={"help": "band half-width of positional heads (0 = identity)"})
-    struct_error: str = field(
-        default="none",
-        metadata={
-            "help": "sparse error term: 'none' or 'sink:K' (the first K keys, each weight <= --struct-error-eps)"
-        },
-    )
-    struct_error_eps: float = field(default=0.05, metadata={"help": "weight bound of each error-term key"})
-    struct_apply: str = field(
-        default="encoder,decoder", metadata={"help": "attention blocks to structure: encoder,decoder"}
-    )
-    struct_cross_window: int = field(
-        default=-1,
-        metadata={
-            "help": "structured cross-attention: band half-width around the aligned source position "
-            "round(slope * i); -1 keeps cross-attention dense"
-        },
-    )
-    struct_cross_slope: float = field(
-        default=1.0, metadata={"help": "source/target length ratio of the cross-attention band's centre line"}
-    )
-    struct_impl: str = field(default="auto", metadata={"help": "kernel: auto|reference|efficient"})
+from ..attention.options import StructureConfig, add_arguments, fill_defaults
+from ..attention.structure import CrossBand, Structure
 
 
-def default_role_mix(num_heads: int, rare: int) -> str:
-    pos = num_heads // 4
-    rare_heads = max(1, num_heads // 4) if rare > 0 else 0
-    syn = num_heads - pos - rare_heads
-    if syn < 0:
-        pos, syn = 0, num_heads - rare_heads
-    return f"pos:{pos},syn:{syn},rare:{rare_heads}"
+class StructuredEncoderLayer(TransformerEncoderLayerBase):
+    """fairseq's encoder layer whose self-attention follows ``structure``."""
 
+    def __init__(self, cfg: TransformerConfig, structure: Structure, impl: str, return_fc: bool = False) -> None:
+        self.structure, self.impl = structure, impl  # read by build_self_attention, which the base __init__ calls
+        super().__init__(cfg, return_fc=return_fc)
 
-def _error_term(spec: str, eps: float) -> tuple[int, float]:
-    if spec == "none":
-        return 0, 0.0
-    kind, _, count = spec.partition(":")
-    if kind != "sink" or not count.isdigit() or int(count) < 1:
-        raise ValueError(f"--struct-error {spec!r}: use 'none' or 'sink:K' with an integer K >= 1")
-    return int(count), eps
-
-
-def layer_structures(args: Any, block: str) -> list[Structure]:
-    """Validate the ``--struct-*`` options and build one :class:`Structure` per layer of ``block``."""
-    for name in ("struct_window", "struct_rare", "struct_pos_window"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.struct_impl not in IMPLS:
-        raise ValueError(f"--struct-impl {args.struct_impl!r}: choose from {', '.join(IMPLS)}")
-    sinks, eps = _error_term(args.struct_error, args.struct_error_eps)
-    heads = getattr(args, f"{block}_attention_heads")
-    layers = getattr(args, f"{block}_layers")
-    if args.struct_heads_from:
-        spec = ";".join(roles_from_file(args.struct_heads_from, block))
-    elif args.struct_heads != "auto":
-        spec = args.struct_heads
-    else:
-        spec = default_role_mix(heads, args.struct_rare)
-    roles = parse_role_mix(spec, heads, layers)
-    try:
-        return [
-            Structure.from_roles(
-                r,
-                window=args.struct_window,
-                pos_window=args.struct_pos_window,
-                rare=args.struct_rare,
-                causal=block == "decoder",
-                sinks=sinks,
-                sink_eps=eps,
-            )
-            for r in roles
-        ]
-    except ValueError as e:
-        raise ValueError(f"--struct-error-eps: {e}") from None
-
-
-def cross_band(args: Any) -> CrossBand | None:
-    """The ``--struct-cross-*`` options as a :class:`CrossBand`, or None for dense cross-attention."""
-    if args.struct_cross_window < -1:
-        raise ValueError(f"--struct-cross-window must be >= 0, or -1 for dense, got {args.struct_cross_window}")
-    if args.struct_cross_window == -1:
-        return None
-    try:
-        return CrossBand(args.struct_cross_window, args.struct_cross_slope)
-    except ValueError as e:
-        raise ValueError(f"--struct-cross-slope: {e}") from None
-
-
-def structured_blocks(spec: str) -> list[str]:
-    blocks = [b.strip() for b in spec.split(",") if b.strip()]
-    unknown = [b for b in blocks if b not in BLOCKS]
-    if unknown or not blocks:
-        raise ValueError(
-            f"--struct-apply {spec!r}: unknown attention block(s) {unknown}; choose from {', '.join(BLOCKS)} "
-            "(cross-attention: --struct-cross-window)"
+    def build_self_attention(self, embed_dim: int, cfg: TransformerConfig) -> StructuredMultiheadAttention:
+        return StructuredMultiheadAttention.from_dense(
+            super().build_self_attention(embed_dim, cfg), self.structure, self.impl
         )
-    return blocks
+
+    def forward(self, *args: Any, token_context: TokenContext | None = None, **kwargs: Any) -> Any:
+        with active(token_context):
+            return super().forward(*args, **kwargs)
 
 
-class _RarityMixin:
-    """Shares the rarity keys of the input tokens with the structured layers."""
+class StructuredDecoderLayer(TransformerDecoderLayerBase):
+    """fairseq's decoder layer with structured self-attention (``structure``) and/or
+    structured cross-attention (``cross``); None keeps that block dense."""
 
-    layers: torch.nn.ModuleList
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        structure: Structure | None,
+        cross: CrossBand | None,
+        impl: str,
+        no_encoder_attn: bool = False,
+    ) -> None:
+        self.structure, self.cross, self.impl = structure, cross, impl  # read by the build_* hooks below
+        super().__init__(cfg, no_encoder_attn)
+
+    def build_self_attention(
+        self, embed_dim: int, cfg: TransformerConfig, add_bias_kv: bool = False, add_zero_attn: bool = False
+    ) -> Any:
+        dense = super().build_self_attention(embed_dim, cfg, add_bias_kv, add_zero_attn)
+        return (
+            dense
+            if self.structure is None
+            else StructuredMultiheadAttention.from_dense(dense, self.structure, self.impl)
+        )
+
+    def build_encoder_attention(self, embed_dim: int, cfg: TransformerConfig) -> Any:
+        dense = super().build_encoder_attention(embed_dim, cfg)
+        return dense if self.cross is None else StructuredCrossAttention.from_dense(dense, self.cross, self.impl)
+
+    def forward(self, *args: Any, token_context: TokenContext | None = None, **kwargs: Any) -> Any:
+        with active(token_context):
+            return super().forward(*args, **kwargs)
+
+
+def _wrap_like_fairseq(layer: torch.nn.Module, cfg: TransformerConfig) -> torch.nn.Module:
+    """What fairseq's ``build_*_layer`` does to a built layer: activation checkpointing and FSDP.
+
+    A checkpointed layer re-runs its forward during the backward pass, after the
+    forward's context is gone: it gets the context as an argument, which the
+    checkpoint keeps for the re-run.
+    """
+    checkpoint = cfg.checkpoint_activations
+    if checkpoint:
+        layer = checkpoint_wrapper(layer, offload_to_cpu=cfg.offload_activations)
+        layer.forward = functools.partial(_with_current_context, layer.forward)
+    return fsdp_wrap(layer, min_num_params=cfg.min_params_to_wrap if not checkpoint else 0)
+
+
+def _with_current_context(forward: Any, *args: Any, **kwargs: Any) -> Any:
+    return forward(*args, token_context=current(), **kwargs)
+
+
+class _TokenRarity:
+    """The corpus counts a structured encoder or decoder turns its tokens' rarity from."""
+
+    token_counts: Tensor
+    never_rare: Tensor
 
     def _init_rarity(self, dictionary: Any) -> None:
         counts = torch.tensor(dictionary.count, dtype=torch.long)
@@ -166,43 +129,39 @@ class _RarityMixin:
         self.register_buffer("token_counts", counts, persistent=False)  # type: ignore[attr-defined]
         self.register_buffer("never_rare", never, persistent=False)  # type: ignore[attr-defined]
 
-    def structured_attentions(self) -> list[StructuredMultiheadAttention]:
-        return [layer.self_attn for layer in self.layers if isinstance(layer.self_attn, StructuredMultiheadAttention)]
-
-    def apply_structure(self, structures: list[Structure], impl: str) -> None:
-        for layer, structure in zip(self.layers, structures, strict=True):
-            layer.self_attn = StructuredMultiheadAttention.from_dense(layer.self_attn, structure, impl)
-
-    def _share_rarity(self, tokens: Tensor, incremental: bool = False) -> None:
-        """Give every structured layer the rarity keys of ``tokens`` and, for a full pass, the rare
-        sets (computed once per (r, causal), not once per layer); for a decoding step, a shared
-        place for the step's plan (computed once per structure)."""
-        attns = self.structured_attentions()
-        plans: dict | None = {} if incremental else None  # one plan per structure for this step
-        for attn in attns:
-            attn.step_plans = plans
-        if not any(a.structure.uses_rare for a in attns):
-            return
-        if incremental:  # a decoding step needs the key of its last token only
-            tokens, first = tokens[:, -1:], tokens.size(1) - 1
-        else:
-            first = 0
-        keys = rarity_keys(tokens, self.token_counts, self.never_rare, first)  # type: ignore[attr-defined]
-        sets: dict[tuple[int, bool], Tensor] = {}
-        for attn in attns:
-            attn.token_rarity = keys
-            attn.token_rare_sets = None
-            if attn.structure.uses_rare and not incremental:
-                key = (attn.structure.rare, attn.structure.causal)
-                if key not in sets:
-                    sets[key] = rare_sets(keys, *key)
-                attn.token_rare_sets = sets[key]
+    def _token_context(self, tokens: Tensor, incremental: bool, need_rarity: bool) -> TokenContext:
+        return TokenContext.from_tokens(
+            tokens, self.token_counts, self.never_rare, incremental=incremental, need_rarity=need_rarity
+        )
 
 
-class StructuredTransformerEncoder(_RarityMixin, TransformerEncoderBase):
-    def __init__(self, cfg: TransformerConfig, dictionary: Any, embed_tokens: torch.nn.Embedding) -> None:
+class StructuredTransformerEncoder(_TokenRarity, TransformerEncoderBase):
+    """fairseq's encoder whose layers have structured self-attention (one structure per layer);
+    ``structures=None`` keeps every layer dense."""
+
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        dictionary: Any,
+        embed_tokens: torch.nn.Embedding,
+        structures: list[Structure] | None,
+        impl: str = "auto",
+    ) -> None:
+        # consumed in order by build_encoder_layer, which the base __init__ calls once per layer
+        self._unbuilt, self.impl = (list(structures) if structures else None), impl
         super().__init__(cfg, dictionary, embed_tokens)
+        if self._unbuilt:
+            raise ValueError(f"{len(self._unbuilt)} encoder layer structures were not used")
+        self.uses_rare = any(s.uses_rare for s in structures or [])
+        self.structured = structures is not None
+        del self._unbuilt
         self._init_rarity(dictionary)
+
+    def build_encoder_layer(self, cfg: TransformerConfig) -> torch.nn.Module:
+        if self._unbuilt is None:
+            return super().build_encoder_layer(cfg)
+        layer = StructuredEncoderLayer(cfg, self._unbuilt.pop(0), self.impl, return_fc=self.return_fc)
+        return _wrap_like_fairseq(layer, cfg)
 
     def forward_scriptable(
         self,
@@ -211,16 +170,41 @@ class StructuredTransformerEncoder(_RarityMixin, TransformerEncoderBase):
         return_all_hiddens: bool = False,
         token_embeddings: Tensor | None = None,
     ):
-        self._share_rarity(src_tokens)
-        return super().forward_scriptable(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
+        context = self._token_context(src_tokens, False, self.uses_rare) if self.structured else None
+        with active(context):
+            return super().forward_scriptable(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
 
 
-class StructuredTransformerDecoder(_RarityMixin, TransformerDecoderBase):
+class StructuredTransformerDecoder(_TokenRarity, TransformerDecoderBase):
+    """fairseq's decoder with structured self-attention (one structure per layer, or None for dense)
+    and optionally structured cross-attention (``cross``)."""
+
     def __init__(
-        self, cfg: TransformerConfig, dictionary: Any, embed_tokens: torch.nn.Embedding, no_encoder_attn: bool = False
+        self,
+        cfg: TransformerConfig,
+        dictionary: Any,
+        embed_tokens: torch.nn.Embedding,
+        structures: list[Structure] | None,
+        cross: CrossBand | None = None,
+        impl: str = "auto",
+        no_encoder_attn: bool = False,
     ) -> None:
+        # consumed in order by build_decoder_layer, which the base __init__ calls once per layer
+        self._unbuilt, self.cross, self.impl = (list(structures) if structures else None), cross, impl
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
+        if self._unbuilt:
+            raise ValueError(f"{len(self._unbuilt)} decoder layer structures were not used")
+        self.uses_rare = any(s.uses_rare for s in structures or [])
+        self.structured = structures is not None or cross is not None
+        del self._unbuilt
         self._init_rarity(dictionary)
+
+    def build_decoder_layer(self, cfg: TransformerConfig, no_encoder_attn: bool = False) -> torch.nn.Module:
+        if self._unbuilt is None and self.cross is None:
+            return super().build_decoder_layer(cfg, no_encoder_attn)
+        structure = self._unbuilt.pop(0) if self._unbuilt is not None else None
+        layer = StructuredDecoderLayer(cfg, structure, self.cross, self.impl, no_encoder_attn)
+        return _wrap_like_fairseq(layer, cfg)
 
     def extract_features_scriptable(
         self,
@@ -231,55 +215,74 @@ class StructuredTransformerDecoder(_RarityMixin, TransformerDecoderBase):
         alignment_layer: int | None = None,
         alignment_heads: int | None = None,
     ):
-        self._share_rarity(prev_output_tokens, incremental=incremental_state is not None)
-        first_query = prev_output_tokens.size(1) - 1 if incremental_state is not None else 0
-        for layer in self.layers:
-            if isinstance(layer.encoder_attn, StructuredCrossAttention):
-                layer.encoder_attn.first_query = first_query
-        return super().extract_features_scriptable(
-            prev_output_tokens, encoder_out, incremental_state, full_context_alignment, alignment_layer, alignment_heads
-        )
+        context = None
+        if self.structured:
+            context = self._token_context(prev_output_tokens, incremental_state is not None, self.uses_rare)
+        with active(context):
+            return super().extract_features_scriptable(
+                prev_output_tokens,
+                encoder_out,
+                incremental_state,
+                full_context_alignment,
+                alignment_layer,
+                alignment_heads,
+            )
+
+
+def _layers_to_keep(args: Any, block: str) -> list[int] | None:
+    spec = getattr(args, f"{block}_layers_to_keep", None)
+    return [int(i) for i in spec.split(",")] if spec else None
+
+
+def _block_structures(args: Any, options: StructureConfig, block: str) -> list[Structure] | None:
+    """The per-layer structures of ``block``'s self-attention, or None when it stays dense.
+    Read only after fairseq's ``build_model`` filled the architecture's defaults."""
+    if block not in options.blocks():
+        return None
+    keep = _layers_to_keep(args, block)
+    heads, layers = getattr(args, f"{block}_attention_heads"), getattr(args, f"{block}_layers")
+    return options.layer_structures(block, heads, layers, keep)
 
 
 @register_model("structured_transformer")
 class StructuredTransformerModel(TransformerModel):
-    """Transformer whose encoder/decoder self-attention follows Σ = Σ₁ ∪ Σ₂(w) ∪ Σ₃(r)."""
+    """Transformer whose attention follows Σ = Σ₁ ∪ Σ₂(w) ∪ Σ₃(r) (``--struct-*`` options)."""
 
     @classmethod
     def add_args(cls, parser: Any) -> None:
         super().add_args(parser)
-        gen_parser_from_dataclass(parser, StructureConfig(), delete_default=True, with_prefix="")
+        add_arguments(parser)
 
     @classmethod
-    def build_model(cls, args: Any, task: Any) -> "StructuredTransformerModel":
-        structured_base(args)
-        structures = {block: layer_structures(args, block) for block in structured_blocks(args.struct_apply)}
-        band = cross_band(args)
-        model = super().build_model(args, task)
-        for block, per_layer in structures.items():
-            getattr(model, block).apply_structure(per_layer, args.struct_impl)
-        if band is not None:
-            for layer in model.decoder.layers:
-                if layer.encoder_attn is None:
-                    raise ValueError("--struct-cross-window needs a decoder with cross-attention")
-                layer.encoder_attn = StructuredCrossAttention.from_dense(layer.encoder_attn, band, args.struct_impl)
-        return model
+    def build_model(cls, args: Any, task: Any) -> StructuredTransformerModel:
+        fill_defaults(args)
+        StructureConfig.from_args(args).validate()
+        return super().build_model(args, task)  # fills the architecture's defaults, then builds encoder and decoder
 
     @classmethod
     def build_encoder(cls, args: Any, src_dict: Any, embed_tokens: torch.nn.Embedding) -> StructuredTransformerEncoder:
-        return StructuredTransformerEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens)
+        options = StructureConfig.from_args(args)
+        cfg = TransformerConfig.from_namespace(args)
+        return StructuredTransformerEncoder(
+            cfg, src_dict, embed_tokens, _block_structures(args, options, "encoder"), options.struct_impl
+        )
 
     @classmethod
     def build_decoder(cls, args: Any, tgt_dict: Any, embed_tokens: torch.nn.Embedding) -> StructuredTransformerDecoder:
+        options = StructureConfig.from_args(args)
         cfg = TransformerConfig.from_namespace(args)
-        return StructuredTransformerDecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
-
-
-def structured_base(args: Any) -> None:
-    """Fill the ``--struct-*`` defaults that the command line left unset."""
-    for f in fields(StructureConfig):
-        if getattr(args, f.name, None) is None:
-            setattr(args, f.name, f.default)
+        cross = options.cross_band()
+        if cross is not None and cfg.no_cross_attention:
+            raise ValueError("--struct-cross-window needs a decoder with cross-attention (not --no-cross-attention)")
+        return StructuredTransformerDecoder(
+            cfg,
+            tgt_dict,
+            embed_tokens,
+            _block_structures(args, options, "decoder"),
+            cross,
+            options.struct_impl,
+            no_encoder_attn=cfg.no_cross_attention,
+        )
 
 
 def multi30k_architecture(args: Any) -> None:
@@ -309,7 +312,7 @@ MIRRORED_ARCHS = {
 def _mirror(dense_arch: Any) -> Any:
     def arch(args: Any) -> None:
         dense_arch(args)
-        structured_base(args)
+        fill_defaults(args)
 
     arch.__doc__ = f"{dense_arch.__name__} hyperparameters with structured attention."
     return arch

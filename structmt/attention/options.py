@@ -1,0 +1,248 @@
+"""The options of structured attention: one schema for every place that sets them.
+
+:class:`StructureConfig` is the single definition of each option's name,
+default, help text and range check.  fairseq's ``--struct-*`` flags
+(:func:`add_arguments`), the Hydra ``model.*`` keys of ``structmt-run`` (the
+pipeline's ``ModelSpec`` derives its fields from :func:`spec_fields`) and the
+``--struct-*`` list the pipeline passes to ``fairseq-train``
+(:func:`to_fairseq_args`) are all generated from it, and :meth:`StructureConfig.problems`
+is the one place that checks the values, naming the option the way the user
+wrote it (``--struct-window`` or ``model.window``).
+
+This module needs neither fairseq nor Hydra.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .structure import CrossBand, Structure, parse_role_mix, parse_role_spec, roles_from_file
+
+PREFIX = "struct_"
+#: the kernels a structured block can run on (``choose_impl`` in functional.py picks for ``auto``)
+IMPLS = ("auto", "reference", "efficient")
+#: the attention blocks whose self-attention ``--struct-apply`` can structure
+BLOCKS = ("encoder", "decoder")
+
+
+def _option(default: Any, help: str, check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
+    return field(default=default, metadata={"help": help, "check": check, "rule": rule})
+
+
+@dataclass(frozen=True)
+class StructureConfig:
+    """Every structured-attention option, its default, help text and range."""
+
+    struct_window: int = _option(3, "band half-width w of syntactic and rare heads", lambda v: v >= 0, "must be >= 0")
+    struct_rare: int = _option(2, "number r of rare-token columns (rare heads)", lambda v: v >= 0, "must be >= 0")
+    struct_heads: str = _option(
+        "auto",
+        "head role mix per layer, e.g. 'pos:1,syn:2,rare:1'; ';' separates per-layer mixes; "
+        "'auto' = H/4 positional, max(1, H/4) rare (if r > 0), the rest syntactic",
+    )
+    struct_heads_from: str = _option(
+        "",
+        "JSON file with per-layer role mixes {'encoder': [...], 'decoder': [...]} "
+        "(written by structmt-analyze as roles.json); overrides --struct-heads",
+    )
+    struct_pos_window: int = _option(
+        1, "band half-width of positional heads (0 = identity)", lambda v: v >= 0, "must be >= 0"
+    )
+    struct_error: str = _option(
+        "none", "sparse error term: 'none' or 'sink:K' (the first K keys, each weight <= --struct-error-eps)"
+    )
+    struct_error_eps: float = _option(
+        0.05, "weight bound of each error-term key", lambda v: 0.0 < v < 1.0, "must lie in (0, 1)"
+    )
+    struct_apply: str = _option("encoder,decoder", "attention blocks to structure: encoder,decoder")
+    struct_cross_window: int = _option(
+        -1,
+        "structured cross-attention: band half-width around the aligned source position "
+        "round(slope * i); -1 keeps cross-attention dense",
+        lambda v: v >= -1,
+        "must be >= 0, or -1 for dense cross-attention",
+    )
+    struct_cross_slope: float = _option(
+        1.0,
+        "source/target length ratio of the cross-attention band's centre line",
+        lambda v: v > 0,
+        "must be > 0 (source/target length ratio)",
+    )
+    struct_impl: str = _option("auto", "kernel: " + "|".join(IMPLS), lambda v: v in IMPLS, f"choose from {IMPLS}")
+
+    @classmethod
+    def from_args(cls, args: Any) -> StructureConfig:
+        """The options of a fairseq namespace (unset ones take their defaults)."""
+        return cls(**{f.name: _value(args, f.name, f.default) for f in fields(cls)})
+
+    def problems(self, name: Callable[[str], str] = lambda n: flag(n)) -> list[str]:
+        """Every invalid value, one message each, naming the option with ``name(field_name)``."""
+        bad = []
+        for f in fields(self):
+            value, check = getattr(self, f.name), f.metadata["check"]
+            if check is not None and not check(value):
+                bad.append(f"{name(f.name)}={value!r} {f.metadata['rule']}")
+        try:
+            sinks = self.error_term()[0]
+        except ValueError as err:
+            bad.append(f"{name('struct_error')}={self.struct_error!r} {err}")
+        else:
+            if sinks and not sinks * self.struct_error_eps < 1.0:
+                bad.append(
+                    f"{name('struct_error_eps')}={self.struct_error_eps!r}: sinks * eps must lie in (0, 1), "
+                    f"got {sinks} * {self.struct_error_eps}"
+                )
+        try:
+            self.blocks()
+        except ValueError as err:
+            bad.append(f"{name('struct_apply')}={self.struct_apply!r} {err}")
+        if self.struct_heads != "auto" and not self.struct_heads_from:
+            try:
+                for mix in self.struct_heads.split(";"):
+                    if mix.strip():
+                        parse_role_spec(mix)
+            except ValueError as err:
+                bad.append(f"{name('struct_heads')}={self.struct_heads!r}: {err}")
+        if self.struct_heads_from:
+            try:
+                for block in self.blocks():
+                    roles_from_file(self.struct_heads_from, block)
+            except ValueError as err:
+                bad.append(f"{name('struct_heads_from')}={self.struct_heads_from!r}: {err}")
+        return bad
+
+    def validate(self, name: Callable[[str], str] = lambda n: flag(n)) -> StructureConfig:
+        """Raise one ``ValueError`` listing every invalid value; return ``self`` when all are valid."""
+        bad = self.problems(name)
+        if bad:
+            raise ValueError("invalid structured-attention options: " + "; ".join(bad))
+        return self
+
+    def error_term(self) -> tuple[int, float]:
+        """``(sinks, eps)`` of ``--struct-error``: ``none`` → ``(0, 0.0)``, ``sink:K`` → ``(K, eps)``."""
+        if self.struct_error == "none":
+            return 0, 0.0
+        kind, _, count = self.struct_error.partition(":")
+        if kind != "sink" or not count.isdigit() or int(count) < 1:
+            raise ValueError("must be 'none' or 'sink:K' with an integer K >= 1")
+        return int(count), self.struct_error_eps
+
+    def blocks(self) -> list[str]:
+        """The attention blocks whose self-attention is structured."""
+        blocks = [b.strip() for b in self.struct_apply.split(",") if b.strip()]
+        unknown = [b for b in blocks if b not in BLOCKS]
+        if unknown or not blocks:
+            raise ValueError(
+                f"names unknown attention block(s) {unknown}; choose from {', '.join(BLOCKS)} "
+                "(cross-attention: --struct-cross-window)"
+            )
+        return blocks
+
+    def cross_band(self) -> CrossBand | None:
+        """The structured cross-attention band, or None for dense cross-attention."""
+        if self.struct_cross_window < 0:
+            return None
+        return CrossBand(self.struct_cross_window, self.struct_cross_slope)
+
+    def role_mixes(self, block: str, num_heads: int, num_layers: int | None) -> list[list[str]]:
+        """One list of head roles per layer of ``block`` (``num_layers=None``: one per mix given)."""
+        if self.struct_heads_from:
+            spec, option = ";".join(roles_from_file(self.struct_heads_from, block)), flag("struct_heads_from")
+        elif self.struct_heads != "auto":
+            spec, option = self.struct_heads, flag("struct_heads")
+        else:
+            spec, option = default_role_mix(num_heads, self.struct_rare), flag("struct_heads")
+        return parse_role_mix(spec, num_heads, num_layers, option=option)
+
+    def layer_structures(
+        self, block: str, num_heads: int, num_layers: int, layers_to_keep: list[int] | None = None
+    ) -> list[Structure]:
+        """One :class:`Structure` per layer of ``block``.
+
+        With fairseq's ``--*-layers-to-keep`` pruning, ``layers_to_keep`` lists the kept
+        layers of the full stack and each keeps its own role mix.
+        """
+        sinks, eps = self.error_term()
+        if layers_to_keep is None:
+            mixes = self.role_mixes(block, num_heads, num_layers)
+        else:
+            given = self.role_mixes(block, num_heads, None)
+            full = len(given) if len(given) > 1 else max(layers_to_keep) + 1
+            if any(not 0 <= i < full for i in layers_to_keep):
+                raise ValueError(f"--{block}-layers-to-keep {layers_to_keep}: the role mixes cover {full} layers")
+            mixes = [given[i if len(given) > 1 else 0] for i in layers_to_keep]
+        return [
+            Structure.from_roles(
+                roles,
+                window=self.struct_window,
+                pos_window=self.struct_pos_window,
+                rare=self.struct_rare,
+                causal=block == "decoder",
+                sinks=sinks,
+                sink_eps=eps,
+            )
+            for roles in mixes
+        ]
+
+
+def default_role_mix(num_heads: int, rare: int) -> str:
+    """``auto``: a quarter positional heads, a quarter (at least one, if ``rare``) rare heads, the rest syntactic."""
+    pos = num_heads // 4
+    rare_heads = max(1, num_heads // 4) if rare > 0 else 0
+    syn = num_heads - pos - rare_heads
+    if syn < 0:
+        pos, syn = 0, num_heads - rare_heads
+    return f"pos:{pos},syn:{syn},rare:{rare_heads}"
+
+
+def _value(args: Any, name: str, default: Any) -> Any:
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+def flag(name: str) -> str:
+    """``struct_cross_window`` → ``--struct-cross-window``."""
+    return "--" + name.replace("_", "-")
+
+
+def short(name: str) -> str:
+    """``struct_cross_window`` → ``cross_window`` (the pipeline's ``model.*`` key)."""
+    return name.removeprefix(PREFIX)
+
+
+def spec_fields() -> list[tuple[str, type, Any]]:
+    """``(short name, type, dataclass field)`` of every option, for the pipeline's ``ModelSpec``."""
+    return [(short(f.name), type(f.default), field(default=f.default)) for f in fields(StructureConfig)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every ``--struct-*`` flag, without defaults (:func:`fill_defaults` sets them, as
+    fairseq's architecture functions do for the transformer's own options)."""
+    for f in fields(StructureConfig):
+        parser.add_argument(
+            flag(f.name),
+            type=type(f.default),
+            metavar=type(f.default).__name__.upper(),
+            help=(f"{f.metadata['help']} (default: {f.default!r})"),
+        )
+
+
+def fill_defaults(args: Any) -> None:
+    """Set the ``--struct-*`` options that the command line left unset to their defaults."""
+    for f in fields(StructureConfig):
+        if getattr(args, f.name, None) is None:
+            setattr(args, f.name, f.default)
+
+
+def to_fairseq_args(values: dict[str, Any]) -> list[str]:
+    """``--struct-*`` command-line arguments from option values keyed by short name
+    (``{"window": 3, ...}``); options left at their default are omitted."""
+    out = []
+    for f in fields(StructureConfig):
+        value = values.get(short(f.name), f.default)
+        if value != f.default:
+            out += [flag(f.name), str(value)]
+    return out
