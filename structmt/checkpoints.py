@@ -1,13 +1,19 @@
-"""Safe checkpoint loading on torch >= 2.6 (``weights_only=True`` stays on).
+"""fairseq checkpoints: safe loading on torch >= 2.6 (``weights_only=True`` stays on),
+a trained model and its task from a checkpoint, and the updates a checkpoint holds.
 
 fairseq checkpoints pickle a few non-tensor objects (the argparse namespace
 or omegaconf config, and some plain containers).  Only those classes are
 allowlisted; torch's safety is never turned off.
+
+Importing this module imports the ``structmt`` package first, which registers
+the models and allowlists those classes, so the loaders below need nothing more.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,3 +26,22 @@ def _checkpoint_classes() -> list[object]:
 def allow_fairseq_checkpoints() -> None:
     """Allowlist the classes fairseq checkpoints need for ``torch.load(weights_only=True)``."""
     torch.serialization.add_safe_globals(_checkpoint_classes())
+
+
+def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any, Any]:
+    """A model (eval mode) and its task from a checkpoint (dense or structured) and the folder
+    of its dictionaries (a data-bin); ``overrides``: more of the checkpoint's settings to replace."""
+    from fairseq import checkpoint_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(checkpoint)], arg_overrides={"data": str(data_dir), **overrides}
+    )
+    return models[0].eval(), task
+
+
+def checkpoint_updates(checkpoint: Path) -> int:
+    """Number of updates stored in a fairseq checkpoint (0 when there is none)."""
+    if not checkpoint.exists():
+        return 0
+    state = torch.load(checkpoint, map_location="cpu", mmap=True)
+    return int(state["optimizer_history"][-1]["num_updates"])

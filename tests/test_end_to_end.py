@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from structmt.pipeline.experiment import keep_model_files
-from structmt.pipeline.steps import decode, score, train
+from structmt.fairseq_cli import decode, train
+from structmt.pipeline.evaluation import score
+from structmt.pipeline.training import keep_model_files
 
 SHORT = [
     "--optimizer",

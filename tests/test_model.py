@@ -32,7 +32,10 @@ TINY = (
         (("--struct-apply", "encoder,cross"), "--struct-apply='encoder,cross' names unknown attention block"),
         (("--struct-error", "topk"), "--struct-error='topk' must be 'none' or 'sink:K'"),
         (("--struct-impl", "fast"), "--struct-impl='fast' choose from"),
-        (("--struct-error", "sink:4", "--struct-error-eps", "0.5"), "--struct-error-eps=0.5: sinks \\* eps must lie in"),
+        (
+            ("--struct-error", "sink:4", "--struct-error-eps", "0.5"),
+            "--struct-error-eps=0.5: sinks \\* eps must lie in",
+        ),
         (("--struct-cross-window", "-2"), "--struct-cross-window=-2 must be >= 0, or -1"),
         (("--struct-cross-window", "2", "--struct-cross-slope", "0"), "--struct-cross-slope=0.0 must be > 0"),
         (("--struct-window", "-1", "--struct-rare", "-1"), "--struct-window=-1 must be >= 0; --struct-rare=-1"),

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from structmt.data.fetch import DataError, fetch_files
+from structmt.data.fetch import fetch_files
 from structmt.data.prepare import PrepConfig, prepare_multi30k
+from structmt.files import DataError
 from structmt.pipeline import leaderboard
-from structmt.pipeline.steps import score
+from structmt.pipeline.evaluation import score
 from structmt.pipeline.tracking import log_experiment, read_offline_run
 
 

@@ -19,11 +19,10 @@ from conftest import make_dict_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from structmt.data.fetch import DataError
-from structmt.data.files import text_lines
-from structmt.data.prepare import PrepConfig, clean_pairs, prepare_parallel, read_lines
-from structmt.pipeline import steps
-from structmt.pipeline.steps import StepError, decode
+from structmt import fairseq_cli
+from structmt.data.prepare import PrepConfig, clean_pairs, prepare_parallel
+from structmt.fairseq_cli import StepError, decode
+from structmt.files import DataError, read_lines, text_lines
 
 pytestmark = pytest.mark.reliability
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +149,7 @@ def test_incomplete_generation_output_is_not_trusted(tmp_path, monkeypatch):
         (results / "generate-test.txt").write_text("S-0\ta\nS-1\tb\nS-2\tc\nD-0\t-0.1\tA\nD-2\t-0.2\tC\n")
         return 1.0
 
-    monkeypatch.setattr(steps, "_run", stopped_early)
+    monkeypatch.setattr(fairseq_cli, "_run", stopped_early)
     out = tmp_path / "test.de"
     with pytest.raises(StepError, match="3 sources but 2 hypotheses"):
         decode(tmp_path, tmp_path / "c.pt", "test", out)

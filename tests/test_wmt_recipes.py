@@ -10,9 +10,9 @@ import pytest
 from test_pipeline import http_root  # noqa: F401  (fixture)
 
 from structmt.data import wmt
-from structmt.data.fetch import DataError
-from structmt.data.files import sha256_file
 from structmt.data.prepare import PrepConfig
+from structmt.data.stages import sha256_file
+from structmt.files import DataError
 
 EN = [f"the {i} house is small and the garden number {i} is green" for i in range(300)]
 DE = [f"das {i} Haus ist klein und der Garten Nummer {i} ist grün" for i in range(300)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,18 +20,6 @@ class SentenceAttention:
     src_len: int
     tgt_len: int
     weights: dict[str, list[Tensor]] = field(default_factory=dict)
-
-
-def load(checkpoint: Path, data_dir: Path) -> tuple[Any, Any]:
-    """A model (eval mode) and its task from a checkpoint (dense or structured) and a data-bin."""
-    from fairseq import checkpoint_utils
-
-    import structmt  # noqa: F401  (registers the models, allowlists checkpoint classes)
-
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides={"data": str(data_dir)}
-    )
-    return models[0].eval(), task
 
 
 def _attention_modules(model: Any) -> dict[str, list[Any]]:

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from ..bench.attention import machine
-from ..data.files import existing_dir, existing_file, write_text_atomic
+from ..checkpoints import load_model
 from ..figures import annotated_heatmap, pyplot, save
+from ..files import existing_dir, existing_file, write_text_atomic
 from ..paths import REPO_ROOT
-from ..pipeline.experiment import git_commit
-from .extract import SentenceAttention, iterate, load
+from ..provenance import git_commit, machine
+from .extract import SentenceAttention, iterate
 from .project import best_role, project, random_search
 
 SHORT = {"positional": "pos", "syntactic": "syn", "rare": "rare"}
@@ -152,7 +152,7 @@ def analyze(
     draws: int = 30,
     settings: tuple[tuple[int, int], ...] = ((3, 2), (10, 1)),
 ) -> dict[str, Any]:
-    model, task = load(checkpoint, data_dir)
+    model, task = load_model(checkpoint, data_dir)
     everything = list(iterate(model, task, subset))
     exact = [s for s in everything if s.src_len == n]
     if not exact:

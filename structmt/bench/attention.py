@@ -14,7 +14,6 @@ import gc
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,9 +23,9 @@ from typing import Any
 
 import torch
 
-from ..data.files import write_text_atomic
+from ..files import write_text_atomic
 from ..paths import REPO_ROOT
-from ..pipeline.experiment import git_commit
+from ..provenance import machine
 
 IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
 #: implementations whose cost is O(T²) (skipped above --dense-limit)
@@ -181,25 +180,6 @@ def traffic_floor_bytes(batch: int, heads: int, length: int, dim: int, candidate
     forward = rows * (2 * candidates + 2) * dim * 4
     backward = rows * (4 * candidates + 3) * dim * 4
     return forward + backward
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(),
-    }
 
 
 def run(

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from ..data.files import write_text_atomic
+from ..checkpoints import load_model
+from ..files import write_text_atomic
 from ..paths import REPO_ROOT
-from .attention import machine
+from ..provenance import machine
 
 
 def sentences_per_second(model: Any, task: Any, subset: str, beam: int, batch_size: int) -> dict[str, Any]:
@@ -89,9 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_decode.json")
     a = p.parse_args(argv)
     started_on = machine()  # the commit the run starts from
-    from ..analysis.extract import load
-
-    models = {"dense": load(a.dense, a.data), "structured": load(a.structured, a.data)}  # (model, task)
+    models = {"dense": load_model(a.dense, a.data), "structured": load_model(a.structured, a.data)}  # (model, task)
     for _, task in models.values():
         task.load_dataset(a.subset)
     rounds = []

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..data.files import write_text_atomic
+from ..files import write_text_atomic
 from ..paths import REPO_ROOT
 from .attention import table
 

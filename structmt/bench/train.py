@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data.files import write_text_atomic
 from ..data.prepare import PrepConfig, binarize, prepare_multi30k
+from ..fairseq_cli import train
+from ..files import write_text_atomic
 from ..paths import REPO_ROOT
-from ..pipeline.steps import train
-from .attention import machine
+from ..provenance import machine
 
 
 def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en", tgt: str = "de") -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .fetch import MULTI30K_ENV, DataError
-from .files import existing_dir
+from ..files import DataError, existing_dir
+from .fetch import MULTI30K_ENV
 from .prepare import MULTI30K_SPLITS, PrepConfig, prepare_multi30k
 from .wmt import RECIPES, load_manifest, prepare_wmt
 

@@ -7,17 +7,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..files import DataError, atomic_path
 from ..paths import REPO_ROOT
-from .files import atomic_path, sha256_file
+from .stages import sha256_file
 
 MANIFESTS = REPO_ROOT / "data"
 MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}"
 MULTI30K_ENV = "STRUCTMT_MULTI30K"
 MULTI30K_SHARED = REPO_ROOT.parent / "shared" / "data" / "multi30k"
-
-
-class DataError(RuntimeError):
-    """A corpus problem the user must fix; the message says what and where."""
 
 
 def read_checksums(path: Path) -> dict[str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .files import existing_dir
+from ..files import existing_dir
 
 
 def piece_totals(bin_dir: Path, split: str, src: str, tgt: str) -> tuple[int, int]:

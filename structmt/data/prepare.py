@@ -1,20 +1,19 @@
 """Multi30k en→de preparation: fetch → decompress → clean → SentencePiece → binarize.
 
-Every stage is idempotent (:class:`structmt.data.files.Stage`).
+Every stage is idempotent (:class:`structmt.data.stages.Stage`).
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import subprocess
 import sys
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, DataError, fetch_files, read_checksums
-from .files import Stage, atomic_path, text_lines
+from ..files import DataError, atomic_path, read_lines
+from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, fetch_files, read_checksums
+from .stages import Stage
 
 log = logging.getLogger("structmt.data")
 
@@ -73,32 +72,6 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 #: a corpus to prepare: fairseq split name → list of (source file, target file), plain or .gz
 Splits = dict[str, list[tuple[Path, Path]]]
-
-
-def read_lines(path: Path) -> list[str]:
-    """Read a UTF-8 text file, gzipped or not; errors name the file and line."""
-    try:
-        if path.suffix == ".gz":
-            if path.stat().st_size == 0:  # gzip reads an empty file as empty text
-                raise EOFError("empty .gz file")
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
-    except (EOFError, OSError, zlib.error) as err:
-        raise DataError(f"{path}: cannot read ({err}); if it is a truncated download, fetch it again") from err
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        lineno = raw.count(b"\n", 0, err.start) + 1
-        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1)
-        raise DataError(
-            f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {column} of the line); fix or remove the line"
-        ) from None
-    lines, changed = text_lines(text)
-    if changed:
-        print(f"[data] {path}: {changed} lines held line-break characters (\\r, U+2028…); replaced by spaces")
-    return lines
 
 
 def _read_split(split: str, pairs: list[tuple[Path, Path]], cfg: PrepConfig) -> tuple[list[str], list[str]]:

@@ -14,9 +14,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .fetch import MANIFESTS, DataError, download, verify
-from .files import sha256_file, write_text_atomic
+from ..files import DataError, write_text_atomic
+from .fetch import MANIFESTS, download, verify
 from .prepare import PrepConfig, Splits, prepare_parallel
+from .stages import sha256_file
 
 RECIPES = ("wmt14_en_de", "wmt16_en_ro")
 

@@ -19,7 +19,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ..paths import REPO_ROOT
-from .experiment import DataSpec, ModelSpec, RunSpec, Schedule, run_experiment
+from .evaluation import run_experiment
+from .spec import DataSpec, ModelSpec, RunSpec, Schedule
 
 LOGGER_MODES = ("auto", "offline", "online", "disabled")
 

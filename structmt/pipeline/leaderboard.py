@@ -10,39 +10,55 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from ..data.files import write_text_atomic
+from ..files import write_text_atomic
 from ..paths import REPO_ROOT
 
-COLUMNS = [
-    "run_id",
-    "data",
-    "schedule",
-    "direction",
-    "test_set",
-    "arch",
-    "window",
-    "rare",
-    "heads",
-    "cross",
-    "params",
-    "updates",
-    "train_seconds",
-    "train_tokens_per_s",
-    "bleu",
-    "chrf",
-    "bleu_signature",
-    "chrf_signature",
-    "p_value_vs_dense",
-    "bleu_ci95",
-    "seed",
-    "git_commit",
-    "hypothesis",
-]
+
+@dataclass
+class LeaderboardRow:
+    """One run on one test set; the fields, in order, are the columns of ``leaderboard.csv``."""
+
+    run_id: str
+    data: str
+    schedule: str
+    direction: str
+    test_set: str
+    arch: str
+    #: the structure's window and rare-token count ("" for dense runs)
+    window: int | str
+    rare: int | str
+    #: the role mix (``ModelSpec.heads_label``; "" for dense runs)
+    heads: str
+    #: the cross-attention band (``ModelSpec.cross_label``; "" = dense)
+    cross: str
+    params: int
+    updates: int
+    train_seconds: float
+    train_tokens_per_s: float
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+    #: paired bootstrap against the dense run of the same data and schedule ("" without one)
+    p_value_vs_dense: float | str
+    bleu_ci95: float | str
+    seed: int
+    git_commit: str
+    #: the kept hypotheses (relative to the repository when inside it)
+    hypothesis: str
+
+
+COLUMNS = [f.name for f in fields(LeaderboardRow)]
+
+#: a row as :func:`add_rows` takes it: a :class:`LeaderboardRow`, or a mapping of some of its columns
+Row = LeaderboardRow | Mapping[str, Any]
 
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -50,6 +66,10 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
         return []
     with open(csv_path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def _as_dict(row: Row) -> dict[str, Any]:
+    return asdict(row) if isinstance(row, LeaderboardRow) else dict(row)
 
 
 def _render_csv(rows: list[dict[str, Any]]) -> str:
@@ -61,8 +81,10 @@ def _render_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def add_rows(csv_path: Path, new_rows: list[dict[str, Any]]) -> int:
-    """Add rows not yet present (by ``(run_id, test_set)``); returns how many were added."""
+def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
+    """Add rows not yet present (by ``(run_id, test_set)``); returns how many were added.
+    Columns a mapping lacks are left empty."""
+    new_rows = [_as_dict(r) for r in rows_to_add]
     unknown = {k for row in new_rows for k in row} - set(COLUMNS)
     if unknown:
         raise ValueError(f"leaderboard rows have unknown columns {sorted(unknown)}")
@@ -174,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     publish(a.results_dir)
     print(render_markdown(read_rows(csv_path)))
     if a.wandb:
-        folder = log_leaderboard(read_rows(csv_path), a.wandb_dir, a.project)
+        folder = log_leaderboard(read_rows(csv_path), COLUMNS, a.wandb_dir, a.project)
         print(f"W&B leaderboard table: {folder} (upload an offline run with: wandb sync {folder})")
 
 

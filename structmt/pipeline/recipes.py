@@ -17,10 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..data.fetch import DataError
+from ..files import DataError
 from ..paths import REPO_ROOT
-from .experiment import ModelSpec, RunSpec, Schedule, evaluate_run, prepare_data, train_run
+from .evaluation import evaluate_run
 from .leaderboard import read_rows
+from .spec import ModelSpec, RunSpec, Schedule
+from .training import prepare_data, train_run
 
 #: recipe → its schedule in conf/train (the same files the Hydra app uses)
 RECIPES = {"demo": "cpu_demo", "reproduce": "reproduce"}

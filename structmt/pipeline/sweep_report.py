@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.files import write_text_atomic
 from ..figures import annotated_heatmap
+from ..files import write_text_atomic
 from ..paths import REPO_ROOT
 from .leaderboard import read_rows
 

@@ -99,15 +99,15 @@ def log_experiment(
         return None
 
 
-def log_leaderboard(rows: list[dict[str, str]], wandb_dir: Path, project: str = DEFAULT_PROJECT) -> Path | None:
-    """(Re)build the project's leaderboard ``wandb.Table`` from the CSV rows."""
+def log_leaderboard(
+    rows: list[dict[str, str]], columns: list[str], wandb_dir: Path, project: str = DEFAULT_PROJECT
+) -> Path | None:
+    """(Re)build the project's leaderboard ``wandb.Table`` (these ``columns``) from the CSV rows."""
     try:
         import wandb
 
-        from .leaderboard import COLUMNS
-
         run = _init(wandb_dir, project=project, name="leaderboard", job_type="leaderboard")
-        table = wandb.Table(columns=COLUMNS, data=[[r.get(c, "") for c in COLUMNS] for r in rows])
+        table = wandb.Table(columns=columns, data=[[r.get(c, "") for c in columns] for r in rows])
         run.log({"leaderboard": table})
         return _finish(run)
     except Exception as err:  # noqa: BLE001

@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..data.files import existing_dir, text_lines
+from ..checkpoints import load_model
+from ..files import existing_dir, text_lines
 
 CHECKPOINT = Path("checkpoints") / "checkpoint_last.pt"
 MODEL_FILES = ("spm.model", "dict.{src}.txt", "dict.{tgt}.txt")
@@ -26,10 +27,7 @@ class Translator:
     def __init__(self, run_dir: Path, *, beam: int = 5, batch_size: int = 64, checkpoint: Path | None = None):
         import sentencepiece as spm
         import torch
-        from fairseq import checkpoint_utils
         from fairseq.dataclass.configs import GenerationConfig
-
-        import structmt  # noqa: F401  (registers the models, allowlists checkpoint classes)
 
         run_dir = Path(run_dir)
         ckpt = checkpoint or run_dir / CHECKPOINT
@@ -42,10 +40,8 @@ class Translator:
             raise FileNotFoundError(f"{spec_file} not found: is {run_dir} a structmt run folder?")
         data = json.loads(spec_file.read_text())["data"]
         src, tgt = data["src"], data["tgt"]
-        models, _, self.task = checkpoint_utils.load_model_ensemble_and_task(
-            [str(ckpt)], arg_overrides={"data": str(folder), "source_lang": src, "target_lang": tgt}
-        )
-        self.models = [m.eval() for m in models]
+        model, self.task = load_model(ckpt, folder, source_lang=src, target_lang=tgt)
+        self.models = [model]
         self.sp = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
         self.generator = self.task.build_generator(
             self.models, GenerationConfig(beam=beam, max_len_a=1.2, max_len_b=10)

@@ -1,8 +1,9 @@
 // Fused CPU kernel for attention over gathered candidate keys (band + rare + error keys).
 //
 // For every (batch b, head h, query t) the C candidates are key positions idx[b,t,c]
-// with a kind[b,h,t,c]: 0 = not allowed, 1 = structured support (softmax), 2 = error key
-// (weight eps * sigmoid(score), only when the row has a support). No T x T tensor; time and
+// with a kind[b,h,t,c] (the Kind codes of structure.py, same names and values): NOT_ALLOWED,
+// SUPPORT (structured support: softmax) or ERROR (error key: weight eps * sigmoid(score), only
+// when the row has a support). No T x T tensor; time and
 // memory O(B * H * T * C * D). Forward is parallel over (b, h, t), backward over (b, h), so
 // every thread owns the rows of dK/dV it writes.
 #include <torch/extension.h>
@@ -13,6 +14,9 @@
 #include <vector>
 
 namespace {
+
+// structmt.attention.structure.Kind (tests/test_architecture.py checks that the values agree)
+enum Kind : int8_t { NOT_ALLOWED = 0, SUPPORT = 1, ERROR = 2 };
 
 inline float dot(const float* a, const float* b, int64_t n) {
   float s = 0.f;
@@ -31,20 +35,20 @@ inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 inline float row_weights(const float* s, const int8_t* kind, int64_t C, float eps, float* p, float* w) {
   float m = -std::numeric_limits<float>::infinity();
   for (int64_t c = 0; c < C; ++c)
-    if (kind[c] == 1 && s[c] > m) m = s[c];
+    if (kind[c] == SUPPORT && s[c] > m) m = s[c];
   if (m == -std::numeric_limits<float>::infinity()) {  // empty support: an all-zero row
     for (int64_t c = 0; c < C; ++c) p[c] = w[c] = 0.f;
     return 0.f;
   }
   float z = 0.f, e_total = 0.f;
   for (int64_t c = 0; c < C; ++c) {
-    p[c] = kind[c] == 1 ? std::exp(s[c] - m) : 0.f;
+    p[c] = kind[c] == SUPPORT ? std::exp(s[c] - m) : 0.f;
     z += p[c];
-    if (kind[c] == 2) e_total += eps * sigmoid(s[c]);
+    if (kind[c] == ERROR) e_total += eps * sigmoid(s[c]);
   }
   for (int64_t c = 0; c < C; ++c) {
     p[c] /= z;
-    w[c] = kind[c] == 1 ? p[c] * (1.f - e_total) : (kind[c] == 2 ? eps * sigmoid(s[c]) : 0.f);
+    w[c] = kind[c] == SUPPORT ? p[c] * (1.f - e_total) : (kind[c] == ERROR ? eps * sigmoid(s[c]) : 0.f);
   }
   return e_total;
 }
@@ -74,7 +78,7 @@ std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tens
       float* w = wp + row * C;
       const float* kbase = kp + (b * H + h) * S * D;
       const float* vbase = vp + (b * H + h) * S * D;
-      for (int64_t c = 0; c < C; ++c) s[c] = kd[c] ? dot(qv, kbase + cand[c] * D, D) * fscale : 0.f;
+      for (int64_t c = 0; c < C; ++c) s[c] = kd[c] != NOT_ALLOWED ? dot(qv, kbase + cand[c] * D, D) * fscale : 0.f;
       row_weights(s, kd, C, feps, p.data(), w);
       float* o = op + row * D;
       for (int64_t c = 0; c < C; ++c)
@@ -110,20 +114,20 @@ std::vector<torch::Tensor> backward(torch::Tensor grad_out, torch::Tensor q, tor
         const float* qv = qp + row * D;
         float* dqv = dqp + row * D;
         bool any_support = false;
-        for (int64_t c = 0; c < C && !any_support; ++c) any_support = kd[c] == 1;
+        for (int64_t c = 0; c < C && !any_support; ++c) any_support = kd[c] == SUPPORT;
         if (!any_support) continue;  // an all-zero row has no gradient
         const float e_total = row_weights(s, kd, C, feps, p.data(), w.data());
         float pdw = 0.f;  // sum over the support of p_c * dw_c
         for (int64_t c = 0; c < C; ++c) {
-          dw[c] = kd[c] ? dot(g, vbase + cand[c] * D, D) : 0.f;
+          dw[c] = kd[c] != NOT_ALLOWED ? dot(g, vbase + cand[c] * D, D) : 0.f;
           if (w[c] != 0.f) axpy(w[c], g, dvbase + cand[c] * D, D);
-          if (kd[c] == 1) pdw += p[c] * dw[c];
+          if (kd[c] == SUPPORT) pdw += p[c] * dw[c];
         }
         for (int64_t c = 0; c < C; ++c) {
           float ds = 0.f;
-          if (kd[c] == 1) {
+          if (kd[c] == SUPPORT) {
             ds = p[c] * (1.f - e_total) * (dw[c] - pdw);
-          } else if (kd[c] == 2) {
+          } else if (kd[c] == ERROR) {
             const float sg = sigmoid(s[c]);
             ds = (dw[c] - pdw) * feps * sg * (1.f - sg);
           }

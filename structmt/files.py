@@ -1,16 +1,20 @@
-"""Small file helpers shared by every stage: atomic writes, hashing, stamps."""
+"""File helpers shared by every part of structmt: atomic writes, reading text as lines,
+argparse path types, and the error for an input file the user must fix."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
+import gzip
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+
+class DataError(RuntimeError):
+    """A corpus problem the user must fix; the message says what and where."""
 
 
 @contextlib.contextmanager
@@ -25,6 +29,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def existing_file(value: str) -> Path:
@@ -63,45 +72,27 @@ def text_lines(text: str) -> tuple[list[str], int]:
     return out, changed
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fingerprint(settings: dict[str, Any], inputs: list[Path]) -> str:
-    """Hash of a stage's settings and the contents of its inputs."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for p in inputs:
-        h.update(p.name.encode())
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
-
-
-class Stage:
-    """An idempotent stage: skipped when its stamp matches its settings and inputs.
-
-    The stamp (``<out_dir>/.<name>.stamp``) is written last, after all outputs,
-    so an interrupted stage is rebuilt on the next run.
-    """
-
-    def __init__(self, name: str, out_dir: Path, settings: dict[str, Any], inputs: list[Path], outputs: list[Path]):
-        self.name, self.out_dir = name, out_dir
-        self.outputs = outputs
-        self.stamp = out_dir / f".{name}.stamp"
-        self.key = fingerprint(settings, inputs)
-
-    def done(self) -> bool:
-        return (
-            self.stamp.exists() and self.stamp.read_text().strip() == self.key and all(p.exists() for p in self.outputs)
-        )
-
-    def finish(self) -> None:
-        write_text_atomic(self.stamp, self.key + "\n")
+def read_lines(path: Path) -> list[str]:
+    """Read a UTF-8 text file, gzipped or not; errors name the file and line."""
+    try:
+        if path.suffix == ".gz":
+            if path.stat().st_size == 0:  # gzip reads an empty file as empty text
+                raise EOFError("empty .gz file")
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (EOFError, OSError, zlib.error) as err:
+        raise DataError(f"{path}: cannot read ({err}); if it is a truncated download, fetch it again") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        lineno = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+        raise DataError(
+            f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {column} of the line); fix or remove the line"
+        ) from None
+    lines, changed = text_lines(text)
+    if changed:
+        print(f"[data] {path}: {changed} lines held line-break characters (\\r, U+2028…); replaced by spaces")
+    return lines

@@ -1,4 +1,5 @@
-"""Pipeline steps around the fairseq command-line tools.
+"""fairseq's command-line tools with the structmt plugin: ``fairseq-train`` (and what its
+log says) and ``fairseq-generate``, used by the pipeline and the benchmarks.
 
 Every step runs fairseq as a subprocess with an argument list (never a
 shell), logs to the run folder, and writes its outputs atomically.
@@ -13,9 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.files import atomic_path
-from ..data.prepare import read_lines
-from ..paths import PLUGIN_DIR
+from .files import atomic_path
+from .paths import PLUGIN_DIR
 
 
 class StepError(RuntimeError):
@@ -88,6 +88,12 @@ def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0) -> 
     )
 
 
+def parse_param_count(log: Path) -> int:
+    """The model's parameter count as fairseq-train logs it (0 when the log has none)."""
+    found = re.findall(r"num\. shared model params: ([\d,]+)", log.read_text(encoding="utf-8", errors="replace"))
+    return int(found[-1].replace(",", "")) if found else 0
+
+
 def decode(
     bin_dir: Path,
     checkpoint: Path,
@@ -137,28 +143,3 @@ def decode(
     with atomic_path(out) as tmp:
         tmp.write_text("".join(hyps[i] + "\n" for i in range(len(hyps))), encoding="utf-8")
     return out
-
-
-@dataclass
-class Score:
-    bleu: float
-    chrf: float
-    bleu_signature: str
-    chrf_signature: str
-
-
-def score(hyp: Path, ref: Path) -> Score:
-    """sacreBLEU BLEU and chrF of detokenized ``hyp`` against the raw ``ref``, with signatures."""
-    from sacrebleu.metrics import BLEU, CHRF
-
-    hyps, refs = read_lines(hyp), read_lines(ref)
-    if len(hyps) != len(refs):
-        raise StepError(f"{hyp} has {len(hyps)} lines but the reference {ref} has {len(refs)}")
-    bleu, chrf = BLEU(), CHRF()
-    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
-    return Score(
-        bleu=round(b.score, 2),
-        chrf=round(c.score, 2),
-        bleu_signature=str(bleu.get_signature()),
-        chrf_signature=str(chrf.get_signature()),
-    )

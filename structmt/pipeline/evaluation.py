@@ -1,0 +1,176 @@
+"""Evaluating a trained run: decode each test set, score it with sacreBLEU (against the
+dense baseline too: paired bootstrap), add the leaderboard rows and log the run to W&B;
+and one experiment end to end (:func:`run_experiment`: train, then evaluate)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.cli import test_sets
+from ..fairseq_cli import StepError, decode, parse_param_count
+from ..files import read_lines, write_text_atomic
+from ..paths import REPO_ROOT
+from ..provenance import git_commit
+from . import leaderboard, tracking
+from .leaderboard import LeaderboardRow
+from .spec import RunSpec
+from .training import prepare_data, run_lock, train_run
+
+
+@dataclass
+class Score:
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+
+
+def score(hyp: Path, ref: Path) -> Score:
+    """sacreBLEU BLEU and chrF of detokenized ``hyp`` against the raw ``ref``, with signatures."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    hyps, refs = read_lines(hyp), read_lines(ref)
+    if len(hyps) != len(refs):
+        raise StepError(f"{hyp} has {len(hyps)} lines but the reference {ref} has {len(refs)}")
+    bleu, chrf = BLEU(), CHRF()
+    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
+    return Score(
+        bleu=round(b.score, 2),
+        chrf=round(c.score, 2),
+        bleu_signature=str(bleu.get_signature()),
+        chrf_signature=str(chrf.get_signature()),
+    )
+
+
+def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples: int = 1000) -> tuple[float, float]:
+    """sacreBLEU's paired bootstrap resampling: (p-value, 95% CI half-width of the system's BLEU)."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    refs = read_lines(ref)
+    systems = [("baseline", read_lines(baseline_hyp)), ("system", read_lines(system_hyp))]
+    test = PairedTest(systems, {"BLEU": BLEU(references=[refs])}, references=None, test_type="bs", n_samples=n_samples)
+    _, results = test()
+    res = results["BLEU"][1]
+    return round(float(res.p_value), 4), round(float(res.ci), 2)
+
+
+def run_experiment(
+    spec: RunSpec,
+    *,
+    runs_dir: Path,
+    results_dir: Path,
+    baseline: RunSpec | None = None,
+    log: Any = print,
+    wandb_project: str = tracking.DEFAULT_PROJECT,
+) -> list[dict[str, Any]]:
+    """Run (or resume, or skip) one experiment and add its rows to the leaderboard."""
+    train_run(spec, runs_dir=runs_dir, log=log)
+    return evaluate_run(
+        spec, runs_dir=runs_dir, results_dir=results_dir, baseline=baseline, log=log, wandb_project=wandb_project
+    )
+
+
+def evaluate_run(
+    spec: RunSpec,
+    *,
+    runs_dir: Path,
+    results_dir: Path,
+    baseline: RunSpec | None = None,
+    log: Any = print,
+    wandb_project: str = tracking.DEFAULT_PROJECT,
+) -> list[dict[str, Any]]:
+    """Decode and score a trained run, add its leaderboard rows, log it to W&B (skipped when done)."""
+    with run_lock(runs_dir, spec.run_id()):
+        return _evaluate_locked(spec, runs_dir, results_dir, baseline, log, wandb_project)
+
+
+def _evaluate_locked(
+    spec: RunSpec, runs_dir: Path, results_dir: Path, baseline: RunSpec | None, log: Any, wandb_project: str
+) -> list[dict[str, Any]]:
+    run_id = spec.run_id()
+    run_dir = runs_dir / run_id
+    done = run_dir / "result.json"
+    if done.exists():
+        log(f"[{run_id}] evaluated earlier; skipping")
+        return json.loads(done.read_text())["rows"]
+    bin_dir = prepare_data(spec, runs_dir)
+    raw = bin_dir.parent / "raw"
+    metrics = json.loads((run_dir / "train.json").read_text())
+    checkpoint = Path(metrics["checkpoint"])
+
+    rows: list[LeaderboardRow] = []
+    hyp_dir = results_dir / "hyps"
+    for subset, test_name in test_sets(spec.data.name).items():
+        hyp = decode(
+            bin_dir,
+            checkpoint,
+            subset,
+            run_dir / f"{test_name}.{spec.data.tgt}",
+            beam=spec.schedule.beam,
+            log=run_dir / "decode.log",
+        )
+        ref = raw / f"{subset}.{spec.data.tgt}"
+        s = score(hyp, ref)
+        # the leaderboard keeps the first evaluation of a run id; a re-run elsewhere (a fresh clone
+        # reproducing it) keeps its hypotheses in its run folder and leaves the committed file alone
+        kept = hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}"
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(hyp, kept)
+        elif kept.read_bytes() != hyp.read_bytes():
+            kept = hyp
+        p_value, ci = "", ""
+        if baseline is not None and spec.model.structured:
+            base_hyp = runs_dir / baseline.run_id() / f"{test_name}.{spec.data.tgt}"
+            if base_hyp.exists():
+                p_value, ci = paired_bootstrap(base_hyp, hyp, ref)
+        log(f"[{run_id}] {test_name}: BLEU {s.bleu} chrF {s.chrf} ({s.bleu_signature})")
+        rows.append(
+            LeaderboardRow(
+                run_id=run_id,
+                data=spec.data.name,
+                schedule=spec.schedule.name,
+                direction=f"{spec.data.src}-{spec.data.tgt}",
+                test_set=test_name,
+                arch=spec.model.arch,
+                window=spec.model.window if spec.model.structured else "",
+                rare=spec.model.rare if spec.model.structured else "",
+                heads=spec.model.heads_label() if spec.model.structured else "",
+                cross=spec.model.cross_label(),
+                params=parse_param_count(run_dir / "train.log"),
+                updates=metrics["updates"],
+                train_seconds=round(float(metrics["wall_seconds"]), 1),
+                train_tokens_per_s=round(float(metrics["tokens_per_second"]), 1),
+                bleu=s.bleu,
+                chrf=s.chrf,
+                bleu_signature=s.bleu_signature,
+                chrf_signature=s.chrf_signature,
+                p_value_vs_dense=p_value,
+                bleu_ci95=ci,
+                seed=spec.schedule.seed,
+                git_commit=git_commit(),
+                hypothesis=str(kept.relative_to(REPO_ROOT)) if kept.is_relative_to(REPO_ROOT) else str(kept),
+            )
+        )
+    csv_path = results_dir / "leaderboard.csv"
+    leaderboard.add_rows(csv_path, rows)
+    leaderboard.publish(results_dir)
+    records = [asdict(row) for row in rows]
+    folder = tracking.log_experiment(
+        run_id,
+        asdict(spec),
+        run_dir / "train.log",
+        records,
+        runs_dir / "wandb",
+        project=wandb_project,
+        group=f"{spec.data.name}-{spec.schedule.name}",
+    )
+    if folder is not None:
+        log(f"[{run_id}] W&B ({tracking.wandb_mode()}): {folder}")
+    write_text_atomic(done, json.dumps({"rows": records}, indent=2) + "\n")
+    return records

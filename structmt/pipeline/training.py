@@ -1,0 +1,98 @@
+"""Training a run: its data (prepared once, cached), then fairseq-train under the run's lock,
+resumed from the last checkpoint or skipped when finished; the run folder keeps what it needs
+to translate on its own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from ..checkpoints import checkpoint_updates
+from ..data.cli import prepare_dataset
+from ..data.prepare import PrepConfig
+from ..fairseq_cli import parse_train_log, train
+from ..files import write_text_atomic
+from ..provenance import git_commit
+from .spec import DataSpec, RunSpec
+from .translate import model_dir
+
+
+def keep_model_files(bin_dir: Path, run_dir: Path, src: str, tgt: str) -> None:
+    """Copy the SentencePiece model and dictionaries into the run, so it translates on its own."""
+    folder = model_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bin_dir.parent / "spm" / "spm.model", folder / "spm.model")
+    for lang in (src, tgt):
+        shutil.copyfile(bin_dir / f"dict.{lang}.txt", folder / f"dict.{lang}.txt")
+
+
+def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
+    """The binarized data of ``spec`` (prepared once, cached under ``runs_dir/data``)."""
+    d = spec.data
+    cfg = PrepConfig(
+        src=d.src,
+        tgt=d.tgt,
+        vocab_size=d.vocab_size,
+        mirror=d.mirror,
+        max_train_lines=d.max_train_lines,
+        max_eval_lines=d.max_eval_lines,
+    )
+    # one folder per preparation setting, so concurrent jobs with other settings never share stages
+    variant = {"vocab_size": d.vocab_size, "max_train_lines": d.max_train_lines, "max_eval_lines": d.max_eval_lines}
+    default = {"vocab_size": DataSpec.vocab_size, "max_train_lines": 0, "max_eval_lines": 0}
+    folder = d.name if variant == default else f"{d.name}-{hashlib.sha256(repr(variant).encode()).hexdigest()[:6]}"
+    return prepare_dataset(d.name, runs_dir / "data" / folder, cfg, d.base_url)
+
+
+def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) the model of ``spec``; returns its training metrics.
+
+    Holds the run's lock, so two jobs of a sweep never train the same run at once.
+    """
+    git_commit()  # pin the commit of the code that trains
+    bin_dir = prepare_data(spec, runs_dir)
+    with run_lock(runs_dir, spec.run_id()):
+        return _train_locked(spec, runs_dir, bin_dir, log)
+
+
+def run_lock(runs_dir: Path, run_id: str) -> FileLock:
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(runs_dir / f".{run_id}.lock"))
+
+
+def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dict[str, Any]:
+    run_id = spec.run_id()
+    run_dir = runs_dir / run_id
+    metrics_path = run_dir / "train.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics["updates"] >= spec.schedule.max_update:
+            log(f"[{run_id}] trained earlier ({metrics['updates']} updates); skipping training")
+            return metrics
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "spec.json", json.dumps(asdict(spec), indent=2) + "\n")
+    keep_model_files(bin_dir, run_dir, spec.data.src, spec.data.tgt)
+    log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run_dir / 'train.log'})")
+    checkpoint = run_dir / "checkpoints" / "checkpoint_last.pt"
+    if checkpoint_updates(checkpoint) >= spec.schedule.max_update:
+        # finished, but killed before train.json: fairseq would run one more update on resume
+        trained = parse_train_log(run_dir / "train.log", checkpoint)
+    else:
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
+        roles = spec.model.roles_path()
+        if roles is not None:  # the run keeps its own copy: decoding and translation load it from there
+            shutil.copyfile(roles, run_dir / "roles.json")
+            roles = run_dir / "roles.json"
+        args = spec.model.fairseq_args(roles) + spec.schedule.fairseq_args()
+        trained = train(bin_dir, run_dir, spec.model.arch, args, env)
+    metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)}
+    write_text_atomic(metrics_path, json.dumps(metrics) + "\n")
+    log(f"[{run_id}] trained: {trained.updates} updates, {trained.tokens_per_second:.0f} target tokens/s")
+    return metrics

@@ -1,0 +1,290 @@
+"""Issue-level guarantees of the architecture: context per forward (LayerDrop), building like
+fairseq, one options schema, one candidate layout."""
+
+import argparse
+import re
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+import torch
+from conftest import REPO, TASK, build
+from fairseq import options, tasks
+
+from structmt.attention import structured_attention
+from structmt.attention.context import TokenContext
+from structmt.attention.functional import reference_attention, unique_positions
+from structmt.attention.multihead import StructuredMultiheadAttention
+from structmt.attention.options import StructureConfig, add_arguments, flag, spec_fields, to_fairseq_args
+from structmt.attention.structure import CandidateLayout, CrossBand, Kind, Structure, make_supports
+from structmt.models.structured_transformer import StructuredTransformerModel
+
+SMALL = (
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "32",
+    "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+)  # fmt: skip
+
+
+def _batch(B=3, S=9, T=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 44, (B, S), generator=gen)
+    src[1, :2] = 1
+    src[:, -1] = 2
+    tgt = torch.randint(4, 44, (B, T), generator=gen)
+    tgt[:, 0] = 2
+    return src, (src != 1).sum(1), tgt
+
+
+# --------------------------------------------------------------------------
+# Context with each forward
+
+
+def test_training_forward_never_depends_on_the_batch_before(dict_dir):
+    """LayerDrop in training mode: a warmed model (one forward on another batch first) and a fresh
+    copy of the same weights give the same output for the same seed."""
+    drop = (
+        "--encoder-layers",
+        "3",
+        "--decoder-layers",
+        "3",
+        "--encoder-layerdrop",
+        "0.5",
+        "--decoder-layerdrop",
+        "0.5",
+    )
+    _, fresh = build(dict_dir, "structured_transformer_tiny", *SMALL, *drop, "--struct-rare", "2", seed=1)
+    _, warmed = build(dict_dir, "structured_transformer_tiny", *SMALL, *drop, "--struct-rare", "2", seed=1)
+    warmed.load_state_dict(fresh.state_dict())
+    fresh.train(), warmed.train()
+    src, lengths, tgt = _batch(B=3, S=9, T=8)
+    other_src, other_lengths, other_tgt = _batch(B=5, S=12, T=11, seed=7)
+    for seed in range(6):  # several LayerDrop draws, so some keep different layers than the warm-up
+        torch.manual_seed(100 + seed)
+        warmed(other_src, other_lengths, other_tgt)
+        torch.manual_seed(seed)
+        want = fresh(src, lengths, tgt)[0]
+        torch.manual_seed(seed)
+        got = warmed(src, lengths, tgt)[0]
+        assert torch.equal(got, want)
+
+
+def _module_state(model):
+    """Every plain attribute of every module, by identity (fairseq's decoder caches its causal mask)."""
+    return {
+        (name, key): id(value)
+        for name, m in model.named_modules()
+        for key, value in vars(m).items()
+        if key != "_future_mask"
+    }
+
+
+def test_no_batch_state_is_left_on_modules(dict_dir):
+    _, model = build(
+        dict_dir, "structured_transformer_tiny", *SMALL, "--struct-rare", "2", "--struct-cross-window", "2"
+    )
+    src, lengths, tgt = _batch()
+    model(src, lengths, tgt)  # the first forward may cache what does not depend on the batch
+    before = _module_state(model)
+    src, lengths, tgt = _batch(B=2, S=7, T=5, seed=3)
+    model(src, lengths, tgt)
+    enc = model.encoder(src, src_lengths=lengths)
+    state: dict = {}
+    for t in range(3):
+        model.decoder(tgt[:, : t + 1], encoder_out=enc, incremental_state=state)
+    assert _module_state(model) == before
+
+
+def test_activation_checkpointing_sees_the_forwards_context(dict_dir):
+    """--checkpoint-activations re-runs each layer in the backward pass: same loss and gradients."""
+    args = (*SMALL, "--struct-rare", "2", "--struct-heads", "rare:4")
+    _, plain = build(dict_dir, "structured_transformer_tiny", *args, seed=2)
+    _, ckpt = build(dict_dir, "structured_transformer_tiny", *args, "--checkpoint-activations", seed=2)
+    src, lengths, tgt = _batch()
+    grads = []
+    for model in (plain, ckpt):
+        model.train()
+        torch.manual_seed(0)
+        model(src, lengths, tgt)[0].pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_a_rare_head_outside_its_model_asks_for_the_context():
+    attn = StructuredMultiheadAttention(8, 2, Structure.from_roles(["rare", "syntactic"], window=1, rare=1))
+    x = torch.randn(5, 2, 8)
+    with pytest.raises(RuntimeError, match="rarity of the input tokens"):
+        attn(x, x, x)
+    tokens = torch.randint(4, 20, (2, 5))
+    context = TokenContext.from_tokens(tokens, torch.arange(20), torch.zeros(20, dtype=torch.bool))
+    out, _ = attn(x, x, x, context=context)
+    assert out.shape == x.shape
+
+
+def _train(data_bin, save_dir, *extra):
+    cmd = [
+        sys.executable, "-m", "fairseq_cli.train", str(data_bin), "--user-dir", str(REPO / "structmt"),
+        "--arch", "structured_transformer_tiny", *TASK, "--encoder-layers", "3", "--decoder-layers", "2", *SMALL,
+        "--optimizer", "adam", "--lr", "0.001", "--max-tokens", "500", "--max-update", "6", "--num-workers", "0",
+        "--no-epoch-checkpoints", "--disable-validation", "--save-dir", str(save_dir), "--no-progress-bar",
+        "--required-batch-size-multiple", "1", *extra,
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def _generate(data_bin, checkpoint, *extra):
+    cmd = [
+        sys.executable, "-m", "fairseq_cli.generate", str(data_bin), "--user-dir", str(REPO / "structmt"),
+        "--path", str(checkpoint), *TASK, "--gen-subset", "test", "--beam", "2", "--max-len-b", "5",
+        "--batch-size", "16", "--required-batch-size-multiple", "1", *extra,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return [line for line in done.stdout.splitlines() if line.startswith("H-")]
+
+
+def test_layerdrop_train_then_generate_with_and_without_pruning(data_bin, tmp_path):
+    """fairseq's test_transformer_layerdrop, with the structured arch (rare heads, cross band)."""
+    _train(
+        data_bin, tmp_path, "--encoder-layerdrop", "0.5", "--decoder-layerdrop", "0.5",
+        "--struct-cross-window", "3", "--struct-heads", "pos:1,syn:1,rare:2",
+    )  # fmt: skip
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    full = _generate(data_bin, checkpoint)
+    pruned = _generate(
+        data_bin, checkpoint, "--model-overrides", "{'encoder_layers_to_keep':'0,2','decoder_layers_to_keep':'1'}"
+    )
+    assert len(full) == len(pruned) == 60
+
+
+def test_pruned_layers_keep_their_own_role_mix(dict_dir):
+    """``--model-overrides "{'encoder_layers_to_keep': '0,2'}"``: each kept layer keeps its own role mix."""
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser,
+        [str(dict_dir), "--user-dir", str(REPO / "structmt"), "--arch", "structured_transformer_tiny", *TASK, *SMALL,
+         "--encoder-layers", "3", "--struct-apply", "encoder", "--struct-heads", "pos:4;syn:4;rare:4"],
+    )  # fmt: skip
+    args.encoder_layers_to_keep = "0,2"  # as fairseq-generate's --model-overrides sets it
+    model = tasks.setup_task(args).build_model(args)
+    kept = [layer.self_attn.structure for layer in model.encoder.layers]
+    assert [s.window for s in kept] == [(1,) * 4, (3,) * 4]
+    assert [s.rare_heads for s in kept] == [(False,) * 4, (True,) * 4]
+    args.encoder_layers, args.encoder_layers_to_keep = 3, "0,3"
+    with pytest.raises(ValueError, match="layers-to-keep \\[0, 3\\]: the role mixes cover 3 layers"):
+        tasks.setup_task(args).build_model(args)
+
+
+# --------------------------------------------------------------------------
+# Build like fairseq
+
+
+def test_build_model_from_a_partial_namespace(dict_dir):
+    """As fairseq's own sequence-generator tests build models: the arch defaults are filled first."""
+    args = argparse.Namespace(encoder_layers=2, decoder_layers=1)
+    parser = argparse.ArgumentParser()
+    tasks.TASK_REGISTRY["translation"].add_args(parser)
+    task_args = parser.parse_args([str(dict_dir), *TASK[2:]])
+    task = tasks.TASK_REGISTRY["translation"].setup_task(task_args)
+    model = StructuredTransformerModel.build_model(args, task)
+    assert len(model.encoder.layers) == 2 and len(model.decoder.layers) == 1
+    assert isinstance(model.encoder.layers[0].self_attn, StructuredMultiheadAttention)
+    assert model.encoder.layers[0].self_attn.structure.rare == StructureConfig.struct_rare  # the schema's default
+
+
+# --------------------------------------------------------------------------
+# One options schema
+
+
+def test_flags_come_from_the_schema():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = {a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"}
+    assert flags == {flag(f.name) for f in fields(StructureConfig)}
+    assert {name for name, _, _ in spec_fields()} == {f.name.removeprefix("struct_") for f in fields(StructureConfig)}
+    assert to_fairseq_args({"window": 5, "rare": 2, "cross_slope": 0.5}) == [
+        "--struct-window", "5", "--struct-cross-slope", "0.5",
+    ]  # fmt: skip
+
+
+def test_every_problem_is_named_in_the_users_terms():
+    bad = StructureConfig(struct_window=-1, struct_cross_slope=0.0, struct_error="sink:x")
+    problems = bad.problems(lambda name: "model." + name.removeprefix("struct_"))
+    assert problems == [
+        "model.window=-1 must be >= 0",
+        "model.cross_slope=0.0 must be > 0 (source/target length ratio)",
+        "model.error='sink:x' must be 'none' or 'sink:K' with an integer K >= 1",
+    ]
+    assert StructureConfig().problems() == []
+
+
+# --------------------------------------------------------------------------
+# One candidate layout
+
+
+def test_kind_codes_match_the_cpp_kernel():
+    source = (REPO / "structmt" / "attention" / "csrc" / "candidates.cpp").read_text()
+    enum = re.search(r"enum Kind : int8_t \{([^}]*)\}", source).group(1)
+    cpp = {name.strip(): int(value) for name, value in (item.split("=") for item in enum.split(","))}
+    assert cpp == {k.name: k.value for k in Kind}
+
+
+def test_layout_sizes_and_segments():
+    s = Structure.from_roles(["positional", "syntactic", "rare"], window=3, rare=2, causal=True, sinks=1, sink_eps=0.1)
+    layout = CandidateLayout.of(s)
+    assert (layout.band, layout.rare, layout.error) == (4, 2, 1)
+    assert s.keys_per_query == layout.size == 7
+    assert CandidateLayout.of(CrossBand(4)).size == CrossBand(4).keys_per_query == 9
+    with pytest.raises(ValueError, match="the rare segment has 1 slots, the layout 2"):
+        layout.assemble(torch.zeros(1, 4), torch.zeros(1, 1), torch.zeros(1, 1))
+
+
+def test_layout_kinds_follow_the_supports():
+    s = Structure.from_roles(["syntactic", "rare"], window=1, rare=1, causal=False, sinks=1, sink_eps=0.1)
+    T = 6
+    sets = torch.full((1, T, 1), 4)
+    sinks = torch.zeros(1, 1, dtype=torch.long)
+    supports = make_supports(s, num_keys=T, rare_sets=sets, key_padding_mask=None, sink_pos=sinks, device="cpu")
+    layout = CandidateLayout.of(s)
+    q = torch.arange(T)
+    positions = layout.assemble((q.view(1, T, 1) + torch.arange(-1, 2)), sets, sinks.unsqueeze(1).expand(1, T, 1))
+    kinds = layout.kinds(positions, supports, q, 2)
+    # query 0: band keys -1 (none), 0, 1; rare key 4; error key 0 is in the band already
+    assert kinds[0, 0, 0].tolist() == [Kind.NOT_ALLOWED, Kind.SUPPORT, Kind.SUPPORT, Kind.NOT_ALLOWED, 0]
+    assert kinds[0, 1, 0].tolist() == [Kind.NOT_ALLOWED, Kind.SUPPORT, Kind.SUPPORT, Kind.SUPPORT, 0]
+    assert kinds[0, 0, 3].tolist() == [Kind.SUPPORT] * 3 + [Kind.NOT_ALLOWED, Kind.ERROR]
+
+
+# --------------------------------------------------------------------------
+# Repeated rare positions count once
+
+
+@pytest.mark.parametrize("impl", ["reference", "efficient"])
+def test_repeated_rare_positions_count_once(impl):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 12, 8, generator=gen) for _ in range(3))
+    repeated = torch.tensor([[3, 3, 9], [5, 1, 5]])
+    once = torch.tensor([[3, -1, 9], [5, 1, -1]])
+    got = structured_attention(q, k, v, window=0, rare_index=repeated, impl=impl)[0]
+    want = structured_attention(q, k, v, window=0, rare_index=once, impl=impl)[0]
+    assert torch.allclose(got, want, atol=1e-6)
+    s = Structure((0, 0), (True, True), rare=3)
+    sets = once.unsqueeze(1).expand(2, 12, 3)
+    supports = make_supports(s, num_keys=12, rare_sets=sets, key_padding_mask=None, sink_pos=None, device="cpu")
+    pos = torch.arange(12)
+    assert torch.allclose(got, reference_attention(q, k, v, supports, 0.0, pos, pos)[0], atol=1e-6)
+
+
+def test_unique_positions_keeps_the_first_of_each():
+    sets = torch.tensor([[[3, 3, 9, 3, -1, -1]]])
+    assert unique_positions(sets).tolist() == [[[3, -1, 9, -1, -1, -1]]]
+
+
+def test_rare_index_of_the_wrong_shape_is_rejected():
+    q = torch.randn(2, 2, 6, 4)
+    s = Structure((1, 1), (True, True), rare=2)
+    with pytest.raises(ValueError, match="rare_index: expected shape"):
+        structured_attention(q, q, q, window=1, rare_index=torch.zeros(3, 2, dtype=torch.long), structure=s)
+    with pytest.raises(ValueError, match="rare_index: the structure has 2 rare columns"):
+        structured_attention(q, q, q, window=1, structure=s)
