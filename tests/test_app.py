@@ -65,8 +65,14 @@ def test_roles_file_runs_are_identified_by_the_roles_not_the_path(tmp_path):
 
 
 def test_range_errors_name_the_key():
-    with pytest.raises(ConfigError, match=r"model.window=-1 must be >= 0.*train.dropout=1.5 must lie in"):
+    with pytest.raises(ConfigError, match=r"train.dropout=1.5 must lie in.*model.window=-1 must be >= 0"):
         validate(_compose("model.window=-1", "train.dropout=1.5"))
+    # every structure option is checked by the plugin's one schema, named as the Hydra key
+    problems = "model.error='top:3' must be 'none' or 'sink:K'.*model.cross_slope=0.0 must be > 0|model.cross_slope"
+    with pytest.raises(ConfigError, match=problems):
+        validate(_compose("model.error=top:3", "model.cross_slope=0", "model.apply=cross"))
+    with pytest.raises(ConfigError, match=r"model.apply='cross' names unknown attention block"):
+        validate(_compose("model.apply=cross"))
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -203,7 +203,7 @@ def test_flags_come_from_the_schema():
     flags = {a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"}
     assert flags == {flag(f.name) for f in fields(StructureConfig)}
     assert {name for name, _, _ in spec_fields()} == {f.name.removeprefix("struct_") for f in fields(StructureConfig)}
-    assert to_fairseq_args({"window": 5, "rare": 2, "cross_slope": 0.5}) == [
+    assert to_fairseq_args(StructureConfig(struct_window=5, struct_rare=2, struct_cross_slope=0.5)) == [
         "--struct-window", "5", "--struct-cross-slope", "0.5",
     ]  # fmt: skip
 

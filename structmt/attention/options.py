@@ -237,12 +237,11 @@ def fill_defaults(args: Any) -> None:
             setattr(args, f.name, f.default)
 
 
-def to_fairseq_args(values: dict[str, Any]) -> list[str]:
-    """``--struct-*`` command-line arguments from option values keyed by short name
-    (``{"window": 3, ...}``); options left at their default are omitted."""
+def to_fairseq_args(config: StructureConfig) -> list[str]:
+    """The ``--struct-*`` command-line arguments of ``config``; options at their default are omitted."""
     out = []
-    for f in fields(StructureConfig):
-        value = values.get(short(f.name), f.default)
+    for f in fields(config):
+        value = getattr(config, f.name)
         if value != f.default:
             out += [flag(f.name), str(value)]
     return out

@@ -52,10 +52,6 @@ class ConfigError(ValueError):
 def validate(cfg: Any) -> None:
     """Range checks that types alone cannot express (raises :class:`ConfigError` naming the key)."""
     checks = [
-        ("model.window", cfg.model.window >= 0, "must be >= 0"),
-        ("model.rare", cfg.model.rare >= 0, "must be >= 0"),
-        ("model.cross_window", cfg.model.cross_window >= -1, "must be >= 0, or -1 for dense cross-attention"),
-        ("model.cross_slope", cfg.model.cross_slope > 0, "must be > 0 (source/target length ratio)"),
         ("train.max_update", cfg.train.max_update > 0, "must be > 0"),
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
         ("train.warmup", cfg.train.warmup >= 0, "must be >= 0"),
@@ -67,14 +63,10 @@ def validate(cfg: Any) -> None:
         ("logger.mode", cfg.logger.mode in LOGGER_MODES, f"must be one of {', '.join(LOGGER_MODES)}"),
     ]
     bad = [f"{key}={OmegaConf.select(cfg, key)!r} {why}" for key, ok, why in checks if not ok]
-    try:  # path options are checked before use
-        ModelSpec(arch=cfg.model.arch, heads_from=cfg.model.heads_from).roles_path()
-    except ValueError as err:
-        bad.append(str(err))
+    model: ModelSpec = OmegaConf.to_object(cfg.model)  # type: ignore[assignment]
+    bad += model.problems()  # the structure options: one schema, one set of checks (attention/options.py)
     if cfg.data.mirror and not Path(cfg.data.mirror).expanduser().is_dir():
         bad.append(f"data.mirror={cfg.data.mirror!r} is not a folder; give the folder holding the corpus files")
-    if cfg.model.error != "none" and not str(cfg.model.error).startswith("sink:"):
-        bad.append(f"model.error={cfg.model.error!r} must be 'none' or 'sink:K'")
     if bad:
         raise ConfigError("invalid configuration: " + "; ".join(bad))
 

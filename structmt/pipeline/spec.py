@@ -10,28 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
+from typing import Any
 
+from ..attention.options import PREFIX, StructureConfig, short, spec_fields, to_fairseq_args
 from ..attention.structure import roles_from_file
 from ..paths import REPO_ROOT
 
+#: the structured-attention options, as ``model.*`` keys (``model.window``, ``model.cross_slope``, ...):
+#: names, types and defaults come from the one schema, :class:`StructureConfig`
+StructureOptions = make_dataclass("StructureOptions", spec_fields())
+
+#: options that entered every structured run id from the start; the others enter an id only where they
+#: change the model (not at their default), so the ids of runs from before they existed stay valid
+_ALWAYS_IN_ID = ("window", "rare", "heads", "error")
+
 
 @dataclass
-class ModelSpec:
-    """The architecture and, for structured models, the attention structure."""
+class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
+    """The architecture and, for structured models, the attention structure (every
+    ``--struct-*`` option of the plugin, without the ``struct_`` prefix)."""
 
     arch: str = "structured_transformer_multi30k"
-    window: int = 3
-    rare: int = 2
-    heads: str = "auto"
-    error: str = "none"
-    #: a roles JSON file (``structmt-analyze`` writes results/roles.json); replaces ``heads``
-    heads_from: str = ""
-    #: structured cross-attention: band half-width around j = round(cross_slope * i); -1 = dense
-    cross_window: int = -1
-    #: source/target length ratio of that band's centre line
-    cross_slope: float = 1.0
 
     @property
     def structured(self) -> bool:
@@ -45,7 +46,24 @@ class ModelSpec:
         found = next((p for p in places if p.is_file()), None)
         for block in ("encoder", "decoder"):
             roles_from_file(found or self.heads_from, block, option="model.heads_from")
-        return found.resolve()
+        return found.resolve()  # type: ignore[union-attr]
+
+    def options(self, roles: Path | None = None) -> StructureConfig:
+        """The plugin's options of this model; ``roles`` replaces ``heads_from`` (the run's own copy)."""
+        values = {f"{PREFIX}{name}": getattr(self, name) for name, _, _ in spec_fields()}
+        if roles is not None:
+            values[f"{PREFIX}heads_from"] = str(roles)
+        return StructureConfig(**values)
+
+    def problems(self) -> list[str]:
+        """Every invalid structure option, named as ``model.<key>`` (none for a dense model)."""
+        if not self.structured:
+            return []
+        try:
+            roles = self.roles_path()
+        except ValueError as err:
+            return [str(err)]
+        return self.options(roles).problems(lambda name: f"model.{short(name)}")
 
     def heads_label(self) -> str:
         """The role mix as the leaderboard shows it."""
@@ -56,23 +74,24 @@ class ModelSpec:
         return f"w{self.cross_window}/slope{self.cross_slope:g}" if self.structured and self.cross_window >= 0 else ""
 
     def fairseq_args(self, roles: Path | None = None) -> list[str]:
-        """The ``--struct-*`` options; ``roles`` is the run's own copy of the roles file."""
+        """The ``--struct-*`` options not at their default; ``roles`` is the run's own copy of the roles file."""
+        return to_fairseq_args(self.options(roles)) if self.structured else []
+
+    def id_settings(self) -> dict[str, Any]:
+        """The settings of this model that identify a run."""
         if not self.structured:
-            return []
-        heads = ["--struct-heads-from", str(roles)] if roles else ["--struct-heads", self.heads]
-        return [
-            "--struct-window",
-            str(self.window),
-            "--struct-rare",
-            str(self.rare),
-            *heads,
-            "--struct-error",
-            self.error,
-            "--struct-cross-window",
-            str(self.cross_window),
-            "--struct-cross-slope",
-            str(self.cross_slope),
-        ]
+            return {"arch": self.arch}
+        settings = asdict(self)
+        always = set(_ALWAYS_IN_ID) | ({"cross_window", "cross_slope"} if self.cross_window >= 0 else set())
+        for name, _, default in spec_fields():
+            if name not in always and settings[name] == default.default:
+                settings.pop(name)
+        if self.cross_window < 0:
+            settings.pop("cross_slope", None)  # no effect with dense cross-attention
+        if roles := self.roles_path():
+            # the roles themselves, not where the file lies, identify the run
+            settings["heads_from"] = hashlib.sha256(roles.read_bytes()).hexdigest()
+        return settings
 
 
 @dataclass
@@ -137,16 +156,7 @@ class RunSpec:
         settings["schedule"].pop("save_interval")
         settings["data"].pop("mirror")
         settings["data"].pop("base_url")
-        if not self.model.structured:
-            settings["model"] = {"arch": self.model.arch}
-        elif roles := self.model.roles_path():
-            # the roles themselves, not where the file lies, identify the run
-            settings["model"]["heads_from"] = hashlib.sha256(roles.read_bytes()).hexdigest()
-        else:
-            settings["model"].pop("heads_from")  # ids of runs from before the option existed stay valid
-        if self.model.structured and self.model.cross_window < 0:
-            settings["model"].pop("cross_window")  # likewise for dense cross-attention
-            settings["model"].pop("cross_slope")
+        settings["model"] = self.model.id_settings()
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
         shape = "dense"
