@@ -104,7 +104,7 @@ def test_weights_vanish_outside_support_and_rows_sum_to_one(seed):
         need_weights=True,
         structure=structure,
     )
-    # the declared support, written out directly from the definitions in DESIGN.md §2
+    # the declared support, written out directly from the definitions in docs/design.md §1.2
     allowed = torch.zeros(B, H, T, T, dtype=torch.bool)
     structured = torch.zeros(B, H, T, T, dtype=torch.bool)
     sinks = sink_positions(pad, B, T, structure.sinks, q.device)

@@ -72,7 +72,7 @@ def test_structured_cross_attention_option(dict_dir):
 
 
 def test_wide_bands_everywhere_equal_the_dense_transformer(dict_dir):
-    """The anchor of DESIGN.md §2, cross-attention included: wide syntactic bands, no rare columns."""
+    """The anchor of docs/design.md §5, cross-attention included: wide syntactic bands, no rare columns."""
     wide = ("--struct-heads", "syn:4", "--struct-window", "50", "--struct-rare", "0", "--struct-cross-window", "50")
     _, model = build(dict_dir, "structured_transformer_tiny", *TINY, *wide, seed=3)
     _, dense = build(dict_dir, "transformer_tiny", *TINY, seed=3)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import triton_kernel
 from .options import IMPLS
 from .structure import (
     CandidateLayout,
@@ -118,8 +119,10 @@ def efficient_attention(
     rare_sets: Tensor | None,
     sink_pos: Tensor | None,
     dropout_p: float = 0.0,
+    kernel: str = "efficient",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gather the band, rare and error keys of every query and attend over them.
+    """Gather the band, rare and error keys of every query and attend over them (``kernel``:
+    see :func:`attend_candidates`).
 
     Time and memory ``O(T * (2w+1+r+k))`` per head; no ``T x T`` tensor.
     Returns the output, the candidate weights ``(B, H, T, C)`` and the
@@ -135,17 +138,31 @@ def efficient_attention(
         sink_pos.unsqueeze(1).expand(B, T, layout.error) if layout.error else None,
     )
     kind = layout.kinds(kv_pos, supports, q_pos, H)
-    out, weights = attend_candidates(q, k, v, kv_pos.clamp(0, T - 1), kind, structure.sink_eps, dropout_p)
+    out, weights = attend_candidates(
+        q, k, v, kv_pos.clamp(0, T - 1), kind, structure.sink_eps, dropout_p, kernel=kernel
+    )
     return out, weights, kv_pos
 
 
 def attend_candidates(
-    q: Tensor, k: Tensor, v: Tensor, index: Tensor, kind: Tensor, sink_eps: float = 0.0, dropout_p: float = 0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    index: Tensor,
+    kind: Tensor,
+    sink_eps: float = 0.0,
+    dropout_p: float = 0.0,
+    kernel: str = "efficient",
 ) -> tuple[Tensor, Tensor]:
     """Attend from ``q`` ``(B, H, Tq, D)`` over the candidate keys ``index`` ``(B, Tq, C)`` of
-    ``k, v`` ``(B, H, S, D)``, ``kind`` from :meth:`CandidateLayout.kinds`: the fused C++ kernel when it
-    applies, else gathered copies.  Returns the output ``(B, H, Tq, D)`` and the candidate
-    weights ``(B, H, Tq, C)``."""
+    ``k, v`` ``(B, H, S, D)``, ``kind`` from :meth:`CandidateLayout.kinds`.
+
+    ``kernel="triton"``: the Triton kernel (CUDA, or CPU in Triton's interpreter).  Otherwise the
+    best kernel at hand: Triton on CUDA when installed, the fused C++ kernel on float32 CPU
+    tensors without dropout, else gathered copies.  Returns the output ``(B, H, Tq, D)`` and the
+    candidate weights ``(B, H, Tq, C)``."""
+    if kernel == "triton" or (q.is_cuda and triton_kernel.available(q.device)):
+        return triton_kernel.candidate_attention(q, k, v, index, kind, 1.0 / math.sqrt(q.size(-1)), sink_eps, dropout_p)
     if fused_kernel_usable(q, dropout_p):
         scale = 1.0 / math.sqrt(q.size(-1))
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
@@ -197,15 +214,22 @@ class FusedCandidateAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def choose_impl(impl: str, structure: Structure | CrossBand, num_keys: int, fused: bool = False) -> str:
-    """``auto``: with the fused kernel the efficient path is the faster one at every length we
-    measured (from T = 16 up, forward+backward); without it, the pure-PyTorch gather path only
-    pays once the dense score matrix is several times larger than the candidate set."""
+def choose_impl(impl: str, structure: Structure | CrossBand, num_keys: int, q: Tensor, dropout_p: float) -> str:
+    """The path ``impl`` runs on: ``reference`` (dense mask), ``efficient`` (candidates, best kernel
+    at hand) or ``triton`` (candidates, the Triton kernel).
+
+    ``auto``: on CUDA the Triton kernel when triton is installed (not yet timed against the
+    alternatives on a GPU); on CPU, with the fused C++ kernel, the efficient path, the faster one
+    at every length we measured (from T = 16 up, forward+backward); without either, the
+    pure-PyTorch gather path only pays once the dense score matrix is several times larger than
+    the candidate set."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
-    if fused:
+    if q.is_cuda and triton_kernel.available(q.device):
+        return "triton"
+    if fused_kernel_usable(q, dropout_p):
         return "efficient"
     return "efficient" if num_keys >= 4 * structure.keys_per_query and num_keys > 64 else "reference"
 
@@ -277,7 +301,7 @@ def structured_attention(
         key_padding_mask: ``(B, T)``, True at padding (as in fairseq).
         sinks, sink_eps: error term, the first ``sinks`` real keys with weight
             at most ``sink_eps`` each.
-        impl: ``auto|reference|efficient``.
+        impl: ``auto|reference|efficient|triton`` (see :func:`choose_impl`).
         need_weights: also return dense ``(B, H, T, T)`` weights.
         structure: a prebuilt :class:`Structure` (overrides the above).
     Returns:
@@ -304,11 +328,12 @@ def structured_attention(
     supports = make_supports(
         structure, num_keys=T, rare_sets=sets, key_padding_mask=key_padding_mask, sink_pos=sink_pos, device=q.device
     )
-    if choose_impl(impl, structure, T, fused_kernel_usable(q, dropout_p)) == "reference":
+    path = choose_impl(impl, structure, T, q, dropout_p)
+    if path == "reference":
         pos = torch.arange(T, device=q.device)
         out, weights = reference_attention(q, k, v, supports, structure.sink_eps, pos, pos, dropout_p)
         return out, (weights if need_weights else None)
-    out, weights, kv_pos = efficient_attention(q, k, v, structure, supports, sets, sink_pos, dropout_p)
+    out, weights, kv_pos = efficient_attention(q, k, v, structure, supports, sets, sink_pos, dropout_p, path)
     return out, (scatter_dense(weights, kv_pos, T) if need_weights else None)
 
 
@@ -346,11 +371,12 @@ def aligned_cross_attention(
     supports = make_cross_supports(
         centers, band.window, num_keys=S, key_padding_mask=key_padding_mask, first_query=first_query
     )
-    if choose_impl(impl, band, S, fused_kernel_usable(q, dropout_p)) == "reference":
+    path = choose_impl(impl, band, S, q, dropout_p)
+    if path == "reference":
         out, weights = reference_attention(q, k, v, supports, 0.0, q_pos, torch.arange(S, device=q.device), dropout_p)
         return out, (weights if need_weights else None)
     layout = CandidateLayout.of(band)
     kv_pos = layout.assemble(centers.unsqueeze(-1) + torch.arange(-band.window, band.window + 1, device=q.device))
     kind = layout.kinds(kv_pos, supports, q_pos, H)
-    out, weights = attend_candidates(q, k, v, kv_pos.clamp(0, S - 1), kind, 0.0, dropout_p)
+    out, weights = attend_candidates(q, k, v, kv_pos.clamp(0, S - 1), kind, 0.0, dropout_p, kernel=path)
     return out, (scatter_dense(weights, kv_pos, S) if need_weights else None)

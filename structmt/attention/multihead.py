@@ -196,7 +196,9 @@ class StructuredMultiheadAttention(_StructuredBase):
         empty = k[:, :, :0]
         pool_k = torch.cat([buf.get("cache_key", empty), k], dim=2)  # (B, H, cache + 1, D)
         pool_v = torch.cat([buf.get("cache_value", empty), v], dim=2)
-        out, _ = attend_candidates(q, pool_k, pool_v, plan.pick.unsqueeze(1), plan.kind, self.structure.sink_eps)
+        out, _ = attend_candidates(
+            q, pool_k, pool_v, plan.pick.unsqueeze(1), plan.kind, self.structure.sink_eps, kernel=self.impl
+        )
         H, D = q.size(1), q.size(3)
         buf["cache_key"] = pool_k.view(-1, D).index_select(0, plan.keep).view(B, H, -1, D)  # the next cache
         buf["cache_value"] = pool_v.view(-1, D).index_select(0, plan.keep).view(B, H, -1, D)

@@ -23,7 +23,7 @@ from .structure import CrossBand, Structure, parse_role_mix, parse_role_spec, ro
 
 PREFIX = "struct_"
 #: the kernels a structured block can run on (``choose_impl`` in functional.py picks for ``auto``)
-IMPLS = ("auto", "reference", "efficient")
+IMPLS = ("auto", "reference", "efficient", "triton")
 #: the attention blocks whose self-attention ``--struct-apply`` can structure
 BLOCKS = ("encoder", "decoder")
 

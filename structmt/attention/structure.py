@@ -1,4 +1,4 @@
-"""The one definition of the attention structure (DESIGN.md §2-3).
+"""The one definition of the attention structure (docs/design.md §1-2).
 
 A head's *support* is a predicate over ``(b, h, q, kv)`` index tensors, in the
 style of FlexAttention's ``mask_mod``: the same predicates build the dense
@@ -379,6 +379,10 @@ class Supports:
 
     def support(self, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         return self.band(b, h, q, kv) | self.rare(b, h, q, kv)
+
+    def mask_mod(self) -> Predicate:
+        """The structured support as a plain function, e.g. FlexAttention's ``mask_mod``."""
+        return or_masks(self.band, self.rare)
 
 
 def make_supports(

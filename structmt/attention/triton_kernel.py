@@ -3,8 +3,8 @@
 The same contract as the fused C++ CPU kernel (``csrc/candidates.cpp``) and
 :func:`structmt.attention.functional.candidate_attention`: every query row
 ``(b, h, t)`` attends over ``C`` candidate key positions ``index[b, t, :]`` of
-``k, v``, each with a ``kind`` (0 not allowed, 1 structured support, 2 error
-key of weight ``eps * sigmoid(score)``); no gathered ``(B, Tq, C, H, D)`` copy
+``k, v``, each with a :class:`~structmt.attention.structure.Kind` (not allowed,
+structured support, or error key of weight ``eps * sigmoid(score)``); no gathered ``(B, Tq, C, H, D)`` copy
 and no ``Tq x S`` tensor.
 
 Layout: one Triton program per query row, all ``C`` candidates and the whole
@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .structure import Kind
+
 __all__ = ["available", "candidate_attention", "dropout_keep_mask"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -48,15 +50,18 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 def _kernels() -> SimpleNamespace:
     """Import triton and define the kernels.  They become module globals, because a Triton kernel
     resolves the helpers it calls (and ``tl``) in its module's globals, not in closures."""
-    global triton, tl, _row_weights, _keep, _fwd_kernel, _bwd_kernel, _keep_kernel
+    global triton, tl, _row_weights, _row, _keep, _fwd_kernel, _bwd_kernel, _keep_kernel, NOT_ALLOWED, SUPPORT, ERROR
     import triton
     import triton.language as tl
+
+    # the Kind codes of structure.py, as compile-time constants of the kernels
+    NOT_ALLOWED, SUPPORT, ERROR = (tl.constexpr(int(k)) for k in (Kind.NOT_ALLOWED, Kind.SUPPORT, Kind.ERROR))
 
     @triton.jit
     def _row_weights(s, kd, eps):
         """Softmax over the support (kind 1), error keys (kind 2) ``eps * sigmoid(s)`` when the row
         has a support; an empty support gives an all-zero row.  Returns p, sigmoid(s), E, w, has."""
-        support = kd == 1
+        support = kd == SUPPORT
         m = tl.max(tl.where(support, s, float("-inf")), axis=0)
         has = m > float("-inf")
         m = tl.where(has, m, 0.0)
@@ -64,7 +69,7 @@ def _kernels() -> SimpleNamespace:
         z = tl.sum(p, axis=0)
         p = p / tl.where(has, z, 1.0)
         sig = 1.0 / (1.0 + tl.exp(-s))
-        e = tl.where(has, tl.where(kd == 2, eps * sig, 0.0), 0.0)  # (no `&` with a scalar: interpreter)
+        e = tl.where(has, tl.where(kd == ERROR, eps * sig, 0.0), 0.0)  # (no `&` with a scalar: interpreter)
         e_total = tl.sum(e, axis=0)
         w = tl.where(support, p * (1.0 - e_total), e)
         return p, sig, e_total, w, has
@@ -75,6 +80,31 @@ def _kernels() -> SimpleNamespace:
         return tl.rand(seed, row * C + offs_c) >= dropout_p
 
     @triton.jit
+    def _row(
+        Q, K, IDX, KIND, sqb, sqh, sqt, sqd, skb, skh, sks, skd, H, Tq, S, C, D, scale, eps,
+        BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
+    ):  # fmt: skip
+        """This program's query row: its (b, h, t), candidates, kinds, q, candidate keys and weights."""
+        row = tl.program_id(0).to(tl.int64)
+        t = row % Tq
+        h = (row // Tq) % H
+        b = row // (Tq * H)
+        offs_c = tl.arange(0, BLOCK_C)
+        offs_d = tl.arange(0, BLOCK_D)
+        c_mask = offs_c < C
+        d_mask = offs_d < D
+        idx = tl.load(IDX + (b * Tq + t) * C + offs_c, mask=c_mask, other=0).to(tl.int64)
+        idx = tl.minimum(tl.maximum(idx, 0), S - 1)
+        kd = tl.load(KIND + row * C + offs_c, mask=c_mask, other=0)
+        live = kd != NOT_ALLOWED
+        q = tl.load(Q + b * sqb + h * sqh + t * sqt + offs_d * sqd, mask=d_mask, other=0.0).to(ACC)
+        k_ptrs = K + b * skb + h * skh + idx[:, None] * sks + offs_d[None, :] * skd
+        k = tl.load(k_ptrs, mask=live[:, None] & d_mask[None, :], other=0.0).to(ACC)
+        s = tl.sum(k * q[None, :], axis=1) * scale
+        p, sig, e_total, w, has = _row_weights(s, kd, eps)
+        return row, b, h, t, idx, kd, live, q, k, p, sig, e_total, w, has
+
+    @triton.jit
     def _fwd_kernel(
         Q, K, V, IDX, KIND, OUT, W,
         sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
@@ -82,25 +112,13 @@ def _kernels() -> SimpleNamespace:
         BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
         DROPOUT: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
-        row = tl.program_id(0).to(tl.int64)
-        t = row % Tq
-        h = (row // Tq) % H
-        b = row // (Tq * H)
+        row, b, h, t, idx, kd, live, q, k, p, sig, e_total, w, has = _row(
+            Q, K, IDX, KIND, sqb, sqh, sqt, sqd, skb, skh, sks, skd, H, Tq, S, C, D, scale, eps, BLOCK_C, BLOCK_D, ACC
+        )
         offs_c = tl.arange(0, BLOCK_C)
-        offs_d = tl.arange(0, BLOCK_D)
         offs_e = tl.arange(0, BLOCK_E)
         c_mask = offs_c < C
-        d_mask = offs_d < D
         e_mask = offs_e < E
-        idx = tl.load(IDX + (b * Tq + t) * C + offs_c, mask=c_mask, other=0).to(tl.int64)
-        idx = tl.minimum(tl.maximum(idx, 0), S - 1)
-        kd = tl.load(KIND + row * C + offs_c, mask=c_mask, other=0)
-        live = kd != 0
-        q = tl.load(Q + b * sqb + h * sqh + t * sqt + offs_d * sqd, mask=d_mask, other=0.0).to(ACC)
-        k_ptrs = K + b * skb + h * skh + idx[:, None] * sks + offs_d[None, :] * skd
-        k = tl.load(k_ptrs, mask=live[:, None] & d_mask[None, :], other=0.0).to(ACC)
-        s = tl.sum(k * q[None, :], axis=1) * scale
-        p, sig, e_total, w, has = _row_weights(s, kd, eps)
         wd = w
         if DROPOUT:
             wd = tl.where(_keep(seed, row, offs_c, C, dropout_p), w * keep_scale, 0.0)
@@ -118,25 +136,14 @@ def _kernels() -> SimpleNamespace:
         BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
         DROPOUT: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
-        row = tl.program_id(0).to(tl.int64)
-        t = row % Tq
-        h = (row // Tq) % H
-        b = row // (Tq * H)
+        row, b, h, t, idx, kd, live, q, k, p, sig, e_total, w, has = _row(
+            Q, K, IDX, KIND, sqb, sqh, sqt, sqd, skb, skh, sks, skd, H, Tq, S, C, D, scale, eps, BLOCK_C, BLOCK_D, ACC
+        )
         offs_c = tl.arange(0, BLOCK_C)
         offs_d = tl.arange(0, BLOCK_D)
         offs_e = tl.arange(0, BLOCK_E)
-        c_mask = offs_c < C
         d_mask = offs_d < D
         e_mask = offs_e < E
-        idx = tl.load(IDX + (b * Tq + t) * C + offs_c, mask=c_mask, other=0).to(tl.int64)
-        idx = tl.minimum(tl.maximum(idx, 0), S - 1)
-        kd = tl.load(KIND + row * C + offs_c, mask=c_mask, other=0)
-        live = kd != 0
-        q = tl.load(Q + b * sqb + h * sqh + t * sqt + offs_d * sqd, mask=d_mask, other=0.0).to(ACC)
-        k_ptrs = K + b * skb + h * skh + idx[:, None] * sks + offs_d[None, :] * skd
-        k = tl.load(k_ptrs, mask=live[:, None] & d_mask[None, :], other=0.0).to(ACC)
-        s = tl.sum(k * q[None, :], axis=1) * scale
-        p, sig, e_total, w, has = _row_weights(s, kd, eps)
         g = tl.load(G + b * sgb + h * sgh + t * sgt + offs_e * sgd, mask=e_mask, other=0.0).to(ACC)
         v_ptrs = V + b * svb + h * svh + idx[:, None] * svs + offs_e[None, :] * svd
         v_rows = tl.where(live, has, False)
@@ -148,8 +155,8 @@ def _kernels() -> SimpleNamespace:
             wd = tl.where(keep, w * keep_scale, 0.0)
             dw = tl.where(keep, dw * keep_scale, 0.0)
         pdw = tl.sum(p * dw, axis=0)  # sum over the support of p_c * dw_c
-        ds_error = tl.where(has, tl.where(kd == 2, (dw - pdw) * eps * sig * (1.0 - sig), 0.0), 0.0)
-        ds = tl.where(kd == 1, p * (1.0 - e_total) * (dw - pdw), ds_error) * scale
+        ds_error = tl.where(has, tl.where(kd == ERROR, (dw - pdw) * eps * sig * (1.0 - sig), 0.0), 0.0)
+        ds = tl.where(kd == SUPPORT, p * (1.0 - e_total) * (dw - pdw), ds_error) * scale
         dq = tl.sum(ds[:, None] * k, axis=0)
         tl.store(DQ + row * D + offs_d, dq.to(DQ.dtype.element_ty), mask=d_mask)
         # dk, dv: contiguous (B, H, S, D|E) accumulators shared by all rows of (b, h)

@@ -115,13 +115,23 @@ def _with_current_context(forward: Any, *args: Any, **kwargs: Any) -> Any:
     return forward(*args, token_context=current(), **kwargs)
 
 
-class _TokenRarity:
-    """The corpus counts a structured encoder or decoder turns its tokens' rarity from."""
+class _StructuredStack:
+    """What a structured encoder or decoder adds to fairseq's: the structures of its layers, consumed
+    in order while fairseq's ``__init__`` builds them, and the corpus counts its tokens' rarity comes from."""
 
     token_counts: Tensor
     never_rare: Tensor
+    _unbuilt: list[Structure] | None
 
-    def _init_rarity(self, dictionary: Any) -> None:
+    def _next_structure(self) -> Structure | None:
+        return self._unbuilt.pop(0) if self._unbuilt is not None else None
+
+    def _finish_stack(self, structures: list[Structure] | None, dictionary: Any) -> None:
+        """After fairseq's ``__init__``: check every structure went to a layer, keep the rarity counts."""
+        if self._unbuilt:
+            raise ValueError(f"{len(self._unbuilt)} layer structures were not used")
+        del self._unbuilt
+        self.uses_rare = any(s.uses_rare for s in structures or [])
         counts = torch.tensor(dictionary.count, dtype=torch.long)
         never = torch.zeros(len(dictionary), dtype=torch.bool)
         never[: dictionary.nspecial] = True
@@ -129,13 +139,13 @@ class _TokenRarity:
         self.register_buffer("token_counts", counts, persistent=False)  # type: ignore[attr-defined]
         self.register_buffer("never_rare", never, persistent=False)  # type: ignore[attr-defined]
 
-    def _token_context(self, tokens: Tensor, incremental: bool, need_rarity: bool) -> TokenContext:
+    def _token_context(self, tokens: Tensor, incremental: bool) -> TokenContext:
         return TokenContext.from_tokens(
-            tokens, self.token_counts, self.never_rare, incremental=incremental, need_rarity=need_rarity
+            tokens, self.token_counts, self.never_rare, incremental=incremental, need_rarity=self.uses_rare
         )
 
 
-class StructuredTransformerEncoder(_TokenRarity, TransformerEncoderBase):
+class StructuredTransformerEncoder(_StructuredStack, TransformerEncoderBase):
     """fairseq's encoder whose layers have structured self-attention (one structure per layer);
     ``structures=None`` keeps every layer dense."""
 
@@ -150,17 +160,13 @@ class StructuredTransformerEncoder(_TokenRarity, TransformerEncoderBase):
         # consumed in order by build_encoder_layer, which the base __init__ calls once per layer
         self._unbuilt, self.impl = (list(structures) if structures else None), impl
         super().__init__(cfg, dictionary, embed_tokens)
-        if self._unbuilt:
-            raise ValueError(f"{len(self._unbuilt)} encoder layer structures were not used")
-        self.uses_rare = any(s.uses_rare for s in structures or [])
         self.structured = structures is not None
-        del self._unbuilt
-        self._init_rarity(dictionary)
+        self._finish_stack(structures, dictionary)
 
     def build_encoder_layer(self, cfg: TransformerConfig) -> torch.nn.Module:
         if self._unbuilt is None:
             return super().build_encoder_layer(cfg)
-        layer = StructuredEncoderLayer(cfg, self._unbuilt.pop(0), self.impl, return_fc=self.return_fc)
+        layer = StructuredEncoderLayer(cfg, self._next_structure(), self.impl, return_fc=self.return_fc)
         return _wrap_like_fairseq(layer, cfg)
 
     def forward_scriptable(
@@ -170,12 +176,12 @@ class StructuredTransformerEncoder(_TokenRarity, TransformerEncoderBase):
         return_all_hiddens: bool = False,
         token_embeddings: Tensor | None = None,
     ):
-        context = self._token_context(src_tokens, False, self.uses_rare) if self.structured else None
+        context = self._token_context(src_tokens, incremental=False) if self.structured else None
         with active(context):
             return super().forward_scriptable(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
 
 
-class StructuredTransformerDecoder(_TokenRarity, TransformerDecoderBase):
+class StructuredTransformerDecoder(_StructuredStack, TransformerDecoderBase):
     """fairseq's decoder with structured self-attention (one structure per layer, or None for dense)
     and optionally structured cross-attention (``cross``)."""
 
@@ -192,18 +198,13 @@ class StructuredTransformerDecoder(_TokenRarity, TransformerDecoderBase):
         # consumed in order by build_decoder_layer, which the base __init__ calls once per layer
         self._unbuilt, self.cross, self.impl = (list(structures) if structures else None), cross, impl
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
-        if self._unbuilt:
-            raise ValueError(f"{len(self._unbuilt)} decoder layer structures were not used")
-        self.uses_rare = any(s.uses_rare for s in structures or [])
         self.structured = structures is not None or cross is not None
-        del self._unbuilt
-        self._init_rarity(dictionary)
+        self._finish_stack(structures, dictionary)
 
     def build_decoder_layer(self, cfg: TransformerConfig, no_encoder_attn: bool = False) -> torch.nn.Module:
         if self._unbuilt is None and self.cross is None:
             return super().build_decoder_layer(cfg, no_encoder_attn)
-        structure = self._unbuilt.pop(0) if self._unbuilt is not None else None
-        layer = StructuredDecoderLayer(cfg, structure, self.cross, self.impl, no_encoder_attn)
+        layer = StructuredDecoderLayer(cfg, self._next_structure(), self.cross, self.impl, no_encoder_attn)
         return _wrap_like_fairseq(layer, cfg)
 
     def extract_features_scriptable(
@@ -217,7 +218,7 @@ class StructuredTransformerDecoder(_TokenRarity, TransformerDecoderBase):
     ):
         context = None
         if self.structured:
-            context = self._token_context(prev_output_tokens, incremental_state is not None, self.uses_rare)
+            context = self._token_context(prev_output_tokens, incremental=incremental_state is not None)
         with active(context):
             return super().extract_features_scriptable(
                 prev_output_tokens,
