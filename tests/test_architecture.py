@@ -158,6 +158,15 @@ def test_layerdrop_train_then_generate_with_and_without_pruning(data_bin, tmp_pa
     assert len(full) == len(pruned) == 60
 
 
+def test_bf16_trains_without_a_tpu(data_bin, tmp_path):
+    """fairseq 0.12 turns --bf16 into --tpu; with the plugin loaded it trains in bfloat16 where it runs."""
+    _train(data_bin, tmp_path, "--bf16", "--cpu", "--max-update", "2", "--struct-heads", "pos:1,syn:1,rare:2")
+    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")
+    assert state["cfg"]["common"]["bf16"] and not state["cfg"]["common"]["tpu"]
+    assert state["optimizer_history"][-1]["num_updates"] == 2
+    assert state["optimizer_history"][-1]["optimizer_name"] == "FP16Optimizer"  # fairseq's half-precision path
+
+
 def test_pruned_layers_keep_their_own_role_mix(dict_dir):
     """``--model-overrides "{'encoder_layers_to_keep': '0,2'}"``: each kept layer keeps its own role mix."""
     parser = options.get_training_parser()
@@ -288,3 +297,11 @@ def test_rare_index_of_the_wrong_shape_is_rejected():
         structured_attention(q, q, q, window=1, rare_index=torch.zeros(3, 2, dtype=torch.long), structure=s)
     with pytest.raises(ValueError, match="rare_index: the structure has 2 rare columns"):
         structured_attention(q, q, q, window=1, structure=s)
+
+
+def test_the_options_page_is_the_schemas_own_table():
+    from structmt.attention.options import markdown_table
+
+    page = (REPO / "docs" / "plugin.md").read_text(encoding="utf-8")
+    generated = page.split("<!-- generated: python -m structmt.attention.options -->\n")[1].split("<!-- end")[0]
+    assert generated == markdown_table()

@@ -476,3 +476,28 @@ def test_model_with_triton_decodes_like_teacher_forcing(dict_dir):
     state: dict = {}
     steps = [model.decoder(tgt[:, : t + 1], encoder_out=enc, incremental_state=state)[0] for t in range(tgt.size(1))]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, impl", [(torch.float16, "triton"), (torch.bfloat16, "efficient")])
+def test_half_precision_model_follows_float32(dict_dir, dtype, impl):
+    """What fairseq's --bf16/--fp16 do to the model (weights and activations in the half type):
+    the structured model's output stays close to its float32 output, on either candidate path."""
+    from conftest import build
+
+    args = (
+        "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "16",
+        "--decoder-ffn-embed-dim", "16", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--struct-heads", "syn:1,rare:1",
+        "--struct-rare", "2", "--struct-cross-window", "1", "--struct-impl", impl,
+    )  # fmt: skip
+    _, model = build(dict_dir, "structured_transformer_tiny", *args, seed=4)
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randint(4, 44, (2, 6), generator=gen)
+    src[1, :2], src[:, -1] = 1, 2
+    tgt = torch.randint(4, 44, (2, 5), generator=gen)
+    tgt[:, 0] = 2
+    lengths = (src != 1).sum(1)
+    want = model(src, lengths, tgt)[0].log_softmax(-1)
+    got = model.to(dtype)(src, lengths, tgt)[0]
+    assert got.dtype == dtype
+    assert (got.float().log_softmax(-1) - want).abs().max() < 0.1

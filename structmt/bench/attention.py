@@ -23,21 +23,17 @@ from typing import Any
 
 import torch
 
+from ..attention.functional import unique_positions
+from ..attention.options import StructureConfig
+from ..attention.structure import make_supports
 from ..files import write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
+from .workload import bench_structure, inputs
 
 IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
 #: implementations whose cost is O(T²) (skipped above --dense-limit)
 QUADRATIC = ("sdpa", "fairseq_mha", "reference")
-
-
-def inputs(length: int, tokens: int, heads: int, dim: int, rare: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    batch = max(1, tokens // length)
-    q, k, v = (torch.randn(batch, heads, length, dim, generator=gen) for _ in range(3))
-    rare_index = torch.randint(0, length, (batch, rare), generator=gen)
-    return q, k, v, rare_index
 
 
 def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[], Any], bool]:
@@ -45,6 +41,8 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
     import torch.nn.functional as F
 
     from structmt.attention import structured_attention
+
+    structure = bench_structure(q.size(1), window, rare_index.size(-1))
 
     def fresh(*tensors: torch.Tensor) -> None:
         for t in tensors:
@@ -62,7 +60,9 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
         q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
 
         def structured_step():
-            structured_attention(q, k, v, window=window, rare_index=rare_index, impl=impl)[0].sum().backward()
+            structured_attention(q, k, v, window=window, rare_index=rare_index, impl=impl, structure=structure)[
+                0
+            ].sum().backward()
             fresh(q, k, v)
 
         return structured_step, True
@@ -70,7 +70,9 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
 
         def forward_step():
             with torch.no_grad():
-                structured_attention(q, k, v, window=window, rare_index=rare_index, impl="efficient")
+                structured_attention(
+                    q, k, v, window=window, rare_index=rare_index, impl="efficient", structure=structure
+                )
 
         return forward_step, False
     if impl == "fairseq_mha":
@@ -89,12 +91,17 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         B, H, T, _ = q.shape
-
-        def mask_mod(b, h, qi, kv):
-            in_rare = (rare_index[b] == kv.unsqueeze(-1)).any(-1) if rare_index.numel() else kv < 0
-            return ((qi - kv).abs() <= window) | in_rare
-
-        block_mask = create_block_mask(mask_mod, B=B, H=None, Q_LEN=T, KV_LEN=T, device="cpu")
+        # FlexAttention's mask_mod is the structured support itself: the predicates structmt's own paths use
+        supports = make_supports(
+            structure,
+            num_keys=T,
+            rare_sets=unique_positions(rare_index.unsqueeze(1).expand(B, T, structure.rare)),
+            key_padding_mask=None,
+            sink_pos=None,
+            device=q.device,
+        )
+        # H=None: every head of bench_structure has the same support
+        block_mask = create_block_mask(supports.mask_mod(), B=B, H=None, Q_LEN=T, KV_LEN=T, device="cpu")
         compiled = torch.compile(flex_attention, dynamic=False)  # the dynamic-shape CPU template fails to build
 
         def step():
@@ -216,7 +223,7 @@ def run(
                 + (f"  peak {row[f'{impl}_peak_bytes'] / 2**20:8.1f} MiB" if f"{impl}_peak_bytes" in row else ""),
                 flush=True,
             )
-        candidates = 2 * window + 1 + rare
+        candidates = bench_structure(heads, window, rare).keys_per_query
         row["floor_s"] = traffic_floor_bytes(q.size(0), heads, length, dim, candidates) / (
             results["hardware"]["copy_gb_per_s"] * 1e9
         )
@@ -311,13 +318,29 @@ def plot(results: dict[str, Any], png: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # --device cuda: the GPU benchmark (attention_cuda), with its own options and defaults
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    if pre.parse_known_args(argv)[0].device == "cuda":
+        from .attention_cuda import main as cuda_main
+
+        cuda_main(argv)
+        return
     p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: SDPA flash, compiled Flex, structmt's Triton kernel and its gather path on a GPU "
+        "(structmt-bench attention --device cuda --help)",
+    )
+    p.add_argument("--dtype", choices=("float32",), default="float32", help="the CPU benchmark runs float32")
     p.add_argument("--lengths", default="32,128,512,1024,2048,4096,8192")
     p.add_argument("--tokens", type=int, default=8192, help="tokens per batch, held constant")
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--window", type=int, default=3)
-    p.add_argument("--rare", type=int, default=2)
+    p.add_argument("--window", type=int, default=StructureConfig.struct_window, help="band half-width w of every head")
+    p.add_argument("--rare", type=int, default=StructureConfig.struct_rare, help="rare columns r, seen by every head")
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-memory", action="store_true")

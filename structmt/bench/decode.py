@@ -20,20 +20,33 @@ from ..paths import REPO_ROOT
 from ..provenance import machine
 
 
-def sentences_per_second(model: Any, task: Any, subset: str, beam: int, batch_size: int) -> dict[str, Any]:
-    """Beam-search ``subset`` (already loaded into ``task``) with ``model``."""
+def _sync(device: str) -> None:
+    """Wait for the GPU's queued work, so the wall clock read next covers it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def sentences_per_second(
+    model: Any, task: Any, subset: str, beam: int, batch_size: int, device: str = "cpu"
+) -> dict[str, Any]:
+    """Beam-search ``subset`` (already loaded into ``task``) with ``model`` (on ``device``)."""
+    from fairseq import utils
     from fairseq.dataclass.configs import GenerationConfig
 
     generator = task.build_generator([model], GenerationConfig(beam=beam, max_len_a=1.2, max_len_b=10))
     itr = task.get_batch_iterator(
         dataset=task.dataset(subset), max_sentences=batch_size, required_batch_size_multiple=1
     ).next_epoch_itr(shuffle=False)
+    _sync(device)
     sentences, tokens, start = 0, 0, time.perf_counter()
     with torch.no_grad():
         for sample in itr:
+            if device == "cuda":
+                sample = utils.move_to_cuda(sample)
             hypos = task.inference_step(generator, [model], sample)
             sentences += len(hypos)
             tokens += sum(len(h[0]["tokens"]) for h in hypos)
+    _sync(device)
     seconds = time.perf_counter() - start
     return {
         "sentences": sentences,
@@ -44,7 +57,7 @@ def sentences_per_second(model: Any, task: Any, subset: str, beam: int, batch_si
 
 
 def incremental_steps(
-    models: dict[str, tuple[Any, Any]], lengths: list[int], repeats: int, batch: int = 64
+    models: dict[str, tuple[Any, Any]], lengths: list[int], repeats: int, batch: int = 64, device: str = "cpu"
 ) -> dict[str, dict[int, dict[str, float]]]:
     """Per model: decoder self-attention keys cached per sequence (summed over layers) after ``L``
     incremental steps, and the time of one decoder step for ``batch`` sequences of random tokens,
@@ -53,20 +66,24 @@ def incremental_steps(
     gen = torch.Generator().manual_seed(0)
     src = torch.randint(dictionary.nspecial, len(dictionary), (batch, 12), generator=gen)
     src[:, -1] = dictionary.eos()
+    src = src.to(device)
     out: dict[str, dict[int, dict[str, float]]] = {name: {} for name in models}
     with torch.no_grad():
         for length in lengths:
             tokens = torch.randint(dictionary.nspecial, len(dictionary), (batch, length), generator=gen)
             tokens[:, 0] = dictionary.eos()
+            tokens = tokens.to(device)
             times: dict[str, list[float]] = {name: [] for name in models}
             for _ in range(repeats):
                 for name, (model, _) in models.items():
                     model.decoder.set_beam_size(1)  # beam search set it on the cross-attention blocks
-                    enc = model.encoder(src, src_lengths=torch.full((batch,), 12))
+                    enc = model.encoder(src, src_lengths=torch.full((batch,), 12, device=device))
                     state: dict = {}
+                    _sync(device)
                     start = time.perf_counter()
                     for t in range(length):
                         model.decoder.forward(tokens[:, : t + 1], encoder_out=enc, incremental_state=state)
+                    _sync(device)
                     times[name].append(time.perf_counter() - start)
                     keys = 0
                     for layer in model.decoder.layers:
@@ -88,22 +105,39 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="alternate dense and structured this many times")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_decode.json")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models decode")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="--device cuda: decode with bfloat16 weights")
+    precision.add_argument("--fp16", action="store_true", help="--device cuda: decode with float16 weights")
     a = p.parse_args(argv)
+    if (a.bf16 or a.fp16) and a.device != "cuda":
+        p.error("--bf16 and --fp16 need --device cuda")
+    if a.device == "cuda":
+        from .attention_cuda import require_cuda
+
+        require_cuda("decode")
     started_on = machine()  # the commit the run starts from
     models = {"dense": load_model(a.dense, a.data), "structured": load_model(a.structured, a.data)}  # (model, task)
+    if a.device == "cuda":
+        dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else torch.float32
+        models = {name: (model.to("cuda", dtype), task) for name, (model, task) in models.items()}
     for _, task in models.values():
         task.load_dataset(a.subset)
     rounds = []
     for _ in range(a.repeats):  # alternating spreads slow phases of a shared machine over both
-        rounds.append({name: sentences_per_second(*mt, a.subset, a.beam, a.batch_size) for name, mt in models.items()})
+        rounds.append(
+            {name: sentences_per_second(*mt, a.subset, a.beam, a.batch_size, a.device) for name, mt in models.items()}
+        )
     ratios = [r["structured"]["sentences_per_s"] / r["dense"]["sentences_per_s"] for r in rounds]
     best = {name: max((r[name] for r in rounds), key=lambda x: x["sentences_per_s"]) for name in rounds[0]}
     dense, structured = best["dense"], best["structured"]
     lengths = [8, 32, 128, 512]
-    steps = incremental_steps(models, lengths, a.repeats)
+    steps = incremental_steps(models, lengths, a.repeats, device=a.device)
     result = {
         "command": "structmt-bench decode " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[2:])),
         "machine": started_on,
+        "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
+        "precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",
         "dense": {"checkpoint": str(a.dense), **dense},
         "structured": {"checkpoint": str(a.structured), **structured},
         "ratio": statistics.median(ratios),

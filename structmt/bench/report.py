@@ -1,5 +1,6 @@
 """``structmt-bench report``: render ``results/BENCHMARKS.md`` from the JSON files that
-``structmt-bench attention|train|decode`` wrote, with each run's command and machine."""
+``structmt-bench attention|train|decode`` wrote, with each run's command and machine; the GPU
+section from ``bench_attention_cuda.json`` and the files under ``gpu/`` (``scripts/gpu_session.sh``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from ..files import write_text_atomic
 from ..paths import REPO_ROOT
 from .attention import table
+from .attention_cuda import table as cuda_table
 
 #: training tokens/s goals, structured / dense (issue #5)
 TRAIN_GOALS = {"multi30k": 0.9, "docs2048": 2.0}
@@ -147,18 +149,86 @@ def decode_section(record: dict[str, Any] | None) -> list[str]:
     return lines + [""]
 
 
+#: where a GPU session's results lie, under the results folder (scripts/gpu_session.sh writes into gpu/)
+GPU_DIR = "gpu"
+CUDA_ATTENTION = "bench_attention_cuda.json"
+
+
+def cuda_attention_section(record: dict[str, Any], source: str) -> list[str]:
+    """The GPU attention benchmark (``structmt-bench attention --device cuda``) of one JSON file."""
+    s, m = record["settings"], record.get("machine", {})
+    lines = [
+        f"### Attention kernel on {record.get('device', '?')} (`{source}`)",
+        "",
+        f"Command: `{record.get('command', '?')}`  ",
+        f"Device: {record.get('device', '?')}; host {m.get('cpu', '?')}; torch {s.get('torch', '?')} "
+        f"(CUDA {s.get('cuda', '?')}), Triton {s.get('triton', '?')}, Python {m.get('python', '?')}; "
+        f"code at commit `{record.get('commit', m.get('commit', '?'))}`.",
+        "",
+        f"Self-attention over `(batch, {s['heads']} heads, T, {s['dim']})` {s['dtype']} tensors, {s['tokens']} "
+        f"tokens per batch at every T, w={s['window']}, r={s['rare']} ({s['candidates']} candidate keys per "
+        f"query); CUDA-event time, median of {s['repeats']} steps after {s['warmup']} warm-up steps; each "
+        "cell is forward (no grad) / forward+backward. SDPA flash is dense attention "
+        "(`sdpa_kernel(SDPBackend.FLASH_ATTENTION)`); Flex is `torch.compile(flex_attention)` with a "
+        "BlockMask of the same supports, built once per T for its timed steps; the BlockMask build (fresh "
+        "rare columns each time, as every training batch needs) is timed on its own. structmt Triton is "
+        '`structured_attention(impl="triton")`, the whole call; "Triton kernel alone" the custom op on '
+        'precomputed candidates; structmt gather is `impl="efficient"` with the Triton kernel off. '
+        "The traffic floor: q, k, v, output (and for f+b their gradients) and the candidate positions and "
+        "kinds crossing HBM once (`traffic_floor_bytes`), over the device-to-device copy bandwidth measured "
+        f"in the same run: {record['hardware']['copy_gb_per_s']:.0f} GB/s. Peak memory: the most "
+        "`torch.cuda.max_memory_allocated` rose above the memory held before one f+b step.",
+        "",
+        cuda_table(record),
+        "",
+    ]
+    return lines
+
+
+def gpu_section(results_dir: Path) -> list[str]:
+    """``## GPU``: the GPU attention benchmark (``bench_attention_cuda.json``, here or under ``gpu/``)
+    and the training and decoding benchmarks a GPU session wrote under ``gpu/``; "not measured yet"
+    when there is none."""
+    lines = ["## GPU", ""]
+    gpu = results_dir / GPU_DIR
+    found = False
+    for path in (results_dir / CUDA_ATTENTION, gpu / CUDA_ATTENTION):
+        record = _load(path)
+        if record is not None:
+            lines += cuda_attention_section(record, str(path.relative_to(results_dir)))
+            found = True
+    for name, section in (("bench_train.json", train_section), ("bench_decode.json", decode_section)):
+        record = _load(gpu / name)
+        if record is not None:
+            body = section(record)
+            device = f" on {record['device']}" if record.get("device") else ""
+            precision = f", {record['precision']}" if record.get("precision") else ""
+            lines += [f"#{body[0]}{device}{precision} (`{GPU_DIR}/{name}`)"] + body[1:]
+            found = True
+    if not found:
+        lines += [
+            "Not measured yet: run `scripts/gpu_session.sh` on a GPU machine (it writes `results/gpu/`), "
+            "or `structmt-bench attention --device cuda --dtype bfloat16` (it writes "
+            "`results/bench_attention_cuda.json`), then `structmt-bench report`.",
+            "",
+        ]
+    return lines
+
+
 def render(results_dir: Path) -> str:
     lines = [
         "# Benchmarks",
         "",
         "Written by `structmt-bench report` from `bench_attention.json`, `bench_train.json` and "
-        "`bench_decode.json`; every number comes from the command shown above its table, run on the "
-        "machine shown there. Ratios are measured side by side in one run.",
+        "`bench_decode.json` (the GPU section: `bench_attention_cuda.json` and `gpu/`); every number "
+        "comes from the command shown above its table, run on the machine shown there. Ratios are "
+        "measured side by side in one run.",
         "",
     ]
     lines += attention_section(_load(results_dir / "bench_attention.json"))
     lines += train_section(_load(results_dir / "bench_train.json"))
     lines += decode_section(_load(results_dir / "bench_decode.json"))
+    lines += gpu_section(results_dir)
     return "\n".join(lines)
 
 

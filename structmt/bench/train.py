@@ -145,7 +145,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cross-slope", type=float, default=0.97, help="its --struct-cross-slope (Multi30k en-de: 0.97)")
     p.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "bench_train")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_train.json")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where fairseq-train runs")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="--device cuda: train in bfloat16 (fairseq --bf16)")
+    precision.add_argument(
+        "--fp16", action="store_true", help="--device cuda: train in float16 (fairseq --fp16, dynamic loss scaling)"
+    )
     a = p.parse_args(argv)
+    if (a.bf16 or a.fp16) and a.device != "cuda":
+        p.error("--bf16 and --fp16 need --device cuda")
+    if a.device == "cuda":
+        from .attention_cuda import require_cuda
+
+        require_cuda("train")
+    # fairseq-train takes the GPU whenever it sees one: --cpu keeps --device cpu on the CPU
+    device_args = ("--cpu",) if a.device == "cpu" else ("--bf16",) if a.bf16 else ("--fp16",) if a.fp16 else ()
     started_on = machine()  # the commit the run starts from
     variants = dict(STRUCTURED)
     if a.cross_window >= 0:
@@ -158,23 +172,23 @@ def main(argv: list[str] | None = None) -> None:
         for variant, row in found.items():
             results[name if variant == "structured" else f"{name}_{variant}"] = row
 
-    add("multi30k", measure(data, a.work / "sentences", a.updates, 4096, 1024, rounds=a.rounds, variants=variants))
+    sentences = measure(data, a.work / "sentences", a.updates, 4096, 1024, device_args, a.rounds, variants)
+    add("multi30k", sentences)
     for n in (int(x) for x in a.doc_tokens.split(",")):
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
-        found = measure(
-            docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, rounds=a.rounds, variants=variants
-        )
+        found = measure(docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, device_args, a.rounds, variants)
         add(f"docs{n}", found)
     if a.no_cross_too:
         n = max(int(x) for x in a.doc_tokens.split(","))
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
-        found = measure(
-            docs, a.work / f"docs{n}-no-cross-runs", a.updates, 2 * n + 512, 4 * n, ("--no-cross-attention",), a.rounds
-        )
+        no_cross = (*device_args, "--no-cross-attention")
+        found = measure(docs, a.work / f"docs{n}-no-cross-runs", a.updates, 2 * n + 512, 4 * n, no_cross, a.rounds)
         add(f"docs{n}_no_cross", found)
     record = {
         "command": "structmt-bench train " + " ".join(argv if argv is not None else sys.argv[2:]),
         "machine": started_on,
+        "device": _device_name(a.device),
+        "precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",
         "updates": a.updates,
         "results": results,
     }
@@ -184,6 +198,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{name:18s} dense {r['dense']:6.0f} tok/s  structured {r['structured']:6.0f} tok/s (best of "
             f"{a.rounds})  ratio {r['ratio']:.2f} (median; rounds {', '.join(f'{x:.2f}' for x in r['ratios'])})"
         )
+
+
+def _device_name(device: str) -> str:
+    """``cpu``, or the GPU's name (``torch.cuda.get_device_name``)."""
+    if device != "cuda":
+        return device
+    import torch
+
+    return torch.cuda.get_device_name()
 
 
 if __name__ == "__main__":

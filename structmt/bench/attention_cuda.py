@@ -1,0 +1,652 @@
+"""``structmt-bench attention --device cuda [--dtype bfloat16]``: forward and forward+backward time
+and peak GPU memory of SDPA (flash backend), compiled FlexAttention, structmt's Triton kernel and
+its gather path, side by side in one process on the same inputs, against the HBM traffic floor.
+
+The implementations (``--impls``):
+
+* ``sdpa_flash``: dense attention, ``F.scaled_dot_product_attention`` restricted to the flash
+  backend (``sdpa_kernel(SDPBackend.FLASH_ATTENTION)``); the ``O(T²)`` baseline.
+* ``flex``: ``torch.compile(flex_attention)`` with a BlockMask of the SAME structured support
+  (``make_supports(bench_structure(...)).mask_mod()``). The BlockMask is built once per length
+  for the timed steps; its construction, which a training step pays for every batch (the rare
+  columns change with the batch), is timed separately (``flex_mask_s``: the supports of a fresh
+  rare index and ``torch.compile(create_block_mask)``, falling back to the eager
+  ``create_block_mask`` where that fails: ``flex_mask_how``).
+* ``triton``: ``structured_attention(..., impl="triton")``: the whole call, with the candidate
+  positions and kinds it derives from the structure on every call.
+* ``triton_kernel``: the Triton custom op alone (``triton_kernel.candidate_attention``) on
+  candidate positions and kinds computed once: the part the traffic floor describes.
+* ``gather``: ``structured_attention(..., impl="efficient")`` with the Triton kernel forced off
+  (so the gathered ``(B, T, C, H, D)`` copies of the keys and values and einsums run).
+
+Modes (``--modes``): ``fwd`` (forward under ``torch.no_grad``) and ``fb`` (forward, then
+``backward`` of a fixed random output gradient; the input gradients are freed after each step).
+
+Timing: CUDA events around each step after ``--warmup`` steps (compilation included there), the
+median of ``--repeats``. Peak memory: ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats`` over one more step, minus the memory allocated before it (the inputs),
+per (implementation, mode, T). The traffic floor: :func:`traffic_floor_bytes` over the
+device-to-device copy bandwidth measured in the same run (:func:`copy_bandwidth`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..attention.options import StructureConfig
+from ..attention.structure import CandidateLayout, Structure, make_supports
+from ..files import write_text_atomic
+from ..paths import REPO_ROOT
+from .workload import bench_structure
+from .workload import inputs as cpu_inputs
+
+IMPLS = ("sdpa_flash", "flex", "triton", "triton_kernel", "gather")
+MODES = ("fwd", "fb")
+LABELS = {
+    "sdpa_flash": "SDPA flash",
+    "flex": "Flex",
+    "triton": "structmt Triton",
+    "triton_kernel": "Triton kernel alone",
+    "gather": "structmt gather",
+}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DEFAULT_LENGTHS = "128,256,512,1024,2048,4096,8192,16384,32768"
+#: the goals' lengths (issue #13): speed-ups at GOAL_T, the short-sequence check at SHORT_T, flat memory over FLAT_T
+GOAL_T, SHORT_T, FLAT_T = 16384, 128, (1024, 32768)
+DEFAULT_OUT = REPO_ROOT / "results" / "bench_attention_cuda.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# no GPU
+# --------------------------------------------------------------------------------------------------
+
+
+def no_cuda_message(command: str, available: bool | None = None) -> str | None:
+    """The one-line reason ``structmt-bench COMMAND --device cuda`` cannot run here, or None when a
+    CUDA device is there (``available``: the answer of ``torch.cuda.is_available()``, asked when None)."""
+    if available is None:
+        available = torch.cuda.is_available()
+    if available:
+        return None
+    why = (
+        f"torch {torch.__version__} is a CPU-only build"
+        if torch.version.cuda is None
+        else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
+    )
+    return f"no CUDA device: {why}; `structmt-bench {command} --device cuda` measures a GPU, run it on a GPU machine"
+
+
+def require_cuda(command: str) -> None:
+    """Exit with :func:`no_cuda_message` (status 1, one line on stderr, no traceback) without a GPU."""
+    message = no_cuda_message(command)
+    if message is not None:
+        sys.exit(message)
+
+
+# --------------------------------------------------------------------------------------------------
+# arithmetic: traffic floor, goals, table (pure functions of the rows)
+# --------------------------------------------------------------------------------------------------
+
+
+def traffic_floor_bytes(
+    batch: int,
+    heads: int,
+    length: int,
+    dim: int,
+    candidates: int,
+    elem_bytes: int,
+    index_bytes: int = 8,
+    kind_bytes: int = 1,
+) -> dict[str, int]:
+    """The HBM traffic floor of candidate attention: bytes a kernel must move at least, forward
+    (``"fwd"``) and forward+backward (``"fb"``), if every tensor crosses HBM exactly once.
+
+    With ``X = batch * heads * length * dim * elem_bytes`` (one of q, k, v, out, their gradients)
+    and ``M = batch * length * candidates * index_bytes + batch * heads * length * candidates * kind_bytes``
+    (the candidate positions ``(B, T, C)`` int64, shared by the heads, and the kinds ``(B, H, T, C)`` int8):
+
+    * forward: read q, k, v, write out, read positions and kinds: ``4 X + M``;
+    * backward: read q, k, v and the output gradient, write dq, dk, dv, read positions and kinds
+      again: ``7 X + M``; forward+backward ``11 X + 2 M``.
+
+    Not counted, since a kernel need not move them: the candidate weights ``(B, H, T, C)`` the
+    forward kernel also writes, the reuse of a key by the ``C`` queries that see it beyond its
+    first read (caches absorb it at best), and the fp32 ``dk, dv`` accumulators of the backward.
+    The floor in seconds is these bytes over the copy bandwidth measured in the same run."""
+    x = batch * heads * length * dim * elem_bytes
+    meta = batch * length * candidates * index_bytes + batch * heads * length * candidates * kind_bytes
+    forward = 4 * x + meta
+    return {"fwd": forward, "fb": forward + 7 * x + meta}
+
+
+def _ratio(row: dict[str, Any] | None, num: str | tuple[str, ...], den: str) -> float | None:
+    """``sum(row[num]) / row[den]``, or None when one of them was not measured."""
+    nums = (num,) if isinstance(num, str) else num
+    if row is None or den not in row or any(n not in row for n in nums) or not row[den]:
+        return None
+    return sum(row[n] for n in nums) / row[den]
+
+
+def per_1k_tokens_mib(row: dict[str, Any], key: str) -> float | None:
+    """Peak memory ``row[key]`` (bytes) in MiB per 1000 tokens of the batch."""
+    peak = row.get(key)
+    return peak / 2**20 / (row["T"] * row["batch"] / 1000) if peak is not None and peak >= 0 else None
+
+
+def flat_memory(rows: list[dict[str, Any]], key: str = "triton_fb_peak_bytes", span: tuple[int, int] = FLAT_T):
+    """Max / min over T in ``span`` of the peak memory per token; None unless both ends of the
+    span were measured (a flatness over part of the span would claim more than was seen)."""
+    per_token = {r["T"]: v for r in rows if span[0] <= r["T"] <= span[1] and (v := per_1k_tokens_mib(r, key))}
+    if span[0] not in per_token or span[1] not in per_token:
+        return None
+    return max(per_token.values()) / min(per_token.values())
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's GPU goals, each ``{goal, measured, target, met}``, from this run's rows; a goal
+    whose measurements are missing has ``measured: None, met: False``. Speed goals are ratios of
+    times (``other / structmt``: how many times faster structmt is); structmt is ``triton``."""
+    rows = results["rows"]
+    by_t = {r["T"]: r for r in rows}
+    at, short = by_t.get(GOAL_T), by_t.get(SHORT_T)
+    out: list[dict[str, Any]] = []
+
+    def goal(what: str, value: float | None, target: float, at_least: bool) -> None:
+        met = value is not None and (value >= target if at_least else value <= target)
+        out.append(
+            {"goal": what, "measured": value, "target": ("≥ " if at_least else "≤ ") + f"{target:g}", "met": met}
+        )
+
+    t = f"T={GOAL_T} f+b"
+    goal(f"{t}: SDPA flash / structmt Triton", _ratio(at, "sdpa_flash_fb_s", "triton_fb_s"), 10, True)
+    goal(
+        f"{t}: (Flex + its BlockMask build) / structmt Triton",
+        _ratio(at, ("flex_fb_s", "flex_mask_s"), "triton_fb_s"),
+        2,
+        True,
+    )
+    goal(f"{t}: Flex (BlockMask prebuilt) / structmt Triton", _ratio(at, "flex_fb_s", "triton_fb_s"), 1.2, True)
+    goal(f"{t}: structmt Triton / HBM traffic floor", _ratio(at, "triton_fb_s", "floor_fb_s"), 3, False)
+    goal(f"T={SHORT_T} f+b: SDPA flash / structmt Triton", _ratio(short, "sdpa_flash_fb_s", "triton_fb_s"), 0.8, True)
+    goal(
+        f"structmt Triton f+b peak memory per token, max / min over T = {FLAT_T[0]}…{FLAT_T[1]}",
+        flat_memory(rows),
+        1.2,
+        False,
+    )
+    return out
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def table(results: dict[str, Any]) -> str:
+    """The GPU rows and goals as markdown: times in ms (``fwd / f+b``), ratios of f+b times, peak
+    MiB per 1000 tokens (f+b); a failed measurement shows as ``fail`` and is listed below."""
+    impls = [
+        i for i in IMPLS if any(f"{i}_{m}_s" in r or f"{i}_{m}_error" in r for r in results["rows"] for m in MODES)
+    ]
+    head = ["T", "batch"] + [f"{LABELS[i]} ms" for i in impls] + ["BlockMask build ms", "traffic floor ms"]
+    head += ["SDPA / Triton", "(Flex + mask) / Triton", "Flex / Triton", "Triton / floor"]
+    head += [f"MiB/1k tok: {LABELS[i]}" for i in impls]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ms(row: dict[str, Any], key: str) -> str:
+        if f"{key}_error" in row:
+            return "fail"
+        return _ms(row[f"{key}_s"]) if f"{key}_s" in row else "–"
+
+    def times(row: dict[str, Any], impl: str) -> str:
+        return f"{ms(row, f'{impl}_fwd')} / {ms(row, f'{impl}_fb')}"
+
+    def x(value: float | None) -> str:
+        return f"{value:.2f}×" if value is not None else "–"
+
+    def mib(row: dict[str, Any], impl: str) -> str:
+        v = per_1k_tokens_mib(row, f"{impl}_fb_peak_bytes")
+        return f"{v:.2f}" if v is not None else "–"
+
+    failures = []
+    for row in results["rows"]:
+        cells = [str(row["T"]), str(row["batch"])] + [times(row, i) for i in impls]
+        cells += [ms(row, "flex_mask"), f"{ms(row, 'floor_fwd')} / {ms(row, 'floor_fb')}"]
+        cells += [
+            x(_ratio(row, "sdpa_flash_fb_s", "triton_fb_s")),
+            x(_ratio(row, ("flex_fb_s", "flex_mask_s"), "triton_fb_s")),
+            x(_ratio(row, "flex_fb_s", "triton_fb_s")),
+            x(_ratio(row, "triton_fb_s", "floor_fb_s")),
+        ]
+        cells += [mib(row, i) for i in impls]
+        lines.append("| " + " | ".join(cells) + " |")
+        failures += [f"T={row['T']} {k.removesuffix('_error')}: {v}" for k, v in row.items() if k.endswith("_error")]
+    if failures:
+        lines += ["", "Failed measurements:", ""] + [f"- {f}" for f in failures]
+    lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
+    for g in goals(results):
+        value = f"{g['measured']:.2f}" if g["measured"] is not None else "not measured"
+        lines.append(f"| {g['goal']} | {value} | {g['target']} | {'yes' if g['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# measurement
+# --------------------------------------------------------------------------------------------------
+
+
+def inputs(length: int, tokens: int, heads: int, dim: int, rare: int, dtype: torch.dtype, device: str, seed: int = 0):
+    """The CPU benchmark's inputs (same generator), moved to ``device`` in ``dtype``."""
+    q, k, v, rare_index = cpu_inputs(length, tokens, heads, dim, rare, seed)
+    return *(t.to(device, dtype) for t in (q, k, v)), rare_index.to(device)
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(step: Callable[[], Any], repeats: int, warmup: int, device: str) -> float:
+    """Median seconds of ``step`` over ``repeats`` after ``warmup`` calls: CUDA events around each
+    step on a GPU (from an idle stream, so host-side launch overhead counts), else the wall clock."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if torch.device(device).type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            begin = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def peak_bytes(step: Callable[[], Any], device: str) -> int | None:
+    """GPU memory one more call of ``step`` allocates at its peak on top of what is allocated before it."""
+    if torch.device(device).type != "cuda":
+        return None
+    gc.collect()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def copy_bandwidth(size_mb: int, device: str, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read and written:
+    ``y.copy_(x)`` of a ``size_mb`` MiB float32 buffer ``torch.empty(N)``, median of ``repeats``."""
+    x = torch.empty(size_mb * 2**20 // 4, device=device)
+    y = torch.empty_like(x)
+    seconds = median_time(lambda: y.copy_(x), repeats, 2, device)
+    return 2 * x.numel() * x.element_size() / seconds
+
+
+def candidates(q: torch.Tensor, rare_index: torch.Tensor, structure: Structure) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate positions ``(B, T, C)`` (clamped) and kinds ``(B, H, T, C)`` of every query, as
+    ``functional.efficient_attention`` derives them (for the ``triton_kernel`` measurement)."""
+    from ..attention.functional import _rare_sets_of, unique_positions
+
+    B, H, T, _ = q.shape
+    layout = CandidateLayout.of(structure)
+    sets = unique_positions(_rare_sets_of(rare_index, B, T)) if structure.uses_rare else None
+    supports = make_supports(
+        structure, num_keys=T, rare_sets=sets, key_padding_mask=None, sink_pos=None, device=q.device
+    )
+    q_pos = torch.arange(T, device=q.device)
+    offsets = torch.arange(-structure.max_window, layout.band - structure.max_window, device=q.device)
+    kv_pos = layout.assemble((q_pos.view(1, T, 1) + offsets).expand(B, T, layout.band), sets if layout.rare else None)
+    return kv_pos.clamp(0, T - 1), layout.kinds(kv_pos, supports, q_pos, H)
+
+
+@contextlib.contextmanager
+def triton_off() -> Iterator[None]:
+    """Inside: ``attend_candidates`` sees no Triton, so ``impl="efficient"`` takes its gather path on a GPU."""
+    from unittest import mock
+
+    from ..attention import triton_kernel
+
+    with mock.patch.object(triton_kernel, "available", lambda device=None: False):
+        yield
+
+
+def _raise_recompile_limits() -> None:
+    """One compiled FlexAttention (and create_block_mask) serves every length and mode: allow the recompilations."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., Any]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    _raise_recompile_limits()
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.cache
+def _compiled_create_block_mask() -> Callable[..., Any]:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    _raise_recompile_limits()
+    return torch.compile(create_block_mask, dynamic=False)
+
+
+def mask_builder(structure: Structure, batch: int, length: int, device: str, compiled: bool):
+    """A function from a rare index ``(B, r)`` to FlexAttention's BlockMask of the structured support
+    (what a training step must build for every batch): ``make_supports`` and ``create_block_mask``."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from ..attention.functional import unique_positions
+
+    create = _compiled_create_block_mask() if compiled else create_block_mask
+
+    def build(rare_index: torch.Tensor):
+        sets = unique_positions(rare_index.unsqueeze(1).expand(batch, length, structure.rare))
+        supports = make_supports(
+            structure, num_keys=length, rare_sets=sets, key_padding_mask=None, sink_pos=None, device=device
+        )
+        # H=None: every head of bench_structure has the same support
+        return create(supports.mask_mod(), batch, None, length, length, device=device)
+
+    return build
+
+
+def make_step(
+    impl: str,
+    mode: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rare_index: torch.Tensor,
+    window: int,
+    block_mask: Any = None,
+) -> Callable[[], None]:
+    """A closure running one step of ``impl`` in ``mode`` (``fwd`` or ``fb``) on these inputs."""
+    import torch.nn.functional as F
+
+    from ..attention import structured_attention, triton_kernel
+
+    structure = bench_structure(q.size(1), window, rare_index.size(-1))
+    backward = mode == "fb"
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if backward:
+        q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        grad = torch.randn_like(q)
+    forward: Callable[[], torch.Tensor]
+    if impl == "sdpa_flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def forward():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v)
+
+    elif impl == "flex":
+        if block_mask is None:
+            raise ValueError("flex needs a block_mask")
+        compiled = _compiled_flex()
+
+        def forward():
+            return compiled(q, k, v, block_mask=block_mask)
+
+    elif impl == "triton":
+        if not triton_kernel.available(q.device):
+            raise RuntimeError(f"the Triton kernel does not run on {q.device} here (triton missing?)")
+
+        def forward():
+            return structured_attention(
+                q, k, v, window=window, rare_index=rare_index, impl="triton", structure=structure
+            )[0]
+
+    elif impl == "triton_kernel":
+        if not triton_kernel.available(q.device):
+            raise RuntimeError(f"the Triton kernel does not run on {q.device} here (triton missing?)")
+        index, kind = candidates(q, rare_index, structure)
+        scale = 1.0 / math.sqrt(q.size(-1))
+
+        def forward():
+            return triton_kernel.candidate_attention(q, k, v, index, kind, scale, structure.sink_eps)[0]
+
+    elif impl == "gather":
+
+        def forward():
+            with triton_off():
+                return structured_attention(
+                    q, k, v, window=window, rare_index=rare_index, impl="efficient", structure=structure
+                )[0]
+
+    else:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+    def step() -> None:
+        if backward:
+            forward().backward(grad)
+            q.grad = k.grad = v.grad = None  # each step allocates its gradients, as a training step does
+        else:
+            with torch.no_grad():
+                forward()
+
+    return step
+
+
+def _failure(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0] if lines else ''}"
+    return text[:300]
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run(
+    lengths: list[int],
+    tokens: int,
+    heads: int,
+    dim: int,
+    window: int,
+    rare: int,
+    dtype: torch.dtype,
+    impls: list[str],
+    modes: list[str],
+    repeats: int,
+    warmup: int,
+    memory: bool = True,
+    copy_mb: int = 1024,
+    device: str = "cuda",
+) -> dict[str, Any]:
+    """Measure every (length, implementation, mode); a failure (compilation, out of memory) is
+    recorded as ``{impl}_{mode}_error`` and the run goes on. ``device="cpu"`` is for testing the
+    harness without a GPU (wall-clock timing, no memory figures); the CLI measures CUDA only."""
+    from ..provenance import git_commit, machine
+
+    unknown = sorted(set(impls) - set(IMPLS)) + sorted(set(modes) - set(MODES))
+    if unknown:
+        raise ValueError(f"unknown implementations or modes {unknown}; choose from {IMPLS} and {MODES}")
+    structure = bench_structure(heads, window, rare)
+    on_gpu = torch.device(device).type == "cuda"
+    bandwidth = copy_bandwidth(copy_mb, device)
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if on_gpu else str(device),
+        "machine": machine(),
+        "commit": git_commit(),
+        "settings": {
+            "lengths": lengths,
+            "tokens": tokens,
+            "heads": heads,
+            "dim": dim,
+            "window": window,
+            "rare": rare,
+            "candidates": structure.keys_per_query,
+            "dtype": str(dtype).removeprefix("torch."),
+            "impls": impls,
+            "modes": modes,
+            "repeats": repeats,
+            "warmup": warmup,
+            "timing": "CUDA events, median of repeats after warm-up" if on_gpu else "wall clock (no GPU)",
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "triton": _triton_version(),
+        },
+        "hardware": {"copy_gb_per_s": bandwidth / 1e9, "copy_mb": copy_mb},
+        "rows": [],
+    }
+    for length in lengths:
+        q, k, v, rare_index = inputs(length, tokens, heads, dim, rare, dtype, device)
+        batch = q.size(0)
+        row: dict[str, Any] = {"T": length, "batch": batch}
+        floor = traffic_floor_bytes(batch, heads, length, dim, structure.keys_per_query, q.element_size())
+        for mode in ("fwd", "fb"):
+            row[f"floor_{mode}_bytes"] = floor[mode]
+            row[f"floor_{mode}_s"] = floor[mode] / bandwidth
+        block_mask = None
+        if "flex" in impls:
+            build = _measure_mask(row, structure, batch, length, rare, repeats, warmup, memory, device)
+            try:
+                block_mask = build(rare_index) if build is not None else None
+            except Exception as err:
+                row["flex_mask_error"] = _failure(err)
+        for impl in impls:
+            for mode in modes:
+                key = f"{impl}_{mode}"
+                try:
+                    if impl == "flex" and block_mask is None:
+                        raise RuntimeError("no BlockMask (its build failed, see flex_mask_error)")
+                    step = make_step(impl, mode, q, k, v, rare_index, window, block_mask)
+                    row[f"{key}_s"] = median_time(step, repeats, warmup, device)
+                    if memory and on_gpu:
+                        row[f"{key}_peak_bytes"] = peak_bytes(step, device)
+                except Exception as err:  # a failed measurement is a result too; the others go on
+                    row[f"{key}_error"] = _failure(err)
+                finally:
+                    step = None  # type: ignore[assignment]
+                    _free(device)
+                _print(row, key)
+        results["rows"].append(row)
+        del q, k, v, rare_index, block_mask
+        _free(device)
+    results["goals"] = goals(results)
+    return results
+
+
+def _measure_mask(row, structure, batch, length, rare, repeats, warmup, memory, device):
+    """Time the BlockMask build into ``row`` (fresh rare columns every call); returns the builder
+    that worked, or None."""
+    gen = torch.Generator().manual_seed(1)
+    fresh = [torch.randint(0, length, (batch, rare), generator=gen).to(device) for _ in range(warmup + repeats + 1)]
+    errors = []
+    for compiled in (True, False):
+        build = mask_builder(structure, batch, length, device, compiled)
+        step = functools.partial(_build_next, build, itertools.cycle(fresh))
+        try:
+            row["flex_mask_s"] = median_time(step, repeats, warmup, device)
+            if memory and torch.device(device).type == "cuda":
+                row["flex_mask_peak_bytes"] = peak_bytes(step, device)
+            row["flex_mask_how"] = "torch.compile(create_block_mask)" if compiled else "create_block_mask (eager)"
+            if errors:
+                row["flex_mask_compiled_error"] = errors[0]
+            _print(row, "flex_mask")
+            return build
+        except Exception as err:
+            errors.append(_failure(err))
+            _free(device)
+    row["flex_mask_error"] = "; ".join(errors)
+    _print(row, "flex_mask")
+    return None
+
+
+def _build_next(build: Callable[[torch.Tensor], Any], rare_indices: Iterator[torch.Tensor]) -> Any:
+    return build(next(rare_indices))
+
+
+def _print(row: dict[str, Any], key: str) -> None:
+    if f"{key}_error" in row:
+        text = f"failed: {row[f'{key}_error']}"
+    else:
+        text = f"{row[f'{key}_s'] * 1000:10.3f} ms"
+        if row.get(f"{key}_peak_bytes") is not None:
+            text += f"  peak +{row[f'{key}_peak_bytes'] / 2**20:9.1f} MiB"
+    print(f"T={row['T']:6d} {key:18s} {text}", flush=True)
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="structmt-bench attention --device cuda", description=__doc__)
+    p.add_argument("--device", choices=("cuda",), default="cuda", help="this benchmark measures a CUDA GPU")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
+    p.add_argument("--lengths", default=DEFAULT_LENGTHS)
+    p.add_argument("--tokens", type=int, default=32768, help="tokens per batch, held constant")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--window", type=int, default=StructureConfig.struct_window, help="band half-width w of every head")
+    p.add_argument("--rare", type=int, default=StructureConfig.struct_rare, help="rare columns r, seen by every head")
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--modes", default=",".join(MODES), help="fwd (forward, no grad) and/or fb (forward+backward)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens there)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
+    p.add_argument("--copy-mb", type=int, default=1024, help="buffer of the copy-bandwidth measurement, MiB")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
+    a = p.parse_args(argv)
+    require_cuda("attention")
+    results = run(
+        [int(x) for x in a.lengths.split(",")],
+        a.tokens,
+        a.heads,
+        a.dim,
+        a.window,
+        a.rare,
+        DTYPES[a.dtype],
+        a.impls.split(","),
+        a.modes.split(","),
+        a.repeats,
+        a.warmup,
+        not a.no_memory,
+        a.copy_mb,
+    )
+    results["command"] = "structmt-bench attention " + " ".join(argv if argv is not None else sys.argv[2:])
+    out = a.out.with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\n{results['device']}: copy bandwidth {results['hardware']['copy_gb_per_s']:.0f} GB/s; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
