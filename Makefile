@@ -1,46 +1,62 @@
 # structmt: every target installs what it needs first (make install is idempotent).
+# Installing elsewhere (a GPU machine with its own torch, an air-gapped node): docs/install.md.
 PYTHON ?= python3.11
 VENV := .venv
-PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip
 STAMP := $(VENV)/.installed
 FAIRSEQ := fairseq-fixed==0.12.3.1
+# make wheelhouse: the target node's Python version, and where the wheels go
+PY ?= 3.12
+WHEELHOUSE ?= wheelhouse
 
-.PHONY: install test test-reliability test-all demo reproduce lint clean
+.PHONY: install test test-reliability test-all demo reproduce lint wheelhouse clean
 
 install: $(STAMP)
 
+# The pinned CPU environment: Python 3.11, torch 2.13.0 (CPU build), every version from constraints.txt.
 $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candidates.cpp
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	# torch first: the CPU build lies on this machine's disk
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt numpy cython
-	# fairseq fork for Python 3.11, built against the installed torch, without its torchaudio pin
-	$(PIP) install -q --no-deps --no-build-isolation $(FAIRSEQ)
-	# the project itself: --no-build-isolation so its C++ kernel compiles against this torch
+	# the project and all its dependencies: --no-build-isolation so its C++ kernel compiles against this torch
 	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[dev]'
-	$(PY) -c "import structmt, fairseq; print('structmt ready: fairseq', fairseq.__version__)"
+	# fairseq fork for Python >= 3.11, built against the installed torch. --no-deps: its metadata asks for
+	# torchaudio (whose releases pin other torch versions); its real dependencies came with the project above.
+	# Last, because pip's after-install check of every package an install touches would report that
+	# torchaudio requirement as an error once fairseq is installed; --no-deps installs skip that check.
+	$(PIP) install -q --no-deps --no-build-isolation -c constraints.txt $(FAIRSEQ)
+	# every requirement is met except fairseq-fixed's torchaudio, which pip check lists
+	@$(PIP) check | grep -v -e '^fairseq-fixed [^ ]* requires torchaudio' -e '^No broken requirements' | { ! grep .; } \
+	  || { echo "error: pip check found broken requirements (above)"; exit 1; }
+	$(VPY) scripts/check_install.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(VPY) -m pytest -q -m "not slow"
 
 test-reliability: $(STAMP)
-	$(PY) -m pytest -q -m reliability
+	$(VPY) -m pytest -q -m reliability
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(VPY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m structmt.pipeline.recipes demo
+	$(VPY) -m structmt.pipeline.recipes demo
 
 reproduce: $(STAMP)
-	$(PY) -m structmt.pipeline.recipes reproduce
+	$(VPY) -m structmt.pipeline.recipes reproduce
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check structmt tests scripts
+
+# Everything an air-gapped Linux x86_64 node with Python $(PY) and its own torch needs (docs/install.md):
+#   make wheelhouse PY=3.12 [WITH_TRITON=1] [CONSTRAINTS=]   then, on the node: scripts/install_offline.sh wheelhouse
+wheelhouse: $(STAMP)
+	VPY=$(VPY) FAIRSEQ=$(FAIRSEQ) scripts/make_wheelhouse.sh $(PY) $(WHEELHOUSE)
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,38 @@
+"""Says what an installed structmt environment has: python scripts/check_install.py
+
+Run by `make install` and scripts/install_offline.sh after installing. Fails (exit 1)
+when structmt or fairseq does not import; the C++ kernel and Triton are optional and
+only reported.
+"""
+
+import importlib
+import platform
+import sys
+
+
+def _version(module: str) -> str:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "?")
+    except Exception as err:  # optional parts: report why they are missing
+        return f"not available ({type(err).__name__}: {err})"
+
+
+def main() -> int:
+    import fairseq  # noqa: F401  (the two imports that must work)
+    import torch
+
+    import structmt  # noqa: F401
+
+    try:
+        importlib.import_module("structmt._kernels")
+        kernel = "built"
+    except ImportError as err:
+        kernel = f"not built or not loadable ({err}); the pure-PyTorch path is used"
+    cuda = f"CUDA {torch.version.cuda}, GPU visible: {torch.cuda.is_available()}" if torch.version.cuda else "CPU build"
+    print(f"structmt ready: Python {platform.python_version()}, torch {torch.__version__} ({cuda})")
+    print(f"  fairseq {fairseq.__version__}, triton {_version('triton')}, C++ kernel: {kernel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs structmt on a node without internet, into an environment that already has torch,
+# from a wheelhouse made elsewhere with `make wheelhouse PY=3.x` (see docs/install.md):
+#
+#   scripts/install_offline.sh WHEELHOUSE [--venv DIR] [--python PYTHON] [--sdist] [--tests]
+#
+#   --python PYTHON  the interpreter of the environment to install into (default: python3 on PATH,
+#                    i.e. the activated conda env / venv / module that provides the cluster's torch)
+#   --venv DIR       install into the venv DIR instead, creating it from PYTHON with
+#                    --system-site-packages (so it sees that torch) when it does not exist
+#   --sdist          install structmt from the wheelhouse's sdist instead of this checkout
+#                    (editable); the Hydra pipeline (structmt-run) needs the checkout's conf/
+#   --tests          also install pytest and hypothesis, to run the tests on the node
+#
+# Nothing is downloaded: every pip call has --no-index --find-links WHEELHOUSE. torch (and the
+# Triton that came with it) stay as they are. fairseq-fixed and structmt's C++ kernel are
+# compiled here against that torch: fairseq needs a C++ compiler, structmt's kernel is optional.
+set -euo pipefail
+
+die() { echo "install_offline: error: $*" >&2; exit 1; }
+say() { echo "install_offline: $*"; }
+
+[[ $# -ge 1 && $1 != -* ]] || { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+WH=$(cd "$1" 2>/dev/null && pwd) || die "no wheelhouse folder '$1'"
+shift
+PYTHON=python3 VENV="" FROM_SDIST=0 TESTS=0
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --python) PYTHON=${2:?--python needs an interpreter}; shift 2 ;;
+        --venv) VENV=${2:?--venv needs a folder}; shift 2 ;;
+        --sdist) FROM_SDIST=1; shift ;;
+        --tests) TESTS=1; shift ;;
+        *) die "unknown option '$1' (see the top of $0)" ;;
+    esac
+done
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+FAIRSEQ=fairseq-fixed==0.12.3.1
+
+command -v "$PYTHON" > /dev/null || die "no interpreter '$PYTHON'"
+if [[ -n $VENV ]]; then
+    if [[ ! -x $VENV/bin/python ]]; then
+        say "creating $VENV from $PYTHON (--system-site-packages: it sees that environment's torch)"
+        "$PYTHON" -m venv --system-site-packages "$VENV"
+    fi
+    PYTHON=$VENV/bin/python
+fi
+PYTHON=$("$PYTHON" -c 'import sys; print(sys.executable)')  # absolute: step 4 runs elsewhere
+
+# the wheelhouse was made for one Python version
+want=$(cat "$WH/PYTHON_VERSION" 2>/dev/null) || die "$WH has no PYTHON_VERSION: make it with make wheelhouse PY=3.x"
+have=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+[[ $have == "$want" ]] || die "$WH holds wheels for Python $want, but $PYTHON is Python $have: make wheelhouse PY=$have"
+
+# torch must already be there, in structmt's range (pyproject.toml: torch>=2.11,<3)
+torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null) \
+    || die "$PYTHON cannot import torch: install the cluster's torch first (or pass --python/--venv)"
+"$PYTHON" - "$torch_version" <<'EOF' || die "torch $torch_version is outside structmt's range (>=2.11,<3)"
+import re, sys
+major, minor = map(int, re.match(r"(\d+)\.(\d+)", sys.argv[1]).groups())
+sys.exit(0 if (2, 11) <= (major, minor) < (3, 0) else 1)
+EOF
+say "installing into $("$PYTHON" -c 'import sys; print(sys.prefix)') (Python $have, torch $torch_version) from $WH"
+
+# Triton is a dependency on Linux x86_64; CUDA builds of torch bring it
+if [[ $(uname -s)-$(uname -m) == Linux-x86_64 ]] && ! "$PYTHON" -c 'import triton' 2> /dev/null \
+        && ! compgen -G "$WH/triton-*.whl" > /dev/null; then
+    die "this environment has no Triton (a CPU-only torch?) and $WH has none: make wheelhouse WITH_TRITON=1"
+fi
+
+PIP=("$PYTHON" -m pip install -q --no-index --find-links "$WH")
+# 1. build requirements of structmt and fairseq (kept where the environment already has them)
+"${PIP[@]}" "setuptools>=68" wheel cython numpy
+# 2. structmt and every runtime dependency, before fairseq: see step 3
+extra=""; [[ $TESTS == 1 ]] && extra="[test]"
+if [[ $FROM_SDIST == 1 ]]; then
+    sdist=$(ls "$WH"/structmt-*.tar.gz 2> /dev/null | head -1) || true
+    [[ -n $sdist ]] || die "$WH has no structmt sdist"
+    "${PIP[@]}" --no-build-isolation "$sdist$extra"
+else
+    "${PIP[@]}" --no-build-isolation -e "$REPO$extra"
+fi
+# 3. the fairseq fork, compiled against this torch. --no-deps: its metadata asks for torchaudio,
+# whose releases pin other torch versions (its real dependencies came with structmt in step 2).
+# Last, because once it is there, pip's check after an install that touches its dependencies
+# reports the missing torchaudio; a --no-deps install skips that check.
+"${PIP[@]}" --no-deps --no-build-isolation "$FAIRSEQ"
+# 4. what was installed (from outside the checkout, so the installed structmt is imported)
+cd "$WH" && "$PYTHON" "$REPO/scripts/check_install.py"
