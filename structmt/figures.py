@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_path
+
 
 def pyplot() -> Any:
     """matplotlib's pyplot on the non-interactive Agg backend."""
@@ -19,13 +21,12 @@ def pyplot() -> Any:
 
 
 def save(fig: Any, png: Path, dpi: int = 120) -> None:
-    """Write ``fig`` to ``png`` atomically and close it."""
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
+    """Write ``fig`` to ``png`` atomically (a temporary file of its own, so concurrent jobs
+    rendering the same figure never share one) and close it."""
     fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     pyplot().close(fig)
-    tmp.replace(png)
 
 
 def annotated_heatmap(

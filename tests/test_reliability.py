@@ -214,3 +214,25 @@ def test_path_options_are_checked_before_use(tmp_path, command, message):
     )
     assert result.returncode == 2 and message in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def _render_figure(args: tuple[Path, int]) -> None:
+    from structmt.figures import pyplot, save
+
+    folder, i = args
+    for j in range(5):
+        fig, ax = pyplot().subplots()
+        ax.plot([0, i, j])
+        save(fig, folder / "leaderboard.png")
+
+
+@pytest.mark.reliability
+def test_concurrent_jobs_render_the_same_figure_safely(tmp_path):
+    """Sweep jobs (processes) publishing the leaderboard at once: each writes its own temporary file."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
+        list(pool.map(_render_figure, [(tmp_path, i) for i in range(8)]))
+    assert [p.name for p in tmp_path.iterdir()] == ["leaderboard.png"]
+    assert (tmp_path / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
