@@ -110,6 +110,29 @@ def candidate_attention(
     return out, weights
 
 
+def full_pass_candidates(
+    structure: Structure,
+    supports: Supports,
+    rare_sets: Tensor | None,
+    sink_pos: Tensor | None,
+    batch: int,
+    num_heads: int,
+    length: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """The candidate key positions ``(B, T, C)`` of every query of a full pass (band around the
+    query, its rare set, the error keys) and their kinds ``(B, H, T, C)``."""
+    layout = CandidateLayout.of(structure)
+    q_pos = torch.arange(length, device=device)
+    offsets = torch.arange(-structure.max_window, layout.band - structure.max_window, device=device)
+    kv_pos = layout.assemble(
+        (q_pos.view(1, length, 1) + offsets).expand(batch, length, layout.band),
+        rare_sets if layout.rare else None,
+        sink_pos.unsqueeze(1).expand(batch, length, layout.error) if layout.error else None,
+    )
+    return kv_pos, layout.kinds(kv_pos, supports, q_pos, num_heads)
+
+
 def efficient_attention(
     q: Tensor,
     k: Tensor,
@@ -128,16 +151,8 @@ def efficient_attention(
     Returns the output, the candidate weights ``(B, H, T, C)`` and the
     candidate positions ``(B, T, C)``.
     """
-    B, H, T, D = q.shape
-    layout = CandidateLayout.of(structure)
-    q_pos = torch.arange(T, device=q.device)
-    offsets = torch.arange(-structure.max_window, layout.band - structure.max_window, device=q.device)
-    kv_pos = layout.assemble(
-        (q_pos.view(1, T, 1) + offsets).expand(B, T, layout.band),
-        rare_sets if layout.rare else None,
-        sink_pos.unsqueeze(1).expand(B, T, layout.error) if layout.error else None,
-    )
-    kind = layout.kinds(kv_pos, supports, q_pos, H)
+    T = q.size(2)
+    kv_pos, kind = full_pass_candidates(structure, supports, rare_sets, sink_pos, q.size(0), q.size(1), T, q.device)
     out, weights = attend_candidates(
         q, k, v, kv_pos.clamp(0, T - 1), kind, structure.sink_eps, dropout_p, kernel=kernel
     )

@@ -14,9 +14,7 @@ import gc
 import json
 import multiprocessing
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from ..attention.structure import make_supports
 from ..files import write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
-from .workload import bench_structure, inputs
+from .workload import bench_structure, inputs, median_time
 
 IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
 #: implementations whose cost is O(T²) (skipped above --dense-limit)
@@ -112,16 +110,6 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
     raise ValueError(impl)
 
 
-def median_time(step: Callable[[], Any], repeats: int) -> float:
-    step()  # warm-up (and compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -173,9 +161,9 @@ def hardware(size_mb: int = 512) -> dict[str, float]:
     x = torch.empty(size_mb * 1024 * 1024 // 4)
     y = torch.empty_like(x)
     y.copy_(x)
-    copy = median_time(lambda: y.copy_(x), 5)
+    copy = median_time(lambda: y.copy_(x), 5, 1, "cpu")
     a = torch.randn(2048, 2048)
-    mm = median_time(lambda: a @ a, 5)
+    mm = median_time(lambda: a @ a, 5, 1, "cpu")
     return {"copy_gb_per_s": 2 * x.numel() * 4 / copy / 1e9, "matmul_gflop_per_s": 2 * 2048**3 / mm / 1e9}
 
 
@@ -214,7 +202,7 @@ def run(
             if impl in QUADRATIC and length > dense_limit:
                 continue
             step, backward = make_step(impl, q, k, v, r, window)
-            row[f"{impl}_s"] = median_time(step, repeats)
+            row[f"{impl}_s"] = median_time(step, repeats, 1, "cpu")  # one warm-up step (and compilation)
             row[f"{impl}_backward"] = backward
             if memory and impl != "efficient_fwd":
                 row[f"{impl}_peak_bytes"] = peak_bytes(impl, length, tokens, heads, dim, rare, window)

@@ -38,9 +38,7 @@ import gc
 import itertools
 import json
 import math
-import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,10 +46,10 @@ from typing import Any
 import torch
 
 from ..attention.options import StructureConfig
-from ..attention.structure import CandidateLayout, Structure, make_supports
+from ..attention.structure import Structure, make_supports
 from ..files import write_text_atomic
 from ..paths import REPO_ROOT
-from .workload import bench_structure
+from .workload import bench_structure, median_time
 from .workload import inputs as cpu_inputs
 
 IMPLS = ("sdpa_flash", "flex", "triton", "triton_kernel", "gather")
@@ -255,33 +253,6 @@ def inputs(length: int, tokens: int, heads: int, dim: int, rare: int, dtype: tor
     return *(t.to(device, dtype) for t in (q, k, v)), rare_index.to(device)
 
 
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_time(step: Callable[[], Any], repeats: int, warmup: int, device: str) -> float:
-    """Median seconds of ``step`` over ``repeats`` after ``warmup`` calls: CUDA events around each
-    step on a GPU (from an idle stream, so host-side launch overhead counts), else the wall clock."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        if torch.device(device).type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            begin = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
 def peak_bytes(step: Callable[[], Any], device: str) -> int | None:
     """GPU memory one more call of ``step`` allocates at its peak on top of what is allocated before it."""
     if torch.device(device).type != "cuda":
@@ -307,18 +278,15 @@ def copy_bandwidth(size_mb: int, device: str, repeats: int = 10) -> float:
 def candidates(q: torch.Tensor, rare_index: torch.Tensor, structure: Structure) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate positions ``(B, T, C)`` (clamped) and kinds ``(B, H, T, C)`` of every query, as
     ``functional.efficient_attention`` derives them (for the ``triton_kernel`` measurement)."""
-    from ..attention.functional import _rare_sets_of, unique_positions
+    from ..attention.functional import _rare_sets_of, full_pass_candidates, unique_positions
 
     B, H, T, _ = q.shape
-    layout = CandidateLayout.of(structure)
     sets = unique_positions(_rare_sets_of(rare_index, B, T)) if structure.uses_rare else None
     supports = make_supports(
         structure, num_keys=T, rare_sets=sets, key_padding_mask=None, sink_pos=None, device=q.device
     )
-    q_pos = torch.arange(T, device=q.device)
-    offsets = torch.arange(-structure.max_window, layout.band - structure.max_window, device=q.device)
-    kv_pos = layout.assemble((q_pos.view(1, T, 1) + offsets).expand(B, T, layout.band), sets if layout.rare else None)
-    return kv_pos.clamp(0, T - 1), layout.kinds(kv_pos, supports, q_pos, H)
+    kv_pos, kind = full_pass_candidates(structure, supports, sets, None, B, H, T, q.device)
+    return kv_pos.clamp(0, T - 1), kind
 
 
 @contextlib.contextmanager

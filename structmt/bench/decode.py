@@ -18,12 +18,7 @@ from ..checkpoints import load_model
 from ..files import write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
-
-
-def _sync(device: str) -> None:
-    """Wait for the GPU's queued work, so the wall clock read next covers it."""
-    if device == "cuda":
-        torch.cuda.synchronize()
+from .workload import sync
 
 
 def sentences_per_second(
@@ -37,7 +32,7 @@ def sentences_per_second(
     itr = task.get_batch_iterator(
         dataset=task.dataset(subset), max_sentences=batch_size, required_batch_size_multiple=1
     ).next_epoch_itr(shuffle=False)
-    _sync(device)
+    sync(device)
     sentences, tokens, start = 0, 0, time.perf_counter()
     with torch.no_grad():
         for sample in itr:
@@ -46,7 +41,7 @@ def sentences_per_second(
             hypos = task.inference_step(generator, [model], sample)
             sentences += len(hypos)
             tokens += sum(len(h[0]["tokens"]) for h in hypos)
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     return {
         "sentences": sentences,
@@ -79,11 +74,11 @@ def incremental_steps(
                     model.decoder.set_beam_size(1)  # beam search set it on the cross-attention blocks
                     enc = model.encoder(src, src_lengths=torch.full((batch,), 12, device=device))
                     state: dict = {}
-                    _sync(device)
+                    sync(device)
                     start = time.perf_counter()
                     for t in range(length):
                         model.decoder.forward(tokens[:, : t + 1], encoder_out=enc, incremental_state=state)
-                    _sync(device)
+                    sync(device)
                     times[name].append(time.perf_counter() - start)
                     keys = 0
                     for layer in model.decoder.layers:

@@ -1,6 +1,12 @@
-"""The workload every attention benchmark runs, on CPU and GPU alike: one structure and its inputs."""
+"""The workload every attention benchmark runs, on CPU and GPU alike: one structure, its inputs, and
+how a step is timed."""
 
 from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -20,3 +26,31 @@ def inputs(length: int, tokens: int, heads: int, dim: int, rare: int, seed: int 
     q, k, v = (torch.randn(batch, heads, length, dim, generator=gen) for _ in range(3))
     rare_index = torch.randint(0, length, (batch, rare), generator=gen)
     return q, k, v, rare_index
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(step: Callable[[], Any], repeats: int, warmup: int, device: str) -> float:
+    """Median seconds of ``step`` over ``repeats`` after ``warmup`` calls: CUDA events around each
+    step on a GPU (from an idle stream, so host-side launch overhead counts), else the wall clock."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        if torch.device(device).type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            begin = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
