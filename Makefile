@@ -9,6 +9,8 @@ FAIRSEQ := fairseq-fixed==0.12.3.1
 # make wheelhouse: the target node's Python version, and where the wheels go
 PY ?= 3.12
 WHEELHOUSE ?= wheelhouse
+# make reproduce: the seeds of the headline table
+SEEDS ?= 1 2 3
 
 .PHONY: install test test-reliability test-all demo reproduce lint wheelhouse clean
 
@@ -47,8 +49,9 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m structmt.pipeline.recipes demo
 
+# make reproduce SEEDS="1 2 3": one dense + structured pair per seed, each from a clean committed tree
 reproduce: $(STAMP)
-	$(VPY) -m structmt.pipeline.recipes reproduce
+	$(VPY) -m structmt.pipeline.recipes reproduce --seeds $(SEEDS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check structmt tests scripts

@@ -29,21 +29,25 @@ def git_commit() -> str:
         return "unknown"
 
 
-def machine() -> dict[str, str]:
-    """CPU model, torch threads and versions, and :func:`git_commit`, as benchmarks and analyses record them."""
-    import torch
-
-    cpu = "unknown"
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or ``platform.processor()`` where there is none."""
     try:
-        cpu = next(
+        return next(
             line.split(":", 1)[1].strip()
             for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, str]:
+    """CPU model, torch threads and versions, and :func:`git_commit`, as benchmarks and analyses record them."""
+    import torch
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
         "python": platform.python_version(),

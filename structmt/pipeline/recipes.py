@@ -4,13 +4,18 @@ scored on test_2016_flickr and test_2017_flickr with sacreBLEU (paired bootstrap
 against the dense run), added to the leaderboard and logged to W&B.
 
     python -m structmt.pipeline.recipes demo        # make demo: a short schedule
-    python -m structmt.pipeline.recipes reproduce   # make reproduce: the README's headline table
+    python -m structmt.pipeline.recipes reproduce --seeds 1 2 3   # make reproduce: the headline table
+
+With several seeds, each seed's pair is trained, decoded and scored by its own
+process, started from a clean committed tree (the commit every row records).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -19,6 +24,7 @@ from typing import Any
 
 from ..files import DataError
 from ..paths import REPO_ROOT
+from ..provenance import git_commit
 from .evaluation import evaluate_run
 from .leaderboard import read_rows
 from .spec import ModelSpec, RunSpec, Schedule
@@ -38,12 +44,16 @@ def load_schedule(name: str) -> Schedule:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def compare(dense: RunSpec, structured: RunSpec, *, runs_dir: Path, results_dir: Path) -> list[dict[str, Any]]:
+def compare(
+    dense: RunSpec, structured: RunSpec, *, runs_dir: Path, results_dir: Path, train_only: bool = False
+) -> list[dict[str, Any]]:
     """Train both side by side, then evaluate (the structured run against the dense one)."""
     prepare_data(dense, runs_dir)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for job in [pool.submit(train_run, spec, runs_dir=runs_dir) for spec in (dense, structured)]:
             job.result()
+    if train_only:
+        return []
     rows = evaluate_run(dense, runs_dir=runs_dir, results_dir=results_dir)
     return rows + evaluate_run(structured, runs_dir=runs_dir, results_dir=results_dir, baseline=dense)
 
@@ -52,20 +62,38 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", choices=sorted(RECIPES))
     p.add_argument("--max-update", type=int, default=None, help="override the schedule's number of updates")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="one comparison per seed, each its own process")
+    p.add_argument("--train-only", action="store_true", help="train (or resume) the pair; evaluate later")
+    p.add_argument("--allow-dirty", action="store_true", help="run although tracked files differ from the commit")
     p.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     a = p.parse_args(argv)
+    if git_commit().endswith("+dirty") and not a.allow_dirty:
+        raise SystemExit(
+            f"error: tracked files differ from commit {git_commit()[:12]}; the rows would not name the code that "
+            "made them. Commit (or stash) first, or pass --allow-dirty."
+        )
+    if a.seeds is not None and len(a.seeds) > 1:
+        for seed in a.seeds:  # one process per seed pair: nothing carries over from one seed to the next
+            cmd = [sys.executable, "-m", "structmt.pipeline.recipes", a.recipe, "--seeds", str(seed), *_passed_on(a)]
+            if subprocess.run(cmd).returncode:
+                raise SystemExit(f"error: seed {seed} failed (command: {' '.join(cmd)})")
+        return
     logging.getLogger("filelock").setLevel(logging.WARNING)
     schedule = load_schedule(RECIPES[a.recipe])
     if a.max_update is not None:
         schedule = replace(schedule, max_update=a.max_update)
+    if a.seeds is not None:
+        schedule = replace(schedule, seed=a.seeds[0])
     dense = RunSpec(model=ModelSpec(arch="transformer_multi30k"), schedule=schedule)
     structured = RunSpec(model=ModelSpec(arch="structured_transformer_multi30k"), schedule=schedule)
     start = time.time()
     try:
-        rows = compare(dense, structured, runs_dir=a.runs_dir, results_dir=a.results_dir)
+        rows = compare(dense, structured, runs_dir=a.runs_dir, results_dir=a.results_dir, train_only=a.train_only)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
+    if a.train_only:
+        return
     print(f"\nLeaderboard rows of this comparison ({time.time() - start:.0f} s):\n")
     print(f"{'run':42} {'test set':17} {'BLEU':>5} {'chrF':>5} {'p vs dense':>10}  hypothesis")
     for r in rows:
@@ -79,6 +107,13 @@ def main(argv: list[str] | None = None) -> None:
         f"Full leaderboard ({len(read_rows(a.results_dir / 'leaderboard.csv'))} rows): "
         f"{a.results_dir / 'LEADERBOARD.md'}, leaderboard.png"
     )
+
+
+def _passed_on(a: argparse.Namespace) -> list[str]:
+    """The options of this call that each seed's process gets too."""
+    out = ["--runs-dir", str(a.runs_dir), "--results-dir", str(a.results_dir)]
+    out += ["--max-update", str(a.max_update)] if a.max_update is not None else []
+    return out + [flag for flag, on in (("--train-only", a.train_only), ("--allow-dirty", a.allow_dirty)) if on]
 
 
 if __name__ == "__main__":

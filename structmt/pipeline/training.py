@@ -19,7 +19,7 @@ from ..data.cli import prepare_dataset
 from ..data.prepare import PrepConfig
 from ..fairseq_cli import parse_train_log, train
 from ..files import write_text_atomic
-from ..provenance import git_commit
+from ..provenance import cpu_model, git_commit
 from .spec import DataSpec, RunSpec
 from .translate import model_dir
 
@@ -91,8 +91,12 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
             shutil.copyfile(roles, run_dir / "roles.json")
             roles = run_dir / "roles.json"
         args = spec.model.fairseq_args(roles) + spec.schedule.fairseq_args()
+        with open(run_dir / "train.log", "a", encoding="utf-8") as f:
+            f.write(f"\n# structmt {git_commit()} on {cpu_model()}\n")
         trained = train(bin_dir, run_dir, spec.model.arch, args, env)
-    metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)}
+    # the code and machine that trained (a resumed run: those that finished it; train.log names each one)
+    provenance = {"git_commit": git_commit(), "machine": cpu_model()}
+    metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)} | provenance
     write_text_atomic(metrics_path, json.dumps(metrics) + "\n")
     log(f"[{run_id}] trained: {trained.updates} updates, {trained.tokens_per_second:.0f} target tokens/s")
     return metrics
