@@ -12,7 +12,7 @@ WHEELHOUSE ?= wheelhouse
 # make reproduce: the seeds of the headline table
 SEEDS ?= 1 2 3
 
-.PHONY: install test test-reliability test-all demo reproduce lint wheelhouse clean
+.PHONY: install test test-reliability test-all demo reproduce finetune lint wheelhouse clean
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ demo: $(STAMP)
 # make reproduce SEEDS="1 2 3": one dense + structured pair per seed, each from a clean committed tree
 reproduce: $(STAMP)
 	$(VPY) -m structmt.pipeline.recipes reproduce --seeds $(SEEDS)
+
+# make finetune SEEDS=1: the structured model fine-tuned from the dense reproduce run of each seed
+finetune: $(STAMP)
+	$(VPY) -m structmt.pipeline.recipes finetune --seeds $(SEEDS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check structmt tests scripts

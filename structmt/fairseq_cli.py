@@ -2,24 +2,31 @@
 log says) and ``fairseq-generate``, used by the pipeline and the benchmarks.
 
 Every step runs fairseq as a subprocess with an argument list (never a
-shell), logs to the run folder, and writes its outputs atomically.
+shell), logs to the run folder, and writes its outputs atomically.  While it
+runs, a thread reads what fairseq writes and prints progress lines
+(``[run] 320/500 updates, loss 5.12, 2.3k tok/s, ETA 4 min``, ``[run] test: 40/100 sentences``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .console import say
 from .files import atomic_path
 from .paths import PLUGIN_DIR
 
 
 class StepError(RuntimeError):
-    """A pipeline step failed; the message names the log to read."""
+    """A pipeline step failed; the message names the log to read and quotes its last line."""
 
 
 def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:
@@ -30,9 +37,77 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:
         f.flush()
         code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
-        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
-        raise StepError(f"{cmd[2]} failed (exit {code}); see {log}:\n{tail}")
+        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        raise StepError(f"{cmd[2]} failed (exit {code}); see {log}, which ends: {lines[-1].strip()}")
     return time.time() - start
+
+
+@contextmanager
+def _watching(path: Path, on_text: Callable[[str], None], every: float = 1.0) -> Iterator[None]:
+    """While the block runs, call ``on_text`` with the complete lines appended to ``path``
+    (every ``every`` seconds, and once more at the end)."""
+    start = path.stat().st_size if path.exists() else 0
+    state = {"offset": start, "rest": b""}
+    stop = threading.Event()
+
+    def poll() -> None:
+        try:
+            with open(path, "rb") as f:
+                f.seek(state["offset"])
+                data = state["rest"] + f.read()
+                state["offset"] = f.tell()
+        except FileNotFoundError:
+            return
+        text, _, state["rest"] = data.rpartition(b"\n")
+        if text:
+            on_text(text.decode("utf-8", errors="replace"))
+
+    def loop() -> None:
+        while not stop.wait(every):
+            poll()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    poll()
+
+
+_INNER = re.compile(r"\| train_inner \| .*?loss=([\d.]+),.*?wps=([\d.]+), ups=([\d.]+),.*?num_updates=(\d+)")
+_EPOCH = re.compile(
+    r"\| train \| epoch \d+ \| loss ([\d.]+) .*?\| wps ([\d.]+) \| ups ([\d.]+) .*?"
+    r"\| num_updates (\d+)"
+)
+_RESUMED = re.compile(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
+
+
+def _train_progress(label: str, max_update: int) -> Callable[[str], None]:
+    """A reader of fairseq-train's log that says ``[run] 320/500 updates, loss 5.12, 2.3k tok/s, ETA 4 min``
+    at every ``train_inner`` record and epoch summary (``--log-interval`` updates apart)."""
+    last = {"updates": -1}
+
+    def on_text(text: str) -> None:
+        for line in text.splitlines():
+            if m := _RESUMED.search(line):
+                if int(m.group(1)) > 0:
+                    say(f"{label} resumed at {m.group(1)}/{max_update} updates")
+                continue
+            m = _INNER.search(line) or _EPOCH.search(line)
+            if not m or int(m.group(4)) <= last["updates"]:
+                continue
+            loss, wps, ups, updates = float(m.group(1)), float(m.group(2)), float(m.group(3)), int(m.group(4))
+            last["updates"] = updates
+            speed = f"{wps / 1000:.1f}k" if wps >= 1000 else f"{wps:.0f}"
+            line = f"{label} {updates}/{max_update or '?'} updates, loss {loss:.2f}, {speed} tok/s"
+            if updates < max_update and ups > 0:
+                eta = (max_update - updates) / ups
+                line += f", ETA {eta / 60:.0f} min" if eta >= 90 else f", ETA {math.ceil(eta)} s"
+            say(line)
+
+    return on_text
 
 
 @dataclass
@@ -60,7 +135,9 @@ def train(bin_dir: Path, run_dir: Path, arch: str, args: list[str], env: dict[st
         "simple",
         *args,
     ]
-    wall = _run(cmd, run_dir / "train.log", env)
+    max_update = int(args[args.index("--max-update") + 1]) if "--max-update" in args else 0
+    with _watching(run_dir / "train.log", _train_progress(f"[{run_dir.name}]", max_update)):
+        wall = _run(cmd, run_dir / "train.log", env)
     return parse_train_log(run_dir / "train.log", run_dir / "checkpoints" / "checkpoint_last.pt", wall)
 
 
@@ -94,6 +171,14 @@ def parse_param_count(log: Path) -> int:
     return int(found[-1].replace(",", "")) if found else 0
 
 
+def _sentences(bin_dir: Path, subset: str) -> int:
+    """The number of sentences of a binarized ``subset`` (0 when ``bin_dir`` has none)."""
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    index = next(iter(sorted(bin_dir.glob(f"{subset}.*-*.*.idx"))), None)
+    return len(MMapIndexedDataset(str(index.with_suffix("")))) if index else 0
+
+
 def decode(
     bin_dir: Path,
     checkpoint: Path,
@@ -105,8 +190,12 @@ def decode(
     log: Path | None = None,
 ) -> Path:
     """Beam-search ``subset`` and write detokenized hypotheses in the original order
-    (fairseq's ``--remove-bpe sentencepiece`` undoes the run's SentencePiece pieces)."""
+    (fairseq's ``--remove-bpe sentencepiece`` undoes the run's SentencePiece pieces).
+
+    Says ``[<out's folder>] <out's stem>: N/M sentences`` while it runs."""
     raw = out.with_suffix(out.suffix + ".fairseq")
+    results = raw / f"generate-{subset}.txt"
+    results.unlink(missing_ok=True)  # a file of an earlier attempt would count as progress
     cmd = [
         sys.executable,
         "-m",
@@ -134,8 +223,19 @@ def decode(
         "--results-path",
         str(raw),
     ]
-    _run(cmd, log or out.with_suffix(".log"))
-    text = (raw / f"generate-{subset}.txt").read_text(encoding="utf-8")
+    total, done = _sentences(bin_dir, subset), [0, time.time()]
+
+    def on_text(text: str) -> None:  # fairseq writes the results file line by line: count the sources
+        done[0] += len(re.findall(r"^S-\d+\t", text, flags=re.M))
+        if time.time() - done[1] >= 5 and done[0] < total:
+            done[1] = time.time()
+            say(f"[{out.parent.name}] {out.stem}: {done[0]}/{total} sentences")
+
+    with _watching(results, on_text):
+        _run(cmd, log or out.with_suffix(".log"))
+    if total:
+        say(f"[{out.parent.name}] {out.stem}: {done[0]}/{total} sentences")
+    text = results.read_text(encoding="utf-8")
     hyps = {int(i): h for i, h in re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", text, flags=re.M)}
     src_count = len(re.findall(r"^S-\d+\t", text, flags=re.M))
     if len(hyps) != src_count:

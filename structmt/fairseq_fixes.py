@@ -1,4 +1,15 @@
-"""A fix to fairseq 0.12 that the plugin applies when it is imported (``--user-dir structmt``).
+"""Fixes to fairseq 0.12 that the plugin applies when it is imported (``--user-dir structmt``).
+
+Quiet import (:func:`import_fairseq_quietly`): three fairseq modules call
+``logging.basicConfig`` when imported (``wav2vec2_classification`` at DEBUG level), which
+turned on every library's DEBUG records in any program that imports fairseq before it sets
+up logging, and printed INFO notices (``Please install tensorboardX``) at import.  structmt
+imports fairseq with ``basicConfig`` disabled, so logging stays as the program sets it
+(:func:`structmt.console.setup` for the command-line tools).  fairseq's own command-line
+tools import fairseq before they load the plugin, so their logs (``train.log``,
+``decode.log``) are unchanged.
+
+bf16 (:func:`keep_bf16_off_tpu`):
 
 fairseq 0.12's ``options.parse_args_and_arch`` makes ``--bf16`` imply ``--tpu``
 (bfloat16 was a TPU feature when it was written; facebookresearch/fairseq#4696),
@@ -12,12 +23,28 @@ for ``fairseq-train``, ``fairseq-generate`` and the rest.
 from __future__ import annotations
 
 import functools
+import importlib
+import logging
 import sys
 from typing import Any
 
 
+def import_fairseq_quietly() -> None:
+    """Import fairseq (which imports all its models and tasks) without the ``logging.basicConfig`` calls
+    its modules make."""
+    if "fairseq" in sys.modules:  # fairseq's own tools, which load the plugin later: their logging stays
+        return
+    basic_config = logging.basicConfig
+    logging.basicConfig = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        importlib.import_module("fairseq")
+    finally:
+        logging.basicConfig = basic_config
+
+
 def keep_bf16_off_tpu() -> None:
     """Wrap ``fairseq.options.parse_args_and_arch`` so that ``--bf16`` no longer sets ``tpu`` (idempotent)."""
+    import_fairseq_quietly()  # structmt's first import of fairseq (the package calls this when imported)
     from fairseq import options
 
     original = options.parse_args_and_arch

@@ -57,20 +57,13 @@ def dict_dir(tmp_path):
 
 
 def attention_with_grads(structure, q, k, v, pad, sets, impl, loss=lambda out: out.pow(2).sum()):
-    """Output, dense weights and (dq, dk, dv) of ``structured_attention`` on fresh leaf copies of q, k, v."""
-    from structmt.attention import structured_attention
+    """Output, dense weights and (dq, dk, dv) of ``structured_attention_with_weights`` on fresh leaf copies of
+    q, k, v."""
+    from structmt.attention import structured_attention_with_weights
 
     qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
-    out, w = structured_attention(
-        qq,
-        kk,
-        vv,
-        window=structure.window,
-        rare_index=sets,
-        key_padding_mask=pad,
-        impl=impl,
-        need_weights=True,
-        structure=structure,
+    out, w = structured_attention_with_weights(
+        qq, kk, vv, window=structure.window, rare_index=sets, key_padding_mask=pad, impl=impl, structure=structure
     )
     loss(out).backward()
     return out, w, qq.grad, kk.grad, vv.grad

@@ -1,56 +1,322 @@
-"""Projection onto Σ: exact recovery of members, never worse than the paper's random search."""
+"""Projection onto Σ against brute force, the rare columns against the model's rare tokens, the
+thesis's random search as described, and the report's quote of the thesis."""
 
+import itertools
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import build
+from scipy.optimize import linprog
 
-from structmt.analysis.project import band_support, best_role, diagonal_support, project, random_search
+from structmt.analysis.extract import SentenceAttention
+from structmt.analysis.project import (
+    ROLES,
+    VARIANTS,
+    band_support,
+    best_role,
+    diagonal_support,
+    model_rare_positions,
+    project,
+    rare_columns,
+    support_distance,
+    thesis_family_optimum,
+    thesis_members,
+    thesis_random_search,
+    thesis_starts,
+    vertical_columns,
+)
 
 
-def _stochastic(support: torch.Tensor, seed: int) -> torch.Tensor:
+def _attention(n: int, seed: int, columns: int = 0) -> torch.Tensor:
+    """A peaked random attention matrix; ``columns`` random columns get extra weight in every row."""
     gen = torch.Generator().manual_seed(seed)
-    values = (torch.rand(support.shape, generator=gen) + 0.5) * support
-    return values / values.sum(-1, keepdim=True)
+    logits = torch.randn(n, n, generator=gen) * 2
+    if columns:
+        logits[:, torch.randperm(n, generator=gen)[:columns]] += 2.5
+    return torch.softmax(logits, dim=-1).double()
 
 
-@pytest.mark.parametrize("seed", range(5))
+def _lp_distance(a: torch.Tensor, support: torch.Tensor, variant: str) -> float:
+    """min |A - X|₁ over X supported on ``support`` by linear programming (independent of the closed form):
+    variables x (the support's entries) and t >= |a - x| (all entries)."""
+    a_, s = a.numpy().ravel(), support.numpy().ravel()
+    n2, inside = a_.size, np.flatnonzero(s)
+    k = inside.size
+    # t_e >= a_e - x_e and t_e >= x_e - a_e on the support; t_e = a_e outside it (x = 0 there)
+    c = np.concatenate([np.zeros(k), np.ones(n2)])
+    rows, rhs = [], []
+    for i, e in enumerate(inside):
+        for sign in (1, -1):
+            row = np.zeros(k + n2)
+            row[i], row[k + e] = sign, -1
+            rows.append(row)
+            rhs.append(sign * a_[e])
+    lower = [(0 if variant == "row_stochastic" else None, None)] * k + [(0, None)] * n2
+    for e in np.flatnonzero(~s):
+        lower[k + e] = (a_[e], a_[e])
+    eq, beq = None, None
+    if variant == "row_stochastic":
+        n = a.size(0)
+        eq = np.zeros((n, k + n2))
+        for i, e in enumerate(inside):
+            eq[e // n, i] = 1
+        beq = np.ones(n)
+    res = linprog(c, A_ub=np.array(rows) if rows else None, b_ub=rhs or None, A_eq=eq, b_eq=beq, bounds=lower)
+    return res.fun if res.status == 0 else math.inf
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_distance_of_a_support_is_the_linear_programs(variant):
+    gen = torch.Generator().manual_seed(0)
+    for seed in range(6):
+        a = _attention(5, seed)
+        support = torch.rand(5, 5, generator=gen) < 0.4
+        if seed == 0:
+            support[2] = False  # an empty row: no row-stochastic X
+        assert support_distance(a, support, variant) == pytest.approx(_lp_distance(a, support, variant), abs=1e-7)
+    a = _attention(5, 9)
+    assert support_distance(a, band_support(5, 1), "row_stochastic") == pytest.approx(
+        2 * support_distance(a, band_support(5, 1), "unconstrained")
+    )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("w, r", [(0, 1), (1, 2), (2, 1)])
+def test_projection_is_the_brute_force_optimum_over_each_family(variant, w, r):
+    n = 6
+    for seed in range(3):
+        a = _attention(n, seed, columns=r + 1)
+        fits = project(a, w, r, variant=variant)
+        diagonals = [diagonal_support(n, d) for d in (-1, 0, 1)]
+        assert fits["positional"].distance == pytest.approx(min(_lp_distance(a, s, variant) for s in diagonals))
+        assert fits["syntactic"].distance == pytest.approx(_lp_distance(a, band_support(n, w), variant))
+        members = []
+        for size in range(r + 1):
+            for cols in itertools.combinations(range(n), size):
+                s = band_support(n, w).clone()
+                s[:, list(cols)] = True
+                members.append(s)
+        assert fits["rare"].distance == pytest.approx(min(_lp_distance(a, s, variant) for s in members), abs=1e-7)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_part_of_the_band_beats_the_whole_band(variant):
+    n, w = 3, 1
+    band = band_support(n, w)
+    entries = band.nonzero().tolist()
+    for seed in range(2):
+        a = _attention(n, seed)
+        best = math.inf
+        for keep in itertools.product((False, True), repeat=len(entries)):
+            s = torch.zeros(n, n, dtype=torch.bool)
+            for (i, j), k in zip(entries, keep, strict=True):
+                s[i, j] = k
+            best = min(best, _lp_distance(a, s, variant))
+        assert project(a, w, 0, variant=variant)["syntactic"].distance == pytest.approx(best, abs=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_members_of_sigma_are_recovered_with_zero_error_and_the_right_role(seed):
     n, w, r = 16, 3, 2
-    positional = _stochastic(diagonal_support(n, 0), seed)
-    syntactic = _stochastic(band_support(n, w), seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    def stochastic(support):
+        values = (torch.rand(support.shape, generator=gen) + 0.5) * support
+        return values / values.sum(-1, keepdim=True)
+
     cols = band_support(n, w).clone()
     cols[:, [2, 11]] = True
-    rare = _stochastic(cols, seed)
+    rare = stochastic(cols)
     rare[:, [2, 11]] *= 20  # the columns carry much of the mass, as rare-token heads do
     rare = rare / rare.sum(-1, keepdim=True)
-    for a, role in ((positional, "positional"), (syntactic, "syntactic"), (rare, "rare")):
-        fits = project(a, w, r)
-        assert fits[role].distance == pytest.approx(0.0, abs=1e-5)
-        assert best_role(fits).role == role
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_projection_never_worse_than_random_search(seed):
-    gen = torch.Generator().manual_seed(seed)
-    n = int(torch.randint(4, 24, (1,), generator=gen))
-    a = torch.softmax(torch.randn(n, n, generator=gen) * 3, dim=-1)
-    for w, r in ((0, 0), (1, 1), (3, 2), (10, 1)):
-        fits = project(a, w, r)
-        searched = random_search(a, w, r, draws=30, seed=seed)
-        for role in fits:
-            assert fits[role].per_entry <= searched[role] + 1e-7
+    for a, role in ((stochastic(diagonal_support(n, 0)), "positional"), (stochastic(band_support(n, w)), "syntactic")):
+        for variant in VARIANTS:
+            assert project(a, w, r, variant=variant)[role].distance == pytest.approx(0.0, abs=1e-5)
+        assert best_role(project(a, w, r)).role == role
+    assert sorted(rare_columns(rare, w, r).tolist()) == [2, 11]
+    assert best_role(project(rare, w, r)).role == "rare"
 
 
 def test_sparse_error_term_lowers_error_by_at_most_k_eps():
-    a = torch.softmax(torch.randn(16, 16) * 2, dim=-1)
-    plain = project(a, 1, 0)["syntactic"].distance
-    with_e = project(a, 1, 0, k=8, eps=0.05)["syntactic"].distance
-    assert plain - 8 * 0.05 - 1e-6 <= with_e < plain
+    for seed in range(20):
+        a = _attention(16, seed)
+        plain = project(a, 1, 0)["syntactic"].distance
+        with_e = project(a, 1, 0, k=8, eps=0.05)["syntactic"].distance
+        outside = (a * ~band_support(16, 1)).flatten().sort(descending=True).values
+        assert with_e == pytest.approx(plain - float(outside[:8].clamp(max=0.05).sum()))
+        assert plain - 8 * 0.05 - 1e-9 <= with_e < plain
+    with pytest.raises(ValueError, match="unconstrained"):
+        project(a, 1, 0, k=8, eps=0.05, variant="row_stochastic")
 
 
-def test_extraction_from_a_structured_model_is_zero_outside_its_support(dict_dir, tmp_path):
+def test_rare_columns_are_the_columns_of_the_rare_tokens_a_structured_model_sees(dict_dir):
+    """The analysis picks the columns with the most attention outside the band; on a structured model
+    (zero outside band ∪ rare columns) they must be the positions of the rarest tokens."""
+    from structmt.analysis.extract import _Recorder
+    from structmt.analysis.report import rarity_tables
+
+    w, r = 2, 2
+    task, model = build(
+        dict_dir,
+        "structured_transformer_tiny",
+        *("--encoder-attention-heads", "4", "--decoder-attention-heads", "4"),
+        *("--encoder-embed-dim", "32", "--decoder-embed-dim", "32"),
+        *("--struct-heads", "pos:1,syn:2,rare:1", "--struct-window", str(w), "--struct-rare", str(r)),
+    )
+    counts, never_rare = rarity_tables(task.source_dictionary)
+    assert torch.equal(counts, model.encoder.token_counts) and torch.equal(never_rare, model.encoder.never_rare)
+    gen = torch.Generator().manual_seed(0)
+    src = torch.stack([torch.randperm(40, generator=gen)[:12] + 4 for _ in range(3)])  # distinct symbols w0..w39
+    src[:, -1] = task.source_dictionary.eos()
+    # the dictionary's counts fall with the symbol's index: the rarest tokens have the largest ids
+    expected = [set(row[:-1].topk(r).indices.tolist()) for row in src]
+    for b in range(src.size(0)):
+        assert set(model_rare_positions(src[b], counts, never_rare, r).tolist()) == expected[b]
+    recorders = [_Recorder(layer.self_attn) for layer in model.encoder.layers]
+    try:
+        with torch.no_grad():
+            model(src, torch.full((src.size(0),), src.size(1)), torch.randint(4, 44, (src.size(0), 9)))
+        checked = 0
+        for rec in recorders:
+            structure = rec.module.structure
+            for h, is_rare in enumerate(structure.rare_heads):
+                if is_rare:
+                    for b in range(src.size(0)):
+                        assert set(rare_columns(rec.weights[h, b], structure.window[h], r).tolist()) == expected[b]
+                        checked += 1
+        assert checked >= src.size(0)
+    finally:
+        for rec in recorders:
+            rec.remove()
+
+
+# --- the thesis's random search ---------------------------------------------------------------
+
+
+def test_thesis_random_search_is_seeded():
+    a = torch.stack([_attention(8, s).float() for s in range(3)])
+    first = thesis_random_search(a, 3, 2, draws=5, seed=4)
+    assert first == thesis_random_search(a, 3, 2, draws=5, seed=4)
+    assert first != thesis_random_search(a, 3, 2, draws=5, seed=5)
+    assert all(s.role in ROLES and s.per_entry == s.by_role[s.role] == min(s.by_role.values()) for s in first)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_thesis_members_are_row_stochastic(role):
+    gen = torch.Generator().manual_seed(1)
+    coeff = torch.tensor([0.1, 0.5, 1.0]).repeat(100)
+    x = thesis_members(role, 16, 3, 2, coeff, coeff, gen)
+    rows = x.sum(-1)
+    finite = ~torch.isnan(rows)  # a Σ₂ row can lose its whole band and get no noise: NaN, as in the thesis
+    assert role == "syntactic" or finite.all()
+    assert finite.float().mean() > 0.99 and torch.all(x.nan_to_num() >= 0)
+    torch.testing.assert_close(rows[finite], torch.ones_like(rows[finite]))
+
+
+def test_thesis_members_with_an_empty_row_are_nan_as_in_the_thesis():
+    gen = torch.Generator().manual_seed(2)
+    zero = torch.zeros(50)
+    x = thesis_members("rare", 16, 3, 2, zero, zero, gen)  # c_d = 0: only the noise is left
+    assert torch.isnan(x).any()
+    rows = x.sum(-1)
+    assert torch.all(torch.isnan(rows) | ((rows - 1).abs() < 1e-5))
+    best = thesis_random_search(_attention(16, 0).float()[None], 3, 2, draws=3)[0]
+    assert math.isfinite(best.per_entry)
+
+
+def test_thesis_positional_and_syntactic_members_have_the_thesis_shape():
+    n, w, m = 16, 3, 400
+    gen = torch.Generator().manual_seed(3)
+    zero, one = torch.zeros(m), torch.ones(m)
+    diagonal = thesis_members("positional", n, w, 2, zero, zero, gen)
+    torch.testing.assert_close(diagonal, torch.eye(n).expand(m, n, n))
+    band = thesis_members("syntactic", n, w, 2, zero, zero, gen)
+    nonzero = band.nan_to_num() > 0
+    assert not torch.any(nonzero & ~band_support(n, w))
+    kept = nonzero[:, band_support(n, w)].float().mean()
+    assert abs(float(kept) - 0.6) < 0.02  # entries dropped with probability 0.4
+    noisy = thesis_members("positional", n, w, 2, zero, one, gen)
+    off = (noisy > 0) & ~torch.eye(n, dtype=torch.bool)
+    per_member = off.sum((-2, -1))
+    assert per_member.max() <= n and abs(float(per_member.float().mean()) - (n - 1)) < 0.5
+
+
+def test_thesis_rare_members_are_a_diagonal_with_vertical_segments():
+    n, w, num_pos, m = 16, 3, 2, 300
+    gen = torch.Generator().manual_seed(4)
+    x = thesis_members("rare", n, w, num_pos, torch.ones(m), torch.zeros(m), gen, rare_noise=0.0)
+    assert torch.all((x > 0).sum(-1) == 1)  # one entry per row
+    cols = x.argmax(-1)
+    for member in cols.tolist():
+        starts = [c for c in range(n) if member.count(c) > 1]
+        assert len(starts) == num_pos and all(b - a >= w for a, b in itertools.pairwise(starts))
+        for row, col in enumerate(member):
+            in_segment = [s for s in starts if s <= row < s + w]
+            assert col == (in_segment[0] if in_segment else row)
+    starts = thesis_starts(2000, n, w, num_pos, gen)
+    assert starts.min() == 0 and starts.max() == n - w  # every start 0 .. n-w is drawn
+    assert torch.all((starts[:, 0] - starts[:, 1]).abs() >= w)
+    with pytest.raises(ValueError, match="fit"):
+        thesis_starts(1, n, 10, 2, gen)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_thesis_random_search_never_beats_the_exact_optimum_of_its_families(seed):
+    n = 8
+    a = torch.stack([_attention(n, seed).float(), _attention(n, seed + 10, columns=2).float()])
+    for w, num_pos in ((3, 2), (2, 1)):
+        for i, found in enumerate(thesis_random_search(a, w, num_pos, draws=30, seed=seed)):
+            for role in ROLES:
+                exact = thesis_family_optimum(a[i].double(), role, w, num_pos) / n**2
+                assert found.by_role[role] >= exact - 1e-6
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_thesis_member_is_inside_the_family_the_exact_optimum_searches(role):
+    gen = torch.Generator().manual_seed(5)
+    n, w, num_pos = 10, 3, 2
+    coeff = torch.tensor([0.3, 1.0]).repeat(3)
+    members = [x for x in thesis_members(role, n, w, num_pos, coeff, coeff, gen).double() if not x.isnan().any()]
+    assert len(members) >= 4
+    for member in members:
+        assert thesis_family_optimum(member, role, w, num_pos) == pytest.approx(0.0, abs=1e-5)
+    assert vertical_columns(6, 2, torch.tensor([[0, 3]])).tolist() == [[0, 0, 2, 3, 3, 5]]
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def test_report_quotes_the_thesis_and_reports_both_variants(tmp_path):
+    from structmt.analysis.report import markdown, summarise, thesis_quote
+
+    t16, t17 = thesis_quote(3, 2), thesis_quote(10, 1)
+    assert (t16["table"], t17["table"]) == (16, 17)
+    assert (round(min(t16["per_entry"]), 4), round(max(t16["per_entry"]), 4)) == (0.0615, 0.0824)
+    assert (round(min(t17["per_entry"]), 3), round(max(t17["per_entry"]), 3)) == (0.078, 0.088)
+    gen = torch.Generator().manual_seed(0)
+
+    def sentence(i, n):
+        heads = [torch.softmax(torch.randn(2, n, n, generator=gen) * 3, -1) for _ in range(2)]
+        causal = [torch.softmax(torch.randn(2, n, n, generator=gen).tril() * 3, -1) for _ in range(2)]
+        return SentenceAttention(i, n, n, {"encoder": heads, "decoder": causal}, torch.arange(4, 4 + n))
+
+    sentences = [sentence(i, n) for i, n in enumerate((16, 16, 12))]
+    counts, never = torch.arange(100, 0, -1), torch.zeros(100, dtype=torch.bool)
+    result = summarise(sentences, (counts, never, 2), tmp_path, draws=2)
+    result |= {"checkpoint": "ckpt.pt", "data": "bin", "subset": "test", "seconds": 1.0}
+    block = result["w3_r2_n16"]
+    assert block["row_stochastic_error"] == pytest.approx(2 * block["mean_error_per_entry"])
+    text = markdown(result, "structmt-analyze ckpt.pt bin")
+    assert "about 0.004" not in text
+    assert "Table 16" in text and "0.0615–0.0824" in text and "0.0780–0.0882" in text
+    assert "row-stochastic" in text and "EddieConti/Master-Thesis-UB" in text
+    assert json.loads((tmp_path / "roles.json").read_text())["encoder"]
+
+
+def test_extraction_from_a_structured_model_is_zero_outside_its_support(dict_dir):
     from structmt.analysis.extract import _attention_modules, _Recorder
 
     _, model = build(

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, TASK, build
 from fairseq import options, tasks
 
-from structmt.attention import structured_attention
+from structmt.attention import structured_attention, structured_attention_with_weights
 from structmt.attention.context import TokenContext
 from structmt.attention.functional import reference_attention, unique_positions
 from structmt.attention.multihead import StructuredMultiheadAttention
@@ -275,8 +275,8 @@ def test_repeated_rare_positions_count_once(impl):
     q, k, v = (torch.randn(2, 2, 12, 8, generator=gen) for _ in range(3))
     repeated = torch.tensor([[3, 3, 9], [5, 1, 5]])
     once = torch.tensor([[3, -1, 9], [5, 1, -1]])
-    got = structured_attention(q, k, v, window=0, rare_index=repeated, impl=impl)[0]
-    want = structured_attention(q, k, v, window=0, rare_index=once, impl=impl)[0]
+    got = structured_attention(q, k, v, window=0, rare_index=repeated, impl=impl)
+    want = structured_attention(q, k, v, window=0, rare_index=once, impl=impl)
     assert torch.allclose(got, want, atol=1e-6)
     s = Structure((0, 0), (True, True), rare=3)
     sets = once.unsqueeze(1).expand(2, 12, 3)
@@ -290,13 +290,14 @@ def test_unique_positions_keeps_the_first_of_each():
     assert unique_positions(sets).tolist() == [[[3, -1, 9, -1, -1, -1]]]
 
 
-def test_rare_index_of_the_wrong_shape_is_rejected():
+@pytest.mark.parametrize("attend", [structured_attention, structured_attention_with_weights])
+def test_rare_index_of_the_wrong_shape_is_rejected(attend):
     q = torch.randn(2, 2, 6, 4)
     s = Structure((1, 1), (True, True), rare=2)
     with pytest.raises(ValueError, match="rare_index: expected shape"):
-        structured_attention(q, q, q, window=1, rare_index=torch.zeros(3, 2, dtype=torch.long), structure=s)
+        attend(q, q, q, window=1, rare_index=torch.zeros(3, 2, dtype=torch.long), structure=s)
     with pytest.raises(ValueError, match="rare_index: the structure has 2 rare columns"):
-        structured_attention(q, q, q, window=1, structure=s)
+        attend(q, q, q, window=1, structure=s)
 
 
 def test_the_options_page_is_the_schemas_own_table():

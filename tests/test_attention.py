@@ -4,10 +4,17 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import assert_close_all, attention_with_grads
 from fairseq.modules.multihead_attention import MultiheadAttention
 
-from structmt.attention import Structure, rare_sets, rarity_keys, structured_attention
+from structmt.attention import (
+    Structure,
+    rare_sets,
+    rarity_keys,
+    structured_attention,
+    structured_attention_with_weights,
+)
 from structmt.attention.functional import reference_attention
 from structmt.attention.multihead import StructuredMultiheadAttention
 from structmt.attention.structure import NEVER_RARE, make_supports, parse_role_mix, sink_positions
@@ -37,6 +44,8 @@ def test_full_window_equals_fairseq_multihead_attention():
         got, got_w = ours(x2, x2, x2, key_padding_mask=pad, need_weights=True)
         assert (got - want).abs().max() <= 1e-5
         assert (got_w - want_w).abs().max() <= 1e-5
+        without, none = ours(x, x, x, key_padding_mask=pad, need_weights=False)
+        assert none is None and (without - got).abs().max() <= 1e-5
         g = torch.randn_like(want)
         (want * g).sum().backward()
         (got * g).sum().backward()
@@ -93,16 +102,8 @@ def test_reference_and_efficient_agree(seed):
 def test_weights_vanish_outside_support_and_rows_sum_to_one(seed):
     structure, q, k, v, pad, sets = _random_case(seed)
     B, H, T, _ = q.shape
-    _, w = structured_attention(
-        q,
-        k,
-        v,
-        window=structure.window,
-        rare_index=sets,
-        key_padding_mask=pad,
-        impl="efficient",
-        need_weights=True,
-        structure=structure,
+    _, w = structured_attention_with_weights(
+        q, k, v, window=structure.window, rare_index=sets, key_padding_mask=pad, impl="efficient", structure=structure
     )
     # the declared support, written out directly from the definitions in docs/design.md §1.2
     allowed = torch.zeros(B, H, T, T, dtype=torch.bool)
@@ -143,9 +144,68 @@ def test_weights_vanish_outside_support_and_rows_sum_to_one(seed):
         assert torch.all(w[is_error] <= structure.sink_eps + 1e-7)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_output_is_the_first_of_with_weights(seed):
+    """``structured_attention`` returns a tensor: the output ``structured_attention_with_weights`` returns."""
+    structure, q, k, v, pad, sets = _random_case(seed)
+    for impl in ("reference", "efficient"):
+        options = dict(window=structure.window, rare_index=sets, key_padding_mask=pad, impl=impl, structure=structure)
+        out = structured_attention(q, k, v, **options)
+        assert isinstance(out, torch.Tensor)
+        assert torch.equal(out, structured_attention_with_weights(q, k, v, **options)[0])
+
+
+@pytest.mark.parametrize("impl", ["reference", "efficient"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_full_band_equals_sdpa(impl, causal):
+    """A band over every key, no rare or error keys: ``F.scaled_dot_product_attention`` under the same
+    key padding and causality (outputs and gradients); the weights are its softmax, zero outside the
+    structure, and each query's row sums to 1."""
+    gen = torch.Generator().manual_seed(1)
+    B, H, T, D = 3, 2, 13, 8
+    q, k, v = (torch.randn(B, H, T, D, generator=gen) for _ in range(3))
+    pad = torch.zeros(B, T, dtype=torch.bool)
+    pad[1, -4:] = True  # right padding: every query keeps a real key, so SDPA has no all-masked row
+    pad[2, -1:] = True
+    allowed = (~pad).view(B, 1, 1, T).expand(B, H, T, T)
+    if causal:
+        allowed = allowed & torch.ones(T, T, dtype=torch.bool).tril()
+    leaves = [tuple(t.clone().requires_grad_() for t in (q, k, v)) for _ in range(2)]
+    want = F.scaled_dot_product_attention(*leaves[0], attn_mask=allowed)
+    out, w = structured_attention_with_weights(*leaves[1], window=T - 1, causal=causal, key_padding_mask=pad, impl=impl)
+    g = torch.randn_like(want)
+    (want * g).sum().backward()
+    (out * g).sum().backward()
+    assert_close_all([out, *(t.grad for t in leaves[1])], [want, *(t.grad for t in leaves[0])])
+    scores = (q @ k.transpose(-1, -2) / D**0.5).masked_fill(~allowed, float("-inf"))
+    assert torch.allclose(w, torch.softmax(scores, -1), atol=1e-6)
+    assert torch.all(w[~allowed] == 0)
+    assert torch.allclose(w.sum(-1), torch.ones(()), atol=1e-5)
+    assert torch.equal(structured_attention(q, k, v, window=T - 1, causal=causal, key_padding_mask=pad, impl=impl), out)
+
+
+@pytest.mark.parametrize("attend", [structured_attention, structured_attention_with_weights])
+def test_bad_inputs_are_rejected(attend):
+    q = torch.randn(2, 2, 6, 4)
+    cases = [
+        (dict(k=q[:, :, :5]), r"q, k, v must share \(batch, heads, T\)"),
+        (dict(window=(1, 2, 3)), "window: got 3 values for 2 heads"),
+        (dict(rare_index=torch.zeros(2, 1, dtype=torch.long), rare_heads=[True]), "rare_heads: got 1 values for 2"),
+        (dict(rare_index=torch.zeros(2, 1)), "rare_index must be an integer tensor"),
+        (dict(window=-1), "band windows must be >= 0"),
+        (dict(impl="fast"), "impl must be one of"),
+    ]
+    for bad, message in cases:
+        kwargs = dict(k=q, window=1) | bad
+        with pytest.raises(ValueError, match=message):
+            attend(q, kwargs.pop("k"), q, **kwargs)
+    with pytest.raises(TypeError, match="need_weights"):  # the weights come from structured_attention_with_weights
+        attend(q, q, q, window=1, need_weights=True)
+
+
 def test_positional_window_zero_is_identity():
     q, k, v = torch.randn(3, 1, 2, 7, 4).unbind(0)
-    out, w = structured_attention(q, k, v, window=0, need_weights=True, impl="efficient")
+    out, w = structured_attention_with_weights(q, k, v, window=0, impl="efficient")
     assert torch.allclose(w, torch.eye(7).expand(1, 2, 7, 7))
     assert torch.allclose(out, v)
 

@@ -66,9 +66,13 @@ def test_report_marks_every_training_and_decoding_goal(tmp_path):
     (tmp_path / "bench_decode.json").write_text(json.dumps(decode))
     lines = render(tmp_path).splitlines()
     marks = {line.split(" | ")[0].strip("| "): line.split(" | ")[5] for line in lines if line.startswith("| docs")}
-    assert marks == {"docs2048": "no", "docs2048_cross32": "yes", "docs2048_no_cross": "–"}
+    # no leaderboard here: the cross band's BLEU is unmeasured, so its speed-up is no verdict (tests/test_results.py)
+    assert marks == {"docs2048": "no", "docs2048_cross32": "yes, BLEU not measured", "docs2048_no_cross": "–"}
     assert any(line.startswith("| multi30k |") and "| ≥ 0.9 | yes |" in line for line in lines)
-    goal_line = "Goal docs2048 ≥ 2.0: met by `docs2048_cross32` (2.50); not by `docs2048` (1.80)."
+    goal_line = (
+        "Goal docs2048 ≥ 2.0: not met; fast enough but no verdict without a measured BLEU: `docs2048_cross32`; "
+        "not by `docs2048` (1.80)."
+    )
     assert any(line.startswith(goal_line) for line in lines)
     assert "goal ≥ 1.0: not met" in "\n".join(lines)
     assert "does not grow with the output length: met" in "\n".join(lines)

@@ -233,10 +233,10 @@ def test_the_kernel_alone_and_the_gather_path_compute_what_the_triton_call_compu
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q, k, v, rare_index = ac.inputs(16, 16, 2, 16, 2, torch.float32, device)
     structure = bench_structure(2, 3, 2)
-    full = structured_attention(q, k, v, window=3, rare_index=rare_index, impl="triton", structure=structure)[0]
+    full = structured_attention(q, k, v, window=3, rare_index=rare_index, impl="triton", structure=structure)
     index, kind = ac.candidates(q, rare_index, structure)
     alone = triton_kernel.candidate_attention(q, k, v, index, kind, 16**-0.5, structure.sink_eps)[0]
     with ac.triton_off():  # on a GPU the gathered copies; on CPU float32 tensors the C++ kernel
         gathered = structured_attention(q, k, v, window=3, rare_index=rare_index, impl="efficient", structure=structure)
     assert torch.equal(alone, full)
-    assert torch.allclose(gathered[0], full, atol=1e-5)
+    assert torch.allclose(gathered, full, atol=1e-5)

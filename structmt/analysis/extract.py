@@ -14,12 +14,14 @@ BLOCKS = ("encoder", "decoder", "cross")
 
 @dataclass
 class SentenceAttention:
-    """Attention of one sentence, padding removed: ``block → [layer] → (heads, Tq, Tk)``."""
+    """Attention of one sentence, padding removed: ``block → [layer] → (heads, Tq, Tk)``, and its
+    source tokens (padding removed)."""
 
     sample_id: int
     src_len: int
     tgt_len: int
     weights: dict[str, list[Tensor]] = field(default_factory=dict)
+    src_tokens: Tensor | None = None
 
 
 def _attention_modules(model: Any) -> dict[str, list[Any]]:
@@ -81,7 +83,9 @@ def iterate(
                 for i in keep:
                     src_pos = (src[i] != pad).nonzero().flatten()
                     n_tgt = int((tgt[i] != pad).sum())
-                    item = SentenceAttention(int(sample["id"][i]), len(src_pos), n_tgt)
+                    item = SentenceAttention(
+                        int(sample["id"][i]), len(src_pos), n_tgt, src_tokens=src[i, src_pos].clone()
+                    )
                     for block, recs in recorders.items():
                         layers = []
                         for rec in recs:

@@ -1,33 +1,48 @@
-"""Projection of attention matrices onto the paper's structure families (Conti 2024).
+"""Projection of attention matrices onto the paper's structure families (Conti 2024), and the
+random search of the thesis the paper comes from, as the baseline.
 
-For a weight matrix ``A`` (``n × n``, rows summing to 1) and a family Σ of
-supports, the L1-best member ``X = P + Ẽ`` is found exactly, not by sampling:
+Families, as supports (a member ``X`` is any matrix supported inside one of them):
 
-* inside a support the best ``P`` copies ``A`` (values are free), so the
-  error of a support is the mass of ``A`` outside it;
-* Σ₁ (positional): one diagonal, offset -1, 0 or +1 — the best of the three;
-* Σ₂(w) (syntactic): the band ``|i - j| <= w`` (switching blocks off never
-  lowers L1 error, so the whole band is optimal);
-* Σ₃(w, r) (rare / "num-pos"): the band plus the ``r`` columns holding the
-  most mass outside the band (column contributions add up, so the greedy
-  choice is exact);
-* Ẽ: the ``k`` largest remaining entries, each absorbing at most ``eps``.
+* Σ₁ (positional): one diagonal, offset -1, 0 or +1;
+* Σ₂(w) (syntactic): the band ``|i - j| <= w``;
+* Σ₃(w, r) (rare / "num-pos"): the band plus ``r`` whole columns.
 
-The supports come from the same predicates as the attention kernels
-(:mod:`structmt.attention.structure`).  :func:`random_search` is the paper's
-procedure (best of ``draws`` random members per family) as a baseline.
+Two projections, both the exact L1 optimum ``min |A - X|`` over a family:
+
+* ``unconstrained``: ``X`` copies ``A`` on the support (its rows need not sum to 1), so the error
+  of a support is the mass of ``A`` outside it;
+* ``row_stochastic``: ``X`` is an attention matrix (``X >= 0``, rows summing to 1) supported on the
+  structure.  A row then costs its mass outside plus ``|1 - mass inside|``: for a row of ``A`` that
+  sums to 1, twice the mass outside (that mass is moved onto the support).  A row with an empty
+  support (the last row of the +1 diagonal) has no such ``X``: the error is infinite.
+
+In both the error adds up over rows and only grows with the mass outside, so the best member is the
+largest support: the whole band for Σ₂, the band plus the ``r`` columns with the most mass outside
+it for Σ₃ (column contributions add up, so the greedy choice is exact), the best diagonal for Σ₁
+(row-stochastic: exact when ``A``'s rows sum to 1, as attention's do).  The supports come from the
+same predicates as the attention kernels (:mod:`structmt.attention.structure`).
+
+:func:`thesis_random_search` reimplements the baseline of the thesis (E. Conti, University of
+Barcelona; github.com/EddieConti/Master-Thesis-UB, ``code experiments/Attn_approx.ipynb``): the best
+of random, row-normalised members of its three families over a grid of two coefficients.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..attention.structure import band as band_predicate
+from ..attention.structure import rare_sets, rarity_keys
 
 ROLES = ("positional", "syntactic", "rare")
+VARIANTS = ("unconstrained", "row_stochastic")
+#: the thesis's coefficient grid, ``np.arange(0, 1.1, 0.1)``
+THESIS_GRID = tuple(i / 10 for i in range(11))
 
 
 def _grid(n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -46,19 +61,41 @@ def diagonal_support(n: int, offset: int) -> Tensor:
     return j - i == offset
 
 
+def rare_columns(a: Tensor, w: int, r: int) -> Tensor:
+    """The ``r`` columns with the most mass outside the band ``|i - j| <= w`` (the L1-best choice)."""
+    outside = (a * ~band_support(a.size(-1), w)).sum(0)
+    return outside.topk(min(r, a.size(-1))).indices
+
+
 def rare_columns_support(a: Tensor, w: int, r: int) -> Tensor:
-    """Band ∪ the ``r`` columns with the most mass outside the band (exact L1 optimum)."""
-    support = band_support(a.size(-1), w)
-    if r > 0:
-        outside = (a * ~support).sum(0)
-        cols = outside.topk(min(r, a.size(-1))).indices
-        support = support.clone()
-        support[:, cols] = True
+    """Band ∪ :func:`rare_columns` (the exact L1 optimum over Σ₃(w, r), both variants)."""
+    support = band_support(a.size(-1), w).clone()
+    support[:, rare_columns(a, w, r)] = True
     return support
 
 
+def model_rare_positions(tokens: Tensor, counts: Tensor, never_rare: Tensor, r: int) -> Tensor:
+    """The ``r`` positions a structured encoder gives its rare-token heads for ``tokens`` (1-D):
+    the rarest tokens by corpus count, ties by position, special symbols never (-1 for none)."""
+    keys = rarity_keys(tokens.view(1, -1), counts, never_rare)
+    return rare_sets(keys, r, causal=False)[0, 0]
+
+
+def support_distance(a: Tensor, support: Tensor, variant: str = "unconstrained") -> float:
+    """Entrywise L1 distance from ``A`` to the best ``X`` supported on ``support``."""
+    outside = (a * ~support).sum(-1)
+    if variant == "unconstrained":
+        return float(outside.sum())
+    if variant != "row_stochastic":
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if not bool(support.any(-1).all()):
+        return math.inf
+    return float((outside + (1 - (a * support).sum(-1)).abs()).sum())
+
+
 def error_with_sparse_term(a: Tensor, support: Tensor, k: int = 0, eps: float = 0.0) -> float:
-    """Entrywise L1 distance of ``A`` to its best ``P + Ẽ`` with ``P`` on ``support``."""
+    """Unconstrained L1 distance of ``A`` to its best ``P + Ẽ``: ``P`` on ``support``, ``Ẽ`` at
+    most ``k`` more entries of at most ``eps`` each."""
     outside = (a * ~support).flatten()
     total = float(outside.sum())
     if k and eps:
@@ -75,14 +112,21 @@ class Fit:
     support: Tensor
 
 
-def project(a: Tensor, w: int, r: int, k: int = 0, eps: float = 0.0) -> dict[str, Fit]:
-    """Best member of Σ₁, Σ₂(w) and Σ₃(w, r) for one matrix."""
+def project(a: Tensor, w: int, r: int, k: int = 0, eps: float = 0.0, variant: str = "unconstrained") -> dict[str, Fit]:
+    """Best member of Σ₁, Σ₂(w) and Σ₃(w, r) for one matrix (``k``, ``eps``: the sparse term Ẽ,
+    unconstrained variant only)."""
+    if k and eps and variant != "unconstrained":
+        raise ValueError("the sparse term Ẽ is only defined for the unconstrained projection")
     n = a.size(-1)
-    positional = min((diagonal_support(n, d) for d in (-1, 0, 1)), key=lambda s: error_with_sparse_term(a, s))
+
+    def dist(support: Tensor) -> float:
+        return error_with_sparse_term(a, support, k, eps) if k and eps else support_distance(a, support, variant)
+
+    positional = min((diagonal_support(n, d) for d in (-1, 0, 1)), key=dist)
     supports = {"positional": positional, "syntactic": band_support(n, w), "rare": rare_columns_support(a, w, r)}
     fits = {}
     for role, support in supports.items():
-        d = error_with_sparse_term(a, support, k, eps)
+        d = dist(support)
         fits[role] = Fit(role, d, d / n**2, float((a * support).sum()) / float(a.sum()), support)
     return fits
 
@@ -94,26 +138,147 @@ def best_role(fits: dict[str, Fit], share: float = 0.9) -> Fit:
     return next(fits[r] for r in ROLES if fits[r].mass_inside >= share * best)
 
 
-def _random_member(n: int, role: str, w: int, r: int, gen: torch.Generator) -> Tensor:
-    """A random member of a family: a random support inside it with random stochastic rows."""
+# --- the thesis's random search ------------------------------------------------------------
+
+
+def _thesis_noise(m: int, n: int, gen: torch.Generator) -> Tensor:
+    """``scipy.sparse.random(n, n, density=1/n)`` with its diagonal set to 0, ``m`` times:
+    ``n`` values U(0, 1) at distinct random positions, those on the diagonal dropped."""
+    positions = torch.rand(m, n * n, generator=gen).topk(n, dim=-1).indices
+    noise = torch.zeros(m, n * n).scatter_(1, positions, torch.rand(m, n, generator=gen)).view(m, n, n)
+    return noise * ~torch.eye(n, dtype=torch.bool)
+
+
+def thesis_starts(m: int, n: int, w: int, num_pos: int, gen: torch.Generator) -> Tensor:
+    """``(m, num_pos)`` 0-based starts of the thesis's vertical segments (``generate_positions``):
+    drawn one by one, uniformly among ``0 .. n - w`` at least ``w`` from those already drawn
+    (the thesis redraws until one fits; a member left with no room is drawn again)."""
+    if w < 1 or (num_pos - 1) * w > n - w:
+        raise ValueError(f"no {num_pos} segments of length {w} at least {w} apart fit in {n} rows")
+    candidates = torch.arange(n - w + 1)
+    out = torch.empty(m, num_pos, dtype=torch.long)
+    todo = torch.arange(m)
+    while todo.numel():
+        chosen = torch.empty(todo.numel(), 0, dtype=torch.long)
+        stuck = torch.zeros(todo.numel(), dtype=torch.bool)
+        for _ in range(num_pos):
+            free = ((candidates.view(1, 1, -1) - chosen.unsqueeze(-1)).abs() >= w).all(1)
+            stuck |= ~free.any(-1)
+            score = torch.rand(free.shape, generator=gen).masked_fill(~free, -1.0)
+            chosen = torch.cat([chosen, score.argmax(-1, keepdim=True)], dim=1)
+        out[todo[~stuck]] = chosen[~stuck]
+        todo = todo[stuck]
+    return out
+
+
+def vertical_columns(n: int, w: int, starts: Tensor) -> Tensor:
+    """Column of each row's one structural entry in a thesis Σ₃ member: the diagonal, except rows
+    ``s .. s+w-1`` of a segment starting at ``s``, which point at column ``s``.  ``starts``:
+    ``(m, num_pos)``; returns ``(m, n)``."""
+    cols = torch.arange(n).repeat(starts.size(0), 1)
+    for s in starts.T:
+        rows = s.unsqueeze(1) + torch.arange(w)
+        cols.scatter_(1, rows, s.unsqueeze(1).expand(-1, w))
+    return cols
+
+
+def thesis_members(
+    role: str,
+    n: int,
+    w: int,
+    num_pos: int,
+    c_d: Tensor,
+    c_sp: Tensor,
+    gen: torch.Generator,
+    rare_noise: float = 0.5,
+) -> Tensor:
+    """One random member of a thesis family per coefficient pair, ``(m, n, n)``, rows normalised
+    (a row left empty is NaN, as in the thesis, where such a member never wins):
+
+    * positional (``creatediagonal``): diagonal ``1 - 0.1 U`` plus ``c_sp`` × noise;
+    * syntactic (``createsintact``): each entry of the band ``|i - j| <= w`` kept with probability
+      0.6, values U(0.7, 1), plus ``c_sp`` × noise;
+    * rare (``raretoken``): diagonal ``c_d`` × U(0.7, 1) with ``num_pos`` vertical segments
+      (:func:`vertical_columns`), plus ``rare_noise`` × noise;
+
+    noise being :func:`_thesis_noise` (``n`` entries U(0, 1), none on the diagonal)."""
+    m = c_d.numel()
     if role == "positional":
-        support = diagonal_support(n, int(torch.randint(-1, 2, (1,), generator=gen)))
+        x = torch.diag_embed(1 - 0.1 * torch.rand(m, n, generator=gen)) + c_sp.view(-1, 1, 1) * _thesis_noise(m, n, gen)
+    elif role == "syntactic":
+        keep = band_support(n, w) & (torch.rand(m, n, n, generator=gen) >= 0.4)
+        values = 0.7 + 0.3 * torch.rand(m, n, n, generator=gen)
+        x = keep * values + c_sp.view(-1, 1, 1) * _thesis_noise(m, n, gen)
+    elif role == "rare":
+        diagonal = c_d.view(-1, 1) * (0.7 + 0.3 * torch.rand(m, n, generator=gen))
+        cols = vertical_columns(n, w, thesis_starts(m, n, w, num_pos, gen))
+        x = torch.zeros(m, n, n).scatter_(2, cols.unsqueeze(-1), diagonal.unsqueeze(-1))
+        x = x + rare_noise * _thesis_noise(m, n, gen)
     else:
-        offsets = [d for d in range(-w, w + 1) if d == 0 or torch.rand(1, generator=gen) < 0.7]
-        support = torch.zeros(n, n, dtype=torch.bool)
-        for d in offsets:
-            support |= diagonal_support(n, d)
-        if role == "rare" and r:
-            support[:, torch.randperm(n, generator=gen)[:r]] = True
-    values = torch.rand(n, n, generator=gen) * support
-    return values / values.sum(-1, keepdim=True).clamp(min=1e-12)
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    return x / x.sum(-1, keepdim=True)
 
 
-def random_search(a: Tensor, w: int, r: int, draws: int = 30, seed: int = 0) -> dict[str, float]:
-    """The paper's procedure: per family, the best of ``draws`` random members (error per entry)."""
+@dataclass
+class ThesisSearch:
+    per_entry: float  # best |A - X| / n² over the grid and the three families
+    role: str  # the family of the best member
+    c_d: float
+    c_sp: float
+    by_role: dict[str, float]  # best |A - X| / n² of each family
+
+
+def thesis_random_search(
+    a: Tensor, w: int, num_pos: int, draws: int = 30, seed: int = 0, grid: tuple[float, ...] = THESIS_GRID
+) -> list[ThesisSearch]:
+    """The thesis's baseline (``grid_search_distances``): for each pair ``(c_d, c_sp)`` of the grid,
+    ``draws`` random members of each family (:func:`thesis_members`); the L1-closest of all.
+
+    ``a``: ``(h, n, n)``, one result per matrix; the matrices of one call are compared with the same
+    members (the thesis drew new ones for each matrix: each result has the same distribution)."""
     gen = torch.Generator().manual_seed(seed)
+    h, n = a.size(0), a.size(-1)
+    g = torch.tensor(grid, dtype=torch.float64)
+    c_d = g.repeat_interleave(len(grid) * draws)  # pairs (c_d, c_sp) in order, draws innermost
+    c_sp = g.repeat_interleave(draws).repeat(len(grid))
+    dist = {}
+    for role in ROLES:
+        x = thesis_members(role, n, w, num_pos, c_d.float(), c_sp.float(), gen)
+        dist[role] = torch.cdist(x.flatten(1), a.flatten(1).float(), p=1).nan_to_num(nan=math.inf)  # (m, h)
+    out = []
+    for i in range(h):
+        best = {role: int(d[:, i].argmin()) for role, d in dist.items()}
+        by_role = {role: float(dist[role][j, i]) / n**2 for role, j in best.items()}
+        role = min(ROLES, key=by_role.__getitem__)
+        out.append(ThesisSearch(by_role[role], role, float(c_d[best[role]]), float(c_sp[best[role]]), by_role))
+    return out
+
+
+def thesis_family_optimum(a: Tensor, role: str, w: int, num_pos: int) -> float:
+    """Exact L1 distance (not per entry) from ``A`` (rows summing to 1) to the nearest row-stochastic
+    matrix shaped like a member of a thesis family: its structure (diagonal, band, or diagonal with
+    vertical segments at any allowed starts) plus up to ``n`` off-diagonal noise entries.  No member
+    :func:`thesis_members` draws can be closer."""
     n = a.size(-1)
-    return {
-        role: min(float((a - _random_member(n, role, w, r, gen)).abs().sum()) / n**2 for _ in range(draws))
-        for role in ROLES
-    }
+    if role == "positional":
+        structures = [diagonal_support(n, 0)]
+    elif role == "syntactic":
+        structures = [band_support(n, w)]
+    elif role == "rare":
+        starts = [
+            s
+            for s in itertools.combinations(range(n - w + 1), num_pos)
+            if all(b - c >= w for c, b in itertools.pairwise(s))
+        ]
+        cols = vertical_columns(n, w, torch.tensor(starts).view(len(starts), num_pos))
+        structures = [torch.nn.functional.one_hot(c, n).bool() for c in cols]
+    else:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    best = math.inf
+    for structure in structures:
+        noise = (a * ~structure * off_diagonal).flatten().topk(n).indices
+        support = structure.flatten().clone()
+        support[noise] = True
+        best = min(best, support_distance(a, support.view(n, n), "row_stochastic"))
+    return best

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
-from collections import Counter
+import sys
+import time
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,48 @@ from ..files import existing_dir, existing_file, write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import git_commit, machine
 from .extract import SentenceAttention, iterate
-from .project import best_role, project, random_search
+from .project import (
+    ROLES,
+    VARIANTS,
+    best_role,
+    model_rare_positions,
+    project,
+    rare_columns,
+    thesis_family_optimum,
+    thesis_random_search,
+)
 
 SHORT = {"positional": "pos", "syntactic": "syn", "rare": "rare"}
 GRID_W = (0, 1, 2, 3, 5, 8, 10)
 GRID_R = (0, 1, 2, 4)
+
+#: Where the paper's numbers come from: the master's thesis it is based on.
+THESIS_SOURCE = (
+    "E. Conti's master's thesis (University of Barcelona), repository "
+    "[EddieConti/Master-Thesis-UB](https://github.com/EddieConti/Master-Thesis-UB), `UB_Final_Thesis.pdf`, "
+    "Tables 16 and 17; code and printed per-head values: `code experiments/Attn_approx.ipynb`"
+)
+#: Per-head L1 distances |A - X| of the thesis's random search (8 heads, one 16×16 crop each), by (w, num-pos).
+THESIS_TABLES: dict[tuple[int, int], dict[str, Any]] = {
+    (3, 2): {
+        "table": 16,
+        "distances": [17.229423, 15.748942, 21.084405, 18.796007, 16.912899, 17.232267, 18.121464, 18.711096],
+    },
+    (10, 1): {
+        "table": 17,
+        "distances": [22.584185, 20.904304, 20.630814, 19.964075, 21.000884, 22.181472, 21.396999, 21.169499],
+    },
+}
+THESIS_N = 16
+
+
+def thesis_quote(w: int, r: int) -> dict[str, Any] | None:
+    """The thesis's result at ``w``, num-pos ``r`` (per entry: distance / 256), or None."""
+    if (w, r) not in THESIS_TABLES:
+        return None
+    t = THESIS_TABLES[w, r]
+    per_entry = [d / THESIS_N**2 for d in t["distances"]]
+    return {**t, "per_entry": per_entry, "mean_error_per_entry": statistics.mean(per_entry)}
 
 
 def _heads(sentences: list[SentenceAttention], block: str) -> list[tuple[int, int]]:
@@ -30,32 +70,69 @@ def _heads(sentences: list[SentenceAttention], block: str) -> list[tuple[int, in
     return [(layer, head) for layer in range(len(layers)) for head in range(layers[layer].size(0))]
 
 
+def rarity_tables(dictionary: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corpus counts and never-rare flags of a fairseq dictionary, as a structured model builds them."""
+    never_rare = torch.zeros(len(dictionary), dtype=torch.bool)
+    never_rare[: dictionary.nspecial] = True
+    never_rare[dictionary.pad()] = True
+    return torch.tensor(dictionary.count, dtype=torch.long), never_rare
+
+
 def head_table(
-    sentences: list[SentenceAttention], block: str, w: int, r: int, draws: int = 30, k: int = 0, eps: float = 0.0
+    sentences: list[SentenceAttention],
+    block: str,
+    w: int,
+    r: int,
+    draws: int = 30,
+    seed: int = 0,
+    rarity: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per head: best role, minimal distance and mean error per entry (optimised and random search)."""
-    rows = []
-    for layer, head in _heads(sentences, block):
-        roles, dist, err, rand, mass = Counter(), [], [], [], []
-        for i, s in enumerate(sentences):
-            a = s.weights[block][layer][head]
-            fits = project(a, w, r, k, eps)
-            roles[best_role(fits).role] += 1
-            dist.append(min(f.distance for f in fits.values()))
-            err.append(min(f.per_entry for f in fits.values()))
-            mass.append(fits["rare"].mass_inside)
-            rand.append(min(random_search(a, w, r, draws, seed=i).values()))
-        rows.append(
-            {
-                "head": f"{layer}.{head}",
-                "role": roles.most_common(1)[0][0],
-                "min_distance": statistics.mean(dist),
-                "mean_error_per_entry": statistics.mean(err),
-                "random_search_mean_error": statistics.mean(rand),
-                "mass_inside": statistics.mean(mass),
-            }
+    """Per head, means over the sentences: best role, optimised distance and error per entry (both
+    variants), the thesis's random search and its families' exact optimum; with ``rarity`` (counts,
+    never-rare flags, EOS index; self-attention over the source only) how often the chosen columns are
+    the sentence's rarest tokens and its EOS."""
+    heads = _heads(sentences, block)
+    values: list[dict[str, list[float]]] = [defaultdict(list) for _ in heads]
+    roles: list[Counter[str]] = [Counter() for _ in heads]
+    for i, s in enumerate(sentences):
+        stack = torch.stack([s.weights[block][layer][head] for layer, head in heads])
+        n = stack.size(-1)
+        searched = thesis_random_search(stack, w, r, draws, seed=seed + i)
+        rare = eos = None
+        if rarity is not None and s.src_tokens is not None:
+            rare = set(model_rare_positions(s.src_tokens, rarity[0], rarity[1], r).tolist()) - {-1}
+            eos = set((s.src_tokens == rarity[2]).nonzero().flatten().tolist())
+        for j, a in enumerate(stack):
+            fits, stochastic = project(a, w, r), project(a, w, r, variant="row_stochastic")
+            roles[j][best_role(fits).role] += 1
+            v = values[j]
+            v["min_distance"].append(min(f.distance for f in fits.values()))
+            v["mean_error_per_entry"].append(min(f.per_entry for f in fits.values()))
+            v["row_stochastic_error"].append(min(f.per_entry for f in stochastic.values()))
+            v["thesis_random_search"].append(searched[j].per_entry)
+            v["thesis_families_exact"].append(min(thesis_family_optimum(a, role, w, r) for role in ROLES) / n**2)
+            v["mass_inside"].append(fits["rare"].mass_inside)
+            if rare is not None and eos is not None and r:
+                cols = set(rare_columns(a, w, r).tolist())
+                v["rare_token_columns"].append(len(cols & rare) / len(cols))
+                v["eos_column"].append(float(bool(cols & eos)))
+    return [
+        {"head": f"{layer}.{head}", "role": roles[j].most_common(1)[0][0]}
+        | {key: statistics.mean(xs) for key, xs in values[j].items()}
+        for j, (layer, head) in enumerate(heads)
+    ]
+
+
+def k_tradeoff(sentences: list[SentenceAttention], block: str, w: int, r: int, eps: float = 0.05) -> dict[str, float]:
+    """Mean error per entry (unconstrained) with the sparse term Ẽ: ``k`` entries of at most ``eps``."""
+    return {
+        f"k{k}": statistics.mean(
+            min(f.per_entry for f in project(s.weights[block][layer][head], w, r, k, eps).values())
+            for s in sentences
+            for layer, head in _heads(sentences, block)
         )
-    return rows
+        for k in (0, 4, 8, 16)
+    }
 
 
 def grid(sentences: list[SentenceAttention], block: str) -> dict[str, float]:
@@ -71,9 +148,11 @@ def grid(sentences: list[SentenceAttention], block: str) -> dict[str, float]:
     return out
 
 
-def distribution(sentences: list[SentenceAttention], block: str, w: int, r: int) -> dict[str, float]:
+def distribution(
+    sentences: list[SentenceAttention], block: str, w: int, r: int, variant: str = "unconstrained"
+) -> dict[str, float]:
     errs = sorted(
-        project(s.weights[block][layer][head], w, r)["rare"].per_entry
+        project(s.weights[block][layer][head], w, r, variant=variant)["rare"].per_entry
         for s in sentences
         for layer, head in _heads(sentences, block)
     )
@@ -150,38 +229,54 @@ def analyze(
     out_dir: Path,
     n: int = 16,
     draws: int = 30,
+    seed: int = 0,
     settings: tuple[tuple[int, int], ...] = ((3, 2), (10, 1)),
 ) -> dict[str, Any]:
+    started = time.perf_counter()
     model, task = load_model(checkpoint, data_dir)
     everything = list(iterate(model, task, subset))
+    dictionary = task.source_dictionary
+    result = {"checkpoint": str(checkpoint), "data": str(data_dir), "subset": subset}
+    result |= summarise(everything, (*rarity_tables(dictionary), dictionary.eos()), out_dir, n, draws, seed, settings)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def summarise(
+    everything: list[SentenceAttention],
+    rarity: tuple[torch.Tensor, torch.Tensor, int] | None,
+    out_dir: Path,
+    n: int = 16,
+    draws: int = 30,
+    seed: int = 0,
+    settings: tuple[tuple[int, int], ...] = ((3, 2), (10, 1)),
+) -> dict[str, Any]:
+    """Everything the report shows, from the extracted attention; writes roles.json and the figures."""
     exact = [s for s in everything if s.src_len == n]
     if not exact:
-        raise SystemExit(f"error: no {subset} sentence has {n} source tokens")
+        raise SystemExit(f"error: no sentence has {n} source tokens")
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "subset": subset,
         "sentences": len(everything),
         "commit": git_commit(),
         "machine": machine_summary(),
         f"sentences_n{n}": len(exact),
         "draws": draws,
+        "seed": seed,
+        "thesis_source": THESIS_SOURCE,
     }
     for w, r in settings:
-        heads = head_table(exact, "encoder", w, r, draws)
+        heads = head_table(exact, "encoder", w, r, draws, seed, rarity)
         result[f"w{w}_r{r}_n{n}"] = {
             "block": "encoder",
-            "mean_error_per_entry": statistics.mean(h["mean_error_per_entry"] for h in heads),
-            "random_search_mean_error": statistics.mean(h["random_search_mean_error"] for h in heads),
+            "thesis": thesis_quote(w, r),
+            **{key: statistics.mean(h[key] for h in heads) for key in MEANS if key in heads[0]},
             "heads": heads,
-            "whole_set": distribution(everything, "encoder", w, r),
+            "whole_set": {v: distribution(everything, "encoder", w, r, v) for v in VARIANTS},
         }
     w, r = settings[0]
-    result["decoder"] = {"w3_r2_all": distribution(everything, "decoder", w, r)}
-    result["k_tradeoff"] = {
-        f"k{k}": statistics.mean(h["mean_error_per_entry"] for h in head_table(exact, "encoder", w, r, 1, k, 0.05))
-        for k in (0, 4, 8, 16)
-    }
+    result["decoder"] = {f"w{w}_r{r}_all": {v: distribution(everything, "decoder", w, r, v) for v in VARIANTS}}
+    result["k_tradeoff"] = k_tradeoff(exact, "encoder", w, r)
     result["grid"] = grid(exact, "encoder")
     result["roles"] = {"encoder": role_mix(exact, "encoder", w, r), "decoder": role_mix(everything, "decoder", w, r)}
     write_text_atomic(out_dir / "roles.json", json.dumps(result["roles"], indent=2) + "\n")
@@ -190,50 +285,149 @@ def analyze(
     return result
 
 
+#: per-head columns averaged over the heads of a setting
+MEANS = (
+    "row_stochastic_error",
+    "mean_error_per_entry",
+    "thesis_random_search",
+    "thesis_families_exact",
+    "rare_token_columns",
+    "eos_column",
+)
+
+
+def _times(a: float, b: float) -> str:
+    return f"{a / b:.1f}×" if b > 0 else "∞×"
+
+
 def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
+    settings = [k for k in result if k.startswith("w") and k.endswith(f"_n{n}")]
     lines = [
         "# Attention analysis: projection onto Σ (Conti 2024)",
         "",
-        f"Produced by `{command}` from `{result['checkpoint']}` on the `{result['subset']}` split "
-        f"({result['sentences']} sentences, {result[f'sentences_n{n}']} with n={n} source tokens); "
-        f"commit `{result['commit']}`; machine: {result['machine']}.",
+        f"Produced by `{command}` from `{result['checkpoint']}` on the `{result['subset']}` split of "
+        f"`{result['data']}` ({result['sentences']} sentences, {result[f'sentences_n{n}']} with n={n} source "
+        f"tokens); commit `{result['commit']}`; machine: {result['machine']}; {result['seconds']:.0f} s.",
         "",
-        "Mean error per entry is `|A − X| / n²` for the best `X` (the paper's metric). *Optimised*: the exact "
-        "L1 projection (band part of A, best r columns, best positional diagonal); *random search*: the "
-        f"paper's procedure, best of {result['draws']} random members of each family.",
+        "## What the paper reports, and what is compared with it",
+        "",
+        f"The paper's numbers come from the master's thesis it is based on: {result['thesis_source']}. For each of "
+        "the 8 heads of its model (one 16×16 attention crop `A` per head) the thesis draws random members of its "
+        "three families Σ₁, Σ₂, Σ₃ over a grid of two coefficients and keeps the L1-closest `X`; its *mean error per "
+        "entry* is `|A − X|` summed over the 256 entries, divided by 256:",
+        "",
+        "| setting | thesis | `\\|A − X\\|` (8 heads) | mean error per entry (8 heads) | mean |",
+        "|---|---|---|---|---|",
+    ]
+    for key in settings:
+        t = result[key]["thesis"]
+        if t:
+            w, r = key.split("_")[:2]
+            lines.append(
+                f"| w={w[1:]}, num-pos={r[1:]} | Table {t['table']} | {min(t['distances']):.2f}–"
+                f"{max(t['distances']):.2f} | {min(t['per_entry']):.4f}–{max(t['per_entry']):.4f} | "
+                f"{t['mean_error_per_entry']:.4f} |"
+            )
+    lines += [
+        "",
+        f"Here, on this model's encoder self-attention (every head, the {result[f'sentences_n{n}']} test sentences of "
+        f"exactly n={n} source tokens, averaged per head), four numbers per head, all `|A − X| / n²`:",
+        "",
+        "- **optimised, row-stochastic**: the exact L1 projection onto Σ₁ ∪ Σ₂(w) ∪ Σ₃(w, r) with `X` an attention "
+        "matrix (`X ≥ 0`, rows summing to 1) supported on the structure. It costs twice the mass of `A` outside "
+        "the support (that mass has to be moved onto it). The thesis's members are row-stochastic too: this is the "
+        "like-for-like comparison.",
+        "- **optimised, unconstrained**: `X` copies `A` on the support and its rows need not sum to 1, so the "
+        "error is the mass outside: half the row-stochastic error, for an `X` that is not an attention matrix.",
+        "- **thesis procedure**: the thesis's random search reimplemented (`thesis_random_search` in "
+        "`structmt/analysis/project.py`, seeded): for each pair (c_d, c_sp) on the grid 0, 0.1, …, 1, "
+        f"{result['draws']} random members of each family — Σ₁: diagonal 1 − 0.1·U plus c_sp × sparse uniform "
+        "noise (n entries, none on the diagonal); Σ₂(w): each band entry kept with probability 0.6, values "
+        "U(0.7, 1), plus c_sp × noise; Σ₃: diagonal c_d·U(0.7, 1) in which num-pos segments of w rows at least "
+        "w apart attend to their first token, plus 0.5 × noise; rows normalised — and the closest of all. "
+        "Members are drawn afresh for every sentence and shared by its heads. (The thesis's loop also runs over "
+        "a third coefficient, c_v, that no member uses: 11 times as many draws, which `--draws 330` matches.)",
+        "- **thesis families, exact**: the best any member of the thesis's families could reach: the exact "
+        "row-stochastic L1 optimum over matrices shaped like them (structure plus n off-diagonal noise entries).",
+        "",
+        "The thesis's Σ₃ is not this project's Σ₃(w, r) (the band plus r whole columns): its num-pos vertical "
+        "segments only span w rows, and it has no band.",
+        "",
+        "| setting | thesis, quoted mean | thesis procedure on this model | thesis families, exact | "
+        "optimised, row-stochastic | optimised, unconstrained | thesis ÷ row-stochastic | thesis ÷ unconstrained |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for key in settings:
+        b = result[key]
+        w, r = (x[1:] for x in key.split("_")[:2])
+        t = b["thesis"]["mean_error_per_entry"] if b["thesis"] else math.nan
+        lines.append(
+            f"| w={w}, r=num-pos={r} | {t:.4f} | {b['thesis_random_search']:.4f} | {b['thesis_families_exact']:.4f} | "
+            f"**{b['row_stochastic_error']:.4f}** | {b['mean_error_per_entry']:.4f} | "
+            f"**{_times(t, b['row_stochastic_error'])}** | {_times(t, b['mean_error_per_entry'])} |"
+        )
+        if b["thesis"]:
+            ratio = t / b["row_stochastic_error"]
+            verdicts.append(f"{ratio:.1f}× at w={w}, num-pos={r} ({'met' if ratio >= 5 else 'not met'})")
+    lines += [
+        "",
+        "Below the thesis's mean error per entry, row-stochastic (issue #15 asks for at least 5×): "
+        + "; ".join(verdicts)
+        + ". The thesis measured its own model on its own sentences; the *thesis procedure* column runs its "
+        "search on the same matrices as the optimised projection.",
         "",
     ]
-    for key in [k for k in result if k.startswith("w") and k.endswith(f"_n{n}")]:
+    for key in settings:
         block = result[key]
+        w, r = (x[1:] for x in key.split("_")[:2])
         lines += [
-            f"## {key.replace('_', ', ')} (encoder self-attention)",
+            f"## w={w}, r={r}, n={n} (encoder self-attention)",
             "",
-            f"Mean over heads: **{block['mean_error_per_entry']:.5f}** optimised vs "
-            f"{block['random_search_mean_error']:.5f} random search (paper: about 0.004 at w=3, num-pos=2).",
+            f"Means over heads: **{block['row_stochastic_error']:.5f}** optimised row-stochastic, "
+            f"{block['mean_error_per_entry']:.5f} optimised unconstrained, {block['thesis_random_search']:.5f} "
+            f"thesis procedure, {block['thesis_families_exact']:.5f} thesis families exact.",
             "",
-            "| head | best role | minimal distance | mean error per entry | random search | mass inside |",
-            "|---|---|---|---|---|---|",
+        ]
+        if "rare_token_columns" in block:
+            lines += [
+                f"Of the {r} columns Σ₃ picks (those with the most mass outside the band), "
+                f"{100 * block['rare_token_columns']:.0f}% are among the sentence's {r} rarest tokens (the columns "
+                "a structured encoder's rare-token heads see: lowest corpus count, special symbols never); the EOS "
+                f"column is one of them in {100 * block['eos_column']:.0f}% of the matrices.",
+                "",
+            ]
+        lines += [
+            "| head | best role | row-stochastic | unconstrained | distance (unconstrained) | thesis procedure | "
+            "thesis families, exact | mass inside Σ₃ | rare-token columns | EOS column |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for h in block["heads"]:
             lines.append(
-                f"| {h['head']} | {h['role']} | {h['min_distance']:.4f} | {h['mean_error_per_entry']:.5f} | "
-                f"{h['random_search_mean_error']:.5f} | {h['mass_inside']:.3f} |"
+                f"| {h['head']} | {h['role']} | {h['row_stochastic_error']:.5f} | {h['mean_error_per_entry']:.5f} | "
+                f"{h['min_distance']:.4f} | {h['thesis_random_search']:.5f} | {h['thesis_families_exact']:.5f} | "
+                f"{h['mass_inside']:.3f} | {h.get('rare_token_columns', math.nan):.2f} | "
+                f"{h.get('eos_column', math.nan):.2f} |"
             )
-        d = block["whole_set"]
+        u, st = block["whole_set"]["unconstrained"], block["whole_set"]["row_stochastic"]
         lines += [
             "",
-            f"Whole {result['subset']} set, all lengths ({d['matrices']} head matrices): mean "
-            f"{d['mean']:.5f}, p10 {d['p10']:.5f}, median {d['median']:.5f}, p90 {d['p90']:.5f}, "
-            f"max {d['max']:.5f}.",
+            f"Whole {result['subset']} set, all lengths ({u['matrices']} head matrices), Σ₃(w, r): unconstrained mean "
+            f"{u['mean']:.5f}, p10 {u['p10']:.5f}, median {u['median']:.5f}, p90 {u['p90']:.5f}, max {u['max']:.5f}; "
+            f"row-stochastic mean {st['mean']:.5f}, median {st['median']:.5f}, p90 {st['p90']:.5f}.",
             "",
         ]
-    d = result["decoder"]["w3_r2_all"]
+    ((key, d),) = result["decoder"].items()
+    w, r = (x[1:] for x in key.split("_")[:2])
+    u, st = d["unconstrained"], d["row_stochastic"]
     lines += [
-        "## Decoder self-attention (w=3, r=2, all lengths)",
+        f"## Decoder self-attention (w={w}, r={r}, all lengths)",
         "",
-        f"{d['matrices']} head matrices: mean {d['mean']:.5f}, median {d['median']:.5f}, p90 {d['p90']:.5f}.",
+        f"{u['matrices']} head matrices, Σ₃(w, r): unconstrained mean {u['mean']:.5f}, median {u['median']:.5f}, "
+        f"p90 {u['p90']:.5f}; row-stochastic mean {st['mean']:.5f}. (Σ₃ keeps the same r columns for every row; "
+        "a structured decoder's rare set is the rarest of each query's prefix, so it can change from row to row.)",
         "",
-        "## Error term Ẽ (w=3, r=2, n=16, each entry ≤ 0.05)",
+        f"## Error term Ẽ (unconstrained, w={w}, r={r}, n={n}, each entry ≤ 0.05)",
         "",
         "| k | mean error per entry |",
         "|---|---|",
@@ -241,7 +435,7 @@ def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
     lines += [f"| {k[1:]} | {v:.5f} |" for k, v in result["k_tradeoff"].items()]
     lines += [
         "",
-        "## (w, r) grid (n=16 encoder heads)",
+        f"## (w, r) grid (n={n} encoder heads, unconstrained; row-stochastic is twice each value)",
         "",
         "![grid](analysis_grid.png)",
         "",
@@ -259,19 +453,24 @@ def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..console import add_verbose_option, setup
+
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint", type=existing_file)
     p.add_argument("data_dir", type=existing_dir, help="the binarized data the model was trained on")
     p.add_argument("--subset", default="test")
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results")
-    p.add_argument("--draws", type=int, default=30, help="random members per family for the paper's baseline")
+    p.add_argument("--draws", type=int, default=30, help="random members per family and grid pair (thesis: 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the thesis's random search (sentence i: seed + i)")
+    add_verbose_option(p)
     a = p.parse_args(argv)
+    setup(a.verbose)
     torch.manual_seed(0)
-    result = analyze(a.checkpoint, a.data_dir, a.subset, a.out_dir, draws=a.draws)
+    result = analyze(a.checkpoint, a.data_dir, a.subset, a.out_dir, draws=a.draws, seed=a.seed)
     write_text_atomic(a.out_dir / "analysis.json", json.dumps(result, indent=2) + "\n")
-    command = "structmt-analyze " + " ".join(str(x) for x in (argv if argv is not None else __import__("sys").argv[1:]))
+    command = "structmt-analyze " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:]))
     write_text_atomic(a.out_dir / "ANALYSIS.md", markdown(result, command))
-    print(f"wrote {a.out_dir / 'ANALYSIS.md'}, analysis.json, roles.json and figures")
+    print(f"wrote {a.out_dir / 'ANALYSIS.md'}, analysis.json, roles.json and figures ({result['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

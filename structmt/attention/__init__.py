@@ -1,6 +1,12 @@
 """Structured attention: supports, kernels and the fairseq-compatible module."""
 
-from .functional import aligned_cross_attention, reference_attention, structured_attention, structured_softmax
+from .functional import (
+    aligned_cross_attention,
+    reference_attention,
+    structured_attention,
+    structured_attention_with_weights,
+    structured_softmax,
+)
 from .structure import CrossBand, Structure, parse_role_mix, rare_sets, rarity_keys
 
 __all__ = [
@@ -12,5 +18,6 @@ __all__ = [
     "rarity_keys",
     "reference_attention",
     "structured_attention",
+    "structured_attention_with_weights",
     "structured_softmax",
 ]

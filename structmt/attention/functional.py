@@ -284,44 +284,26 @@ def unique_positions(sets: Tensor) -> Tensor:
     return sets.masked_fill(repeated, -1)
 
 
-def structured_attention(
+def _structured_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     *,
     window: int | Sequence[int],
-    rare_index: Tensor | None = None,
-    rare_heads: Sequence[bool] | Tensor | None = None,
-    causal: bool = False,
-    key_padding_mask: Tensor | None = None,
-    sinks: int = 0,
-    sink_eps: float = 0.0,
-    dropout_p: float = 0.0,
-    impl: str = "auto",
-    need_weights: bool = False,
-    structure: Structure | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Attention restricted to band + rare columns (+ bounded error keys).
-
-    Shaped like :func:`torch.nn.functional.scaled_dot_product_attention`:
-    ``q, k, v`` are ``(batch, heads, T, head_dim)`` (self-attention, ``Tq == Tk``).
-
-    Args:
-        window: band half-width, an int or one per head.
-        rare_index: ``(B, r)`` rare key positions for every query, or
-            ``(B, T, r)`` one set per query; -1 marks an empty slot.  A set is
-            a set: a position repeated within it counts once.
-        rare_heads: which heads see the rare columns (all by default).
-        causal: also require ``kv <= q``.
-        key_padding_mask: ``(B, T)``, True at padding (as in fairseq).
-        sinks, sink_eps: error term, the first ``sinks`` real keys with weight
-            at most ``sink_eps`` each.
-        impl: ``auto|reference|efficient|triton`` (see :func:`choose_impl`).
-        need_weights: also return dense ``(B, H, T, T)`` weights.
-        structure: a prebuilt :class:`Structure` (overrides the above).
-    Returns:
-        ``(output (B, H, T, D), weights or None)``.
-    """
+    rare_index: Tensor | None,
+    rare_heads: Sequence[bool] | Tensor | None,
+    causal: bool,
+    key_padding_mask: Tensor | None,
+    sinks: int,
+    sink_eps: float,
+    dropout_p: float,
+    impl: str,
+    structure: Structure | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """What :func:`structured_attention` and :func:`structured_attention_with_weights` share: checks
+    the inputs and attends.  Returns the output, the weights and where they lie: candidate weights
+    ``(B, H, T, C)`` at the key positions ``(B, T, C)`` (efficient paths), or dense weights
+    ``(B, H, T, T)`` and None (reference path)."""
     B, H, T, _ = q.shape
     if k.shape[:3] != (B, H, T) or v.shape[:3] != (B, H, T):
         raise ValueError(
@@ -347,9 +329,115 @@ def structured_attention(
     if path == "reference":
         pos = torch.arange(T, device=q.device)
         out, weights = reference_attention(q, k, v, supports, structure.sink_eps, pos, pos, dropout_p)
-        return out, (weights if need_weights else None)
-    out, weights, kv_pos = efficient_attention(q, k, v, structure, supports, sets, sink_pos, dropout_p, path)
-    return out, (scatter_dense(weights, kv_pos, T) if need_weights else None)
+        return out, weights, None
+    return efficient_attention(q, k, v, structure, supports, sets, sink_pos, dropout_p, path)
+
+
+def structured_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    window: int | Sequence[int],
+    rare_index: Tensor | None = None,
+    rare_heads: Sequence[bool] | Tensor | None = None,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    sinks: int = 0,
+    sink_eps: float = 0.0,
+    dropout_p: float = 0.0,
+    impl: str = "auto",
+    structure: Structure | None = None,
+) -> Tensor:
+    """Attention restricted to band + rare columns (+ bounded error keys).
+
+    Shaped like :func:`torch.nn.functional.scaled_dot_product_attention`:
+    ``q, k, v`` are ``(batch, heads, T, head_dim)`` (self-attention, ``Tq == Tk``)
+    and the output alone comes back.  With a band that covers every key
+    (``window >= T - 1``) and no rare or error keys, it is SDPA under the same
+    masks (``causal`` as ``is_causal``, key padding as a boolean ``attn_mask``),
+    except that a query with no key to attend to gets a zero output, not NaN.
+    For the weights as well: :func:`structured_attention_with_weights`.
+
+    Args:
+        window: band half-width, an int or one per head.
+        rare_index: ``(B, r)`` rare key positions for every query, or
+            ``(B, T, r)`` one set per query; -1 marks an empty slot.  A set is
+            a set: a position repeated within it counts once.
+        rare_heads: which heads see the rare columns (all by default).
+        causal: also require ``kv <= q``.
+        key_padding_mask: ``(B, T)``, True at padding (as in fairseq).
+        sinks, sink_eps: error term, the first ``sinks`` real keys with weight
+            at most ``sink_eps`` each.
+        dropout_p: attention dropout (applied whenever ``> 0``, as in SDPA).
+        impl: ``auto|reference|efficient|triton`` (see :func:`choose_impl`).
+        structure: a prebuilt :class:`Structure` (overrides the above).
+    Returns:
+        the output ``(B, H, T, D)``.
+    """
+    out, _, _ = _structured_attention(
+        q,
+        k,
+        v,
+        window=window,
+        rare_index=rare_index,
+        rare_heads=rare_heads,
+        causal=causal,
+        key_padding_mask=key_padding_mask,
+        sinks=sinks,
+        sink_eps=sink_eps,
+        dropout_p=dropout_p,
+        impl=impl,
+        structure=structure,
+    )
+    return out
+
+
+def structured_attention_with_weights(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    window: int | Sequence[int],
+    rare_index: Tensor | None = None,
+    rare_heads: Sequence[bool] | Tensor | None = None,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    sinks: int = 0,
+    sink_eps: float = 0.0,
+    dropout_p: float = 0.0,
+    impl: str = "auto",
+    structure: Structure | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`structured_attention` that also returns the attention weights.
+
+    The efficient paths only hold each query's candidate weights; the dense
+    ``(B, H, T, T)`` weights are built for this call (``O(T²)`` memory).
+
+    Args:
+        as :func:`structured_attention`.
+    Returns:
+        ``(output (B, H, T, D), weights (B, H, T, T))``.  The weights are zero
+        outside the structure and each row sums to 1, or is all zero for a query
+        with no key to attend to; with ``dropout_p > 0`` they are the weights
+        before dropout.
+    """
+    out, weights, kv_pos = _structured_attention(
+        q,
+        k,
+        v,
+        window=window,
+        rare_index=rare_index,
+        rare_heads=rare_heads,
+        causal=causal,
+        key_padding_mask=key_padding_mask,
+        sinks=sinks,
+        sink_eps=sink_eps,
+        dropout_p=dropout_p,
+        impl=impl,
+        structure=structure,
+    )
+    return out, (weights if kv_pos is None else scatter_dense(weights, kv_pos, q.size(2)))
 
 
 def aligned_cross_attention(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor
 
 from .context import TokenContext, current
-from .functional import aligned_cross_attention, attend_candidates, structured_attention
+from .functional import (
+    aligned_cross_attention,
+    attend_candidates,
+    structured_attention,
+    structured_attention_with_weights,
+)
 from .structure import NEVER_RARE, CandidateLayout, CrossBand, Structure, keys_to_positions, make_supports
 
 Block = TypeVar("Block", bound="_StructuredBase")
@@ -151,19 +156,18 @@ class StructuredMultiheadAttention(_StructuredBase):
             sets = context.rare_sets(self.structure.rare, self.structure.causal)  # type: ignore[union-attr]
             if sets.shape[:2] != (B, T):
                 raise RuntimeError(f"the token context holds {tuple(sets.shape[:2])} tokens, the input ({B}, {T})")
-        out, weights = structured_attention(
-            q,
-            k,
-            v,
+        options: dict[str, Any] = dict(
             window=self.structure.window,
             rare_index=sets,
             key_padding_mask=key_padding_mask,
             dropout_p=self.dropout_module.p if self.training else 0.0,
             impl=self.impl,
-            need_weights=need_weights or need_head_weights,
             structure=self.structure,
         )
-        return self._output(out, weights, need_weights, need_head_weights)
+        if need_weights or need_head_weights:  # dense (B, H, T, T) weights only when fairseq asks for them
+            out, weights = structured_attention_with_weights(q, k, v, **options)
+            return self._output(out, weights, need_weights, need_head_weights)
+        return self._output(structured_attention(q, k, v, **options), None, need_weights, need_head_weights)
 
     def _step(self, q: Tensor, k: Tensor, v: Tensor, incremental_state: dict, context: TokenContext | None) -> Tensor:
         """One decoding step against the bounded cache (decoder self-attention).

@@ -1,21 +1,27 @@
-"""``structmt-bench attention|decode|train|report ...``"""
+"""``structmt-bench [-v] attention|decode|train|report ...``"""
 
 import sys
+
+from ..console import setup
 
 
 def main() -> None:
     commands = ("attention", "decode", "train", "report")
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        sys.exit("usage: structmt-bench attention|decode|train|report [options]")
-    if sys.argv[1] == "attention":
+    args = sys.argv[1:]
+    verbose = bool(args) and args[0] in ("-v", "--verbose")
+    args = args[verbose:]
+    if not args or args[0] not in commands:
+        sys.exit("usage: structmt-bench [-v] attention|decode|train|report [options]")
+    setup(verbose)
+    if args[0] == "attention":
         from .attention import main as run
-    elif sys.argv[1] == "decode":
+    elif args[0] == "decode":
         from .decode import main as run
-    elif sys.argv[1] == "train":
+    elif args[0] == "train":
         from .train import main as run
     else:
         from .report import main as run
-    run(sys.argv[2:])
+    run(args[1:])
 
 
 if __name__ == "__main__":

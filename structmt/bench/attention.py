@@ -58,9 +58,8 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
         q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
 
         def structured_step():
-            structured_attention(q, k, v, window=window, rare_index=rare_index, impl=impl, structure=structure)[
-                0
-            ].sum().backward()
+            out = structured_attention(q, k, v, window=window, rare_index=rare_index, impl=impl, structure=structure)
+            out.sum().backward()
             fresh(q, k, v)
 
         return structured_step, True

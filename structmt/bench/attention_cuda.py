@@ -390,7 +390,7 @@ def make_step(
         def forward():
             return structured_attention(
                 q, k, v, window=window, rare_index=rare_index, impl="triton", structure=structure
-            )[0]
+            )
 
     elif impl == "triton_kernel":
         if not triton_kernel.available(q.device):
@@ -407,7 +407,7 @@ def make_step(
             with triton_off():
                 return structured_attention(
                     q, k, v, window=window, rare_index=rare_index, impl="efficient", structure=structure
-                )[0]
+                )
 
     else:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")

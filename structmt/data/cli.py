@@ -8,6 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ..console import add_verbose_option, setup
 from ..files import DataError, existing_dir
 from .fetch import MULTI30K_ENV
 from .prepare import MULTI30K_SPLITS, PrepConfig, prepare_multi30k
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         help=f"Multi30k: folder with the .gz files (or set ${MULTI30K_ENV})",
     )
     p.add_argument("--base-url", default=None, help="WMT: a mirror serving the training archives by file name")
+    add_verbose_option(p)
     a = p.parse_args(argv)
+    setup(a.verbose)
     if a.data == "multi30k_en_de":
         src, tgt, vocab = "en", "de", 8000
     else:

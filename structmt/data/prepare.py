@@ -5,17 +5,15 @@ Every stage is idempotent (:class:`structmt.data.stages.Stage`).
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..console import say, say_once
 from ..files import DataError, atomic_path, read_lines
 from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, fetch_files, read_checksums
 from .stages import Stage
-
-log = logging.getLogger("structmt.data")
 
 #: fairseq split name → Multi30k file stem
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
@@ -90,7 +88,7 @@ def _read_split(split: str, pairs: list[tuple[Path, Path]], cfg: PrepConfig) -> 
         kept, counts = clean_pairs(src_lines, tgt_lines, cfg)
         if cfg.max_train_lines:
             kept = kept[: cfg.max_train_lines]
-        print(f"[data] cleaning train: {asdict(counts)}; using {len(kept)} pairs", flush=True)
+        say(f"[data] cleaning train: {asdict(counts)}; using {len(kept)} pairs")
         return [p[0] for p in kept], [p[1] for p in kept]
     if cfg.max_eval_lines:
         return src_lines[: cfg.max_eval_lines], tgt_lines[: cfg.max_eval_lines]
@@ -111,8 +109,8 @@ def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
         fallback=MULTI30K_SHARED,
         cache=Path(out_dir) / "download",
     )
-    log.info("Multi30k source: %s", source)
-    print(f"[data] Multi30k source: {source}", flush=True)
+    # once per process and folder: a pipeline prepares (or finds prepared) its data at every step
+    say_once(f"[data] Multi30k source: {source}", key=("multi30k source", next(iter(paths.values())).parent))
     splits = {
         split: [(paths[f"{stem}.{cfg.src}.gz"], paths[f"{stem}.{cfg.tgt}.gz"])]
         for split, stem in MULTI30K_SPLITS.items()
@@ -142,7 +140,7 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
             _write_lines(raw / f"{split}.{cfg.tgt}", tgt_lines)
         stage.finish()
     else:
-        print("[data] raw: up to date", flush=True)
+        say_once("[data] raw: up to date", key=("raw up to date", raw))
 
     # 2. joint SentencePiece model
     spm_dir = out_dir / "spm"

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from ..console import say_once
 from ..files import DataError, write_text_atomic
 from .fetch import MANIFESTS, download, verify
 from .prepare import PrepConfig, Splits, prepare_parallel
@@ -136,5 +137,5 @@ def prepare_wmt(
     splits: Splits = {"train": train_pairs}
     for split in ("valid", "test"):
         splits[split] = [sacrebleu_set(manifest[split]["sacrebleu"], cfg.src, cfg.tgt)]
-    print(f"[data] {name}: {len(train_pairs)} training corpora; valid/test from sacreBLEU", flush=True)
+    say_once(f"[data] {name}: {len(train_pairs)} training corpora; valid/test from sacreBLEU", key=(name, out_dir))
     return prepare_parallel(out_dir, splits, cfg)

@@ -10,14 +10,19 @@ work starts, naming the key.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ..console import setup
 from ..paths import REPO_ROOT
 from .evaluation import run_experiment
 from .spec import DataSpec, ModelSpec, RunSpec, Schedule
@@ -65,6 +70,9 @@ def validate(cfg: Any) -> None:
     bad = [f"{key}={OmegaConf.select(cfg, key)!r} {why}" for key, ok, why in checks if not ok]
     model: ModelSpec = OmegaConf.to_object(cfg.model)  # type: ignore[assignment]
     bad += model.problems()  # the structure options: one schema, one set of checks (attention/options.py)
+    start = cfg.train.finetune_from
+    if start.endswith(".pt") and not Path(start).expanduser().is_file():
+        bad.append(f"train.finetune_from={start!r}: no such checkpoint file")
     if cfg.data.mirror and not Path(cfg.data.mirror).expanduser().is_dir():
         bad.append(f"data.mirror={cfg.data.mirror!r} is not a folder; give the folder holding the corpus files")
     if bad:
@@ -105,7 +113,20 @@ def run(cfg: Any) -> float:
 
 @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="structmt")
 def main(cfg: DictConfig) -> float:
-    return run(cfg)
+    # Hydra has set up logging for this job: console output as every entry point has it
+    # (Hydra's job log file stays); hydra.verbose=true shows all, as -v does elsewhere
+    verbose = HydraConfig.get().verbose is True
+    setup(verbose=verbose)
+    try:
+        return run(cfg)
+    except Exception as err:
+        if verbose:
+            raise
+        message = f"error: {err} (hydra.verbose=true shows the traceback)"
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # Hydra names the job's overrides; the sweep goes on
+            raise CompactHydraException(message) from None
+        print(message, file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

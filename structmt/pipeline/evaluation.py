@@ -4,17 +4,17 @@ and one experiment end to end (:func:`run_experiment`: train, then evaluate)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.cli import test_sets
 from ..fairseq_cli import StepError, decode, parse_param_count
-from ..files import read_lines, write_text_atomic
+from ..files import atomic_path, read_lines, write_text_atomic
 from ..paths import REPO_ROOT
-from ..provenance import git_commit
+from ..provenance import cpu_model, git_commit
 from . import leaderboard, tracking
 from .leaderboard import LeaderboardRow
 from .spec import RunSpec
@@ -57,6 +57,22 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
     _, results = test()
     res = results["BLEU"][1]
     return round(float(res.p_value), 4), round(float(res.ci), 2)
+
+
+def keep_hypotheses(hyp: Path, kept: Path) -> Path:
+    """Keep ``hyp`` as ``kept`` (the leaderboard's file); returns where it was kept.
+
+    The first evaluation of a run takes ``kept``'s name.  A re-run whose hypotheses differ
+    (another machine or commit) never overwrites it: it is kept beside it, named by the
+    digest of its content (``<run>.<test>.<sha256[:8]>.<lang>``), and becomes its own row.
+    """
+    data = hyp.read_bytes()
+    if kept.exists() and kept.read_bytes() != data:
+        kept = kept.with_name(f"{kept.stem}.{hashlib.sha256(data).hexdigest()[:8]}{kept.suffix}")
+    if not kept.exists():
+        with atomic_path(kept) as tmp:
+            tmp.write_bytes(data)
+    return kept
 
 
 def run_experiment(
@@ -116,14 +132,7 @@ def _evaluate_locked(
         )
         ref = raw / f"{subset}.{spec.data.tgt}"
         s = score(hyp, ref)
-        # the leaderboard keeps the first evaluation of a run id; a re-run elsewhere (a fresh clone
-        # reproducing it) keeps its hypotheses in its run folder and leaves the committed file alone
-        kept = hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}"
-        if not kept.exists():
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(hyp, kept)
-        elif kept.read_bytes() != hyp.read_bytes():
-            kept = hyp
+        kept = keep_hypotheses(hyp, hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}")
         p_value, ci = "", ""
         if baseline is not None and spec.model.structured:
             base_hyp = runs_dir / baseline.run_id() / f"{test_name}.{spec.data.tgt}"
@@ -155,6 +164,8 @@ def _evaluate_locked(
                 seed=spec.schedule.seed,
                 git_commit=git_commit(),
                 hypothesis=str(kept.relative_to(REPO_ROOT)) if kept.is_relative_to(REPO_ROOT) else str(kept),
+                train_commit=metrics.get("git_commit", ""),
+                machine=cpu_model(),
             )
         )
     csv_path = results_dir / "leaderboard.csv"

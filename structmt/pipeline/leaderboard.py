@@ -1,15 +1,19 @@
-"""The BLEU leaderboard: ``results/leaderboard.csv`` (one row per run and test set),
-rendered to ``results/LEADERBOARD.md``.
+"""The BLEU leaderboard: ``results/leaderboard.csv`` (one row per evaluation of a run on a
+test set), rendered to ``results/LEADERBOARD.md``.
 
-Rows are keyed by ``(run_id, test_set)``: appending a row that exists replaces
-nothing and adds nothing.  Writers hold a file lock and replace the file
-atomically, so concurrent sweep jobs never lose or duplicate a row.
+Rows are keyed by ``(run_id, test_set, hypothesis)``: evaluating a run again
+with the same hypotheses adds nothing, while a re-run whose hypotheses differ
+(another machine, another commit) keeps its own hypothesis file and becomes a
+row of its own, with its commit and machine; no result is ever replaced or
+dropped.  Writers hold a file lock and replace the file atomically, so
+concurrent sweep jobs never lose or duplicate a row.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -50,9 +54,14 @@ class LeaderboardRow:
     p_value_vs_dense: float | str
     bleu_ci95: float | str
     seed: int
+    #: the commit of the code that decoded and scored (``+dirty``: with uncommitted changes)
     git_commit: str
     #: the kept hypotheses (relative to the repository when inside it)
     hypothesis: str
+    #: the commit of the code that trained ("" for rows from before it was recorded)
+    train_commit: str = ""
+    #: the CPU (and GPU, when decoding ran on one) of the evaluation ("" before it was recorded)
+    machine: str = ""
 
 
 COLUMNS = [f.name for f in fields(LeaderboardRow)]
@@ -81,8 +90,12 @@ def _render_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    return str(row["run_id"]), str(row["test_set"]), str(row.get("hypothesis", ""))
+
+
 def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
-    """Add rows not yet present (by ``(run_id, test_set)``); returns how many were added.
+    """Add rows not yet present (by ``(run_id, test_set, hypothesis)``); returns how many were added.
     Columns a mapping lacks are left empty."""
     new_rows = [_as_dict(r) for r in rows_to_add]
     unknown = {k for row in new_rows for k in row} - set(COLUMNS)
@@ -91,50 +104,100 @@ def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(csv_path) + ".lock", timeout=120):
         rows = read_rows(csv_path)
-        seen = {(r["run_id"], r["test_set"]) for r in rows}
-        added = [r for r in new_rows if (str(r["run_id"]), str(r["test_set"])) not in seen]
+        seen = {_key(r) for r in rows}
+        added = [r for r in new_rows if _key(r) not in seen]
         if added:
             write_text_atomic(csv_path, _render_csv(rows + added))
         return len(added)
 
 
+def short_commit(commit: str) -> str:
+    """A commit as tables show it: 8 hex digits, ``+dirty`` kept."""
+    sha, _, rest = commit.partition("+")
+    return sha[:8] + (f"+{rest}" if rest else "")
+
+
+def evaluations(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """The rows of each ``(run_id, test_set)``, first evaluation first (the others are re-runs)."""
+    out: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in rows:
+        out.setdefault((r["run_id"], r["test_set"]), []).append(r)
+    return out
+
+
 def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> str:
-    """A markdown table per test set, best BLEU first."""
-    out = [f"# {title}", "", "Generated from `results/leaderboard.csv` by `structmt.pipeline.leaderboard`.", ""]
+    """A markdown table per test set, best BLEU first; a re-run is listed under its first evaluation."""
+    out = [
+        f"# {title}",
+        "",
+        "Generated from `results/leaderboard.csv` by `structmt.pipeline.leaderboard`. One row per evaluation: "
+        "a re-run whose hypotheses differ from an earlier evaluation of the same run (another machine or commit) "
+        "is its own row, marked *re-run*.",
+        "",
+    ]
+    runs = evaluations(rows)
     for test in sorted({r["test_set"] for r in rows}):
         out += [
             f"## {test}",
             "",
-            "| run | arch | w | r | heads | cross | BLEU | chrF | p vs dense | updates | train s | tok/s | commit |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| run | arch | w | r | heads | cross | seed | BLEU | chrF | p vs dense | updates | train s | tok/s "
+            "| commit | machine |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        subset = sorted((r for r in rows if r["test_set"] == test), key=lambda r: -float(r["bleu"] or 0))
-        for r in subset:
-            out.append(
-                f"| {r['run_id']} | {r['arch']} | {r['window']} | {r['rare']} | {r['heads']} | {r.get('cross', '')} | "
-                f"{r['bleu']} | "
-                f"{r['chrf']} | {r['p_value_vs_dense']} | {r['updates']} | {r['train_seconds']} | "
-                f"{r['train_tokens_per_s']} | {r['git_commit'][:8]} |"
-            )
-        sigs = sorted({r["bleu_signature"] for r in subset})
+        firsts = sorted((e for (_, t), e in runs.items() if t == test), key=lambda e: -float(e[0]["bleu"] or 0))
+        for evals in firsts:
+            for i, r in enumerate(evals):
+                run = r["run_id"] if i == 0 else f"↳ *re-run* {i}"
+                out.append(
+                    f"| {run} | {r['arch']} | {r['window']} | {r['rare']} | {r['heads']} | {r.get('cross', '')} | "
+                    f"{r['seed']} | {r['bleu']} | {r['chrf']} | {r['p_value_vs_dense']} | {r['updates']} | "
+                    f"{r['train_seconds']} | {r['train_tokens_per_s']} | {short_commit(r['git_commit'])} | "
+                    f"{r.get('machine') or '–'} |"
+                )
+        sigs = sorted({r["bleu_signature"] for r in rows if r["test_set"] == test})
         out += ["", "BLEU signature: " + "; ".join(f"`{s}`" for s in sigs), ""]
     return "\n".join(out) + "\n"
 
 
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sd`` (sample standard deviation) to 2 decimals; one value: just that value."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
-    """The README's headline table: one line per model and test set of one data set and schedule."""
-    subset = [r for r in rows if r["data"] == data and r["schedule"] == schedule]
+    """The README's headline table of one data set and schedule: per test set and model, BLEU and chrF as
+    mean ± sd over seeds (each run's first evaluation), each seed's BLEU with its paired bootstrap p-value
+    against the dense run of the same seed, the commits, and how many re-runs the leaderboard also holds."""
+    runs = {k: e for k, e in evaluations(rows).items() if e[0]["data"] == data and e[0]["schedule"] == schedule}
+    groups: dict[tuple[str, ...], list[list[dict[str, str]]]] = {}
+    for (_, test), evals in runs.items():
+        r = evals[0]
+        model = (test, "structured" if r["window"] != "" else "dense", r["arch"], r["window"], r["rare"])
+        groups.setdefault(model + (r["heads"], r.get("cross", "")), []).append(evals)
     lines = [
-        "| test set | model | w | r | BLEU | chrF | p vs dense | 95% CI | updates | train h | train tok/s |",
+        "| test set | model | w | r | seeds | BLEU | chrF | per seed: BLEU (p vs dense) | updates | commits "
+        "| re-runs |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(subset, key=lambda r: (r["test_set"], bool(r["window"]), r["run_id"])):
-        lines.append(
-            f"| {r['test_set']} | {r['arch']} | {r['window'] or '–'} | {r['rare'] or '–'} | {r['bleu']} | "
-            f"{r['chrf']} | {r['p_value_vs_dense'] or '–'} | {('±' + r['bleu_ci95']) if r['bleu_ci95'] else '–'}"
-            f" | {r['updates']} | {float(r['train_seconds']) / 3600:.2f} | {r['train_tokens_per_s']} |"
+    for key in sorted(groups, key=lambda k: (k[0], k[1] == "structured", k[2:])):
+        test, _, arch, window, rare, heads, cross = key
+        evals = sorted(groups[key], key=lambda e: int(e[0]["seed"]))
+        firsts = [e[0] for e in evals]
+        per_seed = ", ".join(
+            f"{r['seed']}: {r['bleu']}" + (f" (p {r['p_value_vs_dense']})" if r["p_value_vs_dense"] != "" else "")
+            for r in firsts
         )
-    sigs = sorted({r["bleu_signature"] for r in subset})
+        extras = "".join(f" {h}" for h in (heads if heads not in ("", "auto") else "", cross) if h)
+        lines.append(
+            f"| {test} | {arch}{extras} | {window or '–'} | {rare or '–'} | {len(firsts)} | "
+            f"{mean_sd([float(r['bleu']) for r in firsts])} | {mean_sd([float(r['chrf']) for r in firsts])} | "
+            f"{per_seed} | {'/'.join(sorted({r['updates'] for r in firsts}))} | "
+            f"{', '.join(sorted({short_commit(r['git_commit']) for r in firsts}))} | "
+            f"{sum(len(e) - 1 for e in evals)} |"
+        )
+    sigs = sorted({e[0]["bleu_signature"] for e in runs.values()})
     return "\n".join(lines) + "\n\nBLEU signature: " + "; ".join(f"`{s}`" for s in sigs) + "\n"
 
 
@@ -177,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     """``structmt-leaderboard``: re-render the leaderboard and (re)build its W&B table."""
     import argparse
 
+    from ..console import add_verbose_option, setup
     from .tracking import DEFAULT_PROJECT, log_leaderboard
 
     p = argparse.ArgumentParser(description=main.__doc__)
@@ -186,7 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--project", default=DEFAULT_PROJECT)
     p.add_argument("--headline", metavar="SCHEDULE", help="print the README headline table of this schedule")
     p.add_argument("--data", default="multi30k_en_de")
+    add_verbose_option(p)
     a = p.parse_args(argv)
+    setup(a.verbose)
     csv_path = a.results_dir / "leaderboard.csv"
     if not csv_path.exists():
         raise SystemExit(f"error: {csv_path} does not exist; run an experiment first (make demo)")

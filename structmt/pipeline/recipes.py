@@ -22,16 +22,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..console import add_verbose_option, setup
 from ..files import DataError
 from ..paths import REPO_ROOT
 from ..provenance import git_commit
 from .evaluation import evaluate_run
-from .leaderboard import read_rows
+from .leaderboard import read_rows, short_commit
 from .spec import ModelSpec, RunSpec, Schedule
 from .training import prepare_data, train_run
 
-#: recipe → its schedule in conf/train (the same files the Hydra app uses)
-RECIPES = {"demo": "cpu_demo", "reproduce": "reproduce"}
+#: recipe → its schedule in conf/train (the same files the Hydra app uses); ``finetune`` starts the structured
+#: model from the dense ``reproduce`` run of the same seed and trains it on the ``finetune`` schedule
+RECIPES = {"demo": "cpu_demo", "reproduce": "reproduce", "finetune": "finetune"}
+#: recipes whose rows the README reports: they run only from a clean committed tree (the commit each row names)
+HEADLINE = ("reproduce", "finetune")
 
 
 def load_schedule(name: str) -> Schedule:
@@ -47,11 +51,16 @@ def load_schedule(name: str) -> Schedule:
 def compare(
     dense: RunSpec, structured: RunSpec, *, runs_dir: Path, results_dir: Path, train_only: bool = False
 ) -> list[dict[str, Any]]:
-    """Train both side by side, then evaluate (the structured run against the dense one)."""
+    """Train both side by side (the dense one first when the structured one starts from it), then evaluate
+    (the structured run against the dense one)."""
     prepare_data(dense, runs_dir)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for job in [pool.submit(train_run, spec, runs_dir=runs_dir) for spec in (dense, structured)]:
-            job.result()
+    if structured.schedule.finetune_from == dense.run_id():
+        train_run(dense, runs_dir=runs_dir)
+        train_run(structured, runs_dir=runs_dir)
+    else:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for job in [pool.submit(train_run, spec, runs_dir=runs_dir) for spec in (dense, structured)]:
+                job.result()
     if train_only:
         return []
     rows = evaluate_run(dense, runs_dir=runs_dir, results_dir=results_dir)
@@ -67,8 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--allow-dirty", action="store_true", help="run although tracked files differ from the commit")
     p.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    add_verbose_option(p)
     a = p.parse_args(argv)
-    if git_commit().endswith("+dirty") and not a.allow_dirty:
+    setup(a.verbose)
+    if a.recipe in HEADLINE and git_commit().endswith("+dirty") and not a.allow_dirty:
         raise SystemExit(
             f"error: tracked files differ from commit {git_commit()[:12]}; the rows would not name the code that "
             "made them. Commit (or stash) first, or pass --allow-dirty."
@@ -85,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         schedule = replace(schedule, max_update=a.max_update)
     if a.seeds is not None:
         schedule = replace(schedule, seed=a.seeds[0])
-    dense = RunSpec(model=ModelSpec(arch="transformer_multi30k"), schedule=schedule)
-    structured = RunSpec(model=ModelSpec(arch="structured_transformer_multi30k"), schedule=schedule)
+    dense, structured = pair(a.recipe, schedule)
     start = time.time()
     try:
         rows = compare(dense, structured, runs_dir=a.runs_dir, results_dir=a.results_dir, train_only=a.train_only)
@@ -94,13 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {err}") from None
     if a.train_only:
         return
-    print(f"\nLeaderboard rows of this comparison ({time.time() - start:.0f} s):\n")
-    print(f"{'run':42} {'test set':17} {'BLEU':>5} {'chrF':>5} {'p vs dense':>10}  hypothesis")
-    for r in rows:
-        print(
-            f"{r['run_id']:42} {r['test_set']:17} {r['bleu']:>5} {r['chrf']:>5} {r['p_value_vs_dense']:>10}  "
-            f"{r['hypothesis']}"
-        )
+    print(f"\nThis comparison ({time.time() - start:.0f} s), as the leaderboard has it:\n")
+    print(summary(rows, read_rows(a.results_dir / "leaderboard.csv")))
     raw = a.runs_dir / "data" / "multi30k_en_de" / "raw"
     print(f"\nRe-score a row: sacrebleu {raw}/test.de -i <hypothesis>   ({raw}/test1.de for test_2017_flickr)")
     print(
@@ -109,11 +114,45 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def pair(recipe: str, schedule: Schedule) -> tuple[RunSpec, RunSpec]:
+    """The dense and the structured run of a recipe under ``schedule``."""
+    structured = RunSpec(model=ModelSpec(arch="structured_transformer_multi30k"), schedule=schedule)
+    if recipe != "finetune":
+        return RunSpec(model=ModelSpec(arch="transformer_multi30k"), schedule=schedule), structured
+    base = replace(load_schedule(RECIPES["reproduce"]), seed=schedule.seed)
+    dense = RunSpec(model=ModelSpec(arch="transformer_multi30k"), schedule=base)
+    return dense, replace(structured, schedule=replace(schedule, finetune_from=dense.run_id()))
+
+
+def summary(rows: list[dict[str, Any]], leaderboard_rows: list[dict[str, str]]) -> str:
+    """Every leaderboard row of the runs in ``rows``, this evaluation's marked ``*``: what is printed is what
+    ``LEADERBOARD.md`` holds, re-runs of the same run id (another machine or commit) included."""
+    mine = {(r["run_id"], r["test_set"], r["hypothesis"]) for r in rows}
+    runs = list(dict.fromkeys(r["run_id"] for r in rows))
+    lines = [f"  {'run':44} {'test set':17} {'BLEU':>5} {'chrF':>5} {'p vs dense':>10}  commit          machine"]
+    others = 0
+    for run in runs:
+        for r in (r for r in leaderboard_rows if r["run_id"] == run):
+            this = (r["run_id"], r["test_set"], r["hypothesis"]) in mine
+            others += not this
+            lines.append(
+                f"{'*' if this else ' '} {r['run_id']:44} {r['test_set']:17} {r['bleu']:>5} {r['chrf']:>5} "
+                f"{r['p_value_vs_dense']:>10}  {short_commit(r['git_commit']):15} {r.get('machine') or '–'}"
+            )
+    note = "* this evaluation" + (
+        f"; the {others} other rows are earlier evaluations of the same runs (re-runs are never dropped)"
+        if others
+        else ""
+    )
+    return "\n".join(lines + ["", note])
+
+
 def _passed_on(a: argparse.Namespace) -> list[str]:
     """The options of this call that each seed's process gets too."""
     out = ["--runs-dir", str(a.runs_dir), "--results-dir", str(a.results_dir)]
     out += ["--max-update", str(a.max_update)] if a.max_update is not None else []
-    return out + [flag for flag, on in (("--train-only", a.train_only), ("--allow-dirty", a.allow_dirty)) if on]
+    flags = (("--train-only", a.train_only), ("--allow-dirty", a.allow_dirty), ("--verbose", a.verbose))
+    return out + [flag for flag, on in flags if on]
 
 
 if __name__ == "__main__":

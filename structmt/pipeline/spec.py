@@ -114,6 +114,26 @@ class Schedule:
     update_freq: int = 1
     #: more fairseq-train options, e.g. distributed training: ["--distributed-world-size", "8"]
     extra_args: list[str] = field(default_factory=list)
+    #: start from a trained model's weights (fairseq's ``--finetune-from-model``; optimiser, schedule and data
+    #: order start afresh): the id of a finished run in the same runs folder, or a checkpoint file (``.pt``)
+    finetune_from: str = ""
+
+    def finetune_checkpoint(self, runs_dir: Path) -> Path | None:
+        """The checkpoint that :attr:`finetune_from` names (checked: it must exist, a run must be finished)."""
+        if not self.finetune_from:
+            return None
+        if self.finetune_from.endswith(".pt"):
+            path = Path(self.finetune_from).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"train.finetune_from={self.finetune_from}: no such checkpoint file")
+            return path.resolve()
+        run_dir = runs_dir / self.finetune_from
+        if not (run_dir / "train.json").is_file():
+            raise FileNotFoundError(
+                f"train.finetune_from={self.finetune_from}: no finished run of that id in {runs_dir} "
+                "(train it first, or give a checkpoint file ending in .pt)"
+            )
+        return run_dir / "checkpoints" / "checkpoint_last.pt"
 
     def fairseq_args(self) -> list[str]:
         # fmt: off
@@ -156,6 +176,11 @@ class RunSpec:
         settings["schedule"].pop("save_interval")
         settings["data"].pop("mirror")
         settings["data"].pop("base_url")
+        if not self.schedule.finetune_from:  # ids of runs from before the option existed stay valid
+            settings["schedule"].pop("finetune_from")
+        elif self.schedule.finetune_from.endswith(".pt"):  # the weights, not where the file lies
+            start = self.schedule.finetune_checkpoint(Path())  # checked: a file's path needs no runs folder
+            settings["schedule"]["finetune_from"] = hashlib.sha256(start.read_bytes()).hexdigest()  # type: ignore[union-attr]
         settings["model"] = self.model.id_settings()
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
@@ -163,4 +188,5 @@ class RunSpec:
         if m.structured:
             shape = f"w{m.window}-r{m.rare}" + ("-roles" if m.heads_from else "")
             shape += f"-x{m.cross_window}" if m.cross_window >= 0 else ""
+        shape += "-ft" if self.schedule.finetune_from else ""
         return f"{self.data.name}-{self.schedule.name}-{shape}-{digest}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..console import add_verbose_option, setup
 from ..figures import annotated_heatmap
 from ..files import write_text_atomic
 from ..paths import REPO_ROOT
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heads", default="auto", help="role mix of the runs in the heatmaps")
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     p.add_argument("--out-dir", type=Path, default=None, help="default: <results-dir>/sweeps")
+    add_verbose_option(p)
     a = p.parse_args(argv)
+    setup(a.verbose)
     print(report(a.results_dir, a.data, a.schedule, a.test_set, a.out_dir or a.results_dir / "sweeps", a.heads))
 
 

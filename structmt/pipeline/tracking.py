@@ -55,11 +55,20 @@ def _finish(run: Any) -> Path:
 
 
 def _init(wandb_dir: Path, **kwargs: Any) -> Any:
+    """``wandb.init`` in :func:`wandb_mode`.
+
+    The mode goes to ``wandb.setup`` (the process-wide settings) as well as to the run:
+    wandb reads some settings from the process-wide ones only, such as its own usage
+    telemetry, which (wandb 0.31) otherwise posts to the W&B server at exit even from
+    an offline run.  Offline, nothing is sent anywhere and no host name is looked up.
+    """
     import wandb
 
     wandb_dir.mkdir(parents=True, exist_ok=True)
-    settings = wandb.Settings(init_timeout=60, silent=True, x_disable_stats=True, console="off")
-    return wandb.init(dir=str(wandb_dir), mode=wandb_mode(), settings=settings, reinit="finish_previous", **kwargs)
+    mode = wandb_mode()
+    settings = wandb.Settings(mode=mode, init_timeout=60, silent=True, x_disable_stats=True, console="off")
+    wandb.setup(settings=settings)
+    return wandb.init(dir=str(wandb_dir), settings=settings, reinit="finish_previous", **kwargs)
 
 
 def log_experiment(

@@ -91,6 +91,8 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
             shutil.copyfile(roles, run_dir / "roles.json")
             roles = run_dir / "roles.json"
         args = spec.model.fairseq_args(roles) + spec.schedule.fairseq_args()
+        if (start := spec.schedule.finetune_checkpoint(runs_dir)) is not None:
+            args += ["--finetune-from-model", str(start)]  # used only while the run has no checkpoint of its own
         with open(run_dir / "train.log", "a", encoding="utf-8") as f:
             f.write(f"\n# structmt {git_commit()} on {cpu_model()}\n")
         trained = train(bin_dir, run_dir, spec.model.arch, args, env)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoints import load_model
+from ..console import add_verbose_option, setup
 from ..files import existing_dir, text_lines
 
 CHECKPOINT = Path("checkpoints") / "checkpoint_last.pt"
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir", type=existing_dir, help="a run folder made by the pipeline (runs/<run id>)")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
+    add_verbose_option(p)
     a = p.parse_args(argv)
+    setup(a.verbose)
     try:
         translator = Translator(a.run_dir, beam=a.beam, batch_size=a.batch_size)
     except FileNotFoundError as err:

@@ -1,0 +1,106 @@
+"""The README stays short and the documentation stands alone: the README fits in 220 lines with the
+newcomer commands on its first screen, every relative link of the README and of ``docs/`` leads to a
+file of the repository (and to a heading there, when it names one), and nothing points at a design
+file outside the repository."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
+
+FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+INLINE_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+\"[^\"]*\")?\s*$", re.M)
+EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)  # http:, https:, mailto:, ...
+
+
+def _prose(text: str) -> str:
+    """The text without fenced code blocks and inline code, where brackets are not links."""
+    return INLINE_CODE.sub("", FENCE.sub("", text))
+
+
+def relative_links(page: Path) -> list[str]:
+    text = _prose(page.read_text(encoding="utf-8"))
+    targets = INLINE_LINK.findall(text) + REFERENCE_LINK.findall(text)
+    return [t for t in targets if not EXTERNAL.match(t)]
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation dropped, spaces as hyphens, repeats numbered."""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in FENCE.sub("", page.read_text(encoding="utf-8")).splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_link_extraction_sees_links_and_skips_code(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text(
+        'See [a](docs/a.md), ![fig](docs/f.png "t") and [web](https://example.org).\n'
+        "`[not](a-link.md)`\n```\n[nor](this.md)\n```\n[ref]: results/README.md\n[top](#here)\n",
+        encoding="utf-8",
+    )
+    assert relative_links(page) == ["docs/a.md", "docs/f.png", "#here", "results/README.md"]
+
+
+def test_the_readme_is_at_most_220_lines():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 220, f"README.md has {len(lines)} lines; move detail into docs/ or results/README.md"
+
+
+def test_the_first_screen_of_the_readme_has_the_newcomer_commands():
+    first_screen = "\n".join(README.read_text(encoding="utf-8").splitlines()[:40])
+    assert "make demo" in first_screen
+    assert "make test" in first_screen
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_leads_to_a_file_of_the_repository(page):
+    broken = []
+    for link in relative_links(page):
+        path_part, _, fragment = link.partition("#")
+        target = (page.parent / path_part).resolve() if path_part else page
+        if not target.is_relative_to(REPO):
+            broken.append(f"{link}: outside the repository")
+        elif not target.exists():
+            broken.append(f"{link}: no such file")
+        elif fragment and target.suffix == ".md" and fragment not in anchors(target):
+            broken.append(f"{link}: no heading #{fragment} in {target.relative_to(REPO)}")
+    assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_link_leads_into_an_ignored_path(page):
+    """A link into ``runs/``, ``.venv/`` or another ignored folder works here and nowhere else."""
+    paths = sorted({link.partition("#")[0] for link in relative_links(page)} - {""})
+    resolved = [(page.parent / p).resolve() for p in paths]
+    targets = [str(t.relative_to(REPO)) for t in resolved if t.is_relative_to(REPO)]
+    if not targets:
+        return
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *targets], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert not ignored, f"{page.relative_to(REPO)} links to ignored paths: {ignored}"
+
+
+def test_no_page_names_a_design_file_outside_the_repository():
+    files = [README, *(p for p in sorted((REPO / "docs").rglob("*")) if p.is_file())]
+    naming = [str(p.relative_to(REPO)) for p in files if b"DESIGN.md" in p.read_bytes()]
+    assert not naming, f"these pages mention DESIGN.md, which is not part of the repository: {naming}"

@@ -1,0 +1,204 @@
+"""What a person sees (issue #16): the pipeline run the way a user runs it, as a subprocess.
+
+Each message once, no DEBUG lines or third-party INFO records, progress while training and
+decoding, the offline-mirror fallback stated once, errors in one line; and with W&B offline
+(no API key, or ``WANDB_MODE=offline``) no host name is looked up and no host contacted.
+A ``sitecustomize.py`` on the subprocesses' ``PYTHONPATH`` makes every Python process
+(wandb's own helpers included) refuse and record any lookup or connection that is not
+loopback.  wandb's service is a Go program that Python cannot patch; ``strace -f -e
+trace=connect`` shows it opens no internet socket in offline mode either.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from structmt.data.fetch import MULTI30K_ENV, MULTI30K_SHARED
+
+REPO = Path(__file__).resolve().parents[1]
+
+NO_NETWORK = """
+import os, socket, traceback
+
+_LOG = os.environ["STRUCTMT_TEST_NETLOG"]
+_LOCAL = {None, "localhost", "127.0.0.1", "::1"}
+
+
+def _record(what, host):
+    with open(_LOG, "a", encoding="utf-8") as f:
+        f.write(f"--- pid {os.getpid()}: {what} {host!r}\\n" + "".join(traceback.format_stack()[:-2]))
+    raise OSError(f"network disabled by the test: {what} {host!r}")
+
+
+def _guard(name):
+    original = getattr(socket, name)
+
+    def guarded(host, *args, **kwargs):
+        address = host[0] if isinstance(host, tuple) else host
+        if address not in _LOCAL:
+            _record(name, address)
+        return original(host, *args, **kwargs)
+
+    setattr(socket, name, guarded)
+
+
+for _name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "create_connection"):
+    _guard(_name)
+
+_connect = socket.socket.connect
+
+
+def _checked_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOCAL:
+        _record("connect", address[0])
+    return _connect(self, address)
+
+
+socket.socket.connect = _checked_connect
+"""
+
+#: a small run that trains over more than one epoch, logs a training curve (``train_inner`` records,
+#: which W&B gets as history) and decodes both test sets
+SMOKE = [
+    "data=multi30k_smoke",
+    "data.max_train_lines=500",
+    "data.max_eval_lines=8",
+    "model=dense_tiny",
+    "train=smoke",
+    "train.max_update=20",
+    "train.extra_args=['--log-interval','10']",
+    "train.beam=1",
+    "baseline=false",
+]
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user without W&B credentials, offline: every lookup is refused and recorded."""
+    site = tmp / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(NO_NETWORK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != MULTI30K_ENV}
+    return env | {
+        "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]),
+        "STRUCTMT_TEST_NETLOG": str(tmp / "network.log"),
+        "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
+        "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
+        "OMP_NUM_THREADS": "1",  # decoding on a busy machine: 0.6 s instead of 25 s per test set
+        **extra,
+    }
+
+
+def _lines(result: subprocess.CompletedProcess) -> list[str]:
+    return (result.stdout + result.stderr).splitlines()
+
+
+def _lookups(tmp: Path) -> list[str]:
+    """The refused lookups and connections (with where they came from), one entry each."""
+    log = tmp / "network.log"
+    return log.read_text().split("--- ")[1:] if log.exists() else []
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``structmt-run`` with the W&B logger (offline: no API key) on a slice of Multi30k."""
+    if not MULTI30K_SHARED.is_dir():
+        pytest.skip(f"needs the offline Multi30k mirror at {MULTI30K_SHARED}")
+    tmp = tmp_path_factory.mktemp("output")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "structmt.pipeline.app",
+            *SMOKE,
+            "logger=wandb",
+            f"runs_dir={tmp}/runs",
+            f"results_dir={tmp}/results",
+        ],
+        cwd=tmp,
+        env=_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return tmp, result
+
+
+def test_each_line_once_without_debug_or_third_party_info(smoke_run):
+    _, result = smoke_run
+    lines = _lines(result)
+    assert not [line for line in lines if "DEBUG" in line]
+    assert not [line for line in lines if re.match(r"\[?(INFO|WARNING)\b", line)]  # hydra, fairseq, sacrebleu records
+    assert not [line for line in lines if "tensorboardX" in line or "bootstrap" in line.lower()]
+    twice = {line: n for line, n in Counter(line.strip() for line in lines if line.strip()).items() if n > 1}
+    assert not twice, twice
+    assert any(re.search(r"test_2016_flickr: BLEU [\d.]+ chrF", line) for line in lines)
+
+
+def test_progress_while_training_and_decoding(smoke_run):
+    _, result = smoke_run
+    lines = _lines(result)
+    updates = [tuple(map(int, m.groups())) for line in lines if (m := re.search(r"\] (\d+)/(\d+) updates", line))]
+    assert updates[-1] == (20, 20)
+    assert any(done < total for done, total in updates), updates  # said during training, not only at the end
+    progress = [line for line in lines if re.search(r"\d+/\d+ updates, ", line)]
+    assert all(re.search(r"updates, loss [\d.]+, [\d.]+k? tok/s", line) for line in progress), progress
+    decoded = {m.group(1): m.group(2) for line in lines if (m := re.search(r"\] (\w+): (\d+/\d+) sentences$", line))}
+    assert decoded == {"test_2016_flickr": "8/8", "test_2017_flickr": "8/8"}  # the last line of each test set
+
+
+def test_offline_mirror_fallback_is_stated_once_and_names_the_mirror(smoke_run):
+    _, result = smoke_run
+    said = [line for line in _lines(result) if "offline mirror" in line]
+    assert len(said) == 1 and str(MULTI30K_SHARED) in said[0], said
+
+
+def test_offline_wandb_looks_up_no_host(smoke_run):
+    """The pipeline logged the run to W&B offline; the only lookup is the corpus download it tried first."""
+    tmp, result = smoke_run
+    assert any(re.search(r"W&B \(offline\): .*offline-run-", line) for line in _lines(result))
+    assert _lookups(tmp), "the sitecustomize recorded nothing: it did not run"
+    others = [entry for entry in _lookups(tmp) if "structmt/data/fetch.py" not in entry]
+    assert not others, others[0]
+
+
+def test_leaderboard_wandb_offline_looks_up_no_host(smoke_run):
+    """``structmt-leaderboard --wandb`` without an API key (offline; ``WANDB_MODE`` unset)."""
+    tmp, _ = smoke_run
+    (tmp / "network.log").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "structmt.pipeline.leaderboard", "--results-dir", str(tmp / "results")]
+        + ["--wandb", "--wandb-dir", str(tmp / "wandb")],
+        cwd=tmp,
+        env=_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lookups = _lookups(tmp)
+    assert not lookups, lookups[0]
+    assert "W&B leaderboard table: " in result.stdout and "offline-run-" in result.stdout
+    assert not [line for line in _lines(result) if "DEBUG" in line]
+
+
+def test_an_error_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "structmt.pipeline.app", *SMOKE, "train.dropout=1.5", f"runs_dir={tmp_path}/runs"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    errors = [line for line in _lines(result) if line.startswith("error: ")]
+    assert len(errors) == 1 and "train.dropout=1.5 must lie in [0, 1)" in errors[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

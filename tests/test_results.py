@@ -1,0 +1,215 @@
+"""Results that survive a second look: re-runs are recorded, never dropped; the headline is a
+mean over seeds; the paired bootstrap is sacreBLEU's; a finished checkpoint is adopted;
+fine-tuning starts from the named run; the length ratio counts what fairseq counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from structmt.pipeline import leaderboard
+from structmt.pipeline.evaluation import keep_hypotheses, paired_bootstrap
+from structmt.pipeline.recipes import RECIPES, load_schedule, pair, summary
+from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _row(run: str, seed: int, bleu: float, **extra) -> dict:
+    structured = "-w3-" in run
+    return {
+        "run_id": run,
+        "data": "m",
+        "schedule": "s",
+        "test_set": "test_2016_flickr",
+        "arch": "structured_t" if structured else "t",
+        "window": 3 if structured else "",
+        "rare": 2 if structured else "",
+        "heads": "auto" if structured else "",
+        "bleu": bleu,
+        "chrf": 50.0 + seed,
+        "bleu_signature": "sig",
+        "p_value_vs_dense": 0.1 * seed if structured else "",
+        "updates": 10,
+        "seed": seed,
+        "git_commit": f"{seed}" * 40,
+        "hypothesis": f"results/hyps/{run}.test_2016_flickr.de",
+    } | extra
+
+
+def test_a_rerun_that_differs_is_its_own_row_and_the_markdown_shows_both(tmp_path):
+    csv_path = tmp_path / "leaderboard.csv"
+    first = _row("m-s-dense-1", 1, 30.0, machine="CPU A")
+    assert leaderboard.add_rows(csv_path, [first]) == 1
+    assert leaderboard.add_rows(csv_path, [first | {"machine": "CPU B"}]) == 0  # same hypotheses: same result
+    rerun = first | {"bleu": 31.5, "hypothesis": "results/hyps/m-s-dense-1.test_2016_flickr.0a1b2c3d.de"}
+    rerun |= {"machine": "CPU B", "git_commit": "f" * 40 + "+dirty"}
+    assert leaderboard.add_rows(csv_path, [rerun]) == 1
+    rows = leaderboard.read_rows(csv_path)
+    assert [r["bleu"] for r in rows] == ["30.0", "31.5"]
+    md = leaderboard.render_markdown(rows)
+    assert "| m-s-dense-1 | t |" in md and "| ↳ *re-run* 1 | t |" in md
+    assert "| 30.0 |" in md and "| 31.5 |" in md and "ffffffff+dirty | CPU B |" in md
+
+
+def test_hypotheses_of_a_rerun_never_overwrite_the_kept_file(tmp_path):
+    kept = tmp_path / "hyps" / "run.test_2016_flickr.de"
+    a, b = tmp_path / "a.de", tmp_path / "b.de"
+    a.write_text("ein Hund\n")
+    b.write_text("eine Katze\n")
+    assert keep_hypotheses(a, kept) == kept and kept.read_text() == "ein Hund\n"
+    assert keep_hypotheses(a, kept) == kept  # the same hypotheses again: the same file
+    other = keep_hypotheses(b, kept)
+    assert other.name.startswith("run.test_2016_flickr.") and other.suffix == ".de" and other != kept
+    assert other.read_text() == "eine Katze\n" and kept.read_text() == "ein Hund\n"
+    assert sorted(p.name for p in kept.parent.iterdir()) == sorted([kept.name, other.name])  # no temp files
+
+
+def test_the_recipe_summary_prints_what_the_leaderboard_holds():
+    earlier = _row("m-s-dense-1", 1, 30.0, machine="CPU A")
+    now = earlier | {"bleu": 31.5, "hypothesis": "results/hyps/x.de", "machine": "CPU B"}
+    text = summary([now], [{k: str(v) for k, v in r.items()} for r in (earlier, now)])
+    lines = text.splitlines()
+    assert [line[:1] for line in lines[1:3]] == [" ", "*"]  # the earlier row is listed, this one starred
+    assert "30.0" in lines[1] and "CPU A" in lines[1] and "31.5" in lines[2] and "CPU B" in lines[2]
+    assert "1 other rows are earlier evaluations" in text
+
+
+def test_headline_is_the_mean_and_sd_over_seeds_with_each_seeds_p_value():
+    rows = [
+        _row("m-s-dense-1", 1, 36.0),
+        _row("m-s-dense-2", 2, 37.0),
+        _row("m-s-dense-3", 3, 38.0),
+        _row("m-s-w3-r2-1", 1, 36.5),
+        _row("m-s-w3-r2-2", 2, 37.5),
+        _row("m-s-w3-r2-3", 3, 37.0),
+        _row("m-s-w3-r2-3", 3, 99.0, hypothesis="elsewhere.de"),  # a re-run: counted, not averaged
+        _row("m-other-dense-1", 1, 10.0) | {"schedule": "other"},
+    ]
+    text = leaderboard.headline([{k: str(v) for k, v in r.items()} for r in rows], "m", "s")
+    assert text.splitlines()[2:4] == [
+        "| test_2016_flickr | t | – | – | 3 | 37.00 ± 1.00 | 52.00 ± 1.00 | 1: 36.0, 2: 37.0, 3: 38.0 | 10 "
+        "| 11111111, 22222222, 33333333 | 0 |",
+        "| test_2016_flickr | structured_t | 3 | 2 | 3 | 37.00 ± 0.50 | 52.00 ± 1.00 "
+        "| 1: 36.5 (p 0.1), 2: 37.5 (p 0.2), 3: 37.0 (p 0.30000000000000004) | 10 "
+        "| 11111111, 22222222, 33333333 | 1 |",
+    ]
+    assert "10.0" not in text and text.endswith("BLEU signature: `sig`\n")
+
+
+def _bootstrap_by_hand(base: list[str], system: list[str], refs: list[str], n: int) -> tuple[float, float]:
+    """sacreBLEU's paired bootstrap written out: the same resamples (its default seed), BLEU of each."""
+    from sacrebleu.metrics import BLEU
+
+    idxs = np.random.default_rng(12345).choice(len(refs), size=(n, len(refs)), replace=True)
+
+    def bleu(hyps: list[str], sample: np.ndarray) -> float:
+        return BLEU().corpus_score([hyps[i] for i in sample], [[refs[i] for i in sample]]).score
+
+    observed = abs(bleu(system, np.arange(len(refs))) - bleu(base, np.arange(len(refs))))
+    sys_scores = np.array([bleu(system, s) for s in idxs])
+    diffs = np.abs(sys_scores - np.array([bleu(base, s) for s in idxs]))
+    p = (np.sum(diffs - diffs.mean() > observed) + 1) / (n + 1)
+    ordered = np.sort(sys_scores)
+    return round(float(p), 4), round(float(0.5 * (ordered[n - n // 40 - 1] - ordered[n // 40])), 2)
+
+
+def test_paired_bootstrap_is_sacrebleus_test_with_the_system_and_baseline_in_place(tmp_path, monkeypatch):
+    monkeypatch.delenv("SACREBLEU_SEED", raising=False)
+    rng = np.random.default_rng(0)
+    words = "ein Hund läuft über die grüne Wiese und eine Katze schläft im warmen Haus".split()
+    refs = [" ".join(rng.choice(words, 8)) for _ in range(40)]
+    good = [r if i % 3 else " ".join(r.split()[:5]) for i, r in enumerate(refs)]  # mostly right
+    bad = [" ".join(rng.choice(words, 8)) for _ in range(40)]  # unrelated
+    files = {}
+    for name, lines in (("ref", refs), ("good", good), ("bad", bad)):
+        files[name] = tmp_path / f"{name}.de"
+        files[name].write_text("\n".join(lines) + "\n")
+    got = paired_bootstrap(files["bad"], files["good"], files["ref"], n_samples=200)
+    assert got == _bootstrap_by_hand(bad, good, refs, 200)
+    assert got[0] < 0.01  # a real difference
+    swapped = paired_bootstrap(files["good"], files["bad"], files["ref"], n_samples=200)
+    assert swapped[1] != got[1]  # the CI is the system's, not the baseline's
+
+
+def test_a_finished_checkpoint_is_adopted_without_training_again(tmp_path, monkeypatch):
+    """A run killed after its last checkpoint but before train.json: the next call adopts the checkpoint."""
+    from structmt.pipeline import training
+
+    spec = RunSpec(schedule=Schedule(max_update=20))
+    run_dir = tmp_path / spec.run_id()
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"optimizer_history": [{"num_updates": 20}]}, run_dir / "checkpoints" / "checkpoint_last.pt")
+    (run_dir / "train.log").write_text(
+        "2026-01-01 | INFO | train | epoch 001 | loss 9.1 | wps 1500.5 | ups 1 | num_updates 20 | lr 0.001 | "
+        "train_wall 12 | wall 13\n"
+    )
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path / "bin")
+    monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained again"))
+    metrics = training.train_run(spec, runs_dir=tmp_path, log=lambda msg: None)
+    assert metrics["updates"] == 20 and metrics["tokens_per_second"] == pytest.approx(1500.5)
+    assert metrics["git_commit"] and metrics["machine"]
+    assert json.loads((run_dir / "train.json").read_text()) == metrics
+
+
+def test_finetune_recipe_starts_the_structured_model_from_the_dense_reproduce_run(tmp_path):
+    dense, structured = pair("finetune", load_schedule(RECIPES["finetune"]))
+    assert dense.schedule.name == "reproduce" and dense.model.arch == "transformer_multi30k"
+    assert structured.schedule.finetune_from == dense.run_id() and structured.model.structured
+    assert structured.run_id().startswith("multi30k_en_de-finetune-w3-r2-ft-")
+    # without the option, ids are those of runs from before it existed (results/ is keyed by them)
+    demo = RunSpec(model=ModelSpec(arch="transformer_multi30k"), schedule=load_schedule("cpu_demo"))
+    assert demo.run_id() == "multi30k_en_de-cpu_demo-dense-fc731a8c"
+    with pytest.raises(FileNotFoundError, match="train.finetune_from=.*no finished run of that id"):
+        structured.schedule.finetune_checkpoint(tmp_path)
+    (tmp_path / dense.run_id()).mkdir()
+    (tmp_path / dense.run_id() / "train.json").write_text("{}")
+    start = structured.schedule.finetune_checkpoint(tmp_path)
+    assert start == tmp_path / dense.run_id() / "checkpoints" / "checkpoint_last.pt"
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
+        Schedule(finetune_from=str(tmp_path / "nope.pt")).finetune_checkpoint(tmp_path)
+
+
+def test_length_ratio_counts_pieces_with_end_of_sentence(data_bin):
+    from fairseq.data import Dictionary
+
+    from structmt.data.length_ratio import piece_totals
+
+    src, tgt = piece_totals(data_bin, "test", "en", "de")
+    for lang, total in (("en", src), ("de", tgt)):
+        vocab = Dictionary.load(str(data_bin / f"dict.{lang}.txt"))
+        lines = (data_bin.parent / "spm" / f"test.{lang}").read_text().splitlines()
+        assert total == sum(len(vocab.encode_line(line, add_if_not_exist=False)) for line in lines)
+
+
+def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path):
+    from structmt.bench.report import cross_bleu, train_section
+
+    record = {
+        "updates": 60,
+        "results": {
+            "docs2048": {"dense": 100.0, "structured": 150.0, "ratio": 1.5},
+            "docs2048_cross32": {"dense": 100.0, "structured": 400.0, "ratio": 4.0},
+            "docs2048_cross4": {"dense": 100.0, "structured": 300.0, "ratio": 3.0},
+        },
+    }
+    base = {"data": "multi30k_en_de", "schedule": "cpu_demo", "seed": 1, "heads": ""}
+    rows = [
+        _row("d", 1, 14.8) | base | {"window": "", "rare": ""},
+        _row("s", 1, 24.1) | base | {"window": 3, "rare": 2, "heads": "auto"},
+        _row("x4", 1, 27.1) | base | {"window": 3, "rare": 2, "heads": "auto", "cross": "w4/slope0.97"},
+    ]
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    quality = cross_bleu(tmp_path)
+    assert list(quality) == [4] and "BLEU 27.1 on test_2016_flickr" in quality[4]
+    assert "without the cross band 24.1, dense 14.8" in quality[4]
+    text = "\n".join(train_section(record, quality))
+    assert "| docs2048_cross4 | 100 | 300 | 3.00 | ≥ 2.0 | yes |" in text
+    assert "| docs2048_cross32 | 100 | 400 | 4.00 | ≥ 2.0 | yes, BLEU not measured |" in text
+    assert "Goal docs2048 ≥ 2.0: met by `docs2048_cross4` (3.00); fast enough but no verdict without a " in text
+    assert "Cross band W=32: BLEU not measured" in text
