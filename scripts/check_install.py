@@ -18,10 +18,11 @@ def _version(module: str) -> str:
 
 
 def main() -> int:
-    import fairseq  # noqa: F401  (the two imports that must work)
     import torch
 
-    import structmt  # noqa: F401
+    import structmt  # noqa: F401  (first: it imports fairseq without fairseq's import-time log lines)
+
+    fairseq = importlib.import_module("fairseq")  # the two imports that must work
 
     try:
         importlib.import_module("structmt._kernels")

@@ -135,6 +135,10 @@ class Schedule:
             )
         return run_dir / "checkpoints" / "checkpoint_last.pt"
 
+    def log_interval(self) -> int:
+        """Updates between fairseq's progress lines (and so the pipeline's): every 2 % of the run, at most 50."""
+        return max(1, min(50, self.max_update // 50))
+
     def fairseq_args(self) -> list[str]:
         # fmt: off
         return [
@@ -145,7 +149,7 @@ class Schedule:
             "--label-smoothing", str(self.label_smoothing), "--seed", str(self.seed), "--num-workers", "0",
             "--required-batch-size-multiple", str(self.batch_multiple), "--no-epoch-checkpoints",
             "--save-interval-updates", str(self.save_interval), "--keep-interval-updates", "1",
-            "--disable-validation", "--log-interval", "50", "--update-freq", str(self.update_freq),
+            "--disable-validation", "--log-interval", str(self.log_interval()), "--update-freq", str(self.update_freq),
             *self.extra_args,
         ]
         # fmt: on
