@@ -213,3 +213,27 @@ def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path
     assert "| docs2048_cross32 | 100 | 400 | 4.00 | ≥ 2.0 | yes, BLEU not measured |" in text
     assert "Goal docs2048 ≥ 2.0: met by `docs2048_cross4` (3.00); fast enough but no verdict without a " in text
     assert "Cross band W=32: BLEU not measured" in text
+
+
+def test_finetune_from_a_dense_run_loads_its_weights_into_the_structured_model(tmp_path):
+    """Through the pipeline: a structured run with ``finetune_from`` = a finished dense run starts from that
+    run's weights (fairseq's --finetune-from-model: parameter names match), then resumes from its own."""
+    from structmt.pipeline.spec import DataSpec
+    from structmt.pipeline.training import train_run
+
+    data = DataSpec(vocab_size=500, max_train_lines=300, max_eval_lines=20)
+    schedule = Schedule(name="smoke", max_update=3, warmup=1, max_tokens=1024, threads=1, save_interval=100)
+    dense = RunSpec(data=data, model=ModelSpec(arch="transformer_tiny"), schedule=schedule)
+    tuned = RunSpec(
+        data=data,
+        model=ModelSpec(arch="structured_transformer_tiny"),
+        schedule=Schedule(**{**schedule.__dict__, "finetune_from": dense.run_id()}),
+    )
+    quiet = lambda msg: None  # noqa: E731
+    with pytest.raises(FileNotFoundError, match="no finished run of that id"):
+        train_run(tuned, runs_dir=tmp_path, log=quiet)
+    train_run(dense, runs_dir=tmp_path, log=quiet)
+    assert train_run(tuned, runs_dir=tmp_path, log=quiet)["updates"] == 3
+    log = (tmp_path / tuned.run_id() / "train.log").read_text()
+    start = tmp_path / dense.run_id() / "checkpoints" / "checkpoint_last.pt"
+    assert f"--finetune-from-model {start}" in log and f"loading pretrained model from {start}" in log
