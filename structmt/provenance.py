@@ -42,6 +42,14 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
+def machine_label() -> str:
+    """The CPU and, where fairseq would use one, the GPU: what a leaderboard row or a ``train.json`` names."""
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return cpu_model() + gpu
+
+
 def machine() -> dict[str, str]:
     """CPU model, torch threads and versions, and :func:`git_commit`, as benchmarks and analyses record them."""
     import torch

@@ -14,7 +14,7 @@ from ..data.cli import test_sets
 from ..fairseq_cli import StepError, decode, parse_param_count
 from ..files import atomic_path, read_lines, write_text_atomic
 from ..paths import REPO_ROOT
-from ..provenance import cpu_model, git_commit
+from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
 from .leaderboard import LeaderboardRow
 from .spec import RunSpec
@@ -165,7 +165,7 @@ def _evaluate_locked(
                 git_commit=git_commit(),
                 hypothesis=str(kept.relative_to(REPO_ROOT)) if kept.is_relative_to(REPO_ROOT) else str(kept),
                 train_commit=metrics.get("git_commit", ""),
-                machine=cpu_model(),
+                machine=machine_label(),
             )
         )
     csv_path = results_dir / "leaderboard.csv"

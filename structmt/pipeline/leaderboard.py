@@ -60,7 +60,7 @@ class LeaderboardRow:
     hypothesis: str
     #: the commit of the code that trained ("" for rows from before it was recorded)
     train_commit: str = ""
-    #: the CPU (and GPU, when decoding ran on one) of the evaluation ("" before it was recorded)
+    #: the machine of the evaluation: its CPU, and its GPU where fairseq-generate used one ("" before it was recorded)
     machine: str = ""
 
 

@@ -19,7 +19,7 @@ from ..data.cli import prepare_dataset
 from ..data.prepare import PrepConfig
 from ..fairseq_cli import parse_train_log, train
 from ..files import write_text_atomic
-from ..provenance import cpu_model, git_commit
+from ..provenance import git_commit, machine_label
 from .spec import DataSpec, RunSpec
 from .translate import model_dir
 
@@ -94,10 +94,10 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
         if (start := spec.schedule.finetune_checkpoint(runs_dir)) is not None:
             args += ["--finetune-from-model", str(start)]  # used only while the run has no checkpoint of its own
         with open(run_dir / "train.log", "a", encoding="utf-8") as f:
-            f.write(f"\n# structmt {git_commit()} on {cpu_model()}\n")
+            f.write(f"\n# structmt {git_commit()} on {machine_label()}\n")
         trained = train(bin_dir, run_dir, spec.model.arch, args, env)
     # the code and machine that trained (a resumed run: those that finished it; train.log names each one)
-    provenance = {"git_commit": git_commit(), "machine": cpu_model()}
+    provenance = {"git_commit": git_commit(), "machine": machine_label()}
     metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)} | provenance
     write_text_atomic(metrics_path, json.dumps(metrics) + "\n")
     log(f"[{run_id}] trained: {trained.updates} updates, {trained.tokens_per_second:.0f} target tokens/s")
