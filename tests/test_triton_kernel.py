@@ -451,25 +451,34 @@ def test_aligned_cross_attention_triton_equals_reference():
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_model_with_triton_decodes_like_teacher_forcing(dict_dir):
-    """The fairseq model on --struct-impl triton: incremental decoding (one query against the bounded
-    cache, cross band) equals teacher forcing, and both equal the reference kernel's model."""
-    from conftest import build
+#: a one-layer structured model small enough for Triton's interpreter (band, rare columns, cross band)
+_TINY_MODEL = (
+    "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "16",
+    "--decoder-ffn-embed-dim", "16", "--encoder-layers", "1", "--decoder-layers", "1",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--struct-heads", "syn:1,rare:1",
+    "--struct-rare", "2", "--struct-cross-window", "1",
+)  # fmt: skip
 
-    args = (
-        "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "16",
-        "--decoder-ffn-embed-dim", "16", "--encoder-layers", "1", "--decoder-layers", "1",
-        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--struct-heads", "syn:1,rare:1",
-        "--struct-rare", "2", "--struct-cross-window", "1", "--struct-error", "sink:1",
-    )  # fmt: skip
-    _, model = build(dict_dir, "structured_transformer_tiny", *args, "--struct-impl", "triton", seed=4)
-    _, reference = build(dict_dir, "structured_transformer_tiny", *args, "--struct-impl", "reference", seed=4)
+
+def _tiny_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source tokens (one left-padded sentence), their lengths, and target tokens starting with EOS."""
     gen = torch.Generator().manual_seed(0)
     src = torch.randint(4, 44, (2, 6), generator=gen)
     src[1, :2], src[:, -1] = 1, 2
     tgt = torch.randint(4, 44, (2, 5), generator=gen)
     tgt[:, 0] = 2
-    lengths = (src != 1).sum(1)
+    return src, (src != 1).sum(1), tgt
+
+
+def test_model_with_triton_decodes_like_teacher_forcing(dict_dir):
+    """The fairseq model on --struct-impl triton: incremental decoding (one query against the bounded
+    cache, cross band) equals teacher forcing, and both equal the reference kernel's model."""
+    from conftest import build
+
+    args = (*_TINY_MODEL, "--struct-error", "sink:1")
+    _, model = build(dict_dir, "structured_transformer_tiny", *args, "--struct-impl", "triton", seed=4)
+    _, reference = build(dict_dir, "structured_transformer_tiny", *args, "--struct-impl", "reference", seed=4)
+    src, lengths, tgt = _tiny_batch()
     full, _ = model(src, lengths, tgt)
     assert torch.allclose(full, reference(src, lengths, tgt)[0], atol=1e-5)
     enc = model.encoder(src, src_lengths=lengths)
@@ -484,19 +493,8 @@ def test_half_precision_model_follows_float32(dict_dir, dtype, impl):
     the structured model's output stays close to its float32 output, on either candidate path."""
     from conftest import build
 
-    args = (
-        "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "16",
-        "--decoder-ffn-embed-dim", "16", "--encoder-layers", "1", "--decoder-layers", "1",
-        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--struct-heads", "syn:1,rare:1",
-        "--struct-rare", "2", "--struct-cross-window", "1", "--struct-impl", impl,
-    )  # fmt: skip
-    _, model = build(dict_dir, "structured_transformer_tiny", *args, seed=4)
-    gen = torch.Generator().manual_seed(0)
-    src = torch.randint(4, 44, (2, 6), generator=gen)
-    src[1, :2], src[:, -1] = 1, 2
-    tgt = torch.randint(4, 44, (2, 5), generator=gen)
-    tgt[:, 0] = 2
-    lengths = (src != 1).sum(1)
+    _, model = build(dict_dir, "structured_transformer_tiny", *_TINY_MODEL, "--struct-impl", impl, seed=4)
+    src, lengths, tgt = _tiny_batch()
     want = model(src, lengths, tgt)[0].log_softmax(-1)
     got = model.to(dtype)(src, lengths, tgt)[0]
     assert got.dtype == dtype

@@ -189,7 +189,7 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
             f"{r['seed']}: {r['bleu']}" + (f" (p {r['p_value_vs_dense']})" if r["p_value_vs_dense"] != "" else "")
             for r in firsts
         )
-        extras = "".join(f" {h}" for h in (heads if heads not in ("", "auto") else "", cross) if h)
+        extras = "".join(f" {label}" for label in (heads, cross) if label not in ("", "auto"))
         lines.append(
             f"| {test} | {arch}{extras} | {window or '–'} | {rare or '–'} | {len(firsts)} | "
             f"{mean_sd([float(r['bleu']) for r in firsts])} | {mean_sd([float(r['chrf']) for r in firsts])} | "

@@ -105,13 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.train_only:
         return
     print(f"\nThis comparison ({time.time() - start:.0f} s), as the leaderboard has it:\n")
-    print(summary(rows, read_rows(a.results_dir / "leaderboard.csv")))
+    board = read_rows(a.results_dir / "leaderboard.csv")
+    print(summary(rows, board))
     raw = a.runs_dir / "data" / "multi30k_en_de" / "raw"
     print(f"\nRe-score a row: sacrebleu {raw}/test.de -i <hypothesis>   ({raw}/test1.de for test_2017_flickr)")
-    print(
-        f"Full leaderboard ({len(read_rows(a.results_dir / 'leaderboard.csv'))} rows): "
-        f"{a.results_dir / 'LEADERBOARD.md'}, leaderboard.png"
-    )
+    print(f"Full leaderboard ({len(board)} rows): {a.results_dir / 'LEADERBOARD.md'}, leaderboard.png")
 
 
 def pair(recipe: str, schedule: Schedule) -> tuple[RunSpec, RunSpec]:

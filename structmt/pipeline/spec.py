@@ -8,6 +8,7 @@ checkpoint.  Committed results are keyed by these ids: the algorithm of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, make_dataclass
@@ -155,6 +156,17 @@ class Schedule:
         # fmt: on
 
 
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, read once per (path, size, mtime): a checkpoint of hundreds of MB enters
+    every :meth:`RunSpec.run_id` call of a fine-tuned run."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass
 class DataSpec:
     name: str = "multi30k_en_de"
@@ -184,7 +196,8 @@ class RunSpec:
             settings["schedule"].pop("finetune_from")
         elif self.schedule.finetune_from.endswith(".pt"):  # the weights, not where the file lies
             start = self.schedule.finetune_checkpoint(Path())  # checked: a file's path needs no runs folder
-            settings["schedule"]["finetune_from"] = hashlib.sha256(start.read_bytes()).hexdigest()  # type: ignore[union-attr]
+            stat = start.stat()  # type: ignore[union-attr]
+            settings["schedule"]["finetune_from"] = _file_digest(str(start), stat.st_size, stat.st_mtime_ns)
         settings["model"] = self.model.id_settings()
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
