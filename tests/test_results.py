@@ -4,6 +4,7 @@ fine-tuning starts from the named run; the length ratio counts what fairseq coun
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from structmt.pipeline import leaderboard
-from structmt.pipeline.evaluation import keep_hypotheses, paired_bootstrap
+from structmt.pipeline.evaluation import keep_hypotheses, keep_training_log, paired_bootstrap
 from structmt.pipeline.recipes import RECIPES, load_schedule, pair, summary
 from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule
 
@@ -67,6 +68,21 @@ def test_hypotheses_of_a_rerun_never_overwrite_the_kept_file(tmp_path):
     assert other.name.startswith("run.test_2016_flickr.") and other.suffix == ".de" and other != kept
     assert other.read_text() == "eine Katze\n" and kept.read_text() == "ein Hund\n"
     assert sorted(p.name for p in kept.parent.iterdir()) == sorted([kept.name, other.name])  # no temp files
+
+
+def test_a_training_log_is_kept_gzipped_by_run_id_and_the_same_log_gives_the_same_bytes(tmp_path):
+    run_dir = tmp_path / "runs" / "m-s-dense-1"
+    run_dir.mkdir(parents=True)
+    log = "# structmt abc on CPU A\n| INFO | train_inner | epoch 001: loss=9.1\n" * 50
+    (run_dir / "train.log").write_text(log)
+    kept = keep_training_log(run_dir, tmp_path / "logs")
+    assert kept == tmp_path / "logs" / "m-s-dense-1.log.gz"
+    assert gzip.decompress(kept.read_bytes()).decode() == log
+    first = kept.read_bytes()
+    assert keep_training_log(run_dir, tmp_path / "logs").read_bytes() == first  # no timestamp inside
+    (run_dir / "train.log").write_text(log + "resumed\n")  # a resumed run: the kept log follows it
+    assert gzip.decompress(keep_training_log(run_dir, tmp_path / "logs").read_bytes()).decode().endswith("resumed\n")
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["m-s-dense-1.log.gz"]  # no temp files
 
 
 def test_the_recipe_summary_prints_what_the_leaderboard_holds():

@@ -4,6 +4,7 @@ and one experiment end to end (:func:`run_experiment`: train, then evaluate)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -72,6 +73,17 @@ def keep_hypotheses(hyp: Path, kept: Path) -> Path:
     if not kept.exists():
         with atomic_path(kept) as tmp:
             tmp.write_bytes(data)
+    return kept
+
+
+def keep_training_log(run_dir: Path, logs_dir: Path) -> Path:
+    """Keep a run's fairseq training log as ``<logs_dir>/<run id>.log.gz`` (gzip without a timestamp, so the
+    same log gives the same bytes); returns its path. A resumed run's log holds every session that trained it,
+    each headed by the commit and machine that ran it."""
+    kept = logs_dir / f"{run_dir.name}.log.gz"
+    with atomic_path(kept) as tmp, open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+            gz.write((run_dir / "train.log").read_bytes())
     return kept
 
 

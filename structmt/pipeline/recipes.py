@@ -26,7 +26,7 @@ from ..console import add_verbose_option, setup
 from ..files import DataError
 from ..paths import REPO_ROOT
 from ..provenance import git_commit
-from .evaluation import evaluate_run
+from .evaluation import evaluate_run, keep_training_log
 from .leaderboard import read_rows, short_commit
 from .spec import ModelSpec, RunSpec, Schedule
 from .training import prepare_data, train_run
@@ -34,7 +34,8 @@ from .training import prepare_data, train_run
 #: recipe → its schedule in conf/train (the same files the Hydra app uses); ``finetune`` starts the structured
 #: model from the dense ``reproduce`` run of the same seed and trains it on the ``finetune`` schedule
 RECIPES = {"demo": "cpu_demo", "reproduce": "reproduce", "finetune": "finetune"}
-#: recipes whose rows the README reports: they run only from a clean committed tree (the commit each row names)
+#: recipes whose rows the README reports: they run only from a clean committed tree (the commit each row names),
+#: and their training logs are kept in results/logs
 HEADLINE = ("reproduce", "finetune")
 
 
@@ -49,10 +50,16 @@ def load_schedule(name: str) -> Schedule:
 
 
 def compare(
-    dense: RunSpec, structured: RunSpec, *, runs_dir: Path, results_dir: Path, train_only: bool = False
+    dense: RunSpec,
+    structured: RunSpec,
+    *,
+    runs_dir: Path,
+    results_dir: Path,
+    train_only: bool = False,
+    keep_logs: bool = False,
 ) -> list[dict[str, Any]]:
     """Train both side by side (the dense one first when the structured one starts from it), then evaluate
-    (the structured run against the dense one)."""
+    (the structured run against the dense one); ``keep_logs`` keeps both training logs in ``results/logs``."""
     prepare_data(dense, runs_dir)
     if structured.schedule.finetune_from == dense.run_id():
         train_run(dense, runs_dir=runs_dir)
@@ -64,7 +71,10 @@ def compare(
     if train_only:
         return []
     rows = evaluate_run(dense, runs_dir=runs_dir, results_dir=results_dir)
-    return rows + evaluate_run(structured, runs_dir=runs_dir, results_dir=results_dir, baseline=dense)
+    rows += evaluate_run(structured, runs_dir=runs_dir, results_dir=results_dir, baseline=dense)
+    for spec in (dense, structured) if keep_logs else ():
+        keep_training_log(runs_dir / spec.run_id(), results_dir / "logs")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,7 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     dense, structured = pair(a.recipe, schedule)
     start = time.time()
     try:
-        rows = compare(dense, structured, runs_dir=a.runs_dir, results_dir=a.results_dir, train_only=a.train_only)
+        rows = compare(
+            dense,
+            structured,
+            runs_dir=a.runs_dir,
+            results_dir=a.results_dir,
+            train_only=a.train_only,
+            keep_logs=a.recipe in HEADLINE,
+        )
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
     if a.train_only:
