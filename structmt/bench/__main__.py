@@ -1,4 +1,4 @@
-"""``structmt-bench [-v] attention|decode|train|report ...``"""
+"""``structmt-bench [-v] attention|decode|train|compile|report ...``"""
 
 import sys
 
@@ -6,12 +6,12 @@ from ..console import setup
 
 
 def main() -> None:
-    commands = ("attention", "decode", "train", "report")
+    commands = ("attention", "decode", "train", "compile", "report")
     args = sys.argv[1:]
     verbose = bool(args) and args[0] in ("-v", "--verbose")
     args = args[verbose:]
     if not args or args[0] not in commands:
-        sys.exit("usage: structmt-bench [-v] attention|decode|train|report [options]")
+        sys.exit("usage: structmt-bench [-v] attention|decode|train|compile|report [options]")
     setup(verbose)
     if args[0] == "attention":
         from .attention import main as run
@@ -19,6 +19,8 @@ def main() -> None:
         from .decode import main as run
     elif args[0] == "train":
         from .train import main as run
+    elif args[0] == "compile":
+        from .kernel_compile import main as run
     else:
         from .report import main as run
     run(args[1:])

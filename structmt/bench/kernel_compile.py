@@ -1,0 +1,165 @@
+"""Compile the Triton kernels for a GPU architecture on any machine, no GPU needed (``structmt-bench compile``).
+
+Triton's own compiler (``triton.compile`` with a ``GPUTarget``) lowers each kernel through its real
+backend, TTIR → TTGIR → LLVM IR → PTX → cubin (``ptxas``), for the argument types, block sizes and warp
+counts that :mod:`structmt.attention.triton_kernel` launches with; ``ptxas -v`` then reports registers and
+spills. This checks what Triton's interpreter (the CPU tests) cannot: that the kernels compile for the GPU
+at all, with this Triton, and what they cost in registers. It does not run them. (Compile seconds near 0
+mean Triton's cache, ``~/.triton/cache``, already held the kernel.)
+
+    structmt-bench compile                          # sm_90 (H100): fp32/bf16/fp16, dropout off/on, D=64
+    structmt-bench compile --arch 80 --head-dims 64 128 --json results/triton_compile_sm80.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..files import write_text_atomic
+from ..provenance import git_commit, machine_label
+
+#: torch dtype → Triton pointer element type
+_ELEMENT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: the kernels' arguments that are not pointers or int32 (everything else is a shape or a stride)
+_FLOATS = ("scale", "eps", "dropout_p", "keep_scale")
+
+
+def compile_kernel(
+    kernel: str, dtype: torch.dtype, *, dropout: bool, head_dim: int, candidates: int, arch: int
+) -> dict[str, Any]:
+    """Compile the ``fwd`` or ``bwd`` kernel for ``sm_<arch>``; returns its registers, spills, sizes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ..attention import triton_kernel as tk
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("structmt-bench compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+    kernels = tk._kernels()
+    fn = {"fwd": kernels.fwd, "bwd": kernels.bwd}[kernel]
+    blocks, launch = tk._launch_config(kernels, candidates, head_dim, head_dim, per_thread=16 if kernel == "fwd" else 8)
+    constexprs = blocks | {"DROPOUT": dropout, "ACC": tk._acc(kernels, dtype)}
+    # pointers as the op passes them: q, k, v (and grad_out) in the input dtype, the weights too; the
+    # backward's dq in the input dtype, dk and dv in fp32 accumulators; index int64, kind int8
+    element = "*" + _ELEMENT[dtype]
+    pointers = {"IDX": "*i64", "KIND": "*i8", "DK": "*fp32", "DV": "*fp32"}
+    pointers |= {name: element for name in ("Q", "K", "V", "G", "OUT", "W", "DQ")}
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = pointers[name]
+        elif name == "seed":
+            signature[name] = "i64"
+        else:
+            signature[name] = "fp32" if name in _FLOATS else "i32"
+    # torch's allocations are 16-byte aligned, which Triton specialises on at launch
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if signature[n].startswith("*")}
+    src = ASTSource(
+        fn=fn,
+        signature=signature,
+        constexprs={(fn.arg_names.index(n),): v for n, v in constexprs.items()},
+        attrs=attrs,
+    )
+    start = time.perf_counter()
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=launch)
+    seconds = time.perf_counter() - start
+    resources = _ptxas_resources(compiled.asm["ptx"], arch)
+    return {
+        "kernel": kernel,
+        "dtype": str(dtype).removeprefix("torch."),
+        "dropout": dropout,
+        "head_dim": head_dim,
+        "candidates": candidates,
+        **blocks,
+        "num_warps": launch["num_warps"],
+        **resources,
+        "shared_bytes": compiled.metadata.shared,
+        "cubin_bytes": len(compiled.asm["cubin"]),
+        "compile_seconds": round(seconds, 1),
+    }
+
+
+def _ptxas_resources(ptx: str, arch: int) -> dict[str, int]:
+    """Registers and spill bytes from ``ptxas -v`` (the ``ptxas`` Triton itself uses for ``arch``)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    suffix = "a" if arch >= 90 else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.ptx"
+        path.write_text(ptx)
+        cmd = [get_ptxas(arch).path, "-v", "--gpu-name", f"sm_{arch}{suffix}", str(path), "-o", os.devnull]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ptxas failed ({' '.join(cmd)}):\n{done.stderr}")
+    registers = re.search(r"Used (\d+) registers", done.stderr)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", done.stderr)
+    if registers is None or spills is None:
+        raise RuntimeError(f"could not read registers and spills from ptxas -v:\n{done.stderr}")
+    return {
+        "registers": int(registers.group(1)),
+        "spill_store_bytes": int(spills.group(1)),
+        "spill_load_bytes": int(spills.group(2)),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="structmt-bench compile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--arch", type=int, default=90, help="compute capability ×10: 90 = H100/H200, 80 = A100")
+    p.add_argument("--dtypes", nargs="+", choices=sorted(_DTYPES), default=["float32", "bfloat16", "float16"])
+    p.add_argument("--head-dims", type=int, nargs="+", default=[64])
+    p.add_argument("--candidates", type=int, default=16, help="candidates per query (w=3, r=2: 7 + 2 + sinks)")
+    p.add_argument("--kernels", nargs="+", choices=["fwd", "bwd"], default=["fwd", "bwd"])
+    p.add_argument("--dropout", choices=["off", "on", "both"], default="both")
+    p.add_argument("--json", type=Path, default=None, help="write the table and the versions here")
+    a = p.parse_args(argv)
+    if min(a.head_dims) < 1 or a.candidates < 1:
+        p.error("--head-dims and --candidates must be positive")
+    try:
+        import triton
+    except ImportError:
+        raise SystemExit("error: structmt-bench compile needs triton (pip install triton)") from None
+    dropouts = {"off": [False], "on": [True], "both": [False, True]}[a.dropout]
+    rows = []
+    print(f"Triton {triton.__version__}, target sm_{a.arch}, C={a.candidates} candidates per query")
+    header = ("kernel", "dtype", "dropout", "D", "warps", "regs", "spill B", "cubin B", "s")
+    print("{:6} {:9} {:7} {:>4} {:>5} {:>4} {:>7} {:>8} {:>5}".format(*header))
+    for kernel in a.kernels:
+        for dtype in a.dtypes:
+            for dropout in dropouts:
+                for d in a.head_dims:
+                    r = compile_kernel(
+                        kernel, _DTYPES[dtype], dropout=dropout, head_dim=d, candidates=a.candidates, arch=a.arch
+                    )
+                    rows.append(r)
+                    print(
+                        f"{kernel:6} {dtype:9} {'on' if dropout else 'off':7} {d:>4} {r['num_warps']:>5} "
+                        f"{r['registers']:>4} {r['spill_store_bytes']:>7} {r['cubin_bytes']:>8} "
+                        f"{r['compile_seconds']:>5}"
+                    )
+    if a.json is not None:
+        record = {
+            "triton": triton.__version__,
+            "torch": torch.__version__,
+            "arch": a.arch,
+            "git_commit": git_commit(),
+            "machine": machine_label(),
+            "kernels": rows,
+        }
+        write_text_atomic(a.json, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {a.json}")

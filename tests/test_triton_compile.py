@@ -1,0 +1,61 @@
+"""The Triton kernels compile for an H100 (sm_90) with Triton's real backend, no GPU needed.
+
+Triton's interpreter (``test_triton_kernel.py``) checks what the kernels compute but compiles nothing;
+here ``structmt-bench compile`` lowers them to a cubin with ``ptxas``, in a process without
+``TRITON_INTERPRET`` (the interpreter tests set it for the whole pytest process), and the register
+report must show no spills. One configuration (the backward, bf16, with dropout: every code path)
+runs in ``make test``; every dtype × dropout × head size is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton.backends.nvidia", reason="triton with its NVIDIA backend is not installed")
+
+
+def _compile(tmp_path, *args: str) -> list[dict]:
+    out = tmp_path / "compile.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "structmt.bench", "compile", "--arch", "90", "--json", str(out), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(out.read_text())
+    assert record["arch"] == 90 and record["triton"]
+    return record["kernels"]
+
+
+def _assert_compiled_without_spills(rows: list[dict]) -> None:
+    for r in rows:
+        assert r["cubin_bytes"] > 0 and 0 < r["registers"] <= 255, r
+        assert r["spill_store_bytes"] == 0 and r["spill_load_bytes"] == 0, r
+
+
+def test_the_backward_kernel_compiles_for_sm90_in_bf16_with_dropout_without_spills(tmp_path):
+    rows = _compile(tmp_path, "--kernels", "bwd", "--dtypes", "bfloat16", "--dropout", "on")
+    assert [(r["kernel"], r["dtype"], r["dropout"], r["head_dim"]) for r in rows] == [("bwd", "bfloat16", True, 64)]
+    assert (rows[0]["BLOCK_C"], rows[0]["BLOCK_D"]) == (16, 64)
+    _assert_compiled_without_spills(rows)
+
+
+@pytest.mark.slow
+def test_every_kernel_dtype_dropout_and_head_size_compiles_for_sm90_without_spills(tmp_path):
+    rows = _compile(tmp_path, "--head-dims", "64", "128")
+    assert len(rows) == 2 * 3 * 2 * 2
+    _assert_compiled_without_spills(rows)
+
+
+def test_compile_refuses_the_interpreter_and_bad_sizes(monkeypatch, capsys):
+    from structmt.bench.kernel_compile import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--head-dims", "0"])
+    assert exit_info.value.code == 2 and "--head-dims and --candidates must be positive" in capsys.readouterr().err
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="unset TRITON_INTERPRET"):
+        main(["--kernels", "fwd", "--dtypes", "float32", "--dropout", "off"])
