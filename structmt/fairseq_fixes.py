@@ -26,6 +26,7 @@ import functools
 import importlib
 import logging
 import sys
+import warnings
 from typing import Any
 
 
@@ -40,6 +41,9 @@ def import_fairseq_quietly() -> None:
         importlib.import_module("fairseq")
     finally:
         logging.basicConfig = basic_config
+    # fairseq's batch iterators always ask for pinned memory; on a machine without a GPU torch says so
+    # at every iterator (structmt's in-process readers: analysis, decoding benchmark)
+    warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true but no accelerator")
 
 
 def keep_bf16_off_tpu() -> None:

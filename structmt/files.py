@@ -17,14 +17,25 @@ class DataError(RuntimeError):
     """A corpus problem the user must fix; the message says what and where."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask sets it: put it back at once (at import: no other thread yet)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    """Yield a temporary path beside ``path``; rename it into place only on success. The file gets the
+    mode a plain ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

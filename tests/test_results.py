@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,9 @@ def test_a_training_log_is_kept_gzipped_by_run_id_and_the_same_log_gives_the_sam
     (run_dir / "train.log").write_text(log + "resumed\n")  # a resumed run: the kept log follows it
     assert gzip.decompress(keep_training_log(run_dir, tmp_path / "logs").read_bytes()).decode().endswith("resumed\n")
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["m-s-dense-1.log.gz"]  # no temp files
+    umask = os.umask(0)
+    os.umask(umask)
+    assert kept.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0o600
 
 
 def test_the_recipe_summary_prints_what_the_leaderboard_holds():
@@ -99,7 +103,7 @@ def test_headline_is_the_mean_and_sd_over_seeds_with_each_seeds_p_value():
     rows = [
         _row("m-s-dense-1", 1, 36.0),
         _row("m-s-dense-2", 2, 37.0),
-        _row("m-s-dense-3", 3, 38.0),
+        _row("m-s-dense-3", 3, 38.0, train_commit="a" * 40),
         _row("m-s-w3-r2-1", 1, 36.5),
         _row("m-s-w3-r2-2", 2, 37.5),
         _row("m-s-w3-r2-3", 3, 37.0),
@@ -108,10 +112,10 @@ def test_headline_is_the_mean_and_sd_over_seeds_with_each_seeds_p_value():
     ]
     text = leaderboard.headline([{k: str(v) for k, v in r.items()} for r in rows], "m", "s")
     assert text.splitlines()[2:4] == [
-        "| test_2016_flickr | t | – | – | 3 | 37.00 ± 1.00 | 52.00 ± 1.00 | 1: 36.0, 2: 37.0, 3: 38.0 | 10 "
-        "| 11111111, 22222222, 33333333 | 0 |",
+        "| test_2016_flickr | t | – | – | 3 | 37.00 ± 1.00 | 52.00 ± 1.00 | 1: 36.00, 2: 37.00, 3: 38.00 | 10 "
+        "| 11111111, 22222222, aaaaaaaa → 33333333 | 0 |",
         "| test_2016_flickr | structured_t | 3 | 2 | 3 | 37.00 ± 0.50 | 52.00 ± 1.00 "
-        "| 1: 36.5 (p 0.1), 2: 37.5 (p 0.2), 3: 37.0 (p 0.30000000000000004) | 10 "
+        "| 1: 36.50 (p 0.100), 2: 37.50 (p 0.200), 3: 37.00 (p 0.300) | 10 "
         "| 11111111, 22222222, 33333333 | 1 |",
     ]
     assert "10.0" not in text and text.endswith("BLEU signature: `sig`\n")

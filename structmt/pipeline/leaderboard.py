@@ -169,7 +169,8 @@ def mean_sd(values: Sequence[float]) -> str:
 def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
     """The README's headline table of one data set and schedule: per test set and model, BLEU and chrF as
     mean ± sd over seeds (each run's first evaluation), each seed's BLEU with its paired bootstrap p-value
-    against the dense run of the same seed, the commits, and how many re-runs the leaderboard also holds."""
+    against the dense run of the same seed, the commits (``trained → scored`` where the row names the training
+    commit), and how many re-runs the leaderboard also holds."""
     runs = {k: e for k, e in evaluations(rows).items() if e[0]["data"] == data and e[0]["schedule"] == schedule}
     groups: dict[tuple[str, ...], list[list[dict[str, str]]]] = {}
     for (_, test), evals in runs.items():
@@ -186,15 +187,18 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
         evals = sorted(groups[key], key=lambda e: int(e[0]["seed"]))
         firsts = [e[0] for e in evals]
         per_seed = ", ".join(
-            f"{r['seed']}: {r['bleu']}" + (f" (p {r['p_value_vs_dense']})" if r["p_value_vs_dense"] != "" else "")
+            f"{r['seed']}: {float(r['bleu']):.2f}"
+            + (f" (p {float(r['p_value_vs_dense']):.3f})" if r["p_value_vs_dense"] != "" else "")
             for r in firsts
         )
+        trained = [f"{short_commit(r['train_commit'])} → " if r.get("train_commit") else "" for r in firsts]
+        commits = sorted({t + short_commit(r["git_commit"]) for t, r in zip(trained, firsts, strict=True)})
         extras = "".join(f" {label}" for label in (heads, cross) if label not in ("", "auto"))
         lines.append(
             f"| {test} | {arch}{extras} | {window or '–'} | {rare or '–'} | {len(firsts)} | "
             f"{mean_sd([float(r['bleu']) for r in firsts])} | {mean_sd([float(r['chrf']) for r in firsts])} | "
             f"{per_seed} | {'/'.join(sorted({r['updates'] for r in firsts}))} | "
-            f"{', '.join(sorted({short_commit(r['git_commit']) for r in firsts}))} | "
+            f"{', '.join(commits)} | "
             f"{sum(len(e) - 1 for e in evals)} |"
         )
     sigs = sorted({e[0]["bleu_signature"] for e in runs.values()})
