@@ -145,18 +145,25 @@ def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0) -> 
     """Updates, cumulative wall-clock and training tokens/s from fairseq's epoch summaries.
 
     Summaries that added no update (a resumed run that was already finished)
-    are ignored; tokens/s is weighted by each epoch's training time.
+    are ignored; tokens/s is weighted by each epoch's training time. fairseq's
+    ``wall`` clock starts again in every process, so a resumed run's wall-clock
+    is the sum of each process's clock at its last summary (work lost after a
+    process's last checkpoint is not counted).
     """
     text = log.read_text(encoding="utf-8", errors="replace")
     pattern = r"\| train \| epoch \d+ \|.*?\| wps ([\d.]+) .*?\| num_updates (\d+) .*?\| train_wall (\d+) \| wall (\d+)"
     updates, tokens, seconds, wall = 0, 0.0, 0.0, fallback_wall
+    earlier, clock = 0.0, 0.0  # wall-clock of the processes before this one; this process's clock
     for wps, num_updates, train_wall, wall_clock in re.findall(pattern, text):
         if int(num_updates) <= updates:
             continue
         updates = int(num_updates)
         tokens += float(wps) * float(train_wall)
         seconds += float(train_wall)
-        wall = float(wall_clock)
+        if float(wall_clock) < clock:  # a new process: a resumed run
+            earlier += clock
+        clock = float(wall_clock)
+        wall = earlier + clock
     return TrainResult(
         updates=updates,
         wall_seconds=wall,

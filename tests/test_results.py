@@ -177,6 +177,31 @@ def test_a_finished_checkpoint_is_adopted_without_training_again(tmp_path, monke
     assert json.loads((run_dir / "train.json").read_text()) == metrics
 
 
+def test_a_resumed_runs_wall_clock_adds_each_processs_clock(tmp_path):
+    """fairseq's wall clock starts again in a resumed process; a summary that adds no update is ignored."""
+    from structmt.fairseq_cli import parse_train_log
+
+    def summary(epoch: int, wps: float, updates: int, train_wall: int, wall: int) -> str:
+        return (
+            f"x | INFO | train | epoch {epoch:03d} | loss 5 | wps {wps} | ups 1 | num_updates {updates} | lr 0.1 | "
+            f"train_wall {train_wall} | wall {wall}\n"
+        )
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "# structmt aaa on CPU A\n"
+        + summary(1, 100.0, 10, 50, 60)
+        + summary(2, 200.0, 20, 50, 115)  # killed after this, in epoch 3
+        + "# structmt bbb on CPU A\n"
+        + summary(3, 400.0, 30, 100, 110)  # the resumed process: its clock starts again
+        + "# structmt bbb on CPU A\n"
+        + summary(3, 999.0, 30, 1, 5)  # resumed once more when already finished: no update added
+    )
+    result = parse_train_log(log, tmp_path / "checkpoint_last.pt")
+    assert result.updates == 30 and result.wall_seconds == 115 + 110
+    assert result.tokens_per_second == pytest.approx((100 * 50 + 200 * 50 + 400 * 100) / 200)
+
+
 def test_finetune_recipe_starts_the_structured_model_from_the_dense_reproduce_run(tmp_path):
     dense, structured = pair("finetune", load_schedule(RECIPES["finetune"]))
     assert dense.schedule.name == "reproduce" and dense.model.arch == "transformer_multi30k"
