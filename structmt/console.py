@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import traceback
@@ -96,6 +97,9 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: object, *
 def _one_line_error(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
     if issubclass(kind, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
+    elif issubclass(kind, BrokenPipeError):  # the reader went away (`structmt-leaderboard | head`): as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        sys.exit(141)
     else:
         ours = kind.__module__.partition(".")[0] == "structmt"
         sys.stderr.write(f"error: {error if ours else f'{kind.__name__}: {error}'} (-v shows the traceback)\n")

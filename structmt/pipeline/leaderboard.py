@@ -178,7 +178,8 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
         model = (test, "structured" if r["window"] != "" else "dense", r["arch"], r["window"], r["rare"])
         groups.setdefault(model + (r["heads"], r.get("cross", "")), []).append(evals)
     lines = [
-        "| test set | model | w | r | seeds | BLEU | chrF | per seed: BLEU (p vs dense) | updates | commits "
+        "| test set | model | w | r | seeds | BLEU | chrF | per seed: BLEU (p vs dense) | updates "
+        "| commits (trained → scored) "
         "| re-runs |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
