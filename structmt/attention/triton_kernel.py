@@ -204,11 +204,16 @@ def _ready(device: torch.device) -> SimpleNamespace:
     return kernels
 
 
+#: elements of a ``(BLOCK_C, BLOCK_D)`` tile each thread holds, per kernel (the warp count follows)
+PER_THREAD = {"fwd": 16, "bwd": 8}
+
+
 def _launch_config(
-    kernels: SimpleNamespace, C: int, D: int, E: int, per_thread: int
+    kernels: SimpleNamespace, C: int, D: int, E: int, kernel: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Block sizes, and enough warps that each thread holds about ``per_thread`` elements of a
-    ``(BLOCK_C, BLOCK_D)`` tile (16 forward, 8 backward; registers a thread on sm_90: ``structmt-bench compile``)."""
+    """Block sizes, and enough warps that each thread holds about ``PER_THREAD[kernel]`` elements of a
+    ``(BLOCK_C, BLOCK_D)`` tile (registers a thread on sm_90: ``structmt-bench compile``)."""
+    per_thread = PER_THREAD[kernel]
     next_pow2 = kernels.triton.next_power_of_2
     block_c, block_d, block_e = next_pow2(C), next_pow2(D), next_pow2(E)
     num_warps = min(16, max(1, block_c * max(block_d, block_e) // (32 * per_thread)))
@@ -275,7 +280,7 @@ def _candidate_attention_op(
         return out.zero_(), weights.zero_()
     kernels = _ready(q.device)
     seed_value, p, keep_scale, dropout = _dropout_args(dropout_p, seed)
-    blocks, launch = _launch_config(kernels, C, D, E, per_thread=16)
+    blocks, launch = _launch_config(kernels, C, D, E, "fwd")
     kernels.fwd[(B * H * Tq,)](
         q, k, v, index.contiguous(), kind.contiguous(), out, weights,
         *q.stride(), *k.stride(), *v.stride(),
@@ -324,7 +329,7 @@ def _candidate_attention_backward_op(
     if B * H * Tq > 0 and C > 0 and S > 0:
         kernels = _ready(q.device)
         seed_value, p, keep_scale, dropout = _dropout_args(dropout_p, seed)
-        blocks, launch = _launch_config(kernels, C, D, E, per_thread=8)
+        blocks, launch = _launch_config(kernels, C, D, E, "bwd")
         kernels.bwd[(B * H * Tq,)](
             q, k, v, index.contiguous(), kind.contiguous(), grad_out, dq, dk, dv,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),

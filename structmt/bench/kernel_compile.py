@@ -39,17 +39,17 @@ def compile_kernel(
     kernel: str, dtype: torch.dtype, *, dropout: bool, head_dim: int, candidates: int, arch: int
 ) -> dict[str, Any]:
     """Compile the ``fwd`` or ``bwd`` kernel for ``sm_<arch>``; returns its registers, spills, sizes."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):  # before triton is imported
+        raise RuntimeError("structmt-bench compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from ..attention import triton_kernel as tk
 
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        raise RuntimeError("structmt-bench compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
     kernels = tk._kernels()
     fn = {"fwd": kernels.fwd, "bwd": kernels.bwd}[kernel]
-    blocks, launch = tk._launch_config(kernels, candidates, head_dim, head_dim, per_thread=16 if kernel == "fwd" else 8)
+    blocks, launch = tk._launch_config(kernels, candidates, head_dim, head_dim, kernel)
     constexprs = blocks | {"DROPOUT": dropout, "ACC": tk._acc(kernels, dtype)}
     # pointers as the op passes them: q, k, v (and grad_out) in the input dtype, the weights too; the
     # backward's dq in the input dtype, dk and dv in fp32 accumulators; index int64, kind int8
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if min(a.head_dims) < 1 or a.candidates < 1:
         p.error("--head-dims and --candidates must be positive")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):  # before triton is imported
+        raise SystemExit("error: structmt-bench compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
     try:
         import triton
     except ImportError:
