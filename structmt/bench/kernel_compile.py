@@ -35,12 +35,17 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _FLOATS = ("scale", "eps", "dropout_p", "keep_scale")
 
 
+def _refuse_interpreter() -> None:
+    """Stop before triton is imported: under ``TRITON_INTERPRET`` it defines kernels for its interpreter."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("error: structmt-bench compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+
+
 def compile_kernel(
     kernel: str, dtype: torch.dtype, *, dropout: bool, head_dim: int, candidates: int, arch: int
 ) -> dict[str, Any]:
     """Compile the ``fwd`` or ``bwd`` kernel for ``sm_<arch>``; returns its registers, spills, sizes."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):  # before triton is imported
-        raise RuntimeError("structmt-bench compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+    _refuse_interpreter()
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -130,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if min(a.head_dims) < 1 or a.candidates < 1:
         p.error("--head-dims and --candidates must be positive")
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):  # before triton is imported
-        raise SystemExit("error: structmt-bench compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+    _refuse_interpreter()
     try:
         import triton
     except ImportError:
