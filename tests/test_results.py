@@ -282,3 +282,25 @@ def test_finetune_from_a_dense_run_loads_its_weights_into_the_structured_model(t
     log = (tmp_path / tuned.run_id() / "train.log").read_text()
     start = tmp_path / dense.run_id() / "checkpoints" / "checkpoint_last.pt"
     assert f"--finetune-from-model {start}" in log and f"loading pretrained model from {start}" in log
+
+
+def test_every_headline_row_of_the_readme_is_what_the_leaderboard_prints_now():
+    """The README's result tables are ``structmt-leaderboard --headline`` output: a row that a newer seed or
+    re-run changed (a mean, a seed count, a commit) fails here until the README is regenerated."""
+    rows = leaderboard.read_rows(REPO / "results" / "leaderboard.csv")
+    printed: set[str] = set()
+    for data, schedule in {(r["data"], r["schedule"]) for r in rows}:
+        printed |= set(leaderboard.headline(rows, data, schedule).splitlines())
+    header = leaderboard.headline([], "", "").splitlines()[0]
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("| test set | model |")]
+    assert starts, "README.md has no headline table"
+    stale = []
+    for i in starts:
+        assert lines[i] == header, f"README.md line {i + 1}: the header is not the --headline header"
+        j = i + 2
+        while j < len(lines) and lines[j].startswith("|"):
+            if lines[j] not in printed:
+                stale.append(f"line {j + 1}: {lines[j]}")
+            j += 1
+    assert not stale, "README.md rows that `structmt-leaderboard --headline` no longer prints:\n" + "\n".join(stale)
