@@ -304,3 +304,25 @@ def test_every_headline_row_of_the_readme_is_what_the_leaderboard_prints_now():
                 stale.append(f"line {j + 1}: {lines[j]}")
             j += 1
     assert not stale, "README.md rows that `structmt-leaderboard --headline` no longer prints:\n" + "\n".join(stale)
+
+
+def test_every_leaderboard_row_rescores_with_the_sacrebleu_cli_from_its_committed_hypothesis(tmp_path):
+    """The goal a reviewer checks by hand: ``sacrebleu REF -i results/hyps/… -b -w 2`` gives each committed
+    row's BLEU exactly, the reference being the embedded Multi30k test set (eval sets are never cleaned)."""
+    import subprocess
+    import sys
+
+    from structmt.data.fetch import MULTI30K_SHARED
+
+    rows = leaderboard.read_rows(REPO / "results" / "leaderboard.csv")
+    assert rows and {r["data"] for r in rows} == {"multi30k_en_de"}, "a row on other data needs its reference here"
+    differ = []
+    for row in rows:
+        ref = tmp_path / f"{row['test_set']}.de"
+        if not ref.exists():
+            ref.write_bytes(gzip.decompress((MULTI30K_SHARED / f"{row['test_set']}.de.gz").read_bytes()))
+        cli = [sys.executable, "-m", "sacrebleu", str(ref), "-i", str(REPO / row["hypothesis"]), "-b", "-w", "2"]
+        bleu = float(subprocess.run(cli, capture_output=True, text=True, check=True).stdout)
+        if bleu != float(row["bleu"]):
+            differ.append(f"{row['run_id']} {row['test_set']}: row {row['bleu']}, sacrebleu CLI {bleu}")
+    assert not differ, "\n".join(differ)
