@@ -7,12 +7,15 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from structmt.data.fetch import MULTI30K_SHARED
 from structmt.pipeline import leaderboard
 from structmt.pipeline.evaluation import keep_hypotheses, keep_training_log, paired_bootstrap
 from structmt.pipeline.recipes import RECIPES, load_schedule, pair, summary
@@ -309,11 +312,6 @@ def test_every_headline_row_of_the_readme_is_what_the_leaderboard_prints_now():
 def test_every_leaderboard_row_rescores_with_the_sacrebleu_cli_from_its_committed_hypothesis(tmp_path):
     """The goal a reviewer checks by hand: ``sacrebleu REF -i results/hyps/… -b -w 2`` gives each committed
     row's BLEU exactly, the reference being the embedded Multi30k test set (eval sets are never cleaned)."""
-    import subprocess
-    import sys
-
-    from structmt.data.fetch import MULTI30K_SHARED
-
     rows = leaderboard.read_rows(REPO / "results" / "leaderboard.csv")
     assert rows and {r["data"] for r in rows} == {"multi30k_en_de"}, "a row on other data needs its reference here"
     differ = []
