@@ -256,11 +256,13 @@ def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path
     quality = cross_bleu(tmp_path)
     assert list(quality) == [4] and "BLEU 27.1 on test_2016_flickr" in quality[4]
     assert "without the cross band 24.1, dense 14.8" in quality[4]
-    # a re-run of the dense partner on another machine, and the same band on a second schedule: all are shown
+    # a re-run of the dense partner on another machine, two dense runs beside a band on a second schedule: all
+    # are shown, and only a run evaluated again is called a re-run
     longer = base | {"schedule": "reproduce", "seed": 3}
     more = [
         _row("d", 1, 15.7) | base | {"window": "", "rare": "", "hypothesis": "d.rerun.de"},
         _row("d3", 3, 36.8) | longer | {"window": "", "rare": ""},
+        _row("d3b", 3, 37.0) | longer | {"window": "", "rare": ""},
         _row("s3", 3, 38.4) | longer | {"window": 3, "rare": 2, "heads": "auto"},
         _row("x4-3", 3, 39.0) | longer | {"window": 3, "rare": 2, "heads": "auto", "cross": "w4/slope0.97"},
     ]
@@ -268,7 +270,7 @@ def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path
     assert cross_bleu(tmp_path)[4] == (
         "BLEU 27.1 on test_2016_flickr (`cpu_demo` schedule, seed 1; without the cross band 24.1, dense 14.8 or "
         "15.7 (re-runs); run `x4`); BLEU 39.0 on test_2016_flickr (`reproduce` schedule, seed 3; without the cross "
-        "band 38.4, dense 36.8; run `x4-3`)"
+        "band 38.4, dense 36.8 or 37.0 (runs d3, d3b); run `x4-3`)"
     )
     text = "\n".join(train_section(record, quality))
     assert "| docs2048_cross4 | 100 | 300 | 3.00 | ≥ 2.0 | yes |" in text

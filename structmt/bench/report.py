@@ -84,8 +84,12 @@ def cross_bleu(results_dir: Path, test_set: str = "test_2016_flickr") -> dict[in
         return x["window"] == "3" and x["rare"] == "2" and x["heads"] == "auto"
 
     def scores(same: list[dict[str, str]], keep: Callable[[dict[str, str]], bool]) -> str:
-        found = list(dict.fromkeys(x["bleu"] for x in same if keep(x)))
-        return " or ".join(found) + (" (re-runs)" if len(found) > 1 else "") if found else "?"
+        kept = [x for x in same if keep(x)]
+        found = list(dict.fromkeys(x["bleu"] for x in kept))
+        if len(found) < 2:
+            return found[0] if found else "?"
+        runs = list(dict.fromkeys(x["run_id"] for x in kept))
+        return " or ".join(found) + (" (re-runs)" if len(runs) == 1 else f" (runs {', '.join(runs)})")
 
     found: dict[int, list[str]] = {}
     for r in rows:
