@@ -91,7 +91,7 @@ def cross_bleu(results_dir: Path, test_set: str = "test_2016_flickr") -> dict[in
         runs = list(dict.fromkeys(x["run_id"] for x in kept))
         return " or ".join(found) + (" (re-runs)" if len(runs) == 1 else f" (runs {', '.join(runs)})")
 
-    found: dict[int, list[str]] = {}
+    by_window: dict[int, list[str]] = {}
     for r in rows:
         if not (r["cross"].startswith("w") and default_mix(r)):
             continue
@@ -99,11 +99,11 @@ def cross_bleu(results_dir: Path, test_set: str = "test_2016_flickr") -> dict[in
         plain = scores(same, lambda x: default_mix(x) and not x["cross"])
         dense = scores(same, lambda x: x["window"] == "")
         window = int(r["cross"][1:].partition("/")[0])
-        found.setdefault(window, []).append(
+        by_window.setdefault(window, []).append(
             f"BLEU {r['bleu']} on {test_set} (`{r['schedule']}` schedule, seed {r['seed']}; without the cross "
             f"band {plain}, dense {dense}; run `{r['run_id']}`)"
         )
-    return {window: "; ".join(texts) for window, texts in found.items()}
+    return {window: "; ".join(texts) for window, texts in by_window.items()}
 
 
 def train_section(record: dict[str, Any] | None, quality: dict[int, str] | None = None) -> list[str]:
