@@ -190,7 +190,7 @@ if wants attention; then
         # are profiled; each line of the CSV is one kernel launch
         say "== ncu: Triton kernels at T=16384"
         set +e
-        timeout --kill-after=15 "$NCU_SECONDS" ncu --csv --target-processes all -k 'regex:^_(fwd|bwd)_kernel' -c 6 \
+        timeout --kill-after=15 "$NCU_SECONDS" ncu --csv --clock-control none --target-processes all -k 'regex:^_(fwd|bwd)_kernel' -c 6 \
             --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__bytes.sum.per_second,dram__throughput.avg.pct_of_peak_sustained_elapsed \
             "$PY" -m structmt.bench attention --device cuda --dtype bfloat16 --lengths 16384 --tokens "$ATTN_TOKENS" \
             --impls triton_kernel --repeats 1 --warmup 1 --no-memory --copy-mb 64 --out "$WORK/ncu_attention.json" \

@@ -67,6 +67,15 @@ if [[ $(uname -s)-$(uname -m) == Linux-x86_64 ]] && ! "$PYTHON" -c 'import trito
     die "this environment has no Triton (a CPU-only torch?) and $WH has none: make wheelhouse WITH_TRITON=1"
 fi
 
+# what the wheelhouse left out (make wheelhouse LEAVE_OUT=...) must already be in this environment
+if [[ -f $WH/LEFT_OUT ]]; then
+    read -r -a left_out < "$WH/LEFT_OUT"
+    for name in "${left_out[@]}"; do
+        "$PYTHON" -m pip show -q "$name" > /dev/null 2>&1 \
+            || die "$WH was made without $name (LEAVE_OUT), and $PYTHON does not have it: install it, or make the wheelhouse without LEAVE_OUT"
+    done
+    say "kept this environment's own ${left_out[*]} (left out of $WH)"
+fi
 PIP=("$PYTHON" -m pip install -q --no-index --find-links "$WH")
 # 1. build requirements of structmt and fairseq (kept where the environment already has them)
 "${PIP[@]}" "setuptools>=68" wheel cython numpy

@@ -14,7 +14,9 @@
 # `tomli; python_version < "3.11"` with the interpreter it runs on, whatever --python-version says.
 # Environment: DOWNLOAD_PYTHON, WITH_TRITON, CONSTRAINTS (default constraints.txt; CONSTRAINTS=
 # resolves the newest releases for PY instead, as PY=3.10 needs: some pins of constraints.txt,
-# numpy 2.4 and scipy 1.17, have no 3.10 wheels).
+# numpy 2.4 and scipy 1.17, have no 3.10 wheels), LEAVE_OUT (project names, space-separated, whose
+# wheels are removed at the end: packages the node's environment already has, e.g. to fit a size
+# limit; install_offline.sh then keeps the node's own copies, and fails naming any that is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,7 @@ PIP=("$VPY" -m pip)
 CONSTRAINTS=${CONSTRAINTS-constraints.txt}
 FAIRSEQ=${FAIRSEQ:-fairseq-fixed==0.12.3.1}
 WITH_TRITON=${WITH_TRITON:-0}
+LEAVE_OUT=${LEAVE_OUT:-}
 
 [[ $PY_VERSION =~ ^3\.[0-9]+$ ]] || { echo "error: PY must look like 3.12, not '$PY_VERSION'" >&2; exit 2; }
 [[ -x $VPY ]] || { echo "error: no $VPY: run make install first" >&2; exit 1; }
@@ -110,6 +113,17 @@ rm -rf "$OUT/.built" "$OUT/resolve.json"
 "${DPIP[@]}" download -q "${TARGET[@]}" "${CONSTRAINT_ARGS[@]}" --find-links "$OUT" -d "$OUT" \
     -r "$OUT/requirements.txt" 2> "$OUT/download.log" || { cat "$OUT/download.log" >&2; exit 1; }
 rm -f "$OUT/download.log"
+
+# wheels of what the node already has, left out on request (LEAVE_OUT)
+for name in $LEAVE_OUT; do
+    [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || { echo "error: LEAVE_OUT: '$name' is not a project name" >&2; exit 2; }
+    stem=$(echo "$name" | tr 'A-Z.-' 'a-z__')  # a wheel's file name: normalised name, '-', version
+    found=$(find "$OUT" -maxdepth 1 -iname "$stem-*.whl")
+    [[ -n $found ]] || { echo "error: LEAVE_OUT: no wheel of '$name' in $OUT (nothing to leave out; check the name)" >&2; exit 2; }
+    rm -f $found
+    echo "wheelhouse: left out $(basename "$found") (LEAVE_OUT: the node has $name)"
+done
+if [[ -n $LEAVE_OUT ]]; then echo "$LEAVE_OUT" > "$OUT/LEFT_OUT"; fi
 
 # the fairseq fork, as the sdist it is published as (built on the node against the node's torch)
 # (--no-build-isolation: pip reads its metadata with the torch, numpy and cython installed here)
