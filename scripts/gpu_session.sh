@@ -11,6 +11,10 @@
 # machine (the install is then skipped, compiled kernels are cached), e.g.
 #   STEPS=install,test,attention scripts/gpu_session.sh;  then  STEPS=train,decode scripts/gpu_session.sh
 #
+# Seen on an H200 with 16 cores (2026-12-04, results/gpu/README.md): install 178 s (fairseq compiled
+# there); the attention step measured 2 of its 4 lengths in its 180 s (compilation in the warm-ups),
+# and a second call reached only T=16384 and part of T=32768 in 215 s: give it a call of its own.
+#
 # Steps, in order (STEPS picks some, comma-separated; default all):
 #   install    scripts/install_offline.sh $WHEELHOUSE --python $PYTHON --tests (skipped when $PYTHON
 #              already imports fairseq and this checkout's structmt; REINSTALL=1 forces it)
@@ -118,7 +122,9 @@ remaining() {
     echo "${out:-$1}"
 }
 
-say "started $(date -u +%Y-%m-%dT%H:%M:%SZ) in $REPO; steps $STEPS; output $OUT"
+commit=$(git -C "$REPO" rev-parse --short HEAD 2> /dev/null || echo unknown)
+[[ -z $(git -C "$REPO" status --porcelain --untracked-files=no 2> /dev/null) ]] || commit+="+dirty"
+say "started $(date -u +%Y-%m-%dT%H:%M:%SZ) in $REPO at commit $commit; steps $STEPS; output $OUT"
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 # --- the Multi30k files train and decode need (this node cannot download them) ----------------------

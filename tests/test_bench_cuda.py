@@ -13,6 +13,7 @@ if not torch.cuda.is_available():  # the Triton kernel on CPU tensors runs in Tr
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
@@ -198,6 +199,90 @@ def test_the_measuring_loop_runs_every_impl_and_mode(tmp_path):
         for mode in ("fwd", "fb"):
             assert row[f"{impl}_{mode}_s"] > 0, row.get(f"{impl}_{mode}_error")
     json.dumps(results)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_a_stopped_run_keeps_its_rows_and_its_printout_rebuilds_them(capsys):
+    """``on_row`` sees every finished length (the CLI writes its JSON there), and the rows printed
+    on the way rebuild the same times and failures (``--from-log``, for a run that never wrote any)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    impls, seen = ["sdpa_flash", "triton"], []
+    results = ac.run([8, 16], 16, 2, 16, 3, 2, torch.float32, impls, ["fwd", "fb"], 1, 1, copy_mb=4, device=device,
+                     on_row=lambda partial: seen.append(json.loads(json.dumps(partial))))  # fmt: skip
+    assert [[r["T"] for r in s["rows"]] for s in seen] == [[8], [8, 16]]
+    assert [s["complete"] for s in seen] == [False, False] and results["complete"] is True
+    assert seen[1]["rows"] == json.loads(json.dumps(results["rows"]))
+    printed = capsys.readouterr().out
+    old_style = re.sub(r"  \[[\d:]+\]$", "", printed, flags=re.M)  # no clock time, as in older logs
+    assert old_style != printed
+    settings = {"lengths": [8, 16], "tokens": 16, "heads": 2, "dim": 16, "window": 3, "rare": 2,
+                "dtype": "float32", "impls": impls, "modes": ["fwd", "fb"], "repeats": 1, "warmup": 1}  # fmt: skip
+    for text in (printed, old_style):
+        rebuilt = ac.record_from_logs([text], settings)
+        assert [r["T"] for r in rebuilt["rows"]] == [8, 16] and rebuilt["complete"] is False
+        for got, want in zip(rebuilt["rows"], results["rows"], strict=True):
+            assert got["batch"] == want["batch"] and got["floor_fb_bytes"] == want["floor_fb_bytes"]
+            for impl in impls:
+                for mode in ("fwd", "fb"):
+                    key = f"{impl}_{mode}"
+                    if f"{key}_error" in want:
+                        assert got[f"{key}_error"] == want[f"{key}_error"]
+                    else:
+                        assert got[f"{key}_s"] == pytest.approx(want[f"{key}_s"], abs=0.5e-6)
+        assert rebuilt["hardware"]["copy_gb_per_s"] is None and "floor_fb_s" not in rebuilt["rows"][0]
+
+
+def test_rebuilding_from_logs_parses_rows_failures_peaks_and_versions():
+    settings = {"lengths": [128, 16384], "tokens": 32768, "heads": 8, "dim": 64, "window": 3, "rare": 2,
+                "dtype": "bfloat16", "impls": ["sdpa_flash", "flex"], "modes": ["fwd", "fb"], "repeats": 5,
+                "warmup": 2}  # fmt: skip
+    first = "\n".join([
+        "structmt ready: Python 3.12.3, torch 2.11.0+cu130 (CUDA 13.0, GPU visible: True)",
+        "gpu_session: NVIDIA H200, torch 2.11.0+cu130 (CUDA 13.0), triton 3.6.0",
+        "T=   128 sdpa_flash_fb           0.577 ms  peak +    258.0 MiB",
+        "T= 16384 flex_fb                 2.461 ms  peak +    130.0 MiB",
+        "T= 16384 sdpa_flash_fb           99.000 ms",
+        "gpu_session: FAILED: attention ran out of its 180s",
+    ])  # fmt: skip
+    second = "\n".join([
+        "T= 16384 sdpa_flash_fb          13.377 ms  peak +    258.0 MiB  [10:40:01]",
+        "T= 16384 flex_fwd                failed: RuntimeError: out of memory  [10:40:02]",
+    ])  # fmt: skip
+    record = ac.record_from_logs([first, second], settings)
+    short, long = record["rows"]
+    assert (short["T"], short["batch"], long["batch"]) == (128, 256, 2)
+    assert short["sdpa_flash_fb_s"] == pytest.approx(0.577e-3) and short["sdpa_flash_fb_peak_bytes"] == 258 * MiB
+    assert long["sdpa_flash_fb_s"] == pytest.approx(13.377e-3)  # the later print wins
+    assert long["flex_fwd_error"] == "RuntimeError: out of memory" and long["flex_fb_s"] == pytest.approx(2.461e-3)
+    assert long["floor_fb_bytes"] == ac.traffic_floor_bytes(2, 8, 16384, 64, 9, 2)["fb"]
+    assert record["settings"]["torch"] == "2.11.0+cu130" and record["settings"]["triton"] == "3.6.0"
+    assert record["machine"] == {"cpu": "not recorded", "python": "3.12.3"}
+    measured = {g["goal"]: g["measured"] for g in record["goals"]}
+    assert measured["T=16384 f+b: structmt Triton / HBM traffic floor"] is None
+    with pytest.raises(ValueError, match="no benchmark rows"):
+        ac.record_from_logs(["gpu_session: FAILED"], settings)
+
+
+def test_from_log_needs_the_gpu_and_the_commit(tmp_path, capsys):
+    log = tmp_path / "a.log"
+    log.write_text("T=   128 sdpa_flash_fb           0.577 ms\n")
+    with pytest.raises(SystemExit):
+        ac.main(["--from-log", str(log), "--out", str(tmp_path / "x.json")])
+    assert "--from-log needs --gpu" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ac.main(["--from-log", str(tmp_path / "missing.log"), "--gpu", "G", "--commit", "c"])
+    assert "no such file" in capsys.readouterr().err
+    ac.main(["--from-log", str(log), "--gpu", "NVIDIA H200", "--commit", "abc", "--lengths", "128",
+             "--out", str(tmp_path / "x.json")])  # fmt: skip
+    record = json.loads((tmp_path / "x.json").read_text())
+    assert record["device"] == "NVIDIA H200" and record["commit"] == "abc" and record["rebuilt_from"] == [str(log)]
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "x.json").rename(tmp_path / "gpu" / "bench_attention_cuda.json")
+    gpu = render(tmp_path).split("## GPU", 1)[1]
+    assert "copy bandwidth measured in the same run: not measured" in gpu
+    assert f"**Partial.** Rebuilt from the rows printed in `{log}`" in gpu
+    assert "| 128 | 256 | – / 0.577 |" in gpu and "host not recorded; " in gpu
+    assert "--gpu 'NVIDIA H200' --commit abc" in gpu  # the command as it can be pasted
 
 
 @pytest.mark.cuda

@@ -27,6 +27,11 @@ median of ``--repeats``. Peak memory: ``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats`` over one more step, minus the memory allocated before it (the inputs),
 per (implementation, mode, T). The traffic floor: :func:`traffic_floor_bytes` over the
 device-to-device copy bandwidth measured in the same run (:func:`copy_bandwidth`).
+
+The JSON is rewritten (atomically) after every length, with ``"complete": false`` until the last:
+a run stopped at a time limit keeps the lengths it finished. Each printed row ends with the clock
+time, so a log shows where the time went. ``--from-log`` rebuilds a record from such printed rows
+(a run stopped before it wrote any JSON): no copy bandwidth, so no traffic floor.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ import gc
 import itertools
 import json
 import math
+import re
+import shlex
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -450,10 +458,13 @@ def run(
     memory: bool = True,
     copy_mb: int = 1024,
     device: str = "cuda",
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every (length, implementation, mode); a failure (compilation, out of memory) is
     recorded as ``{impl}_{mode}_error`` and the run goes on. ``device="cpu"`` is for testing the
-    harness without a GPU (wall-clock timing, no memory figures); the CLI measures CUDA only."""
+    harness without a GPU (wall-clock timing, no memory figures); the CLI measures CUDA only.
+    ``on_row`` is called with the results so far (``"complete": False``, goals of the rows so far)
+    after each length."""
     from ..provenance import git_commit, machine
 
     unknown = sorted(set(impls) - set(IMPLS)) + sorted(set(modes) - set(MODES))
@@ -486,6 +497,7 @@ def run(
         },
         "hardware": {"copy_gb_per_s": bandwidth / 1e9, "copy_mb": copy_mb},
         "rows": [],
+        "complete": False,
     }
     for length in lengths:
         q, k, v, rare_index = inputs(length, tokens, heads, dim, rare, dtype, device)
@@ -521,7 +533,10 @@ def run(
         results["rows"].append(row)
         del q, k, v, rare_index, block_mask
         _free(device)
+        if on_row is not None:
+            on_row({**results, "goals": goals(results)})
     results["goals"] = goals(results)
+    results["complete"] = True
     return results
 
 
@@ -562,7 +577,63 @@ def _print(row: dict[str, Any], key: str) -> None:
         text = f"{row[f'{key}_s'] * 1000:10.3f} ms"
         if row.get(f"{key}_peak_bytes") is not None:
             text += f"  peak +{row[f'{key}_peak_bytes'] / 2**20:9.1f} MiB"
-    print(f"T={row['T']:6d} {key:18s} {text}", flush=True)
+    print(f"T={row['T']:6d} {key:18s} {text}  [{time.strftime('%H:%M:%S')}]", flush=True)
+
+
+#: a row as :func:`_print` writes it (the clock time is optional: older logs lack it)
+_LOG_ROW = re.compile(
+    r"^T=\s*(?P<T>\d+) (?P<key>\w+)\s+"
+    r"(?:failed: (?P<error>.*?)|(?P<ms>[\d.]+) ms(?:\s+peak \+\s*(?P<mib>[\d.]+) MiB)?)(?:\s+\[[\d:]+\])?\s*$"
+)
+_LOG_VERSIONS = re.compile(r"torch (?P<torch>\S+) \(CUDA (?P<cuda>[\d.]+)\), triton (?P<triton>\S+)")
+_LOG_PYTHON = re.compile(r"structmt ready: Python (?P<python>[\d.]+)")  # scripts/check_install.py
+
+
+def record_from_logs(texts: list[str], settings: dict[str, Any]) -> dict[str, Any]:
+    """A record (the JSON's ``rows``, ``settings`` and ``goals``) rebuilt from the rows printed by
+    runs of this benchmark whose JSON was never written, e.g. stopped at a time limit. ``settings``:
+    the runs' options (``lengths, tokens, heads, dim, window, rare, dtype, impls, modes, repeats,
+    warmup``). Times keep the printed 3 decimals of a millisecond, peaks 0.1 MiB; no copy bandwidth
+    was printed, so there is no traffic floor. A length printed twice keeps its later value."""
+    rows: dict[int, dict[str, Any]] = {}
+    python = "not recorded"
+    structure = bench_structure(settings["heads"], settings["window"], settings["rare"])
+    elem = torch.empty(0, dtype=DTYPES[settings["dtype"]]).element_size()
+    for text in texts:
+        for line in text.splitlines():
+            m = _LOG_ROW.match(line.strip())
+            if m is None:
+                if (v := _LOG_VERSIONS.search(line)) and "torch" not in settings:
+                    settings = {**settings, **v.groupdict()}
+                if v := _LOG_PYTHON.search(line):
+                    python = v["python"]
+                continue
+            length = int(m["T"])
+            batch = max(1, settings["tokens"] // length)
+            row = rows.setdefault(length, {"T": length, "batch": batch})
+            heads, dim = settings["heads"], settings["dim"]
+            floor = traffic_floor_bytes(batch, heads, length, dim, structure.keys_per_query, elem)
+            row.update({f"floor_{mode}_bytes": floor[mode] for mode in MODES})
+            key = m["key"]
+            for stale in (f"{key}_error", f"{key}_s", f"{key}_peak_bytes"):
+                row.pop(stale, None)
+            if m["error"] is not None:
+                row[f"{key}_error"] = m["error"]
+            else:
+                row[f"{key}_s"] = float(m["ms"]) / 1000
+                if m["mib"] is not None:
+                    row[f"{key}_peak_bytes"] = round(float(m["mib"]) * 2**20)
+    if not rows:
+        raise ValueError("no benchmark rows (lines such as 'T=   128 triton_fb   3.533 ms') in the logs")
+    record: dict[str, Any] = {
+        "settings": {**settings, "candidates": structure.keys_per_query},
+        "hardware": {"copy_gb_per_s": None, "copy_mb": None},
+        "machine": {"cpu": "not recorded", "python": python},
+        "rows": [rows[t] for t in sorted(rows)],
+        "complete": False,
+    }
+    record["goals"] = goals(record)
+    return record
 
 
 def _triton_version() -> str | None:
@@ -591,8 +662,46 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     p.add_argument("--copy-mb", type=int, default=1024, help="buffer of the copy-bandwidth measurement, MiB")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
+    p.add_argument(
+        "--from-log",
+        type=Path,
+        nargs="+",
+        metavar="LOG",
+        help="measure nothing: rebuild the JSON from the rows these logs of earlier runs printed (with the "
+        "options above as those runs had them, and --gpu and --commit); for a run stopped before it wrote any",
+    )
+    p.add_argument("--gpu", help="--from-log: the GPU the logs were printed on")
+    p.add_argument("--commit", help="--from-log: the commit of the code that printed them")
     a = p.parse_args(argv)
+    out = a.out.with_suffix(".json")
+    command = "structmt-bench attention " + shlex.join(argv if argv is not None else sys.argv[2:])
+    if a.from_log:
+        if not (a.gpu and a.commit):
+            p.error("--from-log needs --gpu (the GPU the logs come from) and --commit (the code that wrote them)")
+        missing = [str(log) for log in a.from_log if not log.is_file()]
+        if missing:
+            p.error(f"--from-log: no such file: {', '.join(missing)}")
+        settings = {
+            "lengths": [int(x) for x in a.lengths.split(",")],
+            **{name: getattr(a, name) for name in ("tokens", "heads", "dim", "window", "rare", "dtype")},
+            "impls": a.impls.split(","),
+            "modes": a.modes.split(","),
+            "repeats": a.repeats,
+            "warmup": a.warmup,
+        }
+        record = record_from_logs([log.read_text() for log in a.from_log], settings)
+        record.update(device=a.gpu, commit=a.commit, command=command, rebuilt_from=[str(log) for log in a.from_log])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(record, indent=2) + "\n")
+        print(table(record))
+        print(f"\nrebuilt from {len(a.from_log)} log(s); wrote {out}")
+        return
     require_cuda("attention")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(partial: dict[str, Any]) -> None:
+        write_text_atomic(out, json.dumps({**partial, "command": command}, indent=2) + "\n")
+
     results = run(
         [int(x) for x in a.lengths.split(",")],
         a.tokens,
@@ -607,10 +716,9 @@ def main(argv: list[str] | None = None) -> None:
         a.warmup,
         not a.no_memory,
         a.copy_mb,
+        on_row=save,
     )
-    results["command"] = "structmt-bench attention " + " ".join(argv if argv is not None else sys.argv[2:])
-    out = a.out.with_suffix(".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    results["command"] = command
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"\n{results['device']}: copy bandwidth {results['hardware']['copy_gb_per_s']:.0f} GB/s; wrote {out}")

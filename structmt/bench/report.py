@@ -236,13 +236,25 @@ def cuda_attention_section(record: dict[str, Any], source: str) -> list[str]:
         'precomputed candidates; structmt gather is `impl="efficient"` with the Triton kernel off. '
         "The traffic floor: q, k, v, output (and for f+b their gradients) and the candidate positions and "
         "kinds crossing HBM once (`traffic_floor_bytes`), over the device-to-device copy bandwidth measured "
-        f"in the same run: {record['hardware']['copy_gb_per_s']:.0f} GB/s. Peak memory: the most "
+        f"in the same run: {_copy_bandwidth(record)}. Peak memory: the most "
         "`torch.cuda.max_memory_allocated` rose above the memory held before one f+b step.",
         "",
-        cuda_table(record),
-        "",
     ]
-    return lines
+    if record.get("rebuilt_from"):
+        logs = ", ".join(f"`{log}`" for log in record["rebuilt_from"])
+        lines += [
+            f"**Partial.** Rebuilt from the rows printed in {logs} (`--from-log`): the runs were stopped at "
+            "their time limits before they wrote a JSON file; a dash is a measurement they did not reach.",
+            "",
+        ]
+    elif record.get("complete") is False:
+        lines += [f"**Partial.** The run stopped after T={record['rows'][-1]['T']}.", ""]
+    return lines + [cuda_table(record), ""]
+
+
+def _copy_bandwidth(record: dict[str, Any]) -> str:
+    gb_per_s = record["hardware"].get("copy_gb_per_s")
+    return f"{gb_per_s:.0f} GB/s" if gb_per_s is not None else "not measured (no floor in this record)"
 
 
 def gpu_section(results_dir: Path) -> list[str]:
