@@ -609,11 +609,13 @@ def record_from_logs(texts: list[str], settings: dict[str, Any]) -> dict[str, An
                     python = v["python"]
                 continue
             length = int(m["T"])
-            batch = max(1, settings["tokens"] // length)
-            row = rows.setdefault(length, {"T": length, "batch": batch})
-            heads, dim = settings["heads"], settings["dim"]
-            floor = traffic_floor_bytes(batch, heads, length, dim, structure.keys_per_query, elem)
-            row.update({f"floor_{mode}_bytes": floor[mode] for mode in MODES})
+            if length not in rows:
+                batch = max(1, settings["tokens"] // length)
+                floor = traffic_floor_bytes(
+                    batch, settings["heads"], length, settings["dim"], structure.keys_per_query, elem
+                )
+                rows[length] = {"T": length, "batch": batch, **{f"floor_{m}_bytes": floor[m] for m in MODES}}
+            row = rows[length]
             key = m["key"]
             for stale in (f"{key}_error", f"{key}_s", f"{key}_peak_bytes"):
                 row.pop(stale, None)
@@ -673,6 +675,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu", help="--from-log: the GPU the logs were printed on")
     p.add_argument("--commit", help="--from-log: the commit of the code that printed them")
     a = p.parse_args(argv)
+    lengths, impls, modes = [int(x) for x in a.lengths.split(",")], a.impls.split(","), a.modes.split(",")
     out = a.out.with_suffix(".json")
     command = "structmt-bench attention " + shlex.join(argv if argv is not None else sys.argv[2:])
     if a.from_log:
@@ -682,10 +685,10 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             p.error(f"--from-log: no such file: {', '.join(missing)}")
         settings = {
-            "lengths": [int(x) for x in a.lengths.split(",")],
+            "lengths": lengths,
             **{name: getattr(a, name) for name in ("tokens", "heads", "dim", "window", "rare", "dtype")},
-            "impls": a.impls.split(","),
-            "modes": a.modes.split(","),
+            "impls": impls,
+            "modes": modes,
             "repeats": a.repeats,
             "warmup": a.warmup,
         }
@@ -703,15 +706,15 @@ def main(argv: list[str] | None = None) -> None:
         write_text_atomic(out, json.dumps({**partial, "command": command}, indent=2) + "\n")
 
     results = run(
-        [int(x) for x in a.lengths.split(",")],
+        lengths,
         a.tokens,
         a.heads,
         a.dim,
         a.window,
         a.rare,
         DTYPES[a.dtype],
-        a.impls.split(","),
-        a.modes.split(","),
+        impls,
+        modes,
         a.repeats,
         a.warmup,
         not a.no_memory,
