@@ -112,6 +112,61 @@ def test_activation_checkpointing_sees_the_forwards_context(dict_dir):
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
 
 
+def test_the_layers_of_a_forward_share_one_plan(dict_dir, monkeypatch):
+    """The candidates of a full pass are built once per forward and structure, not once per layer,
+    and sharing them changes no output or gradient (training mode, dropout on)."""
+    from structmt.attention import multihead
+
+    args = (*SMALL, "--encoder-layers", "3", "--decoder-layers", "3", "--struct-rare", "2", "--struct-heads",
+            "rare:4", "--struct-error", "sink:1", "--struct-cross-window", "2", "--dropout", "0.1",
+            "--attention-dropout", "0.1")  # fmt: skip
+    _, model = build(dict_dir, "structured_transformer_tiny", *args, seed=3)
+    model.train()
+    src, lengths, tgt = _batch()
+    built = []
+    for name in ("self_attention_plan", "cross_attention_plan"):
+        real = getattr(multihead, name)
+        monkeypatch.setattr(
+            multihead, name, lambda *a, _real=real, _name=name, **kw: built.append(_name) or _real(*a, **kw)
+        )
+
+    def loss_and_grads():
+        model.zero_grad()
+        torch.manual_seed(0)
+        out = model(src, lengths, tgt)[0]
+        out.pow(2).mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    shared_out, shared_grads = loss_and_grads()
+    assert sorted(built) == ["cross_attention_plan", "self_attention_plan", "self_attention_plan"]  # 9 blocks
+    monkeypatch.setattr(multihead, "_shared_plan", lambda context, key, mask, build: build())
+    built.clear()
+    own_out, own_grads = loss_and_grads()
+    assert len(built) == 9
+    assert torch.equal(shared_out, own_out)
+    assert shared_grads.keys() == own_grads.keys()
+    for name in shared_grads:
+        assert torch.equal(shared_grads[name], own_grads[name]), name
+
+
+def test_a_plan_is_shared_only_for_the_same_padding_mask():
+    """A block run twice in one context with different padding masks attends with each mask."""
+    attn = StructuredMultiheadAttention(8, 2, Structure.from_roles(["rare", "syntactic"], window=1, rare=1))
+    x = torch.randn(6, 2, 8)
+    tokens = torch.randint(4, 20, (2, 6))
+    counts, never = torch.arange(20), torch.zeros(20, dtype=torch.bool)
+    context = TokenContext.from_tokens(tokens, counts, never)
+    no_pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad = no_pad.clone()
+    pad[1, :2] = True
+    attn(x, x, x, key_padding_mask=no_pad, context=context)
+    got, _ = attn(x, x, x, key_padding_mask=pad, context=context)
+    want, _ = attn(x, x, x, key_padding_mask=pad, context=TokenContext.from_tokens(tokens, counts, never))
+    assert torch.equal(got, want)
+    unpadded, _ = attn(x, x, x, key_padding_mask=no_pad, context=context)
+    assert not torch.equal(got[:, 1], unpadded[:, 1])
+
+
 def test_a_rare_head_outside_its_model_asks_for_the_context():
     attn = StructuredMultiheadAttention(8, 2, Structure.from_roles(["rare", "syntactic"], window=1, rare=1))
     x = torch.randn(5, 2, 8)
@@ -298,6 +353,18 @@ def test_rare_index_of_the_wrong_shape_is_rejected(attend):
         attend(q, q, q, window=1, rare_index=torch.zeros(3, 2, dtype=torch.long), structure=s)
     with pytest.raises(ValueError, match="rare_index: the structure has 2 rare columns"):
         attend(q, q, q, window=1, structure=s)
+
+
+def test_a_plan_of_another_shape_is_rejected():
+    from structmt.attention.functional import attend, self_attention_plan
+
+    q = torch.randn(2, 2, 6, 4)
+    with pytest.raises(ValueError, match="the structure has 3 heads, q 2"):
+        structured_attention(q, q, q, window=1, structure=Structure((1, 1, 1), (False,) * 3))
+    plan = self_attention_plan(Structure((1, 1), (False, False)), q, None, None)
+    for other in (torch.randn(3, 2, 6, 4), torch.randn(2, 2, 5, 4)):
+        with pytest.raises(ValueError, match="the plan is for 2 sequences, 2 heads, 6 queries and 6 keys"):
+            attend(other, other, other, plan)
 
 
 def test_the_options_page_is_the_schemas_own_table():

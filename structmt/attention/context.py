@@ -6,7 +6,8 @@ the structured attention blocks of its layers read it with :func:`current`.
 Nothing is left on a module between calls, so a block always sees the tokens
 of the forward it runs in, whichever layers LayerDrop keeps.  Rare sets are
 computed on first use and shared by every block with the same ``(r, causal)``;
-a decoding step's plan is shared by every block with the same structure.
+the plan of a full pass or of a decoding step (which keys each query sees) is
+shared by every block with the same structure.
 
 Activation checkpointing re-runs a layer during the backward pass, outside the
 forward: the structured layers (``structmt.models``) take the context as an
@@ -72,7 +73,8 @@ class TokenContext:
         return self._rare_sets[r, causal]
 
     def shared(self, key: Any, build: Callable[[], Any]) -> Any:
-        """``build()`` once per forward and ``key`` (a decoding step's plan, shared by the layers)."""
+        """``build()`` once per forward and ``key``: a full pass's or a decoding step's plan, shared by
+        the layers that attend with the same structure."""
         if key not in self._plans:
             self._plans[key] = build()
         return self._plans[key]

@@ -4,8 +4,9 @@ candidate-gather path, both driven by :mod:`structmt.attention.structure`."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -110,53 +111,126 @@ def candidate_attention(
     return out, weights
 
 
-def full_pass_candidates(
-    structure: Structure,
-    supports: Supports,
-    rare_sets: Tensor | None,
-    sink_pos: Tensor | None,
-    batch: int,
-    num_heads: int,
-    length: int,
-    device: torch.device,
-) -> tuple[Tensor, Tensor]:
-    """The candidate key positions ``(B, T, C)`` of every query of a full pass (band around the
-    query, its rare set, the error keys) and their kinds ``(B, H, T, C)``."""
+@dataclass(eq=False)
+class Plan:
+    """Where the queries of one attention call may look, independent of ``q, k, v``: the group
+    predicates (reference path) and, built on first use, the candidate keys (efficient paths).
+
+    The layers of one forward attend with the same structure over the same tokens, so they can
+    share one plan (see :meth:`~structmt.attention.context.TokenContext.shared`): the candidates
+    are then built once per forward, not once per layer, and the backward passes of all layers
+    hold one copy of them.
+    """
+
+    structure: Structure | CrossBand
+    shape: tuple[int, int, int, int]  # (B, H, Tq, S): batch, heads, queries, keys
+    supports: Supports
+    q_pos: Tensor  # (Tq,) positions of the queries
+    positions: Callable[[], Tensor]  # builds the candidate key positions (B, Tq, C)
+    key_padding_mask: Tensor | None  # held so that a plan keyed by the mask's id() stays valid
+    _candidates: tuple[Tensor, Tensor, Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def sink_eps(self) -> float:
+        return self.structure.sink_eps if isinstance(self.structure, Structure) else 0.0
+
+    def candidates(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Key positions ``(B, Tq, C)`` of every query's candidates, the same clamped to real
+        positions (what the kernels gather) and their :class:`Kind` codes ``(B, H, Tq, C)``."""
+        if self._candidates is None:
+            kv_pos = self.positions()
+            kind = CandidateLayout.of(self.structure).kinds(kv_pos, self.supports, self.q_pos, self.shape[1])
+            self._candidates = (kv_pos, kv_pos.clamp(0, self.shape[3] - 1), kind)
+        return self._candidates
+
+
+def self_attention_plan(
+    structure: Structure, q: Tensor, rare_index: Tensor | None, key_padding_mask: Tensor | None
+) -> Plan:
+    """The :class:`Plan` of a full self-attention pass (training, scoring) for queries shaped like
+    ``q`` ``(B, H, T, D)``: the band around each query, its rare set (``rare_index``, checked) and
+    the error keys."""
+    batch, num_heads, length, _ = q.shape
+    if num_heads != structure.num_heads:
+        raise ValueError(f"the structure has {structure.num_heads} heads, q {num_heads} ({tuple(q.shape)})")
+    device = q.device
+    sets = None
+    if structure.uses_rare:
+        r = None if rare_index is None else rare_index.size(-1)
+        if rare_index is None or r != structure.rare:
+            got = None if rare_index is None else tuple(rare_index.shape)
+            raise ValueError(
+                f"rare_index: the structure has {structure.rare} rare columns; give (B, {structure.rare}) "
+                f"or (B, T, {structure.rare}) positions, got {got}"
+            )
+        sets = unique_positions(_rare_sets_of(rare_index, batch, length))
+    sink_pos = sink_positions(key_padding_mask, batch, length, structure.sinks, device) if structure.sinks else None
+    supports = make_supports(
+        structure, num_keys=length, rare_sets=sets, key_padding_mask=key_padding_mask, sink_pos=sink_pos, device=device
+    )
     layout = CandidateLayout.of(structure)
     q_pos = torch.arange(length, device=device)
-    offsets = torch.arange(-structure.max_window, layout.band - structure.max_window, device=device)
-    kv_pos = layout.assemble(
-        (q_pos.view(1, length, 1) + offsets).expand(batch, length, layout.band),
-        rare_sets if layout.rare else None,
-        sink_pos.unsqueeze(1).expand(batch, length, layout.error) if layout.error else None,
+
+    def positions() -> Tensor:
+        offsets = torch.arange(-structure.max_window, layout.band - structure.max_window, device=device)
+        return layout.assemble(
+            (q_pos.view(1, length, 1) + offsets).expand(batch, length, layout.band),
+            sets,
+            sink_pos.unsqueeze(1).expand(batch, length, layout.error) if sink_pos is not None else None,
+        )
+
+    return Plan(structure, (batch, num_heads, length, length), supports, q_pos, positions, key_padding_mask)
+
+
+def cross_attention_plan(
+    band: CrossBand, q: Tensor, k: Tensor, key_padding_mask: Tensor | None, first_query: int = 0
+) -> Plan:
+    """The :class:`Plan` of structured cross-attention from target queries shaped like ``q``
+    ``(B, H, Tq, D)``, at positions ``first_query ...``, over source keys shaped like ``k``
+    ``(B, H, S, D)``: the source band around each query's aligned position."""
+    batch, num_heads, num_queries, _ = q.shape
+    num_keys, device = k.size(2), q.device
+    q_pos = torch.arange(first_query, first_query + num_queries, device=device)
+    centers = aligned_centers(key_padding_mask, batch, num_keys, q_pos, band.slope)
+    supports = make_cross_supports(
+        centers, band.window, num_keys=num_keys, key_padding_mask=key_padding_mask, first_query=first_query
     )
-    return kv_pos, layout.kinds(kv_pos, supports, q_pos, num_heads)
+
+    def positions() -> Tensor:
+        offsets = torch.arange(-band.window, band.window + 1, device=device)
+        return CandidateLayout.of(band).assemble(centers.unsqueeze(-1) + offsets)
+
+    return Plan(band, (batch, num_heads, num_queries, num_keys), supports, q_pos, positions, key_padding_mask)
 
 
-def efficient_attention(
+def attend(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    structure: Structure,
-    supports: Supports,
-    rare_sets: Tensor | None,
-    sink_pos: Tensor | None,
+    plan: Plan,
+    *,
     dropout_p: float = 0.0,
-    kernel: str = "efficient",
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gather the band, rare and error keys of every query and attend over them (``kernel``:
-    see :func:`attend_candidates`).
+    impl: str = "auto",
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Attend from ``q`` ``(B, H, Tq, D)`` over ``k, v`` ``(B, H, S, D)`` where ``plan`` allows.
 
-    Time and memory ``O(T * (2w+1+r+k))`` per head; no ``T x T`` tensor.
-    Returns the output, the candidate weights ``(B, H, T, C)`` and the
-    candidate positions ``(B, T, C)``.
-    """
-    T = q.size(2)
-    kv_pos, kind = full_pass_candidates(structure, supports, rare_sets, sink_pos, q.size(0), q.size(1), T, q.device)
-    out, weights = attend_candidates(
-        q, k, v, kv_pos.clamp(0, T - 1), kind, structure.sink_eps, dropout_p, kernel=kernel
-    )
-    return out, weights, kv_pos
+    Returns the output ``(B, H, Tq, D)`` and, with ``need_weights``, the dense weights
+    ``(B, H, Tq, S)`` (built for this call: ``O(Tq * S)`` memory), else None."""
+    B, H, Tq, S = plan.shape
+    if (*q.shape[:3], k.size(2)) != plan.shape:
+        raise ValueError(
+            f"the plan is for {B} sequences, {H} heads, {Tq} queries and {S} keys; "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    path = choose_impl(impl, plan.structure, S, q, dropout_p)
+    if path == "reference":
+        kv_pos = torch.arange(S, device=q.device)
+        out, weights = reference_attention(q, k, v, plan.supports, plan.sink_eps, plan.q_pos, kv_pos, dropout_p)
+        return out, (weights if need_weights else None)
+    kv_pos, index, kind = plan.candidates()
+    out, weights = attend_candidates(q, k, v, index, kind, plan.sink_eps, dropout_p, kernel=path)
+    return out, (scatter_dense(weights, kv_pos, S) if need_weights else None)
 
 
 def attend_candidates(
@@ -299,11 +373,10 @@ def _structured_attention(
     dropout_p: float,
     impl: str,
     structure: Structure | None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
+    need_weights: bool,
+) -> tuple[Tensor, Tensor | None]:
     """What :func:`structured_attention` and :func:`structured_attention_with_weights` share: checks
-    the inputs and attends.  Returns the output, the weights and where they lie: candidate weights
-    ``(B, H, T, C)`` at the key positions ``(B, T, C)`` (efficient paths), or dense weights
-    ``(B, H, T, T)`` and None (reference path)."""
+    the inputs, plans and attends.  Returns the output and, with ``need_weights``, the dense weights."""
     B, H, T, _ = q.shape
     if k.shape[:3] != (B, H, T) or v.shape[:3] != (B, H, T):
         raise ValueError(
@@ -312,25 +385,8 @@ def _structured_attention(
     r = 0 if rare_index is None else rare_index.size(-1)
     if structure is None:
         structure = _structure_for(H, window, r, rare_heads, causal, sinks, sink_eps)
-    sets = None
-    if structure.uses_rare:
-        if rare_index is None or r != structure.rare:
-            got = None if rare_index is None else tuple(rare_index.shape)
-            raise ValueError(
-                f"rare_index: the structure has {structure.rare} rare columns; give (B, {structure.rare}) "
-                f"or (B, T, {structure.rare}) positions, got {got}"
-            )
-        sets = unique_positions(_rare_sets_of(rare_index, B, T))
-    sink_pos = sink_positions(key_padding_mask, B, T, structure.sinks, q.device) if structure.sinks else None
-    supports = make_supports(
-        structure, num_keys=T, rare_sets=sets, key_padding_mask=key_padding_mask, sink_pos=sink_pos, device=q.device
-    )
-    path = choose_impl(impl, structure, T, q, dropout_p)
-    if path == "reference":
-        pos = torch.arange(T, device=q.device)
-        out, weights = reference_attention(q, k, v, supports, structure.sink_eps, pos, pos, dropout_p)
-        return out, weights, None
-    return efficient_attention(q, k, v, structure, supports, sets, sink_pos, dropout_p, path)
+    plan = self_attention_plan(structure, q, rare_index, key_padding_mask)
+    return attend(q, k, v, plan, dropout_p=dropout_p, impl=impl, need_weights=need_weights)
 
 
 def structured_attention(
@@ -375,7 +431,7 @@ def structured_attention(
     Returns:
         the output ``(B, H, T, D)``.
     """
-    out, _, _ = _structured_attention(
+    out, _ = _structured_attention(
         q,
         k,
         v,
@@ -389,6 +445,7 @@ def structured_attention(
         dropout_p=dropout_p,
         impl=impl,
         structure=structure,
+        need_weights=False,
     )
     return out
 
@@ -422,7 +479,7 @@ def structured_attention_with_weights(
         with no key to attend to; with ``dropout_p > 0`` they are the weights
         before dropout.
     """
-    out, weights, kv_pos = _structured_attention(
+    out, weights = _structured_attention(
         q,
         k,
         v,
@@ -436,8 +493,9 @@ def structured_attention_with_weights(
         dropout_p=dropout_p,
         impl=impl,
         structure=structure,
+        need_weights=True,
     )
-    return out, (weights if kv_pos is None else scatter_dense(weights, kv_pos, q.size(2)))
+    return out, cast(Tensor, weights)
 
 
 def aligned_cross_attention(
@@ -465,21 +523,7 @@ def aligned_cross_attention(
         ``(output (B, H, Tq, D), weights or None)``.
     """
     B, H, Tq, _ = q.shape
-    S = k.size(2)
     if k.shape[:2] != (B, H) or v.shape[:3] != k.shape[:3]:
         raise ValueError(f"q, k, v must share (batch, heads); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    band = CrossBand(window, slope)
-    q_pos = torch.arange(first_query, first_query + Tq, device=q.device)
-    centers = aligned_centers(key_padding_mask, B, S, q_pos, band.slope)
-    supports = make_cross_supports(
-        centers, band.window, num_keys=S, key_padding_mask=key_padding_mask, first_query=first_query
-    )
-    path = choose_impl(impl, band, S, q, dropout_p)
-    if path == "reference":
-        out, weights = reference_attention(q, k, v, supports, 0.0, q_pos, torch.arange(S, device=q.device), dropout_p)
-        return out, (weights if need_weights else None)
-    layout = CandidateLayout.of(band)
-    kv_pos = layout.assemble(centers.unsqueeze(-1) + torch.arange(-band.window, band.window + 1, device=q.device))
-    kind = layout.kinds(kv_pos, supports, q_pos, H)
-    out, weights = attend_candidates(q, k, v, kv_pos.clamp(0, S - 1), kind, 0.0, dropout_p, kernel=path)
-    return out, (scatter_dense(weights, kv_pos, S) if need_weights else None)
+    plan = cross_attention_plan(CrossBand(window, slope), q, k, key_padding_mask, first_query)
+    return attend(q, k, v, plan, dropout_p=dropout_p, impl=impl, need_weights=need_weights)

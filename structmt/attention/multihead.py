@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor
 
 from .context import TokenContext, current
-from .functional import (
-    aligned_cross_attention,
-    attend_candidates,
-    structured_attention,
-    structured_attention_with_weights,
-)
+from .functional import Plan, attend, attend_candidates, cross_attention_plan, self_attention_plan
 from .structure import NEVER_RARE, CandidateLayout, CrossBand, Structure, keys_to_positions, make_supports
 
 Block = TypeVar("Block", bound="_StructuredBase")
@@ -31,6 +27,17 @@ class StepPlan:
     pick: Tensor  # (B, C) slot of each candidate in [cache, this step's key]
     kind: Tensor  # (B, H, 1, C) Kind codes
     keep: Tensor  # (B * H * C',) rows of the flattened [cache, this step's key] that form the next cache
+
+
+def _shared_plan(
+    context: TokenContext | None, key: tuple, key_padding_mask: Tensor | None, build: Callable[[], Plan]
+) -> Plan:
+    """``build()``, or the plan another layer of this forward built for the same ``key`` and padding
+    mask.  The layers of a forward pass the same mask object, so it is matched by ``id()``; the plan
+    holds the mask, so no other tensor can take that id while the context keeps the plan."""
+    if context is None:
+        return build()
+    return context.shared((*key, id(key_padding_mask)), build)
 
 
 class _StructuredBase(MultiheadAttention):
@@ -156,18 +163,21 @@ class StructuredMultiheadAttention(_StructuredBase):
             sets = context.rare_sets(self.structure.rare, self.structure.causal)  # type: ignore[union-attr]
             if sets.shape[:2] != (B, T):
                 raise RuntimeError(f"the token context holds {tuple(sets.shape[:2])} tokens, the input ({B}, {T})")
-        options: dict[str, Any] = dict(
-            window=self.structure.window,
-            rare_index=sets,
-            key_padding_mask=key_padding_mask,
+
+        def build() -> Plan:
+            return self_attention_plan(self.structure, q, sets, key_padding_mask)
+
+        plan = _shared_plan(context, ("self", self.structure, q.shape[:3], q.device), key_padding_mask, build)
+        out, weights = attend(
+            q,
+            k,
+            v,
+            plan,
             dropout_p=self.dropout_module.p if self.training else 0.0,
             impl=self.impl,
-            structure=self.structure,
+            need_weights=need_weights or need_head_weights,  # dense (B, H, T, T) weights only when asked for
         )
-        if need_weights or need_head_weights:  # dense (B, H, T, T) weights only when fairseq asks for them
-            out, weights = structured_attention_with_weights(q, k, v, **options)
-            return self._output(out, weights, need_weights, need_head_weights)
-        return self._output(structured_attention(q, k, v, **options), None, need_weights, need_head_weights)
+        return self._output(out, weights, need_weights, need_head_weights)
 
     def _step(self, q: Tensor, k: Tensor, v: Tensor, incremental_state: dict, context: TokenContext | None) -> Tensor:
         """One decoding step against the bounded cache (decoder self-attention).
@@ -329,14 +339,18 @@ class StructuredCrossAttention(_StructuredBase):
             if incremental_state is not None:
                 buf = {"prev_key": k, "prev_value": v, "prev_key_padding_mask": key_padding_mask}
                 self._set_input_buffer(incremental_state, buf)
-        out, weights = aligned_cross_attention(
-            self._heads(self.q_proj(query), B),
+        q = self._heads(self.q_proj(query), B)
+
+        def build() -> Plan:
+            return cross_attention_plan(self.band, q, k, key_padding_mask, first_query)
+
+        key = ("cross", self.band, q.shape[:3], k.size(2), first_query, q.device)
+        plan = _shared_plan(context or current(), key, key_padding_mask, build)
+        out, weights = attend(
+            q,
             k,
             v,
-            window=self.band.window,
-            slope=self.band.slope,
-            key_padding_mask=key_padding_mask,
-            first_query=first_query,
+            plan,
             dropout_p=self.dropout_module.p if self.training else 0.0,
             impl=self.impl,
             need_weights=need_weights or need_head_weights,

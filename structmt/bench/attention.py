@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 
-from ..attention.functional import unique_positions
+from ..attention.functional import self_attention_plan
 from ..attention.options import StructureConfig
-from ..attention.structure import make_supports
 from ..files import write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
@@ -89,16 +88,9 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
 
         B, H, T, _ = q.shape
         # FlexAttention's mask_mod is the structured support itself: the predicates structmt's own paths use
-        supports = make_supports(
-            structure,
-            num_keys=T,
-            rare_sets=unique_positions(rare_index.unsqueeze(1).expand(B, T, structure.rare)),
-            key_padding_mask=None,
-            sink_pos=None,
-            device=q.device,
-        )
+        plan = self_attention_plan(structure, q, rare_index, None)
         # H=None: every head of bench_structure has the same support
-        block_mask = create_block_mask(supports.mask_mod(), B=B, H=None, Q_LEN=T, KV_LEN=T, device="cpu")
+        block_mask = create_block_mask(plan.supports.mask_mod(), B=B, H=None, Q_LEN=T, KV_LEN=T, device="cpu")
         compiled = torch.compile(flex_attention, dynamic=False)  # the dynamic-shape CPU template fails to build
 
         def step():

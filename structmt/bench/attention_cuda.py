@@ -7,7 +7,7 @@ The implementations (``--impls``):
 * ``sdpa_flash``: dense attention, ``F.scaled_dot_product_attention`` restricted to the flash
   backend (``sdpa_kernel(SDPBackend.FLASH_ATTENTION)``); the ``O(T²)`` baseline.
 * ``flex``: ``torch.compile(flex_attention)`` with a BlockMask of the SAME structured support
-  (``make_supports(bench_structure(...)).mask_mod()``). The BlockMask is built once per length
+  (``self_attention_plan(bench_structure(...), ...).supports.mask_mod()``). The BlockMask is built once per length
   for the timed steps; its construction, which a training step pays for every batch (the rare
   columns change with the batch), is timed separately (``flex_mask_s``: the supports of a fresh
   rare index and ``torch.compile(create_block_mask)``, falling back to the eager
@@ -54,7 +54,7 @@ from typing import Any
 import torch
 
 from ..attention.options import StructureConfig
-from ..attention.structure import Structure, make_supports
+from ..attention.structure import Structure
 from ..files import write_text_atomic
 from ..paths import REPO_ROOT
 from .workload import bench_structure, median_time
@@ -284,17 +284,13 @@ def copy_bandwidth(size_mb: int, device: str, repeats: int = 10) -> float:
 
 
 def candidates(q: torch.Tensor, rare_index: torch.Tensor, structure: Structure) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate positions ``(B, T, C)`` (clamped) and kinds ``(B, H, T, C)`` of every query, as
-    ``functional.efficient_attention`` derives them (for the ``triton_kernel`` measurement)."""
-    from ..attention.functional import _rare_sets_of, full_pass_candidates, unique_positions
+    """Candidate positions ``(B, T, C)`` (clamped) and kinds ``(B, H, T, C)`` of every query, from
+    the plan a structured layer attends with (for the ``triton_kernel`` measurement)."""
+    from ..attention.functional import self_attention_plan
 
-    B, H, T, _ = q.shape
-    sets = unique_positions(_rare_sets_of(rare_index, B, T)) if structure.uses_rare else None
-    supports = make_supports(
-        structure, num_keys=T, rare_sets=sets, key_padding_mask=None, sink_pos=None, device=q.device
-    )
-    kv_pos, kind = full_pass_candidates(structure, supports, sets, None, B, H, T, q.device)
-    return kv_pos.clamp(0, T - 1), kind
+    plan = self_attention_plan(structure, q, rare_index, None)
+    _, index, kind = plan.candidates()
+    return index, kind
 
 
 @contextlib.contextmanager
@@ -335,20 +331,19 @@ def _compiled_create_block_mask() -> Callable[..., Any]:
 
 def mask_builder(structure: Structure, batch: int, length: int, device: str, compiled: bool):
     """A function from a rare index ``(B, r)`` to FlexAttention's BlockMask of the structured support
-    (what a training step must build for every batch): ``make_supports`` and ``create_block_mask``."""
+    (what a training step must build for every batch): the plan's supports and ``create_block_mask``."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from ..attention.functional import unique_positions
+    from ..attention.functional import self_attention_plan
 
     create = _compiled_create_block_mask() if compiled else create_block_mask
 
+    shape = torch.empty(batch, structure.num_heads, length, 0, device=device)  # the plan reads q's shape only
+
     def build(rare_index: torch.Tensor):
-        sets = unique_positions(rare_index.unsqueeze(1).expand(batch, length, structure.rare))
-        supports = make_supports(
-            structure, num_keys=length, rare_sets=sets, key_padding_mask=None, sink_pos=None, device=device
-        )
+        plan = self_attention_plan(structure, shape, rare_index, None)
         # H=None: every head of bench_structure has the same support
-        return create(supports.mask_mod(), batch, None, length, length, device=device)
+        return create(plan.supports.mask_mod(), batch, None, length, length, device=device)
 
     return build
 
