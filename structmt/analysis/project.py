@@ -19,7 +19,9 @@ Two projections, both the exact L1 optimum ``min |A - X|`` over a family:
 In both the error adds up over rows and only grows with the mass outside, so the best member is the
 largest support: the whole band for Σ₂, the band plus the ``r`` columns with the most mass outside
 it for Σ₃ (column contributions add up, so the greedy choice is exact), the best diagonal for Σ₁
-(row-stochastic: exact when ``A``'s rows sum to 1, as attention's do).  The supports come from the
+(row-stochastic: exact when ``A``'s rows sum to 1, as attention's do).  With the sparse term Ẽ
+(:func:`error_with_sparse_term`) the columns and Ẽ compete for the same mass, so every choice of
+``r`` columns is tried.  The supports come from the
 same predicates as the attention kernels (:mod:`structmt.attention.structure`).
 
 :func:`thesis_random_search` reimplements the baseline of the thesis (E. Conti, University of
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,9 +72,13 @@ def rare_columns(a: Tensor, w: int, r: int) -> Tensor:
 
 def rare_columns_support(a: Tensor, w: int, r: int) -> Tensor:
     """Band ∪ :func:`rare_columns` (the exact L1 optimum over Σ₃(w, r), both variants)."""
-    support = band_support(a.size(-1), w).clone()
-    support[:, rare_columns(a, w, r)] = True
-    return support
+    return _with_columns(band_support(a.size(-1), w), rare_columns(a, w, r).tolist())
+
+
+def _with_columns(support: Tensor, cols: Sequence[int]) -> Tensor:
+    out = support.clone()
+    out[:, list(cols)] = True
+    return out
 
 
 def model_rare_positions(tokens: Tensor, counts: Tensor, never_rare: Tensor, r: int) -> Tensor:
@@ -93,14 +100,34 @@ def support_distance(a: Tensor, support: Tensor, variant: str = "unconstrained")
     return float((outside + (1 - (a * support).sum(-1)).abs()).sum())
 
 
-def error_with_sparse_term(a: Tensor, support: Tensor, k: int = 0, eps: float = 0.0) -> float:
-    """Unconstrained L1 distance of ``A`` to its best ``P + Ẽ``: ``P`` on ``support``, ``Ẽ`` at
-    most ``k`` more entries of at most ``eps`` each."""
-    outside = (a * ~support).flatten()
-    total = float(outside.sum())
-    if k and eps:
-        total -= float(outside.topk(min(k, outside.numel())).values.clamp(max=eps).sum())
-    return total
+def error_with_sparse_term(
+    a: Tensor, support: Tensor, k: int = 0, eps: float = math.inf, variant: str = "unconstrained"
+) -> float:
+    """L1 distance of ``A`` to its best ``P + Ẽ``: ``P`` on ``support``, ``Ẽ`` at most ``k`` more
+    entries of at most ``eps`` each (``math.inf``: unbounded).
+
+    Each entry of ``Ẽ`` takes ``min(a, eps)`` of an entry outside the support, so the best ``Ẽ`` is on
+    the ``k`` largest of them.  ``row_stochastic``: ``P + Ẽ`` is an attention matrix; a row then costs
+    its mass left outside plus ``|1 - mass kept|``, and the greedy choice is exact when every row of
+    ``A`` has mass at most 1 (attention rows, or crops of them), which is checked.  ``Ẽ`` adds to the
+    structure and does not replace it: a row with an empty support still has no such ``X``."""
+    if not k:
+        return support_distance(a, support, variant)
+    outside = a * ~support
+    flat = outside.flatten()
+    captured = torch.zeros_like(flat)
+    top = flat.topk(min(k, flat.numel())).indices
+    captured[top] = flat[top].clamp(max=eps)
+    kept = captured.view_as(a).sum(-1)
+    if variant == "unconstrained":
+        return float((outside.sum(-1) - kept).sum())
+    if variant != "row_stochastic":
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if float(a.sum(-1).max()) > 1 + 1e-5:
+        raise ValueError("the sparse term Ẽ of a row-stochastic X is computed for rows of A with mass at most 1")
+    if not bool(support.any(-1).all()):
+        return math.inf
+    return float((outside.sum(-1) - kept + (1 - (a * support).sum(-1) - kept).abs()).sum())
 
 
 @dataclass
@@ -112,18 +139,21 @@ class Fit:
     support: Tensor
 
 
-def project(a: Tensor, w: int, r: int, k: int = 0, eps: float = 0.0, variant: str = "unconstrained") -> dict[str, Fit]:
-    """Best member of Σ₁, Σ₂(w) and Σ₃(w, r) for one matrix (``k``, ``eps``: the sparse term Ẽ,
-    unconstrained variant only)."""
-    if k and eps and variant != "unconstrained":
-        raise ValueError("the sparse term Ẽ is only defined for the unconstrained projection")
+def project(
+    a: Tensor, w: int, r: int, k: int = 0, eps: float = math.inf, variant: str = "unconstrained"
+) -> dict[str, Fit]:
+    """Best member of Σ₁, Σ₂(w) and Σ₃(w, r) for one matrix; with ``k``: plus the sparse term Ẽ
+    (:func:`error_with_sparse_term`)."""
     n = a.size(-1)
 
     def dist(support: Tensor) -> float:
-        return error_with_sparse_term(a, support, k, eps) if k and eps else support_distance(a, support, variant)
+        return error_with_sparse_term(a, support, k, eps, variant)
 
     positional = min((diagonal_support(n, d) for d in (-1, 0, 1)), key=dist)
-    supports = {"positional": positional, "syntactic": band_support(n, w), "rare": rare_columns_support(a, w, r)}
+    rare = rare_columns_support(a, w, r)
+    if k:  # the columns and Ẽ compete for the same mass: try every choice of r columns
+        rare = min((_with_columns(band_support(n, w), cols) for cols in itertools.combinations(range(n), r)), key=dist)
+    supports = {"positional": positional, "syntactic": band_support(n, w), "rare": rare}
     fits = {}
     for role, support in supports.items():
         d = dist(support)
