@@ -354,8 +354,10 @@ def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
         "also carries n noise entries outside its structure; this projection has none.",
         f"- **optimised + Ẽ, row-stochastic**: the same with the sparse term Ẽ at the thesis's allowance: `X` "
         f"may also use the n={n} entries outside the structure that leave the least mass out (the r columns "
-        "are chosen jointly with them). This is the like-for-like comparison with the thesis's members "
-        "(`error_with_sparse_term` in `structmt/analysis/project.py`; exact for rows summing to 1).",
+        "are chosen jointly with them), each of any value: as many noise entries as each of the thesis's members "
+        "carries (there at random places, with random values) and as the *thesis families, exact* column allows "
+        "(there of any value too). `error_with_sparse_term` in `structmt/analysis/project.py`; exact for rows "
+        "summing to 1. The goal's verdict below is on the projection without Ẽ.",
         "- **optimised, unconstrained**: `X` copies `A` on the support and its rows need not sum to 1, so the "
         "error is the mass outside: half the row-stochastic error, for an `X` that is not an attention matrix.",
         "- **thesis procedure**: the thesis's random search reimplemented (`thesis_random_search` in "
