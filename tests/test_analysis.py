@@ -158,6 +158,10 @@ def test_sparse_error_term_lowers_error_by_at_most_k_eps():
         assert stochastic == pytest.approx(2 * with_e)
     with pytest.raises(ValueError, match="mass at most 1"):
         project(a * 1.5, 1, 0, k=8, variant="row_stochastic")
+    with pytest.raises(ValueError, match="k >= 0 entries of at most eps >= 0, got k=-1"):
+        project(a, 1, 0, k=-1)
+    small = _attention(3, 0)  # more columns than the matrix has: all of them
+    assert project(small, 0, 5, k=1, variant="row_stochastic")["rare"].distance == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

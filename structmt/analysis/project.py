@@ -111,6 +111,8 @@ def error_with_sparse_term(
     its mass left outside plus ``|1 - mass kept|``, and the greedy choice is exact when every row of
     ``A`` has mass at most 1 (attention rows, or crops of them), which is checked.  ``Ẽ`` adds to the
     structure and does not replace it: a row with an empty support still has no such ``X``."""
+    if k < 0 or eps < 0:
+        raise ValueError(f"the sparse term Ẽ needs k >= 0 entries of at most eps >= 0, got k={k}, eps={eps}")
     if not k:
         return support_distance(a, support, variant)
     outside = a * ~support
@@ -152,7 +154,8 @@ def project(
     positional = min((diagonal_support(n, d) for d in (-1, 0, 1)), key=dist)
     rare = rare_columns_support(a, w, r)
     if k:  # the columns and Ẽ compete for the same mass: try every choice of r columns
-        rare = min((_with_columns(band_support(n, w), cols) for cols in itertools.combinations(range(n), r)), key=dist)
+        choices = itertools.combinations(range(n), min(r, n))
+        rare = min((_with_columns(band_support(n, w), cols) for cols in choices), key=dist)
     supports = {"positional": positional, "syntactic": band_support(n, w), "rare": rare}
     fits = {}
     for role, support in supports.items():
