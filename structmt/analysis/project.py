@@ -152,11 +152,13 @@ def project(
         return error_with_sparse_term(a, support, k, eps, variant)
 
     positional = min((diagonal_support(n, d) for d in (-1, 0, 1)), key=dist)
-    rare = rare_columns_support(a, w, r)
+    band = band_support(n, w)
     if k:  # the columns and Ẽ compete for the same mass: try every choice of r columns
         choices = itertools.combinations(range(n), min(r, n))
-        rare = min((_with_columns(band_support(n, w), cols) for cols in choices), key=dist)
-    supports = {"positional": positional, "syntactic": band_support(n, w), "rare": rare}
+        rare = min((_with_columns(band, cols) for cols in choices), key=dist)
+    else:
+        rare = rare_columns_support(a, w, r)
+    supports = {"positional": positional, "syntactic": band, "rare": rare}
     fits = {}
     for role, support in supports.items():
         d = dist(support)
