@@ -2,6 +2,7 @@
 fairseq, one options schema, one candidate layout."""
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -272,15 +273,39 @@ def test_flags_come_from_the_schema():
     ]  # fmt: skip
 
 
+def test_a_checkpoint_keeps_the_roles_not_the_roles_files_path(data_bin, tmp_path):
+    """Trained with --struct-heads-from, a checkpoint rebuilds the same heads after the file changed or went."""
+    from fairseq import checkpoint_utils
+
+    roles = tmp_path / "roles.json"
+    roles.write_text(json.dumps({"encoder": ["rare:1,syn:3"] * 3, "decoder": ["pos:1,syn:3"] * 2}))
+    _train(data_bin, tmp_path, "--struct-heads-from", str(roles), "--struct-window", "2", "--max-update", "1")
+
+    def loaded_windows() -> list[tuple[int, ...]]:
+        (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "checkpoint_last.pt")])
+        layers = [*model.encoder.layers, *model.decoder.layers]
+        return [layer.self_attn.structure.window for layer in layers]
+
+    trained = [(2, 2, 2, 2)] * 3 + [(1, 2, 2, 2)] * 2
+    assert loaded_windows() == trained
+    roles.write_text(json.dumps({"encoder": ["pos:4"] * 3, "decoder": ["pos:4"] * 2}))  # e.g. analyze ran again
+    assert loaded_windows() == trained
+    roles.unlink()
+    assert loaded_windows() == trained
+
+
 def test_every_problem_is_named_in_the_users_terms():
     bad = StructureConfig(struct_window=-1, struct_cross_slope=0.0, struct_error="sink:x")
     problems = bad.problems(lambda name: "model." + name.removeprefix("struct_"))
     assert problems == [
         "model.window=-1 must be >= 0",
-        "model.cross_slope=0.0 must be > 0 (source/target length ratio)",
+        "model.cross_slope=0.0 must be finite and > 0 (source/target length ratio)",
         "model.error='sink:x' must be 'none' or 'sink:K' with an integer K >= 1",
     ]
     assert StructureConfig().problems() == []
+    assert StructureConfig(struct_cross_slope=float("inf")).problems() == [
+        "--struct-cross-slope=inf must be finite and > 0 (source/target length ratio)"
+    ]
 
 
 # --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -188,7 +189,7 @@ def test_full_band_equals_sdpa(impl, causal):
 def test_bad_inputs_are_rejected(attend):
     q = torch.randn(2, 2, 6, 4)
     cases = [
-        (dict(k=q[:, :, :5]), r"q, k, v must share \(batch, heads, T\)"),
+        (dict(k=q[:, :, :5]), "do not fit together"),
         (dict(window=(1, 2, 3)), "window: got 3 values for 2 heads"),
         (dict(rare_index=torch.zeros(2, 1, dtype=torch.long), rare_heads=[True]), "rare_heads: got 1 values for 2"),
         (dict(rare_index=torch.zeros(2, 1)), "rare_index must be an integer tensor"),
@@ -201,6 +202,122 @@ def test_bad_inputs_are_rejected(attend):
             attend(q, kwargs.pop("k"), q, **kwargs)
     with pytest.raises(TypeError, match="need_weights"):  # the weights come from structured_attention_with_weights
         attend(q, q, q, window=1, need_weights=True)
+
+
+def test_inputs_that_do_not_fit_are_rejected_naming_the_argument():
+    q = torch.randn(2, 2, 6, 4)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    cases = [
+        (ValueError, "q must be 4-D", dict(q=q[0])),
+        (TypeError, "q, k, v must share one floating dtype", dict(k=q.double())),
+        (TypeError, "q, k, v must share one floating dtype", dict(q=q.long(), k=q.long(), v=q.long())),
+        (ValueError, "do not fit together", dict(k=torch.randn(2, 2, 6, 3))),
+        (ValueError, "q and k must have the same length", dict(k=q[:, :, :5], v=q[:, :, :5])),
+        (TypeError, "key_padding_mask must be a bool tensor", dict(key_padding_mask=mask.to(torch.uint8))),
+        (TypeError, "key_padding_mask must be a bool tensor", dict(key_padding_mask=mask.float())),
+        (ValueError, r"key_padding_mask must be \(batch, keys\) = \(2, 6\)", dict(key_padding_mask=mask[:, :5])),
+        (ValueError, r"key_padding_mask must be \(batch, keys\)", dict(key_padding_mask=torch.zeros(2, 8).bool())),
+        (ValueError, "rare_index holds key positions in", dict(rare_index=torch.tensor([[7, 100], [50, -5]]))),
+        (TypeError, "window must be an integer", dict(window=2.0)),
+        (TypeError, "window must be an integer", dict(window=[1.7, 1.2])),
+    ]
+    for impl in ("reference", "efficient"):
+        for error, message, bad in cases:
+            kwargs = dict(q=q, k=q, v=q, window=1, impl=impl) | bad
+            with pytest.raises(error, match=message):
+                structured_attention(kwargs.pop("q"), kwargs.pop("k"), kwargs.pop("v"), **kwargs)
+    # integers of every kind are windows
+    expected = structured_attention(q, q, q, window=2)
+    for window in (np.int64(2), torch.tensor(2), [np.int32(2), 2]):
+        assert torch.equal(structured_attention(q, q, q, window=window), expected)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_values_may_have_another_head_dim(fused, monkeypatch):
+    """v (B, H, S, Dv) with Dv != D, as in SDPA: every path gives the dense masked softmax's result."""
+    import structmt.attention.functional as functional
+
+    if not fused:
+        monkeypatch.setattr(functional, "_KERNELS", None)
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 2, 7, 8, generator=gen), torch.randn(2, 2, 7, 8, generator=gen)
+    v = torch.randn(2, 2, 7, 3, generator=gen)
+    pad = _padding(2, 7, gen)
+    out = {
+        impl: structured_attention(q, k, v, window=2, key_padding_mask=pad, impl=impl)
+        for impl in ("reference", "efficient")
+    }
+    allowed = ((torch.arange(7)[:, None] - torch.arange(7)).abs() <= 2) & ~pad[:, None, None, :]
+    scores = (q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~allowed, float("-inf"))
+    dense = torch.softmax(scores, -1).nan_to_num(0.0) @ v  # a query with no real key in its band: zero
+    assert out["efficient"].shape == (2, 2, 7, 3)
+    assert_close_all(out.values(), (dense, dense), 1e-5)
+
+
+def test_the_cpp_kernel_checks_what_it_reads():
+    """Shapes, dtypes and indices that do not fit raise in the C++ kernel, never read past a buffer."""
+    import structmt.attention.functional as functional
+
+    q = torch.randn(1, 2, 4, 8)
+    idx = torch.zeros(1, 4, 3, dtype=torch.long)
+    kind = torch.ones(1, 2, 4, 3, dtype=torch.int8)
+    forward = functional._KERNELS.forward
+    forward(q, q, q, idx, kind, 0.5, 0.0)  # fits
+    for bad, message in [
+        ((q, q[..., :4], q, idx, kind), "k and v must be"),
+        ((q, q, torch.randn(1, 2, 4, 4), idx, kind), "k and v must be"),
+        ((q, q, q, idx.int(), kind), "idx must be int64"),
+        ((q, q, q, idx + 4, kind), "idx holds key positions outside"),
+        ((q, q, q, idx, kind[..., :2]), "kind must be int8"),
+        ((q, q.double(), q, idx, kind), "must be float32"),
+    ]:
+        with pytest.raises(RuntimeError, match=message):
+            forward(*bad, 0.5, 0.0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_non_finite_key_stays_out_of_the_rows_that_cannot_see_it(fused, monkeypatch):
+    """Causal with error-term keys: a NaN key at position 5 changes no earlier query's output
+    (the error weight is selected, not multiplied by a 0/1 mask: NaN * 0 is NaN)."""
+    import structmt.attention.functional as functional
+
+    if not fused:
+        monkeypatch.setattr(functional, "_KERNELS", None)
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 8, 4, generator=gen) for _ in range(3))
+    bad = k.clone()
+    bad[..., 5, :] = float("nan")
+    for impl in ("reference", "efficient"):
+        kwargs = dict(window=1, causal=True, sinks=1, sink_eps=0.1, impl=impl)
+        clean, poisoned = structured_attention(q, k, v, **kwargs), structured_attention(q, bad, v, **kwargs)
+        assert torch.equal(clean[..., :5, :], poisoned[..., :5, :]), impl
+
+
+def test_float64_is_computed_in_float64():
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 6, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    allowed = (torch.arange(6)[:, None] - torch.arange(6)).abs() <= 1
+    dense = torch.softmax((q @ k.transpose(-1, -2) / 2).masked_fill(~allowed, float("-inf")), -1) @ v
+    for impl in ("reference", "efficient"):
+        out = structured_attention(q, k, v, window=1, impl=impl)
+        assert out.dtype == torch.float64 and (out - dense).abs().max() < 1e-12, impl
+    inputs = tuple(x.clone().requires_grad_() for x in (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: structured_attention(a, b, c, window=1, impl="reference"), inputs)
+
+
+def test_a_gradient_of_the_fused_kernels_gradient_raises():
+    """The C++ backward is not itself differentiable: asking for that raises instead of returning zero."""
+    q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))
+    (grad,) = torch.autograd.grad(
+        structured_attention(q, k, v, window=1, impl="efficient").pow(2).sum(), q, create_graph=True
+    )
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+    (grad,) = torch.autograd.grad(
+        structured_attention(q, k, v, window=1, impl="reference").pow(2).sum(), q, create_graph=True
+    )
+    grad.sum().backward()  # the reference path is twice differentiable
+    assert q.grad is not None
 
 
 def test_positional_window_zero_is_identity():
@@ -235,6 +352,10 @@ def test_rare_selection_picks_lowest_counts_never_specials():
     # a decoding step computes the key of its last token alone, at its position
     for i in range(37):
         assert torch.equal(rarity_keys(tokens[:, i : i + 1], counts, never, first_position=i), keys[:, i : i + 1])
+    # counts are integers of any width; float counts (which would lose the position) are refused
+    assert torch.equal(rarity_keys(tokens, counts.int(), never), keys)
+    with pytest.raises(TypeError, match="counts must be an integer tensor"):
+        rarity_keys(tokens, counts.float(), never)
 
 
 def test_role_mix_parsing_and_errors():

@@ -1,5 +1,6 @@
 """Structured cross-attention: the aligned band, its kernels and its module."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_close_all
@@ -107,9 +108,49 @@ def test_efficient_equals_reference(batch, tgt, src, window, slope, left, length
 
 
 def test_bad_band_is_refused():
-    with pytest.raises(ValueError, match="half-width must be >= 0"):
+    with pytest.raises(ValueError, match="half-width must be an integer >= 0"):
         CrossBand(-1)
-    with pytest.raises(ValueError, match="slope"):
-        CrossBand(2, slope=0.0)
+    with pytest.raises(ValueError, match="half-width must be an integer >= 0"):
+        CrossBand(1.5)
+    for slope in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="slope .* must be finite and > 0"):
+            CrossBand(2, slope=slope)
     with pytest.raises(ValueError, match="encoder-decoder attention"):
         StructuredCrossAttention.from_dense(MultiheadAttention(8, 2, self_attention=True), CrossBand(1))
+
+
+def test_inputs_that_do_not_fit_are_rejected_naming_the_argument():
+    q, k = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 7, 8)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    cases = [
+        (TypeError, "key_padding_mask must be a bool tensor", dict(key_padding_mask=mask.to(torch.uint8))),
+        (ValueError, r"key_padding_mask must be \(batch, keys\) = \(2, 7\)", dict(key_padding_mask=mask[:, :6])),
+        (ValueError, "must be contiguous", dict(key_padding_mask=torch.tensor([[0, 1, 0, 1, 1, 1, 1]] * 2).bool())),
+        (TypeError, "window must be an integer", dict(window=1.5)),
+        (ValueError, "first_query must be >= 0", dict(first_query=-3)),
+        (TypeError, "first_query must be an integer", dict(first_query=1.5)),
+        (ValueError, "do not fit together", dict(k=torch.randn(2, 2, 7, 4))),
+        (ValueError, "slope", dict(slope=float("inf"))),
+    ]
+    for impl in ("reference", "efficient"):
+        for error, message, bad in cases:
+            kwargs = dict(k=k, window=1, impl=impl) | bad
+            key = kwargs.pop("k")
+            with pytest.raises(error, match=message):
+                aligned_cross_attention(q, key, key, **kwargs)
+    # NumPy and 0-d tensor integers are windows and positions
+    out, _ = aligned_cross_attention(q, k, k, window=1, key_padding_mask=mask, first_query=2)
+    again, _ = aligned_cross_attention(q, k, k, window=np.int64(1), key_padding_mask=mask, first_query=torch.tensor(2))
+    assert torch.equal(out, again)
+
+
+def test_a_huge_slope_puts_every_later_centre_on_the_last_real_token():
+    """Centres past the last real source token clamp to it, however far past (no integer overflow)."""
+    q, k = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 7, 8)
+    mask = torch.tensor([[0, 0, 0, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    centers = aligned_centers(mask, 2, 7, torch.arange(5), 1e300)
+    assert centers.tolist() == [[0, 4, 4, 4, 4], [1, 6, 6, 6, 6]]
+    for impl in ("reference", "efficient"):
+        huge, _ = aligned_cross_attention(q, k, k, window=1, slope=1e300, key_padding_mask=mask, impl=impl)
+        large, _ = aligned_cross_attention(q, k, k, window=1, slope=100.0, key_padding_mask=mask, impl=impl)
+        assert torch.equal(huge, large), impl

@@ -37,7 +37,10 @@ TINY = (
             "--struct-error-eps=0.5: sinks \\* eps must lie in",
         ),
         (("--struct-cross-window", "-2"), "--struct-cross-window=-2 must be >= 0, or -1"),
-        (("--struct-cross-window", "2", "--struct-cross-slope", "0"), "--struct-cross-slope=0.0 must be > 0"),
+        (
+            ("--struct-cross-window", "2", "--struct-cross-slope", "0"),
+            "--struct-cross-slope=0.0 must be finite and > 0",
+        ),
         (("--struct-window", "-1", "--struct-rare", "-1"), "--struct-window=-1 must be >= 0; --struct-rare=-1"),
     ],
 )

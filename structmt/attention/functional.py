@@ -4,6 +4,7 @@ candidate-gather path, both driven by :mod:`structmt.attention.structure`."""
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -11,6 +12,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import triton_kernel
 from .options import IMPLS
@@ -34,13 +36,16 @@ def structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps:
     the structured weights share the rest, so each row sums to 1.  A row with
     an empty support gets zero weight (never NaN), error keys included.
     """
-    masked = scores.float().masked_fill(~support, float("-inf"))
-    probs = torch.softmax(masked, dim=-1)
-    probs = torch.where(support, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
+    dtype = scores.dtype
+    scores = scores.to(torch.promote_types(dtype, torch.float32))  # fp16/bf16 in fp32, fp64 in fp64
+    zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
+    probs = torch.softmax(scores.masked_fill(~support, float("-inf")), dim=-1)
+    probs = torch.where(support, probs, zero)
     if sink_eps:
-        extra = sink_eps * torch.sigmoid(scores.float()) * (error & support.any(-1, keepdim=True))
+        # where, not a product with the mask: a non-finite score outside the error keys stays out
+        extra = torch.where(error & support.any(-1, keepdim=True), sink_eps * torch.sigmoid(scores), zero)
         probs = probs * (1.0 - extra.sum(-1, keepdim=True)) + extra
-    return probs.type_as(scores)
+    return probs.to(dtype)
 
 
 def _structure_for(
@@ -52,7 +57,8 @@ def _structure_for(
     sinks: int,
     sink_eps: float,
 ) -> Structure:
-    windows = (window,) * num_heads if isinstance(window, int) else tuple(int(w) for w in window)
+    many = isinstance(window, Sequence) or (isinstance(window, Tensor) and window.dim() == 1)
+    windows = tuple(_integer(w, "window") for w in window) if many else (_integer(window, "window"),) * num_heads
     if len(windows) != num_heads:
         raise ValueError(f"window: got {len(windows)} values for {num_heads} heads")
     if rare_heads is None:
@@ -61,6 +67,48 @@ def _structure_for(
     if len(flags) != num_heads:
         raise ValueError(f"rare_heads: got {len(flags)} values for {num_heads} heads")
     return Structure(window=windows, rare_heads=flags, rare=rare, causal=causal, sinks=sinks, sink_eps=sink_eps)
+
+
+def _integer(value: Any, name: str) -> int:
+    """``value`` as an ``int`` (Python, NumPy or 0-d tensor integers), or a ``TypeError`` naming ``name``."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer (or one per head), got {value!r}") from None
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """``q`` ``(B, H, Tq, D)``, ``k`` ``(B, H, S, D)`` and ``v`` ``(B, H, S, Dv)`` of one floating
+    dtype on one device, or an error that says which argument is wrong."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (batch, heads, length, head_dim), got shape {tuple(x.shape)}")
+    if not q.is_floating_point() or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape[:2] != q.shape[:2] or k.size(3) != q.size(3) or v.shape[:3] != k.shape[:3]:
+        raise ValueError(
+            "q (B, H, Tq, D), k (B, H, S, D) and v (B, H, S, Dv) do not fit together: "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+
+
+def check_padding_mask(key_padding_mask: Tensor | None, batch: int, num_keys: int, device: torch.device) -> None:
+    """``key_padding_mask`` is None or a bool ``(B, S)`` tensor on ``device`` (True at padding)."""
+    if key_padding_mask is None:
+        return
+    if key_padding_mask.dtype != torch.bool:
+        raise TypeError(
+            f"key_padding_mask must be a bool tensor, True at padding (as in fairseq), got {key_padding_mask.dtype}; "
+            "convert it with mask.bool() (or mask == 0 if yours marks real tokens)"
+        )
+    if tuple(key_padding_mask.shape) != (batch, num_keys):
+        raise ValueError(
+            f"key_padding_mask must be (batch, keys) = ({batch}, {num_keys}), got {tuple(key_padding_mask.shape)}"
+        )
+    if key_padding_mask.device != device:
+        raise ValueError(f"key_padding_mask is on {key_padding_mask.device}, q on {device}")
 
 
 def _index_grid(batch: int, num_heads: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -151,6 +199,7 @@ def self_attention_plan(
     ``q`` ``(B, H, T, D)``: the band around each query, its rare set (``rare_index``, checked) and
     the error keys."""
     batch, num_heads, length, _ = q.shape
+    check_padding_mask(key_padding_mask, batch, length, q.device)
     if num_heads != structure.num_heads:
         raise ValueError(f"the structure has {structure.num_heads} heads, q {num_heads} ({tuple(q.shape)})")
     device = q.device
@@ -190,6 +239,10 @@ def cross_attention_plan(
     ``(B, H, S, D)``: the source band around each query's aligned position."""
     batch, num_heads, num_queries, _ = q.shape
     num_keys, device = k.size(2), q.device
+    check_padding_mask(key_padding_mask, batch, num_keys, device)
+    first_query = _integer(first_query, "first_query")
+    if first_query < 0:
+        raise ValueError(f"first_query must be >= 0, got {first_query}")
     q_pos = torch.arange(first_query, first_query + num_queries, device=device)
     centers = aligned_centers(key_padding_mask, batch, num_keys, q_pos, band.slope)
     supports = make_cross_supports(
@@ -217,6 +270,7 @@ def attend(
 
     Returns the output ``(B, H, Tq, D)`` and, with ``need_weights``, the dense weights
     ``(B, H, Tq, S)`` (built for this call: ``O(Tq * S)`` memory), else None."""
+    check_inputs(q, k, v)
     B, H, Tq, S = plan.shape
     if (*q.shape[:3], k.size(2)) != plan.shape:
         raise ValueError(
@@ -252,7 +306,7 @@ def attend_candidates(
     candidate weights ``(B, H, Tq, C)``."""
     if kernel == "triton" or (q.is_cuda and triton_kernel.available(q.device)):
         return triton_kernel.candidate_attention(q, k, v, index, kind, 1.0 / math.sqrt(q.size(-1)), sink_eps, dropout_p)
-    if fused_kernel_usable(q, dropout_p):
+    if fused_kernel_usable(q, dropout_p) and v.size(-1) == q.size(-1):
         scale = 1.0 / math.sqrt(q.size(-1))
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             return FusedCandidateAttention.apply(q, k, v, index, kind, scale, sink_eps)
@@ -277,7 +331,7 @@ _KERNELS = _load_kernels()
 
 
 def fused_kernel_usable(q: Tensor, dropout_p: float) -> bool:
-    """The C++ kernel covers float32 CPU tensors without attention dropout."""
+    """The C++ kernel covers float32 CPU tensors without attention dropout (and ``v``'s head dim = ``q``'s)."""
     return _KERNELS is not None and q.device.type == "cpu" and q.dtype == torch.float32 and dropout_p == 0.0
 
 
@@ -295,6 +349,7 @@ class FusedCandidateAttention(torch.autograd.Function):
         return out, weights
 
     @staticmethod
+    @once_differentiable  # a gradient of this gradient raises, never silently comes back zero
     def backward(ctx: Any, grad_out: Tensor, grad_weights: Tensor | None) -> tuple[Tensor | None, ...]:
         q, k, v, index, kind, scores = ctx.saved_tensors
         dq, dk, dv = _KERNELS.backward(
@@ -377,10 +432,14 @@ def _structured_attention(
 ) -> tuple[Tensor, Tensor | None]:
     """What :func:`structured_attention` and :func:`structured_attention_with_weights` share: checks
     the inputs, plans and attends.  Returns the output and, with ``need_weights``, the dense weights."""
+    check_inputs(q, k, v)
     B, H, T, _ = q.shape
-    if k.shape[:3] != (B, H, T) or v.shape[:3] != (B, H, T):
+    if k.size(2) != T:
+        raise ValueError(f"self-attention: q and k must have the same length, got {tuple(q.shape)}, {tuple(k.shape)}")
+    if rare_index is not None and rare_index.numel() and not ((rare_index >= -1) & (rare_index < T)).all():
         raise ValueError(
-            f"q, k, v must share (batch, heads, T); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            f"rare_index holds key positions in [0, {T}) or -1 for an empty slot, got values from "
+            f"{int(rare_index.min())} to {int(rare_index.max())} (token ids instead of positions?)"
         )
     r = 0 if rare_index is None else rare_index.size(-1)
     if structure is None:
@@ -522,8 +581,16 @@ def aligned_cross_attention(
     Returns:
         ``(output (B, H, Tq, D), weights or None)``.
     """
-    B, H, Tq, _ = q.shape
-    if k.shape[:2] != (B, H) or v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"q, k, v must share (batch, heads); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    plan = cross_attention_plan(CrossBand(window, slope), q, k, key_padding_mask, first_query)
+    check_inputs(q, k, v)
+    check_padding_mask(key_padding_mask, q.size(0), k.size(2), q.device)
+    if key_padding_mask is not None:
+        real = ~key_padding_mask
+        start, length = real.to(torch.int8).argmax(-1, keepdim=True), real.sum(-1, keepdim=True)
+        pos = torch.arange(real.size(-1), device=real.device)
+        if not torch.equal(real, (pos >= start) & (pos < start + length)):
+            raise ValueError(
+                "key_padding_mask: the real source tokens of each row must be contiguous (left or right padding)"
+            )
+    band = CrossBand(_integer(window, "window"), float(slope))
+    plan = cross_attention_plan(band, q, k, key_padding_mask, first_query)
     return attend(q, k, v, plan, dropout_p=dropout_p, impl=impl, need_weights=need_weights)

@@ -15,6 +15,7 @@ This module needs neither fairseq nor Hydra.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -46,7 +47,8 @@ class StructureConfig:
     struct_heads_from: str = _option(
         "",
         "JSON file with per-layer role mixes {'encoder': [...], 'decoder': [...]} "
-        "(written by structmt-analyze as roles.json); overrides --struct-heads",
+        "(written by structmt-analyze as roles.json); overrides --struct-heads; the model stores the mixes "
+        "themselves, so its checkpoints do not depend on the file",
     )
     struct_pos_window: int = _option(
         1, "band half-width of positional heads (0 = identity)", lambda v: v >= 0, "must be >= 0"
@@ -70,8 +72,8 @@ class StructureConfig:
         1.0,
         "slope of the cross-attention band's centre line: a fixed source/target length ratio (not the pair's "
         "own, which decoding does not know), e.g. 0.97 for the Multi30k en-de train set",
-        lambda v: v > 0,
-        "must be > 0 (source/target length ratio)",
+        lambda v: math.isfinite(v) and v > 0,
+        "must be finite and > 0 (source/target length ratio)",
     )
     struct_impl: str = _option(
         "auto",

@@ -30,6 +30,7 @@ decoding then see the same keys.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -78,6 +79,8 @@ class Structure:
     def __post_init__(self) -> None:
         if len(self.window) != len(self.rare_heads):
             raise ValueError("window and rare_heads need one entry per head")
+        if not all(isinstance(w, int) for w in self.window):
+            raise TypeError(f"band windows must be integers, got {self.window}")
         if any(w < 0 for w in self.window):
             raise ValueError(f"band windows must be >= 0, got {self.window}")
         if self.rare < 0:
@@ -141,10 +144,10 @@ class CrossBand:
     slope: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.window < 0:
-            raise ValueError(f"the cross-attention band half-width must be >= 0, got {self.window}")
-        if not self.slope > 0:
-            raise ValueError(f"the cross-attention slope |src|/|tgt| must be > 0, got {self.slope}")
+        if not isinstance(self.window, int) or self.window < 0:
+            raise ValueError(f"the cross-attention band half-width must be an integer >= 0, got {self.window!r}")
+        if not (math.isfinite(self.slope) and self.slope > 0):
+            raise ValueError(f"the cross-attention slope |src|/|tgt| must be finite and > 0, got {self.slope!r}")
 
     @property
     def keys_per_query(self) -> int:
@@ -198,17 +201,40 @@ def parse_role_mix(
 
 def roles_from_file(path: str | Path, block: str, option: str = "--struct-heads-from") -> list[str]:
     """Per-layer role mixes of ``block`` (encoder/decoder) from a roles JSON file
-    (``structmt-analyze`` writes one: ``{"encoder": ["rare:1,syn:3", ...], "decoder": [...]}``)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ValueError(f"{option} {path}: no such file (structmt-analyze writes results/roles.json)")
-    try:
-        mixes = json.loads(p.read_text(encoding="utf-8")).get(block)
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-        raise ValueError(f"{option} {path}: not a JSON object of role mixes ({err})") from None
+    (``structmt-analyze`` writes one: ``{"encoder": ["rare:1,syn:3", ...], "decoder": [...]}``), or
+    from the JSON object itself when ``path`` starts with ``{`` (how a model keeps them: :func:`roles_json`)."""
+    mixes = _roles_object(path, option).get(block)
     if not isinstance(mixes, list) or not mixes or not all(isinstance(m, str) for m in mixes):
         raise ValueError(f"{option} {path}: needs a non-empty list of role mixes under {block!r}")
     return mixes
+
+
+def roles_json(path: str | Path, option: str = "--struct-heads-from") -> str:
+    """The role mixes of a roles file as one line of JSON, for a model to keep in its arguments: a
+    checkpoint then holds the roles it was trained with, not the path of a file that may change."""
+    roles = _roles_object(path, option)
+    kept = {block: roles[block] for block in ("encoder", "decoder") if block in roles}
+    return json.dumps(kept, separators=(",", ":"))
+
+
+def _roles_object(path: str | Path, option: str) -> dict:
+    if isinstance(path, str) and path.lstrip().startswith("{"):
+        text = path
+    else:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ValueError(f"{option} {path}: no such file (structmt-analyze writes results/roles.json)")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{option} {path}: not a JSON object of role mixes ({err})") from None
+    try:
+        roles = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{option} {path}: not a JSON object of role mixes ({err})") from None
+    if not isinstance(roles, dict):
+        raise ValueError(f"{option} {path}: not a JSON object of role mixes")
+    return roles
 
 
 # --------------------------------------------------------------------------
@@ -442,7 +468,8 @@ def aligned_centers(key_padding_mask: Tensor | None, batch: int, num_keys: int, 
         real = ~key_padding_mask
         length = real.sum(-1)
         start = real.to(torch.int8).argmax(-1)
-    offset = torch.floor(q_pos.to(torch.float64) * slope + 0.5).long()  # round half up, same in every mode
+    # round half up, the same in every mode; past the last source key every offset clamps alike
+    offset = torch.floor(q_pos.to(torch.float64) * slope + 0.5).clamp(max=num_keys).long()
     last = (length - 1).clamp(min=0).unsqueeze(1)
     return start.unsqueeze(1) + torch.minimum(offset.unsqueeze(0), last)
 
@@ -459,6 +486,9 @@ def rarity_keys(tokens: Tensor, counts: Tensor, never_rare: Tensor, first_positi
         counts: ``(V,)`` corpus counts (fairseq ``Dictionary.count``).
         never_rare: ``(V,)`` bool, True for special symbols and padding.
     """
+    if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool:
+        raise TypeError(f"counts must be an integer tensor of corpus counts, got {counts.dtype}")
+    counts = counts.long()
     pos = torch.arange(first_position, first_position + tokens.size(1), device=tokens.device)
     if first_position + tokens.size(1) > POSITION_SPAN:
         raise ValueError(f"sequences longer than {POSITION_SPAN} tokens are not supported")

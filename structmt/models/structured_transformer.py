@@ -43,7 +43,7 @@ from torch import Tensor
 from ..attention.context import TokenContext, active, current
 from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
 from ..attention.options import StructureConfig, add_arguments, fill_defaults
-from ..attention.structure import CrossBand, Structure
+from ..attention.structure import CrossBand, Structure, roles_json
 
 
 class StructuredEncoderLayer(TransformerEncoderLayerBase):
@@ -258,6 +258,9 @@ class StructuredTransformerModel(TransformerModel):
     def build_model(cls, args: Any, task: Any) -> StructuredTransformerModel:
         fill_defaults(args)
         StructureConfig.from_args(args).validate()
+        if args.struct_heads_from:
+            # keep the roles, not the file's path: the checkpoint rebuilds the model it was trained as
+            args.struct_heads_from = roles_json(args.struct_heads_from)
         return super().build_model(args, task)  # fills the architecture's defaults, then builds encoder and decoder
 
     @classmethod

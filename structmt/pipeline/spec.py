@@ -45,9 +45,13 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
             return None
         places = (Path(self.heads_from).expanduser(), REPO_ROOT / self.heads_from)
         found = next((p for p in places if p.is_file()), None)
+        if found is None:
+            raise ValueError(
+                f"model.heads_from {self.heads_from}: no such file (structmt-analyze writes results/roles.json)"
+            )
         for block in ("encoder", "decoder"):
-            roles_from_file(found or self.heads_from, block, option="model.heads_from")
-        return found.resolve()  # type: ignore[union-attr]
+            roles_from_file(found, block, option="model.heads_from")
+        return found.resolve()
 
     def options(self, roles: Path | None = None) -> StructureConfig:
         """The plugin's options of this model; ``roles`` replaces ``heads_from`` (the run's own copy)."""

@@ -53,11 +53,31 @@ inline float row_weights(const float* s, const int8_t* kind, int64_t C, float ep
   return e_total;
 }
 
+// Every shape, dtype and index the kernels read through raw pointers: a mismatch is an error,
+// never a read past a buffer. q (B,H,T,D), k and v (B,H,S,D) float32; idx (B,T,C) int64 in [0,S);
+// kind (B,H,T,C) int8.
+void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& idx,
+                  const torch::Tensor& kind) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "structmt kernel: q, k, v must be 4-D (B, H, T, D)");
+  TORCH_CHECK(q.dtype() == torch::kFloat32 && k.dtype() == torch::kFloat32 && v.dtype() == torch::kFloat32,
+              "structmt kernel: q, k, v must be float32");
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3) && v.sizes() == k.sizes(),
+              "structmt kernel: k and v must be (B, H, S, D) for q (B, H, T, D), got ", q.sizes(), ", ", k.sizes(),
+              ", ", v.sizes());
+  TORCH_CHECK(idx.dim() == 3 && idx.size(0) == q.size(0) && idx.size(1) == q.size(2) && idx.dtype() == torch::kInt64,
+              "structmt kernel: idx must be int64 (B, T, C), got ", idx.dtype(), " ", idx.sizes());
+  TORCH_CHECK(kind.dim() == 4 && kind.size(0) == q.size(0) && kind.size(1) == q.size(1) &&
+                  kind.size(2) == q.size(2) && kind.size(3) == idx.size(2) && kind.dtype() == torch::kInt8,
+              "structmt kernel: kind must be int8 (B, H, T, C), got ", kind.dtype(), " ", kind.sizes());
+  TORCH_CHECK(idx.numel() == 0 || (idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < k.size(2)),
+              "structmt kernel: idx holds key positions outside [0, S)");
+}
+
 }  // namespace
 
 std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor idx,
                                    torch::Tensor kind, double scale, double eps) {
-  TORCH_CHECK(q.dtype() == torch::kFloat32, "structmt kernel: float32 only");
+  check_inputs(q, k, v, idx, kind);
   q = q.contiguous(); k = k.contiguous(); v = v.contiguous(); idx = idx.contiguous(); kind = kind.contiguous();
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), S = k.size(2), C = idx.size(2);
   auto out = torch::zeros_like(q);
@@ -91,7 +111,11 @@ std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tens
 std::vector<torch::Tensor> backward(torch::Tensor grad_out, torch::Tensor q, torch::Tensor k, torch::Tensor v,
                                     torch::Tensor idx, torch::Tensor kind, torch::Tensor scores, double scale,
                                     double eps) {
-  grad_out = grad_out.contiguous();
+  check_inputs(q, k, v, idx, kind);
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && grad_out.dtype() == torch::kFloat32 &&
+                  scores.sizes() == kind.sizes() && scores.dtype() == torch::kFloat32,
+              "structmt kernel: grad_out must be shaped like q and scores like kind, both float32");
+  grad_out = grad_out.contiguous(); idx = idx.contiguous(); kind = kind.contiguous(); scores = scores.contiguous();
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), S = k.size(2), C = idx.size(2);
   auto dq = torch::zeros_like(q), dk = torch::zeros_like(k), dv = torch::zeros_like(v);
   const float* qp = q.data_ptr<float>(); const float* kp = k.data_ptr<float>(); const float* vp = v.data_ptr<float>();
