@@ -340,3 +340,16 @@ def test_every_leaderboard_row_rescores_with_the_sacrebleu_cli_from_its_committe
         if bleu != float(row["bleu"]):
             differ.append(f"{row['run_id']} {row['test_set']}: row {row['bleu']}, sacrebleu CLI {bleu}")
     assert not differ, "\n".join(differ)
+
+
+@pytest.mark.parametrize("folder", ["analysis_seed1", "analysis_seed2", "analysis_seed3"])
+def test_each_analysis_page_is_its_json_rendered_by_the_code_now(folder, tmp_path):
+    """The page's numbers are its analysis.json's; re-rendering (render_page) changes nothing."""
+    from structmt.analysis.report import render_page
+
+    copy = tmp_path / folder
+    copy.mkdir()
+    for name in ("ANALYSIS.md", "analysis.json"):
+        (copy / name).write_bytes((REPO / "results" / folder / name).read_bytes())
+    render_page(copy)
+    assert (copy / "ANALYSIS.md").read_text() == (REPO / "results" / folder / "ANALYSIS.md").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -474,7 +475,7 @@ def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
         "",
         "![heads](analysis_heads.png)",
         "",
-        "## Head roles found (`--struct-heads-from results/roles.json`)",
+        "## Head roles found (`roles.json` in this page's folder, for `--struct-heads-from`)",
         "",
         f"- encoder: `{';'.join(result['roles']['encoder'])}`",
         f"- decoder: `{';'.join(result['roles']['decoder'])}`",
@@ -502,6 +503,16 @@ def main(argv: list[str] | None = None) -> None:
     command = "structmt-analyze " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:]))
     write_text_atomic(a.out_dir / "ANALYSIS.md", markdown(result, command))
     print(f"wrote {a.out_dir / 'ANALYSIS.md'}, analysis.json, roles.json and figures ({result['seconds']:.0f} s)")
+
+
+def render_page(out_dir: Path) -> None:
+    """Write ``out_dir/ANALYSIS.md`` again from ``out_dir/analysis.json`` and the command its first line
+    names: the page's text changes with this code, its numbers come from the JSON unchanged."""
+    page, result = out_dir / "ANALYSIS.md", json.loads((out_dir / "analysis.json").read_text(encoding="utf-8"))
+    command = re.search(r"^Produced by `([^`]+)`", page.read_text(encoding="utf-8"), re.M)
+    if command is None:
+        raise ValueError(f"{page}: no 'Produced by `COMMAND`' line to keep")
+    write_text_atomic(page, markdown(result, command.group(1)))
 
 
 if __name__ == "__main__":
