@@ -9,7 +9,7 @@ import gzip
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -61,6 +61,21 @@ def existing_dir(value: str) -> Path:
     if not p.is_dir():
         raise argparse.ArgumentTypeError(f"{value}: no such folder")
     return p
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type for an integer option with a lower bound (argparse names the option on error)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        if number < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
+        return number
+
+    return parse
 
 
 #: characters that Python's ``str.splitlines`` and text-mode files treat as line ends, besides "\n"

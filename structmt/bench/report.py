@@ -77,7 +77,7 @@ def cross_bleu(results_dir: Path, test_set: str = "test_2016_flickr") -> dict[in
     path = results_dir / "leaderboard.csv"
     if not path.exists():
         return {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # as leaderboard.read_rows: a BOM is accepted
         rows = [r for r in csv.DictReader(f) if r["data"] == "multi30k_en_de" and r["test_set"] == test_set]
 
     def default_mix(x: dict[str, str]) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..console import add_verbose_option, setup
-from ..files import DataError, existing_dir
+from ..files import DataError, existing_dir, int_at_least
 from .fetch import MULTI30K_ENV
 from .prepare import MULTI30K_SPLITS, PrepConfig, prepare_multi30k
 from .wmt import RECIPES, load_manifest, prepare_wmt
@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--data", default="multi30k_en_de", choices=DATASETS)
-    p.add_argument("--vocab-size", type=int, default=None, help="SentencePiece vocabulary (8000 Multi30k, 32000 WMT)")
-    p.add_argument("--max-train-lines", type=int, default=0)
+    p.add_argument(
+        "--vocab-size", type=int_at_least(1), default=None, help="SentencePiece vocabulary (8000 Multi30k, 32000 WMT)"
+    )
+    p.add_argument("--max-train-lines", type=int_at_least(0), default=0, help="0 = all")
     p.add_argument(
         "--mirror",
         type=existing_dir,

@@ -30,6 +30,17 @@ class PrepConfig:
     max_eval_lines: int = 0  # 0 = all; slices valid/test too (smoke tests only)
     mirror: str | None = None
 
+    def __post_init__(self) -> None:
+        # structmt-prepare's --vocab-size and --max-train-lines arrive here unchecked (the pipeline checks data.*)
+        checks = [
+            ("vocab_size", self.vocab_size >= 1, "must be >= 1"),
+            ("max_train_lines", self.max_train_lines >= 0, "must be >= 0 (0 = all)"),
+            ("max_eval_lines", self.max_eval_lines >= 0, "must be >= 0 (0 = all)"),
+        ]
+        bad = [f"{name}={getattr(self, name)} {why}" for name, ok, why in checks if not ok]
+        if bad:
+            raise ValueError("; ".join(bad))
+
 
 @dataclass
 class CleanCounts:

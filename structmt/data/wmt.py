@@ -36,8 +36,8 @@ def load_manifest(name: str, manifests: Path = MANIFESTS) -> dict[str, Any]:
 def fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | None = None) -> Path:
     """Download (once) and verify one archive.
 
-    With no published checksum, the first download's SHA-256 is recorded
-    beside it and every later run verifies against that record.
+    With no published checksum, the SHA-256 of the archive first seen (downloaded, or placed in the cache
+    by hand) is recorded beside it and every later run verifies against that record.
     """
     name = url.rstrip("/").rsplit("/", 1)[-1]
     dest = cache / name
@@ -46,18 +46,17 @@ def fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | Non
     expected = sha256 or (record.read_text().split()[0] if record.exists() else None)
     if not dest.exists():
         try:
-            download(source, dest, expected)
+            download(source, dest, expected)  # verified before it takes dest's name
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             raise DataError(
                 f"cannot download {source} ({err}); give a mirror with --base-url, or place the file at {dest}"
             ) from err
-        if not expected:
-            digest = sha256_file(dest)
-            write_text_atomic(record, f"{digest}  {name}\n")
-            print(f"[data] {name}: no published checksum; recorded sha256 {digest} (trust on first use)", flush=True)
-            return dest
-    if expected:
+    elif expected:
         verify(dest, expected)
+    if not expected:
+        digest = sha256_file(dest)
+        write_text_atomic(record, f"{digest}  {name}\n")
+        print(f"[data] {name}: no published checksum; recorded sha256 {digest} (trust on first use)", flush=True)
     return dest
 
 

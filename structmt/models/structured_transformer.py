@@ -235,7 +235,7 @@ def _layers_to_keep(args: Any, block: str) -> list[int] | None:
     return [int(i) for i in spec.split(",")] if spec else None
 
 
-def _block_structures(args: Any, options: StructureConfig, block: str) -> list[Structure] | None:
+def block_structures(args: Any, options: StructureConfig, block: str) -> list[Structure] | None:
     """The per-layer structures of ``block``'s self-attention, or None when it stays dense.
     Read only after fairseq's ``build_model`` filled the architecture's defaults."""
     if block not in options.blocks():
@@ -268,7 +268,7 @@ class StructuredTransformerModel(TransformerModel):
         options = StructureConfig.from_args(args)
         cfg = TransformerConfig.from_namespace(args)
         return StructuredTransformerEncoder(
-            cfg, src_dict, embed_tokens, _block_structures(args, options, "encoder"), options.struct_impl
+            cfg, src_dict, embed_tokens, block_structures(args, options, "encoder"), options.struct_impl
         )
 
     @classmethod
@@ -282,7 +282,7 @@ class StructuredTransformerModel(TransformerModel):
             cfg,
             tgt_dict,
             embed_tokens,
-            _block_structures(args, options, "decoder"),
+            block_structures(args, options, "decoder"),
             cross,
             options.struct_impl,
             no_encoder_attn=cfg.no_cross_attention,

@@ -3,26 +3,34 @@ score → leaderboard / W&B; ``-m`` sweeps (``+sweep=wr_small``, ``+sweep=optuna
 launchers are swapped by config (``hydra/launcher=slurm``, ``local_jobs``).
 
 Configs live in ``conf/``; structured configs (the dataclasses below) check
-types, and :func:`validate` checks ranges, so a bad override fails before any
-work starts, naming the key.
+types, and :func:`validate` checks keys, ranges and what else can be checked
+without training, so a bad override fails before any work starts, naming the key.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import hydra
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ..attention.options import PREFIX, flag, spec_fields
 from ..console import setup
+from ..data.cli import DATASETS
+from ..data.fetch import MANIFESTS, read_checksums
+from ..data.prepare import MULTI30K_SPLITS
+from ..data.wmt import load_manifest
+from ..models.structured_transformer import block_structures
 from ..paths import REPO_ROOT
 from .evaluation import run_experiment
 from .spec import DataSpec, ModelSpec, RunSpec, Schedule
@@ -62,14 +70,24 @@ def validate(cfg: Any) -> None:
         ("train.warmup", cfg.train.warmup >= 0, "must be >= 0"),
         ("train.max_tokens", cfg.train.max_tokens > 0, "must be > 0"),
         ("train.dropout", 0 <= cfg.train.dropout < 1, "must lie in [0, 1)"),
+        ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must lie in [0, 1)"),
+        ("train.seed", 0 <= cfg.train.seed < 2**32, "must lie in [0, 2**32 - 1] (fairseq-train seeds numpy with it)"),
+        ("train.batch_multiple", cfg.train.batch_multiple >= 1, "must be >= 1"),
+        ("train.update_freq", cfg.train.update_freq >= 1, "must be >= 1"),
         ("train.threads", cfg.train.threads > 0, "must be > 0"),
         ("train.beam", cfg.train.beam > 0, "must be > 0"),
         ("data.vocab_size", cfg.data.vocab_size > 0, "must be > 0"),
+        ("data.max_train_lines", cfg.data.max_train_lines >= 0, "must be >= 0 (0 = all)"),
+        ("data.max_eval_lines", cfg.data.max_eval_lines >= 0, "must be >= 0 (0 = all)"),
         ("logger.mode", cfg.logger.mode in LOGGER_MODES, f"must be one of {', '.join(LOGGER_MODES)}"),
     ]
-    bad = [f"{key}={OmegaConf.select(cfg, key)!r} {why}" for key, ok, why in checks if not ok]
+    bad = unknown_keys(cfg)
+    bad += [f"{key}={OmegaConf.select(cfg, key)!r} {why}" for key, ok, why in checks if not ok]
     model: ModelSpec = OmegaConf.to_object(cfg.model)  # type: ignore[assignment]
-    bad += model.problems()  # the structure options: one schema, one set of checks (attention/options.py)
+    schedule: Schedule = OmegaConf.to_object(cfg.train)  # type: ignore[assignment]
+    bad += model_problems(model, schedule.extra_args)
+    bad += extra_args_problems(schedule)
+    bad += data_problems(OmegaConf.to_object(cfg.data))  # type: ignore[arg-type]
     start = cfg.train.finetune_from
     if start.endswith(".pt") and not Path(start).expanduser().is_file():
         bad.append(f"train.finetune_from={start!r}: no such checkpoint file")
@@ -77,6 +95,128 @@ def validate(cfg: Any) -> None:
         bad.append(f"data.mirror={cfg.data.mirror!r} is not a folder; give the folder holding the corpus files")
     if bad:
         raise ConfigError("invalid configuration: " + "; ".join(bad))
+
+
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys that the schema does not declare: ``+train.max_updat=5`` adds one, and ``OmegaConf.to_object``
+    would drop it without a word."""
+    known = [f.name for f in fields(OmegaConf.get_type(cfg))]  # type: ignore[arg-type]
+    bad = []
+    for key in cfg:
+        if key not in known:
+            group = f"of {prefix[:-1]}" if prefix else "at the top level"
+            bad.append(f"{prefix}{key} is not a key {group} (valid keys: {', '.join(known)})")
+        elif isinstance(cfg[key], DictConfig) and is_dataclass(OmegaConf.get_type(cfg[key])):
+            bad += unknown_keys(cfg[key], f"{prefix}{key}.")
+    return bad
+
+
+def model_problems(model: ModelSpec, extra_args: list[str]) -> list[str]:
+    """An unregistered ``model.arch``, structure options set on a dense model, invalid structure options, and
+    role mixes that do not fit the architecture's heads and layers (checked as the model's build checks them,
+    on fairseq's architecture defaults and ``train.extra_args``, without building it)."""
+    if model.arch not in ARCH_MODEL_REGISTRY:
+        structured = sorted(a for a in ARCH_MODEL_REGISTRY if a.startswith("structured_"))
+        return [
+            f"model.arch={model.arch!r} is not a registered fairseq architecture; the structured ones are "
+            f"{', '.join(structured)} (each one's dense baseline: the name without 'structured_')"
+        ]
+    if not model.structured:
+        changed = [f"model.{n}={getattr(model, n)!r}" for n, _, f in spec_fields() if getattr(model, n) != f.default]
+        if not changed:
+            return []
+        hint = f" such as structured_{model.arch}" if f"structured_{model.arch}" in ARCH_MODEL_REGISTRY else ""
+        return [
+            f"{', '.join(changed)}: structure options apply only to structured architectures "
+            f"(model.arch=structured_*{hint}), not to model.arch={model.arch}"
+        ]
+    if bad := model.problems():  # the structure options: one schema, one set of checks (attention/options.py)
+        return bad
+    parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS, allow_abbrev=False, exit_on_error=False)
+    ARCH_MODEL_REGISTRY[model.arch].add_args(parser)  # as fairseq's parse_args_and_arch, then its arch function
+    try:
+        args, _ = parser.parse_known_args(extra_args)
+    except argparse.ArgumentError as err:
+        return [f"train.extra_args: {err}"]
+    ARCH_CONFIG_REGISTRY[model.arch](args)
+    options = model.options(model.roles_path())
+    try:
+        for block in options.blocks():
+            block_structures(args, options, block)
+    except ValueError as err:
+        key = "heads_from" if model.heads_from else "heads"
+        return [f"model.{key}={getattr(model, key)!r} does not fit model.arch={model.arch}: {err}"]
+    return []
+
+
+#: fairseq-train options the pipeline sets besides ``Schedule.fairseq_args`` and ``ModelSpec.fairseq_args``
+#: (``fairseq_cli.train`` and ``training._train_locked``), with the key that sets them ('' = fixed)
+_SET_ELSEWHERE = {
+    "--user-dir": "",
+    "--arch": "model.arch",
+    "--save-dir": "runs_dir",
+    "--log-format": "",
+    "--finetune-from-model": "train.finetune_from",
+}
+#: ``Schedule.fairseq_args`` options not named after their ``train.*`` key
+_RENAMED = {
+    "--warmup-updates": "warmup",
+    "--required-batch-size-multiple": "batch_multiple",
+    "--save-interval-updates": "save_interval",
+}
+
+
+def pipeline_options(schedule: Schedule) -> dict[str, str]:
+    """Every fairseq-train option the pipeline passes → the config key that sets it ('' = fixed by the pipeline)."""
+    keys = {f.name for f in fields(Schedule)}
+    options = dict(_SET_ELSEWHERE) | {flag(PREFIX + name): f"model.{name}" for name, _, _ in spec_fields()}
+    for arg in replace(schedule, extra_args=[]).fairseq_args():
+        if arg.startswith("--"):
+            name = _RENAMED.get(arg, arg[2:].replace("-", "_"))
+            options[arg] = f"train.{name}" if name in keys else ""
+    return options
+
+
+def extra_args_problems(schedule: Schedule) -> list[str]:
+    """``train.extra_args`` that set an option a config key sets (fairseq would take the last one, while the
+    leaderboard row records the key's value) or one the pipeline's own steps rely on (``--save-dir``,
+    ``--log-format``, ...). Other fixed options (``--log-interval``, ``--optimizer``) may be changed: the
+    extra arguments are part of the run's id."""
+    options = pipeline_options(schedule)
+    bad = []
+    for arg in schedule.extra_args:
+        option = arg.split("=", 1)[0]
+        if option in options and (options[option] or option in _SET_ELSEWHERE):
+            key = options[option]
+            use = f"; set {key} instead" if key else " (its steps rely on its value)"
+            bad.append(f"train.extra_args sets {option}, which the pipeline sets itself{use}")
+    return bad
+
+
+def data_problems(data: DataSpec) -> list[str]:
+    """A data set the pipeline cannot prepare, or a language pair it does not have."""
+    if data.name not in DATASETS:
+        return [
+            f"data.name={data.name!r} is not a data set the pipeline prepares; choose from {', '.join(DATASETS)} "
+            "(data=<config> picks one of conf/data)"
+        ]
+    if data.src == data.tgt:
+        return [f"data.src and data.tgt are both {data.src!r}; give two languages"]
+    if data.name != "multi30k_en_de":
+        manifest = load_manifest(data.name)
+        pair = (manifest["src"], manifest["tgt"])
+        if (data.src, data.tgt) != pair:
+            return [f"data.src/data.tgt={data.src}→{data.tgt}: {data.name} has {'→'.join(pair)} only"]
+        return []
+    names = read_checksums(MANIFESTS / "multi30k.sha256")  # the files the pipeline can fetch and verify
+    langs = sorted({name.split(".")[1] for name in names})
+    langs = [lang for lang in langs if all(f"{stem}.{lang}.gz" in names for stem in MULTI30K_SPLITS.values())]
+    return [
+        f"data.{key}={lang!r}: Multi30k has every split ({', '.join(MULTI30K_SPLITS.values())}) only in "
+        f"{', '.join(langs)}"
+        for key, lang in (("src", data.src), ("tgt", data.tgt))
+        if lang not in langs
+    ]
 
 
 def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:

@@ -19,7 +19,7 @@ from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
 from .leaderboard import LeaderboardRow
 from .spec import RunSpec
-from .training import prepare_data, run_lock, train_run
+from .training import data_label, prepare_data, run_lock, train_run
 
 
 @dataclass
@@ -54,10 +54,21 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
 
     refs = read_lines(ref)
     systems = [("baseline", read_lines(baseline_hyp)), ("system", read_lines(system_hyp))]
+    for path, (_, hyps) in zip((baseline_hyp, system_hyp), systems, strict=True):
+        if len(hyps) != len(refs):
+            raise StepError(f"{path} has {len(hyps)} lines but the reference {ref} has {len(refs)}")
     test = PairedTest(systems, {"BLEU": BLEU(references=[refs])}, references=None, test_type="bs", n_samples=n_samples)
     _, results = test()
     res = results["BLEU"][1]
     return round(float(res.p_value), 4), round(float(res.ci), 2)
+
+
+def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
+    """The ``data`` and ``test_set`` columns of a row of ``spec``: another direction than the data set's name and a
+    slice of the test set (``data.max_eval_lines``) are named (``multi30k_en_de-de-en``, ``test_2016_flickr[:100]``),
+    so such rows are never compared with, or averaged into, rows of the full test set of the named direction."""
+    n = spec.data.max_eval_lines
+    return {"data": data_label(spec.data), "test_set": f"{test_name}[:{n}]" if n else test_name}
 
 
 def keep_hypotheses(hyp: Path, kept: Path) -> Path:
@@ -123,9 +134,18 @@ def _evaluate_locked(
     run_id = spec.run_id()
     run_dir = runs_dir / run_id
     done = run_dir / "result.json"
+    csv_path = results_dir / "leaderboard.csv"
     if done.exists():
-        log(f"[{run_id}] evaluated earlier; skipping")
-        return json.loads(done.read_text())["rows"]
+        # the rows still go to this leaderboard (another results_dir, or a lost CSV); add_rows adds each row once.
+        # Rows of a slice or another direction, stored before those were named, get their labels
+        rows_done = [
+            row | row_labels(spec, row["test_set"].partition("[")[0]) for row in json.loads(done.read_text())["rows"]
+        ]
+        added = leaderboard.add_rows(csv_path, rows_done)
+        if added:
+            leaderboard.publish(results_dir)
+        log(f"[{run_id}] evaluated earlier; skipping" + (f" (added its {added} rows to {csv_path})" if added else ""))
+        return rows_done
     bin_dir = prepare_data(spec, runs_dir)
     raw = bin_dir.parent / "raw"
     metrics = json.loads((run_dir / "train.json").read_text())
@@ -151,13 +171,14 @@ def _evaluate_locked(
             if base_hyp.exists():
                 p_value, ci = paired_bootstrap(base_hyp, hyp, ref)
         log(f"[{run_id}] {test_name}: BLEU {s.bleu} chrF {s.chrf} ({s.bleu_signature})")
+        labels = row_labels(spec, test_name)
         rows.append(
             LeaderboardRow(
                 run_id=run_id,
-                data=spec.data.name,
+                data=labels["data"],
                 schedule=spec.schedule.name,
                 direction=f"{spec.data.src}-{spec.data.tgt}",
-                test_set=test_name,
+                test_set=labels["test_set"],
                 arch=spec.model.arch,
                 window=spec.model.window if spec.model.structured else "",
                 rare=spec.model.rare if spec.model.structured else "",
@@ -180,7 +201,6 @@ def _evaluate_locked(
                 machine=machine_label(),
             )
         )
-    csv_path = results_dir / "leaderboard.csv"
     leaderboard.add_rows(csv_path, rows)
     leaderboard.publish(results_dir)
     records = [asdict(row) for row in rows]
@@ -191,7 +211,7 @@ def _evaluate_locked(
         records,
         runs_dir / "wandb",
         project=wandb_project,
-        group=f"{spec.data.name}-{spec.schedule.name}",
+        group=f"{data_label(spec.data)}-{spec.schedule.name}",
     )
     if folder is not None:
         log(f"[{run_id}] W&B ({tracking.wandb_mode()}): {folder}")

@@ -11,8 +11,11 @@ concurrent sweep jobs never lose or duplicate a row.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -70,11 +73,84 @@ COLUMNS = [f.name for f in fields(LeaderboardRow)]
 Row = LeaderboardRow | Mapping[str, Any]
 
 
+#: columns that hold numbers: "" (not recorded) is allowed in all of them but ``bleu``
+INT_COLUMNS = ("window", "rare", "params", "updates", "seed")
+FLOAT_COLUMNS = ("train_seconds", "train_tokens_per_s", "bleu", "chrf", "p_value_vs_dense", "bleu_ci95")
+
+
+def _number_problem(row: Mapping[str, Any]) -> str:
+    """What is wrong with a row's numbers ("" when nothing is)."""
+    for column in INT_COLUMNS + FLOAT_COLUMNS:
+        value = str(row.get(column, ""))
+        if value == "" and column != "bleu":
+            continue
+        try:
+            ok = math.isfinite(int(value) if column in INT_COLUMNS else float(value))
+        except ValueError:
+            ok = False
+        if not ok:
+            return f"column {column} is {value!r}, not {'an integer' if column in INT_COLUMNS else 'a number'}"
+    return ""
+
+
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
+    """The rows of ``leaderboard.csv``, each with exactly :data:`COLUMNS` (a UTF-8 BOM is accepted).
+
+    A file the writer would not leave (another header, a row with more or fewer fields, a bad number, one
+    evaluation twice, bytes that are not UTF-8) is a ``ValueError`` naming the file and line: rewriting it
+    would drop what does not fit, so it is to be fixed by hand first."""
     if not csv_path.exists():
         return []
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    data = csv_path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{csv_path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        if header != COLUMNS:
+            unknown = [c for c in header if c not in COLUMNS]
+            missing = [c for c in COLUMNS if c not in header]
+            what = f"unknown {unknown}, missing {missing}" if unknown or missing else "repeated or reordered columns"
+            raise ValueError(
+                f"{csv_path}: line 1: the header is not the leaderboard's columns ({what}); adding a row rewrites "
+                "the file with exactly those columns and would lose the others, so fix the header by hand (it is "
+                + ",".join(COLUMNS)
+                + ") and keep other columns in a file of their own"
+            )
+        rows: list[dict[str, str]] = []
+        seen: dict[tuple[str, str, str], tuple[int, dict[str, str]]] = {}
+        line = reader.line_num + 1
+        for fields in reader:
+            if fields:  # not a blank line
+                where = f"{csv_path}: line {line}"
+                if len(fields) != len(COLUMNS):
+                    raise ValueError(
+                        f"{where}: {len(fields)} fields where the header has {len(COLUMNS)} (a stray or missing "
+                        "comma, or a field with a comma but no quotes?); fix the line by hand"
+                    )
+                row = dict(zip(COLUMNS, fields, strict=True))
+                if problem := _number_problem(row):
+                    raise ValueError(f"{where}: {problem}; fix the value by hand")
+                earlier, other = seen.setdefault(_key(row), (line, row))
+                if earlier != line:
+                    differ = [c for c in COLUMNS if row[c] != other[c]]
+                    what = f"differs only in {differ}" if differ else "is identical"
+                    raise ValueError(
+                        f"{where} records the same evaluation (run_id, test_set, hypothesis) as line {earlier} and "
+                        f"{what}: a re-run has its own hypothesis file; delete the line that is wrong"
+                    )
+                rows.append(row)
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise ValueError(f"{csv_path}: line {reader.line_num}: {e}; fix the line by hand") from None
+    return rows
 
 
 def _as_dict(row: Row) -> dict[str, Any]:
@@ -90,6 +166,11 @@ def _render_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _lock(csv_path: Path) -> FileLock:
+    """The lock every writer of ``csv_path`` (and of what is rendered from it) holds."""
+    return FileLock(str(csv_path) + ".lock", timeout=120)
+
+
 def _key(row: Mapping[str, Any]) -> tuple[str, str, str]:
     return str(row["run_id"]), str(row["test_set"]), str(row.get("hypothesis", ""))
 
@@ -101,11 +182,18 @@ def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
     unknown = {k for row in new_rows for k in row} - set(COLUMNS)
     if unknown:
         raise ValueError(f"leaderboard rows have unknown columns {sorted(unknown)}")
+    for row in new_rows:
+        if problem := _number_problem(row):
+            raise ValueError(f"leaderboard row of {row.get('run_id')} on {row.get('test_set')}: {problem}")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(csv_path) + ".lock", timeout=120):
+    with _lock(csv_path):
         rows = read_rows(csv_path)
         seen = {_key(r) for r in rows}
-        added = [r for r in new_rows if _key(r) not in seen]
+        added = []
+        for row in new_rows:
+            if _key(row) not in seen:
+                seen.add(_key(row))
+                added.append(row)
         if added:
             write_text_atomic(csv_path, _render_csv(rows + added))
         return len(added)
@@ -166,11 +254,37 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+#: columns that the seeds of one setting share (besides the labels a headline row is grouped by)
+SEED_INVARIANT = ("direction", "params", "updates")
+
+
+def _check_seeds_of_one_setting(firsts: list[dict[str, str]], where: str) -> None:
+    """``firsts``: the first evaluations grouped as one setting; each must be a seed of its own."""
+    for a, b in itertools.pairwise(firsts):  # sorted by seed
+        if int(a["seed"]) == int(b["seed"]):
+            raise ValueError(
+                f"{where}: runs {a['run_id']} and {b['run_id']} both claim seed {a['seed']}: they are different "
+                "settings under one schedule name; give one of them a schedule name of its own"
+            )
+    for column in SEED_INVARIANT:
+        other = next((r for r in firsts if r.get(column, "") != firsts[0].get(column, "")), None)
+        if other is not None:
+            raise ValueError(
+                f"{where}: runs {firsts[0]['run_id']} ({column} {firsts[0].get(column, '')}) and {other['run_id']} "
+                f"({column} {other.get(column, '')}) are not seeds of one setting; give one of them a schedule "
+                "name of its own"
+            )
+
+
 def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
     """The README's headline table of one data set and schedule: per test set and model, BLEU and chrF as
     mean ± sd over seeds (each run's first evaluation), each seed's BLEU with its paired bootstrap p-value
     against the dense run of the same seed, the commits (``trained → scored`` where the row names the training
-    commit), and how many re-runs the leaderboard also holds."""
+    commit), and how many re-runs the leaderboard also holds.
+
+    A table row averages the seeds of one setting: two runs of one seed in it (a setting the labels do not
+    show, such as ``train.lr``, changes the run id but not the labels), or runs that differ in
+    :data:`SEED_INVARIANT` columns, are a ``ValueError`` naming both runs."""
     runs = {k: e for k, e in evaluations(rows).items() if e[0]["data"] == data and e[0]["schedule"] == schedule}
     groups: dict[tuple[str, ...], list[list[dict[str, str]]]] = {}
     for (_, test), evals in runs.items():
@@ -187,6 +301,9 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
         test, _, arch, window, rare, heads, cross = key
         evals = sorted(groups[key], key=lambda e: int(e[0]["seed"]))
         firsts = [e[0] for e in evals]
+        extras = "".join(f" {label}" for label in (heads, cross) if label not in ("", "auto"))
+        shape = f" w={window} r={rare}" if window else ""
+        _check_seeds_of_one_setting(firsts, f"headline of {schedule} on {data}, {test}, {arch}{extras}{shape}")
         per_seed = ", ".join(
             f"{r['seed']}: {float(r['bleu']):.2f}"
             + (f" (p {float(r['p_value_vs_dense']):.3f})" if r["p_value_vs_dense"] != "" else "")
@@ -194,11 +311,10 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
         )
         trained = [f"{short_commit(r['train_commit'])} → " if r.get("train_commit") else "" for r in firsts]
         commits = sorted({t + short_commit(r["git_commit"]) for t, r in zip(trained, firsts, strict=True)})
-        extras = "".join(f" {label}" for label in (heads, cross) if label not in ("", "auto"))
         lines.append(
             f"| {test} | {arch}{extras} | {window or '–'} | {rare or '–'} | {len(firsts)} | "
             f"{mean_sd([float(r['bleu']) for r in firsts])} | {mean_sd([float(r['chrf']) for r in firsts])} | "
-            f"{per_seed} | {'/'.join(sorted({r['updates'] for r in firsts}))} | "
+            f"{per_seed} | {firsts[0]['updates']} | "
             f"{', '.join(commits)} | "
             f"{sum(len(e) - 1 for e in evals)} |"
         )
@@ -213,14 +329,14 @@ def write_markdown(csv_path: Path, md_path: Path) -> str:
 
 
 def write_chart(csv_path: Path, png_path: Path) -> None:
-    """Bar chart of BLEU per run, one group of bars per test set."""
+    """Bar chart of BLEU per run (its first evaluation), one group of bars per test set."""
     from ..figures import pyplot, save
 
     plt = pyplot()
     rows = read_rows(csv_path)
     runs = sorted({r["run_id"] for r in rows})
     tests = sorted({r["test_set"] for r in rows})
-    bleu = {(r["run_id"], r["test_set"]): float(r["bleu"]) for r in rows}
+    bleu = {k: float(e[0]["bleu"]) for k, e in evaluations(rows).items()}  # first evaluations, as the markdown
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs) * len(tests)), 4.5))
     width = 0.8 / max(1, len(tests))
     for i, test in enumerate(tests):
@@ -235,10 +351,12 @@ def write_chart(csv_path: Path, png_path: Path) -> None:
 
 
 def publish(results_dir: Path) -> None:
-    """Render ``LEADERBOARD.md`` and ``leaderboard.png`` from the CSV."""
+    """Render ``LEADERBOARD.md`` and ``leaderboard.png`` from the CSV, holding its lock: no row is added
+    between reading the CSV and writing them, so what the last publish writes shows every row."""
     csv_path = results_dir / "leaderboard.csv"
-    write_markdown(csv_path, results_dir / "LEADERBOARD.md")
-    write_chart(csv_path, results_dir / "leaderboard.png")
+    with _lock(csv_path):
+        write_markdown(csv_path, results_dir / "LEADERBOARD.md")
+        write_chart(csv_path, results_dir / "leaderboard.png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -262,7 +380,17 @@ def main(argv: list[str] | None = None) -> None:
     if not csv_path.exists():
         raise SystemExit(f"error: {csv_path} does not exist; run an experiment first (make demo)")
     if a.headline:
-        print(headline(read_rows(csv_path), a.data, a.headline))
+        rows = read_rows(csv_path)
+        schedules = sorted({r["schedule"] for r in rows if r["data"] == a.data})
+        if not schedules:
+            known = ", ".join(sorted({r["data"] for r in rows}))
+            raise SystemExit(f"error: {csv_path} has no rows of --data {a.data}; data sets there: {known}")
+        if a.headline not in schedules:
+            raise SystemExit(
+                f"error: {csv_path} has no rows of schedule {a.headline!r} on {a.data}; schedules there: "
+                + ", ".join(schedules)
+            )
+        print(headline(rows, a.data, a.headline))
         return
     publish(a.results_dir)
     print(render_markdown(read_rows(csv_path)))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..console import add_verbose_option, setup
-from ..files import DataError
+from ..files import DataError, int_at_least
 from ..paths import REPO_ROOT
 from ..provenance import git_commit
 from .evaluation import evaluate_run, keep_training_log
@@ -80,8 +80,11 @@ def compare(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", choices=sorted(RECIPES))
-    p.add_argument("--max-update", type=int, default=None, help="override the schedule's number of updates")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="one comparison per seed, each its own process")
+    # fairseq-train takes --max-update 0 as "no limit" and stops a negative one after one update
+    p.add_argument("--max-update", type=int_at_least(1), default=None, help="override the schedule's number of updates")
+    p.add_argument(
+        "--seeds", type=int_at_least(0), nargs="+", default=None, help="one comparison per seed, each its own process"
+    )
     p.add_argument("--train-only", action="store_true", help="train (or resume) the pair; evaluate later")
     p.add_argument("--allow-dirty", action="store_true", help="run although tracked files differ from the commit")
     p.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,30 @@ from ..checkpoints import checkpoint_updates
 from ..data.cli import prepare_dataset
 from ..data.prepare import PrepConfig
 from ..fairseq_cli import parse_train_log, train
-from ..files import write_text_atomic
+from ..files import atomic_path, write_text_atomic
 from ..provenance import git_commit, machine_label
 from .spec import DataSpec, RunSpec
 from .translate import model_dir
 
 
+def copy_atomic(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` through a temporary file: an interrupted copy leaves no truncated ``dest``."""
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def keep_model_files(bin_dir: Path, run_dir: Path, src: str, tgt: str) -> None:
     """Copy the SentencePiece model and dictionaries into the run, so it translates on its own."""
     folder = model_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(bin_dir.parent / "spm" / "spm.model", folder / "spm.model")
+    copy_atomic(bin_dir.parent / "spm" / "spm.model", folder / "spm.model")
     for lang in (src, tgt):
-        shutil.copyfile(bin_dir / f"dict.{lang}.txt", folder / f"dict.{lang}.txt")
+        copy_atomic(bin_dir / f"dict.{lang}.txt", folder / f"dict.{lang}.txt")
+
+
+def data_label(d: DataSpec) -> str:
+    """The data set and its direction, as data folders and leaderboard rows name them: the name alone when
+    it says the direction (``multi30k_en_de`` for en→de), else with the direction (``multi30k_en_de-de-en``)."""
+    return d.name if d.name.endswith(f"_{d.src}_{d.tgt}") else f"{d.name}-{d.src}-{d.tgt}"
 
 
 def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
@@ -44,10 +55,12 @@ def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
         max_train_lines=d.max_train_lines,
         max_eval_lines=d.max_eval_lines,
     )
-    # one folder per preparation setting, so concurrent jobs with other settings never share stages
+    # one folder per preparation setting (direction, vocabulary, slices), so concurrent jobs with other
+    # settings never share stages; en→de at the defaults keeps the name it always had (runs/data/multi30k_en_de)
     variant = {"vocab_size": d.vocab_size, "max_train_lines": d.max_train_lines, "max_eval_lines": d.max_eval_lines}
     default = {"vocab_size": DataSpec.vocab_size, "max_train_lines": 0, "max_eval_lines": 0}
-    folder = d.name if variant == default else f"{d.name}-{hashlib.sha256(repr(variant).encode()).hexdigest()[:6]}"
+    label = data_label(d)
+    folder = label if variant == default else f"{label}-{hashlib.sha256(repr(variant).encode()).hexdigest()[:6]}"
     return prepare_dataset(d.name, runs_dir / "data" / folder, cfg, d.base_url)
 
 
@@ -81,14 +94,15 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
     keep_model_files(bin_dir, run_dir, spec.data.src, spec.data.tgt)
     log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run_dir / 'train.log'})")
     checkpoint = run_dir / "checkpoints" / "checkpoint_last.pt"
-    if checkpoint_updates(checkpoint) >= spec.schedule.max_update:
-        # finished, but killed before train.json: fairseq would run one more update on resume
-        trained = parse_train_log(run_dir / "train.log", checkpoint)
+    if (updates := checkpoint_updates(checkpoint)) >= spec.schedule.max_update:
+        # finished, but killed before train.json: fairseq would run one more update on resume. The updates are
+        # the checkpoint's: fairseq saves it before it logs the last summary, which the kill may have cut off
+        trained = replace(parse_train_log(run_dir / "train.log", checkpoint), updates=updates)
     else:
         env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
         roles = spec.model.roles_path()
         if roles is not None:  # the run keeps its own copy: decoding and translation load it from there
-            shutil.copyfile(roles, run_dir / "roles.json")
+            copy_atomic(roles, run_dir / "roles.json")
             roles = run_dir / "roles.json"
         args = spec.model.fairseq_args(roles) + spec.schedule.fairseq_args()
         if (start := spec.schedule.finetune_checkpoint(runs_dir)) is not None:

@@ -11,10 +11,20 @@ from pathlib import Path
 
 from ..checkpoints import load_model
 from ..console import add_verbose_option, setup
-from ..files import existing_dir, text_lines
+from ..files import existing_dir, int_at_least, text_lines
 
 CHECKPOINT = Path("checkpoints") / "checkpoint_last.pt"
 MODEL_FILES = ("spm.model", "dict.{src}.txt", "dict.{tgt}.txt")
+
+
+def read_input(raw: bytes) -> list[str]:
+    """The lines of raw standard input (split as :func:`text_lines` does); invalid UTF-8 is an error naming the line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise SystemExit(f"error: standard input, line {line}: invalid UTF-8 ({err.reason}); give UTF-8 text") from None
+    return text_lines(text)[0]
 
 
 def model_dir(run_dir: Path) -> Path:
@@ -72,16 +82,16 @@ class Translator:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("run_dir", type=existing_dir, help="a run folder made by the pipeline (runs/<run id>)")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--beam", type=int_at_least(1), default=5)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
+    lines = read_input(sys.stdin.buffer.read())  # one output line per input line, whatever it holds
     try:
         translator = Translator(a.run_dir, beam=a.beam, batch_size=a.batch_size)
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
-    lines, _ = text_lines(sys.stdin.read())  # one output line per input line, whatever it holds
     sys.stdout.write("".join(h + "\n" for h in translator.translate(lines)))
 
 

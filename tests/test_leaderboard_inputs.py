@@ -1,0 +1,328 @@
+"""What the leaderboard does with a CSV that is not as its writer left it (a hand edit, another tool), and
+that every table and figure drawn from it shows each run's first evaluation and averages only seeds."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from structmt.pipeline import leaderboard, sweep_report
+
+pytestmark = pytest.mark.reliability  # failure handling: docs/reliability.md
+
+REPO = Path(__file__).resolve().parents[1]
+DENSE = "multi30k_en_de-cpu_demo-dense-fc731a8c"
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Path:
+    """A copy of the committed leaderboard (header on line 1, the first row, DENSE on test_2016_flickr, on 2)."""
+    path = tmp_path / "leaderboard.csv"
+    shutil.copyfile(REPO / "results" / "leaderboard.csv", path)
+    return path
+
+
+def _edit(path: Path, edit) -> bytes:
+    """Apply ``edit`` to the file's lines (bytes, without newlines); returns the new content."""
+    lines = path.read_bytes().split(b"\n")
+    edit(lines)
+    path.write_bytes(b"\n".join(lines))
+    return path.read_bytes()
+
+
+def _new_row(path: Path) -> dict[str, str]:
+    return leaderboard.read_rows(path)[0] | {"run_id": "NEWRUN", "hypothesis": "results/hyps/NEWRUN.de"}
+
+
+def _rejected(path: Path, message: str) -> None:
+    """Reading ``path`` and adding a row to it both fail with exactly ``message``; the file is left as it was."""
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        leaderboard.read_rows(path)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        leaderboard.add_rows(path, [{"run_id": "NEWRUN", "test_set": "t", "bleu": 1.0}])
+    assert path.read_bytes() == before
+
+
+# --- #2: a rewrite never drops a column or a field ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit, what",
+    [
+        (lambda h: h + b",notes", "unknown ['notes'], missing []"),
+        (lambda h: h.replace(b",bleu,", b",BLEU,"), "unknown ['BLEU'], missing ['bleu']"),
+        (lambda h: h.replace(b"bleu,chrf", b"chrf,bleu"), "repeated or reordered columns"),
+    ],
+)
+def test_a_header_that_is_not_the_columns_is_rejected_and_nothing_is_rewritten(board, edit, what):
+    def header(lines: list[bytes]) -> None:
+        lines[0] = edit(lines[0])
+        if b"notes" in lines[0]:
+            lines[1:-1] = [line + b",checked by hand" for line in lines[1:-1]]
+
+    _edit(board, header)
+    _rejected(
+        board,
+        f"{board}: line 1: the header is not the leaderboard's columns ({what}); adding a row rewrites the file "
+        f"with exactly those columns and would lose the others, so fix the header by hand (it is "
+        f"{','.join(leaderboard.COLUMNS)}) and keep other columns in a file of their own",
+    )
+
+
+@pytest.mark.parametrize("line, edit, fields", [(2, lambda x: x + b",oops", 26), (5, lambda x: x[: x.rfind(b",")], 24)])
+def test_a_row_with_a_stray_or_a_missing_field_is_rejected_naming_its_line(board, line, edit, fields):
+    def stray(lines: list[bytes]) -> None:
+        lines[line - 1] = edit(lines[line - 1])
+
+    _edit(board, stray)
+    assert len(leaderboard.COLUMNS) == 25
+    _rejected(
+        board,
+        f"{board}: line {line}: {fields} fields where the header has 25 (a stray or missing comma, or a field "
+        "with a comma but no quotes?); fix the line by hand",
+    )
+
+
+def test_lines_are_counted_in_the_file_when_a_quoted_field_holds_a_newline(board):
+    def edit(lines: list[bytes]) -> None:
+        lines[1] = lines[1] + b'"CPU A\nand B"'  # its (empty) machine field: now two lines, 2 and 3
+        lines[2] = lines[2] + b",oops"  # the next row starts on line 4
+
+    _edit(board, edit)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(board))}: line 4: 26 fields where the header has 25 "):
+        leaderboard.read_rows(board)
+
+
+# --- #13: other hand edits ---------------------------------------------------------------------------------
+
+
+def test_a_utf8_bom_is_read_and_not_written_back(board):
+    original = board.read_bytes()
+    rows = leaderboard.read_rows(board)
+    board.write_bytes(codecs.BOM_UTF8 + original)
+    assert leaderboard.read_rows(board) == rows
+    new = _new_row(board)
+    assert leaderboard.add_rows(board, [new]) == 1
+    assert board.read_bytes().startswith(original)  # no BOM, every byte of the rows kept
+    assert leaderboard.read_rows(board) == rows + [new]
+
+
+def test_a_byte_that_is_not_utf8_is_rejected_naming_its_line(board):
+    _edit(board, lambda lines: lines.__setitem__(3, lines[3].replace(b"cpu_demo", b"cpu_d\xe9mo", 1)))
+    _rejected(board, f"{board}: line 4: byte 0xe9 is not UTF-8; save the file as UTF-8")
+
+
+@pytest.mark.parametrize(
+    "old, new, problem",
+    [
+        (b",14.84,36.39,", b",14.84x,36.39,", "column bleu is '14.84x', not a number"),
+        (b",14.84,36.39,", b",nan,36.39,", "column bleu is 'nan', not a number"),
+        (b",14.84,36.39,", b",,36.39,", "column bleu is '', not a number"),
+        (b",2350080,500,", b",2350080,5OO,", "column updates is '5OO', not an integer"),
+    ],
+)
+def test_a_bad_number_is_rejected_naming_its_line_and_column(board, old, new, problem):
+    _edit(board, lambda lines: lines.__setitem__(1, lines[1].replace(old, new, 1)))
+    _rejected(board, f"{board}: line 2: {problem}; fix the value by hand")
+
+
+def test_a_new_row_with_a_bad_number_is_not_written(board):
+    before = board.read_bytes()
+    with pytest.raises(ValueError, match=r"^leaderboard row of NEWRUN on test_2016_flickr: column seed is '1\.5', "):
+        leaderboard.add_rows(board, [_new_row(board) | {"seed": 1.5}])
+    assert board.read_bytes() == before
+
+
+def test_a_duplicated_row_is_an_error_naming_both_lines_not_a_rerun(board):
+    _edit(board, lambda lines: lines.insert(3, lines[1]))
+    message = (
+        f"{board}: line 4 records the same evaluation (run_id, test_set, hypothesis) as line 2 and is identical: "
+        "a re-run has its own hypothesis file; delete the line that is wrong"
+    )
+    _rejected(board, message)
+    _edit(board, lambda lines: lines.__setitem__(3, lines[3].replace(b",14.84,", b",14.85,")))
+    _rejected(board, message.replace("is identical", "differs only in ['bleu']"))
+
+
+def test_one_row_given_twice_in_one_call_is_added_once(board):
+    rows = leaderboard.read_rows(board)
+    new = _new_row(board)
+    assert leaderboard.add_rows(board, [new, dict(new)]) == 1
+    assert leaderboard.read_rows(board) == rows + [new]
+
+
+# --- #3: a headline row averages seeds of one setting only --------------------------------------------------
+
+
+def _reproduce_dense(rows: list[dict[str, str]]) -> dict[str, str]:
+    return next(r for r in rows if r["run_id"] == "multi30k_en_de-reproduce-dense-d5ac2722")
+
+
+def test_headline_refuses_two_runs_that_claim_one_seed(board):
+    rows = leaderboard.read_rows(board)
+    # train.lr=0.0001: another run id, the same labels and seed
+    other = _reproduce_dense(rows) | {"run_id": "multi30k_en_de-reproduce-dense-0badc0de", "bleu": "3.10"}
+    with pytest.raises(
+        ValueError,
+        match="^"
+        + re.escape(
+            "headline of reproduce on multi30k_en_de, test_2016_flickr, transformer_multi30k: runs "
+            "multi30k_en_de-reproduce-dense-d5ac2722 and multi30k_en_de-reproduce-dense-0badc0de both claim seed 1: "
+            "they are different settings under one schedule name; give one of them a schedule name of its own"
+        )
+        + "$",
+    ):
+        leaderboard.headline(rows + [other | {"hypothesis": "x.de"}], "multi30k_en_de", "reproduce")
+
+
+def test_headline_refuses_runs_that_differ_in_updates_and_still_counts_reruns(board):
+    rows = leaderboard.read_rows(board)
+    dense = _reproduce_dense(rows)
+    shorter = dense | {"run_id": "multi30k_en_de-reproduce-dense-5eed4444", "seed": "4", "updates": "1000"}
+    with pytest.raises(
+        ValueError,
+        match="^"
+        + re.escape(
+            "headline of reproduce on multi30k_en_de, test_2016_flickr, transformer_multi30k: runs "
+            "multi30k_en_de-reproduce-dense-d5ac2722 (updates 3500) and multi30k_en_de-reproduce-dense-5eed4444 "
+            "(updates 1000) are not seeds of one setting"
+        ),
+    ):
+        leaderboard.headline(rows + [shorter], "multi30k_en_de", "reproduce")
+    # a re-run of the same run id is not another seed: counted as a re-run, not averaged
+    before = leaderboard.headline(rows, "multi30k_en_de", "reproduce").splitlines()[2]
+    rerun = dense | {"bleu": "3.10", "hypothesis": "x.de"}
+    assert before.endswith(" | 2 |")
+    assert leaderboard.headline(rows + [rerun], "multi30k_en_de", "reproduce").splitlines()[2] == before[:-3] + "3 |"
+
+
+# --- #21: an unknown --headline schedule ---------------------------------------------------------------------
+
+
+def test_headline_of_an_unknown_schedule_or_data_lists_what_is_there(board, capsys):
+    args = ["--results-dir", str(board.parent), "--headline"]
+    with pytest.raises(SystemExit) as e:
+        leaderboard.main(args + ["reprodcue"])
+    assert str(e.value) == (
+        f"error: {board} has no rows of schedule 'reprodcue' on multi30k_en_de; schedules there: "
+        "cpu_demo, finetune, reproduce"
+    )
+    with pytest.raises(SystemExit) as e:
+        leaderboard.main(args + ["reproduce", "--data", "multi30k_en_fr"])
+    assert str(e.value) == f"error: {board} has no rows of --data multi30k_en_fr; data sets there: multi30k_en_de"
+    leaderboard.main(args + ["reproduce"])
+    rows = leaderboard.read_rows(board)
+    assert capsys.readouterr().out == leaderboard.headline(rows, "multi30k_en_de", "reproduce") + "\n"
+
+
+# --- #5: the chart shows what the markdown shows --------------------------------------------------------------
+
+
+def test_the_chart_plots_each_runs_first_evaluation(board, monkeypatch):
+    figures = []
+    monkeypatch.setattr("structmt.figures.save", lambda fig, png: figures.append(fig))
+    leaderboard.write_chart(board, board.parent / "leaderboard.png")
+    ax = figures[0].axes[0]
+    runs = [t.get_text() for t in ax.get_xticklabels()]
+    plotted = {(run, c.get_label()): bar.get_height() for c in ax.containers for run, bar in zip(runs, c, strict=True)}
+    first: dict[tuple[str, str], float] = {}
+    with open(board, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            first.setdefault((r["run_id"], r["test_set"]), float(r["bleu"]))
+    assert plotted == first
+    assert plotted[DENSE, "test_2016_flickr"] == 14.84  # the re-run scored 15.72
+    assert plotted["multi30k_en_de-reproduce-dense-d5ac2722", "test_2017_flickr"] == 28.42  # re-run: 27.39
+    import matplotlib.pyplot as plt
+
+    plt.close(figures[0])
+
+
+# --- #6: the sweep report: first evaluations, one run per (w, r) ----------------------------------------------
+
+
+def _sweep(board: Path, monkeypatch, schedule: str, seed: str | None = None) -> tuple[dict, str]:
+    points = {}
+    monkeypatch.setattr(sweep_report, "heatmap", lambda p, title, label, png: points.setdefault(label, p))
+    chosen = {"seed": seed} if seed else {}  # no seed: the call as before the option existed
+    text = sweep_report.report(
+        board.parent, "multi30k_en_de", schedule, "test_2016_flickr", board.parent / "sweeps", **chosen
+    )
+    return points["BLEU"], text
+
+
+def test_the_sweep_report_uses_each_runs_first_evaluation(board, monkeypatch):
+    bleu, text = _sweep(board, monkeypatch, "cpu_demo")
+    assert bleu == {(1, 0): 21.23, (1, 2): 20.37, (3, 0): 24.15, (3, 2): 24.06}  # (3, 2) re-run: 24.6
+    assert text.endswith(
+        "Best structured point: w=3, r=0: BLEU 24.15, at or above the dense baseline's 14.84 "
+        "(paired bootstrap p = 0.001).\n"
+    )
+    assert "| 24.6 |" not in text and "| 15.72 |" not in text
+    committed = (REPO / "results" / "sweeps" / "sweep_multi30k_en_de_cpu_demo_test_2016_flickr.md").read_text()
+    assert text == committed  # the committed report is this code's output
+
+
+def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take_it(board, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        _sweep(board, monkeypatch, "reproduce")
+    assert str(e.value) == (
+        "error: runs multi30k_en_de-reproduce-dense-d5ac2722 (seed 1) and multi30k_en_de-reproduce-dense-4a27cf14 "
+        "(seed 2) are both the dense baseline of data=multi30k_en_de schedule=reproduce test_set=test_2016_flickr; "
+        "pick one seed with --seed, or give the other setting a schedule of its own"
+    )
+    bleu, text = _sweep(board, monkeypatch, "reproduce", seed="1")
+    assert bleu == {(3, 2): 38.53}
+    assert "Best structured point: w=3, r=2: BLEU 38.53, at or above the dense baseline's 37.45 " in text
+    # a structured cross band of the same (w, r) and seed is listed, not put in the cell
+    rows = leaderboard.read_rows(board)
+    cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
+    band = cell | {"run_id": "multi30k_en_de-cpu_demo-w3-r0-x4-0000aaaa", "cross": "w4/slope0.97", "bleu": "99.0"}
+    leaderboard.add_rows(board, [band | {"hypothesis": "band.de"}])
+    bleu, text = _sweep(board, monkeypatch, "cpu_demo")
+    assert bleu[3, 0] == 24.15 and "| structured | 3 | 0 | auto | w4/slope0.97 | 99.0 |" in text
+    # another arch of the same (w, r): an error, not the last row winning
+    leaderboard.add_rows(board, [cell | {"run_id": "tiny-w3-r0", "arch": "structured_tiny", "hypothesis": "t.de"}])
+    with pytest.raises(SystemExit, match=r"^error: runs multi30k_en_de-cpu_demo-w3-r0-c2f552a9 \(seed 1\) and "):
+        _sweep(board, monkeypatch, "cpu_demo")
+
+
+# --- #8: LEADERBOARD.md is rendered under the CSV lock ---------------------------------------------------------
+
+
+def test_publish_holds_the_csv_lock_so_the_last_markdown_has_every_row(board, monkeypatch):
+    row = leaderboard.read_rows(board)[0]
+    leaderboard.add_rows(board, [row | {"run_id": "RUN_A", "hypothesis": "a.de"}])
+    monkeypatch.setattr(leaderboard, "write_chart", lambda csv_path, png: None)
+    a_read, b_done = threading.Event(), threading.Event()
+    read = leaderboard.read_rows
+
+    def slow_read(path: Path) -> list[dict[str, str]]:
+        rows = read(path)
+        if threading.current_thread().name == "A":  # job A is descheduled between reading and writing
+            a_read.set()
+            b_done.wait(2)
+        return rows
+
+    def job_b() -> None:
+        leaderboard.add_rows(board, [row | {"run_id": "RUN_B", "hypothesis": "b.de"}])
+        leaderboard.publish(board.parent)
+        b_done.set()
+
+    monkeypatch.setattr(leaderboard, "read_rows", slow_read)
+    a = threading.Thread(target=leaderboard.publish, args=(board.parent,), name="A")
+    a.start()
+    assert a_read.wait(30)
+    b = threading.Thread(target=job_b)
+    b.start()
+    a.join()
+    b.join()
+    md = (board.parent / "LEADERBOARD.md").read_text()
+    assert "| RUN_A |" in md and "| RUN_B |" in md
+    assert md == leaderboard.render_markdown(read(board))

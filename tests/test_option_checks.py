@@ -1,0 +1,229 @@
+"""Options checked before any work starts: keys the schema lacks, ranges, train.extra_args, architectures,
+role mixes, data sets and language pairs (structmt-run), and the arguments of recipes, structmt-translate and
+structmt-prepare; conf/fairseq matches the schedule it claims to."""
+
+import argparse
+import copy
+import io
+import warnings
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from structmt.data import cli as prepare_cli
+from structmt.data.prepare import PrepConfig
+from structmt.files import int_at_least
+from structmt.pipeline import recipes, translate
+from structmt.pipeline.app import ConfigError, pipeline_options, validate
+from structmt.pipeline.spec import ModelSpec, Schedule
+
+pytestmark = pytest.mark.reliability  # failure handling: docs/reliability.md
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="structmt", overrides=list(overrides))
+
+
+def _rejects(message: str, *overrides: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate(_compose(*overrides))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+train.max_updat=5", r"train.max_updat is not a key of train \(valid keys: name, max_update, lr,"),
+        ("+model.windw=5", r"model.windw is not a key of model \(valid keys: window, rare,"),
+        ("+data.max_eval_line=100", r"data.max_eval_line is not a key of data \(valid keys: name, src,"),
+        ("+foo=1", r"foo is not a key at the top level \(valid keys: data, model, train, logger,"),
+    ],
+)
+def test_keys_added_with_plus_that_the_schema_lacks_are_rejected(override, message):
+    _rejects(message, override)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.label_smoothing=1.5", r"train.label_smoothing=1.5 must lie in \[0, 1\)"),
+        ("train.label_smoothing=-0.5", r"train.label_smoothing=-0.5 must lie in \[0, 1\)"),
+        ("train.batch_multiple=0", "train.batch_multiple=0 must be >= 1"),
+        ("train.update_freq=0", "train.update_freq=0 must be >= 1"),
+        ("train.seed=-3", r"train.seed=-3 must lie in \[0, 2\*\*32 - 1\]"),
+        ("train.seed=4294967296", r"train.seed=4294967296 must lie in \[0, 2\*\*32 - 1\]"),
+        ("data.max_train_lines=-3", r"data.max_train_lines=-3 must be >= 0 \(0 = all\)"),
+        ("data.max_eval_lines=-5", r"data.max_eval_lines=-5 must be >= 0 \(0 = all\)"),
+    ],
+)
+def test_ranges(override, message):
+    _rejects(message, override)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("[--seed,7]", "train.extra_args sets --seed, which the pipeline sets itself; set train.seed instead"),
+        ("['--max-update=9']", "sets --max-update, which the pipeline sets itself; set train.max_update instead"),
+        ("[--warmup-updates,3]", "sets --warmup-updates, which the pipeline sets itself; set train.warmup instead"),
+        ("[--required-batch-size-multiple,1]", "set train.batch_multiple instead"),
+        ("[--arch,transformer]", "sets --arch, which the pipeline sets itself; set model.arch instead"),
+        ("[--save-dir,x]", "sets --save-dir, which the pipeline sets itself; set runs_dir instead"),
+        ("[--struct-window,4]", "sets --struct-window, which the pipeline sets itself; set model.window instead"),
+        ("[--log-format,json]", r"sets --log-format, which the pipeline sets itself \(its steps rely on its value\)"),
+    ],
+)
+def test_extra_args_may_not_set_what_the_pipeline_sets(extra, message):
+    _rejects(message, f"train.extra_args={extra}")
+
+
+def test_the_options_the_pipeline_sets_are_those_it_passes():
+    options = pipeline_options(Schedule())
+    passed = Schedule().fairseq_args() + ModelSpec(window=5).fairseq_args()
+    assert {a for a in passed if a.startswith("--")} <= set(options)
+    assert options["--lr"] == "train.lr" and options["--struct-cross-slope"] == "model.cross_slope"
+    validate(_compose("train.extra_args=[--distributed-world-size,1]"))  # options the pipeline leaves alone pass
+    validate(_compose("train.extra_args=[--log-interval,10,--optimizer,adam]"))  # fixed ones no key records too
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.arch=transformer_foo"], "model.arch='transformer_foo' is not a registered fairseq architecture; "),
+        (
+            ["model.arch=structured_foo"],
+            r"the structured ones are structured_transformer, .*structured_transformer_tiny",
+        ),
+        (
+            ["data.name=foo"],
+            "data.name='foo' is not a data set the pipeline prepares; choose from multi30k_en_de, wmt14",
+        ),
+        (["data.tgt=cs"], r"data.tgt='cs': Multi30k has every split \(train, val, .*\) only in de, en, fr"),
+        (["data=wmt16_en_ro", "data.tgt=de"], "data.src/data.tgt=en→de: wmt16_en_ro has en→ro only"),
+        (
+            ["model.heads=pos:9"],
+            "model.heads='pos:9' does not fit model.arch=structured_transformer_multi30k: .*gives 9 heads but the "
+            "layer has 4",
+        ),
+        (
+            ["model=structured_multi30k_roles", "train.extra_args=[--encoder-layers,3]"],
+            r"model.heads_from='results/roles.json' does not fit .*one per layer \(3 layers\)",
+        ),
+        (["train.extra_args=[--encoder-layers,abc]"], "train.extra_args: argument --encoder-layers: invalid int value"),
+    ],
+)
+def test_architecture_data_and_role_mix_are_checked_before_training(overrides, message):
+    _rejects(message, *overrides)
+
+
+def test_role_mix_check_sees_the_head_count_that_extra_args_set():
+    validate(
+        _compose(
+            "model.heads='pos:2,syn:4,rare:2'",
+            "train.extra_args=[--encoder-attention-heads,8,'--decoder-attention-heads=8']",
+        )
+    )
+
+
+def test_structure_options_on_a_dense_model_are_rejected():
+    _rejects(
+        r"model.window=7: structure options apply only to structured architectures \(model.arch=structured_\* such "
+        r"as structured_transformer_multi30k\), not to model.arch=transformer_multi30k",
+        "model=dense_multi30k",
+        "model.window=7",
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-update", "0"], "argument --max-update: must be >= 1, got 0"),
+        (["--max-update", "-3"], "argument --max-update: must be >= 1, got -3"),
+        (["--seeds", "1", "-1"], "argument --seeds: must be >= 0, got -1"),
+    ],
+)
+def test_recipe_arguments(args, message, capsys):
+    with pytest.raises(SystemExit):
+        recipes.main(["demo", *args])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, message", [("0", "must be >= 1, got 0"), ("x", "'x' is not an integer")])
+def test_int_at_least(value, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        int_at_least(1)(value)
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_translate_batch_size(size, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        translate.main([str(tmp_path), "--batch-size", size])
+    assert f"argument --batch-size: must be >= 1, got {size}" in capsys.readouterr().err
+
+
+def test_translate_names_the_input_line_that_is_not_utf8(tmp_path, monkeypatch):
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)  # keep the test process's console
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("fine\nstill fine\nbad \xff\n".encode("latin-1"))))
+    with pytest.raises(SystemExit, match=r"error: standard input, line 3: invalid UTF-8 \(invalid start byte\)"):
+        translate.main([str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"vocab_size": 0}, "vocab_size=0 must be >= 1"),
+        ({"max_train_lines": -5}, r"max_train_lines=-5 must be >= 0 \(0 = all\)"),
+        ({"max_eval_lines": -1}, r"max_eval_lines=-1 must be >= 0 \(0 = all\)"),
+    ],
+)
+def test_prepare_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        PrepConfig(**settings)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vocab-size", "0"], "argument --vocab-size: must be >= 1, got 0"),
+        (["--max-train-lines", "-5"], "argument --max-train-lines: must be >= 0, got -5"),
+    ],
+)
+def test_prepare_command_line(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        prepare_cli.main([str(tmp_path / "out"), *args])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fairseq_hydra_config_matches_the_reproduce_schedule(monkeypatch):
+    """conf/fairseq/structured_multi30k.yaml, composed as fairseq-hydra-train composes it, holds the
+    fairseq-train options that `structmt-run train=reproduce` passes."""
+    from fairseq import options
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+
+    schedule = recipes.load_schedule("reproduce")
+    model = ModelSpec()  # model=structured_multi30k, the default
+    argv = ["DATA", "--user-dir", str(REPO / "structmt"), "--arch", model.arch, "--log-format", "simple"]
+    args = options.parse_args_and_arch(
+        options.get_training_parser(), argv + model.fairseq_args() + schedule.fairseq_args()
+    )
+    store = ConfigStore.instance()
+    monkeypatch.setattr(store, "repo", copy.deepcopy(store.repo))  # fairseq's schemas stay out of later tests
+    hydra_init("structured_multi30k")
+    with warnings.catch_warnings(), initialize_config_dir(config_dir=str(CONF / "fairseq"), version_base=None):
+        warnings.simplefilter("ignore")
+        theirs = compose("structured_multi30k", overrides=["task.data=DATA", f"common.user_dir={REPO / 'structmt'}"])
+    add_defaults(theirs)
+    differ = []
+    for group in ("common", "dataset", "optimization", "checkpoint", "criterion", "optimizer", "lr_scheduler", "model"):
+        for key, value in OmegaConf.to_container(theirs[group], resolve=True).items():
+            option = ("arch" if group == "model" else group) if key == "_name" else key  # _name: --arch, --optimizer...
+            passed = getattr(args, option, "<not passed>" if key != "_name" else None)
+            differ += [f"{group}.{key}: yaml {value!r}, pipeline {passed!r}"] if value != passed else []
+    assert differ == []

@@ -1,0 +1,191 @@
+"""Run and data folders: one data folder per preparation setting, rows that name a direction and a test-set slice,
+an evaluated run's rows in every leaderboard it is evaluated into,
+model files copied whole or not at all, cached archives verified, bootstrap inputs of the wrong length rejected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from structmt.data import wmt
+from structmt.fairseq_cli import StepError
+from structmt.files import DataError
+from structmt.pipeline import evaluation, leaderboard, training
+from structmt.pipeline.evaluation import evaluate_run, paired_bootstrap
+from structmt.pipeline.spec import DataSpec, ModelSpec, RunSpec, Schedule
+from structmt.pipeline.training import keep_model_files, prepare_data
+
+pytestmark = pytest.mark.reliability  # failure handling: docs/reliability.md
+
+SMOKE = {"vocab_size": 1000, "max_train_lines": 2000, "max_eval_lines": 100}  # conf/data/multi30k_smoke.yaml
+DENSE = ModelSpec(arch="transformer_multi30k")
+quiet = lambda msg: None  # noqa: E731
+
+
+def _folder(monkeypatch, tmp_path: Path, data: DataSpec) -> str:
+    """The data folder ``prepare_data`` prepares ``data`` in (nothing is prepared)."""
+    asked = []
+    monkeypatch.setattr(training, "prepare_dataset", lambda name, out, cfg, base_url: asked.append(out) or out)
+    prepare_data(RunSpec(data=data), tmp_path)
+    return str(asked[0].relative_to(tmp_path))
+
+
+def test_each_direction_and_slice_is_prepared_in_a_folder_of_its_own(monkeypatch, tmp_path):
+    folders = {
+        key: _folder(monkeypatch, tmp_path, data)
+        for key, data in {
+            "en-de": DataSpec(),
+            "en-de smoke": DataSpec(**SMOKE),
+            "de-en": DataSpec(src="de", tgt="en"),
+            "de-en smoke": DataSpec(src="de", tgt="en", **SMOKE),
+            "en-fr": DataSpec(tgt="fr"),
+        }.items()
+    }
+    assert folders == {  # en→de keeps the folders it always had
+        "en-de": "data/multi30k_en_de",
+        "en-de smoke": "data/multi30k_en_de-9bc7c0",
+        "de-en": "data/multi30k_en_de-de-en",
+        "de-en smoke": "data/multi30k_en_de-de-en-9bc7c0",
+        "en-fr": "data/multi30k_en_de-en-fr",
+    }
+    assert training.data_label(DataSpec(name="wmt16_en_ro", src="en", tgt="ro")) == "wmt16_en_ro"
+
+
+@pytest.mark.parametrize("key", ["max_train_lines", "max_eval_lines"])
+def test_a_negative_slice_is_rejected_before_anything_is_prepared(monkeypatch, tmp_path, key):
+    monkeypatch.setattr(training, "prepare_dataset", lambda *a: pytest.fail("prepared"))
+    with pytest.raises(ValueError, match=rf"{key}=-5 must be >= 0"):  # PrepConfig's check
+        prepare_data(RunSpec(data=DataSpec(**{key: -5})), tmp_path)
+
+
+@pytest.fixture
+def trained(monkeypatch, tmp_path):
+    """``trained(data)``: a trained dense run of ``data`` (fake: nothing is decoded; its hypotheses are the
+    references) under ``tmp_path/runs``; returns its spec."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    published: list[Path] = []
+    monkeypatch.setattr(leaderboard, "publish", published.append)
+    bin_dir = tmp_path / "data" / "bin"
+
+    def fake_decode(bin_dir, checkpoint, subset, out, **kwargs):
+        shutil.copyfile(bin_dir.parent / "raw" / f"{subset}.{out.suffix[1:]}", out)
+        return out
+
+    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: bin_dir)
+    monkeypatch.setattr(evaluation, "decode", fake_decode)
+
+    def make(data: DataSpec) -> RunSpec:
+        (bin_dir.parent / "raw").mkdir(parents=True, exist_ok=True)
+        for subset in ("test", "test1"):
+            (bin_dir.parent / "raw" / f"{subset}.{data.tgt}").write_text("Ein Mann fährt Rad .\nZwei Hunde .\n")
+        spec = RunSpec(data=data, model=DENSE, schedule=Schedule(max_update=10))
+        run_dir = tmp_path / "runs" / spec.run_id()
+        run_dir.mkdir(parents=True)
+        (run_dir / "train.log").write_text("")
+        metrics = {"checkpoint": "c.pt", "updates": 10, "wall_seconds": 1.0, "tokens_per_second": 2.0}
+        (run_dir / "train.json").write_text(json.dumps(metrics))
+        return spec
+
+    make.published = published  # type: ignore[attr-defined]
+    return make
+
+
+@pytest.mark.parametrize(
+    "data, data_label, direction, tests",
+    [
+        (DataSpec(), "multi30k_en_de", "en-de", ["test_2016_flickr", "test_2017_flickr"]),  # as committed rows
+        (DataSpec(**SMOKE), "multi30k_en_de", "en-de", ["test_2016_flickr[:100]", "test_2017_flickr[:100]"]),
+        (DataSpec(src="de", tgt="en"), "multi30k_en_de-de-en", "de-en", ["test_2016_flickr", "test_2017_flickr"]),
+    ],
+)
+def test_rows_name_the_direction_and_a_slice_of_the_test_set(trained, tmp_path, data, data_label, direction, tests):
+    spec = trained(data)
+    evaluate_run(spec, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", log=quiet)
+    rows = leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")
+    assert [(r["data"], r["direction"], r["test_set"]) for r in rows] == [(data_label, direction, t) for t in tests]
+
+
+def test_an_evaluated_run_still_reaches_another_leaderboard_once(trained, tmp_path):
+    spec = trained(DataSpec(**SMOKE))
+    runs, first, other = tmp_path / "runs", tmp_path / "results", tmp_path / "other"
+    rows = evaluate_run(spec, runs_dir=runs, results_dir=first, log=quiet)
+    said: list[str] = []
+    assert evaluate_run(spec, runs_dir=runs, results_dir=other, log=said.append) == rows
+    assert "evaluated earlier; skipping (added its 2 rows to" in said[0]
+    assert leaderboard.read_rows(other / "leaderboard.csv") == leaderboard.read_rows(first / "leaderboard.csv")
+    evaluate_run(spec, runs_dir=runs, results_dir=other, log=quiet)  # again: nothing added, nothing rendered
+    assert len(leaderboard.read_rows(other / "leaderboard.csv")) == 2
+    assert trained.published == [first, other]
+    # a sliced run's result.json from before slices were labelled: its rows reach a leaderboard labelled
+    done = runs / spec.run_id() / "result.json"
+    stored = json.loads(done.read_text())["rows"]
+    done.write_text(json.dumps({"rows": [r | {"test_set": r["test_set"].partition("[")[0]} for r in stored]}))
+    evaluate_run(spec, runs_dir=runs, results_dir=tmp_path / "third", log=quiet)
+    labels = [r["test_set"] for r in leaderboard.read_rows(tmp_path / "third" / "leaderboard.csv")]
+    assert labels == ["test_2016_flickr[:100]", "test_2017_flickr[:100]"]
+
+
+@pytest.mark.parametrize("short", ["baseline", "system"])
+def test_paired_bootstrap_rejects_hypotheses_of_another_length(tmp_path, short):
+    ref, files = tmp_path / "ref.de", {name: tmp_path / f"{name}.de" for name in ("baseline", "system")}
+    ref.write_text("a b\nc d\ne f\n")
+    for name, path in files.items():
+        path.write_text("a b\nc d\n" if name == short else "a b\nc d\ne f\n")
+    with pytest.raises(StepError, match=rf"{short}\.de has 2 lines but the reference .*ref\.de has 3"):
+        paired_bootstrap(files["baseline"], files["system"], ref, n_samples=10)
+
+
+def _interrupted_copy(monkeypatch) -> None:
+    """Make every ``shutil.copyfile`` stop half-way (a kill or a full disk)."""
+
+    def half(src, dst, **kwargs):
+        Path(dst).write_bytes(Path(src).read_bytes()[:3])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", half)
+
+
+def test_an_interrupted_copy_of_the_model_files_leaves_no_truncated_file(tmp_path, monkeypatch):
+    bin_dir, run_dir = tmp_path / "data" / "bin", tmp_path / "run"
+    (tmp_path / "data" / "spm").mkdir(parents=True)
+    bin_dir.mkdir()
+    (tmp_path / "data" / "spm" / "spm.model").write_bytes(b"sentencepiece model")
+    for lang in ("en", "de"):
+        (bin_dir / f"dict.{lang}.txt").write_text(f"{lang}1 5\n{lang}2 3\n")
+    _interrupted_copy(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        keep_model_files(bin_dir, run_dir, "en", "de")
+    assert [p for p in run_dir.rglob("*") if p.is_file()] == []
+    monkeypatch.undo()
+    keep_model_files(bin_dir, run_dir, "en", "de")
+    assert (run_dir / "model" / "spm.model").read_bytes() == b"sentencepiece model"
+    assert sorted(p.name for p in (run_dir / "model").iterdir()) == ["dict.de.txt", "dict.en.txt", "spm.model"]
+
+
+def test_an_interrupted_copy_of_the_roles_file_leaves_no_truncated_file(tmp_path, monkeypatch):
+    spec = RunSpec(model=ModelSpec(heads_from="results/roles.json"), schedule=Schedule(max_update=20))
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path / "bin")
+    monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained with a broken roles file"))
+    _interrupted_copy(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        training.train_run(spec, runs_dir=tmp_path, log=quiet)
+    run_dir = tmp_path / spec.run_id()
+    assert not (run_dir / "roles.json").exists() and not list(run_dir.glob(".roles.json.*"))
+
+
+def test_an_archive_placed_in_the_cache_is_recorded_and_then_verified(tmp_path, capsys):
+    cache = tmp_path / "download"
+    cache.mkdir()
+    (cache / "de-en.tgz").write_bytes(b"placed here by hand")
+    url = "http://127.0.0.1:9/de-en.tgz"  # never reached: the archive is in the cache
+    assert wmt.fetch_archive(url, None, cache) == cache / "de-en.tgz"
+    assert "de-en.tgz: no published checksum; recorded sha256" in capsys.readouterr().out
+    assert (cache / "de-en.tgz.sha256").read_text().split()[1] == "de-en.tgz"
+    wmt.fetch_archive(url, None, cache)  # the same archive: verified against the record
+    (cache / "de-en.tgz").write_bytes(b"changed since")
+    with pytest.raises(DataError, match=r"checksum mismatch for .*de-en\.tgz"):
+        wmt.fetch_archive(url, None, cache)
