@@ -12,6 +12,7 @@ the models and allowlists those classes, so the loaders below need nothing more.
 from __future__ import annotations
 
 import argparse
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,22 @@ def allow_fairseq_checkpoints() -> None:
 
 def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any, Any]:
     """A model (eval mode) and its task from a checkpoint (dense or structured) and the folder
-    of its dictionaries (a data-bin); ``overrides``: more of the checkpoint's settings to replace."""
+    of its dictionaries (a data-bin); ``overrides``: more of the checkpoint's settings to replace.
+    Anything but a fairseq transformer checkpoint is a ``ValueError`` naming the file."""
     from fairseq import checkpoint_utils
+    from fairseq.models.transformer import TransformerModel
 
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides={"data": str(data_dir), **overrides}
-    )
+    try:
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(checkpoint)], arg_overrides={"data": str(data_dir), **overrides}
+        )
+    except (pickle.UnpicklingError, EOFError, KeyError, AttributeError) as err:
+        raise ValueError(f"{checkpoint}: not a fairseq checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(models[0], TransformerModel):
+        raise ValueError(
+            f"{checkpoint}: a {type(models[0]).__name__}; structmt reads transformer checkpoints "
+            "(transformer_* or structured_transformer_* architectures)"
+        )
     return models[0].eval(), task
 
 

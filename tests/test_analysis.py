@@ -164,6 +164,28 @@ def test_sparse_error_term_lowers_error_by_at_most_k_eps():
     assert project(small, 0, 5, k=1, variant="row_stochastic")["rare"].distance == pytest.approx(0.0, abs=1e-6)
 
 
+def test_a_matrix_the_projection_is_not_exact_for_is_refused():
+    """Row-stochastic with a row of mass above 1: the greedy column choice is not the optimum there (this A's
+    best column is 2, at distance 0.6; greedy takes column 1, at 1.6), so the projection refuses it."""
+    a = torch.tensor([[1.0, 0.6, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
+    assert project(a, 0, 1)["rare"].distance == pytest.approx(0.5)  # unconstrained: exact whatever the mass
+    with pytest.raises(ValueError, match="a row of A has mass 1.6"):
+        project(a, 0, 1, variant="row_stochastic")
+    good = _attention(4, 0)
+    for bad, message in [
+        (torch.stack([good, good]), r"one square n × n matrix \(no batch dimensions\), got shape \(2, 4, 4\)"),
+        (good[:1], r"got shape \(1, 4\)"),
+        (good - 0.5, "finite, non-negative"),
+        (good.masked_fill(torch.eye(4, dtype=torch.bool), float("nan")), "finite, non-negative"),
+        (torch.zeros(4, 4), "no attention mass"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            project(bad, 1, 1)
+    for w, r in [(-1, 1), (1, -1)]:
+        with pytest.raises(ValueError, match="must be >= 0"):
+            project(good, w, r)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("eps", [0.2, math.inf])
 def test_projection_with_the_sparse_term_is_the_brute_force_optimum(variant, eps):
@@ -424,3 +446,38 @@ def test_roles_file_configures_the_model(dict_dir, tmp_path):
     assert model.decoder.layers[0].self_attn.structure.window == (1, 1)
     with pytest.raises(ValueError, match="--struct-heads-from .*missing.json: no such file"):
         build(dict_dir, "structured_transformer_tiny", "--struct-heads-from", str(tmp_path / "missing.json"))
+
+
+def test_a_checkpoint_that_is_not_a_transformer_is_named(dict_dir, tmp_path):
+    """structmt-analyze, bench decode and translate load through load_model: another architecture or a file that
+    is not a checkpoint is an error naming the file, not an AttributeError from deep inside."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
+    from structmt.checkpoints import load_model
+
+    small = ["--encoder-embed-dim", "8", "--decoder-embed-dim", "8", "--encoder-hidden-size", "8"]
+    small += ["--decoder-hidden-size", "8", "--decoder-out-embed-dim", "8"]
+    argv = [str(dict_dir), "--arch", "lstm", "--task", "translation", "-s", "en", "-t", "de", *small]
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    _, model = build(dict_dir, "lstm", *small)
+    cfg = OmegaConf.to_container(convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True)
+    history = [{"criterion_name": "x", "optimizer_name": "x", "lr_scheduler_state": {}, "num_updates": 0}]
+    lstm = tmp_path / "lstm.pt"
+    torch.save({"cfg": cfg, "model": model.state_dict(), "optimizer_history": history, "extra_state": {}}, lstm)
+    with pytest.raises(ValueError, match=r"lstm.pt: a LSTMModel; structmt reads transformer checkpoints"):
+        load_model(lstm, dict_dir)
+    garbage = tmp_path / "notes.pt"
+    garbage.write_text("hello")
+    with pytest.raises(ValueError, match=r"notes.pt: not a fairseq checkpoint"):
+        load_model(garbage, dict_dir)
+
+
+def test_a_page_of_older_json_asks_for_the_analysis_again(tmp_path):
+    from structmt.analysis.report import render_page
+
+    (tmp_path / "ANALYSIS.md").write_text("# Attention analysis\n\nProduced by `structmt-analyze ckpt.pt bin` from …\n")
+    (tmp_path / "analysis.json").write_text("{}")
+    with pytest.raises(ValueError, match="analysis.json lacks 'checkpoint'.*run the command on the page's first line"):
+        render_page(tmp_path)

@@ -18,8 +18,9 @@ Two projections, both the exact L1 optimum ``min |A - X|`` over a family:
 
 In both the error adds up over rows and only grows with the mass outside, so the best member is the
 largest support: the whole band for Σ₂, the band plus the ``r`` columns with the most mass outside
-it for Σ₃ (column contributions add up, so the greedy choice is exact), the best diagonal for Σ₁
-(row-stochastic: exact when ``A``'s rows sum to 1, as attention's do).  With the sparse term Ẽ
+it for Σ₃ (column contributions add up, so the greedy choice is exact; row-stochastic only when
+every row of ``A`` has mass at most 1, as attention rows and crops of them do, which
+:func:`project` checks), the best of the three diagonals for Σ₁.  With the sparse term Ẽ
 (:func:`error_with_sparse_term`) the columns and Ẽ compete for the same mass, so every choice of
 ``r`` columns is tried.  The supports come from the
 same predicates as the attention kernels (:mod:`structmt.attention.structure`).
@@ -71,7 +72,8 @@ def rare_columns(a: Tensor, w: int, r: int) -> Tensor:
 
 
 def rare_columns_support(a: Tensor, w: int, r: int) -> Tensor:
-    """Band ∪ :func:`rare_columns` (the exact L1 optimum over Σ₃(w, r), both variants)."""
+    """Band ∪ :func:`rare_columns` (the exact L1 optimum over Σ₃(w, r): unconstrained, and row-stochastic for
+    rows of ``a`` with mass at most 1)."""
     return _with_columns(band_support(a.size(-1), w), rare_columns(a, w, r).tolist())
 
 
@@ -125,11 +127,33 @@ def error_with_sparse_term(
         return float((outside.sum(-1) - kept).sum())
     if variant != "row_stochastic":
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if float(a.sum(-1).max()) > 1 + 1e-5:
-        raise ValueError("the sparse term Ẽ of a row-stochastic X is computed for rows of A with mass at most 1")
+    _check_row_mass(a)
     if not bool(support.any(-1).all()):
         return math.inf
     return float((outside.sum(-1) - kept + (1 - (a * support).sum(-1) - kept).abs()).sum())
+
+
+def _check_row_mass(a: Tensor) -> None:
+    if float(a.sum(-1).max()) > 1 + 1e-5:
+        raise ValueError(
+            "row-stochastic projections are exact for rows of A with mass at most 1 (attention rows, or crops of "
+            f"them); a row of A has mass {float(a.sum(-1).max()):.4g}"
+        )
+
+
+def check_matrix(a: Tensor, variant: str) -> None:
+    """``a`` is one square attention matrix (or crop): finite, non-negative, not all zero; row-stochastic
+    projections also need rows of mass at most 1."""
+    if a.dim() != 2 or a.size(0) != a.size(1) or a.numel() == 0:
+        raise ValueError(f"A must be one square n × n matrix (no batch dimensions), got shape {tuple(a.shape)}")
+    if not bool(torch.isfinite(a).all()) or bool((a < 0).any()):
+        raise ValueError("A must hold finite, non-negative attention weights")
+    if not float(a.sum()) > 0:
+        raise ValueError("A holds no attention mass (all zero)")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant == "row_stochastic":
+        _check_row_mass(a)
 
 
 @dataclass
@@ -144,8 +168,11 @@ class Fit:
 def project(
     a: Tensor, w: int, r: int, k: int = 0, eps: float = math.inf, variant: str = "unconstrained"
 ) -> dict[str, Fit]:
-    """Best member of Σ₁, Σ₂(w) and Σ₃(w, r) for one matrix; with ``k``: plus the sparse term Ẽ
-    (:func:`error_with_sparse_term`)."""
+    """Best member of Σ₁, Σ₂(w) and Σ₃(w, r) for one matrix ``a`` (checked: :func:`check_matrix`); with ``k``:
+    plus the sparse term Ẽ (:func:`error_with_sparse_term`)."""
+    check_matrix(a, variant)
+    if w < 0 or r < 0:
+        raise ValueError(f"the band half-width w and the column count r must be >= 0, got w={w}, r={r}")
     n = a.size(-1)
 
     def dist(support: Tensor) -> float:

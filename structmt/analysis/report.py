@@ -18,7 +18,7 @@ import torch
 
 from ..checkpoints import load_model
 from ..figures import annotated_heatmap, pyplot, save
-from ..files import existing_dir, existing_file, write_text_atomic
+from ..files import existing_dir, existing_file, int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import git_commit, machine
 from .extract import SentenceAttention, iterate
@@ -346,8 +346,9 @@ def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
             )
     lines += [
         "",
-        f"Here, on this model's encoder self-attention (every head, the {result[f'sentences_n{n}']} test sentences of "
-        f"exactly n={n} source tokens, averaged per head), five numbers per head, all `|A − X| / n²`:",
+        f"Here, on this model's encoder self-attention (every head, the {result[f'sentences_n{n}']} "
+        f"{result['subset']} sentences of exactly n={n} source tokens, averaged per head), five numbers per head, "
+        "all `|A − X| / n²`:",
         "",
         "- **optimised, row-stochastic**: the exact L1 projection onto Σ₁ ∪ Σ₂(w) ∪ Σ₃(w, r) with `X` an attention "
         "matrix (`X ≥ 0`, rows summing to 1) supported on the structure. It costs twice the mass of `A` outside "
@@ -492,7 +493,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("data_dir", type=existing_dir, help="the binarized data the model was trained on")
     p.add_argument("--subset", default="test")
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results")
-    p.add_argument("--draws", type=int, default=30, help="random members per family and grid pair (thesis: 30)")
+    p.add_argument(
+        "--draws", type=int_at_least(1), default=30, help="random members per family and grid pair (thesis: 30)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the thesis's random search (sentence i: seed + i)")
     add_verbose_option(p)
     a = p.parse_args(argv)
@@ -512,7 +515,14 @@ def render_page(out_dir: Path) -> None:
     command = re.search(r"^Produced by `([^`]+)`", page.read_text(encoding="utf-8"), re.M)
     if command is None:
         raise ValueError(f"{page}: no 'Produced by `COMMAND`' line to keep")
-    write_text_atomic(page, markdown(result, command.group(1)))
+    try:
+        text = markdown(result, command.group(1))
+    except KeyError as err:
+        raise ValueError(
+            f"{out_dir / 'analysis.json'} lacks {err}, which this code reports: it was made by older code; "
+            "run the command on the page's first line again"
+        ) from None
+    write_text_atomic(page, text)
 
 
 if __name__ == "__main__":
