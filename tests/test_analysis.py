@@ -4,11 +4,13 @@ thesis's random search as described, and the report's quote of the thesis."""
 import itertools
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import build
+from conftest import TASK, build
 from scipy.optimize import linprog
 
 from structmt.analysis.extract import SentenceAttention
@@ -448,30 +450,25 @@ def test_roles_file_configures_the_model(dict_dir, tmp_path):
         build(dict_dir, "structured_transformer_tiny", "--struct-heads-from", str(tmp_path / "missing.json"))
 
 
-def test_a_checkpoint_that_is_not_a_transformer_is_named(dict_dir, tmp_path):
+def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
     """structmt-analyze, bench decode and translate load through load_model: another architecture or a file that
     is not a checkpoint is an error naming the file, not an AttributeError from deep inside."""
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from omegaconf import OmegaConf
-
     from structmt.checkpoints import load_model
 
     small = ["--encoder-embed-dim", "8", "--decoder-embed-dim", "8", "--encoder-hidden-size", "8"]
     small += ["--decoder-hidden-size", "8", "--decoder-out-embed-dim", "8"]
-    argv = [str(dict_dir), "--arch", "lstm", "--task", "translation", "-s", "en", "-t", "de", *small]
-    args = options.parse_args_and_arch(options.get_training_parser(), argv)
-    _, model = build(dict_dir, "lstm", *small)
-    cfg = OmegaConf.to_container(convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True)
-    history = [{"criterion_name": "x", "optimizer_name": "x", "lr_scheduler_state": {}, "num_updates": 0}]
-    lstm = tmp_path / "lstm.pt"
-    torch.save({"cfg": cfg, "model": model.state_dict(), "optimizer_history": history, "extra_state": {}}, lstm)
-    with pytest.raises(ValueError, match=r"lstm.pt: a LSTMModel; structmt reads transformer checkpoints"):
-        load_model(lstm, dict_dir)
+    cmd = [
+        sys.executable, "-m", "fairseq_cli.train", str(data_bin), "--arch", "lstm", *TASK, *small,
+        "--optimizer", "adam", "--lr", "0.001", "--max-tokens", "500", "--max-update", "1", "--num-workers", "0",
+        "--no-epoch-checkpoints", "--disable-validation", "--save-dir", str(tmp_path), "--no-progress-bar",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    with pytest.raises(ValueError, match=r"checkpoint_last.pt: a LSTMModel; structmt reads transformer checkpoints"):
+        load_model(tmp_path / "checkpoint_last.pt", data_bin)
     garbage = tmp_path / "notes.pt"
     garbage.write_text("hello")
     with pytest.raises(ValueError, match=r"notes.pt: not a fairseq checkpoint"):
-        load_model(garbage, dict_dir)
+        load_model(garbage, data_bin)
 
 
 def test_a_page_of_older_json_asks_for_the_analysis_again(tmp_path):

@@ -253,7 +253,7 @@ def test_rebuilding_from_logs_parses_rows_failures_peaks_and_versions():
     assert (short["T"], short["batch"], long["batch"]) == (128, 256, 2)
     assert short["sdpa_flash_fb_s"] == pytest.approx(0.577e-3) and short["sdpa_flash_fb_peak_bytes"] == 258 * MiB
     assert long["sdpa_flash_fb_s"] == pytest.approx(13.377e-3)  # the later print wins
-    assert long["flex_fwd_error"] == "RuntimeError: out of memory" and long["flex_fb_s"] == pytest.approx(2.461e-3)
+    assert long["flex_fwd_error"] == "RuntimeError: out of memory" and "flex_fb_s" not in long  # T=16384: the 2nd log
     assert long["floor_fb_bytes"] == ac.traffic_floor_bytes(2, 8, 16384, 64, 9, 2)["fb"]
     assert record["settings"]["torch"] == "2.11.0+cu130" and record["settings"]["triton"] == "3.6.0"
     assert record["machine"] == {"cpu": "not recorded", "python": "3.12.3"}

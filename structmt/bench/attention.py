@@ -5,6 +5,12 @@ structmt's reference and efficient paths, side by side on the same inputs.
 Every ratio is measured in one run.  Peak memory is the resident memory one step adds
 on top of its inputs, in a fresh child process per (implementation, length); see
 :func:`peak_bytes`.
+
+The Flex / efficient forward ratio does not time the same preparation on both sides:
+FlexAttention's BlockMask (and the structure plan it is built from) is built once per length,
+outside its timed step, while ``efficient_fwd`` builds its plan and candidates inside every timed
+step.  The extra work is on structmt's side, so the "≥ 3" verdict on that ratio is conservative.
+(The GPU benchmark times the BlockMask build on its own: ``flex_mask_s``.)
 """
 
 from __future__ import annotations
@@ -22,13 +28,20 @@ from typing import Any
 import torch
 
 from ..attention.functional import self_attention_plan
-from ..attention.options import StructureConfig
-from ..files import write_text_atomic
+from ..files import int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
+from .common import add_shape_options, flatness, goal_cell, names_from, positive_ints
 from .workload import bench_structure, inputs, median_time
 
 IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
+#: the flat-memory goal's span of lengths: both ends must be measured
+FLAT_T = (1024, 8192)
+#: printed after the table: what the Flex / efficient forward ratio times (see the module docstring)
+FLEX_NOTE = (
+    "Flex fwd / efficient fwd: Flex's BlockMask is built once per T, outside its timed step; efficient_fwd "
+    "builds its plan and candidates inside every timed step (conservative for the ≥ 3 verdict)."
+)
 #: implementations whose cost is O(T²) (skipped above --dense-limit)
 QUADRATIC = ("sdpa", "fairseq_mha", "reference")
 
@@ -233,9 +246,8 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     goal("T=4096: SDPA f+b / efficient f+b", ratio(4096, "sdpa_s", "efficient_s"), 15, True)
     goal("T=4096: Flex fwd / efficient fwd", ratio(4096, "flex_s", "efficient_fwd_s"), 3, True)
     goal("T=4096: efficient f+b / memory-traffic floor", ratio(4096, "efficient_s", "floor_s"), 4, False)
-    per_token = [v for t, r in by_t.items() if 1024 <= t <= 8192 and (v := _per_1k_tokens(r, "efficient"))]
-    flat = max(per_token) / min(per_token) if len(per_token) >= 2 else None
-    goal("efficient peak memory per token, max / min over T = 1024…8192", flat, 1.2, False)
+    flat = flatness({t: _per_1k_tokens(r, "efficient") for t, r in by_t.items()}, FLAT_T)
+    goal(f"efficient peak memory per token, max / min over T = {FLAT_T[0]}…{FLAT_T[1]}", flat, 1.2, False)
     goal("T=32: efficient f+b / SDPA f+b", ratio(32, "efficient_s", "sdpa_s"), 1.2, False)
     return out
 
@@ -271,8 +283,7 @@ def table(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
     for g in goals(results):
-        value = f"{g['measured']:.2f}" if g["measured"] is not None else "not measured"
-        lines.append(f"| {g['goal']} | {value} | {g['target']} | {'yes' if g['met'] else 'no'} |")
+        lines.append(f"| {g['goal']} | {goal_cell(g)} | {g['target']} | {'yes' if g['met'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -314,26 +325,26 @@ def main(argv: list[str] | None = None) -> None:
         "(structmt-bench attention --device cuda --help)",
     )
     p.add_argument("--dtype", choices=("float32",), default="float32", help="the CPU benchmark runs float32")
-    p.add_argument("--lengths", default="32,128,512,1024,2048,4096,8192")
-    p.add_argument("--tokens", type=int, default=8192, help="tokens per batch, held constant")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--window", type=int, default=StructureConfig.struct_window, help="band half-width w of every head")
-    p.add_argument("--rare", type=int, default=StructureConfig.struct_rare, help="rare columns r, seen by every head")
-    p.add_argument("--impls", default=",".join(IMPLS))
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--lengths", type=positive_ints, default="32,128,512,1024,2048,4096,8192", help="comma-separated lengths T"
+    )
+    add_shape_options(p, tokens=8192)
+    p.add_argument("--impls", type=names_from(IMPLS), default=",".join(IMPLS), help=f"comma-separated, of {IMPLS}")
+    p.add_argument("--repeats", type=int_at_least(1), default=5, help="timed steps (their median)")
     p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--dense-limit", type=int, default=8192, help="skip O(T²) implementations above this length")
+    p.add_argument(
+        "--dense-limit", type=int_at_least(0), default=8192, help="skip O(T²) implementations above this length"
+    )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_attention")
     a = p.parse_args(argv)
     results = run(
-        [int(x) for x in a.lengths.split(",")],
+        a.lengths,
         a.tokens,
         a.heads,
         a.dim,
         a.window,
         a.rare,
-        a.impls.split(","),
+        a.impls,
         a.repeats,
         not a.no_memory,
         a.dense_limit,
@@ -344,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(a.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     plot(results, a.out.with_suffix(".png"))
     print(table(results))
+    if "flex" in a.impls and "efficient_fwd" in a.impls:
+        print(f"\n{FLEX_NOTE}")
     hw = results["hardware"]
     print(
         f"\ncopy bandwidth {hw['copy_gb_per_s']:.1f} GB/s, matmul {hw['matmul_gflop_per_s']:.1f} GFLOP/s; "

@@ -31,7 +31,8 @@ device-to-device copy bandwidth measured in the same run (:func:`copy_bandwidth`
 The JSON is rewritten (atomically) after every length, with ``"complete": false`` until the last:
 a run stopped at a time limit keeps the lengths it finished. Each printed row ends with the clock
 time, so a log shows where the time went. ``--from-log`` rebuilds a record from such printed rows
-(a run stopped before it wrote any JSON): no copy bandwidth, so no traffic floor.
+(a run stopped before it wrote any JSON): no copy bandwidth, so no traffic floor; every value of
+one length comes from one run (the last that printed it), never from two.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ from typing import Any
 
 import torch
 
-from ..attention.options import StructureConfig
 from ..attention.structure import Structure
-from ..files import write_text_atomic
+from ..files import int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
+from .common import add_shape_options, flatness, goal_cell, names_from, positive_ints
 from .workload import bench_structure, median_time
 from .workload import inputs as cpu_inputs
 
@@ -155,11 +156,8 @@ def per_1k_tokens_mib(row: dict[str, Any], key: str) -> float | None:
 
 def flat_memory(rows: list[dict[str, Any]], key: str = "triton_fb_peak_bytes", span: tuple[int, int] = FLAT_T):
     """Max / min over T in ``span`` of the peak memory per token; None unless both ends of the
-    span were measured (a flatness over part of the span would claim more than was seen)."""
-    per_token = {r["T"]: v for r in rows if span[0] <= r["T"] <= span[1] and (v := per_1k_tokens_mib(r, key))}
-    if span[0] not in per_token or span[1] not in per_token:
-        return None
-    return max(per_token.values()) / min(per_token.values())
+    span were measured (:func:`~structmt.bench.common.flatness`)."""
+    return flatness({r["T"]: per_1k_tokens_mib(r, key) for r in rows}, span)
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -245,8 +243,7 @@ def table(results: dict[str, Any]) -> str:
         lines += ["", "Failed measurements:", ""] + [f"- {f}" for f in failures]
     lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
     for g in goals(results):
-        value = f"{g['measured']:.2f}" if g["measured"] is not None else "not measured"
-        lines.append(f"| {g['goal']} | {value} | {g['target']} | {'yes' if g['met'] else 'no'} |")
+        lines.append(f"| {g['goal']} | {goal_cell(g)} | {g['target']} | {'yes' if g['met'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -589,12 +586,20 @@ def record_from_logs(texts: list[str], settings: dict[str, Any]) -> dict[str, An
     runs of this benchmark whose JSON was never written, e.g. stopped at a time limit. ``settings``:
     the runs' options (``lengths, tokens, heads, dim, window, rare, dtype, impls, modes, repeats,
     warmup``). Times keep the printed 3 decimals of a millisecond, peaks 0.1 MiB; no copy bandwidth
-    was printed, so there is no traffic floor. A length printed twice keeps its later value."""
-    rows: dict[int, dict[str, Any]] = {}
+    was printed, so there is no traffic floor.
+
+    Every value of one length comes from one run, so that each ratio is measured side by side: a
+    run prints a length's rows one after the other, and a block of them ends where another length
+    or a second row of the same measurement is printed (a new run). Of the blocks of a length,
+    the last one printed wins (the last log given that has that length, its last block there); its
+    measurements replace the earlier blocks' whole, they are not merged one by one."""
+    blocks: dict[int, dict[str, Any]] = {}  # T → the values of its latest block
     python = "not recorded"
     structure = bench_structure(settings["heads"], settings["window"], settings["rare"])
     elem = torch.empty(0, dtype=DTYPES[settings["dtype"]]).element_size()
     for text in texts:
+        current: int | None = None  # the length whose block the rows of this log are adding to
+        keys: set[str] = set()
         for line in text.splitlines():
             m = _LOG_ROW.match(line.strip())
             if m is None:
@@ -603,23 +608,22 @@ def record_from_logs(texts: list[str], settings: dict[str, Any]) -> dict[str, An
                 if v := _LOG_PYTHON.search(line):
                     python = v["python"]
                 continue
-            length = int(m["T"])
-            if length not in rows:
-                batch = max(1, settings["tokens"] // length)
-                floor = traffic_floor_bytes(
-                    batch, settings["heads"], length, settings["dim"], structure.keys_per_query, elem
-                )
-                rows[length] = {"T": length, "batch": batch, **{f"floor_{m}_bytes": floor[m] for m in MODES}}
-            row = rows[length]
-            key = m["key"]
-            for stale in (f"{key}_error", f"{key}_s", f"{key}_peak_bytes"):
-                row.pop(stale, None)
+            length, key = int(m["T"]), m["key"]
+            if length != current or key in keys:  # a new block: the earlier values of this length go
+                current, keys = length, set()
+                blocks[length] = {}
+            keys.add(key)
             if m["error"] is not None:
-                row[f"{key}_error"] = m["error"]
+                blocks[length][f"{key}_error"] = m["error"]
             else:
-                row[f"{key}_s"] = float(m["ms"]) / 1000
+                blocks[length][f"{key}_s"] = float(m["ms"]) / 1000
                 if m["mib"] is not None:
-                    row[f"{key}_peak_bytes"] = round(float(m["mib"]) * 2**20)
+                    blocks[length][f"{key}_peak_bytes"] = round(float(m["mib"]) * 2**20)
+    rows: dict[int, dict[str, Any]] = {}
+    for length, values in blocks.items():
+        batch = max(1, settings["tokens"] // length)
+        floor = traffic_floor_bytes(batch, settings["heads"], length, settings["dim"], structure.keys_per_query, elem)
+        rows[length] = {"T": length, "batch": batch, **{f"floor_{m}_bytes": floor[m] for m in MODES}, **values}
     if not rows:
         raise ValueError("no benchmark rows (lines such as 'T=   128 triton_fb   3.533 ms') in the logs")
     record: dict[str, Any] = {
@@ -646,18 +650,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="structmt-bench attention --device cuda", description=__doc__)
     p.add_argument("--device", choices=("cuda",), default="cuda", help="this benchmark measures a CUDA GPU")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
-    p.add_argument("--lengths", default=DEFAULT_LENGTHS)
-    p.add_argument("--tokens", type=int, default=32768, help="tokens per batch, held constant")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--window", type=int, default=StructureConfig.struct_window, help="band half-width w of every head")
-    p.add_argument("--rare", type=int, default=StructureConfig.struct_rare, help="rare columns r, seen by every head")
-    p.add_argument("--impls", default=",".join(IMPLS))
-    p.add_argument("--modes", default=",".join(MODES), help="fwd (forward, no grad) and/or fb (forward+backward)")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens there)")
+    p.add_argument("--lengths", type=positive_ints, default=DEFAULT_LENGTHS, help="comma-separated lengths T")
+    add_shape_options(p, tokens=32768)
+    p.add_argument("--impls", type=names_from(IMPLS), default=",".join(IMPLS), help=f"comma-separated, of {IMPLS}")
+    p.add_argument(
+        "--modes", type=names_from(MODES), default=",".join(MODES), help="fwd (forward, no grad) and/or fb (f+b)"
+    )
+    p.add_argument("--repeats", type=int_at_least(1), default=20, help="timed steps (their median)")
+    p.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first (compilation happens there)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
-    p.add_argument("--copy-mb", type=int, default=1024, help="buffer of the copy-bandwidth measurement, MiB")
+    p.add_argument(
+        "--copy-mb", type=int_at_least(1), default=1024, help="buffer of the copy-bandwidth measurement, MiB"
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
     p.add_argument(
         "--from-log",
@@ -670,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu", help="--from-log: the GPU the logs were printed on")
     p.add_argument("--commit", help="--from-log: the commit of the code that printed them")
     a = p.parse_args(argv)
-    lengths, impls, modes = [int(x) for x in a.lengths.split(",")], a.impls.split(","), a.modes.split(",")
+    lengths, impls, modes = a.lengths, a.impls, a.modes
     out = a.out.with_suffix(".json")
     command = "structmt-bench attention " + shlex.join(argv if argv is not None else sys.argv[2:])
     if a.from_log:

@@ -1,6 +1,10 @@
 """``structmt-bench decode``: beam-search sentences/s of a dense and a structured
 checkpoint on the same test set (alternating in one run), and the decoder
-self-attention cache size and step time against the output length."""
+self-attention cache size and step time against the output length.
+
+Both sides pay the same start-up: each model runs untimed first (one batch of the beam search;
+one pass of each length of the step timing), and the model that goes first swaps every round
+(:func:`~structmt.bench.common.side_by_side`)."""
 
 from __future__ import annotations
 
@@ -15,16 +19,23 @@ from typing import Any
 import torch
 
 from ..checkpoints import load_model
-from ..files import write_text_atomic
+from ..files import int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
+from .common import side_by_side
 from .workload import sync
+
+#: sequences per decoder step in the step timing (fixed: the command has no option for it)
+STEP_BATCH = 64
+#: the output lengths L of the step timing (fixed likewise)
+STEP_LENGTHS = (8, 32, 128, 512)
 
 
 def sentences_per_second(
-    model: Any, task: Any, subset: str, beam: int, batch_size: int, device: str = "cpu"
+    model: Any, task: Any, subset: str, beam: int, batch_size: int, device: str = "cpu", batches: int | None = None
 ) -> dict[str, Any]:
-    """Beam-search ``subset`` (already loaded into ``task``) with ``model`` (on ``device``)."""
+    """Beam-search ``subset`` (already loaded into ``task``) with ``model`` (on ``device``); only its
+    first ``batches`` batches when given (a warm-up)."""
     from fairseq import utils
     from fairseq.dataclass.configs import GenerationConfig
 
@@ -35,7 +46,9 @@ def sentences_per_second(
     sync(device)
     sentences, tokens, start = 0, 0, time.perf_counter()
     with torch.no_grad():
-        for sample in itr:
+        for done, sample in enumerate(itr):
+            if batches is not None and done >= batches:
+                break
             if device == "cuda":
                 sample = utils.move_to_cuda(sample)
             hypos = task.inference_step(generator, [model], sample)
@@ -51,12 +64,30 @@ def sentences_per_second(
     }
 
 
+def beam_rounds(
+    models: dict[str, tuple[Any, Any]], subset: str, beam: int, batch_size: int, repeats: int, device: str = "cpu"
+) -> list[dict[str, dict[str, Any]]]:
+    """``repeats`` rounds of :func:`sentences_per_second` of every model, after an untimed warm-up batch
+    of each, the first model swapping every round (:func:`~structmt.bench.common.side_by_side`)."""
+
+    def measure(name: str, warmup: bool) -> dict[str, Any]:
+        model, task = models[name]
+        return sentences_per_second(model, task, subset, beam, batch_size, device, batches=1 if warmup else None)
+
+    return side_by_side(list(models), repeats, measure)
+
+
 def incremental_steps(
-    models: dict[str, tuple[Any, Any]], lengths: list[int], repeats: int, batch: int = 64, device: str = "cpu"
+    models: dict[str, tuple[Any, Any]],
+    lengths: list[int],
+    repeats: int,
+    batch: int = STEP_BATCH,
+    device: str = "cpu",
 ) -> dict[str, dict[int, dict[str, float]]]:
     """Per model: decoder self-attention keys cached per sequence (summed over layers) after ``L``
     incremental steps, and the time of one decoder step for ``batch`` sequences of random tokens,
-    averaged over the ``L`` steps (median of ``repeats``, the models alternating)."""
+    averaged over the ``L`` steps (median of ``repeats``, after an untimed pass of each model, the
+    first model swapping every round)."""
     dictionary = next(iter(models.values()))[1].target_dictionary
     gen = torch.Generator().manual_seed(0)
     src = torch.randint(dictionary.nspecial, len(dictionary), (batch, 12), generator=gen)
@@ -68,25 +99,28 @@ def incremental_steps(
             tokens = torch.randint(dictionary.nspecial, len(dictionary), (batch, length), generator=gen)
             tokens[:, 0] = dictionary.eos()
             tokens = tokens.to(device)
-            times: dict[str, list[float]] = {name: [] for name in models}
-            for _ in range(repeats):
-                for name, (model, _) in models.items():
-                    model.decoder.set_beam_size(1)  # beam search set it on the cross-attention blocks
-                    enc = model.encoder(src, src_lengths=torch.full((batch,), 12, device=device))
-                    state: dict = {}
-                    sync(device)
-                    start = time.perf_counter()
-                    for t in range(length):
-                        model.decoder.forward(tokens[:, : t + 1], encoder_out=enc, incremental_state=state)
-                    sync(device)
-                    times[name].append(time.perf_counter() - start)
-                    keys = 0
-                    for layer in model.decoder.layers:
-                        buf = layer.self_attn._get_input_buffer(state)
-                        keys += sum(v.size(-2) for k, v in buf.items() if k.endswith("key") and v.dim() == 4)
-                    out[name][length] = {"cache_keys": keys}
-            for name, seconds in times.items():
-                out[name][length]["ms_per_step"] = 1000 * statistics.median(seconds) / length
+
+            def one_pass(name: str, warmup: bool, tokens: torch.Tensor = tokens, length: int = length) -> float:
+                model = models[name][0]
+                model.decoder.set_beam_size(1)  # beam search set it on the cross-attention blocks
+                enc = model.encoder(src, src_lengths=torch.full((batch,), 12, device=device))
+                state: dict = {}
+                sync(device)
+                start = time.perf_counter()
+                for t in range(length):
+                    model.decoder.forward(tokens[:, : t + 1], encoder_out=enc, incremental_state=state)
+                sync(device)
+                seconds = time.perf_counter() - start
+                keys = 0
+                for layer in model.decoder.layers:
+                    buf = layer.self_attn._get_input_buffer(state)
+                    keys += sum(v.size(-2) for k, v in buf.items() if k.endswith("key") and v.dim() == 4)
+                out[name][length] = {"cache_keys": keys}
+                return seconds
+
+            rounds = side_by_side(list(models), repeats, one_pass)
+            for name in models:
+                out[name][length]["ms_per_step"] = 1000 * statistics.median(r[name] for r in rounds) / length
     return out
 
 
@@ -96,9 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--structured", type=Path, required=True, help="structured checkpoint")
     p.add_argument("--data", type=Path, required=True, help="data-bin both were trained on")
     p.add_argument("--subset", default="test")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3, help="alternate dense and structured this many times")
+    p.add_argument("--beam", type=int_at_least(1), default=5)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument(
+        "--repeats",
+        type=int_at_least(1),
+        default=3,
+        help="rounds of dense and structured (after an untimed warm-up of each; the first swaps every round)",
+    )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_decode.json")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models decode")
     precision = p.add_mutually_exclusive_group()
@@ -118,16 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         models = {name: (model.to("cuda", dtype), task) for name, (model, task) in models.items()}
     for _, task in models.values():
         task.load_dataset(a.subset)
-    rounds = []
-    for _ in range(a.repeats):  # alternating spreads slow phases of a shared machine over both
-        rounds.append(
-            {name: sentences_per_second(*mt, a.subset, a.beam, a.batch_size, a.device) for name, mt in models.items()}
-        )
+    # alternating spreads slow phases of a shared machine over both; the warm-up and the swapped order, cold starts
+    rounds = beam_rounds(models, a.subset, a.beam, a.batch_size, a.repeats, a.device)
     ratios = [r["structured"]["sentences_per_s"] / r["dense"]["sentences_per_s"] for r in rounds]
-    best = {name: max((r[name] for r in rounds), key=lambda x: x["sentences_per_s"]) for name in rounds[0]}
+    best = {name: max((r[name] for r in rounds), key=lambda x: x["sentences_per_s"]) for name in models}
     dense, structured = best["dense"], best["structured"]
-    lengths = [8, 32, 128, 512]
-    steps = incremental_steps(models, lengths, a.repeats, device=a.device)
+    steps = incremental_steps(models, list(STEP_LENGTHS), a.repeats, device=a.device)
     result = {
         "command": "structmt-bench decode " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[2:])),
         "machine": started_on,
@@ -137,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         "structured": {"checkpoint": str(a.structured), **structured},
         "ratio": statistics.median(ratios),
         "ratios": ratios,
+        "first_by_round": [next(iter(r)) for r in rounds],
+        "warmup": "one untimed batch of each model (step timing: one untimed pass of each length)",
+        "step_batch": STEP_BATCH,
         "cache_keys_by_length": {m: {n: r["cache_keys"] for n, r in by_n.items()} for m, by_n in steps.items()},
         "step_ms_by_length": {m: {n: r["ms_per_step"] for n, r in by_n.items()} for m, by_n in steps.items()},
     }
@@ -149,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name, by_n in steps.items():
         print(
-            f"{name:10s} after L steps (cached keys, ms per step of 64 sequences): "
+            f"{name:10s} after L steps (cached keys, ms per step of {STEP_BATCH} sequences): "
             + ", ".join(f"L={n}: {r['cache_keys']}, {r['ms_per_step']:.1f} ms" for n, r in by_n.items())
         )
 

@@ -33,6 +33,10 @@ _ELEMENT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: the kernels' arguments that are not pointers or int32 (everything else is a shape or a stride)
 _FLOATS = ("scale", "eps", "dropout_p", "keep_scale")
+#: the compute capabilities (×10) ``--arch`` accepts: those of real NVIDIA GPUs that Triton 3.9's backend
+#: compiles these kernels for. Any other number reaches LLVM as an unknown ``sm_<arch>`` and aborts the
+#: process ("LLVM ERROR: Cannot select ..."): 0, 91, and 101 (CUDA 13 renamed it sm_110) do.
+ARCHS = (70, 72, 75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
 
 
 def _refuse_interpreter() -> None:
@@ -125,7 +129,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="structmt-bench compile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--arch", type=int, default=90, help="compute capability ×10: 90 = H100/H200, 80 = A100")
+    p.add_argument(
+        "--arch",
+        type=int,
+        choices=ARCHS,
+        default=90,
+        metavar="ARCH",
+        help=f"compute capability ×10: 90 = H100/H200, 80 = A100; one of {', '.join(map(str, ARCHS))}",
+    )
     p.add_argument("--dtypes", nargs="+", choices=sorted(_DTYPES), default=["float32", "bfloat16", "float16"])
     p.add_argument("--head-dims", type=int, nargs="+", default=[64])
     p.add_argument("--candidates", type=int, default=16, help="candidates per query (w=3, r=2: 7 + 2 + sinks)")

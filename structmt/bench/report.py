@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..files import write_text_atomic
+from ..files import DataError, existing_dir, write_text_atomic
 from ..paths import REPO_ROOT
 from .attention import table
 from .attention_cuda import table as cuda_table
+from .common import verdict_number
 
 #: training tokens/s goals, structured / dense (issue #5)
 TRAIN_GOALS = {"multi30k": 0.9, "docs2048": 2.0}
@@ -30,7 +31,13 @@ def train_goal(name: str) -> float | None:
 
 
 def _load(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """The JSON record at ``path``, None when there is none; a file that is not JSON is an error naming it."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a JSON record of structmt-bench ({err})") from None
 
 
 def _provenance(record: dict[str, Any]) -> list[str]:
@@ -49,6 +56,7 @@ def attention_section(record: dict[str, Any] | None) -> list[str]:
         return lines + ["Not run yet: `structmt-bench attention`.", ""]
     s, hw = record["settings"], record["hardware"]
     lines += _provenance(record)
+    # not in the record, fixed by the command: float32 (its only --dtype) and one warm-up step (median_time)
     lines += [
         f"Self-attention over `(batch, {s['heads']} heads, T, {s['dim']})` float32 tensors, {s['tokens']} tokens "
         f"per batch at every T, w={s['window']}, r={s['rare']} rare columns; median of {s['repeats']} steps "
@@ -113,10 +121,25 @@ def train_section(record: dict[str, Any] | None, quality: dict[int, str] | None 
     if record is None:
         return lines + ["Not run yet: `structmt-bench train`.", ""]
     lines += _provenance(record)
+    # the command fixes the archs; records before "structure" was written had the arch's defaults, w=3, r=2
+    structure = record.get("structure", {"window": 3, "rare": 2})
+    dense = "dense (`transformer_multi30k`)"
+    structured = f"structured (`structured_transformer_multi30k`, w={structure['window']}, r={structure['rare']})"
+    if "warmup_updates" not in record:  # records before the warm-up: the command ran dense first in every round
+        order = (
+            f"{dense} then {structured}, same batches, alternating in one run, dense first in every round and no "
+            "untimed warm-up, so dense alone paid each round's cold start (an order bias: results/README.md)"
+        )
+    elif record["warmup_updates"]:
+        order = (
+            f"{dense} and {structured}, same batches, in one run: an untimed run of {record['warmup_updates']} "
+            "updates of each model first, then rounds in which the order of the models reverses every round"
+        )
+    else:
+        order = f"{dense} and {structured}, same batches, in one run, the order of the models reversing every round"
     lines += [
-        f"Target tokens/s reported by fairseq-train over {record['updates']} updates, dense "
-        "(`transformer_multi30k`) then structured (`structured_transformer_multi30k`, w=3, r=2), same "
-        "batches, alternating in one run (best round of each shown; the ratio is the median of the "
+        f"Target tokens/s reported by fairseq-train over {record['updates']} updates, {order} (best round of "
+        "each shown; the ratio is the median of the "
         "per-round ratios, listed in the last column). `docsN`: consecutive Multi30k sentence pairs concatenated "
         "into pseudo-documents of at least N source pieces. `…_crossW`: the structured model with structured "
         "cross-attention as well (`--struct-cross-window W`, a band of half-width W around the source "
@@ -140,8 +163,9 @@ def train_section(record: dict[str, Any] | None, quality: dict[int, str] | None 
     for name, r in record["results"].items():
         goal = train_goal(name)
         met = "–" if goal is None else verdict(name, r["ratio"], goal)
+        ratio = f"{r['ratio']:.2f}" if goal is None else verdict_number(r["ratio"], goal, True)
         lines.append(
-            f"| {name} | {r['dense']:.0f} | {r['structured']:.0f} | {r['ratio']:.2f} | "
+            f"| {name} | {r['dense']:.0f} | {r['structured']:.0f} | {ratio} | "
             f"{'–' if goal is None else f'≥ {goal}'} | {met} | "
             + ", ".join(f"{x:.2f}" for x in r.get("ratios", [r["ratio"]]))
             + " |"
@@ -149,9 +173,10 @@ def train_section(record: dict[str, Any] | None, quality: dict[int, str] | None 
     lines.append("")
     for data, goal in TRAIN_GOALS.items():
         rows = {n: r for n, r in record["results"].items() if n.partition("_")[0] == data and train_goal(n)}
-        met = [f"`{n}` ({r['ratio']:.2f})" for n, r in rows.items() if verdict(n, r["ratio"], goal) == "yes"]
+        shown = {n: verdict_number(r["ratio"], goal, True) for n, r in rows.items()}
+        met = [f"`{n}` ({shown[n]})" for n, r in rows.items() if verdict(n, r["ratio"], goal) == "yes"]
         unmeasured = [f"`{n}`" for n, r in rows.items() if verdict(n, r["ratio"], goal) == "yes, BLEU not measured"]
-        missed = [f"`{n}` ({r['ratio']:.2f})" for n, r in rows.items() if r["ratio"] < goal]
+        missed = [f"`{n}` ({shown[n]})" for n, r in rows.items() if r["ratio"] < goal]
         if rows:
             lines.append(
                 f"Goal {data} ≥ {goal}: "
@@ -177,22 +202,40 @@ def decode_section(record: dict[str, Any] | None) -> list[str]:
     lines += _provenance(record)
     d, s = record["dense"], record["structured"]
     ratios = record.get("ratios", [record["ratio"]])
+    # the command fixes the step timing's batch; records before "step_batch" was written used 64 as well
+    step_batch = record.get("step_batch", 64)
+    if "first_by_round" in record:
+        about = (
+            "Sentences/s of fairseq's beam search over the same test set, dense and structured checkpoints side by "
+            f"side in one run: an untimed warm-up batch of each, then {len(ratios)} round{'s' * (len(ratios) != 1)}, "
+            "the model that goes "
+            f"first swapping every round (first: {', '.join(record['first_by_round'])}). Best round of each shown; "
+            "the ratio is the median of the per-round ratios."
+        )
+        steps = "median of the same number of rounds, after an untimed pass of each"
+    else:  # records before the warm-up: the command then ran dense first in every round
+        about = (
+            "Sentences/s of fairseq's beam search over the same test set, dense and structured checkpoints "
+            f"alternating {len(ratios)} times in one run, dense first in every round and no untimed warm-up (an "
+            "order bias: results/README.md; best round of each shown; the ratio is the median "
+            "of the per-round ratios)."
+        )
+        steps = "median of the same number of alternating rounds, dense first"
     lines += [
-        "Sentences/s of fairseq's beam search over the same test set, dense and structured checkpoints "
-        f"alternating {len(ratios)} times in one run (best round of each shown; the ratio is the median "
-        "of the per-round ratios).",
+        about,
         "",
         "| model | sentences | sentences/s |",
         "|---|---|---|",
         f"| dense | {d['sentences']} | {d['sentences_per_s']:.1f} |",
         f"| structured | {s['sentences']} | {s['sentences_per_s']:.1f} |",
         "",
-        f"Structured / dense: {record['ratio']:.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
+        f"Structured / dense: {verdict_number(record['ratio'], DECODE_GOAL, True)} "
+        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
         f"goal ≥ {DECODE_GOAL}: {'met' if record['ratio'] >= DECODE_GOAL else 'not met'}.",
         "",
         "Decoder self-attention keys cached per sequence (summed over layers) after L incremental steps, "
-        "and the mean time of one decoder step for 64 sequences over those L steps (random tokens, same "
-        "checkpoints; median of the same number of alternating rounds):",
+        f"and the mean time of one decoder step for {step_batch} sequences over those L steps (random tokens, "
+        f"same checkpoints; {steps}):",
         "",
     ]
     by_model, ms = record["cache_keys_by_length"], record.get("step_ms_by_length", {})
@@ -306,7 +349,12 @@ def render(results_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    p.add_argument(
+        "--results-dir",
+        type=existing_dir,
+        default=str(REPO_ROOT / "results"),
+        help="the folder of the bench_*.json files; BENCHMARKS.md is written there",
+    )
     a = p.parse_args(argv)
     out = a.results_dir / "BENCHMARKS.md"
     write_text_atomic(out, render(a.results_dir) + "\n")

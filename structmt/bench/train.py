@@ -1,7 +1,11 @@
 """``structmt-bench train``: training target tokens/s of the structured model over the
 dense one (same architecture size, same batches), measured one after the other in one
 run, on Multi30k sentences and on pseudo-documents (consecutive Multi30k sentences
-concatenated to a target length)."""
+concatenated to a target length).
+
+Both sides pay the same start-up: every model first trains untimed for ``--warmup-updates``
+updates, and the order of the models reverses every round, so dense is not always the one that
+runs first (:func:`~structmt.bench.common.side_by_side`)."""
 
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..attention.options import StructureConfig
 from ..data.prepare import PrepConfig, binarize, prepare_multi30k
 from ..fairseq_cli import train
-from ..files import write_text_atomic
+from ..files import int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
+from .common import positive_ints, side_by_side
 
 
 def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en", tgt: str = "de") -> Path:
@@ -57,12 +63,23 @@ def measure(
     extra: tuple[str, ...] = (),
     rounds: int = 1,
     variants: Variants = STRUCTURED,
+    warmup_updates: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Target tokens/s of dense and each variant on the same data, alternating ``rounds`` times
-    (``extra``: more fairseq-train options for all).  One result per variant: the best round of
-    dense and of the variant, and the median of the per-round ratios variant / dense."""
+    """Target tokens/s of dense and each variant on the same data, ``rounds`` times (``extra``: more
+    fairseq-train options for all), after an untimed run of ``warmup_updates`` updates of each model
+    (none when 0), the order of the models reversed every other round.  One result per variant: the
+    best round of dense and of the variant, and the median of the per-round ratios variant / dense."""
     models: Variants = {"dense": ("transformer_multi30k", ()), **variants}
-    per_round = [_one_round(bin_dir, work, updates, max_tokens, max_positions, extra, models) for _ in range(rounds)]
+
+    def rate(name: str, warmup: bool) -> float:
+        if warmup and not warmup_updates:
+            return 0.0
+        arch, model_args = models[name]
+        run_dir = work / (f"{name}-warmup" if warmup else name)
+        n = warmup_updates if warmup else updates
+        return _train_rate(bin_dir, run_dir, arch, n, max_tokens, max_positions, (*extra, *model_args))
+
+    per_round = side_by_side(list(models), rounds, rate)
     out = {}
     for name in variants:
         ratios = [r[name] / r["dense"] for r in per_round]
@@ -75,60 +92,71 @@ def measure(
     return out
 
 
-def _one_round(
+def _train_rate(
     bin_dir: Path,
-    work: Path,
+    run_dir: Path,
+    arch: str,
     updates: int,
     max_tokens: int,
     max_positions: int,
     extra: tuple[str, ...],
-    models: Variants,
-) -> dict[str, float]:
-    rates = {}
-    for name, (arch, model_args) in models.items():
-        run_dir = work / name
-        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh log: the rate is read from it
-        args = [
-            "--optimizer",
-            "adam",
-            "--lr",
-            "0.0005",
-            "--max-tokens",
-            str(max_tokens),
-            "--max-update",
-            str(updates),
-            "--criterion",
-            "label_smoothed_cross_entropy",
-            "--label-smoothing",
-            "0.1",
-            "--seed",
-            "1",
-            "--num-workers",
-            "0",
-            "--disable-validation",
-            "--no-save",
-            "--log-interval",
-            "10",
-            "--max-source-positions",
-            str(max_positions),
-            "--max-target-positions",
-            str(max_positions),
-            "--required-batch-size-multiple",
-            "1",
-            "--skip-invalid-size-inputs-valid-test",
-            *extra,
-            *model_args,
-        ]
-        result = train(bin_dir, run_dir, arch, args, env=dict(os.environ))
-        rates[name] = result.tokens_per_second
-    return rates
+) -> float:
+    """Target tokens/s of one fresh fairseq-train run of ``arch`` for ``updates`` updates."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh log: the rate is read from it
+    args = [
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.0005",
+        "--max-tokens",
+        str(max_tokens),
+        "--max-update",
+        str(updates),
+        "--criterion",
+        "label_smoothed_cross_entropy",
+        "--label-smoothing",
+        "0.1",
+        "--seed",
+        "1",
+        "--num-workers",
+        "0",
+        "--disable-validation",
+        "--no-save",
+        "--log-interval",
+        "10",
+        "--max-source-positions",
+        str(max_positions),
+        "--max-target-positions",
+        str(max_positions),
+        "--required-batch-size-multiple",
+        "1",
+        "--skip-invalid-size-inputs-valid-test",
+        *extra,
+    ]
+    return train(bin_dir, run_dir, arch, args, env=dict(os.environ)).tokens_per_second
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--updates", type=int, default=60)
-    p.add_argument("--doc-tokens", default="512,2048")
-    p.add_argument("--rounds", type=int, default=2, help="alternate dense and structured this many times")
+    p.add_argument("--updates", type=int_at_least(1), default=60, help="timed updates of every run")
+    p.add_argument(
+        "--doc-tokens",
+        type=positive_ints,
+        default="512,2048",
+        help="comma-separated lengths N of the pseudo-documents (at least N source pieces each)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int_at_least(1),
+        default=2,
+        help="rounds of dense and structured (the order reverses every round)",
+    )
+    p.add_argument(
+        "--warmup-updates",
+        type=int_at_least(0),
+        default=10,
+        help="an untimed run of every model first, of this many updates (0: none)",
+    )
     p.add_argument(
         "--no-cross-too",
         action="store_true",
@@ -137,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--cross-window",
-        type=int,
+        type=int_at_least(-1),
         default=32,
         help="also measure the structured model with structured cross-attention of this half-width "
         "(--struct-cross-window; -1: do not)",
@@ -172,17 +200,22 @@ def main(argv: list[str] | None = None) -> None:
         for variant, row in found.items():
             results[name if variant == "structured" else f"{name}_{variant}"] = row
 
-    sentences = measure(data, a.work / "sentences", a.updates, 4096, 1024, device_args, a.rounds, variants)
+    warm = a.warmup_updates
+    sentences = measure(data, a.work / "sentences", a.updates, 4096, 1024, device_args, a.rounds, variants, warm)
     add("multi30k", sentences)
-    for n in (int(x) for x in a.doc_tokens.split(",")):
+    for n in a.doc_tokens:
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
-        found = measure(docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, device_args, a.rounds, variants)
+        found = measure(
+            docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, device_args, a.rounds, variants, warm
+        )
         add(f"docs{n}", found)
     if a.no_cross_too:
-        n = max(int(x) for x in a.doc_tokens.split(","))
+        n = max(a.doc_tokens)
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
         no_cross = (*device_args, "--no-cross-attention")
-        found = measure(docs, a.work / f"docs{n}-no-cross-runs", a.updates, 2 * n + 512, 4 * n, no_cross, a.rounds)
+        found = measure(
+            docs, a.work / f"docs{n}-no-cross-runs", a.updates, 2 * n + 512, 4 * n, no_cross, a.rounds, STRUCTURED, warm
+        )
         add(f"docs{n}_no_cross", found)
     record = {
         "command": "structmt-bench train " + " ".join(argv if argv is not None else sys.argv[2:]),
@@ -190,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         "device": _device_name(a.device),
         "precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",
         "updates": a.updates,
+        "warmup_updates": a.warmup_updates,
+        "order": "reversed every round (round 1: dense first)",
+        # the structured arch's own defaults: this command passes no --struct-window / --struct-rare
+        "structure": {"window": StructureConfig.struct_window, "rare": StructureConfig.struct_rare},
         "results": results,
     }
     write_text_atomic(a.out, json.dumps(record, indent=2) + "\n")

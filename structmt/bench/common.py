@@ -1,0 +1,117 @@
+"""What every ``structmt-bench`` command shares: option types that refuse bad input before anything
+is measured, the order in which compared models take turns, and how a ratio is printed beside
+its verdict."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from ..attention.options import StructureConfig
+from ..files import int_at_least
+
+T = TypeVar("T")
+
+
+def positive_ints(value: str) -> list[int]:
+    """argparse type: a non-empty comma-separated list of positive integers (``--lengths 128,1024``)."""
+    items = value.split(",")
+    numbers = []
+    for item in items:
+        try:
+            number = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: expected positive integers separated by commas, {item.strip()!r} is not an integer"
+            ) from None
+        if number < 1:
+            raise argparse.ArgumentTypeError(f"{value!r}: every number must be >= 1, got {number}")
+        numbers.append(number)
+    return numbers
+
+
+def names_from(known: Sequence[str]) -> Callable[[str], list[str]]:
+    """argparse type: a non-empty comma-separated list of names from ``known``, each at most once."""
+
+    def parse(value: str) -> list[str]:
+        names = value.split(",")
+        if "" in names:
+            raise argparse.ArgumentTypeError(f"{value!r}: expected names separated by commas, from {', '.join(known)}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: unknown {', '.join(repr(n) for n in unknown)}; choose from {', '.join(known)}"
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise argparse.ArgumentTypeError(f"{value!r}: {', '.join(repeated)} given more than once")
+        return names
+
+    return parse
+
+
+def add_shape_options(p: argparse.ArgumentParser, tokens: int) -> None:
+    """The attention benchmarks' shape: ``--tokens`` per batch (held constant), ``--heads``, ``--dim`` and the
+    structure's ``--window`` and ``--rare`` (their defaults: the plugin's)."""
+    p.add_argument("--tokens", type=int_at_least(1), default=tokens, help="tokens per batch, held constant")
+    p.add_argument("--heads", type=int_at_least(1), default=8)
+    p.add_argument("--dim", type=int_at_least(1), default=64)
+    p.add_argument(
+        "--window", type=int_at_least(0), default=StructureConfig.struct_window, help="band half-width w of every head"
+    )
+    p.add_argument(
+        "--rare", type=int_at_least(0), default=StructureConfig.struct_rare, help="rare columns r, seen by every head"
+    )
+
+
+def side_by_side(names: Sequence[str], rounds: int, measure: Callable[[str, bool], T]) -> list[dict[str, T]]:
+    """``rounds`` rounds of ``measure(name, False)`` for every name, after one untimed warm-up
+    ``measure(name, True)`` of each (its result is dropped).  The order alternates: names as given in
+    even rounds (0, 2, ...), reversed in odd ones, so no model is always the one that runs first.
+    Each round's dict lists the names in the order they ran."""
+    for name in names:
+        measure(name, True)
+    out = []
+    for i in range(rounds):
+        order = list(names) if i % 2 == 0 else list(names)[::-1]
+        out.append({name: measure(name, False) for name in order})
+    return out
+
+
+def verdict_number(value: float, target: float, at_least: bool, decimals: int = 2) -> str:
+    """``value`` with ``decimals`` decimals, or more where that rounding would land on the other side
+    of ``target`` than ``value`` itself (0.997 against ≥ 1.0 prints ``0.997``, not ``1.00``), so the
+    printed number never seems to contradict the verdict decided on the unrounded value."""
+    if not math.isfinite(value):
+        return f"{value}"
+    met = value >= target if at_least else value <= target
+    text = f"{value:.{decimals}f}"
+    while (float(text) >= target if at_least else float(text) <= target) != met and decimals < 17:
+        decimals += 1
+        text = f"{value:.{decimals}f}"
+    return text
+
+
+def flatness(per_token: dict[int, float | None], span: tuple[int, int]) -> float | None:
+    """Max / min of the peak memory per token (``T`` → value, None where not measured) over the ``T``
+    within ``span``; None unless both ends of the span were measured (a flatness over part of the span
+    would claim more than was seen).  A peak of 0 is a measurement, not a gap: beside a non-zero one the
+    ratio is infinite (not flat); 0 everywhere is flat (1.0)."""
+    seen = {t: v for t, v in per_token.items() if span[0] <= t <= span[1] and v is not None}
+    if span[0] not in seen or span[1] not in seen:
+        return None
+    low, high = min(seen.values()), max(seen.values())
+    if high == 0:
+        return 1.0
+    return high / low if low > 0 else math.inf
+
+
+def goal_cell(goal: dict) -> str:
+    """The "measured" cell of a goal row (``{"measured": value or None, "target": "≥ 10" or "≤ 1.2"}``,
+    as the attention benchmarks' ``goals`` write them), printed with :func:`verdict_number`."""
+    if goal["measured"] is None:
+        return "not measured"
+    sign, _, target = goal["target"].partition(" ")
+    return verdict_number(goal["measured"], float(target), sign == "≥")

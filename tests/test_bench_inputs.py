@@ -1,0 +1,436 @@
+"""What ``structmt-bench`` refuses and how it measures side by side, without running a benchmark:
+options are checked by argparse before anything is measured; ``--from-log`` takes every value of
+one length from one run; dense and structured take turns going first, after an untimed warm-up of
+each; a goal over a span needs both ends; a ratio is printed so that it never seems to contradict
+its verdict; ``structmt-bench report`` names a bad folder or file and states the settings its
+JSON records. (Fakes stand in for fairseq-train, beam search and the attention steps.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from structmt.bench import attention as cpu
+from structmt.bench import attention_cuda as ac
+from structmt.bench import decode, report, train
+from structmt.bench.common import side_by_side, verdict_number
+from structmt.files import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 2**20
+
+
+def _argparse_error(main, argv, capsys) -> str:
+    """The one-line error argparse printed for ``main(argv)`` (exit status 2)."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _no_measurement(*args, **kwargs):
+    raise AssertionError("measured although an option was bad")
+
+
+# --------------------------------------------------------------------------------------------------
+# #11 attention (CPU and CUDA): lengths, impls, modes, repeats, rare are checked before measuring
+
+CPU_IMPLS = "sdpa, fairseq_mha, flex, reference, efficient, efficient_fwd"
+NOT_INTS = "expected positive integers separated by commas"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lengths=-16"], "argument --lengths: '-16': every number must be >= 1, got -16"),
+        (["--lengths", "0"], "argument --lengths: '0': every number must be >= 1, got 0"),
+        (["--lengths", ""], f"argument --lengths: '': {NOT_INTS}, '' is not an integer"),
+        (["--lengths", "16,"], f"argument --lengths: '16,': {NOT_INTS}, '' is not an integer"),
+        (["--lengths", "16,x"], f"argument --lengths: '16,x': {NOT_INTS}, 'x' is not an integer"),
+        (["--impls", "foo"], f"argument --impls: 'foo': unknown 'foo'; choose from {CPU_IMPLS}"),
+        (["--impls", ""], f"argument --impls: '': expected names separated by commas, from {CPU_IMPLS}"),
+        (["--impls", "sdpa,sdpa"], "argument --impls: 'sdpa,sdpa': sdpa given more than once"),
+        (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (["--repeats", "-1"], "argument --repeats: must be >= 1, got -1"),
+        (["--rare", "-1"], "argument --rare: must be >= 0, got -1"),
+        (["--tokens", "0"], "argument --tokens: must be >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_cpu_attention_refuses_bad_options_before_measuring(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(cpu, "run", _no_measurement)
+    monkeypatch.setattr(cpu, "hardware", _no_measurement)
+    assert _argparse_error(cpu.main, argv, capsys).endswith(f": error: {message}")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lengths", "0"], "argument --lengths: '0': every number must be >= 1, got 0"),
+        (["--lengths=-128"], "argument --lengths: '-128': every number must be >= 1, got -128"),
+        (["--impls", "triton,foo"], "argument --impls: 'triton,foo': unknown 'foo'; choose from "
+                                    "sdpa_flash, flex, triton, triton_kernel, gather"),
+        (["--modes", "fb,bwd"], "argument --modes: 'fb,bwd': unknown 'bwd'; choose from fwd, fb"),
+        (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (["--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+        (["--rare", "-2"], "argument --rare: must be >= 0, got -2"),
+    ],
+)  # fmt: skip
+def test_cuda_attention_refuses_bad_options_before_measuring(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(ac, "run", _no_measurement)
+    monkeypatch.setattr(ac, "require_cuda", _no_measurement)  # argparse answers first, GPU or not
+    err = _argparse_error(cpu.main, ["--device", "cuda", *argv], capsys)
+    assert err == f"structmt-bench attention --device cuda: error: {message}"
+
+
+def test_the_cpu_cli_passes_parsed_lists_and_prints_what_the_flex_ratio_times(tmp_path, monkeypatch, capsys):
+    """#10: the Flex / efficient forward ratio is labelled: Flex's BlockMask is built outside its timed step."""
+    seen = {}
+
+    def fake_run(lengths, tokens, heads, dim, window, rare, impls, repeats, memory, dense_limit):
+        seen.update(lengths=lengths, impls=impls, repeats=repeats)
+        row = {"T": 16, "batch": 1, "flex_s": 0.3, "efficient_fwd_s": 0.1, "floor_s": 0.1}
+        return {"machine": "m", "hardware": {"copy_gb_per_s": 1.0, "matmul_gflop_per_s": 1.0}, "rows": [row]}
+
+    monkeypatch.setattr(cpu, "run", fake_run)
+    monkeypatch.setattr(cpu, "plot", lambda results, png: None)
+    cpu.main(["--lengths", "16,32", "--impls", "flex,efficient_fwd", "--out", str(tmp_path / "b")])
+    assert seen == {"lengths": [16, 32], "impls": ["flex", "efficient_fwd"], "repeats": 5}
+    out = capsys.readouterr().out
+    assert (
+        "\nFlex fwd / efficient fwd: Flex's BlockMask is built once per T, outside its timed step; efficient_fwd "
+        "builds its plan and candidates inside every timed step (conservative for the ≥ 3 verdict).\n"
+    ) in out
+    assert "outside its timed step" in cpu.__doc__ and "conservative" in cpu.__doc__
+
+
+# --------------------------------------------------------------------------------------------------
+# #12 train and decode, #15 compile
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--updates", "0"], "argument --updates: must be >= 1, got 0"),
+        (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+        (["--doc-tokens", "512,"], "argument --doc-tokens: '512,': expected positive integers separated by commas, "
+                                   "'' is not an integer"),
+        (["--doc-tokens", "0"], "argument --doc-tokens: '0': every number must be >= 1, got 0"),
+        (["--warmup-updates", "-1"], "argument --warmup-updates: must be >= 0, got -1"),
+        (["--cross-window", "-2"], "argument --cross-window: must be >= -1, got -2"),
+    ],
+)  # fmt: skip
+def test_train_refuses_bad_options_before_measuring(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(train, "prepare_multi30k", _no_measurement)
+    monkeypatch.setattr(train, "measure", _no_measurement)
+    assert _argparse_error(train.main, argv, capsys).endswith(f": error: {message}")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (["--beam", "0"], "argument --beam: must be >= 1, got 0"),
+        (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    ],
+)
+def test_decode_refuses_bad_options_before_loading_a_model(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(decode, "load_model", _no_measurement)
+    argv = ["--dense", "d.pt", "--structured", "s.pt", "--data", "bin", *argv]
+    assert _argparse_error(decode.main, argv, capsys).endswith(f": error: {message}")
+
+
+@pytest.mark.parametrize("arch", ["0", "91", "101"])
+def test_compile_refuses_an_architecture_llvm_would_abort_on(arch, capsys):
+    from structmt.bench.kernel_compile import main
+
+    err = _argparse_error(main, ["--arch", arch], capsys)  # before triton is imported
+    assert err == (
+        f"structmt-bench compile: error: argument --arch: invalid choice: {arch} "
+        "(choose from 70, 72, 75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# #7 --from-log: every value of one length from one run
+
+SETTINGS = {"lengths": [128, 16384], "tokens": 32768, "heads": 8, "dim": 64, "window": 3, "rare": 2,
+            "dtype": "bfloat16", "impls": ["sdpa_flash", "triton"], "modes": ["fb"], "repeats": 5,
+            "warmup": 2}  # fmt: skip
+SDPA_GOAL = "T=16384 f+b: SDPA flash / structmt Triton"
+
+
+def test_from_log_takes_a_length_from_the_last_log_that_has_it_not_key_by_key():
+    first = "T= 16384 sdpa_flash_fb          13.377 ms\nT= 16384 triton_fb               3.656 ms\n"
+    second = "T= 16384 triton_fb               1.000 ms\n"
+    record = ac.record_from_logs([first, second], SETTINGS)
+    (row,) = record["rows"]
+    assert row["triton_fb_s"] == pytest.approx(1e-3) and "sdpa_flash_fb_s" not in row  # not 13.377 / 1.000
+    goal = next(g for g in record["goals"] if g["goal"] == SDPA_GOAL)
+    assert goal["measured"] is None and goal["met"] is False
+    alone = next(g for g in ac.record_from_logs([first], SETTINGS)["goals"] if g["goal"] == SDPA_GOAL)
+    assert alone["measured"] == pytest.approx(13.377 / 3.656)  # one run: its own ratio
+
+
+def test_from_log_a_second_run_in_one_log_replaces_the_first_runs_values():
+    log = "\n".join([
+        "T=   128 sdpa_flash_fb           0.600 ms",
+        "T=   128 triton_fb               3.500 ms",
+        "T= 16384 sdpa_flash_fb          13.377 ms",  # another length: the block of T=128 ends
+        "T= 16384 triton_fb               3.656 ms",
+        "T= 16384 triton_fb               1.000 ms  [10:40:02]",  # the same measurement again: a new run
+        "T=   128 triton_fb               2.000 ms",  # T=128 again, after another length: a new run
+    ])  # fmt: skip
+    short, long = ac.record_from_logs([log], SETTINGS)["rows"]
+    assert short["triton_fb_s"] == pytest.approx(2e-3) and "sdpa_flash_fb_s" not in short
+    assert long["triton_fb_s"] == pytest.approx(1e-3) and "sdpa_flash_fb_s" not in long
+
+
+def test_from_log_cli_writes_the_one_run_record(tmp_path, capsys):
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    logs[0].write_text("T= 16384 sdpa_flash_fb          13.377 ms\nT= 16384 triton_fb               3.656 ms\n")
+    logs[1].write_text("T= 16384 triton_fb               1.000 ms\n")
+    out = tmp_path / "x.json"
+    argv = ["--device", "cuda", "--from-log", *map(str, logs), "--gpu", "G", "--commit", "c", "--out", str(out)]
+    cpu.main([*argv, "--lengths", "16384", "--impls", "sdpa_flash,triton", "--modes", "fb"])
+    assert f"| {SDPA_GOAL} | not measured | ≥ 10 | no |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"][0].keys() >= {"triton_fb_s"}
+
+
+def test_the_committed_gpu_record_is_what_its_logs_rebuild():
+    """Each length of results/gpu/bench_attention_cuda.json came from one log: the rule changes none of it."""
+    record = json.loads((REPO / "results" / "gpu" / "bench_attention_cuda.json").read_text())
+    settings = {k: record["settings"][k] for k in SETTINGS}
+    rebuilt = ac.record_from_logs([(REPO / log).read_text() for log in record["rebuilt_from"]], settings)
+    assert rebuilt["rows"] == record["rows"] and rebuilt["goals"] == record["goals"]
+
+
+# --------------------------------------------------------------------------------------------------
+# #8 side by side: an untimed warm-up of each, then the first to go swaps every round
+
+
+def test_side_by_side_warms_every_model_up_and_swaps_the_first():
+    calls = []
+    rounds = side_by_side(["dense", "structured"], 3, lambda name, warm: calls.append((name, warm)) or len(calls))
+    assert calls == [("dense", True), ("structured", True),
+                     ("dense", False), ("structured", False),
+                     ("structured", False), ("dense", False),
+                     ("dense", False), ("structured", False)]  # fmt: skip
+    assert rounds == [{"dense": 3, "structured": 4}, {"structured": 5, "dense": 6}, {"dense": 7, "structured": 8}]
+    assert [next(iter(r)) for r in rounds] == ["dense", "structured", "dense"]
+
+
+def _cold_start_clock():
+    """A stand-in measurement: every model runs at 100/s, except the very first call of the process,
+    which pays a cold start (10/s); ``calls`` records what ran."""
+    calls: list[tuple] = []
+
+    def rate(*key) -> float:
+        calls.append(key)
+        return 10.0 if len(calls) == 1 else 100.0
+
+    return rate, calls
+
+
+def test_beam_search_rounds_give_the_cold_start_to_no_side(monkeypatch):
+    """#8: with one round, the same model as dense and structured read 11.65× before; now 1.0."""
+    rate, calls = _cold_start_clock()
+
+    def fake(model, task, subset, beam, batch_size, device="cpu", batches=None):
+        return {"sentences_per_s": rate(model, batches)}
+
+    monkeypatch.setattr(decode, "sentences_per_second", fake)
+    models = {"dense": ("D", None), "structured": ("S", None)}
+    for repeats in (1, 2):
+        calls.clear()
+        rounds = decode.beam_rounds(models, "test", 5, 64, repeats)
+        assert [r["structured"]["sentences_per_s"] / r["dense"]["sentences_per_s"] for r in rounds] == [1.0] * repeats
+    assert calls == [("D", 1), ("S", 1), ("D", None), ("S", None), ("S", None), ("D", None)]
+
+
+class _FakeModel:
+    """Just enough of a fairseq model for :func:`decode.incremental_steps`; records its passes."""
+
+    def __init__(self, name: str, passes: list):
+        self.name, self.passes = name, passes
+        self.encoder = lambda src, src_lengths: None
+        self.decoder = self
+
+    def set_beam_size(self, beam: int) -> None:
+        pass
+
+    layers: list = []
+
+    def forward(self, tokens, encoder_out, incremental_state):
+        if tokens.size(1) == 1:
+            self.passes.append(self.name)
+
+
+def test_step_timing_warms_every_model_up_and_swaps_the_first():
+    from fairseq.data import Dictionary
+
+    passes: list[str] = []
+    dictionary = Dictionary()
+    for word in ("a", "b", "c"):
+        dictionary.add_symbol(word)
+    task = type("Task", (), {"target_dictionary": dictionary})()
+    models = {"dense": (_FakeModel("D", passes), task), "structured": (_FakeModel("S", passes), task)}
+    steps = decode.incremental_steps(models, [2, 3], repeats=2, batch=2)
+    assert passes == ["D", "S", "D", "S", "S", "D"] * 2  # per length: warm-ups, then rounds
+    assert set(steps["dense"][3]) == {"cache_keys", "ms_per_step"}
+
+
+def test_training_rounds_warm_up_each_model_and_reverse_the_order(monkeypatch, tmp_path):
+    """#8 in ``structmt-bench train``: the committed record ran dense first in every round."""
+    rate, calls = _cold_start_clock()
+
+    def fake(bin_dir, run_dir, arch, updates, max_tokens, max_positions, extra):
+        return rate(run_dir.name, updates, extra)
+
+    monkeypatch.setattr(train, "_train_rate", fake)
+    variants = {"structured": ("s", ()), "cross4": ("s", ("--struct-cross-window", "4"))}
+    out = train.measure(tmp_path, tmp_path, 60, 4096, 1024, ("--cpu",), rounds=2, variants=variants, warmup_updates=10)
+    assert [c[:2] for c in calls] == [
+        ("dense-warmup", 10), ("structured-warmup", 10), ("cross4-warmup", 10),
+        ("dense", 60), ("structured", 60), ("cross4", 60),
+        ("cross4", 60), ("structured", 60), ("dense", 60),
+    ]  # fmt: skip
+    assert calls[2][2] == ("--cpu", "--struct-cross-window", "4")
+    assert out["structured"]["ratios"] == [1.0, 1.0] and out["cross4"]["ratios"] == [1.0, 1.0]
+    calls.clear()
+    train.measure(tmp_path, tmp_path, 60, 4096, 1024, rounds=1, warmup_updates=0)
+    assert [c[:2] for c in calls] == [("dense", 60), ("structured", 60)]
+
+
+def test_a_training_run_gets_its_update_count_and_every_option(monkeypatch, tmp_path):
+    seen = []
+    result = type("Result", (), {"tokens_per_second": 123.0})()
+    monkeypatch.setattr(train, "train", lambda bin_dir, run_dir, arch, args, env: seen.append((arch, args)) or result)
+    assert train._train_rate(tmp_path, tmp_path / "r", "a", 10, 4096, 1024, ("--cpu", "--x", "1")) == 123.0
+    ((arch, args),) = seen
+    assert arch == "a" and args[args.index("--max-update") + 1] == "10" and args[-3:] == ["--cpu", "--x", "1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# #9 the CPU flat-memory goal needs both ends of its span
+
+FLAT = "efficient peak memory per token, max / min over T = 1024…8192"
+
+
+def _flat_rows(*peaks: tuple[int, float]) -> dict:
+    return {"rows": [{"T": t, "batch": 8192 // t, "efficient_peak_bytes": mib * MiB} for t, mib in peaks]}
+
+
+def test_cpu_flat_memory_is_not_judged_on_part_of_its_span():
+    partial = _flat_rows((1024, 8.0), (2048, 8.0))  # "1.0, met" before
+    goal = next(g for g in cpu.goals(partial) if g["goal"] == FLAT)
+    assert goal["measured"] is None and goal["met"] is False
+    assert f"| {FLAT} | not measured | ≤ 1.2 | no |" in cpu.table(partial)
+    whole = next(g for g in cpu.goals(_flat_rows((1024, 8.0), (2048, 9.0), (8192, 8.0))) if g["goal"] == FLAT)
+    assert whole["measured"] == pytest.approx(1.125) and whole["met"] is True
+    zero = next(g for g in cpu.goals(_flat_rows((1024, 0.0), (8192, 8.0))) if g["goal"] == FLAT)
+    assert zero["measured"] == float("inf") and zero["met"] is False  # a zero peak is measured, not dropped
+
+
+# --------------------------------------------------------------------------------------------------
+# #13 a printed ratio never seems to contradict its verdict
+
+
+@pytest.mark.parametrize(
+    "value, target, at_least, text",
+    [
+        (0.997, 1.0, True, "0.997"),
+        (0.8996, 0.9, True, "0.8996"),
+        (1.0, 1.0, True, "1.00"),
+        (1.004, 1.0, True, "1.00"),
+        (1.2004, 1.2, False, "1.2004"),
+        (1.1996, 1.2, False, "1.20"),
+        (53.4712, 15, True, "53.47"),
+        (0.9999999999999, 1.0, True, "0.9999999999999"),
+    ],
+)
+def test_verdict_numbers_keep_the_side_of_the_threshold(value, target, at_least, text):
+    assert verdict_number(value, target, at_least) == text
+
+
+def _machine() -> dict:
+    return {"cpu": "test", "threads": 2, "torch": "x", "python": "y", "commit": "abc"}
+
+
+def _decode_record(ratio: float, **extra) -> dict:
+    hyp = {"sentences": 10, "sentences_per_s": 5.0}
+    return {"command": "c", "machine": _machine(), "dense": hyp, "structured": hyp, "ratio": ratio,
+            "ratios": [ratio], "cache_keys_by_length": {"dense": {"8": 32}, "structured": {"8": 20}},
+            "step_ms_by_length": {"dense": {"8": 1.0}, "structured": {"8": 1.0}}, **extra}  # fmt: skip
+
+
+def _train_record(ratio: float, **extra) -> dict:
+    row = {"dense": 100.0, "structured": 100.0 * ratio, "ratio": ratio, "ratios": [ratio]}
+    return {"command": "c", "machine": _machine(), "updates": 60, "results": {"multi30k": row}, **extra}
+
+
+def test_report_prints_ratios_on_the_side_of_their_verdict():
+    text = "\n".join(report.decode_section(_decode_record(0.997)))
+    assert "Structured / dense: 0.997 (rounds: 1.00); goal ≥ 1.0: not met." in text
+    lines = report.train_section(_train_record(0.8996))
+    assert "| multi30k | 100 | 90 | 0.8996 | ≥ 0.9 | no | 0.90 |" in lines
+    assert "Goal multi30k ≥ 0.9: not met; not by `multi30k` (0.8996).  " in lines
+
+
+def test_attention_goal_tables_print_ratios_on_the_side_of_their_verdict():
+    rows = {"rows": [{"T": 4096, "batch": 2, "flex_s": 0.2996, "efficient_fwd_s": 0.1}]}
+    assert "| T=4096: Flex fwd / efficient fwd | 2.996 | ≥ 3 | no |" in cpu.table(rows)
+    gpu = {"rows": [{"T": 16384, "batch": 2, "sdpa_flash_fb_s": 9.9996e-3, "triton_fb_s": 1e-3}]}
+    assert f"| {SDPA_GOAL} | 9.9996 | ≥ 10 | no |" in ac.table(gpu)
+
+
+# --------------------------------------------------------------------------------------------------
+# #14 structmt-bench report: its folder, its files, the settings its text states
+
+
+def test_report_needs_an_existing_results_folder(tmp_path, capsys):
+    typo = tmp_path / "typo"
+    err = _argparse_error(report.main, ["--results-dir", str(typo)], capsys)
+    assert err.endswith(f": error: argument --results-dir: {typo}: no such folder")
+    assert not typo.exists()
+
+
+def test_report_names_a_file_that_is_not_json(tmp_path):
+    (tmp_path / "bench_decode.json").write_text('{"command": ')
+    with pytest.raises(DataError, match=r"bench_decode\.json: not a JSON record of structmt-bench \(Expecting"):
+        report.render(tmp_path)
+
+
+def test_report_states_the_settings_its_json_records():
+    record = _train_record(1.1, structure={"window": 5, "rare": 1}, warmup_updates=10)
+    text = "\n".join(report.train_section(record))
+    assert "structured (`structured_transformer_multi30k`, w=5, r=1)" in text and "w=3" not in text
+    assert "an untimed run of 10 updates of each model first, then rounds in which the order" in text
+    text = "\n".join(report.decode_section(_decode_record(1.1, step_batch=16, first_by_round=["dense"])))
+    assert "one decoder step for 16 sequences" in text and "64 sequences" not in text
+    assert (
+        "side by side in one run: an untimed warm-up batch of each, then 1 round, the model that goes first "
+        "swapping every round (first: dense). Best round of each shown;"
+    ) in text
+    assert "median of the same number of rounds, after an untimed pass of each" in text
+    # records without them: the settings the command fixed when they were written
+    assert "`structured_transformer_multi30k`, w=3, r=2), same batches, alternating in one run" in "\n".join(
+        report.train_section(_train_record(1.1))
+    )
+    assert "one decoder step for 64 sequences" in "\n".join(report.decode_section(_decode_record(1.1)))
+
+
+def test_the_committed_benchmarks_page_is_its_json_rendered_by_the_code_now(tmp_path):
+    """``structmt-bench report`` on a copy of results/ writes BENCHMARKS.md byte for byte."""
+    results = REPO / "results"
+    copy = tmp_path / "results"
+    copy.mkdir()
+    for name in ("bench_attention.json", "bench_train.json", "bench_decode.json", "leaderboard.csv"):
+        shutil.copy(results / name, copy / name)
+    shutil.copytree(results / "gpu", copy / "gpu")
+    report.main(["--results-dir", str(copy)])
+    assert (copy / "BENCHMARKS.md").read_text(encoding="utf-8") == (results / "BENCHMARKS.md").read_text(
+        encoding="utf-8"
+    )
