@@ -42,11 +42,32 @@ TINY = (
             "--struct-cross-slope=0.0 must be finite and > 0",
         ),
         (("--struct-window", "-1", "--struct-rare", "-1"), "--struct-window=-1 must be >= 0; --struct-rare=-1"),
+        (("--cross-self-attention",), "--cross-self-attention: .*add --struct-apply encoder"),
     ],
 )
 def test_bad_configuration_fails_at_build_time(dict_dir, extra, message):
     with pytest.raises(ValueError, match=message):
         build(dict_dir, "structured_transformer_tiny", *TINY, *extra)
+
+
+def test_retain_dropout_keeps_attention_dropout_on_at_inference(dict_dir):
+    """fairseq-generate --retain-dropout (Monte-Carlo dropout): the structured blocks drop as fairseq's own do."""
+    wide = ("--struct-window", "50", "--struct-rare", "0", "--struct-cross-window", "50", "--attention-dropout", "0.5")
+    _, model = build(dict_dir, "structured_transformer_tiny", *TINY, *wide)
+    src, tgt = torch.randint(4, 40, (2, 7)), torch.randint(4, 40, (2, 6))
+    lengths = torch.tensor([7, 7])
+
+    def passes() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [model(src, lengths, tgt)[0] for _ in range(2)]
+
+    first, second = passes()
+    assert torch.equal(first, second)  # eval: no dropout
+    model.make_generation_fast_(retain_dropout=True)
+    structured = [m for m in model.modules() if isinstance(m, StructuredMultiheadAttention | StructuredCrossAttention)]
+    assert structured and all(m.dropout_module.apply_during_inference for m in structured)
+    first, second = passes()
+    assert not torch.equal(first, second)
 
 
 def test_structured_blocks_and_roles(dict_dir):

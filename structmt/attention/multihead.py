@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
@@ -17,6 +17,13 @@ from .structure import NEVER_RARE, CandidateLayout, CrossBand, Structure, keys_t
 Block = TypeVar("Block", bound="_StructuredBase")
 
 IncrementalState = dict[str, dict[str, Tensor | None]] | None
+
+
+def attention_dropout(module: Any) -> float:
+    """The attention dropout of a call, by fairseq's rule: while training, or at inference when
+    ``--retain-dropout`` (``make_generation_fast_(retain_dropout=True)``) kept it on."""
+    dropout = module.dropout_module
+    return dropout.p if module.training or dropout.apply_during_inference else 0.0
 
 
 @dataclass
@@ -173,7 +180,7 @@ class StructuredMultiheadAttention(_StructuredBase):
             k,
             v,
             plan,
-            dropout_p=self.dropout_module.p if self.training else 0.0,
+            dropout_p=attention_dropout(self),
             impl=self.impl,
             need_weights=need_weights or need_head_weights,  # dense (B, H, T, T) weights only when asked for
         )
@@ -351,7 +358,7 @@ class StructuredCrossAttention(_StructuredBase):
             k,
             v,
             plan,
-            dropout_p=self.dropout_module.p if self.training else 0.0,
+            dropout_p=attention_dropout(self),
             impl=self.impl,
             need_weights=need_weights or need_head_weights,
         )

@@ -81,6 +81,12 @@ class StructuredDecoderLayer(TransformerDecoderLayerBase):
     def build_self_attention(
         self, embed_dim: int, cfg: TransformerConfig, add_bias_kv: bool = False, add_zero_attn: bool = False
     ) -> Any:
+        if self.structure is not None and cfg.cross_self_attention:
+            raise ValueError(
+                "--cross-self-attention: the decoder's self-attention then attends over source and target together, "
+                "which a structured decoder does not support; add --struct-apply encoder (decoder self-attention "
+                "stays dense)"
+            )
         dense = super().build_self_attention(embed_dim, cfg, add_bias_kv, add_zero_attn)
         return (
             dense
