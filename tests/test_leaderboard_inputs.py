@@ -280,6 +280,8 @@ def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take
     bleu, text = _sweep(board, monkeypatch, "reproduce", seed="1")
     assert bleu == {(3, 2): 38.53}
     assert "Best structured point: w=3, r=2: BLEU 38.53, at or above the dense baseline's 37.45 " in text
+    page = board.parent / "sweeps" / "sweep_multi30k_en_de_reproduce_test_2016_flickr_seed1.md"
+    assert page.read_text() == text  # a page per seed: another seed's report does not overwrite it
     # a structured cross band of the same (w, r) and seed is listed, not put in the cell
     rows = leaderboard.read_rows(board)
     cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")

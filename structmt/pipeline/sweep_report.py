@@ -69,7 +69,7 @@ def report(
     if not points:
         raise SystemExit(f"error: no structured rows for {what}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"sweep_{data}_{schedule}_{test_set}"
+    stem = f"sweep_{data}_{schedule}_{test_set}" + (f"_seed{seed}" if seed else "")  # one page per seed
     bleu = {(int(w), int(r)): float(row["bleu"]) for (w, r), row in grid.items()}
     cost = {(int(w), int(r)): float(row["train_tokens_per_s"]) for (w, r), row in grid.items()}
     base = f" (dense {dense[0]['bleu']})" if dense else ""
