@@ -98,6 +98,11 @@ def text_lines(text: str) -> tuple[list[str], int]:
     return out, changed
 
 
+def utf8_error_at(raw: bytes, err: UnicodeDecodeError) -> tuple[int, int]:
+    """Where ``err`` (from ``raw.decode("utf-8")``) happened: 1-based line, and byte within that line."""
+    return raw.count(b"\n", 0, err.start) + 1, err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+
+
 def read_lines(path: Path) -> list[str]:
     """Read a UTF-8 text file, gzipped or not; errors name the file and line."""
     try:
@@ -113,8 +118,7 @@ def read_lines(path: Path) -> list[str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        lineno = raw.count(b"\n", 0, err.start) + 1
-        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+        lineno, column = utf8_error_at(raw, err)
         raise DataError(
             f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {column} of the line); fix or remove the line"
         ) from None

@@ -24,7 +24,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..files import write_text_atomic
+from ..files import utf8_error_at, write_text_atomic
 from ..paths import REPO_ROOT
 
 
@@ -105,7 +105,7 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
+        line, _ = utf8_error_at(data, e)
         raise ValueError(
             f"{csv_path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8"
         ) from None

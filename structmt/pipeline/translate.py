@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..checkpoints import load_model
 from ..console import add_verbose_option, setup
-from ..files import existing_dir, int_at_least, text_lines
+from ..files import existing_dir, int_at_least, text_lines, utf8_error_at
 
 CHECKPOINT = Path("checkpoints") / "checkpoint_last.pt"
 MODEL_FILES = ("spm.model", "dict.{src}.txt", "dict.{tgt}.txt")
@@ -22,7 +22,7 @@ def read_input(raw: bytes) -> list[str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
+        line, _ = utf8_error_at(raw, err)
         raise SystemExit(f"error: standard input, line {line}: invalid UTF-8 ({err.reason}); give UTF-8 text") from None
     return text_lines(text)[0]
 
