@@ -41,6 +41,18 @@ def test_sweep_configs_compose():
         params = OmegaConf.to_container(cfg.hydra.sweeper.params)
         assert set(params) == {"model.window", "model.rare"}
     assert cfg.hydra.sweeper.direction == "maximize"
+    assert cfg.hydra.sweeper.max_failure_rate == 1.0  # one failed trial does not end the study
+
+
+def test_slurm_launcher_requeues_a_timed_out_point_and_the_dense_run_is_the_baseline():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="structmt", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher.max_num_timeout > 0 and cfg.hydra.launcher.tasks_per_node == 1
+    # docs/sweeps.md: train the baseline first with model=dense_<size>; it must be the run the sweep points find
+    for size in ("multi30k", "tiny", "base", "big"):
+        _, baseline = specs(_compose(f"model=structured_{size}"))
+        dense, _ = specs(_compose(f"model=dense_{size}"))
+        assert baseline is not None and dense.run_id() == baseline.run_id()
 
 
 def test_run_id_is_stable_and_ignores_threads():
@@ -114,6 +126,23 @@ def test_bad_override_fails_before_any_work(tmp_path, override, message):
 SMOKE = ["data=multi30k_smoke", "model=structured_tiny", "train=smoke", "logger=none", "baseline=false"]
 
 
+def test_relative_folders_are_under_the_checkout_whatever_the_current_directory(tmp_path):
+    """As every other structmt command's: a run started elsewhere still writes where the reports read."""
+    from structmt.pipeline.app import repo_path
+
+    assert repo_path("runs") == REPO / "runs" and repo_path(str(tmp_path)) == tmp_path
+    shown = subprocess.run(
+        [sys.executable, "-m", "structmt.pipeline.app", "--cfg", "all", "--resolve", "results_dir=res"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    dirs = re.findall(r"^    dir: (.*)$", shown.stdout, flags=re.M)
+    assert [Path(d).parent for d in dirs] == [REPO / "runs" / "hydra", REPO / "runs" / "multirun"]
+
+
 def test_local_jobs_launcher_runs_points_as_separate_jobs_and_reruns_skip(tmp_path):
     result = _run(tmp_path, "-m", "hydra/launcher=local_jobs", *SMOKE, "model.window=1,3")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -126,6 +155,12 @@ def test_local_jobs_launcher_runs_points_as_separate_jobs_and_reruns_skip(tmp_pa
     ]
     job_logs = list((tmp_path / "runs" / "multirun").rglob("*_log.out"))
     assert len({p.parent for p in job_logs}) == 2  # two submitit jobs
+    # the sweep objective is each point's BLEU on the validation set, never a test set's
+    kept = sorted((tmp_path / "runs").glob("*/valid.json"))
+    assert len(kept) == 2 and all(0 <= json.loads(p.read_text())["bleu"] <= 100 for p in kept)
+    (reference,) = (tmp_path / "runs" / "data").glob("*/raw/valid.de")
+    for p in kept:  # scored on the validation set's hypotheses
+        assert len((p.parent / "valid.de").read_text().splitlines()) == len(reference.read_text().splitlines())
     again = _run(tmp_path, "-m", "hydra/launcher=local_jobs", *SMOKE, "model.window=1,3")
     assert again.returncode == 0, again.stderr[-3000:]
     assert leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv") == rows

@@ -225,13 +225,21 @@ def test_headline_of_an_unknown_schedule_or_data_lists_what_is_there(board, caps
 # --- #5: the chart shows what the markdown shows --------------------------------------------------------------
 
 
+def _plotted(fig) -> dict[tuple[str, str], float]:
+    """(run, test set) → the bar's BLEU, from each panel of a chart."""
+    out = {}
+    for ax in fig.axes:
+        test = ax.get_title().split(",")[0]
+        runs = [t.get_text() for t in ax.get_yticklabels()]
+        out |= {(run, test): bar.get_width() for run, bar in zip(runs, ax.containers[0], strict=True)}
+    return out
+
+
 def test_the_chart_plots_each_runs_first_evaluation(board, monkeypatch):
     figures = []
     monkeypatch.setattr("structmt.figures.save", lambda fig, png: figures.append(fig))
     leaderboard.write_chart(board, board.parent / "leaderboard.png")
-    ax = figures[0].axes[0]
-    runs = [t.get_text() for t in ax.get_xticklabels()]
-    plotted = {(run, c.get_label()): bar.get_height() for c in ax.containers for run, bar in zip(runs, c, strict=True)}
+    plotted = _plotted(figures[0])
     first: dict[tuple[str, str], float] = {}
     with open(board, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
@@ -244,12 +252,37 @@ def test_the_chart_plots_each_runs_first_evaluation(board, monkeypatch):
     plt.close(figures[0])
 
 
+def test_the_chart_keeps_its_size_with_any_number_of_runs(tmp_path, monkeypatch):
+    """Its width once grew with runs × test sets, until matplotlib refused to draw it (over 2^16 pixels) and every
+    later evaluation failed in publish; now it shows the best CHART_RUNS runs of each test set."""
+    from matplotlib.image import imread
+
+    rows = [
+        {"run_id": f"run-{i:03d}", "test_set": test, "bleu": i / 10, "chrf": 50.0, "bleu_signature": "s"}
+        for i in range(300)
+        for test in ("test_2016_flickr", "test_2017_flickr")
+    ]
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    leaderboard.publish(tmp_path)
+    height, width, _ = imread(tmp_path / "leaderboard.png").shape
+    assert height < 1200 and width < 2000
+    figures = []
+    monkeypatch.setattr("structmt.figures.save", lambda fig, png: figures.append(fig))
+    leaderboard.write_chart(tmp_path / "leaderboard.csv", tmp_path / "x.png")
+    plotted = _plotted(figures[0])
+    tests = ("test_2016_flickr", "test_2017_flickr")
+    assert set(plotted) == {(f"run-{i:03d}", t) for i in range(300 - leaderboard.CHART_RUNS, 300) for t in tests}
+    import matplotlib.pyplot as plt
+
+    plt.close(figures[0])
+
+
 # --- #6: the sweep report: first evaluations, one run per (w, r) ----------------------------------------------
 
 
 def _sweep(board: Path, monkeypatch, schedule: str, seed: str | None = None) -> tuple[dict, str]:
     points = {}
-    monkeypatch.setattr(sweep_report, "heatmap", lambda p, title, label, png: points.setdefault(label, p))
+    monkeypatch.setattr(sweep_report, "heatmap", lambda p, title, label, png, ws, rs: points.setdefault(label, p))
     chosen = {"seed": seed} if seed else {}  # no seed: the call as before the option existed
     text = sweep_report.report(
         board.parent, "multi30k_en_de", schedule, "test_2016_flickr", board.parent / "sweeps", **chosen

@@ -16,7 +16,7 @@ from structmt.data.prepare import PrepConfig, prepare_multi30k
 from structmt.files import DataError
 from structmt.pipeline import leaderboard
 from structmt.pipeline.evaluation import score
-from structmt.pipeline.tracking import log_experiment, read_offline_run
+from structmt.pipeline.tracking import WandbSettings, log_experiment, read_offline_run
 
 
 def _stamps(out: Path) -> dict[str, float]:
@@ -197,14 +197,82 @@ def test_wandb_offline_run_holds_config_curve_and_scores(tmp_path, monkeypatch):
         log,
         rows,
         tmp_path / "wandb",
-        project="structmt-test",
+        WandbSettings(project="structmt-test"),
     )
-    assert folder is not None and folder.name.startswith("offline-run-")
+    assert folder is not None and folder.name.startswith("offline-run-") and folder.name.endswith("-run-x")
     run = read_offline_run(folder)
     assert run["config"]["model"] == {"arch": "structured_transformer_multi30k", "window": 3}
     assert [h["train/loss"] for h in run["history"]] == [12.3, 9.8]
     assert run["summary"]["test_2016_flickr/bleu"] == 31.25
     assert run["summary"]["test_2016_flickr/p_value_vs_dense"] == 0.04
+
+
+def _tiny_train_log(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("x | INFO | train_inner | epoch 001: 50 / 136 loss=12.3, num_updates=50, lr=0.00025\n")
+    return log
+
+
+def test_wandb_mode_of_the_config_is_used_and_leaves_the_environment_alone(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    row = _row("run-m", bleu=30.0)
+    folder = log_experiment("run-m", {}, _tiny_train_log(tmp_path), [row], tmp_path / "wandb", WandbSettings("offline"))
+    assert folder is not None and folder.name.startswith("offline-run-")  # logger.mode=offline beats WANDB_MODE
+    assert os.environ["WANDB_MODE"] == "disabled"  # and is not left behind for the next job of the process
+    assert log_experiment("run-m", {}, _tiny_train_log(tmp_path), [row], tmp_path / "w2", WandbSettings()) is None
+
+
+def test_wandb_online_failure_is_logged_offline(tmp_path, monkeypatch):
+    from structmt.pipeline import tracking
+
+    real_init = tracking._init
+    modes = []
+
+    def init(wandb_dir, mode, **kwargs):
+        modes.append(mode)
+        if mode == "online":
+            raise TimeoutError("no network on this node")
+        return real_init(wandb_dir, mode, **kwargs)
+
+    monkeypatch.setattr(tracking, "_init", init)
+    with pytest.warns(UserWarning, match="failed online .*no network.*logging it offline"):
+        folder = log_experiment(
+            "run-o",
+            {},
+            _tiny_train_log(tmp_path),
+            [_row("run-o", bleu=30.0)],
+            tmp_path / "wandb",
+            WandbSettings("online"),
+        )
+    assert modes == ["online", "offline"]
+    assert folder is not None and folder.name.startswith("offline-run-")
+    assert read_offline_run(folder)["summary"]["test_2016_flickr/bleu"] == 30.0
+
+
+def test_a_rerun_is_a_wandb_run_of_its_own(tmp_path):
+    from structmt.pipeline.evaluation import keep_hypotheses, wandb_run_id
+
+    first, hyp = tmp_path / "kept" / "r1.test_2016_flickr.de", tmp_path / "hyp.de"
+    hyp.write_text("a\n")
+    assert keep_hypotheses(hyp, first) == first
+    assert wandb_run_id("r1", []) == "r1"  # the first evaluation (and an identical re-run) is the run itself
+    hyp.write_text("b\n")
+    rerun = keep_hypotheses(hyp, first)
+    assert rerun != first
+    other = wandb_run_id("r1", [rerun])
+    assert other.startswith("r1-") and other != "r1" and other == wandb_run_id("r1", [rerun])
+    folder = log_experiment(
+        "r1",
+        {},
+        _tiny_train_log(tmp_path),
+        [_row("r1", bleu=31.0)],
+        tmp_path / "wandb",
+        WandbSettings("offline"),
+        wandb_id=other,
+    )
+    assert folder is not None and folder.name.endswith(f"-{other}")
 
 
 def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
@@ -237,3 +305,36 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
     assert "| structured | 3 | 0 | auto | w4/slope0.97 | 88.0 |" in text
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_bleu.png").stat().st_size > 0
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_cost.png").stat().st_size > 0
+    assert "Missing" not in text  # the four points of w ∈ {1, 3} × r ∈ {0, 2}
+    assert "Missing" not in report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")
+
+
+def test_sweep_report_names_the_points_of_the_grid_without_a_run(tmp_path):
+    """A failed or unfinished sweep member drops out of the leaderboard: the report says so instead of giving a
+    verdict over the points that happen to be there."""
+    from structmt.pipeline.sweep_report import report
+
+    rows = [_row("d", bleu=30.0) | {"data": "m", "schedule": "s", "window": "", "rare": "", "train_tokens_per_s": 1}]
+    for w, r in [(1, 0), (1, 2), (3, 2)]:  # wr_small without (3, 0)
+        rows.append(
+            _row(f"w{w}r{r}", bleu=29.0)
+            | {"data": "m", "schedule": "s", "window": w, "rare": r, "heads": "auto", "train_tokens_per_s": 1}
+        )
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
+    assert (
+        "**Missing: 1 of the 4 points of the grid have no evaluated run** (failed, unfinished or not run): w=3 r=0."
+        in text
+    )
+    assert text.index("Missing") < text.index("No structured configuration of this sweep reached")
+    rows = rows[:2]  # only w=1 left: the found grid is w ∈ {1}; the sweep's own grid names every missing point
+    (tmp_path / "leaderboard.csv").unlink()
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    assert "Missing" not in report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
+    text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")
+    assert "Missing: 3 of the 4 points" in text and "w=1 r=2, w=3 r=0, w=3 r=2." in text
+    assert "--sweep wr_small" in text
+    with pytest.raises(SystemExit, match="optuna_wr.yaml is not a grid"):
+        report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="optuna_wr")
+    with pytest.raises(SystemExit, match="--sweep nope: no .*nope.yaml; sweeps: optuna_wr, wr_grid, wr_small"):
+        report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="nope")

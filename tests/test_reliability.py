@@ -184,7 +184,7 @@ def test_no_subprocess_runs_a_shell():
 
 def test_wandb_key_never_reaches_logs_or_results(tmp_path, monkeypatch):
     from structmt.pipeline import leaderboard
-    from structmt.pipeline.tracking import log_experiment
+    from structmt.pipeline.tracking import WandbSettings, log_experiment
 
     secret = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key
     monkeypatch.setenv("WANDB_API_KEY", secret)
@@ -192,7 +192,9 @@ def test_wandb_key_never_reaches_logs_or_results(tmp_path, monkeypatch):
     log = tmp_path / "train.log"
     log.write_text("x | INFO | train_inner | epoch 001: 50 / 136 loss=12.3, num_updates=50, lr=0.00025\n")
     row = {"run_id": "run-k", "test_set": "test_2016_flickr", "bleu": 30.0, "chrf": 55.0, "bleu_signature": "s"}
-    folder = log_experiment("run-k", {"model": {"window": 3}}, log, [row], tmp_path / "wandb", project="p")
+    folder = log_experiment(
+        "run-k", {"model": {"window": 3}}, log, [row], tmp_path / "wandb", WandbSettings(project="p")
+    )
     assert folder is not None
     leaderboard.add_rows(tmp_path / "results" / "leaderboard.csv", [row])
     written = [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -10,7 +10,6 @@ without training, so a bad override fails before any work starts, naming the key
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -32,16 +31,9 @@ from ..data.prepare import MULTI30K_SPLITS
 from ..data.wmt import load_manifest
 from ..models.structured_transformer import block_structures
 from ..paths import REPO_ROOT
-from .evaluation import run_experiment
+from .evaluation import run_experiment, valid_bleu
 from .spec import DataSpec, ModelSpec, RunSpec, Schedule
-
-LOGGER_MODES = ("auto", "offline", "online", "disabled")
-
-
-@dataclass
-class LoggerConf:
-    mode: str = "auto"
-    project: str = "structmt"
+from .tracking import MODES, WandbSettings
 
 
 @dataclass
@@ -49,7 +41,7 @@ class RunConf:
     data: DataSpec = MISSING
     model: ModelSpec = MISSING
     train: Schedule = MISSING
-    logger: LoggerConf = field(default_factory=LoggerConf)
+    logger: WandbSettings = field(default_factory=WandbSettings)
     runs_dir: str = "runs"
     results_dir: str = "results"
     baseline: bool = True
@@ -79,7 +71,7 @@ def validate(cfg: Any) -> None:
         ("data.vocab_size", cfg.data.vocab_size > 0, "must be > 0"),
         ("data.max_train_lines", cfg.data.max_train_lines >= 0, "must be >= 0 (0 = all)"),
         ("data.max_eval_lines", cfg.data.max_eval_lines >= 0, "must be >= 0 (0 = all)"),
-        ("logger.mode", cfg.logger.mode in LOGGER_MODES, f"must be one of {', '.join(LOGGER_MODES)}"),
+        ("logger.mode", cfg.logger.mode in MODES, f"must be one of {', '.join(MODES)}"),
     ]
     bad = unknown_keys(cfg)
     bad += [f"{key}={OmegaConf.select(cfg, key)!r} {why}" for key, ok, why in checks if not ok]
@@ -231,34 +223,37 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
     return spec, replace(spec, model=ModelSpec(arch=dense_arch))
 
 
-def _path(value: str) -> Path:
+def repo_path(value: str) -> Path:
+    """``value`` (``~`` expanded); relative to the repository checkout, as every structmt command's defaults
+    (``structmt-leaderboard``, ``structmt-sweep-report``, ``make``), whatever the current directory."""
     p = Path(value).expanduser()
-    return p if p.is_absolute() else Path.cwd() / p
+    return p if p.is_absolute() else REPO_ROOT / p
 
 
-def run(cfg: Any) -> float:
-    """Run one configuration; returns its BLEU on the first test set (the sweep objective)."""
+# conf/structmt.yaml puts Hydra's own output folders under ${structmt_path:${runs_dir}}
+OmegaConf.register_new_resolver("structmt_path", lambda value: str(repo_path(value)), replace=True)
+
+
+def run(cfg: Any, objective: bool = False) -> float | None:
+    """Run one configuration; with ``objective`` (a sweep's member), return its BLEU on the validation set."""
     validate(cfg)
-    if cfg.logger.mode != "auto":
-        os.environ["WANDB_MODE"] = cfg.logger.mode
-    runs_dir, results_dir = _path(cfg.runs_dir), _path(cfg.results_dir)
+    wandb: WandbSettings = OmegaConf.to_object(cfg.logger)  # type: ignore[assignment]
+    runs_dir, results_dir = repo_path(cfg.runs_dir), repo_path(cfg.results_dir)
     spec, baseline = specs(cfg)
     if baseline is not None:
-        run_experiment(baseline, runs_dir=runs_dir, results_dir=results_dir, wandb_project=cfg.logger.project)
-    rows = run_experiment(
-        spec, runs_dir=runs_dir, results_dir=results_dir, baseline=baseline, wandb_project=cfg.logger.project
-    )
-    return float(rows[0]["bleu"])
+        run_experiment(baseline, runs_dir=runs_dir, results_dir=results_dir, wandb=wandb)
+    run_experiment(spec, runs_dir=runs_dir, results_dir=results_dir, baseline=baseline, wandb=wandb)
+    return valid_bleu(spec, runs_dir=runs_dir) if objective else None
 
 
 @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="structmt")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     # Hydra has set up logging for this job: console output as every entry point has it
     # (Hydra's job log file stays); hydra.verbose=true shows all, as -v does elsewhere
     verbose = HydraConfig.get().verbose is True
     setup(verbose=verbose)
     try:
-        return run(cfg)
+        return run(cfg, objective=HydraConfig.get().mode == RunMode.MULTIRUN)
     except Exception as err:
         if verbose:
             raise

@@ -105,13 +105,11 @@ def run_experiment(
     results_dir: Path,
     baseline: RunSpec | None = None,
     log: Any = print,
-    wandb_project: str = tracking.DEFAULT_PROJECT,
+    wandb: tracking.WandbSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume, or skip) one experiment and add its rows to the leaderboard."""
     train_run(spec, runs_dir=runs_dir, log=log)
-    return evaluate_run(
-        spec, runs_dir=runs_dir, results_dir=results_dir, baseline=baseline, log=log, wandb_project=wandb_project
-    )
+    return evaluate_run(spec, runs_dir=runs_dir, results_dir=results_dir, baseline=baseline, log=log, wandb=wandb)
 
 
 def evaluate_run(
@@ -121,15 +119,48 @@ def evaluate_run(
     results_dir: Path,
     baseline: RunSpec | None = None,
     log: Any = print,
-    wandb_project: str = tracking.DEFAULT_PROJECT,
+    wandb: tracking.WandbSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Decode and score a trained run, add its leaderboard rows, log it to W&B (skipped when done)."""
     with run_lock(runs_dir, spec.run_id()):
-        return _evaluate_locked(spec, runs_dir, results_dir, baseline, log, wandb_project)
+        return _evaluate_locked(spec, runs_dir, results_dir, baseline, log, wandb)
+
+
+def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
+    """BLEU of a trained run on the validation set: a sweep's objective (choosing (w, r) by test BLEU would leave
+    no unseen data to report the choice on).  Decoded once; the score is kept in ``<run>/valid.json``."""
+    run_id = spec.run_id()
+    run_dir = runs_dir / run_id
+    kept = run_dir / "valid.json"
+    with run_lock(runs_dir, run_id):
+        if not kept.exists():
+            bin_dir = prepare_data(spec, runs_dir)
+            checkpoint = Path(json.loads((run_dir / "train.json").read_text())["checkpoint"])
+            out = run_dir / f"valid.{spec.data.tgt}"
+            hyp = decode(bin_dir, checkpoint, "valid", out, beam=spec.schedule.beam, log=run_dir / "decode.log")
+            s = score(hyp, bin_dir.parent / "raw" / f"valid.{spec.data.tgt}")
+            write_text_atomic(kept, json.dumps(asdict(s), indent=2) + "\n")
+            log(f"[{run_id}] valid: BLEU {s.bleu} (the sweep objective)")
+        return float(json.loads(kept.read_text())["bleu"])
+
+
+def wandb_run_id(run_id: str, reruns: list[Path]) -> str:
+    """The W&B run of one evaluation: ``run_id`` for the first; a re-run, whose differing hypotheses ``reruns``
+    were kept beside the first ones' (:func:`keep_hypotheses`; they are leaderboard rows of their own), gets a W&B
+    run of its own, ``<run_id>-<digest of their names>``, instead of overwriting the first one's scores."""
+    if not reruns:
+        return run_id
+    names = "\n".join(sorted(h.name for h in reruns))
+    return f"{run_id}-{hashlib.sha256(names.encode()).hexdigest()[:8]}"
 
 
 def _evaluate_locked(
-    spec: RunSpec, runs_dir: Path, results_dir: Path, baseline: RunSpec | None, log: Any, wandb_project: str
+    spec: RunSpec,
+    runs_dir: Path,
+    results_dir: Path,
+    baseline: RunSpec | None,
+    log: Any,
+    wandb: tracking.WandbSettings | None,
 ) -> list[dict[str, Any]]:
     run_id = spec.run_id()
     run_dir = runs_dir / run_id
@@ -152,6 +183,7 @@ def _evaluate_locked(
     checkpoint = Path(metrics["checkpoint"])
 
     rows: list[LeaderboardRow] = []
+    reruns: list[Path] = []
     hyp_dir = results_dir / "hyps"
     for subset, test_name in test_sets(spec.data.name).items():
         hyp = decode(
@@ -164,7 +196,10 @@ def _evaluate_locked(
         )
         ref = raw / f"{subset}.{spec.data.tgt}"
         s = score(hyp, ref)
-        kept = keep_hypotheses(hyp, hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}")
+        first = hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}"
+        kept = keep_hypotheses(hyp, first)
+        if kept != first:
+            reruns.append(kept)
         p_value, ci = "", ""
         if baseline is not None and spec.model.structured:
             base_hyp = runs_dir / baseline.run_id() / f"{test_name}.{spec.data.tgt}"
@@ -210,10 +245,11 @@ def _evaluate_locked(
         run_dir / "train.log",
         records,
         runs_dir / "wandb",
-        project=wandb_project,
+        wandb,
         group=f"{data_label(spec.data)}-{spec.schedule.name}",
+        wandb_id=wandb_run_id(run_id, reruns),
     )
     if folder is not None:
-        log(f"[{run_id}] W&B ({tracking.wandb_mode()}): {folder}")
+        log(f"[{run_id}] W&B: {folder}")
     write_text_atomic(done, json.dumps({"rows": records}, indent=2) + "\n")
     return records

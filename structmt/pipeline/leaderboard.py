@@ -328,25 +328,31 @@ def write_markdown(csv_path: Path, md_path: Path) -> str:
     return text
 
 
-def write_chart(csv_path: Path, png_path: Path) -> None:
-    """Bar chart of BLEU per run (its first evaluation), one group of bars per test set."""
+#: runs per test set that ``leaderboard.png`` shows (the best; ``LEADERBOARD.md`` lists them all), so the figure
+#: keeps one size however many runs the CSV holds
+CHART_RUNS = 25
+
+
+def write_chart(csv_path: Path, png_path: Path, top: int = CHART_RUNS) -> None:
+    """BLEU of the ``top`` best runs (their first evaluations, as the markdown) per test set: one panel each."""
     from ..figures import pyplot, save
 
     plt = pyplot()
-    rows = read_rows(csv_path)
-    runs = sorted({r["run_id"] for r in rows})
-    tests = sorted({r["test_set"] for r in rows})
-    bleu = {k: float(e[0]["bleu"]) for k, e in evaluations(rows).items()}  # first evaluations, as the markdown
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs) * len(tests)), 4.5))
-    width = 0.8 / max(1, len(tests))
-    for i, test in enumerate(tests):
-        xs = [j + i * width for j in range(len(runs))]
-        ax.bar(xs, [bleu.get((run, test), 0.0) for run in runs], width, label=test)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(runs))])
-    ax.set_xticklabels(runs, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("sacreBLEU")
-    ax.legend()
-    ax.set_title("structmt leaderboard")
+    per_test: dict[str, list[tuple[float, str]]] = {}
+    for (run, test), evals in evaluations(read_rows(csv_path)).items():
+        per_test.setdefault(test, []).append((float(evals[0]["bleu"]), run))
+    tests = sorted(per_test) or ["(no runs)"]
+    shown = max([min(top, len(v)) for v in per_test.values()] + [1])
+    fig, axes = plt.subplots(1, len(tests), figsize=(6.5 * len(tests), 1.2 + 0.28 * shown), squeeze=False)
+    for ax, test in zip(axes[0], tests, strict=True):
+        ranked = sorted(per_test.get(test, []), reverse=True)
+        best = ranked[:top][::-1]  # best at the top
+        ax.barh(range(len(best)), [b for b, _ in best])
+        ax.set_yticks(range(len(best)), [run for _, run in best], fontsize=6)
+        ax.set_xlabel("sacreBLEU")
+        more = f", best {top} of {len(ranked)} runs" if len(ranked) > top else ""
+        ax.set_title(f"{test}{more}", fontsize=8)
+    fig.suptitle("structmt leaderboard")
     save(fig, png_path)
 
 
@@ -364,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from ..console import add_verbose_option, setup
-    from .tracking import DEFAULT_PROJECT, log_leaderboard
+    from .tracking import DEFAULT_PROJECT, WandbSettings, log_leaderboard
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
@@ -395,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     publish(a.results_dir)
     print(render_markdown(read_rows(csv_path)))
     if a.wandb:
-        folder = log_leaderboard(read_rows(csv_path), COLUMNS, a.wandb_dir, a.project)
+        folder = log_leaderboard(read_rows(csv_path), COLUMNS, a.wandb_dir, WandbSettings(project=a.project))
         print(f"W&B leaderboard table: {folder} (upload an offline run with: wandb sync {folder})")
 
 

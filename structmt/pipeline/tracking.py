@@ -3,7 +3,8 @@ parsed from fairseq's log, final scores) and a leaderboard table per project.
 
 Offline by default (runs are written under ``runs/wandb`` and can be uploaded
 later with ``wandb sync``); online when ``WANDB_MODE=online`` or an API key is
-configured.  Logging never fails or blocks a run: errors become warnings.
+configured.  Logging never fails or blocks a run: errors become warnings, and a
+run that cannot be logged online is logged offline instead.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,25 @@ DEFAULT_PROJECT = "structmt"
 _INNER = re.compile(r"train_inner \| epoch \d+:.*?\|? (loss=.*)$")
 
 
-def wandb_mode() -> str:
-    """``WANDB_MODE`` if set, else online with an API key and offline without."""
+@dataclass
+class WandbSettings:
+    """How runs are logged: ``mode`` (:data:`MODES`) and the W&B ``project``."""
+
+    mode: str = "auto"
+    project: str = DEFAULT_PROJECT
+
+
+#: ``auto``: :func:`wandb_mode` decides; the others are W&B's own modes
+MODES = ("auto", "offline", "online", "disabled")
+
+
+def wandb_mode(requested: str = "auto") -> str:
+    """``requested`` unless it is ``auto``; then ``WANDB_MODE`` if set, else online with an API key and offline
+    without."""
+    if requested not in MODES:
+        raise ValueError(f"W&B mode {requested!r}: choose from {', '.join(MODES)}")
+    if requested != "auto":
+        return requested
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
@@ -54,8 +73,8 @@ def _finish(run: Any) -> Path:
     return folder
 
 
-def _init(wandb_dir: Path, **kwargs: Any) -> Any:
-    """``wandb.init`` in :func:`wandb_mode`.
+def _init(wandb_dir: Path, mode: str, **kwargs: Any) -> Any:
+    """``wandb.init`` in ``mode`` (offline, online or disabled).
 
     The mode goes to ``wandb.setup`` (the process-wide settings) as well as to the run:
     wandb reads some settings from the process-wide ones only, such as its own usage
@@ -65,7 +84,6 @@ def _init(wandb_dir: Path, **kwargs: Any) -> Any:
     import wandb
 
     wandb_dir.mkdir(parents=True, exist_ok=True)
-    mode = wandb_mode()
     settings = wandb.Settings(mode=mode, init_timeout=60, silent=True, x_disable_stats=True, console="off")
     wandb.setup(settings=settings)
     return wandb.init(dir=str(wandb_dir), settings=settings, reinit="finish_previous", **kwargs)
@@ -77,18 +95,25 @@ def log_experiment(
     train_log: Path,
     rows: list[dict[str, Any]],
     wandb_dir: Path,
-    project: str = DEFAULT_PROJECT,
+    settings: WandbSettings | None = None,
     group: str | None = None,
+    wandb_id: str | None = None,
 ) -> Path | None:
-    """Log one experiment; returns the local W&B run folder (None if disabled or failed)."""
-    if wandb_mode() == "disabled":
+    """Log one evaluation of a run as the W&B run ``wandb_id`` (default: ``run_id``), named ``run_id``; returns
+    its local W&B folder (None if disabled or failed).  When online logging fails (no network on a compute
+    node, say) it is logged offline instead, to be uploaded later with ``wandb sync``."""
+    settings = settings or WandbSettings()
+    mode = wandb_mode(settings.mode)
+    if mode == "disabled":
         return None
-    try:
+
+    def log(mode: str) -> Path:
         run = _init(
             wandb_dir,
-            project=project,
+            mode,
+            project=settings.project,
             name=run_id,
-            id=run_id,
+            id=wandb_id or run_id,
             group=group,
             config=config,
             job_type="experiment",
@@ -103,25 +128,55 @@ def log_experiment(
                     run.summary[f"{row['test_set']}/{metric}"] = float(row[metric])
             run.summary[f"{row['test_set']}/bleu_signature"] = row["bleu_signature"]
         return _finish(run)
+
+    return _logged(f"W&B logging of {run_id}", mode, log)
+
+
+def _logged(what: str, mode: str, log: Any) -> Path | None:
+    """``log(mode)``, else ``log("offline")`` when ``mode`` was online; failures become warnings."""
+    try:
+        return log(mode)
     except Exception as err:  # noqa: BLE001 - tracking must never fail a run
-        warnings.warn(f"W&B logging skipped for {run_id}: {err}", stacklevel=2)
+        if mode == "offline":
+            warnings.warn(f"{what} skipped: {err}", stacklevel=3)
+            return None
+        warnings.warn(
+            f"{what} failed {mode} ({err}); logging it offline instead (upload with wandb sync)", stacklevel=3
+        )
+    try:
+        return log("offline")
+    except Exception as err:  # noqa: BLE001
+        warnings.warn(f"{what} skipped: {err}", stacklevel=3)
         return None
 
 
 def log_leaderboard(
-    rows: list[dict[str, str]], columns: list[str], wandb_dir: Path, project: str = DEFAULT_PROJECT
+    rows: list[dict[str, str]], columns: list[str], wandb_dir: Path, settings: WandbSettings | None = None
 ) -> Path | None:
-    """(Re)build the project's leaderboard ``wandb.Table`` (these ``columns``) from the CSV rows."""
-    try:
+    """(Re)build the project's leaderboard ``wandb.Table`` (these ``columns``) from the CSV rows, in the project's
+    one W&B run ``leaderboard`` (each rebuild is a new step of it, not a run of its own)."""
+    settings = settings or WandbSettings()
+    mode = wandb_mode(settings.mode)
+    if mode == "disabled":
+        return None
+
+    def log(mode: str) -> Path:
         import wandb
 
-        run = _init(wandb_dir, project=project, name="leaderboard", job_type="leaderboard")
+        run = _init(
+            wandb_dir,
+            mode,
+            project=settings.project,
+            name="leaderboard",
+            id="leaderboard",
+            job_type="leaderboard",
+            resume="allow",
+        )
         table = wandb.Table(columns=columns, data=[[r.get(c, "") for c in columns] for r in rows])
         run.log({"leaderboard": table})
         return _finish(run)
-    except Exception as err:  # noqa: BLE001
-        warnings.warn(f"W&B leaderboard skipped: {err}", stacklevel=2)
-        return None
+
+    return _logged("W&B leaderboard", mode, log)
 
 
 def read_records(wandb_file: Path) -> list[Any]:
