@@ -250,6 +250,7 @@ def _evaluate_locked(
         wandb_id=wandb_run_id(run_id, reruns),
     )
     if folder is not None:
-        log(f"[{run_id}] W&B: {folder}")
+        mode = "offline" if folder.name.startswith("offline-") else "online"  # an online failure is logged offline
+        log(f"[{run_id}] W&B ({mode}): {folder}")
     write_text_atomic(done, json.dumps({"rows": records}, indent=2) + "\n")
     return records
