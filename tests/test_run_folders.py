@@ -128,6 +128,31 @@ def test_an_evaluated_run_still_reaches_another_leaderboard_once(trained, tmp_pa
     assert labels == ["test_2016_flickr[:100]", "test_2017_flickr[:100]"]
 
 
+def test_a_run_not_logged_to_wandb_is_logged_by_its_next_evaluation(trained, tmp_path, monkeypatch):
+    """logger=none (or a failed W&B call) the first time: a later evaluation with W&B on logs it, once."""
+    from structmt.pipeline import tracking
+    from structmt.pipeline.tracking import WandbSettings
+
+    calls: list[tuple[str, str]] = []
+
+    def log_experiment(run_id, config, train_log, rows, wandb_dir, settings=None, group=None, wandb_id=None):
+        calls.append((settings.mode, wandb_id))
+        return None if settings.mode == "disabled" else wandb_dir / f"offline-run-x-{wandb_id}"
+
+    monkeypatch.setattr(tracking, "log_experiment", log_experiment)
+    spec = trained(DataSpec(**SMOKE))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    done = runs / spec.run_id() / "result.json"
+    evaluate_run(spec, runs_dir=runs, results_dir=results, log=quiet, wandb=WandbSettings("disabled"))
+    assert json.loads(done.read_text())["wandb"] is None
+    said: list[str] = []
+    evaluate_run(spec, runs_dir=runs, results_dir=results, log=said.append, wandb=WandbSettings("offline"))
+    assert json.loads(done.read_text())["wandb"] == str(runs / "wandb" / f"offline-run-x-{spec.run_id()}")
+    assert any("W&B (offline): " in line for line in said)
+    evaluate_run(spec, runs_dir=runs, results_dir=results, log=quiet, wandb=WandbSettings("offline"))
+    assert calls == [("disabled", spec.run_id()), ("offline", spec.run_id())]  # logged once, as the same W&B run
+
+
 @pytest.mark.parametrize("short", ["baseline", "system"])
 def test_paired_bootstrap_rejects_hypotheses_of_another_length(tmp_path, short):
     ref, files = tmp_path / "ref.de", {name: tmp_path / f"{name}.de" for name in ("baseline", "system")}

@@ -169,13 +169,16 @@ def _evaluate_locked(
     if done.exists():
         # the rows still go to this leaderboard (another results_dir, or a lost CSV); add_rows adds each row once.
         # Rows of a slice or another direction, stored before those were named, get their labels
-        rows_done = [
-            row | row_labels(spec, row["test_set"].partition("[")[0]) for row in json.loads(done.read_text())["rows"]
-        ]
+        stored = json.loads(done.read_text())
+        rows_done = [row | row_labels(spec, row["test_set"].partition("[")[0]) for row in stored["rows"]]
         added = leaderboard.add_rows(csv_path, rows_done)
         if added:
             leaderboard.publish(results_dir)
         log(f"[{run_id}] evaluated earlier; skipping" + (f" (added its {added} rows to {csv_path})" if added else ""))
+        if "wandb" in stored and stored["wandb"] is None:  # not logged then (logger=none, or it failed): now
+            stored["wandb"] = _log_wandb(spec, run_dir, rows_done, runs_dir, wandb, stored["wandb_id"], log)
+            if stored["wandb"] is not None:
+                write_text_atomic(done, json.dumps(stored, indent=2) + "\n")
         return rows_done
     bin_dir = prepare_data(spec, runs_dir)
     raw = bin_dir.parent / "raw"
@@ -239,18 +242,34 @@ def _evaluate_locked(
     leaderboard.add_rows(csv_path, rows)
     leaderboard.publish(results_dir)
     records = [asdict(row) for row in rows]
+    wandb_id = wandb_run_id(run_id, reruns)
+    folder = _log_wandb(spec, run_dir, records, runs_dir, wandb, wandb_id, log)
+    write_text_atomic(done, json.dumps({"rows": records, "wandb": folder, "wandb_id": wandb_id}, indent=2) + "\n")
+    return records
+
+
+def _log_wandb(
+    spec: RunSpec,
+    run_dir: Path,
+    records: list[dict[str, Any]],
+    runs_dir: Path,
+    wandb: tracking.WandbSettings | None,
+    wandb_id: str,
+    log: Any,
+) -> str | None:
+    """Log an evaluation to W&B; returns its local W&B folder (None: not logged, a later evaluation tries again)."""
     folder = tracking.log_experiment(
-        run_id,
+        spec.run_id(),
         asdict(spec),
         run_dir / "train.log",
         records,
         runs_dir / "wandb",
         wandb,
         group=f"{data_label(spec.data)}-{spec.schedule.name}",
-        wandb_id=wandb_run_id(run_id, reruns),
+        wandb_id=wandb_id,
     )
-    if folder is not None:
-        mode = "offline" if folder.name.startswith("offline-") else "online"  # an online failure is logged offline
-        log(f"[{run_id}] W&B ({mode}): {folder}")
-    write_text_atomic(done, json.dumps({"rows": records}, indent=2) + "\n")
-    return records
+    if folder is None:
+        return None
+    mode = "offline" if folder.name.startswith("offline-") else "online"  # an online failure is logged offline
+    log(f"[{spec.run_id()}] W&B ({mode}): {folder}")
+    return str(folder)
