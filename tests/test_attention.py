@@ -305,6 +305,39 @@ def test_float64_is_computed_in_float64():
     assert torch.autograd.gradcheck(lambda a, b, c: structured_attention(a, b, c, window=1, impl="reference"), inputs)
 
 
+@pytest.mark.parametrize("impl", ["reference", "efficient"])
+def test_float16_scores_that_fit_once_scaled_do_not_overflow(impl):
+    """q·k = 102400 overflows float16 (max 65504); q·k/sqrt(D) = 12800 does not. The scores are scaled before the
+    product, as fairseq's dense attention scales q, so a float16 run is finite wherever the dense baseline is."""
+    q = k = torch.full((1, 1, 3, 64), 40.0, dtype=torch.float16)
+    v = torch.randn(1, 1, 3, 64).half()
+    out = structured_attention(q, k, v, window=1, impl=impl)  # CPU float16: the gather path for efficient
+    band = (torch.arange(3)[:, None] - torch.arange(3)).abs() <= 1
+    dense = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=band)  # equal scores: means
+    assert torch.isfinite(out).all() and (out.float() - dense).abs().max() < 1e-2
+
+
+def test_only_triton_and_auto_on_cuda_run_the_triton_kernel(monkeypatch):
+    """--struct-impl efficient (or reference, whose decoding steps attend over candidates) keeps a GPU job off
+    Triton; it once took Triton whenever it was installed."""
+    from types import SimpleNamespace
+
+    from structmt.attention import functional, triton_kernel
+
+    monkeypatch.setattr(triton_kernel, "available", lambda device=None: True)
+    cuda_q = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), dtype=torch.float16, size=lambda d: 64)
+    v = torch.empty(1, 1, 1, 64)
+    paths = {kernel: functional.candidate_kernel(kernel, cuda_q, v, 0.0) for kernel in ("auto", "triton")}
+    assert paths == {"auto": "triton", "triton": "triton"}
+    assert {functional.candidate_kernel(kernel, cuda_q, v, 0.0) for kernel in ("efficient", "reference")} == {"gather"}
+    cpu_q = torch.empty(1, 1, 1, 64)
+    fused = "fused" if functional.fused_kernel_usable(cpu_q, 0.0) else "gather"
+    assert functional.candidate_kernel("auto", cpu_q, v, 0.0) == fused  # no CUDA: never Triton unless asked
+    assert functional.candidate_kernel("triton", cpu_q, v, 0.0) == "triton"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        functional.candidate_kernel("fast", cpu_q, v, 0.0)
+
+
 def test_a_gradient_of_the_fused_kernels_gradient_raises():
     """The C++ backward is not itself differentiable: asking for that raises instead of returning zero."""
     q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))

@@ -43,6 +43,10 @@ TINY = (
         ),
         (("--struct-window", "-1", "--struct-rare", "-1"), "--struct-window=-1 must be >= 0; --struct-rare=-1"),
         (("--cross-self-attention",), "--cross-self-attention: .*add --struct-apply encoder"),
+        (
+            ("--struct-cross-window", "2", "--criterion", "label_smoothed_cross_entropy_with_alignment"),
+            "--criterion label_smoothed_cross_entropy_with_alignment supervises the cross-attention weights",
+        ),
     ],
 )
 def test_bad_configuration_fails_at_build_time(dict_dir, extra, message):

@@ -134,7 +134,7 @@ def reference_attention(
     """
     b, h = _index_grid(q.size(0), q.size(1), q.device)
     qi, kvi = q_pos.view(1, 1, -1, 1), kv_pos.view(1, 1, 1, -1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.size(-1))
+    scores = torch.matmul(q * q.size(-1) ** -0.5, k.transpose(-1, -2))  # scaled first: no fp16 overflow
     weights = structured_softmax(scores, supports.support(b, h, qi, kvi), supports.error(b, h, qi, kvi), sink_eps)
     out = torch.matmul(F.dropout(weights, dropout_p, training=dropout_p > 0), v)
     return out, weights
@@ -153,7 +153,7 @@ def candidate_attention(
     Returns:
         output ``(B, H, Tq, D)`` and candidate weights ``(B, H, Tq, C)``.
     """
-    scores = torch.einsum("bhtd,btchd->bhtc", q, k_c) / math.sqrt(q.size(-1))
+    scores = torch.einsum("bhtd,btchd->bhtc", q * q.size(-1) ** -0.5, k_c)  # scaled first: no fp16 overflow
     weights = structured_softmax(scores, kind == Kind.SUPPORT, kind == Kind.ERROR, sink_eps)
     out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights, dropout_p, training=dropout_p > 0), v_c)
     return out, weights
@@ -300,13 +300,16 @@ def attend_candidates(
     """Attend from ``q`` ``(B, H, Tq, D)`` over the candidate keys ``index`` ``(B, Tq, C)`` of
     ``k, v`` ``(B, H, S, D)``, ``kind`` from :meth:`CandidateLayout.kinds`.
 
-    ``kernel="triton"``: the Triton kernel (CUDA, or CPU in Triton's interpreter).  Otherwise the
-    best kernel at hand: Triton on CUDA when installed, the fused C++ kernel on float32 CPU
-    tensors without dropout, else gathered copies.  Returns the output ``(B, H, Tq, D)`` and the
-    candidate weights ``(B, H, Tq, C)``."""
-    if kernel == "triton" or (q.is_cuda and triton_kernel.available(q.device)):
+    ``kernel`` (:func:`candidate_kernel`): ``triton``, the Triton kernel (CUDA, or CPU in Triton's
+    interpreter); ``auto``, Triton on CUDA when installed; otherwise (and for ``efficient`` or
+    ``reference``, whose incremental decoding steps come here) never Triton: the fused C++ kernel on
+    float32 CPU tensors without dropout, else gathered copies.  Returns the output ``(B, H, Tq, D)``
+    and the candidate weights ``(B, H, Tq, C)``; on the two fused kernels the weights carry no
+    gradient (the output does)."""
+    path = candidate_kernel(kernel, q, v, dropout_p)
+    if path == "triton":
         return triton_kernel.candidate_attention(q, k, v, index, kind, 1.0 / math.sqrt(q.size(-1)), sink_eps, dropout_p)
-    if fused_kernel_usable(q, dropout_p) and v.size(-1) == q.size(-1):
+    if path == "fused":
         scale = 1.0 / math.sqrt(q.size(-1))
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             return FusedCandidateAttention.apply(q, k, v, index, kind, scale, sink_eps)
@@ -316,6 +319,17 @@ def attend_candidates(
     k_c = k.transpose(1, 2)[batch, index]  # (B, Tq, C, H, D)
     v_c = v.transpose(1, 2)[batch, index]
     return candidate_attention(q, k_c, v_c, kind, sink_eps, dropout_p)
+
+
+def candidate_kernel(kernel: str, q: Tensor, v: Tensor, dropout_p: float) -> str:
+    """Which code :func:`attend_candidates` runs for ``kernel`` (one of :data:`IMPLS`): ``triton``, ``fused``
+    (the C++ kernel) or ``gather``.  Only ``triton``, and ``auto`` on CUDA, run Triton: ``--struct-impl
+    efficient`` or ``reference`` keep a GPU job off it (a node where Triton cannot compile, say)."""
+    if kernel not in IMPLS:
+        raise ValueError(f"kernel must be one of {IMPLS}, got {kernel!r}")
+    if kernel == "triton" or (kernel == "auto" and q.is_cuda and triton_kernel.available(q.device)):
+        return "triton"
+    return "fused" if fused_kernel_usable(q, dropout_p) and v.size(-1) == q.size(-1) else "gather"
 
 
 def _load_kernels() -> Any:

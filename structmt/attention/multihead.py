@@ -200,7 +200,9 @@ class StructuredMultiheadAttention(_StructuredBase):
             raise RuntimeError("incremental decoding feeds one token at a time")
         B = q.size(0)
         buf = self._get_input_buffer(incremental_state)
-        step = int(buf["step"][0, 0]) if "step" in buf else 0
+        # the decoder's context knows the step (the prefix length - 1) without reading a device tensor: on a GPU,
+        # the buffer's copy would make every layer of every step wait for the device
+        step = context.first_position if context else int(buf["step"][0, 0]) if "step" in buf else 0
         new_rarity = (
             context.rarity_or_none(B, 1, q.device)
             if context

@@ -284,6 +284,12 @@ class StructuredTransformerModel(TransformerModel):
         cross = options.cross_band()
         if cross is not None and cfg.no_cross_attention:
             raise ValueError("--struct-cross-window needs a decoder with cross-attention (not --no-cross-attention)")
+        if cross is not None and "alignment" in str(getattr(args, "criterion", "")):
+            raise ValueError(
+                f"--criterion {args.criterion} supervises the cross-attention weights, but --struct-cross-window "
+                "gives aligned source tokens outside its band zero weight (log 0 in that loss) and its fused kernels "
+                "return weights without a gradient; leave --struct-cross-window unset (dense cross-attention)"
+            )
         return StructuredTransformerDecoder(
             cfg,
             tgt_dict,
