@@ -347,7 +347,8 @@ def write_chart(csv_path: Path, png_path: Path, top: int = CHART_RUNS) -> None:
     for ax, test in zip(axes[0], tests, strict=True):
         ranked = sorted(per_test.get(test, []), reverse=True)
         best = ranked[:top][::-1]  # best at the top
-        ax.barh(range(len(best)), [b for b, _ in best])
+        bars = ax.barh(range(len(best)), [b for b, _ in best])
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=2)
         ax.set_yticks(range(len(best)), [run for _, run in best], fontsize=6)
         ax.set_xlabel("sacreBLEU")
         more = f", best {top} of {len(ranked)} runs" if len(ranked) > top else ""
