@@ -338,6 +338,21 @@ def test_only_triton_and_auto_on_cuda_run_the_triton_kernel(monkeypatch):
         functional.candidate_kernel("fast", cpu_q, v, 0.0)
 
 
+def test_a_decoding_step_with_a_full_pass_context_is_refused():
+    """A step takes its position from the decoder's incremental context; a full-pass context (position 0 at
+    every step) would silently fill the wrong cache slots."""
+    from structmt.attention.context import TokenContext
+
+    mha = StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 2, window=1, causal=True))
+    x = torch.randn(1, 1, 16)
+    tokens, counts, never = torch.tensor([[5, 6]]), torch.ones(10, dtype=torch.long), torch.zeros(10, dtype=torch.bool)
+    full = TokenContext.from_tokens(tokens, counts, never)
+    with pytest.raises(RuntimeError, match="needs the decoder's incremental TokenContext"):
+        mha(x, x, x, incremental_state={}, context=full)
+    step = TokenContext.from_tokens(tokens[:, :1], counts, never, incremental=True)  # the first step
+    assert mha(x, x, x, incremental_state={}, context=step)[0].shape == (1, 1, 16)
+
+
 def test_a_gradient_of_the_fused_kernels_gradient_raises():
     """The C++ backward is not itself differentiable: asking for that raises instead of returning zero."""
     q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))

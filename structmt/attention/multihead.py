@@ -202,6 +202,8 @@ class StructuredMultiheadAttention(_StructuredBase):
         buf = self._get_input_buffer(incremental_state)
         # the decoder's context knows the step (the prefix length - 1) without reading a device tensor: on a GPU,
         # the buffer's copy would make every layer of every step wait for the device
+        if context and not context.incremental:
+            raise RuntimeError("a decoding step needs the decoder's incremental TokenContext (incremental=True)")
         step = context.first_position if context else int(buf["step"][0, 0]) if "step" in buf else 0
         new_rarity = (
             context.rarity_or_none(B, 1, q.device)

@@ -77,9 +77,9 @@ class StructureConfig:
     )
     struct_impl: str = _option(
         "auto",
-        "kernel: reference (dense mask; decoding steps attend over gathered keys), efficient (candidate keys; C++ "
-        "kernel on CPU, gathered keys elsewhere; never Triton), triton (candidate keys; Triton kernel on CUDA) or "
-        "auto (triton on CUDA when installed, else efficient or reference by length)",
+        "kernel: reference (dense mask; decoding steps attend over candidate keys, as efficient), efficient "
+        "(candidate keys; C++ kernel on CPU, gathered keys elsewhere; never Triton), triton (candidate keys; "
+        "Triton kernel on CUDA) or auto (triton on CUDA when installed, else efficient or reference by length)",
         lambda v: v in IMPLS,
         f"choose from {IMPLS}",
     )
