@@ -230,11 +230,11 @@ def test_wandb_online_failure_is_logged_offline(tmp_path, monkeypatch):
     real_init = tracking._init
     modes = []
 
-    def init(wandb_dir, mode, **kwargs):
+    def init(wandb_dir, mode, project, **kwargs):
         modes.append(mode)
         if mode == "online":
             raise TimeoutError("no network on this node")
-        return real_init(wandb_dir, mode, **kwargs)
+        return real_init(wandb_dir, mode, project, **kwargs)
 
     monkeypatch.setattr(tracking, "_init", init)
     with pytest.warns(UserWarning, match="failed online .*no network.*logging it offline"):

@@ -73,8 +73,8 @@ def _finish(run: Any) -> Path:
     return folder
 
 
-def _init(wandb_dir: Path, mode: str, **kwargs: Any) -> Any:
-    """``wandb.init`` in ``mode`` (offline, online or disabled).
+def _init(wandb_dir: Path, mode: str, project: str, **kwargs: Any) -> Any:
+    """``wandb.init`` of the run ``kwargs["id"]`` of ``project`` in ``mode`` (offline or online), resumed if it exists.
 
     The mode goes to ``wandb.setup`` (the process-wide settings) as well as to the run:
     wandb reads some settings from the process-wide ones only, such as its own usage
@@ -86,7 +86,9 @@ def _init(wandb_dir: Path, mode: str, **kwargs: Any) -> Any:
     wandb_dir.mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(mode=mode, init_timeout=60, silent=True, x_disable_stats=True, console="off")
     wandb.setup(settings=settings)
-    return wandb.init(dir=str(wandb_dir), settings=settings, reinit="finish_previous", **kwargs)
+    return wandb.init(
+        dir=str(wandb_dir), settings=settings, reinit="finish_previous", project=project, resume="allow", **kwargs
+    )
 
 
 def log_experiment(
@@ -103,21 +105,17 @@ def log_experiment(
     its local W&B folder (None if disabled or failed).  When online logging fails (no network on a compute
     node, say) it is logged offline instead, to be uploaded later with ``wandb sync``."""
     settings = settings or WandbSettings()
-    mode = wandb_mode(settings.mode)
-    if mode == "disabled":
-        return None
 
     def log(mode: str) -> Path:
         run = _init(
             wandb_dir,
             mode,
-            project=settings.project,
+            settings.project,
             name=run_id,
             id=wandb_id or run_id,
             group=group,
             config=config,
             job_type="experiment",
-            resume="allow",
         )
         for point in training_curve(train_log):
             step = int(point.pop("num_updates"))
@@ -129,11 +127,15 @@ def log_experiment(
             run.summary[f"{row['test_set']}/bleu_signature"] = row["bleu_signature"]
         return _finish(run)
 
-    return _logged(f"W&B logging of {run_id}", mode, log)
+    return _logged(f"W&B logging of {run_id}", settings, log)
 
 
-def _logged(what: str, mode: str, log: Any) -> Path | None:
-    """``log(mode)``, else ``log("offline")`` when ``mode`` was online; failures become warnings."""
+def _logged(what: str, settings: WandbSettings, log: Any) -> Path | None:
+    """``log(mode)`` in ``settings``' mode (None if disabled), else ``log("offline")`` when that was online;
+    failures become warnings."""
+    mode = wandb_mode(settings.mode)
+    if mode == "disabled":
+        return None
     try:
         return log(mode)
     except Exception as err:  # noqa: BLE001 - tracking must never fail a run
@@ -156,27 +158,16 @@ def log_leaderboard(
     """(Re)build the project's leaderboard ``wandb.Table`` (these ``columns``) from the CSV rows, in the project's
     one W&B run ``leaderboard`` (each rebuild is a new step of it, not a run of its own)."""
     settings = settings or WandbSettings()
-    mode = wandb_mode(settings.mode)
-    if mode == "disabled":
-        return None
 
     def log(mode: str) -> Path:
         import wandb
 
-        run = _init(
-            wandb_dir,
-            mode,
-            project=settings.project,
-            name="leaderboard",
-            id="leaderboard",
-            job_type="leaderboard",
-            resume="allow",
-        )
+        run = _init(wandb_dir, mode, settings.project, name="leaderboard", id="leaderboard", job_type="leaderboard")
         table = wandb.Table(columns=columns, data=[[r.get(c, "") for c in columns] for r in rows])
         run.log({"leaderboard": table})
         return _finish(run)
 
-    return _logged("W&B leaderboard", mode, log)
+    return _logged("W&B leaderboard", settings, log)
 
 
 def read_records(wandb_file: Path) -> list[Any]:
