@@ -31,7 +31,7 @@ from ..attention.functional import self_attention_plan
 from ..files import int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
-from .common import add_shape_options, flatness, goal_cell, names_from, positive_ints
+from .common import add_shape_options, flatness, goal_table, names_from, positive_ints
 from .workload import bench_structure, inputs, median_time
 
 IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
@@ -281,9 +281,7 @@ def table(results: dict[str, Any]) -> str:
             mib(row, "efficient"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
-    for g in goals(results):
-        lines.append(f"| {g['goal']} | {goal_cell(g)} | {g['target']} | {'yes' if g['met'] else 'no'} |")
+    lines += ["", *goal_table(goals(results))]
     return "\n".join(lines)
 
 

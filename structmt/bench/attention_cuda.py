@@ -57,7 +57,7 @@ import torch
 from ..attention.structure import Structure
 from ..files import int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
-from .common import add_shape_options, flatness, goal_cell, names_from, positive_ints
+from .common import add_shape_options, flatness, goal_table, names_from, positive_ints
 from .workload import bench_structure, median_time
 from .workload import inputs as cpu_inputs
 
@@ -241,9 +241,7 @@ def table(results: dict[str, Any]) -> str:
         failures += [f"T={row['T']} {k.removesuffix('_error')}: {v}" for k, v in row.items() if k.endswith("_error")]
     if failures:
         lines += ["", "Failed measurements:", ""] + [f"- {f}" for f in failures]
-    lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
-    for g in goals(results):
-        lines.append(f"| {g['goal']} | {goal_cell(g)} | {g['target']} | {'yes' if g['met'] else 'no'} |")
+    lines += ["", *goal_table(goals(results))]
     return "\n".join(lines)
 
 

@@ -108,6 +108,12 @@ def flatness(per_token: dict[int, float | None], span: tuple[int, int]) -> float
     return high / low if low > 0 else math.inf
 
 
+def goal_table(goals: list[dict]) -> list[str]:
+    """The markdown lines of the goal table of an attention benchmark (``goals`` as its ``goals()`` returns them)."""
+    rows = [f"| {g['goal']} | {goal_cell(g)} | {g['target']} | {'yes' if g['met'] else 'no'} |" for g in goals]
+    return ["| goal | measured | target | met |", "|---|---|---|---|", *rows]
+
+
 def goal_cell(goal: dict) -> str:
     """The "measured" cell of a goal row (``{"measured": value or None, "target": "≥ 10" or "≤ 1.2"}``,
     as the attention benchmarks' ``goals`` write them), printed with :func:`verdict_number`."""

@@ -329,7 +329,7 @@ def write_markdown(csv_path: Path, md_path: Path) -> str:
 
 
 #: runs per test set that ``leaderboard.png`` shows (the best; ``LEADERBOARD.md`` lists them all), so the figure
-#: keeps one size however many runs the CSV holds
+#: stays within a bounded size however many runs the CSV holds
 CHART_RUNS = 25
 
 
