@@ -21,6 +21,7 @@ import warnings  # noqa: E402
 import pytest  # noqa: E402
 
 from structmt.bench import attention_cuda as ac  # noqa: E402
+from structmt.bench import common  # noqa: E402
 from structmt.bench.report import render  # noqa: E402
 
 MiB = 2**20
@@ -103,8 +104,8 @@ def test_table_shows_times_ratios_failures_and_goals():
 
 
 def test_no_cuda_message_is_one_plain_line():
-    assert ac.no_cuda_message("attention", available=True) is None
-    message = ac.no_cuda_message("attention", available=False)
+    assert common.no_cuda_message("attention", available=True) is None
+    message = common.no_cuda_message("attention", available=False)
     assert message.startswith("no CUDA device: ") and message.endswith("run it on a GPU machine")
     assert "\n" not in message and "structmt-bench attention --device cuda" in message
 
@@ -122,7 +123,7 @@ def test_every_gpu_command_stops_with_the_plain_message_without_a_gpu(monkeypatc
     main = importlib.import_module(f"structmt.bench.{command}").main
     with pytest.raises(SystemExit) as stop:
         main(argv)
-    assert stop.value.code == ac.no_cuda_message(command, available=False)  # a string: exit status 1
+    assert stop.value.code == common.no_cuda_message(command, available=False)  # a string: exit status 1
 
 
 @pytest.mark.parametrize("command", ["train", "decode"])
@@ -321,7 +322,7 @@ def test_the_kernel_alone_and_the_gather_path_compute_what_the_triton_call_compu
     full = structured_attention(q, k, v, window=3, rare_index=rare_index, impl="triton", structure=structure)
     index, kind = ac.candidates(q, rare_index, structure)
     alone = triton_kernel.candidate_attention(q, k, v, index, kind, 16**-0.5, structure.sink_eps)[0]
-    with ac.triton_off():  # on a GPU the gathered copies; on CPU float32 tensors the C++ kernel
-        gathered = structured_attention(q, k, v, window=3, rare_index=rare_index, impl="efficient", structure=structure)
+    # "efficient" never runs Triton: on a GPU the gathered copies; on CPU float32 tensors the C++ kernel
+    gathered = structured_attention(q, k, v, window=3, rare_index=rare_index, impl="efficient", structure=structure)
     assert torch.equal(alone, full)
     assert torch.allclose(gathered, full, atol=1e-5)

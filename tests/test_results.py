@@ -274,6 +274,11 @@ def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path
         "15.7 (re-runs); run `x4`); BLEU 39.0 on test_2016_flickr (`reproduce` schedule, seed 3; without the cross "
         "band 38.4, dense 36.8 or 37.0 (runs d3, d3b); run `x4-3`)"
     )
+    # the verdict is on the benchmarked structure's band: a w=5, r=1 band speaks only for a w=5, r=1 benchmark
+    other = _row("x4-w5", 1, 20.0) | base | {"window": 5, "rare": 1, "heads": "auto", "cross": "w32/slope0.97"}
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", [other])
+    assert list(cross_bleu(tmp_path)) == [4]
+    assert list(cross_bleu(tmp_path, {"window": 5, "rare": 1})) == [32]
     text = "\n".join(train_section(record, quality))
     assert "| docs2048_cross4 | 100 | 300 | 3.00 | ≥ 2.0 | yes |" in text
     assert "| docs2048_cross32 | 100 | 400 | 4.00 | ≥ 2.0 | yes, BLEU not measured |" in text

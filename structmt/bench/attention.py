@@ -31,10 +31,10 @@ from ..attention.functional import self_attention_plan
 from ..files import int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
-from .common import add_shape_options, flatness, goal_table, names_from, positive_ints
+from .common import add_shape_options, flatness, goal, goal_table, names_from, per_1k_tokens_mib, positive_ints
 from .workload import bench_structure, inputs, median_time
 
-IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
+CPU_IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
 #: the flat-memory goal's span of lengths: both ends must be measured
 FLAT_T = (1024, 8192)
 #: printed after the table: what the Flex / efficient forward ratio times (see the module docstring)
@@ -171,7 +171,7 @@ def hardware(size_mb: int = 512) -> dict[str, float]:
     return {"copy_gb_per_s": 2 * x.numel() * 4 / copy / 1e9, "matmul_gflop_per_s": 2 * 2048**3 / mm / 1e9}
 
 
-def traffic_floor_bytes(batch: int, heads: int, length: int, dim: int, candidates: int) -> float:
+def gather_floor_bytes(batch: int, heads: int, length: int, dim: int, candidates: int) -> float:
     """Bytes the band and rare gathers must move, forward + backward: every query reads its
     ``C`` keys and values and writes its output (forward); the backward reads them again and writes
     dq, dk and dv (float32)."""
@@ -216,40 +216,29 @@ def run(
                 flush=True,
             )
         candidates = bench_structure(heads, window, rare).keys_per_query
-        row["floor_s"] = traffic_floor_bytes(q.size(0), heads, length, dim, candidates) / (
+        row["floor_s"] = gather_floor_bytes(q.size(0), heads, length, dim, candidates) / (
             results["hardware"]["copy_gb_per_s"] * 1e9
         )
         results["rows"].append(row)
     return results
 
 
-def _per_1k_tokens(row: dict[str, Any], impl: str) -> float | None:
-    peak = row.get(f"{impl}_peak_bytes")
-    return peak / 2**20 / (row["T"] * row["batch"] / 1000) if peak is not None and peak >= 0 else None
-
-
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's goals, each as (what, measured ratio, target, met), from this run's rows."""
     by_t = {r["T"]: r for r in results["rows"]}
-    out = []
-
-    def goal(what: str, value: float | None, target: float, at_least: bool) -> None:
-        met = value is not None and (value >= target if at_least else value <= target)
-        out.append(
-            {"goal": what, "measured": value, "target": ("≥ " if at_least else "≤ ") + f"{target:g}", "met": met}
-        )
 
     def ratio(t: int, num: str, den: str) -> float | None:
         r = by_t.get(t, {})
         return r[num] / r[den] if num in r and den in r else None
 
-    goal("T=4096: SDPA f+b / efficient f+b", ratio(4096, "sdpa_s", "efficient_s"), 15, True)
-    goal("T=4096: Flex fwd / efficient fwd", ratio(4096, "flex_s", "efficient_fwd_s"), 3, True)
-    goal("T=4096: efficient f+b / memory-traffic floor", ratio(4096, "efficient_s", "floor_s"), 4, False)
-    flat = flatness({t: _per_1k_tokens(r, "efficient") for t, r in by_t.items()}, FLAT_T)
-    goal(f"efficient peak memory per token, max / min over T = {FLAT_T[0]}…{FLAT_T[1]}", flat, 1.2, False)
-    goal("T=32: efficient f+b / SDPA f+b", ratio(32, "efficient_s", "sdpa_s"), 1.2, False)
-    return out
+    flat = flatness({t: per_1k_tokens_mib(r, "efficient_peak_bytes") for t, r in by_t.items()}, FLAT_T)
+    return [
+        goal("T=4096: SDPA f+b / efficient f+b", ratio(4096, "sdpa_s", "efficient_s"), 15, True),
+        goal("T=4096: Flex fwd / efficient fwd", ratio(4096, "flex_s", "efficient_fwd_s"), 3, True),
+        goal("T=4096: efficient f+b / memory-traffic floor", ratio(4096, "efficient_s", "floor_s"), 4, False),
+        goal(f"efficient peak memory per token, max / min over T = {FLAT_T[0]}…{FLAT_T[1]}", flat, 1.2, False),
+        goal("T=32: efficient f+b / SDPA f+b", ratio(32, "efficient_s", "sdpa_s"), 1.2, False),
+    ]
 
 
 def table(results: dict[str, Any]) -> str:
@@ -267,7 +256,7 @@ def table(results: dict[str, Any]) -> str:
         return f"{row[num] / row[den]:{fmt}}×" if num in row and den in row else "–"
 
     def mib(row: dict[str, Any], impl: str) -> str:
-        v = _per_1k_tokens(row, impl)
+        v = per_1k_tokens_mib(row, f"{impl}_peak_bytes")
         return f"{v:.2f}" if v is not None else "–"
 
     for row in results["rows"]:
@@ -289,7 +278,7 @@ def plot(results: dict[str, Any], png: Path) -> None:
     from ..figures import pyplot, save
 
     fig, (ax1, ax2) = pyplot().subplots(1, 2, figsize=(11, 4))
-    for impl in IMPLS:
+    for impl in CPU_IMPLS:
         pts = [(r["T"], r[f"{impl}_s"]) for r in results["rows"] if f"{impl}_s" in r]
         if pts:
             ax1.loglog(*zip(*pts, strict=True), marker="o", label=impl + (" (fwd)" if impl == "flex" else ""))
@@ -327,7 +316,9 @@ def main(argv: list[str] | None = None) -> None:
         "--lengths", type=positive_ints, default="32,128,512,1024,2048,4096,8192", help="comma-separated lengths T"
     )
     add_shape_options(p, tokens=8192)
-    p.add_argument("--impls", type=names_from(IMPLS), default=",".join(IMPLS), help=f"comma-separated, of {IMPLS}")
+    p.add_argument(
+        "--impls", type=names_from(CPU_IMPLS), default=",".join(CPU_IMPLS), help=f"comma-separated, of {CPU_IMPLS}"
+    )
     p.add_argument("--repeats", type=int_at_least(1), default=5, help="timed steps (their median)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument(

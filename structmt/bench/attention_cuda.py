@@ -38,7 +38,6 @@ one length comes from one run (the last that printed it), never from two.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import gc
 import itertools
@@ -57,11 +56,20 @@ import torch
 from ..attention.structure import Structure
 from ..files import int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
-from .common import add_shape_options, flatness, goal_table, names_from, positive_ints
+from .common import (
+    add_shape_options,
+    flatness,
+    goal,
+    goal_table,
+    names_from,
+    per_1k_tokens_mib,
+    positive_ints,
+    require_cuda,
+)
 from .workload import bench_structure, median_time
 from .workload import inputs as cpu_inputs
 
-IMPLS = ("sdpa_flash", "flex", "triton", "triton_kernel", "gather")
+GPU_IMPLS = ("sdpa_flash", "flex", "triton", "triton_kernel", "gather")
 MODES = ("fwd", "fb")
 LABELS = {
     "sdpa_flash": "SDPA flash",
@@ -80,28 +88,6 @@ DEFAULT_OUT = REPO_ROOT / "results" / "bench_attention_cuda.json"
 # --------------------------------------------------------------------------------------------------
 # no GPU
 # --------------------------------------------------------------------------------------------------
-
-
-def no_cuda_message(command: str, available: bool | None = None) -> str | None:
-    """The one-line reason ``structmt-bench COMMAND --device cuda`` cannot run here, or None when a
-    CUDA device is there (``available``: the answer of ``torch.cuda.is_available()``, asked when None)."""
-    if available is None:
-        available = torch.cuda.is_available()
-    if available:
-        return None
-    why = (
-        f"torch {torch.__version__} is a CPU-only build"
-        if torch.version.cuda is None
-        else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
-    )
-    return f"no CUDA device: {why}; `structmt-bench {command} --device cuda` measures a GPU, run it on a GPU machine"
-
-
-def require_cuda(command: str) -> None:
-    """Exit with :func:`no_cuda_message` (status 1, one line on stderr, no traceback) without a GPU."""
-    message = no_cuda_message(command)
-    if message is not None:
-        sys.exit(message)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,12 +134,6 @@ def _ratio(row: dict[str, Any] | None, num: str | tuple[str, ...], den: str) -> 
     return sum(row[n] for n in nums) / row[den]
 
 
-def per_1k_tokens_mib(row: dict[str, Any], key: str) -> float | None:
-    """Peak memory ``row[key]`` (bytes) in MiB per 1000 tokens of the batch."""
-    peak = row.get(key)
-    return peak / 2**20 / (row["T"] * row["batch"] / 1000) if peak is not None and peak >= 0 else None
-
-
 def flat_memory(rows: list[dict[str, Any]], key: str = "triton_fb_peak_bytes", span: tuple[int, int] = FLAT_T):
     """Max / min over T in ``span`` of the peak memory per token; None unless both ends of the
     span were measured (:func:`~structmt.bench.common.flatness`)."""
@@ -167,32 +147,27 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = results["rows"]
     by_t = {r["T"]: r for r in rows}
     at, short = by_t.get(GOAL_T), by_t.get(SHORT_T)
-    out: list[dict[str, Any]] = []
-
-    def goal(what: str, value: float | None, target: float, at_least: bool) -> None:
-        met = value is not None and (value >= target if at_least else value <= target)
-        out.append(
-            {"goal": what, "measured": value, "target": ("≥ " if at_least else "≤ ") + f"{target:g}", "met": met}
-        )
-
     t = f"T={GOAL_T} f+b"
-    goal(f"{t}: SDPA flash / structmt Triton", _ratio(at, "sdpa_flash_fb_s", "triton_fb_s"), 10, True)
-    goal(
-        f"{t}: (Flex + its BlockMask build) / structmt Triton",
-        _ratio(at, ("flex_fb_s", "flex_mask_s"), "triton_fb_s"),
-        2,
-        True,
-    )
-    goal(f"{t}: Flex (BlockMask prebuilt) / structmt Triton", _ratio(at, "flex_fb_s", "triton_fb_s"), 1.2, True)
-    goal(f"{t}: structmt Triton / HBM traffic floor", _ratio(at, "triton_fb_s", "floor_fb_s"), 3, False)
-    goal(f"T={SHORT_T} f+b: SDPA flash / structmt Triton", _ratio(short, "sdpa_flash_fb_s", "triton_fb_s"), 0.8, True)
-    goal(
-        f"structmt Triton f+b peak memory per token, max / min over T = {FLAT_T[0]}…{FLAT_T[1]}",
-        flat_memory(rows),
-        1.2,
-        False,
-    )
-    return out
+    return [
+        goal(f"{t}: SDPA flash / structmt Triton", _ratio(at, "sdpa_flash_fb_s", "triton_fb_s"), 10, True),
+        goal(
+            f"{t}: (Flex + its BlockMask build) / structmt Triton",
+            _ratio(at, ("flex_fb_s", "flex_mask_s"), "triton_fb_s"),
+            2,
+            True,
+        ),
+        goal(f"{t}: Flex (BlockMask prebuilt) / structmt Triton", _ratio(at, "flex_fb_s", "triton_fb_s"), 1.2, True),
+        goal(f"{t}: structmt Triton / HBM traffic floor", _ratio(at, "triton_fb_s", "floor_fb_s"), 3, False),
+        goal(
+            f"T={SHORT_T} f+b: SDPA flash / structmt Triton", _ratio(short, "sdpa_flash_fb_s", "triton_fb_s"), 0.8, True
+        ),
+        goal(
+            f"structmt Triton f+b peak memory per token, max / min over T = {FLAT_T[0]}…{FLAT_T[1]}",
+            flat_memory(rows),
+            1.2,
+            False,
+        ),
+    ]
 
 
 def _ms(seconds: float) -> str:
@@ -204,7 +179,7 @@ def table(results: dict[str, Any]) -> str:
     """The GPU rows and goals as markdown: times in ms (``fwd / f+b``), ratios of f+b times, peak
     MiB per 1000 tokens (f+b); a failed measurement shows as ``fail`` and is listed below."""
     impls = [
-        i for i in IMPLS if any(f"{i}_{m}_s" in r or f"{i}_{m}_error" in r for r in results["rows"] for m in MODES)
+        i for i in GPU_IMPLS if any(f"{i}_{m}_s" in r or f"{i}_{m}_error" in r for r in results["rows"] for m in MODES)
     ]
     head = ["T", "batch"] + [f"{LABELS[i]} ms" for i in impls] + ["BlockMask build ms", "traffic floor ms"]
     head += ["SDPA / Triton", "(Flex + mask) / Triton", "Flex / Triton", "Triton / floor"]
@@ -286,17 +261,6 @@ def candidates(q: torch.Tensor, rare_index: torch.Tensor, structure: Structure) 
     plan = self_attention_plan(structure, q, rare_index, None)
     _, index, kind = plan.candidates()
     return index, kind
-
-
-@contextlib.contextmanager
-def triton_off() -> Iterator[None]:
-    """Inside: ``attend_candidates`` sees no Triton, so ``impl="efficient"`` takes its gather path on a GPU."""
-    from unittest import mock
-
-    from ..attention import triton_kernel
-
-    with mock.patch.object(triton_kernel, "available", lambda device=None: False):
-        yield
 
 
 def _raise_recompile_limits() -> None:
@@ -401,14 +365,13 @@ def make_step(
 
     elif impl == "gather":
 
-        def forward():
-            with triton_off():
-                return structured_attention(
-                    q, k, v, window=window, rare_index=rare_index, impl="efficient", structure=structure
-                )
+        def forward():  # "efficient" never runs Triton (candidate_kernel): on a GPU, the gathered copies
+            return structured_attention(
+                q, k, v, window=window, rare_index=rare_index, impl="efficient", structure=structure
+            )
 
     else:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        raise ValueError(f"impl must be one of {GPU_IMPLS}, got {impl!r}")
 
     def step() -> None:
         if backward:
@@ -457,9 +420,9 @@ def run(
     after each length."""
     from ..provenance import git_commit, machine
 
-    unknown = sorted(set(impls) - set(IMPLS)) + sorted(set(modes) - set(MODES))
+    unknown = sorted(set(impls) - set(GPU_IMPLS)) + sorted(set(modes) - set(MODES))
     if unknown:
-        raise ValueError(f"unknown implementations or modes {unknown}; choose from {IMPLS} and {MODES}")
+        raise ValueError(f"unknown implementations or modes {unknown}; choose from {GPU_IMPLS} and {MODES}")
     structure = bench_structure(heads, window, rare)
     on_gpu = torch.device(device).type == "cuda"
     bandwidth = copy_bandwidth(copy_mb, device)
@@ -650,7 +613,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
     p.add_argument("--lengths", type=positive_ints, default=DEFAULT_LENGTHS, help="comma-separated lengths T")
     add_shape_options(p, tokens=32768)
-    p.add_argument("--impls", type=names_from(IMPLS), default=",".join(IMPLS), help=f"comma-separated, of {IMPLS}")
+    p.add_argument(
+        "--impls", type=names_from(GPU_IMPLS), default=",".join(GPU_IMPLS), help=f"comma-separated, of {GPU_IMPLS}"
+    )
     p.add_argument(
         "--modes", type=names_from(MODES), default=",".join(MODES), help="fwd (forward, no grad) and/or fb (f+b)"
     )

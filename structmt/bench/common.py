@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import torch
 
 from ..attention.options import StructureConfig
 from ..files import int_at_least
@@ -106,6 +109,41 @@ def flatness(per_token: dict[int, float | None], span: tuple[int, int]) -> float
     if high == 0:
         return 1.0
     return high / low if low > 0 else math.inf
+
+
+def goal(what: str, value: float | None, target: float, at_least: bool) -> dict[str, Any]:
+    """One goal row of an attention benchmark: ``value`` (None: not measured, never met) against
+    ``target`` (``at_least``: ≥, else ≤)."""
+    met = value is not None and (value >= target if at_least else value <= target)
+    return {"goal": what, "measured": value, "target": ("≥ " if at_least else "≤ ") + f"{target:g}", "met": met}
+
+
+def per_1k_tokens_mib(row: dict[str, Any], key: str) -> float | None:
+    """Peak memory ``row[key]`` (bytes) in MiB per 1000 tokens of the batch (None: not measured)."""
+    peak = row.get(key)
+    return peak / 2**20 / (row["T"] * row["batch"] / 1000) if peak is not None and peak >= 0 else None
+
+
+def no_cuda_message(command: str, available: bool | None = None) -> str | None:
+    """The one-line reason ``structmt-bench COMMAND --device cuda`` cannot run here, or None when a
+    CUDA device is there (``available``: the answer of ``torch.cuda.is_available()``, asked when None)."""
+    if available is None:
+        available = torch.cuda.is_available()
+    if available:
+        return None
+    why = (
+        f"torch {torch.__version__} is a CPU-only build"
+        if torch.version.cuda is None
+        else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
+    )
+    return f"no CUDA device: {why}; `structmt-bench {command} --device cuda` measures a GPU, run it on a GPU machine"
+
+
+def require_cuda(command: str) -> None:
+    """Exit with :func:`no_cuda_message` (status 1, one line on stderr, no traceback) without a GPU."""
+    message = no_cuda_message(command)
+    if message is not None:
+        sys.exit(message)
 
 
 def goal_table(goals: list[dict]) -> list[str]:

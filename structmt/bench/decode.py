@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     if (a.bf16 or a.fp16) and a.device != "cuda":
         p.error("--bf16 and --fp16 need --device cuda")
     if a.device == "cuda":
-        from .attention_cuda import require_cuda
+        from .common import require_cuda
 
         require_cuda("decode")
     started_on = machine()  # the commit the run starts from

@@ -5,7 +5,6 @@ section from ``bench_attention_cuda.json`` and the files under ``gpu/`` (``scrip
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Any
 
 from ..files import DataError, existing_dir, write_text_atomic
 from ..paths import REPO_ROOT
+from ..pipeline.leaderboard import read_rows
+from ..pipeline.spec import cross_window
 from .attention import table
 from .attention_cuda import table as cuda_table
 from .common import verdict_number
@@ -77,19 +78,23 @@ def attention_section(record: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def cross_bleu(results_dir: Path, test_set: str = "test_2016_flickr") -> dict[int, str]:
+def cross_bleu(
+    results_dir: Path, structure: dict[str, int] | None = None, test_set: str = "test_2016_flickr"
+) -> dict[int, str]:
     """What the leaderboard says of each structured cross band's translation quality on Multi30k: cross
-    window W → the BLEU of every w=3, r=2 run with that band, each beside the same model without it and the
-    dense model (same schedule and seed; every recorded re-run of those).  A speed ratio of a ``…_crossW``
-    row is a verdict only with this."""
-    path = results_dir / "leaderboard.csv"
-    if not path.exists():
-        return {}
-    with open(path, newline="", encoding="utf-8-sig") as f:  # as leaderboard.read_rows: a BOM is accepted
-        rows = [r for r in csv.DictReader(f) if r["data"] == "multi30k_en_de" and r["test_set"] == test_set]
+    window W → the BLEU of every run of the benchmarked structure (``{"window": w, "rare": r}``, the training
+    benchmark's; default w=3, r=2) with that band, each beside the same model without it and the dense model
+    (same schedule and seed; every recorded re-run of those).  A speed ratio of a ``…_crossW`` row is a
+    verdict only with this."""
+    structure = structure or {"window": 3, "rare": 2}
+    rows = [
+        r
+        for r in read_rows(results_dir / "leaderboard.csv")
+        if r["data"] == "multi30k_en_de" and r["test_set"] == test_set
+    ]
 
-    def default_mix(x: dict[str, str]) -> bool:
-        return x["window"] == "3" and x["rare"] == "2" and x["heads"] == "auto"
+    def benchmarked(x: dict[str, str]) -> bool:
+        return (x["window"], x["rare"], x["heads"]) == (str(structure["window"]), str(structure["rare"]), "auto")
 
     def scores(same: list[dict[str, str]], keep: Callable[[dict[str, str]], bool]) -> str:
         kept = [x for x in same if keep(x)]
@@ -101,12 +106,12 @@ def cross_bleu(results_dir: Path, test_set: str = "test_2016_flickr") -> dict[in
 
     by_window: dict[int, list[str]] = {}
     for r in rows:
-        if not (r["cross"].startswith("w") and default_mix(r)):
+        window = cross_window(r["cross"])
+        if window is None or not benchmarked(r):
             continue
         same = [x for x in rows if (x["schedule"], x["seed"]) == (r["schedule"], r["seed"])]
-        plain = scores(same, lambda x: default_mix(x) and not x["cross"])
+        plain = scores(same, lambda x: benchmarked(x) and not x["cross"])
         dense = scores(same, lambda x: x["window"] == "")
-        window = int(r["cross"][1:].partition("/")[0])
         by_window.setdefault(window, []).append(
             f"BLEU {r['bleu']} on {test_set} (`{r['schedule']}` schedule, seed {r['seed']}; without the cross "
             f"band {plain}, dense {dense}; run `{r['run_id']}`)"
@@ -341,7 +346,8 @@ def render(results_dir: Path) -> str:
         "",
     ]
     lines += attention_section(_load(results_dir / "bench_attention.json"))
-    lines += train_section(_load(results_dir / "bench_train.json"), cross_bleu(results_dir))
+    train = _load(results_dir / "bench_train.json")
+    lines += train_section(train, cross_bleu(results_dir, (train or {}).get("structure")))
     lines += decode_section(_load(results_dir / "bench_decode.json"))
     lines += gpu_section(results_dir)
     return "\n".join(lines)

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     if (a.bf16 or a.fp16) and a.device != "cuda":
         p.error("--bf16 and --fp16 need --device cuda")
     if a.device == "cuda":
-        from .attention_cuda import require_cuda
+        from .common import require_cuda
 
         require_cuda("train")
     # fairseq-train takes the GPU whenever it sees one: --cpu keeps --device cpu on the CPU

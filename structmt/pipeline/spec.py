@@ -75,7 +75,7 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
         return f"from:{Path(self.heads_from).name}" if self.heads_from else self.heads
 
     def cross_label(self) -> str:
-        """The cross-attention band as the leaderboard shows it ('' = dense)."""
+        """The cross-attention band as the leaderboard shows it ('' = dense; read back by :func:`cross_window`)."""
         return f"w{self.cross_window}/slope{self.cross_slope:g}" if self.structured and self.cross_window >= 0 else ""
 
     def fairseq_args(self, roles: Path | None = None) -> list[str]:
@@ -211,3 +211,8 @@ class RunSpec:
             shape += f"-x{m.cross_window}" if m.cross_window >= 0 else ""
         shape += "-ft" if self.schedule.finetune_from else ""
         return f"{self.data.name}-{self.schedule.name}-{shape}-{digest}"
+
+
+def cross_window(label: str) -> int | None:
+    """The band half-width of a leaderboard ``cross`` cell (:meth:`ModelSpec.cross_label`); None for dense."""
+    return int(label[1:].partition("/")[0]) if label else None

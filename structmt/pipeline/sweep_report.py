@@ -11,7 +11,7 @@ from ..console import add_verbose_option, setup
 from ..figures import annotated_heatmap
 from ..files import write_text_atomic
 from ..paths import REPO_ROOT
-from .leaderboard import evaluations, read_rows
+from .leaderboard import evaluations, read_rows, short_commit
 
 
 def sweep_rows(
@@ -118,7 +118,7 @@ def report(
             f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r.get('cross', '')} | {r['bleu']} | "
             f"{r['chrf']} | "
             f"{r['p_value_vs_dense']} | {r['train_tokens_per_s']} | {r['train_seconds']} | {r['run_id']} | "
-            f"{r['git_commit'][:7]} |"
+            f"{short_commit(r['git_commit'])} |"
         )
     lines += [
         "",
