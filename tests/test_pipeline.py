@@ -40,6 +40,35 @@ def test_stages_are_idempotent_and_rerun_only_what_changed(tmp_path, capsys):
     assert len((tmp_path / "bin" / "dict.en.txt").read_text().splitlines()) <= 300  # padded to a multiple of 8
 
 
+def test_a_stage_interrupted_part_way_is_rebuilt_even_under_the_settings_of_its_old_stamp(tmp_path, monkeypatch):
+    """Build at one vocabulary, rebuild at another killed after the first encoded file, go back to the
+    first: the encoded files must all be the first vocabulary's again (an old stamp left in place while a
+    stage rewrote its outputs vouched for a mix of both)."""
+    import structmt.data.prepare as prepare
+
+    cfg = PrepConfig(vocab_size=400, max_train_lines=300, max_eval_lines=20)
+    prepare_multi30k(tmp_path / "clean", cfg)
+    prepare_multi30k(tmp_path / "out", cfg)
+    write = prepare._write_lines
+
+    def killed_after_one(path, lines):
+        write(path, lines)
+        if path.parent.name == "spm":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "_write_lines", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_multi30k(tmp_path / "out", PrepConfig(vocab_size=300, max_train_lines=300, max_eval_lines=20))
+    assert not (tmp_path / "out" / "spm" / ".spm_encode.stamp").exists()
+    monkeypatch.setattr(prepare, "_write_lines", write)
+    prepare_multi30k(tmp_path / "out", cfg)
+    for name in ("train.en", "train.de", "valid.en"):
+        assert (tmp_path / "out" / "spm" / name).read_bytes() == (tmp_path / "clean" / "spm" / name).read_bytes()
+    assert (tmp_path / "out" / "bin" / "dict.en.txt").read_bytes() == (
+        tmp_path / "clean" / "bin" / "dict.en.txt"
+    ).read_bytes()
+
+
 def _gz(path: Path, lines: list[str]) -> str:
     path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode()))
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -142,35 +142,32 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
     # 1. raw text (train cleaned, eval sets untouched: references stay raw)
     raw = out_dir / "raw"
     raw_out = [raw / f"{split}.{lang}" for split in splits for lang in langs]
-    stage = Stage("raw", raw, {"cfg": asdict(cfg) | {"vocab_size": None}, "splits": list(splits)}, inputs, raw_out)
-    if not stage.done():
+    stage = Stage(
+        "raw", raw, {"cfg": asdict(cfg) | {"vocab_size": None, "mirror": None}, "splits": list(splits)}, inputs, raw_out
+    )
+
+    def write_raw() -> None:
         # read and check every input before writing anything: bad data leaves no partial output
         texts = {split: _read_split(split, pairs, cfg) for split, pairs in splits.items()}
         for split, (src_lines, tgt_lines) in texts.items():
             _write_lines(raw / f"{split}.{cfg.src}", src_lines)
             _write_lines(raw / f"{split}.{cfg.tgt}", tgt_lines)
-        stage.finish()
-    else:
+
+    if not stage.ensure(write_raw):
         say_once("[data] raw: up to date", key=("raw up to date", raw))
 
     # 2. joint SentencePiece model
     spm_dir = out_dir / "spm"
     model = spm_dir / "spm.model"
-    stage = Stage(
-        "spm_train",
-        spm_dir,
-        {"vocab_size": cfg.vocab_size},
-        [raw / f"train.{lang}" for lang in langs],
-        [model, spm_dir / "spm.vocab"],
+    train_text = [raw / f"train.{lang}" for lang in langs]
+    Stage("spm_train", spm_dir, {"vocab_size": cfg.vocab_size}, train_text, [model, spm_dir / "spm.vocab"]).ensure(
+        lambda: train_sentencepiece(train_text, spm_dir / "spm", cfg.vocab_size)
     )
-    if not stage.done():
-        train_sentencepiece([raw / f"train.{lang}" for lang in langs], spm_dir / "spm", cfg.vocab_size)
-        stage.finish()
 
     # 3. encode
     enc_out = [spm_dir / f"{split}.{lang}" for split in splits for lang in langs]
-    stage = Stage("spm_encode", spm_dir, {}, [model, *raw_out], enc_out)
-    if not stage.done():
+
+    def encode() -> None:
         import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor(model_file=str(model))
@@ -178,17 +175,17 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
             for lang in langs:
                 lines = (raw / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
                 _write_lines(spm_dir / f"{split}.{lang}", [" ".join(p) for p in sp.encode(lines, out_type=str)])
-        stage.finish()
+
+    Stage("spm_encode", spm_dir, {}, [model, *raw_out], enc_out).ensure(encode)
 
     # 4. binarize with a joined dictionary
     bin_dir = out_dir / "bin"
     bin_out = [bin_dir / f"dict.{lang}.txt" for lang in langs] + [
         bin_dir / f"{split}.{cfg.src}-{cfg.tgt}.{lang}.bin" for split in splits for lang in langs
     ]
-    stage = Stage("binarize", bin_dir, {"src": cfg.src, "tgt": cfg.tgt}, enc_out, bin_out)
-    if not stage.done():
-        binarize(spm_dir, bin_dir, cfg.src, cfg.tgt, list(splits))
-        stage.finish()
+    Stage("binarize", bin_dir, {"src": cfg.src, "tgt": cfg.tgt}, enc_out, bin_out).ensure(
+        lambda: binarize(spm_dir, bin_dir, cfg.src, cfg.tgt, list(splits))
+    )
     return bin_dir
 
 

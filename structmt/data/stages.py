@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,9 @@ def fingerprint(settings: dict[str, Any], inputs: list[Path]) -> str:
 class Stage:
     """An idempotent stage: skipped when its stamp matches its settings and inputs.
 
-    The stamp (``<out_dir>/.<name>.stamp``) is written last, after all outputs,
-    so an interrupted stage is rebuilt on the next run.
+    :meth:`ensure` removes the old stamp before it rebuilds anything and writes the new one last, after
+    all outputs: a stage interrupted part-way has no stamp, so the next run rebuilds it whatever its
+    settings (an old stamp left in place would vouch for outputs half rewritten under other settings).
     """
 
     def __init__(self, name: str, out_dir: Path, settings: dict[str, Any], inputs: list[Path], outputs: list[Path]):
@@ -45,5 +47,11 @@ class Stage:
             self.stamp.exists() and self.stamp.read_text().strip() == self.key and all(p.exists() for p in self.outputs)
         )
 
-    def finish(self) -> None:
+    def ensure(self, build: Callable[[], None]) -> bool:
+        """Run ``build`` (which writes the outputs) unless the stage is done; True when it ran."""
+        if self.done():
+            return False
+        self.stamp.unlink(missing_ok=True)
+        build()
         write_text_atomic(self.stamp, self.key + "\n")
+        return True
