@@ -107,6 +107,14 @@ def test_the_options_the_pipeline_sets_are_those_it_passes():
         (["data.tgt=cs"], r"data.tgt='cs': Multi30k has every split \(train, val, .*\) only in de, en, fr"),
         (["data=wmt16_en_ro", "data.tgt=de"], "data.src/data.tgt=en→de: wmt16_en_ro has en→ro only"),
         (
+            ["data.base_url=http://mirror.example"],
+            "data.base_url='http://mirror.example' serves the WMT recipes' archives; Multi30k takes data.mirror",
+        ),
+        (
+            ["data=wmt14_en_de", "data.mirror=/tmp"],
+            "data.mirror='/tmp' is a folder of Multi30k files; wmt14_en_de takes data.base_url",
+        ),
+        (
             ["model.heads=pos:9"],
             "model.heads='pos:9' does not fit model.arch=structured_transformer_multi30k: .*gives 9 heads but the "
             "layer has 4",

@@ -79,17 +79,53 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_root(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving ``tmp_path/served``."""
+class _CutShort(_Quiet):
+    """Announces the whole file (Content-Length) and closes the connection after half of it."""
+
+    def copyfile(self, source, outputfile):
+        data = source.read()
+        outputfile.write(data[: len(data) // 2])
+
+
+def _serve(tmp_path: Path, handler_class: type):
     root = tmp_path / "served"
     root.mkdir()
-    handler = lambda *a, **k: _Quiet(*a, directory=str(root), **k)  # noqa: E731
+    handler = lambda *a, **k: handler_class(*a, directory=str(root), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}/{{name}}"
     server.shutdown()
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving ``tmp_path/served``."""
+    yield from _serve(tmp_path, _Quiet)
+
+
+@pytest.fixture
+def cut_http_root(tmp_path):
+    """Like :func:`http_root`, but every transfer stops half-way (the connection dropped)."""
+    yield from _serve(tmp_path, _CutShort)
+
+
+def test_a_download_cut_short_is_never_kept_and_falls_back_to_the_mirror(cut_http_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    root, url = cut_http_root
+    good = _gz(root / "a.en.gz", ["hello world"] * 50)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "a.en.gz").write_bytes((root / "a.en.gz").read_bytes())
+    cache = tmp_path / "cache"
+    args = dict(url_template=url, mirror=None, env_var="STRUCTMT_MULTI30K", cache=cache)
+    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=mirror, **args)
+    assert paths["a.en.gz"] == mirror / "a.en.gz"
+    assert source.startswith(f"offline mirror {mirror} (download failed: incomplete download of ")
+    assert not cache.exists() or list(cache.iterdir()) == []
+    # without a mirror: an error saying how much arrived
+    with pytest.raises(DataError, match=r"incomplete download of .*a\.en\.gz: \d+ of \d+ bytes"):
+        fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=None, **args)
 
 
 @pytest.mark.reliability

@@ -208,6 +208,14 @@ def test_wandb_key_never_reaches_logs_or_results(tmp_path, monkeypatch):
         (["structmt.analysis.report", "missing.pt", "."], "argument checkpoint: missing.pt: no such file"),
         (["structmt.pipeline.translate", "no/such/run"], "argument run_dir: no/such/run: no such folder"),
         (["structmt.data.cli", "out", "--mirror", "nowhere"], "argument --mirror: nowhere: no such folder"),
+        (
+            ["structmt.data.cli", "out", "--base-url", "http://m.example"],
+            "--base-url='http://m.example' serves the WMT",
+        ),
+        (
+            ["structmt.data.cli", "out", "--data", "wmt14_en_de", "--mirror", "."],
+            "--mirror='.' is a folder of Multi30k",
+        ),
     ],
 )
 def test_path_options_are_checked_before_use(tmp_path, command, message):

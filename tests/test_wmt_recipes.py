@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_pipeline import http_root  # noqa: F401  (fixture)
+from test_pipeline import cut_http_root, http_root  # noqa: F401  (fixtures)
 
 from structmt.data import wmt
 from structmt.data.prepare import PrepConfig
@@ -89,8 +89,20 @@ def test_wmt_recipe_downloads_verifies_and_binarizes(recipe, tmp_path, capsys):
     assert "raw: up to date" in capsys.readouterr().out
     # a cached archive that changed fails against its recorded checksum
     (out / "download" / "corpus-b.zip").write_bytes(b"tampered")
-    with pytest.raises(DataError, match="checksum mismatch for .*corpus-b.zip"):
+    with pytest.raises(DataError, match="checksum mismatch for .*corpus-b.zip") as error:
         wmt.prepare_wmt("wmt_fixture", out, cfg, base_url=base, manifests=manifests)
+    assert f"the one recorded in {out / 'download' / 'corpus-b.zip.sha256'} when the archive was first seen" in str(
+        error.value
+    )
+
+
+def test_an_archive_without_a_checksum_cut_short_is_refused_and_not_recorded(cut_http_root, tmp_path):  # noqa: F811
+    root, url = cut_http_root
+    _zip(root / "corpus-b.zip", {"b.en": EN, "b.de": DE})
+    cache = tmp_path / "download"
+    with pytest.raises(DataError, match=r"cannot download .*corpus-b.zip \(incomplete download of "):
+        wmt.fetch_archive("https://opus.example/corpus-b.zip", None, cache, base_url=url.rsplit("/", 1)[0])
+    assert not cache.exists() or list(cache.iterdir()) == []  # neither the archive nor a trusted checksum
 
 
 def test_wmt_errors_name_the_problem(recipe, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -22,6 +23,24 @@ def test_sets(name: str) -> dict[str, str]:
     if name == "multi30k_en_de":
         return {split: stem for split, stem in MULTI30K_SPLITS.items() if split.startswith("test")}
     return {"test": load_manifest(name)["test"]["name"]}
+
+
+def wrong_source_option(
+    name: str, mirror: str | None, base_url: str | None, spell: Callable[[str], str] = str
+) -> str | None:
+    """Why a data set given the other data set's source option (which it would ignore) is refused, or None;
+    ``spell`` names an option (``mirror``, ``base_url``) as the caller's user writes it."""
+    if name == "multi30k_en_de" and base_url:
+        return (
+            f"{spell('base_url')}={base_url!r} serves the WMT recipes' archives; Multi30k takes "
+            f"{spell('mirror')} (a folder of its .gz files)"
+        )
+    if name != "multi30k_en_de" and mirror:
+        return (
+            f"{spell('mirror')}={mirror!r} is a folder of Multi30k files; {name} takes {spell('base_url')} "
+            "(a server of its archives)"
+        )
+    return None
 
 
 def prepare_dataset(name: str, out_dir: Path, cfg: PrepConfig, base_url: str | None = None) -> Path:
@@ -56,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--base-url", default=None, help="WMT: a mirror serving the training archives by file name")
     add_verbose_option(p)
     a = p.parse_args(argv)
+    mirror = str(a.mirror) if a.mirror else None
+    misplaced = wrong_source_option(a.data, mirror, a.base_url, lambda o: "--" + o.replace("_", "-"))
+    if misplaced:
+        p.error(misplaced)
     setup(a.verbose)
     if a.data == "multi30k_en_de":
         src, tgt, vocab = "en", "de", 8000
@@ -67,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         tgt=tgt,
         vocab_size=a.vocab_size or vocab,
         max_train_lines=a.max_train_lines,
-        mirror=str(a.mirror) if a.mirror else None,
+        mirror=mirror,
     )
     try:
         out = prepare_dataset(a.data, a.out_dir, cfg, a.base_url)

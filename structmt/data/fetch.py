@@ -30,24 +30,35 @@ def read_checksums(path: Path) -> dict[str, str]:
     return sums
 
 
-def verify(path: Path, expected: str) -> None:
+class ChecksumMismatch(DataError):
+    """A file's SHA-256 is not the expected one."""
+
+
+def verify(path: Path, expected: str, shown: Path | str | None = None) -> None:
+    """Check ``path``'s SHA-256; the error names ``shown`` (what the user knows the file as) or ``path``."""
     actual = sha256_file(path)
     if actual != expected:
-        raise DataError(
-            f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}. "
+        raise ChecksumMismatch(
+            f"checksum mismatch for {shown or path}: expected sha256 {expected}, got {actual}. "
             "The file is corrupt or not the published one; delete it and fetch it again."
         )
 
 
 def download(url: str, dest: Path, expected: str | None, timeout: float = 20.0) -> None:
-    """Download ``url`` to ``dest`` atomically; nothing is left behind unless the checksum matches
-    (``expected=None``: no checksum to check)."""
+    """Download ``url`` to ``dest`` atomically; nothing is left behind unless every byte the server announced
+    arrived (an ``OSError`` otherwise, as for any failed transfer) and the checksum matches (``expected=None``:
+    no checksum to check)."""
     with atomic_path(dest) as tmp:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            announced = response.headers.get("Content-Length")
+            received = 0
             while block := response.read(1 << 20):
                 out.write(block)
+                received += len(block)
+        if announced is not None and announced.isdigit() and received != int(announced):
+            raise OSError(f"incomplete download of {url}: {received} of {announced} bytes")
         if expected is not None:
-            verify(tmp, expected)
+            verify(tmp, expected, shown=f"{dest.name} downloaded from {url}")
 
 
 def fetch_files(
@@ -87,7 +98,7 @@ def fetch_files(
                 download(url_template.format(name=n), dest, checksums[n])
             verify(dest, checksums[n])
         return {n: cache / n for n in names}, f"download cache {cache} (from {url_template.format(name='…')})"
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
+    except (urllib.error.URLError, OSError, TimeoutError, ChecksumMismatch) as err:  # a corrupt download too
         if fallback is not None and all((fallback / n).is_file() for n in names):
             for n in names:
                 verify(fallback / n, checksums[n])

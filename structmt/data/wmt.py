@@ -16,7 +16,7 @@ from typing import Any
 
 from ..console import say_once
 from ..files import DataError, write_text_atomic
-from .fetch import MANIFESTS, download, verify
+from .fetch import MANIFESTS, ChecksumMismatch, download, verify
 from .prepare import PrepConfig, Splits, prepare_parallel
 from .stages import sha256_file
 
@@ -44,15 +44,23 @@ def fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | Non
     record = cache / f"{name}.sha256"
     source = f"{base_url.rstrip('/')}/{name}" if base_url else url
     expected = sha256 or (record.read_text().split()[0] if record.exists() else None)
-    if not dest.exists():
-        try:
-            download(source, dest, expected)  # verified before it takes dest's name
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
-            raise DataError(
-                f"cannot download {source} ({err}); give a mirror with --base-url, or place the file at {dest}"
-            ) from err
-    elif expected:
-        verify(dest, expected)
+    try:
+        if not dest.exists():
+            try:
+                download(source, dest, expected)  # complete and verified before it takes dest's name
+            except (urllib.error.URLError, OSError, TimeoutError) as err:
+                raise DataError(
+                    f"cannot download {source} ({err}); give a mirror with --base-url, or place the file at {dest}"
+                ) from err
+        elif expected:
+            verify(dest, expected)
+    except ChecksumMismatch as err:
+        if sha256:
+            raise
+        raise ChecksumMismatch(
+            f"{err} The expected sha256 is the one recorded in {record} when the archive was first seen (it has "
+            f"no published checksum); if that first copy was itself bad, delete {record} too."
+        ) from None
     if not expected:
         digest = sha256_file(dest)
         write_text_atomic(record, f"{digest}  {name}\n")

@@ -25,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ..attention.options import PREFIX, flag, spec_fields
 from ..console import setup
-from ..data.cli import DATASETS
+from ..data.cli import DATASETS, wrong_source_option
 from ..data.fetch import MANIFESTS, read_checksums
 from ..data.prepare import MULTI30K_SPLITS
 from ..data.wmt import load_manifest
@@ -194,6 +194,9 @@ def data_problems(data: DataSpec) -> list[str]:
         ]
     if data.src == data.tgt:
         return [f"data.src and data.tgt are both {data.src!r}; give two languages"]
+    misplaced = wrong_source_option(data.name, data.mirror, data.base_url, lambda option: f"data.{option}")
+    if misplaced:
+        return [misplaced]
     if data.name != "multi30k_en_de":
         manifest = load_manifest(data.name)
         pair = (manifest["src"], manifest["tgt"])
