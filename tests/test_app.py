@@ -25,6 +25,8 @@ def _compose(*overrides: str):
 @pytest.mark.parametrize("group", ["data", "model", "train", "logger"])
 def test_every_group_option_composes_and_validates(group):
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        if option == "finetune":  # it needs a run to start from: test_train_finetune_is_make_finetune
+            continue
         cfg = _compose(f"{group}={option}")
         validate(cfg)
         spec, baseline = specs(cfg)
@@ -32,6 +34,35 @@ def test_every_group_option_composes_and_validates(group):
         if spec.model.structured:
             assert baseline is not None and baseline.model.arch == spec.model.arch.removeprefix("structured_")
             assert baseline.schedule == spec.schedule and baseline.data == spec.data
+
+
+def test_train_finetune_is_make_finetune(tmp_path):
+    """``structmt-run train=finetune train.finetune_from=<dense run>`` is the run ``make finetune`` makes, and
+    its baseline is the dense run it starts from; without a start it is refused, not trained from scratch."""
+    from dataclasses import asdict
+
+    from structmt.pipeline.recipes import RECIPES, load_schedule, pair
+
+    with pytest.raises(ConfigError, match=r"train=finetune starts from a trained model: set train.finetune_from="):
+        validate(_compose("train=finetune"))
+    dense, structured = pair("finetune", load_schedule(RECIPES["finetune"]))
+    (tmp_path / dense.run_id()).mkdir()
+    (tmp_path / dense.run_id() / "spec.json").write_text(json.dumps(asdict(dense)))
+    (tmp_path / dense.run_id() / "train.json").write_text("{}")
+    cfg = _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}")
+    validate(cfg)
+    spec, baseline = specs(cfg)
+    assert spec.run_id() == structured.run_id() and baseline == dense
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights")
+    with pytest.raises(ConfigError, match=r"a checkpoint file names no dense run to compare with"):
+        validate(_compose("train=finetune", f"train.finetune_from={start}"))
+    validate(_compose("train=finetune", f"train.finetune_from={start}", "baseline=false"))
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "spec.json").write_text(json.dumps(asdict(structured)))
+    (tmp_path / "s" / "train.json").write_text("{}")
+    with pytest.raises(ConfigError, match="train.finetune_from=s is a structured run"):
+        specs(_compose("train=finetune", f"runs_dir={tmp_path}", "train.finetune_from=s"))
 
 
 def test_sweep_configs_compose():

@@ -87,6 +87,13 @@ def test_a_training_log_is_kept_gzipped_by_run_id_and_the_same_log_gives_the_sam
     (run_dir / "train.log").write_text(log + "resumed\n")  # a resumed run: the kept log follows it
     assert gzip.decompress(keep_training_log(run_dir, tmp_path / "logs").read_bytes()).decode().endswith("resumed\n")
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["m-s-dense-1.log.gz"]  # no temp files
+    # the run trained again from scratch (its folder deleted, another machine): a log of its own, beside the first
+    kept_before = kept.read_bytes()
+    (run_dir / "train.log").write_text("# structmt def on CPU B\n| INFO | train_inner | epoch 001: loss=9.3\n")
+    again = keep_training_log(run_dir, tmp_path / "logs")
+    assert again.name.startswith("m-s-dense-1.") and again.name.endswith(".log.gz") and again != kept
+    assert kept.read_bytes() == kept_before
+    assert gzip.decompress(again.read_bytes()).decode().startswith("# structmt def on CPU B")
     umask = os.umask(0)
     os.umask(umask)
     assert kept.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0o600
@@ -223,6 +230,21 @@ def test_finetune_recipe_starts_the_structured_model_from_the_dense_reproduce_ru
     assert start == tmp_path / dense.run_id() / "checkpoints" / "checkpoint_last.pt"
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
         Schedule(finetune_from=str(tmp_path / "nope.pt")).finetune_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("updates, name", [("5", "reproduce-u5"), ("3500", "reproduce")])
+def test_a_recipe_with_other_updates_is_a_schedule_of_its_own(monkeypatch, tmp_path, updates, name):
+    """``--max-update`` changes the schedule: its rows must not pass for the recipe's (the headline's)."""
+    from structmt.pipeline import recipes
+
+    seen = []
+    monkeypatch.setattr(recipes, "compare", lambda dense, structured, **kw: seen.append((dense, structured)) or [])
+    argv = ["reproduce", "--max-update", updates, "--allow-dirty", "--train-only", "--runs-dir", str(tmp_path)]
+    recipes.main(argv)
+    ((dense, structured),) = seen
+    assert dense.schedule.name == structured.schedule.name == name
+    assert dense.schedule.max_update == structured.schedule.max_update == int(updates)
+    assert f"-{name}-" in dense.run_id() and f"-{name}-" in structured.run_id()
 
 
 def test_length_ratio_counts_pieces_with_end_of_sentence(data_bin):

@@ -32,7 +32,7 @@ from ..data.wmt import load_manifest
 from ..models.structured_transformer import block_structures
 from ..paths import REPO_ROOT
 from .evaluation import run_experiment, valid_bleu
-from .spec import DataSpec, ModelSpec, RunSpec, Schedule
+from .spec import DataSpec, ModelSpec, RunSpec, Schedule, read_spec
 from .tracking import MODES, WandbSettings
 
 
@@ -83,6 +83,16 @@ def validate(cfg: Any) -> None:
     start = cfg.train.finetune_from
     if start.endswith(".pt") and not Path(start).expanduser().is_file():
         bad.append(f"train.finetune_from={start!r}: no such checkpoint file")
+    if cfg.train.name == "finetune" and not start:
+        bad.append(
+            "train=finetune starts from a trained model: set train.finetune_from=<the id of a finished dense run> "
+            "(it is also the baseline) or a .pt checkpoint (with baseline=false); make finetune does it for you"
+        )
+    if start.endswith(".pt") and cfg.baseline and model.structured:
+        bad.append(
+            f"train.finetune_from={start!r}: a checkpoint file names no dense run to compare with; give the dense "
+            "run's id instead, or set baseline=false"
+        )
     if cfg.data.mirror and not Path(cfg.data.mirror).expanduser().is_dir():
         bad.append(f"data.mirror={cfg.data.mirror!r} is not a folder; give the folder holding the corpus files")
     if bad:
@@ -215,13 +225,24 @@ def data_problems(data: DataSpec) -> list[str]:
 
 
 def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
-    """The run of ``cfg`` and, for structured models, its dense baseline (same data and schedule)."""
+    """The run of ``cfg`` and, for structured models, its dense baseline: the same data and schedule, or for a
+    fine-tuned model (``train.finetune_from`` = a run id) the dense run it starts from, as ``make finetune``."""
     data: DataSpec = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]
     model: ModelSpec = OmegaConf.to_object(cfg.model)  # type: ignore[assignment]
     schedule: Schedule = OmegaConf.to_object(cfg.train)  # type: ignore[assignment]
     spec = RunSpec(data=data, model=model, schedule=schedule)
     if not (cfg.baseline and model.structured):
         return spec, None
+    if schedule.finetune_from:
+        runs_dir = repo_path(cfg.runs_dir)
+        schedule.finetune_checkpoint(runs_dir)  # a finished run of that id, or a clear error
+        start = read_spec(runs_dir / schedule.finetune_from)
+        if start.model.structured:
+            raise ConfigError(
+                f"train.finetune_from={schedule.finetune_from} is a structured run: the baseline is a dense one; "
+                "set baseline=false"
+            )
+        return spec, start
     dense_arch = model.arch.removeprefix("structured_")
     return spec, replace(spec, model=ModelSpec(arch=dense_arch))
 

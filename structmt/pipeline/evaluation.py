@@ -90,11 +90,16 @@ def keep_hypotheses(hyp: Path, kept: Path) -> Path:
 def keep_training_log(run_dir: Path, logs_dir: Path) -> Path:
     """Keep a run's fairseq training log as ``<logs_dir>/<run id>.log.gz`` (gzip without a timestamp, so the
     same log gives the same bytes); returns its path. A resumed run's log holds every session that trained it,
-    each headed by the commit and machine that ran it."""
+    each headed by the commit and machine that ran it, and replaces the kept one it continues. The log of
+    another training of the same run id (trained again from scratch, on another machine, say) never
+    overwrites the kept one: it is kept beside it as ``<run id>.<sha256[:8]>.log.gz``."""
+    log = (run_dir / "train.log").read_bytes()
     kept = logs_dir / f"{run_dir.name}.log.gz"
+    if kept.exists() and not log.startswith(gzip.decompress(kept.read_bytes())):
+        kept = logs_dir / f"{run_dir.name}.{hashlib.sha256(log).hexdigest()[:8]}.log.gz"
     with atomic_path(kept) as tmp, open(tmp, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-            gz.write((run_dir / "train.log").read_bytes())
+            gz.write(log)
     return kept
 
 

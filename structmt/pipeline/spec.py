@@ -216,3 +216,14 @@ class RunSpec:
 def cross_window(label: str) -> int | None:
     """The band half-width of a leaderboard ``cross`` cell (:meth:`ModelSpec.cross_label`); None for dense."""
     return int(label[1:].partition("/")[0]) if label else None
+
+
+def read_spec(run_dir: Path) -> RunSpec:
+    """The :class:`RunSpec` a run was trained with (its ``spec.json``)."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / "spec.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a structmt run folder?")
+    merged = OmegaConf.merge(OmegaConf.structured(RunSpec), json.loads(path.read_text()))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
