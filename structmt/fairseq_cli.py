@@ -24,6 +24,10 @@ from .console import say
 from .files import atomic_path
 from .paths import PLUGIN_DIR
 
+#: the decoding length limit every structmt decode uses: at most ``MAX_LEN_A * source length + MAX_LEN_B``
+#: target tokens (fairseq-generate's --max-len-a / --max-len-b; fairseq's own defaults are 0 and 200)
+MAX_LEN_A, MAX_LEN_B = 1.2, 10
+
 
 class StepError(RuntimeError):
     """A pipeline step failed; the message names the log to read and quotes its last line."""
@@ -219,9 +223,9 @@ def decode(
         "--batch-size",
         str(batch_size),
         "--max-len-a",
-        "1.2",
+        str(MAX_LEN_A),
         "--max-len-b",
-        "10",
+        str(MAX_LEN_B),
         "--remove-bpe",
         "sentencepiece",
         # fairseq-fixed drops a final batch whose size is not a multiple of this (default 8)

@@ -104,3 +104,15 @@ def test_no_page_names_a_design_file_outside_the_repository():
     files = [README, *(p for p in sorted((REPO / "docs").rglob("*")) if p.is_file())]
     naming = [str(p.relative_to(REPO)) for p in files if b"DESIGN.md" in p.read_bytes()]
     assert not naming, f"these pages mention DESIGN.md, which is not part of the repository: {naming}"
+
+
+def test_the_by_hand_recipe_decodes_as_the_pipeline_does():
+    """docs/plugin.md's fairseq-generate line passes every decoding option the pipeline's decode passes."""
+    from structmt import fairseq_cli
+
+    page = (REPO / "docs" / "plugin.md").read_text(encoding="utf-8")
+    generate = page[page.index("fairseq-generate runs/") :].split("```")[0].replace("\\\n", " ")
+    words = generate.split()
+    passed = dict(zip(words, words[1:], strict=False))
+    assert passed["--max-len-a"] == str(fairseq_cli.MAX_LEN_A) and passed["--max-len-b"] == str(fairseq_cli.MAX_LEN_B)
+    assert passed["--remove-bpe"] == "sentencepiece" and passed["--required-batch-size-multiple"] == "1"

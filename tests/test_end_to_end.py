@@ -71,12 +71,12 @@ def test_train_decode_score(data_bin, tmp_path, arch, extra):
     u = score(decode(data_bin, untrained.checkpoint, "test", tmp_path / "untrained.hyp", beam=3), ref)
     assert s.chrf > u.chrf + 5 and s.bleu > u.bleu, (s, u)
     assert s.bleu_signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a")
-    # structmt-translate on the raw source, with the run's own SentencePiece model, gives the same text
-    (tmp_path / "spec.json").write_text(json.dumps({"data": {"src": "en", "tgt": "de"}}))
+    # structmt-translate on the raw source, with the run's own SentencePiece model and beam, gives the same text
+    (tmp_path / "spec.json").write_text(json.dumps({"data": {"src": "en", "tgt": "de"}, "schedule": {"beam": 3}}))
     keep_model_files(data_bin, tmp_path, "en", "de")
     src = (data_bin.parent / "raw" / "test.en").read_text()
     out = subprocess.run(
-        [sys.executable, "-m", "structmt.pipeline.translate", str(tmp_path), "--beam", "3"],
+        [sys.executable, "-m", "structmt.pipeline.translate", str(tmp_path)],
         input=src,
         capture_output=True,
         text=True,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..checkpoints import load_model
+from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import int_at_least, write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import machine
@@ -39,7 +40,7 @@ def sentences_per_second(
     from fairseq import utils
     from fairseq.dataclass.configs import GenerationConfig
 
-    generator = task.build_generator([model], GenerationConfig(beam=beam, max_len_a=1.2, max_len_b=10))
+    generator = task.build_generator([model], GenerationConfig(beam=beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B))
     itr = task.get_batch_iterator(
         dataset=task.dataset(subset), max_sentences=batch_size, required_batch_size_multiple=1
     ).next_epoch_itr(shuffle=False)

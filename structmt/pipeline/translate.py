@@ -11,10 +11,11 @@ from pathlib import Path
 
 from ..checkpoints import load_model
 from ..console import add_verbose_option, setup
+from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import existing_dir, int_at_least, text_lines, utf8_error_at
+from .spec import Schedule
 
 CHECKPOINT = Path("checkpoints") / "checkpoint_last.pt"
-MODEL_FILES = ("spm.model", "dict.{src}.txt", "dict.{tgt}.txt")
 
 
 def read_input(raw: bytes) -> list[str]:
@@ -33,9 +34,10 @@ def model_dir(run_dir: Path) -> Path:
 
 
 class Translator:
-    """Beam search with one trained run; loads once, translates many batches."""
+    """Beam search with one trained run; loads once, translates many batches.  ``beam``: the run's own
+    (``train.beam``, as the pipeline decodes its test sets) unless given."""
 
-    def __init__(self, run_dir: Path, *, beam: int = 5, batch_size: int = 64, checkpoint: Path | None = None):
+    def __init__(self, run_dir: Path, *, beam: int | None = None, batch_size: int = 64, checkpoint: Path | None = None):
         import sentencepiece as spm
         import torch
         from fairseq.dataclass.configs import GenerationConfig
@@ -49,13 +51,14 @@ class Translator:
         spec_file = run_dir / "spec.json"
         if not spec_file.is_file():
             raise FileNotFoundError(f"{spec_file} not found: is {run_dir} a structmt run folder?")
-        data = json.loads(spec_file.read_text())["data"]
-        src, tgt = data["src"], data["tgt"]
+        recorded = json.loads(spec_file.read_text())
+        src, tgt = recorded["data"]["src"], recorded["data"]["tgt"]
+        beam = beam or recorded.get("schedule", {}).get("beam", Schedule.beam)
         model, self.task = load_model(ckpt, folder, source_lang=src, target_lang=tgt)
         self.models = [model]
         self.sp = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
         self.generator = self.task.build_generator(
-            self.models, GenerationConfig(beam=beam, max_len_a=1.2, max_len_b=10)
+            self.models, GenerationConfig(beam=beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B)
         )
         self.batch_size = batch_size
         self._torch = torch
@@ -82,7 +85,7 @@ class Translator:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("run_dir", type=existing_dir, help="a run folder made by the pipeline (runs/<run id>)")
-    p.add_argument("--beam", type=int_at_least(1), default=5)
+    p.add_argument("--beam", type=int_at_least(1), default=None, help="default: the run's own (train.beam)")
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     add_verbose_option(p)
     a = p.parse_args(argv)
