@@ -76,16 +76,16 @@ def test_a_header_that_is_not_the_columns_is_rejected_and_nothing_is_rewritten(b
     )
 
 
-@pytest.mark.parametrize("line, edit, fields", [(2, lambda x: x + b",oops", 26), (5, lambda x: x[: x.rfind(b",")], 24)])
+@pytest.mark.parametrize("line, edit, fields", [(2, lambda x: x + b",oops", 27), (5, lambda x: x[: x.rfind(b",")], 25)])
 def test_a_row_with_a_stray_or_a_missing_field_is_rejected_naming_its_line(board, line, edit, fields):
     def stray(lines: list[bytes]) -> None:
         lines[line - 1] = edit(lines[line - 1])
 
     _edit(board, stray)
-    assert len(leaderboard.COLUMNS) == 25
+    assert len(leaderboard.COLUMNS) == 26
     _rejected(
         board,
-        f"{board}: line {line}: {fields} fields where the header has 25 (a stray or missing comma, or a field "
+        f"{board}: line {line}: {fields} fields where the header has 26 (a stray or missing comma, or a field "
         "with a comma but no quotes?); fix the line by hand",
     )
 
@@ -96,7 +96,7 @@ def test_lines_are_counted_in_the_file_when_a_quoted_field_holds_a_newline(board
         lines[2] = lines[2] + b",oops"  # the next row starts on line 4
 
     _edit(board, edit)
-    with pytest.raises(ValueError, match=f"^{re.escape(str(board))}: line 4: 26 fields where the header has 25 "):
+    with pytest.raises(ValueError, match=f"^{re.escape(str(board))}: line 4: 27 fields where the header has 26 "):
         leaderboard.read_rows(board)
 
 
@@ -201,6 +201,34 @@ def test_headline_refuses_runs_that_differ_in_updates_and_still_counts_reruns(bo
     rerun = dense | {"bleu": "3.10", "hypothesis": "x.de"}
     assert before.endswith(" | 2 |")
     assert leaderboard.headline(rows + [rerun], "multi30k_en_de", "reproduce").splitlines()[2] == before[:-3] + "3 |"
+
+
+def test_headline_keeps_a_model_with_other_structure_options_apart_from_the_seeds(board):
+    """A structured run with another option that has no column of its own (here ``error=sink:1``, as the
+    pipeline labels it) is another model: its own headline row, never a fourth seed of the w=3, r=2 one."""
+    from structmt.pipeline.spec import ModelSpec
+
+    rows = leaderboard.read_rows(board)
+    structured = next(r for r in rows if r["run_id"] == "multi30k_en_de-reproduce-w3-r2-c244007f")
+    options = ModelSpec(error="sink:1", apply="encoder").options_label()
+    assert options == "error=sink:1 apply=encoder" and ModelSpec(impl="reference").options_label() == ""
+    sink = structured | {"run_id": "multi30k_en_de-reproduce-w3-r2-5eed0004", "seed": "4", "options": options}
+    table = leaderboard.headline(rows + [sink], "multi30k_en_de", "reproduce")
+    assert "| test_2016_flickr | structured_transformer_multi30k | 3 | 2 | 3 | 38.62 ± 0.25 |" in table  # as before
+    assert "| test_2016_flickr | structured_transformer_multi30k error=sink:1 apply=encoder | 3 | 2 | 1 |" in table
+
+
+def test_a_leaderboard_from_before_the_last_columns_is_read_and_written_with_them(board):
+    rows = leaderboard.read_rows(board)
+    _edit(board, lambda lines: lines.__setitem__(slice(None), [line.rsplit(b",", 3)[0] for line in lines if line]))
+    assert board.read_bytes().split(b"\n")[0].endswith(b",hypothesis")  # no train_commit, machine, options
+    old = leaderboard.read_rows(board)
+    assert old == [r | {"train_commit": "", "machine": "", "options": ""} for r in rows]
+    leaderboard.add_rows(board, [_new_row(board)])
+    assert board.read_bytes().split(b"\n")[0].endswith(b",train_commit,machine,options")
+    _edit(board, lambda lines: lines.__setitem__(0, lines[0].replace(b",machine", b"")))  # one in the middle gone
+    with pytest.raises(ValueError, match=r"the header is not the leaderboard's columns \(unknown \[\], missing"):
+        leaderboard.read_rows(board)
 
 
 # --- #21: an unknown --headline schedule ---------------------------------------------------------------------

@@ -94,7 +94,8 @@ def cross_bleu(
     ]
 
     def benchmarked(x: dict[str, str]) -> bool:
-        return (x["window"], x["rare"], x["heads"]) == (str(structure["window"]), str(structure["rare"]), "auto")
+        wanted = (str(structure["window"]), str(structure["rare"]), "auto", "")
+        return (x["window"], x["rare"], x["heads"], x["options"]) == wanted
 
     def scores(same: list[dict[str, str]], keep: Callable[[dict[str, str]], bool]) -> str:
         kept = [x for x in same if keep(x)]

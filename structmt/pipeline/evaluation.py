@@ -242,6 +242,7 @@ def _evaluate_locked(
                 hypothesis=str(kept.relative_to(REPO_ROOT)) if kept.is_relative_to(REPO_ROOT) else str(kept),
                 train_commit=metrics.get("git_commit", ""),
                 machine=machine_label(),
+                options=spec.model.options_label(),
             )
         )
     leaderboard.add_rows(csv_path, rows)

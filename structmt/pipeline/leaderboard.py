@@ -18,7 +18,7 @@ import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,14 @@ class LeaderboardRow:
     train_commit: str = ""
     #: the machine of the evaluation: its CPU, and its GPU where fairseq-generate used one ("" before it was recorded)
     machine: str = ""
+    #: the other structure options not at their default (``ModelSpec.options_label``; "" = none, or a dense run)
+    options: str = ""
 
 
 COLUMNS = [f.name for f in fields(LeaderboardRow)]
+#: the columns added after the first leaderboards were written (those with a default, all ""): a file without
+#: some of the last of them is read with them empty, and written with them
+_APPENDED = tuple(f.name for f in fields(LeaderboardRow) if f.default is not MISSING)
 
 #: a row as :func:`add_rows` takes it: a :class:`LeaderboardRow`, or a mapping of some of its columns
 Row = LeaderboardRow | Mapping[str, Any]
@@ -94,7 +99,8 @@ def _number_problem(row: Mapping[str, Any]) -> str:
 
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
-    """The rows of ``leaderboard.csv``, each with exactly :data:`COLUMNS` (a UTF-8 BOM is accepted).
+    """The rows of ``leaderboard.csv``, each with exactly :data:`COLUMNS` (a UTF-8 BOM is accepted; a file from
+    before the columns of :data:`_APPENDED` existed has them empty).
 
     A file the writer would not leave (another header, a row with more or fewer fields, a bad number, one
     evaluation twice, bytes that are not UTF-8) is a ``ValueError`` naming the file and line: rewriting it
@@ -114,7 +120,8 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
         header = next(reader, None)
         if header is None:
             return []
-        if header != COLUMNS:
+        width = len(header)
+        if header != COLUMNS[:width] or any(c not in _APPENDED for c in COLUMNS[width:]):
             unknown = [c for c in header if c not in COLUMNS]
             missing = [c for c in COLUMNS if c not in header]
             what = f"unknown {unknown}, missing {missing}" if unknown or missing else "repeated or reordered columns"
@@ -130,12 +137,12 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
         for fields in reader:
             if fields:  # not a blank line
                 where = f"{csv_path}: line {line}"
-                if len(fields) != len(COLUMNS):
+                if len(fields) != width:
                     raise ValueError(
-                        f"{where}: {len(fields)} fields where the header has {len(COLUMNS)} (a stray or missing "
+                        f"{where}: {len(fields)} fields where the header has {width} (a stray or missing "
                         "comma, or a field with a comma but no quotes?); fix the line by hand"
                     )
-                row = dict(zip(COLUMNS, fields, strict=True))
+                row = dict(zip(COLUMNS, fields, strict=False)) | {c: "" for c in COLUMNS[width:]}
                 if problem := _number_problem(row):
                     raise ValueError(f"{where}: {problem}; fix the value by hand")
                 earlier, other = seen.setdefault(_key(row), (line, row))
@@ -237,7 +244,8 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
             for i, r in enumerate(evals):
                 run = r["run_id"] if i == 0 else f"↳ *re-run* {i}"
                 out.append(
-                    f"| {run} | {r['arch']} | {r['window']} | {r['rare']} | {r['heads']} | {r.get('cross', '')} | "
+                    f"| {run} | {r['arch']}{f' {options}' if (options := r['options']) else ''} | {r['window']} | "
+                    f"{r['rare']} | {r['heads']} | {r['cross']} | "
                     f"{r['seed']} | {r['bleu']} | {r['chrf']} | {r['p_value_vs_dense']} | {r['updates']} | "
                     f"{r['train_seconds']} | {r['train_tokens_per_s']} | {short_commit(r['git_commit'])} | "
                     f"{r.get('machine') or '–'} |"
@@ -290,7 +298,7 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
     for (_, test), evals in runs.items():
         r = evals[0]
         model = (test, "structured" if r["window"] != "" else "dense", r["arch"], r["window"], r["rare"])
-        groups.setdefault(model + (r["heads"], r.get("cross", "")), []).append(evals)
+        groups.setdefault(model + (r["heads"], r.get("cross", ""), r.get("options", "")), []).append(evals)
     lines = [
         "| test set | model | w | r | seeds | BLEU | chrF | per seed: BLEU (p vs dense) | updates "
         "| commits (trained → scored) "
@@ -298,10 +306,10 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(groups, key=lambda k: (k[0], k[1] == "structured", k[2:])):
-        test, _, arch, window, rare, heads, cross = key
+        test, _, arch, window, rare, heads, cross, options = key
         evals = sorted(groups[key], key=lambda e: int(e[0]["seed"]))
         firsts = [e[0] for e in evals]
-        extras = "".join(f" {label}" for label in (heads, cross) if label not in ("", "auto"))
+        extras = "".join(f" {label}" for label in (heads, cross, options) if label not in ("", "auto"))
         shape = f" w={window} r={rare}" if window else ""
         _check_seeds_of_one_setting(firsts, f"headline of {schedule} on {data}, {test}, {arch}{extras}{shape}")
         per_seed = ", ".join(

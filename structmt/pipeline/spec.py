@@ -78,6 +78,19 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
         """The cross-attention band as the leaderboard shows it ('' = dense; read back by :func:`cross_window`)."""
         return f"w{self.cross_window}/slope{self.cross_slope:g}" if self.structured and self.cross_window >= 0 else ""
 
+    def options_label(self) -> str:
+        """The structure options that change the model and have no leaderboard column of their own, where not at
+        their default (``pos_window=2 error=sink:1``; '' for dense models): two runs that differ in them are two
+        models, never two seeds of one. (``impl`` picks the kernel that computes the same attention.)"""
+        if not self.structured:
+            return ""
+        own_columns = ("window", "rare", "heads", "heads_from", "cross_window", "cross_slope", "impl")
+        return " ".join(
+            f"{name}={getattr(self, name)}"
+            for name, _, default in spec_fields()
+            if name not in own_columns and getattr(self, name) != default.default
+        )
+
     def fairseq_args(self, roles: Path | None = None) -> list[str]:
         """The ``--struct-*`` options not at their default; ``roles`` is the run's own copy of the roles file."""
         return to_fairseq_args(self.options(roles)) if self.structured else []

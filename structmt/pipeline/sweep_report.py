@@ -77,15 +77,17 @@ def report(
     seed: str | None = None,
     grid_of: str | None = None,
 ) -> str:
-    """The sweep's table, heatmaps and verdict, from each run's first evaluation; the heatmaps hold the runs with
-    role mix ``heads`` and dense cross-attention, one run per (w, r) (other runs of the same data and schedule
-    are listed in the table only).  ``seed``: only the runs of that seed (needed when the schedule has several).
-    The points of the grid (the sweep ``grid_of``'s, else every (w, r) of the windows and rare counts found) that
-    have no run are named, and the verdict says it covers only the others."""
+    """The sweep's table, heatmaps and verdict, from each run's first evaluation.
+
+    The heatmaps hold the runs with role mix ``heads``, dense cross-attention and no other structure option,
+    one run per (w, r); other runs of the same data and schedule are listed in the table only.  ``seed``: only
+    the runs of that seed (needed when the schedule has several).  The points of the grid (the sweep
+    ``grid_of``'s, else every (w, r) of the windows and rare counts found) that have no run are named, and the
+    verdict says it covers only the others."""
     rows = sweep_rows(read_rows(results_dir / "leaderboard.csv"), data, schedule, test_set, seed)
     what = f"data={data} schedule={schedule} test_set={test_set}" + (f" seed={seed}" if seed else "")
     dense = list(cells([r for r in rows if not r["window"]], what).values())
-    grid = cells([r for r in rows if r["window"] and r["heads"] == heads and not r["cross"]], what)
+    grid = cells([r for r in rows if r["window"] and r["heads"] == heads and not r["cross"] and not r["options"]], what)
     points = list(grid.values())
     others = [r for r in rows if r["window"] and r not in points]
     if not points:
@@ -113,10 +115,9 @@ def report(
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in dense + sorted(points, key=lambda r: (int(r["window"]), int(r["rare"]))) + others:
-        kind = "dense" if not r["window"] else "structured"
+        kind = "dense" if not r["window"] else " ".join(filter(None, ("structured", r["options"])))
         lines.append(
-            f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r.get('cross', '')} | {r['bleu']} | "
-            f"{r['chrf']} | "
+            f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r['cross']} | {r['bleu']} | {r['chrf']} | "
             f"{r['p_value_vs_dense']} | {r['train_tokens_per_s']} | {r['train_seconds']} | {r['run_id']} | "
             f"{short_commit(r['git_commit'])} |"
         )
