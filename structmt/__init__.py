@@ -3,15 +3,16 @@
 Importing the package (``--user-dir structmt``) registers the
 ``structured_transformer`` model and its architectures, and allowlists the
 few classes fairseq checkpoints contain, so they load with torch's
-``weights_only=True`` default, and lets ``--bf16`` train on GPUs (see
-:mod:`structmt.fairseq_fixes`).
+``weights_only=True`` default, lets ``--bf16`` train on GPUs and keeps
+``checkpoint_last.pt`` whole when a run is killed (see :mod:`structmt.fairseq_fixes`).
 """
 
 from .checkpoints import allow_fairseq_checkpoints
-from .fairseq_fixes import keep_bf16_off_tpu
+from .fairseq_fixes import copy_checkpoints_whole, keep_bf16_off_tpu
 
 allow_fairseq_checkpoints()
 keep_bf16_off_tpu()
+copy_checkpoints_whole()
 
 from . import models  # noqa: E402,F401  (registers the models)
 

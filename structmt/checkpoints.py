@@ -54,5 +54,12 @@ def checkpoint_updates(checkpoint: Path) -> int:
     """Number of updates stored in a fairseq checkpoint (0 when there is none)."""
     if not checkpoint.exists():
         return 0
-    state = torch.load(checkpoint, map_location="cpu", mmap=True)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(
+            f"{checkpoint}: cannot be read ({err}); a copy cut short (written before structmt kept it whole)? "
+            f"Copy the newest checkpoint_<epoch>_<updates>.pt of {checkpoint.parent} over it to resume from there, "
+            "or delete the run folder to train it again"
+        ) from None
     return int(state["optimizer_history"][-1]["num_updates"])

@@ -18,6 +18,13 @@ structmt loaded, ``--bf16`` means bfloat16 on whatever device trains, and
 ``--tpu`` only when the command line asks for it.  fairseq imports the user
 directory while it builds its parser, before it parses, so the fix is in place
 for ``fairseq-train``, ``fairseq-generate`` and the rest.
+
+Whole checkpoints (:func:`copy_checkpoints_whole`): fairseq saves a checkpoint atomically (a
+temporary file renamed), then *copies* it to ``checkpoint_last.pt`` with a plain
+``shutil.copyfile``.  A run killed during that copy kept a truncated ``checkpoint_last.pt``,
+which the next run could not resume from.  With structmt loaded, a copy between local files
+goes through a temporary file renamed into place: ``checkpoint_last.pt`` is the old one or the
+new one, never part of one.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
+import shutil
 import sys
 import warnings
 from typing import Any
@@ -72,3 +81,31 @@ def keep_bf16_off_tpu() -> None:
 
     parse_args_and_arch.keeps_bf16_off_tpu = True  # type: ignore[attr-defined]
     options.parse_args_and_arch = parse_args_and_arch
+
+
+def copy_checkpoints_whole() -> None:
+    """Make fairseq's ``PathManager.copy`` between local files write a temporary file and rename it
+    (idempotent); paths of other storage (``s3://``, ``manifold://``) keep fairseq's own copy."""
+    import_fairseq_quietly()
+    from fairseq.file_io import PathManager
+
+    original = PathManager.copy
+    if getattr(original, "copies_whole", False):
+        return
+
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> Any:
+        if "://" in str(src_path) or "://" in str(dst_path) or PathManager.path_requires_pathmanager(str(dst_path)):
+            return original(src_path, dst_path, overwrite=overwrite)
+        if not overwrite and os.path.exists(dst_path):
+            raise FileExistsError(f"{dst_path} exists and overwrite is False")
+        tmp = f"{dst_path}.tmp-copy"
+        try:
+            shutil.copyfile(src_path, tmp)
+            os.replace(tmp, dst_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return True
+
+    copy.copies_whole = True  # type: ignore[attr-defined]
+    PathManager.copy = staticmethod(copy)  # type: ignore[method-assign]

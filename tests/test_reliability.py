@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_dict_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -246,3 +247,41 @@ def test_concurrent_jobs_render_the_same_figure_safely(tmp_path):
         list(pool.map(_render_figure, [(tmp_path, i) for i in range(8)]))
     assert [p.name for p in tmp_path.iterdir()] == ["leaderboard.png"]
     assert (tmp_path / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fairseq_copies_a_checkpoint_whole_or_not_at_all(tmp_path, monkeypatch):
+    """fairseq copies each saved checkpoint to checkpoint_last.pt: a kill during the copy leaves the old file,
+    never part of the new one (structmt.fairseq_fixes), and the copy itself is exact."""
+    import shutil
+
+    from fairseq.file_io import PathManager
+
+    import structmt  # noqa: F401  (applies the fixes, as --user-dir does)
+
+    src, dst = tmp_path / "checkpoint_1_250.pt", tmp_path / "checkpoint_last.pt"
+    src.write_bytes(b"new" * 1000)
+    dst.write_bytes(b"old")
+
+    def killed_half_way(a, b):
+        Path(b).write_bytes(Path(a).read_bytes()[:1500])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == sorted([dst.name, src.name])
+    monkeypatch.undo()
+    assert PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
+    from structmt.checkpoints import checkpoint_updates
+
+    checkpoint = tmp_path / "checkpoints" / "checkpoint_last.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"optimizer_history": [{"num_updates": 250}]}, checkpoint)
+    assert checkpoint_updates(checkpoint) == 250
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: cannot be read .*Copy the newest"):
+        checkpoint_updates(checkpoint)
