@@ -5,6 +5,7 @@ fine-tuning starts from the named run; the length ratio counts what fairseq coun
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import subprocess
@@ -330,6 +331,9 @@ def test_finetune_from_a_dense_run_loads_its_weights_into_the_structured_model(t
     log = (tmp_path / tuned.run_id() / "train.log").read_text()
     start = tmp_path / dense.run_id() / "checkpoints" / "checkpoint_last.pt"
     assert f"--finetune-from-model {start}" in log and f"loading pretrained model from {start}" in log
+    # the log names the weights it started from by content (a run id names settings; a re-trained dense run of
+    # the same id has other weights)
+    assert f"; fine-tuning from {start} (sha256 {hashlib.sha256(start.read_bytes()).hexdigest()})" in log
 
 
 def test_every_headline_row_of_the_readme_is_what_the_leaderboard_prints_now():

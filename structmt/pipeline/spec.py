@@ -17,6 +17,7 @@ from typing import Any
 
 from ..attention.options import PREFIX, StructureConfig, short, spec_fields, to_fairseq_args
 from ..attention.structure import roles_from_file
+from ..data.stages import sha256_file
 from ..paths import REPO_ROOT
 
 #: the structured-attention options, as ``model.*`` keys (``model.window``, ``model.cross_slope``, ...):
@@ -177,11 +178,7 @@ class Schedule:
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file, read once per (path, size, mtime): a checkpoint of hundreds of MB enters
     every :meth:`RunSpec.run_id` call of a fine-tuned run."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(Path(path))
 
 
 @dataclass

@@ -17,6 +17,7 @@ from filelock import FileLock
 from ..checkpoints import checkpoint_updates
 from ..data.cli import prepare_dataset
 from ..data.prepare import PrepConfig
+from ..data.stages import sha256_file
 from ..fairseq_cli import parse_train_log, train
 from ..files import atomic_path, write_text_atomic
 from ..provenance import git_commit, machine_label
@@ -105,10 +106,13 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
             copy_atomic(roles, run_dir / "roles.json")
             roles = run_dir / "roles.json"
         args = spec.model.fairseq_args(roles) + spec.schedule.fairseq_args()
+        header = f"# structmt {git_commit()} on {machine_label()}"
         if (start := spec.schedule.finetune_checkpoint(runs_dir)) is not None:
             args += ["--finetune-from-model", str(start)]  # used only while the run has no checkpoint of its own
+            if updates == 0:  # the weights it starts from, by content: a run id names settings, not weights
+                header += f"; fine-tuning from {start} (sha256 {sha256_file(start)})"
         with open(run_dir / "train.log", "a", encoding="utf-8") as f:
-            f.write(f"\n# structmt {git_commit()} on {machine_label()}\n")
+            f.write(f"\n{header}\n")
         trained = train(bin_dir, run_dir, spec.model.arch, args, env)
     # the code and machine that trained (a resumed run: those that finished it; train.log names each one)
     provenance = {"git_commit": git_commit(), "machine": machine_label()}
