@@ -4,6 +4,7 @@ model files copied whole or not at all, cached archives verified, bootstrap inpu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -207,7 +208,8 @@ def test_an_archive_placed_in_the_cache_is_recorded_and_then_verified(tmp_path, 
     cache.mkdir()
     (cache / "de-en.tgz").write_bytes(b"placed here by hand")
     url = "http://127.0.0.1:9/de-en.tgz"  # never reached: the archive is in the cache
-    assert wmt.fetch_archive(url, None, cache) == cache / "de-en.tgz"
+    digest = hashlib.sha256(b"placed here by hand").hexdigest()
+    assert wmt.fetch_archive(url, None, cache) == (cache / "de-en.tgz", digest)
     assert "de-en.tgz: no published checksum; recorded sha256" in capsys.readouterr().out
     assert (cache / "de-en.tgz.sha256").read_text().split()[1] == "de-en.tgz"
     wmt.fetch_archive(url, None, cache)  # the same archive: verified against the record

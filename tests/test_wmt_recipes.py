@@ -87,6 +87,13 @@ def test_wmt_recipe_downloads_verifies_and_binarizes(recipe, tmp_path, capsys):
     (root / "corpus-a.tgz").unlink()
     wmt.prepare_wmt("wmt_fixture", out, cfg, base_url=base, manifests=manifests)
     assert "raw: up to date" in capsys.readouterr().out
+    # an archive replaced together with its record (a new upstream release, say): its members are extracted again
+    before = (out / "raw" / "train.en").read_text()
+    _zip(out / "download" / "corpus-b.zip", {"b.en": [x + " again" for x in EN[200:]], "b.de": DE[200:]})
+    (out / "download" / "corpus-b.zip.sha256").unlink()
+    wmt.prepare_wmt("wmt_fixture", out, cfg, base_url=base, manifests=manifests)
+    assert (out / "raw" / "train.en").read_text() != before
+    assert (out / "extracted" / "corpus-b.zip" / "b.en").read_text().startswith(EN[200] + " again\n")
     # a cached archive that changed fails against its recorded checksum
     (out / "download" / "corpus-b.zip").write_bytes(b"tampered")
     with pytest.raises(DataError, match="checksum mismatch for .*corpus-b.zip") as error:
@@ -115,6 +122,16 @@ def test_wmt_errors_name_the_problem(recipe, tmp_path):
     with pytest.raises(DataError, match="checksum mismatch"):
         wmt.prepare_wmt("bad", tmp_path / "bad", PrepConfig(src="en", tgt="de"), base_url=base, manifests=manifests)
     assert not (tmp_path / "bad" / "download" / "corpus-a.tgz").exists()
+    manifest = json.loads((manifests / "wmt_fixture.json").read_text())
+    manifest["train"][1]["archive"] = "https://mirror.example/other/corpus-a.tgz"
+    (manifests / "twice.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"two training archives share a file name \(corpus-a.tgz, corpus-a.tgz\)"):
+        wmt.load_manifest("twice", manifests)
+    manifest = json.loads((manifests / "wmt_fixture.json").read_text())
+    manifest["train"][1]["tgt"] = "sub/b.en"
+    (manifests / "same.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="src and tgt members share the file name 'b.en'"):
+        wmt.load_manifest("same", manifests)
     manifest = json.loads((manifests / "wmt_fixture.json").read_text())
     manifest["train"][1]["src"] = "missing.en"
     (manifests / "member.json").write_text(json.dumps(manifest))

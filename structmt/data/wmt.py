@@ -18,7 +18,7 @@ from ..console import say_once
 from ..files import DataError, write_text_atomic
 from .fetch import MANIFESTS, ChecksumMismatch, download, verify
 from .prepare import PrepConfig, Splits, prepare_parallel
-from .stages import sha256_file
+from .stages import Stage, sha256_file
 
 RECIPES = ("wmt14_en_de", "wmt16_en_ro")
 
@@ -28,18 +28,31 @@ def load_manifest(name: str, manifests: Path = MANIFESTS) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"no recipe {name!r}: {path} does not exist (known: {', '.join(RECIPES)})")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    # archives are cached, and members extracted, by file name: two of one name would overwrite each other
+    archives = [archive_name(entry["archive"]) for entry in manifest["train"]]
+    if len(set(archives)) < len(archives):
+        raise DataError(f"{path}: two training archives share a file name ({', '.join(archives)}); rename one")
+    for entry in manifest["train"]:
+        if Path(entry["src"]).name == Path(entry["tgt"]).name:
+            raise DataError(f"{path}: {entry['archive']}: src and tgt members share the file name {entry['src']!r}")
+    return manifest
 
 
-def fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | None = None) -> Path:
-    """Download (once) and verify one archive.
+def archive_name(url: str) -> str:
+    """The file name an archive is cached under (the last part of its URL)."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | None = None) -> tuple[Path, str]:
+    """Download (once) and verify one archive; returns it and its SHA-256.
 
     With no published checksum, the SHA-256 of the archive first seen (downloaded, or placed in the cache
     by hand) is recorded beside it and every later run verifies against that record.
     """
-    name = url.rstrip("/").rsplit("/", 1)[-1]
+    name = archive_name(url)
     dest = cache / name
     record = cache / f"{name}.sha256"
     source = f"{base_url.rstrip('/')}/{name}" if base_url else url
@@ -62,17 +75,23 @@ def fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | Non
             f"no published checksum); if that first copy was itself bad, delete {record} too."
         ) from None
     if not expected:
-        digest = sha256_file(dest)
-        write_text_atomic(record, f"{digest}  {name}\n")
-        print(f"[data] {name}: no published checksum; recorded sha256 {digest} (trust on first use)", flush=True)
-    return dest
+        expected = sha256_file(dest)
+        write_text_atomic(record, f"{expected}  {name}\n")
+        print(f"[data] {name}: no published checksum; recorded sha256 {expected} (trust on first use)", flush=True)
+    return dest, expected
 
 
-def extract_members(archive: Path, members: list[str], dest: Path) -> list[Path]:
-    """Extract the named members (only those, never outside ``dest``), atomically."""
+def extract_members(archive: Path, sha256: str, members: list[str], dest: Path) -> list[Path]:
+    """Extract the named members (only those, never outside ``dest``), atomically; again whenever the
+    archive (its ``sha256``) or the members change."""
     out = [dest / Path(m).name for m in members]
-    if all(p.exists() for p in out):
-        return out
+    Stage("extract", dest, {"archive": sha256, "members": members}, [], out).ensure(
+        lambda: _extract(archive, members, dest)
+    )
+    return out
+
+
+def _extract(archive: Path, members: list[str], dest: Path) -> None:
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -102,7 +121,6 @@ def extract_members(archive: Path, members: list[str], dest: Path) -> list[Path]
             p.replace(dest / p.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def sacrebleu_set(test_set: str, src: str, tgt: str) -> tuple[Path, Path]:
@@ -137,9 +155,10 @@ def prepare_wmt(
     out_dir = Path(out_dir)
     train_pairs = []
     for entry in manifest["train"]:
-        archive = fetch_archive(entry["archive"], entry.get("sha256"), out_dir / "download", base_url)
-        folder = out_dir / "extracted" / archive.name.split(".")[0]
-        src_file, tgt_file = extract_members(archive, [entry["src"], entry["tgt"]], folder)
+        archive, sha256 = fetch_archive(entry["archive"], entry.get("sha256"), out_dir / "download", base_url)
+        src_file, tgt_file = extract_members(
+            archive, sha256, [entry["src"], entry["tgt"]], out_dir / "extracted" / archive.name
+        )
         train_pairs.append((src_file, tgt_file))
     splits: Splits = {"train": train_pairs}
     for split in ("valid", "test"):
