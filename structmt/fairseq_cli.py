@@ -29,6 +29,16 @@ from .paths import PLUGIN_DIR
 MAX_LEN_A, MAX_LEN_B = 1.2, 10
 
 
+def train_log(run_dir: Path) -> Path:
+    """The log :func:`train` appends fairseq-train's output to."""
+    return run_dir / "train.log"
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint :func:`train` resumes from and the pipeline decodes."""
+    return run_dir / "checkpoints" / "checkpoint_last.pt"
+
+
 class StepError(RuntimeError):
     """A pipeline step failed; the message names the log to read and quotes its last line."""
 
@@ -80,12 +90,36 @@ def _watching(path: Path, on_text: Callable[[str], None], every: float = 1.0) ->
     poll()
 
 
-_INNER = re.compile(r"\| train_inner \| .*?loss=([\d.]+),.*?wps=([\d.]+), ups=([\d.]+),.*?num_updates=(\d+)")
-_EPOCH = re.compile(
-    r"\| train \| epoch \d+ \| loss ([\d.]+) .*?\| wps ([\d.]+) \| ups ([\d.]+) .*?"
-    r"\| num_updates (\d+)"
-)
+_INNER = re.compile(r"\| train_inner \| epoch \d+:[\s\d/]*?(\w+=.*)$")  # epoch 001:  50 / 136 loss=12.4, …
+_EPOCH = re.compile(r"\| train \| epoch \d+ \| (.*)$")  # epoch 001 | loss 10.551 | … | wall 219
 _RESUMED = re.compile(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
+
+
+def log_records(text: str) -> Iterator[tuple[str, dict[str, float]]]:
+    """The numeric records of a fairseq-train log (``--log-format simple``), in order: ``("train_inner",
+    {"loss": …, "num_updates": …, …})`` every ``--log-interval`` updates, ``("train", {…})`` at each
+    epoch's summary (also ``train_wall`` and ``wall``, the process's clock)."""
+    for line in text.splitlines():
+        if m := _INNER.search(line):
+            kind, items, sep = "train_inner", m.group(1).split(", "), "="
+        elif m := _EPOCH.search(line):
+            kind, items, sep = "train", m.group(1).split(" | "), " "
+        else:
+            continue
+        record = {}
+        for item in items:
+            key, _, value = item.strip().partition(sep)
+            try:
+                record[key] = float(value)
+            except ValueError:
+                continue
+        yield kind, record
+
+
+def training_curve(log: Path) -> list[dict[str, float]]:
+    """The ``train_inner`` records of a fairseq-train log that have an update count."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    return [r for kind, r in log_records(text) if kind == "train_inner" and "num_updates" in r]
 
 
 def _train_progress(label: str, max_update: int) -> Callable[[str], None]:
@@ -99,10 +133,12 @@ def _train_progress(label: str, max_update: int) -> Callable[[str], None]:
                 if int(m.group(1)) > 0:
                     say(f"{label} resumed at {m.group(1)}/{max_update} updates")
                 continue
-            m = _INNER.search(line) or _EPOCH.search(line)
-            if not m or int(m.group(4)) <= last["updates"]:
+            record = next((r for _, r in log_records(line)), {})
+            if any(k not in record for k in ("loss", "wps", "ups", "num_updates")):
                 continue
-            loss, wps, ups, updates = float(m.group(1)), float(m.group(2)), float(m.group(3)), int(m.group(4))
+            loss, wps, ups, updates = record["loss"], record["wps"], record["ups"], int(record["num_updates"])
+            if updates <= last["updates"]:
+                continue
             last["updates"] = updates
             speed = f"{wps / 1000:.1f}k" if wps >= 1000 else f"{wps:.0f}"
             line = f"{label} {updates}/{max_update or '?'} updates, loss {loss:.2f}, {speed} tok/s"
@@ -134,15 +170,15 @@ def train(bin_dir: Path, run_dir: Path, arch: str, args: list[str], env: dict[st
         "--arch",
         arch,
         "--save-dir",
-        str(run_dir / "checkpoints"),
+        str(last_checkpoint(run_dir).parent),
         "--log-format",
         "simple",
         *args,
     ]
     max_update = int(args[args.index("--max-update") + 1]) if "--max-update" in args else 0
-    with _watching(run_dir / "train.log", _train_progress(f"[{run_dir.name}]", max_update)):
-        wall = _run(cmd, run_dir / "train.log", env)
-    return parse_train_log(run_dir / "train.log", run_dir / "checkpoints" / "checkpoint_last.pt", wall)
+    with _watching(train_log(run_dir), _train_progress(f"[{run_dir.name}]", max_update)):
+        wall = _run(cmd, train_log(run_dir), env)
+    return parse_train_log(train_log(run_dir), last_checkpoint(run_dir), wall)
 
 
 def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0) -> TrainResult:
@@ -155,18 +191,19 @@ def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0) -> 
     process's last checkpoint is not counted).
     """
     text = log.read_text(encoding="utf-8", errors="replace")
-    pattern = r"\| train \| epoch \d+ \|.*?\| wps ([\d.]+) .*?\| num_updates (\d+) .*?\| train_wall (\d+) \| wall (\d+)"
     updates, tokens, seconds, wall = 0, 0.0, 0.0, fallback_wall
     earlier, clock = 0.0, 0.0  # wall-clock of the processes before this one; this process's clock
-    for wps, num_updates, train_wall, wall_clock in re.findall(pattern, text):
-        if int(num_updates) <= updates:
+    for kind, r in log_records(text):
+        if kind != "train" or any(k not in r for k in ("wps", "num_updates", "train_wall", "wall")):
             continue
-        updates = int(num_updates)
-        tokens += float(wps) * float(train_wall)
-        seconds += float(train_wall)
-        if float(wall_clock) < clock:  # a new process: a resumed run
+        if int(r["num_updates"]) <= updates:
+            continue
+        updates = int(r["num_updates"])
+        tokens += r["wps"] * r["train_wall"]
+        seconds += r["train_wall"]
+        if r["wall"] < clock:  # a new process: a resumed run
             earlier += clock
-        clock = float(wall_clock)
+        clock = r["wall"]
         wall = earlier + clock
     return TrainResult(
         updates=updates,

@@ -225,7 +225,7 @@ def test_rare_columns_are_the_columns_of_the_rare_tokens_a_structured_model_sees
     """The analysis picks the columns with the most attention outside the band; on a structured model
     (zero outside band ∪ rare columns) they must be the positions of the rarest tokens."""
     from structmt.analysis.extract import _Recorder
-    from structmt.analysis.report import rarity_tables
+    from structmt.attention.structure import rarity_tables
 
     w, r = 2, 2
     task, model = build(

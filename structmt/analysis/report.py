@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..attention.structure import rarity_tables
 from ..checkpoints import load_model
 from ..figures import annotated_heatmap, pyplot, save
 from ..files import existing_dir, existing_file, int_at_least, write_text_atomic
@@ -69,14 +70,6 @@ def thesis_quote(w: int, r: int) -> dict[str, Any] | None:
 def _heads(sentences: list[SentenceAttention], block: str) -> list[tuple[int, int]]:
     layers = sentences[0].weights[block]
     return [(layer, head) for layer in range(len(layers)) for head in range(layers[layer].size(0))]
-
-
-def rarity_tables(dictionary: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corpus counts and never-rare flags of a fairseq dictionary, as a structured model builds them."""
-    never_rare = torch.zeros(len(dictionary), dtype=torch.bool)
-    never_rare[: dictionary.nspecial] = True
-    never_rare[dictionary.pad()] = True
-    return torch.tensor(dictionary.count, dtype=torch.long), never_rare
 
 
 def head_table(

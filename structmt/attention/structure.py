@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -476,6 +477,15 @@ def aligned_centers(key_padding_mask: Tensor | None, batch: int, num_keys: int, 
 
 # --------------------------------------------------------------------------
 # Rare tokens and error-term keys
+
+
+def rarity_tables(dictionary: Any) -> tuple[Tensor, Tensor]:
+    """The corpus count of every token of a fairseq dictionary (``(V,)`` long) and its never-rare flag
+    (``(V,)`` bool: the special symbols and padding), as :func:`rarity_keys` takes them."""
+    never_rare = torch.zeros(len(dictionary), dtype=torch.bool)
+    never_rare[: dictionary.nspecial] = True
+    never_rare[dictionary.pad()] = True
+    return torch.tensor(dictionary.count, dtype=torch.long), never_rare
 
 
 def rarity_keys(tokens: Tensor, counts: Tensor, never_rare: Tensor, first_position: int = 0) -> Tensor:

@@ -43,7 +43,7 @@ from torch import Tensor
 from ..attention.context import TokenContext, active, current
 from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
 from ..attention.options import StructureConfig, add_arguments, fill_defaults
-from ..attention.structure import CrossBand, Structure, roles_json
+from ..attention.structure import CrossBand, Structure, rarity_tables, roles_json
 
 
 class StructuredEncoderLayer(TransformerEncoderLayerBase):
@@ -138,10 +138,7 @@ class _StructuredStack:
             raise ValueError(f"{len(self._unbuilt)} layer structures were not used")
         del self._unbuilt
         self.uses_rare = any(s.uses_rare for s in structures or [])
-        counts = torch.tensor(dictionary.count, dtype=torch.long)
-        never = torch.zeros(len(dictionary), dtype=torch.bool)
-        never[: dictionary.nspecial] = True
-        never[dictionary.pad()] = True
+        counts, never = rarity_tables(dictionary)
         self.register_buffer("token_counts", counts, persistent=False)  # type: ignore[attr-defined]
         self.register_buffer("never_rare", never, persistent=False)  # type: ignore[attr-defined]
 

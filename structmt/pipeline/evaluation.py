@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ..data.cli import test_sets
-from ..fairseq_cli import StepError, decode, parse_param_count
+from ..fairseq_cli import StepError, decode, parse_param_count, train_log
 from ..files import atomic_path, read_lines, write_text_atomic
 from ..paths import REPO_ROOT
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
 from .leaderboard import LeaderboardRow
-from .spec import RunSpec
+from .spec import RunSpec, metrics_file
 from .training import data_label, prepare_data, run_lock, train_run
 
 
@@ -93,7 +93,7 @@ def keep_training_log(run_dir: Path, logs_dir: Path) -> Path:
     each headed by the commit and machine that ran it, and replaces the kept one it continues. The log of
     another training of the same run id (trained again from scratch, on another machine, say) never
     overwrites the kept one: it is kept beside it as ``<run id>.<sha256[:8]>.log.gz``."""
-    log = (run_dir / "train.log").read_bytes()
+    log = train_log(run_dir).read_bytes()
     kept = logs_dir / f"{run_dir.name}.log.gz"
     if kept.exists() and not log.startswith(gzip.decompress(kept.read_bytes())):
         kept = logs_dir / f"{run_dir.name}.{hashlib.sha256(log).hexdigest()[:8]}.log.gz"
@@ -140,7 +140,7 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
     with run_lock(runs_dir, run_id):
         if not kept.exists():
             bin_dir = prepare_data(spec, runs_dir)
-            checkpoint = Path(json.loads((run_dir / "train.json").read_text())["checkpoint"])
+            checkpoint = Path(json.loads(metrics_file(run_dir).read_text())["checkpoint"])
             out = run_dir / f"valid.{spec.data.tgt}"
             hyp = decode(bin_dir, checkpoint, "valid", out, beam=spec.schedule.beam, log=run_dir / "decode.log")
             s = score(hyp, bin_dir.parent / "raw" / f"valid.{spec.data.tgt}")
@@ -187,7 +187,7 @@ def _evaluate_locked(
         return rows_done
     bin_dir = prepare_data(spec, runs_dir)
     raw = bin_dir.parent / "raw"
-    metrics = json.loads((run_dir / "train.json").read_text())
+    metrics = json.loads(metrics_file(run_dir).read_text())
     checkpoint = Path(metrics["checkpoint"])
 
     rows: list[LeaderboardRow] = []
@@ -227,7 +227,7 @@ def _evaluate_locked(
                 rare=spec.model.rare if spec.model.structured else "",
                 heads=spec.model.heads_label() if spec.model.structured else "",
                 cross=spec.model.cross_label(),
-                params=parse_param_count(run_dir / "train.log"),
+                params=parse_param_count(train_log(run_dir)),
                 updates=metrics["updates"],
                 train_seconds=round(float(metrics["wall_seconds"]), 1),
                 train_tokens_per_s=round(float(metrics["tokens_per_second"]), 1),
@@ -267,7 +267,7 @@ def _log_wandb(
     folder = tracking.log_experiment(
         spec.run_id(),
         asdict(spec),
-        run_dir / "train.log",
+        train_log(run_dir),
         records,
         runs_dir / "wandb",
         wandb,

@@ -18,11 +18,23 @@ from typing import Any
 from ..attention.options import PREFIX, StructureConfig, short, spec_fields, to_fairseq_args
 from ..attention.structure import roles_from_file
 from ..data.stages import sha256_file
+from ..fairseq_cli import last_checkpoint
 from ..paths import REPO_ROOT
 
 #: the structured-attention options, as ``model.*`` keys (``model.window``, ``model.cross_slope``, ...):
 #: names, types and defaults come from the one schema, :class:`StructureConfig`
 StructureOptions = make_dataclass("StructureOptions", spec_fields())
+
+
+def metrics_file(run_dir: Path) -> Path:
+    """A run's training metrics, written when its training finished (``train.json``)."""
+    return run_dir / "train.json"
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` finished training."""
+    return metrics_file(run_dir).is_file()
+
 
 #: options that entered every structured run id from the start; the others enter an id only where they
 #: change the model (not at their default), so the ids of runs from before they existed stay valid
@@ -147,12 +159,12 @@ class Schedule:
                 raise FileNotFoundError(f"train.finetune_from={self.finetune_from}: no such checkpoint file")
             return path.resolve()
         run_dir = runs_dir / self.finetune_from
-        if not (run_dir / "train.json").is_file():
+        if not finished(run_dir):
             raise FileNotFoundError(
                 f"train.finetune_from={self.finetune_from}: no finished run of that id in {runs_dir} "
                 "(train it first, or give a checkpoint file ending in .pt)"
             )
-        return run_dir / "checkpoints" / "checkpoint_last.pt"
+        return last_checkpoint(run_dir)
 
     def log_interval(self) -> int:
         """Updates between fairseq's progress lines (and so the pipeline's): every 2 % of the run, at most 50."""

@@ -10,14 +10,14 @@ run that cannot be logged online is logged offline instead.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..fairseq_cli import training_curve
+
 DEFAULT_PROJECT = "structmt"
-_INNER = re.compile(r"train_inner \| epoch \d+:.*?\|? (loss=.*)$")
 
 
 @dataclass
@@ -42,25 +42,6 @@ def wandb_mode(requested: str = "auto") -> str:
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
-
-
-def training_curve(train_log: Path) -> list[dict[str, float]]:
-    """The ``train_inner`` records of a fairseq log (``--log-format simple``)."""
-    points = []
-    for line in train_log.read_text(encoding="utf-8", errors="replace").splitlines():
-        m = _INNER.search(line)
-        if not m:
-            continue
-        record = {}
-        for item in m.group(1).split(", "):
-            key, _, value = item.partition("=")
-            try:
-                record[key.strip()] = float(value)
-            except ValueError:
-                continue
-        if "num_updates" in record:
-            points.append(record)
-    return points
 
 
 def _finish(run: Any) -> Path:

@@ -18,10 +18,10 @@ from ..checkpoints import checkpoint_updates
 from ..data.cli import prepare_dataset
 from ..data.prepare import PrepConfig
 from ..data.stages import sha256_file
-from ..fairseq_cli import parse_train_log, train
+from ..fairseq_cli import last_checkpoint, parse_train_log, train, train_log
 from ..files import atomic_path, write_text_atomic
 from ..provenance import git_commit, machine_label
-from .spec import DataSpec, RunSpec
+from .spec import DataSpec, RunSpec, metrics_file
 from .translate import model_dir
 
 
@@ -84,7 +84,7 @@ def run_lock(runs_dir: Path, run_id: str) -> FileLock:
 def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dict[str, Any]:
     run_id = spec.run_id()
     run_dir = runs_dir / run_id
-    metrics_path = run_dir / "train.json"
+    metrics_path = metrics_file(run_dir)
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
         if metrics["updates"] >= spec.schedule.max_update:
@@ -94,11 +94,11 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
     write_text_atomic(run_dir / "spec.json", json.dumps(asdict(spec), indent=2) + "\n")
     keep_model_files(bin_dir, run_dir, spec.data.src, spec.data.tgt)
     log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run_dir / 'train.log'})")
-    checkpoint = run_dir / "checkpoints" / "checkpoint_last.pt"
+    checkpoint = last_checkpoint(run_dir)
     if (updates := checkpoint_updates(checkpoint)) >= spec.schedule.max_update:
         # finished, but killed before train.json: fairseq would run one more update on resume. The updates are
         # the checkpoint's: fairseq saves it before it logs the last summary, which the kill may have cut off
-        trained = replace(parse_train_log(run_dir / "train.log", checkpoint), updates=updates)
+        trained = replace(parse_train_log(train_log(run_dir), checkpoint), updates=updates)
     else:
         env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
         roles = spec.model.roles_path()
@@ -111,7 +111,7 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
             args += ["--finetune-from-model", str(start)]  # used only while the run has no checkpoint of its own
             if updates == 0:  # the weights it starts from, by content: a run id names settings, not weights
                 header += f"; fine-tuning from {start} (sha256 {sha256_file(start)})"
-        with open(run_dir / "train.log", "a", encoding="utf-8") as f:
+        with open(train_log(run_dir), "a", encoding="utf-8") as f:
             f.write(f"\n{header}\n")
         trained = train(bin_dir, run_dir, spec.model.arch, args, env)
     # the code and machine that trained (a resumed run: those that finished it; train.log names each one)

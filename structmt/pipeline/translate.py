@@ -11,11 +11,9 @@ from pathlib import Path
 
 from ..checkpoints import load_model
 from ..console import add_verbose_option, setup
-from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
+from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B, last_checkpoint
 from ..files import existing_dir, int_at_least, text_lines, utf8_error_at
 from .spec import Schedule
-
-CHECKPOINT = Path("checkpoints") / "checkpoint_last.pt"
 
 
 def read_input(raw: bytes) -> list[str]:
@@ -43,7 +41,7 @@ class Translator:
         from fairseq.dataclass.configs import GenerationConfig
 
         run_dir = Path(run_dir)
-        ckpt = checkpoint or run_dir / CHECKPOINT
+        ckpt = checkpoint or last_checkpoint(run_dir)
         folder = model_dir(run_dir)
         for path in (ckpt, folder / "spm.model"):
             if not path.is_file():
