@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 # importing structmt imports fairseq, which logs at DEBUG level: keep matplotlib's font search quiet
@@ -23,6 +21,7 @@ import torch  # noqa: E402
 
 from structmt.attention.structure import CandidateLayout, Structure, make_supports, rare_sets, rarity_keys  # noqa: E402
 from structmt.figures import pyplot  # noqa: E402
+from structmt.files import atomic_path  # noqa: E402
 from structmt.paths import REPO_ROOT  # noqa: E402
 
 # A Multi30k training sentence (train.en), split into 16 tokens.
@@ -121,16 +120,11 @@ def draw(out: Path) -> None:
     )
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(f"wrote {out}")
 
 

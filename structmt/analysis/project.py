@@ -40,10 +40,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..attention.structure import ROLES, rare_sets, rarity_keys
 from ..attention.structure import band as band_predicate
-from ..attention.structure import rare_sets, rarity_keys
 
-ROLES = ("positional", "syntactic", "rare")
 VARIANTS = ("unconstrained", "row_stochastic")
 #: the thesis's coefficient grid, ``np.arange(0, 1.1, 0.1)``
 THESIS_GRID = tuple(i / 10 for i in range(11))

@@ -16,15 +16,14 @@ from typing import Any
 
 import torch
 
-from ..attention.structure import rarity_tables
+from ..attention.structure import ROLES, SHORT_ROLES, rarity_tables
 from ..checkpoints import load_model
 from ..figures import annotated_heatmap, pyplot, save
 from ..files import existing_dir, existing_file, int_at_least, write_text_atomic
-from ..paths import REPO_ROOT
+from ..paths import RESULTS_DIR
 from ..provenance import git_commit, machine
 from .extract import SentenceAttention, iterate
 from .project import (
-    ROLES,
     VARIANTS,
     best_role,
     model_rare_positions,
@@ -34,7 +33,6 @@ from .project import (
     thesis_random_search,
 )
 
-SHORT = {"positional": "pos", "syntactic": "syn", "rare": "rare"}
 GRID_W = (0, 1, 2, 3, 5, 8, 10)
 GRID_R = (0, 1, 2, 4)
 
@@ -174,7 +172,7 @@ def role_mix(sentences: list[SentenceAttention], block: str, w: int, r: int) -> 
     layers: dict[int, list[str]] = {}
     for layer, head in _heads(sentences, block):
         votes = Counter(best_role(project(s.weights[block][layer][head], w, r)).role for s in sentences)
-        layers.setdefault(layer, []).append(SHORT[votes.most_common(1)[0][0]])
+        layers.setdefault(layer, []).append(SHORT_ROLES[votes.most_common(1)[0][0]])
     return [",".join(f"{role}:1" for role in heads) for _, heads in sorted(layers.items())]
 
 
@@ -189,7 +187,7 @@ def figure(sentence: SentenceAttention, block: str, w: int, r: int, png: Path) -
     for col, (layer, head) in enumerate(heads):
         a = sentence.weights[block][layer][head]
         fit = best_role(project(a, w, r))
-        for row, (img, title) in enumerate([(a, f"{layer}.{head}"), (a * fit.support, SHORT[fit.role])]):
+        for row, (img, title) in enumerate([(a, f"{layer}.{head}"), (a * fit.support, SHORT_ROLES[fit.role])]):
             ax = axes[row, col]
             ax.imshow(img, cmap="Blues", vmin=0, vmax=1)
             ax.set_xticks([])
@@ -485,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("checkpoint", type=existing_file)
     p.add_argument("data_dir", type=existing_dir, help="the binarized data the model was trained on")
     p.add_argument("--subset", default="test")
-    p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results")
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument(
         "--draws", type=int_at_least(1), default=30, help="random members per family and grid pair (thesis: 30)"
     )

@@ -48,13 +48,9 @@ POSITION_SPAN = 1 << 20
 NEVER_RARE = torch.iinfo(torch.int64).max
 
 ROLES = ("positional", "syntactic", "rare")
-ROLE_ALIASES = {
-    "pos": "positional",
-    "syn": "syntactic",
-    "rare": "rare",
-    "positional": "positional",
-    "syntactic": "syntactic",
-}
+#: each role's short name, as ``--struct-heads`` and the roles files write it
+SHORT_ROLES = {"positional": "pos", "syntactic": "syn", "rare": "rare"}
+ROLE_ALIASES = {**{short: role for role, short in SHORT_ROLES.items()}, **{role: role for role in ROLES}}
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 
 from ..attention.functional import self_attention_plan
 from ..files import int_at_least, write_text_atomic
-from ..paths import REPO_ROOT
+from ..paths import RESULTS_DIR
 from ..provenance import machine
 from .common import add_shape_options, flatness, goal, goal_table, names_from, per_1k_tokens_mib, positive_ints
 from .workload import bench_structure, inputs, median_time
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--dense-limit", type=int_at_least(0), default=8192, help="skip O(T²) implementations above this length"
     )
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_attention")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_attention")
     a = p.parse_args(argv)
     results = run(
         a.lengths,

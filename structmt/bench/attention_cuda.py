@@ -55,7 +55,7 @@ import torch
 
 from ..attention.structure import Structure
 from ..files import int_at_least, write_text_atomic
-from ..paths import REPO_ROOT
+from ..paths import RESULTS_DIR
 from .common import (
     add_shape_options,
     flatness,
@@ -82,7 +82,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 DEFAULT_LENGTHS = "128,256,512,1024,2048,4096,8192,16384,32768"
 #: the goals' lengths (issue #13): speed-ups at GOAL_T, the short-sequence check at SHORT_T, flat memory over FLAT_T
 GOAL_T, SHORT_T, FLAT_T = 16384, 128, (1024, 32768)
-DEFAULT_OUT = REPO_ROOT / "results" / "bench_attention_cuda.json"
+DEFAULT_OUT = RESULTS_DIR / "bench_attention_cuda.json"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from ..checkpoints import load_model
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import int_at_least, write_text_atomic
-from ..paths import REPO_ROOT
+from ..paths import RESULTS_DIR
 from ..provenance import machine
 from .common import side_by_side
 from .workload import sync
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         default=3,
         help="rounds of dense and structured (after an untimed warm-up of each; the first swaps every round)",
     )
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_decode.json")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_decode.json")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models decode")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="--device cuda: decode with bfloat16 weights")

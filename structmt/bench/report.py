@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import DataError, existing_dir, write_text_atomic
-from ..paths import REPO_ROOT
+from ..paths import RESULTS_DIR
 from ..pipeline.leaderboard import read_rows
 from ..pipeline.spec import cross_window
 from .attention import table
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--results-dir",
         type=existing_dir,
-        default=str(REPO_ROOT / "results"),
+        default=str(RESULTS_DIR),
         help="the folder of the bench_*.json files; BENCHMARKS.md is written there",
     )
     a = p.parse_args(argv)

@@ -22,7 +22,7 @@ from ..attention.options import StructureConfig
 from ..data.prepare import PrepConfig, binarize, prepare_multi30k
 from ..fairseq_cli import train
 from ..files import int_at_least, write_text_atomic
-from ..paths import REPO_ROOT
+from ..paths import RESULTS_DIR, RUNS_DIR
 from ..provenance import machine
 from .common import positive_ints, side_by_side
 
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         "(--struct-cross-window; -1: do not)",
     )
     p.add_argument("--cross-slope", type=float, default=0.97, help="its --struct-cross-slope (Multi30k en-de: 0.97)")
-    p.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "bench_train")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench_train.json")
+    p.add_argument("--work", type=Path, default=RUNS_DIR / "bench_train")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_train.json")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where fairseq-train runs")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="--device cuda: train in bfloat16 (fairseq --bf16)")
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cross_window >= 0:
         cross = ("--struct-cross-window", str(a.cross_window), "--struct-cross-slope", str(a.cross_slope))
         variants[f"cross{a.cross_window}"] = ("structured_transformer_multi30k", cross)
-    data = prepare_multi30k(REPO_ROOT / "runs" / "data" / "multi30k_en_de", PrepConfig())
+    data = prepare_multi30k(RUNS_DIR / "data" / "multi30k_en_de", PrepConfig())
     results: dict[str, Any] = {}
 
     def add(name: str, found: dict[str, dict[str, Any]]) -> None:

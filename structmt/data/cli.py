@@ -12,7 +12,7 @@ from filelock import FileLock
 from ..console import add_verbose_option, setup
 from ..files import DataError, existing_dir, int_at_least
 from .fetch import MULTI30K_ENV
-from .prepare import MULTI30K_SPLITS, PrepConfig, prepare_multi30k
+from .prepare import MULTI30K_SPLITS, MULTI30K_VOCAB, WMT_VOCAB, PrepConfig, prepare_multi30k
 from .wmt import RECIPES, load_manifest, prepare_wmt
 
 DATASETS = ("multi30k_en_de", *RECIPES)
@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--data", default="multi30k_en_de", choices=DATASETS)
     p.add_argument(
-        "--vocab-size", type=int_at_least(1), default=None, help="SentencePiece vocabulary (8000 Multi30k, 32000 WMT)"
+        "--vocab-size",
+        type=int_at_least(1),
+        default=None,
+        help=f"SentencePiece vocabulary ({MULTI30K_VOCAB} Multi30k, {WMT_VOCAB} WMT)",
     )
     p.add_argument("--max-train-lines", type=int_at_least(0), default=0, help="0 = all")
     p.add_argument(
@@ -81,10 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error(misplaced)
     setup(a.verbose)
     if a.data == "multi30k_en_de":
-        src, tgt, vocab = "en", "de", 8000
+        src, tgt, vocab = "en", "de", MULTI30K_VOCAB
     else:
         manifest = load_manifest(a.data)
-        src, tgt, vocab = manifest["src"], manifest["tgt"], 32000
+        src, tgt, vocab = manifest["src"], manifest["tgt"], WMT_VOCAB
     cfg = PrepConfig(
         src=src,
         tgt=tgt,

@@ -19,11 +19,15 @@ from .stages import Stage
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
 
 
+#: the joint SentencePiece vocabulary of each kind of data set, unless one is asked for
+MULTI30K_VOCAB, WMT_VOCAB = 8000, 32000
+
+
 @dataclass
 class PrepConfig:
     src: str = "en"
     tgt: str = "de"
-    vocab_size: int = 8000
+    vocab_size: int = MULTI30K_VOCAB
     max_tokens_per_sentence: int = 250  # whitespace tokens, cleaning filter
     max_length_ratio: float = 3.0
     max_train_lines: int = 0  # 0 = all; a slice for smoke tests

@@ -17,7 +17,7 @@ from typing import Any
 from ..console import say_once
 from ..files import DataError, write_text_atomic
 from .fetch import MANIFESTS, ChecksumMismatch, download, verify
-from .prepare import PrepConfig, Splits, prepare_parallel
+from .prepare import WMT_VOCAB, PrepConfig, Splits, prepare_parallel
 from .stages import Stage, sha256_file
 
 RECIPES = ("wmt14_en_de", "wmt16_en_ro")
@@ -149,7 +149,7 @@ def prepare_wmt(
     ``base_url`` replaces the host part of every training-corpus URL (a mirror).
     """
     manifest = load_manifest(name, manifests)
-    cfg = cfg or PrepConfig(src=manifest["src"], tgt=manifest["tgt"], vocab_size=32000)
+    cfg = cfg or PrepConfig(src=manifest["src"], tgt=manifest["tgt"], vocab_size=WMT_VOCAB)
     if (cfg.src, cfg.tgt) != (manifest["src"], manifest["tgt"]):
         raise DataError(f"{name} is {manifest['src']}→{manifest['tgt']}, not {cfg.src}→{cfg.tgt}")
     out_dir = Path(out_dir)

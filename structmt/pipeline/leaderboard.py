@@ -25,7 +25,7 @@ from typing import Any
 from filelock import FileLock
 
 from ..files import utf8_error_at, write_text_atomic
-from ..paths import REPO_ROOT
+from ..paths import RESULTS_DIR, RUNS_DIR
 
 
 @dataclass
@@ -382,9 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     from .tracking import DEFAULT_PROJECT, WandbSettings, log_leaderboard
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--wandb", action="store_true", help="also rebuild the W&B leaderboard table")
-    p.add_argument("--wandb-dir", type=Path, default=REPO_ROOT / "runs" / "wandb")
+    p.add_argument("--wandb-dir", type=Path, default=RUNS_DIR / "wandb")
     p.add_argument("--project", default=DEFAULT_PROJECT)
     p.add_argument("--headline", metavar="SCHEDULE", help="print the README headline table of this schedule")
     p.add_argument("--data", default="multi30k_en_de")

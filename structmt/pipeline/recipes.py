@@ -24,7 +24,7 @@ from typing import Any
 
 from ..console import add_verbose_option, setup
 from ..files import DataError, int_at_least
-from ..paths import REPO_ROOT
+from ..paths import REPO_ROOT, RESULTS_DIR, RUNS_DIR
 from ..provenance import git_commit
 from .evaluation import evaluate_run, keep_training_log
 from .leaderboard import read_rows, short_commit
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--train-only", action="store_true", help="train (or resume) the pair; evaluate later")
     p.add_argument("--allow-dirty", action="store_true", help="run although tracked files differ from the commit")
-    p.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
-    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..attention.options import PREFIX, StructureConfig, short, spec_fields, to_fairseq_args
 from ..attention.structure import roles_from_file
+from ..data.prepare import MULTI30K_VOCAB
 from ..data.stages import sha256_file
 from ..fairseq_cli import last_checkpoint
 from ..paths import REPO_ROOT
@@ -129,7 +130,8 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
 class Schedule:
     """Optimisation settings shared by the runs that are compared with each other."""
 
-    name: str = "cpu_demo"
+    #: a schedule of conf/train names itself; one built by hand is "custom" (its other defaults are not cpu_demo's)
+    name: str = "custom"
     max_update: int = 1200
     lr: float = 0.003
     warmup: int = 300
@@ -198,7 +200,7 @@ class DataSpec:
     name: str = "multi30k_en_de"
     src: str = "en"
     tgt: str = "de"
-    vocab_size: int = 8000
+    vocab_size: int = MULTI30K_VOCAB
     mirror: str | None = None
     base_url: str | None = None
     max_train_lines: int = 0  # 0 = all; slices are for smoke tests

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..console import add_verbose_option, setup
 from ..figures import annotated_heatmap
 from ..files import write_text_atomic
-from ..paths import REPO_ROOT
+from ..paths import REPO_ROOT, RESULTS_DIR
 from .leaderboard import evaluations, read_rows, short_commit
 
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         help="the grid sweep that was run (conf/sweep/NAME.yaml, e.g. wr_small): its points without a run are named "
         "(default: the grid of the windows and rare counts found)",
     )
-    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--out-dir", type=Path, default=None, help="default: <results-dir>/sweeps")
     add_verbose_option(p)
     a = p.parse_args(argv)
