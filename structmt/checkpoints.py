@@ -1,9 +1,10 @@
 """fairseq checkpoints: safe loading on torch >= 2.6 (``weights_only=True`` stays on),
 a trained model and its task from a checkpoint, and the updates a checkpoint holds.
 
-fairseq checkpoints pickle a few non-tensor objects (the argparse namespace
-or omegaconf config, and some plain containers).  Only those classes are
-allowlisted; torch's safety is never turned off.
+fairseq checkpoints pickle one class that torch's safe loader does not know: the
+``argparse.Namespace`` that holds a legacy model's settings (the rest of the config is
+saved as plain containers).  Only that class is allowlisted; torch's safety is never
+turned off.
 
 Importing this module imports the ``structmt`` package first, which registers
 the models and allowlists those classes, so the loaders below need nothing more.
@@ -19,14 +20,9 @@ from typing import Any
 import torch
 
 
-def _checkpoint_classes() -> list[object]:
-    classes: list[object] = [argparse.Namespace]
-    return classes
-
-
 def allow_fairseq_checkpoints() -> None:
-    """Allowlist the classes fairseq checkpoints need for ``torch.load(weights_only=True)``."""
-    torch.serialization.add_safe_globals(_checkpoint_classes())
+    """Allowlist the class fairseq checkpoints need for ``torch.load(weights_only=True)``."""
+    torch.serialization.add_safe_globals([argparse.Namespace])
 
 
 def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any, Any]:

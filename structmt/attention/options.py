@@ -9,7 +9,8 @@ pipeline's ``ModelSpec`` derives its fields from :func:`spec_fields`) and the
 is the one place that checks the values, naming the option the way the user
 wrote it (``--struct-window`` or ``model.window``).
 
-This module needs neither fairseq nor Hydra.
+Its code uses neither fairseq nor Hydra (importing it, as any ``structmt`` module, first
+imports the package, which registers the model with fairseq).
 """
 
 from __future__ import annotations

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import DataError, existing_dir, write_text_atomic
+from ..leaderboard_csv import cross_window, read_rows
 from ..paths import RESULTS_DIR
-from ..pipeline.leaderboard import read_rows
-from ..pipeline.spec import cross_window
 from .attention import table
 from .attention_cuda import table as cuda_table
 from .common import verdict_number

@@ -25,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ..attention.options import PREFIX, flag, spec_fields
 from ..console import setup
-from ..data.cli import DATASETS, wrong_source_option
+from ..data.datasets import DATASETS, wrong_source_option
 from ..data.fetch import MANIFESTS, read_checksums
 from ..data.prepare import MULTI30K_SPLITS
 from ..data.wmt import load_manifest

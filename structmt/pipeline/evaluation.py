@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.cli import test_sets
+from ..data.datasets import test_sets
 from ..fairseq_cli import StepError, decode, parse_param_count, train_log
 from ..files import atomic_path, read_lines, write_text_atomic
+from ..leaderboard_csv import LeaderboardRow
 from ..paths import REPO_ROOT
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
-from .leaderboard import LeaderboardRow
 from .spec import RunSpec, metrics_file
 from .training import data_label, prepare_data, run_lock, train_run
 

@@ -1,215 +1,21 @@
-"""The BLEU leaderboard: ``results/leaderboard.csv`` (one row per evaluation of a run on a
-test set), rendered to ``results/LEADERBOARD.md``.
-
-Rows are keyed by ``(run_id, test_set, hypothesis)``: evaluating a run again
-with the same hypotheses adds nothing, while a re-run whose hypotheses differ
-(another machine, another commit) keeps its own hypothesis file and becomes a
-row of its own, with its commit and machine; no result is ever replaced or
-dropped.  Writers hold a file lock and replace the file atomically, so
-concurrent sweep jobs never lose or duplicate a row.
+"""The BLEU leaderboard rendered: ``results/LEADERBOARD.md`` (every evaluation, re-runs included), the
+README's headline tables (mean ± sd over seeds), the chart, and ``structmt-leaderboard``.  The file
+itself, ``results/leaderboard.csv``, and its rules: :mod:`structmt.leaderboard_csv` (its names are
+importable from here too).
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import itertools
-import math
 import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from filelock import FileLock
-
-from ..files import utf8_error_at, write_text_atomic
+from ..files import write_text_atomic
+from ..leaderboard_csv import COLUMNS, LeaderboardRow, add_rows, lock, read_rows, short_commit
 from ..paths import RESULTS_DIR, RUNS_DIR
 
-
-@dataclass
-class LeaderboardRow:
-    """One run on one test set; the fields, in order, are the columns of ``leaderboard.csv``."""
-
-    run_id: str
-    data: str
-    schedule: str
-    direction: str
-    test_set: str
-    arch: str
-    #: the structure's window and rare-token count ("" for dense runs)
-    window: int | str
-    rare: int | str
-    #: the role mix (``ModelSpec.heads_label``; "" for dense runs)
-    heads: str
-    #: the cross-attention band (``ModelSpec.cross_label``; "" = dense)
-    cross: str
-    params: int
-    updates: int
-    train_seconds: float
-    train_tokens_per_s: float
-    bleu: float
-    chrf: float
-    bleu_signature: str
-    chrf_signature: str
-    #: paired bootstrap against the dense run of the same data and schedule ("" without one)
-    p_value_vs_dense: float | str
-    bleu_ci95: float | str
-    seed: int
-    #: the commit of the code that decoded and scored (``+dirty``: with uncommitted changes)
-    git_commit: str
-    #: the kept hypotheses (relative to the repository when inside it)
-    hypothesis: str
-    #: the commit of the code that trained ("" for rows from before it was recorded)
-    train_commit: str = ""
-    #: the machine of the evaluation: its CPU, and its GPU where fairseq-generate used one ("" before it was recorded)
-    machine: str = ""
-    #: the other structure options not at their default (``ModelSpec.options_label``; "" = none, or a dense run)
-    options: str = ""
-
-
-COLUMNS = [f.name for f in fields(LeaderboardRow)]
-#: the columns added after the first leaderboards were written (those with a default, all ""): a file without
-#: some of the last of them is read with them empty, and written with them
-_APPENDED = tuple(f.name for f in fields(LeaderboardRow) if f.default is not MISSING)
-
-#: a row as :func:`add_rows` takes it: a :class:`LeaderboardRow`, or a mapping of some of its columns
-Row = LeaderboardRow | Mapping[str, Any]
-
-
-#: columns that hold numbers: "" (not recorded) is allowed in all of them but ``bleu``
-INT_COLUMNS = ("window", "rare", "params", "updates", "seed")
-FLOAT_COLUMNS = ("train_seconds", "train_tokens_per_s", "bleu", "chrf", "p_value_vs_dense", "bleu_ci95")
-
-
-def _number_problem(row: Mapping[str, Any]) -> str:
-    """What is wrong with a row's numbers ("" when nothing is)."""
-    for column in INT_COLUMNS + FLOAT_COLUMNS:
-        value = str(row.get(column, ""))
-        if value == "" and column != "bleu":
-            continue
-        try:
-            ok = math.isfinite(int(value) if column in INT_COLUMNS else float(value))
-        except ValueError:
-            ok = False
-        if not ok:
-            return f"column {column} is {value!r}, not {'an integer' if column in INT_COLUMNS else 'a number'}"
-    return ""
-
-
-def read_rows(csv_path: Path) -> list[dict[str, str]]:
-    """The rows of ``leaderboard.csv``, each with exactly :data:`COLUMNS` (a UTF-8 BOM is accepted; a file from
-    before the columns of :data:`_APPENDED` existed has them empty).
-
-    A file the writer would not leave (another header, a row with more or fewer fields, a bad number, one
-    evaluation twice, bytes that are not UTF-8) is a ``ValueError`` naming the file and line: rewriting it
-    would drop what does not fit, so it is to be fixed by hand first."""
-    if not csv_path.exists():
-        return []
-    data = csv_path.read_bytes().removeprefix(codecs.BOM_UTF8)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line, _ = utf8_error_at(data, e)
-        raise ValueError(
-            f"{csv_path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8"
-        ) from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, None)
-        if header is None:
-            return []
-        width = len(header)
-        if header != COLUMNS[:width] or any(c not in _APPENDED for c in COLUMNS[width:]):
-            unknown = [c for c in header if c not in COLUMNS]
-            missing = [c for c in COLUMNS if c not in header]
-            what = f"unknown {unknown}, missing {missing}" if unknown or missing else "repeated or reordered columns"
-            raise ValueError(
-                f"{csv_path}: line 1: the header is not the leaderboard's columns ({what}); adding a row rewrites "
-                "the file with exactly those columns and would lose the others, so fix the header by hand (it is "
-                + ",".join(COLUMNS)
-                + ") and keep other columns in a file of their own"
-            )
-        rows: list[dict[str, str]] = []
-        seen: dict[tuple[str, str, str], tuple[int, dict[str, str]]] = {}
-        line = reader.line_num + 1
-        for fields in reader:
-            if fields:  # not a blank line
-                where = f"{csv_path}: line {line}"
-                if len(fields) != width:
-                    raise ValueError(
-                        f"{where}: {len(fields)} fields where the header has {width} (a stray or missing "
-                        "comma, or a field with a comma but no quotes?); fix the line by hand"
-                    )
-                row = dict(zip(COLUMNS, fields, strict=False)) | {c: "" for c in COLUMNS[width:]}
-                if problem := _number_problem(row):
-                    raise ValueError(f"{where}: {problem}; fix the value by hand")
-                earlier, other = seen.setdefault(_key(row), (line, row))
-                if earlier != line:
-                    differ = [c for c in COLUMNS if row[c] != other[c]]
-                    what = f"differs only in {differ}" if differ else "is identical"
-                    raise ValueError(
-                        f"{where} records the same evaluation (run_id, test_set, hypothesis) as line {earlier} and "
-                        f"{what}: a re-run has its own hypothesis file; delete the line that is wrong"
-                    )
-                rows.append(row)
-            line = reader.line_num + 1
-    except csv.Error as e:
-        raise ValueError(f"{csv_path}: line {reader.line_num}: {e}; fix the line by hand") from None
-    return rows
-
-
-def _as_dict(row: Row) -> dict[str, Any]:
-    return asdict(row) if isinstance(row, LeaderboardRow) else dict(row)
-
-
-def _render_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="raise", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: row.get(c, "") for c in COLUMNS})
-    return buf.getvalue()
-
-
-def _lock(csv_path: Path) -> FileLock:
-    """The lock every writer of ``csv_path`` (and of what is rendered from it) holds."""
-    return FileLock(str(csv_path) + ".lock", timeout=120)
-
-
-def _key(row: Mapping[str, Any]) -> tuple[str, str, str]:
-    return str(row["run_id"]), str(row["test_set"]), str(row.get("hypothesis", ""))
-
-
-def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
-    """Add rows not yet present (by ``(run_id, test_set, hypothesis)``); returns how many were added.
-    Columns a mapping lacks are left empty."""
-    new_rows = [_as_dict(r) for r in rows_to_add]
-    unknown = {k for row in new_rows for k in row} - set(COLUMNS)
-    if unknown:
-        raise ValueError(f"leaderboard rows have unknown columns {sorted(unknown)}")
-    for row in new_rows:
-        if problem := _number_problem(row):
-            raise ValueError(f"leaderboard row of {row.get('run_id')} on {row.get('test_set')}: {problem}")
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(csv_path):
-        rows = read_rows(csv_path)
-        seen = {_key(r) for r in rows}
-        added = []
-        for row in new_rows:
-            if _key(row) not in seen:
-                seen.add(_key(row))
-                added.append(row)
-        if added:
-            write_text_atomic(csv_path, _render_csv(rows + added))
-        return len(added)
-
-
-def short_commit(commit: str) -> str:
-    """A commit as tables show it: 8 hex digits, ``+dirty`` kept."""
-    sha, _, rest = commit.partition("+")
-    return sha[:8] + (f"+{rest}" if rest else "")
+__all__ = ["COLUMNS", "LeaderboardRow", "add_rows", "read_rows", "short_commit"]  # the file's, for callers of both
 
 
 def evaluations(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, str]]]:
@@ -369,7 +175,7 @@ def publish(results_dir: Path) -> None:
     """Render ``LEADERBOARD.md`` and ``leaderboard.png`` from the CSV, holding its lock: no row is added
     between reading the CSV and writing them, so what the last publish writes shows every row."""
     csv_path = results_dir / "leaderboard.csv"
-    with _lock(csv_path):
+    with lock(csv_path):
         write_markdown(csv_path, results_dir / "LEADERBOARD.md")
         write_chart(csv_path, results_dir / "leaderboard.png")
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from ..console import add_verbose_option, setup
 from ..files import DataError, int_at_least
+from ..leaderboard_csv import read_rows, short_commit
 from ..paths import REPO_ROOT, RESULTS_DIR, RUNS_DIR
 from ..provenance import git_commit
 from .evaluation import evaluate_run, keep_training_log
-from .leaderboard import read_rows, short_commit
 from .spec import ModelSpec, RunSpec, Schedule
 from .training import prepare_data, train_run
 

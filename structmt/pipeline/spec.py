@@ -20,6 +20,7 @@ from ..attention.structure import roles_from_file
 from ..data.prepare import MULTI30K_VOCAB
 from ..data.stages import sha256_file
 from ..fairseq_cli import last_checkpoint
+from ..leaderboard_csv import cross_cell
 from ..paths import REPO_ROOT
 
 #: the structured-attention options, as ``model.*`` keys (``model.window``, ``model.cross_slope``, ...):
@@ -90,7 +91,7 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
 
     def cross_label(self) -> str:
         """The cross-attention band as the leaderboard shows it ('' = dense; read back by :func:`cross_window`)."""
-        return f"w{self.cross_window}/slope{self.cross_slope:g}" if self.structured and self.cross_window >= 0 else ""
+        return cross_cell(self.cross_window, self.cross_slope) if self.structured and self.cross_window >= 0 else ""
 
     def options_label(self) -> str:
         """The structure options that change the model and have no leaderboard column of their own, where not at
@@ -235,11 +236,6 @@ class RunSpec:
             shape += f"-x{m.cross_window}" if m.cross_window >= 0 else ""
         shape += "-ft" if self.schedule.finetune_from else ""
         return f"{self.data.name}-{self.schedule.name}-{shape}-{digest}"
-
-
-def cross_window(label: str) -> int | None:
-    """The band half-width of a leaderboard ``cross`` cell (:meth:`ModelSpec.cross_label`); None for dense."""
-    return int(label[1:].partition("/")[0]) if label else None
 
 
 def read_spec(run_dir: Path) -> RunSpec:

@@ -10,8 +10,9 @@ from pathlib import Path
 from ..console import add_verbose_option, setup
 from ..figures import annotated_heatmap
 from ..files import write_text_atomic
+from ..leaderboard_csv import read_rows, short_commit
 from ..paths import REPO_ROOT, RESULTS_DIR
-from .leaderboard import evaluations, read_rows, short_commit
+from .leaderboard import evaluations
 
 
 def sweep_rows(

@@ -15,7 +15,7 @@ from typing import Any
 from filelock import FileLock
 
 from ..checkpoints import checkpoint_updates
-from ..data.cli import prepare_dataset
+from ..data.datasets import prepare_dataset
 from ..data.prepare import PrepConfig
 from ..data.stages import sha256_file
 from ..fairseq_cli import last_checkpoint, parse_train_log, train, train_log
