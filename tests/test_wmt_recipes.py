@@ -152,3 +152,17 @@ def test_shipped_recipes_are_well_formed():
         m = wmt.load_manifest(name)
         assert m["name"] == name and m["train"] and m["test"]["sacrebleu"] and m["test"]["name"]
         assert all(e["archive"].startswith("https://") and e["src"] and e["tgt"] for e in m["train"])
+
+
+def test_data_folders_that_share_a_download_folder_download_once(recipe, tmp_path):
+    """Another vocabulary of the same recipe (another data folder) takes the archives, and their
+    trust-on-first-use records, from the shared download folder: nothing is fetched again."""
+    root, base, manifests, _ = recipe
+    shared = tmp_path / "download"
+    args = dict(base_url=base, manifests=manifests, download=shared)
+    wmt.prepare_wmt("wmt_fixture", tmp_path / "v120", PrepConfig(src="en", tgt="de", vocab_size=120), **args)
+    for archive in root.iterdir():  # the server has nothing any more
+        archive.unlink()
+    wmt.prepare_wmt("wmt_fixture", tmp_path / "v100", PrepConfig(src="en", tgt="de", vocab_size=100), **args)
+    assert sorted(p.name for p in shared.iterdir()) == ["corpus-a.tgz", "corpus-b.zip", "corpus-b.zip.sha256"]
+    assert not (tmp_path / "v120" / "download").exists() and not (tmp_path / "v100" / "download").exists()

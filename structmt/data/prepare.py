@@ -110,8 +110,9 @@ def _read_split(split: str, pairs: list[tuple[Path, Path]], cfg: PrepConfig) -> 
     return src_lines, tgt_lines
 
 
-def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
-    """Prepare Multi30k under ``out_dir``; returns the fairseq data-bin folder."""
+def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None, download: Path | None = None) -> Path:
+    """Prepare Multi30k under ``out_dir``; returns the fairseq data-bin folder.  ``download``: the folder
+    downloads are kept in (default ``out_dir/download``; the pipeline shares one among its data folders)."""
     cfg = cfg or PrepConfig()
     langs = (cfg.src, cfg.tgt)
     names = [f"{stem}.{lang}.gz" for stem in MULTI30K_SPLITS.values() for lang in langs]
@@ -122,7 +123,7 @@ def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
         mirror=cfg.mirror,
         env_var=MULTI30K_ENV,
         fallback=MULTI30K_SHARED,
-        cache=Path(out_dir) / "download",
+        cache=download or Path(out_dir) / "download",
     )
     # once per process and folder: a pipeline prepares (or finds prepared) its data at every step
     say_once(f"[data] Multi30k source: {source}", key=("multi30k source", next(iter(paths.values())).parent))

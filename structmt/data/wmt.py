@@ -142,11 +142,19 @@ def sacrebleu_set(test_set: str, src: str, tgt: str) -> tuple[Path, Path]:
 
 
 def prepare_wmt(
-    name: str, out_dir: Path, cfg: PrepConfig | None = None, *, base_url: str | None = None, manifests: Path = MANIFESTS
+    name: str,
+    out_dir: Path,
+    cfg: PrepConfig | None = None,
+    *,
+    base_url: str | None = None,
+    manifests: Path = MANIFESTS,
+    download: Path | None = None,
 ) -> Path:
     """Fetch and prepare a WMT recipe; returns its fairseq data-bin folder.
 
-    ``base_url`` replaces the host part of every training-corpus URL (a mirror).
+    ``base_url`` replaces the host part of every training-corpus URL (a mirror).  ``download``: the folder
+    archives (and their trust-on-first-use records) are kept in, default ``out_dir/download``; the pipeline
+    shares one among its data folders, so another vocabulary downloads nothing again and trusts the same bytes.
     """
     manifest = load_manifest(name, manifests)
     cfg = cfg or PrepConfig(src=manifest["src"], tgt=manifest["tgt"], vocab_size=WMT_VOCAB)
@@ -155,7 +163,9 @@ def prepare_wmt(
     out_dir = Path(out_dir)
     train_pairs = []
     for entry in manifest["train"]:
-        archive, sha256 = fetch_archive(entry["archive"], entry.get("sha256"), out_dir / "download", base_url)
+        archive, sha256 = fetch_archive(
+            entry["archive"], entry.get("sha256"), download or out_dir / "download", base_url
+        )
         src_file, tgt_file = extract_members(
             archive, sha256, [entry["src"], entry["tgt"]], out_dir / "extracted" / archive.name
         )
