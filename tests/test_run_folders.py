@@ -224,3 +224,28 @@ def test_an_archive_placed_in_the_cache_is_recorded_and_then_verified(tmp_path, 
     (cache / "de-en.tgz").write_bytes(b"changed since")
     with pytest.raises(DataError, match=r"checksum mismatch for .*de-en\.tgz"):
         wmt.fetch_archive(url, None, cache)
+
+
+def test_a_moved_run_folder_decodes_its_own_checkpoint(monkeypatch, tmp_path):
+    """train.json records where the checkpoint was when the run trained; a runs folder copied or moved since
+    (another checkout, another machine) decodes the checkpoint inside it, never the one at the old place."""
+    spec = RunSpec(model=DENSE, schedule=Schedule(max_update=10))
+    runs = tmp_path / "moved" / "runs"
+    run_dir = runs / spec.run_id()
+    (run_dir / "checkpoints").mkdir(parents=True)
+    old_place = tmp_path / "old" / "runs" / spec.run_id() / "checkpoints" / "checkpoint_last.pt"
+    (run_dir / "train.json").write_text(json.dumps({"updates": 10, "checkpoint": str(old_place)}))
+    bin_dir = tmp_path / "data" / "bin"
+    (bin_dir.parent / "raw").mkdir(parents=True)
+    (bin_dir.parent / "raw" / "valid.de").write_text("ein Hund läuft über die Wiese\n")
+    decoded = []
+
+    def decode(bin_dir, checkpoint, subset, out, **kwargs):
+        decoded.append(checkpoint)
+        out.write_text("ein Hund läuft über die Wiese\n")
+        return out
+
+    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: bin_dir)
+    monkeypatch.setattr(evaluation, "decode", decode)
+    assert evaluation.valid_bleu(spec, runs_dir=runs, log=quiet) == 100.0
+    assert decoded == [run_dir / "checkpoints" / "checkpoint_last.pt"]

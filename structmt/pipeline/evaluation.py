@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.datasets import test_sets
-from ..fairseq_cli import StepError, decode, parse_param_count, train_log
+from ..fairseq_cli import StepError, decode, last_checkpoint, parse_param_count, train_log
 from ..files import atomic_path, read_lines, write_text_atomic
 from ..leaderboard_csv import LeaderboardRow
 from ..paths import REPO_ROOT
@@ -140,9 +140,10 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
     with run_lock(runs_dir, run_id):
         if not kept.exists():
             bin_dir = prepare_data(spec, runs_dir)
-            checkpoint = Path(json.loads(metrics_file(run_dir).read_text())["checkpoint"])
             out = run_dir / f"valid.{spec.data.tgt}"
-            hyp = decode(bin_dir, checkpoint, "valid", out, beam=spec.schedule.beam, log=run_dir / "decode.log")
+            hyp = decode(
+                bin_dir, last_checkpoint(run_dir), "valid", out, beam=spec.schedule.beam, log=run_dir / "decode.log"
+            )
             s = score(hyp, bin_dir.parent / "raw" / f"valid.{spec.data.tgt}")
             write_text_atomic(kept, json.dumps(asdict(s), indent=2) + "\n")
             log(f"[{run_id}] valid: BLEU {s.bleu} (the sweep objective)")
@@ -188,7 +189,7 @@ def _evaluate_locked(
     bin_dir = prepare_data(spec, runs_dir)
     raw = bin_dir.parent / "raw"
     metrics = json.loads(metrics_file(run_dir).read_text())
-    checkpoint = Path(metrics["checkpoint"])
+    checkpoint = last_checkpoint(run_dir)  # the run folder's own: train.json's path is where it was trained
 
     rows: list[LeaderboardRow] = []
     reruns: list[Path] = []
