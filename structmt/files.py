@@ -63,8 +63,9 @@ def existing_dir(value: str) -> Path:
     return p
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
-    """argparse type for an integer option with a lower bound (argparse names the option on error)."""
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type for an integer option with a lower bound, and an upper one when given (argparse names
+    the option on error)."""
 
     def parse(value: str) -> int:
         try:
@@ -73,6 +74,8 @@ def int_at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
         if number < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
+        if high is not None and number > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {number}")
         return number
 
     return parse

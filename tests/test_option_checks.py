@@ -154,6 +154,7 @@ def test_structure_options_on_a_dense_model_are_rejected():
         (["--max-update", "0"], "argument --max-update: must be >= 1, got 0"),
         (["--max-update", "-3"], "argument --max-update: must be >= 1, got -3"),
         (["--seeds", "1", "-1"], "argument --seeds: must be >= 0, got -1"),
+        (["--seeds", "4294967296"], "argument --seeds: must be <= 4294967295, got 4294967296"),
     ],
 )
 def test_recipe_arguments(args, message, capsys):

@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     # fairseq-train takes --max-update 0 as "no limit" and stops a negative one after one update
     p.add_argument("--max-update", type=int_at_least(1), default=None, help="override the schedule's number of updates")
     p.add_argument(
-        "--seeds", type=int_at_least(0), nargs="+", default=None, help="one comparison per seed, each its own process"
+        "--seeds",
+        type=int_at_least(0, 2**32 - 1),  # fairseq-train seeds numpy with it
+        nargs="+",
+        default=None,
+        help="one comparison per seed, each its own process",
     )
     p.add_argument("--train-only", action="store_true", help="train (or resume) the pair; evaluate later")
     p.add_argument("--allow-dirty", action="store_true", help="run although tracked files differ from the commit")
