@@ -81,7 +81,7 @@ def test_wmt_recipe_downloads_verifies_and_binarizes(recipe, tmp_path, capsys):
     assert asked == [("wmt13", "en", "de"), ("wmt14/full", "en", "de")]
     assert len((out / "raw" / "train.en").read_text().splitlines()) == 300  # both corpora, cleaned
     assert "corpus-b.zip: no published checksum; recorded sha256" in capsys.readouterr().out
-    recorded = (out / "download" / "corpus-b.zip.sha256").read_text().split()[0]
+    recorded = (tmp_path / "download" / "corpus-b.zip.sha256").read_text().split()[0]
     assert recorded == sha256_file(root / "corpus-b.zip")
     # second run: nothing downloaded again, every stage up to date
     (root / "corpus-a.tgz").unlink()
@@ -89,17 +89,18 @@ def test_wmt_recipe_downloads_verifies_and_binarizes(recipe, tmp_path, capsys):
     assert "raw: up to date" in capsys.readouterr().out
     # an archive replaced together with its record (a new upstream release, say): its members are extracted again
     before = (out / "raw" / "train.en").read_text()
-    _zip(out / "download" / "corpus-b.zip", {"b.en": [x + " again" for x in EN[200:]], "b.de": DE[200:]})
-    (out / "download" / "corpus-b.zip.sha256").unlink()
+    _zip(tmp_path / "download" / "corpus-b.zip", {"b.en": [x + " again" for x in EN[200:]], "b.de": DE[200:]})
+    (tmp_path / "download" / "corpus-b.zip.sha256").unlink()
     wmt.prepare_wmt("wmt_fixture", out, cfg, base_url=base, manifests=manifests)
     assert (out / "raw" / "train.en").read_text() != before
     assert (out / "extracted" / "corpus-b.zip" / "b.en").read_text().startswith(EN[200] + " again\n")
     # a cached archive that changed fails against its recorded checksum
-    (out / "download" / "corpus-b.zip").write_bytes(b"tampered")
+    (tmp_path / "download" / "corpus-b.zip").write_bytes(b"tampered")
     with pytest.raises(DataError, match="checksum mismatch for .*corpus-b.zip") as error:
         wmt.prepare_wmt("wmt_fixture", out, cfg, base_url=base, manifests=manifests)
-    assert f"the one recorded in {out / 'download' / 'corpus-b.zip.sha256'} when the archive was first seen" in str(
-        error.value
+    assert (
+        f"the one recorded in {tmp_path / 'download' / 'corpus-b.zip.sha256'} when the archive was first seen"
+        in str(error.value)
     )
 
 
@@ -121,7 +122,7 @@ def test_wmt_errors_name_the_problem(recipe, tmp_path):
     (manifests / "bad.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="checksum mismatch"):
         wmt.prepare_wmt("bad", tmp_path / "bad", PrepConfig(src="en", tgt="de"), base_url=base, manifests=manifests)
-    assert not (tmp_path / "bad" / "download" / "corpus-a.tgz").exists()
+    assert not (tmp_path / "download" / "corpus-a.tgz").exists()
     manifest = json.loads((manifests / "wmt_fixture.json").read_text())
     manifest["train"][1]["archive"] = "https://mirror.example/other/corpus-a.tgz"
     (manifests / "twice.json").write_text(json.dumps(manifest))
@@ -140,7 +141,7 @@ def test_wmt_errors_name_the_problem(recipe, tmp_path):
     with pytest.raises(DataError, match="cannot download http://127.0.0.1:9/corpus-a.tgz"):
         wmt.prepare_wmt(
             "wmt_fixture",
-            tmp_path / "off",
+            tmp_path / "offline" / "off",  # a download folder of its own (tmp_path's has the archives by now)
             PrepConfig(src="en", tgt="de"),
             base_url="http://127.0.0.1:9",
             manifests=manifests,
@@ -154,15 +155,19 @@ def test_shipped_recipes_are_well_formed():
         assert all(e["archive"].startswith("https://") and e["src"] and e["tgt"] for e in m["train"])
 
 
-def test_data_folders_that_share_a_download_folder_download_once(recipe, tmp_path):
-    """Another vocabulary of the same recipe (another data folder) takes the archives, and their
-    trust-on-first-use records, from the shared download folder: nothing is fetched again."""
+def test_data_folders_side_by_side_share_one_download_folder(recipe, tmp_path):
+    """Another vocabulary of the same recipe (another data folder beside the first) takes the archives, and
+    their trust-on-first-use records, from the download folder they share: nothing is fetched again. An
+    older checkout's downloads (kept inside the data folder) move there."""
     root, base, manifests, _ = recipe
-    shared = tmp_path / "download"
-    args = dict(base_url=base, manifests=manifests, download=shared)
-    wmt.prepare_wmt("wmt_fixture", tmp_path / "v120", PrepConfig(src="en", tgt="de", vocab_size=120), **args)
+    data = tmp_path / "data"
+    (data / "v120" / "download").mkdir(parents=True)
+    (root / "corpus-a.tgz").rename(data / "v120" / "download" / "corpus-a.tgz")  # only the old checkout has it
+    args = dict(base_url=base, manifests=manifests)
+    wmt.prepare_wmt("wmt_fixture", data / "v120", PrepConfig(src="en", tgt="de", vocab_size=120), **args)
+    assert not (data / "v120" / "download").exists()  # moved to the shared folder, and used from there
     for archive in root.iterdir():  # the server has nothing any more
         archive.unlink()
-    wmt.prepare_wmt("wmt_fixture", tmp_path / "v100", PrepConfig(src="en", tgt="de", vocab_size=100), **args)
+    wmt.prepare_wmt("wmt_fixture", data / "v100", PrepConfig(src="en", tgt="de", vocab_size=100), **args)
+    shared = data / "download"
     assert sorted(p.name for p in shared.iterdir()) == ["corpus-a.tgz", "corpus-b.zip", "corpus-b.zip.sha256"]
-    assert not (tmp_path / "v120" / "download").exists() and not (tmp_path / "v100" / "download").exists()

@@ -39,11 +39,8 @@ def wrong_source_option(
     return None
 
 
-def prepare_dataset(
-    name: str, out_dir: Path, cfg: PrepConfig, base_url: str | None = None, download: Path | None = None
-) -> Path:
+def prepare_dataset(name: str, out_dir: Path, cfg: PrepConfig, base_url: str | None = None) -> Path:
     """Prepare ``name`` (one of :data:`DATASETS`) under ``out_dir``; returns the data-bin folder.
-    ``download``: where downloads are kept (default ``out_dir/download``).
 
     Concurrent callers (sweep jobs) wait for each other: one prepares, the others find it done.
     """
@@ -53,5 +50,5 @@ def prepare_dataset(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
         if name == "multi30k_en_de":
-            return prepare_multi30k(out_dir, cfg, download)
-        return prepare_wmt(name, out_dir, cfg, base_url=base_url, download=download)
+            return prepare_multi30k(out_dir, cfg)
+        return prepare_wmt(name, out_dir, cfg, base_url=base_url)

@@ -7,6 +7,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
+
 from ..files import DataError, atomic_path
 from ..paths import REPO_ROOT
 from .stages import sha256_file
@@ -15,6 +17,30 @@ MANIFESTS = REPO_ROOT / "data"
 MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}"
 MULTI30K_ENV = "STRUCTMT_MULTI30K"
 MULTI30K_SHARED = REPO_ROOT.parent / "shared" / "data" / "multi30k"
+
+
+def download_folder(out_dir: Path) -> Path:
+    """Where the downloads of the data folder ``out_dir`` are kept: ``download`` beside it, one folder for
+    every data folder there (``runs/data/download`` for the pipeline's), so another vocabulary or slice
+    downloads nothing again and trusts the same archive bytes.  Files an older checkout kept in
+    ``out_dir/download`` move there (each is verified when used, as every download is)."""
+    out_dir = Path(out_dir)
+    shared = out_dir.parent / "download"
+    legacy = out_dir / "download"
+    if legacy.is_dir():
+        shared.mkdir(parents=True, exist_ok=True)
+        for f in legacy.iterdir():
+            if not (shared / f.name).exists():
+                os.replace(f, shared / f.name)
+        if not any(legacy.iterdir()):
+            legacy.rmdir()
+    return shared
+
+
+def download_lock(cache: Path) -> FileLock:
+    """The lock of a download folder: jobs preparing other data folders never fetch one file at once."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cache.parent / f".{cache.name}.lock"))
 
 
 def read_checksums(path: Path) -> dict[str, str]:
@@ -92,11 +118,12 @@ def fetch_files(
                 verify(root / n, checksums[n])
             return {n: root / n for n in names}, f"{label} {root}"
     try:
-        for n in names:
-            dest = cache / n
-            if not dest.exists():
-                download(url_template.format(name=n), dest, checksums[n])
-            verify(dest, checksums[n])
+        with download_lock(cache):
+            for n in names:
+                dest = cache / n
+                if not dest.exists():
+                    download(url_template.format(name=n), dest, checksums[n])
+                verify(dest, checksums[n])
         return {n: cache / n for n in names}, f"download cache {cache} (from {url_template.format(name='…')})"
     except (urllib.error.URLError, OSError, TimeoutError, ChecksumMismatch) as err:  # a corrupt download too
         if fallback is not None and all((fallback / n).is_file() for n in names):

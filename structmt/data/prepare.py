@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..console import say, say_once
 from ..files import DataError, atomic_path, read_lines
-from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, fetch_files, read_checksums
+from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, download_folder, fetch_files, read_checksums
 from .stages import Stage
 
 #: fairseq split name → Multi30k file stem
@@ -110,9 +110,9 @@ def _read_split(split: str, pairs: list[tuple[Path, Path]], cfg: PrepConfig) -> 
     return src_lines, tgt_lines
 
 
-def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None, download: Path | None = None) -> Path:
-    """Prepare Multi30k under ``out_dir``; returns the fairseq data-bin folder.  ``download``: the folder
-    downloads are kept in (default ``out_dir/download``; the pipeline shares one among its data folders)."""
+def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
+    """Prepare Multi30k under ``out_dir``; returns the fairseq data-bin folder.  Downloads are kept beside it
+    (:func:`~structmt.data.fetch.download_folder`)."""
     cfg = cfg or PrepConfig()
     langs = (cfg.src, cfg.tgt)
     names = [f"{stem}.{lang}.gz" for stem in MULTI30K_SPLITS.values() for lang in langs]
@@ -123,7 +123,7 @@ def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None, download: Pat
         mirror=cfg.mirror,
         env_var=MULTI30K_ENV,
         fallback=MULTI30K_SHARED,
-        cache=download or Path(out_dir) / "download",
+        cache=download_folder(out_dir),
     )
     # once per process and folder: a pipeline prepares (or finds prepared) its data at every step
     say_once(f"[data] Multi30k source: {source}", key=("multi30k source", next(iter(paths.values())).parent))

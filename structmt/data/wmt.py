@@ -16,7 +16,7 @@ from typing import Any
 
 from ..console import say_once
 from ..files import DataError, write_text_atomic
-from .fetch import MANIFESTS, ChecksumMismatch, download, verify
+from .fetch import MANIFESTS, ChecksumMismatch, download, download_folder, download_lock, verify
 from .prepare import WMT_VOCAB, PrepConfig, Splits, prepare_parallel
 from .stages import Stage, sha256_file
 
@@ -50,8 +50,15 @@ def fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | Non
     """Download (once) and verify one archive; returns it and its SHA-256.
 
     With no published checksum, the SHA-256 of the archive first seen (downloaded, or placed in the cache
-    by hand) is recorded beside it and every later run verifies against that record.
+    by hand) is recorded beside it and every later run verifies against that record.  Jobs that share the
+    download folder take turns (:func:`~structmt.data.fetch.download_lock`), so one archive is fetched and
+    recorded once.
     """
+    with download_lock(cache):
+        return _fetch_archive(url, sha256, cache, base_url)
+
+
+def _fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | None) -> tuple[Path, str]:
     name = archive_name(url)
     dest = cache / name
     record = cache / f"{name}.sha256"
@@ -148,13 +155,11 @@ def prepare_wmt(
     *,
     base_url: str | None = None,
     manifests: Path = MANIFESTS,
-    download: Path | None = None,
 ) -> Path:
     """Fetch and prepare a WMT recipe; returns its fairseq data-bin folder.
 
-    ``base_url`` replaces the host part of every training-corpus URL (a mirror).  ``download``: the folder
-    archives (and their trust-on-first-use records) are kept in, default ``out_dir/download``; the pipeline
-    shares one among its data folders, so another vocabulary downloads nothing again and trusts the same bytes.
+    ``base_url`` replaces the host part of every training-corpus URL (a mirror).  The archives (and their
+    trust-on-first-use records) are kept beside ``out_dir`` (:func:`~structmt.data.fetch.download_folder`).
     """
     manifest = load_manifest(name, manifests)
     cfg = cfg or PrepConfig(src=manifest["src"], tgt=manifest["tgt"], vocab_size=WMT_VOCAB)
@@ -163,9 +168,7 @@ def prepare_wmt(
     out_dir = Path(out_dir)
     train_pairs = []
     for entry in manifest["train"]:
-        archive, sha256 = fetch_archive(
-            entry["archive"], entry.get("sha256"), download or out_dir / "download", base_url
-        )
+        archive, sha256 = fetch_archive(entry["archive"], entry.get("sha256"), download_folder(out_dir), base_url)
         src_file, tgt_file = extract_members(
             archive, sha256, [entry["src"], entry["tgt"]], out_dir / "extracted" / archive.name
         )

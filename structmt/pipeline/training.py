@@ -62,8 +62,7 @@ def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
     default = {"vocab_size": DataSpec.vocab_size, "max_train_lines": 0, "max_eval_lines": 0}
     label = data_label(d)
     folder = label if variant == default else f"{label}-{hashlib.sha256(repr(variant).encode()).hexdigest()[:6]}"
-    # one download folder for every data folder: another vocabulary or slice downloads (and trusts) nothing anew
-    return prepare_dataset(d.name, runs_dir / "data" / folder, cfg, d.base_url, runs_dir / "data" / "download")
+    return prepare_dataset(d.name, runs_dir / "data" / folder, cfg, d.base_url)
 
 
 def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, Any]:
