@@ -39,7 +39,7 @@ def test_every_group_option_composes_and_validates(group):
 def test_train_finetune_is_make_finetune(tmp_path):
     """``structmt-run train=finetune train.finetune_from=<dense run>`` is the run ``make finetune`` makes, and
     its baseline is the dense run it starts from; without a start it is refused, not trained from scratch."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from structmt.pipeline.recipes import RECIPES, load_schedule, pair
 
@@ -47,7 +47,9 @@ def test_train_finetune_is_make_finetune(tmp_path):
         validate(_compose("train=finetune"))
     dense, structured = pair("finetune", load_schedule(RECIPES["finetune"]))
     (tmp_path / dense.run_id()).mkdir()
-    (tmp_path / dense.run_id() / "spec.json").write_text(json.dumps(asdict(dense)))
+    # the dense run was trained where its data came from a mirror this machine does not have
+    elsewhere = replace(dense, data=replace(dense.data, mirror="/elsewhere/multi30k"))
+    (tmp_path / dense.run_id() / "spec.json").write_text(json.dumps(asdict(elsewhere)))
     (tmp_path / dense.run_id() / "train.json").write_text("{}")
     cfg = _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}")
     validate(cfg)
@@ -58,6 +60,16 @@ def test_train_finetune_is_make_finetune(tmp_path):
     with pytest.raises(ConfigError, match=r"a checkpoint file names no dense run to compare with"):
         validate(_compose("train=finetune", f"train.finetune_from={start}"))
     validate(_compose("train=finetune", f"train.finetune_from={start}", "baseline=false"))
+    with pytest.raises(ConfigError, match=r"was trained on other data .*must be the same to compare with it"):
+        specs(
+            _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}", "data.tgt=fr")
+        )
+    renamed = tmp_path / "renamed"
+    (tmp_path / dense.run_id()).rename(renamed)
+    with pytest.raises(
+        ConfigError, match=f"train.finetune_from=renamed: its spec.json gives the run id {dense.run_id()}"
+    ):
+        specs(_compose("train=finetune", f"runs_dir={tmp_path}", "train.finetune_from=renamed"))
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "spec.json").write_text(json.dumps(asdict(structured)))
     (tmp_path / "s" / "train.json").write_text("{}")

@@ -71,18 +71,21 @@ def trained(monkeypatch, tmp_path):
     monkeypatch.setattr(leaderboard, "publish", published.append)
     bin_dir = tmp_path / "data" / "bin"
 
+    decoded: list[Path] = []
+
     def fake_decode(bin_dir, checkpoint, subset, out, **kwargs):
+        decoded.append(checkpoint)
         shutil.copyfile(bin_dir.parent / "raw" / f"{subset}.{out.suffix[1:]}", out)
         return out
 
     monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: bin_dir)
     monkeypatch.setattr(evaluation, "decode", fake_decode)
 
-    def make(data: DataSpec) -> RunSpec:
+    def make(data: DataSpec, model: ModelSpec = DENSE) -> RunSpec:
         (bin_dir.parent / "raw").mkdir(parents=True, exist_ok=True)
         for subset in ("test", "test1"):
             (bin_dir.parent / "raw" / f"{subset}.{data.tgt}").write_text("Ein Mann fährt Rad .\nZwei Hunde .\n")
-        spec = RunSpec(data=data, model=DENSE, schedule=Schedule(max_update=10))
+        spec = RunSpec(data=data, model=model, schedule=Schedule(max_update=10))
         run_dir = tmp_path / "runs" / spec.run_id()
         run_dir.mkdir(parents=True)
         (run_dir / "train.log").write_text("")
@@ -91,6 +94,7 @@ def trained(monkeypatch, tmp_path):
         return spec
 
     make.published = published  # type: ignore[attr-defined]
+    make.decoded = decoded  # type: ignore[attr-defined]
     return make
 
 
@@ -127,6 +131,23 @@ def test_an_evaluated_run_still_reaches_another_leaderboard_once(trained, tmp_pa
     evaluate_run(spec, runs_dir=runs, results_dir=tmp_path / "third", log=quiet)
     labels = [r["test_set"] for r in leaderboard.read_rows(tmp_path / "third" / "leaderboard.csv")]
     assert labels == ["test_2016_flickr[:100]", "test_2017_flickr[:100]"]
+
+
+def test_rows_name_other_structure_options_even_from_a_result_stored_before_the_column(trained, tmp_path):
+    model = ModelSpec(arch="structured_transformer_multi30k", error="sink:1")
+    spec = trained(DataSpec(), model)
+    runs = tmp_path / "runs"
+    evaluate_run(spec, runs_dir=runs, results_dir=tmp_path / "results", log=quiet)
+    assert [r["options"] for r in leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")] == [
+        "error=sink:1"
+    ] * 2
+    # the decoded checkpoint is the run folder's own, whatever train.json recorded ("c.pt")
+    assert set(trained.decoded) == {runs / spec.run_id() / "checkpoints" / "checkpoint_last.pt"}
+    done = runs / spec.run_id() / "result.json"
+    stored = json.loads(done.read_text())["rows"]
+    done.write_text(json.dumps({"rows": [{k: v for k, v in r.items() if k != "options"} for r in stored]}))
+    evaluate_run(spec, runs_dir=runs, results_dir=tmp_path / "other", log=quiet)
+    assert [r["options"] for r in leaderboard.read_rows(tmp_path / "other" / "leaderboard.csv")] == ["error=sink:1"] * 2
 
 
 def test_a_run_not_logged_to_wandb_is_logged_by_its_next_evaluation(trained, tmp_path, monkeypatch):

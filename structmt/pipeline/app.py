@@ -237,10 +237,22 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
         runs_dir = repo_path(cfg.runs_dir)
         schedule.finetune_checkpoint(runs_dir)  # a finished run of that id, or a clear error
         start = read_spec(runs_dir / schedule.finetune_from)
+        # where this machine finds the data is this configuration's, not the one the dense run recorded
+        start = replace(start, data=replace(start.data, mirror=data.mirror, base_url=data.base_url))
         if start.model.structured:
             raise ConfigError(
                 f"train.finetune_from={schedule.finetune_from} is a structured run: the baseline is a dense one; "
                 "set baseline=false"
+            )
+        if start.data != data:
+            raise ConfigError(
+                f"train.finetune_from={schedule.finetune_from} was trained on other data ({start.data}); the "
+                f"fine-tune's data ({data}) must be the same to compare with it, or set baseline=false"
+            )
+        if start.run_id() != schedule.finetune_from:
+            raise ConfigError(
+                f"train.finetune_from={schedule.finetune_from}: its spec.json gives the run id {start.run_id()} "
+                "(a folder renamed, or made by other code?); give the run's own id"
             )
         return spec, start
     dense_arch = model.arch.removeprefix("structured_")

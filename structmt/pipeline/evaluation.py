@@ -64,11 +64,17 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
 
 
 def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
-    """The ``data`` and ``test_set`` columns of a row of ``spec``: another direction than the data set's name and a
-    slice of the test set (``data.max_eval_lines``) are named (``multi30k_en_de-de-en``, ``test_2016_flickr[:100]``),
-    so such rows are never compared with, or averaged into, rows of the full test set of the named direction."""
+    """The ``data``, ``test_set`` and ``options`` columns of a row of ``spec``: another direction than the data
+    set's name and a slice of the test set (``data.max_eval_lines``) are named (``multi30k_en_de-de-en``,
+    ``test_2016_flickr[:100]``), and so are structure options without a column of their own, so such rows are
+    never compared with, or averaged into, rows of the full test set, the named direction or the default model.
+    (Rows stored before a label existed get it when they are added again.)"""
     n = spec.data.max_eval_lines
-    return {"data": data_label(spec.data), "test_set": f"{test_name}[:{n}]" if n else test_name}
+    return {
+        "data": data_label(spec.data),
+        "test_set": f"{test_name}[:{n}]" if n else test_name,
+        "options": spec.model.options_label(),
+    }
 
 
 def keep_hypotheses(hyp: Path, kept: Path) -> Path:
@@ -243,7 +249,7 @@ def _evaluate_locked(
                 hypothesis=str(kept.relative_to(REPO_ROOT)) if kept.is_relative_to(REPO_ROOT) else str(kept),
                 train_commit=metrics.get("git_commit", ""),
                 machine=machine_label(),
-                options=spec.model.options_label(),
+                options=labels["options"],
             )
         )
     leaderboard.add_rows(csv_path, rows)
