@@ -7,7 +7,7 @@ saved as plain containers).  Only that class is allowlisted; torch's safety is n
 turned off.
 
 Importing this module imports the ``structmt`` package first, which registers
-the models and allowlists those classes, so the loaders below need nothing more.
+the models and allowlists that class, so the loaders below need nothing more.
 """
 
 from __future__ import annotations

@@ -300,6 +300,8 @@ def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path
     # the verdict is on the benchmarked structure's band: a w=5, r=1 band speaks only for a w=5, r=1 benchmark
     other = _row("x4-w5", 1, 20.0) | base | {"window": 5, "rare": 1, "heads": "auto", "cross": "w32/slope0.97"}
     leaderboard.add_rows(tmp_path / "leaderboard.csv", [other])
+    sink = {"window": 3, "rare": 2, "heads": "auto", "cross": "w8/slope0.97", "options": "error=sink:1"}
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", [_row("x8-sink", 1, 20.0) | base | sink])  # another model
     assert list(cross_bleu(tmp_path)) == [4]
     assert list(cross_bleu(tmp_path, {"window": 5, "rare": 1})) == [32]
     text = "\n".join(train_section(record, quality))

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..attention.options import StructureConfig
 from ..files import DataError, existing_dir, write_text_atomic
 from ..leaderboard_csv import cross_window, read_rows
 from ..paths import RESULTS_DIR
@@ -21,6 +22,10 @@ from .common import verdict_number
 TRAIN_GOALS = {"multi30k": 0.9, "docs2048": 2.0}
 #: beam-search sentences/s goal, structured / dense (issue #5)
 DECODE_GOAL = 1.0
+
+
+#: the structure of training benchmark records from before they wrote theirs: the plugin's defaults
+DEFAULT_STRUCTURE = {"window": StructureConfig.struct_window, "rare": StructureConfig.struct_rare}
 
 
 def train_goal(name: str) -> float | None:
@@ -85,7 +90,7 @@ def cross_bleu(
     benchmark's; default w=3, r=2) with that band, each beside the same model without it and the dense model
     (same schedule and seed; every recorded re-run of those).  A speed ratio of a ``…_crossW`` row is a
     verdict only with this."""
-    structure = structure or {"window": 3, "rare": 2}
+    structure = structure or DEFAULT_STRUCTURE
     rows = [
         r
         for r in read_rows(results_dir / "leaderboard.csv")
@@ -127,7 +132,7 @@ def train_section(record: dict[str, Any] | None, quality: dict[int, str] | None 
         return lines + ["Not run yet: `structmt-bench train`.", ""]
     lines += _provenance(record)
     # the command fixes the archs; records before "structure" was written had the arch's defaults, w=3, r=2
-    structure = record.get("structure", {"window": 3, "rare": 2})
+    structure = record.get("structure", DEFAULT_STRUCTURE)
     dense = "dense (`transformer_multi30k`)"
     structured = f"structured (`structured_transformer_multi30k`, w={structure['window']}, r={structure['rare']})"
     if "warmup_updates" not in record:  # records before the warm-up: the command ran dense first in every round

@@ -90,7 +90,7 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
         return f"from:{Path(self.heads_from).name}" if self.heads_from else self.heads
 
     def cross_label(self) -> str:
-        """The cross-attention band as the leaderboard shows it ('' = dense; read back by :func:`cross_window`)."""
+        """The cross-attention band as the leaderboard shows it (``cross_cell``; '' = dense)."""
         return cross_cell(self.cross_window, self.cross_slope) if self.structured and self.cross_window >= 0 else ""
 
     def options_label(self) -> str:

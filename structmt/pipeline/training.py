@@ -93,7 +93,7 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "spec.json", json.dumps(asdict(spec), indent=2) + "\n")
     keep_model_files(bin_dir, run_dir, spec.data.src, spec.data.tgt)
-    log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run_dir / 'train.log'})")
+    log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {train_log(run_dir)})")
     checkpoint = last_checkpoint(run_dir)
     if (updates := checkpoint_updates(checkpoint)) >= spec.schedule.max_update:
         # finished, but killed before train.json: fairseq would run one more update on resume. The updates are
