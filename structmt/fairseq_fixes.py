@@ -85,7 +85,8 @@ def keep_bf16_off_tpu() -> None:
 
 def copy_checkpoints_whole() -> None:
     """Make fairseq's ``PathManager.copy`` between local files write a temporary file and rename it
-    (idempotent); paths of other storage (``s3://``, ``manifold://``) keep fairseq's own copy."""
+    (idempotent); paths of other storage (``s3://``, ``manifold://``) keep fairseq's own copy.  A kill
+    during the copy can leave ``<dst>.tmp-copy`` (the next copy replaces it); ``<dst>`` is whole."""
     import_fairseq_quietly()
     from fairseq.file_io import PathManager
 
