@@ -28,7 +28,7 @@ from ..leaderboard_csv import read_rows, short_commit
 from ..paths import REPO_ROOT, RESULTS_DIR, RUNS_DIR
 from ..provenance import git_commit
 from .evaluation import evaluate_run, keep_training_log
-from .spec import ModelSpec, RunSpec, Schedule
+from .spec import ModelSpec, RunSpec, Schedule, checked
 from .training import prepare_data, train_run
 
 #: recipe → its schedule in conf/train (the same files the Hydra app uses); ``finetune`` starts the structured
@@ -43,10 +43,7 @@ def load_schedule(name: str) -> Schedule:
     """A schedule from ``conf/train/<name>.yaml``, checked against :class:`Schedule`."""
     from omegaconf import OmegaConf
 
-    merged = OmegaConf.merge(
-        OmegaConf.structured(Schedule), OmegaConf.load(REPO_ROOT / "conf" / "train" / f"{name}.yaml")
-    )
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    return checked(Schedule, OmegaConf.load(REPO_ROOT / "conf" / "train" / f"{name}.yaml"))
 
 
 def compare(

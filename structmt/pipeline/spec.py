@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..attention.options import PREFIX, StructureConfig, short, spec_fields, to_fairseq_args
 from ..attention.structure import roles_from_file
@@ -23,6 +23,8 @@ from ..fairseq_cli import last_checkpoint
 from ..leaderboard_csv import cross_cell
 from ..paths import REPO_ROOT
 
+T = TypeVar("T")
+
 #: the structured-attention options, as ``model.*`` keys (``model.window``, ``model.cross_slope``, ...):
 #: names, types and defaults come from the one schema, :class:`StructureConfig`
 StructureOptions = make_dataclass("StructureOptions", spec_fields())
@@ -31,11 +33,6 @@ StructureOptions = make_dataclass("StructureOptions", spec_fields())
 def metrics_file(run_dir: Path) -> Path:
     """A run's training metrics, written when its training finished (``train.json``)."""
     return run_dir / "train.json"
-
-
-def finished(run_dir: Path) -> bool:
-    """Whether the run in ``run_dir`` finished training."""
-    return metrics_file(run_dir).is_file()
 
 
 #: options that entered every structured run id from the start; the others enter an id only where they
@@ -162,7 +159,7 @@ class Schedule:
                 raise FileNotFoundError(f"train.finetune_from={self.finetune_from}: no such checkpoint file")
             return path.resolve()
         run_dir = runs_dir / self.finetune_from
-        if not finished(run_dir):
+        if not metrics_file(run_dir).is_file():
             raise FileNotFoundError(
                 f"train.finetune_from={self.finetune_from}: no finished run of that id in {runs_dir} "
                 "(train it first, or give a checkpoint file ending in .pt)"
@@ -238,12 +235,16 @@ class RunSpec:
         return f"{self.data.name}-{self.schedule.name}-{shape}-{digest}"
 
 
-def read_spec(run_dir: Path) -> RunSpec:
-    """The :class:`RunSpec` a run was trained with (its ``spec.json``)."""
+def checked(cls: type[T], values: Any) -> T:
+    """``values`` (a mapping, or a loaded YAML file) as a ``cls``, checked against its fields and types."""
     from omegaconf import OmegaConf
 
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))  # type: ignore[return-value]
+
+
+def read_spec(run_dir: Path) -> RunSpec:
+    """The :class:`RunSpec` a run was trained with (its ``spec.json``)."""
     path = run_dir / "spec.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a structmt run folder?")
-    merged = OmegaConf.merge(OmegaConf.structured(RunSpec), json.loads(path.read_text()))
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    return checked(RunSpec, json.loads(path.read_text()))
