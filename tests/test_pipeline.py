@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from structmt.data import fetch
 from structmt.data.fetch import fetch_files
 from structmt.data.prepare import PrepConfig, prepare_multi30k
 from structmt.files import DataError
@@ -126,6 +127,33 @@ def test_a_download_cut_short_is_never_kept_and_falls_back_to_the_mirror(cut_htt
     # without a mirror: an error saying how much arrived
     with pytest.raises(DataError, match=r"incomplete download of .*a\.en\.gz: \d+ of \d+ bytes"):
         fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=None, **args)
+
+
+def test_a_failed_download_is_not_tried_again_in_the_same_process(tmp_path, monkeypatch):
+    # a pipeline prepares its data at every step: a hanging host must not cost its timeout at each one
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+    tries = []
+
+    def hanging(url, timeout):
+        tries.append(url)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", hanging)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    good = _gz(mirror / "a.en.gz", ["hello world"])
+    args = dict(url_template="https://example.invalid/{name}", mirror=None, env_var="STRUCTMT_MULTI30K")
+    for attempt in range(3):
+        paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=mirror, cache=tmp_path / "c", **args)
+        assert paths["a.en.gz"] == mirror / "a.en.gz"
+        assert source.startswith(f"offline mirror {mirror} (download failed: timed out")
+        assert source.endswith("not tried again))") == (attempt > 0)
+    assert tries == ["https://example.invalid/a.en.gz"]
+    # another file (another URL) is still tried
+    other = _gz(mirror / "b.en.gz", ["bye"])
+    fetch_files(["b.en.gz"], {"b.en.gz": other}, fallback=mirror, cache=tmp_path / "c", **args)
+    assert tries == ["https://example.invalid/a.en.gz", "https://example.invalid/b.en.gz"]
 
 
 @pytest.mark.reliability

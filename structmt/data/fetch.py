@@ -70,10 +70,26 @@ def verify(path: Path, expected: str, shown: Path | str | None = None) -> None:
         )
 
 
+# url -> why its download failed, in this process: a pipeline prepares its data at every step, and a node
+# whose connections hang would otherwise wait out the timeout at each of them
+_FAILED_DOWNLOADS: dict[str, str] = {}
+
+
 def download(url: str, dest: Path, expected: str | None, timeout: float = 20.0) -> None:
     """Download ``url`` to ``dest`` atomically; nothing is left behind unless every byte the server announced
     arrived (an ``OSError`` otherwise, as for any failed transfer) and the checksum matches (``expected=None``:
-    no checksum to check)."""
+    no checksum to check).  A transfer that failed is not tried again in the same process (the same
+    ``OSError``, saying so)."""
+    if url in _FAILED_DOWNLOADS:
+        raise OSError(f"{_FAILED_DOWNLOADS[url]} (failed earlier in this process; not tried again)")
+    try:
+        _download(url, dest, expected, timeout)
+    except OSError as err:
+        _FAILED_DOWNLOADS[url] = str(err)
+        raise
+
+
+def _download(url: str, dest: Path, expected: str | None, timeout: float) -> None:
     with atomic_path(dest) as tmp:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             announced = response.headers.get("Content-Length")
