@@ -51,13 +51,17 @@ want=$(cat "$WH/PYTHON_VERSION" 2>/dev/null) || die "$WH has no PYTHON_VERSION: 
 have=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 [[ $have == "$want" ]] || die "$WH holds wheels for Python $want, but $PYTHON is Python $have: make wheelhouse PY=$have"
 
-# torch must already be there, in structmt's range (pyproject.toml: torch>=2.11,<3)
+# torch must already be there, in structmt's range: the "torch>=A.B,<C" requirement of pyproject.toml
+torch_range=$(sed -n 's/^ *"torch\(>=[0-9.]*,<[0-9.]*\)",.*$/\1/p' "$REPO/pyproject.toml")
+[[ -n $torch_range ]] || die "found no \"torch>=A.B,<C\" requirement in $REPO/pyproject.toml"
 torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null) \
     || die "$PYTHON cannot import torch: install the cluster's torch first (or pass --python/--venv)"
-"$PYTHON" - "$torch_version" <<'EOF' || die "torch $torch_version is outside structmt's range (>=2.11,<3)"
+"$PYTHON" - "$torch_version" "$torch_range" <<'EOF' || die "torch $torch_version is outside structmt's range ($torch_range)"
 import re, sys
-major, minor = map(int, re.match(r"(\d+)\.(\d+)", sys.argv[1]).groups())
-sys.exit(0 if (2, 11) <= (major, minor) < (3, 0) else 1)
+def release(text):  # "2.6.0+cu124" -> (2, 6); "3" -> (3, 0)
+    return tuple(int(n) for n in (re.findall(r"\d+", text.split("+")[0]) + ["0"])[:2])
+low, high = (release(part) for part in re.fullmatch(r">=([\d.]+),<([\d.]+)", sys.argv[2]).groups())
+sys.exit(0 if low <= release(sys.argv[1]) < high else 1)
 EOF
 say "installing into $("$PYTHON" -c 'import sys; print(sys.prefix)') (Python $have, torch $torch_version) from $WH"
 
@@ -77,8 +81,9 @@ if [[ -f $WH/LEFT_OUT ]]; then
     say "kept this environment's own ${left_out[*]} (left out of $WH)"
 fi
 PIP=("$PYTHON" -m pip install -q --no-index --find-links "$WH")
-# 1. build requirements of structmt and fairseq (kept where the environment already has them)
-"${PIP[@]}" "setuptools>=68" wheel cython numpy
+# 1. build requirements of structmt and fairseq (kept where the environment already has them). setuptools
+# >= 77 reads pyproject.toml's license field; --no-build-isolation below does not check build-system.requires
+"${PIP[@]}" "setuptools>=77.0.3" wheel cython numpy
 # 2. structmt and every runtime dependency, before fairseq: see step 3
 extra=""; [[ $TESTS == 1 ]] && extra="[test]"
 if [[ $FROM_SDIST == 1 ]]; then
