@@ -146,8 +146,8 @@ def _kernels() -> SimpleNamespace:
         e_mask = offs_e < E
         g = tl.load(G + b * sgb + h * sgh + t * sgt + offs_e * sgd, mask=e_mask, other=0.0).to(ACC)
         v_ptrs = V + b * svb + h * svh + idx[:, None] * svs + offs_e[None, :] * svd
-        v_rows = tl.where(live, has, False)
-        v = tl.load(v_ptrs, mask=v_rows[:, None] & e_mask[None, :], other=0.0).to(ACC)
+        # a row without a support (``has`` false) never uses dw: its weights and ds are all zero
+        v = tl.load(v_ptrs, mask=live[:, None] & e_mask[None, :], other=0.0).to(ACC)
         dw = tl.sum(v * g[None, :], axis=1)  # d loss / d (dropped) weights
         wd = w
         if DROPOUT:
