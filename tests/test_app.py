@@ -153,6 +153,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         ("model.window=-1", "model.window=-1 must be >= 0"),
         ("model.rare=abc", "full_key: model.rare"),
         ("model=transformer_huge", "Could not find 'model/transformer_huge'"),
+        ("model=hubert", "Could not find 'model/hubert'"),  # fairseq's own config, which fairseq's import stores
         ("train.max_updates=10", "Key 'max_updates' not in 'Schedule'"),
         ("model.heads_from=missing.json", "model.heads_from missing.json: no such file"),
         ("data.mirror=/no/such/dir", "data.mirror='/no/such/dir' is not a folder"),
@@ -164,6 +165,24 @@ def test_bad_override_fails_before_any_work(tmp_path, override, message):
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "runs" / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_help_lists_structmts_own_groups_only(tmp_path):
+    """Importing fairseq stores its own configs in Hydra's ConfigStore (model: hubert, wav2vec…; task, optimizer…):
+    ``structmt-run --help`` lists conf/'s groups and options only, and a wrong option lists only conf/'s."""
+    result = _run(tmp_path, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("structmt-run: one run of structmt's pipeline")
+    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = dict(line.split(": ", 1) for line in groups.strip().splitlines()[1:] if ": " in line)
+    assert listed == {
+        group.name: ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+        for group in sorted(CONF.iterdir())
+        if group.is_dir() and group.name != "hydra"
+    }
+    wrong = _run(tmp_path, "model=nonesuch")
+    assert "Available options in 'model':" in wrong.stderr
+    assert "wav2vec" not in wrong.stderr and "hubert" not in wrong.stderr
 
 
 SMOKE = ["data=multi30k_smoke", "model=structured_tiny", "train=smoke", "logger=none", "baseline=false"]

@@ -47,6 +47,22 @@ class RunConf:
     baseline: bool = True
 
 
+def _without_fairseqs_configs() -> None:
+    """Take fairseq's own Hydra configs out of Hydra's ConfigStore: importing fairseq stores its whole config
+    there (groups ``model`` with hubert and wav2vec, ``task``, ``optimizer``…), which ``structmt-run --help``
+    then listed and ``model=hubert`` composed into a validation error.  structmt-run composes only ``conf/``
+    (fairseq itself runs in subprocesses, which store their own).  Done when structmt-run starts, not at
+    import: a process that imports this module and loads fairseq models in-process keeps fairseq's configs."""
+    from fairseq.dataclass.configs import FairseqConfig
+
+    repo = ConfigStore.instance().repo
+    for name in ("config", *FairseqConfig.__dataclass_fields__):
+        repo.pop(f"{name}.yaml", None)
+        group = repo.get(name)
+        if isinstance(group, dict) and all(getattr(n, "provider", None) == "fairseq" for n in group.values()):
+            del repo[name]
+
+
 ConfigStore.instance().store(name="structmt_schema", node=RunConf)
 
 
@@ -283,7 +299,7 @@ def run(cfg: Any, objective: bool = False) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="structmt")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     # Hydra has set up logging for this job: console output as every entry point has it
     # (Hydra's job log file stays); hydra.verbose=true shows all, as -v does elsewhere
     verbose = HydraConfig.get().verbose is True
@@ -298,6 +314,12 @@ def main(cfg: DictConfig) -> float | None:
             raise CompactHydraException(message) from None
         print(message, file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def main() -> None:
+    """``structmt-run``: Hydra composes ``conf/`` (and nothing fairseq stored) and runs :func:`hydra_main`."""
+    _without_fairseqs_configs()
+    hydra_main()
 
 
 if __name__ == "__main__":

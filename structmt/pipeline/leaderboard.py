@@ -90,11 +90,20 @@ def _check_seeds_of_one_setting(firsts: list[dict[str, str]], where: str) -> Non
             )
 
 
+def _rerun(first: dict[str, str], rerun: dict[str, str]) -> str:
+    """A re-run in a headline cell: its seed, BLEU, and whether the model was trained again (another training
+    commit or time: other weights under the same run id) or the same model decoded again, with its commit."""
+    trained = any(rerun.get(c, "") != first.get(c, "") for c in ("train_commit", "train_seconds"))
+    commit = short_commit((trained and rerun.get("train_commit")) or rerun["git_commit"])
+    return f"{rerun['seed']}: {float(rerun['bleu']):.2f} ({'trained' if trained else 'decoded'} again, {commit})"
+
+
 def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
     """The README's headline table of one data set and schedule: per test set and model, BLEU and chrF as
     mean ± sd over seeds (each run's first evaluation), each seed's BLEU with its paired bootstrap p-value
     against the dense run of the same seed, the commits (``trained → scored`` where the row names the training
-    commit), and how many re-runs the leaderboard also holds.
+    commit), and the re-runs the leaderboard also holds (each with its seed, BLEU, commit, and whether the model
+    was trained again or decoded again; the mean is of first evaluations only).
 
     A table row averages the seeds of one setting: two runs of one seed in it (a setting the labels do not
     show, such as ``train.lr``, changes the run id but not the labels), or runs that differ in
@@ -115,7 +124,9 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
         test, _, arch, window, rare, heads, cross, options = key
         evals = sorted(groups[key], key=lambda e: int(e[0]["seed"]))
         firsts = [e[0] for e in evals]
-        extras = "".join(f" {label}" for label in (heads, cross, options) if label not in ("", "auto"))
+        extras = "".join(
+            f" {label}" for label in (heads, cross and f"cross {cross}", options) if label not in ("", "auto")
+        )
         shape = f" w={window} r={rare}" if window else ""
         _check_seeds_of_one_setting(firsts, f"headline of {schedule} on {data}, {test}, {arch}{extras}{shape}")
         per_seed = ", ".join(
@@ -130,7 +141,7 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
             f"{mean_sd([float(r['bleu']) for r in firsts])} | {mean_sd([float(r['chrf']) for r in firsts])} | "
             f"{per_seed} | {firsts[0]['updates']} | "
             f"{', '.join(commits)} | "
-            f"{sum(len(e) - 1 for e in evals)} |"
+            f"{', '.join(_rerun(first, r) for first, *reruns in evals for r in reruns) or '–'} |"
         )
     sigs = sorted({e[0]["bleu_signature"] for e in runs.values()})
     return "\n".join(lines) + "\n\nBLEU signature: " + "; ".join(f"`{s}`" for s in sigs) + "\n"

@@ -75,8 +75,12 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", choices=sorted(RECIPES))
+    p = argparse.ArgumentParser(
+        prog="python -m structmt.pipeline.recipes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", choices=sorted(RECIPES), help="the schedule (conf/train/<recipe>.yaml)")
     # fairseq-train takes --max-update 0 as "no limit" and stops a negative one after one update
     p.add_argument("--max-update", type=int_at_least(1), default=None, help="override the schedule's number of updates")
     p.add_argument(
@@ -84,12 +88,14 @@ def main(argv: list[str] | None = None) -> None:
         type=int_at_least(0, 2**32 - 1),  # fairseq-train seeds numpy with it
         nargs="+",
         default=None,
-        help="one comparison per seed, each its own process",
+        help="one comparison per seed, each its own process (default: the schedule's seed, 1)",
     )
     p.add_argument("--train-only", action="store_true", help="train (or resume) the pair; evaluate later")
     p.add_argument("--allow-dirty", action="store_true", help="run although tracked files differ from the commit")
-    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
-    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="runs, data and W&B files (default: runs/)")
+    p.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="leaderboard, hypotheses and logs (default: results/)"
+    )
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
