@@ -36,8 +36,15 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
         models, _, task = checkpoint_utils.load_model_ensemble_and_task(
             [str(checkpoint)], arg_overrides={"data": str(data_dir), **overrides}
         )
-    except (pickle.UnpicklingError, EOFError, KeyError, AttributeError) as err:
-        raise ValueError(f"{checkpoint}: not a fairseq checkpoint ({type(err).__name__}: {err})") from err
+    except (pickle.UnpicklingError, EOFError, KeyError, AttributeError, RuntimeError) as err:
+        # torch's text can run to many lines (weights_only's advice): its first says what went wrong
+        why = next(iter(str(err).strip().splitlines()), "") or (
+            "empty or cut short" if isinstance(err, EOFError) else "?"
+        )
+        raise ValueError(
+            f"{checkpoint}: not a fairseq checkpoint ({type(err).__name__}: {why[:200]}); give a run's "
+            "checkpoints/checkpoint_last.pt"
+        ) from err
     if not isinstance(models[0], TransformerModel):
         raise ValueError(
             f"{checkpoint}: a {type(models[0]).__name__}; structmt reads transformer checkpoints "

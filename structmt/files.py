@@ -63,6 +63,17 @@ def existing_dir(value: str) -> Path:
     return p
 
 
+def data_bin(value: str) -> Path:
+    """argparse type for a fairseq data-bin: a folder with the dictionaries (``dict.<lang>.txt``)."""
+    path = existing_dir(value)
+    if not any(path.glob("dict.*.txt")):
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a fairseq data-bin (no dict.*.txt): give the data-bin the model was trained on, "
+            "e.g. runs/data/multi30k_en_de/bin"
+        )
+    return path
+
+
 def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
     """argparse type for an integer option with a lower bound, and an upper one when given (argparse names
     the option on error)."""

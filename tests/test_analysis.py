@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -469,6 +470,15 @@ def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
     garbage.write_text("hello")
     with pytest.raises(ValueError, match=r"notes.pt: not a fairseq checkpoint"):
         load_model(garbage, data_bin)
+    # an empty file, and a zip archive that torch did not write: one line each, not torch's text
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with zipfile.ZipFile(tmp_path / "other.pt", "w") as archive:
+        archive.writestr("a", "b")
+    for name, why in (("empty.pt", "EOFError: empty or cut short"), ("other.pt", "RuntimeError: ")):
+        with pytest.raises(ValueError) as err:
+            load_model(tmp_path / name, data_bin)
+        assert str(err.value).startswith(f"{tmp_path / name}: not a fairseq checkpoint ({why}")
+        assert "\n" not in str(err.value)
 
 
 def test_a_page_of_older_json_asks_for_the_analysis_again(tmp_path):

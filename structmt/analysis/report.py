@@ -19,7 +19,7 @@ import torch
 from ..attention.structure import ROLES, SHORT_ROLES, rarity_tables
 from ..checkpoints import load_model
 from ..figures import annotated_heatmap, pyplot, save
-from ..files import existing_dir, existing_file, int_at_least, write_text_atomic
+from ..files import data_bin, existing_file, int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR
 from ..provenance import git_commit, machine
 from .extract import SentenceAttention, iterate
@@ -480,10 +480,22 @@ def main(argv: list[str] | None = None) -> None:
     from ..console import add_verbose_option, setup
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("checkpoint", type=existing_file)
-    p.add_argument("data_dir", type=existing_dir, help="the binarized data the model was trained on")
-    p.add_argument("--subset", default="test")
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument(
+        "checkpoint", type=existing_file, help="a run's checkpoint, e.g. runs/<run id>/checkpoints/checkpoint_last.pt"
+    )
+    p.add_argument(
+        "data_dir", type=data_bin, help="the data-bin the model was trained on, e.g. runs/data/multi30k_en_de/bin"
+    )
+    p.add_argument(
+        "--subset", default="test", help="the split of data_dir whose sentences are analysed (default: test)"
+    )
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where ANALYSIS.md, analysis.json, roles.json and the figures go (default: results/, the committed "
+        "analysis, whose roles.json model=structured_multi30k_roles reads; for a trial give a folder under runs/)",
+    )
     p.add_argument(
         "--draws", type=int_at_least(1), default=30, help="random members per family and grid pair (thesis: 30)"
     )

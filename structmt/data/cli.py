@@ -16,8 +16,16 @@ from .wmt import load_manifest
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--data", default="multi30k_en_de", choices=DATASETS)
+    p.add_argument(
+        "out_dir",
+        type=Path,
+        help="the data folder to write (the pipeline's: runs/data/DATA): raw/ and spm/ hold the text and the "
+        "SentencePiece model, and out_dir/bin the fairseq data-bin (printed at the end) to give fairseq-train; "
+        "downloads are kept in out_dir/../download, shared with the data folders beside it",
+    )
+    p.add_argument(
+        "--data", default="multi30k_en_de", choices=DATASETS, help="the data set to prepare (default: multi30k_en_de)"
+    )
     p.add_argument(
         "--vocab-size",
         type=int_at_least(1),

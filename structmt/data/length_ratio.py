@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..files import existing_dir
+from ..files import data_bin
 
 
 def piece_totals(bin_dir: Path, split: str, src: str, tgt: str) -> tuple[int, int]:
@@ -26,7 +26,7 @@ def piece_totals(bin_dir: Path, split: str, src: str, tgt: str) -> tuple[int, in
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("data_bin", type=existing_dir)
+    p.add_argument("data_bin", type=data_bin)
     p.add_argument("--split", default="train")
     p.add_argument("--src", default="en")
     p.add_argument("--tgt", default="de")

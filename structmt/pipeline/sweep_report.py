@@ -27,6 +27,17 @@ def sweep_rows(
     return [e[0] for e in evaluations(kept).values()]
 
 
+def absent(rows: list[dict[str, str]], wanted: dict[str, str]) -> str:
+    """Why no row has ``wanted``'s values: the first column none of the rows left by the columns before it
+    match, with the values those rows have (``"heads present: auto"``); "" when some row matches them all."""
+    for column, value in wanted.items():
+        left = [r for r in rows if r[column] == value]
+        if not left:
+            return f"{column} present: " + ", ".join(sorted({r[column] or "(empty)" for r in rows}))
+        rows = left
+    return ""
+
+
 def cells(rows: list[dict[str, str]], what: str) -> dict[tuple[str, str], dict[str, str]]:
     """``(window, rare)`` → the one run of that cell (``("", "")``: the dense baseline); two runs in one cell
     (another seed, arch or setting under the same schedule name) are an error naming both."""
@@ -85,14 +96,31 @@ def report(
     the runs of that seed (needed when the schedule has several).  The points of the grid (the sweep
     ``grid_of``'s, else every (w, r) of the windows and rare counts found) that have no run are named, and the
     verdict says it covers only the others."""
-    rows = sweep_rows(read_rows(results_dir / "leaderboard.csv"), data, schedule, test_set, seed)
+    csv_path = results_dir / "leaderboard.csv"
+    if not csv_path.is_file():
+        raise SystemExit(
+            f"error: {csv_path} does not exist; give --results-dir the folder whose leaderboard.csv the sweep's "
+            "runs were evaluated into (default: results/), or run the sweep first (structmt-run -m +sweep=wr_small)"
+        )
+    board = read_rows(csv_path)
+    rows = sweep_rows(board, data, schedule, test_set, seed)
     what = f"data={data} schedule={schedule} test_set={test_set}" + (f" seed={seed}" if seed else "")
     dense = list(cells([r for r in rows if not r["window"]], what).values())
     grid = cells([r for r in rows if r["window"] and r["heads"] == heads and not r["cross"] and not r["options"]], what)
     points = list(grid.values())
     others = [r for r in rows if r["window"] and r not in points]
     if not points:
-        raise SystemExit(f"error: no structured rows for {what}")
+        structured = [r for r in rows if r["window"]]
+        wanted = {"data": data, "schedule": schedule, "test_set": test_set} | ({"seed": seed} if seed else {})
+        why = (
+            absent(structured, {"heads": heads, "cross": "", "options": ""})
+            if structured
+            else absent(board, wanted) or "only dense runs"
+        )
+        raise SystemExit(
+            f"error: no structured rows for {what} heads={heads} with dense cross-attention and no other option "
+            f"in {csv_path}; {why}"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"sweep_{data}_{schedule}_{test_set}" + (f"_seed{seed}" if seed else "")  # one page per seed
     bleu = {(int(w), int(r)): float(row["bleu"]) for (w, r), row in grid.items()}
@@ -167,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         help="the grid sweep that was run (conf/sweep/NAME.yaml, e.g. wr_small): its points without a run are named "
         "(default: the grid of the windows and rare counts found)",
     )
-    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="the folder of leaderboard.csv (default: results/)"
+    )
     p.add_argument("--out-dir", type=Path, default=None, help="default: <results-dir>/sweeps")
     add_verbose_option(p)
     a = p.parse_args(argv)

@@ -84,15 +84,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("run_dir", type=existing_dir, help="a run folder made by the pipeline (runs/<run id>)")
     p.add_argument("--beam", type=int_at_least(1), default=None, help="default: the run's own (train.beam)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument(
+        "--batch-size", type=int_at_least(1), default=64, help="sentences per beam-search batch (default: 64)"
+    )
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
-    lines = read_input(sys.stdin.buffer.read())  # one output line per input line, whatever it holds
-    try:
+    try:  # the run folder first: a wrong one is an error at once, not after stdin is read to its end
         translator = Translator(a.run_dir, beam=a.beam, batch_size=a.batch_size)
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
+    lines = read_input(sys.stdin.buffer.read())  # one output line per input line, whatever it holds
     sys.stdout.write("".join(h + "\n" for h in translator.translate(lines)))
 
 

@@ -1,0 +1,167 @@
+"""What the command-line tools say about a wrong argument: the missing file or folder is named with what to give
+instead, and the help says where things go and what the defaults are."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+from structmt.analysis import report as analyze
+from structmt.data import cli as prepare
+from structmt.leaderboard_csv import add_rows
+from structmt.pipeline import sweep_report, translate
+
+
+def _help(main, monkeypatch, capsys) -> str:
+    """``main(["-h"])``'s text in one line (no wrapping)."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit) as e:
+        main(["-h"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+# --- structmt-sweep-report ---------------------------------------------------------------------------------------
+
+
+def test_sweep_report_names_a_missing_leaderboard(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        sweep_report.main(["--results-dir", str(tmp_path / "none")])
+    assert str(e.value) == (
+        f"error: {tmp_path / 'none' / 'leaderboard.csv'} does not exist; give --results-dir the folder whose "
+        "leaderboard.csv the sweep's runs were evaluated into (default: results/), or run the sweep first "
+        "(structmt-run -m +sweep=wr_small)"
+    )
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Path:
+    """A leaderboard of one schedule ``s`` on data ``m``: a dense run, two structured runs of role mix ``auto``
+    and one with a structured cross band; and schedule ``d`` with a dense run only."""
+    row = {"data": "m", "schedule": "s", "test_set": "t", "bleu": 30.0, "seed": 1}
+    rows = [
+        row | {"run_id": "dense", "hypothesis": "dense.de"},
+        row | {"run_id": "w1", "window": 1, "rare": 0, "heads": "auto", "hypothesis": "w1.de"},
+        row | {"run_id": "w3", "window": 3, "rare": 0, "heads": "auto", "hypothesis": "w3.de"},
+        row | {"run_id": "x", "window": 3, "rare": 0, "heads": "syn:1", "cross": "w4/slope1", "hypothesis": "x.de"},
+        row | {"run_id": "d", "schedule": "d", "hypothesis": "d.de"},
+    ]
+    add_rows(tmp_path / "leaderboard.csv", rows)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args, what, present",
+    [
+        (["--heads", "pos:1,syn:2,rare:1"], "data=m schedule=s test_set=t heads=pos:1,syn:2,rare:1",
+         "heads present: auto, syn:1"),
+        (["--heads", "syn:1"], "data=m schedule=s test_set=t heads=syn:1", "cross present: w4/slope1"),
+        (["--data", "n"], "data=n schedule=s test_set=t heads=auto", "data present: m"),
+        (["--schedule", "z"], "data=m schedule=z test_set=t heads=auto", "schedule present: d, s"),
+        (["--test-set", "u"], "data=m schedule=s test_set=u heads=auto", "test_set present: t"),
+        (["--seed", "2"], "data=m schedule=s test_set=t seed=2 heads=auto", "seed present: 1"),
+        (["--schedule", "d"], "data=m schedule=d test_set=t heads=auto", "only dense runs"),
+    ],
+)  # fmt: skip
+def test_sweep_report_says_which_values_the_leaderboard_has(board, args, what, present):
+    with pytest.raises(SystemExit) as e:
+        sweep_report.main(["--data", "m", "--schedule", "s", "--test-set", "t", *args, "--results-dir", str(board)])
+    assert str(e.value) == (
+        f"error: no structured rows for {what} with dense cross-attention and no other option in "
+        f"{board / 'leaderboard.csv'}; {present}"
+    )
+
+
+# --- structmt-analyze -------------------------------------------------------------------------------------------
+
+
+def test_analyze_names_a_folder_that_is_not_a_data_bin(tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        analyze.main([str(checkpoint), str(tmp_path)])
+    assert e.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(
+            f"error: argument data_dir: {tmp_path} is not a fairseq data-bin (no dict.*.txt): give the data-bin the "
+            "model was trained on, e.g. runs/data/multi30k_en_de/bin"
+        )
+    )
+
+
+def test_analyze_names_a_file_that_is_not_a_checkpoint_in_one_line(dict_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("structmt.console.setup", lambda verbose=False: None)  # keep the test process's console
+    notes = tmp_path / "README.md"
+    notes.write_text("# notes\n")
+    with pytest.raises(ValueError) as e:  # the console prints it as one `error:` line
+        analyze.main([str(notes), str(dict_dir), "--out-dir", str(tmp_path / "out")])
+    assert str(e.value).startswith(f"{notes}: not a fairseq checkpoint (") and "\n" not in str(e.value)
+    assert str(e.value).endswith("); give a run's checkpoints/checkpoint_last.pt")
+
+
+def test_analyze_help_gives_the_defaults_of_subset_and_out_dir(monkeypatch, capsys):
+    text = _help(analyze.main, monkeypatch, capsys)
+    assert "--subset SUBSET the split of data_dir whose sentences are analysed (default: test)" in text
+    assert (
+        "--out-dir OUT_DIR where ANALYSIS.md, analysis.json, roles.json and the figures go (default: results/, the "
+        "committed analysis, whose roles.json model=structured_multi30k_roles reads; for a trial give a folder "
+        "under runs/)"
+    ) in text
+
+
+# --- structmt-translate -----------------------------------------------------------------------------------------
+
+
+class _Unread:
+    """Standard input that must not be read (an interactive terminal: reading it would wait)."""
+
+    @property
+    def buffer(self):
+        raise AssertionError("standard input was read before the run folder was checked")
+
+
+def test_translate_checks_the_run_folder_before_reading_stdin(tmp_path, monkeypatch):
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
+    monkeypatch.setattr(sys, "stdin", _Unread())
+    with pytest.raises(SystemExit) as e:
+        translate.main([str(tmp_path)])
+    checkpoint = tmp_path / "checkpoints" / "checkpoint_last.pt"
+    assert str(e.value) == f"error: {checkpoint} not found: is {tmp_path} a finished structmt run folder?"
+
+
+def test_translate_reads_stdin_once_the_run_folder_is_found(tmp_path, monkeypatch, capsys):
+    class Stub:
+        def __init__(self, run_dir, **settings):
+            pass
+
+        def translate(self, lines):
+            return [line.upper() for line in lines]
+
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
+    monkeypatch.setattr(translate, "Translator", Stub)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a dog\n\nruns\n")))
+    translate.main([str(tmp_path)])
+    assert capsys.readouterr().out == "A DOG\n\nRUNS\n"
+
+
+def test_translate_help_gives_the_unit_of_the_batch_size(monkeypatch, capsys):
+    text = _help(translate.main, monkeypatch, capsys)
+    assert "--batch-size BATCH_SIZE sentences per beam-search batch (default: 64)" in text
+
+
+# --- structmt-prepare -------------------------------------------------------------------------------------------
+
+
+def test_prepare_help_says_where_the_data_bin_and_the_downloads_go(monkeypatch, capsys):
+    text = _help(prepare.main, monkeypatch, capsys)
+    assert (
+        "out_dir the data folder to write (the pipeline's: runs/data/DATA): raw/ and spm/ hold the text and the "
+        "SentencePiece model, and out_dir/bin the fairseq data-bin (printed at the end) to give fairseq-train; "
+        "downloads are kept in out_dir/../download, shared with the data folders beside it"
+    ) in text
+    assert "the data set to prepare (default: multi30k_en_de)" in text
