@@ -28,10 +28,21 @@ from typing import Any
 import torch
 
 from ..attention.functional import self_attention_plan
+from ..console import setup
 from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR
 from ..provenance import machine
-from .common import add_shape_options, flatness, goal, goal_table, names_from, per_1k_tokens_mib, positive_ints
+from .common import (
+    add_shape_options,
+    command_parser,
+    flatness,
+    goal,
+    goal_table,
+    names_from,
+    per_1k_tokens_mib,
+    positive_ints,
+    replaces,
+)
 from .workload import bench_structure, inputs, median_time
 
 CPU_IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
@@ -297,13 +308,13 @@ def plot(results: dict[str, Any], png: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     # --device cuda: the GPU benchmark (attention_cuda), with its own options and defaults
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    pre.add_argument("--device")  # any other value: the parser below names the choices
     if pre.parse_known_args(argv)[0].device == "cuda":
         from .attention_cuda import main as cuda_main
 
         cuda_main(argv)
         return
-    p = argparse.ArgumentParser(description=__doc__)
+    p = command_parser("attention", __doc__)
     p.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -324,8 +335,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--dense-limit", type=int_at_least(0), default=8192, help="skip O(T²) implementations above this length"
     )
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_attention")
+    out = RESULTS_DIR / "bench_attention"
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=out,
+        help="where to write OUT.json and OUT.png " + replaces(out, "the committed .json and .png"),
+    )
     a = p.parse_args(argv)
+    setup(a.verbose)
     results = run(
         a.lengths,
         a.tokens,
@@ -339,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         a.dense_limit,
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    results["command"] = "structmt-bench attention " + " ".join(argv if argv is not None else sys.argv[2:])
+    results["command"] = "structmt-bench attention " + " ".join(argv if argv is not None else sys.argv[1:])
     results["goals"] = goals(results)
     write_text_atomic(a.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     plot(results, a.out.with_suffix(".png"))

@@ -37,7 +37,6 @@ one length comes from one run (the last that printed it), never from two.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gc
 import itertools
@@ -54,16 +53,19 @@ from typing import Any
 import torch
 
 from ..attention.structure import Structure
+from ..console import setup
 from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR
 from .common import (
     add_shape_options,
+    command_parser,
     flatness,
     goal,
     goal_table,
     names_from,
     per_1k_tokens_mib,
     positive_ints,
+    replaces,
     require_cuda,
 )
 from .workload import bench_structure, median_time
@@ -608,7 +610,7 @@ def _triton_version() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="structmt-bench attention --device cuda", description=__doc__)
+    p = command_parser("attention --device cuda", __doc__)
     p.add_argument("--device", choices=("cuda",), default="cuda", help="this benchmark measures a CUDA GPU")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
     p.add_argument("--lengths", type=positive_ints, default=DEFAULT_LENGTHS, help="comma-separated lengths T")
@@ -625,7 +627,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--copy-mb", type=int_at_least(1), default=1024, help="buffer of the copy-bandwidth measurement, MiB"
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="JSON file to write " + replaces(DEFAULT_OUT, "the result that structmt-bench report renders"),
+    )
     p.add_argument(
         "--from-log",
         type=Path,
@@ -637,9 +644,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu", help="--from-log: the GPU the logs were printed on")
     p.add_argument("--commit", help="--from-log: the commit of the code that printed them")
     a = p.parse_args(argv)
+    setup(a.verbose)
     lengths, impls, modes = a.lengths, a.impls, a.modes
     out = a.out.with_suffix(".json")
-    command = "structmt-bench attention " + shlex.join(argv if argv is not None else sys.argv[2:])
+    command = "structmt-bench attention " + shlex.join(argv if argv is not None else sys.argv[1:])
     if a.from_log:
         if not (a.gpu and a.commit):
             p.error("--from-log needs --gpu (the GPU the logs come from) and --commit (the code that wrote them)")

@@ -8,14 +8,31 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from ..attention.options import StructureConfig
+from ..console import add_verbose_option
 from ..files import int_at_least
+from ..paths import REPO_ROOT
 
 T = TypeVar("T")
+
+
+def command_parser(command: str, description: str | None, **kwargs: Any) -> argparse.ArgumentParser:
+    """The parser of ``structmt-bench COMMAND``: named so in its usage and error lines, with the
+    ``-v/--verbose`` of every entry point (give what it parsed to :func:`structmt.console.setup`)."""
+    parser = argparse.ArgumentParser(prog=f"structmt-bench {command}", description=description, **kwargs)
+    add_verbose_option(parser)
+    return parser
+
+
+def replaces(default: Path, what: str = "the committed result") -> str:
+    """The end of the help line of an output option whose ``default``, under ``results/``, replaces ``what``."""
+    shown = default.relative_to(REPO_ROOT)
+    return f"(default: {shown}; a run replaces {what} there; give a path under runs/ for a trial run)"
 
 
 def positive_ints(value: str) -> list[int]:

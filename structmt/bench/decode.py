@@ -8,7 +8,6 @@ one pass of each length of the step timing), and the model that goes first swaps
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -19,11 +18,12 @@ from typing import Any
 import torch
 
 from ..checkpoints import load_model
+from ..console import setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR
 from ..provenance import machine
-from .common import side_by_side
+from .common import command_parser, replaces, side_by_side
 from .workload import sync
 
 #: sequences per decoder step in the step timing (fixed: the command has no option for it)
@@ -126,11 +126,11 @@ def incremental_steps(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = command_parser("decode", __doc__)
     p.add_argument("--dense", type=Path, required=True, help="dense checkpoint")
     p.add_argument("--structured", type=Path, required=True, help="structured checkpoint")
     p.add_argument("--data", type=Path, required=True, help="data-bin both were trained on")
-    p.add_argument("--subset", default="test")
+    p.add_argument("--subset", default="test", help="the split of --data to decode (default: test)")
     p.add_argument("--beam", type=int_at_least(1), default=5)
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument(
@@ -139,12 +139,14 @@ def main(argv: list[str] | None = None) -> None:
         default=3,
         help="rounds of dense and structured (after an untimed warm-up of each; the first swaps every round)",
     )
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_decode.json")
+    out = RESULTS_DIR / "bench_decode.json"
+    p.add_argument("--out", type=Path, default=out, help="JSON file to write " + replaces(out))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models decode")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="--device cuda: decode with bfloat16 weights")
     precision.add_argument("--fp16", action="store_true", help="--device cuda: decode with float16 weights")
     a = p.parse_args(argv)
+    setup(a.verbose)
     if (a.bf16 or a.fp16) and a.device != "cuda":
         p.error("--bf16 and --fp16 need --device cuda")
     if a.device == "cuda":
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     dense, structured = best["dense"], best["structured"]
     steps = incremental_steps(models, list(STEP_LENGTHS), a.repeats, device=a.device)
     result = {
-        "command": "structmt-bench decode " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[2:])),
+        "command": "structmt-bench decode " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:])),
         "machine": started_on,
         "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
         "precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",

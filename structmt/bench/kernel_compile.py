@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
+from ..console import setup
 from ..files import write_text_atomic
 from ..provenance import git_commit, machine_label
+from .common import command_parser
 
 #: torch dtype → Triton pointer element type
 _ELEMENT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -37,6 +39,19 @@ _FLOATS = ("scale", "eps", "dropout_p", "keep_scale")
 #: compiles these kernels for. Any other number reaches LLVM as an unknown ``sm_<arch>`` and aborts the
 #: process ("LLVM ERROR: Cannot select ..."): 0, 91, and 101 (CUDA 13 renamed it sm_110) do.
 ARCHS = (70, 72, 75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
+
+
+#: the oldest Triton whose ``ASTSource`` takes ``constexprs`` by argument index, as :func:`compile_kernel` passes them
+#: (Triton 3.2, torch 2.6's, takes ``constants`` by name and an ``AttrsDescriptor``: not written for here)
+MIN_TRITON = (3, 3)
+
+
+def _refuse_old_triton(version: str) -> None:
+    if tuple(int(n) for n in version.split("+")[0].split(".")[:2]) < MIN_TRITON:
+        raise SystemExit(
+            f"error: structmt-bench compile needs Triton >= {'.'.join(map(str, MIN_TRITON))} (its ASTSource API); "
+            f"this environment has Triton {version}. The kernels themselves run with Triton 3.2 (JIT at launch)"
+        )
 
 
 def _refuse_interpreter() -> None:
@@ -51,6 +66,8 @@ def compile_kernel(
     """Compile the ``fwd`` or ``bwd`` kernel for ``sm_<arch>``; returns its registers, spills, sizes."""
     _refuse_interpreter()
     import triton
+
+    _refuse_old_triton(triton.__version__)
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -126,9 +143,7 @@ def _ptxas_resources(ptx: str, arch: int) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="structmt-bench compile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser("compile", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--arch",
         type=int,
@@ -144,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dropout", choices=["off", "on", "both"], default="both")
     p.add_argument("--json", type=Path, default=None, help="write the table and the versions here")
     a = p.parse_args(argv)
+    setup(a.verbose)
     if min(a.head_dims) < 1 or a.candidates < 1:
         p.error("--head-dims and --candidates must be positive")
     _refuse_interpreter()

@@ -4,19 +4,19 @@ section from ``bench_attention_cuda.json`` and the files under ``gpu/`` (``scrip
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..attention.options import StructureConfig
+from ..console import setup
 from ..files import DataError, existing_dir, write_text_atomic
 from ..leaderboard_csv import cross_window, read_rows
 from ..paths import RESULTS_DIR
 from .attention import table
 from .attention_cuda import table as cuda_table
-from .common import verdict_number
+from .common import command_parser, replaces, verdict_number
 
 #: training tokens/s goals, structured / dense (issue #5)
 TRAIN_GOALS = {"multi30k": 0.9, "docs2048": 2.0}
@@ -359,14 +359,16 @@ def render(results_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = command_parser("report", __doc__)
     p.add_argument(
         "--results-dir",
         type=existing_dir,
         default=str(RESULTS_DIR),
-        help="the folder of the bench_*.json files; BENCHMARKS.md is written there",
+        help="the folder of the bench_*.json files, where BENCHMARKS.md is written "
+        + replaces(RESULTS_DIR, "the committed BENCHMARKS.md"),
     )
     a = p.parse_args(argv)
+    setup(a.verbose)
     out = a.results_dir / "BENCHMARKS.md"
     write_text_atomic(out, render(a.results_dir) + "\n")
     print(f"wrote {out}")

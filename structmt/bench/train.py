@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from ..attention.options import StructureConfig
+from ..console import setup
 from ..data.prepare import PrepConfig, binarize, prepare_multi30k
 from ..fairseq_cli import train
 from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR, RUNS_DIR
 from ..provenance import machine
-from .common import positive_ints, side_by_side
+from .common import command_parser, positive_ints, replaces, side_by_side
 
 
 def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en", tgt: str = "de") -> Path:
@@ -137,7 +138,7 @@ def _train_rate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = command_parser("train", __doc__)
     p.add_argument("--updates", type=int_at_least(1), default=60, help="timed updates of every run")
     p.add_argument(
         "--doc-tokens",
@@ -158,11 +159,12 @@ def main(argv: list[str] | None = None) -> None:
         help="an untimed run of every model first, of this many updates (0: none)",
     )
     p.add_argument(
-        "--no-cross-too",
+        "--also-no-cross",
         action="store_true",
         help="also measure the longest documents with decoders without cross-attention, to isolate what "
         "the self-attention structure saves",
     )
+    p.add_argument("--no-cross-too", action="store_true", help=argparse.SUPPRESS)  # the old name of --also-no-cross
     p.add_argument(
         "--cross-window",
         type=int_at_least(-1),
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--cross-slope", type=float, default=0.97, help="its --struct-cross-slope (Multi30k en-de: 0.97)")
     p.add_argument("--work", type=Path, default=RUNS_DIR / "bench_train")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_train.json")
+    out = RESULTS_DIR / "bench_train.json"
+    p.add_argument("--out", type=Path, default=out, help="JSON file to write " + replaces(out))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where fairseq-train runs")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="--device cuda: train in bfloat16 (fairseq --bf16)")
@@ -180,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         "--fp16", action="store_true", help="--device cuda: train in float16 (fairseq --fp16, dynamic loss scaling)"
     )
     a = p.parse_args(argv)
+    setup(a.verbose)
+    if a.no_cross_too:
+        print(f"{p.prog}: warning: --no-cross-too is deprecated; it is --also-no-cross now", file=sys.stderr)
     if (a.bf16 or a.fp16) and a.device != "cuda":
         p.error("--bf16 and --fp16 need --device cuda")
     if a.device == "cuda":
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, device_args, a.rounds, variants, warm
         )
         add(f"docs{n}", found)
-    if a.no_cross_too:
+    if a.also_no_cross or a.no_cross_too:
         n = max(a.doc_tokens)
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
         no_cross = (*device_args, "--no-cross-attention")
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         add(f"docs{n}_no_cross", found)
     record = {
-        "command": "structmt-bench train " + " ".join(argv if argv is not None else sys.argv[2:]),
+        "command": "structmt-bench train " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": started_on,
         "device": _device_name(a.device),
         "precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",

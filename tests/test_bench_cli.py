@@ -1,0 +1,275 @@
+"""The ``structmt-bench`` command line: ``-h`` lists the commands and exits 0, an unknown command exits 2
+naming them; every command names itself ``structmt-bench COMMAND`` in its usage and error lines and takes
+``-v/--verbose`` (:func:`structmt.console.setup`); ``train --also-no-cross`` (old, hidden name:
+``--no-cross-too``); the help of an output option states its default under ``results/`` and that a run
+replaces the committed file there. Nothing is measured: fakes stand in for the benchmarks."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from structmt.bench import __main__ as bench
+from structmt.bench import train
+from structmt.paths import REPO_ROOT
+
+COMMANDS = ["attention", "decode", "train", "compile", "report"]
+#: module of each command's main → the arguments it needs besides the one under test
+MODULES = {
+    "attention": ("attention", []),
+    "attention --device cuda": ("attention", ["--device", "cuda"]),
+    "decode": ("decode", ["--dense", "d.pt", "--structured", "s.pt", "--data", "bin"]),
+    "train": ("train", []),
+    "compile": ("kernel_compile", []),
+    "report": ("report", []),
+}
+#: the modules that set up the console (attention hands --device cuda to attention_cuda)
+SETUP_IN = ("attention", "attention_cuda", "decode", "train", "kernel_compile", "report")
+#: what each command does first once its arguments are parsed (a fake stops it there)
+FIRST_STEP = {"attention": "run", "attention_cuda": "require_cuda", "decode": "machine", "train": "machine",
+              "kernel_compile": "_refuse_interpreter", "report": "render"}  # fmt: skip
+TRIAL = "give a path under runs/ for a trial run"
+COMMITTED = f"a run replaces the committed result there; {TRIAL}"
+
+
+class Stop(Exception):
+    """What the fake console setup raises: the command parsed its arguments; nothing runs after."""
+
+
+@pytest.fixture(autouse=True)
+def setups(monkeypatch):
+    """The ``verbose`` of every :func:`structmt.console.setup` a command calls (the test process's console
+    stays as it is)."""
+    seen: list[bool] = []
+    for module in SETUP_IN:
+        monkeypatch.setattr(f"structmt.bench.{module}.setup", seen.append)
+    monkeypatch.setenv("COLUMNS", "300")  # argparse: help lines unwrapped
+    return seen
+
+
+def _main(command: str):
+    return importlib.import_module(f"structmt.bench.{MODULES[command][0]}").main
+
+
+def _exit(main, argv, capsys) -> tuple[int | str | None, str, str]:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    out, err = capsys.readouterr()
+    return stop.value.code, out, err
+
+
+# --------------------------------------------------------------------------------------------------
+# structmt-bench -h, an unknown command
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_lists_every_command_with_a_line_and_exits_0(flag, capsys):
+    code, out, err = _exit(bench.main, [flag], capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == "usage: structmt-bench [-h] [-v] COMMAND [options]"
+    listed = lines[lines.index("commands:") + 1 :]
+    assert [line.split()[0] for line in listed] == COMMANDS
+    assert all(line.startswith("  ") and len(line.split()) > 3 for line in listed)  # a description each
+    assert "  -v, --verbose  show third-party log records, debug output and tracebacks" in lines
+
+
+def test_help_of_the_installed_command_exits_0():
+    done = subprocess.run(
+        [sys.executable, "-m", "structmt.bench", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("usage: structmt-bench [-h] [-v] COMMAND [options]\n")
+    assert "\n  report     write results/BENCHMARKS.md from the bench_*.json files\n" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["foo"], "unknown command 'foo'; the commands: attention, decode, train, compile, report"),
+        (
+            ["-v", "atention", "-h"],
+            "unknown command 'atention'; the commands: attention, decode, train, compile, report",
+        ),
+        ([], "the following arguments are required: COMMAND"),
+        (["-v"], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_an_unknown_or_missing_command_exits_2_naming_the_commands(argv, message, capsys):
+    code, out, err = _exit(bench.main, argv, capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "usage: structmt-bench [-h] [-v] COMMAND [options]",
+        f"structmt-bench: error: {message}",
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# each command names itself, and takes -v
+
+
+@pytest.mark.parametrize(
+    "command, argv, message",
+    [
+        ("attention", ["--lengths", "0"], "argument --lengths: '0': every number must be >= 1, got 0"),
+        ("attention", ["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
+        ("attention --device cuda", ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        ("decode", ["--bf16"], "--bf16 and --fp16 need --device cuda"),
+        ("train", ["--fp16"], "--bf16 and --fp16 need --device cuda"),
+        ("compile", ["--head-dims", "0"], "--head-dims and --candidates must be positive"),
+        ("report", ["--results-dir", "no/such/folder"], "argument --results-dir: no/such/folder: no such folder"),
+    ],
+)
+def test_every_command_names_itself_in_its_usage_and_error_lines(command, argv, message, capsys):
+    code, out, err = _exit(_main(command), [*MODULES[command][1], *argv], capsys)
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith(f"usage: structmt-bench {command} [-h] [-v] ")
+    assert lines[-1].startswith(f"structmt-bench {command}: error: {message}")
+
+
+@pytest.mark.parametrize("command", MODULES)
+def test_every_command_names_itself_in_its_help(command, capsys):
+    code, out, _ = _exit(_main(command), [*MODULES[command][1], "-h"], capsys)
+    assert code == 0
+    assert out.startswith(f"usage: structmt-bench {command} [-h] [-v] ")
+    assert "  -v, --verbose         show third-party log records, debug output and tracebacks\n" in out
+
+
+@pytest.mark.parametrize("command", MODULES)
+@pytest.mark.parametrize("flag, verbose", [("-v", True), ("--verbose", True), (None, False)])
+def test_every_command_takes_verbose_and_sets_up_the_console_with_it(command, flag, verbose, monkeypatch):
+    def setup(verbose: bool) -> None:
+        raise Stop(verbose)  # right after parsing: nothing is measured
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the command ran without setting up the console")
+
+    for module in SETUP_IN:
+        monkeypatch.setattr(f"structmt.bench.{module}.setup", setup)
+    for module, first in FIRST_STEP.items():
+        monkeypatch.setattr(f"structmt.bench.{module}.{first}", ran)
+    argv = [*MODULES[command][1], *([flag] if flag else [])]
+    with pytest.raises(Stop) as stop:
+        _main(command)(argv)
+    assert stop.value.args == (verbose,)
+
+
+@pytest.mark.parametrize("argv", [["-v", "report"], ["report", "-v"], ["--verbose", "report"]])
+def test_verbose_before_or_after_the_command_means_the_same(argv, setups, tmp_path, capsys):
+    bench.main([*argv, "--results-dir", str(tmp_path)])
+    assert setups == [True]
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'BENCHMARKS.md'}\n"
+
+
+def test_a_command_runs_without_verbose(setups, tmp_path, capsys):
+    bench.main(["report", "--results-dir", str(tmp_path)])
+    assert setups == [False]
+
+
+# --------------------------------------------------------------------------------------------------
+# train --also-no-cross (--no-cross-too: the old name)
+
+ROW = {"dense": 100.0, "structured": 120.0, "ratio": 1.2, "ratios": [1.2]}
+
+
+@pytest.fixture
+def fake_train(monkeypatch, tmp_path):
+    """Run ``structmt-bench train`` with fakes: the work folders it measured in, by name."""
+    measured: list[str] = []
+
+    def measure(bin_dir, work, *args, **kwargs):
+        measured.append(work.name)
+        return {"structured": ROW}
+
+    monkeypatch.setattr(train, "machine", lambda: "test machine")
+    monkeypatch.setattr(train, "prepare_multi30k", lambda *a, **k: tmp_path / "bin")
+    monkeypatch.setattr(train, "pseudo_documents", lambda spm, out, n: out)
+    monkeypatch.setattr(train, "measure", measure)
+
+    def run(*options: str) -> list[str]:
+        train.main(["--doc-tokens", "512", "--cross-window", "-1", "--out", str(tmp_path / "t.json"), *options])
+        return measured
+
+    return run
+
+
+def test_train_measures_without_cross_attention_only_when_asked(fake_train, capsys):
+    assert fake_train() == ["sentences", "docs512-runs"]
+    assert capsys.readouterr().err == ""
+
+
+def test_train_also_no_cross_adds_the_runs_without_cross_attention(fake_train, capsys):
+    assert fake_train("--also-no-cross") == ["sentences", "docs512-runs", "docs512-no-cross-runs"]
+    assert capsys.readouterr().err == ""
+
+
+def test_train_no_cross_too_still_works_with_a_deprecation_note(fake_train, capsys):
+    assert fake_train("--no-cross-too") == ["sentences", "docs512-runs", "docs512-no-cross-runs"]
+    assert capsys.readouterr().err == (
+        "structmt-bench train: warning: --no-cross-too is deprecated; it is --also-no-cross now\n"
+    )
+
+
+def test_train_help_names_also_no_cross_and_hides_the_old_name(capsys):
+    _, out, _ = _exit(train.main, ["-h"], capsys)
+    assert "  --also-no-cross       also measure the longest documents with decoders without cross-attention" in out
+    assert "no-cross-too" not in out
+
+
+# --------------------------------------------------------------------------------------------------
+# what an output option replaces under results/
+
+
+@pytest.mark.parametrize(
+    "command, option, help_line",
+    [
+        (
+            "attention",
+            "--out OUT",
+            "where to write OUT.json and OUT.png (default: results/bench_attention; "
+            f"a run replaces the committed .json and .png there; {TRIAL})",
+        ),
+        (
+            "attention --device cuda",
+            "--out OUT",
+            "JSON file to write (default: results/bench_attention_cuda.json; "
+            f"a run replaces the result that structmt-bench report renders there; {TRIAL})",
+        ),
+        (
+            "decode",
+            "--out OUT",
+            f"JSON file to write (default: results/bench_decode.json; {COMMITTED})",
+        ),
+        (
+            "train",
+            "--out OUT",
+            f"JSON file to write (default: results/bench_train.json; {COMMITTED})",
+        ),
+        (
+            "report",
+            "--results-dir RESULTS_DIR",
+            "the folder of the bench_*.json files, where BENCHMARKS.md is written "
+            f"(default: results; a run replaces the committed BENCHMARKS.md there; {TRIAL})",
+        ),
+    ],
+)
+def test_output_help_states_the_default_under_results_and_that_a_run_replaces_it(command, option, help_line, capsys):
+    _, out, _ = _exit(_main(command), [*MODULES[command][1], "-h"], capsys)
+    words = " ".join(out.split()) + " "  # the help on the option's line or, after a long option, on the next
+    assert f" {option} {help_line} " in words
+
+
+def test_compile_refuses_a_triton_older_than_its_api_needs():
+    from structmt.bench import kernel_compile
+
+    for version in ("3.3.0", "3.9.0+git0", "4.1.0"):
+        kernel_compile._refuse_old_triton(version)
+    with pytest.raises(SystemExit) as e:
+        kernel_compile._refuse_old_triton("3.2.0")
+    assert str(e.value).startswith(
+        "error: structmt-bench compile needs Triton >= 3.3 (its ASTSource API); this environment has Triton 3.2.0."
+    )
