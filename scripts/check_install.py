@@ -23,6 +23,7 @@ def main() -> int:
     import structmt  # noqa: F401  (first: it imports fairseq without fairseq's import-time log lines)
 
     fairseq = importlib.import_module("fairseq")  # the two imports that must work
+    from structmt.attention.triton_kernel import TritonTooOld, check_triton_version
 
     try:
         importlib.import_module("structmt._kernels")
@@ -31,7 +32,14 @@ def main() -> int:
         kernel = f"not built or not loadable ({err}); the pure-PyTorch path is used"
     cuda = f"CUDA {torch.version.cuda}, GPU visible: {torch.cuda.is_available()}" if torch.version.cuda else "CPU build"
     print(f"structmt ready: Python {platform.python_version()}, torch {torch.__version__} ({cuda})")
-    print(f"  fairseq {fairseq.__version__}, triton {_version('triton')}, C++ kernel: {kernel}")
+    triton = _version("triton")
+    try:
+        check_triton_version(triton)
+    except TritonTooOld as err:
+        triton += f" (the Triton kernels are not used: {err})"
+    except ValueError:  # not installed: _version says why
+        pass
+    print(f"  fairseq {fairseq.__version__}, triton {triton}, C++ kernel: {kernel}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Shared fixtures: small fairseq tasks and models built the way fairseq-train builds them."""
 
+import importlib.metadata
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -7,9 +9,27 @@ import torch
 from fairseq import options, tasks
 from fairseq.data import Dictionary
 
+from structmt.attention.triton_kernel import TritonTooOld, check_triton_version
+
 REPO = Path(__file__).resolve().parents[1]
 #: the fairseq task of every test model: translation en→de
 TASK = ["--task", "translation", "-s", "en", "-t", "de"]
+
+
+def _triton_usable() -> bool:
+    """Triton is installed and new enough for structmt's kernels.  Read from its metadata, not imported: triton
+    imported before test_triton_kernel.py sets TRITON_INTERPRET would define its library functions for the GPU."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        check_triton_version(importlib.metadata.version("triton"))
+    except TritonTooOld:
+        return False
+    return True
+
+
+#: whether the Triton kernels' tests can run here (a GPU or Triton's interpreter)
+TRITON_USABLE = _triton_usable()
 
 
 def make_dict_dir(tmp: Path, size: int = 40) -> Path:

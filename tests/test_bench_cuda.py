@@ -11,7 +11,6 @@ if not torch.cuda.is_available():  # the Triton kernel on CPU tensors runs in Tr
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import importlib  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -19,6 +18,7 @@ import sys  # noqa: E402
 import warnings  # noqa: E402
 
 import pytest  # noqa: E402
+from conftest import TRITON_USABLE  # noqa: E402
 
 from structmt.bench import attention_cuda as ac  # noqa: E402
 from structmt.bench import common  # noqa: E402
@@ -184,7 +184,7 @@ def test_report_has_a_gpu_section(tmp_path):
     assert text.count("Not run yet") == 3  # the CPU sections
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.skipif(not TRITON_USABLE, reason="triton is not installed, or older than the kernels need")
 def test_the_measuring_loop_runs_every_impl_and_mode(tmp_path):
     """On CPU tensors (wall clock, Triton's interpreter): one row with a time or a recorded failure
     for every (implementation, mode), the floor, and a JSON-ready record."""
@@ -202,7 +202,7 @@ def test_the_measuring_loop_runs_every_impl_and_mode(tmp_path):
     json.dumps(results)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.skipif(not TRITON_USABLE, reason="triton is not installed, or older than the kernels need")
 def test_a_stopped_run_keeps_its_rows_and_its_printout_rebuilds_them(capsys):
     """``on_row`` sees every finished length (the CLI writes its JSON there), and the rows printed
     on the way rebuild the same times and failures (``--from-log``, for a run that never wrote any)."""
@@ -311,7 +311,7 @@ def test_cuda_benchmark_smoke(tmp_path):
             assert row["flex_fb_s"] > 0 and row["flex_mask_s"] > 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.skipif(not TRITON_USABLE, reason="triton is not installed, or older than the kernels need")
 def test_the_kernel_alone_and_the_gather_path_compute_what_the_triton_call_computes():
     from structmt.attention import structured_attention, triton_kernel
     from structmt.bench.workload import bench_structure

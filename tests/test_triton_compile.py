@@ -9,6 +9,7 @@ runs in ``make test``; every dtype × dropout × head size is marked slow.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -17,12 +18,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TRITON_USABLE
+
+from structmt.bench import kernel_compile
 
 # found, not imported: triton imported before test_triton_kernel.py sets TRITON_INTERPRET (at its collection)
 # would define triton's own library functions for the GPU, and the interpreter tests would fail
 _TRITON = importlib.util.find_spec("triton")
-if _TRITON is None or not any((Path(d) / "backends" / "nvidia").is_dir() for d in _TRITON.submodule_search_locations):
-    pytest.skip("triton with its NVIDIA backend is not installed", allow_module_level=True)
+if not TRITON_USABLE or not any((Path(d) / "backends" / "nvidia").is_dir() for d in _TRITON.submodule_search_locations):
+    pytest.skip("triton (new enough for the kernels) with its NVIDIA backend is not installed", allow_module_level=True)
+_VERSION = importlib.metadata.version("triton")
+if tuple(int(n) for n in _VERSION.split("+")[0].split(".")[:2]) < kernel_compile.MIN_TRITON:
+    pytest.skip(f"structmt-bench compile needs a newer Triton than {_VERSION}", allow_module_level=True)
 
 
 def _compile(tmp_path, *args: str) -> list[dict]:

@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
 
 import ast  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -21,11 +22,15 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed")
 
+from conftest import TRITON_USABLE  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from structmt.attention import functional  # noqa: E402
 from structmt.attention import triton_kernel as tk  # noqa: E402
+
+if not TRITON_USABLE:  # a Triton older than the kernels need: they refuse it (tested below where Triton is newer)
+    pytest.skip("triton is older than the kernels need", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNEL_PATH = Path(tk.__file__)
@@ -355,6 +360,24 @@ def test_cpu_without_interpreter_names_triton_interpret(monkeypatch):
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         tk.candidate_attention(q, k, v, index, kind, 1.0)
     assert not tk.available("cpu")
+
+
+def test_a_triton_older_than_the_kernels_need_is_refused_and_auto_takes_another_path(monkeypatch):
+    for version in ("3.2.0", "3.6.0+git1a2b3c", "4.0.0"):
+        tk.check_triton_version(version)
+    for version in ("3.1.0", "3.0.0", "2.3.1"):
+        with pytest.raises(tk.TritonTooOld, match=rf"needs Triton >= 3\.2 .* has Triton {re.escape(version)}; "):
+            tk.check_triton_version(version)
+
+    def too_old():
+        tk.check_triton_version("3.0.0")
+
+    monkeypatch.setattr(tk, "_kernels", too_old)
+    assert not tk.available() and not tk.available("cuda")
+    q, k, v, index, kind = make_case(1, 1, 1, 2, 2, 1, seed=17)
+    with pytest.raises(RuntimeError, match=r"structmt triton kernel: it needs Triton >= 3\.2 .*Triton 3\.0\.0; "):
+        tk.candidate_attention(q, k, v, index, kind, 1.0)
+    assert functional.candidate_kernel("auto", q, v, 0.0) != "triton"
 
 
 def test_without_triton(monkeypatch):

@@ -46,6 +46,25 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # --------------------------------------------------------------------------------------------------
 
 
+#: the oldest Triton the kernels are used with: their tests pass in the interpreters of Triton 3.2 to 3.9, while
+#: Triton 3.0 and 3.1 (torch 2.4 and 2.5) compute wrong weights there, and no GPU has run them
+MIN_TRITON = (3, 2)
+
+
+class TritonTooOld(ImportError):
+    """The installed Triton is older than :data:`MIN_TRITON`."""
+
+
+def check_triton_version(version: str) -> None:
+    """Raise :class:`TritonTooOld` (saying what to do) for a Triton older than :data:`MIN_TRITON`."""
+    release = tuple(int(n) for n in version.split("+")[0].split(".")[:2])
+    if release < MIN_TRITON:
+        raise TritonTooOld(
+            f"it needs Triton >= {'.'.join(map(str, MIN_TRITON))} (torch >= 2.6 brings one), and this environment "
+            f"has Triton {version}; --struct-impl efficient runs the same attention without Triton"
+        )
+
+
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """Import triton and define the kernels.  They become module globals, because a Triton kernel
@@ -53,6 +72,8 @@ def _kernels() -> SimpleNamespace:
     global triton, tl, _row_weights, _row, _keep, _fwd_kernel, _bwd_kernel, _keep_kernel, NOT_ALLOWED, SUPPORT, ERROR
     import triton
     import triton.language as tl
+
+    check_triton_version(triton.__version__)
 
     # the Kind codes of structure.py, as compile-time constants of the kernels
     NOT_ALLOWED, SUPPORT, ERROR = (tl.constexpr(int(k)) for k in (Kind.NOT_ALLOWED, Kind.SUPPORT, Kind.ERROR))
@@ -180,8 +201,8 @@ def _kernels() -> SimpleNamespace:
 
 
 def available(device: torch.device | str | None = None) -> bool:
-    """Whether triton can be imported; with ``device``, whether the kernels run there (CUDA, or any
-    device in Triton's interpreter, ``TRITON_INTERPRET=1``)."""
+    """Whether triton (:data:`MIN_TRITON` or newer) can be imported; with ``device``, whether the kernels run
+    there (CUDA, or any device in Triton's interpreter, ``TRITON_INTERPRET=1``)."""
     try:
         kernels = _kernels()
     except Exception:  # not installed, or a broken install
@@ -194,6 +215,8 @@ def available(device: torch.device | str | None = None) -> bool:
 def _ready(device: torch.device) -> SimpleNamespace:
     try:
         kernels = _kernels()
+    except TritonTooOld as err:
+        raise RuntimeError(f"structmt triton kernel: {err}") from err
     except ImportError as err:
         raise RuntimeError("structmt triton kernel: triton is not installed (pip install triton)") from err
     if device.type != "cuda" and not kernels.interpreted:
