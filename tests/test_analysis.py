@@ -474,7 +474,7 @@ def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with zipfile.ZipFile(tmp_path / "other.pt", "w") as archive:
         archive.writestr("a", "b")
-    for name, why in (("empty.pt", "EOFError: empty or cut short"), ("other.pt", "RuntimeError: ")):
+    for name, why in (("empty.pt", "EOFError: "), ("other.pt", "RuntimeError: ")):  # torch words them by version
         with pytest.raises(ValueError) as err:
             load_model(tmp_path / name, data_bin)
         assert str(err.value).startswith(f"{tmp_path / name}: not a fairseq checkpoint ({why}")
