@@ -32,10 +32,9 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
     from fairseq import checkpoint_utils
     from fairseq.models.transformer import TransformerModel
 
-    try:
-        models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-            [str(checkpoint)], arg_overrides={"data": str(data_dir), **overrides}
-        )
+    overrides = {"data": str(data_dir), **overrides}
+    try:  # the file itself; errors of the model (a state dict that does not fit data_dir) are not caught here
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), overrides)
     except (pickle.UnpicklingError, EOFError, KeyError, AttributeError, RuntimeError) as err:
         # torch's text can run to many lines (weights_only's advice): its first says what went wrong
         why = next(iter(str(err).strip().splitlines()), "") or (
@@ -45,6 +44,9 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
             f"{checkpoint}: not a fairseq checkpoint ({type(err).__name__}: {why[:200]}); give a run's "
             "checkpoints/checkpoint_last.pt"
         ) from err
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(checkpoint)], arg_overrides=overrides, state=state
+    )
     if not isinstance(models[0], TransformerModel):
         raise ValueError(
             f"{checkpoint}: a {type(models[0]).__name__}; structmt reads transformer checkpoints "

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import TASK, build
+from conftest import TASK, build, make_dict_dir
 from scipy.optimize import linprog
 
 from structmt.analysis.extract import SentenceAttention
@@ -466,6 +466,11 @@ def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     with pytest.raises(ValueError, match=r"checkpoint_last.pt: a LSTMModel; structmt reads transformer checkpoints"):
         load_model(tmp_path / "checkpoint_last.pt", data_bin)
+    # a real checkpoint with dictionaries it was not trained on: fairseq's own error, not "not a checkpoint"
+    (tmp_path / "other_bin").mkdir()
+    other_bin = make_dict_dir(tmp_path / "other_bin", size=7)
+    with pytest.raises(RuntimeError, match=r"size mismatch"):
+        load_model(tmp_path / "checkpoint_last.pt", other_bin)
     garbage = tmp_path / "notes.pt"
     garbage.write_text("hello")
     with pytest.raises(ValueError, match=r"notes.pt: not a fairseq checkpoint"):
