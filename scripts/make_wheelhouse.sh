@@ -77,7 +77,7 @@ project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 skip = {"torch"} if sys.argv[1] == "1" else {"torch", "triton"}
 reqs = [r for r in project["dependencies"] if re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() not in skip]
 reqs += project["optional-dependencies"]["test"]
-# setuptools: what every torch in the range accepts (2.4 to 2.10 ask for any, 2.11 and 2.12 for <82, 2.13 and later for >=77.0.3)
+# setuptools: what every torch in the range accepts (2.6 to 2.10 ask for any, 2.11 and 2.12 for <82, 2.13 and later for >=77.0.3)
 reqs += ["setuptools>=77.0.3,<82", "wheel", "cython", "numpy"]
 print("\n".join(reqs))
 EOF

@@ -41,8 +41,8 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
             "empty or cut short" if isinstance(err, EOFError) else "?"
         )
         raise ValueError(
-            f"{checkpoint}: not a fairseq checkpoint ({type(err).__name__}: {why[:200]}); give a run's "
-            "checkpoints/checkpoint_last.pt"
+            f"{checkpoint}: not a fairseq checkpoint, or one cut short ({type(err).__name__}: {why[:200]}); give "
+            "a whole one: a run's checkpoints/checkpoint_last.pt, or the newest checkpoint_<epoch>_<updates>.pt"
         ) from err
     models, _, task = checkpoint_utils.load_model_ensemble_and_task(
         [str(checkpoint)], arg_overrides=overrides, state=state

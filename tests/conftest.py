@@ -23,6 +23,8 @@ def _triton_usable() -> bool:
         return False
     try:
         check_triton_version(importlib.metadata.version("triton"))
+    except importlib.metadata.PackageNotFoundError:  # another distribution's triton (pytorch-triton): untested here
+        return False
     except TritonTooOld:
         return False
     return True

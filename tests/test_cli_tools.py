@@ -100,8 +100,8 @@ def test_analyze_names_a_file_that_is_not_a_checkpoint_in_one_line(dict_dir, tmp
     notes.write_text("# notes\n")
     with pytest.raises(ValueError) as e:  # the console prints it as one `error:` line
         analyze.main([str(notes), str(dict_dir), "--out-dir", str(tmp_path / "out")])
-    assert str(e.value).startswith(f"{notes}: not a fairseq checkpoint (") and "\n" not in str(e.value)
-    assert str(e.value).endswith("); give a run's checkpoints/checkpoint_last.pt")
+    assert str(e.value).startswith(f"{notes}: not a fairseq checkpoint, or one cut short (")
+    assert str(e.value).endswith("the newest checkpoint_<epoch>_<updates>.pt") and "\n" not in str(e.value)
 
 
 def test_analyze_help_gives_the_defaults_of_subset_and_out_dir(monkeypatch, capsys):

@@ -202,6 +202,12 @@ def test_headline_refuses_runs_that_differ_in_updates_and_still_lists_reruns(boa
     assert before.endswith(" | 1: 37.41 (trained again, ff534f8b), 2: 37.11 (trained again, 99bfdd1d) |")
     after = leaderboard.headline(rows + [rerun], "multi30k_en_de", "reproduce").splitlines()[2]
     assert after == before.replace("ff534f8b), ", "ff534f8b), 1: 3.10 (decoded again, c0ffee00), ")
+    # the retrained seed-2 model decoded again: like an earlier evaluation's training (the re-run's), not the first's
+    (retrained,) = [r for r in rows if r["run_id"] == dense["run_id"].replace("d5ac2722", "4a27cf14") and
+                    r["test_set"] == dense["test_set"] and r["train_commit"].startswith("99bfdd1d")]  # fmt: skip
+    again = retrained | {"bleu": "37.10", "hypothesis": "y.de", "git_commit": "d00d" + "0" * 36}
+    last = leaderboard.headline(rows + [again], "multi30k_en_de", "reproduce").splitlines()[2]
+    assert last == before.replace("99bfdd1d) |", "99bfdd1d), 2: 37.10 (decoded again, d00d0000) |")
 
 
 def test_headline_keeps_a_model_with_other_structure_options_apart_from_the_seeds(board):

@@ -46,8 +46,9 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # --------------------------------------------------------------------------------------------------
 
 
-#: the oldest Triton the kernels are used with: their tests pass in the interpreters of Triton 3.2 to 3.9, while
-#: Triton 3.0 and 3.1 (torch 2.4 and 2.5) compute wrong weights there, and no GPU has run them
+#: the oldest Triton the kernels are used with (pyproject.toml asks for it too; a Triton installed by other means is
+#: checked here): their tests pass in the interpreters of Triton 3.2 to 3.9, while Triton 3.0 and 3.1 (torch 2.4
+#: and 2.5) compute wrong weights there, and no GPU has run them
 MIN_TRITON = (3, 2)
 
 

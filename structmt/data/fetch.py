@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -70,22 +72,25 @@ def verify(path: Path, expected: str, shown: Path | str | None = None) -> None:
         )
 
 
-# url -> why its download failed, in this process: a pipeline prepares its data at every step, and a node
-# whose connections hang would otherwise wait out the timeout at each of them
-_FAILED_DOWNLOADS: dict[str, str] = {}
+# url -> (when, why) its download last failed in this process: a pipeline prepares its data at every step, and
+# a node whose connections hang would otherwise wait out the timeout at each of them.  Tried again after
+# RETRY_AFTER_S, so one failure does not outlast a network blip in a long sweep process.
+_FAILED_DOWNLOADS: dict[str, tuple[float, str]] = {}
+RETRY_AFTER_S = 600.0
 
 
 def download(url: str, dest: Path, expected: str | None, timeout: float = 20.0) -> None:
     """Download ``url`` to ``dest`` atomically; nothing is left behind unless every byte the server announced
     arrived (an ``OSError`` otherwise, as for any failed transfer) and the checksum matches (``expected=None``:
-    no checksum to check).  A transfer that failed is not tried again in the same process (the same
-    ``OSError``, saying so)."""
-    if url in _FAILED_DOWNLOADS:
-        raise OSError(f"{_FAILED_DOWNLOADS[url]} (failed earlier in this process; not tried again)")
+    no checksum to check).  A transfer that failed is not tried again in the same process for
+    :data:`RETRY_AFTER_S` (the same ``OSError``, saying so)."""
+    when, why = _FAILED_DOWNLOADS.get(url, (-math.inf, ""))
+    if time.monotonic() - when < RETRY_AFTER_S:
+        raise OSError(f"{why} (failed earlier in this process; not tried again for {RETRY_AFTER_S:.0f} s)")
     try:
         _download(url, dest, expected, timeout)
     except OSError as err:
-        _FAILED_DOWNLOADS[url] = str(err)
+        _FAILED_DOWNLOADS[url] = (time.monotonic(), str(err))
         raise
 
 

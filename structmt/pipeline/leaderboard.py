@@ -90,10 +90,12 @@ def _check_seeds_of_one_setting(firsts: list[dict[str, str]], where: str) -> Non
             )
 
 
-def _rerun(first: dict[str, str], rerun: dict[str, str]) -> str:
-    """A re-run in a headline cell: its seed, BLEU, and whether the model was trained again (another training
-    commit or time: other weights under the same run id) or the same model decoded again, with its commit."""
-    trained = any(rerun.get(c, "") != first.get(c, "") for c in ("train_commit", "train_seconds"))
+def _rerun(earlier: list[dict[str, str]], rerun: dict[str, str]) -> str:
+    """A re-run in a headline cell: its seed, BLEU, and whether the model was trained again (a training commit and
+    time that no ``earlier`` evaluation of the run has: other weights under the same run id) or a model already
+    evaluated decoded again, with its commit."""
+    training = [(r.get("train_commit", ""), r.get("train_seconds", "")) for r in earlier]
+    trained = (rerun.get("train_commit", ""), rerun.get("train_seconds", "")) not in training
     commit = short_commit((trained and rerun.get("train_commit")) or rerun["git_commit"])
     return f"{rerun['seed']}: {float(rerun['bleu']):.2f} ({'trained' if trained else 'decoded'} again, {commit})"
 
@@ -141,7 +143,7 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
             f"{mean_sd([float(r['bleu']) for r in firsts])} | {mean_sd([float(r['chrf']) for r in firsts])} | "
             f"{per_seed} | {firsts[0]['updates']} | "
             f"{', '.join(commits)} | "
-            f"{', '.join(_rerun(first, r) for first, *reruns in evals for r in reruns) or '–'} |"
+            f"{', '.join(_rerun(e[:i], e[i]) for e in evals for i in range(1, len(e))) or '–'} |"
         )
     sigs = sorted({e[0]["bleu_signature"] for e in runs.values()})
     return "\n".join(lines) + "\n\nBLEU signature: " + "; ".join(f"`{s}`" for s in sigs) + "\n"
