@@ -33,12 +33,11 @@ def main() -> int:
     cuda = f"CUDA {torch.version.cuda}, GPU visible: {torch.cuda.is_available()}" if torch.version.cuda else "CPU build"
     print(f"structmt ready: Python {platform.python_version()}, torch {torch.__version__} ({cuda})")
     triton = _version("triton")
-    try:
-        check_triton_version(triton)
-    except TritonTooOld as err:
-        triton += f" (the Triton kernels are not used: {err})"
-    except ValueError:  # not installed: _version says why
-        pass
+    if not triton.startswith("not available"):
+        try:
+            check_triton_version(triton)
+        except TritonTooOld as err:
+            triton += f" (the Triton kernels are not used: {err})"
     print(f"  fairseq {fairseq.__version__}, triton {triton}, C++ kernel: {kernel}")
     return 0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import TRITON_USABLE
 
+from structmt.attention.triton_kernel import release
 from structmt.bench import kernel_compile
 
 # found, not imported: triton imported before test_triton_kernel.py sets TRITON_INTERPRET (at its collection)
@@ -28,7 +29,7 @@ _TRITON = importlib.util.find_spec("triton")
 if not TRITON_USABLE or not any((Path(d) / "backends" / "nvidia").is_dir() for d in _TRITON.submodule_search_locations):
     pytest.skip("triton (new enough for the kernels) with its NVIDIA backend is not installed", allow_module_level=True)
 _VERSION = importlib.metadata.version("triton")  # TRITON_USABLE: this distribution is installed
-if tuple(int(n) for n in _VERSION.split("+")[0].split(".")[:2]) < kernel_compile.MIN_TRITON:
+if release(_VERSION) < kernel_compile.MIN_TRITON:
     pytest.skip(f"structmt-bench compile needs a newer Triton than {_VERSION}", allow_module_level=True)
 
 

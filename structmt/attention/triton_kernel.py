@@ -56,10 +56,14 @@ class TritonTooOld(ImportError):
     """The installed Triton is older than :data:`MIN_TRITON`."""
 
 
+def release(version: str) -> tuple[int, ...]:
+    """``(major, minor)`` of a Triton version string: ``"3.6.0+git1a2b"`` → ``(3, 6)``."""
+    return tuple(int(n) for n in version.split("+")[0].split(".")[:2])
+
+
 def check_triton_version(version: str) -> None:
     """Raise :class:`TritonTooOld` (saying what to do) for a Triton older than :data:`MIN_TRITON`."""
-    release = tuple(int(n) for n in version.split("+")[0].split(".")[:2])
-    if release < MIN_TRITON:
+    if release(version) < MIN_TRITON:
         raise TritonTooOld(
             f"it needs Triton >= {'.'.join(map(str, MIN_TRITON))} (torch >= 2.6 brings one), and this environment "
             f"has Triton {version}; --struct-impl efficient runs the same attention without Triton"

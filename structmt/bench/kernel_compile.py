@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..attention.triton_kernel import release
 from ..console import setup
 from ..files import write_text_atomic
 from ..provenance import git_commit, machine_label
@@ -47,7 +48,7 @@ MIN_TRITON = (3, 3)
 
 
 def _refuse_old_triton(version: str) -> None:
-    if tuple(int(n) for n in version.split("+")[0].split(".")[:2]) < MIN_TRITON:
+    if release(version) < MIN_TRITON:
         raise SystemExit(
             f"error: structmt-bench compile needs Triton >= {'.'.join(map(str, MIN_TRITON))} (its ASTSource API); "
             f"this environment has Triton {version}. The kernels themselves run with Triton 3.2 (JIT at launch)"
