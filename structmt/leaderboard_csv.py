@@ -204,6 +204,13 @@ def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
         return len(added)
 
 
+def training(row: Mapping[str, Any]) -> tuple[str, str]:
+    """Which training of its run id a row's model is: the commit that trained it and the training's time (a run
+    id names settings, not weights: trained again, the same id has other weights and another time)."""
+    seconds = row.get("train_seconds", "")
+    return str(row.get("train_commit", "")), "" if seconds == "" else f"{float(seconds):.1f}"
+
+
 def short_commit(commit: str) -> str:
     """A commit as tables show it: 8 hex digits, ``+dirty`` kept."""
     sha, _, rest = commit.partition("+")

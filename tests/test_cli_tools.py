@@ -4,10 +4,13 @@ instead, and the help says where things go and what the defaults are."""
 from __future__ import annotations
 
 import io
+import json
+import logging
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from structmt.analysis import report as analyze
 from structmt.data import cli as prepare
@@ -137,7 +140,7 @@ def test_translate_checks_the_run_folder_before_reading_stdin(tmp_path, monkeypa
 def test_translate_reads_stdin_once_the_run_folder_is_found(tmp_path, monkeypatch, capsys):
     class Stub:
         def __init__(self, run_dir, **settings):
-            pass
+            self.checkpoint = run_dir / "checkpoint_last.pt"  # none: the training is said not to have finished
 
         def translate(self, lines):
             return [line.upper() for line in lines]
@@ -147,6 +150,97 @@ def test_translate_reads_stdin_once_the_run_folder_is_found(tmp_path, monkeypatc
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a dog\n\nruns\n")))
     translate.main([str(tmp_path)])
     assert capsys.readouterr().out == "A DOG\n\nRUNS\n"
+
+
+def _trained_run(tmp_path: Path, *, updates: int = 3500, finished: int | None = 3500) -> tuple[Path, Path]:
+    """A run folder whose checkpoint holds ``updates`` and whose ``train.json`` (absent when ``finished`` is None)
+    records a training of ``finished`` updates at commit aaaa… on machine M in 100.0 s."""
+    run_dir = tmp_path / "multi30k_en_de-reproduce-dense-0000abcd"
+    checkpoint = run_dir / "checkpoints" / "checkpoint_last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"optimizer_history": [{"num_updates": updates}]}, checkpoint)
+    if finished is not None:
+        record = {"updates": finished, "wall_seconds": 100.04, "git_commit": "a" * 40, "machine": "M"}
+        (run_dir / "train.json").write_text(json.dumps(record))
+    return run_dir, checkpoint
+
+
+def _scored(csv: Path, run_id: str, *trainings: tuple[str, str, str]) -> None:
+    """Leaderboard rows of ``run_id``: one per (test set, BLEU, training commit), each trained in 100.0 s."""
+    add_rows(
+        csv,
+        [
+            {
+                "run_id": run_id,
+                "test_set": t,
+                "hypothesis": f"{t}.{c}",
+                "bleu": b,
+                "train_commit": c * 40,
+                "train_seconds": "100.0",
+            }
+            for t, b, c in trainings
+        ],
+    )
+
+
+def test_translate_says_which_training_its_checkpoint_is_and_that_trainings_scores(tmp_path):
+    run_dir, checkpoint = _trained_run(tmp_path)
+    csv = tmp_path / "leaderboard.csv"
+    _scored(csv, run_dir.name, ("test_2016_flickr", "37.1", "b"), ("test_2016_flickr", "36.5", "a"))
+    _scored(csv, "another-run", ("test_2016_flickr", "20", "a"))
+    assert translate.which_training(run_dir, checkpoint, csv) == (
+        logging.INFO,
+        f"{run_dir.name}: checkpoint_last.pt at 3500 updates, trained at aaaaaaaa on M in 100.0 s; its rows in "
+        f"{csv}: test_2016_flickr BLEU 36.50",
+    )
+
+
+def test_translate_warns_when_the_leaderboard_rows_of_the_run_id_are_of_another_training(tmp_path):
+    run_dir, checkpoint = _trained_run(tmp_path)
+    csv = tmp_path / "leaderboard.csv"
+    _scored(csv, run_dir.name, ("test_2016_flickr", "37.1", "b"), ("test_2017_flickr", "30", "b"))
+    level, line = translate.which_training(run_dir, checkpoint, csv)
+    assert level == logging.WARNING
+    assert line.endswith(
+        f"; the rows of {run_dir.name} in {csv} are of another training (bbbbbbbb in 100.0 s): their scores are not "
+        "this checkpoint's"
+    )
+
+
+def test_translate_says_when_no_row_is_of_its_training(tmp_path):
+    run_dir, checkpoint = _trained_run(tmp_path)
+    assert translate.which_training(run_dir, checkpoint, tmp_path / "none.csv") == (
+        logging.INFO,
+        f"{run_dir.name}: checkpoint_last.pt at 3500 updates, trained at aaaaaaaa on M in 100.0 s; no row of it in "
+        f"{tmp_path / 'none.csv'}",
+    )
+
+
+@pytest.mark.parametrize(
+    "updates, finished, says",
+    [
+        (1200, None, "checkpoint_last.pt at 1200 updates; its training has not finished (train.json missing)"),
+        (
+            4000,
+            3500,
+            "checkpoint_last.pt at 4000 updates, but its finished training recorded 3500 (trained on since, "
+            "or the checkpoint was replaced): no recorded training or leaderboard row is of these weights",
+        ),
+    ],
+)
+def test_translate_warns_when_the_checkpoint_is_not_of_a_finished_training(tmp_path, updates, finished, says):
+    run_dir, checkpoint = _trained_run(tmp_path, updates=updates, finished=finished)
+    csv = tmp_path / "leaderboard.csv"
+    _scored(csv, run_dir.name, ("test_2016_flickr", "36.5", "a"))
+    assert translate.which_training(run_dir, checkpoint, csv) == (logging.WARNING, f"{run_dir.name}: {says}")
+
+
+def test_translate_is_not_stopped_by_a_leaderboard_to_fix_by_hand(tmp_path):
+    run_dir, checkpoint = _trained_run(tmp_path)
+    csv = tmp_path / "leaderboard.csv"
+    csv.write_text("run_id,something\n")
+    level, line = translate.which_training(run_dir, checkpoint, csv)
+    assert level == logging.WARNING and f"; its scores are not looked up: {csv}: line 1: the header" in line
 
 
 def test_translate_help_gives_the_unit_of_the_batch_size(monkeypatch, capsys):

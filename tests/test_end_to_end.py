@@ -75,14 +75,16 @@ def test_train_decode_score(data_bin, tmp_path, arch, extra):
     (tmp_path / "spec.json").write_text(json.dumps({"data": {"src": "en", "tgt": "de"}, "schedule": {"beam": 3}}))
     keep_model_files(data_bin, tmp_path, "en", "de")
     src = (data_bin.parent / "raw" / "test.en").read_text()
-    out = subprocess.run(
+    translated = subprocess.run(
         [sys.executable, "-m", "structmt.pipeline.translate", str(tmp_path)],
         input=src,
         capture_output=True,
         text=True,
         check=True,
-    ).stdout
-    assert out == hyp.read_text()
+    )
+    assert translated.stdout == hyp.read_text()
+    # and says on stderr which weights it used (no train.json here: the pipeline did not train this run)
+    assert f"{tmp_path.name}: checkpoint_last.pt at 150 updates; its training has not finished" in translated.stderr
 
 
 def test_fairseq_hydra_train_with_the_plugin(data_bin, tmp_path):

@@ -5,8 +5,10 @@ structmt-prepare; conf/fairseq matches the schedule it claims to."""
 import argparse
 import copy
 import io
+import logging
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -178,7 +180,8 @@ def test_translate_batch_size(size, tmp_path, capsys):
 
 def test_translate_names_the_input_line_that_is_not_utf8(tmp_path, monkeypatch):
     monkeypatch.setattr(translate, "setup", lambda verbose=False: None)  # keep the test process's console
-    monkeypatch.setattr(translate, "Translator", lambda run_dir, **settings: None)  # the run is checked first
+    monkeypatch.setattr(translate, "Translator", lambda run_dir, **settings: SimpleNamespace(checkpoint=None))
+    monkeypatch.setattr(translate, "which_training", lambda *where: (logging.INFO, "a training"))
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("fine\nstill fine\nbad \xff\n".encode("latin-1"))))
     with pytest.raises(SystemExit, match=r"error: standard input, line 3: invalid UTF-8 \(invalid start byte\)"):
         translate.main([str(tmp_path)])

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..files import write_text_atomic
-from ..leaderboard_csv import COLUMNS, LeaderboardRow, add_rows, lock, read_rows, short_commit
+from ..leaderboard_csv import COLUMNS, LeaderboardRow, add_rows, lock, read_rows, short_commit, training
 from ..paths import RESULTS_DIR, RUNS_DIR
 
 __all__ = ["COLUMNS", "LeaderboardRow", "add_rows", "read_rows", "short_commit"]  # the file's, for callers of both
@@ -94,8 +94,7 @@ def _rerun(earlier: list[dict[str, str]], rerun: dict[str, str]) -> str:
     """A re-run in a headline cell: its seed, BLEU, and whether the model was trained again (a training commit and
     time that no ``earlier`` evaluation of the run has: other weights under the same run id) or a model already
     evaluated decoded again, with its commit."""
-    training = [(r.get("train_commit", ""), r.get("train_seconds", "")) for r in earlier]
-    trained = (rerun.get("train_commit", ""), rerun.get("train_seconds", "")) not in training
+    trained = training(rerun) not in [training(r) for r in earlier]
     commit = short_commit((trained and rerun.get("train_commit")) or rerun["git_commit"])
     return f"{rerun['seed']}: {float(rerun['bleu']):.2f} ({'trained' if trained else 'decoded'} again, {commit})"
 

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from ..checkpoints import load_model
+from ..checkpoints import checkpoint_updates, load_model
 from ..console import add_verbose_option, setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B, last_checkpoint
 from ..files import existing_dir, int_at_least, text_lines, utf8_error_at
-from .spec import Schedule
+from ..leaderboard_csv import read_rows, short_commit, training
+from ..paths import RESULTS_DIR
+from .spec import Schedule, metrics_file
+
+log = logging.getLogger(__name__)
 
 
 def read_input(raw: bytes) -> list[str]:
@@ -59,6 +64,7 @@ class Translator:
             self.models, GenerationConfig(beam=beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B)
         )
         self.batch_size = batch_size
+        self.checkpoint = ckpt
         self._torch = torch
 
     def translate(self, lines: list[str]) -> list[str]:
@@ -80,6 +86,40 @@ class Translator:
         return out
 
 
+def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[int, str]:
+    """What a translation is made with, as a log level and one line: the checkpoint's updates, the training that
+    made it (its commit, machine and time, from ``train.json``), and that training's rows in ``leaderboard``.
+    A warning when the training has not finished, or when the leaderboard's rows of the run id are of another
+    training (trained again: the same run id, other weights)."""
+    run_id, updates = run_dir.name, checkpoint_updates(checkpoint)
+    head = f"{run_id}: {checkpoint.name} at {updates} updates"
+    if not metrics_file(run_dir).is_file():
+        return logging.WARNING, f"{head}; its training has not finished ({metrics_file(run_dir).name} missing)"
+    metrics = json.loads(metrics_file(run_dir).read_text())
+    if metrics["updates"] != updates:
+        return logging.WARNING, (
+            f"{head}, but its finished training recorded {metrics['updates']} (trained on since, or the checkpoint "
+            "was replaced): no recorded training or leaderboard row is of these weights"
+        )
+    ours = training({"train_commit": metrics.get("git_commit", ""), "train_seconds": metrics["wall_seconds"]})
+    commit, machine = short_commit(ours[0]) or "an unrecorded commit", metrics.get("machine") or "an unrecorded machine"
+    head += f", trained at {commit} on {machine} in {ours[1]} s"
+    try:
+        rows = [r for r in read_rows(leaderboard) if r["run_id"] == run_id]
+    except ValueError as err:  # a leaderboard to fix by hand does not stop a translation
+        return logging.WARNING, f"{head}; its scores are not looked up: {err}"
+    scores = [f"{r['test_set']} BLEU {float(r['bleu']):.2f}" for r in rows if training(r) == ours]
+    if scores:
+        return logging.INFO, f"{head}; its rows in {leaderboard}: {', '.join(scores)}"
+    if rows:
+        others = sorted({f"{short_commit(t[0]) or '?'} in {t[1] or '?'} s" for t in map(training, rows)})
+        return logging.WARNING, (
+            f"{head}; the rows of {run_id} in {leaderboard} are of another training ({', '.join(others)}): "
+            "their scores are not this checkpoint's"
+        )
+    return logging.INFO, f"{head}; no row of it in {leaderboard}"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("run_dir", type=existing_dir, help="a run folder made by the pipeline (runs/<run id>)")
@@ -87,11 +127,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--batch-size", type=int_at_least(1), default=64, help="sentences per beam-search batch (default: 64)"
     )
+    p.add_argument(
+        "--leaderboard",
+        type=Path,
+        default=RESULTS_DIR / "leaderboard.csv",
+        help="where to look up the scores of the run's training, said on stderr (default: results/leaderboard.csv)",
+    )
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
     try:  # the run folder first: a wrong one is an error at once, not after stdin is read to its end
         translator = Translator(a.run_dir, beam=a.beam, batch_size=a.batch_size)
+        log.log(*which_training(a.run_dir, translator.checkpoint, a.leaderboard))
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
     lines = read_input(sys.stdin.buffer.read())  # one output line per input line, whatever it holds
