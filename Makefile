@@ -6,6 +6,8 @@ VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip
 STAMP := $(VENV)/.installed
 FAIRSEQ := fairseq-fixed==0.12.3.1
+TORCH := 2.13.0+cpu
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 # make wheelhouse: the target node's Python version, and where the wheels go
 PY ?= 3.12
 WHEELHOUSE ?= wheelhouse
@@ -21,8 +23,10 @@ $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candid
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	# torch first: the CPU build lies on this machine's disk
-	$(PIP) install -q -c constraints.txt torch==2.13.0
+	# torch first, the CPU build (PyPI's torch is the CUDA build, whose Triton pin conflicts with constraints.txt):
+	# the wheel pip's find-links has (the project's machine), else PyTorch's CPU index
+	$(PIP) install -q -c constraints.txt torch==$(TORCH) 2>/dev/null \
+	  || $(PIP) install -q -c constraints.txt --extra-index-url $(TORCH_CPU_INDEX) torch==$(TORCH)
 	$(PIP) install -q -c constraints.txt numpy cython
 	# the project and all its dependencies: --no-build-isolation so its C++ kernel compiles against this torch
 	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[dev]'
