@@ -116,3 +116,20 @@ def test_the_by_hand_recipe_decodes_as_the_pipeline_does():
     passed = dict(zip(words, words[1:], strict=False))
     assert passed["--max-len-a"] == str(fairseq_cli.MAX_LEN_A) and passed["--max-len-b"] == str(fairseq_cli.MAX_LEN_B)
     assert passed["--remove-bpe"] == "sentencepiece" and passed["--required-batch-size-multiple"] == "1"
+
+
+@pytest.mark.parametrize("page", [README, REPO / "docs" / "plugin.md"], ids=lambda p: p.name)
+def test_the_by_hand_training_is_the_headline_schedule(page):
+    """The fairseq-train lines of the README and docs/plugin.md train with the ``reproduce`` schedule's optimisation
+    (and stop: fairseq's own --max-update is 0, no limit)."""
+    from structmt.pipeline.recipes import load_schedule
+
+    text = page.read_text(encoding="utf-8")
+    train = text[text.index("fairseq-train runs/") :].split("```")[0].replace("\\\n", " ")
+    words = [w.strip("'") for w in train.split()]
+    given = dict(zip(words, words[1:], strict=False))
+    args = load_schedule("reproduce").fairseq_args()
+    expected = dict(zip(args, args[1:], strict=False))
+    optimisation = ["--optimizer", "--adam-betas", "--lr", "--lr-scheduler", "--warmup-updates", "--max-tokens"]
+    optimisation += ["--max-update", "--dropout", "--criterion", "--label-smoothing"]
+    assert {o: given.get(o) for o in optimisation} == {o: expected[o] for o in optimisation}
