@@ -133,3 +133,18 @@ def test_the_by_hand_training_is_the_headline_schedule(page):
     optimisation = ["--optimizer", "--adam-betas", "--lr", "--lr-scheduler", "--warmup-updates", "--max-tokens"]
     optimisation += ["--max-update", "--dropout", "--criterion", "--label-smoothing"]
     assert {o: given.get(o) for o in optimisation} == {o: expected[o] for o in optimisation}
+
+
+def test_the_quoted_role_mixes_of_plugin_md_are_what_hydra_reads():
+    """docs/plugin.md's quoting of comma values: one run gets the whole mix, a sweep gets one mix per job."""
+    import re
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    page = (REPO / "docs" / "plugin.md").read_text(encoding="utf-8")
+    single, sweep = (shlex.split(c)[-1] for c in re.findall(r"`(structmt-run [^`]*model\.heads[^`]*)`", page))
+    parser = OverridesParser.create()
+    assert parser.parse_overrides([single])[0].value() == "pos:1,syn:2,rare:1"
+    jobs = list(parser.parse_overrides([sweep])[0].sweep_string_iterator())
+    assert [j.strip("'") for j in jobs] == ["pos:1,syn:2,rare:1", "pos:2,syn:2"]

@@ -80,7 +80,8 @@ class StructureConfig:
         "auto",
         "kernel: reference (dense mask; decoding steps attend over candidate keys, as efficient), efficient "
         "(candidate keys; C++ kernel on CPU, gathered keys elsewhere; never Triton), triton (candidate keys; "
-        "Triton kernel on CUDA) or auto (triton on CUDA when installed, else efficient or reference by length)",
+        "Triton kernel on CUDA) or auto (triton on CUDA when Triton >= 3.2 is installed, else efficient or "
+        "reference by length)",
         lambda v: v in IMPLS,
         f"choose from {IMPLS}",
     )
