@@ -61,7 +61,8 @@ class LeaderboardRow:
     hypothesis: str
     #: the commit of the code that trained ("" for rows from before it was recorded)
     train_commit: str = ""
-    #: the machine of the evaluation: its CPU, and its GPU where fairseq-generate used one ("" before it was recorded)
+    #: the machine of the evaluation (``provenance.machine_label``): its CPU with the instruction set torch's kernels
+    #: use (the CPU alone before 2026-12-05), and its GPU where fairseq-generate used one ("" before it was recorded)
     machine: str = ""
     #: the other structure options not at their default (``ModelSpec.options_label``; "" = none, or a dense run)
     options: str = ""

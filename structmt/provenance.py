@@ -42,12 +42,21 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels run with here (``AVX512``, ``AVX2``, ``DEFAULT``…): two CPUs with
+    one model name can differ in it, and so in float results."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def machine_label() -> str:
-    """The CPU and, where fairseq would use one, the GPU: what a leaderboard row or a ``train.json`` names."""
+    """The CPU with the instruction set torch's kernels use on it and, where fairseq would use one, the GPU:
+    what a leaderboard row or a ``train.json`` names (e.g. ``AMD EPYC (AVX512)``)."""
     import torch
 
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return cpu_model() + gpu
+    return f"{cpu_model()} ({cpu_capability()}){gpu}"
 
 
 def machine() -> dict[str, str]:
@@ -56,6 +65,7 @@ def machine() -> dict[str, str]:
 
     return {
         "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
         "python": platform.python_version(),

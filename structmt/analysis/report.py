@@ -219,7 +219,7 @@ def grid_figure(values: dict[str, float], png: Path, title: str) -> None:
 
 def machine_summary() -> str:
     m = machine()
-    return f"{m['cpu']}, torch threads: {m['threads']}, torch {m['torch']}"
+    return f"{m['cpu']} ({m['cpu_capability']}), torch threads: {m['threads']}, torch {m['torch']}"
 
 
 def analyze(

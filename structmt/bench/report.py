@@ -47,10 +47,11 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 def _provenance(record: dict[str, Any]) -> list[str]:
     m = record.get("machine", {})
+    capability = f" ({m['cpu_capability']})" if "cpu_capability" in m else ""  # recorded since 2026-12-05
     return [
         f"Command: `{record.get('command', '?')}`  ",
-        f"Machine: {m.get('cpu', '?')}, {m.get('threads', '?')} torch threads, torch {m.get('torch', '?')}, "
-        f"Python {m.get('python', '?')}; code at commit `{m.get('commit', '?')}`.",
+        f"Machine: {m.get('cpu', '?')}{capability}, {m.get('threads', '?')} torch threads, "
+        f"torch {m.get('torch', '?')}, Python {m.get('python', '?')}; code at commit `{m.get('commit', '?')}`.",
         "",
     ]
 
