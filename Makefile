@@ -57,9 +57,9 @@ demo: $(STAMP)
 reproduce: $(STAMP)
 	$(VPY) -m structmt.pipeline.recipes reproduce --seeds $(SEEDS)
 
-# make finetune SEEDS=1: the structured model fine-tuned from the dense reproduce run of each seed
+# make finetune: the structured model fine-tuned from the dense reproduce run of seed 1 (SEEDS="1 2 3": of each)
 finetune: $(STAMP)
-	$(VPY) -m structmt.pipeline.recipes finetune --seeds $(SEEDS)
+	$(VPY) -m structmt.pipeline.recipes finetune --seeds $(if $(filter file,$(origin SEEDS)),1,$(SEEDS))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check structmt tests scripts

@@ -51,3 +51,22 @@ def test_a_torch_outside_pyprojects_range_is_refused_before_anything_is_installe
         f"install_offline: error: torch {version} is outside structmt's range ({torch_requirement[len('torch') :]})"
     )
     assert "installing into" not in run.stdout
+
+
+@pytest.mark.parametrize(
+    "given, seeds",
+    [
+        ({}, {"reproduce": "1 2 3", "finetune": "1"}),  # finetune: the seed-1 dense run, as its recipe's default
+        ({"SEEDS": "2 3"}, {"reproduce": "2 3", "finetune": "2 3"}),
+    ],
+)
+def test_the_seeds_each_make_target_runs(given, seeds):
+    env = {k: v for k, v in os.environ.items() if k != "SEEDS"}
+    args = [f"{k}={v}" for k, v in given.items()]
+    for target, expected in seeds.items():
+        # -n prints the commands; -o leaves the install stamp as it is, so only the target's own command shows
+        out = subprocess.run(
+            ["make", "-n", "-o", ".venv/.installed", target, *args], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        assert f"structmt.pipeline.recipes {target} --seeds {expected}\n" in out.stdout
