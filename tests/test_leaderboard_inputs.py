@@ -329,7 +329,8 @@ def test_the_sweep_report_uses_each_runs_first_evaluation(board, monkeypatch):
     bleu, text = _sweep(board, monkeypatch, "cpu_demo")
     assert bleu == {(1, 0): 21.23, (1, 2): 20.37, (3, 0): 24.15, (3, 2): 24.06}  # (3, 2) re-run: 24.6
     assert text.endswith(
-        "Best structured point: w=3, r=0: BLEU 24.15, at or above the dense baseline's 14.84 "
+        "Best point of the heatmaps (role mix auto, dense cross-attention): "
+        "w=3, r=0: BLEU 24.15, at or above the dense baseline's 14.84 "
         "(paired bootstrap p = 0.001).\n"
     )
     assert "| 24.6 |" not in text and "| 15.72 |" not in text
@@ -347,7 +348,10 @@ def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take
     )
     bleu, text = _sweep(board, monkeypatch, "reproduce", seed="1")
     assert bleu == {(3, 2): 38.53}
-    assert "Best structured point: w=3, r=2: BLEU 38.53, at or above the dense baseline's 37.45 " in text
+    assert (
+        "Best point of the heatmaps (role mix auto, dense cross-attention): "
+        "w=3, r=2: BLEU 38.53, at or above the dense baseline's 37.45 "
+    ) in text
     page = board.parent / "sweeps" / "sweep_multi30k_en_de_reproduce_test_2016_flickr_seed1.md"
     assert page.read_text() == text  # a page per seed: another seed's report does not overwrite it
     # a structured cross band of the same (w, r) and seed is listed, not put in the cell

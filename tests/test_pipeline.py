@@ -397,7 +397,10 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
     rows.append(_row("cross", bleu=88.0) | cross)  # structured cross-attention: likewise
     leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
     text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
-    assert "Best structured point: w=3, r=0: BLEU 30.5, at or above the dense baseline's 30.0" in text
+    assert (
+        "Best point of the heatmaps (role mix auto, dense cross-attention): "
+        "w=3, r=0: BLEU 30.5, at or above the dense baseline's 30.0"
+    ) in text
     assert text.count("| structured |") == 6 and "99.0" not in text
     assert "| structured | 3 | 0 | from:roles.json |  | 77.0 |" in text and "| roles | 01234567+dirty |" in text
     assert "| structured | 3 | 0 | auto | w4/slope0.97 | 88.0 |" in text
@@ -424,7 +427,7 @@ def test_sweep_report_names_the_points_of_the_grid_without_a_run(tmp_path):
         "**Missing: 1 of the 4 points of the grid have no evaluated run** (failed, unfinished or not run): w=3 r=0."
         in text
     )
-    assert text.index("Missing") < text.index("No structured configuration of this sweep reached")
+    assert text.index("Missing") < text.index("No point of the heatmaps reached the dense baseline")
     rows = rows[:2]  # only w=1 left: the found grid is w ∈ {1}; the sweep's own grid names every missing point
     (tmp_path / "leaderboard.csv").unlink()
     leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)

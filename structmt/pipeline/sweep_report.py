@@ -172,11 +172,12 @@ def report(
         best = max(points, key=lambda r: float(r["bleu"]))
         verdict = "at or above" if float(best["bleu"]) >= d else "below"
         lines.append(
-            f"Best structured point: w={best['window']}, r={best['rare']}: BLEU {best['bleu']}, {verdict} "
+            "Best point of the heatmaps (role mix auto, dense cross-attention): "
+            f"w={best['window']}, r={best['rare']}: BLEU {best['bleu']}, {verdict} "
             f"the dense baseline's {d} (paired bootstrap p = {best['p_value_vs_dense'] or 'n/a'})."
         )
         if verdict == "below":
-            lines.append("No structured configuration of this sweep reached the dense baseline.")
+            lines.append("No point of the heatmaps reached the dense baseline.")
     text = "\n".join(lines) + "\n"
     write_text_atomic(out_dir / f"{stem}.md", text)
     return text
