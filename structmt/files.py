@@ -50,6 +50,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 def existing_file(value: str) -> Path:
     """argparse type for a path option that must be a file (argparse names the option on error)."""
     p = Path(value).expanduser()
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: a folder; give a file")
     if not p.is_file():
         raise argparse.ArgumentTypeError(f"{value}: no such file")
     return p
@@ -58,6 +60,8 @@ def existing_file(value: str) -> Path:
 def existing_dir(value: str) -> Path:
     """argparse type for a path option that must be a folder."""
     p = Path(value).expanduser()
+    if p.exists() and not p.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: a file; give a folder")
     if not p.is_dir():
         raise argparse.ArgumentTypeError(f"{value}: no such folder")
     return p

@@ -259,3 +259,20 @@ def test_prepare_help_says_where_the_data_bin_and_the_downloads_go(monkeypatch, 
         "downloads are kept in out_dir/../download, shared with the data folders beside it"
     ) in text
     assert "the data set to prepare (default: multi30k_en_de)" in text
+
+
+# --- path arguments ---------------------------------------------------------------------------------------------
+
+
+def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(tmp_path, monkeypatch, capsys):
+    """A checkpoint given where a run folder is wanted (translate), a folder where a checkpoint is (analyze)."""
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    checkpoint.write_bytes(b"")
+    monkeypatch.setenv("COLUMNS", "1000")
+    for main, argv, says in [
+        (translate.main, [str(checkpoint)], f"argument run_dir: {checkpoint}: a file; give a folder"),
+        (analyze.main, [str(tmp_path), str(tmp_path)], f"argument checkpoint: {tmp_path}: a folder; give a file"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and says in capsys.readouterr().err
