@@ -276,3 +276,41 @@ def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(tmp_path, monk
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+class _Parsed(Exception):
+    """Raised in place of parsing: carries the parser a command built."""
+
+
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("structmt.pipeline.translate", ["x"]),
+        ("structmt.pipeline.leaderboard", []),
+        ("structmt.pipeline.sweep_report", []),
+        ("structmt.pipeline.recipes", ["demo"]),
+        ("structmt.analysis.report", ["x", "y"]),
+        ("structmt.data.cli", ["x"]),
+        ("structmt.data.length_ratio", ["x"]),
+        ("structmt.bench.attention", []),
+        ("structmt.bench.attention_cuda", []),
+        ("structmt.bench.decode", []),
+        ("structmt.bench.train", []),
+        ("structmt.bench.kernel_compile", []),
+        ("structmt.bench.report", []),
+    ],
+)
+def test_every_option_of_every_command_has_a_help_text(module, argv, monkeypatch):
+    import argparse
+    import importlib
+
+    def capture(parser, *args, **kwargs):
+        if parser.description != "pre":  # not a pre-parser (parse_known_args)
+            raise _Parsed(parser)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(_Parsed) as e:
+        importlib.import_module(module).main(argv)
+    parser = e.value.args[0]
+    silent = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert not silent, f"{module}: options without help: {silent}"

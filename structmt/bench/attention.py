@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         "--impls", type=names_from(CPU_IMPLS), default=",".join(CPU_IMPLS), help=f"comma-separated, of {CPU_IMPLS}"
     )
     p.add_argument("--repeats", type=int_at_least(1), default=5, help="timed steps (their median)")
-    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-memory", action="store_true", help="do not measure peak memory (time only)")
     p.add_argument(
         "--dense-limit", type=int_at_least(0), default=8192, help="skip O(T²) implementations above this length"
     )

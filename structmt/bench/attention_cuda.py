@@ -612,7 +612,7 @@ def _triton_version() -> str | None:
 def main(argv: list[str] | None = None) -> None:
     p = command_parser("attention --device cuda", __doc__)
     p.add_argument("--device", choices=("cuda",), default="cuda", help="this benchmark measures a CUDA GPU")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16", help="(default: bfloat16)")
     p.add_argument("--lengths", type=positive_ints, default=DEFAULT_LENGTHS, help="comma-separated lengths T")
     add_shape_options(p, tokens=32768)
     p.add_argument(

@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--structured", type=Path, required=True, help="structured checkpoint")
     p.add_argument("--data", type=Path, required=True, help="data-bin both were trained on")
     p.add_argument("--subset", default="test", help="the split of --data to decode (default: test)")
-    p.add_argument("--beam", type=int_at_least(1), default=5)
-    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--beam", type=int_at_least(1), default=5, help="beam size (default: 5)")
+    p.add_argument(
+        "--batch-size", type=int_at_least(1), default=64, help="sentences per beam-search batch (default: 64)"
+    )
     p.add_argument(
         "--repeats",
         type=int_at_least(1),

@@ -153,11 +153,21 @@ def main(argv: list[str] | None = None) -> None:
         metavar="ARCH",
         help=f"compute capability ×10: 90 = H100/H200, 80 = A100; one of {', '.join(map(str, ARCHS))}",
     )
-    p.add_argument("--dtypes", nargs="+", choices=sorted(_DTYPES), default=["float32", "bfloat16", "float16"])
-    p.add_argument("--head-dims", type=int, nargs="+", default=[64])
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=sorted(_DTYPES),
+        default=["float32", "bfloat16", "float16"],
+        help="(default: all)",
+    )
+    p.add_argument("--head-dims", type=int, nargs="+", default=[64], help="head sizes to compile for (default: 64)")
     p.add_argument("--candidates", type=int, default=16, help="candidates per query (w=3, r=2: 7 + 2 + sinks)")
-    p.add_argument("--kernels", nargs="+", choices=["fwd", "bwd"], default=["fwd", "bwd"])
-    p.add_argument("--dropout", choices=["off", "on", "both"], default="both")
+    p.add_argument(
+        "--kernels", nargs="+", choices=["fwd", "bwd"], default=["fwd", "bwd"], help="forward, backward (default: both)"
+    )
+    p.add_argument(
+        "--dropout", choices=["off", "on", "both"], default="both", help="attention dropout compiled in (default: both)"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the table and the versions here")
     a = p.parse_args(argv)
     setup(a.verbose)

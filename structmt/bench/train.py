@@ -173,7 +173,12 @@ def main(argv: list[str] | None = None) -> None:
         "(--struct-cross-window; -1: do not)",
     )
     p.add_argument("--cross-slope", type=float, default=0.97, help="its --struct-cross-slope (Multi30k en-de: 0.97)")
-    p.add_argument("--work", type=Path, default=RUNS_DIR / "bench_train")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=RUNS_DIR / "bench_train",
+        help="folder for the runs' data and checkpoints (default: runs/bench_train)",
+    )
     out = RESULTS_DIR / "bench_train.json"
     p.add_argument("--out", type=Path, default=out, help="JSON file to write " + replaces(out))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where fairseq-train runs")

@@ -25,11 +25,11 @@ def piece_totals(bin_dir: Path, split: str, src: str, tgt: str) -> tuple[int, in
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("data_bin", type=data_bin)
-    p.add_argument("--split", default="train")
-    p.add_argument("--src", default="en")
-    p.add_argument("--tgt", default="de")
+    p = argparse.ArgumentParser(prog="python -m structmt.data.length_ratio", description=__doc__)
+    p.add_argument("data_bin", type=data_bin, help="a data-bin written by structmt-prepare (its bin/ folder)")
+    p.add_argument("--split", default="train", help="the split to count (default: train)")
+    p.add_argument("--src", default="en", help="source language (default: en)")
+    p.add_argument("--tgt", default="de", help="target language (default: de)")
     a = p.parse_args(argv)
     s, t = piece_totals(Path(a.data_bin), a.split, a.src, a.tgt)
     print(f"{a.split}: {s} {a.src} / {t} {a.tgt} tokens; --struct-cross-slope {s / t:.2f}")

@@ -200,12 +200,16 @@ def main(argv: list[str] | None = None) -> None:
     from .tracking import DEFAULT_PROJECT, WandbSettings, log_leaderboard
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="the folder of leaderboard.csv (default: results/)"
+    )
     p.add_argument("--wandb", action="store_true", help="also rebuild the W&B leaderboard table")
-    p.add_argument("--wandb-dir", type=Path, default=RUNS_DIR / "wandb")
-    p.add_argument("--project", default=DEFAULT_PROJECT)
+    p.add_argument(
+        "--wandb-dir", type=Path, default=RUNS_DIR / "wandb", help="where W&B writes its files (default: runs/wandb)"
+    )
+    p.add_argument("--project", default=DEFAULT_PROJECT, help=f"the W&B project (default: {DEFAULT_PROJECT})")
     p.add_argument("--headline", metavar="SCHEDULE", help="print the README headline table of this schedule")
-    p.add_argument("--data", default="multi30k_en_de")
+    p.add_argument("--data", default="multi30k_en_de", help="the data set of --headline (default: multi30k_en_de)")
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)

@@ -185,9 +185,9 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default="multi30k_en_de")
-    p.add_argument("--schedule", default="cpu_demo")
-    p.add_argument("--test-set", default="test_2016_flickr")
+    p.add_argument("--data", default="multi30k_en_de", help="data set of the runs (default: multi30k_en_de)")
+    p.add_argument("--schedule", default="cpu_demo", help="training schedule of the runs (default: cpu_demo)")
+    p.add_argument("--test-set", default="test_2016_flickr", help="the test set scored (default: test_2016_flickr)")
     p.add_argument("--heads", default="auto", help="role mix of the runs in the heatmaps")
     p.add_argument("--seed", help="only the runs of this seed (default: all; a (w, r) with two runs is an error)")
     p.add_argument(
