@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from structmt.pipeline import leaderboard
-from structmt.pipeline.app import ConfigError, specs, validate
+from structmt.pipeline.app import ConfigError, misspelt_keys, specs, validate
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -154,7 +154,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         ("model.rare=abc", "full_key: model.rare"),
         ("model=transformer_huge", "Could not find 'model/transformer_huge'"),
         ("model=hubert", "Could not find 'model/hubert'"),  # fairseq's own config, which fairseq's import stores
-        ("train.max_updates=10", "Key 'max_updates' not in 'Schedule'"),
+        ("train.max_updates=10", "train.max_updates is not a key of train (valid keys: name, max_update, lr,"),
         ("model.heads_from=missing.json", "model.heads_from missing.json: no such file"),
         ("data.mirror=/no/such/dir", "data.mirror='/no/such/dir' is not a folder"),
     ],
@@ -269,3 +269,14 @@ def test_killed_point_resumes_from_its_checkpoint(tmp_path):
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
     assert json.loads((run_dir / "train.json").read_text())["updates"] == 80
     assert len(leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")) == 2
+
+
+def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advice():
+    """Hydra's own error for ``model.windw=3`` suggests ``+model.windw=3``, which adds the misspelt key."""
+    argv = ["-m", "model=structured_tiny", "model.windw=3,5", "model.window=3", "+model.windw=3", "~model.rare"]
+    argv += ["hydra.run.dir=x", "runs_dir=x", "logger.mod=offline", "train.max_update=1,2"]
+    assert misspelt_keys(argv) == [
+        "model.windw is not a key of model (valid keys: window, rare, heads, heads_from, pos_window, error, "
+        "error_eps, apply, cross_window, cross_slope, impl, arch)",
+        "logger.mod is not a key of logger (valid keys: mode, project)",
+    ]

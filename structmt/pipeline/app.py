@@ -13,7 +13,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import hydra
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
@@ -316,8 +316,27 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise SystemExit(1) from None
 
 
+def misspelt_keys(argv: list[str]) -> list[str]:
+    """Overrides ``group.key=value`` of a config group (``data``, ``model``, ``train``, ``logger``) whose key the
+    group does not have: Hydra's own error suggests ``+group.key=value``, which would add the misspelt key;
+    this says which keys there are (as :func:`unknown_keys` does for an added one)."""
+    groups = {name: kind for name, kind in get_type_hints(RunConf).items() if is_dataclass(kind)}
+    bad = []
+    for arg in argv:
+        path, equals, _ = arg.partition("=")
+        group, dot, key = path.partition(".")
+        if not equals or not dot or arg.startswith(("-", "+", "~")) or group not in groups:
+            continue
+        known = [f.name for f in fields(groups[group])]
+        if key.partition(".")[0] not in known:
+            bad.append(f"{path} is not a key of {group} (valid keys: {', '.join(known)})")
+    return bad
+
+
 def main() -> None:
     """``structmt-run``: Hydra composes ``conf/`` (and nothing fairseq stored) and runs :func:`hydra_main`."""
+    if bad := misspelt_keys(sys.argv[1:]):
+        raise SystemExit("error: invalid configuration: " + "; ".join(bad))
     _without_fairseqs_configs()
     hydra_main()
 
