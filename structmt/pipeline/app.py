@@ -115,6 +115,10 @@ def validate(cfg: Any) -> None:
         raise ConfigError("invalid configuration: " + "; ".join(bad))
 
 
+def _not_a_key(path: str, where: str, known: list[str]) -> str:
+    return f"{path} is not a key {where} (valid keys: {', '.join(known)})"
+
+
 def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     """Keys that the schema does not declare: ``+train.max_updat=5`` adds one, and ``OmegaConf.to_object``
     would drop it without a word."""
@@ -123,7 +127,7 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     for key in cfg:
         if key not in known:
             group = f"of {prefix[:-1]}" if prefix else "at the top level"
-            bad.append(f"{prefix}{key} is not a key {group} (valid keys: {', '.join(known)})")
+            bad.append(_not_a_key(f"{prefix}{key}", group, known))
         elif isinstance(cfg[key], DictConfig) and is_dataclass(OmegaConf.get_type(cfg[key])):
             bad += unknown_keys(cfg[key], f"{prefix}{key}.")
     return bad
@@ -329,7 +333,7 @@ def misspelt_keys(argv: list[str]) -> list[str]:
             continue
         known = [f.name for f in fields(groups[group])]
         if key.partition(".")[0] not in known:
-            bad.append(f"{path} is not a key of {group} (valid keys: {', '.join(known)})")
+            bad.append(_not_a_key(path, f"of {group}", known))
     return bad
 
 

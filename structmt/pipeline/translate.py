@@ -91,11 +91,11 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
     made it (its commit, machine and time, from ``train.json``), and that training's rows in ``leaderboard``.
     A warning when the training has not finished, or when the leaderboard's rows of the run id are of another
     training (trained again: the same run id, other weights)."""
-    run_id, updates = run_dir.name, checkpoint_updates(checkpoint)
+    run_id, updates, record = run_dir.name, checkpoint_updates(checkpoint), metrics_file(run_dir)
     head = f"{run_id}: {checkpoint.name} at {updates} updates"
-    if not metrics_file(run_dir).is_file():
-        return logging.WARNING, f"{head}; its training has not finished ({metrics_file(run_dir).name} missing)"
-    metrics = json.loads(metrics_file(run_dir).read_text())
+    if not record.is_file():
+        return logging.WARNING, f"{head}; its training has not finished ({record.name} missing)"
+    metrics = json.loads(record.read_text())
     if metrics["updates"] != updates:
         return logging.WARNING, (
             f"{head}, but its finished training recorded {metrics['updates']} (trained on since, or the checkpoint "
