@@ -226,7 +226,7 @@ if wants decode; then
     if [[ -n ${DENSE_CKPT:-} || -n ${STRUCT_CKPT:-} ]]; then
         [[ -f ${DENSE_CKPT:-} && -f ${STRUCT_CKPT:-} && -d ${DECODE_DATA:-} ]] \
             || fail "decode: DENSE_CKPT and STRUCT_CKPT must be checkpoint files and DECODE_DATA their data-bin"
-        DECODE_STEP_ARGS=(--dense "$DENSE_CKPT" --structured "$STRUCT_CKPT" --data "$DECODE_DATA")
+        DECODE_STEP_ARGS=(--dense "$DENSE_CKPT" --structured "$STRUCT_CKPT" --data-bin "$DECODE_DATA")
     else
         # two short-trained checkpoints, only to time decoding (fairseq-train resumes finished ones at once)
         cat > "$WORK/decode_checkpoints.sh" << EOF
@@ -248,7 +248,7 @@ EOF
         DECODE_SECONDS=$((DECODE_SECONDS - (SECONDS - decode_start)))
         DECODE_STEP_ARGS=(--dense "$WORK/decode/transformer_multi30k/checkpoint_last.pt"
             --structured "$WORK/decode/structured_transformer_multi30k/checkpoint_last.pt"
-            --data "$(cat "$WORK/decode/data_bin")")
+            --data-bin "$(cat "$WORK/decode/data_bin")")
     fi
     # shellcheck disable=SC2086  # DECODE_ARGS is a list of options
     run decode "$DECODE_SECONDS" "$PY" -m structmt.bench decode --device cuda $DECODE_ARGS "${DECODE_STEP_ARGS[@]}" \

@@ -393,8 +393,12 @@ def test_a_plan_of_another_shape_is_rejected():
 
 
 def test_the_options_page_is_the_schemas_own_table():
-    from structmt.attention.options import markdown_table
-
+    """The page's table is what its command prints, and the command prints nothing else (no runpy warning)."""
     page = (REPO / "docs" / "plugin.md").read_text(encoding="utf-8")
-    generated = page.split("<!-- generated: python -m structmt.attention.options -->\n")[1].split("<!-- end")[0]
-    assert generated == markdown_table()
+    command = "python -m structmt.attention"
+    generated = page.split(f"<!-- generated: {command} -->\n")[1].split("<!-- end")[0]
+    done = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True, cwd=REPO)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert generated == done.stdout
+    flags = [line.split("`")[1] for line in generated.splitlines()[2:]]
+    assert flags == [flag(f.name) for f in fields(StructureConfig)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ COMMANDS = ["attention", "decode", "train", "compile", "report"]
 MODULES = {
     "attention": ("attention", []),
     "attention --device cuda": ("attention", ["--device", "cuda"]),
-    "decode": ("decode", ["--dense", "d.pt", "--structured", "s.pt", "--data", "bin"]),
+    "decode": ("decode", ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", "bin"]),
     "train": ("train", []),
     "compile": ("kernel_compile", []),
     "report": ("report", []),
@@ -218,6 +219,59 @@ def test_train_help_names_also_no_cross_and_hides_the_old_name(capsys):
     _, out, _ = _exit(train.main, ["-h"], capsys)
     assert "  --also-no-cross       also measure the longest documents with decoders without cross-attention" in out
     assert "no-cross-too" not in out
+
+
+# options renamed for one naming across the tools (--out: a file written; --data-bin: a binarised data folder)
+
+
+@pytest.mark.parametrize("old, value", [("--data", "old/bin"), ("--data-bin", "new/bin")])
+def test_decode_takes_data_bin_and_its_old_name_data_with_a_deprecation_note(old, value, monkeypatch, capsys):
+    from structmt.bench import decode
+
+    def load_model(checkpoint, data_bin):
+        raise Stop(data_bin)
+
+    monkeypatch.setattr(decode, "machine", lambda: "test machine")
+    monkeypatch.setattr(decode, "load_model", load_model)
+    with pytest.raises(Stop) as stopped:
+        decode.main(["--dense", "d.pt", "--structured", "s.pt", old, value])
+    assert stopped.value.args == (Path(value),)
+    warned = "structmt-bench decode: warning: --data is deprecated; it is --data-bin now\n"
+    assert capsys.readouterr().err == (warned if old == "--data" else "")
+
+
+def test_decode_without_data_bin_names_it(capsys):
+    from structmt.bench import decode
+
+    code, _, err = _exit(decode.main, ["--dense", "d.pt", "--structured", "s.pt"], capsys)
+    assert code == 2 and err.splitlines()[-1] == (
+        "structmt-bench decode: error: the following arguments are required: --data-bin"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "old", "new"), [("decode", "--data ", "--data-bin"), ("compile", "--json", "--out")]
+)
+def test_help_shows_the_new_name_only(command, old, new, capsys):
+    _, out, _ = _exit(_main(command), ["-h"], capsys)
+    assert f"  {new} " in out and old not in out
+
+
+def test_an_old_name_sets_what_the_new_name_sets_with_its_type_and_checks():
+    import argparse
+
+    from structmt.bench.common import add_old_name
+
+    p = argparse.ArgumentParser(prog="tool")
+    add_old_name(p, "--json", p.add_argument("--out", type=Path))
+    add_old_name(p, "--flag-too", p.add_argument("--also-flag", action="store_true"))
+    add_old_name(p, "--n-old", p.add_argument("--n", type=int, choices=[1, 2], default=1))
+    assert vars(p.parse_args([])) == {"out": None, "also_flag": False, "n": 1}
+    assert vars(p.parse_args(["--json", "a.json", "--flag-too", "--n-old", "2"])) == {
+        "out": Path("a.json"), "also_flag": True, "n": 2,
+    }  # fmt: skip
+    with pytest.raises(SystemExit):
+        p.parse_args(["--n-old", "3"])  # the new option's choices hold for the old name
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -36,11 +37,12 @@ if release(_VERSION) < kernel_compile.MIN_TRITON:
 def _compile(tmp_path, *args: str) -> list[dict]:
     out = tmp_path / "compile.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "structmt.bench", "compile", "--arch", "90", "--json", str(out), *args]
+    cmd = [sys.executable, "-m", "structmt.bench", "compile", "--arch", "90", "--out", str(out), *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     record = json.loads(out.read_text())
     assert record["arch"] == 90 and record["triton"]
+    assert record["command"] == shlex.join(["structmt-bench", *cmd[3:]])
     return record["kernels"]
 
 

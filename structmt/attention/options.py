@@ -267,7 +267,3 @@ def markdown_table() -> str:
         help_text = f.metadata["help"].replace("|", "\\|")
         rows.append(f"| `{flag(f.name)}` | `model.{short(f.name)}` | `{f.default!r}` | {help_text} |")
     return "\n".join(rows) + "\n"
-
-
-if __name__ == "__main__":
-    print(markdown_table(), end="")

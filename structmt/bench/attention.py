@@ -20,7 +20,6 @@ import gc
 import json
 import multiprocessing
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from ..paths import RESULTS_DIR
 from ..provenance import machine
 from .common import (
     add_shape_options,
+    command_line,
     command_parser,
     flatness,
     goal,
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         a.dense_limit,
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    results["command"] = "structmt-bench attention " + " ".join(argv if argv is not None else sys.argv[1:])
+    results["command"] = command_line("attention", argv)
     results["goals"] = goals(results)
     write_text_atomic(a.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     plot(results, a.out.with_suffix(".png"))

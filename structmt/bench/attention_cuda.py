@@ -43,8 +43,6 @@ import itertools
 import json
 import math
 import re
-import shlex
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +56,7 @@ from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR
 from .common import (
     add_shape_options,
+    command_line,
     command_parser,
     flatness,
     goal,
@@ -647,7 +646,7 @@ def main(argv: list[str] | None = None) -> None:
     setup(a.verbose)
     lengths, impls, modes = a.lengths, a.impls, a.modes
     out = a.out.with_suffix(".json")
-    command = "structmt-bench attention " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line("attention", argv)
     if a.from_log:
         if not (a.gpu and a.commit):
             p.error("--from-log needs --gpu (the GPU the logs come from) and --commit (the code that wrote them)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,28 @@ def command_parser(command: str, description: str | None, **kwargs: Any) -> argp
     parser = argparse.ArgumentParser(prog=f"structmt-bench {command}", description=description, **kwargs)
     add_verbose_option(parser)
     return parser
+
+
+def command_line(command: str, argv: Sequence[str] | None) -> str:
+    """``structmt-bench COMMAND ARGS`` as typed (``argv``, else the process's own), quoted for a shell: the
+    ``command`` every benchmark JSON records."""
+    return f"structmt-bench {command} " + shlex.join(str(x) for x in (sys.argv[1:] if argv is None else argv))
+
+
+def add_old_name(parser: argparse.ArgumentParser, old: str, option: argparse.Action) -> None:
+    """Accept ``old``, the former name of ``option``, so that recorded commands keep working: hidden from
+    ``--help``, it does what ``option`` does and warns on stderr that it is deprecated."""
+    new = option.option_strings[0]
+
+    class OldName(argparse.Action):
+        def __call__(self, p: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, _: Any = None):
+            print(f"{p.prog}: warning: {old} is deprecated; it is {new} now", file=sys.stderr)
+            option(p, namespace, values, new)
+
+    parser.add_argument(
+        old, action=OldName, dest=option.dest, nargs=option.nargs, type=option.type, choices=option.choices,
+        metavar=option.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+    )  # fmt: skip
 
 
 def replaces(default: Path, what: str = "the committed result") -> str:

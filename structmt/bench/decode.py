@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR
 from ..provenance import machine
-from .common import command_parser, replaces, side_by_side
+from .common import add_old_name, command_line, command_parser, replaces, side_by_side
 from .workload import sync
 
 #: sequences per decoder step in the step timing (fixed: the command has no option for it)
@@ -129,8 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     p = command_parser("decode", __doc__)
     p.add_argument("--dense", type=Path, required=True, help="dense checkpoint")
     p.add_argument("--structured", type=Path, required=True, help="structured checkpoint")
-    p.add_argument("--data", type=Path, required=True, help="data-bin both were trained on")
-    p.add_argument("--subset", default="test", help="the split of --data to decode (default: test)")
+    data_bin = p.add_argument(
+        "--data-bin", type=Path, help="the binarised data (fairseq-preprocess's folder) both were trained on"
+    )
+    add_old_name(p, "--data", data_bin)
+    p.add_argument("--subset", default="test", help="the split of --data-bin to decode (default: test)")
     p.add_argument("--beam", type=int_at_least(1), default=5, help="beam size (default: 5)")
     p.add_argument(
         "--batch-size", type=int_at_least(1), default=64, help="sentences per beam-search batch (default: 64)"
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     precision.add_argument("--fp16", action="store_true", help="--device cuda: decode with float16 weights")
     a = p.parse_args(argv)
     setup(a.verbose)
+    if a.data_bin is None:  # not argparse's required=True: --data, its old name, counts too
+        p.error("the following arguments are required: --data-bin")
     if (a.bf16 or a.fp16) and a.device != "cuda":
         p.error("--bf16 and --fp16 need --device cuda")
     if a.device == "cuda":
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
 
         require_cuda("decode")
     started_on = machine()  # the commit the run starts from
-    models = {"dense": load_model(a.dense, a.data), "structured": load_model(a.structured, a.data)}  # (model, task)
+    # (model, task) of each
+    models = {"dense": load_model(a.dense, a.data_bin), "structured": load_model(a.structured, a.data_bin)}
     if a.device == "cuda":
         dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else torch.float32
         models = {name: (model.to("cuda", dtype), task) for name, (model, task) in models.items()}
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     dense, structured = best["dense"], best["structured"]
     steps = incremental_steps(models, list(STEP_LENGTHS), a.repeats, device=a.device)
     result = {
-        "command": "structmt-bench decode " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:])),
+        "command": command_line("decode", argv),
         "machine": started_on,
         "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
         "precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",

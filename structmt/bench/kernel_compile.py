@@ -8,7 +8,7 @@ at all, with this Triton, and what they cost in registers. It does not run them.
 mean Triton's cache, ``~/.triton/cache``, already held the kernel.)
 
     structmt-bench compile                          # sm_90 (H100): fp32/bf16/fp16, dropout off/on, D=64
-    structmt-bench compile --arch 80 --head-dims 64 128 --json results/triton_compile_sm80.json
+    structmt-bench compile --arch 80 --head-dims 64 128 --out results/triton_compile_sm80.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..attention.triton_kernel import release
 from ..console import setup
 from ..files import write_text_atomic
 from ..provenance import git_commit, machine_label
-from .common import command_parser
+from .common import add_old_name, command_line, command_parser
 
 #: torch dtype → Triton pointer element type
 _ELEMENT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--dropout", choices=["off", "on", "both"], default="both", help="attention dropout compiled in (default: both)"
     )
-    p.add_argument("--json", type=Path, default=None, help="write the table and the versions here")
+    out = p.add_argument(
+        "--out", type=Path, help="JSON file to write the table and the versions to (default: print the table only)"
+    )
+    add_old_name(p, "--json", out)
     a = p.parse_args(argv)
     setup(a.verbose)
     if min(a.head_dims) < 1 or a.candidates < 1:
@@ -196,8 +199,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"{r['registers']:>4} {r['spill_store_bytes']:>7} {r['cubin_bytes']:>8} "
                         f"{r['compile_seconds']:>5}"
                     )
-    if a.json is not None:
+    if a.out is not None:
         record = {
+            "command": command_line("compile", argv),
             "triton": triton.__version__,
             "torch": torch.__version__,
             "arch": a.arch,
@@ -205,5 +209,5 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine_label(),
             "kernels": rows,
         }
-        write_text_atomic(a.json, json.dumps(record, indent=2) + "\n")
-        print(f"wrote {a.json}")
+        write_text_atomic(a.out, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {a.out}")

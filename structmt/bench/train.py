@@ -9,12 +9,10 @@ runs first (:func:`~structmt.bench.common.side_by_side`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from ..fairseq_cli import train
 from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR, RUNS_DIR
 from ..provenance import machine
-from .common import command_parser, positive_ints, replaces, side_by_side
+from .common import add_old_name, command_line, command_parser, positive_ints, replaces, side_by_side
 
 
 def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en", tgt: str = "de") -> Path:
@@ -158,13 +156,13 @@ def main(argv: list[str] | None = None) -> None:
         default=10,
         help="an untimed run of every model first, of this many updates (0: none)",
     )
-    p.add_argument(
+    also_no_cross = p.add_argument(
         "--also-no-cross",
         action="store_true",
         help="also measure the longest documents with decoders without cross-attention, to isolate what "
         "the self-attention structure saves",
     )
-    p.add_argument("--no-cross-too", action="store_true", help=argparse.SUPPRESS)  # the old name of --also-no-cross
+    add_old_name(p, "--no-cross-too", also_no_cross)
     p.add_argument(
         "--cross-window",
         type=int_at_least(-1),
@@ -189,8 +187,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = p.parse_args(argv)
     setup(a.verbose)
-    if a.no_cross_too:
-        print(f"{p.prog}: warning: --no-cross-too is deprecated; it is --also-no-cross now", file=sys.stderr)
     if (a.bf16 or a.fp16) and a.device != "cuda":
         p.error("--bf16 and --fp16 need --device cuda")
     if a.device == "cuda":
@@ -220,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
             docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, device_args, a.rounds, variants, warm
         )
         add(f"docs{n}", found)
-    if a.also_no_cross or a.no_cross_too:
+    if a.also_no_cross:
         n = max(a.doc_tokens)
         docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
         no_cross = (*device_args, "--no-cross-attention")
@@ -229,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         add(f"docs{n}_no_cross", found)
     record = {
-        "command": "structmt-bench train " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("train", argv),
         "machine": started_on,
         "device": _device_name(a.device),
         "precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",
