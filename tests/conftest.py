@@ -94,3 +94,19 @@ def attention_with_grads(structure, q, k, v, pad, sets, impl, loss=lambda out: o
 def assert_close_all(a, b, tol=1e-5):
     for x, y in zip(a, b, strict=True):
         assert (x - y).abs().max() <= tol
+
+
+def assert_dropped(kept, dropped, p: float) -> None:
+    """``dropped`` is ``kept`` under attention dropout of rate ``p``: every weight either zeroed or scaled by
+    1 / (1 - p), about a fraction ``p`` of the nonzero ones zeroed (many draws: 4 standard deviations), and no
+    weight where ``kept`` has none. (Read off outputs whose value vectors are one-hot: each output row is then
+    its query's attention weights.)"""
+    import torch
+
+    nonzero = kept != 0
+    assert torch.all(dropped[~nonzero] == 0)
+    zeroed = dropped[nonzero] == 0
+    torch.testing.assert_close(dropped[nonzero][~zeroed], kept[nonzero][~zeroed] / (1 - p))
+    n = int(nonzero.sum())
+    assert n >= 1000, "too few weights to tell the rate"
+    assert abs(zeroed.float().mean().item() - p) <= 4 * (p * (1 - p) / n) ** 0.5

@@ -173,10 +173,15 @@ def test_a_rare_head_outside_its_model_asks_for_the_context():
     x = torch.randn(5, 2, 8)
     with pytest.raises(RuntimeError, match="rarity of the input tokens"):
         attn(x, x, x)
-    tokens = torch.randint(4, 20, (2, 5))
-    context = TokenContext.from_tokens(tokens, torch.arange(20), torch.zeros(20, dtype=torch.bool))
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.stack([torch.randperm(16, generator=gen)[:5] + 4 for _ in range(2)])  # distinct tokens
+    context = TokenContext.from_tokens(tokens, torch.arange(20), torch.zeros(20, dtype=torch.bool))  # count = id
     out, _ = attn(x, x, x, context=context)
-    assert out.shape == x.shape
+    # the rare head sees the column of each sentence's rarest token (its smallest id here), from every query
+    rarest = tokens.argmin(-1).view(2, 1, 1).expand(2, 5, 1)
+    q, k, v = (proj(x).view(5, 2, 2, 4).permute(1, 2, 0, 3) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    want = structured_attention(q, k, v, window=(1, 1), rare_index=rarest, structure=attn.structure, impl="reference")
+    torch.testing.assert_close(out, attn.out_proj(want.permute(2, 0, 1, 3).reshape(5, 2, 8)))
 
 
 def _train(data_bin, save_dir, *extra):

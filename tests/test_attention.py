@@ -1,12 +1,13 @@
 """The structured attention kernels: equivalences, supports, rare selection."""
 
+import math
 import random
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_all, attention_with_grads
+from conftest import assert_close_all, assert_dropped, attention_with_grads
 from fairseq.modules.multihead_attention import MultiheadAttention
 
 from structmt.attention import (
@@ -109,7 +110,8 @@ def test_weights_vanish_outside_support_and_rows_sum_to_one(seed):
     # the declared support, written out directly from the definitions in docs/design.md §1.2
     allowed = torch.zeros(B, H, T, T, dtype=torch.bool)
     structured = torch.zeros(B, H, T, T, dtype=torch.bool)
-    sinks = sink_positions(pad, B, T, structure.sinks, q.device)
+    # the error keys: the first `sinks` real (non-padding) keys of each sequence, wherever its padding lies
+    sinks = [[j for j in range(T) if pad is None or not pad[b, j]][: structure.sinks] for b in range(B)]
     for b in range(B):
         for h in range(H):
             for i in range(T):
@@ -120,7 +122,7 @@ def test_weights_vanish_outside_support_and_rows_sum_to_one(seed):
                         continue
                     in_band = abs(i - j) <= structure.window[h]
                     in_rare = structure.rare_heads[h] and j in sets[b, i].tolist()
-                    is_sink = j in sinks[b].tolist()
+                    is_sink = j in sinks[b]
                     allowed[b, h, i, j] = in_band or in_rare or is_sink
                     structured[b, h, i, j] = in_band or in_rare
     assert torch.all(w[~allowed] == 0)
@@ -132,17 +134,59 @@ def test_weights_vanish_outside_support_and_rows_sum_to_one(seed):
         for b in range(B):
             for h in range(H):
                 for i in range(T):
-                    for j in sinks[b].tolist():
-                        if (
-                            j >= 0
-                            and allowed[b, h, i, j]
-                            and not (
-                                abs(i - j) <= structure.window[h]
-                                or (structure.rare_heads[h] and j in sets[b, i].tolist())
-                            )
+                    for j in sinks[b]:
+                        if allowed[b, h, i, j] and not (
+                            abs(i - j) <= structure.window[h] or (structure.rare_heads[h] and j in sets[b, i].tolist())
                         ):
                             is_error[b, h, i, j] = True
-        assert torch.all(w[is_error] <= structure.sink_eps + 1e-7)
+        # each error key of a row that has a support weighs eps * sigmoid(q.k / sqrt(d)) (docs/design.md §1.2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
+        counted = is_error & has_key.unsqueeze(-1)
+        torch.testing.assert_close(w[counted], structure.sink_eps * torch.sigmoid(scores[counted]))
+
+
+@pytest.mark.parametrize("impl", ["reference", "efficient"])
+def test_error_keys_are_the_first_real_keys_under_left_padding(impl):
+    """fairseq left-pads sources: the error keys are each sentence's first real keys, not positions 0..K-1."""
+    B, H, T, D, eps = 2, 1, 6, 4, 0.1
+    pad = torch.zeros(B, T, dtype=torch.bool)
+    pad[0, :2] = True  # sentence 0: two padding keys first
+    assert sink_positions(pad, B, T, 2, torch.device("cpu")).tolist() == [[2, 3], [0, 1]]
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=gen) for _ in range(3))
+    structure = Structure.from_roles(["syntactic"], window=0, rare=0, sinks=2, sink_eps=eps)
+    no_rare = torch.full((B, T, 0), NEVER_RARE, dtype=torch.long)
+    _, w = structured_attention_with_weights(
+        q, k, v, window=structure.window, rare_index=no_rare, key_padding_mask=pad, impl=impl, structure=structure
+    )
+    error = eps * torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(D))
+    want = torch.zeros(B, H, T, T)
+    for b, first in ((0, 2), (1, 0)):
+        for i in range(first, T):  # a padding query has no support (its own key is padding): no weight at all
+            errors = [j for j in (first, first + 1) if j != i]  # a key inside the band is not an error key
+            for j in errors:
+                want[b, 0, i, j] = error[b, 0, i, j]
+            want[b, 0, i, i] = 1.0 - sum(error[b, 0, i, j] for j in errors)  # the support keeps the rest
+    torch.testing.assert_close(w, want)
+
+
+@pytest.mark.parametrize("impl", ["reference", "efficient"])
+def test_attention_dropout_zeroes_weights_at_its_rate_and_rescales_the_rest(impl):
+    """dropout_p drops attention weights, not outputs: with one-hot values (v of key j = e_j) each output row
+    is its query's weights, so the dropped rows are the weights without dropout, each zeroed or divided by
+    1 - p. The efficient path with dropout is the gather path (the C++ kernel has none)."""
+    B, H, T, p = 2, 2, 96, 0.3
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(B, H, T, T, generator=gen) for _ in range(2))
+    v = torch.eye(T).expand(B, H, T, T)
+    structure = Structure.from_roles(["syntactic", "positional"], window=3, pos_window=1, rare=0)
+    options = dict(window=structure.window, rare_index=None, impl=impl, structure=structure)
+    kept, w = structured_attention_with_weights(q, k, v, **options)
+    torch.testing.assert_close(kept, w)  # one-hot values: the output is the weights
+    torch.manual_seed(0)
+    dropped, w_dropped = structured_attention_with_weights(q, k, v, dropout_p=p, **options)
+    torch.testing.assert_close(w_dropped, w)  # the weights returned are those before dropout
+    assert_dropped(kept, dropped, p)
 
 
 @pytest.mark.parametrize("seed", range(10))

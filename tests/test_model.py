@@ -2,9 +2,11 @@
 
 import pytest
 import torch
-from conftest import build
+from conftest import assert_dropped, build
+from fairseq.modules import MultiheadAttention
 
 from structmt.attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
+from structmt.attention.structure import CrossBand, Structure
 
 TINY = (
     "--encoder-embed-dim",
@@ -72,6 +74,34 @@ def test_retain_dropout_keeps_attention_dropout_on_at_inference(dict_dir):
     assert structured and all(m.dropout_module.apply_during_inference for m in structured)
     first, second = passes()
     assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("impl", ["reference", "efficient"])
+@pytest.mark.parametrize("block", ["self", "cross"])
+def test_structured_blocks_drop_attention_weights_at_the_dense_blocks_rate(block, impl):
+    """A block made from fairseq's MultiheadAttention(dropout=p) drops its attention weights at rate p while
+    training, rescaled by 1 / (1 - p), as the dense block does. Values and output projection are the
+    identity and each key's vector is one-hot within every head, so the output holds the weights."""
+    B, H, T, p = 2, 2, 64, 0.25
+    E = H * T
+    if block == "self":
+        dense = MultiheadAttention(E, H, dropout=p, self_attention=True)
+        ours = StructuredMultiheadAttention.from_dense(dense, Structure.from_roles(["syntactic"] * H, window=3, rare=0))
+    else:
+        dense = MultiheadAttention(E, H, dropout=p, encoder_decoder_attention=True)
+        ours = StructuredCrossAttention.from_dense(dense, CrossBand(3))
+    ours.impl = impl
+    with torch.no_grad():
+        for proj in (ours.v_proj, ours.out_proj):
+            proj.weight.copy_(torch.eye(E))
+            proj.bias.zero_()
+    keys = torch.eye(T).repeat(1, H).unsqueeze(1).expand(T, B, E)  # key t: e_t in every head
+    query = keys if block == "self" else torch.randn(T, B, E, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        kept = ours.eval()(query, keys, keys, static_kv=block == "cross")[0]
+        torch.manual_seed(0)
+        dropped = ours.train()(query, keys, keys, static_kv=block == "cross")[0]
+    assert_dropped(kept, dropped, p)
 
 
 def test_structured_blocks_and_roles(dict_dir):
