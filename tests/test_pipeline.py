@@ -410,6 +410,30 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
     assert "Missing" not in report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")
 
 
+def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp_path):
+    """``--heads syn:1``: the verdict, the command line and the file names are that mix's, so its page does not
+    overwrite the ``auto`` one; a point at exactly the dense BLEU is "at or above" it."""
+    from structmt.pipeline.sweep_report import main, report
+
+    base = {"data": "m", "schedule": "s", "train_tokens_per_s": 1}
+    rows = [_row("d", bleu=30.0) | base | {"window": "", "rare": ""}]
+    rows.append(_row("auto", bleu=31.0) | base | {"window": 3, "rare": 2, "heads": "auto"})
+    rows.append(_row("syn", bleu=30.0) | base | {"window": 3, "rare": 2, "heads": "syn:1"})
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    auto = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
+    main(["--results-dir", str(tmp_path), "--data", "m", "--schedule", "s", "--heads", "syn:1"])
+    syn = (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_heads-syn-1.md").read_text()
+    assert (
+        "Best point of the heatmaps (role mix syn:1, dense cross-attention): w=3, r=2: BLEU 30.0, at or above the "
+        "dense baseline's 30.0 (paired bootstrap p = n/a)."
+    ) in syn
+    assert "No point of the heatmaps reached" not in syn
+    assert "structmt-sweep-report --data m --schedule s --test-set test_2016_flickr --heads syn:1`" in syn
+    assert "![BLEU](sweep_m_s_test_2016_flickr_heads-syn-1_bleu.png)" in syn
+    assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr.md").read_text() == auto  # not overwritten
+    assert "(role mix auto, dense cross-attention): w=3, r=2: BLEU 31.0, at or above" in auto
+
+
 def test_sweep_report_names_the_points_of_the_grid_without_a_run(tmp_path):
     """A failed or unfinished sweep member drops out of the leaderboard: the report says so instead of giving a
     verdict over the points that happen to be there."""
