@@ -210,6 +210,53 @@ def test_headline_refuses_runs_that_differ_in_updates_and_still_lists_reruns(boa
     assert last == before.replace("99bfdd1d) |", "99bfdd1d), 2: 37.10 (decoded again, d00d0000) |")
 
 
+def test_headline_refuses_runs_of_another_size_and_keeps_other_data_out(board):
+    """A model made bigger through extra fairseq arguments keeps its labels: its ``params`` tell it apart, so it
+    is never averaged as another seed; runs of another data set never enter the table."""
+    rows = leaderboard.read_rows(board)
+    dense = _reproduce_dense(rows)
+    bigger = dense | {"run_id": "multi30k_en_de-reproduce-dense-5eed0004", "seed": "4", "params": "1000"}
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"runs multi30k_en_de-reproduce-dense-d5ac2722 (params {dense['params']}) and "
+            "multi30k_en_de-reproduce-dense-5eed0004 (params 1000) are not seeds of one setting"
+        ),
+    ):
+        leaderboard.headline(rows + [bigger], "multi30k_en_de", "reproduce")
+    table = leaderboard.headline(rows, "multi30k_en_de", "reproduce")
+    reverse = [r | {"data": "multi30k_en_de-de-en", "run_id": r["run_id"] + "-de-en", "seed": "9", "bleu": "1.00"}
+               for r in rows if r["schedule"] == "reproduce"]  # fmt: skip
+    assert leaderboard.headline(rows + reverse, "multi30k_en_de", "reproduce") == table
+
+
+def test_the_markdown_ranks_first_evaluations_by_bleu_with_each_reruns_under_its_run(tmp_path):
+    """Best BLEU first by each run's first evaluation, a re-run (even a worse or better one) right under it, and
+    every cell in its column."""
+    rows = [
+        {c: "" for c in leaderboard.COLUMNS}
+        | {"run_id": run, "test_set": "t", "arch": "a", "bleu": bleu, "chrf": chrf, "seed": "1", "updates": "10"}
+        | {"hypothesis": f"{run}.{bleu}.de", "bleu_signature": "sig", "git_commit": "c" * 40}
+        for run, bleu, chrf in [("A", "20.0", "50.0"), ("B", "30.0", "55.0"), ("B", "10.0", "40.0")]
+    ]
+    rows[0] |= {"window": "3", "rare": "2", "heads": "auto", "cross": "w4/slope0.97", "p_value_vs_dense": "0.02"}
+    rows[0] |= {"options": "error=sink:1", "train_seconds": "12.0", "train_tokens_per_s": "34.5", "machine": "M"}
+    table = [line for line in leaderboard.render_markdown(rows).splitlines() if line.startswith("| ")][1:]
+    assert table == [
+        "| B | a |  |  |  |  | 1 | 30.0 | 55.0 |  | 10 |  |  | cccccccc | – |",
+        "| ↳ *re-run* 1 | a |  |  |  |  | 1 | 10.0 | 40.0 |  | 10 |  |  | cccccccc | – |",
+        "| A | a error=sink:1 | 3 | 2 | auto | w4/slope0.97 | 1 | 20.0 | 50.0 | 0.02 | 10 | 12.0 | 34.5 "
+        "| cccccccc | M |",
+    ]
+
+
+def test_the_committed_leaderboard_page_is_the_csv_rendered_now():
+    """``results/LEADERBOARD.md`` is what the code renders from the committed CSV: a row edited in one and not
+    the other, or a rendering change not re-published, fails here."""
+    rows = leaderboard.read_rows(REPO / "results" / "leaderboard.csv")
+    assert (REPO / "results" / "LEADERBOARD.md").read_text(encoding="utf-8") == leaderboard.render_markdown(rows)
+
+
 def test_headline_keeps_a_model_with_other_structure_options_apart_from_the_seeds(board):
     """A structured run with another option that has no column of its own (here ``error=sink:1``, as the
     pipeline labels it) is another model: its own headline row, never a fourth seed of the w=3, r=2 one."""
