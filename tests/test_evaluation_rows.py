@@ -1,0 +1,174 @@
+"""What ``evaluate_run`` and ``valid_bleu`` put in a leaderboard row, through the real evaluation path (only
+the decoder is stubbed): a re-run that differs is rows of its own and a W&B run of its own, a structured run's
+paired bootstrap is against its dense partner's hypotheses, the provenance and timing columns come from the
+right places, and the schedule's beam reaches every decode."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from structmt.pipeline import evaluation, leaderboard
+from structmt.pipeline.evaluation import evaluate_run, paired_bootstrap, score, valid_bleu
+from structmt.pipeline.spec import DataSpec, ModelSpec, RunSpec, Schedule
+
+DENSE = ModelSpec(arch="transformer_multi30k")
+STRUCTURED = ModelSpec(arch="structured_transformer_multi30k", window=3, rare=2)
+REFS = ["Ein Mann fährt Rad .", "Zwei Hunde spielen im Schnee .", "Eine Frau liest ein Buch im Park ."]
+quiet = lambda msg: None  # noqa: E731
+
+
+@pytest.fixture
+def runs(monkeypatch, tmp_path):
+    """``runs(model, outputs, schedule)``: a trained run (train.json, no checkpoint needed) whose decoder writes
+    ``outputs[0]`` (a list of lines, the same for every subset) and records each call's beam; ``outputs`` can
+    be changed between evaluations."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(leaderboard, "publish", lambda results_dir: None)
+    bin_dir = tmp_path / "data" / "bin"
+    raw = bin_dir.parent / "raw"
+    raw.mkdir(parents=True)
+    for subset in ("valid", "test", "test1"):
+        (raw / f"{subset}.de").write_text("\n".join(REFS) + "\n")
+    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: bin_dir)
+    beams: list[int] = []
+
+    def make(model: ModelSpec, outputs: list[list[str]], schedule: Schedule | None = None, metrics=None) -> RunSpec:
+        spec = RunSpec(data=DataSpec(), model=model, schedule=schedule or Schedule(max_update=10))
+        run_dir = tmp_path / "runs" / spec.run_id()
+        run_dir.mkdir(parents=True)
+        (run_dir / "train.log").write_text("")
+        metrics = metrics or {"checkpoint": "c.pt", "updates": 10, "wall_seconds": 1.0, "tokens_per_second": 2.0}
+        (run_dir / "train.json").write_text(json.dumps(metrics))
+        make.outputs[spec.run_id()] = outputs
+        return spec
+
+    def fake_decode(bin_dir, checkpoint, subset, out, *, beam, **kwargs):
+        beams.append(beam)
+        out.write_text("\n".join(make.outputs[out.parent.name][0]) + "\n")
+        return out
+
+    monkeypatch.setattr(evaluation, "decode", fake_decode)
+    make.outputs = {}  # type: ignore[attr-defined]
+    make.beams = beams  # type: ignore[attr-defined]
+    make.runs_dir = tmp_path / "runs"  # type: ignore[attr-defined]
+    make.results_dir = tmp_path / "results"  # type: ignore[attr-defined]
+    return make
+
+
+def _evaluate(runs, spec: RunSpec, baseline: RunSpec | None = None) -> list[dict]:
+    return evaluate_run(spec, runs_dir=runs.runs_dir, results_dir=runs.results_dir, baseline=baseline, log=quiet)
+
+
+def _board(runs) -> list[dict[str, str]]:
+    return leaderboard.read_rows(runs.results_dir / "leaderboard.csv")
+
+
+def test_a_rerun_with_other_hypotheses_is_rows_and_a_wandb_run_of_its_own(runs):
+    outputs = [["Ein Mann fährt .", "Zwei Hunde .", "Eine Frau liest ."]]
+    spec = runs(DENSE, outputs)
+    result = runs.runs_dir / spec.run_id() / "result.json"
+    first = _evaluate(runs, spec)
+    assert json.loads(result.read_text())["wandb_id"] == spec.run_id()
+
+    result.unlink()  # evaluated again on another machine: other hypotheses
+    outputs[0] = ["Ein Mann fährt Rad .", "Zwei Hunde .", "Eine Frau liest ."]
+    again = _evaluate(runs, spec)
+    board = _board(runs)
+    assert len(board) == 4  # 2 test sets × 2 evaluations, none dropped
+    assert [r["hypothesis"] for r in board[:2]] == [r["hypothesis"] for r in first]
+    for old, new in zip(first, again, strict=True):
+        assert re.fullmatch(re.escape(old["hypothesis"][: -len(".de")]) + r"\.[0-9a-f]{8}\.de", new["hypothesis"])
+        assert new["bleu"] != old["bleu"]
+    wandb_id = json.loads(result.read_text())["wandb_id"]
+    assert wandb_id.startswith(spec.run_id() + "-") and wandb_id != spec.run_id()
+
+    result.unlink()  # the first evaluation's hypotheses again: no third pair of rows
+    outputs[0] = ["Ein Mann fährt .", "Zwei Hunde .", "Eine Frau liest ."]
+    _evaluate(runs, spec)
+    assert len(_board(runs)) == 4
+    assert json.loads(result.read_text())["wandb_id"] == spec.run_id()
+
+
+def test_a_structured_runs_bootstrap_is_against_its_dense_partners_hypotheses(runs):
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ein Buch ."]])
+    dense_rows = _evaluate(runs, dense)
+    rows = _evaluate(runs, structured, baseline=dense)
+    assert [(r["p_value_vs_dense"], r["bleu_ci95"]) for r in dense_rows] == [("", "")] * 2
+    for r in rows:
+        name = r["test_set"]
+        expected = paired_bootstrap(
+            runs.runs_dir / dense.run_id() / f"{name}.de",
+            runs.runs_dir / structured.run_id() / f"{name}.de",
+            runs.results_dir.parent / "data" / "raw" / ("test.de" if name == "test_2016_flickr" else "test1.de"),
+        )
+        assert (r["p_value_vs_dense"], r["bleu_ci95"]) == expected
+        assert expected[1] > 0
+    board = _board(runs)
+    assert {(r["run_id"], r["p_value_vs_dense"]) for r in board} == {
+        (dense.run_id(), ""),
+        (structured.run_id(), str(rows[0]["p_value_vs_dense"])),
+    }
+
+
+def test_provenance_and_timing_columns_come_from_training_and_this_evaluation(runs, monkeypatch):
+    metrics = {"checkpoint": "c.pt", "updates": 10, "wall_seconds": 1.04, "tokens_per_second": 2.0}
+    spec = runs(DENSE, [REFS], schedule=Schedule(max_update=10, seed=7), metrics=metrics | {"git_commit": "t" * 40})
+    monkeypatch.setattr(evaluation, "git_commit", lambda: "s" * 40)
+    monkeypatch.setattr(evaluation, "machine_label", lambda: "EVAL MACHINE")
+    _evaluate(runs, spec)
+    (row, _) = _board(runs)
+    assert {k: row[k] for k in ("train_commit", "git_commit", "machine", "updates", "seed")} == {
+        "train_commit": "t" * 40,
+        "git_commit": "s" * 40,
+        "machine": "EVAL MACHINE",
+        "updates": "10",
+        "seed": "7",
+    }
+    assert (row["train_seconds"], row["train_tokens_per_s"]) == ("1.0", "2.0")
+
+
+def test_the_schedules_beam_reaches_every_decode_and_the_sweep_objective_is_bleu(runs):
+    hyps = ["Ein Mann fährt .", "Zwei Hunde spielen im Schnee .", "Eine Frau liest ein Buch ."]
+    spec = runs(DENSE, [hyps], schedule=Schedule(max_update=10, beam=2))
+    _evaluate(runs, spec)
+    got = valid_bleu(spec, runs_dir=runs.runs_dir, log=quiet)
+    assert runs.beams == [2, 2, 2]  # test, test1, valid
+    s = score(runs.runs_dir / spec.run_id() / "valid.de", runs.results_dir.parent / "data" / "raw" / "valid.de")
+    import sacrebleu
+
+    exact = sacrebleu.corpus_bleu(hyps, [REFS]).score
+    assert got == s.bleu == pytest.approx(exact, abs=0.01) and abs(got - s.chrf) > 1
+    assert 0 < got < 100
+    assert valid_bleu(spec, runs_dir=runs.runs_dir, log=quiet) == got and runs.beams == [2, 2, 2]  # kept, not redone
+
+
+def test_a_structured_configuration_runs_its_dense_baseline_first_and_scores_against_it(monkeypatch, tmp_path):
+    """``structmt-run model=structured_tiny``: the dense model of the same data and schedule first, then the
+    structured one with it as the bootstrap's baseline; ``make demo``'s ``compare`` evaluates in that order too
+    (a structured run evaluated first would find no dense hypotheses and keep an empty p-value for good)."""
+    from hydra import compose, initialize_config_dir
+
+    from structmt.pipeline import app, recipes
+
+    with initialize_config_dir(config_dir=str(Path(app.REPO_ROOT) / "conf"), version_base="1.3"):
+        cfg = compose(config_name="structmt", overrides=["model=structured_tiny", f"runs_dir={tmp_path}"])
+    calls: list[tuple[str, str | None]] = []
+    record = lambda spec, *, baseline=None, **kw: calls.append((spec.model.arch, baseline and baseline.model.arch))  # noqa: E731
+    monkeypatch.setattr(app, "run_experiment", record)
+    app.run(cfg)
+    assert calls == [("transformer_tiny", None), ("structured_transformer_tiny", "transformer_tiny")]
+
+    monkeypatch.setattr(recipes, "prepare_data", lambda spec, runs_dir: None)
+    monkeypatch.setattr(recipes, "train_run", lambda spec, **kw: None)
+    calls.clear()
+    monkeypatch.setattr(
+        recipes, "evaluate_run", lambda spec, *, baseline=None, **kw: record(spec, baseline=baseline) or []
+    )
+    dense, structured = (RunSpec(model=DENSE), RunSpec(model=STRUCTURED))
+    recipes.compare(dense, structured, runs_dir=tmp_path, results_dir=tmp_path)
+    assert calls == [("transformer_multi30k", None), ("structured_transformer_multi30k", "transformer_multi30k")]
