@@ -1,0 +1,138 @@
+"""A run's life outside fairseq: its id (the key of every committed row), what a second call does to a finished
+or half-finished run, the commit it records, and how ``make reproduce SEEDS=…`` hands each seed to a process of
+its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from structmt import provenance
+from structmt.pipeline import recipes, training
+from structmt.pipeline.recipes import RECIPES, load_schedule, pair
+from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule
+
+quiet = lambda msg: None  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    "seed, dense_id, structured_id",
+    [
+        (1, "multi30k_en_de-reproduce-dense-d5ac2722", "multi30k_en_de-reproduce-w3-r2-b4b868aa"),
+        (2, "multi30k_en_de-reproduce-dense-4a27cf14", "multi30k_en_de-reproduce-w3-r2-c244007f"),
+        (3, "multi30k_en_de-reproduce-dense-9f006b0b", "multi30k_en_de-reproduce-w3-r2-e5ee6cf2"),
+    ],
+)
+def test_the_committed_headline_ids_are_what_the_recipes_name_now(seed, dense_id, structured_id):
+    """``results/`` is keyed by run id: an id that moved would re-train a committed seed and leave its rows
+    orphaned.  The fine-tune names the seed-1 dense run it starts from, and its own committed id."""
+    dense, structured = pair("reproduce", replace(load_schedule(RECIPES["reproduce"]), seed=seed))
+    assert (dense.run_id(), structured.run_id()) == (dense_id, structured_id)
+    if seed == 1:
+        start, finetuned = pair("finetune", load_schedule(RECIPES["finetune"]))
+        assert start.run_id() == dense_id and finetuned.schedule.finetune_from == dense_id
+        assert finetuned.run_id() == "multi30k_en_de-finetune-w3-r2-ft-d4f9a7f0"
+
+
+def test_a_run_started_from_a_checkpoint_file_is_named_by_its_weights_not_its_path(tmp_path):
+    a, b = tmp_path / "a" / "start.pt", tmp_path / "b" / "moved.pt"
+    for path in (a, b):
+        path.parent.mkdir()
+        path.write_bytes(b"weights one")
+    model = ModelSpec(arch="structured_transformer_multi30k")
+    ids = lambda path: RunSpec(model=model, schedule=Schedule(finetune_from=str(path))).run_id()  # noqa: E731
+    assert ids(a) == ids(b) and "-w3-r2-ft-" in ids(a)
+    b.write_bytes(b"other weights, longer")
+    assert ids(b) != ids(a)
+    assert ids(a) != RunSpec(model=model).run_id()
+
+
+def _run(tmp_path: Path, monkeypatch, max_update: int = 20) -> tuple[RunSpec, Path, list]:
+    """A run folder under ``tmp_path`` with fairseq's ``train`` recorded (not run)."""
+    spec = RunSpec(schedule=Schedule(max_update=max_update))
+    run_dir = tmp_path / spec.run_id()
+    (run_dir / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path / "bin")
+    monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
+    calls: list = []
+    monkeypatch.setattr(training, "train", lambda bin_dir, run_dir, arch, args, env: calls.append(args) or 1 / 0)
+    return spec, run_dir, calls
+
+
+def test_a_finished_run_called_again_is_left_as_it_is(tmp_path, monkeypatch):
+    """Its train.json keeps the commit and machine that trained it: another process's are not written over."""
+    spec, run_dir, calls = _run(tmp_path, monkeypatch)
+    torch.save({"optimizer_history": [{"num_updates": 20}]}, run_dir / "checkpoints" / "checkpoint_last.pt")
+    kept = json.dumps({"updates": 20, "git_commit": "old", "machine": "OLD", "checkpoint": "c.pt"}) + "\n"
+    (run_dir / "train.json").write_text(kept)
+    monkeypatch.setattr(training, "git_commit", lambda: "new")
+    said: list[str] = []
+    metrics = training.train_run(spec, runs_dir=tmp_path, log=said.append)
+    assert (run_dir / "train.json").read_text() == kept and metrics["git_commit"] == "old" and not calls
+    assert said == [f"[{spec.run_id()}] trained earlier (20 updates); skipping training"]
+
+
+def test_a_half_trained_checkpoint_is_resumed_to_the_schedules_end(tmp_path, monkeypatch):
+    spec, run_dir, calls = _run(tmp_path, monkeypatch)
+    torch.save({"optimizer_history": [{"num_updates": 15}]}, run_dir / "checkpoints" / "checkpoint_last.pt")
+    with pytest.raises(ZeroDivisionError):  # the recorded train() stops there
+        training.train_run(spec, runs_dir=tmp_path, log=quiet)
+    ((args),) = calls
+    assert args[args.index("--max-update") + 1] == "20"
+    assert not (run_dir / "train.json").exists()
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_commit_is_dirty_when_tracked_code_differs_and_clean_for_results_or_untracked_files(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "results").mkdir(parents=True)
+    (repo / "code.py").write_text("a = 1\n")
+    (repo / "results" / "leaderboard.csv").write_text("run_id\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    sha = _git(repo, "rev-parse", "HEAD")
+    monkeypatch.setattr(provenance, "REPO_ROOT", repo)
+    commit = provenance.git_commit.__wrapped__
+    assert commit() == sha
+    (repo / "results" / "leaderboard.csv").write_text("run_id\nnew row\n")  # the rows a run adds
+    (repo / "notes.txt").write_text("untracked\n")
+    assert commit() == sha
+    (repo / "code.py").write_text("a = 2\n")
+    assert commit() == sha + "+dirty"
+
+
+def test_a_headline_recipe_refuses_a_dirty_tree_unless_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipes, "git_commit", lambda: "abcdef0123456789+dirty")
+    ran: list = []
+    monkeypatch.setattr(recipes, "compare", lambda dense, structured, **kw: ran.append(dense) or [])
+    argv = ["reproduce", "--train-only", "--runs-dir", str(tmp_path), "--results-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"^error: tracked files differ from commit abcdef012345; .*--allow-dirty"):
+        recipes.main(argv)
+    assert not ran
+    recipes.main(argv + ["--allow-dirty"])
+    assert len(ran) == 1
+
+
+def test_each_seed_is_a_process_of_its_own_with_every_option_passed_on(tmp_path, monkeypatch):
+    commands: list[list[str]] = []
+    codes = iter([0, 1, 0])
+    monkeypatch.setattr(recipes.subprocess, "run", lambda cmd: commands.append(cmd) or subprocess.CompletedProcess(
+        cmd, next(codes)))  # fmt: skip
+    monkeypatch.setattr(recipes, "compare", lambda *a, **k: pytest.fail("compared in the parent process"))
+    runs, results = str(tmp_path / "r"), str(tmp_path / "s")
+    argv = ["demo", "--seeds", "4", "5", "6", "--max-update", "5", "--train-only", "--allow-dirty"]
+    with pytest.raises(SystemExit, match="^error: seed 5 failed"):
+        recipes.main(argv + ["--runs-dir", runs, "--results-dir", results])
+    tail = ["--runs-dir", runs, "--results-dir", results, "--max-update", "5", "--train-only", "--allow-dirty"]
+    child = [sys.executable, "-m", "structmt.pipeline.recipes", "demo", "--seeds"]
+    assert commands == [child + ["4"] + tail, child + ["5"] + tail]  # stopped at the failed seed
