@@ -152,6 +152,33 @@ def test_translate_reads_stdin_once_the_run_folder_is_found(tmp_path, monkeypatc
     assert capsys.readouterr().out == "A DOG\n\nRUNS\n"
 
 
+@pytest.mark.parametrize("argv, beam", [([], 2), (["--beam", "3"], 3)])
+def test_translate_searches_with_the_runs_own_beam_unless_given_one(tmp_path, monkeypatch, argv, beam):
+    """A run trained with ``train.beam=2`` was scored at beam 2: translating it at fairseq's default 5 would not
+    be the system on the leaderboard."""
+    import sentencepiece
+
+    searched: list[int] = []
+
+    class Task:
+        def build_generator(self, models, cfg):
+            searched.append(cfg.beam)
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint_last.pt").write_bytes(b"")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "spm.model").write_bytes(b"")
+    (tmp_path / "spec.json").write_text(json.dumps({"data": {"src": "en", "tgt": "de"}, "schedule": {"beam": 2}}))
+    monkeypatch.setattr(translate, "load_model", lambda *a, **k: (None, Task()))
+    monkeypatch.setattr(sentencepiece, "SentencePieceProcessor", lambda **k: None)
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
+    monkeypatch.setattr(translate, "which_training", lambda *a: (logging.DEBUG, ""))
+    monkeypatch.setattr(translate.Translator, "translate", lambda self, lines: [])  # the search itself: not here
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    translate.main([str(tmp_path), *argv])
+    assert searched == [beam]
+
+
 def _trained_run(tmp_path: Path, *, updates: int = 3500, finished: int | None = 3500) -> tuple[Path, Path]:
     """A run folder whose checkpoint holds ``updates`` and whose ``train.json`` (absent when ``finished`` is None)
     records a training of ``finished`` updates at commit aaaa… on machine M in 100.0 s."""
