@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -403,3 +404,31 @@ def test_the_machine_of_a_row_tells_apart_cpus_of_one_model_name_by_the_kernels_
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
         labels.add(provenance.machine_label())
     assert labels == {"AMD EPYC (AVX512)", "AMD EPYC (AVX2)"}
+
+
+def test_every_headline_row_names_clean_commits_and_its_training_log_is_committed():
+    """The ``reproduce`` and ``finetune`` rows (the README's headline): each names the full, clean commit that
+    trained and the one that scored it, its hypotheses and its run's training log are committed, and the goal
+    the README calls met (#15: test_2016_flickr, mean of three seeds, dense >= 36.0, structured >= dense - 0.3)
+    still holds over the seeds' first evaluations."""
+    rows = leaderboard.read_rows(REPO / "results" / "leaderboard.csv")
+    headline = [r for r in rows if r["schedule"] in ("reproduce", "finetune")]
+    assert headline
+    for r in headline:
+        for column in ("git_commit", "train_commit"):
+            assert re.fullmatch("[0-9a-f]{40}", r[column]), f"{r['run_id']}: {column} {r[column]!r}"
+        assert (REPO / r["hypothesis"]).is_file(), r["hypothesis"]
+        assert (REPO / "results" / "logs" / f"{r['run_id']}.log.gz").is_file(), f"no training log of {r['run_id']}"
+    firsts = [e[0] for e in leaderboard.evaluations(headline).values()]
+    means = {}
+    for model in ("transformer_multi30k", "structured_transformer_multi30k"):
+        seeds = [
+            float(r["bleu"])
+            for r in firsts
+            if (r["schedule"], r["test_set"], r["arch"], r["cross"], r["options"])
+            == ("reproduce", "test_2016_flickr", model, "", "")
+        ]
+        assert len(seeds) == 3, f"{model}: {len(seeds)} seeds"
+        means[model] = sum(seeds) / 3
+    assert means["transformer_multi30k"] >= 36.0
+    assert means["structured_transformer_multi30k"] >= means["transformer_multi30k"] - 0.3
