@@ -65,6 +65,7 @@ def _run(tmp_path: Path, monkeypatch, max_update: int = 20) -> tuple[RunSpec, Pa
     return spec, run_dir, calls
 
 
+@pytest.mark.reliability  # failure handling: docs/reliability.md
 def test_a_finished_run_called_again_is_left_as_it_is(tmp_path, monkeypatch):
     """Its train.json keeps the commit and machine that trained it: another process's are not written over."""
     spec, run_dir, calls = _run(tmp_path, monkeypatch)
@@ -78,6 +79,7 @@ def test_a_finished_run_called_again_is_left_as_it_is(tmp_path, monkeypatch):
     assert said == [f"[{spec.run_id()}] trained earlier (20 updates); skipping training"]
 
 
+@pytest.mark.reliability  # failure handling: docs/reliability.md
 def test_a_half_trained_checkpoint_is_resumed_to_the_schedules_end(tmp_path, monkeypatch):
     spec, run_dir, calls = _run(tmp_path, monkeypatch)
     torch.save({"optimizer_history": [{"num_updates": 15}]}, run_dir / "checkpoints" / "checkpoint_last.pt")
@@ -111,6 +113,7 @@ def test_the_commit_is_dirty_when_tracked_code_differs_and_clean_for_results_or_
     assert commit() == sha + "+dirty"
 
 
+@pytest.mark.reliability  # failure handling: docs/reliability.md
 def test_a_headline_recipe_refuses_a_dirty_tree_unless_allowed(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes, "git_commit", lambda: "abcdef0123456789+dirty")
     ran: list = []
@@ -123,6 +126,7 @@ def test_a_headline_recipe_refuses_a_dirty_tree_unless_allowed(tmp_path, monkeyp
     assert len(ran) == 1
 
 
+@pytest.mark.reliability  # failure handling: docs/reliability.md
 def test_each_seed_is_a_process_of_its_own_with_every_option_passed_on(tmp_path, monkeypatch):
     commands: list[list[str]] = []
     codes = iter([0, 1, 0])
