@@ -422,16 +422,24 @@ def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp
     leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
     auto = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
     main(["--results-dir", str(tmp_path), "--data", "m", "--schedule", "s", "--heads", "syn:1"])
-    syn = (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_heads-syn-1.md").read_text()
+    (page,) = (tmp_path / "sweeps").glob("sweep_m_s_test_2016_flickr_heads-syn-1-*.md")
+    syn = page.read_text()
     assert (
         "Best point of the heatmaps (role mix syn:1, dense cross-attention): w=3, r=2: BLEU 30.0, at or above the "
         "dense baseline's 30.0 (paired bootstrap p = n/a)."
     ) in syn
     assert "No point of the heatmaps reached" not in syn
     assert "structmt-sweep-report --data m --schedule s --test-set test_2016_flickr --heads syn:1`" in syn
-    assert "![BLEU](sweep_m_s_test_2016_flickr_heads-syn-1_bleu.png)" in syn
+    assert f"![BLEU]({page.stem}_bleu.png)" in syn and (page.parent / f"{page.stem}_bleu.png").is_file()
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr.md").read_text() == auto  # not overwritten
     assert "(role mix auto, dense cross-attention): w=3, r=2: BLEU 31.0, at or above" in auto
+    # every layer syn:1,rare:1 and layer by layer syn:1;rare:1 are two mixes: two pages
+    for mix in ("syn:1,rare:1", "syn:1;rare:1"):
+        leaderboard.add_rows(
+            tmp_path / "leaderboard.csv", [_row(mix, bleu=29.0) | base | {"window": 3, "rare": 2, "heads": mix}]
+        )
+        report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", heads=mix)
+    assert len(list((tmp_path / "sweeps").glob("*_heads-syn-1-rare-1-*.md"))) == 2
 
 
 def test_sweep_report_names_the_points_of_the_grid_without_a_run(tmp_path):

@@ -5,6 +5,7 @@ against the dense baseline of the same schedule."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 from pathlib import Path
 
@@ -123,9 +124,10 @@ def report(
             f"in {csv_path}; {why}"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    # one page per seed and role mix ("syn:1,rare:1" → "_heads-syn-1-rare-1")
-    stem = f"sweep_{data}_{schedule}_{test_set}" + (f"_seed{seed}" if seed else "")
-    stem += "" if heads == "auto" else "_heads-" + "-".join(re.findall(r"[A-Za-z0-9]+", heads))
+    stem = f"sweep_{data}_{schedule}_{test_set}" + (f"_seed{seed}" if seed else "")  # one page per seed
+    if heads != "auto":  # and per role mix: readable, and exact ("syn:1,rare:1" and "syn:1;rare:1" are two mixes)
+        slug = "-".join(re.findall(r"[A-Za-z0-9]+", heads))
+        stem += f"_heads-{slug}-{hashlib.sha256(heads.encode()).hexdigest()[:6]}"
     bleu = {(int(w), int(r)): float(row["bleu"]) for (w, r), row in grid.items()}
     cost = {(int(w), int(r)): float(row["train_tokens_per_s"]) for (w, r), row in grid.items()}
     ws, rs = sweep_grid(grid_of) if grid_of else (sorted({w for w, _ in bleu}), sorted({r for _, r in bleu}))
