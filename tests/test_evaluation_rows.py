@@ -116,7 +116,7 @@ def test_a_structured_runs_bootstrap_is_against_its_dense_partners_hypotheses(ru
 
 
 def test_provenance_and_timing_columns_come_from_training_and_this_evaluation(runs, monkeypatch):
-    metrics = {"checkpoint": "c.pt", "updates": 10, "wall_seconds": 1.04, "tokens_per_second": 2.0}
+    metrics = {"checkpoint": "c.pt", "updates": 7, "wall_seconds": 1.04, "tokens_per_second": 2.0}  # not max_update
     spec = runs(DENSE, [REFS], schedule=Schedule(max_update=10, seed=7), metrics=metrics | {"git_commit": "t" * 40})
     monkeypatch.setattr(evaluation, "git_commit", lambda: "s" * 40)
     monkeypatch.setattr(evaluation, "machine_label", lambda: "EVAL MACHINE")
@@ -126,7 +126,7 @@ def test_provenance_and_timing_columns_come_from_training_and_this_evaluation(ru
         "train_commit": "t" * 40,
         "git_commit": "s" * 40,
         "machine": "EVAL MACHINE",
-        "updates": "10",
+        "updates": "7",
         "seed": "7",
     }
     assert (row["train_seconds"], row["train_tokens_per_s"]) == ("1.0", "2.0")
@@ -172,3 +172,18 @@ def test_a_structured_configuration_runs_its_dense_baseline_first_and_scores_aga
     dense, structured = (RunSpec(model=DENSE), RunSpec(model=STRUCTURED))
     recipes.compare(dense, structured, runs_dir=tmp_path, results_dir=tmp_path)
     assert calls == [("transformer_multi30k", None), ("structured_transformer_multi30k", "transformer_multi30k")]
+
+
+def test_a_structured_run_without_its_dense_partners_hypotheses_says_why_its_p_value_is_empty(runs):
+    dense = runs(DENSE, [REFS])  # trained, never evaluated: no hypotheses in its run folder
+    structured = runs(STRUCTURED, [REFS])
+    said: list[str] = []
+    rows = evaluate_run(
+        structured, runs_dir=runs.runs_dir, results_dir=runs.results_dir, baseline=dense, log=said.append
+    )
+    assert [r["p_value_vs_dense"] for r in rows] == ["", ""]
+    missing = runs.runs_dir / dense.run_id() / "test_2016_flickr.de"
+    assert (
+        f"[{structured.run_id()}] test_2016_flickr: no hypotheses of the dense run at {missing} (evaluate it "
+        "first); the p-value against it is left empty" in said
+    )

@@ -220,6 +220,11 @@ def _evaluate_locked(
             base_hyp = runs_dir / baseline.run_id() / f"{test_name}.{spec.data.tgt}"
             if base_hyp.exists():
                 p_value, ci = paired_bootstrap(base_hyp, hyp, ref)
+            else:
+                log(
+                    f"[{run_id}] {test_name}: no hypotheses of the dense run at {base_hyp} (evaluate it first); "
+                    "the p-value against it is left empty"
+                )
         log(f"[{run_id}] {test_name}: BLEU {s.bleu} chrF {s.chrf} ({s.bleu_signature})")
         labels = row_labels(spec, test_name)
         rows.append(
