@@ -143,9 +143,19 @@ def test_each_seed_is_a_process_of_its_own_with_every_option_passed_on(tmp_path,
         cmd, next(codes)))  # fmt: skip
     monkeypatch.setattr(recipes, "compare", lambda *a, **k: pytest.fail("compared in the parent process"))
     runs, results = str(tmp_path / "r"), str(tmp_path / "s")
-    argv = ["demo", "--seeds", "4", "5", "6", "--max-update", "5", "--train-only", "--allow-dirty"]
+    argv = ["demo", "--seeds", "6", "5", "4", "--max-update", "5", "--train-only", "--allow-dirty", "-v"]
     with pytest.raises(SystemExit, match="^error: seed 5 failed"):
         recipes.main(argv + ["--runs-dir", runs, "--results-dir", results])
     tail = ["--runs-dir", runs, "--results-dir", results, "--max-update", "5", "--train-only", "--allow-dirty"]
+    tail += ["--verbose"]
     child = [sys.executable, "-m", "structmt.pipeline.recipes", "demo", "--seeds"]
-    assert commands == [child + ["4"] + tail, child + ["5"] + tail]  # stopped at the failed seed
+    assert commands == [child + ["6"] + tail, child + ["5"] + tail]  # in the order given; stopped at the failed seed
+
+
+def test_a_seed_process_trains_the_pair_of_its_seed(tmp_path, monkeypatch):
+    """What each seed's child process does with ``--seeds 2``: the committed seed-2 pair, not the schedule's seed."""
+    pairs: list[tuple[str, str]] = []
+    monkeypatch.setattr(recipes, "git_commit", lambda: "0" * 40)
+    monkeypatch.setattr(recipes, "compare", lambda d, s, **kw: pairs.append((d.run_id(), s.run_id())) or [])
+    recipes.main(["reproduce", "--seeds", "2", "--train-only", "--runs-dir", str(tmp_path)])
+    assert pairs == [("multi30k_en_de-reproduce-dense-4a27cf14", "multi30k_en_de-reproduce-w3-r2-c244007f")]
