@@ -5,8 +5,10 @@ its own."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,6 +53,25 @@ def test_a_run_started_from_a_checkpoint_file_is_named_by_its_weights_not_its_pa
     b.write_bytes(b"other weights, longer")
     assert ids(b) != ids(a)
     assert ids(a) != RunSpec(model=model).run_id()
+
+
+@pytest.mark.parametrize("how", ["in place", "replaced by rename"])
+def test_a_start_file_rewritten_with_its_old_size_and_mtime_gets_a_new_id(tmp_path, how):
+    """`cp -p`, `touch -d` or a copy tool can give new weights the old file's size and modification time."""
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights one")
+    model = ModelSpec(arch="structured_transformer_multi30k")
+    ids = lambda: RunSpec(model=model, schedule=Schedule(finetune_from=str(start))).run_id()  # noqa: E731
+    before, old = ids(), start.stat()
+    if how == "in place":
+        time.sleep(0.05)  # past the file system's clock tick, as any real rewrite of a checkpoint is
+        start.write_bytes(b"weights two")  # same size
+    else:
+        (tmp_path / "new.pt").write_bytes(b"weights two")
+        os.replace(tmp_path / "new.pt", start)
+    os.utime(start, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (start.stat().st_size, start.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert ids() != before
 
 
 class Trained(Exception):

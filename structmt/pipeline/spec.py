@@ -187,9 +187,11 @@ class Schedule:
 
 
 @functools.lru_cache(maxsize=8)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file, read once per (path, size, mtime): a checkpoint of hundreds of MB enters
-    every :meth:`RunSpec.run_id` call of a fine-tuned run."""
+def _file_digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    """sha256 of a file, read once per (path, size, mtime, ctime, inode): a checkpoint of hundreds of MB
+    enters every :meth:`RunSpec.run_id` call of a fine-tuned run. The change time and inode are in the key
+    because the modification time alone can be set back (``cp -p``, ``touch -d``) or be coarse; the change
+    time moves on every write and cannot be set by the user, and a file replaced by rename has a new inode."""
     return sha256_file(Path(path))
 
 
@@ -223,7 +225,9 @@ class RunSpec:
         elif self.schedule.finetune_from.endswith(".pt"):  # the weights, not where the file lies
             start = self.schedule.finetune_checkpoint(Path())  # checked: a file's path needs no runs folder
             stat = start.stat()  # type: ignore[union-attr]
-            settings["schedule"]["finetune_from"] = _file_digest(str(start), stat.st_size, stat.st_mtime_ns)
+            settings["schedule"]["finetune_from"] = _file_digest(
+                str(start), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+            )
         settings["model"] = self.model.id_settings()
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
