@@ -379,6 +379,32 @@ def test_every_leaderboard_row_rescores_with_the_sacrebleu_cli_from_its_committe
     assert not differ, "\n".join(differ)
 
 
+def test_every_committed_p_value_recomputes_from_the_committed_hypotheses_of_the_run_and_its_dense_partner(tmp_path):
+    """A structured row's p-value and CI come back from committed files alone: paired_bootstrap of the dense
+    run of the same data, seed and schedule (a fine-tune's: the ``reproduce`` one it started from), scored at
+    the same commit, or where the dense run was not scored again then, its first evaluation."""
+    rows = leaderboard.read_rows(REPO / "results" / "leaderboard.csv")
+    tested, differ = 0, []
+    for row in (r for r in rows if r["p_value_vs_dense"] != ""):
+        schedule = RECIPES["reproduce"] if row["schedule"] == RECIPES["finetune"] else row["schedule"]
+        partners = [
+            r
+            for r in rows
+            if (r["arch"], r["data"], r["test_set"], r["seed"], r["schedule"])
+            == (row["arch"].removeprefix("structured_"), row["data"], row["test_set"], row["seed"], schedule)
+        ]
+        assert partners, f"{row['run_id']} {row['test_set']}: no dense row to compare with"
+        dense = next((r for r in partners if r["git_commit"] == row["git_commit"]), partners[0])
+        ref = tmp_path / f"{row['test_set']}.de"
+        if not ref.exists():
+            ref.write_bytes(gzip.decompress((MULTI30K_SHARED / f"{row['test_set']}.de.gz").read_bytes()))
+        got = paired_bootstrap(REPO / dense["hypothesis"], REPO / row["hypothesis"], ref)
+        if got != (float(row["p_value_vs_dense"]), float(row["bleu_ci95"])):
+            differ.append(f"{row['run_id']} {row['test_set']}: row {row['p_value_vs_dense']}, recomputed {got}")
+        tested += 1
+    assert tested >= 12 and not differ, "\n".join(differ)
+
+
 @pytest.mark.parametrize("folder", ["analysis_seed1", "analysis_seed2", "analysis_seed3"])
 def test_each_analysis_page_is_its_json_rendered_by_the_code_now(folder, tmp_path):
     """The page's numbers are its analysis.json's; re-rendering (render_page) changes nothing."""
