@@ -126,10 +126,10 @@ def test_headline_is_the_mean_and_sd_over_seeds_with_each_seeds_p_value():
     text = leaderboard.headline([{k: str(v) for k, v in r.items()} for r in rows], "m", "s")
     assert text.splitlines()[2:4] == [
         "| test_2016_flickr | t | – | – | 3 | 37.00 ± 1.00 | 52.00 ± 1.00 | 1: 36.00, 2: 37.00, 3: 38.00 | 10 "
-        "| 11111111, 22222222, aaaaaaaa → 33333333 | 3: 35.00 (trained again, bbbbbbbb) |",
+        "| 1: 11111111, 2: 22222222, 3: aaaaaaaa → 33333333 | 3: 35.00 (trained again, bbbbbbbb) |",
         "| test_2016_flickr | structured_t | 3 | 2 | 3 | 37.00 ± 0.50 | 52.00 ± 1.00 "
         "| 1: 36.50 (p 0.100), 2: 37.50 (p 0.200), 3: 37.00 (p 0.300) | 10 "
-        "| 11111111, 22222222, 33333333 | 3: 99.00 (decoded again, 33333333) |",
+        "| 1: 11111111, 2: 22222222, 3: 33333333 | 3: 99.00 (decoded again, 33333333) |",
     ]
     assert "10.0" not in text and "35.0 ±" not in text and text.endswith("BLEU signature: `sig`\n")
 

@@ -102,8 +102,8 @@ def _rerun(earlier: list[dict[str, str]], rerun: dict[str, str]) -> str:
 def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
     """The README's headline table of one data set and schedule: per test set and model, BLEU and chrF as
     mean ± sd over seeds (each run's first evaluation), each seed's BLEU with its paired bootstrap p-value
-    against the dense run of the same seed, the commits (``trained → scored`` where the row names the training
-    commit), and the re-runs the leaderboard also holds (each with its seed, BLEU, commit, and whether the model
+    against the dense run of the same seed, each seed's commits (``trained → scored`` where the row names the
+    training commit), and the re-runs the leaderboard also holds (each with its seed, BLEU, commit, and whether the model
     was trained again or decoded again; the mean is of first evaluations only).
 
     A table row averages the seeds of one setting: two runs of one seed in it (a setting the labels do not
@@ -135,8 +135,12 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
             + (f" (p {float(r['p_value_vs_dense']):.3f})" if r["p_value_vs_dense"] != "" else "")
             for r in firsts
         )
-        trained = [f"{short_commit(r['train_commit'])} → " if r.get("train_commit") else "" for r in firsts]
-        commits = sorted({t + short_commit(r["git_commit"]) for t, r in zip(trained, firsts, strict=True)})
+        commits = [
+            f"{r['seed']}: "
+            + (f"{short_commit(r['train_commit'])} → " if r.get("train_commit") else "")
+            + short_commit(r["git_commit"])
+            for r in firsts
+        ]
         lines.append(
             f"| {test} | {arch}{extras} | {window or '–'} | {rare or '–'} | {len(firsts)} | "
             f"{mean_sd([float(r['bleu']) for r in firsts])} | {mean_sd([float(r['chrf']) for r in firsts])} | "
