@@ -103,8 +103,8 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
     """The README's headline table of one data set and schedule: per test set and model, BLEU and chrF as
     mean ± sd over seeds (each run's first evaluation), each seed's BLEU with its paired bootstrap p-value
     against the dense run of the same seed, each seed's commits (``trained → scored`` where the row names the
-    training commit), and the re-runs the leaderboard also holds (each with its seed, BLEU, commit, and whether the model
-    was trained again or decoded again; the mean is of first evaluations only).
+    training commit), and the re-runs the leaderboard also holds (each with its seed, BLEU, commit, and whether
+    the model was trained again or decoded again; the mean is of first evaluations only).
 
     A table row averages the seeds of one setting: two runs of one seed in it (a setting the labels do not
     show, such as ``train.lr``, changes the run id but not the labels), or runs that differ in
