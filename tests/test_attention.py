@@ -361,6 +361,31 @@ def test_float16_scores_that_fit_once_scaled_do_not_overflow(impl):
     assert torch.isfinite(out).all() and (out.float() - dense).abs().max() < 1e-2
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_a_row_whose_scores_are_not_finite_is_nan_in_every_impl_never_a_quiet_zero_row(bad):
+    """A query holding NaN, or an fp16 overflow's inf, gives that row NaN scores (or -inf ones): its output is NaN,
+    as dense softmax attention's is, so the overflow reaches the loss (fairseq's overflow check, the fp16 loss
+    scaler). Only a row with no key to attend to is zero. The fused kernel once took such a row for an empty
+    one and wrote zeros, and its gradient was zero too: a silently wrong step."""
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 2, 6, 4, generator=gen, requires_grad=True) for _ in range(3))
+    poison = torch.ones(1, 2, 6, 4)
+    poison[0, 0, 2] = float(bad)  # a whole query vector: every score of row (0, 0, 2) non-finite
+    poison[0, 1, 4, 0] = -float(bad)  # one element: still every score of row (0, 1, 4)
+    results = {}
+    for impl in ("reference", "efficient"):
+        out = structured_attention(q * poison, k, v, window=1, impl=impl)
+        (dk,) = torch.autograd.grad(out.nan_to_num(0.0, 0.0, 0.0).sum() + out[0, 0, 2, 0], k)
+        results[impl] = out.isnan().any(-1), dk.isnan().any(-1)
+    expected = torch.zeros(1, 2, 6, dtype=torch.bool)
+    expected[0, 0, 2] = expected[0, 1, 4] = True
+    looked_at = torch.zeros_like(expected)  # the band of half-width 1 around those rows
+    looked_at[0, 0, 1:4] = looked_at[0, 1, 3:6] = True
+    for impl, (rows, dk_rows) in results.items():
+        assert torch.equal(rows, expected), impl  # softmax attention: those rows, and only those
+        assert (dk_rows | ~looked_at).all(), impl  # the gradient of each key those rows looked at is NaN
+
+
 def test_only_triton_and_auto_on_cuda_run_the_triton_kernel(monkeypatch):
     """--struct-impl efficient (or reference, whose decoding steps attend over candidates) keeps a GPU job off
     Triton; it once took Triton whenever it was installed."""

@@ -147,6 +147,29 @@ def test_empty_support_rows_are_zero_not_nan():
     assert_matches(q, k, v, index, kind, 0.3)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on inf
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_a_row_whose_scores_are_not_finite_is_nan_as_in_the_reference(bad):
+    """Every score of a row NaN (or -inf, +inf: an fp16 overflow upstream) makes that row NaN, as softmax
+    attention's, never the quiet all-zero row of an empty support; that empty row stays zero."""
+    q, k, v, index, kind = make_case(1, 2, 3, 4, 4, 5, seed=3)
+    poison = torch.ones_like(q)
+    poison[0, 1, 0] = float(bad)  # a row with a support
+    poison[0, 0, 1] = float(bad)  # make_case's empty row
+    q = q * poison
+    assert (kind[0, 1, 0] == 1).any() and not (kind[0, 0, 1] == 1).any()
+    out, weights = tk.candidate_attention(q, k, v, index, kind, 0.5, 0.3)
+    want_out, want_weights = reference(q, k, v, index, kind, 0.3)
+    assert out[0, 1, 0].isnan().all() and (out[0, 0, 1] == 0).all() and (weights[0, 0, 1] == 0).all()
+    allowed = kind != 0  # (a slot nobody may attend to holds weight 0 in the kernel, NaN * 0 in the reference)
+    assert torch.equal(out.isnan(), want_out.isnan())
+    assert torch.equal(weights.isnan() & allowed, want_weights.isnan() & allowed)
+    finite = ~want_out.isnan()
+    torch.testing.assert_close(out[finite], want_out[finite], atol=1e-5, rtol=1e-5)
+    _, _, (dq, _, _) = with_grads(lambda q, k, v: tk.candidate_attention(q, k, v, index, kind, 0.5, 0.3), q, k, v)
+    assert dq[0, 1, 0].isnan().all() and (dq[0, 0, 1] == 0).all()  # the overflow reaches the gradient
+
+
 def test_weights_rows_sum_to_one():
     q, k, v, index, kind = make_case(1, 2, 3, 5, 4, 6, seed=4, p_kind=(0.0, 0.6, 0.4))
     _, weights = tk.candidate_attention(q, k, v, index, kind, 0.5, 0.1)

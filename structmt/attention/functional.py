@@ -34,7 +34,8 @@ def structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps:
 
     Each error key gets ``sink_eps * sigmoid(score)`` (at most ``sink_eps``);
     the structured weights share the rest, so each row sums to 1.  A row with
-    an empty support gets zero weight (never NaN), error keys included.
+    an empty support gets zero weight (never NaN), error keys included; a row
+    with a support whose scores are all NaN or infinite is NaN, as softmax's.
     """
     dtype = scores.dtype
     scores = scores.to(torch.promote_types(dtype, torch.float32))  # fp16/bf16 in fp32, fp64 in fp64

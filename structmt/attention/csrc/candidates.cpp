@@ -32,11 +32,17 @@ inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 
 // Weights of one row from its scores: softmax over the support, bounded error keys.
 // Returns E (total error weight); fills p (softmax) and w (final weights).
+// A row with a support whose scores are all NaN or all -inf is NaN, as torch.softmax's (an fp16
+// overflow upstream must reach the loss, not become a quiet all-zero row); only an empty support is zero.
 inline float row_weights(const float* s, const int8_t* kind, int64_t C, float eps, float* p, float* w) {
   float m = -std::numeric_limits<float>::infinity();
-  for (int64_t c = 0; c < C; ++c)
-    if (kind[c] == SUPPORT && s[c] > m) m = s[c];
-  if (m == -std::numeric_limits<float>::infinity()) {  // empty support: an all-zero row
+  bool has = false;
+  for (int64_t c = 0; c < C; ++c) {
+    if (kind[c] != SUPPORT) continue;
+    has = true;
+    if (s[c] > m) m = s[c];
+  }
+  if (!has) {  // empty support: an all-zero row
     for (int64_t c = 0; c < C; ++c) p[c] = w[c] = 0.f;
     return 0.f;
   }
