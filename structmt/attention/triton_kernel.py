@@ -86,8 +86,9 @@ def _kernels() -> SimpleNamespace:
     @triton.jit
     def _row_weights(s, kd, eps):
         """Softmax over the support (kind 1), error keys (kind 2) ``eps * sigmoid(s)`` when the row
-        has a support; an empty support gives an all-zero row, a support whose scores are all NaN or all -inf
-        a NaN row (as torch.softmax: an overflow upstream reaches the loss).  Returns p, sigmoid(s), E, w, has."""
+        has a support; an empty support gives an all-zero row.  A support whose scores are all NaN or all -inf
+        gives a NaN row, as torch.softmax does, so an overflow upstream reaches the loss.
+        Returns p, sigmoid(s), E, w, has."""
         support = kd == SUPPORT
         has = tl.max(support.to(tl.int32), axis=0) > 0
         m = tl.max(tl.where(support, s, float("-inf")), axis=0)
