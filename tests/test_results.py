@@ -362,6 +362,14 @@ def test_every_headline_row_of_the_readme_is_what_the_leaderboard_prints_now():
     assert not stale, "README.md rows that `structmt-leaderboard --headline` no longer prints:\n" + "\n".join(stale)
 
 
+def _reference(folder: Path, test_set: str) -> Path:
+    """The embedded Multi30k mirror's German reference of ``test_set``, unpacked into ``folder`` once."""
+    ref = folder / f"{test_set}.de"
+    if not ref.exists():
+        ref.write_bytes(gzip.decompress((MULTI30K_SHARED / f"{test_set}.de.gz").read_bytes()))
+    return ref
+
+
 def test_every_leaderboard_row_rescores_with_the_sacrebleu_cli_from_its_committed_hypothesis(tmp_path):
     """The goal a reviewer checks by hand: ``sacrebleu REF -i results/hyps/… -b -w 2`` gives each committed
     row's BLEU exactly, the reference being the embedded Multi30k test set (eval sets are never cleaned)."""
@@ -369,9 +377,7 @@ def test_every_leaderboard_row_rescores_with_the_sacrebleu_cli_from_its_committe
     assert rows and {r["data"] for r in rows} == {"multi30k_en_de"}, "a row on other data needs its reference here"
     differ = []
     for row in rows:
-        ref = tmp_path / f"{row['test_set']}.de"
-        if not ref.exists():
-            ref.write_bytes(gzip.decompress((MULTI30K_SHARED / f"{row['test_set']}.de.gz").read_bytes()))
+        ref = _reference(tmp_path, row["test_set"])
         cli = [sys.executable, "-m", "sacrebleu", str(ref), "-i", str(REPO / row["hypothesis"]), "-b", "-w", "2"]
         bleu = float(subprocess.run(cli, capture_output=True, text=True, check=True).stdout)
         if bleu != float(row["bleu"]):
@@ -395,9 +401,7 @@ def test_every_committed_p_value_recomputes_from_the_committed_hypotheses_of_the
         ]
         assert partners, f"{row['run_id']} {row['test_set']}: no dense row to compare with"
         dense = next((r for r in partners if r["git_commit"] == row["git_commit"]), partners[0])
-        ref = tmp_path / f"{row['test_set']}.de"
-        if not ref.exists():
-            ref.write_bytes(gzip.decompress((MULTI30K_SHARED / f"{row['test_set']}.de.gz").read_bytes()))
+        ref = _reference(tmp_path, row["test_set"])
         got = paired_bootstrap(REPO / dense["hypothesis"], REPO / row["hypothesis"], ref)
         if got != (float(row["p_value_vs_dense"]), float(row["bleu_ci95"])):
             differ.append(f"{row['run_id']} {row['test_set']}: row {row['p_value_vs_dense']}, recomputed {got}")
