@@ -17,7 +17,7 @@ from structmt.attention import (
     structured_attention,
     structured_attention_with_weights,
 )
-from structmt.attention.functional import reference_attention
+from structmt.attention.functional import reference_attention, self_attention_plan
 from structmt.attention.multihead import StructuredMultiheadAttention
 from structmt.attention.structure import NEVER_RARE, make_supports, parse_role_mix, sink_positions
 
@@ -264,6 +264,7 @@ def test_inputs_that_do_not_fit_are_rejected_naming_the_argument():
         (ValueError, "rare_index holds key positions in", dict(rare_index=torch.tensor([[7, 100], [50, -5]]))),
         (TypeError, "window must be an integer", dict(window=2.0)),
         (TypeError, "window must be an integer", dict(window=[1.7, 1.2])),
+        (ValueError, "a structure needs at least one head", dict(q=q[:, :0], k=q[:, :0], v=q[:, :0], window=())),
     ]
     for impl in ("reference", "efficient"):
         for error, message, bad in cases:
@@ -471,13 +472,41 @@ def test_rare_selection_picks_lowest_counts_never_specials():
         assert torch.equal(rarity_keys(tokens[:, i : i + 1], counts, never, first_position=i), keys[:, i : i + 1])
     # counts are integers of any width; float counts (which would lose the position) are refused
     assert torch.equal(rarity_keys(tokens, counts.int(), never), keys)
-    with pytest.raises(TypeError, match="counts must be an integer tensor"):
+    with pytest.raises(TypeError, match="counts must be a 1-D integer tensor"):
         rarity_keys(tokens, counts.float(), never)
+
+
+def test_rarity_inputs_that_would_index_from_the_end_are_rejected_naming_the_argument():
+    """A negative token id or position would pick another token's count (indexing from the end):
+    every argument of rarity_keys and rare_sets is checked, and the message names it."""
+    counts, never = torch.tensor([1, 1, 7, 3, 5]), torch.tensor([True, True, False, False, False])
+    tokens = torch.tensor([[2, 3, 4]])
+    cases = [
+        (ValueError, r"tokens must be ids in \[0, 5\).*from -1 to 4", dict(tokens=torch.tensor([[2, -1, 4]]))),
+        (ValueError, r"tokens must be ids in \[0, 5\).*from 2 to 5", dict(tokens=torch.tensor([[2, 5]]))),
+        (TypeError, "tokens must be a \\(batch, length\\) integer tensor", dict(tokens=tokens[0])),
+        (TypeError, "tokens must be a \\(batch, length\\) integer tensor", dict(tokens=tokens.float())),
+        (ValueError, "counts must be >= 0, got -3", dict(counts=torch.tensor([1, 1, 7, -3, 5]))),
+        (TypeError, "never_rare must be a bool tensor shaped like counts", dict(never_rare=never.long())),
+        (TypeError, "never_rare must be a bool tensor shaped like counts", dict(never_rare=never[:4])),
+        (ValueError, "first_position must be an integer >= 0, got -1", dict(first_position=-1)),
+    ]
+    for error, message, bad in cases:
+        kwargs = dict(tokens=tokens, counts=counts, never_rare=never) | bad
+        with pytest.raises(error, match=message):
+            rarity_keys(**kwargs)
+    keys = rarity_keys(tokens, counts, never)
+    assert rare_sets(keys, 2, causal=False)[0, 0].tolist() == [1, 2]  # counts 3, 5
+    with pytest.raises(ValueError, match="r must be an integer >= 0, got -1"):
+        rare_sets(keys, -1, causal=True)
+    with pytest.raises(TypeError, match="keys must be \\(batch, length\\) int64 rarity keys"):
+        rare_sets(keys.float(), 2, causal=False)
 
 
 def test_role_mix_parsing_and_errors():
     assert parse_role_mix("pos:1,syn:2,rare:1", 4, 2) == [["positional", "syntactic", "syntactic", "rare"]] * 2
     assert parse_role_mix("syn:2;pos:1,rare:1", 2, 2) == [["syntactic"] * 2, ["positional", "rare"]]
+    assert parse_role_mix(" pos : 1 , syn: 2 ,rare :1", 4, 1) == parse_role_mix("pos:1,syn:2,rare:1", 4, 1)
     with pytest.raises(ValueError, match="gives 3 heads but the layer has 4"):
         parse_role_mix("pos:1,syn:2", 4, 1)
     with pytest.raises(ValueError, match="unknown head role 'diag'"):
@@ -536,3 +565,28 @@ def test_fused_kernel_and_python_gather_path_agree(monkeypatch):
                 )
             )
         assert_close_all(*results)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_band_wider_than_the_sequence_costs_and_computes_what_t_minus_1_does(causal):
+    """Band keys past the sequence are never real, so the efficient path cuts a half-width to T - 1:
+    a window of 10⁹ (one head) gathers 2T - 1 band candidates (T causal), not 2·10⁹ + 1, and gives
+    the output, weights and gradients of window T - 1 exactly."""
+    gen = torch.Generator().manual_seed(3)
+    B, H, T, D = 2, 2, 7, 4
+    q, k, v = (torch.randn(B, H, T, D, generator=gen) for _ in range(3))
+    pad = torch.zeros(B, T, dtype=torch.bool)
+    pad[1, -2:] = True
+    rare = torch.tensor([[5], [0]])
+
+    def structure(window: int) -> Structure:
+        return Structure(window=(1, window), rare_heads=(False, True), rare=1, causal=causal, sinks=1, sink_eps=0.05)
+
+    wide = attention_with_grads(structure(10**9), q, k, v, pad, rare, "efficient")
+    cut = attention_with_grads(structure(T - 1), q, k, v, pad, rare, "efficient")
+    for got, want in zip(wide, cut, strict=True):
+        assert torch.equal(got, want)
+    kv_pos, _, kind = self_attention_plan(structure(10**9), q, rare, pad).candidates()
+    band = T if causal else 2 * T - 1
+    assert kv_pos.shape == (B, T, band + 2) and kind.shape == (B, H, T, band + 2)
+    assert_close_all(wide, attention_with_grads(structure(10**9), q, k, v, pad, rare, "reference"))

@@ -154,3 +154,28 @@ def test_a_huge_slope_puts_every_later_centre_on_the_last_real_token():
         huge, _ = aligned_cross_attention(q, k, k, window=1, slope=1e300, key_padding_mask=mask, impl=impl)
         large, _ = aligned_cross_attention(q, k, k, window=1, slope=100.0, key_padding_mask=mask, impl=impl)
         assert torch.equal(huge, large), impl
+
+
+def test_a_band_wider_than_the_source_costs_and_computes_what_s_minus_1_does():
+    """Every centre is a real source position, so a half-width past S - 1 reaches no further key: the
+    efficient path gathers 2S - 1 candidates for a window of 10⁹ and gives window S - 1's results exactly."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = torch.randn(2, 2, 5, 8, generator=gen), torch.randn(2, 2, 6, 8, generator=gen), torch.randn(2, 2, 6, 8)
+    pad = _source_padding([6, 3], 6, left=True)
+    wide = _cross_with_grads(q, k, v, pad, "efficient", window=10**9, slope=0.7)
+    cut = _cross_with_grads(q, k, v, pad, "efficient", window=5, slope=0.7)
+    for got, want in zip(wide, cut, strict=True):
+        assert torch.equal(got, want)
+    kv_pos, _, kind = functional.cross_attention_plan(CrossBand(10**9, 0.7), q, k, pad).candidates()
+    assert kv_pos.shape == (2, 5, 11) and kind.shape == (2, 2, 5, 11)
+    assert_close_all(wide, _cross_with_grads(q, k, v, pad, "reference", window=10**9, slope=0.7))
+
+
+@pytest.mark.parametrize("impl", ["reference", "efficient", "triton"])
+def test_an_empty_source_gives_zero_rows_in_every_impl(impl):
+    """No source key at all (S = 0): every query's row is empty, so the output is zero with zero
+    gradients, and the weights are (B, H, Tq, 0); the efficient paths must not gather from nothing."""
+    q, k = torch.randn(2, 2, 3, 8), torch.randn(2, 2, 0, 8)
+    out, weights, dq, dk, dv = _cross_with_grads(q, k, k, None, impl, window=2)
+    assert torch.equal(out, torch.zeros(2, 2, 3, 8)) and torch.equal(dq, torch.zeros_like(q))
+    assert weights.shape == (2, 2, 3, 0) and dk.shape == dv.shape == (2, 2, 0, 8)

@@ -59,7 +59,10 @@ def _structure_for(
     sink_eps: float,
 ) -> Structure:
     many = isinstance(window, Sequence) or (isinstance(window, Tensor) and window.dim() == 1)
-    windows = tuple(_integer(w, "window") for w in window) if many else (_integer(window, "window"),) * num_heads
+    what = "an integer (or one per head)"
+    windows = (
+        tuple(_integer(w, "window", what) for w in window) if many else (_integer(window, "window", what),) * num_heads
+    )
     if len(windows) != num_heads:
         raise ValueError(f"window: got {len(windows)} values for {num_heads} heads")
     if rare_heads is None:
@@ -70,12 +73,12 @@ def _structure_for(
     return Structure(window=windows, rare_heads=flags, rare=rare, causal=causal, sinks=sinks, sink_eps=sink_eps)
 
 
-def _integer(value: Any, name: str) -> int:
+def _integer(value: Any, name: str, what: str = "an integer") -> int:
     """``value`` as an ``int`` (Python, NumPy or 0-d tensor integers), or a ``TypeError`` naming ``name``."""
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an integer (or one per head), got {value!r}") from None
+        raise TypeError(f"{name} must be {what}, got {value!r}") from None
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -188,7 +191,8 @@ class Plan:
         positions (what the kernels gather) and their :class:`Kind` codes ``(B, H, Tq, C)``."""
         if self._candidates is None:
             kv_pos = self.positions()
-            kind = CandidateLayout.of(self.structure).kinds(kv_pos, self.supports, self.q_pos, self.shape[1])
+            layout = CandidateLayout.of(self.structure, self.shape[3])
+            kind = layout.kinds(kv_pos, self.supports, self.q_pos, self.shape[1])
             self._candidates = (kv_pos, kv_pos.clamp(0, self.shape[3] - 1), kind)
         return self._candidates
 
@@ -218,11 +222,12 @@ def self_attention_plan(
     supports = make_supports(
         structure, num_keys=length, rare_sets=sets, key_padding_mask=key_padding_mask, sink_pos=sink_pos, device=device
     )
-    layout = CandidateLayout.of(structure)
+    layout = CandidateLayout.of(structure, length)
+    reach = layout.band - 1 if structure.causal else (layout.band - 1) // 2  # the band's half-width, cut to T - 1
     q_pos = torch.arange(length, device=device)
 
     def positions() -> Tensor:
-        offsets = torch.arange(-structure.max_window, layout.band - structure.max_window, device=device)
+        offsets = torch.arange(-reach, layout.band - reach, device=device)
         return layout.assemble(
             (q_pos.view(1, length, 1) + offsets).expand(batch, length, layout.band),
             sets,
@@ -250,9 +255,12 @@ def cross_attention_plan(
         centers, band.window, num_keys=num_keys, key_padding_mask=key_padding_mask, first_query=first_query
     )
 
+    layout = CandidateLayout.of(band, num_keys)
+    reach = (layout.band - 1) // 2  # the band's half-width, cut to S - 1
+
     def positions() -> Tensor:
-        offsets = torch.arange(-band.window, band.window + 1, device=device)
-        return CandidateLayout.of(band).assemble(centers.unsqueeze(-1) + offsets)
+        offsets = torch.arange(-reach, reach + 1, device=device)
+        return layout.assemble(centers.unsqueeze(-1) + offsets)
 
     return Plan(band, (batch, num_heads, num_queries, num_keys), supports, q_pos, positions, key_padding_mask)
 
@@ -279,7 +287,7 @@ def attend(
             f"got q {tuple(q.shape)}, k {tuple(k.shape)}"
         )
     path = choose_impl(impl, plan.structure, S, q, dropout_p)
-    if path == "reference":
+    if path == "reference" or S == 0:  # no key to gather from: the dense path gives every query its zero row
         kv_pos = torch.arange(S, device=q.device)
         out, weights = reference_attention(q, k, v, plan.supports, plan.sink_eps, plan.q_pos, kv_pos, dropout_p)
         return out, (weights if need_weights else None)

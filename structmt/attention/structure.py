@@ -74,6 +74,8 @@ class Structure:
     sink_eps: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.window:
+            raise ValueError("a structure needs at least one head (window has no entries)")
         if len(self.window) != len(self.rare_heads):
             raise ValueError("window and rare_heads need one entry per head")
         if not all(isinstance(w, int) for w in self.window):
@@ -155,7 +157,8 @@ def parse_role_spec(mix: str) -> list[str]:
     """The head roles of one role mix such as ``pos:1,syn:2,rare:1`` (checks the syntax only)."""
     roles: list[str] = []
     for item in mix.split(","):
-        name, _, count = item.strip().partition(":")
+        name, _, count = item.partition(":")
+        name = name.strip()
         if name not in ROLE_ALIASES:
             raise ValueError(f"unknown head role {name!r}; use pos/positional, syn/syntactic or rare")
         try:
@@ -260,11 +263,15 @@ class CandidateLayout:
     error: int = 0
 
     @classmethod
-    def of(cls, structure: Structure | CrossBand) -> CandidateLayout:
-        """The layout of a full pass (training, scoring) with ``structure``."""
+    def of(cls, structure: Structure | CrossBand, num_keys: int | None = None) -> CandidateLayout:
+        """The layout of a full pass (training, scoring) with ``structure``, over ``num_keys`` keys
+        when given: every band center is a key, so a half-width past ``num_keys - 1`` reaches no
+        further key and the band is cut there (a ``window`` of 10⁶ costs what ``T - 1`` does)."""
+        w = structure.window if isinstance(structure, CrossBand) else structure.max_window
+        if num_keys is not None:
+            w = min(w, max(num_keys - 1, 0))
         if isinstance(structure, CrossBand):
-            return cls(band=2 * structure.window + 1)
-        w = structure.max_window
+            return cls(band=2 * w + 1)
         return cls(
             band=w + 1 if structure.causal else 2 * w + 1,
             rare=structure.rare if structure.uses_rare else 0,
@@ -492,14 +499,42 @@ def rarity_keys(tokens: Tensor, counts: Tensor, never_rare: Tensor, first_positi
         counts: ``(V,)`` corpus counts (fairseq ``Dictionary.count``).
         never_rare: ``(V,)`` bool, True for special symbols and padding.
     """
-    if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool:
-        raise TypeError(f"counts must be an integer tensor of corpus counts, got {counts.dtype}")
+    _check_rarity_inputs(tokens, counts, never_rare, first_position)
     counts = counts.long()
     pos = torch.arange(first_position, first_position + tokens.size(1), device=tokens.device)
-    if first_position + tokens.size(1) > POSITION_SPAN:
-        raise ValueError(f"sequences longer than {POSITION_SPAN} tokens are not supported")
     keys = counts[tokens].clamp(max=(NEVER_RARE // POSITION_SPAN) - 1) * POSITION_SPAN + pos
     return keys.masked_fill(never_rare[tokens], NEVER_RARE)
+
+
+def _is_integer(x: Tensor) -> bool:
+    return not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+
+
+def _check_rarity_inputs(tokens: Tensor, counts: Tensor, never_rare: Tensor, first_position: int) -> None:
+    """What :func:`rarity_keys` needs, or an error naming the argument (a negative token id or
+    position would otherwise index from the end and give some other token's rarity)."""
+    if counts.dim() != 1 or not _is_integer(counts):
+        raise TypeError(
+            f"counts must be a 1-D integer tensor of corpus counts, got {counts.dtype} {tuple(counts.shape)}"
+        )
+    if never_rare.dtype != torch.bool or tuple(never_rare.shape) != tuple(counts.shape):
+        raise TypeError(
+            f"never_rare must be a bool tensor shaped like counts {tuple(counts.shape)}, "
+            f"got {never_rare.dtype} {tuple(never_rare.shape)}"
+        )
+    if tokens.dim() != 2 or not _is_integer(tokens):
+        raise TypeError(f"tokens must be a (batch, length) integer tensor, got {tokens.dtype} {tuple(tokens.shape)}")
+    if not isinstance(first_position, int) or first_position < 0:
+        raise ValueError(f"first_position must be an integer >= 0, got {first_position!r}")
+    if first_position + tokens.size(1) > POSITION_SPAN:
+        raise ValueError(f"sequences longer than {POSITION_SPAN} tokens are not supported")
+    if tokens.numel() and not bool(((tokens >= 0) & (tokens < counts.numel())).all()):
+        raise ValueError(
+            f"tokens must be ids in [0, {counts.numel()}) (the dictionary's size), "
+            f"got values from {int(tokens.min())} to {int(tokens.max())}"
+        )
+    if counts.numel() and bool((counts < 0).any()):
+        raise ValueError(f"counts must be >= 0, got {int(counts.min())}")
 
 
 def smallest(keys: Tensor, r: int) -> Tensor:
@@ -522,6 +557,10 @@ def rare_sets(keys: Tensor, r: int, causal: bool) -> Tensor:
     rarest of the prefix ``<= q``, by a log-depth scan of "r smallest" merges
     (windows of the scan are disjoint, so no key is counted twice).
     """
+    if keys.dim() != 2 or keys.dtype != torch.int64:
+        raise TypeError(f"keys must be (batch, length) int64 rarity keys, got {keys.dtype} {tuple(keys.shape)}")
+    if not isinstance(r, int) or r < 0:
+        raise ValueError(f"the rare-token count r must be an integer >= 0, got {r!r}")
     B, T = keys.shape
     if r == 0:
         return keys.new_full((B, T, 0), -1)
