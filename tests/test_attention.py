@@ -423,6 +423,33 @@ def test_a_decoding_step_with_a_full_pass_context_is_refused():
     assert mha(x, x, x, incremental_state={}, context=step)[0].shape == (1, 1, 16)
 
 
+def test_a_causal_block_takes_fairseqs_future_mask_and_refuses_any_other_attn_mask():
+    """The causal structure applies the future mask itself: fairseq's (float -inf or bool True above the
+    diagonal) gives the result of no mask; a mask or bias at or before the diagonal would be ignored, so it
+    is refused, as is a mask of another shape."""
+    from fairseq import utils
+
+    torch.manual_seed(0)
+    T = 5
+    mha = StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 2, window=2, causal=True)).eval()
+    x = torch.randn(T, 2, 16)
+    plain = mha(x, x, x)[0]
+    future = torch.triu(utils.fill_with_neg_inf(torch.zeros(T, T)), 1)  # as fairseq's buffered_future_mask
+    assert torch.equal(mha(x, x, x, attn_mask=future)[0], plain)
+    assert torch.equal(mha(x, x, x, attn_mask=future.isinf())[0], plain)
+    bias = future.clone()
+    bias[3, 1] = -1.0  # a bias on a past key
+    masked = future.isinf()
+    masked[2, 2] = True  # a query's own key
+    for bad, message in ((bias, "nonzero"), (masked, "nonzero"), (future[:4], r"future mask, T = 5; got shape")):
+        with pytest.raises(ValueError, match=message):
+            mha(x, x, x, attn_mask=bad)
+    step = torch.zeros(1, 3)  # a decoding step's mask: a row with nothing masked
+    assert mha(x[:1], x[:1], x[:1], incremental_state={}, attn_mask=step)[0].shape == (1, 2, 16)
+    with pytest.raises(ValueError, match="nonzero"):
+        mha(x[:1], x[:1], x[:1], incremental_state={}, attn_mask=torch.tensor([[0.0, -1.0, 0.0]]))
+
+
 def test_a_gradient_of_the_fused_kernels_gradient_raises():
     """The C++ backward is not itself differentiable: asking for that raises instead of returning zero."""
     q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))

@@ -36,15 +36,38 @@ class StepPlan:
     keep: Tensor  # (B * H * C',) rows of the flattened [cache, this step's key] that form the next cache
 
 
+def _shared(context: TokenContext | None, key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()``, or what another layer of this forward built for the same ``key``."""
+    return build() if context is None else context.shared(key, build)
+
+
 def _shared_plan(
     context: TokenContext | None, key: tuple, key_padding_mask: Tensor | None, build: Callable[[], Plan]
 ) -> Plan:
     """``build()``, or the plan another layer of this forward built for the same ``key`` and padding
     mask.  The layers of a forward pass the same mask object, so it is matched by ``id()``; the plan
     holds the mask, so no other tensor can take that id while the context keeps the plan."""
-    if context is None:
-        return build()
-    return context.shared((*key, id(key_padding_mask)), build)
+    return _shared(context, (*key, id(key_padding_mask)), build)
+
+
+def check_future_mask(attn_mask: Tensor, num_queries: int) -> Tensor:
+    """``attn_mask`` as fairseq's decoder passes it to causal self-attention: its future mask, which
+    the causal structure applies itself.  Anything else it would ignore — a bias, or a mask on keys
+    at or before the query — so it is refused.  Returns the mask (a plan-like value to share:
+    holding it keeps its ``id()`` taken while the forward's context lives)."""
+    num_keys = attn_mask.size(-1)
+    if attn_mask.dim() != 2 or attn_mask.size(0) != num_queries or num_keys < num_queries:
+        raise ValueError(
+            f"attn_mask: a causal structured block takes fairseq's (T, T) future mask, T = {num_queries}; "
+            f"got shape {tuple(attn_mask.shape)}"
+        )
+    if attn_mask.tril(num_keys - num_queries).any():  # the queries are the last num_queries positions
+        raise ValueError(
+            "attn_mask: a causal structured block applies the future mask itself and takes no other mask or bias; "
+            "this one is nonzero (or True) at or before the diagonal. Put the restriction in the structure, "
+            "or keep this block dense (--struct-apply)"
+        )
+    return attn_mask
 
 
 class _StructuredBase(MultiheadAttention):
@@ -153,10 +176,12 @@ class StructuredMultiheadAttention(_StructuredBase):
                 "an extra attn_mask is only accepted as the causal mask of decoder self-attention"
             )
         T, B, _ = query.shape
+        context = context or current()
+        if attn_mask is not None:
+            _shared(context, ("future mask", id(attn_mask)), lambda: check_future_mask(attn_mask, T))
         q, k, v = (self._heads(proj(query), B) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask.to(torch.bool)
-        context = context or current()
         if self.structure.uses_rare and context is None:
             raise RuntimeError(
                 "rare-token heads need the rarity of the input tokens: run the block inside its structured "
