@@ -617,3 +617,31 @@ def test_a_band_wider_than_the_sequence_costs_and_computes_what_t_minus_1_does(c
     band = T if causal else 2 * T - 1
     assert kv_pos.shape == (B, T, band + 2) and kind.shape == (B, H, T, band + 2)
     assert_close_all(wide, attention_with_grads(structure(10**9), q, k, v, pad, rare, "reference"))
+
+
+def test_structured_softmax_shares_what_the_error_keys_leave_and_refuses_rows_that_would_go_negative():
+    """Exact weights on a small row: error key j gets eps·sigmoid(s_j), the support shares the rest by softmax,
+    the row sums to 1; a row with no support is zero.  Inputs under which a weight could go negative
+    (eps < 0, error keys × eps >= 1, an error key inside the support) or non-bool masks are refused."""
+    from structmt.attention import structured_softmax
+
+    scores = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    support = torch.tensor([[True, True, False, False], [False, False, False, False]])
+    error = torch.tensor([[False, False, True, True], [False, False, True, False]])
+    got = structured_softmax(scores, support, error, 0.1)
+    extra = 0.1 / (1 + math.exp(-3.0)) + 0.1 / (1 + math.exp(-4.0))
+    soft = torch.softmax(torch.tensor([1.0, 2.0], dtype=torch.float64), -1) * (1 - extra)
+    want = [[*soft.tolist(), 0.1 / (1 + math.exp(-3.0)), 0.1 / (1 + math.exp(-4.0))], [0.0] * 4]
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert got[0].sum().item() == pytest.approx(1.0, abs=1e-15)
+    cases = [
+        (TypeError, "scores must be a floating tensor", dict(scores=scores.long())),
+        (TypeError, "must be bool masks", dict(support=support.float())),
+        (ValueError, "error keys must lie outside the support", dict(error=support)),
+        (ValueError, r"got 2 \* -0.1", dict(sink_eps=-0.1)),
+        (ValueError, r"got 2 \* 0.5", dict(sink_eps=0.5)),
+    ]
+    for error_type, message, bad in cases:
+        kwargs = dict(scores=scores, support=support, error=error, sink_eps=0.1) | bad
+        with pytest.raises(error_type, match=message):
+            structured_softmax(**kwargs)

@@ -36,7 +36,30 @@ def structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps:
     the structured weights share the rest, so each row sums to 1.  A row with
     an empty support gets zero weight (never NaN), error keys included; a row
     with a support whose scores are all NaN or infinite is NaN, as softmax's.
+
+    ``support`` and ``error`` are disjoint bool masks broadcastable to ``scores`` (a floating
+    tensor); ``sink_eps >= 0`` and the error keys of a row times ``sink_eps`` stay below 1 (as
+    :class:`~structmt.attention.structure.Structure` requires of ``sinks * sink_eps``), else the
+    other weights would go negative: inputs that break these rules are refused.
     """
+    if not scores.is_floating_point():
+        raise TypeError(f"scores must be a floating tensor, got {scores.dtype}")
+    if support.dtype != torch.bool or error.dtype != torch.bool:
+        raise TypeError(f"support and error must be bool masks, got {support.dtype} and {error.dtype}")
+    if bool((support & error).any()):
+        raise ValueError("error keys must lie outside the support: support & error is not empty")
+    error_keys = torch.broadcast_to(error, torch.broadcast_shapes(error.shape, scores.shape)).sum(-1)
+    most = int(error_keys.max()) if error_keys.numel() else 0
+    if not (sink_eps >= 0.0 and most * sink_eps < 1.0):
+        raise ValueError(
+            f"sink_eps bounds each error key's weight: it must be >= 0 and (error keys of a row) * sink_eps < 1, "
+            f"got {most} * {sink_eps}"
+        )
+    return _structured_softmax(scores, support, error, sink_eps)
+
+
+def _structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps: float) -> Tensor:
+    """:func:`structured_softmax` without the checks (its callers here build their inputs by the rules)."""
     dtype = scores.dtype
     scores = scores.to(torch.promote_types(dtype, torch.float32))  # fp16/bf16 in fp32, fp64 in fp64
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
@@ -139,7 +162,7 @@ def reference_attention(
     b, h = _index_grid(q.size(0), q.size(1), q.device)
     qi, kvi = q_pos.view(1, 1, -1, 1), kv_pos.view(1, 1, 1, -1)
     scores = torch.matmul(q * q.size(-1) ** -0.5, k.transpose(-1, -2))  # scaled first: no fp16 overflow
-    weights = structured_softmax(scores, supports.support(b, h, qi, kvi), supports.error(b, h, qi, kvi), sink_eps)
+    weights = _structured_softmax(scores, supports.support(b, h, qi, kvi), supports.error(b, h, qi, kvi), sink_eps)
     out = torch.matmul(F.dropout(weights, dropout_p, training=dropout_p > 0), v)
     return out, weights
 
@@ -158,7 +181,7 @@ def candidate_attention(
         output ``(B, H, Tq, D)`` and candidate weights ``(B, H, Tq, C)``.
     """
     scores = torch.einsum("bhtd,btchd->bhtc", q * q.size(-1) ** -0.5, k_c)  # scaled first: no fp16 overflow
-    weights = structured_softmax(scores, kind == Kind.SUPPORT, kind == Kind.ERROR, sink_eps)
+    weights = _structured_softmax(scores, kind == Kind.SUPPORT, kind == Kind.ERROR, sink_eps)
     out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights, dropout_p, training=dropout_p > 0), v_c)
     return out, weights
 
