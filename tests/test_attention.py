@@ -522,6 +522,9 @@ def test_rarity_inputs_that_would_index_from_the_end_are_rejected_naming_the_arg
         kwargs = dict(tokens=tokens, counts=counts, never_rare=never) | bad
         with pytest.raises(error, match=message):
             rarity_keys(**kwargs)
+        if error is TypeError or "first_position" in message:  # checked without reading values: always
+            with pytest.raises(error, match=message):
+                rarity_keys(**kwargs, check_values=False)  # the model's calls (no device sync)
     keys = rarity_keys(tokens, counts, never)
     assert rare_sets(keys, 2, causal=False)[0, 0].tolist() == [1, 2]  # counts 3, 5
     with pytest.raises(ValueError, match="r must be an integer >= 0, got -1"):

@@ -56,7 +56,8 @@ class TokenContext:
             return cls(rarity=None, first_position=first, incremental=incremental)
         if incremental:
             tokens = tokens[:, -1:]
-        return cls(rarity_keys(tokens, counts, never_rare, first), first_position=first, incremental=incremental)
+        keys = rarity_keys(tokens, counts, never_rare, first, check_values=False)  # no device sync per forward
+        return cls(keys, first_position=first, incremental=incremental)
 
     def rarity_or_none(self, batch: int, length: int, device: torch.device) -> Tensor:
         """The rarity keys, or "never rare" for every position when the forward has none."""

@@ -491,15 +491,20 @@ def rarity_tables(dictionary: Any) -> tuple[Tensor, Tensor]:
     return torch.tensor(dictionary.count, dtype=torch.long), never_rare
 
 
-def rarity_keys(tokens: Tensor, counts: Tensor, never_rare: Tensor, first_position: int = 0) -> Tensor:
+def rarity_keys(
+    tokens: Tensor, counts: Tensor, never_rare: Tensor, first_position: int = 0, *, check_values: bool = True
+) -> Tensor:
     """Rarity key per position: ``count * POSITION_SPAN + position``; lower is rarer.
 
     Args:
         tokens: ``(B, T)`` token ids, at positions ``first_position ...``.
         counts: ``(V,)`` corpus counts (fairseq ``Dictionary.count``).
         never_rare: ``(V,)`` bool, True for special symbols and padding.
+        check_values: also check that the token ids lie in ``[0, V)`` and the counts are ``>= 0``
+            (reads the tensors: a device sync on a GPU).  The model's own calls skip it: its tokens
+            are ids of the dictionary its counts come from.
     """
-    _check_rarity_inputs(tokens, counts, never_rare, first_position)
+    _check_rarity_inputs(tokens, counts, never_rare, first_position, check_values)
     counts = counts.long()
     pos = torch.arange(first_position, first_position + tokens.size(1), device=tokens.device)
     keys = counts[tokens].clamp(max=(NEVER_RARE // POSITION_SPAN) - 1) * POSITION_SPAN + pos
@@ -510,7 +515,9 @@ def _is_integer(x: Tensor) -> bool:
     return not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
 
 
-def _check_rarity_inputs(tokens: Tensor, counts: Tensor, never_rare: Tensor, first_position: int) -> None:
+def _check_rarity_inputs(
+    tokens: Tensor, counts: Tensor, never_rare: Tensor, first_position: int, check_values: bool
+) -> None:
     """What :func:`rarity_keys` needs, or an error naming the argument (a negative token id or
     position would otherwise index from the end and give some other token's rarity)."""
     if counts.dim() != 1 or not _is_integer(counts):
@@ -528,6 +535,8 @@ def _check_rarity_inputs(tokens: Tensor, counts: Tensor, never_rare: Tensor, fir
         raise ValueError(f"first_position must be an integer >= 0, got {first_position!r}")
     if first_position + tokens.size(1) > POSITION_SPAN:
         raise ValueError(f"sequences longer than {POSITION_SPAN} tokens are not supported")
+    if not check_values:
+        return
     if tokens.numel() and not bool(((tokens >= 0) & (tokens < counts.numel())).all()):
         raise ValueError(
             f"tokens must be ids in [0, {counts.numel()}) (the dictionary's size), "
