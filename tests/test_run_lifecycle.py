@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from structmt import provenance
 from structmt.pipeline import recipes, training
+from structmt.pipeline import spec as spec_module
 from structmt.pipeline.recipes import RECIPES, load_schedule, pair
 from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule
 
@@ -64,14 +64,33 @@ def test_a_start_file_rewritten_with_its_old_size_and_mtime_gets_a_new_id(tmp_pa
     ids = lambda: RunSpec(model=model, schedule=Schedule(finetune_from=str(start))).run_id()  # noqa: E731
     before, old = ids(), start.stat()
     if how == "in place":
-        time.sleep(0.05)  # past the file system's clock tick, as any real rewrite of a checkpoint is
-        start.write_bytes(b"weights two")  # same size
+        start.write_bytes(b"weights two")  # same size, at once: within the file system's clock tick
     else:
         (tmp_path / "new.pt").write_bytes(b"weights two")
         os.replace(tmp_path / "new.pt", start)
     os.utime(start, ns=(old.st_atime_ns, old.st_mtime_ns))
     assert (start.stat().st_size, start.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
     assert ids() != before
+
+
+def test_a_start_files_digest_is_read_once_while_it_is_unchanged(tmp_path, monkeypatch):
+    """The weights are hashed once per (path, size, times, inode), not at every run_id call; a file
+    changed within the last RACY_NS (its next write could fall in the same clock tick) every time."""
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights one")
+    reads: list[Path] = []
+    monkeypatch.setattr(spec_module, "sha256_file", lambda path: reads.append(path) or "digest of " + path.name)
+    model = ModelSpec(arch="structured_transformer_multi30k")
+    ids = lambda: RunSpec(model=model, schedule=Schedule(finetune_from=str(start))).run_id()  # noqa: E731
+    ids(), ids()
+    assert len(reads) == 2  # just written: racy, read each time
+    monkeypatch.setattr(spec_module, "RACY_NS", 0)  # as if written long ago
+    ids(), ids(), ids()
+    assert len(reads) == 3
+    (tmp_path / "new.pt").write_bytes(b"weights two")
+    os.replace(tmp_path / "new.pt", start)
+    ids(), ids()
+    assert len(reads) == 4  # a new inode: read again, once
 
 
 class Trained(Exception):

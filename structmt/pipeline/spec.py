@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -186,12 +187,25 @@ class Schedule:
         # fmt: on
 
 
-@functools.lru_cache(maxsize=8)
-def _file_digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+#: a file whose change time is this recent may be written again within the same clock tick of its file
+#: system (1 s or 2 s on some), unseen by its timestamps: its digest is not cached (git's "racy" files)
+RACY_NS = 3_000_000_000
+
+
+def file_digest(path: Path) -> str:
     """sha256 of a file, read once per (path, size, mtime, ctime, inode): a checkpoint of hundreds of MB
     enters every :meth:`RunSpec.run_id` call of a fine-tuned run. The change time and inode are in the key
     because the modification time alone can be set back (``cp -p``, ``touch -d``) or be coarse; the change
-    time moves on every write and cannot be set by the user, and a file replaced by rename has a new inode."""
+    time moves on every write and cannot be set by the user, and a file replaced by rename has a new inode.
+    A file changed in the last :data:`RACY_NS` is read every time."""
+    stat = path.stat()
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) < RACY_NS:
+        return sha256_file(path)
+    return _cached_digest(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     return sha256_file(Path(path))
 
 
@@ -224,10 +238,7 @@ class RunSpec:
             settings["schedule"].pop("finetune_from")
         elif self.schedule.finetune_from.endswith(".pt"):  # the weights, not where the file lies
             start = self.schedule.finetune_checkpoint(Path())  # checked: a file's path needs no runs folder
-            stat = start.stat()  # type: ignore[union-attr]
-            settings["schedule"]["finetune_from"] = _file_digest(
-                str(start), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
-            )
+            settings["schedule"]["finetune_from"] = file_digest(start)  # type: ignore[arg-type]
         settings["model"] = self.model.id_settings()
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
