@@ -14,6 +14,7 @@ import torch
 
 from structmt.analysis import report as analyze
 from structmt.data import cli as prepare
+from structmt.files import DataError
 from structmt.leaderboard_csv import add_rows
 from structmt.pipeline import sweep_report, translate
 
@@ -341,3 +342,41 @@ def test_every_option_of_every_command_has_a_help_text(module, argv, monkeypatch
     parser = e.value.args[0]
     silent = [a.option_strings or a.dest for a in parser._actions if not a.help]
     assert not silent, f"{module}: options without help: {silent}"
+
+
+def test_translate_refuses_a_line_longer_than_the_models_source_positions_naming_it(monkeypatch, capsys):
+    """A line past the model's source positions (fairseq-interactive refuses it too) stops the command
+    before anything is translated or written, naming the line and its length."""
+
+    class Task:
+        source_dictionary = target_dictionary = None
+
+        def max_positions(self):
+            return (5, 5)
+
+    class Model:
+        def max_positions(self):
+            return (4, 1024)
+
+    class Pieces:
+        def encode(self, line, out_type):
+            return line.split()
+
+    class Dictionary:
+        def encode_line(self, text, add_if_not_exist):
+            return torch.zeros(len(text.split()) + 1)  # the pieces and the end of sentence
+
+    translator = translate.Translator.__new__(translate.Translator)
+    translator.task, translator.models, translator.sp = Task(), [Model()], Pieces()
+    Task.source_dictionary = Task.target_dictionary = Dictionary()
+    with pytest.raises(DataError, match=r"input line 2: 5 source positions .* than the 4 the model takes \(1 more"):
+        translator.translate(["a b c", "a b c d", "a b", "a b c d e f"])
+
+    translator.checkpoint = Path("checkpoint_last.pt")
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
+    monkeypatch.setattr(translate, "Translator", lambda run_dir, **settings: translator)
+    monkeypatch.setattr(translate, "which_training", lambda *a: (logging.DEBUG, ""))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\na b c d e\n")))
+    with pytest.raises(SystemExit, match="^error: input line 2: 6 source positions"):
+        translate.main(["."])
+    assert capsys.readouterr().out == ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..checkpoints import checkpoint_updates, load_model
 from ..console import add_verbose_option, setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B, last_checkpoint
-from ..files import existing_dir, int_at_least, text_lines, utf8_error_at
+from ..files import DataError, existing_dir, int_at_least, text_lines, utf8_error_at
 from ..leaderboard_csv import read_rows, short_commit, training
 from ..paths import RESULTS_DIR
 from .spec import Schedule, metrics_file
@@ -68,11 +68,23 @@ class Translator:
         self._torch = torch
 
     def translate(self, lines: list[str]) -> list[str]:
+        """One translation per line; a line longer than the model's source positions is refused, naming
+        it, before anything is translated (as ``fairseq-interactive`` refuses it)."""
+        from fairseq.utils import resolve_max_positions
+
         src_dict, tgt_dict = self.task.source_dictionary, self.task.target_dictionary
         tokens = [
             src_dict.encode_line(" ".join(self.sp.encode(line.strip(), out_type=str)), add_if_not_exist=False).long()
             for line in lines
         ]
+        limit = resolve_max_positions(self.task.max_positions(), *(m.max_positions() for m in self.models))[0]
+        too_long = [(i, t.numel()) for i, t in enumerate(tokens) if t.numel() > limit]
+        if too_long:
+            (i, n), more = too_long[0], len(too_long) - 1
+            raise DataError(
+                f"input line {i + 1}: {n} source positions (pieces and end of sentence), more than the {limit} the "
+                f"model takes{f' ({more} more such lines)' if more else ''}; split it into sentences"
+            )
         dataset = self.task.build_dataset_for_inference(tokens, [t.numel() for t in tokens])
         order = sorted(range(len(lines)), key=lambda i: tokens[i].numel())
         out = [""] * len(lines)
@@ -142,7 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
     lines = read_input(sys.stdin.buffer.read())  # one output line per input line, whatever it holds
-    sys.stdout.write("".join(h + "\n" for h in translator.translate(lines)))
+    try:
+        translations = translator.translate(lines)
+    except DataError as err:  # an input line the model cannot take: nothing written
+        raise SystemExit(f"error: {err}") from None
+    sys.stdout.write("".join(h + "\n" for h in translations))
 
 
 if __name__ == "__main__":
