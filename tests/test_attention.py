@@ -230,6 +230,7 @@ def test_full_band_equals_sdpa(impl, causal):
 
 
 @pytest.mark.parametrize("attend", [structured_attention, structured_attention_with_weights])
+@pytest.mark.reliability  # docs/reliability.md
 def test_bad_inputs_are_rejected(attend):
     q = torch.randn(2, 2, 6, 4)
     cases = [
@@ -248,6 +249,7 @@ def test_bad_inputs_are_rejected(attend):
         attend(q, q, q, window=1, need_weights=True)
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_inputs_that_do_not_fit_are_rejected_naming_the_argument():
     q = torch.randn(2, 2, 6, 4)
     mask = torch.zeros(2, 6, dtype=torch.bool)
@@ -299,6 +301,7 @@ def test_values_may_have_another_head_dim(fused, monkeypatch):
     assert_close_all(out.values(), (dense, dense), 1e-5)
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_the_cpp_kernel_checks_what_it_reads():
     """Shapes, dtypes and indices that do not fit raise in the C++ kernel, never read past a buffer."""
     import structmt.attention.functional as functional
@@ -363,6 +366,7 @@ def test_float16_scores_that_fit_once_scaled_do_not_overflow(impl):
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf"])
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_row_whose_scores_are_not_finite_is_nan_in_every_impl_never_a_quiet_zero_row(bad):
     """A query holding NaN, or an fp16 overflow's inf, gives that row NaN scores (or -inf ones): its output is NaN,
     as dense softmax attention's is, so the overflow reaches the loss (fairseq's overflow check, the fp16 loss
@@ -423,6 +427,7 @@ def test_a_decoding_step_with_a_full_pass_context_is_refused():
     assert mha(x, x, x, incremental_state={}, context=step)[0].shape == (1, 1, 16)
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_causal_block_takes_fairseqs_future_mask_and_refuses_any_other_attn_mask():
     """The causal structure applies the future mask itself: fairseq's (float -inf or bool True above the
     diagonal) gives the result of no mask; a mask or bias at or before the diagonal would be ignored, so it
@@ -450,6 +455,7 @@ def test_a_causal_block_takes_fairseqs_future_mask_and_refuses_any_other_attn_ma
         mha(x[:1], x[:1], x[:1], incremental_state={}, attn_mask=torch.tensor([[0.0, -1.0, 0.0]]))
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_gradient_of_the_fused_kernels_gradient_raises():
     """The C++ backward is not itself differentiable: asking for that raises instead of returning zero."""
     q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))
@@ -503,6 +509,7 @@ def test_rare_selection_picks_lowest_counts_never_specials():
         rarity_keys(tokens, counts.float(), never)
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_rarity_inputs_that_would_index_from_the_end_are_rejected_naming_the_argument():
     """A negative token id or position would pick another token's count (indexing from the end):
     every argument of rarity_keys and rare_sets is checked, and the message names it."""
@@ -622,6 +629,7 @@ def test_a_band_wider_than_the_sequence_costs_and_computes_what_t_minus_1_does(c
     assert_close_all(wide, attention_with_grads(structure(10**9), q, k, v, pad, rare, "reference"))
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_structured_softmax_shares_what_the_error_keys_leave_and_refuses_rows_that_would_go_negative():
     """Exact weights on a small row: error key j gets eps·sigmoid(s_j), the support shares the rest by softmax,
     the row sums to 1; a row with no support is zero.  Inputs under which a weight could go negative

@@ -129,6 +129,7 @@ class _Unread:
         raise AssertionError("standard input was read before the run folder was checked")
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_translate_checks_the_run_folder_before_reading_stdin(tmp_path, monkeypatch):
     monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
     monkeypatch.setattr(sys, "stdin", _Unread())
@@ -344,6 +345,7 @@ def test_every_option_of_every_command_has_a_help_text(module, argv, monkeypatch
     assert not silent, f"{module}: options without help: {silent}"
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_translate_refuses_a_line_longer_than_the_models_source_positions_naming_it(monkeypatch, capsys):
     """A line past the model's source positions (fairseq-interactive refuses it too) stops the command
     before anything is translated or written, naming the line and its length."""

@@ -107,6 +107,7 @@ def test_efficient_equals_reference(batch, tgt, src, window, slope, left, length
     assert_close_all(reference[2:], efficient[2:], 1e-4)
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_bad_band_is_refused():
     with pytest.raises(ValueError, match="half-width must be an integer >= 0"):
         CrossBand(-1)
@@ -119,6 +120,7 @@ def test_bad_band_is_refused():
         StructuredCrossAttention.from_dense(MultiheadAttention(8, 2, self_attention=True), CrossBand(1))
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_inputs_that_do_not_fit_are_rejected_naming_the_argument():
     q, k = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 7, 8)
     mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], dtype=torch.bool)
@@ -172,6 +174,7 @@ def test_a_band_wider_than_the_source_costs_and_computes_what_s_minus_1_does():
 
 
 @pytest.mark.parametrize("impl", ["reference", "efficient", "triton"])
+@pytest.mark.reliability  # docs/reliability.md
 def test_an_empty_source_gives_zero_rows_in_every_impl(impl):
     """No source key at all (S = 0): every query's row is empty, so the output is zero with zero
     gradients, and the weights are (B, H, Tq, 0); the efficient paths must not gather from nothing."""
