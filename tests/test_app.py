@@ -88,6 +88,7 @@ def test_sweep_configs_compose():
     assert cfg.hydra.sweeper.max_failure_rate == 1.0  # one failed trial does not end the study
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_slurm_launcher_requeues_a_timed_out_point_and_the_dense_run_is_the_baseline():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="structmt", overrides=["hydra/launcher=slurm"], return_hydra_config=True)

@@ -278,6 +278,7 @@ def test_flags_come_from_the_schema():
     ]  # fmt: skip
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_checkpoint_keeps_the_roles_not_the_roles_files_path(data_bin, tmp_path):
     """Trained with --struct-heads-from, a checkpoint rebuilds the same heads after the file changed or went."""
     from fairseq import checkpoint_utils

@@ -391,6 +391,7 @@ def test_a_row_whose_scores_are_not_finite_is_nan_in_every_impl_never_a_quiet_ze
         assert (dk_rows | ~looked_at).all(), impl  # the gradient of each key those rows looked at is NaN
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_only_triton_and_auto_on_cuda_run_the_triton_kernel(monkeypatch):
     """--struct-impl efficient (or reference, whose decoding steps attend over candidates) keeps a GPU job off
     Triton; it once took Triton whenever it was installed."""

@@ -67,6 +67,7 @@ def _board(runs) -> list[dict[str, str]]:
     return leaderboard.read_rows(runs.results_dir / "leaderboard.csv")
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_rerun_with_other_hypotheses_is_rows_and_a_wandb_run_of_its_own(runs):
     outputs = [["Ein Mann fährt .", "Zwei Hunde .", "Eine Frau liest ."]]
     spec = runs(DENSE, outputs)

@@ -51,6 +51,7 @@ TINY = (
         ),
     ],
 )
+@pytest.mark.reliability  # docs/reliability.md
 def test_bad_configuration_fails_at_build_time(dict_dir, extra, message):
     with pytest.raises(ValueError, match=message):
         build(dict_dir, "structured_transformer_tiny", *TINY, *extra)

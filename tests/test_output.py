@@ -154,12 +154,14 @@ def test_progress_while_training_and_decoding(smoke_run):
     assert decoded == {"test_2016_flickr": "8/8", "test_2017_flickr": "8/8"}  # the last line of each test set
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_offline_mirror_fallback_is_stated_once_and_names_the_mirror(smoke_run):
     _, result = smoke_run
     said = [line for line in _lines(result) if "offline mirror" in line]
     assert len(said) == 1 and str(MULTI30K_SHARED) in said[0], said
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_offline_wandb_looks_up_no_host(smoke_run):
     """The pipeline logged the run to W&B offline; the only lookup is the corpus download it tried first."""
     tmp, result = smoke_run
@@ -169,6 +171,7 @@ def test_offline_wandb_looks_up_no_host(smoke_run):
     assert not others, others[0]
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_leaderboard_wandb_offline_looks_up_no_host(smoke_run):
     """``structmt-leaderboard --wandb`` without an API key (offline; ``WANDB_MODE`` unset)."""
     tmp, _ = smoke_run

@@ -111,6 +111,7 @@ def cut_http_root(tmp_path):
     yield from _serve(tmp_path, _CutShort)
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_download_cut_short_is_never_kept_and_falls_back_to_the_mirror(cut_http_root, tmp_path, monkeypatch):
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
     root, url = cut_http_root
@@ -129,6 +130,7 @@ def test_a_download_cut_short_is_never_kept_and_falls_back_to_the_mirror(cut_htt
         fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=None, **args)
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_failed_download_is_not_tried_again_in_the_same_process(tmp_path, monkeypatch):
     # a pipeline prepares its data at every step: a hanging host must not cost its timeout at each one
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
@@ -311,6 +313,7 @@ def _tiny_train_log(tmp_path):
     return log
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_wandb_mode_of_the_config_is_used_and_leaves_the_environment_alone(tmp_path, monkeypatch):
     import os
 
@@ -322,6 +325,7 @@ def test_wandb_mode_of_the_config_is_used_and_leaves_the_environment_alone(tmp_p
     assert log_experiment("run-m", {}, _tiny_train_log(tmp_path), [row], tmp_path / "w2", WandbSettings()) is None
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_wandb_online_failure_is_logged_offline(tmp_path, monkeypatch):
     from structmt.pipeline import tracking
 
@@ -349,6 +353,7 @@ def test_wandb_online_failure_is_logged_offline(tmp_path, monkeypatch):
     assert read_offline_run(folder)["summary"]["test_2016_flickr/bleu"] == 30.0
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_rerun_is_a_wandb_run_of_its_own(tmp_path):
     from structmt.pipeline.evaluation import keep_hypotheses, wandb_run_id
 

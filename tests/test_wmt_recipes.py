@@ -104,6 +104,7 @@ def test_wmt_recipe_downloads_verifies_and_binarizes(recipe, tmp_path, capsys):
     )
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_an_archive_without_a_checksum_cut_short_is_refused_and_not_recorded(cut_http_root, tmp_path):  # noqa: F811
     root, url = cut_http_root
     _zip(root / "corpus-b.zip", {"b.en": EN, "b.de": DE})
