@@ -78,6 +78,7 @@ def test_train_finetune_is_make_finetune(tmp_path):
         specs(_compose("train=finetune", f"runs_dir={tmp_path}", "train.finetune_from=s"))
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_sweep_configs_compose():
     for sweep in ("wr_grid", "wr_small", "optuna_wr"):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

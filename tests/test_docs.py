@@ -5,6 +5,7 @@ file outside the repository."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -148,3 +149,31 @@ def test_the_quoted_role_mixes_of_plugin_md_are_what_hydra_reads():
     assert parser.parse_overrides([single])[0].value() == "pos:1,syn:2,rare:1"
     jobs = list(parser.parse_overrides([sweep])[0].sweep_string_iterator())
     assert [j.strip("'") for j in jobs] == ["pos:1,syn:2,rare:1", "pos:2,syn:2"]
+
+
+def _marked_reliability(file: str, name: str) -> bool | None:
+    """Whether ``tests/<file>``'s test ``name`` carries the reliability marker (None: no such test)."""
+    tree = ast.parse((REPO / "tests" / file).read_text(encoding="utf-8"))
+    module = any(
+        isinstance(n, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets)
+        and "reliability" in ast.unparse(n.value)
+        for n in tree.body
+    )
+    test = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if test is None:
+        return None
+    return module or any(ast.unparse(d) == "pytest.mark.reliability" for d in test.decorator_list)
+
+
+def test_every_reliability_item_has_tests_that_make_test_reliability_runs():
+    """docs/reliability.md says each item is a test that ``make test-reliability`` runs: its table names
+    them (one row per item), and each named test exists and carries the marker."""
+    page = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
+    items = re.findall(r"^- \*\*", page, re.M)
+    rows = re.findall(r"^\| (?!item |---)[^|]+\| (.+) \|$", page, re.M)
+    assert len(rows) == len(items) and all(re.search(r"`test_\w+\.py::test_\w+`", row) for row in rows)
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", page)
+    found = {(file, name): _marked_reliability(file, name) for file, name in named}
+    assert [f"{file}::{name}" for (file, name), marked in found.items() if marked is None] == []  # no such test
+    assert [f"{file}::{name}" for (file, name), marked in found.items() if marked is False] == []  # not marked

@@ -168,6 +168,39 @@ def _calls(tree: ast.AST):
             yield node, name
 
 
+class _NotAllowed:
+    """A class no checkpoint should carry: torch's safe loader must refuse it."""
+
+
+def test_checkpoints_load_with_weights_only_and_only_namespace_allowlisted(tmp_path):
+    """docs/reliability.md, Safety: with the plugin imported, a checkpoint holding fairseq's argparse.Namespace
+    loads under torch's default weights_only=True; any other pickled class is still refused; no code of the
+    package turns safe loading off (weights_only=False, or torch's environment switches for it)."""
+    import argparse
+    import pickle
+
+    import structmt  # noqa: F401  (allowlists the Namespace)
+
+    ok, bad = tmp_path / "ok.pt", tmp_path / "bad.pt"
+    torch.save({"args": argparse.Namespace(arch="structured_transformer_multi30k"), "w": torch.ones(2)}, ok)
+    assert torch.load(ok)["args"].arch == "structured_transformer_multi30k"
+    torch.save({"args": _NotAllowed()}, bad)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(bad)
+    offenders = []
+    for path in sorted((REPO / "structmt").rglob("*.py")):
+        text = path.read_text()
+        for node, name in _calls(ast.parse(text, str(path))):
+            if any(
+                k.arg == "weights_only" and not (isinstance(k.value, ast.Constant) and k.value.value is True)
+                for k in node.keywords
+            ):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {name}(weights_only=...)")
+        if "FORCE_NO_WEIGHTS_ONLY_LOAD" in text or "FORCE_WEIGHTS_ONLY_LOAD" in text:
+            offenders.append(f"{path.relative_to(REPO)}: torch's weights_only environment switch")
+    assert not offenders
+
+
 def test_no_subprocess_runs_a_shell():
     offenders = []
     for path in sorted((REPO / "structmt").rglob("*.py")):
