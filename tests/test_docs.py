@@ -177,3 +177,21 @@ def test_every_reliability_item_has_tests_that_make_test_reliability_runs():
     found = {(file, name): _marked_reliability(file, name) for file, name in named}
     assert [f"{file}::{name}" for (file, name), marked in found.items() if marked is None] == []  # no such test
     assert [f"{file}::{name}" for (file, name), marked in found.items() if marked is False] == []  # not marked
+
+
+def test_every_test_a_page_names_exists():
+    """A test named in README, docs/ or results/ pages (`test_…`, or a prefix ending in …) is a test function
+    of tests/: renaming a test cannot leave a page pointing at nothing."""
+    defined = {
+        n.name
+        for path in (REPO / "tests").glob("test_*.py")
+        for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+    }
+    pages = [*PAGES, *sorted((REPO / "results").rglob("*.md"))]
+    named = {m for page in pages for m in re.findall(r"`(?:test_\w+\.py::)?(test_\w+…?)`", page.read_text("utf-8"))}
+    assert len(named) >= 10
+    missing = [
+        n for n in sorted(named) if not any(d.startswith(n[:-1]) if n.endswith("…") else d == n for d in defined)
+    ]
+    assert missing == []
