@@ -246,11 +246,10 @@ def self_attention_plan(
         structure, num_keys=length, rare_sets=sets, key_padding_mask=key_padding_mask, sink_pos=sink_pos, device=device
     )
     layout = CandidateLayout.of(structure, length)
-    reach = layout.band - 1 if structure.causal else (layout.band - 1) // 2  # the band's half-width, cut to T - 1
     q_pos = torch.arange(length, device=device)
 
     def positions() -> Tensor:
-        offsets = torch.arange(-reach, layout.band - reach, device=device)
+        offsets = layout.band_offsets(structure.causal, device)
         return layout.assemble(
             (q_pos.view(1, length, 1) + offsets).expand(batch, length, layout.band),
             sets,
@@ -279,11 +278,9 @@ def cross_attention_plan(
     )
 
     layout = CandidateLayout.of(band, num_keys)
-    reach = (layout.band - 1) // 2  # the band's half-width, cut to S - 1
 
     def positions() -> Tensor:
-        offsets = torch.arange(-reach, reach + 1, device=device)
-        return layout.assemble(centers.unsqueeze(-1) + offsets)
+        return layout.assemble(centers.unsqueeze(-1) + layout.band_offsets(False, device))
 
     return Plan(band, (batch, num_heads, num_queries, num_keys), supports, q_pos, positions, key_padding_mask)
 

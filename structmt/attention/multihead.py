@@ -296,7 +296,7 @@ class StructuredMultiheadAttention(_StructuredBase):
             device=device,
             first_query=step,
         )
-        band_pos = torch.arange(step - nb + 1, step + 1, device=device).expand(B, nb)
+        band_pos = (step + layout.band_offsets(True, device)).expand(B, nb)
         kv_pos = layout.assemble(band_pos, rare_pos, sink_pos).unsqueeze(1)  # (B, 1, C) positions of this step's keys
         kind = layout.kinds(kv_pos, supports, torch.tensor([step], device=device), self.num_heads)
         pick = layout.assemble(slots(*range(old_band), new), rare_pick, sink_pick)

@@ -282,6 +282,12 @@ class CandidateLayout:
     def size(self) -> int:
         return self.band + self.rare + self.error
 
+    def band_offsets(self, causal: bool, device: torch.device | None = None) -> Tensor:
+        """Key position minus the band's centre (the query, or its aligned source position) for each band
+        slot: ``-w … w``, or ``-w … 0`` when causal."""
+        reach = self.band - 1 if causal else (self.band - 1) // 2
+        return torch.arange(-reach, self.band - reach, device=device)
+
     def segments(self) -> list[tuple[str, int]]:
         """``(group, size)`` of the non-empty segments, in slot order; the group names a :class:`Supports` field."""
         return [(name, n) for name, n in (("band", self.band), ("rare", self.rare), ("error", self.error)) if n]
