@@ -457,6 +457,19 @@ def test_a_causal_block_takes_fairseqs_future_mask_and_refuses_any_other_attn_ma
 
 
 @pytest.mark.reliability  # docs/reliability.md
+def test_a_structured_self_attention_block_refuses_keys_of_another_sequence():
+    """The block projects keys and values from its query (fairseq's self-attention layers pass the same tensor
+    three times); keys or values of another sequence, e.g. an encoder output, would be ignored: refused."""
+    mha = StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 2, window=1)).eval()
+    x, memory = torch.randn(5, 2, 16), torch.randn(7, 2, 16)
+    out = mha(x, x, x)[0]
+    assert torch.equal(mha(x, None, None)[0], out) and torch.equal(mha(x, x.view(5, 2, 16), x[:])[0], out)
+    for key, value in ((memory, memory), (x.clone(), x), (x, x.clone())):
+        with pytest.raises(ValueError, match="must be the query tensor itself"):
+            mha(x, key, value)
+
+
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_gradient_of_the_fused_kernels_gradient_raises():
     """The C++ backward is not itself differentiable: asking for that raises instead of returning zero."""
     q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))

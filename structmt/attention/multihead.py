@@ -50,6 +50,11 @@ def _shared_plan(
     return _shared(context, (*key, id(key_padding_mask)), build)
 
 
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    """``a`` is ``b``, or a view of the same memory with the same shape and strides."""
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride())
+
+
 def check_future_mask(attn_mask: Tensor, num_queries: int) -> Tensor:
     """``attn_mask`` as fairseq's decoder passes it to causal self-attention: its future mask, which
     the causal structure applies itself.  Anything else it would ignore — a bias, or a mask on keys
@@ -175,6 +180,13 @@ class StructuredMultiheadAttention(_StructuredBase):
             raise NotImplementedError(
                 "an extra attn_mask is only accepted as the causal mask of decoder self-attention"
             )
+        for name, given in (("key", key), ("value", value)):
+            if given is not None and not _same_tensor(given, query):
+                raise ValueError(
+                    f"structured self-attention attends over its query: {name} must be the query tensor itself "
+                    "(as fairseq's self-attention layers pass it) or None; for attention over another sequence "
+                    "use StructuredCrossAttention or a dense block"
+                )
         T, B, _ = query.shape
         context = context or current()
         if attn_mask is not None:
