@@ -11,6 +11,7 @@ from conftest import assert_close_all, assert_dropped, attention_with_grads
 from fairseq.modules.multihead_attention import MultiheadAttention
 
 from structmt.attention import (
+    CrossBand,
     Structure,
     rare_sets,
     rarity_keys,
@@ -18,7 +19,7 @@ from structmt.attention import (
     structured_attention_with_weights,
 )
 from structmt.attention.functional import reference_attention, self_attention_plan
-from structmt.attention.multihead import StructuredMultiheadAttention
+from structmt.attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
 from structmt.attention.structure import NEVER_RARE, make_supports, parse_role_mix, sink_positions
 
 
@@ -459,7 +460,8 @@ def test_a_causal_block_takes_fairseqs_future_mask_and_refuses_any_other_attn_ma
 @pytest.mark.reliability  # docs/reliability.md
 def test_a_structured_self_attention_block_refuses_keys_of_another_sequence():
     """The block projects keys and values from its query (fairseq's self-attention layers pass the same tensor
-    three times); keys or values of another sequence, e.g. an encoder output, would be ignored: refused."""
+    three times); keys or values of another sequence, e.g. an encoder output, would be ignored: refused.
+    The cross block projects both from its key: another value would be ignored too."""
     mha = StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 2, window=1)).eval()
     x, memory = torch.randn(5, 2, 16), torch.randn(7, 2, 16)
     out = mha(x, x, x)[0]
@@ -467,6 +469,10 @@ def test_a_structured_self_attention_block_refuses_keys_of_another_sequence():
     for key, value in ((memory, memory), (x.clone(), x), (x, x.clone())):
         with pytest.raises(ValueError, match="must be the query tensor itself"):
             mha(x, key, value)
+    cross = StructuredCrossAttention.from_dense(MultiheadAttention(16, 2, encoder_decoder_attention=True), CrossBand(1))
+    assert torch.equal(cross(x, memory, memory)[0], cross(x, memory, None)[0])
+    with pytest.raises(ValueError, match="value must be the key tensor itself"):
+        cross(x, memory, memory.clone())
 
 
 @pytest.mark.reliability  # docs/reliability.md

@@ -365,6 +365,11 @@ class StructuredCrossAttention(_StructuredBase):
         """Input ``(Tq, B, C)`` queries and ``(S, B, C)`` encoder states, as in fairseq."""
         if before_softmax or attn_mask is not None:
             raise NotImplementedError("structured cross-attention takes no attn_mask / before_softmax")
+        if value is not None and key is not None and not _same_tensor(value, key):
+            raise ValueError(
+                "structured cross-attention projects keys and values from one encoder output: value must be "
+                "the key tensor itself (as fairseq's encoder-attention passes it) or None"
+            )
         B = query.size(1)
         first_query = 0
         if incremental_state is not None:
