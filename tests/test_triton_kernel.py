@@ -496,6 +496,29 @@ def test_aligned_cross_attention_triton_equals_reference():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_bands_past_the_sequence_and_an_empty_source_on_triton(causal):
+    """The band cut to the sequence gives the Triton kernel 2T - 1 (or T) band slots, however wide the window:
+    outputs and gradients equal the reference's; a source with no key gives zero rows on the triton impl."""
+    from conftest import assert_close_all
+
+    from structmt.attention import aligned_cross_attention, structured_attention
+
+    gen = torch.Generator().manual_seed(6)
+    for T in (1, 2, 5):
+        q, k, v = (torch.randn(2, 2, T, 8, generator=gen, device=DEVICE) for _ in range(3))
+        results = []
+        for impl in ("reference", "triton"):
+            qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+            out = structured_attention(qq, kk, vv, window=10**9, causal=causal, impl=impl)
+            out.pow(2).sum().backward()
+            results.append((out, qq.grad, kk.grad, vv.grad))
+        assert_close_all(*results)
+    empty = torch.zeros(2, 2, 0, 8, device=DEVICE)
+    out, _ = aligned_cross_attention(q, empty, empty, window=3, impl="triton")
+    assert torch.equal(out, torch.zeros_like(q))
+
+
 #: a one-layer structured model small enough for Triton's interpreter (band, rare columns, cross band)
 _TINY_MODEL = (
     "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "16",
