@@ -77,8 +77,9 @@ class Translator:
             src_dict.encode_line(" ".join(self.sp.encode(line.strip(), out_type=str)), add_if_not_exist=False).long()
             for line in lines
         ]
-        limit = resolve_max_positions(self.task.max_positions(), *(m.max_positions() for m in self.models))[0]
-        too_long = [(i, t.numel()) for i, t in enumerate(tokens) if t.numel() > limit]
+        limits = resolve_max_positions(self.task.max_positions(), *(m.max_positions() for m in self.models))
+        limit = limits[0] if isinstance(limits, tuple) else limits  # None: no limit
+        too_long = [(i, t.numel()) for i, t in enumerate(tokens) if limit is not None and t.numel() > limit]
         if too_long:
             (i, n), more = too_long[0], len(too_long) - 1
             raise DataError(
