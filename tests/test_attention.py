@@ -458,7 +458,7 @@ def test_a_causal_block_takes_fairseqs_future_mask_and_refuses_any_other_attn_ma
 
 
 @pytest.mark.reliability  # docs/reliability.md
-def test_a_structured_self_attention_block_refuses_keys_of_another_sequence():
+def test_the_structured_blocks_refuse_keys_values_and_impls_they_would_not_use():
     """The block projects keys and values from its query (fairseq's self-attention layers pass the same tensor
     three times); keys or values of another sequence, e.g. an encoder output, would be ignored: refused.
     The cross block projects both from its key: another value would be ignored too."""
@@ -473,6 +473,18 @@ def test_a_structured_self_attention_block_refuses_keys_of_another_sequence():
     assert torch.equal(cross(x, memory, memory)[0], cross(x, memory, None)[0])
     with pytest.raises(ValueError, match="value must be the key tensor itself"):
         cross(x, memory, memory.clone())
+    # an unknown impl is refused when the block is built, not at its first forward
+    for build in (
+        lambda: StructuredMultiheadAttention(16, 2, mha.structure, impl="fast"),
+        lambda: StructuredMultiheadAttention.from_dense(
+            MultiheadAttention(16, 2, self_attention=True), mha.structure, "fast"
+        ),
+        lambda: StructuredCrossAttention.from_dense(
+            MultiheadAttention(16, 2, encoder_decoder_attention=True), CrossBand(1), "fast"
+        ),
+    ):
+        with pytest.raises(ValueError, match="impl must be one of"):
+            build()
 
 
 @pytest.mark.reliability  # docs/reliability.md

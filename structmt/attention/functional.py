@@ -401,6 +401,12 @@ class FusedCandidateAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
+def check_impl(impl: str) -> None:
+    """``impl`` is one of :data:`~structmt.attention.options.IMPLS`, or a ``ValueError`` naming them."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
 def choose_impl(impl: str, structure: Structure | CrossBand, num_keys: int, q: Tensor, dropout_p: float) -> str:
     """The path ``impl`` runs on: ``reference`` (dense mask), ``efficient`` (candidates, best kernel
     at hand) or ``triton`` (candidates, the Triton kernel).
@@ -410,8 +416,7 @@ def choose_impl(impl: str, structure: Structure | CrossBand, num_keys: int, q: T
     at every length we measured (from T = 16 up, forward+backward); without either, the
     pure-PyTorch gather path only pays once the dense score matrix is several times larger than
     the candidate set."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    check_impl(impl)
     if impl != "auto":
         return impl
     if q.is_cuda and triton_kernel.available(q.device):

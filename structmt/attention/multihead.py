@@ -11,7 +11,7 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor
 
 from .context import TokenContext, current
-from .functional import Plan, attend, attend_candidates, cross_attention_plan, self_attention_plan
+from .functional import Plan, attend, attend_candidates, check_impl, cross_attention_plan, self_attention_plan
 from .structure import NEVER_RARE, CandidateLayout, CrossBand, Structure, keys_to_positions, make_supports
 
 Block = TypeVar("Block", bound="_StructuredBase")
@@ -79,8 +79,9 @@ class _StructuredBase(MultiheadAttention):
     """What both structured blocks share: adopting a dense block, head split and the fairseq-shaped return."""
 
     @classmethod
-    def _adopt(cls: type[Block], dense: MultiheadAttention) -> Block:
+    def _adopt(cls: type[Block], dense: MultiheadAttention, impl: str) -> Block:
         """A block of this class on the projections of ``dense`` (no new parameters)."""
+        check_impl(impl)
         if dense.bias_k is not None or dense.add_zero_attn:
             raise ValueError("structured attention does not support add_bias_kv / add_zero_attn")
         new = cls.__new__(cls)
@@ -134,6 +135,7 @@ class StructuredMultiheadAttention(_StructuredBase):
         self._configure(structure, impl)
 
     def _configure(self, structure: Structure, impl: str) -> None:
+        check_impl(impl)
         if structure.num_heads != self.num_heads:
             raise ValueError(f"structure has {structure.num_heads} heads, the attention {self.num_heads}")
         if not self.self_attention:
@@ -146,7 +148,7 @@ class StructuredMultiheadAttention(_StructuredBase):
         cls, dense: MultiheadAttention, structure: Structure, impl: str = "auto"
     ) -> StructuredMultiheadAttention:
         """Wrap the projections of an existing ``MultiheadAttention`` (no new parameters)."""
-        new = cls._adopt(dense)
+        new = cls._adopt(dense, impl)
         new._configure(structure, impl)
         return new
 
@@ -341,7 +343,7 @@ class StructuredCrossAttention(_StructuredBase):
         """Wrap the projections of an existing encoder-decoder ``MultiheadAttention`` (no new parameters)."""
         if not dense.encoder_decoder_attention:
             raise ValueError("structured cross-attention replaces an encoder-decoder attention block")
-        new = cls._adopt(dense)
+        new = cls._adopt(dense, impl)
         new.band, new.impl = band, impl
         return new
 
