@@ -434,3 +434,18 @@ def test_the_committed_benchmarks_page_is_its_json_rendered_by_the_code_now(tmp_
     assert (copy / "BENCHMARKS.md").read_text(encoding="utf-8") == (results / "BENCHMARKS.md").read_text(
         encoding="utf-8"
     )
+
+
+@pytest.mark.parametrize("swap", ["swapped", "both dense"])
+def test_decode_refuses_a_pair_that_is_not_dense_then_structured(swap, monkeypatch, capsys):
+    """A swapped pair (or two dense checkpoints) would print a ratio of something else as structured / dense."""
+    from structmt.models.structured_transformer import StructuredTransformerModel
+
+    structured = StructuredTransformerModel.__new__(StructuredTransformerModel)  # its class is what is checked
+    dense = object()  # any other model class
+    kinds = {"d.pt": structured if swap == "swapped" else dense, "s.pt": dense}
+    monkeypatch.setattr(decode, "machine", lambda: "test machine")
+    monkeypatch.setattr(decode, "load_model", lambda checkpoint, data_bin: (kinds[str(checkpoint)], None))
+    argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", "bin"]
+    which = "--dense d.pt: not a dense" if swap == "swapped" else "--structured s.pt: not a structured"
+    assert which in _argparse_error(decode.main, argv, capsys)

@@ -20,6 +20,7 @@ from ..checkpoints import load_model
 from ..console import setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import int_at_least, write_text_atomic
+from ..models.structured_transformer import StructuredTransformerModel
 from ..paths import RESULTS_DIR
 from ..provenance import machine
 from .common import add_old_name, command_line, command_parser, replaces, side_by_side
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     started_on = machine()  # the commit the run starts from
     # (model, task) of each
     models = {"dense": load_model(a.dense, a.data_bin), "structured": load_model(a.structured, a.data_bin)}
+    for name, path in (("dense", a.dense), ("structured", a.structured)):  # a swapped pair: a meaningless ratio
+        if isinstance(models[name][0], StructuredTransformerModel) != (name == "structured"):
+            p.error(f"--{name} {path}: not a {name} model's checkpoint (the two may be swapped)")
     if a.device == "cuda":
         dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else torch.float32
         models = {name: (model.to("cuda", dtype), task) for name, (model, task) in models.items()}
