@@ -461,7 +461,8 @@ def test_a_causal_block_takes_fairseqs_future_mask_and_refuses_any_other_attn_ma
 def test_the_structured_blocks_refuse_keys_values_and_impls_they_would_not_use():
     """The block projects keys and values from its query (fairseq's self-attention layers pass the same tensor
     three times); keys or values of another sequence, e.g. an encoder output, would be ignored: refused.
-    The cross block projects both from its key: another value would be ignored too."""
+    The cross block projects both from its key: another value would be ignored too; and it counts source
+    positions from a row's first real token: padding inside a row is refused, as aligned_cross_attention does."""
     mha = StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 2, window=1)).eval()
     x, memory = torch.randn(5, 2, 16), torch.randn(7, 2, 16)
     out = mha(x, x, x)[0]
@@ -473,6 +474,9 @@ def test_the_structured_blocks_refuse_keys_values_and_impls_they_would_not_use()
     assert torch.equal(cross(x, memory, memory)[0], cross(x, memory, None)[0])
     with pytest.raises(ValueError, match="value must be the key tensor itself"):
         cross(x, memory, memory.clone())
+    holes = torch.tensor([[False, True, False, False, False, False, False], [False] * 7])  # a pad inside row 0
+    with pytest.raises(ValueError, match="real source tokens of each row must be contiguous"):
+        cross(x, memory, memory, key_padding_mask=holes)  # the band would count from the wrong token
     # an unknown impl is refused when the block is built, not at its first forward
     for build in (
         lambda: StructuredMultiheadAttention(16, 2, mha.structure, impl="fast"),

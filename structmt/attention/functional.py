@@ -138,6 +138,21 @@ def check_padding_mask(key_padding_mask: Tensor | None, batch: int, num_keys: in
         raise ValueError(f"key_padding_mask is on {key_padding_mask.device}, q on {device}")
 
 
+def check_source_padding(key_padding_mask: Tensor | None) -> Tensor | None:
+    """The aligned band counts source positions from each row's first real token: the real tokens of
+    a row must be contiguous (left or right padding, as fairseq pads), or a ``ValueError``.  Reads the
+    mask (a device sync on a GPU).  Returns the mask."""
+    if key_padding_mask is not None:
+        real = ~key_padding_mask
+        start, length = real.to(torch.int8).argmax(-1, keepdim=True), real.sum(-1, keepdim=True)
+        pos = torch.arange(real.size(-1), device=real.device)
+        if not torch.equal(real, (pos >= start) & (pos < start + length)):
+            raise ValueError(
+                "key_padding_mask: the real source tokens of each row must be contiguous (left or right padding)"
+            )
+    return key_padding_mask
+
+
 def _index_grid(batch: int, num_heads: int, device: torch.device) -> tuple[Tensor, Tensor]:
     b = torch.arange(batch, device=device).view(batch, 1, 1, 1)
     h = torch.arange(num_heads, device=device).view(1, num_heads, 1, 1)
@@ -631,14 +646,7 @@ def aligned_cross_attention(
     """
     check_inputs(q, k, v)
     check_padding_mask(key_padding_mask, q.size(0), k.size(2), q.device)
-    if key_padding_mask is not None:
-        real = ~key_padding_mask
-        start, length = real.to(torch.int8).argmax(-1, keepdim=True), real.sum(-1, keepdim=True)
-        pos = torch.arange(real.size(-1), device=real.device)
-        if not torch.equal(real, (pos >= start) & (pos < start + length)):
-            raise ValueError(
-                "key_padding_mask: the real source tokens of each row must be contiguous (left or right padding)"
-            )
+    check_source_padding(key_padding_mask)
     band = CrossBand(_integer(window, "window"), float(slope))
     plan = cross_attention_plan(band, q, k, key_padding_mask, first_query)
     return attend(q, k, v, plan, dropout_p=dropout_p, impl=impl, need_weights=need_weights)

@@ -11,7 +11,15 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor
 
 from .context import TokenContext, current
-from .functional import Plan, attend, attend_candidates, check_impl, cross_attention_plan, self_attention_plan
+from .functional import (
+    Plan,
+    attend,
+    attend_candidates,
+    check_impl,
+    check_source_padding,
+    cross_attention_plan,
+    self_attention_plan,
+)
 from .structure import NEVER_RARE, CandidateLayout, CrossBand, Structure, keys_to_positions, make_supports
 
 Block = TypeVar("Block", bound="_StructuredBase")
@@ -391,6 +399,9 @@ class StructuredCrossAttention(_StructuredBase):
             k, v = self._heads(self.k_proj(key), B), self._heads(self.v_proj(key), B)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.to(torch.bool)
+                # once per forward (the layers share the check) and per decoded batch (later steps use the cache)
+                mask = key_padding_mask
+                _shared(context or current(), ("source padding", id(mask)), lambda: check_source_padding(mask))
             if incremental_state is not None:
                 buf = {"prev_key": k, "prev_value": v, "prev_key_padding_mask": key_padding_mask}
                 self._set_input_buffer(incremental_state, buf)
