@@ -590,6 +590,33 @@ def test_role_mix_parsing_and_errors():
         Structure(window=(-1,), rare_heads=(False,))
 
 
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_structure_refuses_values_of_the_wrong_type_naming_the_field():
+    """A truthy string for causal would have made the block causal, an integer flag a long-typed mask that fails
+    deep in the kernels: every field of Structure is checked where it is made; the public functions take
+    NumPy and 0-d tensor integers for rare counts and sinks, as for windows."""
+    import numpy as np
+
+    base = dict(window=(1, 1), rare_heads=(True, False), rare=1)
+    cases = [
+        (TypeError, r"rare_heads must be True/False per head, got \(1, 0\)", dict(rare_heads=(1, 0))),
+        (TypeError, "rare must be an integer, got 1.5", dict(rare=1.5)),
+        (TypeError, "rare must be an integer, got True", dict(rare=True)),
+        (TypeError, "sinks must be an integer, got 1.0", dict(sinks=1.0, sink_eps=0.1)),
+        (TypeError, "causal must be True or False, got 'no'", dict(causal="no")),
+        (ValueError, "sink_eps must be a finite number >= 0, got nan", dict(sink_eps=float("nan"))),
+    ]
+    for error, message, bad in cases:
+        with pytest.raises(error, match=message):
+            Structure(**(base | bad))
+    q = torch.randn(1, 2, 5, 4)
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        structured_attention(q, q, q, window=1, causal="no")
+    rare = torch.tensor([[3]])
+    want = structured_attention(q, q, q, window=1, rare_index=rare, sinks=1, sink_eps=0.1)
+    assert torch.equal(structured_attention(q, q, q, window=1, rare_index=rare, sinks=np.int64(1), sink_eps=0.1), want)
+
+
 def test_supports_are_one_definition():
     """The reference mask and the efficient candidates come from the same predicates."""
     structure = Structure.from_roles(["syntactic", "rare"], window=1, rare=1, causal=True)

@@ -93,7 +93,14 @@ def _structure_for(
     flags = tuple(bool(x) for x in (rare_heads.tolist() if isinstance(rare_heads, Tensor) else rare_heads))
     if len(flags) != num_heads:
         raise ValueError(f"rare_heads: got {len(flags)} values for {num_heads} heads")
-    return Structure(window=windows, rare_heads=flags, rare=rare, causal=causal, sinks=sinks, sink_eps=sink_eps)
+    return Structure(
+        window=windows,
+        rare_heads=flags,
+        rare=_integer(rare, "rare"),
+        causal=causal,
+        sinks=_integer(sinks, "sinks"),
+        sink_eps=sink_eps,
+    )
 
 
 def _integer(value: Any, name: str, what: str = "an integer") -> int:

@@ -80,6 +80,15 @@ class Structure:
             raise ValueError("window and rare_heads need one entry per head")
         if not all(isinstance(w, int) for w in self.window):
             raise TypeError(f"band windows must be integers, got {self.window}")
+        if not all(isinstance(x, bool) for x in self.rare_heads):
+            raise TypeError(f"rare_heads must be True/False per head, got {self.rare_heads}")
+        for name in ("rare", "sinks"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if not isinstance(self.causal, bool):
+            raise TypeError(f"causal must be True or False, got {self.causal!r}")
+        if not (isinstance(self.sink_eps, int | float) and math.isfinite(self.sink_eps) and self.sink_eps >= 0):
+            raise ValueError(f"sink_eps must be a finite number >= 0, got {self.sink_eps!r}")
         if any(w < 0 for w in self.window):
             raise ValueError(f"band windows must be >= 0, got {self.window}")
         if self.rare < 0:
