@@ -82,9 +82,9 @@ class Structure:
             raise TypeError(f"band windows must be integers, got {self.window}")
         if not all(isinstance(x, bool) for x in self.rare_heads):
             raise TypeError(f"rare_heads must be True/False per head, got {self.rare_heads}")
-        for name in ("rare", "sinks"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name, value in (("rare", self.rare), ("sinks", self.sinks)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
         if not isinstance(self.causal, bool):
             raise TypeError(f"causal must be True or False, got {self.causal!r}")
         if not (isinstance(self.sink_eps, int | float) and math.isfinite(self.sink_eps) and self.sink_eps >= 0):
