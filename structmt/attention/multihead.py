@@ -87,9 +87,8 @@ class _StructuredBase(MultiheadAttention):
     """What both structured blocks share: adopting a dense block, head split and the fairseq-shaped return."""
 
     @classmethod
-    def _adopt(cls: type[Block], dense: MultiheadAttention, impl: str) -> Block:
+    def _adopt(cls: type[Block], dense: MultiheadAttention) -> Block:
         """A block of this class on the projections of ``dense`` (no new parameters)."""
-        check_impl(impl)
         if dense.bias_k is not None or dense.add_zero_attn:
             raise ValueError("structured attention does not support add_bias_kv / add_zero_attn")
         new = cls.__new__(cls)
@@ -156,7 +155,7 @@ class StructuredMultiheadAttention(_StructuredBase):
         cls, dense: MultiheadAttention, structure: Structure, impl: str = "auto"
     ) -> StructuredMultiheadAttention:
         """Wrap the projections of an existing ``MultiheadAttention`` (no new parameters)."""
-        new = cls._adopt(dense, impl)
+        new = cls._adopt(dense)
         new._configure(structure, impl)
         return new
 
@@ -351,7 +350,8 @@ class StructuredCrossAttention(_StructuredBase):
         """Wrap the projections of an existing encoder-decoder ``MultiheadAttention`` (no new parameters)."""
         if not dense.encoder_decoder_attention:
             raise ValueError("structured cross-attention replaces an encoder-decoder attention block")
-        new = cls._adopt(dense, impl)
+        check_impl(impl)
+        new = cls._adopt(dense)
         new.band, new.impl = band, impl
         return new
 
@@ -382,8 +382,8 @@ class StructuredCrossAttention(_StructuredBase):
             )
         B = query.size(1)
         first_query = 0
+        context = context or current()
         if incremental_state is not None:
-            context = context or current()
             if context is None or not context.incremental:
                 raise RuntimeError(
                     "a decoding step of structured cross-attention needs the decoder's step context "
@@ -400,8 +400,9 @@ class StructuredCrossAttention(_StructuredBase):
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.to(torch.bool)
                 # once per forward (the layers share the check) and per decoded batch (later steps use the cache)
-                mask = key_padding_mask
-                _shared(context or current(), ("source padding", id(mask)), lambda: check_source_padding(mask))
+                _shared(
+                    context, ("source padding", id(key_padding_mask)), lambda: check_source_padding(key_padding_mask)
+                )
             if incremental_state is not None:
                 buf = {"prev_key": k, "prev_value": v, "prev_key_padding_mask": key_padding_mask}
                 self._set_input_buffer(incremental_state, buf)
@@ -411,7 +412,7 @@ class StructuredCrossAttention(_StructuredBase):
             return cross_attention_plan(self.band, q, k, key_padding_mask, first_query)
 
         key = ("cross", self.band, q.shape[:3], k.size(2), first_query, q.device)
-        plan = _shared_plan(context or current(), key, key_padding_mask, build)
+        plan = _shared_plan(context, key, key_padding_mask, build)
         out, weights = attend(
             q,
             k,
