@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -227,9 +228,10 @@ def test_an_interrupted_copy_of_the_roles_file_leaves_no_truncated_file(tmp_path
 def test_an_archive_placed_in_the_cache_is_recorded_and_then_verified(tmp_path, capsys):
     cache = tmp_path / "download"
     cache.mkdir()
-    (cache / "de-en.tgz").write_bytes(b"placed here by hand")
+    with tarfile.open(cache / "de-en.tgz", "w:gz") as t:
+        t.add(__file__, arcname="placed-here-by-hand.txt")
     url = "http://127.0.0.1:9/de-en.tgz"  # never reached: the archive is in the cache
-    digest = hashlib.sha256(b"placed here by hand").hexdigest()
+    digest = hashlib.sha256((cache / "de-en.tgz").read_bytes()).hexdigest()
     assert wmt.fetch_archive(url, None, cache) == (cache / "de-en.tgz", digest)
     assert "de-en.tgz: no published checksum; recorded sha256" in capsys.readouterr().out
     assert (cache / "de-en.tgz.sha256").read_text().split()[1] == "de-en.tgz"

@@ -172,3 +172,75 @@ def test_data_folders_side_by_side_share_one_download_folder(recipe, tmp_path):
     wmt.prepare_wmt("wmt_fixture", data / "v100", PrepConfig(src="en", tgt="de", vocab_size=100), **args)
     shared = data / "download"
     assert sorted(p.name for p in shared.iterdir()) == ["corpus-a.tgz", "corpus-b.zip", "corpus-b.zip.sha256"]
+
+
+def _flip(path: Path, text: bytes, to: bytes) -> None:
+    """Replace ``text`` (stored uncompressed in ``path``) by ``to``, as a damaged copy would."""
+    data = path.read_bytes()
+    assert data.count(text) == 1
+    path.write_bytes(data.replace(text, to))
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_damaged_archive_without_a_checksum_is_refused_not_trusted(tmp_path):
+    """A .tgz whose data changed extracts other text without an error (tarfile never reads gzip's CRC); a zip
+    fails its CRC only when read. Without a published checksum, such an archive is refused before its sha256 is
+    recorded as trusted, naming it and what to do."""
+    cache = tmp_path / "download"
+    cache.mkdir()
+    with tarfile.open(cache / "de-en.tgz", "w:gz", compresslevel=0) as t:  # stored: its text lies in the file
+        data = "".join(x + "\n" for x in EN).encode()
+        info = tarfile.TarInfo("a.en")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    _flip(cache / "de-en.tgz", b"garden number 17 ", b"garden number 71 ")
+    with tarfile.open(cache / "de-en.tgz") as t:  # what extracting it alone gives: other text, no error
+        assert b"garden number 71 " in t.extractfile("a.en").read()
+    with zipfile.ZipFile(cache / "b.zip", "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("b.en", "".join(x + "\n" for x in EN))
+    _flip(cache / "b.zip", b"garden number 17 ", b"garden number 71 ")
+    for name in ("de-en.tgz", "b.zip"):
+        with pytest.raises(
+            DataError, match=rf"{name}: a damaged or unreadable archive \(.*\); delete it, and download"
+        ):
+            wmt.fetch_archive(f"http://127.0.0.1:9/{name}", None, cache)
+        assert not (cache / f"{name}.sha256").exists()
+    # trusted by an earlier record or a published checksum, the zip's damage is named when it is extracted
+    sha = sha256_file(cache / "b.zip")
+    (cache / "b.zip.sha256").write_text(f"{sha}  b.zip\n")
+    with pytest.raises(DataError, match=r"b.zip: a damaged or unreadable archive \(Bad CRC-32.*\); delete it and its "):
+        wmt.extract_members(cache / "b.zip", sha, ["b.en"], tmp_path / "extracted")
+    assert not (tmp_path / "extracted").exists()
+
+
+def test_a_record_without_the_archives_checksum_is_named(tmp_path):
+    cache = tmp_path / "download"
+    cache.mkdir()
+    _zip(cache / "b.zip", {"b.en": EN})
+    (cache / "b.zip.sha256").write_text("")
+    with pytest.raises(DataError, match=r"b.zip.sha256 holds no sha256 of b.zip; delete it"):
+        wmt.fetch_archive("http://127.0.0.1:9/b.zip", None, cache)
+    (cache / "b.zip.sha256").write_text("abc  b.zip\n")
+    with pytest.raises(DataError, match=r"b.zip.sha256:1: expected '<sha256>  <file name>'"):
+        wmt.fetch_archive("http://127.0.0.1:9/b.zip", None, cache)
+
+
+def test_a_recipe_is_checked_whole_before_anything_is_downloaded(recipe, tmp_path):
+    _, base, manifests, _ = recipe
+    good = json.loads((manifests / "wmt_fixture.json").read_text())
+    cases = {
+        "no_tgt": ({k: v for k, v in good.items() if k != "tgt"}, r"'tgt' must be a language code"),
+        "no_valid": ({k: v for k, v in good.items() if k != "valid"}, r"'valid' must name a sacreBLEU test set"),
+        "bad_sha": (
+            good | {"train": [good["train"][0] | {"sha256": "abc"}]},
+            r"train\[0\].sha256 must be 64 hex digits, or null",
+        ),
+        "no_member": (good | {"train": [{"archive": "https://x/y.tgz", "src": "y.en"}]}, r"train\[0\].tgt must be"),
+        "no_train": (good | {"train": []}, r"'train' must be a non-empty list"),
+        "list": ([good], r"must be a JSON object"),
+    }
+    for name, (manifest, message) in cases.items():
+        (manifests / f"{name}.json").write_text(json.dumps(manifest))
+        with pytest.raises(DataError, match=rf"{name}.json: .*{message}"):
+            wmt.prepare_wmt(name, tmp_path / name, PrepConfig(src="en", tgt="de"), base_url=base, manifests=manifests)
+    assert not (tmp_path / "download").exists()  # refused before any download

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +46,11 @@ def download_lock(cache: Path) -> FileLock:
     return FileLock(str(cache.parent / f".{cache.name}.lock"))
 
 
+def is_sha256(text: object) -> bool:
+    """Whether ``text`` is a SHA-256 digest as ``sha256sum`` writes it (64 hex digits)."""
+    return isinstance(text, str) and re.fullmatch(r"[0-9a-fA-F]{64}", text) is not None
+
+
 def read_checksums(path: Path) -> dict[str, str]:
     """``sha256sum`` format: ``<hex>  <name>`` per line."""
     sums = {}
@@ -52,7 +58,7 @@ def read_checksums(path: Path) -> dict[str, str]:
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or len(parts[0]) != 64:
+        if len(parts) != 2 or not is_sha256(parts[0]):
             raise DataError(f"{path}:{lineno}: expected '<sha256>  <file name>', got {line!r}")
         sums[parts[1].lstrip("*")] = parts[0]
     return sums

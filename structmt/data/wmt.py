@@ -7,16 +7,28 @@ clean → SentencePiece → binarize stages.
 from __future__ import annotations
 
 import json
+import lzma
 import shutil
 import tarfile
 import urllib.error
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..console import say_once
 from ..files import DataError, write_text_atomic
-from .fetch import MANIFESTS, ChecksumMismatch, download, download_folder, download_lock, verify
+from .fetch import (
+    MANIFESTS,
+    ChecksumMismatch,
+    download,
+    download_folder,
+    download_lock,
+    is_sha256,
+    read_checksums,
+    verify,
+)
 from .prepare import WMT_VOCAB, PrepConfig, Splits, prepare_parallel
 from .stages import Stage, sha256_file
 
@@ -24,6 +36,8 @@ RECIPES = ("wmt14_en_de", "wmt16_en_ro")
 
 
 def load_manifest(name: str, manifests: Path = MANIFESTS) -> dict[str, Any]:
+    """The recipe ``data/<name>.json``, checked whole before anything is downloaded (a key missing or of the
+    wrong kind is a ``DataError`` naming the file and the key)."""
     path = manifests / f"{name}.json"
     if not path.is_file():
         raise DataError(f"no recipe {name!r}: {path} does not exist (known: {', '.join(RECIPES)})")
@@ -31,6 +45,8 @@ def load_manifest(name: str, manifests: Path = MANIFESTS) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    if problems := _manifest_problems(manifest):
+        raise DataError(f"{path}: " + "; ".join(problems) + " (data/wmt14_en_de.json shows the format)")
     # archives are cached, and members extracted, by file name: two of one name would overwrite each other
     archives = [archive_name(entry["archive"]) for entry in manifest["train"]]
     if len(set(archives)) < len(archives):
@@ -39,6 +55,38 @@ def load_manifest(name: str, manifests: Path = MANIFESTS) -> dict[str, Any]:
         if Path(entry["src"]).name == Path(entry["tgt"]).name:
             raise DataError(f"{path}: {entry['archive']}: src and tgt members share the file name {entry['src']!r}")
     return manifest
+
+
+def _manifest_problems(manifest: Any) -> list[str]:
+    """What a recipe lacks: ``src``/``tgt`` names, a non-empty ``train`` list of archives (``archive``, ``src`` and
+    ``tgt`` member names, ``sha256``: 64 hex digits or null) and ``valid``/``test`` sacreBLEU sets."""
+    if not isinstance(manifest, dict):
+        return ["the recipe must be a JSON object"]
+
+    def text(value: Any) -> bool:
+        return isinstance(value, str) and value.strip() != ""
+
+    bad = [f"{key!r} must be a language code" for key in ("src", "tgt") if not text(manifest.get(key))]
+    train = manifest.get("train")
+    if not isinstance(train, list) or not train:
+        bad.append("'train' must be a non-empty list of archives")
+    else:
+        for i, entry in enumerate(train):
+            where = f"train[{i}]"
+            if not isinstance(entry, dict):
+                bad.append(f"{where} must be an object")
+                continue
+            bad += [
+                f"{where}.{key} must be a non-empty string"
+                for key in ("archive", "src", "tgt")
+                if not text(entry.get(key))
+            ]
+            if entry.get("sha256") is not None and not is_sha256(entry["sha256"]):
+                bad.append(f"{where}.sha256 must be 64 hex digits, or null (recorded on first download)")
+    for split in ("valid", "test"):
+        if not isinstance(manifest.get(split), dict) or not text(manifest[split].get("sacrebleu")):
+            bad.append(f'{split!r} must name a sacreBLEU test set: {{"sacrebleu": ..., "name": ...}}')
+    return bad
 
 
 def archive_name(url: str) -> str:
@@ -63,7 +111,7 @@ def _fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | No
     dest = cache / name
     record = cache / f"{name}.sha256"
     source = f"{base_url.rstrip('/')}/{name}" if base_url else url
-    expected = sha256 or (record.read_text().split()[0] if record.exists() else None)
+    expected = sha256 or (_recorded(record, name) if record.exists() else None)
     try:
         if not dest.exists():
             try:
@@ -82,10 +130,49 @@ def _fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | No
             f"no published checksum); if that first copy was itself bad, delete {record} too."
         ) from None
     if not expected:
+        check_archive(dest)  # damaged archives are not trusted
         expected = sha256_file(dest)
         write_text_atomic(record, f"{expected}  {name}\n")
         print(f"[data] {name}: no published checksum; recorded sha256 {expected} (trust on first use)", flush=True)
     return dest, expected
+
+
+def _recorded(record: Path, name: str) -> str:
+    """The SHA-256 that ``record`` holds for the archive ``name`` (``sha256sum`` format)."""
+    recorded = read_checksums(record).get(name)
+    if recorded is None:
+        raise DataError(f"{record} holds no sha256 of {name}; delete it (the archive is recorded again when next seen)")
+    return recorded
+
+
+def check_archive(archive: Path) -> None:
+    """Read all of ``archive`` (a zip, or a tar, plain or compressed), so that every check its format has is made:
+    each zip member's CRC-32, each tar header's checksum, and a compressed stream's own check (gzip's CRC-32 and
+    length, bzip2's and xz's). ``tarfile`` stops after the last member and never reads gzip's trailer, so a
+    damaged .tgz extracts other text without an error: read it to its end before its checksum is trusted."""
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                if (bad := z.testzip()) is not None:
+                    raise zipfile.BadZipFile(f"member {bad!r} fails its CRC-32 check")
+            return
+        with tarfile.open(archive) as t:
+            for _ in t:  # every header
+                pass
+            while t.fileobj.read(1 << 20):  # the compressed stream to its end (its trailer: the check)
+                pass
+    except _ARCHIVE_ERRORS as err:
+        raise DataError(_damaged(archive, err)) from err
+
+
+#: what reading a damaged archive raises (gzip.BadGzipFile is an OSError)
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def _damaged(archive: Path, err: BaseException) -> str:
+    record = archive.parent / f"{archive.name}.sha256"
+    also = f" and its recorded checksum {record}" if record.exists() else ""
+    return f"{archive}: a damaged or unreadable archive ({err}); delete it{also}, and download it again"
 
 
 def extract_members(archive: Path, sha256: str, members: list[str], dest: Path) -> list[Path]:
@@ -103,31 +190,40 @@ def _extract(archive: Path, members: list[str], dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                names = set(z.namelist())
-                for m in members:
-                    if m not in names:
-                        raise DataError(f"{archive} has no member {m!r}; fix the recipe in data/*.json")
-                    (tmp / Path(m).name).write_bytes(z.read(m))
-        else:
-            try:
-                with tarfile.open(archive) as t:
-                    names = set(t.getnames())
-                    for m in members:
-                        if m not in names:
-                            raise DataError(f"{archive} has no member {m!r}; fix the recipe in data/*.json")
-                        f = t.extractfile(m)
-                        if f is None:
-                            raise DataError(f"{archive}: member {m!r} is not a regular file")
-                        (tmp / Path(m).name).write_bytes(f.read())
-            except (tarfile.TarError, EOFError, OSError) as err:
-                raise DataError(f"{archive}: not a readable archive ({err}); delete it and download again") from err
+        for member, data in _read_members(archive, members):
+            (tmp / Path(member).name).write_bytes(data)
         dest.mkdir(parents=True, exist_ok=True)
         for p in tmp.iterdir():
             p.replace(dest / p.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_members(archive: Path, members: list[str]) -> Iterator[tuple[str, bytes]]:
+    """Each member's bytes in turn (one in memory at a time); an archive that cannot be read is a ``DataError``
+    saying so (an error writing them is not the archive's)."""
+
+    def check(names: set[str]) -> None:
+        for m in members:
+            if m not in names:
+                raise DataError(f"{archive} has no member {m!r}; fix the recipe in data/*.json")
+
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                check(set(z.namelist()))
+                for m in members:
+                    yield m, z.read(m)
+        else:
+            with tarfile.open(archive) as t:
+                check(set(t.getnames()))
+                for m in members:
+                    f = t.extractfile(m)
+                    if f is None:
+                        raise DataError(f"{archive}: member {m!r} is not a regular file")
+                    yield m, f.read()
+    except _ARCHIVE_ERRORS as err:
+        raise DataError(_damaged(archive, err)) from err
 
 
 def sacrebleu_set(test_set: str, src: str, tgt: str) -> tuple[Path, Path]:
