@@ -360,7 +360,7 @@ def test_every_thesis_member_is_inside_the_family_the_exact_optimum_searches(rol
 
 
 def test_report_quotes_the_thesis_and_reports_both_variants(tmp_path):
-    from structmt.analysis.report import markdown, summarise, thesis_quote
+    from structmt.analysis.report import markdown, summarise, thesis_quote, write_report
 
     t16, t17 = thesis_quote(3, 2), thesis_quote(10, 1)
     assert (t16["table"], t17["table"]) == (16, 17)
@@ -391,7 +391,11 @@ def test_report_quotes_the_thesis_and_reports_both_variants(tmp_path):
     assert "about 0.004" not in text
     assert "Table 16" in text and "0.0615–0.0824" in text and "0.0780–0.0882" in text
     assert "row-stochastic" in text and "EddieConti/Master-Thesis-UB" in text
-    assert json.loads((tmp_path / "roles.json").read_text())["encoder"]
+    assert not (tmp_path / "roles.json").exists()  # written with the report's text, once all of it exists
+    write_report(tmp_path, result, "structmt-analyze ckpt.pt bin")
+    assert json.loads((tmp_path / "roles.json").read_text()) == result["roles"]
+    assert json.loads((tmp_path / "analysis.json").read_text())["roles"] == result["roles"]
+    assert (tmp_path / "ANALYSIS.md").read_text() == text
 
 
 def test_extraction_from_a_structured_model_is_zero_outside_its_support(dict_dir):
@@ -493,3 +497,119 @@ def test_a_page_of_older_json_asks_for_the_analysis_again(tmp_path):
     (tmp_path / "analysis.json").write_text("{}")
     with pytest.raises(ValueError, match="analysis.json lacks 'checkpoint'.*run the command on the page's first line"):
         render_page(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "structured_transformer_tiny"])
+@pytest.mark.parametrize("flip", [False, True])
+def test_extraction_in_batches_equals_one_sentence_at_a_time(data_bin, arch, flip):
+    """Padding is removed wherever it lies (``--left-pad-source``/``--left-pad-target``): each sentence's weights
+    extracted from a padded batch are those of the sentence alone, and each row is an attention row."""
+    from structmt.analysis.extract import iterate
+
+    size = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16"]
+    size += ["--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
+    size += ["--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32"]
+    flips = ["--left-pad-source", "--left-pad-target"] if flip else []  # sources right-, targets left-padded
+    task, model = build(data_bin, arch, *(size if arch == "transformer" else []), *flips)
+    assert (task.cfg.left_pad_source, task.cfg.left_pad_target) == (not flip, flip)
+    batched = {s.sample_id: s for s in iterate(model, task, "test", batch_size=32)}
+    alone = list(iterate(model, task, "test", batch_size=1))
+    assert len(alone) == len(batched) == 60
+    for s in alone:
+        b = batched[s.sample_id]
+        assert (b.src_len, b.tgt_len) == (s.src_len, s.tgt_len) and torch.equal(b.src_tokens, s.src_tokens)
+        for block, layers in s.weights.items():
+            for mine, theirs in zip(b.weights[block], layers, strict=True):
+                torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+                torch.testing.assert_close(mine.sum(-1), torch.ones(mine.shape[:-1]), atol=1e-5, rtol=0)
+
+
+def _sentences(lengths, layers=2, heads=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def attention(n, causal=False):
+        scores = torch.randn(heads, n, n, generator=gen) * 3
+        return torch.softmax(scores.tril() if causal else scores, -1)
+
+    return [
+        SentenceAttention(
+            i,
+            n,
+            n,
+            {"encoder": [attention(n) for _ in range(layers)], "decoder": [attention(n, True) for _ in range(layers)]},
+            torch.arange(4, 4 + n),
+        )
+        for i, n in enumerate(lengths)
+    ]
+
+
+def test_a_one_head_model_is_reported_and_a_failed_report_changes_no_file(tmp_path, monkeypatch):
+    from structmt.analysis import report
+
+    result = report.summarise(_sentences((16, 12), layers=1, heads=1), None, tmp_path, draws=1)
+    assert result["roles"]["encoder"] == [result["roles"]["encoder"][0]] and (tmp_path / "analysis_heads.png").stat()
+    result |= {"checkpoint": "ckpt.pt", "data": "bin", "subset": "test", "seconds": 1.0}
+    before = {name: f"earlier {name}" for name in ("roles.json", "analysis.json", "ANALYSIS.md")}
+    for name, text in before.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(report, "markdown", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        report.write_report(tmp_path, result, "structmt-analyze ckpt.pt bin")
+    assert {name: (tmp_path / name).read_text() for name in before} == before
+
+
+def test_the_whole_set_quantiles_stay_within_the_data(tmp_path):
+    from structmt.analysis.report import _quantile, distribution
+
+    few = distribution(_sentences((6, 7)), "encoder", 1, 1)  # 8 matrices: p10 and p90 would lie outside them
+    assert few["matrices"] == 8 and few["p10"] is None and few["p90"] is None
+    assert _quantile(few["p90"]) == "– (fewer than 9 matrices)"
+    many = distribution(_sentences((6, 7, 8)), "encoder", 1, 1)
+    errs = [
+        project(s.weights["encoder"][layer][head], 1, 1)["rare"].per_entry
+        for s in _sentences((6, 7, 8))
+        for layer in range(2)
+        for head in range(2)
+    ]
+    assert many["matrices"] == 12 and min(errs) <= many["p10"] <= many["median"] <= many["p90"] <= max(errs)
+
+
+def test_seeds_of_the_random_search_never_share_a_sentence_seed():
+    from structmt.analysis.report import sentence_seed
+
+    assert [sentence_seed(0, i) for i in range(5)] == list(range(5))  # the committed analyses (seed 0) unchanged
+    drawn = [{sentence_seed(seed, i) for i in range(3000)} for seed in range(4)]
+    assert all(not (a & b) for a, b in itertools.combinations(drawn, 2))
+    assert sentence_seed(2**31 - 1, 10**6) < 2**63  # the largest --seed: a valid torch seed
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda a: thesis_random_search(a[0], 3, 2), r"a stack of h square matrices \(h, n, n\), got shape \(8, 8\)"),
+        (lambda a: thesis_random_search(a.nan_to_num(0) * math.nan, 3, 2), "finite, non-negative"),
+        (lambda a: thesis_random_search(a - 1, 3, 2), "finite, non-negative"),
+        (lambda a: thesis_random_search(a, 0, 2), "need w >= 1 and num-pos >= 0, got w=0"),
+        (lambda a: thesis_random_search(a, 3, 2, draws=0), "draws must be >= 1"),
+        (lambda a: thesis_family_optimum(a[0], "rare", 10, 1), "no 1 segments of length 10 at least 10 apart fit in 8"),
+        (lambda a: thesis_family_optimum(a[0], "syntactic", -1, 1), "w must be >= 0, got -1"),
+        (lambda a: thesis_family_optimum(a[0] * math.nan, "positional", 1, 1), "finite, non-negative"),
+        (lambda a: thesis_family_optimum(3 * a[0], "positional", 1, 1), "a row of A has mass 3"),
+        (lambda a: project(a[0], 1, 0, k=2, eps=math.nan), "at most eps >= 0, got k=2, eps=nan"),
+        (lambda a: best_role(project(a[0], 1, 1), 1.5), r"share must lie in \[0, 1\]"),
+    ],
+)
+def test_the_analysis_functions_refuse_what_they_cannot_fit(call, message):
+    a = torch.softmax(torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(0)), -1)
+    with pytest.raises(ValueError, match=message):
+        call(a)
+
+
+def test_a_report_names_the_sentence_length_it_needs_and_a_setting_it_cannot_draw(tmp_path):
+    from structmt.analysis.report import summarise
+
+    with pytest.raises(SystemExit, match=r"no sentence has 16 source tokens \(counted with </s>.*lengths run 6–9"):
+        summarise(_sentences((6, 9)), None, tmp_path / "out")
+    with pytest.raises(ValueError, match="need w >= 1 and num-pos >= 0, got w=0"):
+        summarise(_sentences((16,)), None, tmp_path / "out", settings=((0, 1),))
+    assert not (tmp_path / "out").exists()

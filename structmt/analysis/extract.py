@@ -81,10 +81,11 @@ def iterate(
                 model(**sample["net_input"])
                 tgt = sample["net_input"]["prev_output_tokens"]
                 for i in keep:
+                    # padding on either side (fairseq's --left-pad-source and --left-pad-target)
                     src_pos = (src[i] != pad).nonzero().flatten()
-                    n_tgt = int((tgt[i] != pad).sum())
+                    tgt_pos = (tgt[i] != pad).nonzero().flatten()
                     item = SentenceAttention(
-                        int(sample["id"][i]), len(src_pos), n_tgt, src_tokens=src[i, src_pos].clone()
+                        int(sample["id"][i]), len(src_pos), len(tgt_pos), src_tokens=src[i, src_pos].clone()
                     )
                     for block, recs in recorders.items():
                         layers = []
@@ -93,9 +94,9 @@ def iterate(
                             if block == "encoder":
                                 w = w[:, src_pos][:, :, src_pos]
                             elif block == "decoder":
-                                w = w[:, :n_tgt, :n_tgt]
+                                w = w[:, tgt_pos][:, :, tgt_pos]
                             else:
-                                w = w[:, :n_tgt][:, :, src_pos]
+                                w = w[:, tgt_pos][:, :, src_pos]
                             layers.append(w.float().clone())
                         item.weights[block] = layers
                     yield item

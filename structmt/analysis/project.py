@@ -112,7 +112,7 @@ def error_with_sparse_term(
     its mass left outside plus ``|1 - mass kept|``, and the greedy choice is exact when every row of
     ``A`` has mass at most 1 (attention rows, or crops of them), which is checked.  ``Ẽ`` adds to the
     structure and does not replace it: a row with an empty support still has no such ``X``."""
-    if k < 0 or eps < 0:
+    if k < 0 or not eps >= 0:  # a NaN eps is refused too
         raise ValueError(f"the sparse term Ẽ needs k >= 0 entries of at most eps >= 0, got k={k}, eps={eps}")
     if not k:
         return support_distance(a, support, variant)
@@ -195,6 +195,8 @@ def project(
 def best_role(fits: dict[str, Fit], share: float = 0.9) -> Fit:
     """The simplest family (Σ₁, then Σ₂, then Σ₃) that captures at least ``share`` of the
     attention mass the best family captures (the larger families always fit at least as well)."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"share must lie in [0, 1] (a share of the best family's mass), got {share}")
     best = max(f.mass_inside for f in fits.values())
     return next(fits[r] for r in ROLES if fits[r].mass_inside >= share * best)
 
@@ -214,8 +216,7 @@ def thesis_starts(m: int, n: int, w: int, num_pos: int, gen: torch.Generator) ->
     """``(m, num_pos)`` 0-based starts of the thesis's vertical segments (``generate_positions``):
     drawn one by one, uniformly among ``0 .. n - w`` at least ``w`` from those already drawn
     (the thesis redraws until one fits; a member left with no room is drawn again)."""
-    if w < 1 or (num_pos - 1) * w > n - w:
-        raise ValueError(f"no {num_pos} segments of length {w} at least {w} apart fit in {n} rows")
+    check_segments(n, w, num_pos)
     candidates = torch.arange(n - w + 1)
     out = torch.empty(m, num_pos, dtype=torch.long)
     todo = torch.arange(m)
@@ -230,6 +231,15 @@ def thesis_starts(m: int, n: int, w: int, num_pos: int, gen: torch.Generator) ->
         out[todo[~stuck]] = chosen[~stuck]
         todo = todo[stuck]
     return out
+
+
+def check_segments(n: int, w: int, num_pos: int) -> None:
+    """``num_pos`` vertical segments of ``w`` rows, at least ``w`` apart, fit in ``n`` rows (the thesis's Σ₃
+    needs ``w >= 1`` and ``num_pos >= 0``)."""
+    if w < 1 or num_pos < 0:
+        raise ValueError(f"the thesis's vertical segments need w >= 1 and num-pos >= 0, got w={w}, num-pos={num_pos}")
+    if (num_pos - 1) * w > n - w:
+        raise ValueError(f"no {num_pos} segments of length {w} at least {w} apart fit in {n} rows")
 
 
 def vertical_columns(n: int, w: int, starts: Tensor) -> Tensor:
@@ -297,8 +307,15 @@ def thesis_random_search(
 
     ``a``: ``(h, n, n)``, one result per matrix; the matrices of one call are compared with the same
     members (the thesis drew new ones for each matrix: each result has the same distribution)."""
-    gen = torch.Generator().manual_seed(seed)
+    if a.dim() != 3:
+        raise ValueError(f"A must be a stack of h square matrices (h, n, n), got shape {tuple(a.shape)}")
+    for matrix in a:
+        check_matrix(matrix, "unconstrained")
     h, n = a.size(0), a.size(-1)
+    check_segments(n, w, num_pos)
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    gen = torch.Generator().manual_seed(seed)
     g = torch.tensor(grid, dtype=torch.float64)
     c_d = g.repeat_interleave(len(grid) * draws)  # pairs (c_d, c_sp) in order, draws innermost
     c_sp = g.repeat_interleave(draws).repeat(len(grid))
@@ -319,13 +336,17 @@ def thesis_family_optimum(a: Tensor, role: str, w: int, num_pos: int) -> float:
     """Exact L1 distance (not per entry) from ``A`` (rows summing to 1) to the nearest row-stochastic
     matrix shaped like a member of a thesis family: its structure (diagonal, band, or diagonal with
     vertical segments at any allowed starts) plus up to ``n`` off-diagonal noise entries.  No member
-    :func:`thesis_members` draws can be closer."""
+    :func:`thesis_members` draws can be closer.  ``A`` is checked (:func:`check_matrix`, row-stochastic)."""
+    check_matrix(a, "row_stochastic")
     n = a.size(-1)
     if role == "positional":
         structures = [diagonal_support(n, 0)]
     elif role == "syntactic":
+        if w < 0:
+            raise ValueError(f"the band half-width w must be >= 0, got {w}")
         structures = [band_support(n, w)]
     elif role == "rare":
+        check_segments(n, w, num_pos)
         starts = [
             s
             for s in itertools.combinations(range(n - w + 1), num_pos)

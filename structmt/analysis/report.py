@@ -26,6 +26,7 @@ from .extract import SentenceAttention, iterate
 from .project import (
     VARIANTS,
     best_role,
+    check_segments,
     model_rare_positions,
     project,
     rare_columns,
@@ -70,6 +71,12 @@ def _heads(sentences: list[SentenceAttention], block: str) -> list[tuple[int, in
     return [(layer, head) for layer in range(len(layers)) for head in range(layers[layer].size(0))]
 
 
+def sentence_seed(seed: int, i: int) -> int:
+    """The seed of sentence ``i``'s random members: ``seed · 2³² + i``, so runs of other seeds never share a
+    draw (with ``seed + i``, seed 1 drew sentence i's members as seed 0 drew sentence i + 1's)."""
+    return seed * 2**32 + i
+
+
 def head_table(
     sentences: list[SentenceAttention],
     block: str,
@@ -89,7 +96,7 @@ def head_table(
     for i, s in enumerate(sentences):
         stack = torch.stack([s.weights[block][layer][head] for layer, head in heads])
         n = stack.size(-1)
-        searched = thesis_random_search(stack, w, r, draws, seed=seed + i)
+        searched = thesis_random_search(stack, w, r, draws, seed=sentence_seed(seed, i))
         rare = eos = None
         if rarity is not None and s.src_tokens is not None:
             rare = set(model_rare_positions(s.src_tokens, rarity[0], rarity[1], r).tolist()) - {-1}
@@ -156,7 +163,8 @@ def distribution(
         for s in sentences
         for layer, head in _heads(sentences, block)
     )
-    q = statistics.quantiles(errs, n=10)
+    # the default (exclusive) method reaches beyond the data with fewer than 9 values (p90 > max); none given then
+    q = statistics.quantiles(errs, n=10) if len(errs) >= 9 else [None, None]
     return {
         "matrices": len(errs),
         "mean": statistics.mean(errs),
@@ -165,6 +173,11 @@ def distribution(
         "p90": q[-1],
         "max": errs[-1],
     }
+
+
+def _quantile(value: float | None) -> str:
+    """A p10 or p90 of :func:`distribution` as the page shows it (none below 9 head matrices)."""
+    return "– (fewer than 9 matrices)" if value is None else f"{value:.5f}"
 
 
 def role_mix(sentences: list[SentenceAttention], block: str, w: int, r: int) -> list[str]:
@@ -183,7 +196,7 @@ def figure(sentence: SentenceAttention, block: str, w: int, r: int, png: Path) -
         for layer in range(len(sentence.weights[block]))
         for head in range(sentence.weights[block][layer].size(0))
     ]
-    fig, axes = plt.subplots(2, len(heads), figsize=(1.4 * len(heads), 3.2))
+    fig, axes = plt.subplots(2, len(heads), figsize=(1.4 * len(heads), 3.2), squeeze=False)  # 2-D with one head
     for col, (layer, head) in enumerate(heads):
         a = sentence.weights[block][layer][head]
         fit = best_role(project(a, w, r))
@@ -251,10 +264,19 @@ def summarise(
     seed: int = 0,
     settings: tuple[tuple[int, int], ...] = ((3, 2), (10, 1)),
 ) -> dict[str, Any]:
-    """Everything the report shows, from the extracted attention; writes roles.json and the figures."""
+    """Everything the report shows, from the extracted attention; writes the figures (:func:`write_report`
+    writes the rest)."""
+    for w, r in settings:
+        check_segments(n, w, r)
     exact = [s for s in everything if s.src_len == n]
     if not exact:
-        raise SystemExit(f"error: no sentence has {n} source tokens")
+        lengths = sorted({s.src_len for s in everything})
+        raise SystemExit(
+            f"error: no sentence has {n} source tokens (counted with </s>, as the thesis's {n}×{n} crops; the "
+            f"per-head tables use only those): the subset's lengths run {lengths[0]}–{lengths[-1]}"
+            if lengths
+            else f"error: no sentence has {n} source tokens: the subset is empty"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "sentences": len(everything),
@@ -281,7 +303,6 @@ def summarise(
     }
     result["grid"] = grid(exact, "encoder")
     result["roles"] = {"encoder": role_mix(exact, "encoder", w, r), "decoder": role_mix(everything, "decoder", w, r)}
-    write_text_atomic(out_dir / "roles.json", json.dumps(result["roles"], indent=2) + "\n")
     figure(exact[0], "encoder", w, r, out_dir / "analysis_heads.png")
     grid_figure(result["grid"], out_dir / "analysis_grid.png", f"encoder heads, n={n}: error of the best X in Σ₃(w, r)")
     return result
@@ -434,8 +455,9 @@ def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
         lines += [
             "",
             f"Whole {result['subset']} set, all lengths ({u['matrices']} head matrices), Σ₃(w, r): unconstrained mean "
-            f"{u['mean']:.5f}, p10 {u['p10']:.5f}, median {u['median']:.5f}, p90 {u['p90']:.5f}, max {u['max']:.5f}; "
-            f"row-stochastic mean {st['mean']:.5f}, median {st['median']:.5f}, p90 {st['p90']:.5f}.",
+            f"{u['mean']:.5f}, p10 {_quantile(u['p10'])}, median {u['median']:.5f}, p90 {_quantile(u['p90'])}, "
+            f"max {u['max']:.5f}; row-stochastic mean {st['mean']:.5f}, median {st['median']:.5f}, "
+            f"p90 {_quantile(st['p90'])}.",
             "",
         ]
     ((key, d),) = result["decoder"].items()
@@ -445,7 +467,7 @@ def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
         f"## Decoder self-attention (w={w}, r={r}, all lengths)",
         "",
         f"{u['matrices']} head matrices, Σ₃(w, r): unconstrained mean {u['mean']:.5f}, median {u['median']:.5f}, "
-        f"p90 {u['p90']:.5f}; row-stochastic mean {st['mean']:.5f}. (Σ₃ keeps the same r columns for every row; "
+        f"p90 {_quantile(u['p90'])}; row-stochastic mean {st['mean']:.5f}. (Σ₃ keeps the same r columns for every row; "
         "a structured decoder's rare set is the rarest of each query's prefix, so it can change from row to row.)",
         "",
         f"## Error term Ẽ (w={w}, r={r}, n={n}): k more entries of X outside the structure",
@@ -499,16 +521,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--draws", type=int_at_least(1), default=30, help="random members per family and grid pair (thesis: 30)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the thesis's random search (sentence i: seed + i)")
+    p.add_argument(
+        "--seed",
+        type=int_at_least(0, 2**31 - 1),
+        default=0,
+        help="seed of the thesis's random search (sentence i: seed·2³² + i, so seeds never share a draw)",
+    )
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
     torch.manual_seed(0)
     result = analyze(a.checkpoint, a.data_dir, a.subset, a.out_dir, draws=a.draws, seed=a.seed)
-    write_text_atomic(a.out_dir / "analysis.json", json.dumps(result, indent=2) + "\n")
     command = "structmt-analyze " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:]))
-    write_text_atomic(a.out_dir / "ANALYSIS.md", markdown(result, command))
+    write_report(a.out_dir, result, command)
     print(f"wrote {a.out_dir / 'ANALYSIS.md'}, analysis.json, roles.json and figures ({result['seconds']:.0f} s)")
+
+
+def write_report(out_dir: Path, result: dict[str, Any], command: str) -> None:
+    """``analysis.json``, ``ANALYSIS.md`` and, last, ``roles.json`` (which ``--struct-heads-from`` reads): each
+    written whole, once every number of the report exists, so a run that fails changes none of them."""
+    page = markdown(result, command)
+    write_text_atomic(out_dir / "analysis.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out_dir / "ANALYSIS.md", page)
+    write_text_atomic(out_dir / "roles.json", json.dumps(result["roles"], indent=2) + "\n")
 
 
 def render_page(out_dir: Path) -> None:
