@@ -140,7 +140,7 @@ def read_lines(path: Path) -> list[str]:
         raise DataError(
             f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {column} of the line); fix or remove the line"
         ) from None
-    lines, changed = text_lines(text)
+    lines, changed = text_lines(text.removeprefix("\ufeff"))  # a byte-order mark is no text (nor a reference's)
     if changed:
         print(f"[data] {path}: {changed} lines held line-break characters (\\r, U+2028…); replaced by spaces")
     return lines

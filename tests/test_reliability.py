@@ -6,6 +6,7 @@ selects them whatever ``slow`` says).
 """
 
 import ast
+import codecs
 import gzip
 import os
 import re
@@ -40,6 +41,10 @@ def _files(folder: Path, broken: str) -> dict[str, list[tuple[Path, Path]]]:
         texts["train.de"] = "eins\nzwei\n"
     elif broken == "invalid_utf8":  # in the last split read: nothing may be written for the earlier ones
         texts["test.de"] = "ein Mann\nzwei \udcff Hunde\n"
+    elif broken == "empty_test":
+        texts["test.en"] = texts["test.de"] = ""
+    elif broken == "nothing_left":  # every training pair dropped by cleaning
+        texts["train.de"] = "\n \n\t\n"
     for key, text in texts.items():
         data = text.encode("utf-8", errors="surrogateescape")
         if broken == "truncated_gz" and key == "valid.en":
@@ -55,6 +60,8 @@ def _files(folder: Path, broken: str) -> dict[str, list[tuple[Path, Path]]]:
         ("line_counts", r"parallel files differ in length: {c}/train\.en has 3 lines, {c}/train\.de has 2"),
         ("invalid_utf8", r"{c}/test\.de:2: invalid UTF-8 \(invalid start byte at byte 5 of the line\)"),
         ("truncated_gz", r"{c}/valid\.en\.gz: cannot read .*truncated download, fetch it again"),
+        ("empty_test", r"test: {c}/test\.en and {c}/test\.de hold no lines; a test set needs sentences to score"),
+        ("nothing_left", r"train: no pair of {c}/train\.en and {c}/train\.de is left after cleaning \(.*'empty': 3"),
     ],
 )
 def test_bad_data_names_file_and_line_and_leaves_no_output(tmp_path, broken, message):
@@ -80,6 +87,24 @@ def test_line_break_characters_inside_a_line_become_spaces(tmp_path, capsys):
     f.write_bytes("a\u2028b\nc\rd\ne\r\nf\x85g\n".encode())
     assert read_lines(f) == ["a b", "c d", "e", "f g"]
     assert f"{f}: 3 lines held line-break characters" in capsys.readouterr().out
+    # a byte-order mark (an editor's) is not text: in a reference it would cost BLEU on the first sentence
+    f.write_bytes(codecs.BOM_UTF8 + "Ein Mann\nzwei \ufeffHunde\n".encode())
+    assert read_lines(f) == ["Ein Mann", "zwei \ufeffHunde"]  # only the file's first character is a mark
+
+
+def test_a_data_folder_with_a_comma_or_a_vocabulary_sentencepiece_cannot_train_is_named(tmp_path, capsys):
+    from structmt.data.cli import main
+
+    with pytest.raises(SystemExit, match=r"m30k,v1: SentencePiece and fairseq-preprocess read comma-separated"):
+        main([str(tmp_path / "m30k,v1"), "--mirror", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # refused before any download or folder
+    splits = _files(tmp_path / "corpus", "none")
+    with pytest.raises(DataError, match=r"cannot train a vocabulary of 5 pieces on .*train\.en.*; choose another size"):
+        prepare_parallel(tmp_path / "small", splits, PrepConfig(vocab_size=5))
+    assert not (tmp_path / "small" / "spm" / "spm.model").exists()
+    prepare_parallel(tmp_path / "big", splits, PrepConfig(vocab_size=10**5))
+    pieces = len((tmp_path / "big" / "spm" / "spm.vocab").read_text().splitlines())
+    assert f"the training text supports {pieces} pieces, fewer than the 100000 asked for" in capsys.readouterr().out
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -91,7 +116,7 @@ def test_random_bytes_are_read_and_cleaned_or_rejected_with_the_line(src_bytes, 
         for path, data in zip(paths, (src_bytes, tgt_bytes), strict=True):
             path.write_bytes(data)
             try:
-                text = data.decode("utf-8")
+                text = data.decode("utf-8").removeprefix("\ufeff")  # a leading byte-order mark is no text
             except UnicodeDecodeError as err:
                 line = data.count(b"\n", 0, err.start) + 1
                 with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:{line}: invalid UTF-8"):

@@ -262,6 +262,16 @@ def test_length_ratio_counts_pieces_with_end_of_sentence(data_bin):
         assert total == sum(len(vocab.encode_line(line, add_if_not_exist=False)) for line in lines)
 
 
+def test_length_ratio_names_the_split_and_languages_a_data_bin_lacks_and_those_it_holds(data_bin):
+    from structmt.data.length_ratio import main
+
+    with pytest.raises(
+        SystemExit,
+        match=r"holds no train\.en-ro \(.*--tgt ro\); it holds: test\.en-de, test1\.en-de, train\.en-de, valid\.en-de$",
+    ):
+        main([str(data_bin), "--tgt", "ro"])
+
+
 def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path):
     from structmt.bench.report import cross_bleu, train_section
 

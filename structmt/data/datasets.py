@@ -8,7 +8,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..files import DataError
-from .prepare import MULTI30K_SPLITS, PrepConfig, prepare_multi30k
+from .prepare import MULTI30K_SPLITS, PrepConfig, check_data_folder, prepare_multi30k
 from .wmt import RECIPES, load_manifest, prepare_wmt
 
 DATASETS = ("multi30k_en_de", *RECIPES)
@@ -47,6 +47,7 @@ def prepare_dataset(name: str, out_dir: Path, cfg: PrepConfig, base_url: str | N
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     out_dir = Path(out_dir)
+    check_data_folder(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
         if name == "multi30k_en_de":

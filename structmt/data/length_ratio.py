@@ -19,7 +19,11 @@ def piece_totals(bin_dir: Path, split: str, src: str, tgt: str) -> tuple[int, in
         prefix = bin_dir / f"{split}.{src}-{tgt}.{lang}"
         dataset = data_utils.load_indexed_dataset(str(prefix), None)
         if dataset is None:
-            raise SystemExit(f"error: {prefix}.bin/.idx not found; give a data-bin written by structmt-prepare")
+            held = sorted({f.name.rsplit(".", 2)[0] for f in bin_dir.glob("*.*-*.*.bin")})
+            raise SystemExit(
+                f"error: {bin_dir} holds no {split}.{src}-{tgt} ({prefix.name}.bin/.idx; --split {split}, --src {src}, "
+                f"--tgt {tgt}); it holds: {', '.join(held) or 'no binarized split (give a structmt-prepare data-bin)'}"
+            )
         totals.append(int(dataset.sizes.sum()))  # read while the dataset (its memory map) is alive
     return totals[0], totals[1]
 

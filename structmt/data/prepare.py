@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ..console import say, say_once
 from ..files import DataError, atomic_path, read_lines
@@ -87,6 +88,18 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 Splits = dict[str, list[tuple[Path, Path]]]
 
 
+def check_data_folder(out_dir: Path) -> None:
+    """``out_dir`` can hold a preparation: SentencePiece and fairseq-preprocess take comma-separated lists of
+    the files inside it, so a comma in its path would cut them apart."""
+    if "," in str(out_dir):
+        raise DataError(
+            f"{out_dir}: SentencePiece and fairseq-preprocess read comma-separated lists of the files in the data "
+            "folder, so its path must not contain a comma; choose another folder"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: a file; give a folder for the prepared data")
+
+
 def _read_split(split: str, pairs: list[tuple[Path, Path]], cfg: PrepConfig) -> tuple[list[str], list[str]]:
     """The source and target lines of one split, checked parallel; train is cleaned (counts printed)."""
     src_lines: list[str] = []
@@ -99,12 +112,17 @@ def _read_split(split: str, pairs: list[tuple[Path, Path]], cfg: PrepConfig) -> 
             )
         src_lines += s_lines
         tgt_lines += t_lines
+    files = ", ".join(f"{s} and {t}" for s, t in pairs)
     if split == "train":
         kept, counts = clean_pairs(src_lines, tgt_lines, cfg)
         if cfg.max_train_lines:
             kept = kept[: cfg.max_train_lines]
         say(f"[data] cleaning train: {asdict(counts)}; using {len(kept)} pairs")
+        if not kept:
+            raise DataError(f"train: no pair of {files} is left after cleaning ({asdict(counts)}); nothing to train on")
         return [p[0] for p in kept], [p[1] for p in kept]
+    if not src_lines:
+        raise DataError(f"{split}: {files} hold no lines; a {split} set needs sentences to score")
     if cfg.max_eval_lines:
         return src_lines[: cfg.max_eval_lines], tgt_lines[: cfg.max_eval_lines]
     return src_lines, tgt_lines
@@ -200,6 +218,25 @@ def train_sentencepiece(inputs: list[Path], prefix: Path, vocab_size: int) -> No
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
     tmp_prefix = prefix.parent / f".{prefix.name}.tmp"
+    try:
+        _train(spm, inputs, tmp_prefix, vocab_size)
+    except (RuntimeError, ValueError) as err:  # SentencePiece's own errors: RuntimeError, ValueError for the sizes
+        why = next(iter(str(err).strip().splitlines()), "?")
+        raise DataError(
+            f"SentencePiece cannot train a vocabulary of {vocab_size} pieces on {', '.join(map(str, inputs))} "
+            f"({why}); choose another size (structmt-prepare --vocab-size, structmt-run data.vocab_size)"
+        ) from err
+    pieces = spm.SentencePieceProcessor(model_file=f"{tmp_prefix}.model").get_piece_size()
+    if pieces < vocab_size:
+        say(
+            f"[data] SentencePiece: the training text supports {pieces} pieces, fewer than the {vocab_size} asked "
+            f"for; the vocabulary has {pieces}"
+        )
+    for ext in ("vocab", "model"):
+        Path(f"{tmp_prefix}.{ext}").replace(f"{prefix}.{ext}")
+
+
+def _train(spm: Any, inputs: list[Path], tmp_prefix: Path, vocab_size: int) -> None:
     spm.SentencePieceTrainer.train(
         input=",".join(str(p) for p in inputs),
         model_prefix=str(tmp_prefix),
@@ -216,8 +253,6 @@ def train_sentencepiece(inputs: list[Path], prefix: Path, vocab_size: int) -> No
         minloglevel=2,
         num_threads=2,
     )
-    for ext in ("vocab", "model"):
-        Path(f"{tmp_prefix}.{ext}").replace(f"{prefix}.{ext}")
 
 
 def binarize(text_dir: Path, bin_dir: Path, src: str, tgt: str, splits: list[str]) -> None:
