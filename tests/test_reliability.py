@@ -98,6 +98,9 @@ def test_a_data_folder_with_a_comma_or_a_vocabulary_sentencepiece_cannot_train_i
     with pytest.raises(SystemExit, match=r"m30k,v1: SentencePiece and fairseq-preprocess read comma-separated"):
         main([str(tmp_path / "m30k,v1"), "--mirror", str(tmp_path)])
     assert not list(tmp_path.iterdir())  # refused before any download or folder
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit, match=r"afile: a file; give a folder for the prepared data"):
+        main([str(tmp_path / "afile"), "--mirror", str(tmp_path)])
     splits = _files(tmp_path / "corpus", "none")
     with pytest.raises(DataError, match=r"cannot train a vocabulary of 5 pieces on .*train\.en.*; choose another size"):
         prepare_parallel(tmp_path / "small", splits, PrepConfig(vocab_size=5))
