@@ -167,6 +167,15 @@ def test_paired_bootstrap_is_sacrebleus_test_with_the_system_and_baseline_in_pla
     assert got[0] < 0.01  # a real difference
     swapped = paired_bootstrap(files["good"], files["bad"], files["ref"], n_samples=200)
     assert swapped[1] != got[1]  # the CI is the system's, not the baseline's
+    # no difference at all: p = 1 (sacreBLEU alone gives its smallest p-value, 1 / 201, as if it were significant)
+    same = paired_bootstrap(files["good"], files["good"], files["ref"], n_samples=200)
+    assert _bootstrap_by_hand(good, good, refs, 200)[0] == round(1 / 201, 4)
+    assert same == (1.0, _bootstrap_by_hand(good, good, refs, 200)[1])
+    one_word = [*good[:-1], good[-1] + " Haus"]
+    (tmp_path / "near.de").write_text("\n".join(one_word) + "\n")
+    assert paired_bootstrap(files["good"], tmp_path / "near.de", files["ref"], n_samples=200) == _bootstrap_by_hand(
+        good, one_word, refs, 200
+    )
 
 
 @pytest.mark.parametrize("logged", [20, 15])

@@ -48,7 +48,11 @@ def score(hyp: Path, ref: Path) -> Score:
 
 
 def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples: int = 1000) -> tuple[float, float]:
-    """sacreBLEU's paired bootstrap resampling: (p-value, 95% CI half-width of the system's BLEU)."""
+    """sacreBLEU's paired bootstrap resampling: (p-value, 95% CI half-width of the system's BLEU).
+
+    Two identical hypothesis files get p = 1: there is no difference to test. (sacreBLEU counts resamples whose
+    difference exceeds the real one, none when every difference is 0, and so gives such a pair its smallest
+    p-value, 1 / (n_samples + 1), as if the difference were significant.)"""
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
@@ -60,7 +64,8 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
     test = PairedTest(systems, {"BLEU": BLEU(references=[refs])}, references=None, test_type="bs", n_samples=n_samples)
     _, results = test()
     res = results["BLEU"][1]
-    return round(float(res.p_value), 4), round(float(res.ci), 2)
+    p_value = 1.0 if systems[0][1] == systems[1][1] else float(res.p_value)
+    return round(p_value, 4), round(float(res.ci), 2)
 
 
 def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
