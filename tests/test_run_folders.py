@@ -103,11 +103,21 @@ def trained(monkeypatch, tmp_path):
     "data, data_label, direction, tests",
     [
         (DataSpec(), "multi30k_en_de", "en-de", ["test_2016_flickr", "test_2017_flickr"]),  # as committed rows
-        (DataSpec(**SMOKE), "multi30k_en_de", "en-de", ["test_2016_flickr[:100]", "test_2017_flickr[:100]"]),
+        (
+            DataSpec(**SMOKE),
+            "multi30k_en_de-vocab1000-train2000",
+            "en-de",
+            ["test_2016_flickr[:100]", "test_2017_flickr[:100]"],
+        ),
         (DataSpec(src="de", tgt="en"), "multi30k_en_de-de-en", "de-en", ["test_2016_flickr", "test_2017_flickr"]),
+        (DataSpec(max_train_lines=2000), "multi30k_en_de-train2000", "en-de", ["test_2016_flickr", "test_2017_flickr"]),
+        (DataSpec(vocab_size=4000), "multi30k_en_de-vocab4000", "en-de", ["test_2016_flickr", "test_2017_flickr"]),
+        (DataSpec(name="wmt14_en_de", vocab_size=32000), "wmt14_en_de", "en-de", ["newstest2014"]),  # its default
     ],
 )
 def test_rows_name_the_direction_and_a_slice_of_the_test_set(trained, tmp_path, data, data_label, direction, tests):
+    """Rows of another direction, vocabulary, training slice or test slice are labelled so: never averaged as seeds
+    of (or compared with) rows of the data set itself."""
     spec = trained(data)
     evaluate_run(spec, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", log=quiet)
     rows = leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")

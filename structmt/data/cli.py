@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..console import add_verbose_option, setup
 from ..files import DataError, existing_dir, int_at_least
-from .datasets import DATASETS, prepare_dataset, wrong_source_option
+from .datasets import DATASETS, default_vocab, prepare_dataset, wrong_source_option
 from .fetch import MULTI30K_ENV
 from .prepare import MULTI30K_VOCAB, WMT_VOCAB, PrepConfig
 from .wmt import load_manifest
@@ -48,14 +48,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error(misplaced)
     setup(a.verbose)
     if a.data == "multi30k_en_de":
-        src, tgt, vocab = "en", "de", MULTI30K_VOCAB
+        src, tgt = "en", "de"
     else:
         manifest = load_manifest(a.data)
-        src, tgt, vocab = manifest["src"], manifest["tgt"], WMT_VOCAB
+        src, tgt = manifest["src"], manifest["tgt"]
     cfg = PrepConfig(
         src=src,
         tgt=tgt,
-        vocab_size=a.vocab_size or vocab,
+        vocab_size=a.vocab_size or default_vocab(a.data),
         max_train_lines=a.max_train_lines,
         mirror=mirror,
     )

@@ -8,10 +8,15 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..files import DataError
-from .prepare import MULTI30K_SPLITS, PrepConfig, check_data_folder, prepare_multi30k
+from .prepare import MULTI30K_SPLITS, MULTI30K_VOCAB, WMT_VOCAB, PrepConfig, check_data_folder, prepare_multi30k
 from .wmt import RECIPES, load_manifest, prepare_wmt
 
 DATASETS = ("multi30k_en_de", *RECIPES)
+
+
+def default_vocab(name: str) -> int:
+    """The joint SentencePiece vocabulary data set ``name`` is prepared with unless another is asked for."""
+    return MULTI30K_VOCAB if name == "multi30k_en_de" else WMT_VOCAB
 
 
 def test_sets(name: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.datasets import test_sets
+from ..data.datasets import default_vocab, test_sets
 from ..fairseq_cli import StepError, decode, last_checkpoint, parse_param_count, train_log
 from ..files import atomic_path, read_lines, write_text_atomic
 from ..leaderboard_csv import LeaderboardRow
@@ -70,13 +70,16 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
 
 def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
     """The ``data``, ``test_set`` and ``options`` columns of a row of ``spec``: another direction than the data
-    set's name and a slice of the test set (``data.max_eval_lines``) are named (``multi30k_en_de-de-en``,
-    ``test_2016_flickr[:100]``), and so are structure options without a column of their own, so such rows are
-    never compared with, or averaged into, rows of the full test set, the named direction or the default model.
+    set's name, another vocabulary than its default (``data.vocab_size``), a slice of the training data
+    (``data.max_train_lines``) and a slice of the test set (``data.max_eval_lines``) are named
+    (``multi30k_en_de-de-en``, ``multi30k_en_de-vocab1000-train2000``, ``test_2016_flickr[:100]``), and so are
+    structure options without a column of their own, so such rows are never compared with, or averaged into,
+    rows of the full data, the named direction or the default model.
     (Rows stored before a label existed get it when they are added again.)"""
-    n = spec.data.max_eval_lines
+    d, n = spec.data, spec.data.max_eval_lines
+    data = data_label(d) + (f"-vocab{d.vocab_size}" if d.vocab_size != default_vocab(d.name) else "")
     return {
-        "data": data_label(spec.data),
+        "data": data + (f"-train{d.max_train_lines}" if d.max_train_lines else ""),
         "test_set": f"{test_name}[:{n}]" if n else test_name,
         "options": spec.model.options_label(),
     }
