@@ -476,3 +476,26 @@ def test_sweep_report_names_the_points_of_the_grid_without_a_run(tmp_path):
         report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="optuna_wr")
     with pytest.raises(SystemExit, match="--sweep nope: no .*nope.yaml; sweeps: optuna_wr, wr_grid, wr_small"):
         report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="nope")
+
+
+def test_sweep_report_of_a_sweep_draws_and_judges_only_its_own_grid(tmp_path):
+    """A run of the same schedule at a (w, r) outside the sweep's grid (a single run, another sweep) is listed as
+    such, never drawn on its heatmaps nor named their best point."""
+    from structmt.pipeline.sweep_report import report
+
+    rows = [_row("d", bleu=30.0) | {"data": "m", "schedule": "s", "window": "", "rare": "", "train_tokens_per_s": 1}]
+    for w, r, bleu in [(1, 0, 28.0), (1, 2, 29.0), (3, 0, 28.5), (3, 2, 29.5), (8, 4, 31.0)]:
+        rows.append(
+            _row(f"w{w}r{r}", bleu=bleu)
+            | {"data": "m", "schedule": "s", "window": w, "rare": r, "heads": "auto", "train_tokens_per_s": 1}
+        )
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")
+    assert "Best point of the heatmaps (role mix auto, dense cross-attention): w=3, r=2: BLEU 29.5, below" in text
+    assert "| structured (outside the grid) | 8 | 4 |" in text and "Missing" not in text
+    # without --sweep, the grid is every (w, r) found: the w=8 run is a point of it
+    assert "w=8, r=4: BLEU 31.0, at or above" in report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
+    (tmp_path / "leaderboard.csv").unlink()
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", [rows[0], rows[-1]])
+    with pytest.raises(SystemExit, match=r"no run of .* lies on the grid of --sweep wr_small .*; runs at w=8 r=4 lie"):
+        report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")

@@ -110,8 +110,18 @@ def report(
     what = f"data={data} schedule={schedule} test_set={test_set}" + (f" seed={seed}" if seed else "")
     dense = list(cells([r for r in rows if not r["window"]], what).values())
     grid = cells([r for r in rows if r["window"] and r["heads"] == heads and not r["cross"] and not r["options"]], what)
+    outside: list[dict[str, str]] = []
+    if grid_of:  # the sweep's grid: a run at another (w, r) is listed, never drawn or the best point
+        ws, rs = sweep_grid(grid_of)
+        outside = [row for (w, r), row in grid.items() if (int(w), int(r)) not in {(x, y) for x in ws for y in rs}]
+        grid = {key: row for key, row in grid.items() if row not in outside}
     points = list(grid.values())
     others = [r for r in rows if r["window"] and r not in points]
+    if grid_of and not points and outside:
+        raise SystemExit(
+            f"error: no run of {what} heads={heads} lies on the grid of --sweep {grid_of} (w in {ws}, r in {rs}); "
+            "runs at " + ", ".join(f"w={r['window']} r={r['rare']}" for r in outside) + " lie outside it"
+        )
     if not points:
         structured = [r for r in rows if r["window"]]
         wanted = {"data": data, "schedule": schedule, "test_set": test_set} | ({"seed": seed} if seed else {})
@@ -131,7 +141,8 @@ def report(
         stem += f"_heads-{slug}-{hashlib.sha256(heads.encode()).hexdigest()[:6]}"
     bleu = {(int(w), int(r)): float(row["bleu"]) for (w, r), row in grid.items()}
     cost = {(int(w), int(r)): float(row["train_tokens_per_s"]) for (w, r), row in grid.items()}
-    ws, rs = sweep_grid(grid_of) if grid_of else (sorted({w for w, _ in bleu}), sorted({r for _, r in bleu}))
+    if not grid_of:
+        ws, rs = sorted({w for w, _ in bleu}), sorted({r for _, r in bleu})
     missing = [(w, r) for w in ws for r in rs if (w, r) not in bleu]
     base = f" (dense {dense[0]['bleu']})" if dense else ""
     title = f"sacreBLEU, {data} {test_set}, schedule {schedule}{base}"
@@ -152,6 +163,7 @@ def report(
     ]
     for r in dense + sorted(points, key=lambda r: (int(r["window"]), int(r["rare"]))) + others:
         kind = "dense" if not r["window"] else " ".join(filter(None, ("structured", r["options"])))
+        kind += " (outside the grid)" if grid_of and r in outside else ""
         lines.append(
             f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r['cross']} | {r['bleu']} | {r['chrf']} | "
             f"{r['p_value_vs_dense']} | {r['train_tokens_per_s']} | {r['train_seconds']} | {r['run_id']} | "
