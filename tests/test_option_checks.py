@@ -62,6 +62,11 @@ def test_keys_added_with_plus_that_the_schema_lacks_are_rejected(override, messa
         ("train.seed=4294967296", r"train.seed=4294967296 must lie in \[0, 2\*\*32 - 1\]"),
         ("data.max_train_lines=-3", r"data.max_train_lines=-3 must be >= 0 \(0 = all\)"),
         ("data.max_eval_lines=-5", r"data.max_eval_lines=-5 must be >= 0 \(0 = all\)"),
+        ("train.name=smoke/lr2", r"train.name='smoke/lr2' must be letters, digits and \. _ \+ = - \(it names run"),
+        ("train.name='a b'", r"train.name='a b' must be letters"),
+        ("train.name=''", r"train.name='' must be letters"),
+        ("logger.project=a/b", r"logger.project='a/b' must be 1 to 128 characters, none of / \\ # \? % :"),
+        (f"logger.project={'p' * 129}", r"logger.project='p+' must be 1 to 128 characters"),
     ],
 )
 def test_ranges(override, message):

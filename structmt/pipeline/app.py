@@ -10,6 +10,7 @@ without training, so a bad override fails before any work starts, naming the key
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -88,6 +89,16 @@ def validate(cfg: Any) -> None:
         ("data.max_train_lines", cfg.data.max_train_lines >= 0, "must be >= 0 (0 = all)"),
         ("data.max_eval_lines", cfg.data.max_eval_lines >= 0, "must be >= 0 (0 = all)"),
         ("logger.mode", cfg.logger.mode in MODES, f"must be one of {', '.join(MODES)}"),
+        (
+            "train.name",
+            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", cfg.train.name) is not None,
+            "must be letters, digits and . _ + = - (it names run folders, hypothesis files and W&B runs)",
+        ),
+        (
+            "logger.project",
+            0 < len(cfg.logger.project) <= 128 and not set("/\\#?%:") & set(cfg.logger.project),
+            "must be 1 to 128 characters, none of / \\ # ? % : (W&B's rule for project names)",
+        ),
     ]
     bad = unknown_keys(cfg)
     bad += [f"{key}={OmegaConf.select(cfg, key)!r} {why}" for key, ok, why in checks if not ok]
