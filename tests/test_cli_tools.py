@@ -382,3 +382,25 @@ def test_translate_refuses_a_line_longer_than_the_models_source_positions_naming
     with pytest.raises(SystemExit, match="^error: input line 2: 6 source positions"):
         translate.main(["."])
     assert capsys.readouterr().out == ""
+
+
+def test_translate_gives_a_blank_line_for_a_blank_line_and_the_others_as_alone(data_bin):
+    """A blank input line comes back blank (the model is not asked to translate nothing, which would invent a
+    sentence); every other line gets the translation it gets alone."""
+    import sentencepiece as spm
+    from conftest import build
+    from fairseq.dataclass.configs import GenerationConfig
+
+    size = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16"]
+    size += ["--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
+    size += ["--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32"]
+    task, model = build(data_bin, "transformer", *size, seed=3)
+    translator = translate.Translator.__new__(translate.Translator)
+    translator.task, translator.models, translator.batch_size, translator._torch = task, [model], 64, torch
+    translator.sp = spm.SentencePieceProcessor(model_file=str(data_bin.parent / "spm" / "spm.model"))
+    translator.generator = task.build_generator([model], GenerationConfig(beam=2, max_len_a=0, max_len_b=8))
+    sentences = ["A man rides a bike .", "Two dogs play in the snow ."]
+    alone = [translator.translate([s])[0] for s in sentences]
+    assert all(alone)  # an untrained model writes something for a real sentence
+    assert translator.translate(["", sentences[0], "  \t", sentences[1], ""]) == ["", alone[0], "", alone[1], ""]
+    assert translator.translate(["", " "]) == ["", ""]

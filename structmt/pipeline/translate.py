@@ -68,18 +68,24 @@ class Translator:
         self._torch = torch
 
     def translate(self, lines: list[str]) -> list[str]:
-        """One translation per line; a line longer than the model's source positions is refused, naming
-        it, before anything is translated (as ``fairseq-interactive`` refuses it)."""
+        """One translation per line; a blank line gives a blank line (the model is not asked to translate
+        nothing); a line longer than the model's source positions is refused, naming it, before anything is
+        translated (as ``fairseq-interactive`` refuses it)."""
         from fairseq.utils import resolve_max_positions
 
         src_dict, tgt_dict = self.task.source_dictionary, self.task.target_dictionary
+        todo = [i for i, line in enumerate(lines) if line.strip()]  # the lines to translate
         tokens = [
-            src_dict.encode_line(" ".join(self.sp.encode(line.strip(), out_type=str)), add_if_not_exist=False).long()
-            for line in lines
+            src_dict.encode_line(
+                " ".join(self.sp.encode(lines[i].strip(), out_type=str)), add_if_not_exist=False
+            ).long()
+            for i in todo
         ]
         limits = resolve_max_positions(self.task.max_positions(), *(m.max_positions() for m in self.models))
         limit = limits[0] if isinstance(limits, tuple) else limits  # None: no limit
-        too_long = [(i, t.numel()) for i, t in enumerate(tokens) if limit is not None and t.numel() > limit]
+        too_long = [
+            (i, t.numel()) for i, t in zip(todo, tokens, strict=True) if limit is not None and t.numel() > limit
+        ]
         if too_long:
             (i, n), more = too_long[0], len(too_long) - 1
             raise DataError(
@@ -87,7 +93,7 @@ class Translator:
                 f"model takes{f' ({more} more such lines)' if more else ''}; split it into sentences"
             )
         dataset = self.task.build_dataset_for_inference(tokens, [t.numel() for t in tokens])
-        order = sorted(range(len(lines)), key=lambda i: tokens[i].numel())
+        order = sorted(range(len(tokens)), key=lambda i: tokens[i].numel())
         out = [""] * len(lines)
         with self._torch.no_grad():
             for start in range(0, len(order), self.batch_size):
@@ -95,7 +101,7 @@ class Translator:
                 hypos = self.task.inference_step(self.generator, self.models, sample)
                 for sample_id, hyp in zip(sample["id"].tolist(), hypos, strict=True):
                     pieces = tgt_dict.string(hyp[0]["tokens"].int().cpu())
-                    out[sample_id] = pieces.replace(" ", "").replace("\u2581", " ").strip()
+                    out[todo[sample_id]] = pieces.replace(" ", "").replace("\u2581", " ").strip()
         return out
 
 
