@@ -227,6 +227,10 @@ def _sentences(bin_dir: Path, subset: str) -> int:
     return len(MMapIndexedDataset(str(index.with_suffix("")))) if index else 0
 
 
+def _first(ids: list[int], shown: int = 5) -> str:
+    return ", ".join(map(str, ids[:shown])) + (" …" if len(ids) > shown else "") if ids else "none"
+
+
 def decode(
     bin_dir: Path,
     checkpoint: Path,
@@ -288,6 +292,14 @@ def decode(
     src_count = len(re.findall(r"^S-\d+\t", text, flags=re.M))
     if len(hyps) != src_count:
         raise StepError(f"{raw}: {src_count} sources but {len(hyps)} hypotheses")
+    expected = total or len(hyps)  # the subset's sentences, one hypothesis each, in id order
+    if sorted(hyps) != list(range(expected)):
+        missing = [i for i in range(expected) if i not in hyps]
+        beyond = [i for i in sorted(hyps) if i >= expected]
+        raise StepError(
+            f"{raw}: {len(hyps)} hypotheses for the {expected} sentences of {subset} (ids 0 to {expected - 1}); "
+            f"without a hypothesis: {_first(missing)}; ids beyond them: {_first(beyond)}; decode it again"
+        )
     with atomic_path(out) as tmp:
         tmp.write_text("".join(hyps[i] + "\n" for i in range(len(hyps))), encoding="utf-8")
     return out

@@ -346,3 +346,35 @@ def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: cannot be read .*Copy the newest"):
         checkpoint_updates(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        (
+            "S-0\ta\nS-2\tc\nD-0\t-0.1\tA\nD-2\t-0.2\tC\n",
+            r"2 hypotheses for the 3 sentences of test \(ids 0 to 2\); without a hypothesis: 1; ids beyond them: none",
+        ),
+        (
+            "S-0\ta\nS-1\tb\nS-5\tc\nD-0\t-0\tA\nD-1\t-0\tB\nD-5\t-0\tC\n",
+            r"without a hypothesis: 2; ids beyond them: 5;",
+        ),
+        ("", r"0 hypotheses for the 3 sentences of test \(ids 0 to 2\); without a hypothesis: 0, 1, 2;"),
+    ],
+)
+def test_generation_output_with_another_sentences_ids_is_not_trusted(tmp_path, monkeypatch, output, message):
+    """Sources and hypotheses in equal number but not one per sentence of the subset (an id missing, one beyond
+    it): an error naming the ids, never a hypothesis file with a line from elsewhere or a bare KeyError."""
+
+    def generated(cmd, log, env=None):
+        results = Path(cmd[cmd.index("--results-path") + 1])
+        results.mkdir(parents=True)
+        (results / "generate-test.txt").write_text(output)
+        return 1.0
+
+    monkeypatch.setattr(fairseq_cli, "_run", generated)
+    monkeypatch.setattr(fairseq_cli, "_sentences", lambda bin_dir, subset: 3)
+    out = tmp_path / "test.de"
+    with pytest.raises(StepError, match=message):
+        decode(tmp_path, tmp_path / "c.pt", "test", out)
+    assert not out.exists()
