@@ -4,7 +4,8 @@ reads back (:func:`short_commit`, :func:`cross_cell` / :func:`cross_window`).
 
 Rows are keyed by ``(run_id, test_set, hypothesis)``: evaluating a run again with the same hypotheses
 adds nothing, while a re-run whose hypotheses differ (another machine, another commit) keeps its own
-hypothesis file and becomes a row of its own; no result is ever replaced or dropped.  Writers hold a
+hypothesis file and becomes a row of its own; no result is ever replaced or dropped (a value left empty,
+such as a p-value against a dense run not yet evaluated, can be filled in later: :func:`fill_empty`).  Writers hold a
 file lock and replace the file atomically, so concurrent sweep jobs never lose or duplicate a row.
 The pipeline writes it and renders it (:mod:`structmt.pipeline.leaderboard`); the benchmark report
 reads it too, so it lives beside both.
@@ -203,6 +204,30 @@ def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
         if added:
             write_text_atomic(csv_path, _render_csv(rows + added))
         return len(added)
+
+
+def fill_empty(csv_path: Path, rows: Sequence[Row], columns: Sequence[str]) -> int:
+    """Fill the empty ``columns`` of stored rows (by ``(run_id, test_set, hypothesis)``) with the values ``rows``
+    give them: a value left empty when it could not be computed yet (a p-value against a dense run not yet
+    evaluated) is completed, a value already there is never changed. Returns how many rows changed."""
+    unknown = set(columns) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"leaderboard rows have unknown columns {sorted(unknown)}")
+    given = {_key(_as_dict(r)): _as_dict(r) for r in rows}
+    with lock(csv_path):
+        stored = read_rows(csv_path)
+        changed = 0
+        for row in stored:
+            new = given.get(_key(row), {})
+            fill = {c: str(new[c]) for c in columns if row[c] == "" and str(new.get(c, "")) != ""}
+            if fill:
+                if problem := _number_problem(row | fill):
+                    raise ValueError(f"leaderboard row of {row['run_id']} on {row['test_set']}: {problem}")
+                row.update(fill)
+                changed += 1
+        if changed:
+            write_text_atomic(csv_path, _render_csv(stored))
+        return changed
 
 
 def training(row: Mapping[str, Any]) -> tuple[str, str]:

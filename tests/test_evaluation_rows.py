@@ -116,6 +116,42 @@ def test_a_structured_runs_bootstrap_is_against_its_dense_partners_hypotheses(ru
     }
 
 
+def test_a_p_value_left_empty_is_filled_once_the_dense_run_has_hypotheses(runs):
+    """A structured run evaluated before its dense partner (or first with baseline=false) has its p-values left
+    empty; evaluated again once the partner has hypotheses, they are computed from its kept hypotheses and filled
+    into its rows, never added as rows of their own; a value once there is never changed."""
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ein Buch ."]])
+    said: list[str] = []
+    evaluate_run(structured, runs_dir=runs.runs_dir, results_dir=runs.results_dir, baseline=dense, log=said.append)
+    assert any("(evaluate it first); the p-value against it is left empty" in line for line in said)
+    assert [r["p_value_vs_dense"] for r in _board(runs)] == ["", ""]
+    _evaluate(runs, dense)
+    rows = _evaluate(runs, structured, baseline=dense)
+    for r in rows:
+        expected = paired_bootstrap(
+            runs.runs_dir / dense.run_id() / f"{r['test_set']}.de",
+            Path(r["hypothesis"]),
+            runs.results_dir.parent
+            / "data"
+            / "raw"
+            / ("test.de" if r["test_set"] == "test_2016_flickr" else "test1.de"),
+        )
+        assert (r["p_value_vs_dense"], r["bleu_ci95"]) == expected and expected[0] != ""
+    board = [r for r in _board(runs) if r["run_id"] == structured.run_id()]
+    assert [(r["p_value_vs_dense"], r["bleu_ci95"]) for r in board] == [
+        (str(r["p_value_vs_dense"]), str(r["bleu_ci95"])) for r in rows
+    ]
+    assert len(_board(runs)) == 4
+    stored = json.loads((runs.runs_dir / structured.run_id() / "result.json").read_text())["rows"]
+    assert [r["p_value_vs_dense"] for r in stored] == [r["p_value_vs_dense"] for r in rows]
+    runs.outputs[dense.run_id()][0] = REFS  # the dense run decoded again: the filled values stay
+    (runs.runs_dir / dense.run_id() / "result.json").unlink()
+    _evaluate(runs, dense)
+    assert _evaluate(runs, structured, baseline=dense) == rows
+    assert [r for r in _board(runs) if r["run_id"] == structured.run_id()] == board
+
+
 def test_provenance_and_timing_columns_come_from_training_and_this_evaluation(runs, monkeypatch):
     metrics = {"checkpoint": "c.pt", "updates": 7, "wall_seconds": 1.04, "tokens_per_second": 2.0}  # not max_update
     spec = runs(DENSE, [REFS], schedule=Schedule(max_update=10, seed=7), metrics=metrics | {"git_commit": "t" * 40})

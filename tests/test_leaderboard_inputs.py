@@ -447,3 +447,23 @@ def test_publish_holds_the_csv_lock_so_the_last_markdown_has_every_row(board, mo
     md = (board.parent / "LEADERBOARD.md").read_text()
     assert "| RUN_A |" in md and "| RUN_B |" in md
     assert md == leaderboard.render_markdown(read(board))
+
+
+def test_fill_empty_completes_empty_cells_and_never_changes_a_value(tmp_path):
+    from structmt.leaderboard_csv import fill_empty
+
+    board = tmp_path / "leaderboard.csv"
+    first = {"run_id": "a", "test_set": "t", "hypothesis": "h", "bleu": 30.0, "p_value_vs_dense": ""}
+    second = first | {"run_id": "b", "p_value_vs_dense": 0.2}
+    leaderboard.add_rows(board, [first, second])
+    assert (
+        fill_empty(
+            board, [first | {"p_value_vs_dense": 0.01}, second | {"p_value_vs_dense": 0.5}], ["p_value_vs_dense"]
+        )
+        == 1
+    )
+    assert [r["p_value_vs_dense"] for r in leaderboard.read_rows(board)] == ["0.01", "0.2"]
+    assert fill_empty(board, [first | {"p_value_vs_dense": 0.3}], ["p_value_vs_dense"]) == 0
+    with pytest.raises(ValueError, match="column bleu_ci95 is 'wide', not a number"):
+        fill_empty(board, [second | {"bleu_ci95": "wide"}], ["bleu_ci95"])
+    assert [r["bleu_ci95"] for r in leaderboard.read_rows(board)] == ["", ""]

@@ -14,7 +14,7 @@ from typing import Any
 from ..data.datasets import default_vocab, test_sets
 from ..fairseq_cli import StepError, decode, last_checkpoint, parse_param_count, train_log
 from ..files import atomic_path, read_lines, write_text_atomic
-from ..leaderboard_csv import LeaderboardRow
+from ..leaderboard_csv import LeaderboardRow, fill_empty
 from ..paths import REPO_ROOT
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
@@ -191,8 +191,13 @@ def _evaluate_locked(
         # Rows of a slice or another direction, stored before those were named, get their labels
         stored = json.loads(done.read_text())
         rows_done = [row | row_labels(spec, row["test_set"].partition("[")[0]) for row in stored["rows"]]
+        if baseline is not None and spec.model.structured:
+            rows_done = _late_p_values(spec, runs_dir, baseline, rows_done, log)
+            if rows_done != stored["rows"]:
+                write_text_atomic(done, json.dumps(stored | {"rows": rows_done}, indent=2) + "\n")
         added = leaderboard.add_rows(csv_path, rows_done)
-        if added:
+        filled = fill_empty(csv_path, rows_done, ("p_value_vs_dense", "bleu_ci95"))
+        if added or filled:
             leaderboard.publish(results_dir)
         log(f"[{run_id}] evaluated earlier; skipping" + (f" (added its {added} rows to {csv_path})" if added else ""))
         if "wandb" in stored and stored["wandb"] is None:  # not logged then (logger=none, or it failed): now
@@ -272,6 +277,30 @@ def _evaluate_locked(
     folder = _log_wandb(spec, run_dir, records, runs_dir, wandb, wandb_id, log)
     write_text_atomic(done, json.dumps({"rows": records, "wandb": folder, "wandb_id": wandb_id}, indent=2) + "\n")
     return records
+
+
+def _late_p_values(
+    spec: RunSpec, runs_dir: Path, baseline: RunSpec, rows: list[dict[str, Any]], log: Any
+) -> list[dict[str, Any]]:
+    """``rows`` of an evaluated structured run with the p-values and CIs that were left empty (its dense partner
+    had no hypotheses then: evaluated later, or first run with ``baseline=false``) computed now where the partner
+    has them, from the row's kept hypotheses."""
+    if all(r["p_value_vs_dense"] != "" for r in rows):
+        return rows
+    subsets = {name: subset for subset, name in test_sets(spec.data.name).items()}
+    raw = prepare_data(spec, runs_dir).parent / "raw"
+    out = []
+    for row in rows:
+        name = row["test_set"].partition("[")[0]
+        base_hyp = runs_dir / baseline.run_id() / f"{name}.{spec.data.tgt}"
+        if row["p_value_vs_dense"] == "" and base_hyp.exists():
+            hyp = Path(row["hypothesis"])
+            hyp = hyp if hyp.is_absolute() else REPO_ROOT / hyp
+            p_value, ci = paired_bootstrap(base_hyp, hyp, raw / f"{subsets[name]}.{spec.data.tgt}")
+            log(f"[{spec.run_id()}] {row['test_set']}: p-value against the dense run, left empty before: {p_value}")
+            row = row | {"p_value_vs_dense": p_value, "bleu_ci95": ci}
+        out.append(row)
+    return out
 
 
 def _log_wandb(
