@@ -25,7 +25,9 @@ from .files import atomic_path
 from .paths import PLUGIN_DIR
 
 #: the decoding length limit every structmt decode uses: at most ``MAX_LEN_A * source length + MAX_LEN_B``
-#: target tokens (fairseq-generate's --max-len-a / --max-len-b; fairseq's own defaults are 0 and 200)
+#: target tokens (fairseq-generate's --max-len-a / --max-len-b; fairseq's own defaults are 0 and 200). fairseq
+#: takes the source length of a batch, its longest source: a hypothesis that reaches the limit can differ
+#: between two batchings of the same sentences (structmt-translate's and fairseq-generate's)
 MAX_LEN_A, MAX_LEN_B = 1.2, 10
 
 
