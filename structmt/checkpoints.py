@@ -33,7 +33,7 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
     from fairseq.models.transformer import TransformerModel
 
     overrides = {"data": str(data_dir), **overrides}
-    try:  # the file itself; errors of the model (a state dict that does not fit data_dir) are not caught here
+    try:  # the file itself (a state dict that does not fit data_dir: below)
         state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), overrides)
     except (pickle.UnpicklingError, EOFError, KeyError, AttributeError, RuntimeError) as err:
         # torch's text can run to many lines (weights_only's advice): its first says what went wrong
@@ -44,9 +44,19 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
             f"{checkpoint}: not a fairseq checkpoint, or one cut short ({type(err).__name__}: {why[:200]}); give "
             "a whole one: a run's checkpoints/checkpoint_last.pt, or the newest checkpoint_<epoch>_<updates>.pt"
         ) from err
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides=overrides, state=state
-    )
+    try:
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(checkpoint)], arg_overrides=overrides, state=state
+        )
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        # the model is built with data_dir's dictionaries: other ones give embeddings of another size
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
+        raise ValueError(
+            f"{checkpoint} does not fit the dictionaries of {data_dir} ({first[:300]}); give the data-bin the "
+            "model was trained on"
+        ) from None
     if not isinstance(models[0], TransformerModel):
         raise ValueError(
             f"{checkpoint}: a {type(models[0]).__name__}; structmt reads transformer checkpoints "

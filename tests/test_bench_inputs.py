@@ -437,7 +437,7 @@ def test_the_committed_benchmarks_page_is_its_json_rendered_by_the_code_now(tmp_
 
 
 @pytest.mark.parametrize("swap", ["swapped", "both dense"])
-def test_decode_refuses_a_pair_that_is_not_dense_then_structured(swap, monkeypatch, capsys):
+def test_decode_refuses_a_pair_that_is_not_dense_then_structured(swap, monkeypatch, capsys, dict_dir):
     """A swapped pair (or two dense checkpoints) would print a ratio of something else as structured / dense."""
     from structmt.models.structured_transformer import StructuredTransformerModel
 
@@ -446,6 +446,55 @@ def test_decode_refuses_a_pair_that_is_not_dense_then_structured(swap, monkeypat
     kinds = {"d.pt": structured if swap == "swapped" else dense, "s.pt": dense}
     monkeypatch.setattr(decode, "machine", lambda: "test machine")
     monkeypatch.setattr(decode, "load_model", lambda checkpoint, data_bin: (kinds[str(checkpoint)], None))
-    argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", "bin"]
+    argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir)]
     which = "--dense d.pt: not a dense" if swap == "swapped" else "--structured s.pt: not a structured"
     assert which in _argparse_error(decode.main, argv, capsys)
+
+
+def test_decode_refuses_a_pair_of_another_shape_or_direction(dict_dir, monkeypatch, capsys):
+    """The ratio is the structure's only when everything else is the same: layers, widths, heads, dictionaries
+    and the translation direction."""
+    from conftest import build
+
+    dense = build(dict_dir, "transformer_multi30k")[::-1]  # (model, task)
+    same = build(dict_dir, "structured_transformer_multi30k")[::-1]  # (model, task)
+    assert decode.pair_difference(dense, same) == ""
+    shallow = build(dict_dir, "structured_transformer_multi30k", "--encoder-layers", "1")[::-1]  # (model, task)
+    assert decode.pair_difference(dense, shallow) == (
+        "parameter encoder.layers.1.fc1.bias is (256,) in the dense model, none in the structured one"
+    )
+    reverse = build(dict_dir, "structured_transformer_multi30k", "-s", "de", "-t", "en")[::-1]  # (model, task)
+    assert decode.pair_difference(dense, reverse) == "they translate en→de and de→en"
+    pairs = {"d.pt": dense, "s.pt": shallow}
+    monkeypatch.setattr(decode, "machine", lambda: "test machine")
+    monkeypatch.setattr(decode, "load_model", lambda checkpoint, data_bin: pairs[str(checkpoint)])
+    argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir)]
+    assert "--dense d.pt and --structured s.pt are not one model shape: parameter encoder.layers.1" in (
+        _argparse_error(decode.main, argv, capsys)
+    )
+
+
+def test_a_nan_training_ratio_meets_no_goal():
+    record = json.loads((REPO / "results" / "bench_train.json").read_text())
+    for name in record["results"]:
+        record["results"][name]["ratio"] = float("nan")
+    text = "\n".join(report.train_section(record))
+    assert "| yes" not in text and "met by" not in text
+    assert "Goal docs2048 ≥ 2.0: not met; not by" in text
+
+
+@pytest.mark.parametrize(
+    "counts, met",
+    [
+        ({"8": 20, "32": 20, "128": 20}, True),
+        ({"8": 40, "32": 72, "128": 72}, True),  # a wide window still filling at L=8
+        ({"8": 40, "32": 72, "128": 160}, False),
+        ({"8": 20}, False),  # one length: nothing shows it stops
+    ],
+)
+def test_the_decode_cache_goal_is_that_the_cache_stops_growing(counts, met):
+    record = json.loads((REPO / "results" / "bench_decode.json").read_text())
+    record["cache_keys_by_length"] = {"dense": counts, "structured": counts}
+    record.pop("step_ms_by_length", None)
+    text = "\n".join(report.decode_section(record))
+    assert ("(as many keys at the two longest L): met." in text) == met

@@ -125,6 +125,22 @@ def incremental_steps(
     return out
 
 
+def pair_difference(dense: tuple[Any, Any], structured: tuple[Any, Any]) -> str:
+    """How two (model, task) differ beyond the attention structure ("" when they do not): the translation
+    direction, or a parameter's name or shape (layers, widths, heads, dictionaries); the ratio of two such
+    models' speeds would not be the structure's."""
+    (dense_model, dense_task), (structured_model, structured_task) = dense, structured
+    directions = [f"{t.cfg.source_lang}→{t.cfg.target_lang}" for t in (dense_task, structured_task)]
+    if directions[0] != directions[1]:
+        return f"they translate {directions[0]} and {directions[1]}"
+    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (dense_model, structured_model)]
+    for name in sorted(shapes[0].keys() | shapes[1].keys()):
+        if shapes[0].get(name) != shapes[1].get(name):
+            shown = [str(s.get(name, "none")) for s in shapes]
+            return f"parameter {name} is {shown[0]} in the dense model, {shown[1]} in the structured one"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     p = command_parser("decode", __doc__)
     p.add_argument("--dense", type=Path, required=True, help="dense checkpoint")
@@ -166,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, path in (("dense", a.dense), ("structured", a.structured)):  # a swapped pair: a meaningless ratio
         if isinstance(models[name][0], StructuredTransformerModel) != (name == "structured"):
             p.error(f"--{name} {path}: not a {name} model's checkpoint (the two may be swapped)")
+    if difference := pair_difference(*(models[name] for name in ("dense", "structured"))):
+        p.error(f"--dense {a.dense} and --structured {a.structured} are not one model shape: {difference}")
     if a.device == "cuda":
         dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else torch.float32
         models = {name: (model.to("cuda", dtype), task) for name, (model, task) in models.items()}

@@ -167,7 +167,7 @@ def train_section(record: dict[str, Any] | None, quality: dict[int, str] | None 
         return int(variant[5:]) if variant.startswith("cross") else None
 
     def verdict(name: str, ratio: float, goal: float) -> str:
-        if ratio < goal:
+        if not ratio >= goal:  # a NaN ratio (a failed measurement) meets nothing
             return "no"
         return "yes" if band(name) is None or band(name) in quality else "yes, BLEU not measured"
 
@@ -187,7 +187,7 @@ def train_section(record: dict[str, Any] | None, quality: dict[int, str] | None 
         shown = {n: verdict_number(r["ratio"], goal, True) for n, r in rows.items()}
         met = [f"`{n}` ({shown[n]})" for n, r in rows.items() if verdict(n, r["ratio"], goal) == "yes"]
         unmeasured = [f"`{n}`" for n, r in rows.items() if verdict(n, r["ratio"], goal) == "yes, BLEU not measured"]
-        missed = [f"`{n}` ({shown[n]})" for n, r in rows.items() if r["ratio"] < goal]
+        missed = [f"`{n}` ({shown[n]})" for n, r in rows.items() if verdict(n, r["ratio"], goal) == "no"]
         if rows:
             lines.append(
                 f"Goal {data} ≥ {goal}: "
@@ -255,10 +255,14 @@ def decode_section(record: dict[str, Any] | None) -> list[str]:
     for length in next(iter(by_model.values())):
         cells = [str(by_model[m][length]) for m in by_model] + [f"{ms[m][length]:.1f}" for m in ms]
         lines.append(f"| {length} | " + " | ".join(cells) + " |")
-    bounded = len(set(by_model["structured"].values())) == 1
+    # bounded: it stops growing once the output is longer than the structure reaches back (its window), so the
+    # two longest L cache as many keys (a wide window may still be filling at the shortest L)
+    counts = [v for _, v in sorted(by_model["structured"].items(), key=lambda item: int(item[0]))]
+    bounded = len(counts) >= 2 and counts[-1] == counts[-2]
     lines += [
         "",
-        f"Goal: the structured cache does not grow with the output length: {'met' if bounded else 'not met'}.",
+        "Goal: the structured cache stops growing with the output length (as many keys at the two longest L): "
+        f"{'met' if bounded else 'not met'}.",
     ]
     return lines + [""]
 
