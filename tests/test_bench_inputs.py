@@ -498,3 +498,29 @@ def test_the_decode_cache_goal_is_that_the_cache_stops_growing(counts, met):
     record.pop("step_ms_by_length", None)
     text = "\n".join(report.decode_section(record))
     assert ("(as many keys at the two longest L): met." in text) == met
+
+
+def test_attention_lengths_must_divide_the_tokens_per_batch(capsys):
+    for main in (cpu.main, ac.main):
+        error = _argparse_error(main, ["--lengths", "32,48,100", "--tokens", "128"], capsys)
+        assert error.endswith("--lengths 48,100: each T must divide --tokens 128, so that every T runs 128 tokens per "
+                              "batch (tokens / T sequences of T)")  # fmt: skip
+
+
+def test_a_traffic_floor_counts_no_more_keys_than_there_are():
+    from structmt.bench.workload import bench_structure, candidates_at
+
+    structure = bench_structure(8, 2048, 2)
+    assert structure.keys_per_query == 4099 and candidates_at(structure, 4096) == 4096
+    assert candidates_at(bench_structure(8, 3, 2), 4096) == 9 == bench_structure(8, 3, 2).keys_per_query
+    assert cpu.gather_floor_bytes(1, 8, 4096, 64, candidates_at(structure, 4096)) == cpu.gather_floor_bytes(
+        1, 8, 4096, 64, 4096
+    )
+
+
+def test_an_out_name_with_a_dot_keeps_it():
+    from structmt.bench.common import output_path
+
+    assert output_path(Path("runs/trial_w3.r2"), ".json") == Path("runs/trial_w3.r2.json")
+    assert output_path(Path("runs/trial.json"), ".png") == Path("runs/trial.png")
+    assert output_path(Path("runs/trial"), ".png") == Path("runs/trial.png")

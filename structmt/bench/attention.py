@@ -33,17 +33,19 @@ from ..paths import RESULTS_DIR
 from ..provenance import machine
 from .common import (
     add_shape_options,
+    check_lengths,
     command_line,
     command_parser,
     flatness,
     goal,
     goal_table,
     names_from,
+    output_path,
     per_1k_tokens_mib,
     positive_ints,
     replaces,
 )
-from .workload import bench_structure, inputs, median_time
+from .workload import bench_structure, candidates_at, inputs, median_time
 
 CPU_IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
 #: the flat-memory goal's span of lengths: both ends must be measured
@@ -226,7 +228,7 @@ def run(
                 + (f"  peak {row[f'{impl}_peak_bytes'] / 2**20:8.1f} MiB" if f"{impl}_peak_bytes" in row else ""),
                 flush=True,
             )
-        candidates = bench_structure(heads, window, rare).keys_per_query
+        candidates = candidates_at(bench_structure(heads, window, rare), length)
         row["floor_s"] = gather_floor_bytes(q.size(0), heads, length, dim, candidates) / (
             results["hardware"]["copy_gb_per_s"] * 1e9
         )
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = p.parse_args(argv)
     setup(a.verbose)
+    check_lengths(p, a.lengths, a.tokens)
     results = run(
         a.lengths,
         a.tokens,
@@ -359,8 +362,10 @@ def main(argv: list[str] | None = None) -> None:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     results["command"] = command_line("attention", argv)
     results["goals"] = goals(results)
-    write_text_atomic(a.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    plot(results, a.out.with_suffix(".png"))
+    json_out, png_out = output_path(a.out, ".json"), output_path(a.out, ".png")
+    write_text_atomic(json_out, json.dumps(results, indent=2) + "\n")
+    plot(results, png_out)
+    print(f"wrote {json_out} and {png_out}")
     print(table(results))
     if "flex" in a.impls and "efficient_fwd" in a.impls:
         print(f"\n{FLEX_NOTE}")

@@ -56,18 +56,20 @@ from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR
 from .common import (
     add_shape_options,
+    check_lengths,
     command_line,
     command_parser,
     flatness,
     goal,
     goal_table,
     names_from,
+    output_path,
     per_1k_tokens_mib,
     positive_ints,
     replaces,
     require_cuda,
 )
-from .workload import bench_structure, median_time
+from .workload import bench_structure, candidates_at, median_time
 from .workload import inputs as cpu_inputs
 
 GPU_IMPLS = ("sdpa_flash", "flex", "triton", "triton_kernel", "gather")
@@ -457,7 +459,7 @@ def run(
         q, k, v, rare_index = inputs(length, tokens, heads, dim, rare, dtype, device)
         batch = q.size(0)
         row: dict[str, Any] = {"T": length, "batch": batch}
-        floor = traffic_floor_bytes(batch, heads, length, dim, structure.keys_per_query, q.element_size())
+        floor = traffic_floor_bytes(batch, heads, length, dim, candidates_at(structure, length), q.element_size())
         for mode in ("fwd", "fb"):
             row[f"floor_{mode}_bytes"] = floor[mode]
             row[f"floor_{mode}_s"] = floor[mode] / bandwidth
@@ -584,7 +586,8 @@ def record_from_logs(texts: list[str], settings: dict[str, Any]) -> dict[str, An
     rows: dict[int, dict[str, Any]] = {}
     for length, values in blocks.items():
         batch = max(1, settings["tokens"] // length)
-        floor = traffic_floor_bytes(batch, settings["heads"], length, settings["dim"], structure.keys_per_query, elem)
+        candidates = candidates_at(structure, length)
+        floor = traffic_floor_bytes(batch, settings["heads"], length, settings["dim"], candidates, elem)
         rows[length] = {"T": length, "batch": batch, **{f"floor_{m}_bytes": floor[m] for m in MODES}, **values}
     if not rows:
         raise ValueError("no benchmark rows (lines such as 'T=   128 triton_fb   3.533 ms') in the logs")
@@ -644,8 +647,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--commit", help="--from-log: the commit of the code that printed them")
     a = p.parse_args(argv)
     setup(a.verbose)
+    check_lengths(p, a.lengths, a.tokens)
     lengths, impls, modes = a.lengths, a.impls, a.modes
-    out = a.out.with_suffix(".json")
+    out = output_path(a.out, ".json")
     command = command_line("attention", argv)
     if a.from_log:
         if not (a.gpu and a.commit):

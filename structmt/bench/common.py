@@ -111,6 +111,23 @@ def add_shape_options(p: argparse.ArgumentParser, tokens: int) -> None:
     )
 
 
+def output_path(out: Path, suffix: str) -> Path:
+    """``OUT.suffix`` of an ``--out OUT`` given with or without a suffix of its own: a dot inside the name
+    (``trial_w3.r2``) is kept, not taken for a suffix to replace."""
+    return out.with_suffix(suffix) if out.suffix in (".json", ".png") else out.with_name(out.name + suffix)
+
+
+def check_lengths(p: argparse.ArgumentParser, lengths: Sequence[int], tokens: int) -> None:
+    """Every T of ``--lengths`` divides ``--tokens``: each T then runs ``tokens / T`` sequences, the same tokens per
+    batch at every T, as the reports say (a T that does not would run fewer, or one sequence of more)."""
+    bad = [t for t in lengths if tokens % t]
+    if bad:
+        p.error(
+            f"--lengths {','.join(map(str, bad))}: each T must divide --tokens {tokens}, so that every T runs "
+            f"{tokens} tokens per batch (tokens / T sequences of T)"
+        )
+
+
 def side_by_side(names: Sequence[str], rounds: int, measure: Callable[[str, bool], T]) -> list[dict[str, T]]:
     """``rounds`` rounds of ``measure(name, False)`` for every name, after one untimed warm-up
     ``measure(name, True)`` of each (its result is dropped).  The order alternates: names as given in

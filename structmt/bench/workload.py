@@ -10,12 +10,18 @@ from typing import Any
 
 import torch
 
-from ..attention.structure import Structure
+from ..attention.structure import CandidateLayout, Structure
 
 
 def bench_structure(heads: int, window: int, rare: int) -> Structure:
     """The structure every benchmarked path runs: band ``window`` and ``rare`` columns on every head."""
     return Structure(window=(window,) * heads, rare_heads=(True,) * heads, rare=rare)
+
+
+def candidates_at(structure: Structure, length: int) -> int:
+    """Keys per query a traffic floor counts over ``length`` keys: the candidates (the band cut to ``length - 1``,
+    :meth:`CandidateLayout.of`), and never more than the ``length`` keys there are."""
+    return min(CandidateLayout.of(structure, length).size, length)
 
 
 def inputs(length: int, tokens: int, heads: int, dim: int, rare: int, seed: int = 0):
