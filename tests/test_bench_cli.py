@@ -120,7 +120,7 @@ def test_an_unknown_or_missing_command_exits_2_naming_the_commands(argv, message
         ("attention --device cuda", ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
         ("decode", ["--bf16"], "--bf16 and --fp16 need --device cuda"),
         ("train", ["--fp16"], "--bf16 and --fp16 need --device cuda"),
-        ("compile", ["--head-dims", "0"], "--head-dims and --candidates must be positive"),
+        ("compile", ["--head-dims", "0"], "argument --head-dims: must be >= 1, got 0"),
         ("report", ["--results-dir", "no/such/folder"], "argument --results-dir: no/such/folder: no such folder"),
     ],
 )

@@ -8,6 +8,7 @@ JSON records. (Fakes stand in for fairseq-train, beam search and the attention s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_the_cpu_cli_passes_parsed_lists_and_prints_what_the_flex_ratio_times(tm
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--updates", "0"], "argument --updates: must be >= 1, got 0"),
+        (["--updates", "0"], "argument --updates: must be >= 2, got 0"),
         (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
         (["--doc-tokens", "512,"], "argument --doc-tokens: '512,': expected positive integers separated by commas, "
                                    "'' is not an integer"),
@@ -524,3 +525,68 @@ def test_an_out_name_with_a_dot_keeps_it():
     assert output_path(Path("runs/trial_w3.r2"), ".json") == Path("runs/trial_w3.r2.json")
     assert output_path(Path("runs/trial.json"), ".png") == Path("runs/trial.png")
     assert output_path(Path("runs/trial"), ".png") == Path("runs/trial.png")
+
+
+@pytest.mark.parametrize(
+    "command, argv, message",
+    [
+        ("train", ["--updates", "1"], "argument --updates: must be >= 2, got 1"),
+        ("train", ["--cross-slope", "nan"], "argument --cross-slope: must be a finite number > 0, got nan"),
+        ("train", ["--cross-slope", "0"], "argument --cross-slope: must be a finite number > 0, got 0"),
+        ("compile", ["--candidates", "100000"], "argument --candidates: must be <= 1024, got 100000"),
+        ("compile", ["--head-dims", "64", "0"], "argument --head-dims: must be >= 1, got 0"),
+    ],
+)
+def test_bench_options_out_of_range_are_refused_before_any_work(command, argv, message, capsys):
+    from structmt.bench import kernel_compile
+
+    main = {"train": train.main, "compile": kernel_compile.main}[command]
+    assert _argparse_error(main, argv, capsys).endswith(message)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_anything_is_measured(tmp_path, capsys):
+    from structmt.bench import kernel_compile
+
+    (tmp_path / "afile").write_text("")
+    for main in (cpu.main, ac.main, train.main, kernel_compile.main):
+        blocked = _argparse_error(main, ["--out", str(tmp_path / "afile" / "x.json")], capsys)
+        assert blocked.endswith(
+            f"argument --out: {tmp_path / 'afile' / 'x.json'}: {tmp_path / 'afile'} is a file, not a folder"
+        )
+        folder = _argparse_error(main, ["--out", str(tmp_path)], capsys)
+        assert folder.endswith(f"argument --out: {tmp_path}: a folder; give a file name in it")
+    argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", "bin", "--out", str(tmp_path)]
+    assert _argparse_error(decode.main, argv, capsys).endswith("a folder; give a file name in it")
+
+
+def test_pseudo_documents_concatenate_pairs_until_the_source_reaches_the_tokens(tmp_path, monkeypatch):
+    spm = tmp_path / "spm"
+    spm.mkdir()
+    for split in ("train", "valid"):
+        (spm / f"{split}.en").write_text("a b c\nd e\nf\ng h i j\nk\n")
+        (spm / f"{split}.de").write_text("A\nB\nC\nD\nE\n")
+    monkeypatch.setattr(train, "binarize", lambda *a: None)
+    train.pseudo_documents(spm, tmp_path / "docs", 4)
+    assert (tmp_path / "docs" / "train.en").read_text() == "a b c d e\nf g h i j\n"  # "k" left over: dropped
+    assert (tmp_path / "docs" / "train.de").read_text() == "A B\nC D\n"
+    with pytest.raises(DataError, match="--doc-tokens 12: the train split has 11 source pieces in all, too few"):
+        train.pseudo_documents(spm, tmp_path / "big", 12)
+
+
+@pytest.mark.parametrize(
+    "name, change, says",
+    [
+        ("bench_train.json", lambda r: r.pop("results"), "KeyError: 'results'"),
+        ("bench_decode.json", lambda r: r.pop("cache_keys_by_length"), "KeyError: 'cache_keys_by_length'"),
+        ("bench_attention.json", lambda r: r.pop("settings"), "KeyError: 'settings'"),
+        ("bench_train.json", lambda r: r["results"]["multi30k"].update(ratio="fast"), "TypeError: "),
+    ],
+)
+def test_report_names_a_record_it_cannot_read(tmp_path, name, change, says):
+    results = tmp_path / "results"
+    results.mkdir()
+    record = json.loads((REPO / "results" / name).read_text())
+    change(record)
+    (results / name).write_text(json.dumps(record))
+    with pytest.raises(DataError, match=rf"{name}: not a record this code reads \({re.escape(says)}.*run the command"):
+        report.render(results)

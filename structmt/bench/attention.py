@@ -40,6 +40,7 @@ from .common import (
     goal,
     goal_table,
     names_from,
+    output_file,
     output_path,
     per_1k_tokens_mib,
     positive_ints,
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     out = RESULTS_DIR / "bench_attention"
     p.add_argument(
         "--out",
-        type=Path,
+        type=output_file,
         default=out,
         help="where to write OUT.json and OUT.png " + replaces(out, "the committed .json and .png"),
     )

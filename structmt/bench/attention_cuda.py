@@ -63,6 +63,7 @@ from .common import (
     goal,
     goal_table,
     names_from,
+    output_file,
     output_path,
     per_1k_tokens_mib,
     positive_ints,
@@ -631,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--out",
-        type=Path,
+        type=output_file,
         default=DEFAULT_OUT,
         help="JSON file to write " + replaces(DEFAULT_OUT, "the result that structmt-bench report renders"),
     )

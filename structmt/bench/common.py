@@ -58,6 +58,17 @@ def replaces(default: Path, what: str = "the committed result") -> str:
     return f"(default: {shown}; a run replaces {what} there; give a path under runs/ for a trial run)"
 
 
+def positive_float(value: str) -> float:
+    """argparse type of a finite number > 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return number
+
+
 def positive_ints(value: str) -> list[int]:
     """argparse type: a non-empty comma-separated list of positive integers (``--lengths 128,1024``)."""
     items = value.split(",")
@@ -109,6 +120,18 @@ def add_shape_options(p: argparse.ArgumentParser, tokens: int) -> None:
     p.add_argument(
         "--rare", type=int_at_least(0), default=StructureConfig.struct_rare, help="rare columns r, seen by every head"
     )
+
+
+def output_file(value: str) -> Path:
+    """argparse type of ``--out``: a path a file can be written at (not a folder, no file among the folders above
+    it), checked before anything is measured, so a run's measurement is never lost at the end."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: a folder; give a file name in it")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"{value}: {blocking} is a file, not a folder")
+    return path
 
 
 def output_path(out: Path, suffix: str) -> Path:

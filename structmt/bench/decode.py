@@ -23,7 +23,7 @@ from ..files import int_at_least, write_text_atomic
 from ..models.structured_transformer import StructuredTransformerModel
 from ..paths import RESULTS_DIR
 from ..provenance import machine
-from .common import add_old_name, command_line, command_parser, replaces, side_by_side
+from .common import add_old_name, command_line, command_parser, output_file, replaces, side_by_side
 from .workload import sync
 
 #: sequences per decoder step in the step timing (fixed: the command has no option for it)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         help="rounds of dense and structured (after an untimed warm-up of each; the first swaps every round)",
     )
     out = RESULTS_DIR / "bench_decode.json"
-    p.add_argument("--out", type=Path, default=out, help="JSON file to write " + replaces(out))
+    p.add_argument("--out", type=output_file, default=out, help="JSON file to write " + replaces(out))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models decode")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="--device cuda: decode with bfloat16 weights")

@@ -27,9 +27,9 @@ import torch
 
 from ..attention.triton_kernel import release
 from ..console import setup
-from ..files import write_text_atomic
+from ..files import int_at_least, write_text_atomic
 from ..provenance import git_commit, machine_label
-from .common import add_old_name, command_line, command_parser
+from .common import add_old_name, command_line, command_parser, output_file
 
 #: torch dtype → Triton pointer element type
 _ELEMENT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -160,8 +160,15 @@ def main(argv: list[str] | None = None) -> None:
         default=["float32", "bfloat16", "float16"],
         help="(default: all)",
     )
-    p.add_argument("--head-dims", type=int, nargs="+", default=[64], help="head sizes to compile for (default: 64)")
-    p.add_argument("--candidates", type=int, default=16, help="candidates per query (w=3, r=2: 7 + 2 + sinks)")
+    p.add_argument(
+        "--head-dims", type=int_at_least(1), nargs="+", default=[64], help="head sizes to compile for (default: 64)"
+    )
+    p.add_argument(
+        "--candidates",
+        type=int_at_least(1, 1024),
+        default=16,
+        help="candidates per query, at most 1024 (a band of half-width 511; w=3, r=2: 7 + 2 + sinks)",
+    )
     p.add_argument(
         "--kernels", nargs="+", choices=["fwd", "bwd"], default=["fwd", "bwd"], help="forward, backward (default: both)"
     )
@@ -169,13 +176,13 @@ def main(argv: list[str] | None = None) -> None:
         "--dropout", choices=["off", "on", "both"], default="both", help="attention dropout compiled in (default: both)"
     )
     out = p.add_argument(
-        "--out", type=Path, help="JSON file to write the table and the versions to (default: print the table only)"
+        "--out",
+        type=output_file,
+        help="JSON file to write the table and the versions to (default: print the table only)",
     )
     add_old_name(p, "--json", out)
     a = p.parse_args(argv)
     setup(a.verbose)
-    if min(a.head_dims) < 1 or a.candidates < 1:
-        p.error("--head-dims and --candidates must be positive")
     _refuse_interpreter()
     try:
         import triton

@@ -45,6 +45,19 @@ def _load(path: Path) -> dict[str, Any] | None:
         raise DataError(f"{path}: not a JSON record of structmt-bench ({err})") from None
 
 
+def _section(path: Path, build: Callable[[dict[str, Any] | None], list[str]]) -> list[str]:
+    """``build`` of the record at ``path``: a record without a key this code reads, or with a value of another
+    kind, is a ``DataError`` naming the file (not a ``KeyError`` from inside the report)."""
+    record = _load(path)
+    try:
+        return build(record)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
+        raise DataError(
+            f"{path}: not a record this code reads ({type(err).__name__}: {err}): from other code, or edited by hand; "
+            "run the command its 'command' field names again"
+        ) from None
+
+
 def _provenance(record: dict[str, Any]) -> list[str]:
     m = record.get("machine", {})
     capability = f" ({m['cpu_capability']})" if "cpu_capability" in m else ""  # recorded since 2026-12-05
@@ -355,10 +368,12 @@ def render(results_dir: Path) -> str:
         "measured side by side in one run.",
         "",
     ]
-    lines += attention_section(_load(results_dir / "bench_attention.json"))
-    train = _load(results_dir / "bench_train.json")
-    lines += train_section(train, cross_bleu(results_dir, (train or {}).get("structure")))
-    lines += decode_section(_load(results_dir / "bench_decode.json"))
+    lines += _section(results_dir / "bench_attention.json", attention_section)
+    lines += _section(
+        results_dir / "bench_train.json",
+        lambda r: train_section(r, cross_bleu(results_dir, (r or {}).get("structure"))),
+    )
+    lines += _section(results_dir / "bench_decode.json", decode_section)
     lines += gpu_section(results_dir)
     return "\n".join(lines)
 

@@ -20,26 +20,44 @@ from ..attention.options import StructureConfig
 from ..console import setup
 from ..data.prepare import PrepConfig, binarize, prepare_multi30k
 from ..fairseq_cli import train
-from ..files import int_at_least, write_text_atomic
+from ..files import DataError, int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR, RUNS_DIR
 from ..provenance import machine
-from .common import add_old_name, command_line, command_parser, positive_ints, replaces, side_by_side
+from .common import (
+    add_old_name,
+    command_line,
+    command_parser,
+    output_file,
+    positive_float,
+    positive_ints,
+    replaces,
+    side_by_side,
+)
 
 
 def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en", tgt: str = "de") -> Path:
-    """Concatenate consecutive SentencePiece-encoded sentence pairs until the source reaches ``tokens`` pieces."""
+    """Concatenate consecutive SentencePiece-encoded sentence pairs until the source reaches ``tokens`` pieces
+    (the pieces left over at the end of a split, fewer than ``tokens``, are dropped). A split too short for one
+    such document is a ``DataError`` naming ``--doc-tokens``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "valid"):
         s_lines = (spm_dir / f"{split}.{src}").read_text(encoding="utf-8").splitlines()
         t_lines = (spm_dir / f"{split}.{tgt}").read_text(encoding="utf-8").splitlines()
-        docs_s, docs_t, cur_s, cur_t = [], [], [], []
+        docs_s, docs_t, cur_s, cur_t, pieces = [], [], [], [], 0
         for s, t in zip(s_lines, t_lines, strict=True):
             cur_s.append(s)
             cur_t.append(t)
-            if sum(len(x.split()) for x in cur_s) >= tokens:
+            pieces += len(s.split())
+            if pieces >= tokens:
                 docs_s.append(" ".join(cur_s))
                 docs_t.append(" ".join(cur_t))
-                cur_s, cur_t = [], []
+                cur_s, cur_t, pieces = [], [], 0
+        if not docs_s:
+            total = sum(len(x.split()) for x in s_lines)
+            raise DataError(
+                f"--doc-tokens {tokens}: the {split} split has {total} source pieces in all, too few for one "
+                f"pseudo-document of {tokens}; choose a smaller --doc-tokens"
+            )
         (out_dir / f"{split}.{src}").write_text("".join(d + "\n" for d in docs_s), encoding="utf-8")
         (out_dir / f"{split}.{tgt}").write_text("".join(d + "\n" for d in docs_t), encoding="utf-8")
     bin_dir = out_dir / "bin"
@@ -137,7 +155,9 @@ def _train_rate(
 
 def main(argv: list[str] | None = None) -> None:
     p = command_parser("train", __doc__)
-    p.add_argument("--updates", type=int_at_least(1), default=60, help="timed updates of every run")
+    p.add_argument(
+        "--updates", type=int_at_least(2), default=60, help="timed updates of every run (fairseq gives no rate for 1)"
+    )
     p.add_argument(
         "--doc-tokens",
         type=positive_ints,
@@ -170,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         help="also measure the structured model with structured cross-attention of this half-width "
         "(--struct-cross-window; -1: do not)",
     )
-    p.add_argument("--cross-slope", type=float, default=0.97, help="its --struct-cross-slope (Multi30k en-de: 0.97)")
+    p.add_argument(
+        "--cross-slope", type=positive_float, default=0.97, help="its --struct-cross-slope (Multi30k en-de: 0.97)"
+    )
     p.add_argument(
         "--work",
         type=Path,
@@ -178,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         help="folder for the runs' data and checkpoints (default: runs/bench_train)",
     )
     out = RESULTS_DIR / "bench_train.json"
-    p.add_argument("--out", type=Path, default=out, help="JSON file to write " + replaces(out))
+    p.add_argument("--out", type=output_file, default=out, help="JSON file to write " + replaces(out))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where fairseq-train runs")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="--device cuda: train in bfloat16 (fairseq --bf16)")
@@ -208,20 +230,27 @@ def main(argv: list[str] | None = None) -> None:
             results[name if variant == "structured" else f"{name}_{variant}"] = row
 
     warm = a.warmup_updates
+    docs = {n: pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n) for n in a.doc_tokens}  # all, first
     sentences = measure(data, a.work / "sentences", a.updates, 4096, 1024, device_args, a.rounds, variants, warm)
     add("multi30k", sentences)
     for n in a.doc_tokens:
-        docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
         found = measure(
-            docs, a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, device_args, a.rounds, variants, warm
+            docs[n], a.work / f"docs{n}-runs", a.updates, 2 * n + 512, 4 * n, device_args, a.rounds, variants, warm
         )
         add(f"docs{n}", found)
     if a.also_no_cross:
         n = max(a.doc_tokens)
-        docs = pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n)
         no_cross = (*device_args, "--no-cross-attention")
         found = measure(
-            docs, a.work / f"docs{n}-no-cross-runs", a.updates, 2 * n + 512, 4 * n, no_cross, a.rounds, STRUCTURED, warm
+            docs[n],
+            a.work / f"docs{n}-no-cross-runs",
+            a.updates,
+            2 * n + 512,
+            4 * n,
+            no_cross,
+            a.rounds,
+            STRUCTURED,
+            warm,
         )
         add(f"docs{n}_no_cross", found)
     record = {
