@@ -69,9 +69,13 @@ def test_every_kernel_dtype_dropout_and_head_size_compiles_for_sm90_without_spil
 def test_compile_refuses_the_interpreter_and_bad_sizes(monkeypatch, capsys):
     from structmt.bench.kernel_compile import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--head-dims", "0"])
-    assert exit_info.value.code == 2 and "--head-dims and --candidates must be positive" in capsys.readouterr().err
+    for argv, says in (
+        (["--head-dims", "0"], "argument --head-dims: must be >= 1, got 0"),
+        (["--candidates", "0"], "argument --candidates: must be >= 1, got 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # refused before triton is imported: no kernel is defined here
     with pytest.raises(SystemExit, match="unset TRITON_INTERPRET"):
         main(["--kernels", "fwd", "--dtypes", "float32", "--dropout", "off"])
