@@ -67,7 +67,7 @@ lint: $(STAMP)
 # Everything an air-gapped Linux x86_64 node with Python $(PY) and its own torch needs (docs/install.md):
 #   make wheelhouse PY=3.12 [WITH_TRITON=1] [CONSTRAINTS=]   then, on the node: scripts/install_offline.sh wheelhouse
 wheelhouse: $(STAMP)
-	VPY=$(VPY) FAIRSEQ=$(FAIRSEQ) scripts/make_wheelhouse.sh $(PY) $(WHEELHOUSE)
+	VPY=$(VPY) FAIRSEQ=$(FAIRSEQ) scripts/make_wheelhouse.sh "$(PY)" "$(WHEELHOUSE)"
 
 clean:
 	rm -rf $(VENV) runs

@@ -51,8 +51,17 @@ def _extension():
                 super().build_extension(ext)
             except Exception as err:  # no compiler, no OpenMP, headers that do not match, ...
                 _say(_reason(err))
-                # an editable install must not point at a library that was never written
+                # an editable install must not point at a library that was never written, nor keep one built from
+                # an older source (it would still import and run the old kernel)
                 self.extensions = [e for e in self.extensions if e is not ext]
+                name = os.path.basename(self.get_ext_filename(ext.name))
+                for stale in {
+                    self.get_ext_fullpath(ext.name),
+                    os.path.join(os.path.dirname(__file__), "structmt", name),
+                }:
+                    if os.path.exists(stale):
+                        os.remove(stale)
+                        print(f"structmt: removed {stale}, built from an older source", flush=True)
 
     ext = CppExtension(
         "structmt._kernels",

@@ -20,8 +20,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+(( $# <= 2 )) || { echo "error: takes PY and the wheelhouse folder, got $# arguments (quote a folder with spaces)" >&2; exit 2; }
 PY_VERSION=${1:-3.12}
-OUT=${2:-wheelhouse}
+FINAL=${2:-wheelhouse}
 VPY=${VPY:-.venv/bin/python}
 PIP=("$VPY" -m pip)
 CONSTRAINTS=${CONSTRAINTS-constraints.txt}
@@ -30,6 +31,13 @@ WITH_TRITON=${WITH_TRITON:-0}
 LEAVE_OUT=${LEAVE_OUT:-}
 
 [[ $PY_VERSION =~ ^3\.[0-9]+$ ]] || { echo "error: PY must look like 3.12, not '$PY_VERSION'" >&2; exit 2; }
+# a folder that is not an earlier wheelhouse is never replaced (it is replaced whole at the end)
+if [[ -e $FINAL && ! -f $FINAL/PYTHON_VERSION && -n "$(ls -A "$FINAL" 2> /dev/null || echo file)" ]]; then
+    echo "error: $FINAL exists and is not a wheelhouse (no PYTHON_VERSION in it); give another folder" >&2; exit 2
+fi
+for name in $LEAVE_OUT; do  # checked before anything is downloaded
+    [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || { echo "error: LEAVE_OUT: '$name' is not a project name" >&2; exit 2; }
+done
 [[ -x $VPY ]] || { echo "error: no $VPY: run make install first" >&2; exit 1; }
 
 # the interpreter that runs the downloads: a Python PY_VERSION with pip >= 22.2 (for --report)
@@ -62,6 +70,9 @@ ABI=cp${PY_VERSION/./}
 # which also admits manylinux2010 and manylinux1 wheels) up to 2.28 (the glibc of torch's own wheels)
 PLATFORMS=(--platform manylinux2014_x86_64)
 for n in $(seq 28 -1 17); do PLATFORMS+=(--platform "manylinux_2_${n}_x86_64"); done
+# built in a temporary folder beside it, which replaces the wheelhouse only when complete
+OUT="$(dirname "$FINAL")/.$(basename "$FINAL").tmp.$$"
+trap 'rm -rf "$OUT"' EXIT
 rm -rf "$OUT" && mkdir -p "$OUT"
 # fairseq-fixed 0.12.3.1 (installed --no-deps) asks for exactly these; pyproject.toml allows ranges
 printf 'hydra-core==1.3.2\nomegaconf==2.3.0\n' > "$OUT/fairseq-pins.txt"
@@ -116,12 +127,11 @@ rm -f "$OUT/download.log"
 
 # wheels of what the node already has, left out on request (LEAVE_OUT)
 for name in $LEAVE_OUT; do
-    [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || { echo "error: LEAVE_OUT: '$name' is not a project name" >&2; exit 2; }
     stem=$(echo "$name" | tr 'A-Z.-' 'a-z__')  # a wheel's file name: normalised name, '-', version
-    found=$(find "$OUT" -maxdepth 1 -iname "$stem-*.whl")
-    [[ -n $found ]] || { echo "error: LEAVE_OUT: no wheel of '$name' in $OUT (nothing to leave out; check the name)" >&2; exit 2; }
-    rm -f $found
-    echo "wheelhouse: left out $(basename "$found") (LEAVE_OUT: the node has $name)"
+    mapfile -t found < <(find "$OUT" -maxdepth 1 -iname "$stem-*.whl")
+    (( ${#found[@]} )) || { echo "error: LEAVE_OUT: no wheel of '$name' to leave out (check the name)" >&2; exit 2; }
+    rm -f "${found[@]}"
+    for f in "${found[@]}"; do echo "wheelhouse: left out $(basename "$f") (LEAVE_OUT: the node has $name)"; done
 done
 if [[ -n $LEAVE_OUT ]]; then echo "$LEAVE_OUT" > "$OUT/LEFT_OUT"; fi
 
@@ -139,5 +149,6 @@ git rev-parse HEAD > "$OUT/STRUCTMT_COMMIT" 2>/dev/null || true
 if [[ -n "$(git status --porcelain -- structmt setup.py pyproject.toml 2>/dev/null)" ]]; then
     echo "wheelhouse: note: structmt's sdist was built from uncommitted changes"
 fi
-echo "wheelhouse: $(ls "$OUT" | grep -c -e '\.whl$' -e '\.tar\.gz$') files, $(du -sh "$OUT" | cut -f1), in $OUT/ for CPython $PY_VERSION"
-echo "on the node: scripts/install_offline.sh $OUT   (see docs/install.md)"
+rm -rf "$FINAL" && mv "$OUT" "$FINAL" && trap - EXIT
+echo "wheelhouse: $(ls "$FINAL" | grep -c -e '\.whl$' -e '\.tar\.gz$') files, $(du -sh "$FINAL" | cut -f1), in $FINAL/ for CPython $PY_VERSION"
+echo "on the node: scripts/install_offline.sh $FINAL   (see docs/install.md)"

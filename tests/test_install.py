@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,58 @@ def test_the_seeds_each_make_target_runs(given, seeds):
         )
         assert out.returncode == 0, out.stderr
         assert f"structmt.pipeline.recipes {target} --seeds {expected}\n" in out.stdout
+
+
+def test_a_wheelhouse_folder_is_never_taken_apart_or_replaced_unless_it_is_one(tmp_path):
+    """`make wheelhouse WHEELHOUSE="my wh"` reaches the script as one folder, and the script replaces only an earlier
+    wheelhouse: a folder with other files in it (or a file) is refused before anything is downloaded or removed."""
+    out = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed", "wheelhouse", "WHEELHOUSE=/tmp/my wh"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and 'scripts/make_wheelhouse.sh "3.12" "/tmp/my wh"' in out.stdout
+    script = REPO / "scripts" / "make_wheelhouse.sh"
+    split = subprocess.run(["bash", str(script), "3.12", str(tmp_path / "my"), "wh"], capture_output=True, text=True)
+    assert split.returncode == 2 and "got 3 arguments (quote a folder with spaces)" in split.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "IMPORTANT.txt").write_text("keep")
+    (tmp_path / "afile").write_text("keep")
+    for folder in ("mine", "afile"):
+        run = subprocess.run(["bash", str(script), "3.12", str(tmp_path / folder)], capture_output=True, text=True)
+        assert (
+            run.returncode == 2 and "is not a wheelhouse (no PYTHON_VERSION in it); give another folder" in run.stderr
+        )
+    assert (tmp_path / "mine" / "IMPORTANT.txt").read_text() == (tmp_path / "afile").read_text() == "keep"
+    leave = subprocess.run(
+        ["bash", str(script), "3.12", str(tmp_path / "new")],
+        env=os.environ | {"LEAVE_OUT": "numpy bad/name"},
+        capture_output=True,
+        text=True,
+    )
+    assert leave.returncode == 2 and "LEAVE_OUT: 'bad/name' is not a project name" in leave.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine"]  # nothing downloaded, nothing left
+
+
+def test_a_kernel_that_fails_to_build_leaves_no_older_kernel_behind(tmp_path):
+    """A rebuild that fails (here: a source that does not compile) removes the kernel an earlier build left in the
+    tree, so structmt never imports a kernel built from an older source; the package still builds without it."""
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "structmt", tmp_path / "structmt", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    stale = tmp_path / "structmt" / ("_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))
+    stale.write_bytes(b"an older build")
+    source = tmp_path / "structmt" / "attention" / "csrc" / "candidates.cpp"
+    source.write_text("#error broken on purpose\n" + source.read_text())
+    run = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "structmt: C++ kernel not built (CompileError" in run.stdout
+    assert f"structmt: removed {stale}, built from an older source" in run.stdout
+    assert not stale.exists()
