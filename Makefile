@@ -69,5 +69,6 @@ lint: $(STAMP)
 wheelhouse: $(STAMP)
 	VPY=$(VPY) FAIRSEQ=$(FAIRSEQ) scripts/make_wheelhouse.sh "$(PY)" "$(WHEELHOUSE)"
 
+# removes the environment and runs/: every checkpoint, hypothesis and prepared data set not committed under results/
 clean:
 	rm -rf $(VENV) runs

@@ -130,8 +130,13 @@ def draw(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "structure.png")
-    draw(p.parse_args(argv).out)
+    p.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "docs" / "structure.png", help="the PNG file to write (.png)"
+    )
+    out = p.parse_args(argv).out
+    if out.suffix != ".png" or out.is_dir():
+        p.error(f"--out {out}: give a file name ending in .png (the figure is written as PNG)")
+    draw(out)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,11 @@ DECODE_ARGS=${DECODE_ARGS:---repeats 1}
 DECODE_TRAIN_UPDATES=${DECODE_TRAIN_UPDATES:-150}
 WORK=$REPO/runs/gpu_session
 START=$SECONDS
+for step in ${STEPS//,/ }; do  # a misspelt step would be skipped in silence
+    [[ $step =~ ^(install|test|attention|train|decode)$ ]] \
+        || { echo "gpu_session: error: STEPS: unknown step '$step'; the steps: install,test,attention,train,decode" >&2; exit 2; }
+done
+STEPS=$(echo "$STEPS" | tr -d ' ')
 
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
@@ -125,7 +130,9 @@ remaining() {
 commit=$(git -C "$REPO" rev-parse --short HEAD 2> /dev/null || echo unknown)
 [[ -z $(git -C "$REPO" status --porcelain --untracked-files=no 2> /dev/null) ]] || commit+="+dirty"
 say "started $(date -u +%Y-%m-%dT%H:%M:%SZ) in $REPO at commit $commit; steps $STEPS; output $OUT"
-command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || say "WARNING: nvidia-smi failed"
+fi
 
 # --- the Multi30k files train and decode need (this node cannot download them) ----------------------
 if wants train || { wants decode && [[ -z ${DENSE_CKPT:-} ]]; }; then
@@ -152,7 +159,8 @@ fi
 installed() {
     [[ -x $PY ]] && "$PY" - "$REPO" << 'EOF' 2> /dev/null
 import sys, fairseq, structmt
-sys.exit(0 if structmt.__file__.startswith(sys.argv[1]) else 1)
+from pathlib import Path
+sys.exit(0 if Path(structmt.__file__).resolve().parents[1] == Path(sys.argv[1]).resolve() else 1)
 EOF
 }
 if wants install; then
@@ -169,6 +177,7 @@ if wants install; then
     fi
 fi
 installed || fail "structmt is not installed in $PY (run with STEPS including install, and a WHEELHOUSE)"
+"$PY" -c 'import torch' || fail "torch does not import in $PY (the error above)"
 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
     || fail "torch in $PY sees no CUDA device (nvidia-smi above?)"
 "$PY" - << 'EOF'

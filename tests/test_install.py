@@ -127,3 +127,21 @@ def test_a_kernel_that_fails_to_build_leaves_no_older_kernel_behind(tmp_path):
     assert "structmt: C++ kernel not built (CompileError" in run.stdout
     assert f"structmt: removed {stale}, built from an older source" in run.stdout
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("steps", ["tests", "install,atention"])
+def test_the_gpu_session_refuses_a_step_it_does_not_know_before_anything_runs(tmp_path, steps):
+    """A misspelt step was skipped in silence: the session ended "all steps done" having run nothing."""
+    run = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_session.sh")],
+        env=os.environ | {"STEPS": steps, "OUT": str(tmp_path / "out")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    bad = steps.split(",")[-1]
+    assert run.returncode == 2
+    assert (
+        f"gpu_session: error: STEPS: unknown step '{bad}'; the steps: install,test,attention,train,decode" in run.stderr
+    )
+    assert not (tmp_path / "out").exists()
