@@ -18,7 +18,9 @@ SEEDS ?= 1 2 3
 
 install: $(STAMP)
 
-# The pinned CPU environment: Python 3.11, torch 2.13.0 (CPU build), every version from constraints.txt.
+# The pinned CPU environment: Python 3.11, torch 2.13.0 (CPU build), every version from constraints.txt but pip,
+# setuptools and wheel (their newest; constraints.txt also serves make wheelhouse, whose nodes' torch may need an
+# older setuptools).
 $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candidates.cpp
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
