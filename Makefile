@@ -13,6 +13,8 @@ PY ?= 3.12
 WHEELHOUSE ?= wheelhouse
 # make reproduce: the seeds of the headline table
 SEEDS ?= 1 2 3
+# make reproduce / finetune ALLOW_DIRTY=1: run although tracked files differ from the commit (rows say +dirty)
+ALLOW_DIRTY ?=
 
 .PHONY: install test test-reliability test-all demo reproduce finetune lint wheelhouse clean
 
@@ -57,11 +59,11 @@ demo: $(STAMP)
 
 # make reproduce SEEDS="1 2 3": one dense + structured pair per seed, each from a clean committed tree
 reproduce: $(STAMP)
-	$(VPY) -m structmt.pipeline.recipes reproduce --seeds $(SEEDS)
+	$(VPY) -m structmt.pipeline.recipes reproduce --seeds $(SEEDS)$(if $(ALLOW_DIRTY), --allow-dirty)
 
 # make finetune: the structured model fine-tuned from the dense reproduce run of seed 1 (SEEDS="1 2 3": of each)
 finetune: $(STAMP)
-	$(VPY) -m structmt.pipeline.recipes finetune --seeds $(if $(filter file,$(origin SEEDS)),1,$(SEEDS))
+	$(VPY) -m structmt.pipeline.recipes finetune --seeds $(if $(filter file,$(origin SEEDS)),1,$(SEEDS))$(if $(ALLOW_DIRTY), --allow-dirty)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check structmt tests scripts

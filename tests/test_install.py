@@ -72,6 +72,14 @@ def test_the_seeds_each_make_target_runs(given, seeds):
         )
         assert out.returncode == 0, out.stderr
         assert f"structmt.pipeline.recipes {target} --seeds {expected}\n" in out.stdout
+        dirty = subprocess.run(
+            ["make", "-n", "-o", ".venv/.installed", target, *args, "ALLOW_DIRTY=1"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert f"structmt.pipeline.recipes {target} --seeds {expected} --allow-dirty\n" in dirty.stdout
 
 
 def test_a_wheelhouse_folder_is_never_taken_apart_or_replaced_unless_it_is_one(tmp_path):

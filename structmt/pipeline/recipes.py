@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.recipe in HEADLINE and git_commit().endswith("+dirty") and not a.allow_dirty:
         raise SystemExit(
             f"error: tracked files differ from commit {git_commit()[:12]}; the rows would not name the code that "
-            "made them. Commit (or stash) first, or pass --allow-dirty."
+            "made them. Commit (or stash) first, or pass --allow-dirty (through make: make "
+            f"{a.recipe} ALLOW_DIRTY=1)."
         )
     if a.seeds is not None and len(a.seeds) > 1:
         for seed in a.seeds:  # one process per seed pair: nothing carries over from one seed to the next
