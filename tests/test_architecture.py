@@ -408,3 +408,48 @@ def test_the_options_page_is_the_schemas_own_table():
     assert generated == done.stdout
     flags = [line.split("`")[1] for line in generated.splitlines()[2:]]
     assert flags == [flag(f.name) for f in fields(StructureConfig)]
+
+
+def test_a_cross_band_refuses_left_padded_targets(dict_dir):
+    """The band's centre is round(slope * i) for target position i counted from a batch's first column: with
+    --left-pad-target it would count the padding and move with how sentences are batched."""
+    with pytest.raises(ValueError, match=r"--struct-cross-window aligns .*with --left-pad-target they would count"):
+        build(dict_dir, "structured_transformer_tiny", "--struct-cross-window", "2", "--left-pad-target")
+    build(dict_dir, "structured_transformer_tiny", "--left-pad-target")  # no cross band: nothing counts positions
+
+
+def test_a_role_mix_that_does_not_fit_names_its_block_and_the_per_block_form(dict_dir):
+    with pytest.raises(ValueError, match=r"the decoder's self-attention: --struct-heads 'pos:1,syn:1': .* has 8\. "):
+        build(
+            dict_dir, "structured_transformer_tiny", "--decoder-attention-heads", "8", "--struct-heads", "pos:1,syn:1"
+        )
+    roles = '{"encoder": ["pos:1,syn:1"], "decoder": ["pos:2,syn:4,rare:2"]}'
+    _, model = build(
+        dict_dir, "structured_transformer_tiny", "--decoder-attention-heads", "8", "--struct-heads-from", roles
+    )
+    assert model.decoder.layers[0].self_attn.structure.num_heads == 8
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [({"struct_window": "5"}, 5), ({"struct_window": 5.0}, 5), ({"struct_cross_slope": "0.5"}, 0.5)],
+)
+def test_overrides_given_as_text_are_numbers_of_the_options_type(given, expected):
+    """fairseq's --model-overrides and load_model's overrides may give numbers as text."""
+    from types import SimpleNamespace
+
+    from structmt.attention.options import StructureConfig
+
+    ((name, _),) = given.items()
+    value = getattr(StructureConfig.from_args(SimpleNamespace(**given)), name)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("given", [{"struct_window": "abc"}, {"struct_window": 1.5}, {"struct_window": True}])
+def test_overrides_that_are_not_numbers_of_the_options_type_are_named(given):
+    from types import SimpleNamespace
+
+    from structmt.attention.options import StructureConfig
+
+    with pytest.raises(ValueError, match=r"^--struct-window=.* is not an integer$"):
+        StructureConfig.from_args(SimpleNamespace(**given))

@@ -719,3 +719,21 @@ def test_structured_softmax_shares_what_the_error_keys_leave_and_refuses_rows_th
         kwargs = dict(scores=scores, support=support, error=error, sink_eps=0.1) | bad
         with pytest.raises(error_type, match=message):
             structured_softmax(**kwargs)
+
+
+def test_task_markers_are_never_rare():
+    """Language tags and <mask>, which fairseq tasks add with a count of 1, would otherwise be the rarest tokens of
+    every sentence and take a rare column each."""
+    from fairseq.data import Dictionary
+
+    from structmt.attention.structure import rarity_tables
+
+    d = Dictionary()
+    for word, count in (("▁a", 100), ("▁[", 3), ("x]", 2), ("▁rare", 1)):
+        d.add_symbol(word, n=count)
+    for marker in ("__en__", "[de_DE]", "<mask>"):
+        d.add_symbol(marker, n=1)
+    counts, never_rare = rarity_tables(d)
+    flagged = {d.symbols[i] for i in never_rare.nonzero().flatten().tolist()}
+    assert flagged == {"<s>", "<pad>", "</s>", "<unk>", "__en__", "[de_DE]", "<mask>"}
+    assert counts[d.index("▁rare")] == 1

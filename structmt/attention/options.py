@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -168,7 +169,16 @@ class StructureConfig:
             spec, option = self.struct_heads, flag("struct_heads")
         else:
             spec, option = default_role_mix(num_heads, self.struct_rare), flag("struct_heads")
-        return parse_role_mix(spec, num_heads, num_layers, option=option)
+        try:
+            return parse_role_mix(spec, num_heads, num_layers, option=option)
+        except ValueError as err:
+            if self.struct_heads_from:
+                raise ValueError(f"the {block}'s self-attention: {err}") from None
+            raise ValueError(
+                f"the {block}'s self-attention: {err}. {flag('struct_heads')} gives the encoder and the decoder the "
+                f"same mixes; for mixes of their own give {flag('struct_heads_from')} a roles file, or the JSON "
+                """itself: '{"encoder": ["pos:1,syn:2,rare:1", ...], "decoder": [...]}' (one mix per layer)"""
+            ) from None
 
     def layer_structures(
         self, block: str, num_heads: int, num_layers: int, layers_to_keep: list[int] | None = None
@@ -212,8 +222,25 @@ def default_role_mix(num_heads: int, rare: int) -> str:
 
 
 def _value(args: Any, name: str, default: Any) -> Any:
+    """``args.<name>`` as the type of its ``default``: fairseq's ``--model-overrides`` and ``load_model``'s overrides
+    can give a number as text (``{'struct_window': '5'}``), which is converted, or refused naming the option."""
     value = getattr(args, name, None)
-    return default if value is None else value
+    if value is None:
+        return default
+    kind = type(default)
+    if kind not in (int, float):
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float or "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            value = None
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is float and number:
+        return float(value)
+    if kind is int and number and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{flag(name)}={getattr(args, name)!r} is not {'an integer' if kind is int else 'a number'}")
 
 
 def flag(name: str) -> str:

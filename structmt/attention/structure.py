@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -497,12 +498,19 @@ def aligned_centers(key_padding_mask: Tensor | None, batch: int, num_keys: int, 
 # Rare tokens and error-term keys
 
 
+#: symbols a fairseq task adds to a dictionary as markers, not words (with a count of 1, the rarest there are):
+#: language tags (``__en__``, ``[en_XX]``) and symbols such as ``<mask>``
+MARKER = re.compile(r"<\w+>|__\w+__|\[\w+\]")
+
+
 def rarity_tables(dictionary: Any) -> tuple[Tensor, Tensor]:
     """The corpus count of every token of a fairseq dictionary (``(V,)`` long) and its never-rare flag
-    (``(V,)`` bool: the special symbols and padding), as :func:`rarity_keys` takes them."""
+    (``(V,)`` bool: the special symbols, padding and markers (:data:`MARKER`)), as :func:`rarity_keys` takes them."""
     never_rare = torch.zeros(len(dictionary), dtype=torch.bool)
     never_rare[: dictionary.nspecial] = True
     never_rare[dictionary.pad()] = True
+    markers = [i for i, symbol in enumerate(dictionary.symbols) if MARKER.fullmatch(symbol)]
+    never_rare[markers] = True
     return torch.tensor(dictionary.count, dtype=torch.long), never_rare
 
 

@@ -260,7 +260,17 @@ class StructuredTransformerModel(TransformerModel):
     @classmethod
     def build_model(cls, args: Any, task: Any) -> StructuredTransformerModel:
         fill_defaults(args)
-        StructureConfig.from_args(args).validate()
+        options = StructureConfig.from_args(args).validate()
+        left_pad_target = getattr(args, "left_pad_target", None) or getattr(
+            getattr(task, "cfg", None), "left_pad_target", False
+        )
+        if options.cross_band() is not None and left_pad_target:
+            raise ValueError(
+                "--struct-cross-window aligns target position i with source position round(slope * i), counting "
+                "target positions from the first column of a batch; with --left-pad-target they would count the "
+                "padding, and the band would move with how sentences are batched: leave targets right-padded "
+                "(fairseq's default)"
+            )
         if args.struct_heads_from:
             # keep the roles, not the file's path: the checkpoint rebuilds the model it was trained as
             args.struct_heads_from = roles_json(args.struct_heads_from)
