@@ -453,3 +453,24 @@ def test_overrides_that_are_not_numbers_of_the_options_type_are_named(given):
 
     with pytest.raises(ValueError, match=r"^--struct-window=.* is not an integer$"):
         StructureConfig.from_args(SimpleNamespace(**given))
+
+
+def test_options_set_but_without_effect_are_warned_about(dict_dir, caplog):
+    """A value the user set that changes nothing (the slope of a dense cross-attention, r with no rare head, ...)
+    is said once when the model is built; options at their default are not."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="structmt.models.structured_transformer"):
+        build(dict_dir, "structured_transformer_tiny", "--struct-heads", "syn:2", "--struct-rare", "4",
+              "--struct-cross-slope", "0.5", "--struct-error-eps", "0.1", "--struct-pos-window", "2")  # fmt: skip
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "--struct-rare=4 has no effect: no head is rare",
+        "--struct-pos-window=2 has no effect: no head is positional",
+        "--struct-error-eps=0.1 has no effect: there is no error term (--struct-error none)",
+        "--struct-cross-slope=0.5 has no effect: cross-attention is dense (no --struct-cross-window)",
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="structmt.models.structured_transformer"):
+        build(dict_dir, "structured_transformer_tiny", "--struct-heads", "syn:2")
+    assert not caplog.records

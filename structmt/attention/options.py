@@ -144,6 +144,22 @@ class StructureConfig:
             raise ValueError("must be 'none' or 'sink:K' with an integer K >= 1")
         return int(count), self.struct_error_eps
 
+    def without_effect(self, roles: set[str]) -> list[str]:
+        """The options set away from their default that change nothing in a model whose structured heads have
+        ``roles`` (one message each, naming the option and why)."""
+        unused = {
+            "struct_window": ("syntactic" not in roles and "rare" not in roles, "no head is syntactic or rare"),
+            "struct_rare": ("rare" not in roles, "no head is rare"),
+            "struct_pos_window": ("positional" not in roles, "no head is positional"),
+            "struct_error_eps": (self.struct_error == "none", "there is no error term (--struct-error none)"),
+            "struct_cross_slope": (self.struct_cross_window < 0, "cross-attention is dense (no --struct-cross-window)"),
+        }
+        return [
+            f"{flag(f.name)}={getattr(self, f.name)!r} has no effect: {unused[f.name][1]}"
+            for f in fields(self)
+            if f.name in unused and unused[f.name][0] and getattr(self, f.name) != f.default
+        ]
+
     def blocks(self) -> list[str]:
         """The attention blocks whose self-attention is structured."""
         blocks = [b.strip() for b in self.struct_apply.split(",") if b.strip()]

@@ -20,6 +20,7 @@ nothing is stored on a module between forwards.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import torch
@@ -44,6 +45,8 @@ from ..attention.context import TokenContext, active, current
 from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
 from ..attention.options import StructureConfig, add_arguments, fill_defaults
 from ..attention.structure import CrossBand, Structure, rarity_tables, roles_json
+
+logger = logging.getLogger(__name__)
 
 
 class StructuredEncoderLayer(TransformerEncoderLayerBase):
@@ -274,7 +277,16 @@ class StructuredTransformerModel(TransformerModel):
         if args.struct_heads_from:
             # keep the roles, not the file's path: the checkpoint rebuilds the model it was trained as
             args.struct_heads_from = roles_json(args.struct_heads_from)
-        return super().build_model(args, task)  # fills the architecture's defaults, then builds encoder and decoder
+        model = super().build_model(args, task)  # fills the architecture's defaults, then builds encoder and decoder
+        roles = {
+            role
+            for block in options.blocks()
+            for mix in options.role_mixes(block, getattr(args, f"{block}_attention_heads"), None)
+            for role in mix
+        }
+        for note in options.without_effect(roles):
+            logger.warning(note)
+        return model
 
     @classmethod
     def build_encoder(cls, args: Any, src_dict: Any, embed_tokens: torch.nn.Embedding) -> StructuredTransformerEncoder:
