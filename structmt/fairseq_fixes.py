@@ -72,9 +72,17 @@ def keep_bf16_off_tpu() -> None:
         suppress_defaults: bool = False,
         modify_parser: Any = None,
     ) -> Any:
-        result = original(parser, input_args, parse_known, suppress_defaults, modify_parser)
-        args = result[0] if parse_known else result
         given = sys.argv[1:] if input_args is None else input_args
+        try:
+            result = original(parser, input_args, parse_known, suppress_defaults, modify_parser)
+        except ValueError as err:  # fairseq's --bf16 implied --tpu: "Cannot combine --fp16 and --tpu" named no bf16
+            if "--fp16 and --tpu" in str(err) and "--tpu" not in given:
+                raise ValueError(
+                    "--fp16 (or --memory-efficient-fp16) and --bf16 (or --memory-efficient-bf16) cannot be combined: "
+                    "choose one half precision"
+                ) from None
+            raise
+        args = result[0] if parse_known else result
         if getattr(args, "bf16", False) and "--tpu" not in given:
             args.tpu = False
         return result

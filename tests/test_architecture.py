@@ -474,3 +474,12 @@ def test_options_set_but_without_effect_are_warned_about(dict_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="structmt.models.structured_transformer"):
         build(dict_dir, "structured_transformer_tiny", "--struct-heads", "syn:2")
     assert not caplog.records
+
+
+def test_fp16_with_bf16_is_refused_naming_both(dict_dir):
+    """fairseq turned --bf16 into --tpu and then said it "cannot combine --fp16 and --tpu", naming a TPU nobody
+    asked for."""
+    with pytest.raises(ValueError, match=r"^--fp16 \(or --memory-efficient-fp16\) and --bf16 .* cannot be combined"):
+        build(dict_dir, "structured_transformer_tiny", "--fp16", "--bf16")
+    with pytest.raises(ValueError, match="Cannot combine --fp16 and --tpu"):  # a TPU asked for: fairseq's own words
+        build(dict_dir, "structured_transformer_tiny", "--fp16", "--tpu")
