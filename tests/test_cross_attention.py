@@ -182,3 +182,29 @@ def test_an_empty_source_gives_zero_rows_in_every_impl(impl):
     out, weights, dq, dk, dv = _cross_with_grads(q, k, k, None, impl, window=2)
     assert torch.equal(out, torch.zeros(2, 2, 3, 8)) and torch.equal(dq, torch.zeros_like(q))
     assert weights.shape == (2, 2, 3, 0) and dk.shape == dv.shape == (2, 2, 0, 8)
+
+
+def test_training_builds_no_dense_weights_and_computes_the_same_output(monkeypatch):
+    """fairseq's decoder asks its last layer for cross-attention weights at every step; in training (where only the
+    refused alignment criteria read them) the block builds none, and its output and gradients are those of eval."""
+    torch.manual_seed(2)
+    E, H, T, S, B = 32, 4, 6, 9, 3
+    block = StructuredCrossAttention.from_dense(
+        MultiheadAttention(E, H, encoder_decoder_attention=True, dropout=0.0), CrossBand(2, slope=0.6)
+    )
+    x, mem, pad = torch.randn(T, B, E), torch.randn(S, B, E), _source_padding([9, 5, 2], S, True)
+    asked = []
+    attend = functional.attend
+    monkeypatch.setattr(
+        "structmt.attention.multihead.attend", lambda *a, **k: asked.append(k["need_weights"]) or attend(*a, **k)
+    )
+    outs = {}
+    for mode in ("train", "eval"):
+        getattr(block, mode)()
+        block.zero_grad()
+        out, weights = block(x, mem, mem, key_padding_mask=pad, static_kv=True, need_weights=True)
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        outs[mode] = (out, block.q_proj.weight.grad.clone(), weights)
+    assert asked == [False, True]
+    assert outs["train"][2] is None and outs["eval"][2].shape == (B, T, S)
+    assert_close_all(outs["train"][:2], outs["eval"][:2], 1e-6)

@@ -413,15 +413,11 @@ class StructuredCrossAttention(_StructuredBase):
 
         key = ("cross", self.band, q.shape[:3], k.size(2), first_query, q.device)
         plan = _shared_plan(context, key, key_padding_mask, build)
-        out, weights = attend(
-            q,
-            k,
-            v,
-            plan,
-            dropout_p=attention_dropout(self),
-            impl=self.impl,
-            need_weights=need_weights or need_head_weights,
-        )
+        # fairseq's decoder asks its last layer for cross-attention weights at every step, training included, for
+        # alignment; in training only the alignment criteria read them, and those are refused with a cross band
+        # (build_decoder), so no dense (B, H, Tq, S) weights are built there
+        wanted = (need_weights or need_head_weights) and not self.training
+        out, weights = attend(q, k, v, plan, dropout_p=attention_dropout(self), impl=self.impl, need_weights=wanted)
         return self._output(out, weights, need_weights, need_head_weights)
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> IncrementalState:
