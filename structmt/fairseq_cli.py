@@ -119,9 +119,17 @@ def log_records(text: str) -> Iterator[tuple[str, dict[str, float]]]:
 
 
 def training_curve(log: Path) -> list[dict[str, float]]:
-    """The ``train_inner`` records of a fairseq-train log that have an update count."""
+    """The ``train_inner`` records of a fairseq-train log that have an update count, of the training that made
+    the last checkpoint: the log is appended to, so where the count goes back (a run resumed from an earlier
+    checkpoint, or trained again under its id) the records from that update on are those of the later process."""
     text = log.read_text(encoding="utf-8", errors="replace")
-    return [r for kind, r in log_records(text) if kind == "train_inner" and "num_updates" in r]
+    curve: list[dict[str, float]] = []
+    for kind, record in log_records(text):
+        if kind == "train_inner" and "num_updates" in record:
+            while curve and curve[-1]["num_updates"] >= record["num_updates"]:
+                curve.pop()  # an abandoned attempt's records from this update on
+            curve.append(record)
+    return curve
 
 
 def _train_progress(label: str, max_update: int) -> Callable[[str], None]:

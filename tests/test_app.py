@@ -285,3 +285,11 @@ def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advic
         "error_eps, apply, cross_window, cross_slope, impl, arch)",
         "logger.mod is not a key of logger (valid keys: mode, project)",
     ]
+
+
+def test_a_sweep_config_without_multirun_is_refused(tmp_path):
+    """+sweep=... without -m ran the one point of the base configuration, in silence."""
+    result = _run(tmp_path, "+sweep=wr_small")
+    assert result.returncode == 1
+    assert "this configuration sweeps model.window=1,3, model.rare=0,2 (a +sweep=... config): add -m" in result.stderr
+    assert not (tmp_path / "runs" / "data").exists() and not (tmp_path / "results").exists()  # nothing prepared or run

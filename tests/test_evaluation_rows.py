@@ -224,3 +224,24 @@ def test_a_structured_run_without_its_dense_partners_hypotheses_says_why_its_p_v
         f"[{structured.run_id()}] test_2016_flickr: no hypotheses of the dense run at {missing} (evaluate it "
         "first); the p-value against it is left empty" in said
     )
+
+
+def test_a_p_value_filled_in_later_reaches_the_runs_wandb_summary(runs, monkeypatch):
+    logged: list[tuple[str, list]] = []
+
+    def log_wandb(spec, run_dir, records, runs_dir, wandb, wandb_id, log):
+        logged.append((wandb_id, [r["p_value_vs_dense"] for r in records]))
+        return "runs/wandb/offline-run-x"
+
+    monkeypatch.setattr(evaluation, "_log_wandb", log_wandb)
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ein Buch ."]])
+    _evaluate(runs, structured, baseline=dense)
+    _evaluate(runs, dense)
+    rows = _evaluate(runs, structured, baseline=dense)
+    assert logged[0] == (structured.run_id(), ["", ""])
+    assert (
+        logged[-1] == (structured.run_id(), [r["p_value_vs_dense"] for r in rows]) and rows[0]["p_value_vs_dense"] != ""
+    )
+    _evaluate(runs, structured, baseline=dense)  # nothing new: not logged again
+    assert len(logged) == 3

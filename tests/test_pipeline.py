@@ -499,3 +499,73 @@ def test_sweep_report_of_a_sweep_draws_and_judges_only_its_own_grid(tmp_path):
     leaderboard.add_rows(tmp_path / "leaderboard.csv", [rows[0], rows[-1]])
     with pytest.raises(SystemExit, match=r"no run of .* lies on the grid of --sweep wr_small .*; runs at w=8 r=4 lie"):
         report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")
+
+
+def test_the_training_curve_is_the_last_trainings_where_the_log_goes_back(tmp_path):
+    """train.log is appended to: a run resumed from an earlier checkpoint (or trained again under its id) logs
+    updates it had logged before; the curve keeps the later process's records from there on."""
+    from structmt.fairseq_cli import training_curve
+
+    def line(updates, loss):
+        return f"x | INFO | train_inner | epoch 001: 5 / 9 loss={loss}, num_updates={updates}, lr=0.1\n"
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "".join(line(u, l) for u, l in [(50, 9), (100, 8), (150, 7), (200, 6), (150, 7.5), (200, 6.5), (250, 5)])
+    )
+    assert [(r["num_updates"], r["loss"]) for r in training_curve(log)] == [
+        (50, 9),
+        (100, 8),
+        (150, 7.5),
+        (200, 6.5),
+        (250, 5),
+    ]
+
+
+def test_a_wandb_mode_in_the_environment_that_wandb_does_not_know_is_named_and_never_blocks_a_chosen_mode(
+    tmp_path, monkeypatch
+):
+    import os
+
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    row = _row("run-e", bleu=30.0)
+    with pytest.warns(UserWarning, match=r"skipped: WANDB_MODE='ofline' is not a W&B mode \(online, offline"):
+        assert log_experiment("run-e", {}, _tiny_train_log(tmp_path), [row], tmp_path / "w", WandbSettings()) is None
+    folder = log_experiment("run-e", {}, _tiny_train_log(tmp_path), [row], tmp_path / "w", WandbSettings("offline"))
+    assert folder is not None and read_offline_run(folder)["summary"]["test_2016_flickr/bleu"] == 30.0
+    assert os.environ["WANDB_MODE"] == "ofline"  # left as the user set it
+
+
+def test_a_failed_wandb_init_is_torn_down_so_the_offline_retry_can_take_the_run_id(tmp_path, monkeypatch):
+    import wandb
+
+    from structmt.pipeline import tracking
+
+    torn = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: (_ for _ in ()).throw(TimeoutError("no network")))
+    monkeypatch.setattr(wandb, "teardown", lambda: torn.append(True))
+    with pytest.raises(TimeoutError):
+        tracking._init(tmp_path, "online", "structmt", id="run-t")
+    assert torn == [True]
+
+
+def test_the_wandb_leaderboard_table_holds_numbers_and_a_failure_is_an_error(tmp_path, monkeypatch, capsys):
+    from structmt.pipeline import tracking
+
+    tables = []
+    monkeypatch.setattr("wandb.Table", lambda columns, data: tables.append((columns, data)) or object())
+    rows = [_row("a", bleu=38.91) | {"seed": 1, "p_value_vs_dense": ""}, _row("b", bleu=9.62) | {"seed": 2}]
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    monkeypatch.setattr(tracking, "_init", lambda *a, **k: type("R", (), {"log": lambda self, x: None})())
+    monkeypatch.setattr(tracking, "_finish", lambda run: tmp_path / "offline-run-x")
+    leaderboard.main(["--results-dir", str(tmp_path), "--wandb", "--wandb-dir", str(tmp_path / "w")])
+    ((columns, data),) = tables
+    cells = [dict(zip(columns, row, strict=True)) for row in data]
+    assert [(c["bleu"], c["seed"], c["p_value_vs_dense"]) for c in cells] == [(38.91, 1, None), (9.62, 2, None)]
+    assert max(c["bleu"] for c in cells) == 38.91  # sorted by value, not as text
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with pytest.raises(SystemExit, match="the W&B leaderboard table was not logged"):
+        leaderboard.main(["--results-dir", str(tmp_path), "--wandb", "--wandb-dir", str(tmp_path / "w")])
+    with pytest.raises(SystemExit):
+        leaderboard.main(["--results-dir", str(tmp_path), "--wandb", "--project", "team/proj"])
+    assert "--project 'team/proj' must be 1 to 128 characters" in capsys.readouterr().err

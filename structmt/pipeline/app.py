@@ -34,7 +34,7 @@ from ..models.structured_transformer import block_structures
 from ..paths import REPO_ROOT
 from .evaluation import run_experiment, valid_bleu
 from .spec import DataSpec, ModelSpec, RunSpec, Schedule, read_spec
-from .tracking import MODES, WandbSettings
+from .tracking import MODES, WandbSettings, project_problem
 
 
 @dataclass
@@ -94,11 +94,7 @@ def validate(cfg: Any) -> None:
             re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", cfg.train.name) is not None,
             "must be letters, digits and . _ + = - (it names run folders, hypothesis files and W&B runs)",
         ),
-        (
-            "logger.project",
-            0 < len(cfg.logger.project) <= 128 and not set("/\\#?%:") & set(cfg.logger.project),
-            "must be 1 to 128 characters, none of / \\ # ? % : (W&B's rule for project names)",
-        ),
+        ("logger.project", not project_problem(cfg.logger.project), project_problem(cfg.logger.project)),
     ]
     bad = unknown_keys(cfg)
     bad += [f"{key}={OmegaConf.select(cfg, key)!r} {why}" for key, ok, why in checks if not ok]
@@ -319,6 +315,16 @@ def hydra_main(cfg: DictConfig) -> float | None:
     # (Hydra's job log file stays); hydra.verbose=true shows all, as -v does elsewhere
     verbose = HydraConfig.get().verbose is True
     setup(verbose=verbose)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN and hydra_cfg.sweeper.get("params"):
+        # +sweep=... without -m: Hydra runs the one point of the base config, in silence
+        print(
+            "error: this configuration sweeps "
+            + ", ".join(f"{k}={v}" for k, v in hydra_cfg.sweeper.params.items())
+            + " (a +sweep=... config): add -m to run the sweep",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     try:
         return run(cfg, objective=HydraConfig.get().mode == RunMode.MULTIRUN)
     except Exception as err:

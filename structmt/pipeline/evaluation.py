@@ -193,8 +193,12 @@ def _evaluate_locked(
         rows_done = [row | row_labels(spec, row["test_set"].partition("[")[0]) for row in stored["rows"]]
         if baseline is not None and spec.model.structured:
             rows_done = _late_p_values(spec, runs_dir, baseline, rows_done, log)
-            if rows_done != stored["rows"]:
-                write_text_atomic(done, json.dumps(stored | {"rows": rows_done}, indent=2) + "\n")
+            if [r["p_value_vs_dense"] for r in rows_done] != [r["p_value_vs_dense"] for r in stored["rows"]]:
+                stored["rows"] = rows_done
+                if stored.get("wandb") is not None:  # its W&B summary gets the p-values too (the same W&B run)
+                    folder = _log_wandb(spec, run_dir, rows_done, runs_dir, wandb, stored["wandb_id"], log)
+                    stored["wandb"] = folder or stored["wandb"]
+                write_text_atomic(done, json.dumps(stored, indent=2) + "\n")
         added = leaderboard.add_rows(csv_path, rows_done)
         filled = fill_empty(csv_path, rows_done, ("p_value_vs_dense", "bleu_ci95"))
         if added or filled:

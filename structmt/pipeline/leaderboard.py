@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from ..console import add_verbose_option, setup
-    from .tracking import DEFAULT_PROJECT, WandbSettings, log_leaderboard
+    from .tracking import DEFAULT_PROJECT, WandbSettings, log_leaderboard, project_problem
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument(
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
+    if a.wandb and (problem := project_problem(a.project)):
+        p.error(f"--project {a.project!r} {problem}")
     csv_path = a.results_dir / "leaderboard.csv"
     if not csv_path.exists():
         raise SystemExit(f"error: {csv_path} does not exist; run an experiment first (make demo)")
@@ -237,6 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     print(render_markdown(read_rows(csv_path)))
     if a.wandb:
         folder = log_leaderboard(read_rows(csv_path), COLUMNS, a.wandb_dir, WandbSettings(project=a.project))
+        if folder is None:
+            raise SystemExit(
+                "error: the W&B leaderboard table was not logged (W&B disabled, or failed: the warning above)"
+            )
         print(f"W&B leaderboard table: {folder} (upload an offline run with: wandb sync {folder})")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fairseq_cli import training_curve
+from ..leaderboard_csv import FLOAT_COLUMNS, INT_COLUMNS
 
 DEFAULT_PROJECT = "structmt"
 
@@ -32,16 +33,28 @@ class WandbSettings:
 MODES = ("auto", "offline", "online", "disabled")
 
 
+#: the values W&B accepts in ``WANDB_MODE``
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+
+
 def wandb_mode(requested: str = "auto") -> str:
     """``requested`` unless it is ``auto``; then ``WANDB_MODE`` if set, else online with an API key and offline
-    without."""
+    without. Under ``auto``, a ``WANDB_MODE`` that W&B does not know is a ``ValueError`` naming it."""
     if requested not in MODES:
         raise ValueError(f"W&B mode {requested!r}: choose from {', '.join(MODES)}")
     if requested != "auto":
         return requested
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    env = os.environ.get("WANDB_MODE")
+    if env and env not in WANDB_MODES:
+        raise ValueError(f"WANDB_MODE={env!r} is not a W&B mode ({', '.join(WANDB_MODES)}); unset it or fix it")
+    return env or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+def project_problem(project: str) -> str:
+    """Why W&B refuses ``project`` as a project name ("" when it does not)."""
+    if 0 < len(project) <= 128 and not set("/\\#?%:") & set(project):
+        return ""
+    return "must be 1 to 128 characters, none of / \\ # ? % : (W&B's rule for project names)"
 
 
 def _finish(run: Any) -> Path:
@@ -66,10 +79,23 @@ def _init(wandb_dir: Path, mode: str, project: str, **kwargs: Any) -> Any:
 
     wandb_dir.mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(mode=mode, init_timeout=60, silent=True, x_disable_stats=True, console="off")
-    wandb.setup(settings=settings)
-    return wandb.init(
-        dir=str(wandb_dir), settings=settings, reinit="finish_previous", project=project, resume="allow", **kwargs
-    )
+    env = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = mode  # W&B reads it too, and refuses a value it does not know whatever mode is asked
+    try:
+        wandb.setup(settings=settings)
+        return wandb.init(
+            dir=str(wandb_dir), settings=settings, reinit="finish_previous", project=project, resume="allow", **kwargs
+        )
+    except Exception:
+        # a failed init (online without a network, say) leaves the run id claimed in W&B's service: without a
+        # teardown the offline retry of the same id fails as "in use" and nothing is logged
+        wandb.teardown()
+        raise
+    finally:
+        if env is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = env
 
 
 def log_experiment(
@@ -114,7 +140,11 @@ def log_experiment(
 def _logged(what: str, settings: WandbSettings, log: Any) -> Path | None:
     """``log(mode)`` in ``settings``' mode (None if disabled), else ``log("offline")`` when that was online;
     failures become warnings."""
-    mode = wandb_mode(settings.mode)
+    try:
+        mode = wandb_mode(settings.mode)
+    except ValueError as err:
+        warnings.warn(f"{what} skipped: {err}", stacklevel=3)
+        return None
     if mode == "disabled":
         return None
     try:
@@ -137,18 +167,29 @@ def log_leaderboard(
     rows: list[dict[str, str]], columns: list[str], wandb_dir: Path, settings: WandbSettings | None = None
 ) -> Path | None:
     """(Re)build the project's leaderboard ``wandb.Table`` (these ``columns``) from the CSV rows, in the project's
-    one W&B run ``leaderboard`` (each rebuild is a new step of it, not a run of its own)."""
+    W&B run ``leaderboard`` (online, each rebuild is a new step of it; offline, a run folder of its own under
+    that id)."""
     settings = settings or WandbSettings()
 
     def log(mode: str) -> Path:
         import wandb
 
         run = _init(wandb_dir, mode, settings.project, name="leaderboard", id="leaderboard", job_type="leaderboard")
-        table = wandb.Table(columns=columns, data=[[r.get(c, "") for c in columns] for r in rows])
+        table = wandb.Table(columns=columns, data=[[_cell(c, r.get(c, "")) for c in columns] for r in rows])
         run.log({"leaderboard": table})
         return _finish(run)
 
     return _logged("W&B leaderboard", settings, log)
+
+
+def _cell(column: str, value: Any) -> Any:
+    """A leaderboard cell as the W&B table holds it: the number columns as numbers (an empty one None), so the
+    table sorts and plots by value, not as text ("9.62" above "38.91")."""
+    if column not in INT_COLUMNS + FLOAT_COLUMNS:
+        return value
+    if value in ("", None):
+        return None
+    return int(value) if column in INT_COLUMNS else float(value)
 
 
 def read_records(wandb_file: Path) -> list[Any]:
