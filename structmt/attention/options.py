@@ -246,9 +246,9 @@ def _value(args: Any, name: str, default: Any) -> Any:
     kind = type(default)
     if kind not in (int, float):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str):  # read as a number; an integer option then takes only a whole one
         try:
-            value = float(value.strip()) if kind is float or "." in value or "e" in value.lower() else int(value)
+            value = float(value)
         except ValueError:
             value = None
     number = isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -313,10 +313,10 @@ def run(cfg: Any, objective: bool = False) -> float | None:
 def hydra_main(cfg: DictConfig) -> float | None:
     # Hydra has set up logging for this job: console output as every entry point has it
     # (Hydra's job log file stays); hydra.verbose=true shows all, as -v does elsewhere
-    verbose = HydraConfig.get().verbose is True
-    setup(verbose=verbose)
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN and hydra_cfg.sweeper.get("params"):
+    verbose, multirun = hydra_cfg.verbose is True, hydra_cfg.mode == RunMode.MULTIRUN
+    setup(verbose=verbose)
+    if not multirun and hydra_cfg.sweeper.get("params"):
         # +sweep=... without -m: Hydra runs the one point of the base config, in silence
         print(
             "error: this configuration sweeps "
@@ -326,12 +326,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         )
         raise SystemExit(1)
     try:
-        return run(cfg, objective=HydraConfig.get().mode == RunMode.MULTIRUN)
+        return run(cfg, objective=multirun)
     except Exception as err:
         if verbose:
             raise
         message = f"error: {err} (hydra.verbose=true shows the traceback)"
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # Hydra names the job's overrides; the sweep goes on
+        if multirun:  # Hydra names the job's overrides; the sweep goes on
             raise CompactHydraException(message) from None
         print(message, file=sys.stderr)
         raise SystemExit(1) from None
