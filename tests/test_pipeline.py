@@ -447,6 +447,24 @@ def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp
     assert len(list((tmp_path / "sweeps").glob("*_heads-syn-1-rare-1-*.md"))) == 2
 
 
+def test_sweep_report_file_names_of_a_test_set_slice_are_portable_and_distinct(tmp_path):
+    """A row of ``data.max_eval_lines=100`` has test set ``test_2016_flickr[:100]``: its page's file name holds
+    no character Windows refuses (``[ : ]``), and differs from the whole test set's page and another slice's."""
+    from structmt.pipeline.sweep_report import report
+
+    base = {"data": "m", "schedule": "s", "train_tokens_per_s": 1}
+    for test in ("test_2016_flickr", "test_2016_flickr[:100]", "test_2016_flickr[:10]"):
+        rows = [_row("d", bleu=30.0) | base | {"window": "", "rare": "", "test_set": test}]
+        rows.append(_row("w3", bleu=31.0) | base | {"window": 3, "rare": 2, "heads": "auto", "test_set": test})
+        leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+        text = report(tmp_path, "m", "s", test, tmp_path / "sweeps")
+    assert "--test-set 'test_2016_flickr[:10]'`" in text  # a glob pattern to a shell: quoted
+    names = sorted(p.name for p in (tmp_path / "sweeps").iterdir())
+    assert len(names) == 9 and not [n for n in names if set(n) & set('[]:<>"/\\|?*')]
+    assert "sweep_m_s_test_2016_flickr.md" in names
+    assert sum(n.startswith("sweep_m_s_test-2016-flickr-100-") for n in names) == 3
+
+
 def test_sweep_report_names_the_points_of_the_grid_without_a_run(tmp_path):
     """A failed or unfinished sweep member drops out of the leaderboard: the report says so instead of giving a
     verdict over the points that happen to be there."""
