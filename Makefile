@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candid
 	$(PIP) install -q --upgrade pip setuptools wheel
 	# torch first, the CPU build (PyPI's torch is the CUDA build, whose Triton pin conflicts with constraints.txt):
 	# the wheel pip's find-links has (the project's machine), else PyTorch's CPU index
-	$(PIP) install -q -c constraints.txt torch==$(TORCH) 2>/dev/null \
-	  || $(PIP) install -q -c constraints.txt --extra-index-url $(TORCH_CPU_INDEX) torch==$(TORCH)
+	$(PIP) install -q -c constraints.txt torch==$(TORCH) 2>$(VENV)/torch-try.err \
+	  || { echo "torch==$(TORCH): not installed from where pip looks first:"; grep '^ERROR' $(VENV)/torch-try.err; \
+	       echo "trying $(TORCH_CPU_INDEX)"; \
+	       $(PIP) install -q -c constraints.txt --extra-index-url $(TORCH_CPU_INDEX) torch==$(TORCH); }
+	rm -f $(VENV)/torch-try.err
 	$(PIP) install -q -c constraints.txt numpy cython
 	# the project and all its dependencies: --no-build-isolation so its C++ kernel compiles against this torch
 	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[dev]'
