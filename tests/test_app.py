@@ -287,6 +287,15 @@ def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advic
     ]
 
 
+def test_a_launcher_without_multirun_is_refused(tmp_path):
+    """Hydra uses hydra/launcher=slurm only with -m: without it the job trained on the machine it was typed on."""
+    result = _run(tmp_path, "hydra/launcher=slurm")
+    assert result.returncode == 1
+    assert "error: hydra/launcher=slurm launches only with -m (one job is a sweep of one point): add -m" in (
+        result.stderr
+    )
+
+
 def test_a_sweep_config_without_multirun_is_refused(tmp_path):
     """+sweep=... without -m ran the one point of the base configuration, in silence."""
     result = _run(tmp_path, "+sweep=wr_small")

@@ -325,6 +325,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         raise SystemExit(1)
+    launcher = hydra_cfg.runtime.choices.get("hydra/launcher")
+    if not multirun and launcher not in (None, "basic"):
+        # Hydra launches only sweeps: without -m the job ran here, a 100k-update training on a login node
+        print(
+            f"error: hydra/launcher={launcher} launches only with -m (one job is a sweep of one point): add -m",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     try:
         return run(cfg, objective=multirun)
     except Exception as err:
