@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from structmt.data.fetch import MULTI30K_SHARED
+from structmt.data.prepare import fetch_multi30k
 from structmt.pipeline import leaderboard
 from structmt.pipeline.evaluation import keep_hypotheses, keep_training_log, paired_bootstrap
 from structmt.pipeline.recipes import HEADLINE, RECIPES, load_schedule, pair, summary
@@ -382,10 +382,12 @@ def test_every_headline_row_of_the_readme_is_what_the_leaderboard_prints_now():
 
 
 def _reference(folder: Path, test_set: str) -> Path:
-    """The embedded Multi30k mirror's German reference of ``test_set``, unpacked into ``folder`` once."""
-    ref = folder / f"{test_set}.de"
+    """The German reference of the Multi30k ``test_set``, found as data preparation finds it (mirror, download,
+    offline mirror) and unpacked into ``folder`` once."""
+    ref, name = folder / f"{test_set}.de", f"{test_set}.de.gz"
     if not ref.exists():
-        ref.write_bytes(gzip.decompress((MULTI30K_SHARED / f"{test_set}.de.gz").read_bytes()))
+        paths, _ = fetch_multi30k([name], None, folder / "download")
+        ref.write_bytes(gzip.decompress(paths[name].read_bytes()))
     return ref
 
 

@@ -128,21 +128,28 @@ def _read_split(split: str, pairs: list[tuple[Path, Path]], cfg: PrepConfig) -> 
     return src_lines, tgt_lines
 
 
+def fetch_multi30k(names: list[str], mirror: str | None, cache: Path) -> tuple[dict[str, Path], str]:
+    """Verified copies of the Multi30k files ``names`` (``test_2016_flickr.de.gz``): from ``mirror``,
+    ``$STRUCTMT_MULTI30K``, the download cache ``cache`` (downloading), else the offline mirror beside the
+    checkout; and the sentence naming the source (:func:`~structmt.data.fetch.fetch_files`)."""
+    return fetch_files(
+        names,
+        read_checksums(MANIFESTS / "multi30k.sha256"),
+        url_template=MULTI30K_URL,
+        mirror=mirror,
+        env_var=MULTI30K_ENV,
+        fallback=MULTI30K_SHARED,
+        cache=cache,
+    )
+
+
 def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
     """Prepare Multi30k under ``out_dir``; returns the fairseq data-bin folder.  Downloads are kept beside it
     (:func:`~structmt.data.fetch.download_folder`)."""
     cfg = cfg or PrepConfig()
     langs = (cfg.src, cfg.tgt)
     names = [f"{stem}.{lang}.gz" for stem in MULTI30K_SPLITS.values() for lang in langs]
-    paths, source = fetch_files(
-        names,
-        read_checksums(MANIFESTS / "multi30k.sha256"),
-        url_template=MULTI30K_URL,
-        mirror=cfg.mirror,
-        env_var=MULTI30K_ENV,
-        fallback=MULTI30K_SHARED,
-        cache=download_folder(out_dir),
-    )
+    paths, source = fetch_multi30k(names, cfg.mirror, download_folder(out_dir))
     # once per process and folder: a pipeline prepares (or finds prepared) its data at every step
     say_once(f"[data] Multi30k source: {source}", key=("multi30k source", next(iter(paths.values())).parent))
     splits = {
