@@ -226,6 +226,18 @@ def test_a_resumed_runs_wall_clock_adds_each_processs_clock(tmp_path):
     assert result.tokens_per_second == pytest.approx((100 * 50 + 200 * 50 + 400 * 100) / 200)
 
 
+def test_the_roles_row_is_the_run_of_its_documented_command():
+    """results/README.md gives the roles row's command with the archived roles file it was trained from: that
+    command's run id is the row's (the id hashes the file's content; today's roles.json is another run)."""
+    rows = {r["run_id"] for r in leaderboard.read_rows(REPO / "results" / "leaderboard.csv")}
+    archived = "results/archive/roles_a388f44.json"
+    assert f"model=structured_multi30k_roles\nmodel.heads_from={archived}`" in (REPO / "results/README.md").read_text()
+    cpu_demo = load_schedule("cpu_demo")
+    assert RunSpec(model=ModelSpec(heads_from=archived), schedule=cpu_demo).run_id() in rows
+    current = RunSpec(model=ModelSpec(heads_from="results/roles.json"), schedule=cpu_demo).run_id()
+    assert current.startswith("multi30k_en_de-cpu_demo-w3-r2-roles-") and current not in rows
+
+
 def test_finetune_recipe_starts_the_structured_model_from_the_dense_reproduce_run(tmp_path):
     dense, structured = pair("finetune", load_schedule(RECIPES["finetune"]))
     assert dense.schedule.name == "reproduce" and dense.model.arch == "transformer_multi30k"
