@@ -6,7 +6,9 @@ cycle, and its layers import one way.
   neither imports the other: what they share lives in the neutral top-level modules
   (``files``, ``provenance``, ``checkpoints``, ``fairseq_cli``).
 * ``structmt.attention`` is the bottom layer: it imports nothing from ``models``, ``pipeline``,
-  ``analysis``, ``bench`` or ``data``.
+  ``analysis``, ``bench`` or ``data``; ``structmt.models`` imports only ``attention`` of them, and
+  ``structmt.data`` none.
+* The shared top-level modules (``files``, ``paths``, ``checkpoints``, ...) import no subpackage.
 """
 
 from __future__ import annotations
@@ -117,6 +119,9 @@ def violations(graph: Graph, source: str, forbidden: tuple[str, ...]) -> list[st
     )
 
 
+LAYERS = ("attention", "models", "data", "pipeline", "analysis", "bench")  # the subpackages
+
+
 @pytest.fixture(scope="module")
 def graph() -> Graph:
     return import_graph()
@@ -201,3 +206,20 @@ def test_analysis_and_bench_do_not_import_the_pipeline_or_each_other(graph):
 def test_attention_imports_no_higher_layer(graph):
     higher = ("models", "pipeline", "analysis", "bench", "data")
     assert violations(graph, "structmt.attention", tuple(f"structmt.{p}" for p in higher)) == []
+
+
+def _layers_but(*own: str) -> tuple[str, ...]:
+    return tuple(f"structmt.{p}" for p in LAYERS if p not in own)
+
+
+def test_models_import_only_attention_and_data_only_the_shared_helpers(graph):
+    assert violations(graph, "structmt.models", _layers_but("models", "attention")) == []
+    assert violations(graph, "structmt.data", _layers_but("data")) == []
+
+
+def test_the_shared_helpers_import_no_layer(graph):
+    """``files``, ``paths``, ``checkpoints``, ``fairseq_cli``, ... are what every layer shares: they import only
+    each other."""
+    helpers = [m for m in graph if m.count(".") == 1 and m.split(".")[1] not in LAYERS]
+    assert len(helpers) >= 9
+    assert [v for h in helpers for v in violations(graph, h, _layers_but())] == []
