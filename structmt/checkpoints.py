@@ -65,10 +65,8 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
     return models[0].eval(), task
 
 
-def checkpoint_updates(checkpoint: Path) -> int:
-    """Number of updates stored in a fairseq checkpoint (0 when there is none)."""
-    if not checkpoint.exists():
-        return 0
+def _state(checkpoint: Path) -> dict[str, Any]:
+    """A fairseq checkpoint's contents, its tensors memory-mapped (read only where used)."""
     try:
         state = torch.load(checkpoint, map_location="cpu", mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
@@ -77,4 +75,21 @@ def checkpoint_updates(checkpoint: Path) -> int:
             f"Copy the newest checkpoint_<epoch>_<updates>.pt of {checkpoint.parent} over it to resume from there, "
             "or delete the run folder to train it again"
         ) from None
-    return int(state["optimizer_history"][-1]["num_updates"])
+    return state
+
+
+def checkpoint_updates(checkpoint: Path) -> int:
+    """Number of updates stored in a fairseq checkpoint (0 when there is none)."""
+    if not checkpoint.exists():
+        return 0
+    return int(_state(checkpoint)["optimizer_history"][-1]["num_updates"])
+
+
+def training_seconds(checkpoint: Path) -> float | None:
+    """fairseq's cumulative training time stored in a checkpoint: the wall-clock seconds of every process that
+    trained it, up to that save (a resumed process adds to the time of the checkpoint it resumed from; work
+    after a process's last save, lost with it, is not counted). ``None`` when the file or the value is absent."""
+    if not checkpoint.is_file():
+        return None
+    seconds = (_state(checkpoint).get("extra_state") or {}).get("previous_training_time")
+    return float(seconds) if seconds is not None else None

@@ -186,20 +186,27 @@ def train(bin_dir: Path, run_dir: Path, arch: str, args: list[str], env: dict[st
         *args,
     ]
     max_update = int(args[args.index("--max-update") + 1]) if "--max-update" in args else 0
+    start = Path(args[args.index("--finetune-from-model") + 1]) if "--finetune-from-model" in args else None
     with _watching(train_log(run_dir), _train_progress(f"[{run_dir.name}]", max_update)):
         wall = _run(cmd, train_log(run_dir), env)
-    return parse_train_log(train_log(run_dir), last_checkpoint(run_dir), wall)
+    return parse_train_log(train_log(run_dir), last_checkpoint(run_dir), wall, start)
 
 
-def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0) -> TrainResult:
-    """Updates, cumulative wall-clock and training tokens/s from fairseq's epoch summaries.
+def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0, start: Path | None = None) -> TrainResult:
+    """Updates and training tokens/s from fairseq's epoch summaries, and the wall-clock seconds of training.
 
     Summaries that added no update (a resumed run that was already finished)
-    are ignored; tokens/s is weighted by each epoch's training time. fairseq's
-    ``wall`` clock starts again in every process, so a resumed run's wall-clock
-    is the sum of each process's clock at its last summary (work lost after a
-    process's last checkpoint is not counted).
+    are ignored; tokens/s is weighted by each epoch's training time. The
+    wall-clock is fairseq's cumulative training time stored in ``checkpoint``
+    (:func:`~structmt.checkpoints.training_seconds`), less that of ``start``,
+    the checkpoint a fine-tune started from (fairseq carries it over). Without
+    one, it is read from the log: fairseq's ``wall`` clock starts again in
+    every process, so it is the sum of each process's clock at its last
+    summary. (A process resumed within an epoch logs ``wall 0`` throughout:
+    fairseq restores that clock stopped.)
     """
+    from .checkpoints import training_seconds
+
     text = log.read_text(encoding="utf-8", errors="replace")
     updates, tokens, seconds, wall = 0, 0.0, 0.0, fallback_wall
     earlier, clock = 0.0, 0.0  # wall-clock of the processes before this one; this process's clock
@@ -215,6 +222,8 @@ def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0) -> 
             earlier += clock
         clock = r["wall"]
         wall = earlier + clock
+    if (total := training_seconds(checkpoint)) is not None:
+        wall = total - ((training_seconds(start) or 0.0) if start is not None else 0.0)
     return TrainResult(
         updates=updates,
         wall_seconds=wall,

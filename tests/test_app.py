@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from structmt.checkpoints import training_seconds
 from structmt.pipeline import leaderboard
 from structmt.pipeline.app import ConfigError, misspelt_keys, specs, validate
 from structmt.pipeline.evaluation import score
@@ -268,11 +269,15 @@ def test_killed_point_resumes_from_its_checkpoint(tmp_path):
     proc.wait()
     run_dir = ckpt.parent.parent
     assert not (run_dir / "train.json").exists() and not (run_dir / "result.json").exists()
+    before = training_seconds(ckpt)
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     log = (run_dir / "train.log").read_text()
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
-    assert json.loads((run_dir / "train.json").read_text())["updates"] == 80
+    metrics = json.loads((run_dir / "train.json").read_text())
+    assert metrics["updates"] == 80
+    # the training time goes on from the killed process's (fairseq's log says wall 0 after such a resume)
+    assert before is not None and metrics["wall_seconds"] > before > 0
     assert len(leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")) == 2
 
 

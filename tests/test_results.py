@@ -226,6 +226,25 @@ def test_a_resumed_runs_wall_clock_adds_each_processs_clock(tmp_path):
     assert result.tokens_per_second == pytest.approx((100 * 50 + 200 * 50 + 400 * 100) / 200)
 
 
+def test_the_wall_clock_is_the_checkpoints_training_time_less_the_fine_tunes_start(tmp_path):
+    """fairseq restores its ``wall`` clock stopped when it resumes within an epoch: the log says ``wall 0`` for
+    the rest of the run (a SLURM requeue recorded 0.0 s). The checkpoint's cumulative training time is the
+    wall-clock; a fine-tune's starts at its start checkpoint's, which is not its own."""
+    from structmt.fairseq_cli import parse_train_log
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "x | INFO | train | epoch 002 | loss 5 | wps 100 | ups 1 | num_updates 20 | lr 0.1 | train_wall 50 | wall 0\n"
+    )
+    ckpt, start = tmp_path / "checkpoint_last.pt", tmp_path / "dense.pt"
+    torch.save({"optimizer_history": [{"num_updates": 20}], "extra_state": {"previous_training_time": 72.5}}, ckpt)
+    torch.save({"optimizer_history": [{"num_updates": 9}], "extra_state": {"previous_training_time": 30.0}}, start)
+    assert parse_train_log(log, ckpt).wall_seconds == 72.5
+    assert parse_train_log(log, ckpt, start=start).wall_seconds == 42.5
+    torch.save({"optimizer_history": [{"num_updates": 9}]}, start)  # a start without the value: it added none
+    assert parse_train_log(log, ckpt, start=start).wall_seconds == 72.5
+
+
 def test_the_roles_row_is_the_run_of_its_documented_command():
     """results/README.md gives the roles row's command with the archived roles file it was trained from: that
     command's run id is the row's (the id hashes the file's content; today's roles.json is another run)."""

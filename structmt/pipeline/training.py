@@ -98,7 +98,8 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
     if (updates := checkpoint_updates(checkpoint)) >= spec.schedule.max_update:
         # finished, but killed before train.json: fairseq would run one more update on resume. The updates are
         # the checkpoint's: fairseq saves it before it logs the last summary, which the kill may have cut off
-        trained = replace(parse_train_log(train_log(run_dir), checkpoint), updates=updates)
+        start = spec.schedule.finetune_checkpoint(runs_dir)
+        trained = replace(parse_train_log(train_log(run_dir), checkpoint, start=start), updates=updates)
     else:
         env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
         roles = spec.model.roles_path()
