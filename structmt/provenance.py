@@ -9,24 +9,43 @@ from pathlib import Path
 
 from .paths import REPO_ROOT
 
+#: the code a result depends on: an untracked file there (a new module, a config) changes what runs
+CODE = ("structmt", "conf", "scripts", "setup.py", "pyproject.toml", "constraints.txt", "Makefile")
 
-@functools.cache
-def git_commit() -> str:
-    """The commit of the code this process runs (read once, at its first use: runs and benchmarks call it
-    when they start); ``+dirty`` if tracked files outside ``results/`` differ from it."""
+
+def read_commit() -> str:
+    """The checkout's commit now: ``+dirty`` if tracked files outside ``results/`` differ from it or untracked
+    files lie among the code (:data:`CODE`, ignored files aside); ``unknown`` without git or a repository."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
+        top = Path(git("rev-parse", "--show-toplevel").strip()).resolve()
+        if top != REPO_ROOT.resolve():  # a copy without .git inside another repository: not this code's commit
+            return "unknown"
+        sha = git("rev-parse", "HEAD").strip()
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results").strip()
+        added = git("ls-files", "--others", "--exclude-standard", "--", *CODE).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return sha + ("+dirty" if changed or added else "")
+
+
+@functools.cache
+def _first_commit() -> str:
+    return read_commit()
+
+
+def git_commit() -> str:
+    """The commit of the code this process runs: the checkout's at this function's first call (runs and
+    benchmarks call it when they start; the process's own modules were read then), with ``+dirty`` if the
+    checkout differed from it (:func:`read_commit`) or differs now: fairseq's processes (training, decoding)
+    read the plugin from the checkout, so a result after a change ran the code of no single commit."""
+    first = _first_commit()
+    if first == "unknown" or first.endswith("+dirty"):
+        return first
+    return first if read_commit() == first else first + "+dirty"
 
 
 @functools.cache

@@ -153,13 +153,42 @@ def test_the_commit_is_dirty_when_tracked_code_differs_and_clean_for_results_or_
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
     sha = _git(repo, "rev-parse", "HEAD")
     monkeypatch.setattr(provenance, "REPO_ROOT", repo)
-    commit = provenance.git_commit.__wrapped__
+    commit = provenance.read_commit
     assert commit() == sha
     (repo / "results" / "leaderboard.csv").write_text("run_id\nnew row\n")  # the rows a run adds
     (repo / "notes.txt").write_text("untracked\n")
     assert commit() == sha
+    (repo / "structmt").mkdir()
+    (repo / "structmt" / "extra_arch.py").write_text("b = 1\n")  # untracked code: it runs
+    assert commit() == sha + "+dirty"
+    (repo / "structmt" / "extra_arch.py").unlink()
     (repo / "code.py").write_text("a = 2\n")
     assert commit() == sha + "+dirty"
+
+
+def test_a_process_whose_checkout_changes_records_a_dirty_commit(tmp_path, monkeypatch):
+    """The commit is read at the process's first call; fairseq's subprocesses read the plugin from the checkout,
+    so once the checkout differs (an edit, another commit) the results name no single commit: ``+dirty``."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "code.py").write_text("a = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    sha = _git(repo, "rev-parse", "HEAD")
+    monkeypatch.setattr(provenance, "REPO_ROOT", repo)
+    provenance._first_commit.cache_clear()
+    try:
+        assert provenance.git_commit() == sha
+        (repo / "code.py").write_text("a = 2\n")
+        assert provenance.git_commit() == sha + "+dirty"
+        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "second")  # clean, another commit
+        assert provenance.read_commit() != sha and provenance.git_commit() == sha + "+dirty"
+        (repo / "sub").mkdir()
+        monkeypatch.setattr(provenance, "REPO_ROOT", repo / "sub")  # a copy inside another repository
+        assert provenance.read_commit() == "unknown"
+    finally:
+        provenance._first_commit.cache_clear()
 
 
 @pytest.mark.reliability  # failure handling: docs/reliability.md
@@ -168,11 +197,14 @@ def test_a_headline_recipe_refuses_a_dirty_tree_unless_allowed(tmp_path, monkeyp
     ran: list = []
     monkeypatch.setattr(recipes, "compare", lambda dense, structured, **kw: ran.append(dense) or [])
     argv = ["reproduce", "--train-only", "--runs-dir", str(tmp_path), "--results-dir", str(tmp_path)]
-    with pytest.raises(SystemExit, match=r"^error: tracked files differ from commit abcdef012345; .*--allow-dirty"):
+    with pytest.raises(SystemExit, match=r"^error: the checkout differs from commit abcdef012345 .*--allow-dirty"):
         recipes.main(argv)
     assert not ran
     recipes.main(argv + ["--allow-dirty"])
     assert len(ran) == 1
+    monkeypatch.setattr(recipes, "git_commit", lambda: "unknown")  # no git, or a copy inside another repository
+    with pytest.raises(SystemExit, match=r"^error: this checkout's commit cannot be read .*--allow-dirty"):
+        recipes.main(argv)
 
 
 @pytest.mark.reliability  # failure handling: docs/reliability.md

@@ -74,6 +74,16 @@ def compare(
     return rows
 
 
+def unclean(commit: str) -> str:
+    """Why results of the code at ``commit`` (:func:`~structmt.provenance.git_commit`) name no commit ("" when
+    they do)."""
+    if commit == "unknown":
+        return "this checkout's commit cannot be read (no git, or no repository of its own)"
+    if commit.endswith("+dirty"):
+        return f"the checkout differs from commit {commit[:12]} (tracked files, or untracked ones among the code)"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m structmt.pipeline.recipes",
@@ -99,11 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
-    if a.recipe in HEADLINE and git_commit().endswith("+dirty") and not a.allow_dirty:
+    if a.recipe in HEADLINE and not a.allow_dirty and (problem := unclean(git_commit())):
         raise SystemExit(
-            f"error: tracked files differ from commit {git_commit()[:12]}; the rows would not name the code that "
-            "made them. Commit (or stash) first, or pass --allow-dirty (through make: make "
-            f"{a.recipe} ALLOW_DIRTY=1)."
+            f"error: {problem}; the rows would not name the code that made them. Commit (or stash) first, or pass "
+            f"--allow-dirty (through make: make {a.recipe} ALLOW_DIRTY=1)."
         )
     if a.seeds is not None and len(a.seeds) > 1:
         for seed in a.seeds:  # one process per seed pair: nothing carries over from one seed to the next
