@@ -4,6 +4,7 @@ fairseq, one options schema, one candidate layout."""
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import fields
@@ -217,6 +218,25 @@ def test_layerdrop_train_then_generate_with_and_without_pruning(data_bin, tmp_pa
         data_bin, checkpoint, "--model-overrides", "{'encoder_layers_to_keep':'0,2','decoder_layers_to_keep':'1'}"
     )
     assert len(full) == len(pruned) == 60
+
+
+def test_a_checkpoint_is_refused_with_dictionaries_of_other_counts(data_bin, tmp_path):
+    """Rarity comes from dict.*.txt's counts, which the checkpoint does not hold: the same symbols with other
+    counts (a dictionary rebuilt as ``cut -f1 spm.vocab | sed 's/$/ 100/'``) changed most translations, in
+    silence. The checkpoint records their digest; other counts are refused, or taken when overridden."""
+    _train(data_bin, tmp_path, "--struct-heads", "pos:1,syn:1,rare:2")
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    assert len(_generate(data_bin, checkpoint)) == 60
+    other = tmp_path / "other_bin"
+    shutil.copytree(data_bin, other)
+    for lang in ("en", "de"):
+        lines = (other / f"dict.{lang}.txt").read_text().splitlines()
+        (other / f"dict.{lang}.txt").write_text("".join(f"{line.rsplit(' ', 1)[0]} 100\n" for line in lines))
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        _generate(other, checkpoint)
+    assert "token counts of this data folder's dictionaries (dict.*.txt) differ" in err.value.stderr
+    overridden = _generate(other, checkpoint, "--model-overrides", "{'structmt_rarity_counts_sha256': ''}")
+    assert len(overridden) == 60
 
 
 def test_bf16_trains_without_a_tpu(data_bin, tmp_path):

@@ -20,6 +20,7 @@ nothing is stored on a module between forwards.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from typing import Any
 
@@ -278,6 +279,7 @@ class StructuredTransformerModel(TransformerModel):
             # keep the roles, not the file's path: the checkpoint rebuilds the model it was trained as
             args.struct_heads_from = roles_json(args.struct_heads_from)
         model = super().build_model(args, task)  # fills the architecture's defaults, then builds encoder and decoder
+        _check_rarity_counts(args, model)
         roles = {
             role
             for block in options.blocks()
@@ -318,6 +320,29 @@ class StructuredTransformerModel(TransformerModel):
             options.struct_impl,
             no_encoder_attn=cfg.no_cross_attention,
         )
+
+
+#: the model's setting that records a digest of the token counts its rare-token heads were trained with
+RARITY_COUNTS = "structmt_rarity_counts_sha256"
+
+
+def _check_rarity_counts(args: Any, model: StructuredTransformerModel) -> None:
+    """Rarity comes from the dictionaries' counts, which a checkpoint does not hold: a model built for training
+    records their digest in its settings (``args``, saved in its checkpoints); one built from a checkpoint is
+    refused when its dictionaries' counts differ and a rare-token head would read them (other tokens' columns,
+    without an error). ``--model-overrides "{'structmt_rarity_counts_sha256': ''}"`` takes the new counts."""
+    digest = hashlib.sha256()
+    for stack in (model.encoder, model.decoder):
+        digest.update(stack.token_counts.numpy().tobytes())
+    now, trained = digest.hexdigest()[:16], getattr(args, RARITY_COUNTS, "")
+    if trained and trained != now and (model.encoder.uses_rare or model.decoder.uses_rare):
+        raise ValueError(
+            "the token counts of this data folder's dictionaries (dict.*.txt) differ from those the model was "
+            "trained with: its rare-token heads would attend to other tokens. Use the dictionaries of the data it "
+            "was trained on (the same symbols with other counts give another model), or pass --model-overrides "
+            f"\"{{'{RARITY_COUNTS}': ''}}\" to take these counts"
+        )
+    setattr(args, RARITY_COUNTS, now)
 
 
 def multi30k_architecture(args: Any) -> None:
