@@ -493,7 +493,13 @@ def test_options_set_but_without_effect_are_warned_about(dict_dir, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="structmt.models.structured_transformer"):
         build(dict_dir, "structured_transformer_tiny", "--struct-heads", "syn:2")
+        build(dict_dir, "structured_transformer_tiny", "--struct-rare", "0")  # auto: r = 0 makes no rare head
     assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="structmt.models.structured_transformer"):
+        build(dict_dir, "structured_transformer_tiny", "--struct-heads", "syn:1,rare:1", "--struct-rare", "0")
+    assert [r.getMessage() for r in caplog.records] == [
+        "--struct-rare=0: the rare-token heads have no rare column, so they attend as syntactic heads (band w=3)"
+    ]
 
 
 def test_fp16_with_bf16_is_refused_naming_both(dict_dir):

@@ -146,19 +146,31 @@ class StructureConfig:
 
     def without_effect(self, roles: set[str]) -> list[str]:
         """The options set away from their default that change nothing in a model whose structured heads have
-        ``roles`` (one message each, naming the option and why)."""
+        ``roles`` (one message each, naming the option and why), and rare-token heads without a column."""
         unused = {
             "struct_window": ("syntactic" not in roles and "rare" not in roles, "no head is syntactic or rare"),
-            "struct_rare": ("rare" not in roles, "no head is rare"),
+            # under --struct-heads auto, r = 0 is what leaves the rare heads out: an effect
+            "struct_rare": ("rare" not in roles and self.explicit_roles(), "no head is rare"),
             "struct_pos_window": ("positional" not in roles, "no head is positional"),
             "struct_error_eps": (self.struct_error == "none", "there is no error term (--struct-error none)"),
             "struct_cross_slope": (self.struct_cross_window < 0, "cross-attention is dense (no --struct-cross-window)"),
         }
-        return [
+        notes = [
             f"{flag(f.name)}={getattr(self, f.name)!r} has no effect: {unused[f.name][1]}"
             for f in fields(self)
             if f.name in unused and unused[f.name][0] and getattr(self, f.name) != f.default
         ]
+        if "rare" in roles and self.struct_rare == 0:  # the other way round: a role without effect
+            notes.append(
+                f"{flag('struct_rare')}=0: the rare-token heads have no rare column, so they attend as syntactic "
+                f"heads (band w={self.struct_window})"
+            )
+        return notes
+
+    def explicit_roles(self) -> bool:
+        """Whether the heads' roles are given (``--struct-heads`` a mix, or ``--struct-heads-from``), not derived
+        from r by ``auto``."""
+        return self.struct_heads != "auto" or bool(self.struct_heads_from)
 
     def blocks(self) -> list[str]:
         """The attention blocks whose self-attention is structured."""
