@@ -28,14 +28,17 @@ _UMASK = _read_umask()
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success. The file gets the
-    mode a plain ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``."""
+    """Yield a temporary path beside ``path``; rename it into place only on success. A symbolic link is
+    followed (the file it names is replaced, the link stays). The file keeps the mode it had, or gets the
+    one a plain ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_UMASK
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

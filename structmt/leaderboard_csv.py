@@ -17,6 +17,7 @@ import codecs
 import csv
 import io
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -174,8 +175,9 @@ def _render_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def lock(csv_path: Path) -> FileLock:
-    """The lock every writer of ``csv_path`` (and of what is rendered from it) holds."""
-    return FileLock(str(csv_path) + ".lock", timeout=120)
+    """The lock every writer of ``csv_path`` (and of what is rendered from it) holds: beside the file itself, so
+    checkouts whose ``results/leaderboard.csv`` links to one shared file share it."""
+    return FileLock(os.path.realpath(csv_path) + ".lock", timeout=120)
 
 
 def _key(row: Mapping[str, Any]) -> tuple[str, str, str]:

@@ -467,3 +467,19 @@ def test_fill_empty_completes_empty_cells_and_never_changes_a_value(tmp_path):
     with pytest.raises(ValueError, match="column bleu_ci95 is 'wide', not a number"):
         fill_empty(board, [second | {"bleu_ci95": "wide"}], ["bleu_ci95"])
     assert [r["bleu_ci95"] for r in leaderboard.read_rows(board)] == ["", ""]
+
+
+def test_a_leaderboard_that_links_to_a_shared_file_stays_a_link_and_keeps_its_mode(board, tmp_path):
+    """``results/leaderboard.csv`` as a symbolic link to a team's file: a row goes into that file (the link was
+    replaced by a private copy, and the team's file never saw the row), under the lock beside it, and the file
+    keeps its mode (a rewrite made a group-writable file 0o644)."""
+    from structmt.leaderboard_csv import lock
+
+    board.chmod(0o664)
+    link = tmp_path / "checkout" / "leaderboard.csv"
+    link.parent.mkdir()
+    link.symlink_to(board)
+    assert leaderboard.add_rows(link, [_new_row(board)]) == 1
+    assert link.is_symlink() and "NEWRUN" in board.read_text()
+    assert board.stat().st_mode & 0o777 == 0o664
+    assert lock(link).lock_file == lock(board).lock_file == str(board) + ".lock"
