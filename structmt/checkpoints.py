@@ -82,7 +82,14 @@ def checkpoint_updates(checkpoint: Path) -> int:
     """Number of updates stored in a fairseq checkpoint (0 when there is none)."""
     if not checkpoint.exists():
         return 0
-    return int(_state(checkpoint)["optimizer_history"][-1]["num_updates"])
+    state = _state(checkpoint)
+    try:
+        return int(state["optimizer_history"][-1]["num_updates"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ValueError(
+            f"{checkpoint}: not a checkpoint fairseq-train wrote (no update count in its optimizer_history); "
+            "give a checkpoint_*.pt of a training run"
+        ) from None
 
 
 def training_seconds(checkpoint: Path) -> float | None:

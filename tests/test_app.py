@@ -292,6 +292,12 @@ def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advic
     ]
 
 
+def test_multirun_with_cfg_is_refused_in_a_sentence(tmp_path):
+    result = _run(tmp_path, "-m", "+sweep=wr_small", "--cfg", "hydra")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: -m and --cfg cannot be combined: drop -m to print the configuration")
+
+
 def test_a_launcher_without_multirun_is_refused(tmp_path):
     """Hydra uses hydra/launcher=slurm only with -m: without it the job trained on the machine it was typed on."""
     result = _run(tmp_path, "hydra/launcher=slurm")

@@ -346,6 +346,9 @@ def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: cannot be read .*Copy the newest"):
         checkpoint_updates(checkpoint)
+    torch.save({"model": {}}, checkpoint)  # a .pt that fairseq-train did not write: not a bare KeyError
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: not a checkpoint fairseq-train wrote"):
+        checkpoint_updates(checkpoint)
 
 
 @pytest.mark.parametrize(

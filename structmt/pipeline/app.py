@@ -366,6 +366,11 @@ def main() -> None:
     """``structmt-run``: Hydra composes ``conf/`` (and nothing fairseq stored) and runs :func:`hydra_main`."""
     if bad := misspelt_keys(sys.argv[1:]):
         raise SystemExit("error: invalid configuration: " + "; ".join(bad))
+    if {"-m", "--multirun"} & set(sys.argv[1:]) and {"-c", "--cfg"} & set(sys.argv[1:]):
+        raise SystemExit(  # Hydra's own refusal comes with a traceback
+            "error: -m and --cfg cannot be combined: drop -m to print the configuration (--cfg hydra shows the "
+            "launcher and the sweep's parameters)"
+        )
     _without_fairseqs_configs()
     hydra_main()
 
