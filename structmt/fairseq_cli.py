@@ -10,6 +10,7 @@ runs, a thread reads what fairseq writes and prints progress lines
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .console import say
-from .files import atomic_path
+from .files import atomic_path, write_text_atomic
 from .paths import PLUGIN_DIR
 
 #: the decoding length limit every structmt decode uses: at most ``MAX_LEN_A * source length + MAX_LEN_B``
@@ -36,6 +37,34 @@ def train_log(run_dir: Path) -> Path:
     return run_dir / "train.log"
 
 
+def trainer_pid_file(run_dir: Path) -> Path:
+    """Where :func:`train` keeps the process id of the fairseq-train it runs, while it runs."""
+    return run_dir / "trainer.pid"
+
+
+def live_trainer(run_dir: Path) -> int | None:
+    """The process id of a fairseq-train still training ``run_dir`` (its pipeline killed, itself not), else
+    None: the process of ``trainer.pid`` if it runs and (where ``/proc`` tells) trains into this folder."""
+    try:
+        pid = int(trainer_pid_file(run_dir).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.parent.parent.is_dir():
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # no such process
+            return None
+        return pid if str(last_checkpoint(run_dir).parent) in args else None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # another user's process
+        pass
+    return pid
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     """The checkpoint :func:`train` resumes from and the pipeline decodes."""
     return run_dir / "checkpoints" / "checkpoint_last.pt"
@@ -45,13 +74,24 @@ class StepError(RuntimeError):
     """A pipeline step failed; the message names the log to read and quotes its last line."""
 
 
-def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:
+def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None, pid_file: Path | None = None) -> float:
+    """Run ``cmd``, its output appended to ``log``; its process id is in ``pid_file`` while it runs."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        with subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env) as proc:
+            try:
+                if pid_file is not None:
+                    write_text_atomic(pid_file, f"{proc.pid}\n")
+                code = proc.wait()
+            except BaseException:  # as subprocess.run does: the child does not outlive an interrupted wait
+                proc.kill()
+                raise
+            finally:
+                if pid_file is not None:
+                    pid_file.unlink(missing_ok=True)
     if code != 0:
         lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
         raise StepError(f"{cmd[2]} failed (exit {code}); see {log}, which ends: {lines[-1].strip()}")
@@ -187,8 +227,14 @@ def train(bin_dir: Path, run_dir: Path, arch: str, args: list[str], env: dict[st
     ]
     max_update = int(args[args.index("--max-update") + 1]) if "--max-update" in args else 0
     start = Path(args[args.index("--finetune-from-model") + 1]) if "--finetune-from-model" in args else None
+    if (pid := live_trainer(run_dir)) is not None:
+        raise StepError(
+            f"fairseq-train (process {pid}) is still training {run_dir}: a pipeline that started it was killed "
+            f"and left it running. Wait for it to end, or stop it (kill {pid}), then run again: the run resumes "
+            "from its last checkpoint"
+        )
     with _watching(train_log(run_dir), _train_progress(f"[{run_dir.name}]", max_update)):
-        wall = _run(cmd, train_log(run_dir), env)
+        wall = _run(cmd, train_log(run_dir), env, trainer_pid_file(run_dir))
     return parse_train_log(train_log(run_dir), last_checkpoint(run_dir), wall, start)
 
 

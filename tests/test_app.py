@@ -269,7 +269,7 @@ def test_killed_point_resumes_from_its_checkpoint(tmp_path):
     proc.wait()
     run_dir = ckpt.parent.parent
     assert not (run_dir / "train.json").exists() and not (run_dir / "result.json").exists()
-    before = training_seconds(ckpt)
+    before = training_seconds(run_dir / "checkpoints" / "checkpoint_last.pt")  # what the run resumes from
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     log = (run_dir / "train.log").read_text()
