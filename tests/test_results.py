@@ -247,14 +247,17 @@ def test_the_wall_clock_is_the_checkpoints_training_time_less_the_fine_tunes_sta
 
 def test_the_roles_row_is_the_run_of_its_documented_command():
     """results/README.md gives the roles row's command with the archived roles file it was trained from: that
-    command's run id is the row's (the id hashes the file's content; today's roles.json is another run)."""
+    command's run id is the row's (the id hashes the file's content; today's roles.json is another run, and
+    another role mix on the leaderboard)."""
     rows = {r["run_id"] for r in leaderboard.read_rows(REPO / "results" / "leaderboard.csv")}
     archived = "results/archive/roles_a388f44.json"
     assert f"model=structured_multi30k_roles\nmodel.heads_from={archived}`" in (REPO / "results/README.md").read_text()
     cpu_demo = load_schedule("cpu_demo")
     assert RunSpec(model=ModelSpec(heads_from=archived), schedule=cpu_demo).run_id() in rows
     current = RunSpec(model=ModelSpec(heads_from="results/roles.json"), schedule=cpu_demo).run_id()
-    assert current.startswith("multi30k_en_de-cpu_demo-w3-r2-roles-") and current not in rows
+    assert current.startswith("multi30k_en_de-cpu_demo-w3-r2-roles-") and current in rows  # another run
+    labels = {ModelSpec(heads_from=f).heads_label() for f in (archived, "results/roles.json")}
+    assert len(labels) == 2  # two mixes, never two seeds of one
 
 
 def test_finetune_recipe_starts_the_structured_model_from_the_dense_reproduce_run(tmp_path):

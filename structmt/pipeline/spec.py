@@ -84,8 +84,13 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
         return self.options(roles).problems(lambda name: f"model.{short(name)}")
 
     def heads_label(self) -> str:
-        """The role mix as the leaderboard shows it."""
-        return f"from:{Path(self.heads_from).name}" if self.heads_from else self.heads
+        """The role mix as the leaderboard shows it; a roles file by its name and a digest of its content
+        (``from:roles.json#1a2b3c4d``): two analyses' roles.json are two mixes, never two seeds of one."""
+        if not (self.structured and self.heads_from):
+            return self.heads
+        roles = self.roles_path()
+        assert roles is not None
+        return f"from:{Path(self.heads_from).name}#{hashlib.sha256(roles.read_bytes()).hexdigest()[:8]}"
 
     def cross_label(self) -> str:
         """The cross-attention band as the leaderboard shows it (``cross_cell``; '' = dense)."""
