@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -92,6 +93,15 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None, pid_file:
             finally:
                 if pid_file is not None:
                     pid_file.unlink(missing_ok=True)
+    if code < 0:  # killed by a signal: SLURM's preemption or scancel (SIGTERM), the OOM killer (SIGKILL), ...
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        raise StepError(
+            f"{cmd[2]} was stopped by {name} (preempted, cancelled, or out of memory?); see {log}. Run the same "
+            "command again: what finished is skipped, and training resumes from its last checkpoint"
+        )
     if code != 0:
         lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
         raise StepError(f"{cmd[2]} failed (exit {code}); see {log}, which ends: {lines[-1].strip()}")

@@ -206,6 +206,13 @@ def test_a_trainer_left_running_by_a_killed_pipeline_is_named_not_joined_by_a_se
     assert fairseq_cli.live_trainer(run_dir) is None
 
 
+def test_a_step_stopped_by_a_signal_says_so_and_that_it_resumes(tmp_path):
+    """SLURM's preemption sends SIGTERM: "failed (exit -15)" read as a bug in the run."""
+    cmd = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    with pytest.raises(StepError, match=r" was stopped by SIGTERM \(preempted, .*resumes from its last checkpoint$"):
+        fairseq_cli._run(cmd, tmp_path / "log")
+
+
 def test_the_trainers_pid_file_exists_while_it_runs(tmp_path):
     pid_file = tmp_path / "trainer.pid"
     child = (  # waits up to 10 s for the file, then says whether it holds its own process id
