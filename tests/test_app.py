@@ -1,6 +1,7 @@
 """The Hydra app: config composition, validation of overrides, local multi-job sweeps."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -36,6 +37,20 @@ def test_every_group_option_composes_and_validates(group):
         if spec.model.structured:
             assert baseline is not None and baseline.model.arch == spec.model.arch.removeprefix("structured_")
             assert baseline.schedule == spec.schedule and baseline.data == spec.data
+
+
+def test_a_results_or_runs_folder_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    """A results folder nobody can write was found after training and decoding (a bare Errno 1)."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=rf"results_dir='{tmp_path}/file/results': {tmp_path}/file is a file"):
+        validate(_compose(f"results_dir={tmp_path}/file/results"))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))  # root: chmod is moot
+    with pytest.raises(ConfigError, match=rf"runs_dir='{locked}/runs': cannot write in {locked}; give a folder"):
+        validate(_compose(f"runs_dir={locked}/runs"))
+    validate(_compose(f"runs_dir={tmp_path}/new/runs", f"results_dir={tmp_path}/results"))
 
 
 def test_train_finetune_is_make_finetune(tmp_path):

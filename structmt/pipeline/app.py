@@ -10,6 +10,7 @@ without training, so a bad override fails before any work starts, naming the key
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -118,8 +119,21 @@ def validate(cfg: Any) -> None:
         )
     if cfg.data.mirror and not Path(cfg.data.mirror).expanduser().is_dir():
         bad.append(f"data.mirror={cfg.data.mirror!r} is not a folder; give the folder holding the corpus files")
+    for key in ("runs_dir", "results_dir"):  # found before training, not when its results are written
+        if problem := unwritable(repo_path(cfg[key])):
+            bad.append(f"{key}={cfg[key]!r}: {problem}")
     if bad:
         raise ConfigError("invalid configuration: " + "; ".join(bad))
+
+
+def unwritable(folder: Path) -> str:
+    """Why files cannot be written in ``folder`` (made where missing), or ""."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file; give a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing}; give a folder you can write to"
+    return ""
 
 
 def _not_a_key(path: str, where: str, known: list[str]) -> str:
