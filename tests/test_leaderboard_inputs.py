@@ -375,11 +375,11 @@ def _sweep(board: Path, monkeypatch, schedule: str, seed: str | None = None) -> 
 def test_the_sweep_report_uses_each_runs_first_evaluation(board, monkeypatch):
     bleu, text = _sweep(board, monkeypatch, "cpu_demo")
     assert bleu == {(1, 0): 21.23, (1, 2): 20.37, (3, 0): 24.15, (3, 2): 24.06}  # (3, 2) re-run: 24.6
-    assert text.endswith(
-        "Best point of the heatmaps (role mix auto, dense cross-attention): "
+    assert (
+        "Highest test BLEU of the heatmaps (role mix auto, dense cross-attention): "
         "w=3, r=0: BLEU 24.15, at or above the dense baseline's 14.84 "
-        "(paired bootstrap p = 0.001).\n"
-    )
+        "(paired bootstrap p = 0.001).\nThat point is the highest of 4 "
+    ) in text
     assert "| 24.6 |" not in text and "| 15.72 |" not in text
     committed = (REPO / "results" / "sweeps" / "sweep_multi30k_en_de_cpu_demo_test_2016_flickr.md").read_text()
     assert text == committed  # the committed report is this code's output
@@ -396,7 +396,7 @@ def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take
     bleu, text = _sweep(board, monkeypatch, "reproduce", seed="1")
     assert bleu == {(3, 2): 38.53}
     assert (
-        "Best point of the heatmaps (role mix auto, dense cross-attention): "
+        "Highest test BLEU of the heatmaps (role mix auto, dense cross-attention): "
         "w=3, r=2: BLEU 38.53, at or above the dense baseline's 37.45 "
     ) in text
     page = board.parent / "sweeps" / "sweep_multi30k_en_de_reproduce_test_2016_flickr_seed1.md"

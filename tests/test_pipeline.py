@@ -403,7 +403,7 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
     leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
     text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
     assert (
-        "Best point of the heatmaps (role mix auto, dense cross-attention): "
+        "Highest test BLEU of the heatmaps (role mix auto, dense cross-attention): "
         "w=3, r=0: BLEU 30.5, at or above the dense baseline's 30.0"
     ) in text
     assert text.count("| structured |") == 6 and "99.0" not in text
@@ -413,6 +413,16 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_cost.png").stat().st_size > 0
     assert "Missing" not in text  # the four points of w ∈ {1, 3} × r ∈ {0, 2}
     assert "Missing" not in report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")
+    # the best of several points on the test set that scores it: said, and where to choose instead
+    assert (
+        "That point is the highest of 4 on the test set that scores it: its BLEU and p-value are not corrected" in text
+    )
+    board = leaderboard.read_rows(tmp_path / "leaderboard.csv")
+    (tmp_path / "leaderboard.csv").unlink()
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", [r for r in board if r["run_id"] != "d"])
+    alone = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
+    assert alone.endswith("No verdict: the leaderboard has no dense run of m, schedule s, test_2016_flickr to compare "
+                          "with (`structmt-run` trains it with `baseline=true`, the default).\n")  # fmt: skip
 
 
 def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp_path):
@@ -430,8 +440,8 @@ def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp
     (page,) = (tmp_path / "sweeps").glob("sweep_m_s_test_2016_flickr_heads-syn-1-*.md")
     syn = page.read_text()
     assert (
-        "Best point of the heatmaps (role mix syn:1, dense cross-attention): w=3, r=2: BLEU 30.0, at or above the "
-        "dense baseline's 30.0 (paired bootstrap p = n/a)."
+        "Highest test BLEU of the heatmaps (role mix syn:1, dense cross-attention): w=3, r=2: BLEU 30.0, at or "
+        "above the dense baseline's 30.0 (paired bootstrap p = n/a)."
     ) in syn
     assert "No point of the heatmaps reached" not in syn
     assert "structmt-sweep-report --data m --schedule s --test-set test_2016_flickr --heads syn:1`" in syn
@@ -509,7 +519,9 @@ def test_sweep_report_of_a_sweep_draws_and_judges_only_its_own_grid(tmp_path):
         )
     leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
     text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")
-    assert "Best point of the heatmaps (role mix auto, dense cross-attention): w=3, r=2: BLEU 29.5, below" in text
+    assert (
+        "Highest test BLEU of the heatmaps (role mix auto, dense cross-attention): w=3, r=2: BLEU 29.5, below" in text
+    )
     assert "| structured (outside the grid) | 8 | 4 |" in text and "Missing" not in text
     # without --sweep, the grid is every (w, r) found: the w=8 run is a point of it
     assert "w=8, r=4: BLEU 31.0, at or above" in report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")

@@ -201,12 +201,23 @@ def report(
         best = max(points, key=lambda r: float(r["bleu"]))
         verdict = "at or above" if float(best["bleu"]) >= d else "below"
         lines.append(
-            f"Best point of the heatmaps (role mix {heads}, dense cross-attention): "
+            f"Highest test BLEU of the heatmaps (role mix {heads}, dense cross-attention): "
             f"w={best['window']}, r={best['rare']}: BLEU {best['bleu']}, {verdict} "
             f"the dense baseline's {d} (paired bootstrap p = {best['p_value_vs_dense'] or 'n/a'})."
         )
         if verdict == "below":
             lines.append("No point of the heatmaps reached the dense baseline.")
+        if len(points) > 1:
+            lines.append(
+                f"That point is the highest of {len(points)} on the test set that scores it: its BLEU and p-value "
+                "are not corrected for the choice. Choose a setting on validation BLEU (the objective of "
+                "`+sweep=optuna_wr`) and report its test score."
+            )
+    else:
+        lines.append(
+            f"No verdict: the leaderboard has no dense run of {data}, schedule {schedule}, {test_set} to compare "
+            "with (`structmt-run` trains it with `baseline=true`, the default)."
+        )
     text = "\n".join(lines) + "\n"
     write_text_atomic(out_dir / f"{stem}.md", text)
     return text
