@@ -66,7 +66,8 @@ class LeaderboardRow:
     #: the machine of the evaluation (``provenance.machine_label``): its CPU with the instruction set torch's kernels
     #: use (the CPU alone before 2026-12-05), and its GPU where fairseq-generate used one ("" before it was recorded)
     machine: str = ""
-    #: the other structure options not at their default (``ModelSpec.options_label``; "" = none, or a dense run)
+    #: the other structure options not at their default (``ModelSpec.options_label``; "" = none, or a dense run),
+    #: and ``beam=N`` for a decoding beam other than the schedule's
     options: str = ""
 
 

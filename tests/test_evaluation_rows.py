@@ -245,3 +245,19 @@ def test_a_p_value_filled_in_later_reaches_the_runs_wandb_summary(runs, monkeypa
     )
     _evaluate(runs, structured, baseline=dense)  # nothing new: not logged again
     assert len(logged) == 3
+
+
+def test_runs_that_differ_only_in_the_beam_are_labelled_apart(runs):
+    """``-m train.beam=2,4``: two rows of one model, seed and schedule with other BLEU, told apart by nothing
+    (and the headline and the sweep report refused them as two runs of one seed). A beam other than the
+    schedule's is named in the ``options`` column; the schedule's own (smoke decodes with 2) is not."""
+    hyps = ["Ein Mann fährt .", "Zwei Hunde spielen im Schnee .", "Eine Frau liest ein Buch ."]
+    for beam in (2, 4):
+        _evaluate(runs, runs(DENSE, [hyps], schedule=Schedule(name="smoke", max_update=10, beam=beam)))
+    labels = {(r["test_set"], r["options"]) for r in _board(runs)}
+    assert labels == {(t, o) for t in ("test_2016_flickr", "test_2017_flickr") for o in ("", "beam=4")}
+    table = leaderboard.headline(_board(runs), "multi30k_en_de", "smoke")
+    assert "| test_2016_flickr | transformer_multi30k beam=4 | – | – | 1 |" in table
+    custom = runs(DENSE, [hyps], schedule=Schedule(max_update=10, beam=4))  # no conf/train file: 5 is the usual
+    _evaluate(runs, custom)
+    assert {r["options"] for r in _board(runs) if r["run_id"] == custom.run_id()} == {"beam=4"}

@@ -18,7 +18,7 @@ from ..leaderboard_csv import LeaderboardRow, fill_empty
 from ..paths import REPO_ROOT
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
-from .spec import RunSpec, metrics_file
+from .spec import RunSpec, Schedule, load_schedule, metrics_file, schedule_file
 from .training import data_label, prepare_data, run_lock, train_run
 
 
@@ -73,15 +73,18 @@ def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
     set's name, another vocabulary than its default (``data.vocab_size``), a slice of the training data
     (``data.max_train_lines``) and a slice of the test set (``data.max_eval_lines``) are named
     (``multi30k_en_de-de-en``, ``multi30k_en_de-vocab1000-train2000``, ``test_2016_flickr[:100]``), and so are
-    structure options without a column of their own, so such rows are never compared with, or averaged into,
+    structure options without a column of their own and a beam other than the schedule's (``beam=2``; its
+    ``conf/train`` file's, else the default's), so such rows are never compared with, or averaged into,
     rows of the full data, the named direction or the default model.
     (Rows stored before a label existed get it when they are added again.)"""
     d, n = spec.data, spec.data.max_eval_lines
     data = data_label(d) + (f"-vocab{d.vocab_size}" if d.vocab_size != default_vocab(d.name) else "")
+    name, beam = spec.schedule.name, spec.schedule.beam
+    usual = load_schedule(name).beam if schedule_file(name).is_file() else Schedule.beam
     return {
         "data": data + (f"-train{d.max_train_lines}" if d.max_train_lines else ""),
         "test_set": f"{test_name}[:{n}]" if n else test_name,
-        "options": spec.model.options_label(),
+        "options": " ".join(o for o in (spec.model.options_label(), f"beam={beam}" if beam != usual else "") if o),
     }
 
 

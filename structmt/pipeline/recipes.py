@@ -25,10 +25,10 @@ from typing import Any
 from ..console import add_verbose_option, setup
 from ..files import DataError, int_at_least
 from ..leaderboard_csv import read_rows, short_commit
-from ..paths import REPO_ROOT, RESULTS_DIR, RUNS_DIR
+from ..paths import RESULTS_DIR, RUNS_DIR
 from ..provenance import git_commit
 from .evaluation import evaluate_run, keep_training_log
-from .spec import ModelSpec, RunSpec, Schedule, checked
+from .spec import ModelSpec, RunSpec, Schedule, load_schedule
 from .training import prepare_data, train_run
 
 #: recipe → its schedule in conf/train (the same files the Hydra app uses); ``finetune`` starts the structured
@@ -37,13 +37,6 @@ RECIPES = {"demo": "cpu_demo", "reproduce": "reproduce", "finetune": "finetune"}
 #: recipes whose rows the README reports: they run only from a clean committed tree (the commit each row names),
 #: and their training logs are kept in results/logs
 HEADLINE = ("reproduce", "finetune")
-
-
-def load_schedule(name: str) -> Schedule:
-    """A schedule from ``conf/train/<name>.yaml``, checked against :class:`Schedule`."""
-    from omegaconf import OmegaConf
-
-    return checked(Schedule, OmegaConf.load(REPO_ROOT / "conf" / "train" / f"{name}.yaml"))
 
 
 def compare(

@@ -255,6 +255,18 @@ class RunSpec:
         return f"{self.data.name}-{self.schedule.name}-{shape}-{digest}"
 
 
+def load_schedule(name: str) -> Schedule:
+    """A schedule from ``conf/train/<name>.yaml``, checked against :class:`Schedule`."""
+    from omegaconf import OmegaConf
+
+    return checked(Schedule, OmegaConf.load(schedule_file(name)))
+
+
+def schedule_file(name: str) -> Path:
+    """``conf/train/<name>.yaml``: the schedule of that name (``train=<name>``)."""
+    return REPO_ROOT / "conf" / "train" / f"{name}.yaml"
+
+
 def checked(cls: type[T], values: Any) -> T:
     """``values`` (a mapping, or a loaded YAML file) as a ``cls``, checked against its fields and types."""
     from omegaconf import OmegaConf

@@ -118,7 +118,7 @@ def report(
     board = read_rows(csv_path)
     rows = sweep_rows(board, data, schedule, test_set, seed)
     what = f"data={data} schedule={schedule} test_set={test_set}" + (f" seed={seed}" if seed else "")
-    dense = list(cells([r for r in rows if not r["window"]], what).values())
+    dense = list(cells([r for r in rows if not r["window"] and not r["options"]], what).values())
     grid = cells([r for r in rows if r["window"] and r["heads"] == heads and not r["cross"] and not r["options"]], what)
     outside: list[dict[str, str]] = []
     if grid_of:  # the sweep's grid: a run at another (w, r) is listed, never drawn or the best point
