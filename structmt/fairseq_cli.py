@@ -218,8 +218,16 @@ class TrainResult:
     checkpoint: Path
 
 
-def train(bin_dir: Path, run_dir: Path, arch: str, args: list[str], env: dict[str, str] | None = None) -> TrainResult:
-    """``fairseq-train`` into ``run_dir/checkpoints``; resumes from ``checkpoint_last.pt`` when present."""
+def train(
+    bin_dir: Path,
+    run_dir: Path,
+    arch: str,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    carried: float | None = 0.0,
+) -> TrainResult:
+    """``fairseq-train`` into ``run_dir/checkpoints``; resumes from ``checkpoint_last.pt`` when present.
+    ``carried``: as :func:`parse_train_log` takes it."""
     cmd = [
         sys.executable,
         "-m",
@@ -236,7 +244,6 @@ def train(bin_dir: Path, run_dir: Path, arch: str, args: list[str], env: dict[st
         *args,
     ]
     max_update = int(args[args.index("--max-update") + 1]) if "--max-update" in args else 0
-    start = Path(args[args.index("--finetune-from-model") + 1]) if "--finetune-from-model" in args else None
     if (pid := live_trainer(run_dir)) is not None:
         raise StepError(
             f"fairseq-train (process {pid}) is still training {run_dir}: a pipeline that started it was killed "
@@ -245,21 +252,24 @@ def train(bin_dir: Path, run_dir: Path, arch: str, args: list[str], env: dict[st
         )
     with _watching(train_log(run_dir), _train_progress(f"[{run_dir.name}]", max_update)):
         wall = _run(cmd, train_log(run_dir), env, trainer_pid_file(run_dir))
-    return parse_train_log(train_log(run_dir), last_checkpoint(run_dir), wall, start)
+    return parse_train_log(train_log(run_dir), last_checkpoint(run_dir), wall, carried)
 
 
-def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0, start: Path | None = None) -> TrainResult:
+def parse_train_log(
+    log: Path, checkpoint: Path, fallback_wall: float = 0.0, carried: float | None = 0.0
+) -> TrainResult:
     """Updates and training tokens/s from fairseq's epoch summaries, and the wall-clock seconds of training.
 
     Summaries that added no update (a resumed run that was already finished)
     are ignored; tokens/s is weighted by each epoch's training time. The
     wall-clock is fairseq's cumulative training time stored in ``checkpoint``
-    (:func:`~structmt.checkpoints.training_seconds`), less that of ``start``,
-    the checkpoint a fine-tune started from (fairseq carries it over). Without
-    one, it is read from the log: fairseq's ``wall`` clock starts again in
-    every process, so it is the sum of each process's clock at its last
-    summary. (A process resumed within an epoch logs ``wall 0`` throughout:
-    fairseq restores that clock stopped.)
+    (:func:`~structmt.checkpoints.training_seconds`) less ``carried``, the
+    time fairseq carried over from the checkpoint a fine-tune started from.
+    Without that time (or with ``carried=None``: not known), it is read from
+    the log: fairseq's ``wall`` clock starts again in every process, so it is
+    the sum of each process's clock at its last summary. (A process resumed
+    within an epoch logs ``wall 0`` throughout: fairseq restores that clock
+    stopped.)
     """
     from .checkpoints import training_seconds
 
@@ -278,8 +288,8 @@ def parse_train_log(log: Path, checkpoint: Path, fallback_wall: float = 0.0, sta
             earlier += clock
         clock = r["wall"]
         wall = earlier + clock
-    if (total := training_seconds(checkpoint)) is not None:
-        wall = total - ((training_seconds(start) or 0.0) if start is not None else 0.0)
+    if carried is not None and (total := training_seconds(checkpoint)) is not None:
+        wall = total - carried
     return TrainResult(
         updates=updates,
         wall_seconds=wall,

@@ -229,20 +229,48 @@ def test_a_resumed_runs_wall_clock_adds_each_processs_clock(tmp_path):
 def test_the_wall_clock_is_the_checkpoints_training_time_less_the_fine_tunes_start(tmp_path):
     """fairseq restores its ``wall`` clock stopped when it resumes within an epoch: the log says ``wall 0`` for
     the rest of the run (a SLURM requeue recorded 0.0 s). The checkpoint's cumulative training time is the
-    wall-clock; a fine-tune's starts at its start checkpoint's, which is not its own."""
+    wall-clock, less what a fine-tune carried over from its start; where that is not known, the log's clock."""
     from structmt.fairseq_cli import parse_train_log
 
     log = tmp_path / "train.log"
     log.write_text(
-        "x | INFO | train | epoch 002 | loss 5 | wps 100 | ups 1 | num_updates 20 | lr 0.1 | train_wall 50 | wall 0\n"
+        "x | INFO | train | epoch 002 | loss 5 | wps 100 | ups 1 | num_updates 20 | lr 0.1 | train_wall 50 | wall 7\n"
     )
-    ckpt, start = tmp_path / "checkpoint_last.pt", tmp_path / "dense.pt"
+    ckpt = tmp_path / "checkpoint_last.pt"
     torch.save({"optimizer_history": [{"num_updates": 20}], "extra_state": {"previous_training_time": 72.5}}, ckpt)
-    torch.save({"optimizer_history": [{"num_updates": 9}], "extra_state": {"previous_training_time": 30.0}}, start)
     assert parse_train_log(log, ckpt).wall_seconds == 72.5
-    assert parse_train_log(log, ckpt, start=start).wall_seconds == 42.5
-    torch.save({"optimizer_history": [{"num_updates": 9}]}, start)  # a start without the value: it added none
-    assert parse_train_log(log, ckpt, start=start).wall_seconds == 72.5
+    assert parse_train_log(log, ckpt, carried=30.0).wall_seconds == 42.5
+    assert parse_train_log(log, ckpt, carried=None).wall_seconds == 7  # a fine-tune's start time not recorded
+
+
+def test_a_fine_tune_records_its_starts_training_time_once_and_never_reads_the_start_again(tmp_path, monkeypatch):
+    """The start (the dense run's checkpoint_last.pt) may be gone, or trained again under its id, by the time a
+    resumed fine-tune ends: its time is recorded at the first launch; a run from scratch carried nothing."""
+    from structmt.pipeline import training
+
+    start = tmp_path / "dense.pt"
+    torch.save({"optimizer_history": [{"num_updates": 9}], "extra_state": {"previous_training_time": 30.0}}, start)
+    tuned = RunSpec(schedule=Schedule(finetune_from=str(start)))
+    run_dir = tmp_path / "run"
+    assert training.carried_seconds(RunSpec(), run_dir) == 0.0
+    assert training.carried_seconds(tuned, run_dir) is None  # not recorded: the log's clock is used
+    calls: list = []
+
+    class Trained(Exception):
+        pass
+
+    def train(*args):
+        calls.append(args)
+        raise Trained
+
+    monkeypatch.setattr(training, "train", train)
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path)
+    monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
+    run_dir = tmp_path / tuned.run_id()
+    with pytest.raises(Trained):
+        training.train_run(tuned, runs_dir=tmp_path, log=lambda m: None)
+    start.unlink()
+    assert calls and calls[0][-1] == 30.0 and training.carried_seconds(tuned, run_dir) == 30.0
 
 
 def test_the_roles_row_is_the_run_of_its_documented_command():

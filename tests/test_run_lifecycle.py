@@ -106,7 +106,7 @@ def _run(tmp_path: Path, monkeypatch) -> tuple[RunSpec, Path, list]:
     monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
     calls: list = []
 
-    def train(bin_dir, run_dir, arch, args, env):
+    def train(bin_dir, run_dir, arch, args, env, carried):
         calls.append(args)
         raise Trained
 

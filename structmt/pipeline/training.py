@@ -14,7 +14,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..checkpoints import checkpoint_updates
+from ..checkpoints import checkpoint_updates, training_seconds
 from ..data.datasets import prepare_dataset
 from ..data.prepare import PrepConfig
 from ..data.stages import sha256_file
@@ -76,6 +76,24 @@ def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, A
         return _train_locked(spec, runs_dir, bin_dir, log)
 
 
+def carried_file(run_dir: Path) -> Path:
+    """Where a fine-tune keeps the training time of the checkpoint it started from (written at its first launch)."""
+    return run_dir / "finetune_start.json"
+
+
+def carried_seconds(spec: RunSpec, run_dir: Path) -> float | None:
+    """The training time fairseq carried into this run's checkpoints from the one it started from: 0 for a run
+    from scratch, the recorded one for a fine-tune, None where none was recorded (a fine-tune begun before
+    structmt recorded it: its time is read from the log). Never read from the start file again: it may be gone,
+    or a model trained again under the same id."""
+    if not spec.schedule.finetune_from:
+        return 0.0
+    try:
+        return float(json.loads(carried_file(run_dir).read_text())["seconds"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_lock(runs_dir: Path, run_id: str) -> FileLock:
     runs_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(str(runs_dir / f".{run_id}.lock"))
@@ -98,8 +116,9 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
     if (updates := checkpoint_updates(checkpoint)) >= spec.schedule.max_update:
         # finished, but killed before train.json: fairseq would run one more update on resume. The updates are
         # the checkpoint's: fairseq saves it before it logs the last summary, which the kill may have cut off
-        start = spec.schedule.finetune_checkpoint(runs_dir)
-        trained = replace(parse_train_log(train_log(run_dir), checkpoint, start=start), updates=updates)
+        trained = replace(
+            parse_train_log(train_log(run_dir), checkpoint, carried=carried_seconds(spec, run_dir)), updates=updates
+        )
     else:
         env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
         roles = spec.model.roles_path()
@@ -112,9 +131,11 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
             args += ["--finetune-from-model", str(start)]  # used only while the run has no checkpoint of its own
             if updates == 0:  # the weights it starts from, by content: a run id names settings, not weights
                 header += f"; fine-tuning from {start} (sha256 {sha256_file(start)})"
+                # and the training time fairseq carries over from them, for this run's own (carried_seconds)
+                write_text_atomic(carried_file(run_dir), json.dumps({"seconds": training_seconds(start) or 0.0}))
         with open(train_log(run_dir), "a", encoding="utf-8") as f:
             f.write(f"\n{header}\n")
-        trained = train(bin_dir, run_dir, spec.model.arch, args, env)
+        trained = train(bin_dir, run_dir, spec.model.arch, args, env, carried_seconds(spec, run_dir))
     # the code and machine that trained (a resumed run: those that finished it; train.log names each one)
     provenance = {"git_commit": git_commit(), "machine": machine_label()}
     metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)} | provenance
