@@ -10,9 +10,9 @@ runs, a thread reads what fairseq writes and prints progress lines
 from __future__ import annotations
 
 import math
-import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,25 +45,26 @@ def trainer_pid_file(run_dir: Path) -> Path:
 
 def live_trainer(run_dir: Path) -> int | None:
     """The process id of a fairseq-train still training ``run_dir`` (its pipeline killed, itself not), else
-    None: the process of ``trainer.pid`` if it runs and (where ``/proc`` tells) trains into this folder."""
+    None: the process of ``trainer.pid``, written on this machine, if it runs with this folder's checkpoints
+    as its ``--save-dir`` (read from ``/proc``, else from ``ps``; a process that cannot be read is not one)."""
     try:
-        pid = int(trainer_pid_file(run_dir).read_text())
+        pid_text, _, host = trainer_pid_file(run_dir).read_text().strip().partition(" ")
+        pid = int(pid_text)
     except (FileNotFoundError, ValueError):
         return None
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.parent.parent.is_dir():
-        try:
-            args = cmdline.read_bytes().decode(errors="replace").split("\0")
-        except OSError:  # no such process
-            return None
-        return pid if str(last_checkpoint(run_dir).parent) in args else None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if host and host != socket.gethostname():  # another node's process: not to be seen from here
         return None
-    except PermissionError:  # another user's process
-        pass
-    return pid
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        if cmdline.parent.parent.is_dir():
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        else:
+            found = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True)
+            args = found.stdout.split()
+    except OSError:  # no such process, or no ps
+        return None
+    save_dir = last_checkpoint(run_dir).parent.resolve()
+    return pid if any(a == str(save_dir) for a in args) else None
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -85,7 +86,7 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None, pid_file:
         with subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env) as proc:
             try:
                 if pid_file is not None:
-                    write_text_atomic(pid_file, f"{proc.pid}\n")
+                    write_text_atomic(pid_file, f"{proc.pid} {socket.gethostname()}\n")
                 code = proc.wait()
             except BaseException:  # as subprocess.run does: the child does not outlive an interrupted wait
                 proc.kill()
@@ -238,7 +239,7 @@ def train(
         "--arch",
         arch,
         "--save-dir",
-        str(last_checkpoint(run_dir).parent),
+        str(last_checkpoint(run_dir).parent.resolve()),  # as live_trainer looks for it, however runs_dir is given
         "--log-format",
         "simple",
         *args,
@@ -248,7 +249,7 @@ def train(
         raise StepError(
             f"fairseq-train (process {pid}) is still training {run_dir}: a pipeline that started it was killed "
             f"and left it running. Wait for it to end, or stop it (kill {pid}), then run again: the run resumes "
-            "from its last checkpoint"
+            f"from its last checkpoint (if process {pid} is not fairseq-train, delete {trainer_pid_file(run_dir)})"
         )
     with _watching(train_log(run_dir), _train_progress(f"[{run_dir.name}]", max_update)):
         wall = _run(cmd, train_log(run_dir), env, trainer_pid_file(run_dir))

@@ -185,24 +185,32 @@ def test_incomplete_generation_output_is_not_trusted(tmp_path, monkeypatch):
     assert not out.exists()
 
 
-def test_a_trainer_left_running_by_a_killed_pipeline_is_named_not_joined_by_a_second(tmp_path):
+def test_a_trainer_left_running_by_a_killed_pipeline_is_named_not_joined_by_a_second(tmp_path, monkeypatch):
     """kill -9 of the pipeline alone left its fairseq-train running; the same command then started a second
-    trainer in the same folder (one crashed on the other's checkpoint_last.pt.tmp, the log interleaved)."""
-    run_dir = tmp_path / "run"
-    save_dir = fairseq_cli.last_checkpoint(run_dir).parent
+    trainer in the same folder (one crashed on the other's checkpoint_last.pt.tmp, the log interleaved). The
+    folder is found however the runs folder is spelt (train passes fairseq its resolved --save-dir)."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("run")  # recipes --runs-dir runs: relative
+    save_dir = fairseq_cli.last_checkpoint(run_dir).parent.resolve()
     save_dir.mkdir(parents=True)
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--save-dir", str(save_dir)])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a pid now reused
+    pid_file = fairseq_cli.trainer_pid_file(run_dir)
     try:
-        fairseq_cli.trainer_pid_file(run_dir).write_text(f"{orphan.pid}\n")
+        pid_file.write_text(f"{orphan.pid} {socket.gethostname()}\n")
         with pytest.raises(StepError, match=rf"^fairseq-train \(process {orphan.pid}\) is still training .*kill"):
             fairseq_cli.train(tmp_path, run_dir, "transformer_tiny", ["--max-update", "1"])
-        fairseq_cli.trainer_pid_file(run_dir).write_text(f"{other.pid}\n")
+        assert fairseq_cli.live_trainer(tmp_path / "run") == orphan.pid  # spelt otherwise
+        pid_file.write_text(f"{orphan.pid} another-node\n")  # a process of another machine: not seen from here
+        assert fairseq_cli.live_trainer(run_dir) is None
+        pid_file.write_text(f"{other.pid} {socket.gethostname()}\n")
         assert fairseq_cli.live_trainer(run_dir) is None
     finally:
         orphan.kill(), other.kill()
         orphan.wait(), other.wait()
-    fairseq_cli.trainer_pid_file(run_dir).write_text(f"{orphan.pid}\n")  # ended
+    pid_file.write_text(f"{orphan.pid} {socket.gethostname()}\n")  # ended
     assert fairseq_cli.live_trainer(run_dir) is None
 
 
@@ -221,7 +229,7 @@ def test_the_trainers_pid_file_exists_while_it_runs(tmp_path):
         "for _ in range(100):\n"
         "    if p.exists(): break\n"
         "    time.sleep(0.1)\n"
-        "print(p.read_text() == f'{os.getpid()}\\n')\n"
+        "print(p.read_text().split()[0] == str(os.getpid()))\n"
     )
     fairseq_cli._run([sys.executable, "-c", child], tmp_path / "log", pid_file=pid_file)
     assert (tmp_path / "log").read_text().split()[-1] == "True" and not pid_file.exists()
