@@ -370,8 +370,9 @@ def attend_candidates(
     # The gather's backward adds the gradient of every query that has a key as candidate (a sink, a rare column:
     # all of them) into that key's, rounding after each add: in half precision the sum loses its low bits (4096
     # bfloat16 ones sum to 256). Gathered from float32 copies, it sums in float32, as the Triton kernel does;
-    # the attention itself still computes in the inputs' dtype.
-    wide = torch.float32 if k.dtype in (torch.float16, torch.bfloat16) else k.dtype
+    # the attention itself still computes in the inputs' dtype. (No backward, no sum: decoding gathers as is.)
+    backward = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
+    wide = torch.float32 if backward and k.dtype in (torch.float16, torch.bfloat16) else k.dtype
     k_c = k.transpose(1, 2).to(wide)[batch, index].to(k.dtype)  # (B, Tq, C, H, D)
     v_c = v.transpose(1, 2).to(wide)[batch, index].to(v.dtype)
     return candidate_attention(q, k_c, v_c, kind, sink_eps, dropout_p)
