@@ -396,7 +396,7 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
             }
         )
     rows.append(_row("other", bleu=99.0) | {"data": "m", "schedule": "other", "window": 1, "rare": 1, "heads": "auto"})
-    roles = {"data": "m", "schedule": "s", "window": 3, "rare": 0, "heads": "from:roles.json"}
+    roles = {"data": "m", "schedule": "s", "window": 3, "rare": 0, "heads": "roles:1a2b3c4d"}
     rows.append(_row("roles", bleu=77.0) | roles | {"git_commit": "0123456789ab+dirty"})  # another role mix: listed
     cross = {"data": "m", "schedule": "s", "window": 3, "rare": 0, "heads": "auto", "cross": "w4/slope0.97"}
     rows.append(_row("cross", bleu=88.0) | cross)  # structured cross-attention: likewise
@@ -407,7 +407,7 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
         "w=3, r=0: BLEU 30.5, at or above the dense baseline's 30.0"
     ) in text
     assert text.count("| structured |") == 6 and "99.0" not in text
-    assert "| structured | 3 | 0 | from:roles.json |  | 77.0 |" in text and "| roles | 01234567+dirty |" in text
+    assert "| structured | 3 | 0 | roles:1a2b3c4d |  | 77.0 |" in text and "| roles | 01234567+dirty |" in text
     assert "| structured | 3 | 0 | auto | w4/slope0.97 | 88.0 |" in text
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_bleu.png").stat().st_size > 0
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_cost.png").stat().st_size > 0

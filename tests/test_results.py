@@ -285,7 +285,10 @@ def test_the_roles_row_is_the_run_of_its_documented_command():
     current = RunSpec(model=ModelSpec(heads_from="results/roles.json"), schedule=cpu_demo).run_id()
     assert current.startswith("multi30k_en_de-cpu_demo-w3-r2-roles-") and current in rows  # another run
     labels = {ModelSpec(heads_from=f).heads_label() for f in (archived, "results/roles.json")}
-    assert len(labels) == 2  # two mixes, never two seeds of one
+    assert labels == {"roles:fe15b689", "roles:09613f93"}  # two mixes, never two seeds of one
+    assert {
+        r["heads"] for r in leaderboard.read_rows(REPO / "results" / "leaderboard.csv") if "-roles-" in r["run_id"]
+    } == labels
 
 
 def test_finetune_recipe_starts_the_structured_model_from_the_dense_reproduce_run(tmp_path):

@@ -83,14 +83,16 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
             return [str(err)]
         return self.options(roles).problems(lambda name: f"model.{short(name)}")
 
-    def heads_label(self) -> str:
-        """The role mix as the leaderboard shows it; a roles file by its name and a digest of its content
-        (``from:roles.json#1a2b3c4d``): two analyses' roles.json are two mixes, never two seeds of one."""
-        if not (self.structured and self.heads_from):
-            return self.heads
+    def roles_digest(self) -> str:
+        """The sha256 of the roles file's content ("" without one): the roles, not where the file lies."""
         roles = self.roles_path()
-        assert roles is not None
-        return f"from:{Path(self.heads_from).name}#{hashlib.sha256(roles.read_bytes()).hexdigest()[:8]}"
+        return hashlib.sha256(roles.read_bytes()).hexdigest() if roles is not None else ""
+
+    def heads_label(self) -> str:
+        """The role mix as the leaderboard shows it; roles from a file by a digest of their content
+        (``roles:1a2b3c4d``), whatever the file is called: two analyses' roles.json are two mixes, never two
+        seeds of one, and one file copied elsewhere is the same mix (as in the run id)."""
+        return f"roles:{self.roles_digest()[:8]}" if self.structured and self.heads_from else self.heads
 
     def cross_label(self) -> str:
         """The cross-attention band as the leaderboard shows it (``cross_cell``; '' = dense)."""
@@ -124,9 +126,8 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
                 settings.pop(name)
         if self.cross_window < 0:
             settings.pop("cross_slope", None)  # no effect with dense cross-attention
-        if roles := self.roles_path():
-            # the roles themselves, not where the file lies, identify the run
-            settings["heads_from"] = hashlib.sha256(roles.read_bytes()).hexdigest()
+        if self.heads_from:
+            settings["heads_from"] = self.roles_digest()  # the roles themselves identify the run
         return settings
 
 
