@@ -13,23 +13,52 @@ from .paths import REPO_ROOT
 CODE = ("structmt", "conf", "scripts", "setup.py", "pyproject.toml", "constraints.txt", "Makefile")
 
 
+def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # --no-optional-locks: a status from a sweep's jobs never holds the index lock a user's commit needs
+    return subprocess.run(
+        ["git", "--no-optional-locks", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=check
+    )
+
+
 def read_commit() -> str:
     """The checkout's commit now: ``+dirty`` if tracked files outside ``results/`` differ from it or untracked
     files lie among the code (:data:`CODE`, ignored files aside); ``unknown`` without git or a repository."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-
     try:
-        top = Path(git("rev-parse", "--show-toplevel").strip()).resolve()
+        top = Path(_git("rev-parse", "--show-toplevel").stdout.strip()).resolve()
         if top != REPO_ROOT.resolve():  # a copy without .git inside another repository: not this code's commit
             return "unknown"
-        sha = git("rev-parse", "HEAD").strip()
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results").strip()
-        added = git("ls-files", "--others", "--exclude-standard", "--", *CODE).strip()
+        sha = _git("rev-parse", "HEAD").stdout.strip()
+        changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results").stdout
+        added = _git("ls-files", "--others", "--exclude-standard", "--", *CODE).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return sha + ("+dirty" if changed or added else "")
+    return sha + ("+dirty" if changed.strip() or added.strip() else "")
+
+
+def why_unknown() -> str:
+    """What git says when :func:`read_commit` is ``unknown`` (its first line of error, or why)."""
+    try:
+        found = _git("rev-parse", "--show-toplevel", check=False)
+    except OSError as err:
+        return f"git cannot run ({err})"
+    if found.returncode:
+        return (found.stderr.strip().splitlines() or ["git rev-parse failed"])[0]
+    top = found.stdout.strip()
+    if Path(top).resolve() != REPO_ROOT.resolve():
+        return f"{REPO_ROOT} lies inside the repository {top}, not one of its own"
+    head = _git("rev-parse", "HEAD", check=False)
+    return (head.stderr.strip().splitlines() or ["git status failed"])[0]
+
+
+def _code_differs(sha: str) -> bool | None:
+    """Whether the checkout's code (:data:`CODE`) differs from commit ``sha``'s, untracked files included;
+    None when git cannot tell."""
+    try:
+        diff = _git("diff", "--quiet", sha, "--", *CODE, check=False).returncode
+        added = _git("ls-files", "--others", "--exclude-standard", "--", *CODE).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return None if diff not in (0, 1) else diff == 1 or bool(added)
 
 
 @functools.cache
@@ -40,12 +69,14 @@ def _first_commit() -> str:
 def git_commit() -> str:
     """The commit of the code this process runs: the checkout's at this function's first call (runs and
     benchmarks call it when they start; the process's own modules were read then), with ``+dirty`` if the
-    checkout differed from it (:func:`read_commit`) or differs now: fairseq's processes (training, decoding)
-    read the plugin from the checkout, so a result after a change ran the code of no single commit."""
+    checkout differed from it (:func:`read_commit`) or its code differs now (another commit's, or edits):
+    fairseq's processes (training, decoding) read the plugin from the checkout, so a result after such a
+    change ran the code of no single commit. ``unknown`` where git cannot tell."""
     first = _first_commit()
     if first == "unknown" or first.endswith("+dirty"):
         return first
-    return first if read_commit() == first else first + "+dirty"
+    differs = _code_differs(first)
+    return "unknown" if differs is None else first + "+dirty" if differs else first
 
 
 @functools.cache

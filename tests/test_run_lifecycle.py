@@ -168,25 +168,33 @@ def test_the_commit_is_dirty_when_tracked_code_differs_and_clean_for_results_or_
 
 def test_a_process_whose_checkout_changes_records_a_dirty_commit(tmp_path, monkeypatch):
     """The commit is read at the process's first call; fairseq's subprocesses read the plugin from the checkout,
-    so once the checkout differs (an edit, another commit) the results name no single commit: ``+dirty``."""
+    so once its code differs (an edit, another commit's code) the results name no single commit: ``+dirty``.
+    A change to the docs alone, committed or not, changes no result."""
     repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "code.py").write_text("a = 1\n")
+    (repo / "structmt").mkdir(parents=True)
+    (repo / "docs").mkdir()
+    (repo / "structmt" / "code.py").write_text("a = 1\n")
+    (repo / "docs" / "a.md").write_text("a\n")
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    commit = ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam"]
+    _git(repo, *commit, "first")
     sha = _git(repo, "rev-parse", "HEAD")
     monkeypatch.setattr(provenance, "REPO_ROOT", repo)
     provenance._first_commit.cache_clear()
     try:
         assert provenance.git_commit() == sha
-        (repo / "code.py").write_text("a = 2\n")
+        (repo / "docs" / "a.md").write_text("b\n")
+        _git(repo, *commit, "docs")  # another commit, the same code
+        assert provenance.read_commit() != sha and provenance.git_commit() == sha
+        (repo / "structmt" / "code.py").write_text("a = 2\n")
         assert provenance.git_commit() == sha + "+dirty"
-        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "second")  # clean, another commit
-        assert provenance.read_commit() != sha and provenance.git_commit() == sha + "+dirty"
+        _git(repo, *commit, "second")  # clean, another commit's code
+        assert provenance.git_commit() == sha + "+dirty"
         (repo / "sub").mkdir()
         monkeypatch.setattr(provenance, "REPO_ROOT", repo / "sub")  # a copy inside another repository
         assert provenance.read_commit() == "unknown"
+        assert provenance.why_unknown() == f"{repo / 'sub'} lies inside the repository {repo}, not one of its own"
     finally:
         provenance._first_commit.cache_clear()
 
@@ -203,7 +211,9 @@ def test_a_headline_recipe_refuses_a_dirty_tree_unless_allowed(tmp_path, monkeyp
     recipes.main(argv + ["--allow-dirty"])
     assert len(ran) == 1
     monkeypatch.setattr(recipes, "git_commit", lambda: "unknown")  # no git, or a copy inside another repository
-    with pytest.raises(SystemExit, match=r"^error: this checkout's commit cannot be read .*--allow-dirty"):
+    with pytest.raises(
+        SystemExit, match=r"^error: this checkout's commit cannot be read \(.*safe.directory.*--allow-dirty"
+    ):
         recipes.main(argv)
 
 

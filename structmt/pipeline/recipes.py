@@ -26,7 +26,7 @@ from ..console import add_verbose_option, setup
 from ..files import DataError, int_at_least
 from ..leaderboard_csv import read_rows, short_commit
 from ..paths import RESULTS_DIR, RUNS_DIR
-from ..provenance import git_commit
+from ..provenance import git_commit, why_unknown
 from .evaluation import evaluate_run, keep_training_log
 from .spec import ModelSpec, RunSpec, Schedule, load_schedule
 from .training import prepare_data, train_run
@@ -71,7 +71,10 @@ def unclean(commit: str) -> str:
     """Why results of the code at ``commit`` (:func:`~structmt.provenance.git_commit`) name no commit ("" when
     they do)."""
     if commit == "unknown":
-        return "this checkout's commit cannot be read (no git, or no repository of its own)"
+        return (
+            f"this checkout's commit cannot be read ({why_unknown()}); run from a git clone of the project "
+            "(for a checkout owned by another user, git config --global --add safe.directory <its path>)"
+        )
     if commit.endswith("+dirty"):
         return f"the checkout differs from commit {commit[:12]} (tracked files, or untracked ones among the code)"
     return ""
