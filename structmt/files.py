@@ -26,19 +26,32 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def link_target(path: Path) -> Path:
+    """``path`` with symbolic links resolved: the file a write should replace. A link into a folder that does not
+    exist (a share not mounted) is an error: the file would be made under its mount point, out of sight."""
+    target = Path(os.path.realpath(path))
+    if Path(path).is_symlink() and not target.parent.is_dir():
+        raise FileNotFoundError(f"{path} links to {target}, whose folder does not exist: mount it, or remove the link")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success. A symbolic link is
     followed (the file it names is replaced, the link stays). The file keeps the mode it had, or gets the
     one a plain ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``."""
-    path = Path(os.path.realpath(path))
+    path = link_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_UMASK
+    old = path.stat() if path.is_file() else None
+    mode = old.st_mode & 0o7777 if old else 0o666 & ~_UMASK
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, mode)
+        if old is not None and old.st_gid != os.stat(tmp).st_gid:
+            with contextlib.suppress(OSError):  # a shared file keeps its group where this user may set it
+                os.chown(tmp, -1, old.st_gid)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -17,7 +17,6 @@ import codecs
 import csv
 import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from .files import utf8_error_at, write_text_atomic
+from .files import link_target, utf8_error_at, write_text_atomic
 
 
 @dataclass
@@ -178,7 +177,7 @@ def _render_csv(rows: list[dict[str, Any]]) -> str:
 def lock(csv_path: Path) -> FileLock:
     """The lock every writer of ``csv_path`` (and of what is rendered from it) holds: beside the file itself, so
     checkouts whose ``results/leaderboard.csv`` links to one shared file share it."""
-    return FileLock(os.path.realpath(csv_path) + ".lock", timeout=120)
+    return FileLock(str(link_target(csv_path)) + ".lock", timeout=120)
 
 
 def _key(row: Mapping[str, Any]) -> tuple[str, str, str]:

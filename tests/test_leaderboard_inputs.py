@@ -483,3 +483,8 @@ def test_a_leaderboard_that_links_to_a_shared_file_stays_a_link_and_keeps_its_mo
     assert link.is_symlink() and "NEWRUN" in board.read_text()
     assert board.stat().st_mode & 0o777 == 0o664
     assert lock(link).lock_file == lock(board).lock_file == str(board) + ".lock"
+    dangling = tmp_path / "checkout" / "other.csv"
+    dangling.symlink_to(tmp_path / "unmounted" / "team" / "leaderboard.csv")
+    with pytest.raises(FileNotFoundError, match=r"links to .*unmounted/team/leaderboard.csv, whose folder does not"):
+        leaderboard.add_rows(dangling, [_new_row(board)])
+    assert not (tmp_path / "unmounted").exists()
