@@ -307,10 +307,21 @@ def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advic
     ]
 
 
-def test_multirun_with_cfg_is_refused_in_a_sentence(tmp_path):
-    result = _run(tmp_path, "-m", "+sweep=wr_small", "--cfg", "hydra")
+def test_a_runs_folder_under_a_file_is_refused_before_hydra_makes_its_folders(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "structmt.pipeline.app", f"runs_dir={tmp_path}/file/runs"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: -m and --cfg cannot be combined: drop -m to print the configuration")
+    assert result.stderr.startswith(f"error: invalid configuration: runs_dir='{tmp_path}/file/runs': {tmp_path}/file")
+
+
+def test_multirun_with_cfg_is_refused_in_a_sentence(tmp_path):
+    for cfg in (["--cfg", "hydra"], ["--cfg=job"], ["-cjob"]):
+        result = _run(tmp_path, "-m", "+sweep=wr_small", *cfg)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: -m and --cfg cannot be combined: drop -m to print the configuration")
 
 
 def test_a_launcher_without_multirun_is_refused(tmp_path):

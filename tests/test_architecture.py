@@ -498,7 +498,8 @@ def test_options_set_but_without_effect_are_warned_about(dict_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="structmt.models.structured_transformer"):
         build(dict_dir, "structured_transformer_tiny", "--struct-heads", "syn:1,rare:1", "--struct-rare", "0")
     assert [r.getMessage() for r in caplog.records] == [
-        "--struct-rare=0: the rare-token heads have no rare column, so they attend as syntactic heads (band w=3)"
+        "--struct-rare=0: the rare-token heads have no rare column, so they attend as syntactic heads (band w=3); "
+        "set --struct-rare above 0, or give them the syn role"
     ]
 
 

@@ -163,7 +163,7 @@ class StructureConfig:
         if "rare" in roles and self.struct_rare == 0:  # the other way round: a role without effect
             notes.append(
                 f"{flag('struct_rare')}=0: the rare-token heads have no rare column, so they attend as syntactic "
-                f"heads (band w={self.struct_window})"
+                f"heads (band w={self.struct_window}); set {flag('struct_rare')} above 0, or give them the syn role"
             )
         return notes
 

@@ -380,7 +380,12 @@ def main() -> None:
     """``structmt-run``: Hydra composes ``conf/`` (and nothing fairseq stored) and runs :func:`hydra_main`."""
     if bad := misspelt_keys(sys.argv[1:]):
         raise SystemExit("error: invalid configuration: " + "; ".join(bad))
-    if {"-m", "--multirun"} & set(sys.argv[1:]) and {"-c", "--cfg"} & set(sys.argv[1:]):
+    for arg in sys.argv[1:]:  # Hydra makes its folders under runs_dir before the run's checks (a traceback)
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "runs_dir" and (problem := unwritable(repo_path(value))):
+            raise SystemExit(f"error: invalid configuration: runs_dir={value!r}: {problem}")
+    cfg = [a for a in sys.argv[1:] if a in ("-c", "--cfg") or re.fullmatch(r"(--cfg=|-c)(job|hydra|all)", a)]
+    if {"-m", "--multirun"} & set(sys.argv[1:]) and cfg:
         raise SystemExit(  # Hydra's own refusal comes with a traceback
             "error: -m and --cfg cannot be combined: drop -m to print the configuration (--cfg hydra shows the "
             "launcher and the sweep's parameters)"
