@@ -74,8 +74,8 @@ def test_sweep_report_says_which_values_the_leaderboard_has(board, args, what, p
     with pytest.raises(SystemExit) as e:
         sweep_report.main(["--data", "m", "--schedule", "s", "--test-set", "t", *args, "--results-dir", str(board)])
     assert str(e.value) == (
-        f"error: no structured rows for {what} with dense cross-attention and no other option in "
-        f"{board / 'leaderboard.csv'}; {present}"
+        f"error: no structured rows for {what} with dense cross-attention and options '' in "
+        f"{board / 'leaderboard.csv'}; {present} (--options selects another options column)"
     )
 
 

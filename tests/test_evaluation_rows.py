@@ -14,6 +14,7 @@ import pytest
 from structmt.pipeline import evaluation, leaderboard
 from structmt.pipeline.evaluation import evaluate_run, paired_bootstrap, score, valid_bleu
 from structmt.pipeline.spec import DataSpec, ModelSpec, RunSpec, Schedule
+from structmt.pipeline.sweep_report import report
 
 DENSE = ModelSpec(arch="transformer_multi30k")
 STRUCTURED = ModelSpec(arch="structured_transformer_multi30k", window=3, rare=2)
@@ -258,6 +259,14 @@ def test_runs_that_differ_only_in_the_beam_are_labelled_apart(runs):
     assert labels == {(t, o) for t in ("test_2016_flickr", "test_2017_flickr") for o in ("", "beam=4")}
     table = leaderboard.headline(_board(runs), "multi30k_en_de", "smoke")
     assert "| test_2016_flickr | transformer_multi30k beam=4 | – | – | 1 |" in table
+    for beam in (2, 4):  # each beam's sweep has its report: --options beam=4 selects the other
+        _evaluate(runs, runs(STRUCTURED, [hyps], schedule=Schedule(name="smoke", max_update=10, beam=beam)))
+    out = runs.results_dir / "sweeps"
+    default = report(runs.results_dir, "multi30k_en_de", "smoke", "test_2016_flickr", out)
+    other = report(runs.results_dir, "multi30k_en_de", "smoke", "test_2016_flickr", out, options="beam=4")
+    assert "Highest test BLEU of the heatmaps" in default and "Highest test BLEU of the heatmaps" in other
+    assert "--options beam=4`" in other and "--options" not in default
+    assert (out / "sweep_multi30k_en_de_smoke_test_2016_flickr_options-beam=4.md").read_text() == other
     custom = runs(DENSE, [hyps], schedule=Schedule(max_update=10, beam=4))  # no conf/train file: 5 is the usual
     _evaluate(runs, custom)
     assert {r["options"] for r in _board(runs) if r["run_id"] == custom.run_id()} == {"beam=4"}

@@ -101,10 +101,12 @@ def report(
     heads: str = "auto",
     seed: str | None = None,
     grid_of: str | None = None,
+    options: str = "",
 ) -> str:
     """The sweep's table, heatmaps and verdict, from each run's first evaluation.
 
-    The heatmaps hold the runs with role mix ``heads``, dense cross-attention and no other structure option,
+    The heatmaps hold the runs with role mix ``heads``, dense cross-attention and the ``options`` column
+    ``options`` (none by default; ``beam=4`` for a sweep decoded with another beam than its schedule's),
     one run per (w, r); other runs of the same data and schedule are listed in the table only.  ``seed``: only
     the runs of that seed (needed when the schedule has several).  The points of the grid (the sweep
     ``grid_of``'s, else every (w, r) of the windows and rare counts found) that have no run are named, and the
@@ -118,8 +120,11 @@ def report(
     board = read_rows(csv_path)
     rows = sweep_rows(board, data, schedule, test_set, seed)
     what = f"data={data} schedule={schedule} test_set={test_set}" + (f" seed={seed}" if seed else "")
-    dense = list(cells([r for r in rows if not r["window"] and not r["options"]], what).values())
-    grid = cells([r for r in rows if r["window"] and r["heads"] == heads and not r["cross"] and not r["options"]], what)
+    beam = " ".join(o for o in options.split() if o.startswith("beam="))  # what a dense row's options can hold
+    dense = list(cells([r for r in rows if not r["window"] and r["options"] == beam], what).values())
+    grid = cells(
+        [r for r in rows if r["window"] and r["heads"] == heads and not r["cross"] and r["options"] == options], what
+    )
     outside: list[dict[str, str]] = []
     if grid_of:  # the sweep's grid: a run at another (w, r) is listed, never drawn or the best point
         ws, rs = sweep_grid(grid_of)
@@ -136,18 +141,19 @@ def report(
         structured = [r for r in rows if r["window"]]
         wanted = {"data": data, "schedule": schedule, "test_set": test_set} | ({"seed": seed} if seed else {})
         why = (
-            absent(structured, {"heads": heads, "cross": "", "options": ""})
+            absent(structured, {"heads": heads, "cross": "", "options": options})
             if structured
             else absent(board, wanted) or "only dense runs"
         )
         raise SystemExit(
-            f"error: no structured rows for {what} heads={heads} with dense cross-attention and no other option "
-            f"in {csv_path}; {why}"
+            f"error: no structured rows for {what} heads={heads} with dense cross-attention and options "
+            f"{options!r} in {csv_path}; {why} (--options selects another options column)"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"sweep_{name_part(data)}_{name_part(schedule)}_{name_part(test_set)}"
     stem += f"_seed{name_part(seed)}" if seed else ""  # one page per seed
     stem += f"_heads-{name_part(heads)}" if heads != "auto" else ""  # and per role mix
+    stem += f"_options-{name_part(options)}" if options else ""  # and per options
     bleu = {(int(w), int(r)): float(row["bleu"]) for (w, r), row in grid.items()}
     cost = {(int(w), int(r)): float(row["train_tokens_per_s"]) for (w, r), row in grid.items()}
     if not grid_of:
@@ -164,6 +170,7 @@ def report(
         f"--test-set {shlex.quote(test_set)}"  # "test_2016_flickr[:100]" is quoted
         + (f" --heads {shlex.quote(heads)}" if heads != "auto" else "")  # "syn:1;rare:1" is quoted
         + (f" --seed {seed}" if seed else "")
+        + (f" --options {shlex.quote(options)}" if options else "")
         + (f" --sweep {grid_of}" if grid_of else "")
         + "` from "
         "`results/leaderboard.csv`.",
@@ -229,6 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--schedule", default="cpu_demo", help="training schedule of the runs (default: cpu_demo)")
     p.add_argument("--test-set", default="test_2016_flickr", help="the test set scored (default: test_2016_flickr)")
     p.add_argument("--heads", default="auto", help="role mix of the runs in the heatmaps")
+    p.add_argument(
+        "--options",
+        default="",
+        help="the options column of the runs in the heatmaps (default: none; e.g. 'beam=4' for a sweep decoded "
+        "with another beam than its schedule's, 'pos_window=2')",
+    )
     p.add_argument("--seed", help="only the runs of this seed (default: all; a (w, r) with two runs is an error)")
     p.add_argument(
         "--sweep",
@@ -244,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     setup(a.verbose)
     out_dir = a.out_dir or a.results_dir / "sweeps"
-    print(report(a.results_dir, a.data, a.schedule, a.test_set, out_dir, a.heads, a.seed, a.sweep))
+    print(report(a.results_dir, a.data, a.schedule, a.test_set, out_dir, a.heads, a.seed, a.sweep, a.options))
 
 
 if __name__ == "__main__":
