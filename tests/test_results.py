@@ -456,6 +456,15 @@ def _reference(folder: Path, test_set: str) -> Path:
     return ref
 
 
+def test_every_committed_hypothesis_file_is_a_rows_and_every_row_has_its_file():
+    """An evaluation killed between keeping its hypotheses and adding its rows leaves a file no row names:
+    found here before it is committed (and a row whose file is missing, the other way round)."""
+    rows = leaderboard.read_rows(REPO / "results" / "leaderboard.csv")
+    named = {r["hypothesis"] for r in rows}
+    kept = {f"results/hyps/{p.name}" for p in (REPO / "results" / "hyps").iterdir()}
+    assert sorted(kept - named) == [] and sorted(named - kept) == []
+
+
 def test_every_leaderboard_row_rescores_with_the_sacrebleu_cli_from_its_committed_hypothesis(tmp_path):
     """The goal a reviewer checks by hand: ``sacrebleu REF -i results/hyps/… -b -w 2`` gives each committed
     row's BLEU exactly, the reference being the embedded Multi30k test set (eval sets are never cleaned)."""
