@@ -63,13 +63,18 @@ def live_trainer(run_dir: Path) -> int | None:
             args = found.stdout.split()
     except OSError:  # no such process, or no ps
         return None
-    save_dir = last_checkpoint(run_dir).parent.resolve()
-    return pid if any(a == str(save_dir) for a in args) else None
+    return pid if str(save_dir(run_dir)) in args else None
 
 
 def last_checkpoint(run_dir: Path) -> Path:
     """The checkpoint :func:`train` resumes from and the pipeline decodes."""
     return run_dir / "checkpoints" / "checkpoint_last.pt"
+
+
+def save_dir(run_dir: Path) -> Path:
+    """fairseq-train's ``--save-dir`` for ``run_dir``, resolved: how :func:`live_trainer` finds a trainer of it
+    in a process list, however the runs folder was spelt."""
+    return last_checkpoint(run_dir).parent.resolve()
 
 
 class StepError(RuntimeError):
@@ -239,7 +244,7 @@ def train(
         "--arch",
         arch,
         "--save-dir",
-        str(last_checkpoint(run_dir).parent.resolve()),  # as live_trainer looks for it, however runs_dir is given
+        str(save_dir(run_dir)),
         "--log-format",
         "simple",
         *args,

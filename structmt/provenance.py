@@ -20,6 +20,11 @@ def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _untracked_code() -> str:
+    """The untracked files among the code (:data:`CODE`), ignored ones aside; "" when there are none."""
+    return _git("ls-files", "--others", "--exclude-standard", "--", *CODE).stdout.strip()
+
+
 def read_commit() -> str:
     """The checkout's commit now: ``+dirty`` if tracked files outside ``results/`` differ from it or untracked
     files lie among the code (:data:`CODE`, ignored files aside); ``unknown`` without git or a repository."""
@@ -29,10 +34,10 @@ def read_commit() -> str:
             return "unknown"
         sha = _git("rev-parse", "HEAD").stdout.strip()
         changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results").stdout
-        added = _git("ls-files", "--others", "--exclude-standard", "--", *CODE).stdout
+        added = _untracked_code()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return sha + ("+dirty" if changed.strip() or added.strip() else "")
+    return sha + ("+dirty" if changed.strip() or added else "")
 
 
 def why_unknown() -> str:
@@ -55,7 +60,7 @@ def _code_differs(sha: str) -> bool | None:
     None when git cannot tell."""
     try:
         diff = _git("diff", "--quiet", sha, "--", *CODE, check=False).returncode
-        added = _git("ls-files", "--others", "--exclude-standard", "--", *CODE).stdout.strip()
+        added = _untracked_code()
     except (OSError, subprocess.CalledProcessError):
         return None
     return None if diff not in (0, 1) else diff == 1 or bool(added)
