@@ -129,12 +129,18 @@ def test_an_evaluated_run_still_reaches_another_leaderboard_once(trained, tmp_pa
     runs, first, other = tmp_path / "runs", tmp_path / "results", tmp_path / "other"
     rows = evaluate_run(spec, runs_dir=runs, results_dir=first, log=quiet)
     said: list[str] = []
-    assert evaluate_run(spec, runs_dir=runs, results_dir=other, log=said.append) == rows
+    here = evaluate_run(spec, runs_dir=runs, results_dir=other, log=said.append)
     assert "evaluated earlier; skipping (added its 2 rows to" in said[0]
-    assert leaderboard.read_rows(other / "leaderboard.csv") == leaderboard.read_rows(first / "leaderboard.csv")
+    # the same rows, each naming a copy of its hypotheses in this folder: removing the first folder breaks none
+    assert [r | {"hypothesis": ""} for r in here] == [r | {"hypothesis": ""} for r in rows]
+    for mine, theirs in zip(here, rows, strict=True):
+        assert Path(mine["hypothesis"]) == other / "hyps" / Path(theirs["hypothesis"]).name
+        assert Path(mine["hypothesis"]).read_bytes() == Path(theirs["hypothesis"]).read_bytes()
+    assert leaderboard.read_rows(other / "leaderboard.csv") == [{k: str(v) for k, v in r.items()} for r in here]
     evaluate_run(spec, runs_dir=runs, results_dir=other, log=quiet)  # again: nothing added, nothing rendered
     assert len(leaderboard.read_rows(other / "leaderboard.csv")) == 2
     assert trained.published == [first, other]
+    assert leaderboard.read_rows(first / "leaderboard.csv") == [{k: str(v) for k, v in r.items()} for r in rows]
     # a sliced run's result.json from before slices were labelled: its rows reach a leaderboard labelled
     done = runs / spec.run_id() / "result.json"
     stored = json.loads(done.read_text())["rows"]
@@ -142,6 +148,13 @@ def test_an_evaluated_run_still_reaches_another_leaderboard_once(trained, tmp_pa
     evaluate_run(spec, runs_dir=runs, results_dir=tmp_path / "third", log=quiet)
     labels = [r["test_set"] for r in leaderboard.read_rows(tmp_path / "third" / "leaderboard.csv")]
     assert labels == ["test_2016_flickr[:100]", "test_2017_flickr[:100]"]
+    shutil.rmtree(first)  # gone: the run folder's decoding is kept instead
+    fourth = evaluate_run(spec, runs_dir=runs, results_dir=tmp_path / "fourth", log=quiet)
+    assert [Path(r["hypothesis"]).read_bytes() for r in fourth] == [Path(r["hypothesis"]).read_bytes() for r in here]
+    for r in rows:
+        (runs / spec.run_id() / Path(r["hypothesis"]).name.replace(f"{spec.run_id()}.", "")).unlink()
+    with pytest.raises(StepError, match=r"hypotheses of .* are gone: .*remove .*result\.json to decode it again"):
+        evaluate_run(spec, runs_dir=runs, results_dir=tmp_path / "fifth", log=quiet)
 
 
 def test_rows_name_other_structure_options_even_from_a_result_stored_before_the_column(trained, tmp_path):

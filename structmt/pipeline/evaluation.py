@@ -104,6 +104,38 @@ def keep_hypotheses(hyp: Path, kept: Path) -> Path:
     return kept
 
 
+def row_file(text: str) -> Path:
+    """The file a row's ``hypothesis`` column names (relative to the repository, or absolute)."""
+    path = Path(text)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def row_text(path: Path) -> str:
+    """``path`` as a row's ``hypothesis`` column names it: relative to the repository where it is inside."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def _kept_here(rows: list[dict[str, Any]], run_dir: Path, results_dir: Path, tgt: str) -> list[dict[str, Any]]:
+    """The stored ``rows`` of an evaluated run as ``results_dir``'s leaderboard holds them: a row kept in another
+    results folder gets its hypotheses kept in this one's ``hyps/`` too (:func:`keep_hypotheses`), so it never
+    names a file of a folder that may be removed. The file is the row's own, else the run folder's decoding."""
+    hyp_dir = results_dir / "hyps"
+    out = []
+    for row in rows:
+        path = row_file(row["hypothesis"])
+        if path.parent.resolve() != hyp_dir.resolve():
+            decoded = run_dir / f"{row['test_set'].partition('[')[0]}.{tgt}"
+            source = path if path.is_file() else decoded
+            if not source.is_file():
+                raise StepError(
+                    f"the hypotheses of {row['run_id']} on {row['test_set']} are gone: neither {path} "
+                    f"nor {decoded} exists; remove {run_dir / 'result.json'} to decode it again"
+                )
+            row = row | {"hypothesis": row_text(keep_hypotheses(source, hyp_dir / path.name))}
+        out.append(row)
+    return out
+
+
 def keep_training_log(run_dir: Path, logs_dir: Path) -> Path:
     """Keep a run's fairseq training log as ``<logs_dir>/<run id>.log.gz`` (gzip without a timestamp, so the
     same log gives the same bytes); returns its path. A resumed run's log holds every session that trained it,
@@ -194,10 +226,12 @@ def _evaluate_locked(
         # Rows of a slice or another direction, stored before those were named, get their labels
         stored = json.loads(done.read_text())
         rows_done = [row | row_labels(spec, row["test_set"].partition("[")[0]) for row in stored["rows"]]
+        rows_done = _kept_here(rows_done, run_dir, results_dir, spec.data.tgt)
         if baseline is not None and spec.model.structured:
             rows_done = _late_p_values(spec, runs_dir, baseline, rows_done, log)
+            late = [{k: r[k] for k in ("p_value_vs_dense", "bleu_ci95")} for r in rows_done]
             if [r["p_value_vs_dense"] for r in rows_done] != [r["p_value_vs_dense"] for r in stored["rows"]]:
-                stored["rows"] = rows_done
+                stored["rows"] = [r | p for r, p in zip(stored["rows"], late, strict=True)]
                 if stored.get("wandb") is not None:  # its W&B summary gets the p-values too (the same W&B run)
                     folder = _log_wandb(spec, run_dir, rows_done, runs_dir, wandb, stored["wandb_id"], log)
                     stored["wandb"] = folder or stored["wandb"]
@@ -271,7 +305,7 @@ def _evaluate_locked(
                 bleu_ci95=ci,
                 seed=spec.schedule.seed,
                 git_commit=git_commit(),
-                hypothesis=str(kept.relative_to(REPO_ROOT)) if kept.is_relative_to(REPO_ROOT) else str(kept),
+                hypothesis=row_text(kept),
                 train_commit=metrics.get("git_commit", ""),
                 machine=machine_label(),
                 options=labels["options"],
@@ -301,9 +335,9 @@ def _late_p_values(
         name = row["test_set"].partition("[")[0]
         base_hyp = runs_dir / baseline.run_id() / f"{name}.{spec.data.tgt}"
         if row["p_value_vs_dense"] == "" and base_hyp.exists():
-            hyp = Path(row["hypothesis"])
-            hyp = hyp if hyp.is_absolute() else REPO_ROOT / hyp
-            p_value, ci = paired_bootstrap(base_hyp, hyp, raw / f"{subsets[name]}.{spec.data.tgt}")
+            p_value, ci = paired_bootstrap(
+                base_hyp, row_file(row["hypothesis"]), raw / f"{subsets[name]}.{spec.data.tgt}"
+            )
             log(f"[{spec.run_id()}] {row['test_set']}: p-value against the dense run, left empty before: {p_value}")
             row = row | {"p_value_vs_dense": p_value, "bleu_ci95": ci}
         out.append(row)
