@@ -46,6 +46,10 @@ TINY = (
         (("--struct-window", "-1", "--struct-rare", "-1"), "--struct-window=-1 must be >= 0; --struct-rare=-1"),
         (("--cross-self-attention",), "--cross-self-attention: .*add --struct-apply encoder"),
         (
+            ("--decoder-xformers-att-config", '{"name": "scaled_dot_product"}'),
+            "--decoder-xformers-att-config: the decoder's self-attention is structured and does not run through",
+        ),
+        (
             ("--struct-cross-window", "2", "--criterion", "label_smoothed_cross_entropy_with_alignment"),
             "--criterion label_smoothed_cross_entropy_with_alignment supervises the cross-attention weights",
         ),
@@ -55,6 +59,14 @@ TINY = (
 def test_bad_configuration_fails_at_build_time(dict_dir, extra, message):
     with pytest.raises(ValueError, match=message):
         build(dict_dir, "structured_transformer_tiny", *TINY, *extra)
+
+
+def test_a_dense_block_on_xformers_is_not_adopted():
+    """A block built with an xFormers config (installed or not) would be adopted and its config ignored."""
+    dense = MultiheadAttention(16, 2, self_attention=True)
+    dense.use_xformers = True
+    with pytest.raises(ValueError, match="does not run through xFormers: leave --encoder-xformers-att-config"):
+        StructuredMultiheadAttention.from_dense(dense, Structure.from_roles(["syntactic"] * 2, window=1))
 
 
 def test_retain_dropout_keeps_attention_dropout_on_at_inference(dict_dir):
@@ -140,6 +152,29 @@ def test_wide_bands_everywhere_equal_the_dense_transformer(dict_dir):
     model.eval(), dense.eval()
     src, lengths, tgt = _batch()
     assert torch.allclose(model(src, lengths, tgt)[0], dense(src, lengths, tgt)[0], atol=1e-5)
+
+
+def test_quant_noise_acts_where_it_acts_on_the_dense_transformer(dict_dir, caplog):
+    """--quant-noise-pq rewrites the weights of the layers it noises at each training forward; fairseq's dense
+    self-attention reads its projection weights directly (never noised), its cross-attention and feed-forward
+    layers call theirs. The wide-band model noises the same weights, so it trains as the dense one does."""
+    huge = str(10**6)
+    wide = ("--struct-heads", "syn:4", "--struct-window", huge, "--struct-rare", "0", "--struct-cross-window", huge)
+    noise = ("--quant-noise-pq", "0.5", "--quant-noise-pq-block-size", "8")
+    with caplog.at_level("WARNING"):
+        _, model = build(dict_dir, "structured_transformer_tiny", *TINY, *wide, *noise, seed=3)
+    assert "--quant-noise-pq: as in fairseq's dense transformer" in caplog.text
+    _, dense = build(dict_dir, "transformer_tiny", *TINY, *noise, seed=3)
+    src, lengths, tgt = _batch()
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    outs = []
+    for m in (model.train(), dense.train()):
+        torch.manual_seed(0)
+        outs.append(m(src, lengths, tgt)[0])
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    noised = {k for k, v in dense.state_dict().items() if not torch.equal(v, before[k])}
+    assert any("encoder_attn" in k for k in noised) and not any("self_attn" in k for k in noised)
+    assert all(torch.equal(v, dense.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_dense_checkpoints_load_both_ways_and_init_matches(dict_dir):

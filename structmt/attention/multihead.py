@@ -86,11 +86,24 @@ def check_future_mask(attn_mask: Tensor, num_queries: int) -> Tensor:
 class _StructuredBase(MultiheadAttention):
     """What both structured blocks share: adopting a dense block, head split and the fairseq-shaped return."""
 
+    #: whether the projections run as modules, their hooks included. fairseq's dense self-attention reads their
+    #: weights directly (``F.multi_head_attention_forward``), so hooks on them, ``--quant-noise-pq``'s included,
+    #: never act on it in training; its cross-attention calls them. Each structured block does as its dense one.
+    calls_projections: bool = True
+
+    def _project(self, proj: torch.nn.Module, x: Tensor) -> Tensor:
+        return proj(x) if self.calls_projections else torch.nn.functional.linear(x, proj.weight, proj.bias)
+
     @classmethod
     def _adopt(cls: type[Block], dense: MultiheadAttention) -> Block:
         """A block of this class on the projections of ``dense`` (no new parameters)."""
         if dense.bias_k is not None or dense.add_zero_attn:
             raise ValueError("structured attention does not support add_bias_kv / add_zero_attn")
+        if getattr(dense, "use_xformers", False):
+            raise ValueError(
+                "structured attention does not run through xFormers: leave --encoder-xformers-att-config / "
+                "--decoder-xformers-att-config unset for a structured block"
+            )
         new = cls.__new__(cls)
         new.__dict__.update(dense.__dict__)
         return new
@@ -105,7 +118,7 @@ class _StructuredBase(MultiheadAttention):
         """``(B, H, T, D)`` → fairseq's ``(T, B, E)`` after the output projection, and the weights
         ``(B, T, S)`` averaged over heads, or ``(H, B, T, S)`` with ``need_head_weights``."""
         B, H, T, D = out.shape
-        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(T, B, H * D))
+        out = self._project(self.out_proj, out.permute(2, 0, 1, 3).reshape(T, B, H * D))
         if weights is None or not (need_weights or need_head_weights):
             return out, None
         return out, (weights.transpose(0, 1) if need_head_weights else weights.mean(dim=1))
@@ -127,6 +140,7 @@ class StructuredMultiheadAttention(_StructuredBase):
 
     structure: Structure
     impl: str
+    calls_projections = False  # as fairseq's dense self-attention (its fast path)
 
     def __init__(
         self,
@@ -200,7 +214,7 @@ class StructuredMultiheadAttention(_StructuredBase):
         context = context or current()
         if attn_mask is not None:
             _shared(context, ("future mask", id(attn_mask)), lambda: check_future_mask(attn_mask, T))
-        q, k, v = (self._heads(proj(query), B) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (self._heads(self._project(proj, query), B) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask.to(torch.bool)
         if self.structure.uses_rare and context is None:
@@ -390,6 +404,7 @@ class StructuredCrossAttention(_StructuredBase):
                     "(TokenContext.from_tokens(prefix, ..., incremental=True)) for the target position"
                 )
             first_query = context.first_position
+        q = self._heads(self.q_proj(query), B)  # before k and v, as fairseq's (the order quant noise draws in)
         buf = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
         if "prev_key" in buf:  # the source of this sentence was projected at the first step
             k, v, key_padding_mask = buf["prev_key"], buf["prev_value"], buf.get("prev_key_padding_mask")
@@ -406,7 +421,6 @@ class StructuredCrossAttention(_StructuredBase):
             if incremental_state is not None:
                 buf = {"prev_key": k, "prev_value": v, "prev_key_padding_mask": key_padding_mask}
                 self._set_input_buffer(incremental_state, buf)
-        q = self._heads(self.q_proj(query), B)
 
         def build() -> Plan:
             return cross_attention_plan(self.band, q, k, key_padding_mask, first_query)

@@ -275,6 +275,13 @@ class StructuredTransformerModel(TransformerModel):
                 "padding, and the band would move with how sentences are batched: leave targets right-padded "
                 "(fairseq's default)"
             )
+        for block in options.blocks():
+            if getattr(args, f"{block}_xformers_att_config", None):
+                raise ValueError(
+                    f"--{block}-xformers-att-config: the {block}'s self-attention is structured and does not run "
+                    f"through xFormers (the option would be ignored); leave it unset, or keep the {block} dense "
+                    "(--struct-apply)"
+                )
         if args.struct_heads_from:
             # keep the roles, not the file's path: the checkpoint rebuilds the model it was trained as
             args.struct_heads_from = roles_json(args.struct_heads_from)
@@ -288,6 +295,12 @@ class StructuredTransformerModel(TransformerModel):
         }
         for note in options.without_effect(roles):
             logger.warning(note)
+        if getattr(args, "quant_noise_pq", 0):
+            logger.warning(
+                "--quant-noise-pq: as in fairseq's dense transformer, whose self-attention reads its projection "
+                "weights directly, the self-attention projections get no quant noise; the cross-attention and "
+                "feed-forward layers do"
+            )
         return model
 
     @classmethod
