@@ -187,7 +187,7 @@ def fake_train(monkeypatch, tmp_path):
         return {"structured": ROW}
 
     monkeypatch.setattr(train, "machine", lambda: "test machine")
-    monkeypatch.setattr(train, "prepare_multi30k", lambda *a, **k: tmp_path / "bin")
+    monkeypatch.setattr(train, "prepare_dataset", lambda *a, **k: tmp_path / "bin")
     monkeypatch.setattr(train, "pseudo_documents", lambda spm, out, n: out)
     monkeypatch.setattr(train, "measure", measure)
 

@@ -248,6 +248,31 @@ def test_an_interrupted_copy_of_the_roles_file_leaves_no_truncated_file(tmp_path
     assert not (run_dir / "roles.json").exists() and not list(run_dir.glob(".roles.json.*"))
 
 
+def test_a_roles_file_rewritten_after_the_run_began_is_not_trained_under_the_old_id(tmp_path, monkeypatch):
+    """The run id hashes the roles file's content once; another job (structmt-analyze) rewriting the file
+    before the run copies it would train other roles under that id: refused, and no copy is left."""
+    roles = tmp_path / "roles.json"
+    shutil.copyfile(Path(__file__).parents[1] / "results" / "roles.json", roles)
+    spec = RunSpec(model=ModelSpec(heads_from=str(roles)), schedule=Schedule(max_update=20))
+    run_id = spec.run_id()
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path / "bin")
+    monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained other roles under the old id"))
+    real_lock = training.run_lock
+
+    def lock_then_rewrite(runs_dir, run):
+        mixes = json.loads(roles.read_text())
+        mixes["decoder"] = mixes["decoder"][::-1]
+        roles.write_text(json.dumps(mixes))
+        return real_lock(runs_dir, run)
+
+    monkeypatch.setattr(training, "run_lock", lock_then_rewrite)
+    with pytest.raises(StepError, match=rf"model.heads_from .*changed after this run began \(its id {run_id} "):
+        training.train_run(spec, runs_dir=tmp_path / "runs", log=quiet)
+    assert not (tmp_path / "runs" / run_id / "roles.json").exists()
+    assert spec.run_id() != run_id  # the new content: another run
+
+
 def test_an_archive_placed_in_the_cache_is_recorded_and_then_verified(tmp_path, capsys):
     cache = tmp_path / "download"
     cache.mkdir()

@@ -18,7 +18,8 @@ from typing import Any
 
 from ..attention.options import StructureConfig
 from ..console import setup
-from ..data.prepare import PrepConfig, binarize, prepare_multi30k
+from ..data.datasets import prepare_dataset
+from ..data.prepare import PrepConfig, binarize
 from ..fairseq_cli import train
 from ..files import DataError, int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR, RUNS_DIR
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cross_window >= 0:
         cross = ("--struct-cross-window", str(a.cross_window), "--struct-cross-slope", str(a.cross_slope))
         variants[f"cross{a.cross_window}"] = ("structured_transformer_multi30k", cross)
-    data = prepare_multi30k(RUNS_DIR / "data" / "multi30k_en_de", PrepConfig())
+    data = prepare_dataset("multi30k_en_de", RUNS_DIR / "data" / "multi30k_en_de", PrepConfig())  # locked, checked
     results: dict[str, Any] = {}
 
     def add(name: str, found: dict[str, dict[str, Any]]) -> None:

@@ -176,8 +176,9 @@ def evaluate_run(
     wandb: tracking.WandbSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Decode and score a trained run, add its leaderboard rows, log it to W&B (skipped when done)."""
-    with run_lock(runs_dir, spec.run_id()):
-        return _evaluate_locked(spec, runs_dir, results_dir, baseline, log, wandb)
+    run_id = spec.run_id()  # once: it hashes the roles file's content, which another job may rewrite meanwhile
+    with run_lock(runs_dir, run_id):
+        return _evaluate_locked(spec, run_id, runs_dir, results_dir, baseline, log, wandb)
 
 
 def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
@@ -211,13 +212,13 @@ def wandb_run_id(run_id: str, reruns: list[Path]) -> str:
 
 def _evaluate_locked(
     spec: RunSpec,
+    run_id: str,
     runs_dir: Path,
     results_dir: Path,
     baseline: RunSpec | None,
     log: Any,
     wandb: tracking.WandbSettings | None,
 ) -> list[dict[str, Any]]:
-    run_id = spec.run_id()
     run_dir = runs_dir / run_id
     done = run_dir / "result.json"
     csv_path = results_dir / "leaderboard.csv"

@@ -18,7 +18,7 @@ from ..checkpoints import checkpoint_updates, training_seconds
 from ..data.datasets import prepare_dataset
 from ..data.prepare import PrepConfig
 from ..data.stages import sha256_file
-from ..fairseq_cli import last_checkpoint, parse_train_log, train, train_log
+from ..fairseq_cli import StepError, last_checkpoint, parse_train_log, train, train_log
 from ..files import atomic_path, write_text_atomic
 from ..provenance import git_commit, machine_label
 from .spec import DataSpec, RunSpec, metrics_file
@@ -72,8 +72,9 @@ def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, A
     """
     git_commit()  # pin the commit of the code that trains
     bin_dir = prepare_data(spec, runs_dir)
-    with run_lock(runs_dir, spec.run_id()):
-        return _train_locked(spec, runs_dir, bin_dir, log)
+    run_id = spec.run_id()  # once: it hashes the roles file's content, which another job may rewrite meanwhile
+    with run_lock(runs_dir, run_id):
+        return _train_locked(spec, run_id, runs_dir, bin_dir, log)
 
 
 def carried_file(run_dir: Path) -> Path:
@@ -99,8 +100,7 @@ def run_lock(runs_dir: Path, run_id: str) -> FileLock:
     return FileLock(str(runs_dir / f".{run_id}.lock"))
 
 
-def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dict[str, Any]:
-    run_id = spec.run_id()
+def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, bin_dir: Path, log: Any) -> dict[str, Any]:
     run_dir = runs_dir / run_id
     metrics_path = metrics_file(run_dir)
     if metrics_path.exists():
@@ -125,6 +125,13 @@ def _train_locked(spec: RunSpec, runs_dir: Path, bin_dir: Path, log: Any) -> dic
         if roles is not None:  # the run keeps its own copy: decoding and translation load it from there
             copy_atomic(roles, run_dir / "roles.json")
             roles = run_dir / "roles.json"
+            if replace(spec, model=replace(spec.model, heads_from=str(roles))).run_id() != run_id:
+                roles.unlink()
+                raise StepError(
+                    f"model.heads_from {spec.model.heads_from} changed after this run began (its id {run_id} "
+                    "hashes the roles it had then; another job rewrote the file?): run the command again, "
+                    "which trains the roles the file holds now under their own id"
+                )
         args = spec.model.fairseq_args(roles) + spec.schedule.fairseq_args()
         header = f"# structmt {git_commit()} on {machine_label()}"
         if (start := spec.schedule.finetune_checkpoint(runs_dir)) is not None:
