@@ -74,7 +74,8 @@ def test_a_rerun_with_other_hypotheses_is_rows_and_a_wandb_run_of_its_own(runs):
     spec = runs(DENSE, outputs)
     result = runs.runs_dir / spec.run_id() / "result.json"
     first = _evaluate(runs, spec)
-    assert json.loads(result.read_text())["wandb_id"] == spec.run_id()
+    first_id = json.loads(result.read_text())["wandb_id"]
+    assert re.fullmatch(re.escape(spec.run_id()) + r"-[0-9a-f]{8}", first_id)
 
     result.unlink()  # evaluated again on another machine: other hypotheses
     outputs[0] = ["Ein Mann fährt Rad .", "Zwei Hunde .", "Eine Frau liest ."]
@@ -86,13 +87,13 @@ def test_a_rerun_with_other_hypotheses_is_rows_and_a_wandb_run_of_its_own(runs):
         assert re.fullmatch(re.escape(old["hypothesis"][: -len(".de")]) + r"\.[0-9a-f]{8}\.de", new["hypothesis"])
         assert new["bleu"] != old["bleu"]
     wandb_id = json.loads(result.read_text())["wandb_id"]
-    assert wandb_id.startswith(spec.run_id() + "-") and wandb_id != spec.run_id()
+    assert wandb_id.startswith(spec.run_id() + "-") and wandb_id != first_id
 
     result.unlink()  # the first evaluation's hypotheses again: no third pair of rows
     outputs[0] = ["Ein Mann fährt .", "Zwei Hunde .", "Eine Frau liest ."]
     _evaluate(runs, spec)
     assert len(_board(runs)) == 4
-    assert json.loads(result.read_text())["wandb_id"] == spec.run_id()
+    assert json.loads(result.read_text())["wandb_id"] == first_id
 
 
 def test_a_structured_runs_bootstrap_is_against_its_dense_partners_hypotheses(runs):
@@ -240,12 +241,36 @@ def test_a_p_value_filled_in_later_reaches_the_runs_wandb_summary(runs, monkeypa
     _evaluate(runs, structured, baseline=dense)
     _evaluate(runs, dense)
     rows = _evaluate(runs, structured, baseline=dense)
-    assert logged[0] == (structured.run_id(), ["", ""])
-    assert (
-        logged[-1] == (structured.run_id(), [r["p_value_vs_dense"] for r in rows]) and rows[0]["p_value_vs_dense"] != ""
-    )
+    wandb_id = json.loads((runs.runs_dir / structured.run_id() / "result.json").read_text())["wandb_id"]
+    assert logged[0] == (wandb_id, ["", ""])
+    assert logged[-1] == (wandb_id, [r["p_value_vs_dense"] for r in rows]) and rows[0]["p_value_vs_dense"] != ""
     _evaluate(runs, structured, baseline=dense)  # nothing new: not logged again
     assert len(logged) == 3
+
+
+def test_a_p_value_filled_in_while_wandb_was_off_reaches_it_later(runs, monkeypatch):
+    """The evaluation that fills a p-value in runs with logger=none (or W&B fails): the next one logs it."""
+    logged: list[list] = []
+    off = [False]
+
+    def log_wandb(spec, run_dir, records, runs_dir, wandb, wandb_id, log):
+        if off[0]:
+            return None
+        logged.append([r["p_value_vs_dense"] for r in records])
+        return "runs/wandb/offline-run-x"
+
+    monkeypatch.setattr(evaluation, "_log_wandb", log_wandb)
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ein Buch ."]])
+    _evaluate(runs, structured, baseline=dense)
+    _evaluate(runs, dense)
+    off[0] = True
+    rows = _evaluate(runs, structured, baseline=dense)  # fills the p-values in; W&B off
+    off[0] = False
+    _evaluate(runs, structured, baseline=dense)
+    assert logged[-1] == [r["p_value_vs_dense"] for r in rows] and rows[0]["p_value_vs_dense"] != ""
+    _evaluate(runs, structured, baseline=dense)
+    assert len(logged) == 3  # dense, structured, structured with its p-values: once each
 
 
 def test_runs_that_differ_only_in_the_beam_are_labelled_apart(runs):

@@ -290,7 +290,10 @@ def test_wandb_offline_run_holds_config_curve_and_scores(tmp_path, monkeypatch):
         "2026-01-01 | INFO | train_inner | epoch 001:    100 / 136 loss=9.8, nll_loss=9.4, ppl=685.9, wps=1988.8, "
         "num_updates=100, lr=0.0005\n"
     )
-    rows = [_row("run-x", bleu=31.25) | {"chrf": 57.5, "p_value_vs_dense": 0.04}]
+    rows = [
+        _row("run-x", bleu=31.25)
+        | {"chrf": 57.5, "p_value_vs_dense": 0.04, "bleu_ci95": "", "machine": "AMD EPYC (AVX512)", "params": "2350080"}
+    ]
     folder = log_experiment(
         "run-x",
         {"model": {"arch": "structured_transformer_multi30k", "window": 3}},
@@ -305,6 +308,24 @@ def test_wandb_offline_run_holds_config_curve_and_scores(tmp_path, monkeypatch):
     assert [h["train/loss"] for h in run["history"]] == [12.3, 9.8]
     assert run["summary"]["test_2016_flickr/bleu"] == 31.25
     assert run["summary"]["test_2016_flickr/p_value_vs_dense"] == 0.04
+    # the whole row, numbers as numbers, an empty cell left out: the provenance beside the scores
+    assert run["summary"]["test_2016_flickr/machine"] == "AMD EPYC (AVX512)"
+    assert run["summary"]["test_2016_flickr/git_commit"] == "abc"
+    assert run["summary"]["test_2016_flickr/params"] == 2350080
+    assert "test_2016_flickr/bleu_ci95" not in run["summary"]
+
+
+def test_a_wandb_run_that_fails_after_it_began_is_closed_and_removed(tmp_path, monkeypatch):
+    """A failure while logging (here: the training log is gone) leaves no open run and no half-logged folder."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.warns(UserWarning, match="W&B logging of run-x skipped"):
+        folder = log_experiment(
+            "run-x", {}, tmp_path / "missing.log", [_row("run-x")], tmp_path / "wandb", WandbSettings("offline")
+        )
+    assert folder is None and wandb.run is None
+    assert list((tmp_path / "wandb").rglob("offline-run-*")) == []
 
 
 def _tiny_train_log(tmp_path):
@@ -360,12 +381,13 @@ def test_a_rerun_is_a_wandb_run_of_its_own(tmp_path):
     first, hyp = tmp_path / "kept" / "r1.test_2016_flickr.de", tmp_path / "hyp.de"
     hyp.write_text("a\n")
     assert keep_hypotheses(hyp, first) == first
-    assert wandb_run_id("r1", []) == "r1"  # the first evaluation (and an identical re-run) is the run itself
+    first_id = wandb_run_id("r1", [first])
+    assert first_id.startswith("r1-") and first_id == wandb_run_id("r1", [hyp])  # the same output: the same run
     hyp.write_text("b\n")
     rerun = keep_hypotheses(hyp, first)
     assert rerun != first
-    other = wandb_run_id("r1", [rerun])
-    assert other.startswith("r1-") and other != "r1" and other == wandb_run_id("r1", [rerun])
+    other = wandb_run_id("r1", [rerun])  # in this results folder, or evaluated first in another one
+    assert other.startswith("r1-") and other != first_id and other == wandb_run_id("r1", [hyp])
     folder = log_experiment(
         "r1",
         {},

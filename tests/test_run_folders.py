@@ -193,10 +193,36 @@ def test_a_run_not_logged_to_wandb_is_logged_by_its_next_evaluation(trained, tmp
     assert json.loads(done.read_text())["wandb"] is None
     said: list[str] = []
     evaluate_run(spec, runs_dir=runs, results_dir=results, log=said.append, wandb=WandbSettings("offline"))
-    assert json.loads(done.read_text())["wandb"] == str(runs / "wandb" / f"offline-run-x-{spec.run_id()}")
+    wandb_id = json.loads(done.read_text())["wandb_id"]
+    assert json.loads(done.read_text())["wandb"] == str(runs / "wandb" / f"offline-run-x-{wandb_id}")
     assert any("W&B (offline): " in line for line in said)
     evaluate_run(spec, runs_dir=runs, results_dir=results, log=quiet, wandb=WandbSettings("offline"))
-    assert calls == [("disabled", spec.run_id()), ("offline", spec.run_id())]  # logged once, as the same W&B run
+    assert calls == [("disabled", wandb_id), ("offline", wandb_id)]  # logged once, as the same W&B run
+
+
+def test_a_wandb_run_carries_the_labels_the_leaderboard_tells_runs_apart_by(trained, tmp_path, monkeypatch):
+    """Two roles files were one W&B config (the file's path) and a vocabulary or training slice shared the full
+    data's group: the config names the rows' labels and the group is the rows' data column."""
+    from structmt.pipeline import tracking
+    from structmt.pipeline.tracking import WandbSettings
+
+    seen: list[tuple[dict, str]] = []
+
+    def log_experiment(run_id, config, train_log, rows, wandb_dir, settings=None, group=None, wandb_id=None):
+        seen.append((config, group))
+        return wandb_dir / "offline-run-x"
+
+    monkeypatch.setattr(tracking, "log_experiment", log_experiment)
+    spec = trained(DataSpec(**SMOKE), ModelSpec(arch="structured_transformer_multi30k", error="sink:1"))
+    rows = evaluate_run(spec, runs_dir=tmp_path / "runs", results_dir=tmp_path / "r", wandb=WandbSettings("offline"))
+    config, group = seen[0]
+    assert config["leaderboard"] == {
+        "data": "multi30k_en_de-vocab1000-train2000",
+        "heads": "auto",
+        "cross": "",
+        "options": "error=sink:1",
+    }
+    assert config["run_id"] == spec.run_id() and group == f"{rows[0]['data']}-{spec.schedule.name}"
 
 
 @pytest.mark.parametrize("short", ["baseline", "system"])

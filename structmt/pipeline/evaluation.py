@@ -200,14 +200,14 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
         return float(json.loads(kept.read_text())["bleu"])
 
 
-def wandb_run_id(run_id: str, reruns: list[Path]) -> str:
-    """The W&B run of one evaluation: ``run_id`` for the first; a re-run, whose differing hypotheses ``reruns``
-    were kept beside the first ones' (:func:`keep_hypotheses`; they are leaderboard rows of their own), gets a W&B
-    run of its own, ``<run_id>-<digest of their names>``, instead of overwriting the first one's scores."""
-    if not reruns:
-        return run_id
-    names = "\n".join(sorted(h.name for h in reruns))
-    return f"{run_id}-{hashlib.sha256(names.encode()).hexdigest()[:8]}"
+def wandb_run_id(run_id: str, hypotheses: list[Path]) -> str:
+    """The W&B run of one evaluation, ``<run_id>-<digest of its hypotheses' content>``: an evaluation whose output
+    differs (another machine or commit, in this results folder or another) is a W&B run of its own, never
+    resumed over the first one's scores; the same output again is the same W&B run."""
+    digest = hashlib.sha256()
+    for hyp in hypotheses:
+        digest.update(hashlib.sha256(hyp.read_bytes()).digest())
+    return f"{run_id}-{digest.hexdigest()[:8]}"
 
 
 def _evaluate_locked(
@@ -233,9 +233,8 @@ def _evaluate_locked(
             late = [{k: r[k] for k in ("p_value_vs_dense", "bleu_ci95")} for r in rows_done]
             if [r["p_value_vs_dense"] for r in rows_done] != [r["p_value_vs_dense"] for r in stored["rows"]]:
                 stored["rows"] = [r | p for r, p in zip(stored["rows"], late, strict=True)]
-                if stored.get("wandb") is not None:  # its W&B summary gets the p-values too (the same W&B run)
-                    folder = _log_wandb(spec, run_dir, rows_done, runs_dir, wandb, stored["wandb_id"], log)
-                    stored["wandb"] = folder or stored["wandb"]
+                if stored.get("wandb") is not None:  # its W&B summary gets the p-values too (the same W&B run):
+                    stored["wandb"] = None  # logged again below; until that succeeds, by every later evaluation
                 write_text_atomic(done, json.dumps(stored, indent=2) + "\n")
         added = leaderboard.add_rows(csv_path, rows_done)
         filled = fill_empty(csv_path, rows_done, ("p_value_vs_dense", "bleu_ci95"))
@@ -253,7 +252,6 @@ def _evaluate_locked(
     checkpoint = last_checkpoint(run_dir)  # the run folder's own: train.json's path is where it was trained
 
     rows: list[LeaderboardRow] = []
-    reruns: list[Path] = []
     hyp_dir = results_dir / "hyps"
     for subset, test_name in test_sets(spec.data.name).items():
         hyp = decode(
@@ -268,8 +266,6 @@ def _evaluate_locked(
         s = score(hyp, ref)
         first = hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}"
         kept = keep_hypotheses(hyp, first)
-        if kept != first:
-            reruns.append(kept)
         p_value, ci = "", ""
         if baseline is not None and spec.model.structured:
             base_hyp = runs_dir / baseline.run_id() / f"{test_name}.{spec.data.tgt}"
@@ -315,7 +311,7 @@ def _evaluate_locked(
     leaderboard.add_rows(csv_path, rows)
     leaderboard.publish(results_dir)
     records = [asdict(row) for row in rows]
-    wandb_id = wandb_run_id(run_id, reruns)
+    wandb_id = wandb_run_id(run_id, [row_file(r["hypothesis"]) for r in records])
     folder = _log_wandb(spec, run_dir, records, runs_dir, wandb, wandb_id, log)
     write_text_atomic(done, json.dumps({"rows": records, "wandb": folder, "wandb_id": wandb_id}, indent=2) + "\n")
     return records
@@ -354,19 +350,23 @@ def _log_wandb(
     wandb_id: str,
     log: Any,
 ) -> str | None:
-    """Log an evaluation to W&B; returns its local W&B folder (None: not logged, a later evaluation tries again)."""
+    """Log an evaluation (its leaderboard ``records``) to W&B; returns its local W&B folder (None: not logged, a
+    later evaluation tries again). The config carries the labels the leaderboard tells runs apart by (a roles
+    file's digest, the options without a column, the data's vocabulary and slice), and the group is the rows'
+    ``data`` column and schedule, so runs the leaderboard never averages together are never grouped together."""
+    run_id, labels = records[0]["run_id"], {k: records[0][k] for k in ("data", "heads", "cross", "options")}
     folder = tracking.log_experiment(
-        spec.run_id(),
-        asdict(spec),
+        run_id,
+        asdict(spec) | {"run_id": run_id, "leaderboard": labels},
         train_log(run_dir),
         records,
         runs_dir / "wandb",
         wandb,
-        group=f"{data_label(spec.data)}-{spec.schedule.name}",
+        group=f"{labels['data']}-{spec.schedule.name}",
         wandb_id=wandb_id,
     )
     if folder is None:
         return None
     mode = "offline" if folder.name.startswith("offline-") else "online"  # an online failure is logged offline
-    log(f"[{spec.run_id()}] W&B ({mode}): {folder}")
+    log(f"[{run_id}] W&B ({mode}): {folder}")
     return str(folder)

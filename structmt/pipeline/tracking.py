@@ -3,8 +3,9 @@ parsed from fairseq's log, final scores) and a leaderboard table per project.
 
 Offline by default (runs are written under ``runs/wandb`` and can be uploaded
 later with ``wandb sync``); online when ``WANDB_MODE=online`` or an API key is
-configured.  Logging never fails or blocks a run: errors become warnings, and a
-run that cannot be logged online is logged offline instead.
+configured.  Logging never fails a run: errors become warnings, and a run that
+cannot be logged online (W&B's server not answering within 60 s) is logged
+offline instead.
 """
 
 from __future__ import annotations
@@ -67,6 +68,20 @@ def _finish(run: Any) -> Path:
     return folder
 
 
+def _discard(run: Any) -> None:
+    """Close ``run`` after a failure and remove its local folder: no half-logged run is left to upload."""
+    import shutil
+
+    import wandb
+
+    folder = Path(run.dir).parent
+    try:
+        run.finish(exit_code=1)
+    finally:
+        wandb.teardown()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _init(wandb_dir: Path, mode: str, project: str, **kwargs: Any) -> Any:
     """``wandb.init`` of the run ``kwargs["id"]`` of ``project`` in ``mode`` (offline or online), resumed if it exists.
 
@@ -108,9 +123,11 @@ def log_experiment(
     group: str | None = None,
     wandb_id: str | None = None,
 ) -> Path | None:
-    """Log one evaluation of a run as the W&B run ``wandb_id`` (default: ``run_id``), named ``run_id``; returns
-    its local W&B folder (None if disabled or failed).  When online logging fails (no network on a compute
-    node, say) it is logged offline instead, to be uploaded later with ``wandb sync``."""
+    """Log one evaluation of a run as the W&B run ``wandb_id`` (default: ``run_id``), named ``run_id``: its
+    training curve and, per test set, every column of its leaderboard ``rows`` in the summary
+    (``test_2016_flickr/bleu``, ``…/git_commit``, ``…/machine``, …). Returns its local W&B folder (None if disabled
+    or failed; a run that fails after it began is closed and its folder removed). When online logging fails (no
+    network on a compute node, say) it is logged offline instead, to be uploaded later with ``wandb sync``."""
     settings = settings or WandbSettings()
 
     def log(mode: str) -> Path:
@@ -124,14 +141,17 @@ def log_experiment(
             config=config,
             job_type="experiment",
         )
-        for point in training_curve(train_log):
-            step = int(point.pop("num_updates"))
-            run.log({f"train/{k}": v for k, v in point.items()}, step=step)
-        for row in rows:
-            for metric in ("bleu", "chrf", "p_value_vs_dense"):
-                if row.get(metric) not in ("", None):
-                    run.summary[f"{row['test_set']}/{metric}"] = float(row[metric])
-            run.summary[f"{row['test_set']}/bleu_signature"] = row["bleu_signature"]
+        try:
+            for point in training_curve(train_log):
+                step = int(point.pop("num_updates"))
+                run.log({f"train/{k}": v for k, v in point.items()}, step=step)
+            for row in rows:  # the whole leaderboard row: scores, signatures, commits, machine, labels, file
+                for column, value in row.items():
+                    if column not in ("run_id", "test_set") and value not in ("", None):
+                        run.summary[f"{row['test_set']}/{column}"] = _cell(column, value)
+        except Exception:
+            _discard(run)
+            raise
         return _finish(run)
 
     return _logged(f"W&B logging of {run_id}", settings, log)
