@@ -137,6 +137,16 @@ def test_architecture_data_and_role_mix_are_checked_before_training(overrides, m
     _rejects(message, *overrides)
 
 
+def test_a_roles_file_is_checked_for_the_blocks_it_structures_as_the_plugin_checks_it(tmp_path):
+    """A roles file of the encoder alone fits model.apply=encoder (the plugin takes it); the pipeline refused it."""
+    roles = tmp_path / "roles.json"
+    roles.write_text('{"encoder": ["pos:1,syn:2,rare:1"]}')
+    assert ModelSpec(heads_from=str(roles), apply="encoder").problems() == []
+    assert ModelSpec(heads_from=str(roles), apply="encoder").options(roles).problems() == []  # the plugin's check
+    (problem,) = ModelSpec(heads_from=str(roles)).problems()  # decoder too, by default
+    assert problem.startswith(f"model.heads_from={str(roles)!r}") and "'decoder'" in problem
+
+
 def test_role_mix_check_sees_the_head_count_that_extra_args_set():
     validate(
         _compose(

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..attention.options import PREFIX, StructureConfig, short, spec_fields, to_fairseq_args
-from ..attention.structure import roles_from_file
 from ..data.prepare import MULTI30K_VOCAB
 from ..data.stages import sha256_file
 from ..fairseq_cli import last_checkpoint
@@ -53,7 +52,8 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
         return self.arch.startswith("structured_")
 
     def roles_path(self) -> Path | None:
-        """The roles file, checked (a relative path is taken from the current directory, then the repository)."""
+        """The roles file (a relative path is taken from the current directory, then the repository); its content
+        is checked with the other options (:meth:`problems`: the blocks ``apply`` structures, as the plugin does)."""
         if not (self.structured and self.heads_from):
             return None
         places = (Path(self.heads_from).expanduser(), REPO_ROOT / self.heads_from)
@@ -62,8 +62,6 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
             raise ValueError(
                 f"model.heads_from {self.heads_from}: no such file (structmt-analyze writes results/roles.json)"
             )
-        for block in ("encoder", "decoder"):
-            roles_from_file(found, block, option="model.heads_from")
         return found.resolve()
 
     def options(self, roles: Path | None = None) -> StructureConfig:
