@@ -407,10 +407,16 @@ def test_only_triton_and_auto_on_cuda_run_the_triton_kernel(monkeypatch):
     assert paths == {"auto": "triton", "triton": "triton"}
     assert {functional.candidate_kernel(kernel, cuda_q, v, 0.0) for kernel in ("efficient", "reference")} == {"gather"}
     cpu_q = torch.empty(1, 1, 1, 64)
-    fused = "fused" if functional.fused_kernel_usable(cpu_q, 0.0) else "gather"
+    fused = "fused" if functional.fused_kernel_usable(cpu_q, v, 0.0) else "gather"
     assert functional.candidate_kernel("auto", cpu_q, v, 0.0) == fused  # no CUDA: never Triton unless asked
     assert functional.candidate_kernel("triton", cpu_q, v, 0.0) == "triton"
-    with pytest.raises(ValueError, match="kernel must be one of"):
+    # auto's path follows the same rule: a v of another head size has no fused kernel, so short rows stay dense
+    structure = Structure.from_roles(["syntactic"], window=3)
+    assert functional.choose_impl("auto", structure, 16, cpu_q, torch.empty(1, 1, 1, 32), 0.0) == "reference"
+    assert functional.choose_impl("auto", structure, 16, cpu_q, v, 0.0) == (
+        "efficient" if fused == "fused" else "reference"
+    )
+    with pytest.raises(ValueError, match="impl must be one of"):
         functional.candidate_kernel("fast", cpu_q, v, 0.0)
 
 

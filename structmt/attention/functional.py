@@ -328,7 +328,7 @@ def attend(
             f"the plan is for {B} sequences, {H} heads, {Tq} queries and {S} keys; "
             f"got q {tuple(q.shape)}, k {tuple(k.shape)}"
         )
-    path = choose_impl(impl, plan.structure, S, q, dropout_p)
+    path = choose_impl(impl, plan.structure, S, q, v, dropout_p)
     if path == "reference" or S == 0:  # no key to gather from: the dense path gives every query its zero row
         kv_pos = torch.arange(S, device=q.device)
         out, weights = reference_attention(q, k, v, plan.supports, plan.sink_eps, plan.q_pos, kv_pos, dropout_p)
@@ -382,11 +382,10 @@ def candidate_kernel(kernel: str, q: Tensor, v: Tensor, dropout_p: float) -> str
     """Which code :func:`attend_candidates` runs for ``kernel`` (one of :data:`IMPLS`): ``triton``, ``fused``
     (the C++ kernel) or ``gather``.  Only ``triton``, and ``auto`` on CUDA, run Triton: ``--struct-impl
     efficient`` or ``reference`` keep a GPU job off it (a node where Triton cannot compile, say)."""
-    if kernel not in IMPLS:
-        raise ValueError(f"kernel must be one of {IMPLS}, got {kernel!r}")
+    check_impl(kernel)
     if kernel == "triton" or (kernel == "auto" and q.is_cuda and triton_kernel.available(q.device)):
         return "triton"
-    return "fused" if fused_kernel_usable(q, dropout_p) and v.size(-1) == q.size(-1) else "gather"
+    return "fused" if fused_kernel_usable(q, v, dropout_p) else "gather"
 
 
 def _load_kernels() -> Any:
@@ -401,9 +400,10 @@ def _load_kernels() -> Any:
 _KERNELS = _load_kernels()
 
 
-def fused_kernel_usable(q: Tensor, dropout_p: float) -> bool:
-    """The C++ kernel covers float32 CPU tensors without attention dropout (and ``v``'s head dim = ``q``'s)."""
-    return _KERNELS is not None and q.device.type == "cpu" and q.dtype == torch.float32 and dropout_p == 0.0
+def fused_kernel_usable(q: Tensor, v: Tensor, dropout_p: float) -> bool:
+    """The C++ kernel covers float32 CPU tensors without attention dropout, ``v``'s head dim ``q``'s."""
+    cpu32 = q.device.type == "cpu" and q.dtype == torch.float32
+    return _KERNELS is not None and cpu32 and dropout_p == 0.0 and v.size(-1) == q.size(-1)
 
 
 class FusedCandidateAttention(torch.autograd.Function):
@@ -435,7 +435,9 @@ def check_impl(impl: str) -> None:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
-def choose_impl(impl: str, structure: Structure | CrossBand, num_keys: int, q: Tensor, dropout_p: float) -> str:
+def choose_impl(
+    impl: str, structure: Structure | CrossBand, num_keys: int, q: Tensor, v: Tensor, dropout_p: float
+) -> str:
     """The path ``impl`` runs on: ``reference`` (dense mask), ``efficient`` (candidates, best kernel
     at hand) or ``triton`` (candidates, the Triton kernel).
 
@@ -447,10 +449,9 @@ def choose_impl(impl: str, structure: Structure | CrossBand, num_keys: int, q: T
     check_impl(impl)
     if impl != "auto":
         return impl
-    if q.is_cuda and triton_kernel.available(q.device):
-        return "triton"
-    if fused_kernel_usable(q, dropout_p):
-        return "efficient"
+    kernel = candidate_kernel("auto", q, v, dropout_p)  # the one rule for which kernel runs
+    if kernel != "gather":
+        return "triton" if kernel == "triton" else "efficient"
     return "efficient" if num_keys >= 4 * structure.keys_per_query and num_keys > 64 else "reference"
 
 
