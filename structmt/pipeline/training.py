@@ -15,7 +15,7 @@ from typing import Any
 from filelock import FileLock
 
 from ..checkpoints import checkpoint_updates, training_seconds
-from ..data.datasets import prepare_dataset
+from ..data.datasets import default_vocab, prepare_dataset
 from ..data.prepare import PrepConfig
 from ..data.stages import sha256_file
 from ..fairseq_cli import StepError, last_checkpoint, parse_train_log, train, train_log
@@ -59,7 +59,7 @@ def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
     # one folder per preparation setting (direction, vocabulary, slices), so concurrent jobs with other
     # settings never share stages; en→de at the defaults keeps the name it always had (runs/data/multi30k_en_de)
     variant = {"vocab_size": d.vocab_size, "max_train_lines": d.max_train_lines, "max_eval_lines": d.max_eval_lines}
-    default = {"vocab_size": DataSpec.vocab_size, "max_train_lines": 0, "max_eval_lines": 0}
+    default = {"vocab_size": default_vocab(d.name), "max_train_lines": 0, "max_eval_lines": 0}  # as rows label it
     label = data_label(d)
     folder = label if variant == default else f"{label}-{hashlib.sha256(repr(variant).encode()).hexdigest()[:6]}"
     return prepare_dataset(d.name, runs_dir / "data" / folder, cfg, d.base_url)
