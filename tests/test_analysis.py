@@ -512,7 +512,12 @@ def test_extraction_in_batches_equals_one_sentence_at_a_time(data_bin, arch, fli
     flips = ["--left-pad-source", "--left-pad-target"] if flip else []  # sources right-, targets left-padded
     task, model = build(data_bin, arch, *(size if arch == "transformer" else []), *flips)
     assert (task.cfg.left_pad_source, task.cfg.left_pad_target) == (not flip, flip)
-    batched = {s.sample_id: s for s in iterate(model, task, "test", batch_size=32)}
+    batched = {}
+    for s in iterate(model, task, "test", batch_size=32):  # between sentences the model is its own again
+        batched[s.sample_id] = s
+        for layer in model.encoder.layers:
+            assert "forward" not in vars(layer.self_attn)
+            assert layer.self_attn.skip_embed_dim_check is False
     alone = list(iterate(model, task, "test", batch_size=1))
     assert len(alone) == len(batched) == 60
     for s in alone:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
-
-BLOCKS = ("encoder", "decoder", "cross")
 
 
 @dataclass
@@ -37,6 +36,7 @@ class _Recorder:
 
     def __init__(self, module: Any) -> None:
         self.module, self.original = module, module.forward
+        self.own = "forward" in vars(module)  # an instance's own forward (else the class's: removed again)
         self.weights: Tensor | None = None
         module.forward = self
         # fairseq's fast path (F.multi_head_attention_forward) only returns head-averaged weights;
@@ -54,53 +54,57 @@ class _Recorder:
         return out, (weights.mean(0) if wanted and weights is not None else None)
 
     def remove(self) -> None:
-        self.module.forward = self.original
+        if self.own:
+            self.module.forward = self.original
+        else:
+            del self.module.forward
         self.module.skip_embed_dim_check = self.skip
 
 
-def iterate(
-    model: Any, task: Any, subset: str = "test", batch_size: int = 32, src_lengths: set[int] | None = None
-) -> Iterator[SentenceAttention]:
-    """Yield the attention of every sentence of ``subset`` (optionally only given source lengths)."""
-    task.load_dataset(subset)
-    dataset = task.dataset(subset)
-    pad = task.source_dictionary.pad()
-    recorders = {block: [_Recorder(m) for m in mods] for block, mods in _attention_modules(model).items()}
+@contextmanager
+def _recording(model: Any) -> Iterator[dict[str, list[_Recorder]]]:
+    """The model's attention modules recording their per-head weights, for one forward: restored on exit."""
+    recorders = {block: [] for block in _attention_modules(model)}
     try:
-        itr = task.get_batch_iterator(
-            dataset=dataset, max_sentences=batch_size, required_batch_size_multiple=1, max_positions=None
-        ).next_epoch_itr(shuffle=False)
-        with torch.no_grad():
-            for sample in itr:
-                src = sample["net_input"]["src_tokens"]
-                keep = [
-                    i for i in range(src.size(0)) if src_lengths is None or int((src[i] != pad).sum()) in src_lengths
-                ]
-                if not keep:
-                    continue
-                model(**sample["net_input"])
-                tgt = sample["net_input"]["prev_output_tokens"]
-                for i in keep:
-                    # padding on either side (fairseq's --left-pad-source and --left-pad-target)
-                    src_pos = (src[i] != pad).nonzero().flatten()
-                    tgt_pos = (tgt[i] != pad).nonzero().flatten()
-                    item = SentenceAttention(
-                        int(sample["id"][i]), len(src_pos), len(tgt_pos), src_tokens=src[i, src_pos].clone()
-                    )
-                    for block, recs in recorders.items():
-                        layers = []
-                        for rec in recs:
-                            w = rec.weights[:, i]
-                            if block == "encoder":
-                                w = w[:, src_pos][:, :, src_pos]
-                            elif block == "decoder":
-                                w = w[:, tgt_pos][:, :, tgt_pos]
-                            else:
-                                w = w[:, tgt_pos][:, :, src_pos]
-                            layers.append(w.float().clone())
-                        item.weights[block] = layers
-                    yield item
+        for block, mods in _attention_modules(model).items():
+            recorders[block] += [_Recorder(m) for m in mods]
+        yield recorders
     finally:
         for recs in recorders.values():
             for rec in recs:
                 rec.remove()
+
+
+def iterate(model: Any, task: Any, subset: str = "test", batch_size: int = 32) -> Iterator[SentenceAttention]:
+    """Yield the attention of every sentence of ``subset``, teacher-forced. The model is patched only while a
+    batch runs (never between the sentences yielded)."""
+    task.load_dataset(subset)
+    dataset = task.dataset(subset)
+    pad = task.source_dictionary.pad()
+    itr = task.get_batch_iterator(
+        dataset=dataset, max_sentences=batch_size, required_batch_size_multiple=1, max_positions=None
+    ).next_epoch_itr(shuffle=False)
+    for sample in itr:
+        with torch.no_grad(), _recording(model) as recorders:
+            model(**sample["net_input"])
+        src, tgt = sample["net_input"]["src_tokens"], sample["net_input"]["prev_output_tokens"]
+        for i in range(src.size(0)):
+            # padding on either side (fairseq's --left-pad-source and --left-pad-target)
+            src_pos = (src[i] != pad).nonzero().flatten()
+            tgt_pos = (tgt[i] != pad).nonzero().flatten()
+            item = SentenceAttention(
+                int(sample["id"][i]), len(src_pos), len(tgt_pos), src_tokens=src[i, src_pos].clone()
+            )
+            for block, recs in recorders.items():
+                layers = []
+                for rec in recs:
+                    w = rec.weights[:, i]
+                    if block == "encoder":
+                        w = w[:, src_pos][:, :, src_pos]
+                    elif block == "decoder":
+                        w = w[:, tgt_pos][:, :, tgt_pos]
+                    else:
+                        w = w[:, tgt_pos][:, :, src_pos]
+                    layers.append(w.float().clone())
+                item.weights[block] = layers
+            yield item
