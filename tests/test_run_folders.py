@@ -48,16 +48,19 @@ def test_each_direction_and_slice_is_prepared_in_a_folder_of_its_own(monkeypatch
             "wmt14 at 8000": DataSpec(name="wmt14_en_de", vocab_size=8000),
         }.items()
     }
-    assert folders == {  # en→de keeps the folders it always had
-        "en-de": "data/multi30k_en_de",
-        "en-de smoke": "data/multi30k_en_de-9bc7c0",
-        "de-en": "data/multi30k_en_de-de-en",
-        "de-en smoke": "data/multi30k_en_de-de-en-9bc7c0",
-        "en-fr": "data/multi30k_en_de-en-fr",
-        # the default as rows name it (data/datasets.py's default_vocab): no hash, and no row label either
-        "wmt14 at its default vocabulary": "data/wmt14_en_de",
-        "wmt14 at 8000": "data/wmt14_en_de-" + folders["wmt14 at 8000"][-6:],
-    }
+    assert (
+        folders
+        == {  # en→de keeps the folders it always had
+            "en-de": "data/multi30k_en_de",
+            "en-de smoke": "data/multi30k_en_de-9bc7c0",
+            "de-en": "data/multi30k_en_de-de-en",
+            "de-en smoke": "data/multi30k_en_de-de-en-9bc7c0",
+            "en-fr": "data/multi30k_en_de-en-fr",
+            # the default as rows name it (data/datasets.py's default_vocab): no hash, and no row label either
+            "wmt14 at its default vocabulary": "data/wmt14_en_de",
+            "wmt14 at 8000": "data/wmt14_en_de-" + folders["wmt14 at 8000"][-6:],
+        }
+    )
     assert folders["wmt14 at 8000"] != "data/wmt14_en_de"
     assert training.data_label(DataSpec(name="wmt16_en_ro", src="en", tgt="ro")) == "wmt16_en_ro"
 
