@@ -124,7 +124,7 @@ def test_the_cpu_cli_passes_parsed_lists_and_prints_what_the_flex_ratio_times(tm
     ],
 )  # fmt: skip
 def test_train_refuses_bad_options_before_measuring(argv, message, monkeypatch, capsys):
-    monkeypatch.setattr(train, "prepare_multi30k", _no_measurement)
+    monkeypatch.setattr(train, "prepare_dataset", _no_measurement)
     monkeypatch.setattr(train, "measure", _no_measurement)
     assert _argparse_error(train.main, argv, capsys).endswith(f": error: {message}")
 
