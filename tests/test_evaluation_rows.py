@@ -228,10 +228,16 @@ def test_a_structured_run_without_its_dense_partners_hypotheses_says_why_its_p_v
     )
 
 
-def test_a_p_value_filled_in_later_reaches_the_runs_wandb_summary(runs, monkeypatch):
+@pytest.mark.parametrize("off_when_filled", [False, True])
+def test_a_p_value_filled_in_later_reaches_the_runs_wandb_summary(runs, monkeypatch, off_when_filled):
+    """Logged by the evaluation that fills it in, or, when W&B was off then (logger=none, or W&B failing), by
+    the next evaluation with it on; then never again."""
     logged: list[tuple[str, list]] = []
+    off = [False]
 
     def log_wandb(spec, run_dir, records, runs_dir, wandb, wandb_id, log):
+        if off[0]:
+            return None
         logged.append((wandb_id, [r["p_value_vs_dense"] for r in records]))
         return "runs/wandb/offline-run-x"
 
@@ -240,37 +246,16 @@ def test_a_p_value_filled_in_later_reaches_the_runs_wandb_summary(runs, monkeypa
     structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ein Buch ."]])
     _evaluate(runs, structured, baseline=dense)
     _evaluate(runs, dense)
-    rows = _evaluate(runs, structured, baseline=dense)
+    off[0] = off_when_filled
+    rows = _evaluate(runs, structured, baseline=dense)  # fills the p-values in
+    off[0] = False
+    if off_when_filled:
+        _evaluate(runs, structured, baseline=dense)
     wandb_id = json.loads((runs.runs_dir / structured.run_id() / "result.json").read_text())["wandb_id"]
     assert logged[0] == (wandb_id, ["", ""])
     assert logged[-1] == (wandb_id, [r["p_value_vs_dense"] for r in rows]) and rows[0]["p_value_vs_dense"] != ""
     _evaluate(runs, structured, baseline=dense)  # nothing new: not logged again
-    assert len(logged) == 3
-
-
-def test_a_p_value_filled_in_while_wandb_was_off_reaches_it_later(runs, monkeypatch):
-    """The evaluation that fills a p-value in runs with logger=none (or W&B fails): the next one logs it."""
-    logged: list[list] = []
-    off = [False]
-
-    def log_wandb(spec, run_dir, records, runs_dir, wandb, wandb_id, log):
-        if off[0]:
-            return None
-        logged.append([r["p_value_vs_dense"] for r in records])
-        return "runs/wandb/offline-run-x"
-
-    monkeypatch.setattr(evaluation, "_log_wandb", log_wandb)
-    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
-    structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ein Buch ."]])
-    _evaluate(runs, structured, baseline=dense)
-    _evaluate(runs, dense)
-    off[0] = True
-    rows = _evaluate(runs, structured, baseline=dense)  # fills the p-values in; W&B off
-    off[0] = False
-    _evaluate(runs, structured, baseline=dense)
-    assert logged[-1] == [r["p_value_vs_dense"] for r in rows] and rows[0]["p_value_vs_dense"] != ""
-    _evaluate(runs, structured, baseline=dense)
-    assert len(logged) == 3  # dense, structured, structured with its p-values: once each
+    assert len(logged) == 3  # the structured run, the dense run, the structured run with its p-values
 
 
 def test_runs_that_differ_only_in_the_beam_are_labelled_apart(runs):
