@@ -180,7 +180,7 @@ def test_graph_of_structmt_sees_known_imports(graph):
     assert "structmt.models" in graph["structmt"]  # relative, in a package __init__
     assert "structmt.pipeline.tracking" in graph["structmt.pipeline.leaderboard"]  # inside a function
     assert "structmt.pipeline.leaderboard" in graph["structmt.pipeline.evaluation"]  # from . import leaderboard
-    assert "structmt.attention.structure" in graph["structmt.pipeline.spec"]  # from ..attention.structure import
+    assert "structmt.attention.options" in graph["structmt.pipeline.spec"]  # from ..attention.options import
 
 
 def test_a_planted_cycle_is_found(graph):
