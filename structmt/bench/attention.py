@@ -61,7 +61,9 @@ QUADRATIC = ("sdpa", "fairseq_mha", "reference")
 
 
 def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[], Any], bool]:
-    """A closure running one step of ``impl``; returns it and whether it includes the backward pass."""
+    """A closure running one step of ``impl``; returns it and whether it includes the backward pass.
+    ``efficient_grad`` (not in :data:`CPU_IMPLS`): ``efficient`` with a contiguous upstream gradient, as a model's
+    output projection gives, instead of ``out.sum()``'s expanded one (``scripts/efficient_grad_memory.py``)."""
     import torch.nn.functional as F
 
     from structmt.attention import structured_attention
@@ -80,12 +82,13 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
             fresh(q, k, v)
 
         return sdpa_step, True
-    if impl in ("reference", "efficient"):
+    if impl in ("reference", "efficient", "efficient_grad"):
         q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+        path, grad = impl.removesuffix("_grad"), torch.randn_like(q) if impl == "efficient_grad" else None
 
         def structured_step():
-            out = structured_attention(q, k, v, window=window, rare_index=rare_index, impl=impl, structure=structure)
-            out.sum().backward()
+            out = structured_attention(q, k, v, window=window, rare_index=rare_index, impl=path, structure=structure)
+            out.sum().backward() if grad is None else out.backward(grad)
             fresh(q, k, v)
 
         return structured_step, True
