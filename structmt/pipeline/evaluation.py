@@ -253,6 +253,7 @@ def _evaluate_locked(
 
     rows: list[LeaderboardRow] = []
     hyp_dir = results_dir / "hyps"
+    base_dir = runs_dir / baseline.run_id() if baseline is not None and spec.model.structured else None
     for subset, test_name in test_sets(spec.data.name).items():
         hyp = decode(
             bin_dir,
@@ -267,8 +268,8 @@ def _evaluate_locked(
         first = hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}"
         kept = keep_hypotheses(hyp, first)
         p_value, ci = "", ""
-        if baseline is not None and spec.model.structured:
-            base_hyp = runs_dir / baseline.run_id() / f"{test_name}.{spec.data.tgt}"
+        if base_dir is not None:
+            base_hyp = base_dir / f"{test_name}.{spec.data.tgt}"
             if base_hyp.exists():
                 p_value, ci = paired_bootstrap(base_hyp, hyp, ref)
             else:
@@ -327,15 +328,16 @@ def _late_p_values(
         return rows
     subsets = {name: subset for subset, name in test_sets(spec.data.name).items()}
     raw = prepare_data(spec, runs_dir).parent / "raw"
+    base_dir = runs_dir / baseline.run_id()
     out = []
     for row in rows:
         name = row["test_set"].partition("[")[0]
-        base_hyp = runs_dir / baseline.run_id() / f"{name}.{spec.data.tgt}"
+        base_hyp = base_dir / f"{name}.{spec.data.tgt}"
         if row["p_value_vs_dense"] == "" and base_hyp.exists():
             p_value, ci = paired_bootstrap(
                 base_hyp, row_file(row["hypothesis"]), raw / f"{subsets[name]}.{spec.data.tgt}"
             )
-            log(f"[{spec.run_id()}] {row['test_set']}: p-value against the dense run, left empty before: {p_value}")
+            log(f"[{row['run_id']}] {row['test_set']}: p-value against the dense run, left empty before: {p_value}")
             row = row | {"p_value_vs_dense": p_value, "bleu_ci95": ci}
         out.append(row)
     return out

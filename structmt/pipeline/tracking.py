@@ -11,6 +11,7 @@ offline instead.
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,6 @@ def _finish(run: Any) -> Path:
 
 def _discard(run: Any) -> None:
     """Close ``run`` after a failure and remove its local folder: no half-logged run is left to upload."""
-    import shutil
-
     import wandb
 
     folder = Path(run.dir).parent
