@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .console import say
 from .files import atomic_path, write_text_atomic
-from .paths import PLUGIN_DIR
+from .paths import PLUGIN_DIR, RunFolder
 
 #: the decoding length limit every structmt decode uses: at most ``MAX_LEN_A * source length + MAX_LEN_B``
 #: target tokens (fairseq-generate's --max-len-a / --max-len-b; fairseq's own defaults are 0 and 200). fairseq
@@ -33,22 +33,12 @@ from .paths import PLUGIN_DIR
 MAX_LEN_A, MAX_LEN_B = 1.2, 10
 
 
-def train_log(run_dir: Path) -> Path:
-    """The log :func:`train` appends fairseq-train's output to."""
-    return run_dir / "train.log"
-
-
-def trainer_pid_file(run_dir: Path) -> Path:
-    """Where :func:`train` keeps the process id of the fairseq-train it runs, while it runs."""
-    return run_dir / "trainer.pid"
-
-
 def live_trainer(run_dir: Path) -> int | None:
     """The process id of a fairseq-train still training ``run_dir`` (its pipeline killed, itself not), else
     None: the process of ``trainer.pid``, written on this machine, if it runs with this folder's checkpoints
     as its ``--save-dir`` (read from ``/proc``, else from ``ps``; a process that cannot be read is not one)."""
     try:
-        pid_text, _, host = trainer_pid_file(run_dir).read_text().strip().partition(" ")
+        pid_text, _, host = RunFolder(run_dir).trainer_pid.read_text().strip().partition(" ")
         pid = int(pid_text)
     except (FileNotFoundError, ValueError):
         return None
@@ -66,15 +56,10 @@ def live_trainer(run_dir: Path) -> int | None:
     return pid if str(save_dir(run_dir)) in args else None
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint :func:`train` resumes from and the pipeline decodes."""
-    return run_dir / "checkpoints" / "checkpoint_last.pt"
-
-
 def save_dir(run_dir: Path) -> Path:
     """fairseq-train's ``--save-dir`` for ``run_dir``, resolved: how :func:`live_trainer` finds a trainer of it
     in a process list, however the runs folder was spelt."""
-    return last_checkpoint(run_dir).parent.resolve()
+    return RunFolder(run_dir).checkpoints.resolve()
 
 
 class StepError(RuntimeError):
@@ -234,6 +219,7 @@ def train(
 ) -> TrainResult:
     """``fairseq-train`` into ``run_dir/checkpoints``; resumes from ``checkpoint_last.pt`` when present.
     ``carried``: as :func:`parse_train_log` takes it."""
+    run = RunFolder(run_dir)
     cmd = [
         sys.executable,
         "-m",
@@ -254,11 +240,11 @@ def train(
         raise StepError(
             f"fairseq-train (process {pid}) is still training {run_dir}: a pipeline that started it was killed "
             f"and left it running. Wait for it to end, or stop it (kill {pid}), then run again: the run resumes "
-            f"from its last checkpoint (if process {pid} is not fairseq-train, delete {trainer_pid_file(run_dir)})"
+            f"from its last checkpoint (if process {pid} is not fairseq-train, delete {run.trainer_pid})"
         )
-    with _watching(train_log(run_dir), _train_progress(f"[{run_dir.name}]", max_update)):
-        wall = _run(cmd, train_log(run_dir), env, trainer_pid_file(run_dir))
-    return parse_train_log(train_log(run_dir), last_checkpoint(run_dir), wall, carried)
+    with _watching(run.train_log, _train_progress(f"[{run_dir.name}]", max_update)):
+        wall = _run(cmd, run.train_log, env, run.trainer_pid)
+    return parse_train_log(run.train_log, run.last_checkpoint, wall, carried)
 
 
 def parse_train_log(

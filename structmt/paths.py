@@ -1,9 +1,120 @@
-"""Where things are: the repository checkout, the plugin folder (``--user-dir``), and the default folders
-of results (committed) and runs (checkpoints, data, W&B files; not committed)."""
+"""Where things are: the repository checkout, the plugin folder (``--user-dir``), the default folders of
+results (committed) and runs (checkpoints, data, W&B files; not committed), and the files the pipeline keeps
+in a run's folder and in a results folder (named here, once)."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PLUGIN_DIR.parent
 RESULTS_DIR = REPO_ROOT / "results"
 RUNS_DIR = REPO_ROOT / "runs"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder, ``<runs>/<run id>/``: what training writes there (it translates on its own from it)
+    and what evaluating it adds."""
+
+    path: Path
+
+    @property
+    def spec(self) -> Path:
+        """The run's settings (a ``RunSpec``), written when its training starts."""
+        return self.path / "spec.json"
+
+    @property
+    def metrics(self) -> Path:
+        """Its training metrics, written when its training finished."""
+        return self.path / "train.json"
+
+    @property
+    def train_log(self) -> Path:
+        """fairseq-train's output, appended to by every training of the run."""
+        return self.path / "train.log"
+
+    @property
+    def trainer_pid(self) -> Path:
+        """The process id (and host) of the fairseq-train training it, while one does."""
+        return self.path / "trainer.pid"
+
+    @property
+    def checkpoints(self) -> Path:
+        """fairseq-train's ``--save-dir``."""
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """The checkpoint training resumes from and the pipeline decodes."""
+        return self.checkpoints / "checkpoint_last.pt"
+
+    @property
+    def model(self) -> Path:
+        """The SentencePiece model and dictionaries it was trained with."""
+        return self.path / "model"
+
+    @property
+    def roles(self) -> Path:
+        """Its copy of a roles file (``model.heads_from``), which decoding and translation load."""
+        return self.path / "roles.json"
+
+    @property
+    def finetune_start(self) -> Path:
+        """A fine-tune's record of the training time of the checkpoint it started from."""
+        return self.path / "finetune_start.json"
+
+    @property
+    def decode_log(self) -> Path:
+        """fairseq-generate's output, appended to by every decode of the run."""
+        return self.path / "decode.log"
+
+    def decoded(self, name: str, lang: str) -> Path:
+        """Its detokenized hypotheses of the test set (or ``valid``) ``name`` in ``lang``."""
+        return self.path / f"{name}.{lang}"
+
+    @property
+    def valid_score(self) -> Path:
+        """Its scores on the validation set (a sweep's objective)."""
+        return self.path / "valid.json"
+
+    @property
+    def result(self) -> Path:
+        """Its evaluation: leaderboard rows and W&B run, written when the evaluation finished."""
+        return self.path / "result.json"
+
+
+@dataclass(frozen=True)
+class ResultsFolder:
+    """A results folder (``results/`` by default): the leaderboard and what it points to."""
+
+    path: Path
+
+    @property
+    def leaderboard(self) -> Path:
+        """Every evaluation's rows."""
+        return self.path / "leaderboard.csv"
+
+    @property
+    def leaderboard_page(self) -> Path:
+        """The leaderboard rendered, every row."""
+        return self.path / "LEADERBOARD.md"
+
+    @property
+    def leaderboard_chart(self) -> Path:
+        """The leaderboard drawn, the best runs per test set."""
+        return self.path / "leaderboard.png"
+
+    @property
+    def hyps(self) -> Path:
+        """The hypotheses the rows name."""
+        return self.path / "hyps"
+
+    @property
+    def logs(self) -> Path:
+        """The training logs kept (gzip)."""
+        return self.path / "logs"
+
+    @property
+    def sweeps(self) -> Path:
+        """``structmt-sweep-report``'s pages and figures."""
+        return self.path / "sweeps"

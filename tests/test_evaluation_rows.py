@@ -186,6 +186,41 @@ def test_the_schedules_beam_reaches_every_decode_and_the_sweep_objective_is_bleu
     assert valid_bleu(spec, runs_dir=runs.runs_dir, log=quiet) == got and runs.beams == [2, 2, 2]  # kept, not redone
 
 
+def test_a_sweep_members_wandb_run_has_its_validation_bleu(runs, monkeypatch):
+    """A sweep member is scored on the validation set before its evaluation, so that its W&B run has the sweep's
+    objective; a run evaluated (and logged) before it became a sweep member is logged again with it, once."""
+    logged: list[dict | None] = []
+    configs: list[dict] = []
+
+    def log_experiment(run_id, config, *args, valid=None, **kwargs):
+        logged.append(valid)
+        configs.append(config)
+        return Path("offline-run-x")
+
+    monkeypatch.setattr(evaluation.tracking, "log_experiment", log_experiment)
+    monkeypatch.setattr(evaluation, "train_run", lambda spec, **kw: None)
+    hyps = ["Ein Mann fährt .", "Zwei Hunde spielen im Schnee .", "Eine Frau liest ein Buch ."]
+    where = {"runs_dir": runs.runs_dir, "results_dir": runs.results_dir, "log": quiet}
+
+    member = runs(DENSE, [hyps])
+    evaluation.run_experiment(member, **where, objective=True)
+    bleu = valid_bleu(member, runs_dir=runs.runs_dir, log=quiet)
+    assert 0 < bleu < 100 and logged == [score_of(runs, member)] and logged[0]["bleu"] == bleu
+
+    earlier = runs(STRUCTURED, [hyps])
+    evaluation.run_experiment(earlier, **where)  # not a sweep member: no validation score to log
+    evaluation.run_experiment(earlier, **where, objective=True)  # now one: logged again, with it
+    evaluation.run_experiment(earlier, **where, objective=True)  # and not again
+    assert logged[1:] == [None, score_of(runs, earlier)]
+    # a dense run's model is its arch alone (its rows leave window and rare empty), a structured run's has them
+    assert configs[0]["model"] == {"arch": "transformer_multi30k"}
+    assert (configs[1]["model"]["window"], configs[1]["model"]["rare"]) == (3, 2)
+
+
+def score_of(runs, spec: RunSpec) -> dict:
+    return json.loads((runs.runs_dir / spec.run_id() / "valid.json").read_text())
+
+
 def test_a_structured_configuration_runs_its_dense_baseline_first_and_scores_against_it(monkeypatch, tmp_path):
     """``structmt-run model=structured_tiny``: the dense model of the same data and schedule first, then the
     structured one with it as the bootstrap's baseline; ``make demo``'s ``compare`` evaluates in that order too

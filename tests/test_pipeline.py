@@ -301,12 +301,14 @@ def test_wandb_offline_run_holds_config_curve_and_scores(tmp_path, monkeypatch):
         rows,
         tmp_path / "wandb",
         WandbSettings(project="structmt-test"),
+        valid={"bleu": 33.5, "chrf": 58.25},
     )
     assert folder is not None and folder.name.startswith("offline-run-") and folder.name.endswith("-run-x")
     run = read_offline_run(folder)
     assert run["config"]["model"] == {"arch": "structured_transformer_multi30k", "window": 3}
     assert [h["train/loss"] for h in run["history"]] == [12.3, 9.8]
     assert run["summary"]["test_2016_flickr/bleu"] == 31.25
+    assert (run["summary"]["valid/bleu"], run["summary"]["valid/chrf"]) == (33.5, 58.25)  # a sweep's objective
     assert run["summary"]["test_2016_flickr/p_value_vs_dense"] == 0.04
     # the whole row, numbers as numbers, an empty cell left out: the provenance beside the scores
     assert run["summary"]["test_2016_flickr/machine"] == "AMD EPYC (AVX512)"

@@ -25,6 +25,7 @@ from structmt import fairseq_cli
 from structmt.data.prepare import PrepConfig, clean_pairs, prepare_parallel
 from structmt.fairseq_cli import StepError, decode
 from structmt.files import DataError, read_lines, text_lines
+from structmt.paths import RunFolder
 
 pytestmark = pytest.mark.reliability
 REPO = Path(__file__).resolve().parents[1]
@@ -193,11 +194,11 @@ def test_a_trainer_left_running_by_a_killed_pipeline_is_named_not_joined_by_a_se
 
     monkeypatch.chdir(tmp_path)
     run_dir = Path("run")  # recipes --runs-dir runs: relative
-    save_dir = fairseq_cli.last_checkpoint(run_dir).parent.resolve()
+    save_dir = RunFolder(run_dir).checkpoints.resolve()
     save_dir.mkdir(parents=True)
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--save-dir", str(save_dir)])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a pid now reused
-    pid_file = fairseq_cli.trainer_pid_file(run_dir)
+    pid_file = RunFolder(run_dir).trainer_pid
     try:
         pid_file.write_text(f"{orphan.pid} {socket.gethostname()}\n")
         with pytest.raises(StepError, match=rf"^fairseq-train \(process {orphan.pid}\) is still training .*kill"):

@@ -190,7 +190,9 @@ def test_a_run_not_logged_to_wandb_is_logged_by_its_next_evaluation(trained, tmp
 
     calls: list[tuple[str, str]] = []
 
-    def log_experiment(run_id, config, train_log, rows, wandb_dir, settings=None, group=None, wandb_id=None):
+    def log_experiment(
+        run_id, config, train_log, rows, wandb_dir, settings=None, group=None, wandb_id=None, valid=None
+    ):
         calls.append((settings.mode, wandb_id))
         return None if settings.mode == "disabled" else wandb_dir / f"offline-run-x-{wandb_id}"
 
@@ -217,7 +219,9 @@ def test_a_wandb_run_carries_the_labels_the_leaderboard_tells_runs_apart_by(trai
 
     seen: list[tuple[dict, str]] = []
 
-    def log_experiment(run_id, config, train_log, rows, wandb_dir, settings=None, group=None, wandb_id=None):
+    def log_experiment(
+        run_id, config, train_log, rows, wandb_dir, settings=None, group=None, wandb_id=None, valid=None
+    ):
         seen.append((config, group))
         return wandb_dir / "offline-run-x"
 

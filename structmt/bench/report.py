@@ -13,7 +13,7 @@ from ..attention.options import StructureConfig
 from ..console import setup
 from ..files import DataError, existing_dir, write_text_atomic
 from ..leaderboard_csv import cross_window, read_rows
-from ..paths import RESULTS_DIR
+from ..paths import RESULTS_DIR, ResultsFolder
 from .attention import table
 from .attention_cuda import table as cuda_table
 from .common import command_parser, replaces, verdict_number
@@ -107,7 +107,7 @@ def cross_bleu(
     structure = structure or DEFAULT_STRUCTURE
     rows = [
         r
-        for r in read_rows(results_dir / "leaderboard.csv")
+        for r in read_rows(ResultsFolder(results_dir).leaderboard)
         if r["data"] == "multi30k_en_de" and r["test_set"] == test_set
     ]
 

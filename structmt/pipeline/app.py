@@ -319,8 +319,10 @@ def run(cfg: Any, objective: bool = False) -> float | None:
     spec, baseline = specs(cfg)
     if baseline is not None:
         run_experiment(baseline, runs_dir=runs_dir, results_dir=results_dir, wandb=wandb)
-    run_experiment(spec, runs_dir=runs_dir, results_dir=results_dir, baseline=baseline, wandb=wandb)
-    return valid_bleu(spec, runs_dir=runs_dir) if objective else None
+    run_experiment(
+        spec, runs_dir=runs_dir, results_dir=results_dir, baseline=baseline, wandb=wandb, objective=objective
+    )
+    return valid_bleu(spec, runs_dir=runs_dir) if objective else None  # scored by run_experiment: read back
 
 
 @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="structmt")

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ..data.datasets import default_vocab, test_sets
-from ..fairseq_cli import StepError, decode, last_checkpoint, parse_param_count, train_log
+from ..fairseq_cli import StepError, decode, parse_param_count
 from ..files import atomic_path, read_lines, write_text_atomic
 from ..leaderboard_csv import LeaderboardRow, fill_empty
-from ..paths import REPO_ROOT
+from ..paths import REPO_ROOT, ResultsFolder, RunFolder
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
-from .spec import RunSpec, Schedule, load_schedule, metrics_file, schedule_file
+from .spec import RunSpec, Schedule, load_schedule, schedule_file
 from .training import data_label, prepare_data, run_lock, train_run
 
 
@@ -115,23 +115,22 @@ def row_text(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
-def _kept_here(rows: list[dict[str, Any]], run_dir: Path, results_dir: Path, tgt: str) -> list[dict[str, Any]]:
-    """The stored ``rows`` of an evaluated run as ``results_dir``'s leaderboard holds them: a row kept in another
+def _kept_here(rows: list[dict[str, Any]], run: RunFolder, results: ResultsFolder, tgt: str) -> list[dict[str, Any]]:
+    """The stored ``rows`` of an evaluated run as ``results``' leaderboard holds them: a row kept in another
     results folder gets its hypotheses kept in this one's ``hyps/`` too (:func:`keep_hypotheses`), so it never
     names a file of a folder that may be removed. The file is the row's own, else the run folder's decoding."""
-    hyp_dir = results_dir / "hyps"
     out = []
     for row in rows:
         path = row_file(row["hypothesis"])
-        if path.parent.resolve() != hyp_dir.resolve():
-            decoded = run_dir / f"{row['test_set'].partition('[')[0]}.{tgt}"
+        if path.parent.resolve() != results.hyps.resolve():
+            decoded = run.decoded(row["test_set"].partition("[")[0], tgt)
             source = path if path.is_file() else decoded
             if not source.is_file():
                 raise StepError(
                     f"the hypotheses of {row['run_id']} on {row['test_set']} are gone: neither {path} "
-                    f"nor {decoded} exists; remove {run_dir / 'result.json'} to decode it again"
+                    f"nor {decoded} exists; remove {run.result} to decode it again"
                 )
-            row = row | {"hypothesis": row_text(keep_hypotheses(source, hyp_dir / path.name))}
+            row = row | {"hypothesis": row_text(keep_hypotheses(source, results.hyps / path.name))}
         out.append(row)
     return out
 
@@ -142,7 +141,7 @@ def keep_training_log(run_dir: Path, logs_dir: Path) -> Path:
     each headed by the commit and machine that ran it, and replaces the kept one it continues. The log of
     another training of the same run id (trained again from scratch, on another machine, say) never
     overwrites the kept one: it is kept beside it as ``<run id>.<sha256[:8]>.log.gz``."""
-    log = train_log(run_dir).read_bytes()
+    log = RunFolder(run_dir).train_log.read_bytes()
     kept = logs_dir / f"{run_dir.name}.log.gz"
     if kept.exists() and not log.startswith(gzip.decompress(kept.read_bytes())):
         kept = logs_dir / f"{run_dir.name}.{hashlib.sha256(log).hexdigest()[:8]}.log.gz"
@@ -160,9 +159,13 @@ def run_experiment(
     baseline: RunSpec | None = None,
     log: Any = print,
     wandb: tracking.WandbSettings | None = None,
+    objective: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run (or resume, or skip) one experiment and add its rows to the leaderboard."""
+    """Run (or resume, or skip) one experiment and add its rows to the leaderboard; with ``objective`` (a sweep's
+    member), score it on the validation set before the evaluation, so that its W&B run has the sweep's objective."""
     train_run(spec, runs_dir=runs_dir, log=log)
+    if objective:
+        valid_bleu(spec, runs_dir=runs_dir, log=log)
     return evaluate_run(spec, runs_dir=runs_dir, results_dir=results_dir, baseline=baseline, log=log, wandb=wandb)
 
 
@@ -185,19 +188,20 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
     """BLEU of a trained run on the validation set: a sweep's objective (choosing (w, r) by test BLEU would leave
     no unseen data to report the choice on).  Decoded once; the score is kept in ``<run>/valid.json``."""
     run_id = spec.run_id()
-    run_dir = runs_dir / run_id
-    kept = run_dir / "valid.json"
+    run = RunFolder(runs_dir / run_id)
     with run_lock(runs_dir, run_id):
-        if not kept.exists():
+        if not run.valid_score.exists():
             bin_dir = prepare_data(spec, runs_dir)
-            out = run_dir / f"valid.{spec.data.tgt}"
-            hyp = decode(
-                bin_dir, last_checkpoint(run_dir), "valid", out, beam=spec.schedule.beam, log=run_dir / "decode.log"
-            )
+            out = run.decoded("valid", spec.data.tgt)
+            hyp = decode(bin_dir, run.last_checkpoint, "valid", out, beam=spec.schedule.beam, log=run.decode_log)
             s = score(hyp, bin_dir.parent / "raw" / f"valid.{spec.data.tgt}")
-            write_text_atomic(kept, json.dumps(asdict(s), indent=2) + "\n")
+            write_text_atomic(run.valid_score, json.dumps(asdict(s), indent=2) + "\n")
             log(f"[{run_id}] valid: BLEU {s.bleu} (the sweep objective)")
-        return float(json.loads(kept.read_text())["bleu"])
+            stored = json.loads(run.result.read_text()) if run.result.exists() else {}
+            if stored.get("wandb") is not None:  # logged without this score: its W&B run gets it (the same W&B
+                stored["wandb"] = None  # run) at the next evaluation, as a late p-value
+                write_text_atomic(run.result, json.dumps(stored, indent=2) + "\n")
+        return float(json.loads(run.valid_score.read_text())["bleu"])
 
 
 def wandb_run_id(run_id: str, hypotheses: list[Path]) -> str:
@@ -219,15 +223,14 @@ def _evaluate_locked(
     log: Any,
     wandb: tracking.WandbSettings | None,
 ) -> list[dict[str, Any]]:
-    run_dir = runs_dir / run_id
-    done = run_dir / "result.json"
-    csv_path = results_dir / "leaderboard.csv"
+    run, results = RunFolder(runs_dir / run_id), ResultsFolder(results_dir)
+    done, csv_path = run.result, results.leaderboard
     if done.exists():
         # the rows still go to this leaderboard (another results_dir, or a lost CSV); add_rows adds each row once.
         # Rows of a slice or another direction, stored before those were named, get their labels
         stored = json.loads(done.read_text())
         rows_done = [row | row_labels(spec, row["test_set"].partition("[")[0]) for row in stored["rows"]]
-        rows_done = _kept_here(rows_done, run_dir, results_dir, spec.data.tgt)
+        rows_done = _kept_here(rows_done, run, results, spec.data.tgt)
         if baseline is not None and spec.model.structured:
             rows_done = _late_p_values(spec, runs_dir, baseline, rows_done, log)
             late = [{k: r[k] for k in ("p_value_vs_dense", "bleu_ci95")} for r in rows_done]
@@ -242,34 +245,33 @@ def _evaluate_locked(
             leaderboard.publish(results_dir)
         log(f"[{run_id}] evaluated earlier; skipping" + (f" (added its {added} rows to {csv_path})" if added else ""))
         if "wandb" in stored and stored["wandb"] is None:  # not logged then (logger=none, or it failed): now
-            stored["wandb"] = _log_wandb(spec, run_dir, rows_done, runs_dir, wandb, stored["wandb_id"], log)
+            stored["wandb"] = _log_wandb(spec, run, rows_done, runs_dir, wandb, stored["wandb_id"], log)
             if stored["wandb"] is not None:
                 write_text_atomic(done, json.dumps(stored, indent=2) + "\n")
         return rows_done
     bin_dir = prepare_data(spec, runs_dir)
     raw = bin_dir.parent / "raw"
-    metrics = json.loads(metrics_file(run_dir).read_text())
-    checkpoint = last_checkpoint(run_dir)  # the run folder's own: train.json's path is where it was trained
+    metrics = json.loads(run.metrics.read_text())
+    checkpoint = run.last_checkpoint  # the run folder's own: train.json's path is where it was trained
 
     rows: list[LeaderboardRow] = []
-    hyp_dir = results_dir / "hyps"
-    base_dir = runs_dir / baseline.run_id() if baseline is not None and spec.model.structured else None
+    base = RunFolder(runs_dir / baseline.run_id()) if baseline is not None and spec.model.structured else None
     for subset, test_name in test_sets(spec.data.name).items():
         hyp = decode(
             bin_dir,
             checkpoint,
             subset,
-            run_dir / f"{test_name}.{spec.data.tgt}",
+            run.decoded(test_name, spec.data.tgt),
             beam=spec.schedule.beam,
-            log=run_dir / "decode.log",
+            log=run.decode_log,
         )
         ref = raw / f"{subset}.{spec.data.tgt}"
         s = score(hyp, ref)
-        first = hyp_dir / f"{run_id}.{test_name}.{spec.data.tgt}"
+        first = results.hyps / f"{run_id}.{test_name}.{spec.data.tgt}"
         kept = keep_hypotheses(hyp, first)
         p_value, ci = "", ""
-        if base_dir is not None:
-            base_hyp = base_dir / f"{test_name}.{spec.data.tgt}"
+        if base is not None:
+            base_hyp = base.decoded(test_name, spec.data.tgt)
             if base_hyp.exists():
                 p_value, ci = paired_bootstrap(base_hyp, hyp, ref)
             else:
@@ -291,7 +293,7 @@ def _evaluate_locked(
                 rare=spec.model.rare if spec.model.structured else "",
                 heads=spec.model.heads_label() if spec.model.structured else "",
                 cross=spec.model.cross_label(),
-                params=parse_param_count(train_log(run_dir)),
+                params=parse_param_count(run.train_log),
                 updates=metrics["updates"],
                 train_seconds=round(float(metrics["wall_seconds"]), 1),
                 train_tokens_per_s=round(float(metrics["tokens_per_second"]), 1),
@@ -313,7 +315,7 @@ def _evaluate_locked(
     leaderboard.publish(results_dir)
     records = [asdict(row) for row in rows]
     wandb_id = wandb_run_id(run_id, [row_file(r["hypothesis"]) for r in records])
-    folder = _log_wandb(spec, run_dir, records, runs_dir, wandb, wandb_id, log)
+    folder = _log_wandb(spec, run, records, runs_dir, wandb, wandb_id, log)
     write_text_atomic(done, json.dumps({"rows": records, "wandb": folder, "wandb_id": wandb_id}, indent=2) + "\n")
     return records
 
@@ -328,11 +330,11 @@ def _late_p_values(
         return rows
     subsets = {name: subset for subset, name in test_sets(spec.data.name).items()}
     raw = prepare_data(spec, runs_dir).parent / "raw"
-    base_dir = runs_dir / baseline.run_id()
+    base = RunFolder(runs_dir / baseline.run_id())
     out = []
     for row in rows:
         name = row["test_set"].partition("[")[0]
-        base_hyp = base_dir / f"{name}.{spec.data.tgt}"
+        base_hyp = base.decoded(name, spec.data.tgt)
         if row["p_value_vs_dense"] == "" and base_hyp.exists():
             p_value, ci = paired_bootstrap(
                 base_hyp, row_file(row["hypothesis"]), raw / f"{subsets[name]}.{spec.data.tgt}"
@@ -345,7 +347,7 @@ def _late_p_values(
 
 def _log_wandb(
     spec: RunSpec,
-    run_dir: Path,
+    run: RunFolder,
     records: list[dict[str, Any]],
     runs_dir: Path,
     wandb: tracking.WandbSettings | None,
@@ -355,17 +357,23 @@ def _log_wandb(
     """Log an evaluation (its leaderboard ``records``) to W&B; returns its local W&B folder (None: not logged, a
     later evaluation tries again). The config carries the labels the leaderboard tells runs apart by (a roles
     file's digest, the options without a column, the data's vocabulary and slice), and the group is the rows'
-    ``data`` column and schedule, so runs the leaderboard never averages together are never grouped together."""
+    ``data`` column and schedule, so runs the leaderboard never averages together are never grouped together.
+    A dense run's ``model`` is its ``arch`` alone, as its rows leave ``window`` and ``rare`` empty: W&B's
+    charts never plot it at the structure options' defaults."""
     run_id, labels = records[0]["run_id"], {k: records[0][k] for k in ("data", "heads", "cross", "options")}
+    config = asdict(spec) | {"run_id": run_id, "leaderboard": labels}
+    if not spec.model.structured:
+        config["model"] = {"arch": spec.model.arch}
     folder = tracking.log_experiment(
         run_id,
-        asdict(spec) | {"run_id": run_id, "leaderboard": labels},
-        train_log(run_dir),
+        config,
+        run.train_log,
         records,
         runs_dir / "wandb",
         wandb,
         group=f"{labels['data']}-{spec.schedule.name}",
         wandb_id=wandb_id,
+        valid=json.loads(run.valid_score.read_text()) if run.valid_score.exists() else None,  # a sweep member
     )
     if folder is None:
         return None

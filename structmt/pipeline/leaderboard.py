@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..files import write_text_atomic
 from ..leaderboard_csv import COLUMNS, LeaderboardRow, add_rows, lock, read_rows, short_commit, training
-from ..paths import RESULTS_DIR, RUNS_DIR
+from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 
 __all__ = ["COLUMNS", "LeaderboardRow", "add_rows", "read_rows", "short_commit"]  # the file's, for callers of both
 
@@ -190,10 +190,10 @@ def write_chart(csv_path: Path, png_path: Path, top: int = CHART_RUNS) -> None:
 def publish(results_dir: Path) -> None:
     """Render ``LEADERBOARD.md`` and ``leaderboard.png`` from the CSV, holding its lock: no row is added
     between reading the CSV and writing them, so what the last publish writes shows every row."""
-    csv_path = results_dir / "leaderboard.csv"
-    with lock(csv_path):
-        write_markdown(csv_path, results_dir / "LEADERBOARD.md")
-        write_chart(csv_path, results_dir / "leaderboard.png")
+    results = ResultsFolder(results_dir)
+    with lock(results.leaderboard):
+        write_markdown(results.leaderboard, results.leaderboard_page)
+        write_chart(results.leaderboard, results.leaderboard_chart)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     setup(a.verbose)
     if a.wandb and (problem := project_problem(a.project)):
         p.error(f"--project {a.project!r} {problem}")
-    csv_path = a.results_dir / "leaderboard.csv"
+    csv_path = ResultsFolder(a.results_dir).leaderboard
     if not csv_path.exists():
         raise SystemExit(f"error: {csv_path} does not exist; run an experiment first (make demo)")
     if a.headline:

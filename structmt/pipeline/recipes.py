@@ -25,7 +25,7 @@ from typing import Any
 from ..console import add_verbose_option, setup
 from ..files import DataError, int_at_least
 from ..leaderboard_csv import read_rows, short_commit
-from ..paths import RESULTS_DIR, RUNS_DIR
+from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 from ..provenance import git_commit, why_unknown
 from .evaluation import evaluate_run, keep_training_log
 from .spec import ModelSpec, RunSpec, Schedule, load_schedule
@@ -63,7 +63,7 @@ def compare(
     rows = evaluate_run(dense, runs_dir=runs_dir, results_dir=results_dir)
     rows += evaluate_run(structured, runs_dir=runs_dir, results_dir=results_dir, baseline=dense)
     for spec in (dense, structured) if keep_logs else ():
-        keep_training_log(runs_dir / spec.run_id(), results_dir / "logs")
+        keep_training_log(runs_dir / spec.run_id(), ResultsFolder(results_dir).logs)
     return rows
 
 
@@ -139,11 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     if a.train_only:
         return
     print(f"\nThis comparison ({time.time() - start:.0f} s), as the leaderboard has it:\n")
-    board = read_rows(a.results_dir / "leaderboard.csv")
+    results = ResultsFolder(a.results_dir)
+    board = read_rows(results.leaderboard)
     print(summary(rows, board))
     raw = a.runs_dir / "data" / "multi30k_en_de" / "raw"
     print(f"\nRe-score a row: sacrebleu {raw}/test.de -i <hypothesis>   ({raw}/test1.de for test_2017_flickr)")
-    print(f"Full leaderboard ({len(board)} rows): {a.results_dir / 'LEADERBOARD.md'}, leaderboard.png")
+    print(f"Full leaderboard ({len(board)} rows): {results.leaderboard_page}, {results.leaderboard_chart.name}")
 
 
 def pair(recipe: str, schedule: Schedule) -> tuple[RunSpec, RunSpec]:

@@ -19,20 +19,14 @@ from typing import Any, TypeVar
 from ..attention.options import PREFIX, StructureConfig, short, spec_fields, to_fairseq_args
 from ..data.prepare import MULTI30K_VOCAB
 from ..data.stages import sha256_file
-from ..fairseq_cli import last_checkpoint
 from ..leaderboard_csv import cross_cell
-from ..paths import REPO_ROOT
+from ..paths import REPO_ROOT, RunFolder
 
 T = TypeVar("T")
 
 #: the structured-attention options, as ``model.*`` keys (``model.window``, ``model.cross_slope``, ...):
 #: names, types and defaults come from the one schema, :class:`StructureConfig`
 StructureOptions = make_dataclass("StructureOptions", spec_fields())
-
-
-def metrics_file(run_dir: Path) -> Path:
-    """A run's training metrics, written when its training finished (``train.json``)."""
-    return run_dir / "train.json"
 
 
 #: options that entered every structured run id from the start; the others enter an id only where they
@@ -163,13 +157,13 @@ class Schedule:
             if not path.is_file():
                 raise FileNotFoundError(f"train.finetune_from={self.finetune_from}: no such checkpoint file")
             return path.resolve()
-        run_dir = runs_dir / self.finetune_from
-        if not metrics_file(run_dir).is_file():
+        run = RunFolder(runs_dir / self.finetune_from)
+        if not run.metrics.is_file():
             raise FileNotFoundError(
                 f"train.finetune_from={self.finetune_from}: no finished run of that id in {runs_dir} "
                 "(train it first, or give a checkpoint file ending in .pt)"
             )
-        return last_checkpoint(run_dir)
+        return run.last_checkpoint
 
     def log_interval(self) -> int:
         """Updates between fairseq's progress lines (and so the pipeline's): every 2 % of the run, at most 50."""
@@ -275,7 +269,7 @@ def checked(cls: type[T], values: Any) -> T:
 
 def read_spec(run_dir: Path) -> RunSpec:
     """The :class:`RunSpec` a run was trained with (its ``spec.json``)."""
-    path = run_dir / "spec.json"
+    path = RunFolder(run_dir).spec
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a structmt run folder?")
     return checked(RunSpec, json.loads(path.read_text()))

@@ -14,7 +14,7 @@ from ..console import add_verbose_option, setup
 from ..figures import annotated_heatmap
 from ..files import write_text_atomic
 from ..leaderboard_csv import read_rows, short_commit
-from ..paths import REPO_ROOT, RESULTS_DIR
+from ..paths import REPO_ROOT, RESULTS_DIR, ResultsFolder
 from .leaderboard import evaluations
 
 
@@ -111,7 +111,7 @@ def report(
     the runs of that seed (needed when the schedule has several).  The points of the grid (the sweep
     ``grid_of``'s, else every (w, r) of the windows and rare counts found) that have no run are named, and the
     verdict says it covers only the others."""
-    csv_path = results_dir / "leaderboard.csv"
+    csv_path = ResultsFolder(results_dir).leaderboard
     if not csv_path.is_file():
         raise SystemExit(
             f"error: {csv_path} does not exist; give --results-dir the folder whose leaderboard.csv the sweep's "
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
-    out_dir = a.out_dir or a.results_dir / "sweeps"
+    out_dir = a.out_dir or ResultsFolder(a.results_dir).sweeps
     print(report(a.results_dir, a.data, a.schedule, a.test_set, out_dir, a.heads, a.seed, a.sweep, a.options))
 
 

@@ -121,12 +121,15 @@ def log_experiment(
     settings: WandbSettings | None = None,
     group: str | None = None,
     wandb_id: str | None = None,
+    valid: dict[str, Any] | None = None,
 ) -> Path | None:
     """Log one evaluation of a run as the W&B run ``wandb_id`` (default: ``run_id``), named ``run_id``: its
     training curve and, per test set, every column of its leaderboard ``rows`` in the summary
-    (``test_2016_flickr/bleu``, ``…/git_commit``, ``…/machine``, …). Returns its local W&B folder (None if disabled
-    or failed; a run that fails after it began is closed and its folder removed). When online logging fails (no
-    network on a compute node, say) it is logged offline instead, to be uploaded later with ``wandb sync``."""
+    (``test_2016_flickr/bleu``, ``…/git_commit``, ``…/machine``, …), and its ``valid`` score (a sweep's
+    objective: ``valid/bleu``, ``valid/chrf`` and their signatures) when it has one. Returns its local W&B
+    folder (None if disabled or failed; a run that fails after it began is closed and its folder removed). When
+    online logging fails (no network on a compute node, say) it is logged offline instead, to be uploaded later
+    with ``wandb sync``."""
     settings = settings or WandbSettings()
 
     def log(mode: str) -> Path:
@@ -148,6 +151,8 @@ def log_experiment(
                 for column, value in row.items():
                     if column not in ("run_id", "test_set") and value not in ("", None):
                         run.summary[f"{row['test_set']}/{column}"] = _cell(column, value)
+            for key, value in (valid or {}).items():
+                run.summary[f"valid/{key}"] = value
         except Exception:
             _discard(run)
             raise

@@ -18,11 +18,11 @@ from ..checkpoints import checkpoint_updates, training_seconds
 from ..data.datasets import default_vocab, prepare_dataset
 from ..data.prepare import PrepConfig
 from ..data.stages import sha256_file
-from ..fairseq_cli import StepError, last_checkpoint, parse_train_log, train, train_log
+from ..fairseq_cli import StepError, parse_train_log, train
 from ..files import atomic_path, write_text_atomic
+from ..paths import RunFolder
 from ..provenance import git_commit, machine_label
-from .spec import DataSpec, RunSpec, metrics_file
-from .translate import model_dir
+from .spec import DataSpec, RunSpec
 
 
 def copy_atomic(src: Path, dest: Path) -> None:
@@ -33,7 +33,7 @@ def copy_atomic(src: Path, dest: Path) -> None:
 
 def keep_model_files(bin_dir: Path, run_dir: Path, src: str, tgt: str) -> None:
     """Copy the SentencePiece model and dictionaries into the run, so it translates on its own."""
-    folder = model_dir(run_dir)
+    folder = RunFolder(run_dir).model
     copy_atomic(bin_dir.parent / "spm" / "spm.model", folder / "spm.model")
     for lang in (src, tgt):
         copy_atomic(bin_dir / f"dict.{lang}.txt", folder / f"dict.{lang}.txt")
@@ -77,11 +77,6 @@ def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, A
         return _train_locked(spec, run_id, runs_dir, bin_dir, log)
 
 
-def carried_file(run_dir: Path) -> Path:
-    """Where a fine-tune keeps the training time of the checkpoint it started from (written at its first launch)."""
-    return run_dir / "finetune_start.json"
-
-
 def carried_seconds(spec: RunSpec, run_dir: Path) -> float | None:
     """The training time fairseq carried into this run's checkpoints from the one it started from: 0 for a run
     from scratch, the recorded one for a fine-tune, None where none was recorded (a fine-tune begun before
@@ -90,7 +85,7 @@ def carried_seconds(spec: RunSpec, run_dir: Path) -> float | None:
     if not spec.schedule.finetune_from:
         return 0.0
     try:
-        return float(json.loads(carried_file(run_dir).read_text())["seconds"])
+        return float(json.loads(RunFolder(run_dir).finetune_start.read_text())["seconds"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
@@ -102,29 +97,29 @@ def run_lock(runs_dir: Path, run_id: str) -> FileLock:
 
 def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, bin_dir: Path, log: Any) -> dict[str, Any]:
     run_dir = runs_dir / run_id
-    metrics_path = metrics_file(run_dir)
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
+    run = RunFolder(run_dir)
+    if run.metrics.exists():
+        metrics = json.loads(run.metrics.read_text())
         if metrics["updates"] >= spec.schedule.max_update:
             log(f"[{run_id}] trained earlier ({metrics['updates']} updates); skipping training")
             return metrics
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "spec.json", json.dumps(asdict(spec), indent=2) + "\n")
+    write_text_atomic(run.spec, json.dumps(asdict(spec), indent=2) + "\n")
     keep_model_files(bin_dir, run_dir, spec.data.src, spec.data.tgt)
-    log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {train_log(run_dir)})")
-    checkpoint = last_checkpoint(run_dir)
+    log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run.train_log})")
+    checkpoint = run.last_checkpoint
     if (updates := checkpoint_updates(checkpoint)) >= spec.schedule.max_update:
         # finished, but killed before train.json: fairseq would run one more update on resume. The updates are
         # the checkpoint's: fairseq saves it before it logs the last summary, which the kill may have cut off
         trained = replace(
-            parse_train_log(train_log(run_dir), checkpoint, carried=carried_seconds(spec, run_dir)), updates=updates
+            parse_train_log(run.train_log, checkpoint, carried=carried_seconds(spec, run_dir)), updates=updates
         )
     else:
         env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
         roles = spec.model.roles_path()
         if roles is not None:  # the run keeps its own copy: decoding and translation load it from there
-            copy_atomic(roles, run_dir / "roles.json")
-            roles = run_dir / "roles.json"
+            copy_atomic(roles, run.roles)
+            roles = run.roles
             if replace(spec, model=replace(spec.model, heads_from=str(roles))).run_id() != run_id:
                 roles.unlink()
                 raise StepError(
@@ -139,13 +134,13 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, bin_dir: Path, log
             if updates == 0:  # the weights it starts from, by content: a run id names settings, not weights
                 header += f"; fine-tuning from {start} (sha256 {sha256_file(start)})"
                 # and the training time fairseq carries over from them, for this run's own (carried_seconds)
-                write_text_atomic(carried_file(run_dir), json.dumps({"seconds": training_seconds(start) or 0.0}))
-        with open(train_log(run_dir), "a", encoding="utf-8") as f:
+                write_text_atomic(run.finetune_start, json.dumps({"seconds": training_seconds(start) or 0.0}))
+        with open(run.train_log, "a", encoding="utf-8") as f:
             f.write(f"\n{header}\n")
         trained = train(bin_dir, run_dir, spec.model.arch, args, env, carried_seconds(spec, run_dir))
     # the code and machine that trained (a resumed run: those that finished it; train.log names each one)
     provenance = {"git_commit": git_commit(), "machine": machine_label()}
     metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)} | provenance
-    write_text_atomic(metrics_path, json.dumps(metrics) + "\n")
+    write_text_atomic(run.metrics, json.dumps(metrics) + "\n")
     log(f"[{run_id}] trained: {trained.updates} updates, {trained.tokens_per_second:.0f} target tokens/s")
     return metrics

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from ..checkpoints import checkpoint_updates, load_model
 from ..console import add_verbose_option, setup
-from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B, last_checkpoint
+from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import DataError, existing_dir, int_at_least, text_lines, utf8_error_at
 from ..leaderboard_csv import read_rows, short_commit, training
-from ..paths import RESULTS_DIR
-from .spec import Schedule, metrics_file
+from ..paths import RESULTS_DIR, ResultsFolder, RunFolder
+from .spec import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,6 @@ def read_input(raw: bytes) -> list[str]:
     return text_lines(text)[0]
 
 
-def model_dir(run_dir: Path) -> Path:
-    """The folder holding the run's SentencePiece model and dictionaries (``RUN_DIR/model``)."""
-    return run_dir / "model"
-
-
 class Translator:
     """Beam search with one trained run; loads once, translates many batches.  ``beam``: the run's own
     (``train.beam``, as the pipeline decodes its test sets) unless given."""
@@ -46,12 +41,13 @@ class Translator:
         from fairseq.dataclass.configs import GenerationConfig
 
         run_dir = Path(run_dir)
-        ckpt = checkpoint or last_checkpoint(run_dir)
-        folder = model_dir(run_dir)
+        run = RunFolder(run_dir)
+        ckpt = checkpoint or run.last_checkpoint
+        folder = run.model
         for path in (ckpt, folder / "spm.model"):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found: is {run_dir} a finished structmt run folder?")
-        spec_file = run_dir / "spec.json"
+        spec_file = run.spec
         if not spec_file.is_file():
             raise FileNotFoundError(f"{spec_file} not found: is {run_dir} a structmt run folder?")
         recorded = json.loads(spec_file.read_text())
@@ -110,7 +106,7 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
     made it (its commit, machine and time, from ``train.json``), and that training's rows in ``leaderboard``.
     A warning when the training has not finished, or when the leaderboard's rows of the run id are of another
     training (trained again: the same run id, other weights)."""
-    run_id, updates, record = run_dir.name, checkpoint_updates(checkpoint), metrics_file(run_dir)
+    run_id, updates, record = run_dir.name, checkpoint_updates(checkpoint), RunFolder(run_dir).metrics
     head = f"{run_id}: {checkpoint.name} at {updates} updates"
     if not record.is_file():
         return logging.WARNING, f"{head}; its training has not finished ({record.name} missing)"
@@ -149,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--leaderboard",
         type=Path,
-        default=RESULTS_DIR / "leaderboard.csv",
+        default=ResultsFolder(RESULTS_DIR).leaderboard,
         help="where to look up the scores of the run's training, said on stderr (default: results/leaderboard.csv)",
     )
     add_verbose_option(p)
