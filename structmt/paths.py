@@ -118,3 +118,34 @@ class ResultsFolder:
     def sweeps(self) -> Path:
         """``structmt-sweep-report``'s pages and figures."""
         return self.path / "sweeps"
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """A prepared data set's folder (``runs/data/<data label>/``): its text (the training data cleaned, the
+    evaluation sets as given: the references), its SentencePiece model and fairseq's binarized data."""
+
+    path: Path
+
+    @property
+    def raw(self) -> Path:
+        """The text, ``<split>.<lang>``."""
+        return self.path / "raw"
+
+    def text(self, split: str, lang: str) -> Path:
+        """The text of ``split`` in ``lang`` (of an evaluation set: its references)."""
+        return self.raw / f"{split}.{lang}"
+
+    @property
+    def spm(self) -> Path:
+        """The joint SentencePiece model (``spm.model``, ``spm.vocab``) and the text it encoded."""
+        return self.path / "spm"
+
+    @property
+    def spm_model(self) -> Path:
+        return self.spm / "spm.model"
+
+    @property
+    def bin(self) -> Path:
+        """fairseq's binarized data and dictionaries: fairseq-train's and fairseq-generate's data folder."""
+        return self.path / "bin"

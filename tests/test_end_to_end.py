@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from structmt.fairseq_cli import decode, train
+from structmt.paths import DataFolder
 from structmt.pipeline.evaluation import score
 from structmt.pipeline.training import keep_model_files
 
@@ -59,7 +60,8 @@ def test_train_decode_score(data_bin, tmp_path, arch, extra):
     state = torch.load(result.checkpoint)  # torch's default weights_only=True, with the plugin's allowlist
     assert state["cfg"]["model"].arch == arch  # legacy models keep an argparse.Namespace here
     hyp = decode(data_bin, result.checkpoint, "test", tmp_path / "test.hyp", beam=3)
-    ref = data_bin.parent / "raw" / "test.de"
+    data = DataFolder(data_bin.parent)
+    ref = data.text("test", "de")
     assert len(hyp.read_text().splitlines()) == len(ref.read_text().splitlines()) == 60
     s = score(hyp, ref)
     # a bound that can fail: the trained model beats the same model after one update at a negligible learning
@@ -73,8 +75,8 @@ def test_train_decode_score(data_bin, tmp_path, arch, extra):
     assert s.bleu_signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     # structmt-translate on the raw source, with the run's own SentencePiece model and beam, gives the same text
     (tmp_path / "spec.json").write_text(json.dumps({"data": {"src": "en", "tgt": "de"}, "schedule": {"beam": 3}}))
-    keep_model_files(data_bin, tmp_path, "en", "de")
-    src = (data_bin.parent / "raw" / "test.en").read_text()
+    keep_model_files(data, tmp_path, "en", "de")
+    src = data.text("test", "en").read_text()
     translated = subprocess.run(
         [sys.executable, "-m", "structmt.pipeline.translate", str(tmp_path)],
         input=src,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from structmt.paths import DataFolder
 from structmt.pipeline import evaluation, leaderboard
 from structmt.pipeline.evaluation import evaluate_run, paired_bootstrap, score, valid_bleu
 from structmt.pipeline.spec import DataSpec, ModelSpec, RunSpec, Schedule
@@ -34,7 +35,7 @@ def runs(monkeypatch, tmp_path):
     raw.mkdir(parents=True)
     for subset in ("valid", "test", "test1"):
         (raw / f"{subset}.de").write_text("\n".join(REFS) + "\n")
-    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: bin_dir)
+    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: DataFolder(bin_dir.parent))
     beams: list[int] = []
 
     def make(model: ModelSpec, outputs: list[list[str]], schedule: Schedule | None = None, metrics=None) -> RunSpec:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from structmt.data.prepare import fetch_multi30k
+from structmt.paths import DataFolder
 from structmt.pipeline import leaderboard
 from structmt.pipeline.evaluation import keep_hypotheses, keep_training_log, paired_bootstrap
 from structmt.pipeline.recipes import HEADLINE, RECIPES, load_schedule, pair, summary
@@ -192,7 +193,7 @@ def test_a_finished_checkpoint_is_adopted_without_training_again(tmp_path, monke
         f"2026-01-01 | INFO | train | epoch 001 | loss 9.1 | wps 1500.5 | ups 1 | num_updates {logged} | lr 0.001 | "
         "train_wall 12 | wall 13\n"
     )
-    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path / "bin")
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path))
     monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained again"))
     metrics = training.train_run(spec, runs_dir=tmp_path, log=lambda msg: None)
@@ -264,7 +265,7 @@ def test_a_fine_tune_records_its_starts_training_time_once_and_never_reads_the_s
         raise Trained
 
     monkeypatch.setattr(training, "train", train)
-    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path)
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path))
     monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
     run_dir = tmp_path / tuned.run_id()
     with pytest.raises(Trained):

@@ -15,6 +15,7 @@ import pytest
 from structmt.data import wmt
 from structmt.fairseq_cli import StepError
 from structmt.files import DataError
+from structmt.paths import DataFolder
 from structmt.pipeline import evaluation, leaderboard, training
 from structmt.pipeline.evaluation import evaluate_run, paired_bootstrap
 from structmt.pipeline.spec import DataSpec, ModelSpec, RunSpec, Schedule
@@ -88,7 +89,7 @@ def trained(monkeypatch, tmp_path):
         shutil.copyfile(bin_dir.parent / "raw" / f"{subset}.{out.suffix[1:]}", out)
         return out
 
-    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: bin_dir)
+    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: DataFolder(bin_dir.parent))
     monkeypatch.setattr(evaluation, "decode", fake_decode)
 
     def make(data: DataSpec, model: ModelSpec = DENSE) -> RunSpec:
@@ -267,17 +268,17 @@ def test_an_interrupted_copy_of_the_model_files_leaves_no_truncated_file(tmp_pat
         (bin_dir / f"dict.{lang}.txt").write_text(f"{lang}1 5\n{lang}2 3\n")
     _interrupted_copy(monkeypatch)
     with pytest.raises(OSError, match="No space left"):
-        keep_model_files(bin_dir, run_dir, "en", "de")
+        keep_model_files(DataFolder(bin_dir.parent), run_dir, "en", "de")
     assert [p for p in run_dir.rglob("*") if p.is_file()] == []
     monkeypatch.undo()
-    keep_model_files(bin_dir, run_dir, "en", "de")
+    keep_model_files(DataFolder(bin_dir.parent), run_dir, "en", "de")
     assert (run_dir / "model" / "spm.model").read_bytes() == b"sentencepiece model"
     assert sorted(p.name for p in (run_dir / "model").iterdir()) == ["dict.de.txt", "dict.en.txt", "spm.model"]
 
 
 def test_an_interrupted_copy_of_the_roles_file_leaves_no_truncated_file(tmp_path, monkeypatch):
     spec = RunSpec(model=ModelSpec(heads_from="results/roles.json"), schedule=Schedule(max_update=20))
-    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path / "bin")
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path))
     monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained with a broken roles file"))
     _interrupted_copy(monkeypatch)
@@ -294,7 +295,7 @@ def test_a_roles_file_rewritten_after_the_run_began_is_not_trained_under_the_old
     shutil.copyfile(Path(__file__).parents[1] / "results" / "roles.json", roles)
     spec = RunSpec(model=ModelSpec(heads_from=str(roles)), schedule=Schedule(max_update=20))
     run_id = spec.run_id()
-    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path / "bin")
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path))
     monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained other roles under the old id"))
     real_lock = training.run_lock
@@ -347,7 +348,7 @@ def test_a_moved_run_folder_decodes_its_own_checkpoint(monkeypatch, tmp_path):
         out.write_text("ein Hund läuft über die Wiese\n")
         return out
 
-    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: bin_dir)
+    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: DataFolder(bin_dir.parent))
     monkeypatch.setattr(evaluation, "decode", decode)
     assert evaluation.valid_bleu(spec, runs_dir=runs, log=quiet) == 100.0
     assert decoded == [run_dir / "checkpoints" / "checkpoint_last.pt"]

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from structmt import provenance
+from structmt.paths import DataFolder
 from structmt.pipeline import recipes, training
 from structmt.pipeline import spec as spec_module
 from structmt.pipeline.recipes import RECIPES, load_schedule, pair
@@ -102,7 +103,7 @@ def _run(tmp_path: Path, monkeypatch) -> tuple[RunSpec, Path, list]:
     spec = RunSpec(schedule=Schedule(max_update=20))
     run_dir = tmp_path / spec.run_id()
     (run_dir / "checkpoints").mkdir(parents=True)
-    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: tmp_path / "bin")
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path))
     monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
     calls: list = []
 

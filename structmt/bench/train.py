@@ -22,7 +22,7 @@ from ..data.datasets import prepare_dataset
 from ..data.prepare import PrepConfig, binarize
 from ..fairseq_cli import train
 from ..files import DataError, int_at_least, write_text_atomic
-from ..paths import RESULTS_DIR, RUNS_DIR
+from ..paths import RESULTS_DIR, RUNS_DIR, DataFolder
 from ..provenance import machine
 from .common import (
     add_old_name,
@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.cross_window >= 0:
         cross = ("--struct-cross-window", str(a.cross_window), "--struct-cross-slope", str(a.cross_slope))
         variants[f"cross{a.cross_window}"] = ("structured_transformer_multi30k", cross)
-    data = prepare_dataset("multi30k_en_de", RUNS_DIR / "data" / "multi30k_en_de", PrepConfig())  # locked, checked
+    data = DataFolder(RUNS_DIR / "data" / "multi30k_en_de")  # the pipeline's at the defaults
+    prepare_dataset("multi30k_en_de", data.path, PrepConfig())  # locked, checked
     results: dict[str, Any] = {}
 
     def add(name: str, found: dict[str, dict[str, Any]]) -> None:
@@ -231,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
             results[name if variant == "structured" else f"{name}_{variant}"] = row
 
     warm = a.warmup_updates
-    docs = {n: pseudo_documents(data.parent / "spm", a.work / f"docs{n}", n) for n in a.doc_tokens}  # all, first
-    sentences = measure(data, a.work / "sentences", a.updates, 4096, 1024, device_args, a.rounds, variants, warm)
+    docs = {n: pseudo_documents(data.spm, a.work / f"docs{n}", n) for n in a.doc_tokens}  # all, first
+    sentences = measure(data.bin, a.work / "sentences", a.updates, 4096, 1024, device_args, a.rounds, variants, warm)
     add("multi30k", sentences)
     for n in a.doc_tokens:
         found = measure(

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..console import say, say_once
 from ..files import DataError, atomic_path, read_lines
+from ..paths import DataFolder
 from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, download_folder, fetch_files, read_checksums
 from .stages import Stage
 
@@ -165,13 +166,13 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
     ``splits`` must hold ``train`` and ``valid``; other names (``test``, ``test1``…)
     are test sets.  Returns the fairseq data-bin folder.
     """
-    out_dir = Path(out_dir)
+    folder = DataFolder(Path(out_dir))
     langs = (cfg.src, cfg.tgt)
     inputs = [p for pairs in splits.values() for pair in pairs for p in pair]
 
     # 1. raw text (train cleaned, eval sets untouched: references stay raw)
-    raw = out_dir / "raw"
-    raw_out = [raw / f"{split}.{lang}" for split in splits for lang in langs]
+    raw = folder.raw
+    raw_out = [folder.text(split, lang) for split in splits for lang in langs]
     stage = Stage(
         "raw", raw, {"cfg": asdict(cfg) | {"vocab_size": None, "mirror": None}, "splits": list(splits)}, inputs, raw_out
     )
@@ -180,19 +181,19 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
         # read and check every input before writing anything: bad data leaves no partial output
         texts = {split: _read_split(split, pairs, cfg) for split, pairs in splits.items()}
         for split, (src_lines, tgt_lines) in texts.items():
-            _write_lines(raw / f"{split}.{cfg.src}", src_lines)
-            _write_lines(raw / f"{split}.{cfg.tgt}", tgt_lines)
+            _write_lines(folder.text(split, cfg.src), src_lines)
+            _write_lines(folder.text(split, cfg.tgt), tgt_lines)
 
     if not stage.ensure(write_raw):
         say_once("[data] raw: up to date", key=("raw up to date", raw))
 
     # 2. joint SentencePiece model
-    spm_dir = out_dir / "spm"
-    model = spm_dir / "spm.model"
-    train_text = [raw / f"train.{lang}" for lang in langs]
-    Stage("spm_train", spm_dir, {"vocab_size": cfg.vocab_size}, train_text, [model, spm_dir / "spm.vocab"]).ensure(
-        lambda: train_sentencepiece(train_text, spm_dir / "spm", cfg.vocab_size)
-    )
+    spm_dir, model = folder.spm, folder.spm_model
+    train_text = [folder.text("train", lang) for lang in langs]
+    prefix = model.with_suffix("")  # SentencePiece writes <prefix>.model and <prefix>.vocab
+    Stage(
+        "spm_train", spm_dir, {"vocab_size": cfg.vocab_size}, train_text, [model, prefix.with_suffix(".vocab")]
+    ).ensure(lambda: train_sentencepiece(train_text, prefix, cfg.vocab_size))
 
     # 3. encode
     enc_out = [spm_dir / f"{split}.{lang}" for split in splits for lang in langs]
@@ -203,13 +204,13 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
         sp = spm.SentencePieceProcessor(model_file=str(model))
         for split in splits:
             for lang in langs:
-                lines = (raw / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
+                lines = folder.text(split, lang).read_text(encoding="utf-8").splitlines()
                 _write_lines(spm_dir / f"{split}.{lang}", [" ".join(p) for p in sp.encode(lines, out_type=str)])
 
     Stage("spm_encode", spm_dir, {}, [model, *raw_out], enc_out).ensure(encode)
 
     # 4. binarize with a joined dictionary
-    bin_dir = out_dir / "bin"
+    bin_dir = folder.bin
     bin_out = [bin_dir / f"dict.{lang}.txt" for lang in langs] + [
         bin_dir / f"{split}.{cfg.src}-{cfg.tgt}.{lang}.bin" for split in splits for lang in langs
     ]

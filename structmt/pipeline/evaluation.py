@@ -191,10 +191,10 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
     run = RunFolder(runs_dir / run_id)
     with run_lock(runs_dir, run_id):
         if not run.valid_score.exists():
-            bin_dir = prepare_data(spec, runs_dir)
+            data = prepare_data(spec, runs_dir)
             out = run.decoded("valid", spec.data.tgt)
-            hyp = decode(bin_dir, run.last_checkpoint, "valid", out, beam=spec.schedule.beam, log=run.decode_log)
-            s = score(hyp, bin_dir.parent / "raw" / f"valid.{spec.data.tgt}")
+            hyp = decode(data.bin, run.last_checkpoint, "valid", out, beam=spec.schedule.beam, log=run.decode_log)
+            s = score(hyp, data.text("valid", spec.data.tgt))
             write_text_atomic(run.valid_score, json.dumps(asdict(s), indent=2) + "\n")
             log(f"[{run_id}] valid: BLEU {s.bleu} (the sweep objective)")
             stored = json.loads(run.result.read_text()) if run.result.exists() else {}
@@ -249,8 +249,7 @@ def _evaluate_locked(
             if stored["wandb"] is not None:
                 write_text_atomic(done, json.dumps(stored, indent=2) + "\n")
         return rows_done
-    bin_dir = prepare_data(spec, runs_dir)
-    raw = bin_dir.parent / "raw"
+    data = prepare_data(spec, runs_dir)
     metrics = json.loads(run.metrics.read_text())
     checkpoint = run.last_checkpoint  # the run folder's own: train.json's path is where it was trained
 
@@ -258,14 +257,14 @@ def _evaluate_locked(
     base = RunFolder(runs_dir / baseline.run_id()) if baseline is not None and spec.model.structured else None
     for subset, test_name in test_sets(spec.data.name).items():
         hyp = decode(
-            bin_dir,
+            data.bin,
             checkpoint,
             subset,
             run.decoded(test_name, spec.data.tgt),
             beam=spec.schedule.beam,
             log=run.decode_log,
         )
-        ref = raw / f"{subset}.{spec.data.tgt}"
+        ref = data.text(subset, spec.data.tgt)
         s = score(hyp, ref)
         first = results.hyps / f"{run_id}.{test_name}.{spec.data.tgt}"
         kept = keep_hypotheses(hyp, first)
@@ -329,7 +328,7 @@ def _late_p_values(
     if all(r["p_value_vs_dense"] != "" for r in rows):
         return rows
     subsets = {name: subset for subset, name in test_sets(spec.data.name).items()}
-    raw = prepare_data(spec, runs_dir).parent / "raw"
+    data = prepare_data(spec, runs_dir)
     base = RunFolder(runs_dir / baseline.run_id())
     out = []
     for row in rows:
@@ -337,7 +336,7 @@ def _late_p_values(
         base_hyp = base.decoded(name, spec.data.tgt)
         if row["p_value_vs_dense"] == "" and base_hyp.exists():
             p_value, ci = paired_bootstrap(
-                base_hyp, row_file(row["hypothesis"]), raw / f"{subsets[name]}.{spec.data.tgt}"
+                base_hyp, row_file(row["hypothesis"]), data.text(subsets[name], spec.data.tgt)
             )
             log(f"[{row['run_id']}] {row['test_set']}: p-value against the dense run, left empty before: {p_value}")
             row = row | {"p_value_vs_dense": p_value, "bleu_ci95": ci}

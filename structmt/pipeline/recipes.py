@@ -29,7 +29,7 @@ from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 from ..provenance import git_commit, why_unknown
 from .evaluation import evaluate_run, keep_training_log
 from .spec import ModelSpec, RunSpec, Schedule, load_schedule
-from .training import prepare_data, train_run
+from .training import data_folder, prepare_data, train_run
 
 #: recipe → its schedule in conf/train (the same files the Hydra app uses); ``finetune`` starts the structured
 #: model from the dense ``reproduce`` run of the same seed and trains it on the ``finetune`` schedule
@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     results = ResultsFolder(a.results_dir)
     board = read_rows(results.leaderboard)
     print(summary(rows, board))
-    raw = a.runs_dir / "data" / "multi30k_en_de" / "raw"
-    print(f"\nRe-score a row: sacrebleu {raw}/test.de -i <hypothesis>   ({raw}/test1.de for test_2017_flickr)")
+    data, tgt = data_folder(dense, a.runs_dir), dense.data.tgt
+    refs = (data.text("test", tgt), data.text("test1", tgt))
+    print(f"\nRe-score a row: sacrebleu {refs[0]} -i <hypothesis>   ({refs[1]} for test_2017_flickr)")
     print(f"Full leaderboard ({len(board)} rows): {results.leaderboard_page}, {results.leaderboard_chart.name}")
 
 

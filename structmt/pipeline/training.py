@@ -20,7 +20,7 @@ from ..data.prepare import PrepConfig
 from ..data.stages import sha256_file
 from ..fairseq_cli import StepError, parse_train_log, train
 from ..files import atomic_path, write_text_atomic
-from ..paths import RunFolder
+from ..paths import DataFolder, RunFolder
 from ..provenance import git_commit, machine_label
 from .spec import DataSpec, RunSpec
 
@@ -31,12 +31,12 @@ def copy_atomic(src: Path, dest: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def keep_model_files(bin_dir: Path, run_dir: Path, src: str, tgt: str) -> None:
+def keep_model_files(data: DataFolder, run_dir: Path, src: str, tgt: str) -> None:
     """Copy the SentencePiece model and dictionaries into the run, so it translates on its own."""
     folder = RunFolder(run_dir).model
-    copy_atomic(bin_dir.parent / "spm" / "spm.model", folder / "spm.model")
+    copy_atomic(data.spm_model, folder / data.spm_model.name)
     for lang in (src, tgt):
-        copy_atomic(bin_dir / f"dict.{lang}.txt", folder / f"dict.{lang}.txt")
+        copy_atomic(data.bin / f"dict.{lang}.txt", folder / f"dict.{lang}.txt")
 
 
 def data_label(d: DataSpec) -> str:
@@ -45,8 +45,20 @@ def data_label(d: DataSpec) -> str:
     return d.name if d.name.endswith(f"_{d.src}_{d.tgt}") else f"{d.name}-{d.src}-{d.tgt}"
 
 
-def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
-    """The binarized data of ``spec`` (prepared once, cached under ``runs_dir/data``)."""
+def data_folder(spec: RunSpec, runs_dir: Path) -> DataFolder:
+    """Where the data of ``spec`` is prepared: one folder under ``runs_dir/data`` per preparation setting
+    (direction, vocabulary, slices), so concurrent jobs with other settings never share stages; en→de at the
+    defaults keeps the name it always had (``runs/data/multi30k_en_de``)."""
+    d = spec.data
+    variant = {"vocab_size": d.vocab_size, "max_train_lines": d.max_train_lines, "max_eval_lines": d.max_eval_lines}
+    default = {"vocab_size": default_vocab(d.name), "max_train_lines": 0, "max_eval_lines": 0}  # as rows label it
+    label = data_label(d)
+    folder = label if variant == default else f"{label}-{hashlib.sha256(repr(variant).encode()).hexdigest()[:6]}"
+    return DataFolder(runs_dir / "data" / folder)
+
+
+def prepare_data(spec: RunSpec, runs_dir: Path) -> DataFolder:
+    """The data of ``spec``, prepared (once: cached in :func:`data_folder`)."""
     d = spec.data
     cfg = PrepConfig(
         src=d.src,
@@ -56,13 +68,9 @@ def prepare_data(spec: RunSpec, runs_dir: Path) -> Path:
         max_train_lines=d.max_train_lines,
         max_eval_lines=d.max_eval_lines,
     )
-    # one folder per preparation setting (direction, vocabulary, slices), so concurrent jobs with other
-    # settings never share stages; en→de at the defaults keeps the name it always had (runs/data/multi30k_en_de)
-    variant = {"vocab_size": d.vocab_size, "max_train_lines": d.max_train_lines, "max_eval_lines": d.max_eval_lines}
-    default = {"vocab_size": default_vocab(d.name), "max_train_lines": 0, "max_eval_lines": 0}  # as rows label it
-    label = data_label(d)
-    folder = label if variant == default else f"{label}-{hashlib.sha256(repr(variant).encode()).hexdigest()[:6]}"
-    return prepare_dataset(d.name, runs_dir / "data" / folder, cfg, d.base_url)
+    folder = data_folder(spec, runs_dir)
+    prepare_dataset(d.name, folder.path, cfg, d.base_url)
+    return folder
 
 
 def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, Any]:
@@ -71,10 +79,10 @@ def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, A
     Holds the run's lock, so two jobs of a sweep never train the same run at once.
     """
     git_commit()  # pin the commit of the code that trains
-    bin_dir = prepare_data(spec, runs_dir)
+    data = prepare_data(spec, runs_dir)
     run_id = spec.run_id()  # once: it hashes the roles file's content, which another job may rewrite meanwhile
     with run_lock(runs_dir, run_id):
-        return _train_locked(spec, run_id, runs_dir, bin_dir, log)
+        return _train_locked(spec, run_id, runs_dir, data, log)
 
 
 def carried_seconds(spec: RunSpec, run_dir: Path) -> float | None:
@@ -95,7 +103,7 @@ def run_lock(runs_dir: Path, run_id: str) -> FileLock:
     return FileLock(str(runs_dir / f".{run_id}.lock"))
 
 
-def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, bin_dir: Path, log: Any) -> dict[str, Any]:
+def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, data: DataFolder, log: Any) -> dict[str, Any]:
     run_dir = runs_dir / run_id
     run = RunFolder(run_dir)
     if run.metrics.exists():
@@ -105,7 +113,7 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, bin_dir: Path, log
             return metrics
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.spec, json.dumps(asdict(spec), indent=2) + "\n")
-    keep_model_files(bin_dir, run_dir, spec.data.src, spec.data.tgt)
+    keep_model_files(data, run_dir, spec.data.src, spec.data.tgt)
     log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run.train_log})")
     checkpoint = run.last_checkpoint
     if (updates := checkpoint_updates(checkpoint)) >= spec.schedule.max_update:
@@ -137,7 +145,7 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, bin_dir: Path, log
                 write_text_atomic(run.finetune_start, json.dumps({"seconds": training_seconds(start) or 0.0}))
         with open(run.train_log, "a", encoding="utf-8") as f:
             f.write(f"\n{header}\n")
-        trained = train(bin_dir, run_dir, spec.model.arch, args, env, carried_seconds(spec, run_dir))
+        trained = train(data.bin, run_dir, spec.model.arch, args, env, carried_seconds(spec, run_dir))
     # the code and machine that trained (a resumed run: those that finished it; train.log names each one)
     provenance = {"git_commit": git_commit(), "machine": machine_label()}
     metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)} | provenance
