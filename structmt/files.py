@@ -132,9 +132,16 @@ def text_lines(text: str) -> tuple[list[str], int]:
     return out, changed
 
 
-def utf8_error_at(raw: bytes, err: UnicodeDecodeError) -> tuple[int, int]:
-    """Where ``err`` (from ``raw.decode("utf-8")``) happened: 1-based line, and byte within that line."""
-    return raw.count(b"\n", 0, err.start) + 1, err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+def decode_utf8(raw: bytes, where: str, fix: str, error: type[Exception] = DataError) -> str:
+    """``raw`` as UTF-8 text; bytes that are not are an ``error`` that names ``where`` (a file, say), the line,
+    the byte and ``fix`` (what the user is to do)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line, column = raw.count(b"\n", 0, err.start) + 1, err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+        raise error(
+            f"{where}:{line}: invalid UTF-8 at byte {column} of the line (0x{raw[err.start]:02x}: {err.reason}); {fix}"
+        ) from None
 
 
 def read_lines(path: Path) -> list[str]:
@@ -149,13 +156,7 @@ def read_lines(path: Path) -> list[str]:
             raw = path.read_bytes()
     except (EOFError, OSError, zlib.error) as err:
         raise DataError(f"{path}: cannot read ({err}); if it is a truncated download, fetch it again") from err
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        lineno, column = utf8_error_at(raw, err)
-        raise DataError(
-            f"{path}:{lineno}: invalid UTF-8 ({err.reason} at byte {column} of the line); fix or remove the line"
-        ) from None
+    text = decode_utf8(raw, str(path), "fix or remove the line")
     lines, changed = text_lines(text.removeprefix("\ufeff"))  # a byte-order mark is no text (nor a reference's)
     if changed:
         print(f"[data] {path}: {changed} lines held line-break characters (\\r, U+2028…); replaced by spaces")

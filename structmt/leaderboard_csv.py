@@ -24,7 +24,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from .files import link_target, utf8_error_at, write_text_atomic
+from .files import decode_utf8, link_target, write_text_atomic
 
 
 @dataclass
@@ -109,13 +109,7 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
     if not csv_path.exists():
         return []
     data = csv_path.read_bytes().removeprefix(codecs.BOM_UTF8)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line, _ = utf8_error_at(data, e)
-        raise ValueError(
-            f"{csv_path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8"
-        ) from None
+    text = decode_utf8(data, str(csv_path), "save the file as UTF-8", ValueError)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
@@ -127,7 +121,7 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
             missing = [c for c in COLUMNS if c not in header]
             what = f"unknown {unknown}, missing {missing}" if unknown or missing else "repeated or reordered columns"
             raise ValueError(
-                f"{csv_path}: line 1: the header is not the leaderboard's columns ({what}); adding a row rewrites "
+                f"{csv_path}:1: the header is not the leaderboard's columns ({what}); adding a row rewrites "
                 "the file with exactly those columns and would lose the others, so fix the header by hand (it is "
                 + ",".join(COLUMNS)
                 + ") and keep other columns in a file of their own"
@@ -137,7 +131,7 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
         line = reader.line_num + 1
         for fields in reader:
             if fields:  # not a blank line
-                where = f"{csv_path}: line {line}"
+                where = f"{csv_path}:{line}"
                 if len(fields) != width:
                     raise ValueError(
                         f"{where}: {len(fields)} fields where the header has {width} (a stray or missing "
@@ -157,7 +151,7 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
                 rows.append(row)
             line = reader.line_num + 1
     except csv.Error as e:
-        raise ValueError(f"{csv_path}: line {reader.line_num}: {e}; fix the line by hand") from None
+        raise ValueError(f"{csv_path}:{reader.line_num}: {e}; fix the line by hand") from None
     return rows
 
 

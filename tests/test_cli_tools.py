@@ -269,7 +269,7 @@ def test_translate_is_not_stopped_by_a_leaderboard_to_fix_by_hand(tmp_path):
     csv = tmp_path / "leaderboard.csv"
     csv.write_text("run_id,something\n")
     level, line = translate.which_training(run_dir, checkpoint, csv)
-    assert level == logging.WARNING and f"; its scores are not looked up: {csv}: line 1: the header" in line
+    assert level == logging.WARNING and f"; its scores are not looked up: {csv}:1: the header" in line
 
 
 def test_translate_help_gives_the_unit_of_the_batch_size(monkeypatch, capsys):

@@ -70,7 +70,7 @@ def test_a_header_that_is_not_the_columns_is_rejected_and_nothing_is_rewritten(b
     _edit(board, header)
     _rejected(
         board,
-        f"{board}: line 1: the header is not the leaderboard's columns ({what}); adding a row rewrites the file "
+        f"{board}:1: the header is not the leaderboard's columns ({what}); adding a row rewrites the file "
         f"with exactly those columns and would lose the others, so fix the header by hand (it is "
         f"{','.join(leaderboard.COLUMNS)}) and keep other columns in a file of their own",
     )
@@ -85,7 +85,7 @@ def test_a_row_with_a_stray_or_a_missing_field_is_rejected_naming_its_line(board
     assert len(leaderboard.COLUMNS) == 26
     _rejected(
         board,
-        f"{board}: line {line}: {fields} fields where the header has 26 (a stray or missing comma, or a field "
+        f"{board}:{line}: {fields} fields where the header has 26 (a stray or missing comma, or a field "
         "with a comma but no quotes?); fix the line by hand",
     )
 
@@ -96,7 +96,7 @@ def test_lines_are_counted_in_the_file_when_a_quoted_field_holds_a_newline(board
         lines[2] = lines[2] + b",oops"  # the next row starts on line 4
 
     _edit(board, edit)
-    with pytest.raises(ValueError, match=f"^{re.escape(str(board))}: line 4: 27 fields where the header has 26 "):
+    with pytest.raises(ValueError, match=f"^{re.escape(str(board))}:4: 27 fields where the header has 26 "):
         leaderboard.read_rows(board)
 
 
@@ -116,7 +116,10 @@ def test_a_utf8_bom_is_read_and_not_written_back(board):
 
 def test_a_byte_that_is_not_utf8_is_rejected_naming_its_line(board):
     _edit(board, lambda lines: lines.__setitem__(3, lines[3].replace(b"cpu_demo", b"cpu_d\xe9mo", 1)))
-    _rejected(board, f"{board}: line 4: byte 0xe9 is not UTF-8; save the file as UTF-8")
+    _rejected(
+        board,
+        f"{board}:4: invalid UTF-8 at byte 20 of the line (0xe9: invalid continuation byte); save the file as UTF-8",
+    )
 
 
 @pytest.mark.parametrize(
@@ -130,7 +133,7 @@ def test_a_byte_that_is_not_utf8_is_rejected_naming_its_line(board):
 )
 def test_a_bad_number_is_rejected_naming_its_line_and_column(board, old, new, problem):
     _edit(board, lambda lines: lines.__setitem__(1, lines[1].replace(old, new, 1)))
-    _rejected(board, f"{board}: line 2: {problem}; fix the value by hand")
+    _rejected(board, f"{board}:2: {problem}; fix the value by hand")
 
 
 def test_a_new_row_with_a_bad_number_is_not_written(board):
@@ -143,7 +146,7 @@ def test_a_new_row_with_a_bad_number_is_not_written(board):
 def test_a_duplicated_row_is_an_error_naming_both_lines_not_a_rerun(board):
     _edit(board, lambda lines: lines.insert(3, lines[1]))
     message = (
-        f"{board}: line 4 records the same evaluation (run_id, test_set, hypothesis) as line 2 and is identical: "
+        f"{board}:4 records the same evaluation (run_id, test_set, hypothesis) as line 2 and is identical: "
         "a re-run has its own hypothesis file; delete the line that is wrong"
     )
     _rejected(board, message)

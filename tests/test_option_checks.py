@@ -99,6 +99,38 @@ def test_the_options_the_pipeline_sets_are_those_it_passes():
     validate(_compose("train.extra_args=[--log-interval,10,--optimizer,adam]"))  # fixed ones no key records too
 
 
+def test_the_options_set_elsewhere_are_those_the_training_command_adds(monkeypatch, tmp_path):
+    """``_SET_ELSEWHERE`` is written by hand: it names every option that ``fairseq_cli.train`` and a fine-tune's
+    training add to the schedule's and the model's, and no other."""
+    from structmt import fairseq_cli
+    from structmt.paths import DataFolder
+    from structmt.pipeline import app, training
+    from structmt.pipeline.spec import RunSpec
+
+    class Launched(Exception):
+        pass
+
+    commands: list[list[str]] = []
+
+    def run(cmd, *args, **kwargs):
+        commands.append(cmd)
+        raise Launched
+
+    monkeypatch.setattr(fairseq_cli, "_run", run)
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path / "data"))
+    monkeypatch.setattr(training, "keep_model_files", lambda *args: None)
+    monkeypatch.setattr(training, "training_seconds", lambda checkpoint: 0.0)
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights")
+    spec = RunSpec(
+        model=ModelSpec(arch="structured_transformer_tiny"), schedule=Schedule(max_update=5, finetune_from=str(start))
+    )
+    with pytest.raises(Launched):
+        training.train_run(spec, runs_dir=tmp_path / "runs", log=lambda message: None)
+    passed = {a for a in spec.model.fairseq_args(None) + spec.schedule.fairseq_args() if a.startswith("--")}
+    assert {a for a in commands[0] if a.startswith("--")} - passed == set(app._SET_ELSEWHERE)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -198,7 +230,11 @@ def test_translate_names_the_input_line_that_is_not_utf8(tmp_path, monkeypatch):
     monkeypatch.setattr(translate, "Translator", lambda run_dir, **settings: SimpleNamespace(checkpoint=None))
     monkeypatch.setattr(translate, "which_training", lambda *where: (logging.INFO, "a training"))
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("fine\nstill fine\nbad \xff\n".encode("latin-1"))))
-    with pytest.raises(SystemExit, match=r"error: standard input, line 3: invalid UTF-8 \(invalid start byte\)"):
+    with pytest.raises(
+        SystemExit,
+        match=r"^error: standard input:3: invalid UTF-8 at byte 4 of the line \(0xff: invalid start byte\); give "
+        "UTF-8 text$",
+    ):
         translate.main([str(tmp_path)])
 
 

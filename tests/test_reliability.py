@@ -59,7 +59,7 @@ def _files(folder: Path, broken: str) -> dict[str, list[tuple[Path, Path]]]:
     "broken, message",
     [
         ("line_counts", r"parallel files differ in length: {c}/train\.en has 3 lines, {c}/train\.de has 2"),
-        ("invalid_utf8", r"{c}/test\.de:2: invalid UTF-8 \(invalid start byte at byte 5 of the line\)"),
+        ("invalid_utf8", r"{c}/test\.de:2: invalid UTF-8 at byte 5 of the line \(0x..: invalid start byte\)"),
         ("truncated_gz", r"{c}/valid\.en\.gz: cannot read .*truncated download, fetch it again"),
         ("empty_test", r"test: {c}/test\.en and {c}/test\.de hold no lines; a test set needs sentences to score"),
         ("nothing_left", r"train: no pair of {c}/train\.en and {c}/train\.de is left after cleaning \(.*'empty': 3"),

@@ -193,7 +193,8 @@ def model_problems(model: ModelSpec, extra_args: list[str]) -> list[str]:
 
 
 #: fairseq-train options the pipeline sets besides ``Schedule.fairseq_args`` and ``ModelSpec.fairseq_args``
-#: (``fairseq_cli.train`` and ``training._train_locked``), with the key that sets them ('' = fixed)
+#: (``fairseq_cli.train`` and ``training._train_locked``), with the key that sets them ('' = fixed); a test
+#: compares it with the command those build
 _SET_ELSEWHERE = {
     "--user-dir": "",
     "--arch": "model.arch",

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..checkpoints import checkpoint_updates, load_model
 from ..console import add_verbose_option, setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
-from ..files import DataError, existing_dir, int_at_least, text_lines, utf8_error_at
+from ..files import DataError, decode_utf8, existing_dir, int_at_least, text_lines
 from ..leaderboard_csv import read_rows, short_commit, training
 from ..paths import RESULTS_DIR, ResultsFolder, RunFolder
 from .spec import Schedule
@@ -24,11 +24,9 @@ log = logging.getLogger(__name__)
 def read_input(raw: bytes) -> list[str]:
     """The lines of raw standard input (split as :func:`text_lines` does); invalid UTF-8 is an error naming the line."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line, _ = utf8_error_at(raw, err)
-        raise SystemExit(f"error: standard input, line {line}: invalid UTF-8 ({err.reason}); give UTF-8 text") from None
-    return text_lines(text)[0]
+        return text_lines(decode_utf8(raw, "standard input", "give UTF-8 text"))[0]
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 class Translator:
