@@ -46,6 +46,8 @@ from ..attention.structure import band as band_predicate
 VARIANTS = ("unconstrained", "row_stochastic")
 #: the thesis's coefficient grid, ``np.arange(0, 1.1, 0.1)``
 THESIS_GRID = tuple(i / 10 for i in range(11))
+#: random members per family and grid pair in the thesis's search
+THESIS_DRAWS = 30
 
 
 def _grid(n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -300,7 +302,7 @@ class ThesisSearch:
 
 
 def thesis_random_search(
-    a: Tensor, w: int, num_pos: int, draws: int = 30, seed: int = 0, grid: tuple[float, ...] = THESIS_GRID
+    a: Tensor, w: int, num_pos: int, draws: int = THESIS_DRAWS, seed: int = 0, grid: tuple[float, ...] = THESIS_GRID
 ) -> list[ThesisSearch]:
     """The thesis's baseline (``grid_search_distances``): for each pair ``(c_d, c_sp)`` of the grid,
     ``draws`` random members of each family (:func:`thesis_members`); the L1-closest of all.

@@ -24,6 +24,7 @@ from ..paths import RESULTS_DIR
 from ..provenance import git_commit, machine
 from .extract import SentenceAttention, iterate
 from .project import (
+    THESIS_DRAWS,
     VARIANTS,
     best_role,
     check_segments,
@@ -54,7 +55,10 @@ THESIS_TABLES: dict[tuple[int, int], dict[str, Any]] = {
         "distances": [22.584185, 20.904304, 20.630814, 19.964075, 21.000884, 22.181472, 21.396999, 21.169499],
     },
 }
+#: the thesis's crop: n×n attention matrices of sentences with n source tokens
 THESIS_N = 16
+#: the (w, num-pos) settings the thesis reports, which the analysis compares with by default
+THESIS_SETTINGS = tuple(THESIS_TABLES)
 
 
 def thesis_quote(w: int, r: int) -> dict[str, Any] | None:
@@ -82,7 +86,7 @@ def head_table(
     block: str,
     w: int,
     r: int,
-    draws: int = 30,
+    draws: int = THESIS_DRAWS,
     seed: int = 0,
     rarity: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> list[dict[str, Any]]:
@@ -240,10 +244,10 @@ def analyze(
     data_dir: Path,
     subset: str,
     out_dir: Path,
-    n: int = 16,
-    draws: int = 30,
+    n: int = THESIS_N,
+    draws: int = THESIS_DRAWS,
     seed: int = 0,
-    settings: tuple[tuple[int, int], ...] = ((3, 2), (10, 1)),
+    settings: tuple[tuple[int, int], ...] = THESIS_SETTINGS,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     model, task = load_model(checkpoint, data_dir)
@@ -259,10 +263,10 @@ def summarise(
     everything: list[SentenceAttention],
     rarity: tuple[torch.Tensor, torch.Tensor, int] | None,
     out_dir: Path,
-    n: int = 16,
-    draws: int = 30,
+    n: int = THESIS_N,
+    draws: int = THESIS_DRAWS,
     seed: int = 0,
-    settings: tuple[tuple[int, int], ...] = ((3, 2), (10, 1)),
+    settings: tuple[tuple[int, int], ...] = THESIS_SETTINGS,
 ) -> dict[str, Any]:
     """Everything the report shows, from the extracted attention; writes the figures (:func:`write_report`
     writes the rest)."""
@@ -328,7 +332,7 @@ def _times(a: float, b: float) -> str:
     return f"{a / b:.1f}×" if b > 0 else "∞×"
 
 
-def markdown(result: dict[str, Any], command: str, n: int = 16) -> str:
+def markdown(result: dict[str, Any], command: str, n: int = THESIS_N) -> str:
     settings = [k for k in result if k.startswith("w") and k.endswith(f"_n{n}")]
     lines = [
         "# Attention analysis: projection onto Σ (Conti 2024)",
@@ -519,7 +523,10 @@ def main(argv: list[str] | None = None) -> None:
         "analysis, whose roles.json model=structured_multi30k_roles reads; for a trial give a folder under runs/)",
     )
     p.add_argument(
-        "--draws", type=int_at_least(1), default=30, help="random members per family and grid pair (thesis: 30)"
+        "--draws",
+        type=int_at_least(1),
+        default=THESIS_DRAWS,
+        help=f"random members per family and grid pair (thesis: {THESIS_DRAWS})",
     )
     p.add_argument(
         "--seed",
