@@ -58,6 +58,28 @@ def test_full_window_equals_fairseq_multihead_attention():
         dense.zero_grad()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_are_float32_as_fairseqs(dtype):
+    """fairseq's decoder asks its encoder-decoder attention (``static_kv=True``) for weights, which come back as
+    its float32 softmax whatever the inputs' precision (an alignment criterion takes their log); ours came back
+    rounded to the inputs' dtype (rows off 1 by 1e-3 in bf16). Self-attention's weights are float32 too."""
+    torch.manual_seed(0)
+    E, H, T, S, B = 32, 4, 7, 11, 3
+    dense = MultiheadAttention(E, H, encoder_decoder_attention=True).eval().to(dtype)
+    cross = StructuredCrossAttention.from_dense(dense, CrossBand(window=S)).eval()
+    block = StructuredMultiheadAttention(E, H, Structure.from_roles(["syntactic"] * H, window=2)).eval().to(dtype)
+    x, memory = torch.randn(T, B, E, dtype=dtype), torch.randn(S, B, E, dtype=dtype)
+    _, want = dense(x, memory, memory, static_kv=True, need_weights=True, need_head_weights=True)
+    for impl in ("reference", "efficient"):
+        cross.impl = block.impl = impl
+        _, got = cross(x, memory, memory, static_kv=True, need_weights=True, need_head_weights=True)
+        _, own = block(x, x, x, need_weights=True)
+        assert want.dtype == got.dtype == own.dtype == torch.float32, impl
+        assert (got - want).abs().max() <= 2e-2  # both compute the scores in the inputs' precision
+        for w in (got, own):
+            torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-6, rtol=0)
+
+
 def test_parameter_names_match_fairseq():
     dense = MultiheadAttention(16, 2, self_attention=True)
     ours = StructuredMultiheadAttention.from_dense(dense, Structure.from_roles(["syntactic", "rare"], window=2, rare=1))

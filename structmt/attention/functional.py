@@ -55,13 +55,14 @@ def structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps:
             f"sink_eps bounds each error key's weight: it must be >= 0 and (error keys of a row) * sink_eps < 1, "
             f"got {most} * {sink_eps}"
         )
-    return _structured_softmax(scores, support, error, sink_eps)
+    return _structured_softmax(scores, support, error, sink_eps).to(scores.dtype)
 
 
 def _structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps: float) -> Tensor:
-    """:func:`structured_softmax` without the checks (its callers here build their inputs by the rules)."""
-    dtype = scores.dtype
-    scores = scores.to(torch.promote_types(dtype, torch.float32))  # fp16/bf16 in fp32, fp64 in fp64
+    """:func:`structured_softmax` without the checks (its callers here build their inputs by the rules), in
+    float32 at least (fp16/bf16 scores in fp32, fp64 in fp64): the weights fairseq's attention returns are its
+    float32 softmax too; the callers round them to the values' dtype to weight the values."""
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
     probs = torch.softmax(scores.masked_fill(~support, float("-inf")), dim=-1)
     probs = torch.where(support, probs, zero)
@@ -69,7 +70,7 @@ def _structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps
         # where, not a product with the mask: a non-finite score outside the error keys stays out
         extra = torch.where(error & support.any(-1, keepdim=True), sink_eps * torch.sigmoid(scores), zero)
         probs = probs * (1.0 - extra.sum(-1, keepdim=True)) + extra
-    return probs.to(dtype)
+    return probs
 
 
 def _structure_for(
@@ -179,13 +180,13 @@ def reference_attention(
     """Dense scores with the support as a boolean mask: ``O(Tq * S)``.
 
     ``q_pos``: ``(Tq,)`` positions of the queries; ``kv_pos``: ``(S,)`` of the keys.
-    Returns the output ``(B, H, Tq, D)`` and the weights ``(B, H, Tq, S)``.
+    Returns the output ``(B, H, Tq, D)`` and the weights ``(B, H, Tq, S)`` (in float32 at least).
     """
     b, h = _index_grid(q.size(0), q.size(1), q.device)
     qi, kvi = q_pos.view(1, 1, -1, 1), kv_pos.view(1, 1, 1, -1)
     scores = torch.matmul(q * q.size(-1) ** -0.5, k.transpose(-1, -2))  # scaled first: no fp16 overflow
     weights = _structured_softmax(scores, supports.support(b, h, qi, kvi), supports.error(b, h, qi, kvi), sink_eps)
-    out = torch.matmul(F.dropout(weights, dropout_p, training=dropout_p > 0), v)
+    out = torch.matmul(F.dropout(weights.to(v.dtype), dropout_p, training=dropout_p > 0), v)
     return out, weights
 
 
@@ -200,11 +201,11 @@ def candidate_attention(
         kind: ``(B, H, Tq, C)`` :class:`~structmt.attention.structure.Kind` codes
             from :meth:`CandidateLayout.kinds`.
     Returns:
-        output ``(B, H, Tq, D)`` and candidate weights ``(B, H, Tq, C)``.
+        output ``(B, H, Tq, D)`` and candidate weights ``(B, H, Tq, C)`` (in float32 at least).
     """
     scores = torch.einsum("bhtd,btchd->bhtc", q * q.size(-1) ** -0.5, k_c)  # scaled first: no fp16 overflow
     weights = _structured_softmax(scores, kind == Kind.SUPPORT, kind == Kind.ERROR, sink_eps)
-    out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights, dropout_p, training=dropout_p > 0), v_c)
+    out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights.to(v_c.dtype), dropout_p, training=dropout_p > 0), v_c)
     return out, weights
 
 
@@ -320,7 +321,8 @@ def attend(
     """Attend from ``q`` ``(B, H, Tq, D)`` over ``k, v`` ``(B, H, S, D)`` where ``plan`` allows.
 
     Returns the output ``(B, H, Tq, D)`` and, with ``need_weights``, the dense weights
-    ``(B, H, Tq, S)`` (built for this call: ``O(Tq * S)`` memory), else None."""
+    ``(B, H, Tq, S)`` (built for this call: ``O(Tq * S)`` memory; in float32 for half-precision inputs, as
+    fairseq's attention returns them), else None."""
     check_inputs(q, k, v)
     B, H, Tq, S = plan.shape
     if (*q.shape[:3], k.size(2)) != plan.shape:
@@ -456,7 +458,9 @@ def choose_impl(
 
 
 def scatter_dense(weights: Tensor, kv_pos: Tensor, num_keys: int) -> Tensor:
-    """Candidate weights ``(B, H, T, C)`` → dense ``(B, H, T, S)`` (only when asked for)."""
+    """Candidate weights ``(B, H, T, C)`` → dense ``(B, H, T, S)`` (only when asked for), in float32 at least
+    (the Triton kernel's weights are in the inputs' dtype: widened, not recomputed)."""
+    weights = weights.to(torch.promote_types(weights.dtype, torch.float32))
     B, H, T, C = weights.shape
     valid = (kv_pos >= 0) & (kv_pos < num_keys)
     index = kv_pos.clamp(0, num_keys - 1).unsqueeze(1).expand(B, H, T, C)
@@ -613,7 +617,8 @@ def structured_attention_with_weights(
         ``(output (B, H, T, D), weights (B, H, T, T))``.  The weights are zero
         outside the structure and each row sums to 1, or is all zero for a query
         with no key to attend to; with ``dropout_p > 0`` they are the weights
-        before dropout.
+        before dropout. Half-precision inputs get float32 weights (as fairseq's
+        attention returns its weights).
     """
     out, weights = _structured_attention(
         q,
