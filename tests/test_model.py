@@ -240,7 +240,7 @@ def test_incremental_decoding_matches_teacher_forcing(dict_dir, extra):
         steps.append(out)
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
     # the self-attention cache is bounded: last w keys (or all, when fewer) + r rare + sinks, whatever the length
-    sizes = {layer.self_attn.cache_size(state) for layer in model.decoder.layers}
+    sizes = {layer.self_attn._get_input_buffer(state)["cache_key"].size(2) for layer in model.decoder.layers}
     s = model.decoder.layers[0].self_attn.structure
     assert sizes == {min(s.max_window, tgt.size(1)) + s.rare + s.sinks}
 

@@ -17,7 +17,7 @@ from structmt.data.prepare import PrepConfig, prepare_multi30k
 from structmt.files import DataError
 from structmt.pipeline import leaderboard
 from structmt.pipeline.evaluation import score
-from structmt.pipeline.tracking import WandbSettings, log_experiment, read_offline_run
+from structmt.pipeline.tracking import WandbSettings, log_experiment
 
 
 def _stamps(out: Path) -> dict[str, float]:
@@ -279,6 +279,59 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
         assert p.exitcode == 0
     keys = [(r["run_id"], r["test_set"]) for r in leaderboard.read_rows(csv_path)]
     assert len(keys) == len(set(keys)) == 4 * 15 + 1
+
+
+def _read_records(wandb_file: Path) -> list:
+    """Decode the records of a local ``.wandb`` file (LevelDB-log framing of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = wandb_file.read_bytes()
+    block, pos, records, pending = 32768, 7, [], b""  # 7-byte file header (":W&B", magic, version)
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending += payload
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def read_offline_run(folder: Path) -> dict:
+    """Config, history rows and summary of a local W&B run folder, read from its ``.wandb`` file."""
+    import json
+
+    files = list(folder.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no run-*.wandb file in {folder}")
+
+    def key(item) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    config: dict = {}
+    summary: dict = {}
+    history: list[dict] = []
+    for record in _read_records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "history":
+            history.append({key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            summary.update({key(i): json.loads(i.value_json) for i in record.summary.update})
+    return {"config": config, "history": history, "summary": summary}
 
 
 def test_wandb_offline_run_holds_config_curve_and_scores(tmp_path, monkeypatch):

@@ -339,11 +339,6 @@ class StructuredMultiheadAttention(_StructuredBase):
         keep = (rows + pick[:, nb - min(step + 1, w) :].unsqueeze(1)).view(-1)  # minus the band key out of reach
         return StepPlan(rare_rank=ranks, pick=pick, kind=kind, keep=keep)
 
-    def cache_size(self, incremental_state: IncrementalState) -> int:
-        """Number of cached key vectors per sequence and head (for the bounded-cache check)."""
-        buf = self._get_input_buffer(incremental_state)
-        return buf["cache_key"].size(2) if "cache_key" in buf else 0
-
 
 class StructuredCrossAttention(_StructuredBase):
     """Encoder-decoder attention restricted to the aligned source band of a :class:`CrossBand`.
