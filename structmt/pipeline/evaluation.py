@@ -88,6 +88,11 @@ def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
     }
 
 
+def named_test_set(label: str) -> str:
+    """The test set a row's ``test_set`` label names (``test_2016_flickr[:100]`` → ``test_2016_flickr``)."""
+    return label.partition("[")[0]
+
+
 def keep_hypotheses(hyp: Path, kept: Path) -> Path:
     """Keep ``hyp`` as ``kept`` (the leaderboard's file); returns where it was kept.
 
@@ -123,7 +128,7 @@ def _kept_here(rows: list[dict[str, Any]], run: RunFolder, results: ResultsFolde
     for row in rows:
         path = row_file(row["hypothesis"])
         if path.parent.resolve() != results.hyps.resolve():
-            decoded = run.decoded(row["test_set"].partition("[")[0], tgt)
+            decoded = run.decoded(named_test_set(row["test_set"]), tgt)
             source = path if path.is_file() else decoded
             if not source.is_file():
                 raise StepError(
@@ -229,7 +234,7 @@ def _evaluate_locked(
         # the rows still go to this leaderboard (another results_dir, or a lost CSV); add_rows adds each row once.
         # Rows of a slice or another direction, stored before those were named, get their labels
         stored = json.loads(done.read_text())
-        rows_done = [row | row_labels(spec, row["test_set"].partition("[")[0]) for row in stored["rows"]]
+        rows_done = [row | row_labels(spec, named_test_set(row["test_set"])) for row in stored["rows"]]
         rows_done = _kept_here(rows_done, run, results, spec.data.tgt)
         if baseline is not None and spec.model.structured:
             rows_done = _late_p_values(spec, runs_dir, baseline, rows_done, log)
@@ -332,7 +337,7 @@ def _late_p_values(
     base = RunFolder(runs_dir / baseline.run_id())
     out = []
     for row in rows:
-        name = row["test_set"].partition("[")[0]
+        name = named_test_set(row["test_set"])
         base_hyp = base.decoded(name, spec.data.tgt)
         if row["p_value_vs_dense"] == "" and base_hyp.exists():
             p_value, ci = paired_bootstrap(
