@@ -54,6 +54,11 @@ class RunFolder:
         return self.path / "model"
 
     @property
+    def spm_model(self) -> Path:
+        """The SentencePiece model, kept in :attr:`model`."""
+        return self.model / "spm.model"
+
+    @property
     def roles(self) -> Path:
         """Its copy of a roles file (``model.heads_from``), which decoding and translation load."""
         return self.path / "roles.json"
@@ -122,8 +127,9 @@ class ResultsFolder:
 
 @dataclass(frozen=True)
 class DataFolder:
-    """A prepared data set's folder (``runs/data/<data label>/``): its text (the training data cleaned, the
-    evaluation sets as given: the references), its SentencePiece model and fairseq's binarized data."""
+    """A prepared data set's folder (``runs/data/<data label>``, with ``-<digest>`` for settings other than the
+    data set's defaults): its text (the training data cleaned, the evaluation sets as given: the references),
+    its SentencePiece model and fairseq's binarized data."""
 
     path: Path
 

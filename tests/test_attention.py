@@ -60,9 +60,9 @@ def test_full_window_equals_fairseq_multihead_attention():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_weights_are_float32_as_fairseqs(dtype):
-    """fairseq's decoder asks its encoder-decoder attention (``static_kv=True``) for weights, which come back as
-    its float32 softmax whatever the inputs' precision (an alignment criterion takes their log); ours came back
-    rounded to the inputs' dtype (rows off 1 by 1e-3 in bf16). Self-attention's weights are float32 too."""
+    """fairseq's encoder-decoder attention (``static_kv=True``, as its decoder calls it) returns its float32
+    softmax as the weights whatever the inputs' precision; ours came back rounded to the inputs' dtype (rows off
+    1 by 1e-3 in bf16). Self-attention's weights are float32 too."""
     torch.manual_seed(0)
     E, H, T, S, B = 32, 4, 7, 11, 3
     dense = MultiheadAttention(E, H, encoder_decoder_attention=True).eval().to(dtype)

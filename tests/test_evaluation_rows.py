@@ -189,7 +189,8 @@ def test_the_schedules_beam_reaches_every_decode_and_the_sweep_objective_is_bleu
 
 def test_a_sweep_members_wandb_run_has_its_validation_bleu(runs, monkeypatch):
     """A sweep member is scored on the validation set before its evaluation, so that its W&B run has the sweep's
-    objective; a run evaluated (and logged) before it became a sweep member is logged again with it, once."""
+    objective; a run evaluated (and logged) before it had the score (a sweep member since, or scored after its
+    evaluation by older code) is logged again with it, once."""
     logged: list[dict | None] = []
     configs: list[dict] = []
 
@@ -213,6 +214,15 @@ def test_a_sweep_members_wandb_run_has_its_validation_bleu(runs, monkeypatch):
     evaluation.run_experiment(earlier, **where, objective=True)  # now one: logged again, with it
     evaluation.run_experiment(earlier, **where, objective=True)  # and not again
     assert logged[1:] == [None, score_of(runs, earlier)]
+
+    older = runs(DENSE, [hyps], schedule=Schedule(max_update=10, seed=2))  # older code: logged, then scored
+    evaluation.run_experiment(older, **where)
+    valid_bleu(older, runs_dir=runs.runs_dir, log=quiet)
+    result = runs.runs_dir / older.run_id() / "result.json"
+    result.write_text(json.dumps({k: v for k, v in json.loads(result.read_text()).items() if k != "wandb_valid"}))
+    evaluation.run_experiment(older, **where, objective=True)  # logged again, with the score it has had
+    evaluation.run_experiment(older, **where, objective=True)
+    assert logged[3:] == [None, score_of(runs, older)]
     # a dense run's model is its arch alone (its rows leave window and rare empty), a structured run's has them
     assert configs[0]["model"] == {"arch": "transformer_multi30k"}
     assert (configs[1]["model"]["window"], configs[1]["model"]["rare"]) == (3, 2)

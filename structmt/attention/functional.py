@@ -60,8 +60,8 @@ def structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps:
 
 def _structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps: float) -> Tensor:
     """:func:`structured_softmax` without the checks (its callers here build their inputs by the rules), in
-    float32 at least (fp16/bf16 scores in fp32, fp64 in fp64): the weights fairseq's attention returns are its
-    float32 softmax too; the callers round them to the values' dtype to weight the values."""
+    float32 at least (fp16/bf16 scores in fp32, fp64 in fp64), as fairseq's encoder-decoder attention returns its
+    weights; the callers weight the values with them rounded to the scores' dtype."""
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
     probs = torch.softmax(scores.masked_fill(~support, float("-inf")), dim=-1)
@@ -186,7 +186,7 @@ def reference_attention(
     qi, kvi = q_pos.view(1, 1, -1, 1), kv_pos.view(1, 1, 1, -1)
     scores = torch.matmul(q * q.size(-1) ** -0.5, k.transpose(-1, -2))  # scaled first: no fp16 overflow
     weights = _structured_softmax(scores, supports.support(b, h, qi, kvi), supports.error(b, h, qi, kvi), sink_eps)
-    out = torch.matmul(F.dropout(weights.to(v.dtype), dropout_p, training=dropout_p > 0), v)
+    out = torch.matmul(F.dropout(weights.to(scores.dtype), dropout_p, training=dropout_p > 0), v)
     return out, weights
 
 
@@ -205,7 +205,7 @@ def candidate_attention(
     """
     scores = torch.einsum("bhtd,btchd->bhtc", q * q.size(-1) ** -0.5, k_c)  # scaled first: no fp16 overflow
     weights = _structured_softmax(scores, kind == Kind.SUPPORT, kind == Kind.ERROR, sink_eps)
-    out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights.to(v_c.dtype), dropout_p, training=dropout_p > 0), v_c)
+    out = torch.einsum("bhtc,btchd->bhtd", F.dropout(weights.to(scores.dtype), dropout_p, training=dropout_p > 0), v_c)
     return out, weights
 
 

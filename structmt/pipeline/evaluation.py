@@ -202,10 +202,6 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
             s = score(hyp, data.text("valid", spec.data.tgt))
             write_text_atomic(run.valid_score, json.dumps(asdict(s), indent=2) + "\n")
             log(f"[{run_id}] valid: BLEU {s.bleu} (the sweep objective)")
-            stored = json.loads(run.result.read_text()) if run.result.exists() else {}
-            if stored.get("wandb") is not None:  # logged without this score: its W&B run gets it (the same W&B
-                stored["wandb"] = None  # run) at the next evaluation, as a late p-value
-                write_text_atomic(run.result, json.dumps(stored, indent=2) + "\n")
         return float(json.loads(run.valid_score.read_text())["bleu"])
 
 
@@ -249,9 +245,13 @@ def _evaluate_locked(
         if added or filled:
             leaderboard.publish(results_dir)
         log(f"[{run_id}] evaluated earlier; skipping" + (f" (added its {added} rows to {csv_path})" if added else ""))
-        if "wandb" in stored and stored["wandb"] is None:  # not logged then (logger=none, or it failed): now
-            stored["wandb"] = _log_wandb(spec, run, rows_done, runs_dir, wandb, stored["wandb_id"], log)
-            if stored["wandb"] is not None:
+        # not logged then (logger=none, or it failed), or logged before the run had a validation score (a sweep
+        # member since, or scored by older code after its evaluation): now, the same W&B run
+        valid_missing = run.valid_score.exists() and not stored.get("wandb_valid")
+        if "wandb" in stored and (stored["wandb"] is None or valid_missing):
+            folder = _log_wandb(spec, run, rows_done, runs_dir, wandb, stored["wandb_id"], log)
+            if folder is not None:
+                stored |= {"wandb": folder, "wandb_valid": run.valid_score.exists()}
                 write_text_atomic(done, json.dumps(stored, indent=2) + "\n")
         return rows_done
     data = prepare_data(spec, runs_dir)
@@ -320,7 +320,8 @@ def _evaluate_locked(
     records = [asdict(row) for row in rows]
     wandb_id = wandb_run_id(run_id, [row_file(r["hypothesis"]) for r in records])
     folder = _log_wandb(spec, run, records, runs_dir, wandb, wandb_id, log)
-    write_text_atomic(done, json.dumps({"rows": records, "wandb": folder, "wandb_id": wandb_id}, indent=2) + "\n")
+    logged = {"wandb": folder, "wandb_id": wandb_id, "wandb_valid": folder is not None and run.valid_score.exists()}
+    write_text_atomic(done, json.dumps({"rows": records} | logged, indent=2) + "\n")
     return records
 
 

@@ -33,10 +33,10 @@ def copy_atomic(src: Path, dest: Path) -> None:
 
 def keep_model_files(data: DataFolder, run_dir: Path, src: str, tgt: str) -> None:
     """Copy the SentencePiece model and dictionaries into the run, so it translates on its own."""
-    folder = RunFolder(run_dir).model
-    copy_atomic(data.spm_model, folder / data.spm_model.name)
+    run = RunFolder(run_dir)
+    copy_atomic(data.spm_model, run.spm_model)
     for lang in (src, tgt):
-        copy_atomic(data.bin / f"dict.{lang}.txt", folder / f"dict.{lang}.txt")
+        copy_atomic(data.bin / f"dict.{lang}.txt", run.model / f"dict.{lang}.txt")
 
 
 def data_label(d: DataSpec) -> str:

@@ -42,7 +42,7 @@ class Translator:
         run = RunFolder(run_dir)
         ckpt = checkpoint or run.last_checkpoint
         folder = run.model
-        for path in (ckpt, folder / "spm.model"):
+        for path in (ckpt, run.spm_model):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found: is {run_dir} a finished structmt run folder?")
         spec_file = run.spec
@@ -53,7 +53,7 @@ class Translator:
         beam = beam or recorded.get("schedule", {}).get("beam", Schedule.beam)
         model, self.task = load_model(ckpt, folder, source_lang=src, target_lang=tgt)
         self.models = [model]
-        self.sp = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+        self.sp = spm.SentencePieceProcessor(model_file=str(run.spm_model))
         self.generator = self.task.build_generator(
             self.models, GenerationConfig(beam=beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B)
         )
