@@ -1,6 +1,6 @@
 """Where things are: the repository checkout, the plugin folder (``--user-dir``), the default folders of
 results (committed) and runs (checkpoints, data, W&B files; not committed), and the files the pipeline keeps
-in a run's folder and in a results folder (named here, once)."""
+in a run's folder, a results folder and a prepared data folder (named here, once)."""
 
 from dataclasses import dataclass
 from pathlib import Path

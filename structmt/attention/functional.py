@@ -322,7 +322,7 @@ def attend(
 
     Returns the output ``(B, H, Tq, D)`` and, with ``need_weights``, the dense weights
     ``(B, H, Tq, S)`` (built for this call: ``O(Tq * S)`` memory; in float32 for half-precision inputs, as
-    fairseq's attention returns them), else None."""
+    fairseq's encoder-decoder attention returns them), else None."""
     check_inputs(q, k, v)
     B, H, Tq, S = plan.shape
     if (*q.shape[:3], k.size(2)) != plan.shape:
@@ -618,7 +618,7 @@ def structured_attention_with_weights(
         outside the structure and each row sums to 1, or is all zero for a query
         with no key to attend to; with ``dropout_p > 0`` they are the weights
         before dropout. Half-precision inputs get float32 weights (as fairseq's
-        attention returns its weights).
+        encoder-decoder attention returns its weights).
     """
     out, weights = _structured_attention(
         q,
