@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from structmt.fairseq_cli import decode, train
-from structmt.paths import DataFolder
+from structmt.paths import PLUGIN_DIR, DataFolder
 from structmt.pipeline.evaluation import score
 from structmt.pipeline.training import keep_model_files
 
@@ -73,6 +73,16 @@ def test_train_decode_score(data_bin, tmp_path, arch, extra):
     u = score(decode(data_bin, untrained.checkpoint, "test", tmp_path / "untrained.hyp", beam=3), ref)
     assert s.chrf > u.chrf + 5 and s.bleu > u.bleu, (s, u)
     assert s.bleu_signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    if arch.startswith("structured"):  # the decode log says what the model attended with, an override included
+        said = "INFO:structmt.models.structured_transformer:structured attention: --struct-window {} --struct-rare 2 "
+        assert said.format(3) in (tmp_path / "test.log").read_text()
+        overridden = subprocess.run(
+            [sys.executable, "-m", "fairseq_cli.generate", str(data_bin), "--user-dir", str(PLUGIN_DIR), "--path",
+             str(result.checkpoint), "--gen-subset", "test", "--beam", "1", "--max-sentences", "8",
+             "--model-overrides", "{'struct_window': 1}"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert said.format(1) in overridden.stderr
     # structmt-translate on the raw source, with the run's own SentencePiece model and beam, gives the same text
     (tmp_path / "spec.json").write_text(json.dumps({"data": {"src": "en", "tgt": "de"}, "schedule": {"beam": 3}}))
     keep_model_files(data, tmp_path, "en", "de")

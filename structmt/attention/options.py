@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -303,6 +304,11 @@ def fill_defaults(args: Any) -> None:
     for f in fields(StructureConfig):
         if getattr(args, f.name, None) is None:
             setattr(args, f.name, f.default)
+
+
+def describe(config: StructureConfig) -> str:
+    """Every ``--struct-*`` option of ``config`` and its value, defaults included, as a command line spells it."""
+    return " ".join(f"{flag(f.name)} {shlex.quote(str(getattr(config, f.name)))}" for f in fields(config))
 
 
 def to_fairseq_args(config: StructureConfig) -> list[str]:

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from ..attention.context import TokenContext, active, current
 from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
-from ..attention.options import StructureConfig, add_arguments, fill_defaults
+from ..attention.options import StructureConfig, add_arguments, describe, fill_defaults
 from ..attention.structure import CrossBand, Structure, rarity_tables, roles_json
 
 logger = logging.getLogger(__name__)
@@ -287,6 +287,9 @@ class StructuredTransformerModel(TransformerModel):
             args.struct_heads_from = roles_json(args.struct_heads_from)
         model = super().build_model(args, task)  # fills the architecture's defaults, then builds encoder and decoder
         _check_rarity_counts(args, model)
+        # what this model attends with, in the log of every command that builds it (fairseq-generate's
+        # --model-overrides of a --struct-* option included): the checkpoint's own options otherwise
+        logger.info("structured attention: %s", describe(StructureConfig.from_args(args)))
         roles = {
             role
             for block in options.blocks()
