@@ -162,13 +162,21 @@ def log_records(text: str) -> Iterator[tuple[str, dict[str, float]]]:
 def training_curve(log: Path) -> list[dict[str, float]]:
     """The ``train_inner`` records of a fairseq-train log that have an update count, of the training that made
     the last checkpoint: the log is appended to, so where the count goes back (a run resumed from an earlier
-    checkpoint, or trained again under its id) the records from that update on are those of the later process."""
+    checkpoint, or trained again under its id) the records from that update on are those of the later process.
+    ``wall`` (seconds since fairseq-train started) continues across a resume: where it goes back (a later
+    process's clock), it is counted on from the last record kept before."""
     text = log.read_text(encoding="utf-8", errors="replace")
     curve: list[dict[str, float]] = []
+    clock, offset = -1.0, 0.0  # the last record's own wall; what this process's wall is shifted by
     for kind, record in log_records(text):
         if kind == "train_inner" and "num_updates" in record:
             while curve and curve[-1]["num_updates"] >= record["num_updates"]:
                 curve.pop()  # an abandoned attempt's records from this update on
+            if "wall" in record:
+                if record["wall"] < clock:  # another process: its clock started again
+                    offset = curve[-1].get("wall", 0.0) if curve else 0.0
+                clock = record["wall"]
+                record["wall"] += offset
             curve.append(record)
     return curve
 

@@ -613,19 +613,19 @@ def test_the_training_curve_is_the_last_trainings_where_the_log_goes_back(tmp_pa
     updates it had logged before; the curve keeps the later process's records from there on."""
     from structmt.fairseq_cli import training_curve
 
-    def line(updates, loss):
-        return f"x | INFO | train_inner | epoch 001: 5 / 9 loss={loss}, num_updates={updates}, lr=0.1\n"
+    def line(updates, loss, wall):
+        return f"x | INFO | train_inner | epoch 001: 5 / 9 loss={loss}, num_updates={updates}, lr=0.1, wall={wall}\n"
 
     log = tmp_path / "train.log"
-    log.write_text(
-        "".join(line(u, l) for u, l in [(50, 9), (100, 8), (150, 7), (200, 6), (150, 7.5), (200, 6.5), (250, 5)])
-    )
-    assert [(r["num_updates"], r["loss"]) for r in training_curve(log)] == [
-        (50, 9),
-        (100, 8),
-        (150, 7.5),
-        (200, 6.5),
-        (250, 5),
+    first = [(50, 9, 10), (100, 8, 20), (150, 7, 30), (200, 6, 40)]  # killed after the checkpoint at 100
+    log.write_text("".join(line(*r) for r in first + [(150, 7.5, 12), (200, 6.5, 22), (250, 5, 32)]))
+    # fairseq's wall clock starts again with each process: the curve's continues from the record kept before
+    assert [(r["num_updates"], r["loss"], r["wall"]) for r in training_curve(log)] == [
+        (50, 9, 10),
+        (100, 8, 20),
+        (150, 7.5, 32),
+        (200, 6.5, 42),
+        (250, 5, 52),
     ]
 
 
