@@ -58,6 +58,10 @@ class RunFolder:
         """The SentencePiece model, kept in :attr:`model`."""
         return self.model / "spm.model"
 
+    def dictionary(self, lang: str) -> Path:
+        """The fairseq dictionary of ``lang``, kept in :attr:`model`."""
+        return self.model / dictionary_name(lang)
+
     @property
     def roles(self) -> Path:
         """Its copy of a roles file (``model.heads_from``), which decoding and translation load."""
@@ -155,3 +159,12 @@ class DataFolder:
     def bin(self) -> Path:
         """fairseq's binarized data and dictionaries: fairseq-train's and fairseq-generate's data folder."""
         return self.path / "bin"
+
+    def dictionary(self, lang: str) -> Path:
+        """The fairseq dictionary of ``lang`` (joined: the same symbols for both languages)."""
+        return self.bin / dictionary_name(lang)
+
+
+def dictionary_name(lang: str) -> str:
+    """fairseq's name for the dictionary of ``lang``, which its translation task looks for beside the data."""
+    return f"dict.{lang}.txt"

@@ -64,9 +64,10 @@ class _Recorder:
 @contextmanager
 def _recording(model: Any) -> Iterator[dict[str, list[_Recorder]]]:
     """The model's attention modules recording their per-head weights, for one forward: restored on exit."""
-    recorders = {block: [] for block in _attention_modules(model)}
+    modules = _attention_modules(model)
+    recorders: dict[str, list[_Recorder]] = {block: [] for block in modules}
     try:
-        for block, mods in _attention_modules(model).items():
+        for block, mods in modules.items():  # one at a time: a failure restores those patched before it
             recorders[block] += [_Recorder(m) for m in mods]
         yield recorders
     finally:

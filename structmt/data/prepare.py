@@ -211,7 +211,7 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
 
     # 4. binarize with a joined dictionary
     bin_dir = folder.bin
-    bin_out = [bin_dir / f"dict.{lang}.txt" for lang in langs] + [
+    bin_out = [folder.dictionary(lang) for lang in langs] + [
         bin_dir / f"{split}.{cfg.src}-{cfg.tgt}.{lang}.bin" for split in splits for lang in langs
     ]
     Stage("binarize", bin_dir, {"src": cfg.src, "tgt": cfg.tgt}, enc_out, bin_out).ensure(

@@ -36,7 +36,7 @@ def keep_model_files(data: DataFolder, run_dir: Path, src: str, tgt: str) -> Non
     run = RunFolder(run_dir)
     copy_atomic(data.spm_model, run.spm_model)
     for lang in (src, tgt):
-        copy_atomic(data.bin / f"dict.{lang}.txt", run.model / f"dict.{lang}.txt")
+        copy_atomic(data.dictionary(lang), run.dictionary(lang))
 
 
 def data_label(d: DataSpec) -> str:
