@@ -457,6 +457,36 @@ def test_a_decoding_step_with_a_full_pass_context_is_refused():
     assert mha(x, x, x, incremental_state={}, context=step)[0].shape == (1, 1, 16)
 
 
+def test_a_decoding_step_whose_context_is_not_the_whole_prefix_is_refused():
+    """A step's position is its context's (the prefix length - 1); a context built from the last token alone says
+    position 0 at every step, and the step read the cache as if it were empty: outputs off by O(1), no error.
+    The cache's size must be the one the position leaves."""
+    from structmt.attention.context import TokenContext
+
+    torch.manual_seed(0)
+    mha = StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 2, window=2, causal=True)).eval()
+    x = torch.randn(3, 1, 16)
+    tokens, counts, never = (
+        torch.tensor([[5, 6, 7]]),
+        torch.ones(10, dtype=torch.long),
+        torch.zeros(10, dtype=torch.bool),
+    )
+    full = mha(x, x, x, context=TokenContext.from_tokens(tokens, counts, never))[0]
+    state: dict = {}
+    steps = [
+        mha(x[t : t + 1], x[t : t + 1], x[t : t + 1], incremental_state=state,
+            context=TokenContext.from_tokens(tokens[:, : t + 1], counts, never, incremental=True))[0]
+        for t in range(3)
+    ]  # fmt: skip
+    torch.testing.assert_close(torch.cat(steps), full)
+    state = {}
+    last = TokenContext.from_tokens(tokens[:, :1], counts, never, incremental=True)
+    mha(x[:1], x[:1], x[:1], incremental_state=state, context=last)
+    last = TokenContext.from_tokens(tokens[:, 1:2], counts, never, incremental=True)  # position 0 again
+    with pytest.raises(RuntimeError, match="at position 0, but the cache holds 1 keys .* from the whole prefix"):
+        mha(x[1:2], x[1:2], x[1:2], incremental_state=state, context=last)
+
+
 @pytest.mark.reliability  # docs/reliability.md
 def test_a_causal_block_takes_fairseqs_future_mask_and_refuses_any_other_attn_mask():
     """The causal structure applies the future mask itself: fairseq's (float -inf or bool True above the

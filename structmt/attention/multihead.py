@@ -42,6 +42,7 @@ class StepPlan:
     pick: Tensor  # (B, C) slot of each candidate in [cache, this step's key]
     kind: Tensor  # (B, H, 1, C) Kind codes
     keep: Tensor  # (B * H * C',) rows of the flattened [cache, this step's key] that form the next cache
+    cached: int  # how many keys the cache holds before this step (the slot of this step's key)
 
 
 def _shared(context: TokenContext | None, key: tuple, build: Callable[[], Any]) -> Any:
@@ -279,6 +280,14 @@ class StructuredMultiheadAttention(_StructuredBase):
         # so one plan per step serves them all
         plan = context.shared((self.structure, step), build) if context else build()
         empty = k[:, :, :0]
+        cached = buf["cache_key"].size(2) if "cache_key" in buf else 0
+        if cached != plan.cached:  # a shape, read without waiting for the device
+            raise RuntimeError(
+                f"decoding step at position {step}, but the cache holds {cached} keys where that position "
+                f"leaves {plan.cached}: build the step's TokenContext from the whole prefix "
+                "(TokenContext.from_tokens(prefix, ..., incremental=True), position = prefix length - 1), "
+                "not from the last token alone"
+            )
         pool_k = torch.cat([buf.get("cache_key", empty), k], dim=2)  # (B, H, cache + 1, D)
         pool_v = torch.cat([buf.get("cache_value", empty), v], dim=2)
         out, _ = attend_candidates(
@@ -337,7 +346,7 @@ class StructuredMultiheadAttention(_StructuredBase):
         pick = layout.assemble(slots(*range(old_band), new), rare_pick, sink_pick)
         rows = torch.arange(B * self.num_heads, device=device).view(B, -1, 1) * (new + 1)  # flat (b, h) offsets
         keep = (rows + pick[:, nb - min(step + 1, w) :].unsqueeze(1)).view(-1)  # minus the band key out of reach
-        return StepPlan(rare_rank=ranks, pick=pick, kind=kind, keep=keep)
+        return StepPlan(rare_rank=ranks, pick=pick, kind=kind, keep=keep, cached=new)
 
 
 class StructuredCrossAttention(_StructuredBase):
