@@ -208,3 +208,35 @@ def test_training_builds_no_dense_weights_and_computes_the_same_output(monkeypat
     assert asked == [False, True]
     assert outs["train"][2] is None and outs["eval"][2].shape == (B, T, S)
     assert_close_all(outs["train"][:2], outs["eval"][:2], 1e-6)
+
+
+def test_a_decoding_step_at_a_position_the_source_cache_contradicts_is_refused():
+    """The first step (position 0) projects the source and caches it; every later step reads it back. A step
+    context built from the last token alone said position 0 at every step and centred each step's band on the
+    first source token: translations off, no error. A stale cache at position 0 is the source of another batch."""
+    from structmt.attention.context import TokenContext
+
+    torch.manual_seed(3)
+    E, S = 16, 7
+    cross = StructuredCrossAttention.from_dense(MultiheadAttention(E, 2, encoder_decoder_attention=True), CrossBand(1))
+    cross.eval()
+    x, mem = torch.randn(3, 1, E), torch.randn(S, 1, E)
+    tokens, counts, never = (
+        torch.tensor([[5, 6, 7]]),
+        torch.ones(10, dtype=torch.long),
+        torch.zeros(10, dtype=torch.bool),
+    )
+    full = cross(x, mem, mem, static_kv=True, need_weights=False)[0]
+
+    def step(state: dict, t: int, prefix: torch.Tensor) -> torch.Tensor:
+        context = TokenContext.from_tokens(prefix, counts, never, incremental=True)
+        return cross(x[t : t + 1], mem, mem, incremental_state=state, static_kv=True, context=context)[0]
+
+    state: dict = {}
+    torch.testing.assert_close(torch.cat([step(state, t, tokens[:, : t + 1]) for t in range(3)]), full)
+    state = {}
+    step(state, 0, tokens[:, :1])
+    with pytest.raises(RuntimeError, match="at target position 0 finds a source projected by an earlier step"):
+        step(state, 1, tokens[:, 1:2])  # the last token alone: position 0
+    with pytest.raises(RuntimeError, match="at target position 2 finds no source cache"):
+        step({}, 2, tokens)

@@ -410,6 +410,13 @@ class StructuredCrossAttention(_StructuredBase):
             first_query = context.first_position
         q = self._heads(self.q_proj(query), B)  # before k and v, as fairseq's (the order quant noise draws in)
         buf = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
+        if incremental_state is not None and ("prev_key" in buf) != (first_query > 0):
+            raise RuntimeError(  # the first step projects the source; every later one reads it back
+                f"a decoding step of structured cross-attention at target position {first_query} "
+                + ("finds a source projected by an earlier step" if "prev_key" in buf else "finds no source cache")
+                + ": build the step's TokenContext from the whole prefix (position = prefix length - 1) and start "
+                "each batch with a fresh incremental_state"
+            )
         if "prev_key" in buf:  # the source of this sentence was projected at the first step
             k, v, key_padding_mask = buf["prev_key"], buf["prev_value"], buf.get("prev_key_padding_mask")
         else:
