@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from structmt.data import cli as prepare_cli
 from structmt.data.prepare import PrepConfig
 from structmt.files import int_at_least
-from structmt.pipeline import recipes, translate
+from structmt.pipeline import app, recipes, translate
 from structmt.pipeline.app import ConfigError, pipeline_options, validate
 from structmt.pipeline.spec import ModelSpec, Schedule
 
@@ -58,6 +58,8 @@ def test_keys_added_with_plus_that_the_schema_lacks_are_rejected(override, messa
         ("train.label_smoothing=-0.5", r"train.label_smoothing=-0.5 must lie in \[0, 1\)"),
         ("train.batch_multiple=0", "train.batch_multiple=0 must be >= 1"),
         ("train.update_freq=0", "train.update_freq=0 must be >= 1"),
+        ("train.warmup=0", r"train.warmup=0 must be >= 1 \(fairseq's inverse_sqrt schedule divides by it\)"),
+        ("train.save_interval=-1", r"train.save_interval=-1 must be >= 0 \(updates between checkpoints; 0: at the"),
         ("train.seed=-3", r"train.seed=-3 must lie in \[0, 2\*\*32 - 1\]"),
         ("train.seed=4294967296", r"train.seed=4294967296 must lie in \[0, 2\*\*32 - 1\]"),
         ("data.max_train_lines=-3", r"data.max_train_lines=-3 must be >= 0 \(0 = all\)"),
@@ -84,10 +86,31 @@ def test_ranges(override, message):
         ("[--save-dir,x]", "sets --save-dir, which the pipeline sets itself; set runs_dir instead"),
         ("[--struct-window,4]", "sets --struct-window, which the pipeline sets itself; set model.window instead"),
         ("[--log-format,json]", r"sets --log-format, which the pipeline sets itself \(its steps rely on its value\)"),
+        ("[-a,transformer]", r"sets -a \(--arch\), which the pipeline sets itself; set model.arch instead"),
+        ("[-atransformer]", r"sets -a \(--arch\), which the pipeline sets itself; set model.arch instead"),
+        ("[-s,de,-t,en]", r"sets -s \(--source-lang\), .*; set data.src instead; .* -t \(--target-lang\), "),
+        ("['--target-lang=en']", "sets --target-lang, which the pipeline sets itself; set data.tgt instead"),
     ],
 )
 def test_extra_args_may_not_set_what_the_pipeline_sets(extra, message):
     _rejects(message, f"train.extra_args={extra}")
+
+
+def test_every_short_option_name_of_fairseq_train_is_known():
+    """fairseq-train takes ``-a`` for ``--arch`` (and the translation task ``-s``/``-t`` for the languages): an
+    extra argument under a short name is checked as its long one. A short name fairseq adds fails here."""
+    from fairseq import options
+    from fairseq.tasks.translation import TranslationTask
+
+    parser = options.get_training_parser()
+    TranslationTask.add_args(parser)
+    short = {
+        o: next(long for long in a.option_strings if long.startswith("--"))
+        for a in parser._actions
+        for o in a.option_strings
+        if not o.startswith("--") and o != "-h"
+    }
+    assert short == app._SHORT
 
 
 def test_the_options_the_pipeline_sets_are_those_it_passes():
@@ -104,7 +127,7 @@ def test_the_options_set_elsewhere_are_those_the_training_command_adds(monkeypat
     training add to the schedule's and the model's, and no other."""
     from structmt import fairseq_cli
     from structmt.paths import DataFolder
-    from structmt.pipeline import app, training
+    from structmt.pipeline import training
     from structmt.pipeline.spec import RunSpec
 
     class Launched(Exception):

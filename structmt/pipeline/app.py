@@ -77,7 +77,12 @@ def validate(cfg: Any) -> None:
     checks = [
         ("train.max_update", cfg.train.max_update > 0, "must be > 0"),
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
-        ("train.warmup", cfg.train.warmup >= 0, "must be >= 0"),
+        ("train.warmup", cfg.train.warmup >= 1, "must be >= 1 (fairseq's inverse_sqrt schedule divides by it)"),
+        (
+            "train.save_interval",
+            cfg.train.save_interval >= 0,
+            "must be >= 0 (updates between checkpoints; 0: at the end of each epoch only)",
+        ),
         ("train.max_tokens", cfg.train.max_tokens > 0, "must be > 0"),
         ("train.dropout", 0 <= cfg.train.dropout < 1, "must lie in [0, 1)"),
         ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must lie in [0, 1)"),
@@ -202,6 +207,11 @@ _SET_ELSEWHERE = {
     "--log-format": "",
     "--finetune-from-model": "train.finetune_from",
 }
+#: options fairseq takes from the data folder, whose direction ``data.src``/``data.tgt`` choose: one passed to
+#: fairseq-train alone (fairseq-generate infers the direction again) would decode with the other side
+_FROM_DATA = {"--source-lang": "data.src", "--target-lang": "data.tgt"}
+#: fairseq's short option names (``-a transformer``, ``-ade``) and the options they stand for
+_SHORT = {"-a": "--arch", "-s": "--source-lang", "-t": "--target-lang"}
 #: ``Schedule.fairseq_args`` options not named after their ``train.*`` key
 _RENAMED = {
     "--warmup-updates": "warmup",
@@ -213,7 +223,7 @@ _RENAMED = {
 def pipeline_options(schedule: Schedule) -> dict[str, str]:
     """Every fairseq-train option the pipeline passes → the config key that sets it ('' = fixed by the pipeline)."""
     keys = {f.name for f in fields(Schedule)}
-    options = dict(_SET_ELSEWHERE) | {flag(PREFIX + name): f"model.{name}" for name, _, _ in spec_fields()}
+    options = dict(_SET_ELSEWHERE) | _FROM_DATA | {flag(PREFIX + name): f"model.{name}" for name, _, _ in spec_fields()}
     for arg in replace(schedule, extra_args=[]).fairseq_args():
         if arg.startswith("--"):
             name = _RENAMED.get(arg, arg[2:].replace("-", "_"))
@@ -229,11 +239,13 @@ def extra_args_problems(schedule: Schedule) -> list[str]:
     options = pipeline_options(schedule)
     bad = []
     for arg in schedule.extra_args:
-        option = arg.split("=", 1)[0]
+        option = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]  # -a transformer, -atransformer
+        named = f"{option} ({_SHORT[option]})" if option in _SHORT else option
+        option = _SHORT.get(option, option)
         if option in options and (options[option] or option in _SET_ELSEWHERE):
             key = options[option]
             use = f"; set {key} instead" if key else " (its steps rely on its value)"
-            bad.append(f"train.extra_args sets {option}, which the pipeline sets itself{use}")
+            bad.append(f"train.extra_args sets {named}, which the pipeline sets itself{use}")
     return bad
 
 
