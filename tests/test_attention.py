@@ -260,6 +260,8 @@ def test_bad_inputs_are_rejected(attend):
         (dict(k=q[:, :, :5]), "do not fit together"),
         (dict(window=(1, 2, 3)), "window: got 3 values for 2 heads"),
         (dict(rare_index=torch.zeros(2, 1, dtype=torch.long), rare_heads=[True]), "rare_heads: got 1 values for 2"),
+        (dict(rare_heads=True), r"rare_heads: give one flag per head \(2 booleans, or a 1-d tensor\), or None"),
+        (dict(rare_heads=torch.tensor(True)), "rare_heads: give one flag per head"),
         (dict(rare_index=torch.zeros(2, 1)), "rare_index must be an integer tensor"),
         (dict(window=-1), "band windows must be >= 0"),
         (dict(impl="fast"), "impl must be one of"),
@@ -455,6 +457,12 @@ def test_a_decoding_step_with_a_full_pass_context_is_refused():
         mha(x, x, x, incremental_state={}, context=full)
     step = TokenContext.from_tokens(tokens[:, :1], counts, never, incremental=True)  # the first step
     assert mha(x, x, x, incremental_state={}, context=step)[0].shape == (1, 1, 16)
+    # rare-token heads without the tokens' rarity would attend as syntactic ones: refused, as in a full pass
+    rare = StructuredMultiheadAttention(16, 2, Structure.from_roles(["rare"] * 2, window=1, rare=1, causal=True))
+    blind = TokenContext.from_tokens(tokens[:, :1], counts, never, incremental=True, need_rarity=False)
+    with pytest.raises(RuntimeError, match="rare-token heads need the rarity keys .* need_rarity=True"):
+        rare(x, x, x, incremental_state={}, context=blind)
+    assert rare(x, x, x, incremental_state={}, context=step)[0].shape == (1, 1, 16)
 
 
 def test_a_decoding_step_whose_context_is_not_the_whole_prefix_is_refused():
@@ -816,3 +824,25 @@ def test_half_precision_key_and_value_gradients_sum_in_float32_on_the_gather_pat
     for got, ref, want in zip(grads(dtype, "efficient"), grads(dtype, "reference"), exact, strict=True):
         error, ref_error = ((got - want).norm() / want.norm()).item(), ((ref - want).norm() / want.norm()).item()
         assert error <= 2 * ref_error + 1e-4, (error, ref_error)
+
+
+@pytest.mark.parametrize("impl", ["auto", "efficient", "reference"])
+def test_a_loss_on_the_returned_weights_has_its_gradient_in_every_impl(impl):
+    """The fused kernels' weights carry no gradient: a regulariser on the weights lost its share of the gradient
+    on the default path, silently. Weights asked for under autograd come from a path whose autograd covers
+    them: the gradient equals float64 reference's, whatever ``impl`` says."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, 9, 8, generator=gen) for _ in range(3))
+    rare = torch.tensor([[4, 7], [1, 1]])
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[1, 7:] = True
+
+    def grads(dtype: torch.dtype, impl: str) -> list[torch.Tensor]:
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out, w = structured_attention_with_weights(
+            *leaves, window=1, rare_index=rare, key_padding_mask=pad, sinks=1, sink_eps=0.05, impl=impl
+        )
+        assert w.requires_grad
+        return list(torch.autograd.grad(out.sum() + 10 * (w * w).sum(), leaves))
+
+    assert_close_all(grads(torch.float32, impl), [g.float() for g in grads(torch.float64, "reference")], 1e-5)

@@ -5,6 +5,7 @@ import torch
 from conftest import assert_dropped, build
 from fairseq.modules import MultiheadAttention
 
+from structmt.attention.context import TokenContext
 from structmt.attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
 from structmt.attention.structure import CrossBand, Structure
 
@@ -114,6 +115,43 @@ def test_structured_blocks_drop_attention_weights_at_the_dense_blocks_rate(block
         kept = ours.eval()(query, keys, keys, static_kv=block == "cross")[0]
         torch.manual_seed(0)
         dropped = ours.train()(query, keys, keys, static_kv=block == "cross")[0]
+    assert_dropped(kept, dropped, p)
+
+
+@pytest.mark.parametrize("impl", ["reference", "efficient"])
+def test_decoding_steps_keep_attention_dropout_under_retain_dropout(impl):
+    """fairseq-generate --retain-dropout drops the weights of every decoding step at the block's rate, as fairseq's
+    dense self-attention does (the steps once attended without dropout while the full pass dropped). The output
+    holds the weights, as in the test above."""
+    B, H, T, p = 4, 2, 48, 0.25
+    E = H * T
+    dense = MultiheadAttention(E, H, dropout=p, self_attention=True)
+    ours = StructuredMultiheadAttention.from_dense(
+        dense, Structure.from_roles(["syntactic"] * H, window=3, rare=2, causal=True)
+    )
+    ours.impl = impl
+    with torch.no_grad():
+        for proj in (ours.v_proj, ours.out_proj):
+            proj.weight.copy_(torch.eye(E))
+            proj.bias.zero_()
+    x = torch.eye(T).repeat(1, H).unsqueeze(1).expand(T, B, E)  # token t: e_t in every head
+    tokens, never = torch.arange(4, 4 + T).expand(B, T), torch.zeros(60, dtype=torch.bool)
+    counts = torch.arange(60, 0, -1)
+
+    def steps() -> torch.Tensor:
+        state: dict = {}
+        outs = []
+        for t in range(T):
+            context = TokenContext.from_tokens(tokens[:, : t + 1], counts, never, incremental=True)
+            outs.append(ours(x[t : t + 1], None, None, incremental_state=state, context=context)[0])
+        return torch.cat(outs)
+
+    ours.eval()
+    with torch.no_grad():
+        kept = steps()
+        ours.dropout_module.apply_during_inference = True  # what make_generation_fast_(retain_dropout=True) sets
+        torch.manual_seed(0)
+        dropped = steps()
     assert_dropped(kept, dropped, p)
 
 

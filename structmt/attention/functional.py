@@ -91,7 +91,14 @@ def _structure_for(
         raise ValueError(f"window: got {len(windows)} values for {num_heads} heads")
     if rare_heads is None:
         rare_heads = (True,) * num_heads
-    flags = tuple(bool(x) for x in (rare_heads.tolist() if isinstance(rare_heads, Tensor) else rare_heads))
+    if isinstance(rare_heads, Tensor) and rare_heads.dim() == 1:
+        rare_heads = rare_heads.tolist()
+    if isinstance(rare_heads, (Tensor, str)) or not isinstance(rare_heads, Sequence):
+        raise ValueError(
+            f"rare_heads: give one flag per head ({num_heads} booleans, or a 1-d tensor), or None for all heads; "
+            f"got {rare_heads!r}"
+        )
+    flags = tuple(bool(x) for x in rare_heads)
     if len(flags) != num_heads:
         raise ValueError(f"rare_heads: got {len(flags)} values for {num_heads} heads")
     return Structure(
@@ -322,7 +329,8 @@ def attend(
 
     Returns the output ``(B, H, Tq, D)`` and, with ``need_weights``, the dense weights
     ``(B, H, Tq, S)`` (built for this call: ``O(Tq * S)`` memory; in float32 for half-precision inputs, as
-    fairseq's encoder-decoder attention returns them), else None."""
+    fairseq's encoder-decoder attention returns them), else None. The weights carry a gradient: where the
+    kernel's have none (the fused ones) and autograd records, the reference path computes them again."""
     check_inputs(q, k, v)
     B, H, Tq, S = plan.shape
     if (*q.shape[:3], k.size(2)) != plan.shape:
@@ -337,7 +345,13 @@ def attend(
         return out, (weights if need_weights else None)
     kv_pos, index, kind = plan.candidates()
     out, weights = attend_candidates(q, k, v, index, kind, plan.sink_eps, dropout_p, kernel=path)
-    return out, (scatter_dense(weights, kv_pos, S) if need_weights else None)
+    if not need_weights:
+        return out, None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)) and not weights.requires_grad:
+        # the fused kernels' weights carry no gradient: weights a loss may use come from the dense path too
+        kv_pos = torch.arange(S, device=q.device)
+        return out, reference_attention(q, k, v, plan.supports, plan.sink_eps, plan.q_pos, kv_pos)[1]
+    return out, scatter_dense(weights, kv_pos, S)
 
 
 def attend_candidates(
@@ -618,7 +632,9 @@ def structured_attention_with_weights(
         outside the structure and each row sums to 1, or is all zero for a query
         with no key to attend to; with ``dropout_p > 0`` they are the weights
         before dropout. Half-precision inputs get float32 weights (as fairseq's
-        encoder-decoder attention returns its weights).
+        encoder-decoder attention returns its weights). The weights carry a
+        gradient (a loss may use them): while autograd records, a fused kernel's
+        are computed again on the reference path.
     """
     out, weights = _structured_attention(
         q,

@@ -266,6 +266,11 @@ class StructuredMultiheadAttention(_StructuredBase):
         if context and not context.incremental:
             raise RuntimeError("a decoding step needs the decoder's incremental TokenContext (incremental=True)")
         step = context.first_position if context else int(buf["step"][0, 0]) if "step" in buf else 0
+        if self.structure.uses_rare and context is not None and context.rarity is None:
+            raise RuntimeError(  # as a full pass refuses it: rare-token heads would attend as syntactic ones
+                "rare-token heads need the rarity keys of the input tokens; none were given "
+                "(build the step's TokenContext with need_rarity=True)"
+            )
         new_rarity = (
             context.rarity_or_none(B, 1, q.device)
             if context
@@ -291,7 +296,14 @@ class StructuredMultiheadAttention(_StructuredBase):
         pool_k = torch.cat([buf.get("cache_key", empty), k], dim=2)  # (B, H, cache + 1, D)
         pool_v = torch.cat([buf.get("cache_value", empty), v], dim=2)
         out, _ = attend_candidates(
-            q, pool_k, pool_v, plan.pick.unsqueeze(1), plan.kind, self.structure.sink_eps, kernel=self.impl
+            q,
+            pool_k,
+            pool_v,
+            plan.pick.unsqueeze(1),
+            plan.kind,
+            self.structure.sink_eps,
+            attention_dropout(self),  # --retain-dropout keeps it at inference, as in the full pass
+            kernel=self.impl,
         )
         H, D = q.size(1), q.size(3)
         buf["cache_key"] = pool_k.view(-1, D).index_select(0, plan.keep).view(B, H, -1, D)  # the next cache
