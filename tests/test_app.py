@@ -124,6 +124,42 @@ def test_run_id_is_stable_and_ignores_threads():
     assert a.run_id() == b.run_id() != c.run_id()
 
 
+def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
+    """``train=reproduce train.lr=0.001`` kept the name reproduce: with another seed, its rows were averaged into
+    reproduce's headline as a seed of the same setting. It is named for what it changes; a seed, the threads or
+    the checkpoint interval leave the name, as does a start on the fine-tuning schedule; a list, a path or a
+    run id is named by a digest."""
+    from dataclasses import replace
+
+    from structmt.pipeline.evaluation import row_labels
+    from structmt.pipeline.spec import own_name
+
+    def name(*overrides: str) -> str:
+        return specs(_compose(*overrides))[0].schedule.name
+
+    assert name("train=reproduce", "train.lr=0.001", "train.warmup=500") == "reproduce+lr=0.001+warmup=500"
+    assert name("train=reproduce", "train.seed=2", "train.threads=1", "train.save_interval=7") == "reproduce"
+    assert re.fullmatch(r"paper_base\+update_freq=1\+extra_args=[0-9a-f]{6}", extra := name(
+        "train=paper_base", "train.extra_args=[--distributed-world-size,8]", "train.update_freq=1"
+    ))  # fmt: skip
+    assert name("train=smoke", "train.beam=3") == "smoke"  # the beam is a row label of its own
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"weights")
+    assert re.fullmatch(
+        r"smoke\+finetune_from=[0-9a-f]{6}", name("train=smoke", f"train.finetune_from={start}", "baseline=false")
+    )
+    finetune = specs(_compose("train=finetune", f"train.finetune_from={start}", "baseline=false"))[0].schedule
+    assert finetune.name == "finetune" and own_name(replace(finetune, name="mine")).name == "mine"  # the user's own
+    spec, baseline = specs(_compose("train=reproduce", "train.lr=0.001"))
+    assert baseline is not None and baseline.schedule == spec.schedule  # the pair shares the name
+    assert own_name(spec.schedule) == spec.schedule
+    assert "-reproduce+lr=0.001-" in spec.run_id()
+    # a renamed paper_base still decodes at its file's beam (4), which no label needs to state
+    paper = specs(_compose("train=paper_base", "train.update_freq=1", "model=dense_base"))[0]
+    assert paper.schedule.name == "paper_base+update_freq=1" and row_labels(paper, "test_2016_flickr")["options"] == ""
+    assert extra != name("train=paper_base", "train.extra_args=[--distributed-world-size,4]", "train.update_freq=1")
+
+
 def test_roles_file_runs_are_identified_by_the_roles_not_the_path(tmp_path):
     roles = (REPO / "results" / "roles.json").read_text()
     (tmp_path / "a").mkdir()

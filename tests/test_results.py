@@ -310,7 +310,7 @@ def test_finetune_recipe_starts_the_structured_model_from_the_dense_reproduce_ru
         Schedule(finetune_from=str(tmp_path / "nope.pt")).finetune_checkpoint(tmp_path)
 
 
-@pytest.mark.parametrize("updates, name", [("5", "reproduce-u5"), ("3500", "reproduce")])
+@pytest.mark.parametrize("updates, name", [("5", "reproduce+max_update=5"), ("3500", "reproduce")])
 def test_a_recipe_with_other_updates_is_a_schedule_of_its_own(monkeypatch, tmp_path, updates, name):
     """``--max-update`` changes the schedule: its rows must not pass for the recipe's (the headline's)."""
     from structmt.pipeline import recipes

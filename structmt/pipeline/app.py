@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ..attention.options import PREFIX, flag, spec_fields
-from ..console import setup
+from ..console import say_once, setup
 from ..data.datasets import DATASETS, wrong_source_option
 from ..data.fetch import MANIFESTS, read_checksums
 from ..data.prepare import MULTI30K_SPLITS
@@ -34,7 +34,7 @@ from ..data.wmt import load_manifest
 from ..models.structured_transformer import block_structures
 from ..paths import REPO_ROOT
 from .evaluation import run_experiment, valid_bleu
-from .spec import DataSpec, ModelSpec, RunSpec, Schedule, read_spec
+from .spec import FINETUNE_SCHEDULE, DataSpec, ModelSpec, RunSpec, Schedule, own_name, read_spec
 from .tracking import MODES, WandbSettings, project_problem
 
 
@@ -112,7 +112,7 @@ def validate(cfg: Any) -> None:
     start = cfg.train.finetune_from
     if start.endswith(".pt") and not Path(start).expanduser().is_file():
         bad.append(f"train.finetune_from={start!r}: no such checkpoint file")
-    if cfg.train.name == "finetune" and not start:
+    if cfg.train.name == FINETUNE_SCHEDULE and not start:
         bad.append(
             "train=finetune starts from a trained model: set train.finetune_from=<the id of a finished dense run> "
             "(it is also the baseline) or a .pt checkpoint (with baseline=false); make finetune does it for you"
@@ -283,7 +283,13 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
     fine-tuned model (``train.finetune_from`` = a run id) the dense run it starts from, as ``make finetune``."""
     data: DataSpec = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]
     model: ModelSpec = OmegaConf.to_object(cfg.model)  # type: ignore[assignment]
-    schedule: Schedule = OmegaConf.to_object(cfg.train)  # type: ignore[assignment]
+    given: Schedule = OmegaConf.to_object(cfg.train)  # type: ignore[assignment]
+    schedule = own_name(given)
+    if schedule.name != given.name:
+        say_once(
+            f"schedule {schedule.name}: {given.name} with other settings, named for them (its rows are never "
+            f"averaged with {given.name}'s as seeds of one setting)"
+        )
     spec = RunSpec(data=data, model=model, schedule=schedule)
     if not (cfg.baseline and model.structured):
         return spec, None

@@ -18,7 +18,7 @@ from ..leaderboard_csv import LeaderboardRow, fill_empty
 from ..paths import REPO_ROOT, ResultsFolder, RunFolder
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
-from .spec import RunSpec, Schedule, load_schedule, schedule_file
+from .spec import RunSpec, Schedule, named_schedule
 from .training import data_label, prepare_data, run_lock, train_run
 
 
@@ -80,7 +80,7 @@ def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
     d, n = spec.data, spec.data.max_eval_lines
     data = data_label(d) + (f"-vocab{d.vocab_size}" if d.vocab_size != default_vocab(d.name) else "")
     name, beam = spec.schedule.name, spec.schedule.beam
-    usual = load_schedule(name).beam if schedule_file(name).is_file() else Schedule.beam
+    usual = (named_schedule(name) or Schedule()).beam
     return {
         "data": data + (f"-train{d.max_train_lines}" if d.max_train_lines else ""),
         "test_set": f"{test_name}[:{n}]" if n else test_name,

@@ -28,7 +28,7 @@ from ..leaderboard_csv import read_rows, short_commit
 from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 from ..provenance import git_commit, why_unknown
 from .evaluation import evaluate_run, keep_training_log
-from .spec import ModelSpec, RunSpec, Schedule, load_schedule
+from .spec import ModelSpec, RunSpec, Schedule, load_schedule, own_name
 from .training import data_folder, prepare_data, train_run
 
 #: recipe → its schedule in conf/train (the same files the Hydra app uses); ``finetune`` starts the structured
@@ -118,9 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     logging.getLogger("filelock").setLevel(logging.WARNING)
     schedule = load_schedule(RECIPES[a.recipe])
-    if a.max_update is not None and a.max_update != schedule.max_update:
-        # another schedule: its own name, so its rows never pass for the recipe's (the README's headline)
-        schedule = replace(schedule, max_update=a.max_update, name=f"{schedule.name}-u{a.max_update}")
+    if a.max_update is not None:  # another schedule: its own name, so its rows never pass for the recipe's
+        schedule = own_name(replace(schedule, max_update=a.max_update))
     if a.seeds is not None:
         schedule = replace(schedule, seed=a.seeds[0])
     dense, structured = pair(a.recipe, schedule)

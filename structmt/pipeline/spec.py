@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import time
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -253,6 +254,47 @@ def load_schedule(name: str) -> Schedule:
     from omegaconf import OmegaConf
 
     return checked(Schedule, OmegaConf.load(schedule_file(name)))
+
+
+#: the schedule made for fine-tuning (``train=finetune``): it takes ``finetune_from`` as its other runs do seeds
+FINETUNE_SCHEDULE = "finetune"
+#: what a run may change of its schedule under the schedule's name: seeds of one setting, and what neither the
+#: model nor its scores depend on, or a row's label shows (``beam``: the options label); a fine-tune of a schedule
+#: other than :data:`FINETUNE_SCHEDULE` is named for it
+SAME_SETTING = ("name", "seed", "threads", "save_interval", "beam", "finetune_from")
+
+
+def own_name(schedule: Schedule) -> Schedule:
+    """``schedule``, named for the settings where it departs from ``conf/train/<name>.yaml``
+    (``cpu_demo+lr=0.001``; a list, a path or a run id by a digest: ``+extra_args=1a2b3c``), so that its rows are
+    never averaged with the named schedule's as seeds of one setting. A name without a file is the user's own."""
+    if not schedule_file(schedule.name).is_file():
+        return schedule
+    named = load_schedule(schedule.name)
+    changed = {
+        f.name: getattr(schedule, f.name)
+        for f in fields(Schedule)
+        if f.name not in SAME_SETTING and getattr(schedule, f.name) != getattr(named, f.name)
+    }
+    if schedule.finetune_from and schedule.name != FINETUNE_SCHEDULE:
+        changed["finetune_from"] = schedule.finetune_from
+    if not changed:
+        return schedule
+
+    def value(v: Any) -> str:
+        text = str(v)
+        if isinstance(v, (int, float)) and re.fullmatch(r"[0-9A-Za-z.+-]+", text):
+            return text
+        return hashlib.sha256(json.dumps(v).encode()).hexdigest()[:6]
+
+    return replace(schedule, name="+".join([schedule.name, *(f"{k}={value(v)}" for k, v in changed.items())]))
+
+
+def named_schedule(name: str) -> Schedule | None:
+    """The ``conf/train`` schedule called ``name``, or that :func:`own_name` named it from (``cpu_demo+lr=0.001``:
+    ``cpu_demo``); None for a name of the user's own."""
+    base = name.partition("+")[0]
+    return load_schedule(base) if schedule_file(base).is_file() else None
 
 
 def schedule_file(name: str) -> Path:
