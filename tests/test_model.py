@@ -90,6 +90,20 @@ def test_retain_dropout_keeps_attention_dropout_on_at_inference(dict_dir):
     assert not torch.equal(first, second)
 
 
+def _pass_weights_through(block: torch.nn.Module) -> None:
+    """Values and output projection the identity: with one-hot tokens (:func:`_one_hot_tokens`) each output row is
+    its query's attention weights."""
+    with torch.no_grad():
+        for proj in (block.v_proj, block.out_proj):
+            proj.weight.copy_(torch.eye(proj.weight.size(0)))
+            proj.bias.zero_()
+
+
+def _one_hot_tokens(T: int, B: int, H: int) -> torch.Tensor:
+    """``(T, B, H * T)``: token t is e_t in every head."""
+    return torch.eye(T).repeat(1, H).unsqueeze(1).expand(T, B, H * T)
+
+
 @pytest.mark.parametrize("impl", ["reference", "efficient"])
 @pytest.mark.parametrize("block", ["self", "cross"])
 def test_structured_blocks_drop_attention_weights_at_the_dense_blocks_rate(block, impl):
@@ -105,11 +119,8 @@ def test_structured_blocks_drop_attention_weights_at_the_dense_blocks_rate(block
         dense = MultiheadAttention(E, H, dropout=p, encoder_decoder_attention=True)
         ours = StructuredCrossAttention.from_dense(dense, CrossBand(3))
     ours.impl = impl
-    with torch.no_grad():
-        for proj in (ours.v_proj, ours.out_proj):
-            proj.weight.copy_(torch.eye(E))
-            proj.bias.zero_()
-    keys = torch.eye(T).repeat(1, H).unsqueeze(1).expand(T, B, E)  # key t: e_t in every head
+    _pass_weights_through(ours)
+    keys = _one_hot_tokens(T, B, H)
     query = keys if block == "self" else torch.randn(T, B, E, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         kept = ours.eval()(query, keys, keys, static_kv=block == "cross")[0]
@@ -130,11 +141,8 @@ def test_decoding_steps_keep_attention_dropout_under_retain_dropout(impl):
         dense, Structure.from_roles(["syntactic"] * H, window=3, rare=2, causal=True)
     )
     ours.impl = impl
-    with torch.no_grad():
-        for proj in (ours.v_proj, ours.out_proj):
-            proj.weight.copy_(torch.eye(E))
-            proj.bias.zero_()
-    x = torch.eye(T).repeat(1, H).unsqueeze(1).expand(T, B, E)  # token t: e_t in every head
+    _pass_weights_through(ours)
+    x = _one_hot_tokens(T, B, H)
     tokens, never = torch.arange(4, 4 + T).expand(B, T), torch.zeros(60, dtype=torch.bool)
     counts = torch.arange(60, 0, -1)
 
