@@ -229,7 +229,8 @@ def _ready(device: torch.device) -> SimpleNamespace:
     if device.type != "cuda" and not kernels.interpreted:
         raise RuntimeError(
             f"structmt triton kernel: {device.type} tensors need Triton's interpreter; set TRITON_INTERPRET=1 "
-            "in the environment before the first call (before triton's JIT is first used), or use a CUDA device"
+            "in the environment before the first call (before triton's JIT is first used), use a CUDA device, or "
+            "attend with another kernel (--struct-impl efficient or auto; impl= of the functional API)"
         )
     return kernels
 
