@@ -475,7 +475,7 @@ def test_overrides_that_are_not_numbers_of_the_options_type_are_named(given):
         StructureConfig.from_args(SimpleNamespace(**given))
 
 
-def test_options_set_but_without_effect_are_warned_about(dict_dir, caplog):
+def test_options_set_but_without_effect_are_warned_about(dict_dir, caplog, tmp_path):
     """A value the user set that changes nothing (the slope of a dense cross-attention, r with no rare head, ...)
     is said once when the model is built; options at their default are not."""
     import logging
@@ -500,6 +500,14 @@ def test_options_set_but_without_effect_are_warned_about(dict_dir, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "--struct-rare=0: the rare-token heads have no rare column, so they attend as syntactic heads (band w=3); "
         "set --struct-rare above 0, or give them the syn role"
+    ]
+    caplog.clear()
+    roles = tmp_path / "roles.json"
+    roles.write_text(json.dumps({"encoder": ["syn:1,pos:1"] * 2, "decoder": ["pos:1,syn:1"] * 2}))
+    with caplog.at_level(logging.WARNING, logger="structmt.models.structured_transformer"):
+        build(dict_dir, "structured_transformer_tiny", "--struct-heads-from", str(roles), "--struct-heads", "syn:2")
+    assert [r.getMessage() for r in caplog.records] == [
+        "--struct-heads='syn:2' has no effect: --struct-heads-from gives the heads' roles"
     ]
 
 

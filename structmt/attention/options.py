@@ -155,6 +155,7 @@ class StructureConfig:
             "struct_pos_window": ("positional" not in roles, "no head is positional"),
             "struct_error_eps": (self.struct_error == "none", "there is no error term (--struct-error none)"),
             "struct_cross_slope": (self.struct_cross_window < 0, "cross-attention is dense (no --struct-cross-window)"),
+            "struct_heads": (bool(self.struct_heads_from), "--struct-heads-from gives the heads' roles"),
         }
         notes = [
             f"{flag(f.name)}={getattr(self, f.name)!r} has no effect: {unused[f.name][1]}"
