@@ -361,7 +361,11 @@ def thesis_family_optimum(a: Tensor, role: str, w: int, num_pos: int) -> float:
     off_diagonal = ~torch.eye(n, dtype=torch.bool)
     best = math.inf
     for structure in structures:
-        noise = (a * ~structure * off_diagonal).flatten().topk(n).indices
+        # the noise's n entries lie off the diagonal and off the structure: the largest of A there (a masked
+        # entry filled with 0 could tie with A's zeros and be taken, putting a moved diagonal entry back)
+        allowed = (~structure & off_diagonal).flatten()
+        values = torch.where(allowed, a.flatten(), -math.inf)
+        noise = values.topk(min(n, int(allowed.sum()))).indices
         support = structure.flatten().clone()
         support[noise] = True
         best = min(best, support_distance(a, support.view(n, n), "row_stochastic"))
