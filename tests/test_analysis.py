@@ -4,9 +4,11 @@ thesis's random search as described, and the report's quote of the thesis."""
 import itertools
 import json
 import math
+import re
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -647,3 +649,32 @@ def test_a_report_names_the_sentence_length_it_needs_and_a_setting_it_cannot_dra
     with pytest.raises(ValueError, match="need w >= 1 and num-pos >= 0, got w=0"):
         summarise(_sentences((16,)), None, tmp_path / "out", settings=((0, 1),))
     assert not (tmp_path / "out").exists()
+
+
+def test_thesis_matrices_script_projects_crops_whose_rows_do_not_sum_to_one(tmp_path):
+    """scripts/thesis_matrices.py on the thesis's pickle: its rows lost mass to dropout, or gained it (1/0.9).
+    Exact values on two matrices: the identity padded to 20 × 20 (nothing outside the band: only |1 - mass| of
+    the rows), and one whose rows keep 0.9 of their mass on the diagonal and 0.1 on column 15, scaled by 1/0.9.
+    A pickle that would build anything but numpy arrays is refused."""
+    import pickle
+
+    eye = np.zeros((20, 20))
+    eye[:16, :16] = np.eye(16)
+    dropped = np.zeros((20, 20))
+    dropped[:16, :16] = 0.9 * np.eye(16)
+    dropped[:16, 15] += 0.1
+    dropped /= 0.9  # every row 1/0.9: nothing dropped at rate 0.1
+    good = tmp_path / "matrix_list.pkl"
+    good.write_bytes(pickle.dumps([eye, dropped]))
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "thesis_matrices.py")]
+    out = subprocess.run([*script, str(good)], capture_output=True, text=True, check=True).stdout
+    assert "row mass: 1.0000 to 1.1111" in out and f"= {16 * (1 / 0.9 - 1) / 256 / 2:.4f} per entry" in out
+    # w=3 r=2: column 15 is a rare column, so both matrices have no mass outside: unconstrained 0, and the
+    # row-stochastic costs only the 1/0.9 - 1 of each row of the second matrix; w=10 r=1 alike
+    row_stochastic = 16 * (1 / 0.9 - 1) / 256 / 2
+    for w, r in ((3, 2), (10, 1)):
+        assert re.search(rf"\| {w} \| {r} \| 0\.0\d+ \| 0\.\d+ \| 0\.0000 \| {row_stochastic:.4f} \|", out), out
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps([eye, Path("x")]))
+    refused = subprocess.run([*script, str(evil)], capture_output=True, text=True)
+    assert refused.returncode != 0 and "is not a numpy array part: refused" in refused.stderr
