@@ -76,3 +76,44 @@ def test_report_marks_every_training_and_decoding_goal(tmp_path):
     assert any(line.startswith(goal_line) for line in lines)
     assert "goal ≥ 1.0: not met" in "\n".join(lines)
     assert "stops growing with the output length (as many keys at the two longest L): met" in "\n".join(lines)
+
+
+def test_a_memory_probe_whose_process_dies_is_not_measured_and_says_so_at_once():
+    """The parent kept the child's end of the pipe open, so a child that died (an exception, an out-of-memory
+    kill) left it waiting 30 minutes, then printed "peak -0.0 MiB". Run in a process of its own, with a time
+    limit far below that wait."""
+    import subprocess
+    import sys
+
+    code = "from structmt.bench.attention import peak_bytes\nprint(peak_bytes('no_such_impl', 32, 64, 2, 8, 1, 1))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    said, value = out.stdout.splitlines()[-2:]
+    assert value == "-1" and "ValueError: no_such_impl" in out.stderr
+    assert said.startswith(
+        "T=32 no_such_impl: the memory measurement ended without a result (its process's exit code 1"
+    )
+
+
+def test_the_cpu_flex_step_stays_compiled_past_dynamos_recompile_limit(monkeypatch):
+    """One compiled FlexAttention serves every length; past dynamo's limit (8 shapes) it fell back to unfused
+    eager Flex with a warning, and the benchmark's Flex row measured that. Dynamo traces with its eager backend
+    here (the compiler is not what is tested)."""
+    import warnings
+
+    import torch
+
+    from structmt.bench import workload
+    from structmt.bench.attention import make_step
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "eager"}))
+    workload.compiled_flex.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for length in range(16, 16 * 11, 16):  # 10 shapes
+                q, k, v, r = workload.inputs(length, 2 * length, 2, 16, 1)
+                make_step("flex", q, k, v, r, 3)[0]()
+    finally:
+        workload.compiled_flex.cache_clear()
+    assert not [w for w in caught if "without torch.compile" in str(w.message)]

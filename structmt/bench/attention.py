@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..attention.functional import self_attention_plan
-from ..console import setup
+from ..console import say, setup
 from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR
 from ..provenance import machine
@@ -46,7 +46,7 @@ from .common import (
     positive_ints,
     replaces,
 )
-from .workload import bench_structure, candidates_at, inputs, median_time
+from .workload import bench_structure, candidates_at, compiled_flex, inputs, median_time
 
 CPU_IMPLS = ("sdpa", "fairseq_mha", "flex", "reference", "efficient", "efficient_fwd")
 #: the flat-memory goal's span of lengths: both ends must be measured
@@ -114,14 +114,14 @@ def make_step(impl: str, q, k, v, rare_index, window: int) -> tuple[Callable[[],
 
         return mha_step, True
     if impl == "flex":
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from torch.nn.attention.flex_attention import create_block_mask
 
         B, H, T, _ = q.shape
         # FlexAttention's mask_mod is the structured support itself: the predicates structmt's own paths use
         plan = self_attention_plan(structure, q, rare_index, None)
         # H=None: every head of bench_structure has the same support
         block_mask = create_block_mask(plan.supports.mask_mod(), B=B, H=None, Q_LEN=T, KV_LEN=T, device="cpu")
-        compiled = torch.compile(flex_attention, dynamic=False)  # the dynamic-shape CPU template fails to build
+        compiled = compiled_flex()
 
         def step():
             with torch.no_grad():
@@ -172,8 +172,18 @@ def peak_bytes(impl: str, length: int, tokens: int, heads: int, dim: int, rare: 
             del os.environ["MALLOC_MMAP_THRESHOLD_"]
         else:
             os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
-    value = parent.recv() if parent.poll(1800) else -1
+    child.close()  # the child's end is the child's alone: its exit then ends the wait below
+    try:
+        value = parent.recv() if parent.poll(1800) else None
+    except EOFError:  # the child died before it sent (an exception, or killed for memory)
+        value = None
     proc.join()
+    if value is None:  # recorded as not measured (the report's "–"), said here
+        say(
+            f"T={length} {impl}: the memory measurement ended without a result (its process's exit code "
+            f"{proc.exitcode}; its error, if any, is above)"
+        )
+        return -1
     return int(value)
 
 
@@ -229,7 +239,11 @@ def run(
                 row[f"{impl}_peak_bytes"] = peak_bytes(impl, length, tokens, heads, dim, rare, window)
             print(
                 f"T={length:5d} {impl:12s} {row[f'{impl}_s'] * 1000:9.2f} ms"
-                + (f"  peak {row[f'{impl}_peak_bytes'] / 2**20:8.1f} MiB" if f"{impl}_peak_bytes" in row else ""),
+                + (
+                    f"  peak {row[f'{impl}_peak_bytes'] / 2**20:8.1f} MiB"
+                    if row.get(f"{impl}_peak_bytes", -1) >= 0
+                    else ""
+                ),
                 flush=True,
             )
         candidates = candidates_at(bench_structure(heads, window, rare), length)

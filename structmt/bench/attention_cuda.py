@@ -70,7 +70,7 @@ from .common import (
     replaces,
     require_cuda,
 )
-from .workload import bench_structure, candidates_at, median_time
+from .workload import bench_structure, candidates_at, compiled_flex, median_time, raise_recompile_limits
 from .workload import inputs as cpu_inputs
 
 GPU_IMPLS = ("sdpa_flash", "flex", "triton", "triton_kernel", "gather")
@@ -267,28 +267,11 @@ def candidates(q: torch.Tensor, rare_index: torch.Tensor, structure: Structure) 
     return index, kind
 
 
-def _raise_recompile_limits() -> None:
-    """One compiled FlexAttention (and create_block_mask) serves every length and mode: allow the recompilations."""
-    import torch._dynamo
-
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
-
-
-@functools.cache
-def _compiled_flex() -> Callable[..., Any]:
-    from torch.nn.attention.flex_attention import flex_attention
-
-    _raise_recompile_limits()
-    return torch.compile(flex_attention, dynamic=False)
-
-
 @functools.cache
 def _compiled_create_block_mask() -> Callable[..., Any]:
     from torch.nn.attention.flex_attention import create_block_mask
 
-    _raise_recompile_limits()
+    raise_recompile_limits()
     return torch.compile(create_block_mask, dynamic=False)
 
 
@@ -344,7 +327,7 @@ def make_step(
     elif impl == "flex":
         if block_mask is None:
             raise ValueError("flex needs a block_mask")
-        compiled = _compiled_flex()
+        compiled = compiled_flex()
 
         def forward():
             return compiled(q, k, v, block_mask=block_mask)

@@ -3,6 +3,7 @@ how a step is timed."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -60,3 +61,23 @@ def median_time(step: Callable[[], Any], repeats: int, warmup: int, device: str)
             step()
             times.append(time.perf_counter() - begin)
     return statistics.median(times)
+
+
+def raise_recompile_limits() -> None:
+    """One compiled FlexAttention (and create_block_mask) serves every length and mode: allow the recompilations
+    (past dynamo's limit, 8 shapes in torch 2.13, the call falls back to unfused eager Flex with a warning)."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+
+
+@functools.cache
+def compiled_flex() -> Callable[..., Any]:
+    """FlexAttention compiled once for every shape (``dynamic=False``: the dynamic-shape CPU template fails to
+    build), each length a recompilation within :func:`raise_recompile_limits`."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    raise_recompile_limits()
+    return torch.compile(flex_attention, dynamic=False)
