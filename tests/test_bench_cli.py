@@ -116,6 +116,7 @@ def test_an_unknown_or_missing_command_exits_2_naming_the_commands(argv, message
     "command, argv, message",
     [
         ("attention", ["--lengths", "0"], "argument --lengths: '0': every number must be >= 1, got 0"),
+        ("train", ["--doc-tokens", "512,512"], "argument --doc-tokens: '512,512': 512 is given twice; give each"),
         ("attention", ["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
         ("attention --device cuda", ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
         ("decode", ["--bf16"], "--bf16 and --fp16 need --device cuda"),

@@ -70,7 +70,8 @@ def positive_float(value: str) -> float:
 
 
 def positive_ints(value: str) -> list[int]:
-    """argparse type: a non-empty comma-separated list of positive integers (``--lengths 128,1024``)."""
+    """argparse type: a non-empty comma-separated list of distinct positive integers (``--lengths 128,1024``;
+    a number given twice would be measured twice and one result kept)."""
     items = value.split(",")
     numbers = []
     for item in items:
@@ -82,6 +83,8 @@ def positive_ints(value: str) -> list[int]:
             ) from None
         if number < 1:
             raise argparse.ArgumentTypeError(f"{value!r}: every number must be >= 1, got {number}")
+        if number in numbers:
+            raise argparse.ArgumentTypeError(f"{value!r}: {number} is given twice; give each number once")
         numbers.append(number)
     return numbers
 
