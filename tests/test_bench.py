@@ -1,7 +1,9 @@
 """The benchmark harness: its memory probe sees a T×T tensor when there is one, and the
 goal table and BENCHMARKS.md are computed from the measured rows, not written by hand."""
 
-from structmt.bench.attention import goals, peak_bytes, table
+from pathlib import Path
+
+from structmt.bench.attention import goals, peak_bytes, run, table
 from structmt.bench.report import render
 
 
@@ -117,3 +119,30 @@ def test_the_cpu_flex_step_stays_compiled_past_dynamos_recompile_limit(monkeypat
     finally:
         workload.compiled_flex.cache_clear()
     assert not [w for w in caught if "without torch.compile" in str(w.message)]
+
+
+def test_the_report_says_which_kernel_the_cpu_efficient_rows_ran(tmp_path, monkeypatch):
+    """The efficient rows run the fused C++ kernel where it was built, else gathered copies, some 25 times slower
+    at T=1024: a re-run on an install without the kernel printed the same labels. The record says which ran,
+    as candidate_kernel chose it, and BENCHMARKS.md says so (a record from before says nothing)."""
+    import json
+
+    from structmt.attention import functional
+    from structmt.bench.report import EFFICIENT_KERNELS, attention_section
+
+    def recorded() -> str:
+        record = run([16], 32, 1, 8, 1, 1, ["efficient"], repeats=1, memory=False, dense_limit=0)
+        return record["settings"]["efficient_kernel"]
+
+    built = "fused" if functional._KERNELS is not None else "gather"
+    assert recorded() == built and built in EFFICIENT_KERNELS
+    monkeypatch.setattr(functional, "_KERNELS", None)
+    assert recorded() == "gather"
+    record = json.loads((Path(__file__).resolve().parents[1] / "results" / "bench_attention.json").read_text())
+    assert "efficient_kernel" not in record["settings"] and "efficient rows ran" not in "\n".join(
+        attention_section(record)
+    )
+    record["settings"]["efficient_kernel"] = "gather"
+    assert "The efficient rows ran the gathered-copies path, the C++ kernel not being built" in "\n".join(
+        attention_section(record)
+    )

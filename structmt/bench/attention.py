@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..attention.functional import self_attention_plan
+from ..attention.functional import candidate_kernel, self_attention_plan
 from ..console import say, setup
 from ..files import int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR
@@ -223,7 +223,18 @@ def run(
     results: dict[str, Any] = {
         "machine": machine(),
         "hardware": hardware(),
-        "settings": {"tokens": tokens, "heads": heads, "dim": dim, "window": window, "rare": rare, "repeats": repeats},
+        "settings": {
+            "tokens": tokens,
+            "heads": heads,
+            "dim": dim,
+            "window": window,
+            "rare": rare,
+            "repeats": repeats,
+            # the efficient rows run the C++ kernel where it was built, else gathered copies (much slower)
+            "efficient_kernel": candidate_kernel(
+                "efficient", torch.empty(1, 1, 1, dim), torch.empty(1, 1, 1, dim), 0.0
+            ),
+        },
         "rows": [],
     }
     for length in lengths:

@@ -69,6 +69,13 @@ def _provenance(record: dict[str, Any]) -> list[str]:
     ]
 
 
+#: what the CPU benchmark's efficient rows ran (its record's ``efficient_kernel``, from ``candidate_kernel``)
+EFFICIENT_KERNELS = {
+    "fused": "structmt's fused C++ kernel",
+    "gather": "the gathered-copies path, the C++ kernel not being built (much slower)",
+}
+
+
 def attention_section(record: dict[str, Any] | None) -> list[str]:
     lines = ["## Attention kernel (`structmt-bench attention`)", ""]
     if record is None:
@@ -86,7 +93,8 @@ def attention_section(record: dict[str, Any] | None) -> list[str]:
         "Peak memory: resident memory one step adds on top of its inputs, in a fresh "
         "process (`VmHWM` after a reset, with glibc returning freed blocks). The traffic floor is the bytes "
         "the band and rare gathers must move (forward and backward) over the copy bandwidth measured in the "
-        f"same run: {hw['copy_gb_per_s']:.1f} GB/s (matmul: {hw['matmul_gflop_per_s']:.0f} GFLOP/s).",
+        f"same run: {hw['copy_gb_per_s']:.1f} GB/s (matmul: {hw['matmul_gflop_per_s']:.0f} GFLOP/s)."
+        + (f" The efficient rows ran {EFFICIENT_KERNELS[s['efficient_kernel']]}." if "efficient_kernel" in s else ""),
         "",
         table(record),
         "",
