@@ -590,3 +590,28 @@ def test_report_names_a_record_it_cannot_read(tmp_path, name, change, says):
     (results / name).write_text(json.dumps(record))
     with pytest.raises(DataError, match=rf"{name}: not a record this code reads \({re.escape(says)}.*run the command"):
         report.render(results)
+
+
+def test_compile_specialises_the_integers_the_op_passes_for_its_launch():
+    """A real launch specialises its integers (1: a constant, a multiple of 16: known as one), and the registers
+    depend on it: compile once declared them all plain i32 and reported some twice the registers the launched
+    kernel uses. The integers compile uses are the op's own for contiguous tensors of LAUNCH's shape: every
+    integer argument of both kernels, with the op's strides and sizes."""
+    import torch
+
+    from structmt.attention import triton_kernel as tk
+    from structmt.bench.kernel_compile import _FLOATS, LAUNCH, launch_integers
+
+    H, T, D, C = LAUNCH["heads"], LAUNCH["length"], 64, 16
+    q = k = v = g = torch.empty(3, H, T, D)
+    op = dict(zip(("H", "Tq", "S", "C", "D", "E"), (H, T, T, C, D, D), strict=True))
+    for tensor, x in zip("qkvg", (q, k, v, g), strict=True):
+        dims = "bhtd" if tensor in "qg" else "bhsd"
+        op |= {f"s{tensor}{d}": s for d, s in zip(dims, x.stride(), strict=True)}
+    kernels = tk._kernels()
+    for kernel in (kernels.fwd, kernels.bwd):
+        names = [n for n in kernel.arg_names if n.islower() or n in op]
+        integers = [n for n in names if n not in _FLOATS and n != "seed"]
+        assert {n: launch_integers(D, C, dropout=False)[n] for n in integers} == {n: op[n] for n in integers}
+    assert launch_integers(D, C, dropout=False)["seed"] == 0 and launch_integers(D, C, dropout=True)["seed"] % 16
+    assert [n for n, value in launch_integers(D, C, False).items() if value == 1] == ["sqd", "skd", "svd", "sgd"]

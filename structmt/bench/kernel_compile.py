@@ -34,8 +34,16 @@ from .common import add_old_name, command_line, command_parser, output_file
 #: torch dtype → Triton pointer element type
 _ELEMENT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: the kernels' arguments that are not pointers or int32 (everything else is a shape or a stride)
+#: the kernels' arguments that are not pointers or integers (everything else is a shape, a stride or the seed)
 _FLOATS = ("scale", "eps", "dropout_p", "keep_scale")
+#: the launch the kernels are compiled for: contiguous ``(B, H, T, D)`` tensors of the GPU benchmark's workload
+#: (``structmt-bench attention --device cuda``: 8 heads, T a multiple of 16). Triton's JIT specialises a launch's
+#: integers on their values, and so does :func:`compile_kernel`: 1 becomes a constant (the unit strides of the
+#: last dimension), a multiple of 16 is known to be one; register counts depend on it (a kernel compiled
+#: without it used some twice as many).
+LAUNCH = {"heads": 8, "length": 1024}
+#: the seed the op passes: 0 without dropout, else one drawn below 2**31 (this one: not a multiple of 16)
+_SEEDS = {False: 0, True: 1234567}
 #: the compute capabilities (×10) ``--arch`` accepts: those of real NVIDIA GPUs that Triton 3.9's backend
 #: compiles these kernels for. Any other number reaches LLVM as an unknown ``sm_<arch>`` and aborts the
 #: process ("LLVM ERROR: Cannot select ..."): 0, 91, and 101 (CUDA 13 renamed it sm_110) do.
@@ -83,18 +91,23 @@ def compile_kernel(
     element = "*" + _ELEMENT[dtype]
     pointers = {"IDX": "*i64", "KIND": "*i8", "DK": "*fp32", "DV": "*fp32"}
     pointers |= {name: element for name in ("Q", "K", "V", "G", "OUT", "W", "DQ")}
-    signature = {}
-    for name in fn.arg_names:
+    integers = launch_integers(head_dim, candidates, dropout)
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = pointers[name]
-        elif name == "seed":
-            signature[name] = "i64"
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch's allocations are 16-byte aligned
+        elif name in _FLOATS:
+            signature[name] = "fp32"
+        elif integers[name] == 1:  # as Triton's JIT specialises a launch's integers
+            signature[name] = "constexpr"
+            constexprs[name] = 1
         else:
-            signature[name] = "fp32" if name in _FLOATS else "i32"
-    # torch's allocations are 16-byte aligned, which Triton specialises on at launch
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if signature[n].startswith("*")}
+            signature[name] = "i32" if -(2**31) <= integers[name] < 2**31 else "i64"
+            if integers[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(
         fn=fn,
         signature=signature,
@@ -118,6 +131,17 @@ def compile_kernel(
         "cubin_bytes": len(compiled.asm["cubin"]),
         "compile_seconds": round(seconds, 1),
     }
+
+
+def launch_integers(head_dim: int, candidates: int, dropout: bool) -> dict[str, int]:
+    """The integer arguments the op passes for :data:`LAUNCH` (``sqb``…``sgd``: the strides of q, k, v and the
+    output gradient by dimension b, h, t/s, d; ``H``, ``Tq``, ``S``, ``C``, ``D``, ``E``; the seed)."""
+    H, T = LAUNCH["heads"], LAUNCH["length"]
+    stride = {"b": H * T * head_dim, "h": T * head_dim, "t": head_dim, "s": head_dim, "d": 1}  # t, s: positions
+    layout = {"q": "bhtd", "k": "bhsd", "v": "bhsd", "g": "bhtd"}
+    values = {f"s{tensor}{dim}": stride[dim] for tensor, dims in layout.items() for dim in dims}
+    shapes = {"H": H, "Tq": T, "S": T, "C": candidates, "D": head_dim, "E": head_dim, "seed": _SEEDS[dropout]}
+    return values | shapes
 
 
 def _ptxas_resources(ptx: str, arch: int) -> dict[str, int]:
@@ -212,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             "triton": triton.__version__,
             "torch": torch.__version__,
             "arch": a.arch,
+            "launch": {**LAUNCH, "layout": "contiguous (B, H, T, D)", "integers": "specialised as Triton's JIT does"},
             "git_commit": git_commit(),
             "machine": machine_label(),
             "kernels": rows,
