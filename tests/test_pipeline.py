@@ -370,6 +370,32 @@ def test_wandb_offline_run_holds_config_curve_and_scores(tmp_path, monkeypatch):
     assert "test_2016_flickr/bleu_ci95" not in run["summary"]
 
 
+def test_a_wandb_run_logged_again_records_the_settings_it_was_trained_with(tmp_path, monkeypatch):
+    """A run logged again by a later command (a sweep adds its validation score, a p-value filled in) recorded
+    that command's train.threads beside the tokens/s measured with the training's: the settings outside the
+    run id come from the run's spec.json."""
+    import json
+    from dataclasses import asdict, replace
+
+    from structmt.paths import RunFolder
+    from structmt.pipeline.evaluation import _log_wandb
+    from structmt.pipeline.spec import RunSpec, Schedule
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    trained = RunSpec(schedule=Schedule(threads=1, save_interval=50))
+    now = replace(trained, schedule=replace(trained.schedule, threads=2, save_interval=7))
+    assert now.run_id() == trained.run_id()
+    run = RunFolder(tmp_path / trained.run_id())
+    run.path.mkdir()
+    run.spec.write_text(json.dumps(asdict(trained)))
+    _tiny_train_log(run.path)
+    row = _row(trained.run_id()) | {"data": "multi30k_en_de", "heads": "auto", "cross": "", "options": ""}
+    folder = _log_wandb(now, run, [row], tmp_path, WandbSettings("offline"), "id-1", lambda message: None)
+    assert folder is not None
+    schedule = read_offline_run(Path(folder))["config"]["schedule"]
+    assert (schedule["threads"], schedule["save_interval"]) == (1, 50)
+
+
 def test_a_wandb_run_that_fails_after_it_began_is_closed_and_removed(tmp_path, monkeypatch):
     """A failure while logging (here: the training log is gone) leaves no open run and no half-logged folder."""
     import wandb

@@ -18,7 +18,7 @@ from ..leaderboard_csv import LeaderboardRow, fill_empty
 from ..paths import REPO_ROOT, ResultsFolder, RunFolder
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
-from .spec import RunSpec, Schedule, named_schedule
+from .spec import RunSpec, Schedule, named_schedule, read_spec
 from .training import data_label, prepare_data, run_lock, train_run
 
 
@@ -366,7 +366,10 @@ def _log_wandb(
     A dense run's ``model`` is its ``arch`` alone, as its rows leave ``window`` and ``rare`` empty: W&B's
     charts never plot it at the structure options' defaults."""
     run_id, labels = records[0]["run_id"], {k: records[0][k] for k in ("data", "heads", "cross", "options")}
-    config = asdict(spec) | {"run_id": run_id, "leaderboard": labels}
+    # the settings as training had them: those outside the run id (threads, which its tokens/s depend on, the
+    # checkpoint interval, where the data came from) may differ in the command that evaluates or logs it again
+    trained = read_spec(run.path) if run.spec.is_file() else spec
+    config = asdict(trained) | {"run_id": run_id, "leaderboard": labels}
     if not spec.model.structured:
         config["model"] = {"arch": spec.model.arch}
     folder = tracking.log_experiment(
