@@ -1,10 +1,11 @@
 """fairseq checkpoints: safe loading on torch >= 2.6 (``weights_only=True`` stays on),
 a trained model and its task from a checkpoint, and the updates a checkpoint holds.
 
-fairseq checkpoints pickle one class that torch's safe loader does not know: the
-``argparse.Namespace`` that holds a legacy model's settings (the rest of the config is
-saved as plain containers).  Only that class is allowlisted; torch's safety is never
-turned off.
+fairseq checkpoints pickle what torch's safe loader does not know: the ``argparse.Namespace``
+that holds a legacy model's settings (the rest of the config is saved as plain containers), and
+numpy arrays and scalars among the logged metrics (``--eval-bleu``'s n-gram counts). Only those
+are allowlisted (numpy's array and scalar rebuilders and its dtype, under numpy 1's and numpy 2's
+module names); torch's safety is never turned off.
 
 Importing this module imports the ``structmt`` package first, which registers
 the models and allowlists that class, so the loaders below need nothing more.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,32 @@ import torch
 
 
 def allow_fairseq_checkpoints() -> None:
-    """Allowlist the class fairseq checkpoints need for ``torch.load(weights_only=True)``."""
-    torch.serialization.add_safe_globals([argparse.Namespace])
+    """Allowlist what fairseq checkpoints need for ``torch.load(weights_only=True)``: ``argparse.Namespace``, and
+    numpy's arrays and scalars by the names numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) pickle them
+    under, whichever numpy wrote the file."""
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed: list[Any] = [argparse.Namespace, np.ndarray, np.dtype]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    # a dtype unpickles as an instance of its class (numpy 2: numpy.dtypes.Int64DType, ...), which torch builds
+    allowed += list({type(np.dtype(code)) for code in np.typecodes["All"]} - {np.dtype})
+    torch.serialization.add_safe_globals(allowed)
+
+
+def _refused_global(err: BaseException) -> str | None:
+    """What torch's safe loader refused to build, when that is why a checkpoint could not be read."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return found.group(1) if found else None
+
+
+def _refused(checkpoint: Path, name: str) -> ValueError:
+    return ValueError(
+        f"{checkpoint}: torch's safe loader (weights_only) refuses {name}, which the checkpoint pickles; structmt "
+        "allowlists what fairseq writes (argparse.Namespace, numpy arrays). If you trust the file, allowlist it "
+        f"before loading: torch.serialization.add_safe_globals([{name}])"
+    )
 
 
 def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any, Any]:
@@ -36,6 +62,8 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
     try:  # the file itself (a state dict that does not fit data_dir: below)
         state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), overrides)
     except (pickle.UnpicklingError, EOFError, KeyError, AttributeError, RuntimeError) as err:
+        if name := _refused_global(err):
+            raise _refused(checkpoint, name) from err
         # torch's text can run to many lines (weights_only's advice): its first says what went wrong
         why = next(iter(str(err).strip().splitlines()), "") or (
             "empty or cut short" if isinstance(err, EOFError) else "?"
@@ -70,6 +98,8 @@ def _state(checkpoint: Path) -> dict[str, Any]:
     try:
         state = torch.load(checkpoint, map_location="cpu", mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        if name := _refused_global(err):
+            raise _refused(checkpoint, name) from None
         raise ValueError(
             f"{checkpoint}: cannot be read ({err}); a copy cut short (written before structmt kept it whole)? "
             f"Copy the newest checkpoint_<epoch>_<updates>.pt of {checkpoint.parent} over it to resume from there, "

@@ -251,21 +251,50 @@ class _NotAllowed:
     """A class no checkpoint should carry: torch's safe loader must refuse it."""
 
 
-def test_checkpoints_load_with_weights_only_and_only_namespace_allowlisted(tmp_path):
-    """docs/reliability.md, Safety: with the plugin imported, a checkpoint holding fairseq's argparse.Namespace
-    loads under torch's default weights_only=True; any other pickled class is still refused; no code of the
-    package turns safe loading off (weights_only=False) or names torch's environment switches for it."""
+def test_checkpoints_load_with_weights_only_and_only_what_fairseq_pickles_allowlisted(tmp_path):
+    """docs/reliability.md, Safety: with the plugin imported, a checkpoint holding fairseq's argparse.Namespace,
+    and numpy arrays and scalars among its metrics (fairseq-train --eval-bleu's n-gram counts: such a run could
+    not resume, nor be decoded), loads under torch's default weights_only=True, written by numpy 2 or numpy 1
+    (numpy.core, the name a cluster's older numpy pickles); any other pickled class is still refused, and named;
+    no code of the package turns safe loading off (weights_only=False) or names torch's environment switches."""
     import argparse
     import pickle
+    import zipfile
 
-    import structmt  # noqa: F401  (allowlists the Namespace)
+    import numpy as np
+
+    import structmt  # noqa: F401  (the allowlist)
+    from structmt.checkpoints import checkpoint_updates
 
     ok, bad = tmp_path / "ok.pt", tmp_path / "bad.pt"
-    torch.save({"args": argparse.Namespace(arch="structured_transformer_multi30k"), "w": torch.ones(2)}, ok)
-    assert torch.load(ok)["args"].arch == "structured_transformer_multi30k"
-    torch.save({"args": _NotAllowed()}, bad)
+    metrics = {"_bleu_counts": np.array([12, 7, 3, 1]), "_bleu_sys_len": np.float64(25.5)}
+    torch.save(
+        {
+            "args": argparse.Namespace(arch="structured_transformer_multi30k"),
+            "w": torch.ones(2),
+            "extra_state": {"metrics": {"valid": metrics}},
+            "optimizer_history": [{"num_updates": 7}],
+        },
+        ok,
+    )
+    numpy1 = tmp_path / "numpy1.pt"  # the same file as numpy 1 pickles it
+    with zipfile.ZipFile(ok) as source, zipfile.ZipFile(numpy1, "w") as target:
+        for info in source.infolist():
+            content = source.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in content
+                content = content.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            target.writestr(info, content)
+    for path in (ok, numpy1):
+        state = torch.load(path)
+        assert state["args"].arch == "structured_transformer_multi30k" and checkpoint_updates(path) == 7
+        assert state["extra_state"]["metrics"]["valid"]["_bleu_counts"].tolist() == [12, 7, 3, 1]
+        assert state["extra_state"]["metrics"]["valid"]["_bleu_sys_len"] == 25.5
+    torch.save({"args": _NotAllowed(), "optimizer_history": [{"num_updates": 7}]}, bad)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(bad)
+    with pytest.raises(ValueError, match=r"torch's safe loader \(weights_only\) refuses test_reliability._NotAllowed"):
+        checkpoint_updates(bad)
     offenders = []
     for path in sorted((REPO / "structmt").rglob("*.py")):
         text = path.read_text()
