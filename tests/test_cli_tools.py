@@ -181,6 +181,44 @@ def test_translate_searches_with_the_runs_own_beam_unless_given_one(tmp_path, mo
     assert searched == [beam]
 
 
+@pytest.mark.parametrize(
+    "arch, argv, overrides",
+    [
+        ("structured_transformer_multi30k", [], {}),
+        ("structured_transformer_multi30k", ["--struct-impl", "auto"], {"struct_impl": "auto"}),
+        ("transformer_multi30k", ["--struct-impl", "auto"], {}),  # a dense model has no kernel to choose
+    ],
+)
+def test_translate_attends_with_the_kernel_asked_for(tmp_path, monkeypatch, capsys, arch, argv, overrides):
+    """A run trained with --struct-impl triton stores that kernel; translating it here (on the CPU) failed with no
+    way to choose another: --struct-impl overrides the run's own."""
+    import sentencepiece
+
+    loaded: list[dict] = []
+
+    class Task:
+        def build_generator(self, models, cfg):
+            return None
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint_last.pt").write_bytes(b"")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "spm.model").write_bytes(b"")
+    spec = {"data": {"src": "en", "tgt": "de"}, "model": {"arch": arch}, "schedule": {"beam": 2}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    monkeypatch.setattr(translate, "load_model", lambda ckpt, folder, **k: loaded.append(k) or (None, Task()))
+    monkeypatch.setattr(sentencepiece, "SentencePieceProcessor", lambda **k: None)
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
+    monkeypatch.setattr(translate, "which_training", lambda *a: (logging.DEBUG, ""))
+    monkeypatch.setattr(translate.Translator, "translate", lambda self, lines: [])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    translate.main([str(tmp_path), *argv])
+    assert loaded == [{"source_lang": "en", "target_lang": "de", **overrides}]
+    with pytest.raises(SystemExit):
+        translate.main([str(tmp_path), "--struct-impl", "fast"])
+    assert "argument --struct-impl: invalid choice: 'fast'" in capsys.readouterr().err
+
+
 def _trained_run(tmp_path: Path, *, updates: int = 3500, finished: int | None = 3500) -> tuple[Path, Path]:
     """A run folder whose checkpoint holds ``updates`` and whose ``train.json`` (absent when ``finished`` is None)
     records a training of ``finished`` updates at commit aaaa… on machine M in 100.0 s."""

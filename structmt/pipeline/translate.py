@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..attention.options import IMPLS
 from ..checkpoints import checkpoint_updates, load_model
 from ..console import add_verbose_option, setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
@@ -31,9 +32,19 @@ def read_input(raw: bytes) -> list[str]:
 
 class Translator:
     """Beam search with one trained run; loads once, translates many batches.  ``beam``: the run's own
-    (``train.beam``, as the pipeline decodes its test sets) unless given."""
+    (``train.beam``, as the pipeline decodes its test sets) unless given; ``impl``: the structured attention's
+    kernel (``--struct-impl``), the run's own unless given (a run trained with ``triton`` decodes here on the
+    CPU: give ``auto``)."""
 
-    def __init__(self, run_dir: Path, *, beam: int | None = None, batch_size: int = 64, checkpoint: Path | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        beam: int | None = None,
+        batch_size: int = 64,
+        checkpoint: Path | None = None,
+        impl: str | None = None,
+    ):
         import sentencepiece as spm
         import torch
         from fairseq.dataclass.configs import GenerationConfig
@@ -51,7 +62,9 @@ class Translator:
         recorded = json.loads(spec_file.read_text())
         src, tgt = recorded["data"]["src"], recorded["data"]["tgt"]
         beam = beam or recorded.get("schedule", {}).get("beam", Schedule.beam)
-        model, self.task = load_model(ckpt, folder, source_lang=src, target_lang=tgt)
+        structured = recorded.get("model", {}).get("arch", "").startswith("structured_")
+        kernel = {"struct_impl": impl} if impl and structured else {}  # a dense model has no such option
+        model, self.task = load_model(ckpt, folder, source_lang=src, target_lang=tgt, **kernel)
         self.models = [model]
         self.sp = spm.SentencePieceProcessor(model_file=str(run.spm_model))
         self.generator = self.task.build_generator(
@@ -146,11 +159,17 @@ def main(argv: list[str] | None = None) -> None:
         default=ResultsFolder(RESULTS_DIR).leaderboard,
         help="where to look up the scores of the run's training, said on stderr (default: results/leaderboard.csv)",
     )
+    p.add_argument(
+        "--struct-impl",
+        choices=IMPLS,
+        default=None,
+        help="the structured attention's kernel (default: the run's own; a run trained with triton: auto here)",
+    )
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
     try:  # the run folder first: a wrong one is an error at once, not after stdin is read to its end
-        translator = Translator(a.run_dir, beam=a.beam, batch_size=a.batch_size)
+        translator = Translator(a.run_dir, beam=a.beam, batch_size=a.batch_size, impl=a.struct_impl)
         log.log(*which_training(a.run_dir, translator.checkpoint, a.leaderboard))
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
