@@ -28,13 +28,23 @@ def allow_fairseq_checkpoints() -> None:
     under, whichever numpy wrote the file."""
     import numpy as np
 
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    allowed: list[Any] = [argparse.Namespace, np.ndarray, np.dtype]
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    numpy_parts = [(obj, name) for name, obj in numpy_pickle_globals().items()]
     # a dtype unpickles as an instance of its class (numpy 2: numpy.dtypes.Int64DType, ...), which torch builds
-    allowed += list({type(np.dtype(code)) for code in np.typecodes["All"]} - {np.dtype})
-    torch.serialization.add_safe_globals(allowed)
+    dtype_classes = list({type(np.dtype(code)) for code in np.typecodes["All"]} - {np.dtype})
+    torch.serialization.add_safe_globals([argparse.Namespace, *numpy_parts, *dtype_classes])
+
+
+def numpy_pickle_globals() -> dict[str, Any]:
+    """What a pickled numpy array or scalar names, by the names numpy 1 (``numpy.core``) and numpy 2
+    (``numpy._core``) pickle it under → this numpy's object: array and scalar rebuilders, ``ndarray``, ``dtype``.
+    Nothing among them runs code."""
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    found: dict[str, Any] = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        found |= {f"{module}._reconstruct": multiarray._reconstruct, f"{module}.scalar": multiarray.scalar}
+    return found
 
 
 def _refused_global(err: BaseException) -> str | None:

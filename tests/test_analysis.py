@@ -668,7 +668,10 @@ def test_thesis_matrices_script_projects_crops_whose_rows_do_not_sum_to_one(tmp_
     good.write_bytes(pickle.dumps([eye, dropped]))
     script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "thesis_matrices.py")]
     out = subprocess.run([*script, str(good)], capture_output=True, text=True, check=True).stdout
-    assert "row mass: 1.0000 to 1.1111" in out and f"= {16 * (1 / 0.9 - 1) / 256 / 2:.4f} per entry" in out
+    assert (
+        "row mass: 1.0000 to 1.1111; 16 of 32 rows at 1/0.9 (within 1e-6)" in out
+        and f"= {16 * (1 / 0.9 - 1) / 256 / 2:.4f} per entry" in out
+    )
     # w=3 r=2: column 15 is a rare column, so both matrices have no mass outside: unconstrained 0, and the
     # row-stochastic costs only the 1/0.9 - 1 of each row of the second matrix; w=10 r=1 alike
     row_stochastic = 16 * (1 / 0.9 - 1) / 256 / 2

@@ -132,7 +132,7 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
     from dataclasses import replace
 
     from structmt.pipeline.evaluation import row_labels
-    from structmt.pipeline.spec import own_name
+    from structmt.pipeline.spec import named_schedule, own_name
 
     def name(*overrides: str) -> str:
         return specs(_compose(*overrides))[0].schedule.name
@@ -158,6 +158,10 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
     paper = specs(_compose("train=paper_base", "train.update_freq=1", "model=dense_base"))[0]
     assert paper.schedule.name == "paper_base+update_freq=1" and row_labels(paper, "test_2016_flickr")["options"] == ""
     assert extra != name("train=paper_base", "train.extra_args=[--distributed-world-size,4]", "train.update_freq=1")
+    # a name of the user's own with a '+' in it is not a file's: its beam is compared with the default's
+    assert named_schedule("smoke+lr=0.5") == named_schedule("smoke") and named_schedule("smoke+mine") is None
+    mine = replace(paper, schedule=replace(paper.schedule, name="smoke+mine", beam=5))
+    assert row_labels(mine, "test_2016_flickr")["options"] == ""
 
 
 def test_roles_file_runs_are_identified_by_the_roles_not_the_path(tmp_path):

@@ -592,26 +592,40 @@ def test_report_names_a_record_it_cannot_read(tmp_path, name, change, says):
         report.render(results)
 
 
-def test_compile_specialises_the_integers_the_op_passes_for_its_launch():
+def test_compile_specialises_the_integers_the_op_passes_for_its_launch(monkeypatch):
     """A real launch specialises its integers (1: a constant, a multiple of 16: known as one), and the registers
     depend on it: compile once declared them all plain i32 and reported some twice the registers the launched
-    kernel uses. The integers compile uses are the op's own for contiguous tensors of LAUNCH's shape: every
-    integer argument of both kernels, with the op's strides and sizes."""
+    kernel uses. The integers compile uses are those the op passes, recorded at its launch of both kernels on
+    contiguous tensors of LAUNCH's shape."""
+    from types import SimpleNamespace
+
     import torch
 
     from structmt.attention import triton_kernel as tk
     from structmt.bench.kernel_compile import _FLOATS, LAUNCH, launch_integers
 
+    real = tk._kernels()
+    launched: dict[str, dict] = {}
+
+    class Recorder:
+        def __init__(self, name: str, kernel) -> None:
+            self.name, self.arg_names = name, kernel.arg_names
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.setdefault(self.name, dict(zip(self.arg_names, args, strict=False)))
+
+    fake = SimpleNamespace(**vars(real))
+    fake.fwd, fake.bwd = Recorder("fwd", real.fwd), Recorder("bwd", real.bwd)
+    monkeypatch.setattr(tk, "_ready", lambda device: fake)
     H, T, D, C = LAUNCH["heads"], LAUNCH["length"], 64, 16
-    q = k = v = g = torch.empty(3, H, T, D)
-    op = dict(zip(("H", "Tq", "S", "C", "D", "E"), (H, T, T, C, D, D), strict=True))
-    for tensor, x in zip("qkvg", (q, k, v, g), strict=True):
-        dims = "bhtd" if tensor in "qg" else "bhsd"
-        op |= {f"s{tensor}{d}": s for d, s in zip(dims, x.stride(), strict=True)}
-    kernels = tk._kernels()
-    for kernel in (kernels.fwd, kernels.bwd):
-        names = [n for n in kernel.arg_names if n.islower() or n in op]
-        integers = [n for n in names if n not in _FLOATS and n != "seed"]
-        assert {n: launch_integers(D, C, dropout=False)[n] for n in integers} == {n: op[n] for n in integers}
-    assert launch_integers(D, C, dropout=False)["seed"] == 0 and launch_integers(D, C, dropout=True)["seed"] % 16
-    assert [n for n, value in launch_integers(D, C, False).items() if value == 1] == ["sqd", "skd", "svd", "sgd"]
+    q, k, v, g = (torch.randn(2, H, T, D) for _ in range(4))
+    index, kind = torch.zeros(2, T, C, dtype=torch.long), torch.ones(2, H, T, C, dtype=torch.int8)
+    torch.ops.structmt.candidate_attention(q, k, v, index, kind, 0.125, 0.0, 0.0, None)
+    torch.ops.structmt.candidate_attention_backward(g, q, k, v, index, kind, 0.125, 0.0, 0.0, None)
+    ours = launch_integers(D, C, dropout=False)
+    for name, args in launched.items():
+        integers = {n: a for n, a in args.items() if isinstance(a, int) and n not in _FLOATS}
+        assert integers and integers == {n: ours[n] for n in integers}, name
+        assert all(isinstance(a, torch.Tensor | float) for n, a in args.items() if n not in integers), name
+    assert set(launched) == {"fwd", "bwd"} and launch_integers(D, C, dropout=True)["seed"] % 16
+    assert [n for n, value in ours.items() if value == 1] == ["sqd", "skd", "svd", "sgd"]

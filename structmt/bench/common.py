@@ -109,13 +109,17 @@ def names_from(known: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+#: the attention benchmarks' heads unless --heads says otherwise (and the launch structmt-bench compile compiles for)
+HEADS = 8
+
+
 def add_shape_options(p: argparse.ArgumentParser, tokens: int) -> None:
     """The attention benchmarks' shape: ``--tokens`` per batch (held constant), ``--heads``, ``--dim`` and the
     structure's ``--window`` and ``--rare`` (their defaults: the plugin's)."""
     p.add_argument(
         "--tokens", type=int_at_least(1), default=tokens, help=f"tokens per batch, held constant (default: {tokens})"
     )
-    p.add_argument("--heads", type=int_at_least(1), default=8, help="attention heads (default: 8)")
+    p.add_argument("--heads", type=int_at_least(1), default=HEADS, help=f"attention heads (default: {HEADS})")
     p.add_argument("--dim", type=int_at_least(1), default=64, help="size of each head (default: 64)")
     p.add_argument(
         "--window", type=int_at_least(0), default=StructureConfig.struct_window, help="band half-width w of every head"

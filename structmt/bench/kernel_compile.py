@@ -29,19 +29,19 @@ from ..attention.triton_kernel import release
 from ..console import setup
 from ..files import int_at_least, write_text_atomic
 from ..provenance import git_commit, machine_label
-from .common import add_old_name, command_line, command_parser, output_file
+from .common import HEADS, add_old_name, command_line, command_parser, output_file
 
 #: torch dtype → Triton pointer element type
 _ELEMENT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: the kernels' arguments that are not pointers or integers (everything else is a shape, a stride or the seed)
 _FLOATS = ("scale", "eps", "dropout_p", "keep_scale")
-#: the launch the kernels are compiled for: contiguous ``(B, H, T, D)`` tensors of the GPU benchmark's workload
-#: (``structmt-bench attention --device cuda``: 8 heads, T a multiple of 16). Triton's JIT specialises a launch's
-#: integers on their values, and so does :func:`compile_kernel`: 1 becomes a constant (the unit strides of the
-#: last dimension), a multiple of 16 is known to be one; register counts depend on it (a kernel compiled
-#: without it used some twice as many).
-LAUNCH = {"heads": 8, "length": 1024}
+#: the launch the kernels are compiled for: contiguous ``(B, H, T, D)`` tensors of the attention benchmark's heads
+#: (``--heads``' default), T a multiple of 16, with ``--candidates`` C and ``--head-dims`` D. Triton's JIT
+#: specialises a launch's integers on their values, and so does :func:`compile_kernel`: 1 becomes a constant
+#: (the unit strides of the last dimension), a multiple of 16 is known to be one; register counts depend on it
+#: (a kernel compiled without it used some twice as many).
+LAUNCH = {"heads": HEADS, "length": 1024}
 #: the seed the op passes: 0 without dropout, else one drawn below 2**31 (this one: not a multiple of 16)
 _SEEDS = {False: 0, True: 1234567}
 #: the compute capabilities (×10) ``--arch`` accepts: those of real NVIDIA GPUs that Triton 3.9's backend

@@ -366,8 +366,8 @@ def _log_wandb(
     A dense run's ``model`` is its ``arch`` alone, as its rows leave ``window`` and ``rare`` empty: W&B's
     charts never plot it at the structure options' defaults."""
     run_id, labels = records[0]["run_id"], {k: records[0][k] for k in ("data", "heads", "cross", "options")}
-    # the settings as training had them: those outside the run id (threads, which its tokens/s depend on, the
-    # checkpoint interval, where the data came from) may differ in the command that evaluates or logs it again
+    # the settings as training had them: those outside the run id (RunSpec.run_id: threads, which its tokens/s
+    # depend on, ...) may differ in the command that evaluates or logs it again
     trained = read_spec(run.path) if run.spec.is_file() else spec
     config = asdict(trained) | {"run_id": run_id, "leaderboard": labels}
     if not spec.model.structured:

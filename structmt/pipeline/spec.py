@@ -220,6 +220,10 @@ class DataSpec:
     max_eval_lines: int = 0
 
 
+#: the schedule's settings outside a run's id: they change how it runs, not what it trains
+OUTSIDE_ID = ("threads", "save_interval")
+
+
 @dataclass
 class RunSpec:
     data: DataSpec = field(default_factory=DataSpec)
@@ -229,8 +233,8 @@ class RunSpec:
     def run_id(self) -> str:
         """Stable id from the settings that change the result (not the thread count)."""
         settings = asdict(self)
-        settings["schedule"].pop("threads")
-        settings["schedule"].pop("save_interval")
+        for name in OUTSIDE_ID:
+            settings["schedule"].pop(name)
         settings["data"].pop("mirror")
         settings["data"].pop("base_url")
         if not self.schedule.finetune_from:  # ids of runs from before the option existed stay valid
@@ -261,7 +265,7 @@ FINETUNE_SCHEDULE = "finetune"
 #: what a run may change of its schedule under the schedule's name: seeds of one setting, and what neither the
 #: model nor its scores depend on, or a row's label shows (``beam``: the options label); a fine-tune of a schedule
 #: other than :data:`FINETUNE_SCHEDULE` is named for it
-SAME_SETTING = ("name", "seed", "threads", "save_interval", "beam", "finetune_from")
+SAME_SETTING = ("name", "seed", *OUTSIDE_ID, "beam", "finetune_from")
 
 
 def own_name(schedule: Schedule) -> Schedule:
@@ -292,8 +296,11 @@ def own_name(schedule: Schedule) -> Schedule:
 
 def named_schedule(name: str) -> Schedule | None:
     """The ``conf/train`` schedule called ``name``, or that :func:`own_name` named it from (``cpu_demo+lr=0.001``:
-    ``cpu_demo``); None for a name of the user's own."""
-    base = name.partition("+")[0]
+    ``cpu_demo``: each part after a ``+`` a setting of a :class:`Schedule`); None for a name of the user's own."""
+    base, *parts = name.split("+")
+    keys = {f.name for f in fields(Schedule)}
+    if parts and not all(part.partition("=")[0] in keys and "=" in part for part in parts):
+        return None  # "smoke+mine": the user's own name, not smoke's
     return load_schedule(base) if schedule_file(base).is_file() else None
 
 
