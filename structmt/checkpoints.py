@@ -8,7 +8,7 @@ are allowlisted (numpy's array and scalar rebuilders and its dtype, under numpy 
 module names); torch's safety is never turned off.
 
 Importing this module imports the ``structmt`` package first, which registers
-the models and allowlists that class, so the loaders below need nothing more.
+the models and allowlists those, so the loaders below need nothing more.
 """
 
 from __future__ import annotations

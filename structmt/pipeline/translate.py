@@ -17,7 +17,7 @@ from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import DataError, decode_utf8, existing_dir, int_at_least, text_lines
 from ..leaderboard_csv import read_rows, short_commit, training
 from ..paths import RESULTS_DIR, ResultsFolder, RunFolder
-from .spec import Schedule
+from .spec import ModelSpec, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Translator:
         recorded = json.loads(spec_file.read_text())
         src, tgt = recorded["data"]["src"], recorded["data"]["tgt"]
         beam = beam or recorded.get("schedule", {}).get("beam", Schedule.beam)
-        structured = recorded.get("model", {}).get("arch", "").startswith("structured_")
+        structured = ModelSpec(arch=recorded.get("model", {}).get("arch", "")).structured
         kernel = {"struct_impl": impl} if impl and structured else {}  # a dense model has no such option
         model, self.task = load_model(ckpt, folder, source_lang=src, target_lang=tgt, **kernel)
         self.models = [model]
