@@ -176,6 +176,10 @@ def test_the_options_set_elsewhere_are_those_the_training_command_adds(monkeypat
             ["data=wmt14_en_de", "data.mirror=/tmp"],
             "data.mirror='/tmp' is a folder of Multi30k files; wmt14_en_de takes data.base_url",
         ),
+        (  # urllib's "unknown url type" after the data step started, naming no option
+            ["data=wmt14_en_de", "data.base_url=mirror.example.org/wmt"],
+            r"data.base_url='mirror.example.org/wmt' is no URL; give the scheme as well \(https://, ",
+        ),
         (
             ["model.heads=pos:9"],
             "model.heads='pos:9' does not fit model.arch=structured_transformer_multi30k: .*gives 9 heads but the "

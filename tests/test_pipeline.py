@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from structmt.data import fetch
-from structmt.data.fetch import fetch_files
+from structmt.data.fetch import fetch_files, read_checksums
 from structmt.data.prepare import PrepConfig, prepare_multi30k
+from structmt.data.stages import sha256_file
 from structmt.files import DataError
 from structmt.pipeline import leaderboard
 from structmt.pipeline.evaluation import score
@@ -105,6 +106,25 @@ def http_root(tmp_path):
     yield from _serve(tmp_path, _Quiet)
 
 
+class _CutChunked(_Quiet):
+    """A chunked transfer (no Content-Length) whose connection drops inside its first chunk."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"400\r\n" + b"x" * 100)  # announces 1024 bytes, sends 100, closes
+        self.close_connection = True
+
+
+@pytest.fixture
+def chunked_http_root(tmp_path):
+    """Like :func:`http_root`, but every transfer is chunked and stops inside its first chunk."""
+    yield from _serve(tmp_path, _CutChunked)
+
+
 @pytest.fixture
 def cut_http_root(tmp_path):
     """Like :func:`http_root`, but every transfer stops half-way (the connection dropped)."""
@@ -128,6 +148,51 @@ def test_a_download_cut_short_is_never_kept_and_falls_back_to_the_mirror(cut_htt
     # without a mirror: an error saying how much arrived
     with pytest.raises(DataError, match=r"incomplete download of .*a\.en\.gz: \d+ of \d+ bytes"):
         fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=None, **args)
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_chunked_download_cut_short_falls_back_to_the_mirror(chunked_http_root, tmp_path, monkeypatch):
+    # http.client's IncompleteRead is no OSError: it escaped the fallback, and the run stopped naming no file
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+    _, url = chunked_http_root
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    good = _gz(mirror / "a.en.gz", ["hello world"])
+    args = dict(url_template=url, mirror=None, env_var="STRUCTMT_MULTI30K", cache=tmp_path / "c")
+    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=mirror, **args)
+    assert paths["a.en.gz"] == mirror / "a.en.gz"
+    assert source.startswith(f"offline mirror {mirror} (download failed: incomplete download of ")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_the_error_names_the_file_that_failed_and_a_damaged_cached_copy_is_fetched_again(
+    http_root, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+    root, url = http_root
+    sums = {"a.en.gz": _gz(root / "a.en.gz", ["hello"]), "a.de.gz": _gz(tmp_path / "a.de.gz", ["hallo"])}
+    cache = tmp_path / "c"
+    args = dict(url_template=url, mirror=None, env_var="STRUCTMT_MULTI30K", cache=cache)
+    with pytest.raises(DataError) as err:  # a.en.gz downloads; the server lacks a.de.gz
+        fetch_files(["a.en.gz", "a.de.gz"], sums, fallback=None, **args)
+    assert f"cannot download {url.format(name='a.de.gz')} (HTTP Error 404" in str(err.value)
+    assert "a.en.gz (" not in str(err.value)
+    (root / "a.de.gz").write_bytes((tmp_path / "a.de.gz").read_bytes())
+    (cache / "a.en.gz").write_bytes(b"damaged")
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+    paths, source = fetch_files(["a.en.gz", "a.de.gz"], sums, fallback=tmp_path / "nowhere", **args)
+    assert source.startswith(f"download cache {cache}")  # not the mirror: the damaged copy was replaced
+    assert sha256_file(paths["a.en.gz"]) == sums["a.en.gz"]
+
+
+def test_a_checksum_in_upper_case_matches(tmp_path):
+    path = tmp_path / "val.en.gz"
+    digest = _gz(path, ["hello"])
+    fetch.verify(path, digest.upper())  # as PowerShell's Get-FileHash prints it
+    (tmp_path / "sums").write_text(f"{digest.upper()}  val.en.gz\n")
+    assert read_checksums(tmp_path / "sums") == {"val.en.gz": digest}
 
 
 @pytest.mark.reliability  # docs/reliability.md
@@ -196,7 +261,7 @@ def test_download_verifies_checksum_and_leaves_nothing_on_mismatch(http_root, tm
 @pytest.mark.reliability
 def test_missing_mirror_and_no_network_names_what_to_set(tmp_path, monkeypatch):
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
-    with pytest.raises(DataError, match=r"Set \$STRUCTMT_MULTI30K .*or place them at"):
+    with pytest.raises(DataError, match=r"nowhere lacks x.gz\. Set \$STRUCTMT_MULTI30K .*or place them in"):
         fetch_files(
             ["x.gz"],
             {"x.gz": "0" * 64},
@@ -702,3 +767,14 @@ def test_the_wandb_leaderboard_table_holds_numbers_and_a_failure_is_an_error(tmp
     with pytest.raises(SystemExit):
         leaderboard.main(["--results-dir", str(tmp_path), "--wandb", "--project", "team/proj"])
     assert "--project 'team/proj' must be 1 to 128 characters" in capsys.readouterr().err
+
+
+def test_binarize_refuses_test_splits_fairseq_would_name_otherwise(tmp_path):
+    # fairseq-preprocess names its --testpref files test, test1, ... by position: a lone "test1" became "test"
+    from structmt.data.prepare import binarize
+
+    with pytest.raises(ValueError, match=r"test splits \['test1'\] must be test, test1, \.\.\. in order"):
+        binarize(tmp_path, tmp_path / "bin", "en", "de", ["train", "valid", "test1"])
+    with pytest.raises(ValueError, match="in order"):
+        binarize(tmp_path, tmp_path / "bin", "en", "de", ["train", "valid", "test1", "test"])
+    assert not (tmp_path / "bin").exists()

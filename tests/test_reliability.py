@@ -358,6 +358,10 @@ def test_wandb_key_never_reaches_logs_or_results(tmp_path, monkeypatch):
             ["structmt.data.cli", "out", "--data", "wmt14_en_de", "--mirror", "."],
             "--mirror='.' is a folder of Multi30k",
         ),
+        (
+            ["structmt.data.cli", "out", "--data", "wmt16_en_ro", "--base-url", "m.example/wmt"],
+            "--base-url='m.example/wmt' is no URL; give the scheme",
+        ),
     ],
 )
 def test_path_options_are_checked_before_use(tmp_path, command, message):

@@ -231,6 +231,8 @@ def test_a_recipe_is_checked_whole_before_anything_is_downloaded(recipe, tmp_pat
     cases = {
         "no_tgt": ({k: v for k, v in good.items() if k != "tgt"}, r"'tgt' must be a language code"),
         "no_valid": ({k: v for k, v in good.items() if k != "valid"}, r"'valid' must name a sacreBLEU test set"),
+        # a KeyError once training had finished: the test set's name labels its leaderboard rows
+        "no_test_name": (good | {"test": {"sacrebleu": good["test"]["sacrebleu"]}}, r"'test' must name a sacreBLEU"),
         "bad_sha": (
             good | {"train": [good["train"][0] | {"sha256": "abc"}]},
             r"train\[0\].sha256 must be 64 hex digits, or null",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from filelock import FileLock
 
@@ -12,6 +13,8 @@ from .prepare import MULTI30K_SPLITS, MULTI30K_VOCAB, WMT_VOCAB, PrepConfig, che
 from .wmt import RECIPES, load_manifest, prepare_wmt
 
 DATASETS = ("multi30k_en_de", *RECIPES)
+#: the URL schemes urllib downloads a base_url's archives with
+URL_SCHEMES = ("https", "http", "ftp", "file")
 
 
 def default_vocab(name: str) -> int:
@@ -29,8 +32,9 @@ def test_sets(name: str) -> dict[str, str]:
 def wrong_source_option(
     name: str, mirror: str | None, base_url: str | None, spell: Callable[[str], str] = str
 ) -> str | None:
-    """Why a data set given the other data set's source option (which it would ignore) is refused, or None;
-    ``spell`` names an option (``mirror``, ``base_url``) as the caller's user writes it."""
+    """Why a data set given the other data set's source option (which it would ignore), or a ``base_url``
+    that is no URL, is refused, or None; ``spell`` names an option (``mirror``, ``base_url``) as the caller's
+    user writes it."""
     if name == "multi30k_en_de" and base_url:
         return (
             f"{spell('base_url')}={base_url!r} serves the WMT recipes' archives; Multi30k takes "
@@ -40,6 +44,11 @@ def wrong_source_option(
         return (
             f"{spell('mirror')}={mirror!r} is a folder of Multi30k files; {name} takes {spell('base_url')} "
             "(a server of its archives)"
+        )
+    if base_url and urlsplit(base_url).scheme not in URL_SCHEMES:
+        return (
+            f"{spell('base_url')}={base_url!r} is no URL; give the scheme as well "
+            f"({', '.join(f'{scheme}://' for scheme in URL_SCHEMES)})"
         )
     return None
 

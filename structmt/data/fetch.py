@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import math
 import os
 import re
@@ -47,7 +48,8 @@ def download_lock(cache: Path) -> FileLock:
 
 
 def is_sha256(text: object) -> bool:
-    """Whether ``text`` is a SHA-256 digest as ``sha256sum`` writes it (64 hex digits)."""
+    """Whether ``text`` is a SHA-256 digest (64 hex digits, either case: ``sha256sum`` writes lower case,
+    PowerShell's ``Get-FileHash`` upper case)."""
     return isinstance(text, str) and re.fullmatch(r"[0-9a-fA-F]{64}", text) is not None
 
 
@@ -60,7 +62,7 @@ def read_checksums(path: Path) -> dict[str, str]:
         parts = line.split()
         if len(parts) != 2 or not is_sha256(parts[0]):
             raise DataError(f"{path}:{lineno}: expected '<sha256>  <file name>', got {line!r}")
-        sums[parts[1].lstrip("*")] = parts[0]
+        sums[parts[1].lstrip("*")] = parts[0].lower()
     return sums
 
 
@@ -71,7 +73,7 @@ class ChecksumMismatch(DataError):
 def verify(path: Path, expected: str, shown: Path | str | None = None) -> None:
     """Check ``path``'s SHA-256; the error names ``shown`` (what the user knows the file as) or ``path``."""
     actual = sha256_file(path)
-    if actual != expected:
+    if actual != expected.lower():
         raise ChecksumMismatch(
             f"checksum mismatch for {shown or path}: expected sha256 {expected}, got {actual}. "
             "The file is corrupt or not the published one; delete it and fetch it again."
@@ -102,12 +104,15 @@ def download(url: str, dest: Path, expected: str | None, timeout: float = 20.0) 
 
 def _download(url: str, dest: Path, expected: str | None, timeout: float) -> None:
     with atomic_path(dest) as tmp:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            announced = response.headers.get("Content-Length")
-            received = 0
-            while block := response.read(1 << 20):
-                out.write(block)
-                received += len(block)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+                announced = response.headers.get("Content-Length")
+                received = 0
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    received += len(block)
+        except http.client.HTTPException as err:  # a chunked transfer cut short, a garbled reply: not OSErrors
+            raise OSError(f"incomplete download of {url}: {err!r}") from err
         if announced is not None and announced.isdigit() and received != int(announced):
             raise OSError(f"incomplete download of {url}: {received} of {announced} bytes")
         if expected is not None:
@@ -144,21 +149,29 @@ def fetch_files(
             for n in names:
                 verify(root / n, checksums[n])
             return {n: root / n for n in names}, f"{label} {root}"
+    name = names[0]
     try:
         with download_lock(cache):
-            for n in names:
-                dest = cache / n
-                if not dest.exists():
-                    download(url_template.format(name=n), dest, checksums[n])
-                verify(dest, checksums[n])
+            for name in names:
+                dest = cache / name
+                if dest.exists():
+                    try:
+                        verify(dest, checksums[name])
+                        continue
+                    except ChecksumMismatch:  # a damaged copy in the cache: fetched again, not kept
+                        dest.unlink()
+                download(url_template.format(name=name), dest, checksums[name])
         return {n: cache / n for n in names}, f"download cache {cache} (from {url_template.format(name='…')})"
     except (urllib.error.URLError, OSError, TimeoutError, ChecksumMismatch) as err:  # a corrupt download too
-        if fallback is not None and all((fallback / n).is_file() for n in names):
+        failed = f"cannot download {url_template.format(name=name)} ({err})"
+        absent = [n for n in names if fallback is None or not (fallback / n).is_file()]
+        if fallback is not None and not absent:
             for n in names:
                 verify(fallback / n, checksums[n])
             return {n: fallback / n for n in names}, f"offline mirror {fallback} (download failed: {err})"
+        where = f"the offline mirror {fallback} lacks {', '.join(absent)}" if fallback else "no offline mirror"
+        place = f", or place them in {fallback}" if fallback else ""
         raise DataError(
-            f"cannot download {url_template.format(name=names[0])} ({err}) and no local mirror was found. "
-            f"Set ${env_var} (or data.mirror=...) to a folder with the corpus files"
-            + (f", or place them at {fallback}" if fallback else "")
+            f"{failed}, and {where}. Set ${env_var} (or data.mirror=... for structmt-run, --mirror for "
+            f"structmt-prepare) to a folder with the corpus files{place}"
         ) from err

@@ -286,7 +286,11 @@ def binarize(text_dir: Path, bin_dir: Path, src: str, tgt: str, splits: list[str
     ]
     for split in ("train", "valid"):
         cmd += [prefs[split], str(text_dir / split)]
-    tests = [str(text_dir / s) for s in splits if s.startswith("test")]
+    tests = [s for s in splits if s.startswith("test")]
+    # fairseq names the --testpref files test, test1, test2, ... by position, whatever their own names
+    if tests != [f"test{i or ''}" for i in range(len(tests))]:
+        raise ValueError(f"test splits {tests} must be test, test1, ... in order (fairseq names them by position)")
+    tests = [str(text_dir / s) for s in tests]
     if tests:
         cmd += ["--testpref", ",".join(tests)]
     result = subprocess.run(cmd, capture_output=True, text=True)

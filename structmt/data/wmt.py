@@ -84,7 +84,9 @@ def _manifest_problems(manifest: Any) -> list[str]:
             if entry.get("sha256") is not None and not is_sha256(entry["sha256"]):
                 bad.append(f"{where}.sha256 must be 64 hex digits, or null (recorded on first download)")
     for split in ("valid", "test"):
-        if not isinstance(manifest.get(split), dict) or not text(manifest[split].get("sacrebleu")):
+        if not isinstance(manifest.get(split), dict) or not all(
+            text(manifest[split].get(key)) for key in ("sacrebleu", "name")
+        ):
             bad.append(f'{split!r} must name a sacreBLEU test set: {{"sacrebleu": ..., "name": ...}}')
     return bad
 
@@ -118,7 +120,8 @@ def _fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | No
                 download(source, dest, expected)  # complete and verified before it takes dest's name
             except (urllib.error.URLError, OSError, TimeoutError) as err:
                 raise DataError(
-                    f"cannot download {source} ({err}); give a mirror with --base-url, or place the file at {dest}"
+                    f"cannot download {source} ({err}); give a mirror (data.base_url=... for structmt-run, --base-url "
+                    f"for structmt-prepare), or place the file at {dest}"
                 ) from err
         elif expected:
             verify(dest, expected)
