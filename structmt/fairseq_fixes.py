@@ -7,7 +7,8 @@ up logging, and printed INFO notices (``Please install tensorboardX``) at import
 imports fairseq with ``basicConfig`` disabled, so logging stays as the program sets it
 (:func:`structmt.console.setup` for the command-line tools).  fairseq's own command-line
 tools import fairseq before they load the plugin, so their logs (``train.log``,
-``decode.log``) are unchanged.
+``decode.log``) are unchanged.  It also silences torch's warning that fairseq's batch iterators ask
+for pinned memory on a machine without a GPU (once per iterator otherwise).
 
 bf16 (:func:`keep_bf16_off_tpu`):
 
@@ -24,7 +25,9 @@ temporary file renamed), then *copies* it to ``checkpoint_last.pt`` with a plain
 ``shutil.copyfile``.  A run killed during that copy kept a truncated ``checkpoint_last.pt``,
 which the next run could not resume from.  With structmt loaded, a copy between local files
 goes through a temporary file renamed into place: ``checkpoint_last.pt`` is the old one or the
-new one, never part of one.
+new one, never part of one (against a killed process: nothing is synced to disk, so not against a
+power loss), and the folder holds one more checkpoint while it is copied.  ``overwrite=False`` onto
+a file that exists raises ``FileExistsError`` (fairseq's callers all pass ``overwrite=True``).
 """
 
 from __future__ import annotations

@@ -468,7 +468,7 @@ def test_every_committed_hypothesis_file_is_a_rows_and_every_row_has_its_file():
 
 def test_every_leaderboard_row_rescores_with_the_sacrebleu_cli_from_its_committed_hypothesis(tmp_path):
     """The goal a reviewer checks by hand: ``sacrebleu REF -i results/hyps/… -b -w 2`` gives each committed
-    row's BLEU exactly, the reference being the embedded Multi30k test set (eval sets are never cleaned)."""
+    row's BLEU exactly, the reference being the Multi30k test set (eval sets are never cleaned)."""
     rows = leaderboard.read_rows(REPO / "results" / "leaderboard.csv")
     assert rows and {r["data"] for r in rows} == {"multi30k_en_de"}, "a row on other data needs its reference here"
     differ = []

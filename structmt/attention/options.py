@@ -81,8 +81,9 @@ class StructureConfig:
     struct_impl: str = _option(
         "auto",
         "kernel: reference (dense mask; decoding steps attend over candidate keys, as efficient), efficient "
-        "(candidate keys; C++ kernel on CPU, gathered keys elsewhere; never Triton), triton (candidate keys; "
-        "Triton kernel on CUDA) or auto (triton on CUDA when Triton >= 3.2 is installed, else efficient or "
+        "(candidate keys; C++ kernel for float32 CPU tensors without attention dropout, gathered keys "
+        "elsewhere; never Triton), triton (candidate keys; Triton kernel on CUDA) or auto (triton on CUDA when "
+        "Triton >= 3.2 is installed, else efficient where the C++ kernel applies, otherwise efficient or "
         "reference by length)",
         lambda v: v in IMPLS,
         f"choose from {IMPLS}",

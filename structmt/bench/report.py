@@ -1,6 +1,6 @@
 """``structmt-bench report``: render ``results/BENCHMARKS.md`` from the JSON files that
 ``structmt-bench attention|train|decode`` wrote, with each run's command and machine; the GPU
-section from ``bench_attention_cuda.json`` and the files under ``gpu/`` (``scripts/gpu_session.sh``)."""
+section from ``gpu/bench_attention_cuda.json`` and the other files under ``gpu/`` (``scripts/gpu_session.sh``)."""
 
 from __future__ import annotations
 
@@ -371,7 +371,7 @@ def render(results_dir: Path) -> str:
         "# Benchmarks",
         "",
         "Written by `structmt-bench report` from `bench_attention.json`, `bench_train.json` and "
-        "`bench_decode.json` (the GPU section: `bench_attention_cuda.json` and `gpu/`); every number "
+        "`bench_decode.json` (the GPU section: `gpu/bench_attention_cuda.json` and the rest of `gpu/`); every number "
         "comes from the command shown above its table, run on the machine shown there. Ratios are "
         "measured side by side in one run.",
         "",
