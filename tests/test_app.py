@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,18 @@ def test_slurm_launcher_requeues_a_timed_out_point_and_the_dense_run_is_the_base
         assert baseline is not None and dense.run_id() == baseline.run_id()
 
 
+def test_two_launches_in_one_second_get_folders_of_their_own():
+    """Hydra's record of a sweep (multirun.yaml, each job's overrides, Optuna's results) lies in a folder named by
+    the launch time: to the second, a sweep started beside another (the dense baseline's job) overwrote it."""
+    folders = []
+    for _ in range(2):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="structmt", return_hydra_config=True)
+        folders.append((cfg.hydra.sweep.dir, cfg.hydra.run.dir))
+        time.sleep(0.001)
+    assert len({sweep for sweep, _ in folders}) == len({run for _, run in folders}) == 2
+
+
 def test_run_id_is_stable_and_ignores_threads():
     a, _ = specs(_compose("model.window=5"))
     b, _ = specs(_compose("model.window=5", "train.threads=2"))
@@ -139,9 +152,12 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
 
     assert name("train=reproduce", "train.lr=0.001", "train.warmup=500") == "reproduce+lr=0.001+warmup=500"
     assert name("train=reproduce", "train.seed=2", "train.threads=1", "train.save_interval=7") == "reproduce"
-    assert re.fullmatch(r"paper_base\+update_freq=1\+extra_args=[0-9a-f]{6}", extra := name(
-        "train=paper_base", "train.extra_args=[--distributed-world-size,8]", "train.update_freq=1"
-    ))  # fmt: skip
+    assert re.fullmatch(
+        r"smoke\+extra_args=[0-9a-f]{6}", extra := name("train=smoke", "train.extra_args=[--ddp-backend,c10d]")
+    )
+    assert (
+        name("train=paper_base", "train.world_size=8", "train.update_freq=1") == "paper_base+update_freq=1+world_size=8"
+    )
     assert name("train=smoke", "train.beam=3") == "smoke"  # the beam is a row label of its own
     start = tmp_path / "start.pt"
     start.write_bytes(b"weights")
@@ -157,7 +173,7 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
     # a renamed paper_base still decodes at its file's beam (4), which no label needs to state
     paper = specs(_compose("train=paper_base", "train.update_freq=1", "model=dense_base"))[0]
     assert paper.schedule.name == "paper_base+update_freq=1" and row_labels(paper, "test_2016_flickr")["options"] == ""
-    assert extra != name("train=paper_base", "train.extra_args=[--distributed-world-size,4]", "train.update_freq=1")
+    assert extra != name("train=smoke", "train.extra_args=[--ddp-backend,no_c10d]")
     # a name of the user's own with a '+' in it is not a file's: its beam is compared with the default's
     assert named_schedule("smoke+lr=0.5") == named_schedule("smoke") and named_schedule("smoke+mine") is None
     mine = replace(paper, schedule=replace(paper.schedule, name="smoke+mine", beam=5))
@@ -187,6 +203,19 @@ def test_range_errors_name_the_key():
         validate(_compose("model.error=top:3", "model.cross_slope=0", "model.apply=cross"))
     with pytest.raises(ConfigError, match=r"model.apply='cross' names unknown attention block"):
         validate(_compose("model.apply=cross"))
+
+
+def test_every_failing_sweep_point_prints_its_error_at_once(tmp_path):
+    """Hydra keeps a failed point's error and raises a batch's first only when the batch ends: the others were
+    printed nowhere (not even in their job logs)."""
+    done = _run(tmp_path, "-m", "model.window=-1,-2", "logger=none")
+    assert done.returncode != 0
+    for n, w in enumerate((-1, -2)):
+        assert f"error: point #{n} (model.window={w} " in done.stderr
+        assert (
+            f"model.window={w} must be >= 0"
+            in (next((tmp_path / "runs" / "multirun").iterdir()) / str(n) / "app.log").read_text()
+        )
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -365,10 +365,12 @@ def test_the_chart_keeps_its_size_with_any_number_of_runs(tmp_path, monkeypatch)
 # --- #6: the sweep report: first evaluations, one run per (w, r) ----------------------------------------------
 
 
-def _sweep(board: Path, monkeypatch, schedule: str, seed: str | None = None) -> tuple[dict, str]:
+def _sweep(
+    board: Path, monkeypatch, schedule: str, seed: str | None = None, arch: str | None = None
+) -> tuple[dict, str]:
     points = {}
     monkeypatch.setattr(sweep_report, "heatmap", lambda p, title, label, png, ws, rs: points.setdefault(label, p))
-    chosen = {"seed": seed} if seed else {}  # no seed: the call as before the option existed
+    chosen = ({"seed": seed} if seed else {}) | ({"arch": arch} if arch else {})  # the call before the options existed
     text = sweep_report.report(
         board.parent, "multi30k_en_de", schedule, "test_2016_flickr", board.parent / "sweeps", **chosen
     )
@@ -411,10 +413,21 @@ def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take
     leaderboard.add_rows(board, [band | {"hypothesis": "band.de"}])
     bleu, text = _sweep(board, monkeypatch, "cpu_demo")
     assert bleu[3, 0] == 24.15 and "| structured | 3 | 0 | auto | w4/slope0.97 | 99.0 |" in text
-    # another arch of the same (w, r): an error, not the last row winning
-    leaderboard.add_rows(board, [cell | {"run_id": "tiny-w3-r0", "arch": "structured_tiny", "hypothesis": "t.de"}])
-    with pytest.raises(SystemExit, match=r"^error: runs multi30k_en_de-cpu_demo-w3-r0-c2f552a9 \(seed 1\) and "):
+    # another arch's runs (a point of its own, its own dense baseline): an error naming both, not a point in the
+    # heatmap compared with the other model's dense run; --arch picks one model and its dense baseline
+    dense = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-dense-fc731a8c")
+    tiny = cell | {"run_id": "tiny-w5-r1", "arch": "structured_transformer_tiny", "window": "5", "rare": "1"}
+    tiny_dense = dense | {"run_id": "tiny-dense", "arch": "transformer_tiny", "bleu": "5.0"}
+    leaderboard.add_rows(board, [tiny | {"bleu": "30.0", "hypothesis": "t.de"}, tiny_dense | {"hypothesis": "d.de"}])
+    with pytest.raises(SystemExit, match=r"of 2 architectures \(structured_transformer_multi30k, structured_tr"):
         _sweep(board, monkeypatch, "cpu_demo")
+    bleu, text = _sweep(board, monkeypatch, "cpu_demo", arch="structured_transformer_multi30k")
+    assert bleu[3, 0] == 24.15 and (5, 1) not in bleu and "tiny" not in text and "dense baseline's 14.84" in text
+    bleu, text = _sweep(board, monkeypatch, "cpu_demo", arch="structured_transformer_tiny")
+    assert bleu == {(5, 1): 30.0} and "dense baseline's 5.0" in text and "--arch structured_transformer_tiny" in text
+    assert (
+        board.parent / "sweeps" / "sweep_multi30k_en_de_cpu_demo_test_2016_flickr_arch-structured_transformer_tiny.md"
+    ).is_file()
 
 
 # --- #8: LEADERBOARD.md is rendered under the CSV lock ---------------------------------------------------------

@@ -118,7 +118,7 @@ def test_the_options_the_pipeline_sets_are_those_it_passes():
     passed = Schedule().fairseq_args() + ModelSpec(window=5).fairseq_args()
     assert {a for a in passed if a.startswith("--")} <= set(options)
     assert options["--lr"] == "train.lr" and options["--struct-cross-slope"] == "model.cross_slope"
-    validate(_compose("train.extra_args=[--distributed-world-size,1]"))  # options the pipeline leaves alone pass
+    validate(_compose("train.extra_args=[--ddp-backend,no_c10d]"))  # options the pipeline leaves alone pass
     validate(_compose("train.extra_args=[--log-interval,10,--optimizer,adam]"))  # fixed ones no key records too
 
 
@@ -318,3 +318,32 @@ def test_fairseq_hydra_config_matches_the_reproduce_schedule(monkeypatch):
             passed = getattr(args, option, "<not passed>" if key != "_name" else None)
             differ += [f"{group}.{key}: yaml {value!r}, pipeline {passed!r}"] if value != passed else []
     assert differ == []
+
+
+def test_the_gpu_count_is_passed_and_names_the_run(monkeypatch):
+    """fairseq-train's own --distributed-world-size is every GPU the machine shows: on 8 GPUs a run trained with an
+    8x larger batch than on one under the same run id. The pipeline passes train.world_size (1 by default, the
+    ids of earlier runs unchanged); another count names the schedule and the id, and more than the job shows is
+    refused before anything runs."""
+    import torch
+
+    from structmt.pipeline.app import specs
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    for var in ("SLURM_JOB_NODELIST", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES"):
+        monkeypatch.delenv(var, raising=False)
+    one, _ = specs(_compose())
+    args = one.schedule.fairseq_args()
+    assert args[args.index("--distributed-world-size") + 1] == "1"
+    assert one.run_id() == "multi30k_en_de-cpu_demo-w3-r2-e4aa037a"  # the committed demo run's id, as before
+    validate(_compose("train.world_size=8"))
+    eight, _ = specs(_compose("train.world_size=8"))
+    assert eight.schedule.name == "cpu_demo+world_size=8" and eight.run_id() != one.run_id()
+    _rejects(r"train.world_size=9: this machine shows 8 GPU\(s\)", "train.world_size=9")
+    _rejects(r"train.world_size=0 must be >= 1", "train.world_size=0")
+    _rejects(r"train.extra_args sets --distributed-world-size, .*; set train.world_size instead",
+             "train.extra_args=[--distributed-world-size,8]")  # fmt: skip
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[01-02]")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    validate(_compose("train.world_size=16"))
+    _rejects(r"this SLURM job shows 8 GPU\(s\) on 2 node\(s\), .*hydra.launcher.gpus_per_node", "train.world_size=8")

@@ -546,6 +546,13 @@ def test_a_rerun_is_a_wandb_run_of_its_own(tmp_path):
     assert folder is not None and folder.name.endswith(f"-{other}")
 
 
+def _archs(rows: list[dict]) -> list[dict]:
+    """Sweep-report rows of the default model: the structured arch, or its dense baseline's."""
+    return [
+        r | {"arch": "structured_transformer_multi30k" if r["window"] != "" else "transformer_multi30k"} for r in rows
+    ]
+
+
 def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
     from structmt.pipeline.sweep_report import report
 
@@ -568,7 +575,7 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
     rows.append(_row("roles", bleu=77.0) | roles | {"git_commit": "0123456789ab+dirty"})  # another role mix: listed
     cross = {"data": "m", "schedule": "s", "window": 3, "rare": 0, "heads": "auto", "cross": "w4/slope0.97"}
     rows.append(_row("cross", bleu=88.0) | cross)  # structured cross-attention: likewise
-    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows))
     text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
     assert (
         "Highest test BLEU of the heatmaps (role mix auto, dense cross-attention): "
@@ -602,7 +609,7 @@ def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp
     rows = [_row("d", bleu=30.0) | base | {"window": "", "rare": ""}]
     rows.append(_row("auto", bleu=31.0) | base | {"window": 3, "rare": 2, "heads": "auto"})
     rows.append(_row("syn", bleu=30.0) | base | {"window": 3, "rare": 2, "heads": "syn:1"})
-    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows))
     auto = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
     main(["--results-dir", str(tmp_path), "--data", "m", "--schedule", "s", "--heads", "syn:1"])
     (page,) = (tmp_path / "sweeps").glob("sweep_m_s_test_2016_flickr_heads-syn-1-*.md")
@@ -619,7 +626,7 @@ def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp
     # every layer syn:1,rare:1 and layer by layer syn:1;rare:1 are two mixes: two pages
     for mix in ("syn:1,rare:1", "syn:1;rare:1"):
         leaderboard.add_rows(
-            tmp_path / "leaderboard.csv", [_row(mix, bleu=29.0) | base | {"window": 3, "rare": 2, "heads": mix}]
+            tmp_path / "leaderboard.csv", _archs([_row(mix, bleu=29.0) | base | {"window": 3, "rare": 2, "heads": mix}])
         )
         report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", heads=mix)
     assert len(list((tmp_path / "sweeps").glob("*_heads-syn-1-rare-1-*.md"))) == 2
@@ -634,7 +641,7 @@ def test_sweep_report_file_names_of_a_test_set_slice_are_portable_and_distinct(t
     for test in ("test_2016_flickr", "test_2016_flickr[:100]", "test_2016_flickr[:10]"):
         rows = [_row("d", bleu=30.0) | base | {"window": "", "rare": "", "test_set": test}]
         rows.append(_row("w3", bleu=31.0) | base | {"window": 3, "rare": 2, "heads": "auto", "test_set": test})
-        leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+        leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows))
         text = report(tmp_path, "m", "s", test, tmp_path / "sweeps")
     assert "--test-set 'test_2016_flickr[:10]'`" in text  # a glob pattern to a shell: quoted
     names = sorted(p.name for p in (tmp_path / "sweeps").iterdir())

@@ -10,6 +10,7 @@ without training, so a bad override fails before any work starts, naming the key
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -90,6 +91,7 @@ def validate(cfg: Any) -> None:
         ("train.batch_multiple", cfg.train.batch_multiple >= 1, "must be >= 1"),
         ("train.update_freq", cfg.train.update_freq >= 1, "must be >= 1"),
         ("train.threads", cfg.train.threads > 0, "must be > 0"),
+        ("train.world_size", cfg.train.world_size >= 1, "must be >= 1 (the GPUs to train on; 1 on a CPU)"),
         ("train.beam", cfg.train.beam > 0, "must be > 0"),
         ("data.vocab_size", cfg.data.vocab_size > 0, "must be > 0"),
         ("data.max_train_lines", cfg.data.max_train_lines >= 0, "must be >= 0 (0 = all)"),
@@ -122,6 +124,8 @@ def validate(cfg: Any) -> None:
             f"train.finetune_from={start!r}: a checkpoint file names no dense run to compare with; give the dense "
             "run's id instead, or set baseline=false"
         )
+    if cfg.train.world_size > 1 and (problem := world_size_problem(cfg.train.world_size)):
+        bad.append(f"train.world_size={cfg.train.world_size}: {problem}")
     if cfg.data.mirror and not Path(cfg.data.mirror).expanduser().is_dir():
         bad.append(f"data.mirror={cfg.data.mirror!r} is not a folder; give the folder holding the corpus files")
     for key in ("runs_dir", "results_dir"):  # found before training, not when its results are written
@@ -129,6 +133,26 @@ def validate(cfg: Any) -> None:
             bad.append(f"{key}={cfg[key]!r}: {problem}")
     if bad:
         raise ConfigError("invalid configuration: " + "; ".join(bad))
+
+
+def world_size_problem(world_size: int) -> str:
+    """Why fairseq-train would not train on ``world_size`` GPUs here ("" when it would): it starts one process
+    per GPU of this machine; in a SLURM job of one task per node it trains on every GPU of every node, whatever
+    it is told (so the job must show exactly ``world_size``)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if os.environ.get("SLURM_JOB_NODELIST") and os.environ.get("SLURM_NTASKS_PER_NODE", "1") == "1":
+        nodes = int(os.environ.get("SLURM_NNODES", "1"))
+        if gpus * nodes != world_size:
+            return (
+                f"this SLURM job shows {gpus} GPU(s) on {nodes} node(s), and fairseq trains on all of them in a job "
+                "of one task per node: request as many (hydra.launcher.gpus_per_node)"
+            )
+        return ""
+    if gpus < world_size:
+        return f"this machine shows {gpus} GPU(s) (CUDA_VISIBLE_DEVICES), and fairseq trains one process per GPU"
+    return ""
 
 
 def unwritable(folder: Path) -> str:
@@ -217,6 +241,7 @@ _RENAMED = {
     "--warmup-updates": "warmup",
     "--required-batch-size-multiple": "batch_multiple",
     "--save-interval-updates": "save_interval",
+    "--distributed-world-size": "world_size",
 }
 
 
@@ -374,7 +399,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if verbose:
             raise
         message = f"error: {err} (hydra.verbose=true shows the traceback)"
-        if multirun:  # Hydra names the job's overrides; the sweep goes on
+        if multirun:  # the sweep goes on; Hydra keeps the error and raises only a batch's first, at its end
+            # now, on the console and in the job's log (a SLURM task's .err file): another point's error
+            # would otherwise hide it, and the first would show only when the batch's last point ends
+            point = " ".join(hydra_cfg.overrides.task)
+            logging.getLogger("structmt.pipeline.app").error(f"point #{hydra_cfg.job.num} ({point}): {err}")
             raise CompactHydraException(message) from None
         print(message, file=sys.stderr)
         raise SystemExit(1) from None

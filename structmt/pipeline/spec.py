@@ -143,7 +143,10 @@ class Schedule:
     batch_multiple: int = 1
     save_interval: int = 200
     update_freq: int = 1
-    #: more fairseq-train options, e.g. distributed training: ["--distributed-world-size", "8"]
+    #: GPUs fairseq-train trains on, one process each (``--distributed-world-size``; fairseq's own default, every
+    #: GPU the machine shows, would change the batch, and so the model, with the machine under one run id)
+    world_size: int = 1
+    #: more fairseq-train options, e.g. ["--ddp-backend", "no_c10d"]
     extra_args: list[str] = field(default_factory=list)
     #: start from a trained model's weights (fairseq's ``--finetune-from-model``; optimiser, schedule and data
     #: order start afresh): the id of a finished run in the same runs folder, or a checkpoint file (``.pt``)
@@ -181,7 +184,7 @@ class Schedule:
             "--required-batch-size-multiple", str(self.batch_multiple), "--no-epoch-checkpoints",
             "--save-interval-updates", str(self.save_interval), "--keep-interval-updates", "1",
             "--disable-validation", "--log-interval", str(self.log_interval()), "--update-freq", str(self.update_freq),
-            *self.extra_args,
+            "--distributed-world-size", str(self.world_size), *self.extra_args,
         ]
         # fmt: on
 
@@ -237,7 +240,9 @@ class RunSpec:
             settings["schedule"].pop(name)
         settings["data"].pop("mirror")
         settings["data"].pop("base_url")
-        if not self.schedule.finetune_from:  # ids of runs from before the option existed stay valid
+        if self.schedule.world_size == 1:  # ids of runs from before the option existed stay valid
+            settings["schedule"].pop("world_size")
+        if not self.schedule.finetune_from:  # likewise
             settings["schedule"].pop("finetune_from")
         elif self.schedule.finetune_from.endswith(".pt"):  # the weights, not where the file lies
             start = self.schedule.finetune_checkpoint(Path())  # checked: a file's path needs no runs folder
