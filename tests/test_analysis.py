@@ -265,6 +265,66 @@ def test_rare_columns_are_the_columns_of_the_rare_tokens_a_structured_model_sees
             rec.remove()
 
 
+def test_the_rare_support_is_what_a_structured_models_rare_heads_attend_to(dict_dir):
+    """model_rare_support of model_rare_sets holds every key a rare-token head of a structured model gives weight:
+    the encoder's (the sequence's rarest tokens) and the decoder's (each query's prefix's), so the roles chosen
+    on it are roles such a head can play."""
+    from structmt.analysis.extract import _recording
+    from structmt.analysis.project import model_rare_sets, model_rare_support
+    from structmt.attention.structure import rarity_tables
+
+    w, r = 1, 2
+    task, model = build(
+        dict_dir,
+        "structured_transformer_tiny",
+        *("--struct-heads", "rare:2", "--struct-window", str(w), "--struct-rare", str(r)),
+    )
+    counts, never_rare = rarity_tables(task.source_dictionary)
+    assert torch.equal(counts, rarity_tables(task.target_dictionary)[0])  # the decoder's are the same here
+    gen = torch.Generator().manual_seed(1)
+    src = torch.randint(4, 44, (2, 10), generator=gen)
+    src[:, -1] = task.source_dictionary.eos()
+    prev = torch.randint(4, 44, (2, 9), generator=gen)
+    prev[:, 0] = task.target_dictionary.eos()
+    with torch.no_grad(), _recording(model) as recorders:
+        model(src, torch.full((2,), 10), prev)
+    for block, tokens, causal in (("encoder", src, False), ("decoder", prev, True)):
+        for rec in recorders[block]:
+            for b in range(2):
+                sets = model_rare_sets(tokens[b], counts, never_rare, r, causal)
+                outside = rec.weights[:, b] * ~model_rare_support(tokens.size(1), w, sets)
+                assert outside.abs().max() == 0, (block, b)
+                narrower = model_rare_support(tokens.size(1), w, sets[:, :1])  # one column fewer: weight outside
+                assert (rec.weights[:, b] * ~narrower).abs().max() > 0
+
+
+def test_a_head_whose_mass_outside_the_band_is_on_eos_is_syntactic_for_a_structured_model():
+    """Σ₃'s L1-best column is EOS here, and Σ₃ fits best; but a rare-token head sees the rarest tokens' columns,
+    never EOS: such a head gains nothing over syn, whose role it takes. Mass on the rare tokens' columns: rare."""
+    from structmt.analysis.project import model_rare_sets, model_role
+
+    n, w = 12, 1
+    band = band_support(n, w).float()
+    tokens = torch.arange(10, 10 + n)
+    tokens[-1] = 2  # EOS, never rare
+    counts = torch.arange(100, 0, -1)  # the larger the id, the rarer
+    never = torch.zeros(100, dtype=torch.bool)
+    never[2] = True
+    sets = model_rare_sets(tokens, counts, never, 1)
+    assert sets[0].tolist() == [n - 2]  # the rarest token: the last before EOS
+    eos_sink = 0.8 * band / band.sum(-1, keepdim=True)
+    eos_sink[:, -1] += 0.2
+    assert best_role(project(eos_sink, w, 1)).role == "rare"  # the L1-best column: EOS
+    assert model_role(eos_sink, w, sets) == "syntactic"
+    on_rare = 0.8 * band / band.sum(-1, keepdim=True)
+    on_rare[:, n - 2] += 0.2
+    assert model_role(on_rare, w, sets) == "rare"
+    # the decoder: row i sees its prefix's rarest token (here the token at i), another column than the whole
+    # sequence's rarest
+    causal = model_rare_sets(tokens[:-1], counts, never, 1, causal=True)
+    assert causal[:, 0].tolist() == list(range(n - 1))
+
+
 # --- the thesis's random search ---------------------------------------------------------------
 
 
@@ -402,7 +462,9 @@ def test_report_quotes_the_thesis_and_reports_both_variants(tmp_path):
     def sentence(i, n):
         heads = [torch.softmax(torch.randn(2, n, n, generator=gen) * 3, -1) for _ in range(2)]
         causal = [torch.softmax(torch.randn(2, n, n, generator=gen).tril() * 3, -1) for _ in range(2)]
-        return SentenceAttention(i, n, n, {"encoder": heads, "decoder": causal}, torch.arange(4, 4 + n))
+        return SentenceAttention(
+            i, n, n, {"encoder": heads, "decoder": causal}, torch.arange(4, 4 + n), torch.arange(4, 4 + n)
+        )
 
     sentences = [sentence(i, n) for i, n in enumerate((16, 16, 12))]
     counts, never = torch.arange(100, 0, -1), torch.zeros(100, dtype=torch.bool)
@@ -560,6 +622,10 @@ def test_extraction_in_batches_equals_one_sentence_at_a_time(data_bin, arch, fli
                 torch.testing.assert_close(mine.sum(-1), torch.ones(mine.shape[:-1]), atol=1e-5, rtol=0)
 
 
+#: counts falling with the token id (the larger, the rarer), no special symbol; EOS index 2
+_RARITY = (torch.arange(100, 0, -1), torch.zeros(100, dtype=torch.bool), 2)
+
+
 def _sentences(lengths, layers=2, heads=2, seed=0):
     gen = torch.Generator().manual_seed(seed)
 
@@ -574,6 +640,7 @@ def _sentences(lengths, layers=2, heads=2, seed=0):
             n,
             {"encoder": [attention(n) for _ in range(layers)], "decoder": [attention(n, True) for _ in range(layers)]},
             torch.arange(4, 4 + n),
+            torch.arange(4, 4 + n),
         )
         for i, n in enumerate(lengths)
     ]
@@ -582,7 +649,7 @@ def _sentences(lengths, layers=2, heads=2, seed=0):
 def test_a_one_head_model_is_reported_and_a_failed_report_changes_no_file(tmp_path, monkeypatch):
     from structmt.analysis import report
 
-    result = report.summarise(_sentences((16, 12), layers=1, heads=1), None, tmp_path, draws=1)
+    result = report.summarise(_sentences((16, 12), layers=1, heads=1), _RARITY, tmp_path, draws=1)
     assert result["roles"]["encoder"] == [result["roles"]["encoder"][0]] and (tmp_path / "analysis_heads.png").stat()
     result |= {"checkpoint": "ckpt.pt", "data": "bin", "subset": "test", "seconds": 1.0}
     before = {name: f"earlier {name}" for name in ("roles.json", "analysis.json", "ANALYSIS.md")}
@@ -645,9 +712,9 @@ def test_a_report_names_the_sentence_length_it_needs_and_a_setting_it_cannot_dra
     from structmt.analysis.report import summarise
 
     with pytest.raises(SystemExit, match=r"no sentence has 16 source tokens \(counted with </s>.*lengths run 6–9"):
-        summarise(_sentences((6, 9)), None, tmp_path / "out")
+        summarise(_sentences((6, 9)), _RARITY, tmp_path / "out")
     with pytest.raises(ValueError, match="need w >= 1 and num-pos >= 0, got w=0"):
-        summarise(_sentences((16,)), None, tmp_path / "out", settings=((0, 1),))
+        summarise(_sentences((16,)), _RARITY, tmp_path / "out", settings=((0, 1),))
     assert not (tmp_path / "out").exists()
 
 

@@ -13,14 +13,15 @@ from torch import Tensor
 
 @dataclass
 class SentenceAttention:
-    """Attention of one sentence, padding removed: ``block → [layer] → (heads, Tq, Tk)``, and its
-    source tokens (padding removed)."""
+    """Attention of one sentence, padding removed: ``block → [layer] → (heads, Tq, Tk)``, its source
+    tokens and the decoder's input tokens (teacher-forced: ``</s>`` and the reference; padding removed)."""
 
     sample_id: int
     src_len: int
     tgt_len: int
     weights: dict[str, list[Tensor]] = field(default_factory=dict)
     src_tokens: Tensor | None = None
+    tgt_tokens: Tensor | None = None
 
 
 def _attention_modules(model: Any) -> dict[str, list[Any]]:
@@ -94,7 +95,11 @@ def iterate(model: Any, task: Any, subset: str = "test", batch_size: int = 32) -
             src_pos = (src[i] != pad).nonzero().flatten()
             tgt_pos = (tgt[i] != pad).nonzero().flatten()
             item = SentenceAttention(
-                int(sample["id"][i]), len(src_pos), len(tgt_pos), src_tokens=src[i, src_pos].clone()
+                int(sample["id"][i]),
+                len(src_pos),
+                len(tgt_pos),
+                src_tokens=src[i, src_pos].clone(),
+                tgt_tokens=tgt[i, tgt_pos].clone(),
             )
             for block, recs in recorders.items():
                 layers = []

@@ -84,11 +84,27 @@ def _with_columns(support: Tensor, cols: Sequence[int]) -> Tensor:
     return out
 
 
-def model_rare_positions(tokens: Tensor, counts: Tensor, never_rare: Tensor, r: int) -> Tensor:
-    """The ``r`` positions a structured encoder gives its rare-token heads for ``tokens`` (1-D):
-    the rarest tokens by corpus count, ties by position, special symbols never (-1 for none)."""
+def model_rare_sets(tokens: Tensor, counts: Tensor, never_rare: Tensor, r: int, causal: bool = False) -> Tensor:
+    """``(T, r)``: the positions a structured model's rare-token heads see from each query of ``tokens`` (1-D):
+    the ``r`` rarest tokens by corpus count, ties by position, special symbols never (-1 for none); of the
+    whole sequence (an encoder), or with ``causal`` of each query's prefix (a decoder)."""
     keys = rarity_keys(tokens.view(1, -1), counts, never_rare)
-    return rare_sets(keys, r, causal=False)[0, 0]
+    return rare_sets(keys, r, causal=causal)[0]
+
+
+def model_rare_positions(tokens: Tensor, counts: Tensor, never_rare: Tensor, r: int) -> Tensor:
+    """The ``r`` positions a structured encoder gives its rare-token heads for ``tokens`` (1-D)
+    (:func:`model_rare_sets`, every query's)."""
+    return model_rare_sets(tokens, counts, never_rare, r)[0]
+
+
+def model_rare_support(n: int, w: int, sets: Tensor) -> Tensor:
+    """The keys a structured model's rare-token head sees: the band ``|i - j| <= w`` and, in row ``i``, the
+    positions ``sets[i]`` (``(n, r)`` from :func:`model_rare_sets`, -1 for none)."""
+    support = band_support(n, w).clone()
+    rows, slots = (sets >= 0).nonzero(as_tuple=True)
+    support[rows, sets[rows, slots]] = True
+    return support
 
 
 def support_distance(a: Tensor, support: Tensor, variant: str = "unconstrained") -> float:
@@ -187,11 +203,22 @@ def project(
     else:
         rare = rare_columns_support(a, w, r)
     supports = {"positional": positional, "syntactic": band, "rare": rare}
-    fits = {}
-    for role, support in supports.items():
-        d = dist(support)
-        fits[role] = Fit(role, d, d / n**2, float((a * support).sum()) / float(a.sum()), support)
-    return fits
+    return {role: fit(a, role, support, dist(support)) for role, support in supports.items()}
+
+
+def fit(a: Tensor, role: str, support: Tensor, distance: float) -> Fit:
+    """The :class:`Fit` of ``a`` on ``support``, at L1 distance ``distance``."""
+    return Fit(role, distance, distance / a.size(-1) ** 2, float((a * support).sum()) / float(a.sum()), support)
+
+
+def model_role(a: Tensor, w: int, sets: Tensor, share: float = 0.9) -> str:
+    """The role (:func:`best_role`) a structured model's head would take for ``a``: its rare-token role
+    scored on the keys such a head sees (:func:`model_rare_support` with ``sets``), not on the L1-best
+    columns of Σ₃ (in trained models mostly the EOS column, which no rare-token head sees)."""
+    fits = project(a, w, 0)  # Σ₁ and Σ₂(w)
+    support = model_rare_support(a.size(-1), w, sets)
+    fits["rare"] = fit(a, "rare", support, support_distance(a, support))
+    return best_role(fits, share).role
 
 
 def best_role(fits: dict[str, Fit], share: float = 0.9) -> Fit:

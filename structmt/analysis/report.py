@@ -28,11 +28,30 @@ from .project import (
     VARIANTS,
     best_role,
     check_segments,
-    model_rare_positions,
+    model_rare_sets,
+    model_role,
     project,
     rare_columns,
     thesis_family_optimum,
     thesis_random_search,
+)
+
+#: how the roles are chosen (``analysis.json``'s ``role_rule``; pages written before it chose the rare role on the
+#: L1-best columns of Σ₃, mostly the EOS column, which no rare-token head sees)
+ROLE_RULE = "rare role scored on the model's rare-token columns"
+
+#: how the page says its roles were chosen, by this rule and by the earlier one
+ROLES_CHOSEN = (
+    "Each head's role is the simplest of pos, syn and rare whose support holds at least 90% of the attention mass "
+    "the best of them holds (majority over the sentences), the rare role's support being what a structured "
+    "model's rare-token head sees: the band and the r rarest tokens' columns (in the decoder, of each query's "
+    "prefix)."
+)
+ROLES_CHOSEN_BEFORE = (
+    "These roles (and the per-head tables' role column) were chosen by an earlier rule: the rare role scored on "
+    "the columns with the most mass outside the band (mostly the EOS column, which no rare-token head sees), so "
+    "a head whose off-band mass lies on EOS was named rare where a structured model's rare-token head gains "
+    "little over syn. `structmt-analyze` now scores it on the rare tokens' columns."
 )
 
 GRID_W = (0, 1, 2, 3, 5, 8, 10)
@@ -90,10 +109,11 @@ def head_table(
     seed: int = 0,
     rarity: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per head, means over the sentences: best role, optimised distance and error per entry (both
-    variants), the thesis's random search and its families' exact optimum; with ``rarity`` (counts,
-    never-rare flags, EOS index; self-attention over the source only) how often the chosen columns are
-    the sentence's rarest tokens and its EOS."""
+    """Per head (self-attention over the source), means over the sentences: optimised distance and error per
+    entry (both variants), the thesis's random search and its families' exact optimum; with ``rarity``
+    (counts, never-rare flags, EOS index) the role the head would take in a structured model
+    (:func:`~structmt.analysis.project.model_role`, the majority over the sentences) and how often the
+    L1-best columns are the sentence's rarest tokens and its EOS."""
     heads = _heads(sentences, block)
     values: list[dict[str, list[float]]] = [defaultdict(list) for _ in heads]
     roles: list[Counter[str]] = [Counter() for _ in heads]
@@ -101,13 +121,15 @@ def head_table(
         stack = torch.stack([s.weights[block][layer][head] for layer, head in heads])
         n = stack.size(-1)
         searched = thesis_random_search(stack, w, r, draws, seed=sentence_seed(seed, i))
-        rare = eos = None
-        if rarity is not None and s.src_tokens is not None:
-            rare = set(model_rare_positions(s.src_tokens, rarity[0], rarity[1], r).tolist()) - {-1}
+        sets = rare = eos = None
+        if rarity is not None:
+            sets = model_rare_sets(_tokens(s, block), rarity[0], rarity[1], r)
+            rare = set(sets[0].tolist()) - {-1}
             eos = set((s.src_tokens == rarity[2]).nonzero().flatten().tolist())
         for j, a in enumerate(stack):
             fits, stochastic = project(a, w, r), project(a, w, r, variant="row_stochastic")
-            roles[j][best_role(fits).role] += 1
+            if sets is not None:
+                roles[j][model_role(a, w, sets)] += 1
             v = values[j]
             v["min_distance"].append(min(f.distance for f in fits.values()))
             v["mean_error_per_entry"].append(min(f.per_entry for f in fits.values()))
@@ -122,10 +144,20 @@ def head_table(
                 v["rare_token_columns"].append(len(cols & rare) / len(cols))
                 v["eos_column"].append(float(bool(cols & eos)))
     return [
-        {"head": f"{layer}.{head}", "role": roles[j].most_common(1)[0][0]}
+        {"head": f"{layer}.{head}"}
+        | ({"role": roles[j].most_common(1)[0][0]} if roles[j] else {})
         | {key: statistics.mean(xs) for key, xs in values[j].items()}
         for j, (layer, head) in enumerate(heads)
     ]
+
+
+def _tokens(sentence: SentenceAttention, block: str) -> torch.Tensor:
+    """The tokens whose rarity the rare-token heads of ``block`` see: the source's (encoder), the decoder's
+    input (decoder self-attention)."""
+    tokens = sentence.src_tokens if block == "encoder" else sentence.tgt_tokens
+    if tokens is None:
+        raise ValueError(f"sentence {sentence.sample_id} has no {block} tokens: the roles need them")
+    return tokens
 
 
 #: the sparse term Ẽ of the report's table: (variant, bound on each entry)
@@ -184,11 +216,16 @@ def _quantile(value: float | None) -> str:
     return "– (fewer than 9 matrices)" if value is None else f"{value:.5f}"
 
 
-def role_mix(sentences: list[SentenceAttention], block: str, w: int, r: int) -> list[str]:
-    """Per layer, the majority best role of each head, in head order (``--struct-heads`` syntax)."""
+def role_mix(
+    sentences: list[SentenceAttention], block: str, w: int, r: int, rarity: tuple[torch.Tensor, torch.Tensor]
+) -> list[str]:
+    """Per layer, the majority role (:func:`~structmt.analysis.project.model_role`) of each head, in head order
+    (``--struct-heads`` syntax); ``rarity``: the counts and never-rare flags of ``block``'s dictionary."""
+    causal = block == "decoder"
+    sets = [model_rare_sets(_tokens(s, block), rarity[0], rarity[1], r, causal) for s in sentences]
     layers: dict[int, list[str]] = {}
     for layer, head in _heads(sentences, block):
-        votes = Counter(best_role(project(s.weights[block][layer][head], w, r)).role for s in sentences)
+        votes = Counter(model_role(s.weights[block][layer][head], w, q) for s, q in zip(sentences, sets, strict=True))
         layers.setdefault(layer, []).append(SHORT_ROLES[votes.most_common(1)[0][0]])
     return [",".join(f"{role}:1" for role in heads) for _, heads in sorted(layers.items())]
 
@@ -254,22 +291,26 @@ def analyze(
     everything = list(iterate(model, task, subset))
     dictionary = task.source_dictionary
     result = {"checkpoint": str(checkpoint), "data": str(data_dir), "subset": subset}
-    result |= summarise(everything, (*rarity_tables(dictionary), dictionary.eos()), out_dir, n, draws, seed, settings)
+    rarity = (*rarity_tables(dictionary), dictionary.eos())
+    target = rarity_tables(task.target_dictionary)
+    result |= summarise(everything, rarity, out_dir, n, draws, seed, settings, target)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
 
 def summarise(
     everything: list[SentenceAttention],
-    rarity: tuple[torch.Tensor, torch.Tensor, int] | None,
+    rarity: tuple[torch.Tensor, torch.Tensor, int],
     out_dir: Path,
     n: int = THESIS_N,
     draws: int = THESIS_DRAWS,
     seed: int = 0,
     settings: tuple[tuple[int, int], ...] = THESIS_SETTINGS,
+    target_rarity: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, from the extracted attention; writes the figures (:func:`write_report`
-    writes the rest)."""
+    writes the rest). ``rarity``: the source dictionary's counts, never-rare flags and EOS index;
+    ``target_rarity``: the target dictionary's (default: the source's, a joined dictionary)."""
     for w, r in settings:
         check_segments(n, w, r)
     exact = [s for s in everything if s.src_len == n]
@@ -306,7 +347,11 @@ def summarise(
         f"{variant}, eps {eps}": k_tradeoff(exact, "encoder", w, r, variant, eps) for variant, eps in K_TRADEOFF
     }
     result["grid"] = grid(exact, "encoder")
-    result["roles"] = {"encoder": role_mix(exact, "encoder", w, r), "decoder": role_mix(everything, "decoder", w, r)}
+    result["roles"] = {
+        "encoder": role_mix(exact, "encoder", w, r, rarity[:2]),
+        "decoder": role_mix(everything, "decoder", w, r, target_rarity or rarity[:2]),
+    }
+    result["role_rule"] = ROLE_RULE
     figure(exact[0], "encoder", w, r, out_dir / "analysis_heads.png")
     grid_figure(result["grid"], out_dir / "analysis_grid.png", f"encoder heads, n={n}: error of the best X in Σ₃(w, r)")
     return result
@@ -494,6 +539,8 @@ def markdown(result: dict[str, Any], command: str, n: int = THESIS_N) -> str:
         "![heads](analysis_heads.png)",
         "",
         "## Head roles found (`roles.json` in this page's folder, for `--struct-heads-from`)",
+        "",
+        ROLES_CHOSEN if result.get("role_rule") == ROLE_RULE else ROLES_CHOSEN_BEFORE,
         "",
         f"- encoder: `{';'.join(result['roles']['encoder'])}`",
         f"- decoder: `{';'.join(result['roles']['decoder'])}`",
