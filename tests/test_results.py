@@ -505,6 +505,19 @@ def test_every_committed_p_value_recomputes_from_the_committed_hypotheses_of_the
     assert tested >= 12 and not differ, "\n".join(differ)
 
 
+def test_the_first_analysis_page_says_it_is_kept_as_written_and_cannot_be_rendered_again(tmp_path):
+    """results/ANALYSIS.md predates columns the code reports now and its checkpoint is lost: the page says so, and
+    re-rendering refuses, pointing away from results/ (the first line's command would overwrite its roles.json)."""
+    from structmt.analysis.report import render_page
+
+    page = (REPO / "results" / "ANALYSIS.md").read_text()
+    assert "**Kept as written at 3a6520f, not re-rendered.**" in page.split("\n## ")[0]
+    for name in ("ANALYSIS.md", "analysis.json"):
+        (tmp_path / name).write_bytes((REPO / "results" / name).read_bytes())
+    with pytest.raises(ValueError, match="lacks 'row_stochastic_with_noise'.*with --out-dir a folder of its own, not"):
+        render_page(tmp_path)
+
+
 @pytest.mark.parametrize("folder", ["analysis_seed1", "analysis_seed2", "analysis_seed3"])
 def test_each_analysis_page_is_its_json_rendered_by_the_code_now(folder, tmp_path):
     """The page's numbers are its analysis.json's; re-rendering (render_page) changes nothing."""

@@ -611,8 +611,9 @@ def render_page(out_dir: Path) -> None:
         text = markdown(result, command.group(1))
     except KeyError as err:
         raise ValueError(
-            f"{out_dir / 'analysis.json'} lacks {err}, which this code reports: it was made by older code; "
-            "run the command on the page's first line again"
+            f"{out_dir / 'analysis.json'} lacks {err}, which this code reports: it was made by older code. Analyse "
+            "the checkpoint again (the command on the page's first line) with --out-dir a folder of its own, "
+            "not results/ (whose roles.json model=structured_multi30k_roles reads)"
         ) from None
     write_text_atomic(page, text)
 
