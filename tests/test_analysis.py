@@ -588,7 +588,11 @@ def test_a_page_of_older_json_asks_for_the_analysis_again(tmp_path):
 
     (tmp_path / "ANALYSIS.md").write_text("# Attention analysis\n\nProduced by `structmt-analyze ckpt.pt bin` from …\n")
     (tmp_path / "analysis.json").write_text("{}")
-    with pytest.raises(ValueError, match="analysis.json lacks 'checkpoint'.*run the command on the page's first line"):
+    with pytest.raises(
+        ValueError,
+        match=r"analysis.json lacks 'checkpoint'.*Analyse the checkpoint again \(the command on the page's first "
+        r"line\) with --out-dir a folder of its own",
+    ):
         render_page(tmp_path)
 
 
