@@ -518,7 +518,7 @@ def test_the_first_analysis_page_says_it_is_kept_as_written_and_cannot_be_render
         render_page(tmp_path)
 
 
-@pytest.mark.parametrize("folder", ["analysis_seed1", "analysis_seed2", "analysis_seed3"])
+@pytest.mark.parametrize("folder", ["analysis_seed1", "analysis_seed2", "analysis_seed3", "analysis_cpu_demo"])
 def test_each_analysis_page_is_its_json_rendered_by_the_code_now(folder, tmp_path):
     """The page's numbers are its analysis.json's; re-rendering (render_page) changes nothing."""
     from structmt.analysis.report import render_page
