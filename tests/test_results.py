@@ -285,8 +285,13 @@ def test_the_roles_row_is_the_run_of_its_documented_command():
     assert RunSpec(model=ModelSpec(heads_from=archived), schedule=cpu_demo).run_id() in rows
     current = RunSpec(model=ModelSpec(heads_from="results/roles.json"), schedule=cpu_demo).run_id()
     assert current.startswith("multi30k_en_de-cpu_demo-w3-r2-roles-") and current in rows  # another run
-    labels = {ModelSpec(heads_from=f).heads_label() for f in (archived, "results/roles.json")}
-    assert labels == {"roles:fe15b689", "roles:09613f93"}  # two mixes, never two seeds of one
+    demo_roles = "results/analysis_cpu_demo/roles.json"  # today's rule, on the cpu_demo dense model
+    readme = " ".join((REPO / "results/README.md").read_text().split())
+    assert f"model=structured_multi30k_roles model.heads_from={demo_roles} logger=wandb_offline" in readme
+    assert RunSpec(model=ModelSpec(heads_from=demo_roles), schedule=cpu_demo).run_id() in rows
+    files = (archived, "results/roles.json", demo_roles)
+    labels = {ModelSpec(heads_from=f).heads_label() for f in files}
+    assert labels == {"roles:fe15b689", "roles:09613f93", "roles:59e8524b"}  # three mixes, never seeds of one
     assert {
         r["heads"] for r in leaderboard.read_rows(REPO / "results" / "leaderboard.csv") if "-roles-" in r["run_id"]
     } == labels
