@@ -178,9 +178,15 @@ def _key(row: Mapping[str, Any]) -> tuple[str, str, str]:
     return str(row["run_id"]), str(row["test_set"]), str(row.get("hypothesis", ""))
 
 
+#: the cells of a row that its hypotheses and references determine: a row added again must have the same
+SCORES = ("bleu", "chrf", "bleu_signature", "chrf_signature")
+
+
 def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
     """Add rows not yet present (by ``(run_id, test_set, hypothesis)``); returns how many were added.
-    Columns a mapping lacks are left empty."""
+    Columns a mapping lacks are left empty. A row present already whose scores (:data:`SCORES`) differ from the
+    one given is a ``ValueError`` naming both: the same file scored otherwise (other references, another
+    sacreBLEU, or another checkout's file of that name) is never dropped in silence."""
     new_rows = [_as_dict(r) for r in rows_to_add]
     unknown = {k for row in new_rows for k in row} - set(COLUMNS)
     if unknown:
@@ -191,12 +197,20 @@ def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with lock(csv_path):
         rows = read_rows(csv_path)
-        seen = {_key(r) for r in rows}
+        seen = {_key(r): r for r in rows}
         added = []
         for row in new_rows:
-            if _key(row) not in seen:
-                seen.add(_key(row))
+            if (old := seen.get(_key(row))) is None:
+                seen[_key(row)] = row
                 added.append(row)
+            elif differ := [c for c in SCORES if str(row.get(c, "")) not in ("", str(old.get(c, "")))]:
+                scored = "; ".join(f"{c} {old.get(c)} there, {row.get(c)} now" for c in differ)
+                raise ValueError(
+                    f"{csv_path}: {row['run_id']} on {row['test_set']} with the hypotheses {row.get('hypothesis')} "
+                    f"is recorded with other scores ({scored}): the references, sacreBLEU or the file itself "
+                    "(another checkout's of that name) differ. The row is kept as it is; evaluate into another "
+                    "results folder (results_dir=...), or restore what it was scored against"
+                )
         if added:
             write_text_atomic(csv_path, _render_csv(rows + added))
         return len(added)

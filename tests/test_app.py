@@ -88,6 +88,25 @@ def test_train_finetune_is_make_finetune(tmp_path):
         ConfigError, match=f"train.finetune_from=renamed: its spec.json gives the run id {dense.run_id()}"
     ):
         specs(_compose("train=finetune", f"runs_dir={tmp_path}", "train.finetune_from=renamed"))
+    (tmp_path / dense.run_id()).mkdir()  # back under its own id (renamed above)
+    (tmp_path / dense.run_id() / "spec.json").write_text(json.dumps(asdict(dense)))
+    (tmp_path / dense.run_id() / "train.json").write_text("{}")
+    # a fine-tune decoded at another beam than its dense start: the p-value would pair the two beams
+    with pytest.raises(ConfigError, match=r"train.beam=3, but train.finetune_from=.* was decoded with beam 5"):
+        specs(
+            _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}", "train.beam=3")
+        )
+    # a start of another schedule (or seed) than make finetune's: named for it, never averaged with its seeds
+    other = replace(dense, schedule=load_schedule("cpu_demo"))
+    (tmp_path / other.run_id()).mkdir()
+    (tmp_path / other.run_id() / "spec.json").write_text(json.dumps(asdict(other)))
+    (tmp_path / other.run_id() / "train.json").write_text("{}")
+    named, base = specs(_compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={other.run_id()}"))
+    assert re.fullmatch(r"finetune\+finetune_from=[0-9a-f]{6}", named.schedule.name) and base == other
+    seed2 = specs(
+        _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}", "train.seed=2")
+    )
+    assert seed2[0].schedule.name.startswith("finetune+finetune_from=")
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "spec.json").write_text(json.dumps(asdict(structured)))
     (tmp_path / "s" / "train.json").write_text("{}")
@@ -165,7 +184,8 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
         r"smoke\+finetune_from=[0-9a-f]{6}", name("train=smoke", f"train.finetune_from={start}", "baseline=false")
     )
     finetune = specs(_compose("train=finetune", f"train.finetune_from={start}", "baseline=false"))[0].schedule
-    assert finetune.name == "finetune" and own_name(replace(finetune, name="mine")).name == "mine"  # the user's own
+    assert re.fullmatch(r"finetune\+finetune_from=[0-9a-f]{6}", finetune.name)  # weights of unknown schedule
+    assert own_name(replace(finetune, name="mine")).name == "mine"  # the user's own
     spec, baseline = specs(_compose("train=reproduce", "train.lr=0.001"))
     assert baseline is not None and baseline.schedule == spec.schedule  # the pair shares the name
     assert own_name(spec.schedule) == spec.schedule

@@ -267,9 +267,8 @@ def test_a_structured_run_without_its_dense_partners_hypotheses_says_why_its_p_v
         structured, runs_dir=runs.runs_dir, results_dir=runs.results_dir, baseline=dense, log=said.append
     )
     assert [r["p_value_vs_dense"] for r in rows] == ["", ""]
-    missing = runs.runs_dir / dense.run_id() / "test_2016_flickr.de"
     assert (
-        f"[{structured.run_id()}] test_2016_flickr: no hypotheses of the dense run at {missing} (evaluate it "
+        f"[{structured.run_id()}] test_2016_flickr: no hypotheses of the dense run {dense.run_id()} (evaluate it "
         "first); the p-value against it is left empty" in said
     )
 
@@ -326,3 +325,63 @@ def test_runs_that_differ_only_in_the_beam_are_labelled_apart(runs):
     custom = runs(DENSE, [hyps], schedule=Schedule(max_update=10, beam=4))  # no conf/train file: 5 is the usual
     _evaluate(runs, custom)
     assert {r["options"] for r in _board(runs) if r["run_id"] == custom.run_id()} == {"beam=4"}
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_structured_runs_p_value_pairs_with_the_dense_row_the_leaderboard_shows(runs):
+    """The dense partner decoded again with other hypotheses (trained again, another machine) is a re-run: the
+    p-value pairs with its first evaluation, the dense row the headline shows beside the structured one."""
+    first_dense = [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]]
+    dense = runs(DENSE, first_dense)
+    _evaluate(runs, dense)
+    (runs.runs_dir / dense.run_id() / "result.json").unlink()
+    runs.outputs[dense.run_id()] = [REFS]  # the run folder now holds other hypotheses: a re-run row
+    _evaluate(runs, dense)
+    structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ."]])
+    rows = _evaluate(runs, structured, baseline=dense)
+    first_row = leaderboard.evaluations(_board(runs))[dense.run_id(), "test_2016_flickr"][0]
+    ref = runs.runs_dir.parent / "data" / "raw" / "test.de"
+    expected = paired_bootstrap(
+        evaluation.row_file(first_row["hypothesis"]), runs.runs_dir / structured.run_id() / "test_2016_flickr.de", ref
+    )
+    assert (rows[0]["p_value_vs_dense"], rows[0]["bleu_ci95"]) == expected
+    rerun = runs.runs_dir / dense.run_id() / "test_2016_flickr.de"
+    assert expected != paired_bootstrap(rerun, runs.runs_dir / structured.run_id() / "test_2016_flickr.de", ref)
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_the_same_hypotheses_scored_otherwise_stop_with_both_numbers(runs):
+    """Other references (another data preparation) or another checkout's file of the same name: the row kept
+    has other scores than this evaluation; it was silently kept, and the summary called it this evaluation."""
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    _evaluate(runs, dense)
+    (runs.runs_dir / dense.run_id() / "result.json").unlink()
+    (runs.runs_dir.parent / "data" / "raw" / "test.de").write_text("Ein Mann .\nZwei Hunde .\nEine Frau liest .\n")
+    with pytest.raises(ValueError, match=r"is recorded with other scores \(bleu [\d.]+ there, 100.0 now; chrf"):
+        _evaluate(runs, dense)
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_lost_hypothesis_file_is_not_taken_for_a_reruns_name(runs):
+    """A row's file removed: the re-run took its name, no row was added, and the old row scored the new file."""
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    first = _evaluate(runs, dense)
+    evaluation.row_file(first[0]["hypothesis"]).unlink()
+    (runs.runs_dir / dense.run_id() / "result.json").unlink()
+    runs.outputs[dense.run_id()] = [REFS]
+    with pytest.raises(evaluation.StepError, match=r"names results/|names .*hyps.* which is gone: restore it"):
+        _evaluate(runs, dense)
+    assert len(_board(runs)) == 2
+
+
+def test_a_hypothesis_path_is_recorded_relative_to_the_repository_however_it_was_spelt(tmp_path, monkeypatch):
+    """--results-dir ../results from scripts/ recorded '../results/hyps/…', which row_file then read from beside
+    the checkout; a results folder given through a link was recorded absolute, a second row of one evaluation."""
+    from structmt.paths import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT / "scripts")
+    assert evaluation.row_text(Path("../results/hyps/x.test_2016_flickr.de")) == "results/hyps/x.test_2016_flickr.de"
+    alias = tmp_path / "alias"
+    alias.symlink_to(REPO_ROOT)
+    assert evaluation.row_text(alias / "results" / "hyps" / "x.de") == "results/hyps/x.de"
+    assert evaluation.row_text(tmp_path / "elsewhere.de") == str(tmp_path.resolve() / "elsewhere.de")

@@ -242,3 +242,32 @@ def test_a_seed_process_trains_the_pair_of_its_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes, "compare", lambda d, s, **kw: pairs.append((d.run_id(), s.run_id())) or [])
     recipes.main(["reproduce", "--seeds", "2", "--train-only", "--runs-dir", str(tmp_path)])
     assert pairs == [("multi30k_en_de-reproduce-dense-4a27cf14", "multi30k_en_de-reproduce-w3-r2-c244007f")]
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_training_begun_on_a_dirty_tree_and_finished_on_a_clean_one_is_not_recorded_clean(monkeypatch, tmp_path):
+    """train.json's commit (the rows' train_commit, the headline's trained column) was the finishing process's
+    alone: a run started with --allow-dirty and resumed from a clean tree passed for clean."""
+    from structmt.fairseq_cli import StepError, TrainResult
+
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path / "data"))
+    monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
+    monkeypatch.setattr(training, "machine_label", lambda: "M")
+    monkeypatch.setattr(training, "checkpoint_updates", lambda path: 0)
+    commit = {"now": "abc123+dirty"}
+    monkeypatch.setattr(training, "git_commit", lambda: commit["now"])
+    calls = []
+
+    def fake_train(bin_dir, run_dir, arch, args, env, carried):
+        calls.append(commit["now"])
+        if len(calls) == 1:
+            raise StepError("fairseq-train was stopped by SIGTERM")  # the first session, dirty, cut short
+        return TrainResult(updates=10, wall_seconds=5.0, tokens_per_second=1.0, checkpoint=run_dir / "c.pt")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    spec = RunSpec(model=ModelSpec(arch="transformer_multi30k"), schedule=Schedule(max_update=10))
+    with pytest.raises(StepError):
+        training.train_run(spec, runs_dir=tmp_path / "runs", log=quiet)
+    commit["now"] = "abc123"
+    assert training.train_run(spec, runs_dir=tmp_path / "runs", log=quiet)["git_commit"] == "abc123+dirty"
+    assert training.trained_commit("abc123", tmp_path / "none.log") == "abc123"

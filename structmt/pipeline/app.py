@@ -35,7 +35,17 @@ from ..data.wmt import load_manifest
 from ..models.structured_transformer import block_structures
 from ..paths import REPO_ROOT
 from .evaluation import run_experiment, valid_bleu
-from .spec import FINETUNE_SCHEDULE, DataSpec, ModelSpec, RunSpec, Schedule, own_name, read_spec
+from .spec import (
+    FINETUNE_SCHEDULE,
+    FINETUNE_START,
+    DataSpec,
+    ModelSpec,
+    RunSpec,
+    Schedule,
+    named_for_start,
+    own_name,
+    read_spec,
+)
 from .tracking import MODES, WandbSettings, project_problem
 
 
@@ -339,6 +349,19 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
                 f"train.finetune_from={schedule.finetune_from}: its spec.json gives the run id {start.run_id()} "
                 "(a folder renamed, or made by other code?); give the run's own id"
             )
+        if start.schedule.beam != schedule.beam:  # the p-value would mix the beams into the models' difference
+            raise ConfigError(
+                f"train.beam={schedule.beam}, but train.finetune_from={schedule.finetune_from} was decoded with beam "
+                f"{start.schedule.beam}: the p-value against it pairs the two decodings; decode with its beam, or "
+                "set baseline=false"
+            )
+        if (named := named_for_start(schedule, start.schedule)) != schedule:
+            say_once(
+                f"schedule {named.name}: a fine-tune of {schedule.finetune_from}, not the dense {FINETUNE_START} "
+                f"run of seed {schedule.seed} that {schedule.name} starts from (its rows are never averaged with "
+                f"{schedule.name}'s)"
+            )
+            spec = replace(spec, schedule=named)
         return spec, start
     dense_arch = model.arch.removeprefix("structured_")
     return spec, replace(spec, model=ModelSpec(arch=dense_arch))

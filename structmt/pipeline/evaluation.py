@@ -116,7 +116,9 @@ def row_file(text: str) -> Path:
 
 
 def row_text(path: Path) -> str:
-    """``path`` as a row's ``hypothesis`` column names it: relative to the repository where it is inside."""
+    """``path`` as a row's ``hypothesis`` column names it: relative to the repository where it is inside (however
+    it was spelt: relative to the current directory, or through a link), else absolute."""
+    path = path.resolve()
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
@@ -138,6 +140,33 @@ def _kept_here(rows: list[dict[str, Any]], run: RunFolder, results: ResultsFolde
             row = row | {"hypothesis": row_text(keep_hypotheses(source, results.hyps / path.name))}
         out.append(row)
     return out
+
+
+def first_evaluation(board: list[dict[str, str]], run_id: str, test_set: str) -> dict[str, str] | None:
+    """The leaderboard's first row of ``run_id`` on ``test_set`` (its others are re-runs), or None."""
+    rows = leaderboard.evaluations(board).get((run_id, test_set))
+    return rows[0] if rows else None
+
+
+def dense_partner_hypotheses(
+    board: list[dict[str, str]], base: RunFolder, test_set: str, test_name: str, tgt: str
+) -> Path | None:
+    """What a structured run's p-value pairs with: the hypotheses of its dense partner's first evaluation on the
+    leaderboard (the dense row the headline shows beside it), else, the partner not on it yet, its run folder's
+    decoding; None where neither exists. A dense run decoded again with other hypotheses (retrained, another
+    machine) is a re-run of its own: pairing with it would give a p-value of another dense model than the one
+    shown."""
+    row = first_evaluation(board, base.path.name, test_set)
+    if row is None:
+        decoded = base.decoded(test_name, tgt)
+        return decoded if decoded.is_file() else None
+    path = row_file(row["hypothesis"])
+    if not path.is_file():
+        raise StepError(
+            f"the dense partner's first evaluation on {test_set} names {path}, which is gone: restore it (git "
+            "checkout -- results/hyps), so the p-value pairs with the dense row the leaderboard shows"
+        )
+    return path
 
 
 def keep_training_log(run_dir: Path, logs_dir: Path) -> Path:
@@ -233,7 +262,7 @@ def _evaluate_locked(
         rows_done = [row | row_labels(spec, named_test_set(row["test_set"])) for row in stored["rows"]]
         rows_done = _kept_here(rows_done, run, results, spec.data.tgt)
         if baseline is not None and spec.model.structured:
-            rows_done = _late_p_values(spec, runs_dir, baseline, rows_done, log)
+            rows_done = _late_p_values(spec, runs_dir, results_dir, baseline, rows_done, log)
             late = [{k: r[k] for k in ("p_value_vs_dense", "bleu_ci95")} for r in rows_done]
             if [r["p_value_vs_dense"] for r in rows_done] != [r["p_value_vs_dense"] for r in stored["rows"]]:
                 stored["rows"] = [r | p for r, p in zip(stored["rows"], late, strict=True)]
@@ -260,7 +289,17 @@ def _evaluate_locked(
 
     rows: list[LeaderboardRow] = []
     base = RunFolder(runs_dir / baseline.run_id()) if baseline is not None and spec.model.structured else None
+    board = leaderboard.read_rows(csv_path) if csv_path.is_file() else []
     for subset, test_name in test_sets(spec.data.name).items():
+        labels = row_labels(spec, test_name)
+        earlier = first_evaluation(board, run_id, labels["test_set"])
+        if earlier is not None and not row_file(earlier["hypothesis"]).is_file():
+            # the first name would be taken again, and a re-run's other hypotheses would pass for the first's
+            raise StepError(
+                f"the leaderboard's first row of {run_id} on {labels['test_set']} names {earlier['hypothesis']}, "
+                "which is gone: restore it (git checkout -- results/hyps) before evaluating the run again, so "
+                "that a re-run is told apart from its first evaluation"
+            )
         hyp = decode(
             data.bin,
             checkpoint,
@@ -275,16 +314,15 @@ def _evaluate_locked(
         kept = keep_hypotheses(hyp, first)
         p_value, ci = "", ""
         if base is not None:
-            base_hyp = base.decoded(test_name, spec.data.tgt)
-            if base_hyp.exists():
+            base_hyp = dense_partner_hypotheses(board, base, labels["test_set"], test_name, spec.data.tgt)
+            if base_hyp is not None:
                 p_value, ci = paired_bootstrap(base_hyp, hyp, ref)
             else:
                 log(
-                    f"[{run_id}] {test_name}: no hypotheses of the dense run at {base_hyp} (evaluate it first); "
-                    "the p-value against it is left empty"
+                    f"[{run_id}] {test_name}: no hypotheses of the dense run {base.path.name} (evaluate it "
+                    "first); the p-value against it is left empty"
                 )
         log(f"[{run_id}] {test_name}: BLEU {s.bleu} chrF {s.chrf} ({s.bleu_signature})")
-        labels = row_labels(spec, test_name)
         rows.append(
             LeaderboardRow(
                 run_id=run_id,
@@ -326,21 +364,26 @@ def _evaluate_locked(
 
 
 def _late_p_values(
-    spec: RunSpec, runs_dir: Path, baseline: RunSpec, rows: list[dict[str, Any]], log: Any
+    spec: RunSpec, runs_dir: Path, results_dir: Path, baseline: RunSpec, rows: list[dict[str, Any]], log: Any
 ) -> list[dict[str, Any]]:
     """``rows`` of an evaluated structured run with the p-values and CIs that were left empty (its dense partner
     had no hypotheses then: evaluated later, or first run with ``baseline=false``) computed now where the partner
-    has them, from the row's kept hypotheses."""
+    has them (:func:`dense_partner_hypotheses`), from the row's kept hypotheses."""
     if all(r["p_value_vs_dense"] != "" for r in rows):
         return rows
     subsets = {name: subset for subset, name in test_sets(spec.data.name).items()}
     data = prepare_data(spec, runs_dir)
     base = RunFolder(runs_dir / baseline.run_id())
+    csv_path = ResultsFolder(results_dir).leaderboard
+    board = leaderboard.read_rows(csv_path) if csv_path.is_file() else []
     out = []
     for row in rows:
         name = named_test_set(row["test_set"])
-        base_hyp = base.decoded(name, spec.data.tgt)
-        if row["p_value_vs_dense"] == "" and base_hyp.exists():
+        if row["p_value_vs_dense"] != "":
+            out.append(row)
+            continue
+        base_hyp = dense_partner_hypotheses(board, base, row["test_set"], name, spec.data.tgt)
+        if base_hyp is not None:
             p_value, ci = paired_bootstrap(
                 base_hyp, row_file(row["hypothesis"]), data.text(subsets[name], spec.data.tgt)
             )

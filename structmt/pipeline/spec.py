@@ -265,8 +265,11 @@ def load_schedule(name: str) -> Schedule:
     return checked(Schedule, OmegaConf.load(schedule_file(name)))
 
 
-#: the schedule made for fine-tuning (``train=finetune``): it takes ``finetune_from`` as its other runs do seeds
+#: the schedule made for fine-tuning (``train=finetune``): it takes ``finetune_from`` as its other runs do seeds,
+#: where the start is the dense run of :data:`FINETUNE_START` of the same seed (``make finetune``'s); a start of
+#: another schedule or seed, or a checkpoint file, names the fine-tune's schedule (:func:`named_for_start`)
 FINETUNE_SCHEDULE = "finetune"
+FINETUNE_START = "reproduce"
 #: what a run may change of its schedule under the schedule's name: seeds of one setting, and what neither the
 #: model nor its scores depend on, or a row's label shows (``beam``: the options label); a fine-tune of a schedule
 #: other than :data:`FINETUNE_SCHEDULE` is named for it
@@ -285,18 +288,29 @@ def own_name(schedule: Schedule) -> Schedule:
         for f in fields(Schedule)
         if f.name not in SAME_SETTING and getattr(schedule, f.name) != getattr(named, f.name)
     }
-    if schedule.finetune_from and schedule.name != FINETUNE_SCHEDULE:
+    if schedule.finetune_from and (schedule.name != FINETUNE_SCHEDULE or schedule.finetune_from.endswith(".pt")):
         changed["finetune_from"] = schedule.finetune_from
     if not changed:
         return schedule
+    return replace(schedule, name="+".join([schedule.name, *(f"{k}={setting_text(v)}" for k, v in changed.items())]))
 
-    def value(v: Any) -> str:
-        text = str(v)
-        if isinstance(v, (int, float)) and re.fullmatch(r"[0-9A-Za-z.+-]+", text):
-            return text
-        return hashlib.sha256(json.dumps(v).encode()).hexdigest()[:6]
 
-    return replace(schedule, name="+".join([schedule.name, *(f"{k}={value(v)}" for k, v in changed.items())]))
+def setting_text(value: Any) -> str:
+    """A setting's value as a schedule name shows it: a number as it is, anything else (a list, a path, a run
+    id) by a 6-hex digest."""
+    text = str(value)
+    if isinstance(value, (int, float)) and re.fullmatch(r"[0-9A-Za-z.+-]+", text):
+        return text
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:6]
+
+
+def named_for_start(schedule: Schedule, start: Schedule) -> Schedule:
+    """A :data:`FINETUNE_SCHEDULE` fine-tune named for its start where that is not the dense
+    :data:`FINETUNE_START` run of its own seed (``finetune+finetune_from=1a2b3c``): fine-tunes of other models are
+    never averaged as seeds of one setting."""
+    if schedule.name != FINETUNE_SCHEDULE or (start.name, start.seed) == (FINETUNE_START, schedule.seed):
+        return schedule
+    return replace(schedule, name=f"{schedule.name}+finetune_from={setting_text(schedule.finetune_from)}")
 
 
 def named_schedule(name: str) -> Schedule | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -98,6 +99,16 @@ def carried_seconds(spec: RunSpec, run_dir: Path) -> float | None:
         return None
 
 
+def trained_commit(finished: str, train_log: Path) -> str:
+    """``finished`` (the commit of the process that finished a training), marked ``+dirty`` if a process named
+    in ``train_log`` (``# structmt <commit> on <machine>``, one per session) ran a dirty tree."""
+    text = train_log.read_text(encoding="utf-8", errors="replace") if train_log.is_file() else ""
+    sessions = re.findall(r"^# structmt (\S+) on ", text, re.M)
+    if any(c.endswith("+dirty") for c in sessions) and not finished.endswith("+dirty"):
+        return finished + "+dirty"
+    return finished
+
+
 def run_lock(runs_dir: Path, run_id: str) -> FileLock:
     runs_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(str(runs_dir / f".{run_id}.lock"))
@@ -146,8 +157,9 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, data: DataFolder, 
         with open(run.train_log, "a", encoding="utf-8") as f:
             f.write(f"\n{header}\n")
         trained = train(data.bin, run_dir, spec.model.arch, args, env, carried_seconds(spec, run_dir))
-    # the code and machine that trained (a resumed run: those that finished it; train.log names each one)
-    provenance = {"git_commit": git_commit(), "machine": machine_label()}
+    # the code and machine that trained (a resumed run: those that finished it; train.log names each one), with
+    # +dirty where any process that trained it ran code of no commit: a clean finish does not make it clean
+    provenance = {"git_commit": trained_commit(git_commit(), run.train_log), "machine": machine_label()}
     metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)} | provenance
     write_text_atomic(run.metrics, json.dumps(metrics) + "\n")
     log(f"[{run_id}] trained: {trained.updates} updates, {trained.tokens_per_second:.0f} target tokens/s")
