@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 FAIRSEQ := fairseq-fixed==0.12.3.1
 TORCH := 2.13.0+cpu
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+# pinned: a new setuptools can break the --no-build-isolation builds with no change here
+BUILD_TOOLS := pip==26.3 setuptools==84.2.1 wheel==0.48.0
 # make wheelhouse: the target node's Python version, and where the wheels go
 PY ?= 3.12
 WHEELHOUSE ?= wheelhouse
@@ -23,10 +25,15 @@ install: $(STAMP)
 # The pinned CPU environment: Python 3.11, torch 2.13.0 (CPU build), every version from constraints.txt but pip,
 # setuptools and wheel (their newest; constraints.txt also serves make wheelhouse, whose nodes' torch may need an
 # older setuptools).
-$(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candidates.cpp
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+$(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candidates.cpp Makefile
+	@$(PYTHON) -c 'import sys' 2>/dev/null || { echo "error: $(PYTHON) does not run; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@# a .venv of another Python (make PYTHON=... once), or one whose interpreter is gone, is made again
+	@want=$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])'); \
+	  have=$$($(VPY) -c 'import sys; print(sys.version_info[:2])' 2>/dev/null); \
+	  if [ -e $(VENV) ] && [ "$$have" != "$$want" ]; then \
+	    echo "$(VENV) is not a working venv of $(PYTHON) $$want (it runs: $${have:-nothing}): making it again"; rm -rf $(VENV); fi
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q --upgrade $(BUILD_TOOLS)
 	# torch first, the CPU build (PyPI's torch is the CUDA build, whose Triton pin conflicts with constraints.txt):
 	# the wheel pip's find-links has (the project's machine), else PyTorch's CPU index
 	$(PIP) install -q -c constraints.txt torch==$(TORCH) 2>$(VENV)/torch-try.err \
@@ -43,9 +50,10 @@ $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candid
 	# torchaudio requirement as an error once fairseq is installed; --no-deps installs skip that check.
 	$(PIP) install -q --no-deps --no-build-isolation -c constraints.txt $(FAIRSEQ)
 	# every requirement is met except fairseq-fixed's torchaudio, which pip check lists
-	@$(PIP) check | grep -v -e '^fairseq-fixed [^ ]* requires torchaudio' -e '^No broken requirements' | { ! grep .; } \
-	  || { echo "error: pip check found broken requirements (above)"; exit 1; }
-	$(VPY) scripts/check_install.py
+	@$(PIP) check > $(VENV)/pip-check.txt 2>&1; test -s $(VENV)/pip-check.txt \
+	  && ! grep -v -e '^fairseq-fixed [^ ]* requires torchaudio' -e '^No broken requirements' $(VENV)/pip-check.txt \
+	  || { echo "error: pip check found broken requirements, or failed (above)"; exit 1; }
+	$(VPY) scripts/check_install.py --require-kernel
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -62,11 +70,11 @@ demo: $(STAMP)
 
 # make reproduce SEEDS="1 2 3": one dense + structured pair per seed, each from a clean committed tree
 reproduce: $(STAMP)
-	$(VPY) -m structmt.pipeline.recipes reproduce --seeds $(SEEDS)$(if $(ALLOW_DIRTY), --allow-dirty)
+	$(VPY) -m structmt.pipeline.recipes reproduce --seeds $(SEEDS)$(if $(filter 1 yes true,$(ALLOW_DIRTY)), --allow-dirty)
 
 # make finetune: the structured model fine-tuned from the dense reproduce run of seed 1 (SEEDS="1 2 3": of each)
 finetune: $(STAMP)
-	$(VPY) -m structmt.pipeline.recipes finetune --seeds $(if $(filter file,$(origin SEEDS)),1,$(SEEDS))$(if $(ALLOW_DIRTY), --allow-dirty)
+	$(VPY) -m structmt.pipeline.recipes finetune --seeds $(if $(filter file,$(origin SEEDS)),1,$(SEEDS))$(if $(filter 1 yes true,$(ALLOW_DIRTY)), --allow-dirty)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check structmt tests scripts

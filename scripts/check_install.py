@@ -2,7 +2,8 @@
 
 Run by `make install` and scripts/install_offline.sh after installing. Fails (exit 1)
 when structmt or fairseq does not import; the C++ kernel and Triton are optional and
-only reported.
+only reported, except that `--require-kernel` (make install: the tests need it) fails
+without the C++ kernel, saying how to see why it was not built.
 """
 
 import importlib
@@ -17,7 +18,8 @@ def _version(module: str) -> str:
         return f"not available ({type(err).__name__}: {err})"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    require_kernel = "--require-kernel" in (sys.argv[1:] if argv is None else argv)
     import torch
 
     import structmt  # noqa: F401  (first: it imports fairseq without fairseq's import-time log lines)
@@ -39,6 +41,13 @@ def main() -> int:
         except TritonTooOld as err:
             triton += f" (the Triton kernels are not used: {err})"
     print(f"  fairseq {fairseq.__version__}, triton {triton}, C++ kernel: {kernel}")
+    if require_kernel and kernel != "built":
+        print(
+            "error: the C++ kernel was not built (a C++ compiler and torch's headers are needed); "
+            ".venv/bin/pip install -v --no-build-isolation --no-deps -e . shows why",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

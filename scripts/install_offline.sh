@@ -56,12 +56,14 @@ torch_range=$(sed -n 's/^ *"torch\(>=[0-9.]*,<[0-9.]*\)",.*$/\1/p' "$REPO/pyproj
 [[ -n $torch_range ]] || die "found no \"torch>=A.B,<C\" requirement in $REPO/pyproject.toml"
 torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null) \
     || die "$PYTHON cannot import torch: install the cluster's torch first (or pass --python/--venv)"
-"$PYTHON" - "$torch_version" "$torch_range" <<'EOF' || die "torch $torch_version is outside structmt's range ($torch_range)"
-import re, sys
-def release(text):  # "2.6.0+cu124" -> (2, 6); "3" -> (3, 0)
-    return tuple(int(n) for n in (re.findall(r"\d+", text.split("+")[0]) + ["0"])[:2])
-low, high = (release(part) for part in re.fullmatch(r">=([\d.]+),<([\d.]+)", sys.argv[2]).groups())
-sys.exit(0 if low <= release(sys.argv[1]) < high else 1)
+"$PYTHON" - "$torch_version" "$torch_range" <<'EOF' || die "torch $torch_version is outside structmt's range ($torch_range; a pre-release such as 2.6.0a0 is older than 2.6, as pip counts it)"
+import sys
+try:
+    from packaging.specifiers import SpecifierSet
+except ImportError:  # pip's own copy: the rule pip applies to the requirement
+    from pip._vendor.packaging.specifiers import SpecifierSet
+# as pip compares: "2.6.0+cu124" is in ">=2.6,<3"; a pre-release "2.6.0a0+..." (NGC's) is older than 2.6
+sys.exit(0 if SpecifierSet(sys.argv[2]).contains(sys.argv[1], prereleases=True) else 1)
 EOF
 say "installing into $("$PYTHON" -c 'import sys; print(sys.prefix)') (Python $have, torch $torch_version) from $WH"
 
@@ -97,6 +99,8 @@ fi
 # whose releases pin other torch versions (its real dependencies came with structmt in step 2).
 # Last, because once it is there, pip's check after an install that touches its dependencies
 # reports the missing torchaudio; a --no-deps install skips that check.
-"${PIP[@]}" --no-deps --no-build-isolation "$FAIRSEQ"
+# CUDA_HOME unset: fairseq's setup.py compiles CUDA extensions (unused by translation) whenever it is set, and
+# fails where that CUDA's nvcc is missing or of another major version than torch's
+env -u CUDA_HOME "${PIP[@]}" --no-deps --no-build-isolation "$FAIRSEQ"
 # 4. what was installed (from outside the checkout, so the installed structmt is imported)
 cd "$WH" && "$PYTHON" "$REPO/scripts/check_install.py"

@@ -33,7 +33,7 @@ def test_setuptools_it_installs_can_build_structmt():
     assert asked >= needed
 
 
-@pytest.mark.parametrize("version", ["2.3.1+cu121", "3.0.0", "1.13.1"])
+@pytest.mark.parametrize("version", ["2.3.1+cu121", "3.0.0", "1.13.1", "2.6.0a0+ecf3bae40a"])  # the last: NGC's
 def test_a_torch_outside_pyprojects_range_is_refused_before_anything_is_installed(tmp_path, version):
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text(f"__version__ = {version!r}\n")  # what `import torch` finds
@@ -50,7 +50,8 @@ def test_a_torch_outside_pyprojects_range_is_refused_before_anything_is_installe
     (torch_requirement,) = [r for r in PYPROJECT["project"]["dependencies"] if r.startswith("torch")]
     assert run.returncode == 1
     assert run.stderr.strip() == (
-        f"install_offline: error: torch {version} is outside structmt's range ({torch_requirement[len('torch') :]})"
+        f"install_offline: error: torch {version} is outside structmt's range ({torch_requirement[len('torch') :]}; "
+        "a pre-release such as 2.6.0a0 is older than 2.6, as pip counts it)"
     )
     assert "installing into" not in run.stdout
 
@@ -80,6 +81,29 @@ def test_the_seeds_each_make_target_runs(given, seeds):
             text=True,
         )
         assert f"structmt.pipeline.recipes {target} --seeds {expected} --allow-dirty\n" in dirty.stdout
+        clean = subprocess.run(
+            ["make", "-n", "-o", ".venv/.installed", target, *args, "ALLOW_DIRTY=0"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert f"structmt.pipeline.recipes {target} --seeds {expected}\n" in clean.stdout  # 0: not allowed
+
+
+def test_a_venv_of_another_python_is_made_again(tmp_path):
+    """make install kept a .venv of any Python (make PYTHON=python3.12 once), or one whose interpreter was gone,
+    and called it up to date: the recipe makes it again, saying so."""
+    bad = tmp_path / ".venv" / "bin"
+    bad.mkdir(parents=True)
+    (bad / "python").symlink_to(tmp_path / "gone")  # its interpreter removed
+    recipe = subprocess.run(["make", "-n", "-B", "install"], cwd=REPO, capture_output=True, text=True).stdout
+    start = recipe.index("want=")
+    check = recipe[start : recipe.index("fi\n", start) + 2].replace("\\\n", "\n")
+    done = subprocess.run(["sh", "-c", check], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert ".venv is not a working venv of python3.11 (3, 11) (it runs: nothing): making it again" in done.stdout
+    assert not (tmp_path / ".venv").exists()
 
 
 def test_a_wheelhouse_folder_is_never_taken_apart_or_replaced_unless_it_is_one(tmp_path):
@@ -153,3 +177,38 @@ def test_the_gpu_session_refuses_a_step_it_does_not_know_before_anything_runs(tm
         f"gpu_session: error: STEPS: unknown step '{bad}'; the steps: install,test,attention,train,decode" in run.stderr
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_kernel_that_is_there_but_does_not_load_is_said_once_built(tmp_path, monkeypatch, caplog):
+    """A kernel built against another torch failed to import and the slower path ran in silence; a machine that
+    never built one (no compiler) stays quiet."""
+    import structmt
+    from structmt.attention import functional
+
+    package = tmp_path / "structmt"
+    (package / "attention").mkdir(parents=True)
+    monkeypatch.setattr(functional, "__file__", str(package / "attention" / "functional.py"))
+    monkeypatch.delattr(structmt, "_kernels", raising=False)
+    monkeypatch.setitem(sys.modules, "structmt._kernels", None)  # the import fails
+    with caplog.at_level("WARNING", logger="structmt"):
+        assert functional._load_kernels() is None
+    assert caplog.text == ""
+    (package / "_kernels.cpython-311-x86_64-linux-gnu.so").write_bytes(b"built against another torch")
+    with caplog.at_level("WARNING", logger="structmt"):
+        assert functional._load_kernels() is None
+    assert "C++ kernel _kernels.cpython-311-x86_64-linux-gnu.so does not load" in caplog.text
+    assert "pip install --no-build-isolation --no-deps -e ." in caplog.text
+
+
+def test_make_install_requires_the_kernel_the_tests_need(monkeypatch, capsys):
+    """A kernel that failed to build passed make install (pip hid why) and failed make test later."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import check_install
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    monkeypatch.setitem(sys.modules, "structmt._kernels", None)
+    assert check_install.main([]) == 0
+    assert check_install.main(["--require-kernel"]) == 1
+    assert "pip install -v --no-build-isolation --no-deps -e . shows why" in capsys.readouterr().err
+    assert "--require-kernel" in (REPO / "Makefile").read_text()

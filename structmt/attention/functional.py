@@ -3,10 +3,12 @@ candidate-gather path, both driven by :mod:`structmt.attention.structure`."""
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -405,11 +407,21 @@ def candidate_kernel(kernel: str, q: Tensor, v: Tensor, dropout_p: float) -> str
 
 
 def _load_kernels() -> Any:
+    """The C++ kernel, or None where it is not built (a machine without a compiler: the gathered path is used).
+    One that is there but does not load (built against another torch) is said once: it would be slow in silence."""
     try:
         from .. import _kernels  # built by setup.py against the installed torch
 
         return _kernels
-    except ImportError:
+    except ImportError as err:
+        package = Path(__file__).resolve().parent.parent
+        built = sorted(p for p in package.glob("_kernels*") if p.suffix in (".so", ".pyd"))
+        if built:
+            logging.getLogger(__name__).warning(
+                f"structmt's C++ kernel {built[0].name} does not load ({err}): built against another torch or "
+                "Python? Rebuild it (pip install --no-build-isolation --no-deps -e . in the checkout); until then "
+                "the slower gathered-keys path runs"
+            )
         return None
 
 
