@@ -261,6 +261,13 @@ def test_pruned_layers_keep_their_own_role_mix(dict_dir):
     kept = [layer.self_attn.structure for layer in model.encoder.layers]
     assert [s.window for s in kept] == [(1,) * 4, (3,) * 4]
     assert [s.rare_heads for s in kept] == [(False,) * 4, (True,) * 4]
+    # fairseq's prune_state_dict gives the kept layers their weights in sorted order, whatever the option's order:
+    # their roles follow the same order (listed '2,0', new layer 0 got layer 2's mix and layer 0's weights)
+    args.encoder_layers_to_keep = "2,0"
+    assert [layer.self_attn.structure for layer in tasks.setup_task(args).build_model(args).encoder.layers] == kept
+    args.encoder_layers_to_keep = "0,0"
+    with pytest.raises(ValueError, match="--encoder-layers-to-keep 0,0: a layer is listed twice"):
+        tasks.setup_task(args).build_model(args)
     args.encoder_layers, args.encoder_layers_to_keep = 3, "0,3"
     with pytest.raises(ValueError, match="layers-to-keep \\[0, 3\\]: the role mixes cover 3 layers"):
         tasks.setup_task(args).build_model(args)
@@ -268,6 +275,18 @@ def test_pruned_layers_keep_their_own_role_mix(dict_dir):
 
 # --------------------------------------------------------------------------
 # Build like fairseq
+
+
+def test_a_misspelt_structure_override_is_refused(dict_dir):
+    """fairseq-generate --model-overrides "{'struct_windw': 5}" set an attribute no option reads: the checkpoint's
+    window was used, in silence."""
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, [str(dict_dir), "--user-dir", str(REPO / "structmt"), "--arch", "structured_transformer_tiny", *TASK]
+    )
+    args.struct_windw = 5
+    with pytest.raises(ValueError, match="struct_windw: no structmt option of that name .*struct_window"):
+        tasks.setup_task(args).build_model(args)
 
 
 def test_build_model_from_a_partial_namespace(dict_dir):

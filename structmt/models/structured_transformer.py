@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ from torch import Tensor
 
 from ..attention.context import TokenContext, active, current
 from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
-from ..attention.options import StructureConfig, add_arguments, describe, fill_defaults
+from ..attention.options import PREFIX, StructureConfig, add_arguments, describe, fill_defaults
 from ..attention.structure import CrossBand, Structure, rarity_tables, roles_json
 
 logger = logging.getLogger(__name__)
@@ -238,8 +239,15 @@ class StructuredTransformerDecoder(_StructuredStack, TransformerDecoderBase):
 
 
 def _layers_to_keep(args: Any, block: str) -> list[int] | None:
+    """``--{block}-layers-to-keep`` in the order fairseq keeps the layers: sorted (``prune_state_dict`` gives
+    the kept layers their weights in that order, whatever order the option lists them in)."""
     spec = getattr(args, f"{block}_layers_to_keep", None)
-    return [int(i) for i in spec.split(",")] if spec else None
+    if not spec:
+        return None
+    keep = [int(i) for i in str(spec).split(",")]
+    if len(set(keep)) != len(keep):
+        raise ValueError(f"--{block}-layers-to-keep {spec}: a layer is listed twice; list each layer kept once")
+    return sorted(keep)
 
 
 def block_structures(args: Any, options: StructureConfig, block: str) -> list[Structure] | None:
@@ -263,6 +271,13 @@ class StructuredTransformerModel(TransformerModel):
 
     @classmethod
     def build_model(cls, args: Any, task: Any) -> StructuredTransformerModel:
+        known = {f.name for f in fields(StructureConfig)}
+        stray = sorted(k for k in getattr(args, "__dict__", {}) if k.startswith(PREFIX) and k not in known)
+        if stray:  # a misspelt --model-overrides key: the checkpoint's value would be used in silence
+            raise ValueError(
+                f"{', '.join(stray)}: no structmt option of that name (a misspelt --model-overrides key?); the "
+                f"options are {', '.join(sorted(known))}"
+            )
         fill_defaults(args)
         options = StructureConfig.from_args(args).validate()
         left_pad_target = getattr(args, "left_pad_target", None) or getattr(
