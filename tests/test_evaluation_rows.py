@@ -385,3 +385,26 @@ def test_a_hypothesis_path_is_recorded_relative_to_the_repository_however_it_was
     alias.symlink_to(REPO_ROOT)
     assert evaluation.row_text(alias / "results" / "hyps" / "x.de") == "results/hyps/x.de"
     assert evaluation.row_text(tmp_path / "elsewhere.de") == str(tmp_path.resolve() / "elsewhere.de")
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_structured_rerun_pairs_with_the_dense_run_decoded_beside_it(runs):
+    """make demo again on another machine: both runs are re-runs, and the structured re-run's p-value is against
+    the dense run of the same machine, not the first machine's dense hypotheses."""
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    structured = runs(STRUCTURED, [["Ein Mann fährt .", "Zwei Hunde .", "Eine Frau liest ein Buch ."]])
+    _evaluate(runs, dense)
+    _evaluate(runs, structured, baseline=dense)
+    for spec, lines in ((dense, REFS), (structured, ["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau ."])):
+        (runs.runs_dir / spec.run_id() / "result.json").unlink()
+        runs.outputs[spec.run_id()] = [lines]
+    _evaluate(runs, dense)
+    rerun = _evaluate(runs, structured, baseline=dense)
+    ref = runs.runs_dir.parent / "data" / "raw" / "test.de"
+    beside = paired_bootstrap(
+        runs.runs_dir / dense.run_id() / "test_2016_flickr.de",
+        runs.runs_dir / structured.run_id() / "test_2016_flickr.de",
+        ref,
+    )
+    assert (rerun[0]["p_value_vs_dense"], rerun[0]["bleu_ci95"]) == beside
+    assert len(_board(runs)) == 8  # both re-runs are rows of their own

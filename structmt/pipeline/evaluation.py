@@ -151,11 +151,12 @@ def first_evaluation(board: list[dict[str, str]], run_id: str, test_set: str) ->
 def dense_partner_hypotheses(
     board: list[dict[str, str]], base: RunFolder, test_set: str, test_name: str, tgt: str
 ) -> Path | None:
-    """What a structured run's p-value pairs with: the hypotheses of its dense partner's first evaluation on the
-    leaderboard (the dense row the headline shows beside it), else, the partner not on it yet, its run folder's
-    decoding; None where neither exists. A dense run decoded again with other hypotheses (retrained, another
-    machine) is a re-run of its own: pairing with it would give a p-value of another dense model than the one
-    shown."""
+    """What a structured run's first evaluation pairs its p-value with: the hypotheses of its dense partner's first
+    evaluation on the leaderboard (the dense row the headline shows beside it), else, the partner not on it yet,
+    its run folder's decoding; None where neither exists. A dense run decoded again with other hypotheses
+    (retrained, another machine) is a re-run of its own: pairing the first structured evaluation with it would
+    give a p-value against another dense model than the one shown. (A structured re-run pairs with the dense run
+    decoded beside it, a re-run alike.)"""
     row = first_evaluation(board, base.path.name, test_set)
     if row is None:
         decoded = base.decoded(test_name, tgt)
@@ -314,7 +315,11 @@ def _evaluate_locked(
         kept = keep_hypotheses(hyp, first)
         p_value, ci = "", ""
         if base is not None:
-            base_hyp = dense_partner_hypotheses(board, base, labels["test_set"], test_name, spec.data.tgt)
+            if earlier is None:  # the first evaluation: against the dense row the leaderboard shows beside it
+                base_hyp = dense_partner_hypotheses(board, base, labels["test_set"], test_name, spec.data.tgt)
+            else:  # a re-run: against the dense run as decoded beside it (a re-run too, where that differs)
+                decoded = base.decoded(test_name, spec.data.tgt)
+                base_hyp = decoded if decoded.is_file() else None
             if base_hyp is not None:
                 p_value, ci = paired_bootstrap(base_hyp, hyp, ref)
             else:
