@@ -15,7 +15,7 @@ import torch
 from structmt.analysis import report as analyze
 from structmt.data import cli as prepare
 from structmt.files import DataError
-from structmt.leaderboard_csv import add_rows
+from structmt.leaderboard_csv import add_rows, read_rows
 from structmt.pipeline import sweep_report, translate
 
 
@@ -272,6 +272,32 @@ def test_translate_warns_when_the_leaderboard_rows_of_the_run_id_are_of_another_
         f"; the rows of {run_dir.name} in {csv} are of another training (bbbbbbbb in 100.0 s): their scores are not "
         "this checkpoint's"
     )
+
+
+def test_translate_says_when_another_trainings_rows_are_its_own_hypotheses(tmp_path):
+    """Trained again (another commit, another time) to byte-identical hypotheses: the rows' scores are this
+    checkpoint's, not "not this checkpoint's"."""
+    from dataclasses import asdict
+
+    from structmt.pipeline.spec import RunSpec
+
+    run_dir, checkpoint = _trained_run(tmp_path)
+    (run_dir / "spec.json").write_text(json.dumps(asdict(RunSpec())))
+    (run_dir / "test_2016_flickr.de").write_text("Ein Mann .\n")
+    csv = tmp_path / "leaderboard.csv"
+    _scored(csv, run_dir.name, ("test_2016_flickr", "37.1", "b"))
+    (tmp_path / "test_2016_flickr.b").write_text("Ein Mann .\n")  # the row's kept hypotheses, as written
+    rows = [r | {"hypothesis": str(tmp_path / "test_2016_flickr.b")} for r in read_rows(csv)]
+    csv.unlink()
+    add_rows(csv, rows)
+    level, line = translate.which_training(run_dir, checkpoint, csv)
+    assert (level, line.split("; ", 1)[1]) == (
+        logging.INFO,
+        f"rows of {run_dir.name} in {csv} are of another training (bbbbbbbb in 100.0 s), whose hypotheses this "
+        "training's own decoding repeats byte for byte: test_2016_flickr BLEU 37.10",
+    )
+    (run_dir / "test_2016_flickr.de").write_text("Ein Hund .\n")
+    assert translate.which_training(run_dir, checkpoint, csv)[0] == logging.WARNING
 
 
 def test_translate_says_when_no_row_is_of_its_training(tmp_path):

@@ -410,7 +410,8 @@ def _log_wandb(
     """Log an evaluation (its leaderboard ``records``) to W&B; returns its local W&B folder (None: not logged, a
     later evaluation tries again). The config carries the labels the leaderboard tells runs apart by (a roles
     file's digest, the options without a column, the data's vocabulary and slice), and the group is the rows'
-    ``data`` column and schedule, so runs the leaderboard never averages together are never grouped together.
+    ``data`` column and schedule: a sweep's points and their dense baseline are one group, and runs of other data
+    or schedules, which the leaderboard never compares, are never in it.
     A dense run's ``model`` is its ``arch`` alone, as its rows leave ``window`` and ``rare`` empty: W&B's
     charts never plot it at the structure options' defaults."""
     run_id, labels = records[0]["run_id"], {k: records[0][k] for k in ("data", "heads", "cross", "options")}

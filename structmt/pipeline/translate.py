@@ -17,7 +17,7 @@ from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import DataError, decode_utf8, existing_dir, int_at_least, text_lines
 from ..leaderboard_csv import read_rows, short_commit, training
 from ..paths import RESULTS_DIR, ResultsFolder, RunFolder
-from .spec import ModelSpec, Schedule
+from .spec import ModelSpec, Schedule, read_spec
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,30 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
         return logging.INFO, f"{head}; its rows in {leaderboard}: {', '.join(scores)}"
     if rows:
         others = sorted({f"{short_commit(t[0]) or '?'} in {t[1] or '?'} s" for t in map(training, rows)})
+        if repeated := [r for r in rows if _decodes_as(run_dir, r)]:  # trained again, to the same hypotheses
+            scores = [f"{r['test_set']} BLEU {float(r['bleu']):.2f}" for r in repeated]
+            theirs = sorted({f"{short_commit(t[0]) or '?'} in {t[1] or '?'} s" for t in map(training, repeated)})
+            return logging.INFO, (
+                f"{head}; rows of {run_id} in {leaderboard} are of another training ({', '.join(theirs)}), "
+                f"whose hypotheses this training's own decoding repeats byte for byte: {', '.join(scores)}"
+            )
         return logging.WARNING, (
             f"{head}; the rows of {run_id} in {leaderboard} are of another training ({', '.join(others)}): "
             "their scores are not this checkpoint's"
         )
     return logging.INFO, f"{head}; no row of it in {leaderboard}"
+
+
+def _decodes_as(run_dir: Path, row: dict[str, str]) -> bool:
+    """Whether the run folder's own decoding of the row's test set is byte for byte the row's hypotheses."""
+    from .evaluation import named_test_set, row_file
+
+    run = RunFolder(run_dir)
+    if not run.spec.is_file():
+        return False
+    mine = run.decoded(named_test_set(row["test_set"]), read_spec(run_dir).data.tgt)
+    theirs = row_file(row["hypothesis"])
+    return mine.is_file() and theirs.is_file() and mine.read_bytes() == theirs.read_bytes()
 
 
 def main(argv: list[str] | None = None) -> None:
