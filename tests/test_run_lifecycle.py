@@ -271,3 +271,35 @@ def test_a_training_begun_on_a_dirty_tree_and_finished_on_a_clean_one_is_not_rec
     commit["now"] = "abc123"
     assert training.train_run(spec, runs_dir=tmp_path / "runs", log=quiet)["git_commit"] == "abc123+dirty"
     assert training.trained_commit("abc123", tmp_path / "none.log") == "abc123"
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_data_folder_prepared_again_with_another_vocabulary_is_refused_to_a_run_trained_on_the_first(
+    monkeypatch, tmp_path
+):
+    """structmt-prepare into the pipeline's own data folder with another --vocab-size: a resumed run trained on
+    other token ids than its checkpoint's, and an evaluation decoded with them, in silence."""
+    from structmt.fairseq_cli import StepError
+    from structmt.pipeline import evaluation
+
+    data = DataFolder(tmp_path / "data")
+    data.bin.mkdir(parents=True)
+    for lang in ("en", "de"):
+        data.dictionary(lang).write_text("▁a 10\n▁b 5\n")
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: data)
+    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: data)
+    monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
+    spec = RunSpec(model=ModelSpec(arch="transformer_multi30k"), schedule=Schedule(max_update=10))
+    run = training.RunFolder(tmp_path / "runs" / spec.run_id())
+    run.model.mkdir(parents=True)
+    for lang in ("en", "de"):
+        run.dictionary(lang).write_text("▁a 10\n▁b 5\n")  # as it began
+    training.check_vocabulary(data, run.path, ("en", "de"))  # the same: nothing to say
+    data.dictionary("de").write_text("▁x 9\n▁a 7\n")  # prepared again
+    monkeypatch.setattr(training, "train", lambda *a: pytest.fail("trained on other token ids"))
+    with pytest.raises(StepError, match=r"dict.de.txt is not the dictionary .* was trained with .*prepared again"):
+        training.train_run(spec, runs_dir=tmp_path / "runs", log=quiet)
+    run.metrics.write_text(json.dumps({"updates": 10, "wall_seconds": 1.0, "tokens_per_second": 1.0}))
+    monkeypatch.setattr(evaluation, "decode", lambda *a, **k: pytest.fail("decoded with other token ids"))
+    with pytest.raises(StepError, match=r"is not the dictionary .* was trained with"):
+        evaluation.evaluate_run(spec, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", log=quiet)

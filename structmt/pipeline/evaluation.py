@@ -19,7 +19,7 @@ from ..paths import REPO_ROOT, ResultsFolder, RunFolder
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
 from .spec import RunSpec, Schedule, named_schedule, read_spec
-from .training import data_label, prepare_data, run_lock, train_run
+from .training import check_vocabulary, data_label, prepare_data, run_lock, train_run
 
 
 @dataclass
@@ -227,6 +227,7 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
     with run_lock(runs_dir, run_id):
         if not run.valid_score.exists():
             data = prepare_data(spec, runs_dir)
+            check_vocabulary(data, run.path, (spec.data.src, spec.data.tgt))
             out = run.decoded("valid", spec.data.tgt)
             hyp = decode(data.bin, run.last_checkpoint, "valid", out, beam=spec.schedule.beam, log=run.decode_log)
             s = score(hyp, data.text("valid", spec.data.tgt))
@@ -285,6 +286,7 @@ def _evaluate_locked(
                 write_text_atomic(done, json.dumps(stored, indent=2) + "\n")
         return rows_done
     data = prepare_data(spec, runs_dir)
+    check_vocabulary(data, run.path, (spec.data.src, spec.data.tgt))  # decoded with the ids it was trained on
     metrics = json.loads(run.metrics.read_text())
     checkpoint = run.last_checkpoint  # the run folder's own: train.json's path is where it was trained
 

@@ -40,6 +40,21 @@ def keep_model_files(data: DataFolder, run_dir: Path, src: str, tgt: str) -> Non
         copy_atomic(data.dictionary(lang), run.dictionary(lang))
 
 
+def check_vocabulary(data: DataFolder, run_dir: Path, langs: tuple[str, ...]) -> None:
+    """Refuse a data folder whose dictionaries are not those the run began training with (kept in its folder):
+    the data folder prepared again with other settings (``structmt-prepare`` into the pipeline's own folder with
+    another ``--vocab-size``, say) would train on, or decode with, other token ids than the model's, silently."""
+    run = RunFolder(run_dir)
+    for lang in langs:
+        kept, now = run.dictionary(lang), data.dictionary(lang)
+        if kept.is_file() and now.is_file() and kept.read_bytes() != now.read_bytes():
+            raise StepError(
+                f"{now} is not the dictionary {run_dir.name} was trained with ({kept}): {data.path} was prepared "
+                "again with other settings since (structmt-prepare into it?). Prepare it as the run's data.* "
+                f"settings say (remove {data.path}; the pipeline prepares it again), or start the run afresh"
+            )
+
+
 def data_label(d: DataSpec) -> str:
     """The data set and its direction, as data folders and leaderboard rows name them: the name alone when
     it says the direction (``multi30k_en_de`` for en→de), else with the direction (``multi30k_en_de-de-en``)."""
@@ -123,6 +138,7 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, data: DataFolder, 
             log(f"[{run_id}] trained earlier ({metrics['updates']} updates); skipping training")
             return metrics
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_vocabulary(data, run_dir, (spec.data.src, spec.data.tgt))  # a resume trains on the ids it began with
     write_text_atomic(run.spec, json.dumps(asdict(spec), indent=2) + "\n")
     keep_model_files(data, run_dir, spec.data.src, spec.data.tgt)
     log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run.train_log})")
