@@ -22,9 +22,9 @@ ALLOW_DIRTY ?=
 
 install: $(STAMP)
 
-# The pinned CPU environment: Python 3.11, torch 2.13.0 (CPU build), every version from constraints.txt but pip,
-# setuptools and wheel (their newest; constraints.txt also serves make wheelhouse, whose nodes' torch may need an
-# older setuptools).
+# The pinned CPU environment: Python 3.11, torch 2.13.0 (CPU build), every version from constraints.txt, and pip,
+# setuptools and wheel at BUILD_TOOLS (pinned here, not in constraints.txt, which also serves make wheelhouse,
+# whose nodes' torch may need an older setuptools).
 $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candidates.cpp Makefile
 	@$(PYTHON) -c 'import sys' 2>/dev/null || { echo "error: $(PYTHON) does not run; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	@# a .venv of another Python (make PYTHON=... once), or one whose interpreter is gone, is made again

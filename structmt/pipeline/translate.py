@@ -17,6 +17,7 @@ from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import DataError, decode_utf8, existing_dir, int_at_least, text_lines
 from ..leaderboard_csv import read_rows, short_commit, training
 from ..paths import RESULTS_DIR, ResultsFolder, RunFolder
+from .evaluation import named_test_set, row_file
 from .spec import ModelSpec, Schedule, read_spec
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,6 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
 
 def _decodes_as(run_dir: Path, row: dict[str, str]) -> bool:
     """Whether the run folder's own decoding of the row's test set is byte for byte the row's hypotheses."""
-    from .evaluation import named_test_set, row_file
-
     run = RunFolder(run_dir)
     if not run.spec.is_file():
         return False
