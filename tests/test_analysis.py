@@ -23,7 +23,7 @@ from structmt.analysis.project import (
     band_support,
     best_role,
     diagonal_support,
-    model_rare_positions,
+    model_rare_sets,
     project,
     rare_columns,
     support_distance,
@@ -246,7 +246,7 @@ def test_rare_columns_are_the_columns_of_the_rare_tokens_a_structured_model_sees
     # the dictionary's counts fall with the symbol's index: the rarest tokens have the largest ids
     expected = [set(row[:-1].topk(r).indices.tolist()) for row in src]
     for b in range(src.size(0)):
-        assert set(model_rare_positions(src[b], counts, never_rare, r).tolist()) == expected[b]
+        assert set(model_rare_sets(src[b], counts, never_rare, r)[0].tolist()) == expected[b]
     recorders = [_Recorder(layer.self_attn) for layer in model.encoder.layers]
     try:
         with torch.no_grad():

@@ -92,12 +92,6 @@ def model_rare_sets(tokens: Tensor, counts: Tensor, never_rare: Tensor, r: int, 
     return rare_sets(keys, r, causal=causal)[0]
 
 
-def model_rare_positions(tokens: Tensor, counts: Tensor, never_rare: Tensor, r: int) -> Tensor:
-    """The ``r`` positions a structured encoder gives its rare-token heads for ``tokens`` (1-D)
-    (:func:`model_rare_sets`, every query's)."""
-    return model_rare_sets(tokens, counts, never_rare, r)[0]
-
-
 def model_rare_support(n: int, w: int, sets: Tensor) -> Tensor:
     """The keys a structured model's rare-token head sees: the band ``|i - j| <= w`` and, in row ``i``, the
     positions ``sets[i]`` (``(n, r)`` from :func:`model_rare_sets`, -1 for none)."""

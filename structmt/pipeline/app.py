@@ -363,8 +363,7 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
             )
             spec = replace(spec, schedule=named)
         return spec, start
-    dense_arch = model.arch.removeprefix("structured_")
-    return spec, replace(spec, model=ModelSpec(arch=dense_arch))
+    return spec, replace(spec, model=ModelSpec(arch=model.dense_arch))
 
 
 def repo_path(value: str) -> Path:

@@ -46,6 +46,11 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
     def structured(self) -> bool:
         return self.arch.startswith("structured_")
 
+    @property
+    def dense_arch(self) -> str:
+        """The architecture of this model's dense baseline: the name without ``structured_``."""
+        return self.arch.removeprefix("structured_")
+
     def roles_path(self) -> Path | None:
         """The roles file (a relative path is taken from the current directory, then the repository); its content
         is checked with the other options (:meth:`problems`: the blocks ``apply`` structures, as the plugin does)."""

@@ -145,7 +145,8 @@ def report(
     what = f"data={data} schedule={schedule} test_set={test_set}" + (f" seed={seed}" if seed else "")
     arch = chosen_arch(rows, arch, what)
     if arch is not None:  # one model and its dense baseline
-        rows = [r for r in rows if r["arch"] == (arch if r["window"] else arch.removeprefix("structured_"))]
+        dense = ModelSpec(arch=arch).dense_arch
+        rows = [r for r in rows if r["arch"] == (arch if r["window"] else dense)]
     beam = " ".join(o for o in options.split() if o.startswith("beam="))  # what a dense row's options can hold
     dense = list(cells([r for r in rows if not r["window"] and r["options"] == beam], what).values())
     grid = cells(

@@ -139,19 +139,22 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
     if scores:
         return logging.INFO, f"{head}; its rows in {leaderboard}: {', '.join(scores)}"
     if rows:
-        others = sorted({f"{short_commit(t[0]) or '?'} in {t[1] or '?'} s" for t in map(training, rows)})
         if repeated := [r for r in rows if _decodes_as(run_dir, r)]:  # trained again, to the same hypotheses
             scores = [f"{r['test_set']} BLEU {float(r['bleu']):.2f}" for r in repeated]
-            theirs = sorted({f"{short_commit(t[0]) or '?'} in {t[1] or '?'} s" for t in map(training, repeated)})
             return logging.INFO, (
-                f"{head}; rows of {run_id} in {leaderboard} are of another training ({', '.join(theirs)}), "
+                f"{head}; rows of {run_id} in {leaderboard} are of another training ({_trainings(repeated)}), "
                 f"whose hypotheses this training's own decoding repeats byte for byte: {', '.join(scores)}"
             )
         return logging.WARNING, (
-            f"{head}; the rows of {run_id} in {leaderboard} are of another training ({', '.join(others)}): "
+            f"{head}; the rows of {run_id} in {leaderboard} are of another training ({_trainings(rows)}): "
             "their scores are not this checkpoint's"
         )
     return logging.INFO, f"{head}; no row of it in {leaderboard}"
+
+
+def _trainings(rows: list[dict[str, str]]) -> str:
+    """The trainings ``rows`` were scored from, as ``<commit> in <seconds> s``."""
+    return ", ".join(sorted({f"{short_commit(c) or '?'} in {s or '?'} s" for c, s in map(training, rows)}))
 
 
 def _decodes_as(run_dir: Path, row: dict[str, str]) -> bool:
