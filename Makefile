@@ -15,7 +15,8 @@ PY ?= 3.12
 WHEELHOUSE ?= wheelhouse
 # make reproduce: the seeds of the headline table
 SEEDS ?= 1 2 3
-# make reproduce / finetune ALLOW_DIRTY=1: run although tracked files differ from the commit (rows say +dirty)
+# make reproduce / finetune ALLOW_DIRTY=1: run although the checkout differs from its commit (tracked files outside
+# results/, or untracked files among the code; rows say +dirty)
 ALLOW_DIRTY ?=
 
 .PHONY: install test test-reliability test-all demo reproduce finetune lint wheelhouse clean

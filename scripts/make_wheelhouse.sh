@@ -145,9 +145,11 @@ had_egg_info=0; [[ -e structmt.egg-info ]] && had_egg_info=1
 [[ $had_egg_info == 1 ]] || rm -rf structmt.egg-info
 
 echo "$PY_VERSION" > "$OUT/PYTHON_VERSION"
-git rev-parse HEAD > "$OUT/STRUCTMT_COMMIT" 2>/dev/null || true
-if [[ -n "$(git status --porcelain -- structmt setup.py pyproject.toml 2>/dev/null)" ]]; then
-    echo "wheelhouse: note: structmt's sdist was built from uncommitted changes"
+# the commit, +dirty where the checkout differs from it (structmt.provenance's rule, which the results use too)
+commit=$("$VPY" -c "from structmt.provenance import read_commit; print(read_commit())")
+echo "$commit" > "$OUT/STRUCTMT_COMMIT"
+if [[ $commit == *+dirty ]]; then
+    echo "wheelhouse: note: the checkout differs from commit ${commit%+dirty}: STRUCTMT_COMMIT says $commit"
 fi
 rm -rf "$FINAL" && mv "$OUT" "$FINAL" && trap - EXIT
 echo "wheelhouse: $(ls "$FINAL" | grep -c -e '\.whl$' -e '\.tar\.gz$') files, $(du -sh "$FINAL" | cut -f1), in $FINAL/ for CPython $PY_VERSION"

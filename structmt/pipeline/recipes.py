@@ -97,7 +97,12 @@ def main(argv: list[str] | None = None) -> None:
         help="one comparison per seed, each its own process (default: the schedule's seed, 1)",
     )
     p.add_argument("--train-only", action="store_true", help="train (or resume) the pair; evaluate later")
-    p.add_argument("--allow-dirty", action="store_true", help="run although tracked files differ from the commit")
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run although the checkout differs from its commit (tracked files outside results/, or untracked "
+        "code); the rows then say +dirty",
+    )
     p.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="runs, data and W&B files (default: runs/)")
     p.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="leaderboard, hypotheses and logs (default: results/)"
