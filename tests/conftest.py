@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,18 @@ def _triton_usable() -> bool:
 
 #: whether the Triton kernels' tests can run here (a GPU or Triton's interpreter)
 TRITON_USABLE = _triton_usable()
+
+
+@pytest.fixture(autouse=True)
+def _a_user_without_wandb_settings(monkeypatch, tmp_path_factory):
+    """Every test runs as a user without W&B settings or credentials (no ``WANDB_*`` variable, no netrc entry:
+    W&B's mode is offline), in a process where online logging has not failed before."""
+    from structmt.pipeline import tracking
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("NETRC", str(tmp_path_factory.getbasetemp() / "no-netrc"))
+    monkeypatch.setattr(tracking, "_online_failed", [])
 
 
 def make_dict_dir(tmp: Path, size: int = 40) -> Path:

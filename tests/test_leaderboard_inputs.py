@@ -307,6 +307,20 @@ def test_headline_of_an_unknown_schedule_or_data_lists_what_is_there(board, caps
     assert capsys.readouterr().out == leaderboard.headline(rows, "multi30k_en_de", "reproduce") + "\n"
 
 
+def test_options_that_headline_would_ignore_are_refused(board, capsys):
+    """``--headline`` only prints: with ``--wandb`` the W&B table was silently not rebuilt, and ``--data`` without
+    ``--headline`` was silently ignored."""
+    before = board.parent.stat().st_mtime_ns, sorted(p.name for p in board.parent.iterdir())
+    for args, message in [
+        (["--headline", "reproduce", "--wandb"], "--headline only prints a table; rebuild the W&B table by a run"),
+        (["--data", "multi30k_en_de"], "--data chooses the data set of --headline; pass --headline SCHEDULE"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            leaderboard.main(["--results-dir", str(board.parent), "--wandb-dir", str(board.parent / "w"), *args])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert (board.parent.stat().st_mtime_ns, sorted(p.name for p in board.parent.iterdir())) == before
+
+
 # --- #5: the chart shows what the markdown shows --------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import multiprocessing
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -518,6 +519,19 @@ def test_wandb_online_failure_is_logged_offline(tmp_path, monkeypatch):
     assert modes == ["online", "offline"]
     assert folder is not None and folder.name.startswith("offline-run-")
     assert read_offline_run(folder)["summary"]["test_2016_flickr/bleu"] == 30.0
+    # a later run of the process (a sweep's next point) waits for no server again, and warns no more
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        later = log_experiment(
+            "run-p",
+            {},
+            _tiny_train_log(tmp_path),
+            [_row("run-p", bleu=31.0)],
+            tmp_path / "wandb",
+            WandbSettings("online"),
+        )
+    assert modes == ["online", "offline", "offline"]
+    assert later is not None and read_offline_run(later)["summary"]["test_2016_flickr/bleu"] == 31.0
 
 
 @pytest.mark.reliability  # docs/reliability.md
@@ -739,6 +753,54 @@ def test_a_wandb_mode_in_the_environment_that_wandb_does_not_know_is_named_and_n
     folder = log_experiment("run-e", {}, _tiny_train_log(tmp_path), [row], tmp_path / "w", WandbSettings("offline"))
     assert folder is not None and read_offline_run(folder)["summary"]["test_2016_flickr/bleu"] == 30.0
     assert os.environ["WANDB_MODE"] == "ofline"  # left as the user set it
+
+
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [
+        ({"WANDB_DISABLED": "true"}, "disabled"),
+        ({"WANDB_DISABLED": "1", "WANDB_API_KEY": "k" * 40}, "disabled"),
+        ({"WANDB_DISABLED": "false", "WANDB_API_KEY": "k" * 40}, "online"),
+        ({"WANDB_DISABLED": "True", "WANDB_MODE": "disabled"}, "disabled"),
+        ({}, "offline"),
+        ({"WANDB_MODE": "online"}, "online"),
+    ],
+)
+def test_wandb_mode_honours_wandb_disabled(monkeypatch, env, want):
+    """``WANDB_DISABLED=true``, the common way to turn W&B off, was ignored: with an API key runs went online."""
+    from structmt.pipeline.tracking import wandb_mode
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert wandb_mode() == want
+    assert wandb_mode("offline") == "offline"  # a mode the config chooses is kept
+
+
+def test_wandb_disabled_beside_another_wandb_mode_is_refused_naming_both(monkeypatch):
+    from structmt.pipeline.tracking import wandb_mode
+
+    monkeypatch.setenv("WANDB_DISABLED", "yes")
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(ValueError, match=r"WANDB_DISABLED='yes' and WANDB_MODE='online' disagree"):
+        wandb_mode()
+
+
+def test_a_wandb_login_key_in_netrc_makes_auto_online(tmp_path, monkeypatch):
+    """``wandb login`` stores the key in the netrc file, not the environment: auto mode logged such users offline."""
+    from structmt.pipeline.tracking import wandb_mode
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine example.org login u password p\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert wandb_mode() == "offline"  # another host's entry is no W&B key
+    netrc.write_text("machine example.org login u password p\nmachine api.wandb.ai login user password " + "k" * 40)
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com")
+    assert wandb_mode() == "offline"  # a W&B server of one's own: its entry counts, not api.wandb.ai's
+    netrc.write_text("machine wandb.example.com login user password " + "k" * 40)
+    assert wandb_mode() == "online"
+    netrc.write_text("machine wandb.example.com login user password")  # unreadable: wandb cannot use it either
+    assert wandb_mode() == "offline"
 
 
 def test_a_failed_wandb_init_is_torn_down_so_the_offline_retry_can_take_the_run_id(tmp_path, monkeypatch):

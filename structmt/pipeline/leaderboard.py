@@ -213,10 +213,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--project", default=DEFAULT_PROJECT, help=f"the W&B project (default: {DEFAULT_PROJECT})")
     p.add_argument("--headline", metavar="SCHEDULE", help="print the README headline table of this schedule")
-    p.add_argument("--data", default="multi30k_en_de", help="the data set of --headline (default: multi30k_en_de)")
+    p.add_argument("--data", help="the data set of --headline (default: multi30k_en_de)")
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
+    if a.headline and a.wandb:
+        p.error("--headline only prints a table; rebuild the W&B table by a run with --wandb and without --headline")
+    if a.data is not None and not a.headline:
+        p.error("--data chooses the data set of --headline; pass --headline SCHEDULE with it")
+    a.data = a.data or "multi30k_en_de"
     if a.wandb and (problem := project_problem(a.project)):
         p.error(f"--project {a.project!r} {problem}")
     csv_path = ResultsFolder(a.results_dir).leaderboard

@@ -3,19 +3,23 @@ parsed from fairseq's log, final scores) and a leaderboard table per project.
 
 Offline by default (runs are written under ``runs/wandb`` and can be uploaded
 later with ``wandb sync``); online when ``WANDB_MODE=online`` or an API key is
-configured.  Logging never fails a run: errors become warnings, and a run that
-cannot be logged online (W&B's server not answering within 60 s) is logged
-offline instead.
+configured (``WANDB_API_KEY``, or ``wandb login``'s entry in the netrc file); off
+when ``WANDB_DISABLED`` is true.  Logging never fails a run: errors become
+warnings, and a run that cannot be logged online (W&B's server not answering
+within 60 s) is logged offline instead, as is every later run of the process
+(said once: a sweep on a node without a network waits once, not once a point).
 """
 
 from __future__ import annotations
 
+import netrc
 import os
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..fairseq_cli import training_curve
 from ..leaderboard_csv import FLOAT_COLUMNS, INT_COLUMNS
@@ -39,9 +43,15 @@ MODES = ("auto", "offline", "online", "disabled")
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 
 
+#: the values of ``WANDB_DISABLED`` that turn W&B off (others, "false" say, leave it on)
+TRUE = ("1", "true", "yes")
+
+
 def wandb_mode(requested: str = "auto") -> str:
-    """``requested`` unless it is ``auto``; then ``WANDB_MODE`` if set, else online with an API key and offline
-    without. Under ``auto``, a ``WANDB_MODE`` that W&B does not know is a ``ValueError`` naming it."""
+    """``requested`` unless it is ``auto``; then ``WANDB_MODE`` if set, else ``disabled`` when ``WANDB_DISABLED``
+    is true, else online with an API key (:func:`has_api_key`) and offline without. Under ``auto``, a
+    ``WANDB_MODE`` that W&B does not know, or one other than ``disabled`` beside a true ``WANDB_DISABLED``, is a
+    ``ValueError`` naming it."""
     if requested not in MODES:
         raise ValueError(f"W&B mode {requested!r}: choose from {', '.join(MODES)}")
     if requested != "auto":
@@ -49,7 +59,32 @@ def wandb_mode(requested: str = "auto") -> str:
     env = os.environ.get("WANDB_MODE")
     if env and env not in WANDB_MODES:
         raise ValueError(f"WANDB_MODE={env!r} is not a W&B mode ({', '.join(WANDB_MODES)}); unset it or fix it")
-    return env or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    off = os.environ.get("WANDB_DISABLED", "").strip().lower() in TRUE
+    if off and env and env != "disabled":
+        raise ValueError(
+            f"WANDB_DISABLED={os.environ['WANDB_DISABLED']!r} and WANDB_MODE={env!r} disagree; unset one of them"
+        )
+    if off:
+        return "disabled"
+    return env or ("online" if has_api_key() else "offline")
+
+
+def has_api_key() -> bool:
+    """Whether a W&B API key is configured: ``WANDB_API_KEY``, or the netrc entry ``wandb login`` writes for the
+    server (``WANDB_BASE_URL``'s host, default ``api.wandb.ai``) in ``$NETRC``, ``~/.netrc`` or ``~/_netrc``."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    named = os.environ.get("NETRC")
+    files = [Path(named).expanduser()] if named else [Path("~/.netrc").expanduser(), Path("~/_netrc").expanduser()]
+    for file in files:
+        if file.is_file():
+            try:
+                entry = netrc.netrc(str(file)).authenticators(host)
+            except (OSError, netrc.NetrcParseError):
+                return False  # wandb cannot read it either
+            return bool(entry and entry[2])
+    return False
 
 
 def project_problem(project: str) -> str:
@@ -161,9 +196,13 @@ def log_experiment(
     return _logged(f"W&B logging of {run_id}", settings, log)
 
 
+#: the online failures of this process (one at most): after the first, every run is logged offline at once
+_online_failed: list[str] = []
+
+
 def _logged(what: str, settings: WandbSettings, log: Any) -> Path | None:
-    """``log(mode)`` in ``settings``' mode (None if disabled), else ``log("offline")`` when that was online;
-    failures become warnings."""
+    """``log(mode)`` in ``settings``' mode (None if disabled), else ``log("offline")`` when that was online (and
+    at once for every later online run of the process); failures become warnings."""
     try:
         mode = wandb_mode(settings.mode)
     except ValueError as err:
@@ -171,14 +210,19 @@ def _logged(what: str, settings: WandbSettings, log: Any) -> Path | None:
         return None
     if mode == "disabled":
         return None
+    if mode != "offline" and _online_failed:
+        mode = "offline"  # the first failure's warning said so
     try:
         return log(mode)
     except Exception as err:  # noqa: BLE001 - tracking must never fail a run
         if mode == "offline":
             warnings.warn(f"{what} skipped: {err}", stacklevel=3)
             return None
+        _online_failed.append(str(err))
         warnings.warn(
-            f"{what} failed {mode} ({err}); logging it offline instead (upload with wandb sync)", stacklevel=3
+            f"{what} failed {mode} ({err}); logging it offline instead, as every later run of this process "
+            "(upload with wandb sync)",
+            stacklevel=3,
         )
     try:
         return log("offline")
