@@ -465,6 +465,30 @@ def test_a_decoding_step_with_a_full_pass_context_is_refused():
     assert rare(x, x, x, incremental_state={}, context=step)[0].shape == (1, 1, 16)
 
 
+def test_a_decoding_step_with_padding_is_refused_and_one_without_equals_no_mask():
+    """A step dropped ``key_padding_mask``: a padded key was attended as if it were not, with no error. The mask
+    fairseq's decoder passes at a step covers the new token; all False it changes nothing, any True is refused."""
+    from structmt.attention.context import TokenContext
+
+    torch.manual_seed(0)
+    mha = StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 2, window=2, causal=True)).eval()
+    x = torch.randn(2, 1, 16)
+    tokens, counts, never = torch.tensor([[5, 6]]), torch.ones(10, dtype=torch.long), torch.zeros(10, dtype=torch.bool)
+
+    def steps(masks: list) -> torch.Tensor:
+        state: dict = {}
+        return torch.cat([
+            mha(x[t : t + 1], x[t : t + 1], x[t : t + 1], incremental_state=state, key_padding_mask=masks[t],
+                context=TokenContext.from_tokens(tokens[:, : t + 1], counts, never, incremental=True))[0]
+            for t in range(2)
+        ])  # fmt: skip
+
+    no_pad = torch.zeros(1, 1, dtype=torch.bool)
+    assert torch.equal(steps([no_pad, no_pad]), steps([None, None]))
+    with pytest.raises(ValueError, match="a decoding step with padding in key_padding_mask"):
+        steps([no_pad, torch.ones(1, 1, dtype=torch.bool)])
+
+
 def test_a_decoding_step_whose_context_is_not_the_whole_prefix_is_refused():
     """A step's position is its context's (the prefix length - 1); a context built from the last token alone says
     position 0 at every step, and the step read the cache as if it were empty: outputs off by O(1), no error.

@@ -196,7 +196,7 @@ def test_from_log_cli_writes_the_one_run_record(tmp_path, capsys):
     out = tmp_path / "x.json"
     argv = ["--device", "cuda", "--from-log", *map(str, logs), "--gpu", "G", "--commit", "c", "--out", str(out)]
     cpu.main([*argv, "--lengths", "16384", "--impls", "sdpa_flash,triton", "--modes", "fb"])
-    assert f"| {SDPA_GOAL} | not measured | ≥ 10 | no |" in capsys.readouterr().out
+    assert f"| {SDPA_GOAL} | not measured | ≥ 10 | – |" in capsys.readouterr().out
     assert json.loads(out.read_text())["rows"][0].keys() >= {"triton_fb_s"}
 
 
@@ -328,7 +328,7 @@ def test_cpu_flat_memory_is_not_judged_on_part_of_its_span():
     partial = _flat_rows((1024, 8.0), (2048, 8.0))  # "1.0, met" before
     goal = next(g for g in cpu.goals(partial) if g["goal"] == FLAT)
     assert goal["measured"] is None and goal["met"] is False
-    assert f"| {FLAT} | not measured | ≤ 1.2 | no |" in cpu.table(partial)
+    assert f"| {FLAT} | not measured | ≤ 1.2 | – |" in cpu.table(partial)
     whole = next(g for g in cpu.goals(_flat_rows((1024, 8.0), (2048, 9.0), (8192, 8.0))) if g["goal"] == FLAT)
     assert whole["measured"] == pytest.approx(1.125) and whole["met"] is True
     zero = next(g for g in cpu.goals(_flat_rows((1024, 0.0), (8192, 8.0))) if g["goal"] == FLAT)
@@ -378,6 +378,16 @@ def test_report_prints_ratios_on_the_side_of_their_verdict():
     lines = report.train_section(_train_record(0.8996))
     assert "| multi30k | 100 | 90 | 0.8996 | ≥ 0.9 | no | 0.90 |" in lines
     assert "Goal multi30k ≥ 0.9: not met; not by `multi30k` (0.8996).  " in lines
+
+
+def test_decode_report_gives_output_tokens_per_second_beside_sentences_per_second():
+    """Sentences/s alone mixes speed with output length: the tokens each model wrote, and their rate, are shown."""
+    dense = {"sentences": 10, "sentences_per_s": 5.0, "output_tokens": 120, "seconds": 2.0}
+    structured = {"sentences": 10, "sentences_per_s": 6.25, "output_tokens": 80, "seconds": 1.6}
+    text = "\n".join(report.decode_section(_decode_record(1.25, dense=dense, structured=structured)))
+    assert "| dense | 10 | 5.0 | 120 | 60 |" in text and "| structured | 10 | 6.2 | 80 | 50 |" in text
+    assert "Output tokens/s, best rounds: structured / dense 0.83." in text
+    assert "Output tokens/s" not in "\n".join(report.decode_section(_decode_record(1.25)))  # not counted: not shown
 
 
 def test_attention_goal_tables_print_ratios_on_the_side_of_their_verdict():

@@ -101,7 +101,8 @@ def assert_matches(q, k, v, index, kind, eps, atol=1e-5, rtol=1e-5, dropout_p=0.
     q32, k32, v32 = (x.float() for x in (q, k, v))
     expected = with_grads(lambda q, k, v: reference(q, k, v, index, kind, eps, keep, dropout_p), q32, k32, v32)
     out, weights, grads = kernel
-    assert out.dtype == q.dtype and weights.dtype == q.dtype and out.shape == expected[0].shape
+    assert out.dtype == q.dtype and weights.dtype == tk.weights_dtype(q.dtype)
+    assert out.shape == expected[0].shape
     assert all(g.dtype == q.dtype for g in grads)
     assert torch.isfinite(out).all() and torch.isfinite(weights).all()
     torch.testing.assert_close(out.float(), expected[0], atol=atol, rtol=rtol)
@@ -202,6 +203,20 @@ def test_half_types(dtype):
     q, k, v, index, kind = make_case(1, 2, 4, 5, 8, 6, seed=6, dtype=dtype)
     tol = 2e-3 if dtype == torch.float16 else 2e-2
     assert_matches(q, k, v, index, kind, 0.1, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_weights_are_the_float32_ones_computed(dtype):
+    """The weights were stored in the inputs' dtype, then widened: rows summed to 1 only to 2e-4 in fp16, where
+    the other paths return float32 weights. They are the float32 weights of the same (half-precision) values."""
+    q, k, v, index, kind = make_case(1, 2, 4, 5, 8, 6, seed=6, dtype=dtype)
+    kind[kind == 2] = 1  # no error keys: every row with a support sums to 1
+    _, weights = tk.candidate_attention(q, k, v, index, kind, 1.0 / math.sqrt(8), 0.0)
+    _, want = reference(*(x.float() for x in (q, k, v)), index, kind, 0.0)
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights, want, atol=1e-6, rtol=1e-6)
+    rows = weights.sum(-1)[(kind == 1).any(-1)]
+    torch.testing.assert_close(rows, torch.ones_like(rows), atol=1e-6, rtol=0)
 
 
 def test_inference_saves_nothing():
@@ -358,6 +373,12 @@ def test_input_checks():
         tk.candidate_attention(q, k, v, index, kind, 0.5, dropout_p=1.5)
     out, weights = tk.candidate_attention(q[:, :, :0], k, v, index[:, :0], kind[:, :, :0], 0.5)
     assert out.shape == (1, 1, 0, 4) and weights.shape == (1, 1, 0, 3)
+    # a key position outside [0, S): the kernel read key 0 or S-1 instead (a key counted twice), silently
+    for bad in (-1, 3):
+        wrong = index.clone()
+        wrong[0, 1, 2] = bad
+        with pytest.raises(ValueError, match=rf"index holds key positions outside \[0, 3\) \(min {min(bad, 0)}"):
+            tk.candidate_attention(q, k, v, wrong, kind, 0.5)
 
 
 def test_available():

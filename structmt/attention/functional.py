@@ -377,7 +377,8 @@ def attend_candidates(
     gradient (the output does)."""
     path = candidate_kernel(kernel, q, v, dropout_p)
     if path == "triton":
-        return triton_kernel.candidate_attention(q, k, v, index, kind, 1.0 / math.sqrt(q.size(-1)), sink_eps, dropout_p)
+        scale = 1.0 / math.sqrt(q.size(-1))  # the plan's indices are in range: not checked again (a GPU sync)
+        return triton_kernel.candidate_attention(q, k, v, index, kind, scale, sink_eps, dropout_p, check_index=False)
     if path == "fused":
         scale = 1.0 / math.sqrt(q.size(-1))
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
@@ -484,8 +485,7 @@ def choose_impl(
 
 
 def scatter_dense(weights: Tensor, kv_pos: Tensor, num_keys: int) -> Tensor:
-    """Candidate weights ``(B, H, T, C)`` → dense ``(B, H, T, S)`` (only when asked for), in float32 at least
-    (the Triton kernel's weights are in the inputs' dtype: widened, not recomputed)."""
+    """Candidate weights ``(B, H, T, C)`` → dense ``(B, H, T, S)`` (only when asked for), in float32 at least."""
     weights = weights.to(torch.promote_types(weights.dtype, torch.float32))
     B, H, T, C = weights.shape
     valid = (kv_pos >= 0) & (kv_pos < num_keys)

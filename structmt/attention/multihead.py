@@ -224,6 +224,12 @@ class StructuredMultiheadAttention(_StructuredBase):
                 "encoder/decoder, or pass context=TokenContext.from_tokens(...)"
             )
         if incremental_state is not None:
+            if key_padding_mask is not None and bool(key_padding_mask.any()):
+                raise ValueError(
+                    "a decoding step with padding in key_padding_mask: the step's keys are the cached prefix and the "
+                    "new token, never padding (fairseq's generators pass none); decode padded prefixes in one full "
+                    "forward pass without incremental_state"
+                )
             out = self._step(q, k, v, incremental_state, context)
             return self._output(out, None, need_weights, need_head_weights)  # weights over the cache: not a full row
         sets = None

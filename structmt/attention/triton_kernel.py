@@ -271,6 +271,11 @@ def _dropout_args(dropout_p: float, seed: Tensor | None) -> tuple[int, float, fl
 # --------------------------------------------------------------------------------------------------
 
 
+def weights_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the weights for inputs of ``dtype``: the accumulation's (float32, float64 for float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, index: Tensor, kind: Tensor, dropout_p: float) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be 4-D (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -301,12 +306,13 @@ def _candidate_attention_op(
     dropout_p: float,
     seed: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """Forward: output ``(B, H, Tq, Dv)`` and pre-dropout weights ``(B, H, Tq, C)``, both in q's dtype."""
+    """Forward: output ``(B, H, Tq, Dv)`` in q's dtype and pre-dropout weights ``(B, H, Tq, C)`` in
+    :func:`weights_dtype`."""
     _check_inputs(q, k, v, index, kind, dropout_p)
     B, H, Tq, D = q.shape
     S, E, C = k.size(2), v.size(3), index.size(2)
     out = q.new_empty((B, H, Tq, E))
-    weights = q.new_empty((B, H, Tq, C))
+    weights = q.new_empty((B, H, Tq, C), dtype=weights_dtype(q.dtype))
     if B * H * Tq == 0 or C == 0 or S == 0:
         return out.zero_(), weights.zero_()
     kernels = _ready(q.device)
@@ -334,7 +340,7 @@ def _(
     seed: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     B, H, Tq, _ = q.shape
-    return q.new_empty((B, H, Tq, v.size(3))), q.new_empty((B, H, Tq, index.size(2)))
+    return q.new_empty((B, H, Tq, v.size(3))), q.new_empty((B, H, Tq, index.size(2)), dtype=weights_dtype(q.dtype))
 
 
 @torch.library.custom_op("structmt::candidate_attention_backward", mutates_args=())
@@ -422,19 +428,28 @@ def candidate_attention(
     scale: float,
     eps: float = 0.0,
     dropout_p: float = 0.0,
+    check_index: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Attend from ``q`` ``(B, H, Tq, D)`` over the candidate keys ``index`` ``(B, Tq, C)`` (in
-    ``[0, S-1]``, shared by all heads) of ``k, v`` ``(B, H, S, D)``.
+    ``[0, S-1]``, shared by all heads) of ``k, v`` ``(B, H, S, D)``.  An index outside that range is a
+    ``ValueError`` (the kernel itself would read key 0 or S-1 in its place); ``check_index=False`` skips
+    that check, which waits for the GPU, where the indices come from structmt's own plans.
 
     ``kind`` ``(B, H, Tq, C)`` int8: 0 not allowed, 1 structured support, 2 error key (weight
     ``eps * sigmoid(score)``); ``scale`` multiplies ``q . k`` (usually ``1/sqrt(D)``);
     ``dropout_p``: attention dropout on the final weights, its seed drawn from torch's default
     generator.  fp32, fp16, bf16 (and fp64) inputs, accumulated in fp32 (fp64).
 
-    Returns the output ``(B, H, Tq, D)`` and the pre-dropout candidate weights ``(B, H, Tq, C)``,
-    both in q's dtype; differentiable w.r.t. ``q, k, v`` (the weights are not).
+    Returns the output ``(B, H, Tq, D)`` in q's dtype and the pre-dropout candidate weights
+    ``(B, H, Tq, C)`` in float32 at least (:func:`weights_dtype`: as computed, not rounded to a half
+    dtype); differentiable w.r.t. ``q, k, v`` (the weights are not).
     """
     _check_inputs(q, k, v, index, kind, dropout_p)
+    if check_index and index.numel() and (int(index.min()) < 0 or int(index.max()) >= k.size(2)):
+        raise ValueError(
+            f"index holds key positions outside [0, {k.size(2)}) (min {int(index.min())}, max {int(index.max())}); "
+            "mark an empty slot with kind 0 and any valid position"
+        )
     seed = torch.randint(2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else None
     return torch.ops.structmt.candidate_attention(q, k, v, index, kind, float(scale), float(eps), dropout_p, seed)
 

@@ -348,7 +348,9 @@ def make_step(
         scale = 1.0 / math.sqrt(q.size(-1))
 
         def forward():
-            return triton_kernel.candidate_attention(q, k, v, index, kind, scale, structure.sink_eps)[0]
+            # the plan's indices, as in training: no range check (a GPU sync) inside the timed step
+            eps = structure.sink_eps
+            return triton_kernel.candidate_attention(q, k, v, index, kind, scale, eps, check_index=False)[0]
 
     elif impl == "gather":
 

@@ -237,7 +237,11 @@ def require_cuda(command: str) -> None:
 
 def goal_table(goals: list[dict]) -> list[str]:
     """The markdown lines of the goal table of an attention benchmark (``goals`` as its ``goals()`` returns them)."""
-    rows = [f"| {g['goal']} | {goal_cell(g)} | {g['target']} | {'yes' if g['met'] else 'no'} |" for g in goals]
+    met = {True: "yes", False: "no"}
+    rows = [
+        f"| {g['goal']} | {goal_cell(g)} | {g['target']} | {'–' if g['measured'] is None else met[g['met']]} |"
+        for g in goals
+    ]
     return ["| goal | measured | target | met |", "|---|---|---|---|", *rows]
 
 

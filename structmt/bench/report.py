@@ -13,7 +13,7 @@ from ..attention.options import StructureConfig
 from ..console import setup
 from ..files import DataError, existing_dir, write_text_atomic
 from ..leaderboard_csv import cross_window, read_rows
-from ..paths import RESULTS_DIR, ResultsFolder
+from ..paths import REPO_ROOT, RESULTS_DIR, ResultsFolder
 from .attention import table
 from .attention_cuda import table as cuda_table
 from .common import command_parser, replaces, verdict_number
@@ -224,7 +224,17 @@ def train_section(record: dict[str, Any] | None, quality: dict[int, str] | None 
     bands = sorted({b for n in record["results"] if (b := band(n)) is not None})
     unknown = "BLEU not measured (`structmt-run model=structured_multi30k_cross model.cross_window={}`)"
     lines += [""] + [f"Cross band W={b}: {quality.get(b, unknown.format(b))}.  " for b in bands]
+    if quality and any(n.partition("_")[0].startswith("docs") and band(n) in quality for n in record["results"]):
+        lines.append(
+            "These BLEU scores are of Multi30k's test sentences: a band's translation quality on the long "
+            "pseudo-documents it is timed on is not measured."
+        )
     return lines + [""]
+
+
+def tokens_per_s(model: dict[str, Any]) -> float:
+    """Output tokens per second of a decode record's model (its best round, as its sentences/s)."""
+    return model["output_tokens"] / model["seconds"]
 
 
 def decode_section(record: dict[str, Any] | None) -> list[str]:
@@ -256,11 +266,22 @@ def decode_section(record: dict[str, Any] | None) -> list[str]:
     lines += [
         about,
         "",
-        "| model | sentences | sentences/s |",
-        "|---|---|---|",
-        f"| dense | {d['sentences']} | {d['sentences_per_s']:.1f} |",
-        f"| structured | {s['sentences']} | {s['sentences_per_s']:.1f} |",
+        "| model | sentences | sentences/s | output tokens | output tokens/s |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {m['sentences']} | {m['sentences_per_s']:.1f} | {m.get('output_tokens', '–')} | "
+            + (f"{tokens_per_s(m):.0f} |" if "output_tokens" in m else "– |")
+            for name, m in (("dense", d), ("structured", s))
+        ),
         "",
+    ]
+    if "output_tokens" in d and "output_tokens" in s:  # a record without the counts shows sentences/s alone
+        lines += [
+            "Sentences/s mixes speed with output length: a model that writes longer translations is slower per "
+            f"sentence. Output tokens/s, best rounds: structured / dense {tokens_per_s(s) / tokens_per_s(d):.2f}.",
+            "",
+        ]
+    lines += [
         f"Structured / dense: {verdict_number(record['ratio'], DECODE_GOAL, True)} "
         f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
         f"goal ≥ {DECODE_GOAL}: {'met' if record['ratio'] >= DECODE_GOAL else 'not met'}.",
@@ -323,12 +344,27 @@ def cuda_attention_section(record: dict[str, Any], source: str) -> list[str]:
         logs = ", ".join(f"`{log}`" for log in record["rebuilt_from"])
         lines += [
             f"**Partial.** Rebuilt from the rows printed in {logs} (`--from-log`): the runs were stopped at "
-            "their time limits before they wrote a JSON file; a dash is a measurement they did not reach.",
+            "their time limits before they wrote a JSON file; a dash is a measurement they did not reach. The "
+            "command above is the rebuild's, and the device and commit it names were given to it (`--gpu`, "
+            "`--commit`); each run's own command, machine and the rows it printed are recorded beside its log"
+            + "".join(f" ({readme})" for readme in _readmes_beside(record["rebuilt_from"]))
+            + ".",
             "",
         ]
     elif record.get("complete") is False:
         lines += [f"**Partial.** The run stopped after T={record['rows'][-1]['T']}.", ""]
     return lines + [cuda_table(record), ""]
+
+
+def _readmes_beside(logs: list[str]) -> list[str]:
+    """Links, from ``results/BENCHMARKS.md``, to the README of each folder of ``logs`` (paths from the repository
+    root) under ``results/`` that has one."""
+    folders = [f for f in dict.fromkeys(Path(log).parent for log in logs) if f.parts[:1] == ("results",)]
+    return [
+        f"[{f}/README.md]({f.relative_to('results')}/README.md)"
+        for f in folders
+        if (REPO_ROOT / f / "README.md").is_file()
+    ]
 
 
 def _copy_bandwidth(record: dict[str, Any]) -> str:
