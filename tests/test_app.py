@@ -238,7 +238,7 @@ def test_every_failing_sweep_point_prints_its_error_at_once(tmp_path):
         )
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
@@ -252,6 +252,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         text=True,
         cwd=tmp_path,
         timeout=900,
+        env=env,
     )
 
 
@@ -337,6 +338,54 @@ def test_local_jobs_launcher_runs_points_as_separate_jobs_and_reruns_skip(tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
     assert leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv") == rows
     assert (tmp_path / "results" / "leaderboard.png").stat().st_size > 0
+
+
+def _fake_slurm(tmp_path: Path) -> dict[str, str]:
+    """The environment of a SLURM login node whose sbatch, srun, sacct, scancel and scontrol are
+    ``tests/fake_slurm.py``'s (a job array runs on this machine, its tasks one after another)."""
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir()
+    for command in ("sbatch", "srun", "sacct", "scancel", "scontrol"):
+        tool = bin_dir / command
+        tool.write_text(f'#!/bin/sh\nexec {sys.executable} {REPO / "tests" / "fake_slurm.py"} {command} "$@"\n')
+        tool.chmod(0o755)
+    path = os.pathsep.join([str(bin_dir), os.environ["PATH"]])
+    return dict(os.environ) | {"PATH": path, "FAKE_SLURM_LOG": str(tmp_path / "slurm")}
+
+
+def test_slurm_launcher_runs_each_point_as_an_array_task_of_one_job(tmp_path):
+    """``hydra/launcher=slurm`` (conf/hydra/launcher/slurm.yaml) through submitit, against stand-ins for SLURM's
+    commands: one sbatch of a two-task array with the file's settings, each point trained and scored inside its
+    task (SLURM's variables set), the rows in the leaderboard; a point that fails in its task is named."""
+    env = _fake_slurm(tmp_path)
+    launcher = ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "hydra.launcher.gpus_per_node=0"]
+    result = _run(tmp_path, "-m", *launcher, *SMOKE, "model.window=1,3", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")
+    assert sorted({r["window"] for r in rows}) == ["1", "3"] and len(rows) == 4
+    (script,) = (tmp_path / "slurm").glob("sbatch_*.sh")
+    flags = set(re.findall(r"^#SBATCH (.*)$", script.read_text(), re.M))
+    assert {
+        "--array=0-1%2",  # two points, at most array_parallelism (8) at once
+        "--partition=cpu",
+        "--job-name=structmt",
+        "--time=720",
+        "--cpus-per-task=8",
+        "--mem=32GB",
+        "--ntasks-per-node=1",
+        "--nodes=1",
+        "--signal=USR2@120",
+    } <= flags, sorted(flags)
+    assert "--gpus-per-node=0" in flags and "--requeue" not in flags  # submitit requeues by itself, on USR2
+    task_logs = sorted(p.name for p in (tmp_path / "runs" / "multirun").rglob("*_log.err"))
+    assert task_logs == ["1000_0_0_log.err", "1000_1_0_log.err"]  # <array job>_<task>_<rank>, as SLURM names them
+
+    # in the job, fairseq would train on every GPU the job shows: a world size the job does not show is named
+    failed = _run(tmp_path, "-m", *launcher, *SMOKE, "model.window=5", "train.world_size=2", env=env)
+    message = "train.world_size=2: this SLURM job shows 0 GPU(s) on 1 node(s)"
+    assert failed.returncode != 0 and message in failed.stderr
+    (err,) = (tmp_path / "runs" / "multirun").rglob("1100_0_log.err")  # one point: a job, not an array
+    assert message in err.read_text()
 
 
 @pytest.mark.reliability
