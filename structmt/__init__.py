@@ -8,11 +8,12 @@ few classes fairseq checkpoints contain, so they load with torch's
 """
 
 from .checkpoints import allow_fairseq_checkpoints
-from .fairseq_fixes import copy_checkpoints_whole, keep_bf16_off_tpu
+from .fairseq_fixes import copy_checkpoints_whole, keep_bf16_off_tpu, refuse_changed_structure_on_resume
 
 allow_fairseq_checkpoints()
 keep_bf16_off_tpu()
 copy_checkpoints_whole()
+refuse_changed_structure_on_resume()
 
 from . import models  # noqa: E402,F401  (registers the models)
 

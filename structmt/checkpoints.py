@@ -103,10 +103,16 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
     return models[0].eval(), task
 
 
-def _state(checkpoint: Path) -> dict[str, Any]:
-    """A fairseq checkpoint's contents, its tensors memory-mapped (read only where used)."""
+def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+    """A fairseq checkpoint's contents, its tensors memory-mapped (read only where used; a checkpoint in torch's
+    legacy format, which cannot be memory-mapped, is read whole)."""
     try:
-        state = torch.load(checkpoint, map_location="cpu", mmap=True)
+        try:
+            state = torch.load(checkpoint, map_location="cpu", mmap=True)
+        except RuntimeError as err:
+            if "mmap can only be used with files saved with" not in str(err):
+                raise
+            state = torch.load(checkpoint, map_location="cpu")
     except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
         if name := _refused_global(err):
             raise _refused(checkpoint, name) from None
@@ -122,7 +128,7 @@ def checkpoint_updates(checkpoint: Path) -> int:
     """Number of updates stored in a fairseq checkpoint (0 when there is none)."""
     if not checkpoint.exists():
         return 0
-    state = _state(checkpoint)
+    state = checkpoint_state(checkpoint)
     try:
         return int(state["optimizer_history"][-1]["num_updates"])
     except (KeyError, IndexError, TypeError, ValueError):
@@ -138,5 +144,5 @@ def training_seconds(checkpoint: Path) -> float | None:
     after a process's last save, lost with it, is not counted). ``None`` when the file or the value is absent."""
     if not checkpoint.is_file():
         return None
-    seconds = (_state(checkpoint).get("extra_state") or {}).get("previous_training_time")
+    seconds = (checkpoint_state(checkpoint).get("extra_state") or {}).get("previous_training_time")
     return float(seconds) if seconds is not None else None

@@ -239,6 +239,36 @@ def test_a_checkpoint_is_refused_with_dictionaries_of_other_counts(data_bin, tmp
     assert len(overridden) == 60
 
 
+def test_a_training_resumed_under_another_structure_is_refused(data_bin, tmp_path):
+    """fairseq-train builds the model from its command line and loads a checkpoint's weights into it: resumed with
+    other --struct-* options, other dictionary counts under rare-token heads, or a dense --arch, the weights
+    trained on under another structure, in silence, and the checkpoints after it recorded the new settings only.
+    Refused before anything is loaded; --struct-impl (a kernel choice) may change."""
+    heads = ("--struct-heads", "pos:1,syn:1,rare:2")
+    _train(data_bin, tmp_path, *heads)
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    before = checkpoint.read_bytes()
+    other = tmp_path / "other_bin"
+    shutil.copytree(data_bin, other)
+    for lang in ("en", "de"):
+        lines = (other / f"dict.{lang}.txt").read_text().splitlines()
+        (other / f"dict.{lang}.txt").write_text("".join(f"{line.rsplit(' ', 1)[0]} 100\n" for line in lines))
+    for data, extra, message in [
+        (data_bin, (*heads, "--struct-window", "0"), "its structure differs from this command's: --struct-window 3 "
+         "when trained, 0 now"),
+        (other, heads, "its structure differs from this command's: the token counts of the dictionaries "
+         "(dict.*.txt) differ from those it was trained with"),
+        (data_bin, ("--arch", "transformer_tiny"), "it holds a model of --arch structured_transformer_tiny, and "
+         "this command trains a dense one (--arch transformer_tiny)"),
+    ]:  # fmt: skip
+        with pytest.raises(subprocess.CalledProcessError) as err:
+            _train(data, tmp_path, *extra, "--max-update", "8")
+        assert f"cannot resume from {checkpoint}: {message}" in err.value.stderr
+        assert checkpoint.read_bytes() == before
+    _train(data_bin, tmp_path, *heads, "--struct-impl", "reference", "--max-update", "8")
+    assert torch.load(checkpoint, map_location="cpu")["optimizer_history"][-1]["num_updates"] == 8
+
+
 def test_bf16_trains_without_a_tpu(data_bin, tmp_path):
     """fairseq 0.12 turns --bf16 into --tpu; with the plugin loaded it trains in bfloat16 where it runs."""
     _train(data_bin, tmp_path, "--bf16", "--cpu", "--max-update", "2", "--struct-heads", "pos:1,syn:1,rare:2")
@@ -246,6 +276,22 @@ def test_bf16_trains_without_a_tpu(data_bin, tmp_path):
     assert state["cfg"]["common"]["bf16"] and not state["cfg"]["common"]["tpu"]
     assert state["optimizer_history"][-1]["num_updates"] == 2
     assert state["optimizer_history"][-1]["optimizer_name"] == "FP16Optimizer"  # fairseq's half-precision path
+
+
+def test_more_rare_columns_than_positions_is_refused_naming_the_option(dict_dir):
+    """``--struct-rare 100000`` died at the first batch in the allocator (a (B, T, r, r) tensor), naming no option.
+    More rare columns than the model's longest sequence is refused when the model is built; as many is taken."""
+    base = [str(dict_dir), "--user-dir", str(REPO / "structmt"), "--arch", "structured_transformer_tiny", *TASK, *SMALL]
+    base += ["--max-source-positions", "64", "--max-target-positions", "48"]
+    for rare, heads in [("65", "auto"), ("100000", "syn:2,rare:2")]:
+        extra = ["--struct-rare", rare, "--struct-heads", heads]
+        args = options.parse_args_and_arch(options.get_training_parser(), [*base, *extra])
+        with pytest.raises(ValueError, match=rf"--struct-rare {rare}: more rare-token columns than the longest .* "
+                           r"\(64 positions"):  # fmt: skip
+            tasks.setup_task(args).build_model(args)
+    for extra in (["--struct-rare", "64"], ["--struct-rare", "100000", "--struct-heads", "pos:2,syn:2"]):
+        args = options.parse_args_and_arch(options.get_training_parser(), [*base, *extra])
+        tasks.setup_task(args).build_model(args)  # as many as positions; or no rare-token head to use them
 
 
 def test_pruned_layers_keep_their_own_role_mix(dict_dir):
@@ -286,6 +332,12 @@ def test_a_misspelt_structure_override_is_refused(dict_dir):
     )
     args.struct_windw = 5
     with pytest.raises(ValueError, match="struct_windw: no structmt option of that name .*struct_window"):
+        tasks.setup_task(args).build_model(args)
+    # structmt-run's names (model.window, model.cross_window) were set beside the options and ignored
+    del args.struct_windw
+    args.window, args.cross_window = 0, 2
+    with pytest.raises(ValueError, match=r"cross_window, window: structmt-run's name of an option; fairseq's "
+                       r"settings \(and --model-overrides\) name it struct_cross_window, struct_window"):  # fmt: skip
         tasks.setup_task(args).build_model(args)
 
 
@@ -413,6 +465,11 @@ def test_repeated_rare_positions_count_once(impl):
 def test_unique_positions_keeps_the_first_of_each():
     sets = torch.tensor([[[3, 3, 9, 3, -1, -1]]])
     assert unique_positions(sets).tolist() == [[[3, -1, 9, -1, -1, -1]]]
+    # against the definition, slot by slot, on random sets with many repeats and empty slots
+    gen = torch.Generator().manual_seed(0)
+    sets = torch.randint(-1, 6, (3, 7, 9), generator=gen)
+    want = [[[-1 if p >= 0 and p in row[:i] else p for i, p in enumerate(row)] for row in b] for b in sets.tolist()]
+    assert unique_positions(sets).tolist() == want
 
 
 @pytest.mark.parametrize("attend", [structured_attention, structured_attention_with_weights])

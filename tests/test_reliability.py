@@ -290,6 +290,11 @@ def test_checkpoints_load_with_weights_only_and_only_what_fairseq_pickles_allowl
         assert state["args"].arch == "structured_transformer_multi30k" and checkpoint_updates(path) == 7
         assert state["extra_state"]["metrics"]["valid"]["_bleu_counts"].tolist() == [12, 7, 3, 1]
         assert state["extra_state"]["metrics"]["valid"]["_bleu_sys_len"] == 25.5
+    # torch's legacy format (a checkpoint saved with _use_new_zipfile_serialization=False) cannot be memory-mapped:
+    # it was called "a copy cut short"; it is read whole
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(ok), legacy, _use_new_zipfile_serialization=False)
+    assert checkpoint_updates(legacy) == 7
     torch.save({"args": _NotAllowed(), "optimizer_history": [{"num_updates": 7}]}, bad)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(bad)

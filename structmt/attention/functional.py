@@ -514,10 +514,12 @@ def unique_positions(sets: Tensor) -> Tensor:
     earlier in its set becomes -1 (an empty slot).  The slots keep their order."""
     if sets.size(-1) < 2:
         return sets
-    same = sets.unsqueeze(-1) == sets.unsqueeze(-2)  # (..., r, r): [i, j] slot i equals slot j
-    earlier = torch.ones(sets.size(-1), sets.size(-1), dtype=torch.bool, device=sets.device).tril(-1)
-    repeated = (same & earlier).any(-1) & (sets >= 0)
-    return sets.masked_fill(repeated, -1)
+    # sorted stably, the first slot of each position comes first among its equals: the others are repeats
+    # (O(r log r) per query; comparing every pair of slots took (..., r, r) memory, 7 TB at r = 100000)
+    ordered, order = sets.sort(dim=-1, stable=True)
+    repeat = torch.zeros_like(ordered, dtype=torch.bool)
+    repeat[..., 1:] = (ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] >= 0)
+    return sets.masked_fill(torch.zeros_like(repeat).scatter(-1, order, repeat), -1)
 
 
 def _structured_attention(

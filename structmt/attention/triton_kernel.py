@@ -230,7 +230,9 @@ def _ready(device: torch.device) -> SimpleNamespace:
         raise RuntimeError(
             f"structmt triton kernel: {device.type} tensors need Triton's interpreter; set TRITON_INTERPRET=1 "
             "in the environment before the first call (before triton's JIT is first used), use a CUDA device, or "
-            "attend with another kernel (--struct-impl efficient or auto; impl= of the functional API)"
+            "attend with another kernel (--struct-impl auto or efficient when training; a trained model: "
+            "--model-overrides \"{'struct_impl': 'auto'}\" for fairseq-generate, --struct-impl auto for "
+            "structmt-translate; impl= of the functional API)"
         )
     return kernels
 

@@ -272,11 +272,20 @@ class StructuredTransformerModel(TransformerModel):
     @classmethod
     def build_model(cls, args: Any, task: Any) -> StructuredTransformerModel:
         known = {f.name for f in fields(StructureConfig)}
-        stray = sorted(k for k in getattr(args, "__dict__", {}) if k.startswith(PREFIX) and k not in known)
+        given = getattr(args, "__dict__", {})
+        stray = sorted(k for k in given if k.startswith(PREFIX) and k not in known)
         if stray:  # a misspelt --model-overrides key: the checkpoint's value would be used in silence
             raise ValueError(
                 f"{', '.join(stray)}: no structmt option of that name (a misspelt --model-overrides key?); the "
                 f"options are {', '.join(sorted(known))}"
+            )
+        # structmt-run's names of the options (model.window), which fairseq's settings never use: an override of
+        # one ("{'window': 0}") was set beside the option and ignored
+        pipeline_names = sorted(k for k in given if PREFIX + k in known)
+        if pipeline_names:
+            raise ValueError(
+                f"{', '.join(pipeline_names)}: structmt-run's name of an option; fairseq's settings (and "
+                f"--model-overrides) name it {', '.join(PREFIX + k for k in pipeline_names)}"
             )
         fill_defaults(args)
         options = StructureConfig.from_args(args).validate()
@@ -301,6 +310,13 @@ class StructuredTransformerModel(TransformerModel):
             # keep the roles, not the file's path: the checkpoint rebuilds the model it was trained as
             args.struct_heads_from = roles_json(args.struct_heads_from)
         model = super().build_model(args, task)  # fills the architecture's defaults, then builds encoder and decoder
+        longest = max(args.max_source_positions, args.max_target_positions)
+        if (model.encoder.uses_rare or model.decoder.uses_rare) and options.struct_rare > longest:
+            raise ValueError(
+                f"--struct-rare {options.struct_rare}: more rare-token columns than the longest sequence the model "
+                f"takes ({longest} positions: --max-source-positions, --max-target-positions), each a slot of every "
+                f"query; at {longest} every token is one already"
+            )
         _check_rarity_counts(args, model)
         # what this model attends with, in the log of every command that builds it (fairseq-generate's
         # --model-overrides of a --struct-* option included): the checkpoint's own options otherwise
@@ -374,6 +390,45 @@ def _check_rarity_counts(args: Any, model: StructuredTransformerModel) -> None:
             f"\"{{'{RARITY_COUNTS}': ''}}\" to take these counts"
         )
     setattr(args, RARITY_COUNTS, now)
+
+
+def _setting(model_cfg: Any, key: str) -> Any:
+    """``key`` of a checkpoint's model settings (an ``argparse.Namespace`` or a dict), None where absent."""
+    return model_cfg.get(key) if isinstance(model_cfg, dict) else getattr(model_cfg, key, None)
+
+
+def resume_problem(saved: Any, args: Any, model: Any) -> str:
+    """Why a training of ``model`` (built from the settings ``args``) must not resume from a checkpoint whose model
+    settings are ``saved`` ("" when it may): fairseq builds the model from the command line and loads the
+    checkpoint's weights into it, so a structure other than the one the weights were trained with (the
+    ``--struct-*`` options, ``--struct-impl`` aside, which only picks a kernel), a dense checkpoint under a
+    structured model or the reverse, or other token counts under rare-token heads (:data:`RARITY_COUNTS`) would
+    train on silently, and the checkpoints after it would record the new settings only."""
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    arch = _setting(saved, "arch") or _setting(saved, "_name")
+    saved_structured = isinstance(ARCH_MODEL_REGISTRY.get(arch), type) and issubclass(
+        ARCH_MODEL_REGISTRY[arch], StructuredTransformerModel
+    )
+    structured = isinstance(model, StructuredTransformerModel)
+    if saved_structured != structured:
+        kind = "a structured" if structured else "a dense"
+        return f"it holds a model of --arch {arch}, and this command trains {kind} one (--arch {args.arch})"
+    if not structured:
+        return ""
+    changed = []
+    for f in fields(StructureConfig):
+        before, now = _setting(saved, f.name), getattr(args, f.name)
+        before = f.default if before is None else before
+        if f.name != "struct_impl" and before != now:
+            changed.append(f"--{f.name.replace('_', '-')} {before!r} when trained, {now!r} now")
+    trained, counts = _setting(saved, RARITY_COUNTS), getattr(args, RARITY_COUNTS, "")
+    if trained and trained != counts and (model.encoder.uses_rare or model.decoder.uses_rare):
+        changed.append(
+            "the token counts of the dictionaries (dict.*.txt) differ from those it was trained with, which its "
+            "rare-token heads rank tokens by"
+        )
+    return f"its structure differs from this command's: {'; '.join(changed)}" if changed else ""
 
 
 def multi30k_architecture(args: Any) -> None:
