@@ -3,8 +3,9 @@
 Importing the package (``--user-dir structmt``) registers the
 ``structured_transformer`` model and its architectures, and allowlists the
 few classes fairseq checkpoints contain, so they load with torch's
-``weights_only=True`` default, lets ``--bf16`` train on GPUs and keeps
-``checkpoint_last.pt`` whole when a run is killed (see :mod:`structmt.fairseq_fixes`).
+``weights_only=True`` default, lets ``--bf16`` train on GPUs, keeps
+``checkpoint_last.pt`` whole when a run is killed and refuses to resume a
+training under another structure (see :mod:`structmt.fairseq_fixes`).
 """
 
 from .checkpoints import allow_fairseq_checkpoints

@@ -28,6 +28,11 @@ goes through a temporary file renamed into place: ``checkpoint_last.pt`` is the 
 new one, never part of one (against a killed process: nothing is synced to disk, so not against a
 power loss), and the folder holds one more checkpoint while it is copied.  ``overwrite=False`` onto
 a file that exists raises ``FileExistsError`` (fairseq's callers all pass ``overwrite=True``).
+
+Resuming (:func:`refuse_changed_structure_on_resume`): ``fairseq-train`` builds the model from its command line and
+loads the checkpoint's weights into it; dense and structured models have the same parameter names, so a resume
+with other ``--struct-*`` options, other dictionary counts under rare-token heads, or a dense ``--arch`` trained on
+in silence.  With structmt loaded it is refused before the weights are loaded (fine-tune starts are not checked).
 """
 
 from __future__ import annotations
