@@ -336,6 +336,26 @@ def test_thesis_random_search_is_seeded():
     assert all(s.role in ROLES and s.per_entry == s.by_role[s.role] == min(s.by_role.values()) for s in first)
 
 
+def test_thesis_random_search_keeps_the_l1_closest_member_of_all():
+    """The search kept only a lower bound in the tests (never below the exact optimum): picking the farthest
+    member passed. The identity is itself a member (a positional one without noise, c_sp = 0): found at distance
+    0. On random matrices each family's result is the smallest |A - X| summed over the members, recomputed here
+    entry by entry from the same draws."""
+    n, grid, draws = 8, (0.0, 0.5, 1.0), 3
+    (eye,) = thesis_random_search(torch.eye(n)[None], 2, 1, draws=draws, seed=5, grid=grid)
+    assert (eye.per_entry, eye.role, eye.c_sp) == (0.0, "positional", 0.0)
+    a = torch.stack([_attention(n, s).float() for s in range(2)])
+    got = thesis_random_search(a, 2, 1, draws=draws, seed=5, grid=grid)
+    gen = torch.Generator().manual_seed(5)
+    pairs = [(c_d, c_sp) for c_d in grid for c_sp in grid for _ in range(draws)]
+    c_d, c_sp = (torch.tensor([p[i] for p in pairs]) for i in (0, 1))
+    members = {role: thesis_members(role, n, 2, 1, c_d, c_sp, gen) for role in ROLES}
+    for i, result in enumerate(got):
+        for role, x in members.items():
+            distances = [float((m - a[i]).abs().sum()) for m in x if not torch.isnan(m).any()]
+            assert result.by_role[role] == pytest.approx(min(distances) / n**2, rel=1e-5)
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_thesis_members_are_row_stochastic(role):
     gen = torch.Generator().manual_seed(1)

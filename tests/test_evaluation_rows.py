@@ -97,6 +97,29 @@ def test_a_rerun_with_other_hypotheses_is_rows_and_a_wandb_run_of_its_own(runs):
     assert json.loads(result.read_text())["wandb_id"] == first_id
 
 
+def test_each_test_set_is_scored_against_its_own_references(runs, monkeypatch):
+    """The fixture's subsets share one reference file, so scoring test_2017_flickr against test_2016_flickr's
+    references passed every test. Here each subset has its own, and the decoder writes exactly those of the
+    subset it is asked for: every score is 100 only if each reads its own subset's references."""
+    raw = runs.results_dir.parent / "data" / "raw"
+    own = {"valid": REFS[::-1], "test": REFS, "test1": ["Ein Kind lacht .", "Ein Hund rennt .", "Es regnet ."]}
+    for subset, lines in own.items():
+        (raw / f"{subset}.de").write_text("\n".join(lines) + "\n")
+    asked = []
+
+    def decode_perfectly(bin_dir, checkpoint, subset, out, *, beam, **kwargs):
+        asked.append(subset)
+        out.write_text("\n".join(own[subset]) + "\n")
+        return out
+
+    monkeypatch.setattr(evaluation, "decode", decode_perfectly)
+    spec = runs(DENSE, [[]])
+    rows = _evaluate(runs, spec)
+    assert {r["test_set"]: r["bleu"] for r in rows} == {"test_2016_flickr": 100.0, "test_2017_flickr": 100.0}
+    assert valid_bleu(spec, runs_dir=runs.runs_dir, log=quiet) == 100.0
+    assert sorted(asked) == ["test", "test1", "valid"]
+
+
 def test_a_structured_runs_bootstrap_is_against_its_dense_partners_hypotheses(runs):
     dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
     structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ein Buch ."]])

@@ -291,19 +291,38 @@ def test_incremental_decoding_matches_teacher_forcing(dict_dir, extra):
     assert sizes == {min(s.max_window, tgt.size(1)) + s.rare + s.sinks}
 
 
-@pytest.mark.parametrize("extra", [(), ("--struct-cross-window", "1")])
-def test_beam_reorder_keeps_incremental_state_consistent(dict_dir, extra):
+CROSS_BAND = ("--struct-cross-window", "1")
+
+
+# fairseq's dense cross-attention skips a reorder that keeps the batch size (in beam search such a reorder moves
+# beams among those of one sentence, whose sources are the same): distinct sources reordered so are for the band
+@pytest.mark.parametrize(
+    ("extra", "order", "same_source"),
+    [
+        ((), [2, 0, 0], True),
+        (CROSS_BAND, [2, 0, 0], True),
+        ((), [2, 0], False),
+        (CROSS_BAND, [2, 0], False),
+        (CROSS_BAND, [2, 0, 0], False),
+    ],
+    ids=["beams", "beams-band", "shrunk", "shrunk-band", "sentences-band"],
+)
+def test_beam_reorder_keeps_incremental_state_consistent(dict_dir, extra, order, same_source):
+    """Reordered (beam search's new order) or shrunk (finished sentences dropped) mid-decoding, the steps go on
+    as teacher forcing on the reordered batch. Distinct sources too: with beams of one sentence, a cross-attention
+    cache that was not reordered at all gave the same outputs."""
     _, model = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-rare", "2", *extra)
     src, lengths, tgt = _batch(T=10)
-    src, lengths = src[:1].expand_as(src), lengths[:1].expand_as(lengths)  # beams of one sentence, as in beam search
-    order = torch.tensor([2, 0, 0])
+    if same_source:  # beams of one sentence, as in beam search
+        src, lengths = src[:1].expand_as(src), lengths[:1].expand_as(lengths)
+    new_order = torch.tensor(order)
     enc = model.encoder(src, src_lengths=lengths)
     state: dict = {}
     for t in range(5):
         model.decoder.forward(tgt[:, : t + 1], encoder_out=enc, incremental_state=state)
-    model.decoder.reorder_incremental_state_scripting(state, order)
-    enc = model.encoder.reorder_encoder_out(enc, order)
-    tgt_r = tgt[order]
+    model.decoder.reorder_incremental_state_scripting(state, new_order)
+    enc = model.encoder.reorder_encoder_out(enc, new_order)
+    tgt_r = tgt[new_order]
     outs = [model.decoder.forward(tgt_r[:, : t + 1], encoder_out=enc, incremental_state=state)[0] for t in range(5, 10)]
-    full, _ = model(src[order], lengths[order], tgt_r)
+    full, _ = model(src[new_order], lengths[new_order], tgt_r)
     assert torch.allclose(torch.cat(outs, dim=1), full[:, 5:], atol=1e-5)

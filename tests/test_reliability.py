@@ -81,6 +81,11 @@ def test_cleaning_counts_every_dropped_line():
     assert (counts.read, counts.empty, counts.too_long, counts.bad_ratio, counts.duplicate, counts.kept) == (
         8, 3, 1, 1, 1, 2,
     )  # fmt: skip
+    # what is kept: a short pair is never a bad ratio (4 tokens against 1), and a duplicate is the same pair, not
+    # the same source with another translation
+    kept, counts = clean_pairs(["a", "a b", "a b", "a b"], ["1 2 3 4", "c d", "x y", "c d"], PrepConfig())
+    assert kept == [("a", "1 2 3 4"), ("a b", "c d"), ("a b", "x y")]
+    assert (counts.bad_ratio, counts.duplicate, counts.kept) == (0, 1, 3)
 
 
 def test_line_break_characters_inside_a_line_become_spaces(tmp_path, capsys):
