@@ -470,6 +470,48 @@ def test_every_thesis_member_is_inside_the_family_the_exact_optimum_searches(rol
 # --- the report ------------------------------------------------------------------------------
 
 
+def _pattern(n: int, targets: list[int]) -> torch.Tensor:
+    """An attention matrix whose row ``i`` sends all its weight to column ``targets[i]``."""
+    return torch.nn.functional.one_hot(torch.tensor(targets), n).float()
+
+
+def test_role_mix_is_each_heads_majority_role_on_its_blocks_own_rare_sets():
+    """What roles.json holds, and later models are built from: exact mixes from heads built by hand. Before, the
+    tests compared the file with itself: a minority vote, whole-sequence rare sets in the decoder, and the rare
+    columns counted on the wrong tokens all passed."""
+    from structmt.analysis.report import grid, head_table, role_mix
+
+    n, counts, never = 6, torch.full((20,), 100), torch.zeros(20, dtype=torch.bool)
+    never[:4] = True  # fairseq's special symbols, EOS (2) among them
+    counts[9], counts[11], counts[16] = 1, 5, 1
+    src = torch.tensor([5, 6, 7, 8, 9, 2])  # the rarest source token, 9, at position 4; EOS last
+    diag, band = torch.eye(n), torch.stack([torch.eye(n).roll(s, 1) for s in (-1, 0, 1)]).mean(0).tril(1).triu(-1)
+    band = band / band.sum(-1, keepdim=True)
+    rare = _pattern(n, [4] * n)  # every query on the rarest token's column
+    eos = _pattern(n, [5] * n)  # every query on EOS, which no rare-token head sees
+    layouts = [[[diag, band, rare], [band, diag, eos]]] * 2 + [[[rare, band, diag], [band, diag, eos]]]
+    sentences = [
+        SentenceAttention(i, n, n, {"encoder": [torch.stack(heads) for heads in layers]}, src, src)
+        for i, layers in enumerate(layouts)
+    ]
+    # head 0.0: positional twice, rare once; 0.2: rare twice, positional once; EOS is no rare-token column (syn)
+    assert role_mix(sentences, "encoder", 1, 1, (counts, never)) == ["pos:1,syn:1,rare:1", "syn:1,pos:1,syn:1"]
+    table = {h["head"]: h for h in head_table(sentences[:2], "encoder", 1, 1, draws=1, rarity=(counts, never, 2))}
+    assert (table["0.2"]["role"], table["0.2"]["rare_token_columns"], table["0.2"]["eos_column"]) == ("rare", 1, 0)
+    assert (table["1.2"]["role"], table["1.2"]["rare_token_columns"], table["1.2"]["eos_column"]) == ("syntactic", 0, 1)
+    roles = [h.get("role") for h in head_table(sentences, "encoder", 1, 1, draws=1, rarity=(counts, never, 2))]
+    assert roles == ["positional", "syntactic", "rare", "syntactic", "positional", "syntactic"]  # the majorities
+    # the (w, r) grid: the mean over every head of every sentence of the error of the best X in Σ₃(w, r)
+    errors = [project(a, 0, 1)["rare"].per_entry for x in sentences for layer in x.weights["encoder"] for a in layer]
+    assert len(set(errors)) > 1 and grid(sentences, "encoder")["w0_r1"] == pytest.approx(sum(errors) / 18)
+    # decoder: the rare set of a query is its prefix's. Queries 1-4 see token 11 (position 1), the rarest of their
+    # prefix; token 16 (position 5), the whole sentence's rarest, only from query 5
+    tgt = torch.tensor([2, 11, 12, 13, 14, 16])
+    prefix = _pattern(n, [0, 1, 1, 1, 1, 5])
+    decoder = [SentenceAttention(0, n, n, {"decoder": [prefix[None]]}, src, tgt)]
+    assert role_mix(decoder, "decoder", 1, 1, (counts, never)) == ["rare:1"]
+
+
 def test_report_quotes_the_thesis_and_reports_both_variants(tmp_path):
     from structmt.analysis.report import markdown, summarise, thesis_quote, write_report
 
