@@ -412,13 +412,13 @@ def resume_problem(saved: Any, args: Any, model: Any) -> str:
     )
     structured = isinstance(model, StructuredTransformerModel)
     if saved_structured != structured:
-        kind = "a structured" if structured else "a dense"
-        return f"it holds a model of --arch {arch}, and this command trains {kind} one (--arch {args.arch})"
+        kind, now = "a structured" if structured else "a dense", _setting(args, "arch")
+        return f"it holds a model of --arch {arch}, and this command trains {kind} one (--arch {now})"
     if not structured:
         return ""
     changed = []
     for f in fields(StructureConfig):
-        before, now = _setting(saved, f.name), getattr(args, f.name)
+        before, now = _setting(saved, f.name), _setting(args, f.name)
         before = f.default if before is None else before
         if f.name != "struct_impl" and before != now:
             changed.append(f"--{f.name.replace('_', '-')} {before!r} when trained, {now!r} now")
