@@ -418,8 +418,7 @@ def resume_problem(saved: Any, args: Any, model: Any) -> str:
         return ""
     changed = []
     for f in fields(StructureConfig):
-        before, now = _setting(saved, f.name), _setting(args, f.name)
-        before = f.default if before is None else before
+        before, now = (f.default if v is None else v for v in (_setting(saved, f.name), _setting(args, f.name)))
         if f.name != "struct_impl" and before != now:
             changed.append(f"--{f.name.replace('_', '-')} {before!r} when trained, {now!r} now")
     trained, counts = _setting(saved, RARITY_COUNTS), getattr(args, RARITY_COUNTS, "")
