@@ -5,17 +5,20 @@ Importing the package (``--user-dir structmt``) registers the
 few classes fairseq checkpoints contain, so they load with torch's
 ``weights_only=True`` default, lets ``--bf16`` train on GPUs, keeps
 ``checkpoint_last.pt`` whole when a run is killed and refuses to resume a
-training under another structure (see :mod:`structmt.fairseq_fixes`).
+training under another structure (see :mod:`structmt.fairseq_fixes`, and
+:func:`structmt.models.structured_transformer.refuse_changed_structure_on_resume`).
 """
 
 from .checkpoints import allow_fairseq_checkpoints
-from .fairseq_fixes import copy_checkpoints_whole, keep_bf16_off_tpu, refuse_changed_structure_on_resume
+from .fairseq_fixes import copy_checkpoints_whole, keep_bf16_off_tpu
 
 allow_fairseq_checkpoints()
 keep_bf16_off_tpu()
 copy_checkpoints_whole()
-refuse_changed_structure_on_resume()
 
 from . import models  # noqa: E402,F401  (registers the models)
+from .models.structured_transformer import refuse_changed_structure_on_resume  # noqa: E402
+
+refuse_changed_structure_on_resume()
 
 __version__ = "0.1.0"

@@ -28,11 +28,6 @@ goes through a temporary file renamed into place: ``checkpoint_last.pt`` is the 
 new one, never part of one (against a killed process: nothing is synced to disk, so not against a
 power loss), and the folder holds one more checkpoint while it is copied.  ``overwrite=False`` onto
 a file that exists raises ``FileExistsError`` (fairseq's callers all pass ``overwrite=True``).
-
-Resuming (:func:`refuse_changed_structure_on_resume`): ``fairseq-train`` builds the model from its command line and
-loads the checkpoint's weights into it; dense and structured models have the same parameter names, so a resume
-with other ``--struct-*`` options, other dictionary counts under rare-token heads, or a dense ``--arch`` trained on
-in silence.  With structmt loaded it is refused before the weights are loaded (fine-tune starts are not checked).
 """
 
 from __future__ import annotations
@@ -126,45 +121,3 @@ def copy_checkpoints_whole() -> None:
 
     copy.copies_whole = True  # type: ignore[attr-defined]
     PathManager.copy = staticmethod(copy)  # type: ignore[method-assign]
-
-
-def refuse_changed_structure_on_resume() -> None:
-    """Wrap fairseq's ``Trainer.load_checkpoint`` (idempotent) so that resuming a training from a checkpoint whose
-    model another structure trained (:func:`structmt.models.structured_transformer.resume_problem`) is refused
-    before its weights are loaded. A fine-tune's start (``--finetune-from-model``, or ``--restore-file`` with
-    ``--reset-optimizer --reset-lr-scheduler --reset-meters``) may change the structure: it is not checked."""
-    import_fairseq_quietly()
-    from fairseq.trainer import Trainer
-
-    original = Trainer.load_checkpoint
-    if getattr(original, "checks_structure", False):
-        return
-
-    @functools.wraps(original)
-    def load_checkpoint(
-        self: Any,
-        filename: str,
-        reset_optimizer: bool = False,
-        reset_lr_scheduler: bool = False,
-        optimizer_overrides: Any = None,
-        reset_meters: bool = False,
-    ) -> Any:
-        fine_tune = reset_optimizer and reset_lr_scheduler and reset_meters
-        if not fine_tune and os.path.isfile(filename):
-            from pathlib import Path
-
-            from .checkpoints import checkpoint_state
-            from .models.structured_transformer import resume_problem
-
-            state = checkpoint_state(Path(filename))
-            saved = (state.get("cfg") or {}).get("model") or state.get("args")
-            if saved is not None and (problem := resume_problem(saved, self.cfg.model, self._model)):
-                raise ValueError(
-                    f"cannot resume from {filename}: {problem}. Resume with the options it was trained with, or "
-                    f"start a new model from its weights with --finetune-from-model {filename} and another "
-                    "--save-dir"
-                )
-        return original(self, filename, reset_optimizer, reset_lr_scheduler, optimizer_overrides, reset_meters)
-
-    load_checkpoint.checks_structure = True  # type: ignore[attr-defined]
-    Trainer.load_checkpoint = load_checkpoint  # type: ignore[method-assign]

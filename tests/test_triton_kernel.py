@@ -400,7 +400,9 @@ def test_cpu_without_interpreter_names_triton_interpret(monkeypatch):
     compiled_mode = types.SimpleNamespace(**{**vars(tk._kernels()), "interpreted": False})
     monkeypatch.setattr(tk, "_kernels", lambda: compiled_mode)
     q, k, v, index, kind = make_case(1, 1, 1, 2, 2, 1, seed=16, device="cpu")
-    with pytest.raises(RuntimeError, match=r"TRITON_INTERPRET=1 .* another kernel \(--struct-impl efficient or auto"):
+    with pytest.raises(RuntimeError, match=r"TRITON_INTERPRET=1 .* another kernel \(--struct-impl auto or efficient "
+                       r"when training; a trained model: --model-overrides \"{'struct_impl': 'auto'}\" for "
+                       r"fairseq-generate"):  # fmt: skip
         tk.candidate_attention(q, k, v, index, kind, 1.0)
     assert not tk.available("cpu")
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +49,7 @@ from ..attention.context import TokenContext, active, current
 from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
 from ..attention.options import PREFIX, StructureConfig, add_arguments, describe, fill_defaults
 from ..attention.structure import CrossBand, Structure, rarity_tables, roles_json
+from ..checkpoints import checkpoint_state
 
 logger = logging.getLogger(__name__)
 
@@ -428,6 +431,42 @@ def resume_problem(saved: Any, args: Any, model: Any) -> str:
             "rare-token heads rank tokens by"
         )
     return f"its structure differs from this command's: {'; '.join(changed)}" if changed else ""
+
+
+def refuse_changed_structure_on_resume() -> None:
+    """Wrap fairseq's ``Trainer.load_checkpoint`` (idempotent) so that resuming a training from a checkpoint whose
+    model another structure trained (:func:`structmt.models.structured_transformer.resume_problem`) is refused
+    before its weights are loaded. A fine-tune's start (``--finetune-from-model``, or ``--restore-file`` with
+    ``--reset-optimizer --reset-lr-scheduler --reset-meters``) may change the structure: it is not checked."""
+    from fairseq.trainer import Trainer
+
+    original = Trainer.load_checkpoint
+    if getattr(original, "checks_structure", False):
+        return
+
+    @functools.wraps(original)
+    def load_checkpoint(
+        self: Any,
+        filename: str,
+        reset_optimizer: bool = False,
+        reset_lr_scheduler: bool = False,
+        optimizer_overrides: Any = None,
+        reset_meters: bool = False,
+    ) -> Any:
+        fine_tune = reset_optimizer and reset_lr_scheduler and reset_meters
+        if not fine_tune and os.path.isfile(filename):
+            state = checkpoint_state(Path(filename))
+            saved = (state.get("cfg") or {}).get("model") or state.get("args")
+            if saved is not None and (problem := resume_problem(saved, self.cfg.model, self._model)):
+                raise ValueError(
+                    f"cannot resume from {filename}: {problem}. Resume with the options it was trained with, or "
+                    f"start a new model from its weights with --finetune-from-model {filename} and another "
+                    "--save-dir"
+                )
+        return original(self, filename, reset_optimizer, reset_lr_scheduler, optimizer_overrides, reset_meters)
+
+    load_checkpoint.checks_structure = True  # type: ignore[attr-defined]
+    Trainer.load_checkpoint = load_checkpoint  # type: ignore[method-assign]
 
 
 def multi30k_architecture(args: Any) -> None:
