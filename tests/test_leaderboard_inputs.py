@@ -199,6 +199,10 @@ def test_headline_refuses_runs_that_differ_in_updates_and_still_lists_reruns(boa
         ),
     ):
         leaderboard.headline(rows + [shorter], "multi30k_en_de", "reproduce")
+    for column, value in (("direction", "de-en"), ("params", "123")):  # the other seed-invariant columns
+        other = dense | {"run_id": "multi30k_en_de-reproduce-dense-5eed5555", "seed": "4", column: value}
+        with pytest.raises(ValueError, match=re.escape(f"-5eed5555 ({column} {value}) are not seeds of one setting")):
+            leaderboard.headline(rows + [other], "multi30k_en_de", "reproduce")
     # a re-run of the same run id is not another seed: listed as a re-run, not averaged
     before = leaderboard.headline(rows, "multi30k_en_de", "reproduce").splitlines()[2]
     rerun = dense | {"bleu": "3.10", "hypothesis": "x.de", "git_commit": "c0ffee" + "0" * 34}
