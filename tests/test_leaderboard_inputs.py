@@ -257,6 +257,18 @@ def test_the_markdown_ranks_first_evaluations_by_bleu_with_each_reruns_under_its
     ]
 
 
+def test_each_test_sets_section_names_its_own_bleu_signatures(board):
+    """A test set's section lists the signatures of its own rows: taken from every row, they passed the tests,
+    whose rows all shared one."""
+    rows = leaderboard.read_rows(board)
+    rows = [r | {"bleu_signature": f"sig-of-{r['test_set']}"} for r in rows]
+    sections = leaderboard.render_markdown(rows).split("\n## ")[1:]
+    assert len(sections) == len({r["test_set"] for r in rows}) >= 2
+    for section in sections:
+        test = section.splitlines()[0]
+        assert section.rstrip().endswith(f"BLEU signature: `sig-of-{test}`"), test
+
+
 def test_the_committed_leaderboard_page_is_the_csv_rendered_now():
     """``results/LEADERBOARD.md`` is what the code renders from the committed CSV: a row edited in one and not
     the other, or a rendering change not re-published, fails here."""
