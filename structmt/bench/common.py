@@ -237,11 +237,8 @@ def require_cuda(command: str) -> None:
 
 def goal_table(goals: list[dict]) -> list[str]:
     """The markdown lines of the goal table of an attention benchmark (``goals`` as its ``goals()`` returns them)."""
-    met = {True: "yes", False: "no"}
-    rows = [
-        f"| {g['goal']} | {goal_cell(g)} | {g['target']} | {'–' if g['measured'] is None else met[g['met']]} |"
-        for g in goals
-    ]
+    verdicts = ["–" if g["measured"] is None else "yes" if g["met"] else "no" for g in goals]
+    rows = [f"| {g['goal']} | {goal_cell(g)} | {g['target']} | {v} |" for g, v in zip(goals, verdicts, strict=True)]
     return ["| goal | measured | target | met |", "|---|---|---|---|", *rows]
 
 

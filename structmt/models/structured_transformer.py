@@ -272,6 +272,11 @@ class StructuredTransformerModel(TransformerModel):
         super().add_args(parser)
         add_arguments(parser)
 
+    @property
+    def uses_rare(self) -> bool:
+        """Whether a head of the encoder or the decoder ranks tokens by rarity (the dictionaries' counts)."""
+        return self.encoder.uses_rare or self.decoder.uses_rare
+
     @classmethod
     def build_model(cls, args: Any, task: Any) -> StructuredTransformerModel:
         known = {f.name for f in fields(StructureConfig)}
@@ -314,7 +319,7 @@ class StructuredTransformerModel(TransformerModel):
             args.struct_heads_from = roles_json(args.struct_heads_from)
         model = super().build_model(args, task)  # fills the architecture's defaults, then builds encoder and decoder
         longest = max(args.max_source_positions, args.max_target_positions)
-        if (model.encoder.uses_rare or model.decoder.uses_rare) and options.struct_rare > longest:
+        if model.uses_rare and options.struct_rare > longest:
             raise ValueError(
                 f"--struct-rare {options.struct_rare}: more rare-token columns than the longest sequence the model "
                 f"takes ({longest} positions: --max-source-positions, --max-target-positions), each a slot of every "
@@ -385,7 +390,7 @@ def _check_rarity_counts(args: Any, model: StructuredTransformerModel) -> None:
     for stack in (model.encoder, model.decoder):
         digest.update(stack.token_counts.numpy().tobytes())
     now, trained = digest.hexdigest()[:16], getattr(args, RARITY_COUNTS, "")
-    if trained and trained != now and (model.encoder.uses_rare or model.decoder.uses_rare):
+    if trained and trained != now and model.uses_rare:
         raise ValueError(
             "the token counts of this data folder's dictionaries (dict.*.txt) differ from those the model was "
             "trained with: its rare-token heads would attend to other tokens. Use the dictionaries of the data it "
@@ -410,9 +415,7 @@ def resume_problem(saved: Any, args: Any, model: Any) -> str:
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     arch = _setting(saved, "arch") or _setting(saved, "_name")
-    saved_structured = isinstance(ARCH_MODEL_REGISTRY.get(arch), type) and issubclass(
-        ARCH_MODEL_REGISTRY[arch], StructuredTransformerModel
-    )
+    saved_structured = issubclass(ARCH_MODEL_REGISTRY.get(arch, object), StructuredTransformerModel)
     structured = isinstance(model, StructuredTransformerModel)
     if saved_structured != structured:
         kind, now = "a structured" if structured else "a dense", _setting(args, "arch")
@@ -425,7 +428,7 @@ def resume_problem(saved: Any, args: Any, model: Any) -> str:
         if f.name != "struct_impl" and before != now:
             changed.append(f"--{f.name.replace('_', '-')} {before!r} when trained, {now!r} now")
     trained, counts = _setting(saved, RARITY_COUNTS), getattr(args, RARITY_COUNTS, "")
-    if trained and trained != counts and (model.encoder.uses_rare or model.decoder.uses_rare):
+    if trained and trained != counts and model.uses_rare:
         changed.append(
             "the token counts of the dictionaries (dict.*.txt) differ from those it was trained with, which its "
             "rare-token heads rank tokens by"
