@@ -314,32 +314,6 @@ def test_relative_folders_are_under_the_checkout_whatever_the_current_directory(
     assert [Path(d).parent for d in dirs] == [REPO / "runs" / "hydra", REPO / "runs" / "multirun"]
 
 
-def test_local_jobs_launcher_runs_points_as_separate_jobs_and_reruns_skip(tmp_path):
-    result = _run(tmp_path, "-m", "hydra/launcher=local_jobs", *SMOKE, "model.window=1,3")
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")
-    assert sorted({(r["window"], r["test_set"]) for r in rows}) == [  # multi30k_smoke scores 100 lines of each
-        ("1", "test_2016_flickr[:100]"),
-        ("1", "test_2017_flickr[:100]"),
-        ("3", "test_2016_flickr[:100]"),
-        ("3", "test_2017_flickr[:100]"),
-    ]
-    job_logs = list((tmp_path / "runs" / "multirun").rglob("*_log.out"))
-    assert len({p.parent for p in job_logs}) == 2  # two submitit jobs
-    # the sweep objective is each point's BLEU on the validation set, never a test set's
-    kept = sorted((tmp_path / "runs").glob("*/valid.json"))
-    assert len(kept) == 2
-    (reference,) = (tmp_path / "runs" / "data").glob("*/raw/valid.de")
-    for p in kept:  # each point's objective is sacreBLEU of its own validation hypotheses
-        hyp = p.parent / "valid.de"
-        assert len(hyp.read_text().splitlines()) == len(reference.read_text().splitlines())
-        assert json.loads(p.read_text())["bleu"] == score(hyp, reference).bleu
-    again = _run(tmp_path, "-m", "hydra/launcher=local_jobs", *SMOKE, "model.window=1,3")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv") == rows
-    assert (tmp_path / "results" / "leaderboard.png").stat().st_size > 0
-
-
 def _fake_slurm(tmp_path: Path) -> dict[str, str]:
     """The environment of a SLURM login node whose sbatch, srun, sacct, scancel and scontrol are
     ``tests/fake_slurm.py``'s (a job array runs on this machine, its tasks one after another)."""
@@ -353,10 +327,13 @@ def _fake_slurm(tmp_path: Path) -> dict[str, str]:
     return dict(os.environ) | {"PATH": path, "FAKE_SLURM_LOG": str(tmp_path / "slurm")}
 
 
-def test_slurm_launcher_runs_each_point_as_an_array_task_of_one_job(tmp_path):
+def test_slurm_and_local_jobs_launchers_run_each_point_as_a_job_and_reruns_skip(tmp_path):
     """``hydra/launcher=slurm`` (conf/hydra/launcher/slurm.yaml) through submitit, against stand-ins for SLURM's
     commands: one sbatch of a two-task array with the file's settings, each point trained and scored inside its
-    task (SLURM's variables set), the rows in the leaderboard; a point that fails in its task is named."""
+    task (SLURM's variables set), the rows in the leaderboard, each point's objective its validation BLEU; the
+    same sweep again under ``hydra/launcher=local_jobs`` runs each point as a local job of its own, which finds
+    its run done and adds no row; a point that fails in its SLURM task is named. (One test: each training of
+    the smoke sweep costs half a minute.)"""
     env = _fake_slurm(tmp_path)
     launcher = ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "hydra.launcher.gpus_per_node=0"]
     result = _run(tmp_path, "-m", *launcher, *SMOKE, "model.window=1,3", env=env)
@@ -379,6 +356,28 @@ def test_slurm_launcher_runs_each_point_as_an_array_task_of_one_job(tmp_path):
     assert "--gpus-per-node=0" in flags and "--requeue" not in flags  # submitit requeues by itself, on USR2
     task_logs = sorted(p.name for p in (tmp_path / "runs" / "multirun").rglob("*_log.err"))
     assert task_logs == ["1000_0_0_log.err", "1000_1_0_log.err"]  # <array job>_<task>_<rank>, as SLURM names them
+    assert sorted({(r["window"], r["test_set"]) for r in rows}) == [  # multi30k_smoke scores 100 lines of each
+        ("1", "test_2016_flickr[:100]"),
+        ("1", "test_2017_flickr[:100]"),
+        ("3", "test_2016_flickr[:100]"),
+        ("3", "test_2017_flickr[:100]"),
+    ]
+    # the sweep objective is each point's BLEU on the validation set, never a test set's
+    kept = sorted((tmp_path / "runs").glob("*/valid.json"))
+    assert len(kept) == 2
+    (reference,) = (tmp_path / "runs" / "data").glob("*/raw/valid.de")
+    for p in kept:  # each point's objective is sacreBLEU of its own validation hypotheses
+        hyp = p.parent / "valid.de"
+        assert len(hyp.read_text().splitlines()) == len(reference.read_text().splitlines())
+        assert json.loads(p.read_text())["bleu"] == score(hyp, reference).bleu
+
+    sweeps_before = set((tmp_path / "runs" / "multirun").iterdir())
+    again = _run(tmp_path, "-m", "hydra/launcher=local_jobs", *SMOKE, "model.window=1,3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    (local_sweep,) = set((tmp_path / "runs" / "multirun").iterdir()) - sweeps_before
+    assert len({p.parent for p in local_sweep.rglob("*_log.out")}) == 2  # two submitit jobs
+    assert leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv") == rows
+    assert (tmp_path / "results" / "leaderboard.png").stat().st_size > 0
 
     # in the job, fairseq would train on every GPU the job shows: a world size the job does not show is named
     failed = _run(tmp_path, "-m", *launcher, *SMOKE, "model.window=5", "train.world_size=2", env=env)
