@@ -341,6 +341,31 @@ def test_a_misspelt_structure_override_is_refused(dict_dir):
         tasks.setup_task(args).build_model(args)
 
 
+def test_settings_given_as_a_dictconfig_build_the_structure_they_name(dict_dir):
+    """fairseq-hydra-train, and loading a checkpoint it saved, give the model's settings as a DictConfig, from
+    which fairseq's TransformerConfig copies only its own fields: the --struct-* options were dropped (the default
+    structure built, the given one logged and saved). The model built is the one a Namespace of the same settings
+    builds; the settings record what the build filled in; a misspelt key is refused as from a Namespace."""
+    from fairseq.models import build_model
+    from omegaconf import OmegaConf
+
+    from structmt.models.structured_transformer import RARITY_COUNTS
+
+    argv = [str(dict_dir), "--user-dir", str(REPO / "structmt"), "--arch", "structured_transformer_tiny", *TASK]
+    struct = ["--struct-window", "5", "--struct-rare", "0", "--struct-cross-window", "2"]
+    args = options.parse_args_and_arch(options.get_training_parser(), argv + struct)
+    task = tasks.setup_task(args)
+    cfg = OmegaConf.create({"_name": "structured_transformer_tiny", "struct_window": 5, "struct_rare": 0,
+                            "struct_cross_window": 2})  # fmt: skip
+    hydra_model, namespace_model = build_model(cfg, task), task.build_model(args)
+    assert [str(m) for m in hydra_model.modules()] == [str(m) for m in namespace_model.modules()]
+    assert hydra_model.encoder.layers[0].self_attn.structure.window == (5, 5)
+    assert cfg.struct_heads == "auto" and cfg[RARITY_COUNTS] == getattr(args, RARITY_COUNTS)  # what checkpoints save
+    for key, message in [("struct_windw", "struct_windw: no structmt option"), ("window", "window: structmt-run's")]:
+        with pytest.raises(ValueError, match=message):
+            build_model(OmegaConf.create({"_name": "structured_transformer_tiny", key: 5}), task)
+
+
 def test_build_model_from_a_partial_namespace(dict_dir):
     """As fairseq's own sequence-generator tests build models: the arch defaults are filled first."""
     args = argparse.Namespace(encoder_layers=2, decoder_layers=1)

@@ -100,26 +100,44 @@ def test_train_decode_score(data_bin, tmp_path, arch, extra):
 
 
 def test_fairseq_hydra_train_with_the_plugin(data_bin, tmp_path):
-    """fairseq's own Hydra entry point builds the structured model from conf/fairseq and saves a loadable checkpoint."""
+    """fairseq's own Hydra entry point builds the structured model from conf/fairseq with the --struct-* options
+    given as +model.struct_*= (they were dropped: the default structure trained, the given one logged and saved),
+    saves a checkpoint that loads as the model it trained, resumes it, and refuses to resume it as another."""
+    from fairseq import checkpoint_utils
+
     repo = Path(__file__).resolve().parents[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "fairseq_cli.hydra_train",
-        "--config-dir",
-        str(repo / "conf" / "fairseq"),
-        "--config-name",
-        "structured_multi30k",
-        f"task.data={data_bin}",
-        f"common.user_dir={repo / 'structmt'}",
-        "optimization.max_update=2",
-        "dataset.max_tokens=1024",
-        f"checkpoint.save_dir={tmp_path / 'ckpt'}",
-        f"hydra.run.dir={tmp_path / 'hydra'}",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+
+    def hydra_train(*overrides: str) -> subprocess.CompletedProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "fairseq_cli.hydra_train",
+            "--config-dir",
+            str(repo / "conf" / "fairseq"),
+            "--config-name",
+            "structured_multi30k",
+            f"task.data={data_bin}",
+            f"common.user_dir={repo / 'structmt'}",
+            "dataset.max_tokens=1024",
+            f"checkpoint.save_dir={tmp_path / 'ckpt'}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+            *overrides,
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+
+    structure = ["+model.struct_window=5", "+model.struct_rare=0"]
+    result = hydra_train("optimization.max_update=2", *structure)
     assert result.returncode == 0, result.stderr[-2000:]
     log = (tmp_path / "hydra" / "hydra_train.log").read_text()
-    assert "StructuredMultiheadAttention" in log and "window=(1, 3, 3, 3), rare=2" in log
+    assert "StructuredMultiheadAttention" in log and "window=(1, 5, 5, 5), rare=0" in log
     state = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt")
     assert state["optimizer_history"][-1]["num_updates"] == 2
+    (model,), _ = checkpoint_utils.load_model_ensemble([str(tmp_path / "ckpt" / "checkpoint_last.pt")])
+    assert model.encoder.layers[0].self_attn.structure.window == (1, 5, 5, 5)
+    resumed = hydra_train("optimization.max_update=3", *structure)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(tmp_path / "ckpt" / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"] == 3
+    refused = hydra_train("optimization.max_update=4")  # the default window, 3
+    assert refused.returncode != 0 and "--struct-window 5 when trained, 3 now" in refused.stderr
+    dense = hydra_train("optimization.max_update=4", "model._name=transformer_multi30k")
+    assert dense.returncode != 0 and "trains a dense one (--arch transformer_multi30k)" in dense.stderr

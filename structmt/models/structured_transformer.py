@@ -19,6 +19,7 @@ nothing is stored on a module between forwards.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import logging
@@ -43,6 +44,7 @@ from fairseq.models.transformer import (
 )
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
+from omegaconf import OmegaConf, open_dict
 from torch import Tensor
 
 from ..attention.context import TokenContext, active, current
@@ -279,6 +281,23 @@ class StructuredTransformerModel(TransformerModel):
 
     @classmethod
     def build_model(cls, args: Any, task: Any) -> StructuredTransformerModel:
+        if not OmegaConf.is_config(args):
+            return cls._build(args, task)
+        # fairseq-hydra-train, and loading a checkpoint it saved, give the settings as a DictConfig, of which
+        # fairseq's TransformerConfig.from_namespace copies its own fields only: the --struct-* options would be
+        # dropped (the default structure built, the given one logged and saved). Build from a Namespace of them,
+        # as fairseq-train does, and write back what the build filled in, which the checkpoints save.
+        given = OmegaConf.to_container(args, resolve=True)
+        settings = argparse.Namespace(**given)
+        model = cls._build(settings, task)
+        with open_dict(args):
+            for key, value in vars(settings).items():
+                if key not in given or given[key] != value:
+                    setattr(args, key, value)
+        return model
+
+    @classmethod
+    def _build(cls, args: Any, task: Any) -> StructuredTransformerModel:
         known = {f.name for f in fields(StructureConfig)}
         given = getattr(args, "__dict__", {})
         stray = sorted(k for k in given if k.startswith(PREFIX) and k not in known)
@@ -418,7 +437,7 @@ def resume_problem(saved: Any, args: Any, model: Any) -> str:
     saved_structured = issubclass(ARCH_MODEL_REGISTRY.get(arch, object), StructuredTransformerModel)
     structured = isinstance(model, StructuredTransformerModel)
     if saved_structured != structured:
-        kind, now = "a structured" if structured else "a dense", _setting(args, "arch")
+        kind, now = "a structured" if structured else "a dense", _setting(args, "arch") or _setting(args, "_name")
         return f"it holds a model of --arch {arch}, and this command trains {kind} one (--arch {now})"
     if not structured:
         return ""
