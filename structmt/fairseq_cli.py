@@ -372,19 +372,26 @@ def decode(
         _run(cmd, log or out.with_suffix(".log"))
     if total:
         say(f"[{out.parent.name}] {out.stem}: {done[0]}/{total} sentences")
-    text = results.read_text(encoding="utf-8")
+    hyps = hypotheses(results.read_text(encoding="utf-8"), total, f"{raw}", subset)
+    with atomic_path(out) as tmp:
+        tmp.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    return out
+
+
+def hypotheses(text: str, total: int, where: str, subset: str) -> list[str]:
+    """The hypotheses of fairseq-generate's output ``text`` in sentence order (``total`` sentences; 0: as many as
+    there are). A source with no token (a blank line) gets a blank hypothesis, as structmt-translate gives it:
+    fairseq would decode end-of-sentence alone into words."""
     hyps = {int(i): h for i, h in re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", text, flags=re.M)}
-    src_count = len(re.findall(r"^S-\d+\t", text, flags=re.M))
-    if len(hyps) != src_count:
-        raise StepError(f"{raw}: {src_count} sources but {len(hyps)} hypotheses")
+    sources = {int(i): s for i, s in re.findall(r"^S-(\d+)\t(.*)$", text, flags=re.M)}
+    if len(hyps) != len(sources):
+        raise StepError(f"{where}: {len(sources)} sources but {len(hyps)} hypotheses")
     expected = total or len(hyps)  # the subset's sentences, one hypothesis each, in id order
     if sorted(hyps) != list(range(expected)):
         missing = [i for i in range(expected) if i not in hyps]
         beyond = [i for i in sorted(hyps) if i >= expected]
         raise StepError(
-            f"{raw}: {len(hyps)} hypotheses for the {expected} sentences of {subset} (ids 0 to {expected - 1}); "
+            f"{where}: {len(hyps)} hypotheses for the {expected} sentences of {subset} (ids 0 to {expected - 1}); "
             f"without a hypothesis: {_first(missing)}; ids beyond them: {_first(beyond)}; decode it again"
         )
-    with atomic_path(out) as tmp:
-        tmp.write_text("".join(hyps[i] + "\n" for i in range(len(hyps))), encoding="utf-8")
-    return out
+    return [hyps[i] if sources.get(i, "").strip() else "" for i in range(expected)]

@@ -73,6 +73,25 @@ def test_bad_data_names_file_and_line_and_leaves_no_output(tmp_path, broken, mes
     assert not [p for p in out.rglob("*") if p.is_file()]  # no partial text, no stamp, no temp file
 
 
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_data_bin_folder_holding_other_files_is_refused_not_replaced(tmp_path):
+    """The binarize stage replaces OUT/bin whole: ``structmt-prepare OUT`` given a folder of the user's own deleted
+    the files in its bin/. They are named before any work, and kept; a folder of fairseq-preprocess's own files
+    is rebuilt."""
+    splits = _files(tmp_path / "corpus", "none")
+    out = tmp_path / "out"
+    bin_dir = prepare_parallel(out, splits, PrepConfig(vocab_size=40))
+    made, stamp = sorted(p.name for p in bin_dir.iterdir()), (out / "spm" / ".spm_train.stamp").read_text()
+    (bin_dir / "tool.sh").write_text("echo mine\n")
+    with pytest.raises(DataError, match=rf"{re.escape(str(bin_dir))} holds files fairseq-preprocess does not write "
+                       r"\(tool.sh\), and preparing the data replaces the folder whole"):  # fmt: skip
+        prepare_parallel(out, splits, PrepConfig(vocab_size=36))
+    assert (bin_dir / "tool.sh").read_text() == "echo mine\n"
+    assert (out / "spm" / ".spm_train.stamp").read_text() == stamp  # refused before any work
+    (bin_dir / "tool.sh").unlink()
+    assert sorted(p.name for p in prepare_parallel(out, splits, PrepConfig(vocab_size=36)).iterdir()) == made
+
+
 def test_cleaning_counts_every_dropped_line():
     src = ["a b", "   ", "", "x " * 300, "one", "a   b", "c d", "tiny"]
     tgt = ["c d", "eins", "zwei", "y", "1 2 3 4 5 6 7 8 9 10", "c   d", "\t", "klein"]
@@ -475,3 +494,21 @@ def test_generation_output_with_another_sentences_ids_is_not_trusted(tmp_path, m
     with pytest.raises(StepError, match=message):
         decode(tmp_path, tmp_path / "c.pt", "test", out)
     assert not out.exists()
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_blank_source_line_gets_a_blank_hypothesis_as_structmt_translate_gives_it(tmp_path, monkeypatch):
+    """A test set of the user's own with a blank source line: fairseq-generate decodes end-of-sentence alone into
+    words, which were scored against the reference; structmt-translate gives the line back blank. Both blank."""
+
+    def generated(cmd, log, env=None):
+        results = Path(cmd[cmd.index("--results-path") + 1])
+        results.mkdir(parents=True)
+        text = "S-0\ta b\nS-1\t\nS-2\t \nD-1\t-0.5\tEine Frau\nD-0\t-0.1\tA B\nD-2\t-0.5\tEine Frau\n"
+        (results / "generate-test.txt").write_text(text)
+        return 1.0
+
+    monkeypatch.setattr(fairseq_cli, "_run", generated)
+    monkeypatch.setattr(fairseq_cli, "_sentences", lambda bin_dir, subset: 3)
+    out = decode(tmp_path, tmp_path / "c.pt", "test", tmp_path / "test.de")
+    assert out.read_text() == "A B\n\n\n"

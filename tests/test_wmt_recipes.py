@@ -72,6 +72,7 @@ def recipe(http_root, tmp_path, monkeypatch):  # noqa: F811
     return root, base, manifests, asked
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_wmt_recipe_downloads_verifies_and_binarizes(recipe, tmp_path, capsys):
     root, base, manifests, asked = recipe
     out = tmp_path / "wmt"
@@ -94,14 +95,24 @@ def test_wmt_recipe_downloads_verifies_and_binarizes(recipe, tmp_path, capsys):
     wmt.prepare_wmt("wmt_fixture", out, cfg, base_url=base, manifests=manifests)
     assert (out / "raw" / "train.en").read_text() != before
     assert (out / "extracted" / "corpus-b.zip" / "b.en").read_text().startswith(EN[200] + " again\n")
-    # a cached archive that changed fails against its recorded checksum
+    # a cached archive that changed is downloaded again, and checked against its recorded checksum: the server's
+    # copy is not the one recorded (the "again" release) and is refused, the damaged copy left as it was
+    recorded_copy = (tmp_path / "download" / "corpus-b.zip").read_bytes()
     (tmp_path / "download" / "corpus-b.zip").write_bytes(b"tampered")
-    with pytest.raises(DataError, match="checksum mismatch for .*corpus-b.zip") as error:
+    with pytest.raises(DataError, match="checksum mismatch for corpus-b.zip downloaded from") as error:
         wmt.prepare_wmt("wmt_fixture", out, cfg, base_url=base, manifests=manifests)
     assert (
         f"the one recorded in {tmp_path / 'download' / 'corpus-b.zip.sha256'} when the archive was first seen"
         in str(error.value)
     )
+    assert (tmp_path / "download" / "corpus-b.zip").read_bytes() == b"tampered"
+    with pytest.raises(DataError, match=r"checksum mismatch for .*corpus-b.zip: .* cannot download http://127.0.0.1:9"):
+        wmt.prepare_wmt("wmt_fixture", out, cfg, base_url="http://127.0.0.1:9", manifests=manifests)  # offline
+    (root / "corpus-b.zip").write_bytes(recorded_copy)  # the server has the recorded one: downloaded, used
+    capsys.readouterr()
+    wmt.prepare_wmt("wmt_fixture", out, cfg, base_url=base, manifests=manifests)
+    assert "corpus-b.zip: not the archive recorded; downloading it again" in capsys.readouterr().out
+    assert (tmp_path / "download" / "corpus-b.zip").read_bytes() == recorded_copy
 
 
 @pytest.mark.reliability  # docs/reliability.md
@@ -156,6 +167,7 @@ def test_shipped_recipes_are_well_formed():
         assert all(e["archive"].startswith("https://") and e["src"] and e["tgt"] for e in m["train"])
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_data_folders_side_by_side_share_one_download_folder(recipe, tmp_path):
     """Another vocabulary of the same recipe (another data folder beside the first) takes the archives, and
     their trust-on-first-use records, from the download folder they share: nothing is fetched again. An
@@ -164,9 +176,13 @@ def test_data_folders_side_by_side_share_one_download_folder(recipe, tmp_path):
     data = tmp_path / "data"
     (data / "v120" / "download").mkdir(parents=True)
     (root / "corpus-a.tgz").rename(data / "v120" / "download" / "corpus-a.tgz")  # only the old checkout has it
+    (data / "v120" / "download" / "notes.pdf").write_text("the user's own")  # not a download: left where it is
     args = dict(base_url=base, manifests=manifests)
     wmt.prepare_wmt("wmt_fixture", data / "v120", PrepConfig(src="en", tgt="de", vocab_size=120), **args)
-    assert not (data / "v120" / "download").exists()  # moved to the shared folder, and used from there
+    assert [p.name for p in (data / "v120" / "download").iterdir()] == ["notes.pdf"]  # the archive moved, and used
+    (data / "v120" / "download" / "notes.pdf").unlink()
+    wmt.prepare_wmt("wmt_fixture", data / "v120", PrepConfig(src="en", tgt="de", vocab_size=120), **args)
+    assert not (data / "v120" / "download").exists()  # an empty old folder is removed
     for archive in root.iterdir():  # the server has nothing any more
         archive.unlink()
     wmt.prepare_wmt("wmt_fixture", data / "v100", PrepConfig(src="en", tgt="de", vocab_size=100), **args)

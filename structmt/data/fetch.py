@@ -23,19 +23,20 @@ MULTI30K_ENV = "STRUCTMT_MULTI30K"
 MULTI30K_SHARED = REPO_ROOT.parent / "shared" / "data" / "multi30k"
 
 
-def download_folder(out_dir: Path) -> Path:
+def download_folder(out_dir: Path, names: list[str]) -> Path:
     """Where the downloads of the data folder ``out_dir`` are kept: ``download`` beside it, one folder for
     every data folder there (``runs/data/download`` for the pipeline's), so another vocabulary or slice
-    downloads nothing again and trusts the same archive bytes.  Files an older checkout kept in
-    ``out_dir/download`` move there (each is verified when used, as every download is)."""
+    downloads nothing again and trusts the same archive bytes.  The files ``names`` (this data's downloads and
+    their records) that an older checkout kept in ``out_dir/download`` move there (each is verified when used,
+    as every download is); nothing else in that folder is touched, and it is removed only once empty."""
     out_dir = Path(out_dir)
     shared = out_dir.parent / "download"
     legacy = out_dir / "download"
     if legacy.is_dir():
-        shared.mkdir(parents=True, exist_ok=True)
-        for f in legacy.iterdir():
-            if not (shared / f.name).exists():
-                os.replace(f, shared / f.name)
+        for name in names:
+            if (legacy / name).is_file() and not (shared / name).exists():
+                shared.mkdir(parents=True, exist_ok=True)
+                os.replace(legacy / name, shared / name)
         if not any(legacy.iterdir()):
             legacy.rmdir()
     return shared

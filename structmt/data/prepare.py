@@ -5,6 +5,7 @@ Every stage is idempotent (:class:`structmt.data.stages.Stage`).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -150,7 +151,7 @@ def prepare_multi30k(out_dir: Path, cfg: PrepConfig | None = None) -> Path:
     cfg = cfg or PrepConfig()
     langs = (cfg.src, cfg.tgt)
     names = [f"{stem}.{lang}.gz" for stem in MULTI30K_SPLITS.values() for lang in langs]
-    paths, source = fetch_multi30k(names, cfg.mirror, download_folder(out_dir))
+    paths, source = fetch_multi30k(names, cfg.mirror, download_folder(out_dir, names))
     # once per process and folder: a pipeline prepares (or finds prepared) its data at every step
     say_once(f"[data] Multi30k source: {source}", key=("multi30k source", next(iter(paths.values())).parent))
     splits = {
@@ -167,6 +168,7 @@ def prepare_parallel(out_dir: Path, splits: Splits, cfg: PrepConfig) -> Path:
     are test sets.  Returns the fairseq data-bin folder.
     """
     folder = DataFolder(Path(out_dir))
+    refuse_foreign_files(folder.bin)  # before any work: its last stage replaces the folder
     langs = (cfg.src, cfg.tgt)
     inputs = [p for pairs in splits.values() for pair in pairs for p in pair]
 
@@ -267,6 +269,7 @@ def binarize(text_dir: Path, bin_dir: Path, src: str, tgt: str, splits: list[str
     """``fairseq-preprocess`` with a joined dictionary, into a temp folder renamed into place."""
     import shutil
 
+    refuse_foreign_files(bin_dir)
     tmp = bin_dir.parent / f".{bin_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     prefs = {"train": "--trainpref", "valid": "--validpref"}
@@ -300,3 +303,19 @@ def binarize(text_dir: Path, bin_dir: Path, src: str, tgt: str, splits: list[str
     if bin_dir.exists():
         shutil.rmtree(bin_dir)
     tmp.replace(bin_dir)
+
+
+#: what fairseq-preprocess writes into a data-bin folder, and the stamp of the stage that runs it
+_BINARIZED = re.compile(r"dict\..+\.txt|.+\.(bin|idx)|preprocess\.log|\.binarize\.stamp")
+
+
+def refuse_foreign_files(bin_dir: Path) -> None:
+    """A data-bin folder is replaced whole when it is built again: refuse one that holds files fairseq-preprocess
+    does not write (``structmt-prepare OUT`` given a folder of the user's own), which would be deleted."""
+    foreign = sorted(p.name for p in bin_dir.iterdir() if not _BINARIZED.fullmatch(p.name)) if bin_dir.is_dir() else []
+    if foreign:
+        raise DataError(
+            f"{bin_dir} holds files fairseq-preprocess does not write ({', '.join(foreign[:5])}"
+            f"{', …' if len(foreign) > 5 else ''}), and preparing the data replaces the folder whole: move them, "
+            "or prepare into another folder"
+        )

@@ -115,16 +115,21 @@ def _fetch_archive(url: str, sha256: str | None, cache: Path, base_url: str | No
     source = f"{base_url.rstrip('/')}/{name}" if base_url else url
     expected = sha256 or (_recorded(record, name) if record.exists() else None)
     try:
-        if not dest.exists():
+        damaged = ""
+        if dest.exists() and expected:
+            try:
+                verify(dest, expected)
+            except ChecksumMismatch as err:  # a damaged copy in the cache: fetched again, as Multi30k's files are
+                damaged = f"{err} "
+                print(f"[data] {dest}: not the archive recorded; downloading it again", flush=True)
+        if damaged or not dest.exists():
             try:
                 download(source, dest, expected)  # complete and verified before it takes dest's name
             except (urllib.error.URLError, OSError, TimeoutError) as err:
                 raise DataError(
-                    f"cannot download {source} ({err}); give a mirror (data.base_url=... for structmt-run, --base-url "
-                    f"for structmt-prepare), or place the file at {dest}"
+                    f"{damaged}cannot download {source} ({err}); give a mirror (data.base_url=... for structmt-run, "
+                    f"--base-url for structmt-prepare), or place the file at {dest}"
                 ) from err
-        elif expected:
-            verify(dest, expected)
     except ChecksumMismatch as err:
         if sha256:
             raise
@@ -265,9 +270,11 @@ def prepare_wmt(
     if (cfg.src, cfg.tgt) != (manifest["src"], manifest["tgt"]):
         raise DataError(f"{name} is {manifest['src']}→{manifest['tgt']}, not {cfg.src}→{cfg.tgt}")
     out_dir = Path(out_dir)
+    archives = [archive_name(entry["archive"]) for entry in manifest["train"]]
+    cache = download_folder(out_dir, archives + [f"{a}.sha256" for a in archives])  # the archives, their records
     train_pairs = []
     for entry in manifest["train"]:
-        archive, sha256 = fetch_archive(entry["archive"], entry.get("sha256"), download_folder(out_dir), base_url)
+        archive, sha256 = fetch_archive(entry["archive"], entry.get("sha256"), cache, base_url)
         src_file, tgt_file = extract_members(
             archive, sha256, [entry["src"], entry["tgt"]], out_dir / "extracted" / archive.name
         )
