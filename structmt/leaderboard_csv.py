@@ -84,8 +84,13 @@ INT_COLUMNS = ("window", "rare", "params", "updates", "seed")
 FLOAT_COLUMNS = ("train_seconds", "train_tokens_per_s", "bleu", "chrf", "p_value_vs_dense", "bleu_ci95")
 
 
-def _number_problem(row: Mapping[str, Any]) -> str:
-    """What is wrong with a row's numbers ("" when nothing is)."""
+def _field_problem(row: Mapping[str, Any]) -> str:
+    """What is wrong with a row's fields ("" when nothing is): a field with spaces around it (a hand edit, ``a, b``;
+    the labels are compared as they are: ``" 3"`` would drop a seed from the headline, and int() would accept it),
+    or a number that is not one."""
+    for column, value in row.items():
+        if str(value) != str(value).strip():
+            return f"column {column} is {str(value)!r}, with spaces around it"
     for column in INT_COLUMNS + FLOAT_COLUMNS:
         value = str(row.get(column, ""))
         if value == "" and column != "bleu":
@@ -138,7 +143,7 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
                         "comma, or a field with a comma but no quotes?); fix the line by hand"
                     )
                 row = dict(zip(COLUMNS, fields, strict=False)) | {c: "" for c in COLUMNS[width:]}
-                if problem := _number_problem(row):
+                if problem := _field_problem(row):
                     raise ValueError(f"{where}: {problem}; fix the value by hand")
                 earlier, other = seen.setdefault(_key(row), (line, row))
                 if earlier != line:
@@ -192,7 +197,7 @@ def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
     if unknown:
         raise ValueError(f"leaderboard rows have unknown columns {sorted(unknown)}")
     for row in new_rows:
-        if problem := _number_problem(row):
+        if problem := _field_problem(row):
             raise ValueError(f"leaderboard row of {row.get('run_id')} on {row.get('test_set')}: {problem}")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with lock(csv_path):
@@ -231,7 +236,7 @@ def fill_empty(csv_path: Path, rows: Sequence[Row], columns: Sequence[str]) -> i
             new = given.get(_key(row), {})
             fill = {c: str(new[c]) for c in columns if row[c] == "" and str(new.get(c, "")) != ""}
             if fill:
-                if problem := _number_problem(row | fill):
+                if problem := _field_problem(row | fill):
                     raise ValueError(f"leaderboard row of {row['run_id']} on {row['test_set']}: {problem}")
                 row.update(fill)
                 changed += 1

@@ -129,6 +129,13 @@ def test_a_byte_that_is_not_utf8_is_rejected_naming_its_line(board):
         (b",14.84,36.39,", b",nan,36.39,", "column bleu is 'nan', not a number"),
         (b",14.84,36.39,", b",,36.39,", "column bleu is '', not a number"),
         (b",2350080,500,", b",2350080,5OO,", "column updates is '5OO', not an integer"),
+        # a hand edit's spaces: int(" 3") is 3, but the labels are compared as they are (a seed left out)
+        (b",14.84,36.39,", b", 14.84,36.39,", "column bleu is ' 14.84', with spaces around it"),
+        (
+            b",test_2016_flickr,",
+            b",test_2016_flickr ,",
+            "column test_set is 'test_2016_flickr ', with spaces around it",
+        ),
     ],
 )
 def test_a_bad_number_is_rejected_naming_its_line_and_column(board, old, new, problem):
@@ -166,6 +173,32 @@ def test_one_row_given_twice_in_one_call_is_added_once(board):
 
 def _reproduce_dense(rows: list[dict[str, str]]) -> dict[str, str]:
     return next(r for r in rows if r["run_id"] == "multi30k_en_de-reproduce-dense-d5ac2722")
+
+
+def test_a_hand_sorted_csv_gives_the_same_headline_first_evaluations_and_pairs(board):
+    """The first evaluation of a run is the row with the run's own hypothesis file, wherever it stands: with the
+    rows in reverse order, a re-run was averaged as the seed's score (dense 37.23 for 37.24) and listed the first
+    evaluation as a re-run."""
+    from structmt.pipeline.evaluation import first_evaluation
+
+    rows = leaderboard.read_rows(board)
+    backwards = rows[::-1]
+    for schedule in ("reproduce", "cpu_demo"):
+        assert leaderboard.headline(backwards, "multi30k_en_de", schedule) == leaderboard.headline(
+            rows, "multi30k_en_de", schedule
+        )
+    dense = _reproduce_dense(rows)
+    first = first_evaluation(backwards, dense["run_id"], "test_2016_flickr")
+    assert first is not None and first["hypothesis"] == dense["hypothesis"] and first["bleu"] == "37.45"
+
+
+def test_headline_refuses_seeds_scored_with_another_sacrebleu_signature(board):
+    rows = leaderboard.read_rows(board)
+    dense = _reproduce_dense(rows)
+    for column in ("bleu_signature", "chrf_signature"):
+        other = [r | {column: r[column].replace("version:2.6.0", "version:2.0.0")} if r is dense else r for r in rows]
+        with pytest.raises(ValueError, match=rf"\({column} nrefs.* are not seeds of one setting"):
+            leaderboard.headline(other, "multi30k_en_de", "reproduce")
 
 
 def test_headline_refuses_two_runs_that_claim_one_seed(board):
@@ -458,6 +491,19 @@ def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take
     assert (
         board.parent / "sweeps" / "sweep_multi30k_en_de_cpu_demo_test_2016_flickr_arch-structured_transformer_tiny.md"
     ).is_file()
+
+
+def test_the_sweep_report_refuses_points_of_several_seeds_without_seed(board, monkeypatch):
+    """A point trained with another seed (train.seed=2 baseline=false) was drawn beside the others and compared
+    with the seed-1 dense run."""
+    rows = leaderboard.read_rows(board)
+    cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
+    point = cell | {"run_id": "multi30k_en_de-cpu_demo-w5-r2-5eed0002", "window": "5", "rare": "2", "seed": "2"}
+    leaderboard.add_rows(board, [point | {"bleu": "27.13", "p_value_vs_dense": "", "hypothesis": "s2.de"}])
+    with pytest.raises(SystemExit, match=r"^error: the runs of .* are of seeds 1, 2, and each point is compared"):
+        _sweep(board, monkeypatch, "cpu_demo")
+    bleu, _ = _sweep(board, monkeypatch, "cpu_demo", seed="1")
+    assert (5, 2) not in bleu and bleu[3, 0] == 24.15
 
 
 # --- #8: LEADERBOARD.md is rendered under the CSV lock ---------------------------------------------------------

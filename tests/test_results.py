@@ -41,6 +41,7 @@ def _row(run: str, seed: int, bleu: float, **extra) -> dict:
         "bleu": bleu,
         "chrf": 50.0 + seed,
         "bleu_signature": "sig",
+        "chrf_signature": "csig",
         "p_value_vs_dense": 0.1 * seed if structured else "",
         "updates": 10,
         "seed": seed,
@@ -132,7 +133,9 @@ def test_headline_is_the_mean_and_sd_over_seeds_with_each_seeds_p_value():
         "| 1: 36.50 (p 0.100), 2: 37.50 (p 0.200), 3: 37.00 (p 0.300) | 10 "
         "| 1: 11111111, 2: 22222222, 3: 33333333 | 3: 99.00 (decoded again, 33333333) |",
     ]
-    assert "10.0" not in text and "35.0 ±" not in text and text.endswith("BLEU signature: `sig`\n")
+    assert "10.0" not in text and "35.0 ±" not in text
+    assert text.endswith("BLEU signature: `sig`; chrF signature: `csig`\n\nMean ± sample standard deviation over the "
+                         "seeds' scores as recorded (two decimals each).\n")  # fmt: skip
 
 
 def _bootstrap_by_hand(base: list[str], system: list[str], refs: list[str], n: int) -> tuple[float, float]:

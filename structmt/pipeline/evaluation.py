@@ -102,7 +102,7 @@ def keep_hypotheses(hyp: Path, kept: Path) -> Path:
     """
     data = hyp.read_bytes()
     if kept.exists() and kept.read_bytes() != data:
-        kept = kept.with_name(f"{kept.stem}.{hashlib.sha256(data).hexdigest()[:8]}{kept.suffix}")
+        kept = kept.with_name(leaderboard.rerun_name(kept.name, data))
     if not kept.exists():
         with atomic_path(kept) as tmp:
             tmp.write_bytes(data)

@@ -6,7 +6,9 @@ importable from here too).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,12 +20,29 @@ from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 __all__ = ["COLUMNS", "LeaderboardRow", "add_rows", "read_rows", "short_commit"]  # the file's, for callers of both
 
 
+def rerun_name(first: str, hypotheses: bytes) -> str:
+    """The file name a re-run's ``hypotheses`` are kept under beside the first evaluation's file ``first``
+    (``<run>.<test>.<lang>``): ``<run>.<test>.<sha256[:8]>.<lang>``, named by their content."""
+    stem, _, lang = first.rpartition(".")
+    return f"{stem}.{hashlib.sha256(hypotheses).hexdigest()[:8]}.{lang}"
+
+
+def is_first_evaluation(row: dict[str, str]) -> bool:
+    """Whether ``row``'s hypotheses are kept under the run's own name, ``<run>.<test>.<lang>``, which only a run's
+    first evaluation takes (a re-run's: :func:`rerun_name`)."""
+    name = Path(row.get("hypothesis", "")).name
+    return re.fullmatch(rf"{re.escape(row['run_id'])}\.[^.]+\.[^.]+", name) is not None
+
+
 def evaluations(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, str]]]:
-    """The rows of each ``(run_id, test_set)``, first evaluation first (the others are re-runs)."""
+    """The rows of each ``(run_id, test_set)``, first evaluation first, the re-runs after it in the file's order.
+    The first is the row whose hypotheses have the run's own file name (:func:`is_first_evaluation`) wherever it
+    stands in the file (a hand-sorted CSV would otherwise average a re-run as the seed's score and pair p-values
+    with it); without one, the file's first row."""
     out: dict[tuple[str, str], list[dict[str, str]]] = {}
     for r in rows:
         out.setdefault((r["run_id"], r["test_set"]), []).append(r)
-    return out
+    return {key: sorted(evals, key=lambda r: not is_first_evaluation(r)) for key, evals in out.items()}
 
 
 def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> str:
@@ -68,8 +87,9 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-#: columns that the seeds of one setting share (besides the labels a headline row is grouped by)
-SEED_INVARIANT = ("direction", "params", "updates")
+#: columns that the seeds of one setting share (besides the labels a headline row is grouped by): scores of
+#: another sacreBLEU signature (tokenizer, version) are not averaged with them
+SEED_INVARIANT = ("direction", "params", "updates", "bleu_signature", "chrf_signature")
 
 
 def _check_seeds_of_one_setting(firsts: list[dict[str, str]], where: str) -> None:
@@ -148,8 +168,18 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
             f"{', '.join(commits)} | "
             f"{', '.join(_rerun(e[:i], e[i]) for e in evals for i in range(1, len(e))) or '–'} |"
         )
-    sigs = sorted({e[0]["bleu_signature"] for e in runs.values()})
-    return "\n".join(lines) + "\n\nBLEU signature: " + "; ".join(f"`{s}`" for s in sigs) + "\n"
+    signatures: dict[tuple[str, str], list[str]] = {}  # (BLEU, chrF) → the table rows scored with them
+    for key in sorted(groups, key=lambda k: (k[0], k[1] == "structured", k[2:])):
+        first = groups[key][0][0]
+        label = f"{key[0]} {key[1]}" + (f" w={key[3]} r={key[4]}" if key[3] else "")
+        signatures.setdefault((first["bleu_signature"], first["chrf_signature"]), []).append(label)
+    several = len(signatures) > 1  # then each names the table rows scored with it
+    notes = [
+        f"BLEU signature: `{bleu}`; chrF signature: `{chrf}`" + (f" ({', '.join(labels)})" if several else "")
+        for (bleu, chrf), labels in signatures.items()
+    ]
+    notes.append("Mean ± sample standard deviation over the seeds' scores as recorded (two decimals each).")
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
 def write_markdown(csv_path: Path, md_path: Path) -> str:

@@ -158,6 +158,11 @@ def report(
         outside = [row for (w, r), row in grid.items() if (int(w), int(r)) not in {(x, y) for x in ws for y in rs}]
         grid = {key: row for key, row in grid.items() if row not in outside}
     points = list(grid.values())
+    if len(seeds := sorted({r["seed"] for r in points + dense})) > 1:  # a point would face another seed's dense run
+        raise SystemExit(
+            f"error: the runs of {what} are of seeds {', '.join(seeds)}, and each point is compared with the dense "
+            "baseline of its own seed: pick one seed with --seed"
+        )
     others = [r for r in rows if r["window"] and r not in points]
     if grid_of and not points and outside:
         raise SystemExit(
