@@ -46,7 +46,8 @@ from ..attention.structure import band as band_predicate
 VARIANTS = ("unconstrained", "row_stochastic")
 #: the thesis's coefficient grid, ``np.arange(0, 1.1, 0.1)``
 THESIS_GRID = tuple(i / 10 for i in range(11))
-#: random members per family and grid pair in the thesis's search
+#: random members per family and grid triple (c_d, c_v, c_sp) in the thesis's search: its loop also runs over c_v,
+#: which no member uses, so 11 × 30 = 330 per (c_d, c_sp) pair there (``--draws 330``)
 THESIS_DRAWS = 30
 
 
