@@ -553,6 +553,21 @@ def test_report_quotes_the_thesis_and_reports_both_variants(tmp_path):
     assert (tmp_path / "ANALYSIS.md").read_text() == text
 
 
+def test_a_ratio_just_below_the_goal_is_never_shown_as_reaching_it():
+    """The verdict tested the exact ratio but printed it to one decimal: 4.97 read "5.0× (not met)"."""
+    from structmt.analysis.report import markdown
+
+    result = json.loads(
+        (Path(__file__).resolve().parents[1] / "results" / "analysis_seed1" / "analysis.json").read_text()
+    )
+    block = result["w3_r2_n16"]
+    block["row_stochastic_error"] = block["thesis"]["mean_error_per_entry"] / 4.97
+    text = markdown(result, "structmt-analyze ckpt.pt bin")
+    assert "4.97× at w=3, num-pos=2 (not met)" in text and "**4.97×**" in text and "5.0×" not in text
+    block["row_stochastic_error"] = block["thesis"]["mean_error_per_entry"] / 5.04
+    assert "5.0× at w=3, num-pos=2 (met)" in markdown(result, "structmt-analyze ckpt.pt bin")
+
+
 def test_extraction_from_a_structured_model_is_zero_outside_its_support(dict_dir):
     from structmt.analysis.extract import _attention_modules, _Recorder
 
