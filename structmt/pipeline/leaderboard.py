@@ -141,8 +141,9 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
         "| re-runs |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    signatures: dict[tuple[str, str], list[str]] = {}  # (BLEU, chrF) → the table rows scored with them
     for key in sorted(groups, key=lambda k: (k[0], k[1] == "structured", k[2:])):
-        test, _, arch, window, rare, heads, cross, options = key
+        test, kind, arch, window, rare, heads, cross, options = key
         evals = sorted(groups[key], key=lambda e: int(e[0]["seed"]))
         firsts = [e[0] for e in evals]
         extras = "".join(
@@ -150,6 +151,9 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
         )
         shape = f" w={window} r={rare}" if window else ""
         _check_seeds_of_one_setting(firsts, f"headline of {schedule} on {data}, {test}, {arch}{extras}{shape}")
+        signatures.setdefault((firsts[0]["bleu_signature"], firsts[0]["chrf_signature"]), []).append(
+            f"{test} {kind}{shape}"
+        )
         per_seed = ", ".join(
             f"{r['seed']}: {float(r['bleu']):.2f}"
             + (f" (p {float(r['p_value_vs_dense']):.3f})" if r["p_value_vs_dense"] != "" else "")
@@ -168,11 +172,6 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
             f"{', '.join(commits)} | "
             f"{', '.join(_rerun(e[:i], e[i]) for e in evals for i in range(1, len(e))) or '–'} |"
         )
-    signatures: dict[tuple[str, str], list[str]] = {}  # (BLEU, chrF) → the table rows scored with them
-    for key in sorted(groups, key=lambda k: (k[0], k[1] == "structured", k[2:])):
-        first = groups[key][0][0]
-        label = f"{key[0]} {key[1]}" + (f" w={key[3]} r={key[4]}" if key[3] else "")
-        signatures.setdefault((first["bleu_signature"], first["chrf_signature"]), []).append(label)
     several = len(signatures) > 1  # then each names the table rows scored with it
     notes = [
         f"BLEU signature: `{bleu}`; chrF signature: `{chrf}`" + (f" ({', '.join(labels)})" if several else "")
