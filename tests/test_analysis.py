@@ -315,14 +315,92 @@ def test_a_head_whose_mass_outside_the_band_is_on_eos_is_syntactic_for_a_structu
     eos_sink = 0.8 * band / band.sum(-1, keepdim=True)
     eos_sink[:, -1] += 0.2
     assert best_role(project(eos_sink, w, 1)).role == "rare"  # the L1-best column: EOS
-    assert model_role(eos_sink, w, sets) == "syntactic"
+    assert model_role(eos_sink, w, sets, pos_window=0) == "syntactic"
     on_rare = 0.8 * band / band.sum(-1, keepdim=True)
     on_rare[:, n - 2] += 0.2
-    assert model_role(on_rare, w, sets) == "rare"
+    assert model_role(on_rare, w, sets, pos_window=0) == "rare"
     # the decoder: row i sees its prefix's rarest token (here the token at i), another column than the whole
     # sequence's rarest
     causal = model_rare_sets(tokens[:-1], counts, never, 1, causal=True)
     assert causal[:, 0].tolist() == list(range(n - 1))
+
+
+def test_a_head_is_positional_when_the_band_a_positional_head_sees_holds_its_mass():
+    """A structured model's positional head sees the band |i - j| <= --struct-pos-window, not one diagonal. Scored
+    on Σ₁'s best single diagonal, a head spread over the previous, current and next token was named syntactic at
+    the default window 1, and a previous-token head positional at window 0 (whose positional head sees the token
+    itself alone)."""
+    from structmt.analysis.project import model_role
+
+    n, w = 12, 3
+    no_rare = torch.full((n, 2), -1)  # no query has a rare-token column
+    spread = band_support(n, 1).float()
+    spread /= spread.sum(-1, keepdim=True)
+    assert best_role(project(spread, w, 2)).role == "syntactic"  # no single diagonal holds 90% of it
+    assert model_role(spread, w, no_rare, pos_window=1) == "positional"
+    assert model_role(spread, w, no_rare, pos_window=0) == "syntactic"
+    previous = diagonal_support(n, -1).float()
+    previous[0, 0] = 1  # the first token has no previous one: it attends to itself
+    assert model_role(previous, w, no_rare, pos_window=0) == "syntactic"
+    assert model_role(previous, w, no_rare, pos_window=1) == "positional"
+    causal = spread.tril()  # a decoder head on the previous and the current token
+    causal /= causal.sum(-1, keepdim=True)
+    assert model_role(causal, w, no_rare, pos_window=1) == "positional"
+    wider = band_support(n, 2).float()  # the band of 2 holds it, the band of 1 three fifths of it
+    wider /= wider.sum(-1, keepdim=True)
+    assert model_role(wider, w, no_rare, pos_window=1) == "syntactic"
+    assert model_role(wider, w, no_rare, pos_window=2) == "positional"
+    with pytest.raises(ValueError, match="band half-width must be >= 0, got pos_window=-1"):
+        model_role(spread, w, no_rare, pos_window=-1)
+
+
+def test_the_page_says_which_rule_chose_its_roles_and_for_which_positional_band(tmp_path, monkeypatch, capsys):
+    """analysis.json records the rule and the (w, r, positional band) the roles were chosen for; the page says so,
+    pages of the earlier rules keep their own sentence, an unknown rule is refused, and --pos-window reaches the
+    analysis (a negative one is refused by the command line)."""
+    from structmt.analysis import report
+
+    def spread(n):  # every query on the previous, current and next token (in the decoder: previous and current)
+        band = band_support(n, 1).float()
+        return band / band.sum(-1, keepdim=True)
+
+    sentences = _sentences((16, 12), layers=1, heads=1)
+    for s in sentences:
+        s.weights = {"encoder": [spread(s.src_len)[None]], "decoder": [_causal(spread(s.tgt_len))[None]]}
+    roles = {
+        window: report.summarise(sentences, _RARITY, tmp_path, draws=1, pos_window=window)["roles"] for window in (0, 1)
+    }
+    assert roles == {0: {"encoder": ["syn:1"], "decoder": ["syn:1"]}, 1: {"encoder": ["pos:1"], "decoder": ["pos:1"]}}
+    result = report.summarise(_sentences((16, 12), layers=1, heads=1), _RARITY, tmp_path, draws=1, pos_window=2)
+    assert (result["role_rule"], result["role_setting"]) == (report.ROLE_RULE, {"w": 3, "r": 2, "pos_window": 2})
+    sentence = report.roles_chosen(result)
+    assert (
+        "pos the band |i − j| ≤ 2 (`--struct-pos-window 2`), syn the band |i − j| ≤ 3, rare that band and the 2 "
+        in sentence
+    )
+    assert sentence in report.markdown(
+        result | {"checkpoint": "c.pt", "data": "bin", "subset": "test", "seconds": 1.0}, "c"
+    )
+    earlier = report.roles_chosen({"role_rule": report.RARE_COLUMNS_RULE})
+    assert "earlier rule: the pos role scored on the best single diagonal" in earlier
+    assert "the columns with the most mass outside the band" in report.roles_chosen({})
+    with pytest.raises(ValueError, match="names the role rule 'a later rule', which this code does not know"):
+        report.roles_chosen({"role_rule": "a later rule"})
+    seen = {}
+    monkeypatch.setattr(report, "analyze", lambda *a, **k: seen.update(k) or {"seconds": 0})
+    monkeypatch.setattr(report, "write_report", lambda *a: None)
+    monkeypatch.setattr("structmt.console.setup", lambda verbose=False: None)
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"")
+    (tmp_path / "bin").mkdir()
+    data = make_dict_dir(tmp_path / "bin")
+    report.main([str(ckpt), str(data), "--pos-window", "0", "--out-dir", str(tmp_path / "out")])
+    assert seen["pos_window"] == 0
+    report.main([str(ckpt), str(data), "--out-dir", str(tmp_path / "out")])
+    assert seen["pos_window"] == 1  # the structured model's default, --struct-pos-window 1
+    with pytest.raises(SystemExit):
+        report.main([str(ckpt), str(data), "--pos-window", "-1"])
+    assert "argument --pos-window: must be >= 0, got -1" in capsys.readouterr().err
 
 
 # --- the thesis's random search ---------------------------------------------------------------
@@ -494,12 +572,19 @@ def test_role_mix_is_each_heads_majority_role_on_its_blocks_own_rare_sets():
         SentenceAttention(i, n, n, {"encoder": [torch.stack(heads) for heads in layers]}, src, src)
         for i, layers in enumerate(layouts)
     ]
-    # head 0.0: positional twice, rare once; 0.2: rare twice, positional once; EOS is no rare-token column (syn)
-    assert role_mix(sentences, "encoder", 1, 1, (counts, never)) == ["pos:1,syn:1,rare:1", "syn:1,pos:1,syn:1"]
-    table = {h["head"]: h for h in head_table(sentences[:2], "encoder", 1, 1, draws=1, rarity=(counts, never, 2))}
+    # head 0.0: positional twice, rare once; 0.2: rare twice, positional once; EOS is no rare-token column (syn).
+    # Positional heads see the diagonal alone (pos_window 0), syntactic ones the band of w = 1
+    mix = role_mix(sentences, "encoder", 1, 1, (counts, never), pos_window=0)
+    assert mix == ["pos:1,syn:1,rare:1", "syn:1,pos:1,syn:1"]
+    table = {
+        h["head"]: h
+        for h in head_table(sentences[:2], "encoder", 1, 1, draws=1, rarity=(counts, never, 2), pos_window=0)
+    }
     assert (table["0.2"]["role"], table["0.2"]["rare_token_columns"], table["0.2"]["eos_column"]) == ("rare", 1, 0)
     assert (table["1.2"]["role"], table["1.2"]["rare_token_columns"], table["1.2"]["eos_column"]) == ("syntactic", 0, 1)
-    roles = [h.get("role") for h in head_table(sentences, "encoder", 1, 1, draws=1, rarity=(counts, never, 2))]
+    roles = [
+        h.get("role") for h in head_table(sentences, "encoder", 1, 1, draws=1, rarity=(counts, never, 2), pos_window=0)
+    ]
     assert roles == ["positional", "syntactic", "rare", "syntactic", "positional", "syntactic"]  # the majorities
     # the (w, r) grid: the mean over every head of every sentence of the error of the best X in Σ₃(w, r)
     errors = [project(a, 0, 1)["rare"].per_entry for x in sentences for layer in x.weights["encoder"] for a in layer]
@@ -509,7 +594,7 @@ def test_role_mix_is_each_heads_majority_role_on_its_blocks_own_rare_sets():
     tgt = torch.tensor([2, 11, 12, 13, 14, 16])
     prefix = _pattern(n, [0, 1, 1, 1, 1, 5])
     decoder = [SentenceAttention(0, n, n, {"decoder": [prefix[None]]}, src, tgt)]
-    assert role_mix(decoder, "decoder", 1, 1, (counts, never)) == ["rare:1"]
+    assert role_mix(decoder, "decoder", 1, 1, (counts, never), pos_window=0) == ["rare:1"]
 
 
 def test_report_quotes_the_thesis_and_reports_both_variants(tmp_path):
@@ -707,12 +792,18 @@ def test_extraction_in_batches_equals_one_sentence_at_a_time(data_bin, arch, fli
 _RARITY = (torch.arange(100, 0, -1), torch.zeros(100, dtype=torch.bool), 2)
 
 
+def _causal(a):
+    """``a`` with each row's weight above the diagonal moved onto the rest of the row (a decoder's attention)."""
+    a = a.tril()
+    return a / a.sum(-1, keepdim=True)
+
+
 def _sentences(lengths, layers=2, heads=2, seed=0):
     gen = torch.Generator().manual_seed(seed)
 
     def attention(n, causal=False):
         scores = torch.randn(heads, n, n, generator=gen) * 3
-        return torch.softmax(scores.tril() if causal else scores, -1)
+        return _causal(torch.softmax(scores, -1)) if causal else torch.softmax(scores, -1)
 
     return [
         SentenceAttention(

@@ -206,12 +206,19 @@ def fit(a: Tensor, role: str, support: Tensor, distance: float) -> Fit:
     return Fit(role, distance, distance / a.size(-1) ** 2, float((a * support).sum()) / float(a.sum()), support)
 
 
-def model_role(a: Tensor, w: int, sets: Tensor, share: float = 0.9) -> str:
-    """The role (:func:`best_role`) a structured model's head would take for ``a``: its rare-token role
-    scored on the keys such a head sees (:func:`model_rare_support` with ``sets``), not on the L1-best
-    columns of Σ₃ (in trained models mostly the EOS column, which no rare-token head sees)."""
-    fits = project(a, w, 0)  # Σ₁ and Σ₂(w)
-    support = model_rare_support(a.size(-1), w, sets)
+def model_role(a: Tensor, w: int, sets: Tensor, pos_window: int, share: float = 0.9) -> str:
+    """The role (:func:`best_role`) a structured model's head would take for ``a``, each role scored on the keys
+    such a head sees: the positional role on the band ``|i - j| <= pos_window`` (``--struct-pos-window``; not
+    Σ₁'s best single diagonal), the syntactic on the band ``|i - j| <= w``, the rare-token role on
+    :func:`model_rare_support` with ``sets`` (not the L1-best columns of Σ₃, in trained models mostly the EOS
+    column, which no rare-token head sees). In a decoder ``a`` is causal: the bands' upper halves hold no mass."""
+    if pos_window < 0:
+        raise ValueError(f"the positional heads' band half-width must be >= 0, got pos_window={pos_window}")
+    n = a.size(-1)
+    fits = project(a, w, 0)  # Σ₂(w); its Σ₁ and Σ₃ are replaced below
+    positional = band_support(n, pos_window)
+    fits["positional"] = fit(a, "positional", positional, support_distance(a, positional))
+    support = model_rare_support(n, w, sets)
     fits["rare"] = fit(a, "rare", support, support_distance(a, support))
     return best_role(fits, share).role
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..attention.options import StructureConfig
 from ..attention.structure import ROLES, SHORT_ROLES, rarity_tables
 from ..checkpoints import load_model
 from ..figures import annotated_heatmap, pyplot, save
@@ -36,23 +37,39 @@ from .project import (
     thesis_random_search,
 )
 
-#: how the roles are chosen (``analysis.json``'s ``role_rule``; pages written before it chose the rare role on the
-#: L1-best columns of Σ₃, mostly the EOS column, which no rare-token head sees)
-ROLE_RULE = "rare role scored on the model's rare-token columns"
+#: how the roles are chosen (``analysis.json``'s ``role_rule``; the w, r and positional band in ``role_setting``)
+ROLE_RULE = "each role scored on the keys a structured model's head of that role sees"
+#: the rule of the pages written from session 23 to session 29: the positional role on Σ₁'s best single diagonal
+RARE_COLUMNS_RULE = "rare role scored on the model's rare-token columns"
 
-#: how the page says its roles were chosen, by this rule and by the earlier one
-ROLES_CHOSEN = (
-    "Each head's role is the simplest of pos, syn and rare whose support holds at least 90% of the attention mass "
-    "the best of them holds (majority over the sentences), the rare role's support being what a structured "
-    "model's rare-token head sees: the band and the r rarest tokens' columns (in the decoder, of each query's "
-    "prefix)."
-)
-ROLES_CHOSEN_BEFORE = (
-    "These roles (and the per-head tables' role column) were chosen by an earlier rule: the rare role scored on "
-    "the columns with the most mass outside the band (mostly the EOS column, which no rare-token head sees), so "
-    "a head whose off-band mass lies on EOS was named rare where a structured model's rare-token head gains "
-    "little over syn. `structmt-analyze` now scores it on the rare tokens' columns."
-)
+#: how the page says its roles were chosen, by this rule and by the earlier ones (``None``: a page from before
+#: ``role_rule`` existed, which also scored the rare role on Σ₃'s L1-best columns, mostly the EOS column)
+ROLES_CHOSEN = {
+    ROLE_RULE: (
+        "Each head's role is the simplest of pos, syn and rare whose support holds at least 90% of the attention "
+        "mass the best of them holds (majority over the sentences), each support being the keys a structured "
+        "model's head of that role sees: pos the band |i − j| ≤ {pos_window} (`--struct-pos-window {pos_window}`), "
+        "syn the band |i − j| ≤ {w}, rare that band and the {r} rarest tokens' columns (in the decoder, of each "
+        "query's prefix)."
+    ),
+    RARE_COLUMNS_RULE: (
+        "These roles (and the per-head tables' role column) were chosen by an earlier rule: the pos role scored on "
+        "the best single diagonal (the previous, the current or the next token), not on the band |i − j| ≤ "
+        "`--struct-pos-window` (1 by default) a structured model's positional head sees, so a head spread over "
+        "the previous, current and next token was named syn, and a previous-token head pos whatever the window. "
+        "syn and rare were scored as today. `structmt-analyze` now scores pos on the band."
+    ),
+    None: (
+        "These roles (and the per-head tables' role column) were chosen by an earlier rule: the rare role scored on "
+        "the columns with the most mass outside the band (mostly the EOS column, which no rare-token head sees), "
+        "so a head whose off-band mass lies on EOS was named rare where a structured model's rare-token head gains "
+        "little over syn; and the pos role on the best single diagonal, not on the band a positional head sees. "
+        "`structmt-analyze` now scores each role on the keys a structured model's head of that role sees."
+    ),
+}
+
+#: the positional heads' band half-width the roles are scored for, unless ``--pos-window`` says otherwise
+POS_WINDOW: int = StructureConfig.struct_pos_window
 
 GRID_W = (0, 1, 2, 3, 5, 8, 10)
 GRID_R = (0, 1, 2, 4)
@@ -108,12 +125,13 @@ def head_table(
     draws: int = THESIS_DRAWS,
     seed: int = 0,
     rarity: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    pos_window: int = POS_WINDOW,
 ) -> list[dict[str, Any]]:
     """Per head (self-attention over the source), means over the sentences: optimised distance and error per
     entry (both variants), the thesis's random search and its families' exact optimum; with ``rarity``
     (counts, never-rare flags, EOS index) the role the head would take in a structured model
-    (:func:`~structmt.analysis.project.model_role`, the majority over the sentences) and how often the
-    L1-best columns are the sentence's rarest tokens and its EOS."""
+    (:func:`~structmt.analysis.project.model_role` with ``pos_window``, the majority over the sentences) and how
+    often the L1-best columns are the sentence's rarest tokens and its EOS."""
     heads = _heads(sentences, block)
     values: list[dict[str, list[float]]] = [defaultdict(list) for _ in heads]
     roles: list[Counter[str]] = [Counter() for _ in heads]
@@ -129,7 +147,7 @@ def head_table(
         for j, a in enumerate(stack):
             fits, stochastic = project(a, w, r), project(a, w, r, variant="row_stochastic")
             if sets is not None:
-                roles[j][model_role(a, w, sets)] += 1
+                roles[j][model_role(a, w, sets, pos_window)] += 1
             v = values[j]
             v["min_distance"].append(min(f.distance for f in fits.values()))
             v["mean_error_per_entry"].append(min(f.per_entry for f in fits.values()))
@@ -217,15 +235,23 @@ def _quantile(value: float | None) -> str:
 
 
 def role_mix(
-    sentences: list[SentenceAttention], block: str, w: int, r: int, rarity: tuple[torch.Tensor, torch.Tensor]
+    sentences: list[SentenceAttention],
+    block: str,
+    w: int,
+    r: int,
+    rarity: tuple[torch.Tensor, torch.Tensor],
+    pos_window: int = POS_WINDOW,
 ) -> list[str]:
-    """Per layer, the majority role (:func:`~structmt.analysis.project.model_role`) of each head, in head order
-    (``--struct-heads`` syntax); ``rarity``: the counts and never-rare flags of ``block``'s dictionary."""
+    """Per layer, the majority role (:func:`~structmt.analysis.project.model_role` with ``pos_window``) of each
+    head, in head order (``--struct-heads`` syntax); ``rarity``: the counts and never-rare flags of ``block``'s
+    dictionary."""
     causal = block == "decoder"
     sets = [model_rare_sets(_tokens(s, block), rarity[0], rarity[1], r, causal) for s in sentences]
     layers: dict[int, list[str]] = {}
     for layer, head in _heads(sentences, block):
-        votes = Counter(model_role(s.weights[block][layer][head], w, q) for s, q in zip(sentences, sets, strict=True))
+        votes = Counter(
+            model_role(s.weights[block][layer][head], w, q, pos_window) for s, q in zip(sentences, sets, strict=True)
+        )
         layers.setdefault(layer, []).append(SHORT_ROLES[votes.most_common(1)[0][0]])
     return [",".join(f"{role}:1" for role in heads) for _, heads in sorted(layers.items())]
 
@@ -285,6 +311,7 @@ def analyze(
     draws: int = THESIS_DRAWS,
     seed: int = 0,
     settings: tuple[tuple[int, int], ...] = THESIS_SETTINGS,
+    pos_window: int = POS_WINDOW,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     model, task = load_model(checkpoint, data_dir)
@@ -293,7 +320,7 @@ def analyze(
     result = {"checkpoint": str(checkpoint), "data": str(data_dir), "subset": subset}
     rarity = (*rarity_tables(dictionary), dictionary.eos())
     target = rarity_tables(task.target_dictionary)
-    result |= summarise(everything, rarity, out_dir, n, draws, seed, settings, target)
+    result |= summarise(everything, rarity, out_dir, n, draws, seed, settings, target, pos_window)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -307,10 +334,12 @@ def summarise(
     seed: int = 0,
     settings: tuple[tuple[int, int], ...] = THESIS_SETTINGS,
     target_rarity: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pos_window: int = POS_WINDOW,
 ) -> dict[str, Any]:
     """Everything the report shows, from the extracted attention; writes the figures (:func:`write_report`
     writes the rest). ``rarity``: the source dictionary's counts, never-rare flags and EOS index;
-    ``target_rarity``: the target dictionary's (default: the source's, a joined dictionary)."""
+    ``target_rarity``: the target dictionary's (default: the source's, a joined dictionary); ``pos_window``: the
+    band half-width of the positional heads the roles are for (``--struct-pos-window``)."""
     for w, r in settings:
         check_segments(n, w, r)
     exact = [s for s in everything if s.src_len == n]
@@ -333,7 +362,7 @@ def summarise(
         "thesis_source": THESIS_SOURCE,
     }
     for w, r in settings:
-        heads = head_table(exact, "encoder", w, r, draws, seed, rarity)
+        heads = head_table(exact, "encoder", w, r, draws, seed, rarity, pos_window)
         result[f"w{w}_r{r}_n{n}"] = {
             "block": "encoder",
             "thesis": thesis_quote(w, r),
@@ -348,10 +377,11 @@ def summarise(
     }
     result["grid"] = grid(exact, "encoder")
     result["roles"] = {
-        "encoder": role_mix(exact, "encoder", w, r, rarity[:2]),
-        "decoder": role_mix(everything, "decoder", w, r, target_rarity or rarity[:2]),
+        "encoder": role_mix(exact, "encoder", w, r, rarity[:2], pos_window),
+        "decoder": role_mix(everything, "decoder", w, r, target_rarity or rarity[:2], pos_window),
     }
     result["role_rule"] = ROLE_RULE
+    result["role_setting"] = {"w": w, "r": r, "pos_window": pos_window}
     figure(exact[0], "encoder", w, r, out_dir / "analysis_heads.png")
     grid_figure(result["grid"], out_dir / "analysis_grid.png", f"encoder heads, n={n}: error of the best X in Σ₃(w, r)")
     return result
@@ -387,6 +417,17 @@ def _times(a: float, b: float) -> str:
     if ratio < GOAL_RATIO <= float(shown):
         shown = f"{math.floor(ratio * 100) / 100:.2f}"
     return f"{shown}×"
+
+
+def roles_chosen(result: dict[str, Any]) -> str:
+    """The page's sentence on how its roles were chosen, by the rule its ``analysis.json`` names."""
+    rule = result.get("role_rule")
+    if rule not in ROLES_CHOSEN:
+        raise ValueError(
+            f"analysis.json names the role rule {rule!r}, which this code does not know (it knows "
+            f"{sorted(map(str, ROLES_CHOSEN))}): render the page with the code that wrote it"
+        )
+    return ROLES_CHOSEN[rule].format(**result["role_setting"]) if rule == ROLE_RULE else ROLES_CHOSEN[rule]
 
 
 def markdown(result: dict[str, Any], command: str, n: int = THESIS_N) -> str:
@@ -554,7 +595,7 @@ def markdown(result: dict[str, Any], command: str, n: int = THESIS_N) -> str:
         "",
         "## Head roles found (`roles.json` in this page's folder, for `--struct-heads-from`)",
         "",
-        ROLES_CHOSEN if result.get("role_rule") == ROLE_RULE else ROLES_CHOSEN_BEFORE,
+        roles_chosen(result),
         "",
         f"- encoder: `{';'.join(result['roles']['encoder'])}`",
         f"- decoder: `{';'.join(result['roles']['decoder'])}`",
@@ -596,11 +637,19 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="seed of the thesis's random search (sentence i: seed·2³² + i, so seeds never share a draw)",
     )
+    p.add_argument(
+        "--pos-window",
+        type=int_at_least(0),
+        default=POS_WINDOW,
+        help=f"band half-width of the positional heads the roles are for (--struct-pos-window of the structured "
+        f"model that will read roles.json; default {POS_WINDOW}, its default): a head is positional when the band "
+        "|i - j| <= this holds its mass",
+    )
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
     torch.manual_seed(0)
-    result = analyze(a.checkpoint, a.data_dir, a.subset, a.out_dir, draws=a.draws, seed=a.seed)
+    result = analyze(a.checkpoint, a.data_dir, a.subset, a.out_dir, draws=a.draws, seed=a.seed, pos_window=a.pos_window)
     command = "structmt-analyze " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:]))
     write_report(a.out_dir, result, command)
     print(f"wrote {a.out_dir / 'ANALYSIS.md'}, analysis.json, roles.json and figures ({result['seconds']:.0f} s)")
