@@ -41,6 +41,8 @@ import sys
 import warnings
 from typing import Any
 
+from .files import replace_durably
+
 
 def import_fairseq_quietly() -> None:
     """Import fairseq (which imports all its models and tasks) without the ``logging.basicConfig`` calls
@@ -113,7 +115,7 @@ def copy_checkpoints_whole() -> None:
         tmp = f"{dst_path}.tmp-copy"
         try:
             shutil.copyfile(src_path, tmp)
-            os.replace(tmp, dst_path)
+            replace_durably(tmp, dst_path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -52,10 +52,28 @@ def atomic_path(path: Path) -> Iterator[Path]:
         if old is not None and old.st_gid != os.stat(tmp).st_gid:
             with contextlib.suppress(OSError):  # a shared file keeps its group where this user may set it
                 os.chown(tmp, -1, old.st_gid)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp: str | Path, path: str | Path) -> None:
+    """Rename the finished ``tmp`` onto ``path``, its content on the disk first: after a crash or a power cut
+    ``path`` holds the old file or the whole new one, never a renamed file whose blocks were not yet written.
+    The folder is synced after the rename where its file system allows it."""
+    _fsync(tmp)
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # some file systems cannot sync a folder; the rename stands
+        _fsync(Path(path).parent)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

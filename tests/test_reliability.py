@@ -449,6 +449,46 @@ def test_fairseq_copies_a_checkpoint_whole_or_not_at_all(tmp_path, monkeypatch):
     assert dst.read_bytes() == src.read_bytes()
 
 
+def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """Written whole (temp file + rename) is not enough after a power cut: a rename can reach the disk before the
+    file's blocks, leaving an empty file where the old one was. The temp file is synced before the rename, the
+    folder after it; for structmt's writes and fairseq's checkpoint copy alike."""
+    from fairseq.file_io import PathManager
+
+    import structmt  # noqa: F401  (applies the fixes, as --user-dir does)
+    from structmt.files import write_text_atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("sync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("rename", Path(a).name, Path(b).name))
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    folder = tmp_path / "out"
+    write_text_atomic(folder / "LEADERBOARD.md", "rows\n")
+    assert len(events) == 3
+    (_, tmp), (_, renamed, name), last = events
+    assert tmp.startswith(".LEADERBOARD.md.") and (renamed, name) == (tmp, "LEADERBOARD.md") and last == ("sync", "out")
+    events.clear()
+    (folder / "checkpoint_1_250.pt").write_bytes(b"new")
+    assert PathManager.copy(str(folder / "checkpoint_1_250.pt"), str(folder / "checkpoint_last.pt"), overwrite=True)
+    assert events == [
+        ("sync", "checkpoint_last.pt.tmp-copy"),
+        ("rename", "checkpoint_last.pt.tmp-copy", "checkpoint_last.pt"),
+        ("sync", "out"),
+    ]
+    assert (folder / "checkpoint_last.pt").read_bytes() == b"new" and (
+        folder / "LEADERBOARD.md"
+    ).read_text() == "rows\n"
+
+
 def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
     from structmt.checkpoints import checkpoint_updates
 
