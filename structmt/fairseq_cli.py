@@ -261,7 +261,9 @@ def parse_train_log(
     """Updates and training tokens/s from fairseq's epoch summaries, and the wall-clock seconds of training.
 
     Summaries that added no update (a resumed run that was already finished)
-    are ignored; tokens/s is weighted by each epoch's training time. The
+    are ignored; tokens/s is weighted by each epoch's training time (fairseq
+    logs it in whole seconds: where every epoch logged 0, under half a second
+    each, the mean of their tokens/s). The
     wall-clock is fairseq's cumulative training time stored in ``checkpoint``
     (:func:`~structmt.checkpoints.training_seconds`) less ``carried``, the
     time fairseq carried over from the checkpoint a fine-tune started from.
@@ -275,6 +277,7 @@ def parse_train_log(
 
     text = log.read_text(encoding="utf-8", errors="replace")
     updates, tokens, seconds, wall = 0, 0.0, 0.0, fallback_wall
+    rates: list[float] = []
     earlier, clock = 0.0, 0.0  # wall-clock of the processes before this one; this process's clock
     for kind, r in log_records(text):
         if kind != "train" or any(k not in r for k in ("wps", "num_updates", "train_wall", "wall")):
@@ -282,6 +285,7 @@ def parse_train_log(
         if int(r["num_updates"]) <= updates:
             continue
         updates = int(r["num_updates"])
+        rates.append(r["wps"])
         tokens += r["wps"] * r["train_wall"]
         seconds += r["train_wall"]
         if r["wall"] < clock:  # a new process: a resumed run
@@ -293,7 +297,7 @@ def parse_train_log(
     return TrainResult(
         updates=updates,
         wall_seconds=wall,
-        tokens_per_second=tokens / seconds if seconds else 0.0,
+        tokens_per_second=tokens / seconds if seconds else sum(rates) / len(rates) if rates else 0.0,
         checkpoint=checkpoint,
     )
 

@@ -112,6 +112,15 @@ def data_bin(value: str) -> Path:
     return path
 
 
+def split_problem(data_dir: Path, subset: str, option: str = "--subset") -> str | None:
+    """What is wrong with decoding split ``subset`` of the data-bin ``data_dir`` (``<subset>.<pair>.<lang>.bin``
+    files, as fairseq-preprocess writes them), or None; said naming ``option`` and the splits it has."""
+    if any(data_dir.glob(f"{subset}.*.bin")):
+        return None
+    splits = sorted({f.name.split(".")[0] for f in data_dir.glob("*.bin")})
+    return f"{option} {subset}: {data_dir} has no such split (it has: {', '.join(splits) or 'none'})"
+
+
 def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
     """argparse type for an integer option with a lower bound, and an upper one when given (argparse names
     the option on error)."""

@@ -394,6 +394,7 @@ def test_the_page_says_which_rule_chose_its_roles_and_for_which_positional_band(
     ckpt.write_bytes(b"")
     (tmp_path / "bin").mkdir()
     data = make_dict_dir(tmp_path / "bin")
+    (data / "test.en-de.en.bin").write_bytes(b"")  # the split it analyses
     report.main([str(ckpt), str(data), "--pos-window", "0", "--out-dir", str(tmp_path / "out")])
     assert seen["pos_window"] == 0
     report.main([str(ckpt), str(data), "--out-dir", str(tmp_path / "out")])

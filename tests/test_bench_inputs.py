@@ -143,6 +143,33 @@ def test_decode_refuses_bad_options_before_loading_a_model(argv, message, monkey
     assert _argparse_error(decode.main, argv, capsys).endswith(f": error: {message}")
 
 
+def test_decode_and_analyze_refuse_a_split_the_data_bin_lacks_before_loading_a_model(dict_dir, monkeypatch, capsys):
+    from structmt.analysis import report as analyze
+
+    for name in ("test.en-de.en.bin", "test.en-de.de.bin", "valid.en-de.en.bin"):
+        (dict_dir / name).write_bytes(b"")
+    (dict_dir / "model.pt").write_bytes(b"")
+    monkeypatch.setattr(decode, "load_model", _no_measurement)
+    monkeypatch.setattr(analyze, "analyze", _no_measurement)
+    argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir), "--subset", "tset"]
+    said = f"error: --subset tset: {dict_dir} has no such split (it has: test, valid)"
+    assert _argparse_error(decode.main, argv, capsys).endswith(said)
+    assert _argparse_error(
+        analyze.main, [str(dict_dir / "model.pt"), str(dict_dir), "--subset", "tset"], capsys
+    ).endswith(said)
+
+
+def test_compile_refuses_a_value_given_twice(capsys):
+    from structmt.bench.kernel_compile import main
+
+    for argv, said in (
+        (["--dtypes", "float32", "float32"], "argument --dtypes: float32 given more than once"),
+        (["--head-dims", "64", "128", "64"], "argument --head-dims: 64 given more than once"),
+        (["--kernels", "fwd", "fwd"], "argument --kernels: fwd given more than once"),
+    ):
+        assert _argparse_error(main, argv, capsys).endswith(said)
+
+
 @pytest.mark.parametrize("arch", ["0", "91", "101"])
 def test_compile_refuses_an_architecture_llvm_would_abort_on(arch, capsys):
     from structmt.bench.kernel_compile import main
@@ -187,6 +214,28 @@ def test_from_log_a_second_run_in_one_log_replaces_the_first_runs_values():
     short, long = ac.record_from_logs([log], SETTINGS)["rows"]
     assert short["triton_fb_s"] == pytest.approx(2e-3) and "sdpa_flash_fb_s" not in short
     assert long["triton_fb_s"] == pytest.approx(1e-3) and "sdpa_flash_fb_s" not in long
+    # a run stopped inside T=16384 after SDPA, then a run of Triton alone appended to the same log: the line
+    # each run starts with (or gpu_session.sh's before it) ends the block, the two runs' values never form a ratio
+    for start in (
+        f"{ac.RUN_STARTS} (structmt-bench attention --impls triton)",
+        "gpu_session: == attention (at most 60s)",
+    ):
+        stopped = ["T= 16384 sdpa_flash_fb          15.000 ms", start, "T= 16384 triton_fb               1.000 ms"]
+        record = ac.record_from_logs(["\n".join(stopped)], SETTINGS)
+        assert record["rows"][0].keys() & {"sdpa_flash_fb_s", "triton_fb_s"} == {"triton_fb_s"}
+        assert next(g for g in record["goals"] if g["goal"] == SDPA_GOAL)["measured"] is None
+
+
+def test_a_cuda_run_prints_the_line_that_tells_its_rows_from_an_earlier_runs_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ac, "require_cuda", lambda command: None)
+
+    def run(*args, **kwargs):  # the measurements start: the line is printed already
+        assert capsys.readouterr().out.startswith(f"{ac.RUN_STARTS} (structmt-bench attention ")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ac, "run", run)
+    with pytest.raises(KeyboardInterrupt):
+        ac.main(["--lengths", "128", "--out", str(tmp_path / "x.json")])
 
 
 def test_from_log_cli_writes_the_one_run_record(tmp_path, capsys):
@@ -307,11 +356,38 @@ def test_training_rounds_warm_up_each_model_and_reverse_the_order(monkeypatch, t
 
 def test_a_training_run_gets_its_update_count_and_every_option(monkeypatch, tmp_path):
     seen = []
-    result = type("Result", (), {"tokens_per_second": 123.0})()
+    result = type("Result", (), {"tokens_per_second": 123.0, "updates": 10})()
     monkeypatch.setattr(train, "train", lambda bin_dir, run_dir, arch, args, env: seen.append((arch, args)) or result)
     assert train._train_rate(tmp_path, tmp_path / "r", "a", 10, 4096, 1024, ("--cpu", "--x", "1")) == 123.0
     ((arch, args),) = seen
     assert arch == "a" and args[args.index("--max-update") + 1] == "10" and args[-3:] == ["--cpu", "--x", "1"]
+    # one process: fairseq's default world size is every GPU the machine shows, data-parallel, its rate their sum
+    assert args[args.index("--distributed-world-size") + 1] == "1"
+    result.tokens_per_second = 0.0  # no rate logged: no ratio of it
+    with pytest.raises(RuntimeError, match=r"r/train.log: fairseq-train logged no training rate for a \("):
+        train._train_rate(tmp_path, tmp_path / "r", "a", 10, 4096, 1024, ())
+
+
+def test_a_run_whose_epochs_each_took_under_half_a_second_has_the_rate_fairseq_logged(tmp_path):
+    """fairseq logs an epoch's training time in whole seconds: a short run (a few updates on a GPU) logs
+    ``train_wall 0``, which weighted its rate to 0 tokens/s (and a ratio to it divided by zero)."""
+    from structmt.fairseq_cli import parse_train_log
+
+    def summary(epoch: int, wps: float, updates: int, train_wall: int) -> str:
+        return (
+            f"x | INFO | train | epoch {epoch:03d} | loss 5 | wps {wps} | ups 9 | num_updates {updates} | lr 0.1 | "
+            f"train_wall {train_wall} | wall 1\n"
+        )
+
+    log = tmp_path / "train.log"
+    log.write_text(summary(1, 28088.9, 2, 0))
+    assert parse_train_log(log, tmp_path / "checkpoint_last.pt").tokens_per_second == pytest.approx(28088.9)
+    log.write_text(summary(1, 100.0, 2, 0) + summary(2, 300.0, 4, 0))
+    assert parse_train_log(log, tmp_path / "checkpoint_last.pt").tokens_per_second == pytest.approx(200.0)
+    log.write_text(summary(1, 100.0, 2, 0) + summary(2, 300.0, 4, 2))  # a timed epoch: the weights are known
+    assert parse_train_log(log, tmp_path / "checkpoint_last.pt").tokens_per_second == pytest.approx(300.0)
+    log.write_text("")
+    assert parse_train_log(log, tmp_path / "checkpoint_last.pt").tokens_per_second == 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -565,6 +641,9 @@ def test_an_out_that_cannot_be_written_is_refused_before_anything_is_measured(tm
         )
         folder = _argparse_error(main, ["--out", str(tmp_path)], capsys)
         assert folder.endswith(f"argument --out: {tmp_path}: a folder; give a file name in it")
+        (tmp_path / "taken.json").mkdir(exist_ok=True)  # --out taken: the result would go to taken.json
+        taken = _argparse_error(main, ["--out", str(tmp_path / "taken")], capsys)
+        assert taken.endswith(f"the result would be written to {tmp_path / 'taken.json'}, a folder; give another name")
     argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", "bin", "--out", str(tmp_path)]
     assert _argparse_error(decode.main, argv, capsys).endswith("a folder; give a file name in it")
 
@@ -590,12 +669,17 @@ def test_pseudo_documents_concatenate_pairs_until_the_source_reaches_the_tokens(
         ("bench_decode.json", lambda r: r.pop("cache_keys_by_length"), "KeyError: 'cache_keys_by_length'"),
         ("bench_attention.json", lambda r: r.pop("settings"), "KeyError: 'settings'"),
         ("bench_train.json", lambda r: r["results"]["multi30k"].update(ratio="fast"), "TypeError: "),
+        ("gpu/bench_attention_cuda.json", lambda r: r.pop("settings"), "KeyError: 'settings'"),
+        ("bench_attention_cuda.json", lambda r: r.pop("rows"), "KeyError: 'rows'"),  # its place outside gpu/
+        ("gpu/bench_train.json", lambda r: r.pop("results"), "KeyError: 'results'"),  # a GPU session's records
+        ("gpu/bench_decode.json", lambda r: r.pop("cache_keys_by_length"), "KeyError: 'cache_keys_by_length'"),
     ],
 )
 def test_report_names_a_record_it_cannot_read(tmp_path, name, change, says):
     results = tmp_path / "results"
-    results.mkdir()
-    record = json.loads((REPO / "results" / name).read_text())
+    (results / "gpu").mkdir(parents=True)
+    committed = (REPO / "results" / where for where in (name, f"gpu/{name}", Path(name).name))  # a record of its kind
+    record = json.loads(next(path for path in committed if path.exists()).read_text())
     change(record)
     (results / name).write_text(json.dumps(record))
     with pytest.raises(DataError, match=rf"{name}: not a record this code reads \({re.escape(says)}.*run the command"):

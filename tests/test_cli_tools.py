@@ -102,6 +102,7 @@ def test_analyze_names_a_file_that_is_not_a_checkpoint_in_one_line(dict_dir, tmp
     monkeypatch.setattr("structmt.console.setup", lambda verbose=False: None)  # keep the test process's console
     notes = tmp_path / "README.md"
     notes.write_text("# notes\n")
+    (dict_dir / "test.en-de.en.bin").write_bytes(b"")  # the split it analyses
     with pytest.raises(ValueError) as e:  # the console prints it as one `error:` line
         analyze.main([str(notes), str(dict_dir), "--out-dir", str(tmp_path / "out")])
     assert str(e.value).startswith(f"{notes}: not a fairseq checkpoint, or one cut short (")

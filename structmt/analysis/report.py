@@ -20,7 +20,7 @@ from ..attention.options import StructureConfig
 from ..attention.structure import ROLES, SHORT_ROLES, rarity_tables
 from ..checkpoints import load_model
 from ..figures import annotated_heatmap, pyplot, save
-from ..files import data_bin, existing_file, int_at_least, write_text_atomic
+from ..files import data_bin, existing_file, int_at_least, split_problem, write_text_atomic
 from ..paths import RESULTS_DIR
 from ..provenance import git_commit, machine
 from .extract import SentenceAttention, iterate
@@ -647,6 +647,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_verbose_option(p)
     a = p.parse_args(argv)
+    if problem := split_problem(a.data_dir, a.subset):  # before the model loads
+        p.error(problem)
     setup(a.verbose)
     torch.manual_seed(0)
     result = analyze(a.checkpoint, a.data_dir, a.subset, a.out_dir, draws=a.draws, seed=a.seed, pos_window=a.pos_window)

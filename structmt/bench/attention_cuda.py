@@ -529,6 +529,11 @@ _LOG_ROW = re.compile(
 )
 _LOG_VERSIONS = re.compile(r"torch (?P<torch>\S+) \(CUDA (?P<cuda>[\d.]+)\), triton (?P<triton>\S+)")
 _LOG_PYTHON = re.compile(r"structmt ready: Python (?P<python>[\d.]+)")  # scripts/check_install.py
+#: the line a run prints before its first row
+RUN_STARTS = "structmt-bench attention --device cuda: a run starts"
+#: lines that start a run in a log: its own first line, and scripts/gpu_session.sh's line before each step (all a
+#: run printed before RUN_STARTS existed)
+_LOG_RUN_START = re.compile(rf"^(?:{re.escape(RUN_STARTS)}|gpu_session: == )")
 
 
 def record_from_logs(texts: list[str], settings: dict[str, Any]) -> dict[str, Any]:
@@ -539,8 +544,9 @@ def record_from_logs(texts: list[str], settings: dict[str, Any]) -> dict[str, An
     was printed, so there is no traffic floor.
 
     Every value of one length comes from one run, so that each ratio is measured side by side: a
-    run prints a length's rows one after the other, and a block of them ends where another length
-    or a second row of the same measurement is printed (a new run). Of the blocks of a length,
+    run prints a length's rows one after the other, and a block of them ends where another length,
+    a second row of the same measurement or the start of a run (:data:`RUN_STARTS`, or
+    ``scripts/gpu_session.sh``'s ``gpu_session: == …`` before it) is printed. Of the blocks of a length,
     the last one printed wins (the last log given that has that length, its last block there); its
     measurements replace the earlier blocks' whole, they are not merged one by one."""
     blocks: dict[int, dict[str, Any]] = {}  # T → the values of its latest block
@@ -552,6 +558,9 @@ def record_from_logs(texts: list[str], settings: dict[str, Any]) -> dict[str, An
         keys: set[str] = set()
         for line in text.splitlines():
             m = _LOG_ROW.match(line.strip())
+            if _LOG_RUN_START.match(line.strip()):
+                current = None  # a new run: whatever length it prints first starts a block
+                continue
             if m is None:
                 if (v := _LOG_VERSIONS.search(line)) and "torch" not in settings:
                     settings = {**settings, **v.groupdict()}
@@ -660,6 +669,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     require_cuda("attention")
     out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{RUN_STARTS} ({command})", flush=True)  # --from-log tells this run's rows from an earlier run's
 
     def save(partial: dict[str, Any]) -> None:
         write_text_atomic(out, json.dumps({**partial, "command": command}, indent=2) + "\n")

@@ -138,6 +138,11 @@ def output_file(value: str) -> Path:
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise argparse.ArgumentTypeError(f"{value}: {blocking} is a file, not a folder")
+    written = [output_path(path, suffix) for suffix in (".json", ".png")]  # what the commands write
+    if folder := next((w for w in written if w.is_dir()), None):
+        raise argparse.ArgumentTypeError(
+            f"{value}: the result would be written to {folder}, a folder; give another name"
+        )
     return path
 
 

@@ -19,7 +19,7 @@ import torch
 from ..checkpoints import load_model
 from ..console import setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
-from ..files import int_at_least, write_text_atomic
+from ..files import int_at_least, split_problem, write_text_atomic
 from ..models.structured_transformer import StructuredTransformerModel
 from ..paths import RESULTS_DIR
 from ..provenance import machine
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("the following arguments are required: --data-bin")
     if (a.bf16 or a.fp16) and a.device != "cuda":
         p.error("--bf16 and --fp16 need --device cuda")
+    if problem := split_problem(a.data_bin, a.subset):  # before the models load
+        p.error(problem)
     if a.device == "cuda":
         from .common import require_cuda
 

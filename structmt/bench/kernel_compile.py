@@ -206,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_old_name(p, "--json", out)
     a = p.parse_args(argv)
+    for option in ("kernels", "dtypes", "head_dims"):  # each value once: a repeat would be compiled again, cached
+        values = [str(v) for v in getattr(a, option)]
+        if repeated := sorted({v for v in values if values.count(v) > 1}):
+            p.error(f"argument --{option.replace('_', '-')}: {', '.join(repeated)} given more than once")
     setup(a.verbose)
     _refuse_interpreter()
     try:

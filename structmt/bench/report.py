@@ -380,18 +380,25 @@ def gpu_section(results_dir: Path) -> list[str]:
     gpu = results_dir / GPU_DIR
     found = False
     for path in (results_dir / CUDA_ATTENTION, gpu / CUDA_ATTENTION):
-        record = _load(path)
-        if record is not None:
-            lines += cuda_attention_section(record, str(path.relative_to(results_dir)))
-            found = True
+        where = str(path.relative_to(results_dir))
+        body = _section(
+            path, lambda record, where=where: [] if record is None else cuda_attention_section(record, where)
+        )
+        lines += body
+        found |= bool(body)
     for name, section in (("bench_train.json", train_section), ("bench_decode.json", decode_section)):
-        record = _load(gpu / name)
-        if record is not None:
+
+        def titled(record: dict[str, Any] | None, name: str = name, section: Any = section) -> list[str]:
+            if record is None:
+                return []
             body = section(record)
             device = f" on {record['device']}" if record.get("device") else ""
             precision = f", {record['precision']}" if record.get("precision") else ""
-            lines += [f"#{body[0]}{device}{precision} (`{GPU_DIR}/{name}`)"] + body[1:]
-            found = True
+            return [f"#{body[0]}{device}{precision} (`{GPU_DIR}/{name}`)"] + body[1:]
+
+        body = _section(gpu / name, titled)
+        lines += body
+        found |= bool(body)
     if not found:
         lines += [
             "Not measured yet: run `scripts/gpu_session.sh` on a GPU machine (it writes `results/gpu/`), "

@@ -149,9 +149,19 @@ def _train_rate(
         "--required-batch-size-multiple",
         "1",
         "--skip-invalid-size-inputs-valid-test",
+        # one process on one device: fairseq's default is every GPU the machine shows (data-parallel, its
+        # tokens/s the sum over them), which the record's one device name would not say
+        "--distributed-world-size",
+        "1",
         *extra,
     ]
-    return train(bin_dir, run_dir, arch, args, env=dict(os.environ)).tokens_per_second
+    result = train(bin_dir, run_dir, arch, args, env=dict(os.environ))
+    if not result.tokens_per_second > 0:
+        raise RuntimeError(
+            f"{run_dir / 'train.log'}: fairseq-train logged no training rate for {arch} ({result.updates} updates): "
+            "read the log's end; no ratio is computed from it"
+        )
+    return result.tokens_per_second
 
 
 def main(argv: list[str] | None = None) -> None:
