@@ -178,6 +178,10 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
         name("train=paper_base", "train.world_size=8", "train.update_freq=1") == "paper_base+update_freq=1+world_size=8"
     )
     assert name("train=smoke", "train.beam=3") == "smoke"  # the beam is a row label of its own
+    # a name of that form given by hand (copied from the leaderboard for another seed) states settings the run may
+    # not have: it is named again for the settings it has, never averaged with the named runs' as a seed
+    assert name("train=smoke", "train.name='smoke+max_update=2+lr=0.001'", "train.seed=2") == "smoke"
+    assert name("train=smoke", "train.name='smoke+lr=0.001'", "train.lr=0.001", "train.seed=2") == "smoke+lr=0.001"
     start = tmp_path / "start.pt"
     start.write_bytes(b"weights")
     assert re.fullmatch(

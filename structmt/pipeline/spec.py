@@ -284,7 +284,11 @@ SAME_SETTING = ("name", "seed", *OUTSIDE_ID, "beam", "finetune_from")
 def own_name(schedule: Schedule) -> Schedule:
     """``schedule``, named for the settings where it departs from ``conf/train/<name>.yaml``
     (``cpu_demo+lr=0.001``; a list, a path or a run id by a digest: ``+extra_args=1a2b3c``), so that its rows are
-    never averaged with the named schedule's as seeds of one setting. A name without a file is the user's own."""
+    never averaged with the named schedule's as seeds of one setting. A name without a file is the user's own; a
+    name of this form given by hand (``train.name=cpu_demo+lr=0.001``) is named again from its schedule's file, for
+    the settings the run has, not the ones the name states."""
+    if "+" in schedule.name and named_schedule(schedule.name) is not None:
+        return own_name(replace(schedule, name=schedule.name.partition("+")[0]))
     if not schedule_file(schedule.name).is_file():
         return schedule
     named = load_schedule(schedule.name)
