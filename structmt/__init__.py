@@ -5,8 +5,9 @@ Importing the package (``--user-dir structmt``) registers the
 few classes fairseq checkpoints contain, so they load with torch's
 ``weights_only=True`` default, lets ``--bf16`` train on GPUs, keeps
 ``checkpoint_last.pt`` whole when a run is killed and refuses to resume a
-training under another structure (see :mod:`structmt.fairseq_fixes`, and
-:func:`structmt.models.structured_transformer.refuse_changed_structure_on_resume`).
+training under another structure and a misnamed ``--model-overrides`` key (see
+:mod:`structmt.fairseq_fixes`, and :mod:`structmt.models.structured_transformer`'s
+``refuse_changed_structure_on_resume`` and ``refuse_misnamed_overrides``).
 """
 
 from .checkpoints import allow_fairseq_checkpoints
@@ -17,8 +18,12 @@ keep_bf16_off_tpu()
 copy_checkpoints_whole()
 
 from . import models  # noqa: E402,F401  (registers the models)
-from .models.structured_transformer import refuse_changed_structure_on_resume  # noqa: E402
+from .models.structured_transformer import (  # noqa: E402
+    refuse_changed_structure_on_resume,
+    refuse_misnamed_overrides,
+)
 
 refuse_changed_structure_on_resume()
+refuse_misnamed_overrides()
 
 __version__ = "0.1.0"

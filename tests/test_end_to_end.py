@@ -134,6 +134,17 @@ def test_fairseq_hydra_train_with_the_plugin(data_bin, tmp_path):
     assert state["optimizer_history"][-1]["num_updates"] == 2
     (model,), _ = checkpoint_utils.load_model_ensemble([str(tmp_path / "ckpt" / "checkpoint_last.pt")])
     assert model.encoder.layers[0].self_attn.structure.window == (1, 5, 5, 5)
+    # --model-overrides on a checkpoint of settings saved as a DictConfig: fairseq sets the keys it has and drops
+    # the others in silence; a misspelt option or structmt-run's name of one is refused as from fairseq-train's
+    (model,), _ = checkpoint_utils.load_model_ensemble(
+        [str(tmp_path / "ckpt" / "checkpoint_last.pt")], arg_overrides={"struct_window": 2}
+    )
+    assert model.encoder.layers[0].self_attn.structure.window == (1, 2, 2, 2)
+    for misnamed, said in (("struct_windw", "no structmt option of that name"), ("window", "structmt-run's name")):
+        with pytest.raises(ValueError, match=f"{misnamed}: {said}"):
+            checkpoint_utils.load_model_ensemble(
+                [str(tmp_path / "ckpt" / "checkpoint_last.pt")], arg_overrides={misnamed: 1}
+            )
     resumed = hydra_train("optimization.max_update=3", *structure)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert torch.load(tmp_path / "ckpt" / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"] == 3

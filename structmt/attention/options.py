@@ -19,7 +19,7 @@ import argparse
 import math
 import numbers
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -299,6 +299,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=type(f.default).__name__.upper(),
             help=(f"{f.metadata['help']} (default: {f.default!r})"),
         )
+
+
+def misnamed_options(keys: Iterable[str]) -> str:
+    """Why settings (or ``--model-overrides``) with ``keys`` name an option wrongly ("" when none does): a
+    ``struct_*`` key that is no option (misspelt: its value would be set beside the options, unread), or
+    structmt-run's short name of one (``window``, which fairseq's settings never read)."""
+    known = {f.name for f in fields(StructureConfig)}
+    stray = sorted(k for k in keys if k.startswith(PREFIX) and k not in known)
+    if stray:
+        return (
+            f"{', '.join(stray)}: no structmt option of that name (a misspelt --model-overrides key?); the options "
+            f"are {', '.join(sorted(known))}"
+        )
+    pipeline_names = sorted(k for k in keys if PREFIX + k in known)
+    if pipeline_names:
+        return (
+            f"{', '.join(pipeline_names)}: structmt-run's name of an option; fairseq's settings (and "
+            f"--model-overrides) name it {', '.join(PREFIX + k for k in pipeline_names)}"
+        )
+    return ""
 
 
 def fill_defaults(args: Any) -> None:

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..attention.context import TokenContext, active, current
 from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
-from ..attention.options import PREFIX, StructureConfig, add_arguments, describe, fill_defaults
+from ..attention.options import StructureConfig, add_arguments, describe, fill_defaults, misnamed_options
 from ..attention.structure import CrossBand, Structure, rarity_tables, roles_json
 from ..checkpoints import checkpoint_state
 
@@ -298,22 +298,8 @@ class StructuredTransformerModel(TransformerModel):
 
     @classmethod
     def _build(cls, args: Any, task: Any) -> StructuredTransformerModel:
-        known = {f.name for f in fields(StructureConfig)}
-        given = getattr(args, "__dict__", {})
-        stray = sorted(k for k in given if k.startswith(PREFIX) and k not in known)
-        if stray:  # a misspelt --model-overrides key: the checkpoint's value would be used in silence
-            raise ValueError(
-                f"{', '.join(stray)}: no structmt option of that name (a misspelt --model-overrides key?); the "
-                f"options are {', '.join(sorted(known))}"
-            )
-        # structmt-run's names of the options (model.window), which fairseq's settings never use: an override of
-        # one ("{'window': 0}") was set beside the option and ignored
-        pipeline_names = sorted(k for k in given if PREFIX + k in known)
-        if pipeline_names:
-            raise ValueError(
-                f"{', '.join(pipeline_names)}: structmt-run's name of an option; fairseq's settings (and "
-                f"--model-overrides) name it {', '.join(PREFIX + k for k in pipeline_names)}"
-            )
+        if problem := misnamed_options(getattr(args, "__dict__", {})):
+            raise ValueError(problem)
         fill_defaults(args)
         options = StructureConfig.from_args(args).validate()
         left_pad_target = getattr(args, "left_pad_target", None) or getattr(
@@ -489,6 +475,27 @@ def refuse_changed_structure_on_resume() -> None:
 
     load_checkpoint.checks_structure = True  # type: ignore[attr-defined]
     Trainer.load_checkpoint = load_checkpoint  # type: ignore[method-assign]
+
+
+def refuse_misnamed_overrides() -> None:
+    """Wrap the ``overwrite_args_by_name`` fairseq's checkpoint loading applies ``--model-overrides`` with to a
+    checkpoint saved with a DictConfig (fairseq-hydra-train's; idempotent): it sets the keys the checkpoint has
+    and drops the others in silence, so a misspelt ``struct_*`` key, or structmt-run's short name of an option,
+    left the saved value in use. Refused as from a Namespace checkpoint (:func:`misnamed_options`)."""
+    from fairseq import checkpoint_utils
+
+    original = checkpoint_utils.overwrite_args_by_name
+    if getattr(original, "checks_option_names", False):
+        return
+
+    @functools.wraps(original)
+    def overwrite_args_by_name(cfg: Any, overrides: dict[str, Any]) -> Any:
+        if problem := misnamed_options(overrides):
+            raise ValueError(problem)
+        return original(cfg, overrides)
+
+    overwrite_args_by_name.checks_option_names = True  # type: ignore[attr-defined]
+    checkpoint_utils.overwrite_args_by_name = overwrite_args_by_name
 
 
 def multi30k_architecture(args: Any) -> None:
