@@ -288,7 +288,7 @@ def test_the_roles_row_is_the_run_of_its_documented_command():
     assert RunSpec(model=ModelSpec(heads_from=archived), schedule=cpu_demo).run_id() in rows
     current = RunSpec(model=ModelSpec(heads_from="results/roles.json"), schedule=cpu_demo).run_id()
     assert current.startswith("multi30k_en_de-cpu_demo-w3-r2-roles-") and current in rows  # another run
-    demo_roles = "results/analysis_cpu_demo/roles.json"  # today's rule, on the cpu_demo dense model
+    demo_roles = "results/archive/roles_cpu_demo_1ef7a82.json"  # the rule of a61ac9f, on the cpu_demo dense model
     readme = " ".join((REPO / "results/README.md").read_text().split())
     assert f"model=structured_multi30k_roles model.heads_from={demo_roles} logger=wandb_offline" in readme
     assert RunSpec(model=ModelSpec(heads_from=demo_roles), schedule=cpu_demo).run_id() in rows
