@@ -292,9 +292,11 @@ def test_the_roles_row_is_the_run_of_its_documented_command():
     readme = " ".join((REPO / "results/README.md").read_text().split())
     assert f"model=structured_multi30k_roles model.heads_from={demo_roles} logger=wandb_offline" in readme
     assert RunSpec(model=ModelSpec(heads_from=demo_roles), schedule=cpu_demo).run_id() in rows
-    files = (archived, "results/roles.json", demo_roles)
+    files = (archived, "results/roles.json", demo_roles, "results/analysis_cpu_demo/roles.json")
     labels = {ModelSpec(heads_from=f).heads_label() for f in files}
-    assert labels == {"roles:fe15b689", "roles:09613f93", "roles:59e8524b"}  # three mixes, never seeds of one
+    assert labels == {"roles:fe15b689", "roles:09613f93", "roles:59e8524b", "roles:ff20bc08"}  # never seeds of one
+    today = RunSpec(model=ModelSpec(heads_from="results/analysis_cpu_demo/roles.json"), schedule=cpu_demo).run_id()
+    assert "model.heads_from=results/analysis_cpu_demo/roles.json logger=wandb_offline" in readme and today in rows
     assert {
         r["heads"] for r in leaderboard.read_rows(REPO / "results" / "leaderboard.csv") if "-roles-" in r["run_id"]
     } == labels
