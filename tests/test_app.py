@@ -440,11 +440,14 @@ def test_killed_point_resumes_from_its_checkpoint(tmp_path):
 def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advice():
     """Hydra's own error for ``model.windw=3`` suggests ``+model.windw=3``, which adds the misspelt key."""
     argv = ["-m", "model=structured_tiny", "model.windw=3,5", "model.window=3", "+model.windw=3", "~model.rare"]
-    argv += ["hydra.run.dir=x", "runs_dir=x", "logger.mod=offline", "train.max_update=1,2"]
+    argv += ["hydra.run.dir=x", "runs_dir=x", "logger.mod=offline", "train.max_update=1,2", "basline=false"]
+    argv += ["hydra/launcher=local_jobs", "baseline=false", "data=multi30k_smoke", "+sweep=wr_small"]
     assert misspelt_keys(argv) == [
         "model.windw is not a key of model (valid keys: window, rare, heads, heads_from, pos_window, error, "
         "error_eps, apply, cross_window, cross_slope, impl, arch)",
         "logger.mod is not a key of logger (valid keys: mode, project)",
+        "basline is not a key at the top level (valid keys: data, model, train, logger, runs_dir, results_dir, "
+        "baseline)",
     ]
 
 

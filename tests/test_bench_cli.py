@@ -226,17 +226,20 @@ def test_train_help_names_also_no_cross_and_hides_the_old_name(capsys):
 
 
 @pytest.mark.parametrize("old, value", [("--data", "old/bin"), ("--data-bin", "new/bin")])
-def test_decode_takes_data_bin_and_its_old_name_data_with_a_deprecation_note(old, value, monkeypatch, capsys):
+def test_decode_takes_data_bin_and_its_old_name_data_with_a_deprecation_note(old, value, monkeypatch, capsys, tmp_path):
     from structmt.bench import decode
 
     def load_model(checkpoint, data_bin):
         raise Stop(data_bin)
 
+    data = tmp_path / value
+    data.mkdir(parents=True)
+    (data / "test.en-de.en.bin").write_bytes(b"")  # the split it decodes
     monkeypatch.setattr(decode, "machine", lambda: "test machine")
     monkeypatch.setattr(decode, "load_model", load_model)
     with pytest.raises(Stop) as stopped:
-        decode.main(["--dense", "d.pt", "--structured", "s.pt", old, value])
-    assert stopped.value.args == (Path(value),)
+        decode.main(["--dense", "d.pt", "--structured", "s.pt", old, str(data)])
+    assert stopped.value.args == (data,)
     warned = "structmt-bench decode: warning: --data is deprecated; it is --data-bin now\n"
     assert capsys.readouterr().err == (warned if old == "--data" else "")
 

@@ -157,6 +157,9 @@ def test_decode_and_analyze_refuse_a_split_the_data_bin_lacks_before_loading_a_m
     assert _argparse_error(
         analyze.main, [str(dict_dir / "model.pt"), str(dict_dir), "--subset", "tset"], capsys
     ).endswith(said)
+    argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir / "nope")]
+    no_folder = f"error: {dict_dir / 'nope'}: no such folder; give the data-bin the model was trained on"
+    assert _argparse_error(decode.main, argv, capsys).endswith(no_folder)
 
 
 def test_compile_refuses_a_value_given_twice(capsys):
@@ -533,6 +536,7 @@ def test_decode_refuses_a_pair_that_is_not_dense_then_structured(swap, monkeypat
     kinds = {"d.pt": structured if swap == "swapped" else dense, "s.pt": dense}
     monkeypatch.setattr(decode, "machine", lambda: "test machine")
     monkeypatch.setattr(decode, "load_model", lambda checkpoint, data_bin: (kinds[str(checkpoint)], None))
+    (dict_dir / "test.en-de.en.bin").write_bytes(b"")  # the split it decodes
     argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir)]
     which = "--dense d.pt: not a dense" if swap == "swapped" else "--structured s.pt: not a structured"
     assert which in _argparse_error(decode.main, argv, capsys)
@@ -555,6 +559,7 @@ def test_decode_refuses_a_pair_of_another_shape_or_direction(dict_dir, monkeypat
     pairs = {"d.pt": dense, "s.pt": shallow}
     monkeypatch.setattr(decode, "machine", lambda: "test machine")
     monkeypatch.setattr(decode, "load_model", lambda checkpoint, data_bin: pairs[str(checkpoint)])
+    (dict_dir / "test.en-de.en.bin").write_bytes(b"")  # the split it decodes
     argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir)]
     assert "--dense d.pt and --structured s.pt are not one model shape: parameter encoder.layers.1" in (
         _argparse_error(decode.main, argv, capsys)

@@ -69,6 +69,16 @@ def test_keys_added_with_plus_that_the_schema_lacks_are_rejected(override, messa
         ("train.name=''", r"train.name='' must be letters"),
         ("logger.project=a/b", r"logger.project='a/b' must be 1 to 128 characters, none of / \\ # \? % :"),
         (f"logger.project={'p' * 129}", r"logger.project='p+' must be 1 to 128 characters"),
+        ("train.lr=inf", r"train.lr=inf must be a finite number > 0"),  # fairseq-train refused it after the data
+        ("train.lr=nan", r"train.lr=nan must be a finite number > 0"),
+        # the checkout itself: its run folders and data beside the code (into the data manifests' folder)
+        ("runs_dir=''", r"runs_dir='': empty; give a folder \(a relative one lies under the repository checkout\)"),
+        ("results_dir=' '", r"results_dir=' ': empty; give a folder"),
+        (  # refused by the model's build, after the data was prepared and the run folder made
+            "model.rare=100000",
+            r"model.rare=100000 does not fit model.arch=structured_transformer_multi30k: model.rare 100000: more "
+            r"rare-token columns than the longest sequence the model takes \(1024 positions",
+        ),
     ],
 )
 def test_ranges(override, message):
@@ -194,6 +204,18 @@ def test_the_options_set_elsewhere_are_those_the_training_command_adds(monkeypat
 )
 def test_architecture_data_and_role_mix_are_checked_before_training(overrides, message):
     _rejects(message, *overrides)
+
+
+def test_a_role_mix_that_does_not_fit_says_how_to_give_mixes_of_their_own_in_the_runs_own_names():
+    """structmt-run said to give --struct-heads-from the JSON itself, which model.heads_from refuses (a file)."""
+    with pytest.raises(ConfigError) as err:
+        validate(_compose("model.heads='pos:1,syn:1'"))
+    said = str(err.value)
+    assert "model.heads gives the encoder and the decoder the same mixes; for mixes of their own give " in said
+    roles = """{"encoder": ["pos:1,syn:2,rare:1", ...], "decoder": [...]}"""
+    assert "model.heads 'pos:1,syn:1': the role mix 'pos:1,syn:1' gives 2 heads but the layer has 4" in said
+    assert said.endswith(f"model.heads_from a roles file ({roles}, one mix per layer)")
+    assert "--struct" not in said and "the JSON itself" not in said
 
 
 def test_a_roles_file_is_checked_for_the_blocks_it_structures_as_the_plugin_checks_it(tmp_path):

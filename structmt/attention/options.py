@@ -205,11 +205,7 @@ class StructureConfig:
         except ValueError as err:
             if self.struct_heads_from:
                 raise ValueError(f"the {block}'s self-attention: {err}") from None
-            raise ValueError(
-                f"the {block}'s self-attention: {err}. {flag('struct_heads')} gives the encoder and the decoder the "
-                f"same mixes; for mixes of their own give {flag('struct_heads_from')} a roles file, or the JSON "
-                """itself: '{"encoder": ["pos:1,syn:2,rare:1", ...], "decoder": [...]}' (one mix per layer)"""
-            ) from None
+            raise ValueError(f"the {block}'s self-attention: {err}. {own_mixes_hint(flag)}") from None
 
     def layer_structures(
         self, block: str, num_heads: int, num_layers: int, layers_to_keep: list[int] | None = None
@@ -240,6 +236,17 @@ class StructureConfig:
             )
             for roles in mixes
         ]
+
+
+def own_mixes_hint(name: Callable[[str], str], json_itself: bool = True) -> str:
+    """How to give each block and layer a mix of its own, naming the options with ``name`` (``json_itself``: the
+    option also takes the JSON itself, as the plugin's does)."""
+    roles = """{"encoder": ["pos:1,syn:2,rare:1", ...], "decoder": [...]}"""
+    return (
+        f"{name('struct_heads')} gives the encoder and the decoder the same mixes; for mixes of their own give "
+        f"{name('struct_heads_from')} a roles file"
+        + (f", or the JSON itself: '{roles}' (one mix per layer)" if json_itself else f" ({roles}, one mix per layer)")
+    )
 
 
 def default_role_mix(num_heads: int, rare: int) -> str:

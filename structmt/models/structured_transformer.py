@@ -32,6 +32,8 @@ import torch
 from fairseq.distributed import fsdp_wrap
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import (
+    DEFAULT_MAX_SOURCE_POSITIONS,
+    DEFAULT_MAX_TARGET_POSITIONS,
     TransformerConfig,
     TransformerDecoderBase,
     TransformerEncoderBase,
@@ -265,6 +267,23 @@ def block_structures(args: Any, options: StructureConfig, block: str) -> list[St
     return options.layer_structures(block, heads, layers, keep)
 
 
+def too_many_rare_columns(options: StructureConfig, uses_rare: bool, args: Any) -> str:
+    """Why ``--struct-rare`` is too large for a model whose heads ``uses_rare`` (any rare-token head) and whose
+    settings are ``args`` (with fairseq's defaults where they leave the positions unset, as its build does; ""
+    when it is not)."""
+    longest = max(
+        getattr(args, "max_source_positions", None) or DEFAULT_MAX_SOURCE_POSITIONS,
+        getattr(args, "max_target_positions", None) or DEFAULT_MAX_TARGET_POSITIONS,
+    )
+    if uses_rare and options.struct_rare > longest:
+        return (
+            f"--struct-rare {options.struct_rare}: more rare-token columns than the longest sequence the model "
+            f"takes ({longest} positions: --max-source-positions, --max-target-positions), each a slot of every "
+            f"query; at {longest} every token is one already"
+        )
+    return ""
+
+
 @register_model("structured_transformer")
 class StructuredTransformerModel(TransformerModel):
     """Transformer whose attention follows Σ = Σ₁ ∪ Σ₂(w) ∪ Σ₃(r) (``--struct-*`` options)."""
@@ -323,13 +342,8 @@ class StructuredTransformerModel(TransformerModel):
             # keep the roles, not the file's path: the checkpoint rebuilds the model it was trained as
             args.struct_heads_from = roles_json(args.struct_heads_from)
         model = super().build_model(args, task)  # fills the architecture's defaults, then builds encoder and decoder
-        longest = max(args.max_source_positions, args.max_target_positions)
-        if model.uses_rare and options.struct_rare > longest:
-            raise ValueError(
-                f"--struct-rare {options.struct_rare}: more rare-token columns than the longest sequence the model "
-                f"takes ({longest} positions: --max-source-positions, --max-target-positions), each a slot of every "
-                f"query; at {longest} every token is one already"
-            )
+        if problem := too_many_rare_columns(options, model.uses_rare, args):
+            raise ValueError(problem)
         _check_rarity_counts(args, model)
         # what this model attends with, in the log of every command that builds it (fairseq-generate's
         # --model-overrides of a --struct-* option included): the checkpoint's own options otherwise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
@@ -26,13 +27,13 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ..attention.options import PREFIX, flag, spec_fields
+from ..attention.options import PREFIX, StructureConfig, flag, own_mixes_hint, short, spec_fields
 from ..console import say_once, setup
 from ..data.datasets import DATASETS, wrong_source_option
 from ..data.fetch import MANIFESTS, read_checksums
 from ..data.prepare import MULTI30K_SPLITS
 from ..data.wmt import load_manifest
-from ..models.structured_transformer import block_structures
+from ..models.structured_transformer import block_structures, too_many_rare_columns
 from ..paths import REPO_ROOT
 from .evaluation import run_experiment, valid_bleu
 from .spec import (
@@ -87,7 +88,7 @@ def validate(cfg: Any) -> None:
     """Range checks that types alone cannot express (raises :class:`ConfigError` naming the key)."""
     checks = [
         ("train.max_update", cfg.train.max_update > 0, "must be > 0"),
-        ("train.lr", cfg.train.lr > 0, "must be > 0"),
+        ("train.lr", 0 < cfg.train.lr < math.inf, "must be a finite number > 0"),
         ("train.warmup", cfg.train.warmup >= 1, "must be >= 1 (fairseq's inverse_sqrt schedule divides by it)"),
         (
             "train.save_interval",
@@ -139,7 +140,7 @@ def validate(cfg: Any) -> None:
     if cfg.data.mirror and not Path(cfg.data.mirror).expanduser().is_dir():
         bad.append(f"data.mirror={cfg.data.mirror!r} is not a folder; give the folder holding the corpus files")
     for key in ("runs_dir", "results_dir"):  # found before training, not when its results are written
-        if problem := unwritable(repo_path(cfg[key])):
+        if problem := folder_problem(cfg[key]):
             bad.append(f"{key}={cfg[key]!r}: {problem}")
     if bad:
         raise ConfigError("invalid configuration: " + "; ".join(bad))
@@ -163,6 +164,14 @@ def world_size_problem(world_size: int) -> str:
     if gpus < world_size:
         return f"this machine shows {gpus} GPU(s) (CUDA_VISIBLE_DEVICES), and fairseq trains one process per GPU"
     return ""
+
+
+def folder_problem(value: str) -> str:
+    """Why ``runs_dir`` or ``results_dir`` set to ``value`` cannot be used, or "": an empty value (it would be the
+    checkout itself, its run folders and data beside the code) or a folder that cannot be written."""
+    if not value.strip():
+        return "empty; give a folder (a relative one lies under the repository checkout)"
+    return unwritable(repo_path(value))
 
 
 def unwritable(folder: Path) -> str:
@@ -223,12 +232,23 @@ def model_problems(model: ModelSpec, extra_args: list[str]) -> list[str]:
     ARCH_CONFIG_REGISTRY[model.arch](args)
     options = model.options(model.roles_path())
     try:
-        for block in options.blocks():
-            block_structures(args, options, block)
+        structures = [s for block in options.blocks() for s in block_structures(args, options, block) or []]
     except ValueError as err:
         key = "heads_from" if model.heads_from else "heads"
-        return [f"model.{key}={getattr(model, key)!r} does not fit model.arch={model.arch}: {err}"]
+        # the hint in structmt-run's names: its model.heads_from takes a file only
+        said = str(err).replace(own_mixes_hint(flag), own_mixes_hint(lambda n: f"model.{short(n)}", json_itself=False))
+        return [f"model.{key}={getattr(model, key)!r} does not fit model.arch={model.arch}: {in_run_names(said)}"]
+    if problem := too_many_rare_columns(options, any(s.uses_rare for s in structures), args):
+        return [f"model.rare={model.rare} does not fit model.arch={model.arch}: {in_run_names(problem)}"]
     return []
+
+
+def in_run_names(text: str) -> str:
+    """``text`` with the plugin's ``--struct-*`` flags named as structmt-run's ``model.*`` keys (the longest first:
+    ``--struct-heads-from`` before ``--struct-heads``)."""
+    for name in sorted((f.name for f in fields(StructureConfig)), key=len, reverse=True):
+        text = text.replace(flag(name), f"model.{short(name)}")
+    return text
 
 
 #: fairseq-train options the pipeline sets besides ``Schedule.fairseq_args`` and ``ModelSpec.fairseq_args``
@@ -433,13 +453,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def misspelt_keys(argv: list[str]) -> list[str]:
     """Overrides ``group.key=value`` of a config group (``data``, ``model``, ``train``, ``logger``) whose key the
-    group does not have: Hydra's own error suggests ``+group.key=value``, which would add the misspelt key;
-    this says which keys there are (as :func:`unknown_keys` does for an added one)."""
+    group does not have, and ``key=value`` of a key the top level does not have (``basline=false``): Hydra's own
+    error suggests ``+group.key=value``, which would add the misspelt key; this says which keys there are (as
+    :func:`unknown_keys` does for an added one)."""
     groups = {name: kind for name, kind in get_type_hints(RunConf).items() if is_dataclass(kind)}
+    top = [f.name for f in fields(RunConf)]
     bad = []
     for arg in argv:
         path, equals, _ = arg.partition("=")
         group, dot, key = path.partition(".")
+        if equals and not dot and "/" not in path and not arg.startswith(("-", "+", "~")) and path not in top:
+            bad.append(_not_a_key(path, "at the top level", top))
         if not equals or not dot or arg.startswith(("-", "+", "~")) or group not in groups:
             continue
         known = [f.name for f in fields(groups[group])]
@@ -454,7 +478,7 @@ def main() -> None:
         raise SystemExit("error: invalid configuration: " + "; ".join(bad))
     for arg in sys.argv[1:]:  # Hydra makes its folders under runs_dir before the run's checks (a traceback)
         key, _, value = arg.lstrip("+").partition("=")
-        if key == "runs_dir" and (problem := unwritable(repo_path(value))):
+        if key == "runs_dir" and (problem := folder_problem(value)):
             raise SystemExit(f"error: invalid configuration: runs_dir={value!r}: {problem}")
     cfg = [a for a in sys.argv[1:] if a in ("-c", "--cfg") or re.fullmatch(r"(--cfg=|-c)(job|hydra|all)", a)]
     if {"-m", "--multirun"} & set(sys.argv[1:]) and cfg:
