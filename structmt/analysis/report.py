@@ -39,7 +39,7 @@ from .project import (
 
 #: how the roles are chosen (``analysis.json``'s ``role_rule``; the w, r and positional band in ``role_setting``)
 ROLE_RULE = "each role scored on the keys a structured model's head of that role sees"
-#: the rule of the pages written from session 23 to session 29: the positional role on Σ₁'s best single diagonal
+#: the rule of the pages written from a61ac9f to 402d8af: the positional role on Σ₁'s best single diagonal
 RARE_COLUMNS_RULE = "rare role scored on the model's rare-token columns"
 
 #: how the page says its roles were chosen, by this rule and by the earlier ones (``None``: a page from before
