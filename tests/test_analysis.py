@@ -354,6 +354,20 @@ def test_a_head_is_positional_when_the_band_a_positional_head_sees_holds_its_mas
         model_role(spread, w, no_rare, pos_window=-1)
 
 
+def test_the_analysis_loads_a_model_with_the_kernel_that_runs_anywhere(tmp_path, monkeypatch):
+    """A model trained with --struct-impl triton failed to load for the analysis on a CPU (Triton's interpreter
+    needed); the weights are the same from every kernel, so the analysis loads it with auto."""
+    from structmt.analysis import report
+
+    def load_model(checkpoint, data_dir, **overrides):
+        raise KeyboardInterrupt(overrides)
+
+    monkeypatch.setattr(report, "load_model", load_model)
+    with pytest.raises(KeyboardInterrupt) as loaded:
+        report.analyze(tmp_path / "c.pt", tmp_path, "test", tmp_path / "out")
+    assert loaded.value.args == ({"struct_impl": "auto"},)
+
+
 def test_the_page_says_which_rule_chose_its_roles_and_for_which_positional_band(tmp_path, monkeypatch, capsys):
     """analysis.json records the rule and the (w, r, positional band) the roles were chosen for; the page says so,
     pages of the earlier rules keep their own sentence, an unknown rule is refused, and --pos-window reaches the

@@ -314,7 +314,9 @@ def analyze(
     pos_window: int = POS_WINDOW,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    model, task = load_model(checkpoint, data_dir)
+    # the weights are the same whichever kernel computes them: a model trained with --struct-impl triton (on a GPU)
+    # is analysed anywhere, without Triton's interpreter (a dense model has no such option; fairseq ignores it)
+    model, task = load_model(checkpoint, data_dir, struct_impl="auto")
     everything = list(iterate(model, task, subset))
     dictionary = task.source_dictionary
     result = {"checkpoint": str(checkpoint), "data": str(data_dir), "subset": subset}
