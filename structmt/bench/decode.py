@@ -172,12 +172,12 @@ def main(argv: list[str] | None = None) -> None:
         p.error("the following arguments are required: --data-bin")
     if (a.bf16 or a.fp16) and a.device != "cuda":
         p.error("--bf16 and --fp16 need --device cuda")
-    if problem := split_problem(a.data_bin, a.subset):  # before the models load
-        p.error(problem)
     if a.device == "cuda":
         from .common import require_cuda
 
         require_cuda("decode")
+    if problem := split_problem(a.data_bin, a.subset):  # before the models load
+        p.error(problem)
     started_on = machine()  # the commit the run starts from
     # (model, task) of each
     models = {"dense": load_model(a.dense, a.data_bin), "structured": load_model(a.structured, a.data_bin)}
