@@ -11,6 +11,20 @@ RESULTS_DIR = REPO_ROOT / "results"
 RUNS_DIR = REPO_ROOT / "runs"
 
 
+def checkout_problem(command: str, needs: tuple[str, ...] = ("conf", "data")) -> str:
+    """Why ``command`` cannot run from this installation ("" when it can): it reads the checkout's folders
+    ``needs`` (``conf/``: structmt-run's configs; ``data/``: the data sets' manifests and checksums), which a
+    non-editable install leaves behind."""
+    missing = [name for name in needs if not (REPO_ROOT / name).is_dir()]
+    if not missing:
+        return ""
+    return (
+        f"{command} reads the structmt checkout's {' and '.join(f'{m}/' for m in missing)}, and {REPO_ROOT} has none: "
+        "this structmt was installed from a copy without them. Install it from a clone of the repository with "
+        "`make install` (an editable install: pip install -e .); the plugin alone (--user-dir) needs none of them"
+    )
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """One run's folder, ``<runs>/<run id>/``: what training writes there (it translates on its own from it)

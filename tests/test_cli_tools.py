@@ -119,6 +119,32 @@ def test_analyze_help_gives_the_defaults_of_subset_and_out_dir(monkeypatch, caps
     ) in text
 
 
+def test_the_pipeline_commands_of_an_install_without_the_checkout_say_to_install_from_a_clone(tmp_path):
+    """A non-editable install (pip install .) copies the package alone: structmt-run failed inside Hydra ("Primary
+    config directory not found") and structmt-prepare on a checksum file (FileNotFoundError)."""
+    import os
+    import shutil
+    import subprocess
+
+    from structmt.paths import PLUGIN_DIR, checkout_problem
+
+    assert checkout_problem("structmt-run") == ""  # this checkout
+    site = tmp_path / "site"
+    shutil.copytree(PLUGIN_DIR, site / "structmt", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    for code, said in (
+        ("from structmt.data.cli import main; main(['out'])", "structmt-prepare reads the structmt checkout's data/"),
+        (
+            "import sys; sys.argv = ['structmt-run']; from structmt.pipeline.app import main; main()",
+            "structmt-run reads the structmt checkout's conf/ and data/",
+        ),
+    ):
+        result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 1 and result.stderr.startswith(f"error: {said}, and {site} has none"), result.stderr
+        assert "make install` (an editable install: pip install -e .)" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # --- structmt-translate -----------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..console import add_verbose_option, setup
 from ..files import DataError, existing_dir, int_at_least
+from ..paths import checkout_problem
 from .datasets import DATASETS, default_vocab, prepare_dataset, wrong_source_option
 from .fetch import MULTI30K_ENV
 from .prepare import MULTI30K_VOCAB, WMT_VOCAB, PrepConfig
@@ -15,6 +16,8 @@ from .wmt import load_manifest
 
 
 def main(argv: list[str] | None = None) -> None:
+    if problem := checkout_problem("structmt-prepare", needs=("data",)):
+        raise SystemExit(f"error: {problem}")
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument(
         "out_dir",

@@ -34,7 +34,7 @@ from ..data.fetch import MANIFESTS, read_checksums
 from ..data.prepare import MULTI30K_SPLITS
 from ..data.wmt import load_manifest
 from ..models.structured_transformer import block_structures, too_many_rare_columns
-from ..paths import REPO_ROOT
+from ..paths import REPO_ROOT, checkout_problem
 from .evaluation import run_experiment, valid_bleu
 from .spec import (
     FINETUNE_SCHEDULE,
@@ -474,6 +474,8 @@ def misspelt_keys(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """``structmt-run``: Hydra composes ``conf/`` (and nothing fairseq stored) and runs :func:`hydra_main`."""
+    if problem := checkout_problem("structmt-run"):
+        raise SystemExit(f"error: {problem}")
     if bad := misspelt_keys(sys.argv[1:]):
         raise SystemExit("error: invalid configuration: " + "; ".join(bad))
     for arg in sys.argv[1:]:  # Hydra makes its folders under runs_dir before the run's checks (a traceback)
