@@ -48,11 +48,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync(tmp)  # before it takes the old file's mode, which may not let its owner read it
         os.chmod(tmp, mode)
         if old is not None and old.st_gid != os.stat(tmp).st_gid:
             with contextlib.suppress(OSError):  # a shared file keeps its group where this user may set it
                 os.chown(tmp, -1, old.st_gid)
-        replace_durably(tmp, path)
+        _rename_durably(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -71,6 +72,10 @@ def replace_durably(tmp: str | Path, path: str | Path) -> None:
     ``path`` holds the old file or the whole new one, never a renamed file whose blocks were not yet written.
     The folder is synced after the rename where its file system allows it."""
     _fsync(tmp)
+    _rename_durably(tmp, path)
+
+
+def _rename_durably(tmp: str | Path, path: str | Path) -> None:
     os.replace(tmp, path)
     with contextlib.suppress(OSError):  # some file systems cannot sync a folder; the rename stands
         _fsync(Path(path).parent)

@@ -442,6 +442,7 @@ def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advic
     argv = ["-m", "model=structured_tiny", "model.windw=3,5", "model.window=3", "+model.windw=3", "~model.rare"]
     argv += ["hydra.run.dir=x", "runs_dir=x", "logger.mod=offline", "train.max_update=1,2", "basline=false"]
     argv += ["hydra/launcher=local_jobs", "baseline=false", "data=multi30k_smoke", "+sweep=wr_small"]
+    argv += ["sweep=wr_small"]  # a group outside the defaults: Hydra's own error says to add it with +
     assert misspelt_keys(argv) == [
         "model.windw is not a key of model (valid keys: window, rare, heads, heads_from, pos_window, error, "
         "error_eps, apply, cross_window, cross_slope, impl, arch)",
@@ -459,6 +460,12 @@ def test_a_runs_folder_under_a_file_is_refused_before_hydra_makes_its_folders(tm
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: invalid configuration: runs_dir='{tmp_path}/file/runs': {tmp_path}/file")
+    # Hydra's empty string, '' on the command line: the checkout itself, where Hydra made its hydra/ folder
+    empty = subprocess.run(
+        [sys.executable, "-m", "structmt.pipeline.app", "runs_dir=''", "--cfg", "job"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert empty.returncode == 1 and empty.stderr.startswith("error: invalid configuration: runs_dir='': empty; ")
 
 
 def test_multirun_with_cfg_is_refused_in_a_sentence(tmp_path):

@@ -452,14 +452,19 @@ def test_fairseq_copies_a_checkpoint_whole_or_not_at_all(tmp_path, monkeypatch):
 def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
     """Written whole (temp file + rename) is not enough after a power cut: a rename can reach the disk before the
     file's blocks, leaving an empty file where the old one was. The temp file is synced before the rename, the
-    folder after it; for structmt's writes and fairseq's checkpoint copy alike."""
+    folder after it; for structmt's writes, fairseq's checkpoint copy and a WMT archive's extracted files (their
+    stage's stamp vouches for them). The sync comes before the file takes the old one's mode, which may not let
+    its owner read it (opening it to sync failed)."""
+    import zipfile
+
     from fairseq.file_io import PathManager
 
     import structmt  # noqa: F401  (applies the fixes, as --user-dir does)
+    from structmt.data.wmt import extract_members
     from structmt.files import write_text_atomic
 
     events = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_replace, real_chmod = os.fsync, os.replace, os.chmod
 
     def fsync(fd):
         events.append(("sync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
@@ -469,13 +474,23 @@ def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypa
         events.append(("rename", Path(a).name, Path(b).name))
         real_replace(a, b)
 
+    def chmod(path, mode):
+        events.append(("chmod", Path(path).name))
+        real_chmod(path, mode)
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "chmod", chmod)
     folder = tmp_path / "out"
     write_text_atomic(folder / "LEADERBOARD.md", "rows\n")
-    assert len(events) == 3
-    (_, tmp), (_, renamed, name), last = events
-    assert tmp.startswith(".LEADERBOARD.md.") and (renamed, name) == (tmp, "LEADERBOARD.md") and last == ("sync", "out")
+    assert len(events) == 4
+    (_, tmp), chmod_tmp, (_, renamed, name), last = events
+    assert (
+        tmp.startswith(".LEADERBOARD.md.")
+        and chmod_tmp == ("chmod", tmp)
+        and (renamed, name) == (tmp, "LEADERBOARD.md")
+    )
+    assert last == ("sync", "out")
     events.clear()
     (folder / "checkpoint_1_250.pt").write_bytes(b"new")
     assert PathManager.copy(str(folder / "checkpoint_1_250.pt"), str(folder / "checkpoint_last.pt"), overwrite=True)
@@ -487,6 +502,13 @@ def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypa
     assert (folder / "checkpoint_last.pt").read_bytes() == b"new" and (
         folder / "LEADERBOARD.md"
     ).read_text() == "rows\n"
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.writestr("corpus/a.en", "a\n")
+    events.clear()
+    extract_members(tmp_path / "a.zip", "0" * 64, ["corpus/a.en"], tmp_path / "extracted")
+    synced = [e[1] for e in events if e[0] == "sync"]
+    assert synced.index("a.en") < next(i for i, name in enumerate(synced) if "stamp" in name)  # the file, then
+    assert (tmp_path / "extracted" / "a.en").read_text() == "a\n"
 
 
 def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..console import say_once
-from ..files import DataError, write_text_atomic
+from ..files import DataError, replace_durably, write_text_atomic
 from .fetch import (
     MANIFESTS,
     ChecksumMismatch,
@@ -202,7 +202,7 @@ def _extract(archive: Path, members: list[str], dest: Path) -> None:
             (tmp / Path(member).name).write_bytes(data)
         dest.mkdir(parents=True, exist_ok=True)
         for p in tmp.iterdir():
-            p.replace(dest / p.name)
+            replace_durably(p, dest / p.name)  # on the disk before the stage's stamp vouches for it
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

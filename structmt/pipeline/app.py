@@ -458,11 +458,14 @@ def misspelt_keys(argv: list[str]) -> list[str]:
     :func:`unknown_keys` does for an added one)."""
     groups = {name: kind for name, kind in get_type_hints(RunConf).items() if is_dataclass(kind)}
     top = [f.name for f in fields(RunConf)]
+    # conf/'s groups: one outside the defaults (sweep) is added with +, as Hydra's own error says
+    top_or_group = set(top) | {d.name for d in (REPO_ROOT / "conf").iterdir() if d.is_dir()}
     bad = []
     for arg in argv:
         path, equals, _ = arg.partition("=")
         group, dot, key = path.partition(".")
-        if equals and not dot and "/" not in path and not arg.startswith(("-", "+", "~")) and path not in top:
+        bare = equals and not dot and "/" not in path and not arg.startswith(("-", "+", "~"))
+        if bare and path not in top_or_group:
             bad.append(_not_a_key(path, "at the top level", top))
         if not equals or not dot or arg.startswith(("-", "+", "~")) or group not in groups:
             continue
@@ -480,6 +483,7 @@ def main() -> None:
         raise SystemExit("error: invalid configuration: " + "; ".join(bad))
     for arg in sys.argv[1:]:  # Hydra makes its folders under runs_dir before the run's checks (a traceback)
         key, _, value = arg.lstrip("+").partition("=")
+        value = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value  # quoted
         if key == "runs_dir" and (problem := folder_problem(value)):
             raise SystemExit(f"error: invalid configuration: runs_dir={value!r}: {problem}")
     cfg = [a for a in sys.argv[1:] if a in ("-c", "--cfg") or re.fullmatch(r"(--cfg=|-c)(job|hydra|all)", a)]
