@@ -32,6 +32,29 @@ IMPLS = ("auto", "reference", "efficient", "triton")
 BLOCKS = ("encoder", "decoder")
 
 
+def flag(name: str) -> str:
+    """``struct_cross_window`` → ``--struct-cross-window``."""
+    return "--" + name.replace("_", "-")
+
+
+def short(name: str) -> str:
+    """``struct_cross_window`` → ``cross_window`` (the pipeline's ``model.*`` key)."""
+    return name.removeprefix(PREFIX)
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How a message names the options: fairseq's flags (the plugin's, whose roles option also takes the JSON
+    itself) or structmt-run's ``model.*`` keys (whose ``model.heads_from`` takes a file)."""
+
+    name: Callable[[str], str]
+    json_roles: bool
+
+
+FAIRSEQ_NAMES = Naming(flag, json_roles=True)
+RUN_NAMES = Naming(lambda name: f"model.{short(name)}", json_roles=False)
+
+
 def _option(default: Any, help: str, check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
     return field(default=default, metadata={"help": help, "check": check, "rule": rule})
 
@@ -192,23 +215,32 @@ class StructureConfig:
             return None
         return CrossBand(self.struct_cross_window, self.struct_cross_slope)
 
-    def role_mixes(self, block: str, num_heads: int, num_layers: int | None) -> list[list[str]]:
-        """One list of head roles per layer of ``block`` (``num_layers=None``: one per mix given)."""
+    def role_mixes(
+        self, block: str, num_heads: int, num_layers: int | None, names: Naming = FAIRSEQ_NAMES
+    ) -> list[list[str]]:
+        """One list of head roles per layer of ``block`` (``num_layers=None``: one per mix given); an error names
+        the options with ``names``."""
         if self.struct_heads_from:
-            spec, option = ";".join(roles_from_file(self.struct_heads_from, block)), flag("struct_heads_from")
+            option = names.name("struct_heads_from")
+            spec = ";".join(roles_from_file(self.struct_heads_from, block, option=option))
         elif self.struct_heads != "auto":
-            spec, option = self.struct_heads, flag("struct_heads")
+            spec, option = self.struct_heads, names.name("struct_heads")
         else:
-            spec, option = default_role_mix(num_heads, self.struct_rare), flag("struct_heads")
+            spec, option = default_role_mix(num_heads, self.struct_rare), names.name("struct_heads")
         try:
             return parse_role_mix(spec, num_heads, num_layers, option=option)
         except ValueError as err:
             if self.struct_heads_from:
                 raise ValueError(f"the {block}'s self-attention: {err}") from None
-            raise ValueError(f"the {block}'s self-attention: {err}. {own_mixes_hint(flag)}") from None
+            raise ValueError(f"the {block}'s self-attention: {err}. {own_mixes_hint(names)}") from None
 
     def layer_structures(
-        self, block: str, num_heads: int, num_layers: int, layers_to_keep: list[int] | None = None
+        self,
+        block: str,
+        num_heads: int,
+        num_layers: int,
+        layers_to_keep: list[int] | None = None,
+        names: Naming = FAIRSEQ_NAMES,
     ) -> list[Structure]:
         """One :class:`Structure` per layer of ``block``.
 
@@ -217,9 +249,9 @@ class StructureConfig:
         """
         sinks, eps = self.error_term()
         if layers_to_keep is None:
-            mixes = self.role_mixes(block, num_heads, num_layers)
+            mixes = self.role_mixes(block, num_heads, num_layers, names)
         else:
-            given = self.role_mixes(block, num_heads, None)
+            given = self.role_mixes(block, num_heads, None, names)
             full = len(given) if len(given) > 1 else max(layers_to_keep) + 1
             if any(not 0 <= i < full for i in layers_to_keep):
                 raise ValueError(f"--{block}-layers-to-keep {layers_to_keep}: the role mixes cover {full} layers")
@@ -238,14 +270,14 @@ class StructureConfig:
         ]
 
 
-def own_mixes_hint(name: Callable[[str], str], json_itself: bool = True) -> str:
-    """How to give each block and layer a mix of its own, naming the options with ``name`` (``json_itself``: the
-    option also takes the JSON itself, as the plugin's does)."""
+def own_mixes_hint(names: Naming) -> str:
+    """How to give each block and layer a mix of its own, in ``names``."""
     roles = """{"encoder": ["pos:1,syn:2,rare:1", ...], "decoder": [...]}"""
+    per_layer = "one mix per layer"
+    given = f", or the JSON itself: '{roles}' ({per_layer})" if names.json_roles else f" ({roles}, {per_layer})"
     return (
-        f"{name('struct_heads')} gives the encoder and the decoder the same mixes; for mixes of their own give "
-        f"{name('struct_heads_from')} a roles file"
-        + (f", or the JSON itself: '{roles}' (one mix per layer)" if json_itself else f" ({roles}, one mix per layer)")
+        f"{names.name('struct_heads')} gives the encoder and the decoder the same mixes; for mixes of their own give "
+        f"{names.name('struct_heads_from')} a roles file{given}"
     )
 
 
@@ -279,16 +311,6 @@ def _value(args: Any, name: str, default: Any) -> Any:
     if kind is int and number and float(value).is_integer():
         return int(value)
     raise ValueError(f"{flag(name)}={getattr(args, name)!r} is not {'an integer' if kind is int else 'a number'}")
-
-
-def flag(name: str) -> str:
-    """``struct_cross_window`` → ``--struct-cross-window``."""
-    return "--" + name.replace("_", "-")
-
-
-def short(name: str) -> str:
-    """``struct_cross_window`` → ``cross_window`` (the pipeline's ``model.*`` key)."""
-    return name.removeprefix(PREFIX)
 
 
 def spec_fields() -> list[tuple[str, type, Any]]:

@@ -51,7 +51,15 @@ from torch import Tensor
 
 from ..attention.context import TokenContext, active, current
 from ..attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
-from ..attention.options import StructureConfig, add_arguments, describe, fill_defaults, misnamed_options
+from ..attention.options import (
+    FAIRSEQ_NAMES,
+    Naming,
+    StructureConfig,
+    add_arguments,
+    describe,
+    fill_defaults,
+    misnamed_options,
+)
 from ..attention.structure import CrossBand, Structure, rarity_tables, roles_json
 from ..checkpoints import checkpoint_state
 
@@ -257,17 +265,19 @@ def _layers_to_keep(args: Any, block: str) -> list[int] | None:
     return sorted(keep)
 
 
-def block_structures(args: Any, options: StructureConfig, block: str) -> list[Structure] | None:
-    """The per-layer structures of ``block``'s self-attention, or None when it stays dense.
-    Read only after fairseq's ``build_model`` filled the architecture's defaults."""
+def block_structures(
+    args: Any, options: StructureConfig, block: str, names: Naming = FAIRSEQ_NAMES
+) -> list[Structure] | None:
+    """The per-layer structures of ``block``'s self-attention, or None when it stays dense (an error names the
+    options with ``names``). Read only after fairseq's ``build_model`` filled the architecture's defaults."""
     if block not in options.blocks():
         return None
     keep = _layers_to_keep(args, block)
     heads, layers = getattr(args, f"{block}_attention_heads"), getattr(args, f"{block}_layers")
-    return options.layer_structures(block, heads, layers, keep)
+    return options.layer_structures(block, heads, layers, keep, names)
 
 
-def too_many_rare_columns(options: StructureConfig, uses_rare: bool, args: Any) -> str:
+def too_many_rare_columns(options: StructureConfig, uses_rare: bool, args: Any, names: Naming = FAIRSEQ_NAMES) -> str:
     """Why ``--struct-rare`` is too large for a model whose heads ``uses_rare`` (any rare-token head) and whose
     settings are ``args`` (with fairseq's defaults where they leave the positions unset, as its build does; ""
     when it is not)."""
@@ -277,9 +287,9 @@ def too_many_rare_columns(options: StructureConfig, uses_rare: bool, args: Any) 
     )
     if uses_rare and options.struct_rare > longest:
         return (
-            f"--struct-rare {options.struct_rare}: more rare-token columns than the longest sequence the model "
-            f"takes ({longest} positions: --max-source-positions, --max-target-positions), each a slot of every "
-            f"query; at {longest} every token is one already"
+            f"{names.name('struct_rare')} {options.struct_rare}: more rare-token columns than the longest sequence "
+            f"the model takes ({longest} positions: --max-source-positions, --max-target-positions), each a slot of "
+            f"every query; at {longest} every token is one already"
         )
     return ""
 

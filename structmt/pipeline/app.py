@@ -27,7 +27,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ..attention.options import PREFIX, StructureConfig, flag, own_mixes_hint, short, spec_fields
+from ..attention.options import PREFIX, RUN_NAMES, flag, spec_fields
 from ..console import say_once, setup
 from ..data.datasets import DATASETS, wrong_source_option
 from ..data.fetch import MANIFESTS, read_checksums
@@ -232,23 +232,13 @@ def model_problems(model: ModelSpec, extra_args: list[str]) -> list[str]:
     ARCH_CONFIG_REGISTRY[model.arch](args)
     options = model.options(model.roles_path())
     try:
-        structures = [s for block in options.blocks() for s in block_structures(args, options, block) or []]
+        structures = [s for b in options.blocks() for s in block_structures(args, options, b, RUN_NAMES) or []]
     except ValueError as err:
         key = "heads_from" if model.heads_from else "heads"
-        # the hint in structmt-run's names: its model.heads_from takes a file only
-        said = str(err).replace(own_mixes_hint(flag), own_mixes_hint(lambda n: f"model.{short(n)}", json_itself=False))
-        return [f"model.{key}={getattr(model, key)!r} does not fit model.arch={model.arch}: {in_run_names(said)}"]
-    if problem := too_many_rare_columns(options, any(s.uses_rare for s in structures), args):
-        return [f"model.rare={model.rare} does not fit model.arch={model.arch}: {in_run_names(problem)}"]
+        return [f"model.{key}={getattr(model, key)!r} does not fit model.arch={model.arch}: {err}"]
+    if problem := too_many_rare_columns(options, any(s.uses_rare for s in structures), args, RUN_NAMES):
+        return [f"model.rare={model.rare} does not fit model.arch={model.arch}: {problem}"]
     return []
-
-
-def in_run_names(text: str) -> str:
-    """``text`` with the plugin's ``--struct-*`` flags named as structmt-run's ``model.*`` keys (the longest first:
-    ``--struct-heads-from`` before ``--struct-heads``)."""
-    for name in sorted((f.name for f in fields(StructureConfig)), key=len, reverse=True):
-        text = text.replace(flag(name), f"model.{short(name)}")
-    return text
 
 
 #: fairseq-train options the pipeline sets besides ``Schedule.fairseq_args`` and ``ModelSpec.fairseq_args``

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass, replac
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..attention.options import PREFIX, StructureConfig, short, spec_fields, to_fairseq_args
+from ..attention.options import PREFIX, RUN_NAMES, StructureConfig, spec_fields, to_fairseq_args
 from ..data.prepare import MULTI30K_VOCAB
 from ..data.stages import sha256_file
 from ..leaderboard_csv import cross_cell
@@ -79,7 +79,7 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
             roles = self.roles_path()
         except ValueError as err:
             return [str(err)]
-        return self.options(roles).problems(lambda name: f"model.{short(name)}")
+        return self.options(roles).problems(RUN_NAMES.name)
 
     def roles_digest(self) -> str:
         """The sha256 of the roles file's content ("" without one): the roles, not where the file lies."""
