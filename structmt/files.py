@@ -117,13 +117,13 @@ def data_bin(value: str) -> Path:
     return path
 
 
-def split_problem(data_dir: Path, subset: str, option: str = "--subset") -> str | None:
+def split_problem(data_dir: Path, subset: str, option: str = "--subset") -> str:
     """What is wrong with decoding split ``subset`` of the data-bin ``data_dir`` (``<subset>.<pair>.<lang>.bin``
-    files, as fairseq-preprocess writes them), or None; said naming ``option`` and the splits it has."""
+    files, as fairseq-preprocess writes them), or "" when nothing is; said naming ``option`` and the splits it has."""
     if not data_dir.is_dir():
         return f"{data_dir}: no such folder; give the data-bin the model was trained on"
     if any(data_dir.glob(f"{subset}.*.bin")):
-        return None
+        return ""
     splits = sorted({f.name.split(".")[0] for f in data_dir.glob("*.bin")})
     return f"{option} {subset}: {data_dir} has no such split (it has: {', '.join(splits) or 'none'})"
 

@@ -23,7 +23,8 @@ import hydra
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -472,10 +473,13 @@ def main() -> None:
     if bad := misspelt_keys(sys.argv[1:]):
         raise SystemExit("error: invalid configuration: " + "; ".join(bad))
     for arg in sys.argv[1:]:  # Hydra makes its folders under runs_dir before the run's checks (a traceback)
-        key, _, value = arg.lstrip("+").partition("=")
-        value = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value  # quoted
-        if key == "runs_dir" and (problem := folder_problem(value)):
-            raise SystemExit(f"error: invalid configuration: runs_dir={value!r}: {problem}")
+        if arg.lstrip("+").startswith("runs_dir="):
+            try:
+                value = OverridesParser.create().parse_override(arg).value()  # as Hydra reads it: '' is empty
+            except HydraException:
+                continue  # Hydra's own error says what is wrong with it
+            if isinstance(value, str) and (problem := folder_problem(value)):
+                raise SystemExit(f"error: invalid configuration: runs_dir={value!r}: {problem}")
     cfg = [a for a in sys.argv[1:] if a in ("-c", "--cfg") or re.fullmatch(r"(--cfg=|-c)(job|hydra|all)", a)]
     if {"-m", "--multirun"} & set(sys.argv[1:]) and cfg:
         raise SystemExit(  # Hydra's own refusal comes with a traceback
