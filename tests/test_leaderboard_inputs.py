@@ -449,8 +449,61 @@ def test_the_sweep_report_uses_each_runs_first_evaluation(board, monkeypatch):
         "(paired bootstrap p = 0.001).\nThat point is the highest of 4 "
     ) in text
     assert "| 24.6 |" not in text and "| 15.72 |" not in text
+    # the page names the leaderboard it was made from, and its command the folder
+    assert f" --results-dir {board.parent}` from `{board}`." in text
     committed = (REPO / "results" / "sweeps" / "sweep_multi30k_en_de_cpu_demo_test_2016_flickr.md").read_text()
-    assert text == committed  # the committed report is this code's output
+    here = text.replace(f" --results-dir {board.parent}", "").replace(str(board), "results/leaderboard.csv")
+    assert here == committed  # the committed report is this code's output
+
+
+def test_the_sweep_report_says_which_architectures_the_rows_hold_when_arch_matches_none(board, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        _sweep(board, monkeypatch, "cpu_demo", arch="structured_transformer_multi30")  # a typo
+    assert str(e.value) == (
+        "error: --arch structured_transformer_multi30: no structured run of data=multi30k_en_de schedule=cpu_demo "
+        "test_set=test_2016_flickr is of it; they are of structured_transformer_multi30k"
+    )
+
+
+def test_two_runs_of_one_seed_in_a_cell_are_not_told_to_pick_a_seed(board, monkeypatch):
+    """model.impl=reference changes the run id but no leaderboard label: --seed cannot separate the runs."""
+    rows = leaderboard.read_rows(board)
+    cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
+    leaderboard.add_rows(board, [cell | {"run_id": "multi30k_en_de-cpu_demo-w3-r0-f799e0ba", "hypothesis": "i.de"}])
+    with pytest.raises(SystemExit) as e:
+        _sweep(board, monkeypatch, "cpu_demo")
+    assert str(e.value) == (
+        "error: runs multi30k_en_de-cpu_demo-w3-r0-c2f552a9 (seed 1) and multi30k_en_de-cpu_demo-w3-r0-f799e0ba "
+        "(seed 1) are both the w=3, r=0 cell of data=multi30k_en_de schedule=cpu_demo test_set=test_2016_flickr; "
+        "they differ in a setting the leaderboard has no column for (model.impl, train.lr, ...) give the other "
+        "setting a schedule of its own"
+    )
+
+
+def test_the_sweep_report_gives_no_verdict_across_bleu_signatures(board, monkeypatch):
+    rows = leaderboard.read_rows(board)
+    _, text = _sweep(board, monkeypatch, "cpu_demo")
+    signature = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+    assert f"BLEU signature of every row: `{signature}`." in text and "at or above the dense baseline" in text
+    cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
+    intl = signature.replace("13a", "intl")
+    point = cell | {"run_id": "multi30k_en_de-cpu_demo-w5-r0-0000intl", "window": "5", "bleu_signature": intl}
+    leaderboard.add_rows(board, [point | {"bleu": "30.0", "hypothesis": "intl.de"}])
+    _, text = _sweep(board, monkeypatch, "cpu_demo")
+    assert f"**The rows were scored with 2 BLEU signatures**, whose scores do not compare: `{signature}`: " in text
+    assert f"; `{intl}`: multi30k_en_de-cpu_demo-w5-r0-0000intl." in text
+    assert "No verdict: the runs it would compare" in text and "at or above" not in text and "Highest" not in text
+
+
+def test_runs_of_another_seed_listed_in_the_table_show_their_seed(board, monkeypatch):
+    rows = leaderboard.read_rows(board)
+    cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
+    other = cell | {"run_id": "multi30k_en_de-cpu_demo-w3-r0-syn4-5eed0007", "heads": "syn:4", "seed": "7"}
+    leaderboard.add_rows(board, [other | {"bleu": "30.0", "hypothesis": "s7.de"}])
+    bleu, text = _sweep(board, monkeypatch, "cpu_demo")
+    assert bleu[3, 0] == 24.15
+    assert "| structured | 3 | 0 | syn:4 |  | 7 | 30.0 |" in text
+    assert "| structured | 3 | 0 | auto |  | 1 | 24.15 |" in text
 
 
 def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take_it(board, monkeypatch):
@@ -475,7 +528,7 @@ def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take
     band = cell | {"run_id": "multi30k_en_de-cpu_demo-w3-r0-x4-0000aaaa", "cross": "w4/slope0.97", "bleu": "99.0"}
     leaderboard.add_rows(board, [band | {"hypothesis": "band.de"}])
     bleu, text = _sweep(board, monkeypatch, "cpu_demo")
-    assert bleu[3, 0] == 24.15 and "| structured | 3 | 0 | auto | w4/slope0.97 | 99.0 |" in text
+    assert bleu[3, 0] == 24.15 and "| structured | 3 | 0 | auto | w4/slope0.97 | 1 | 99.0 |" in text
     # another arch's runs (a point of its own, its own dense baseline): an error naming both, not a point in the
     # heatmap compared with the other model's dense run; --arch picks one model and its dense baseline
     dense = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-dense-fc731a8c")

@@ -596,8 +596,8 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
         "w=3, r=0: BLEU 30.5, at or above the dense baseline's 30.0"
     ) in text
     assert text.count("| structured |") == 6 and "99.0" not in text
-    assert "| structured | 3 | 0 | roles:1a2b3c4d |  | 77.0 |" in text and "| roles | 01234567+dirty |" in text
-    assert "| structured | 3 | 0 | auto | w4/slope0.97 | 88.0 |" in text
+    assert "| structured | 3 | 0 | roles:1a2b3c4d |  |  | 77.0 |" in text and "| roles | 01234567+dirty |" in text
+    assert "| structured | 3 | 0 | auto | w4/slope0.97 |  | 88.0 |" in text
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_bleu.png").stat().st_size > 0
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_cost.png").stat().st_size > 0
     assert "Missing" not in text  # the four points of w ∈ {1, 3} × r ∈ {0, 2}
@@ -633,7 +633,10 @@ def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp
         "above the dense baseline's 30.0 (paired bootstrap p = n/a)."
     ) in syn
     assert "No point of the heatmaps reached" not in syn
-    assert "structmt-sweep-report --data m --schedule s --test-set test_2016_flickr --heads syn:1`" in syn
+    assert (
+        "structmt-sweep-report --data m --schedule s --test-set test_2016_flickr --heads syn:1 "
+        f"--results-dir {tmp_path}`" in syn
+    )
     assert f"![BLEU]({page.stem}_bleu.png)" in syn and (page.parent / f"{page.stem}_bleu.png").is_file()
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr.md").read_text() == auto  # not overwritten
     assert "(role mix auto, dense cross-attention): w=3, r=2: BLEU 31.0, at or above" in auto
@@ -657,7 +660,7 @@ def test_sweep_report_file_names_of_a_test_set_slice_are_portable_and_distinct(t
         rows.append(_row("w3", bleu=31.0) | base | {"window": 3, "rare": 2, "heads": "auto", "test_set": test})
         leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows))
         text = report(tmp_path, "m", "s", test, tmp_path / "sweeps")
-    assert "--test-set 'test_2016_flickr[:10]'`" in text  # a glob pattern to a shell: quoted
+    assert f"--test-set 'test_2016_flickr[:10]' --results-dir {tmp_path}`" in text  # a glob pattern to a shell: quoted
     names = sorted(p.name for p in (tmp_path / "sweeps").iterdir())
     assert len(names) == 9 and not [n for n in names if set(n) & set('[]:<>"/\\|?*')]
     assert "sweep_m_s_test_2016_flickr.md" in names

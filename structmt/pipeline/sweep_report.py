@@ -15,6 +15,7 @@ from ..figures import annotated_heatmap
 from ..files import write_text_atomic
 from ..leaderboard_csv import read_rows, short_commit
 from ..paths import REPO_ROOT, RESULTS_DIR, ResultsFolder
+from .evaluation import row_text
 from .leaderboard import evaluations
 from .spec import ModelSpec
 
@@ -63,9 +64,14 @@ def cells(rows: list[dict[str, str]], what: str) -> dict[tuple[str, str], dict[s
         other = out.setdefault((r["window"], r["rare"]), r)
         if other is not r:
             where = f"the w={r['window']}, r={r['rare']} cell" if r["window"] else "the dense baseline"
+            fix = (
+                "they differ in a setting the leaderboard has no column for (model.impl, train.lr, ...)"
+                if other["seed"] == r["seed"]
+                else "pick one seed with --seed, or"
+            )
             raise SystemExit(
                 f"error: runs {other['run_id']} (seed {other['seed']}) and {r['run_id']} (seed {r['seed']}) are both "
-                f"{where} of {what}; pick one seed with --seed, or give the other setting a schedule of its own"
+                f"{where} of {what}; {fix} give the other setting a schedule of its own"
             )
     return out
 
@@ -143,10 +149,15 @@ def report(
     board = read_rows(csv_path)
     rows = sweep_rows(board, data, schedule, test_set, seed)
     what = f"data={data} schedule={schedule} test_set={test_set}" + (f" seed={seed}" if seed else "")
+    archs = sorted({r["arch"] for r in rows if r["window"]})
     arch = chosen_arch(rows, arch, what)
     if arch is not None:  # one model and its dense baseline
         dense = ModelSpec(arch=arch).dense_arch
         rows = [r for r in rows if r["arch"] == (arch if r["window"] else dense)]
+        if archs and not any(r["window"] for r in rows):
+            raise SystemExit(
+                f"error: --arch {arch}: no structured run of {what} is of it; they are of {', '.join(archs)}"
+            )
     beam = " ".join(o for o in options.split() if o.startswith("beam="))  # what a dense row's options can hold
     dense = list(cells([r for r in rows if not r["window"] and r["options"] == beam], what).values())
     grid = cells(
@@ -206,20 +217,33 @@ def report(
         + (f" --options {shlex.quote(options)}" if options else "")
         + (f" --arch {arch}" if arch != DEFAULT_ARCH else "")
         + (f" --sweep {grid_of}" if grid_of else "")
-        + "` from "
-        "`results/leaderboard.csv`.",
+        + (
+            f" --results-dir {shlex.quote(str(results_dir))}"
+            if Path(results_dir).resolve() != RESULTS_DIR.resolve()
+            else ""
+        )
+        + (
+            f" --out-dir {shlex.quote(str(out_dir))}"
+            if out_dir.resolve() != ResultsFolder(results_dir).sweeps.resolve()
+            else ""
+        )
+        + f"` from `{row_text(csv_path)}`.",
         "",
-        "| model | w | r | heads | cross | BLEU | chrF | p vs dense | train tokens/s | train s | run | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | w | r | heads | cross | seed | BLEU | chrF | p vs dense | train tokens/s | train s | run | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in dense + sorted(points, key=lambda r: (int(r["window"]), int(r["rare"]))) + others:
+    table = dense + sorted(points, key=lambda r: (int(r["window"]), int(r["rare"]))) + others
+    for r in table:
         kind = "dense" if not r["window"] else " ".join(filter(None, ("structured", r["options"])))
         kind += " (outside the grid)" if grid_of and r in outside else ""
         lines.append(
-            f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r['cross']} | {r['bleu']} | {r['chrf']} | "
-            f"{r['p_value_vs_dense']} | {r['train_tokens_per_s']} | {r['train_seconds']} | {r['run_id']} | "
-            f"{short_commit(r['git_commit'])} |"
+            f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r['cross']} | {r['seed']} | {r['bleu']} | "
+            f"{r['chrf']} | {r['p_value_vs_dense']} | {r['train_tokens_per_s']} | {r['train_seconds']} | "
+            f"{r['run_id']} | {short_commit(r['git_commit'])} |"
         )
+    signatures: dict[str, list[str]] = {}
+    for r in table:
+        signatures.setdefault(r["bleu_signature"], []).append(r["run_id"])
     lines += [
         "",
         f"The heatmaps show the runs with role mix `{heads}` and dense cross-attention. Training tokens/s "
@@ -230,6 +254,16 @@ def report(
         f"![BLEU]({stem}_bleu.png) ![cost]({stem}_cost.png)",
         "",
     ]
+    if len(signatures) == 1:
+        lines += [f"BLEU signature of every row: `{next(iter(signatures))}`.", ""]
+    else:  # another sacreBLEU version or tokenizer on the machine that scored some runs
+        lines += [
+            f"**The rows were scored with {len(signatures)} BLEU signatures**, whose scores do not compare: "
+            + "; ".join(f"`{sig}`: {', '.join(runs)}" for sig, runs in signatures.items())
+            + ".",
+            "",
+        ]
+    compared = {r["bleu_signature"] for r in dense + points}
     if missing:
         lines += [
             f"**Missing: {len(missing)} of the {len(ws) * len(rs)} points of the grid have no evaluated run** "
@@ -237,7 +271,12 @@ def report(
             "covers the other points only.",
             "",
         ]
-    if dense:
+    if len(compared) > 1:
+        lines.append(
+            "No verdict: the runs it would compare (the dense baseline, the points of the heatmaps) were scored with "
+            "different BLEU signatures (above), whose scores do not compare."
+        )
+    elif dense:
         d = float(dense[0]["bleu"])
         best = max(points, key=lambda r: float(r["bleu"]))
         verdict = "at or above" if float(best["bleu"]) >= d else "below"
