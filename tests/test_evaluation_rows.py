@@ -343,7 +343,7 @@ def test_runs_that_differ_only_in_the_beam_are_labelled_apart(runs):
     default = report(runs.results_dir, "multi30k_en_de", "smoke", "test_2016_flickr", out)
     other = report(runs.results_dir, "multi30k_en_de", "smoke", "test_2016_flickr", out, options="beam=4")
     assert "Highest test BLEU of the heatmaps" in default and "Highest test BLEU of the heatmaps" in other
-    assert "--options beam=4`" in other and "--options" not in default
+    assert f"--options beam=4 --results-dir {runs.results_dir}`" in other and "--options" not in default
     assert (out / "sweep_multi30k_en_de_smoke_test_2016_flickr_options-beam=4.md").read_text() == other
     custom = runs(DENSE, [hyps], schedule=Schedule(max_update=10, beam=4))  # no conf/train file: 5 is the usual
     _evaluate(runs, custom)
