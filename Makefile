@@ -28,11 +28,12 @@ install: $(STAMP)
 # whose nodes' torch may need an older setuptools).
 $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candidates.cpp Makefile
 	@$(PYTHON) -c 'import sys' 2>/dev/null || { echo "error: $(PYTHON) does not run; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
-	@# a .venv of another Python (make PYTHON=... once), or one whose interpreter is gone, is made again
+	@# a .venv of another Python (make PYTHON=... once), one whose interpreter is gone, or one without pip, is made again
 	@want=$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])'); \
-	  have=$$($(VPY) -c 'import sys; print(sys.version_info[:2])' 2>/dev/null); \
+	  have=$$($(VPY) -c 'import sys, pip; print(sys.version_info[:2])' 2>/dev/null); \
 	  if [ -e $(VENV) ] && [ "$$have" != "$$want" ]; then \
-	    echo "$(VENV) is not a working venv of $(PYTHON) $$want (it runs: $${have:-nothing}): making it again"; rm -rf $(VENV); fi
+	    echo "$(VENV) is not a working venv of $(PYTHON) $$want with pip (it runs: $${have:-nothing, or has no pip}): making it again"; \
+	    rm -rf $(VENV); fi
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade $(BUILD_TOOLS)
 	# torch first, the CPU build (PyPI's torch is the CUDA build, whose Triton pin conflicts with constraints.txt):

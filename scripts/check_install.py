@@ -24,7 +24,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import structmt  # noqa: F401  (first: it imports fairseq without fairseq's import-time log lines)
 
-    fairseq = importlib.import_module("fairseq")  # the two imports that must work
+    try:
+        fairseq = importlib.import_module("fairseq")  # the two imports that must work
+    except ModuleNotFoundError as err:
+        if err.name != "fairseq":
+            raise
+        print(
+            "error: fairseq is not installed: pip install --no-deps --no-build-isolation fairseq-fixed==0.12.3.1 "
+            "(the fork that imports on Python 3.11+; --no-deps: its metadata asks for torchaudio, which would "
+            "replace your torch; see docs/install.md)",
+            file=sys.stderr,
+        )
+        return 1
     from structmt.attention.triton_kernel import TritonTooOld, check_triton_version
 
     try:

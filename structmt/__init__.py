@@ -8,22 +8,25 @@ few classes fairseq checkpoints contain, so they load with torch's
 training under another structure and a misnamed ``--model-overrides`` key (see
 :mod:`structmt.fairseq_fixes`, and :mod:`structmt.models.structured_transformer`'s
 ``refuse_changed_structure_on_resume`` and ``refuse_misnamed_overrides``).
+
+Without fairseq installed, the package holds what needs no fairseq (``structmt.attention``'s functions);
+the plugin, the pipeline and the analysis need it (``fairseq-fixed``, installed ``--no-deps``: docs/install.md).
 """
 
-from .checkpoints import allow_fairseq_checkpoints
-from .fairseq_fixes import copy_checkpoints_whole, keep_bf16_off_tpu
-
-allow_fairseq_checkpoints()
-keep_bf16_off_tpu()
-copy_checkpoints_whole()
-
-from . import models  # noqa: E402,F401  (registers the models)
-from .models.structured_transformer import (  # noqa: E402
-    refuse_changed_structure_on_resume,
-    refuse_misnamed_overrides,
-)
-
-refuse_changed_structure_on_resume()
-refuse_misnamed_overrides()
+import importlib.util
 
 __version__ = "0.1.0"
+
+if importlib.util.find_spec("fairseq") is not None:  # the plugin: fairseq is there to register with
+    from .checkpoints import allow_fairseq_checkpoints
+    from .fairseq_fixes import copy_checkpoints_whole, keep_bf16_off_tpu
+
+    allow_fairseq_checkpoints()
+    keep_bf16_off_tpu()
+    copy_checkpoints_whole()
+
+    from . import models  # noqa: F401  (registers the models)
+    from .models.structured_transformer import refuse_changed_structure_on_resume, refuse_misnamed_overrides
+
+    refuse_changed_structure_on_resume()
+    refuse_misnamed_overrides()

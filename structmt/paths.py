@@ -20,8 +20,10 @@ def checkout_problem(command: str, needs: tuple[str, ...] = ("conf", "data")) ->
         return ""
     return (
         f"{command} reads the structmt checkout's {' and '.join(f'{m}/' for m in missing)}, and {REPO_ROOT} has none: "
-        "this structmt was installed from a copy without them. Install it from a clone of the repository with "
-        "`make install` (an editable install: pip install -e .); the plugin alone (--user-dir) needs none of them"
+        "this structmt was installed from a copy without them. Install it editable from a clone of the repository: "
+        "`make install` (its own CPU environment), or into an environment with your torch `pip install "
+        "--no-build-isolation -e .` or `scripts/install_offline.sh WHEELHOUSE` without --sdist (docs/install.md); "
+        "the plugin alone (--user-dir) needs none of them"
     )
 
 

@@ -141,7 +141,7 @@ def test_the_pipeline_commands_of_an_install_without_the_checkout_say_to_install
     ):
         result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
         assert result.returncode == 1 and result.stderr.startswith(f"error: {said}, and {site} has none"), result.stderr
-        assert "make install` (an editable install: pip install -e .)" in result.stderr
+        assert "`pip install --no-build-isolation -e .`" in result.stderr  # plain -e builds without the kernel
     assert not (tmp_path / "out").exists()
 
 

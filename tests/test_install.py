@@ -81,18 +81,29 @@ def test_the_seeds_each_make_target_runs(given, seeds):
             assert f"structmt.pipeline.recipes {target} --seeds {expected}{flag}\n" in out.stdout
 
 
-def test_a_venv_of_another_python_is_made_again(tmp_path):
-    """make install kept a .venv of any Python (make PYTHON=python3.12 once), or one whose interpreter was gone,
-    and called it up to date: the recipe makes it again, saying so."""
-    bad = tmp_path / ".venv" / "bin"
-    bad.mkdir(parents=True)
-    (bad / "python").symlink_to(tmp_path / "gone")  # its interpreter removed
+@pytest.mark.parametrize("venv", ["interpreter gone", "without pip", "working"])
+def test_a_venv_of_another_python_is_made_again(tmp_path, venv):
+    """make install kept a .venv of any Python (make PYTHON=python3.12 once), one whose interpreter was gone, or
+    one without pip (every later run stopped at "No module named pip"), and called it up to date: the recipe makes
+    it again, saying so. A working one is kept."""
+    if venv == "interpreter gone":
+        (tmp_path / ".venv" / "bin").mkdir(parents=True)
+        (tmp_path / ".venv" / "bin" / "python").symlink_to(tmp_path / "gone")
+    elif venv == "without pip":
+        subprocess.run(["python3.11", "-m", "venv", "--without-pip", tmp_path / ".venv"], check=True)
+    else:
+        (tmp_path / ".venv").symlink_to(REPO / ".venv")  # this checkout's, which make install made
     recipe = subprocess.run(["make", "-n", "-B", "install"], cwd=REPO, capture_output=True, text=True).stdout
     start = recipe.index("want=")
     check = recipe[start : recipe.index("fi\n", start) + 2].replace("\\\n", "\n")
     done = subprocess.run(["sh", "-c", check], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert ".venv is not a working venv of python3.11 (3, 11) (it runs: nothing): making it again" in done.stdout
+    if venv == "working":
+        assert done.stdout == "" and (tmp_path / ".venv").is_symlink()
+        return
+    assert (
+        ".venv is not a working venv of python3.11 (3, 11) with pip (it runs: nothing, or has no pip): making it again"
+    ) in done.stdout
     assert not (tmp_path / ".venv").exists()
 
 
@@ -202,3 +213,30 @@ def test_make_install_requires_the_kernel_the_tests_need(monkeypatch, capsys):
     assert check_install.main(["--require-kernel"]) == 1
     assert "pip install -v --no-build-isolation --no-deps -e . shows why" in capsys.readouterr().err
     assert "--require-kernel" in (REPO / "Makefile").read_text()
+
+
+def test_without_fairseq_the_attention_functions_import_and_check_install_says_what_to_install(tmp_path):
+    """The README's functions need no fairseq; importing the package imported it (a bare ModuleNotFoundError), and
+    check_install.py failed the same way, saying nothing of the fork to install or of --no-deps."""
+    hide = (
+        "import sys, importlib.machinery as m\n"
+        "class Hide(m.PathFinder):\n"
+        "    @classmethod\n"
+        "    def find_spec(cls, name, path=None, target=None):\n"
+        "        return None if name.split('.')[0] == 'fairseq' else m.PathFinder.find_spec(name, path, target)\n"
+        "sys.meta_path = [Hide if f is m.PathFinder else f for f in sys.meta_path]\n"
+    )
+    use = (
+        "import torch\n"
+        "from structmt.attention import structured_attention\n"
+        "q, k, v = torch.randn(3, 2, 4, 16, 32).unbind(0)\n"
+        "out = structured_attention(q, k, v, window=3, rare_index=torch.tensor([[2, 9], [5, 14]]), causal=True)\n"
+        "assert out.shape == (2, 4, 16, 32) and 'fairseq' not in sys.modules\n"
+        "sys.path.insert(0, 'scripts')\n"
+        "import check_install\n"
+        "sys.exit(check_install.main([]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", hide + use], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: fairseq is not installed: pip install --no-deps --no-build-isolation ")
+    assert "Traceback" not in done.stderr
