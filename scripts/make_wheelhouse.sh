@@ -39,6 +39,17 @@ for name in $LEAVE_OUT; do  # checked before anything is downloaded
     [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || { echo "error: LEAVE_OUT: '$name' is not a project name" >&2; exit 2; }
 done
 [[ -x $VPY ]] || { echo "error: no $VPY: run make install first" >&2; exit 1; }
+# a Python structmt does not install on is refused here, not on the node after its environment was changed
+"$VPY" - "$PY_VERSION" <<'EOF' || exit 2
+import sys, tomllib
+try:
+    from packaging.specifiers import SpecifierSet
+except ImportError:  # pip's own copy
+    from pip._vendor.packaging.specifiers import SpecifierSet
+wanted = tomllib.load(open("pyproject.toml", "rb"))["project"]["requires-python"]
+if f"{sys.argv[1]}.0" not in SpecifierSet(wanted):
+    sys.exit(f"error: PY={sys.argv[1]}: structmt installs on Python {wanted} (pyproject.toml's requires-python)")
+EOF
 
 # the interpreter that runs the downloads: a Python PY_VERSION with pip >= 22.2 (for --report)
 version_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2> /dev/null; }

@@ -136,6 +136,14 @@ def test_a_wheelhouse_folder_is_never_taken_apart_or_replaced_unless_it_is_one(t
         text=True,
     )
     assert leave.returncode == 2 and "LEAVE_OUT: 'bad/name' is not a project name" in leave.stderr
+    for python in ("3.13", "3.9"):  # outside requires-python: refused before the wheelhouse reaches a node
+        late = subprocess.run(["bash", str(script), python, str(tmp_path / "new")], capture_output=True, text=True)
+        assert late.returncode == 2
+        wanted = PYPROJECT["project"]["requires-python"]
+        assert (
+            late.stderr
+            == f"error: PY={python}: structmt installs on Python {wanted} (pyproject.toml's requires-python)\n"
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine"]  # nothing downloaded, nothing left
 
 
@@ -240,3 +248,88 @@ def test_without_fairseq_the_attention_functions_import_and_check_install_says_w
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("error: fairseq is not installed: pip install --no-deps --no-build-isolation ")
     assert "Traceback" not in done.stderr
+
+
+def _env_with(tmp_path: Path, packages: dict[str, str], pip: bool = True) -> Path:
+    """A venv (made from this one, so its torch is not seen) whose site-packages hold ``packages`` (file → text):
+    stand-ins for a cluster's torch and Triton that `import` finds."""
+    venv = tmp_path / "cluster-env"
+    subprocess.run([sys.executable, "-m", "venv", *([] if pip else ["--without-pip"]), venv], check=True)
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.run([venv / "bin" / "python", "-c", code], capture_output=True, text=True).stdout.strip())
+    for name, text in packages.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text(text)
+    return venv / "bin" / "python"
+
+
+def _wheelhouse(tmp_path: Path) -> Path:
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir(parents=True)
+    (wheelhouse / "PYTHON_VERSION").write_text(f"{sys.version_info[0]}.{sys.version_info[1]}\n")
+    return wheelhouse
+
+
+TORCH = {"torch/__init__.py": "__version__ = '2.11.0+cu130'\n"}
+
+
+def test_a_venv_made_from_the_venv_that_has_torch_sees_that_torch(tmp_path):
+    """The docs' `source venv/bin/activate` then `--venv DIR`: the new venv saw the base Python's packages, not that
+    venv's, and the script stopped saying torch was missing, leaving the empty venv behind."""
+    python = _env_with(tmp_path, TORCH)
+    new = tmp_path / "structmt-env"
+    run = subprocess.run(
+        ["bash", str(INSTALL), str(_wheelhouse(tmp_path)), "--python", str(python), "--venv", str(new)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "is itself a venv" in run.stdout and "torch 2.11.0+cu130" in run.stdout, run.stdout + run.stderr
+    # it went on to the next check: the stand-in environment has no Triton and the wheelhouse none
+    assert run.returncode == 1 and "has no Triton" in run.stderr and "cannot import torch" not in run.stderr
+    seen = subprocess.run([new / "bin" / "python", "-c", "import torch; print(torch.__version__)"], capture_output=True)
+    assert seen.stdout == b"2.11.0+cu130\n"
+    # a --python without torch makes no venv
+    bare = subprocess.run(
+        [
+            "bash",
+            str(INSTALL),
+            str(_wheelhouse(tmp_path / "x")),
+            "--venv",
+            str(tmp_path / "v2"),
+            "--python",
+            str(_env_with(tmp_path / "x", {}, pip=False)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bare.returncode == 1 and "cannot import torch, so a venv made from it would not either" in bare.stderr
+    assert not (tmp_path / "v2").exists()
+
+
+@pytest.mark.skipif(f"{sys.platform}-{os.uname().machine}" != "linux-x86_64", reason="Triton is required on it")
+def test_a_triton_of_another_distribution_name_is_named_before_anything_is_installed(tmp_path):
+    """ROCm's torch ships `triton` as pytorch-triton-rocm: step 2 stopped with pip's "No matching distribution"."""
+    dist = "pytorch_triton_rocm-3.6.0.dist-info"
+    python = _env_with(
+        tmp_path,
+        TORCH
+        | {
+            "triton/__init__.py": "__version__ = '3.6.0'\n",
+            f"{dist}/METADATA": "Metadata-Version: 2.1\nName: pytorch-triton-rocm\nVersion: 3.6.0\n",
+            f"{dist}/top_level.txt": "triton\n",
+        },
+    )
+    run = subprocess.run(
+        ["bash", str(INSTALL), str(_wheelhouse(tmp_path)), "--python", str(python)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert run.stderr.startswith(
+        "install_offline: error: this environment's Triton module comes from pytorch-triton-rocm, not from the "
+        "distribution 'triton'"
+    ), run.stderr
+    assert "installing into" in run.stdout and "Successfully" not in run.stdout  # checked, nothing installed
