@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  fairseq {fairseq.__version__}, triton {triton}, C++ kernel: {kernel}")
     if require_kernel and kernel != "built":
         print(
-            "error: the C++ kernel was not built (a C++ compiler and torch's headers are needed); "
+            "error: the C++ kernel was not built (it needs a C++ compiler, torch's headers, and an install with "
+            "--no-build-isolation: an isolated build does not see torch and skips it); "
             ".venv/bin/pip install -v --no-build-isolation --no-deps -e . shows why",
             file=sys.stderr,
         )

@@ -432,7 +432,8 @@ def test_without_triton(monkeypatch):
     monkeypatch.setattr(tk, "_kernels", missing)
     assert not tk.available()
     q, k, v, index, kind = make_case(1, 1, 1, 2, 2, 1, seed=17)
-    with pytest.raises(RuntimeError, match="triton is not installed"):
+    # not a bare `pip install triton`: the newest Triton may not be the one a CUDA torch pins
+    with pytest.raises(RuntimeError, match="triton is not installed .*the version your torch release pins"):
         tk.candidate_attention(q, k, v, index, kind, 1.0)
 
 

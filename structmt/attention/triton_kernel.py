@@ -225,7 +225,11 @@ def _ready(device: torch.device) -> SimpleNamespace:
     except TritonTooOld as err:
         raise RuntimeError(f"structmt triton kernel: {err}") from err
     except ImportError as err:
-        raise RuntimeError("structmt triton kernel: triton is not installed (pip install triton)") from err
+        raise RuntimeError(
+            "structmt triton kernel: triton is not installed (CUDA builds of torch bring the Triton they were built "
+            "with; otherwise install the version your torch release pins, or `pip install -c constraints.txt triton` "
+            "in the checkout for the tested one)"
+        ) from err
     if device.type != "cuda" and not kernels.interpreted:
         raise RuntimeError(
             f"structmt triton kernel: {device.type} tensors need Triton's interpreter; set TRITON_INTERPRET=1 "
