@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         if err.name != "fairseq":
             raise
         print(
-            "error: fairseq is not installed: pip install --no-deps --no-build-isolation fairseq-fixed==0.12.3.1 "
+            "error: fairseq is not installed: env -u CUDA_HOME pip install --no-deps --no-build-isolation "
+            "fairseq-fixed==0.12.3.1 "
             "(the fork that imports on Python 3.11+; --no-deps: its metadata asks for torchaudio, which would "
             "replace your torch; see docs/install.md)",
             file=sys.stderr,

@@ -37,12 +37,16 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 FAIRSEQ=fairseq-fixed==0.12.3.1
 
 command -v "$PYTHON" > /dev/null || die "no interpreter '$PYTHON'"
-# the wheelhouse was made for one Python version (checked before a --venv is made from PYTHON)
+# the wheelhouse was made for one Python version: that of the interpreter installed into (and of the one a new
+# --venv is made from, checked before it is made)
 want=$(cat "$WH/PYTHON_VERSION" 2>/dev/null) || die "$WH has no PYTHON_VERSION: make it with make wheelhouse PY=3.x"
-have=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-[[ $have == "$want" ]] || die "$WH holds wheels for Python $want, but $PYTHON is Python $have: make wheelhouse PY=$have"
+check_version() {
+    have=$("$1" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    [[ $have == "$want" ]] || die "$WH holds wheels for Python $want, but $1 is Python $have: make wheelhouse PY=$have"
+}
 if [[ -n $VENV ]]; then
     if [[ ! -x $VENV/bin/python ]]; then
+        check_version "$PYTHON"
         "$PYTHON" -c 'import torch' 2> /dev/null \
             || die "$PYTHON cannot import torch, so a venv made from it would not either: pass --python the interpreter of the environment that has the cluster's torch"
         say "creating $VENV from $PYTHON (--system-site-packages: it sees that environment's torch)"
@@ -54,14 +58,15 @@ if sys.prefix != sys.base_prefix:
     sites = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     target = subprocess.run([sys.argv[1], "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    with open(f"{target}/structmt-parent-env.pth", "w") as f:
-        f.write("".join(f"{s}\n" for s in sites))
+    with open(f"{target}/structmt-parent-env.pth", "w") as f:  # addsitedir: that venv's own .pth files too
+        f.write("".join(f"import site; site.addsitedir({s!r})\n" for s in sites))
     print(f"install_offline: {sys.prefix} is itself a venv: {target}/structmt-parent-env.pth adds its packages")
 EOF
     fi
     PYTHON=$VENV/bin/python
 fi
 PYTHON=$("$PYTHON" -c 'import sys; print(sys.executable)')  # absolute: step 4 runs elsewhere
+check_version "$PYTHON"
 
 # torch must already be there, in structmt's range: the "torch>=A.B,<C" requirement of pyproject.toml
 torch_range=$(sed -n 's/^ *"torch\(>=[0-9.]*,<[0-9.]*\)",.*$/\1/p' "$REPO/pyproject.toml")
@@ -95,7 +100,7 @@ if importlib.util.find_spec("triton") is not None:
     except m.PackageNotFoundError:
         print(", ".join(m.packages_distributions().get("triton", [])) or "an unnamed package")
 EOF
-)
+) || die "$PYTHON could not say which package its Triton comes from (above)"
     [[ -z $provider ]] || die "this environment's Triton module comes from $provider, not from the distribution 'triton' that structmt requires on Linux x86_64 (pip cannot see it, and installing 'triton' beside it would overwrite it): see docs/install.md, 'Triton under another name'"
 fi
 

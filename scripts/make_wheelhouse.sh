@@ -41,12 +41,12 @@ done
 [[ -x $VPY ]] || { echo "error: no $VPY: run make install first" >&2; exit 1; }
 # a Python structmt does not install on is refused here, not on the node after its environment was changed
 "$VPY" - "$PY_VERSION" <<'EOF' || exit 2
-import sys, tomllib
+import re, sys
 try:
     from packaging.specifiers import SpecifierSet
 except ImportError:  # pip's own copy
     from pip._vendor.packaging.specifiers import SpecifierSet
-wanted = tomllib.load(open("pyproject.toml", "rb"))["project"]["requires-python"]
+wanted = re.search(r'^requires-python = "(.+)"$', open("pyproject.toml").read(), re.M).group(1)
 if f"{sys.argv[1]}.0" not in SpecifierSet(wanted):
     sys.exit(f"error: PY={sys.argv[1]}: structmt installs on Python {wanted} (pyproject.toml's requires-python)")
 EOF

@@ -14,10 +14,12 @@ the plugin, the pipeline and the analysis need it (``fairseq-fixed``, installed 
 """
 
 import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
-if importlib.util.find_spec("fairseq") is not None:  # the plugin: fairseq is there to register with
+# the plugin, when fairseq is there to register with (imported already: find_spec would read its __spec__)
+if "fairseq" in sys.modules or importlib.util.find_spec("fairseq") is not None:
     from .checkpoints import allow_fairseq_checkpoints
     from .fairseq_fixes import copy_checkpoints_whole, keep_bf16_off_tpu
 

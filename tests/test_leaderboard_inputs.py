@@ -475,8 +475,8 @@ def test_two_runs_of_one_seed_in_a_cell_are_not_told_to_pick_a_seed(board, monke
     assert str(e.value) == (
         "error: runs multi30k_en_de-cpu_demo-w3-r0-c2f552a9 (seed 1) and multi30k_en_de-cpu_demo-w3-r0-f799e0ba "
         "(seed 1) are both the w=3, r=0 cell of data=multi30k_en_de schedule=cpu_demo test_set=test_2016_flickr; "
-        "they differ in a setting the leaderboard has no column for (model.impl, train.lr, ...) give the other "
-        "setting a schedule of its own"
+        "they differ in a setting the leaderboard has no column for (model.impl, say): give the other setting a "
+        "schedule of its own"
     )
 
 

@@ -394,6 +394,12 @@ def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path
         "15.7 (re-runs); run `x4`); BLEU 39.0 on test_2016_flickr (`reproduce` schedule, seed 3; without the cross "
         "band 38.4, dense 36.8 or 37.0 (runs d3, d3b); run `x4-3`)"
     )
+    # a re-run of the band itself: one entry, both scores (it was listed twice, as if two runs)
+    band = {"window": 3, "rare": 2, "heads": "auto", "cross": "w4/slope0.97", "hypothesis": "x4.rerun.de"}
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", [_row("x4", 1, 28.0) | base | band])
+    quality = cross_bleu(tmp_path)
+    assert quality[4].startswith("BLEU 27.1 or 28.0 (re-runs) on test_2016_flickr (`cpu_demo` schedule, seed 1;")
+    assert quality[4].count("run `x4`") == 1 and "run `x4-3`" in quality[4]
     # the verdict is on the benchmarked structure's band: a w=5, r=1 band speaks only for a w=5, r=1 benchmark
     other = _row("x4-w5", 1, 20.0) | base | {"window": 5, "rare": 1, "heads": "auto", "cross": "w32/slope0.97"}
     leaderboard.add_rows(tmp_path / "leaderboard.csv", [other])

@@ -132,16 +132,18 @@ def cross_bleu(
         return " or ".join(found) + (" (re-runs)" if len(runs) == 1 else f" (runs {', '.join(runs)})")
 
     by_window: dict[int, list[str]] = {}
+    banded: dict[str, dict[str, str]] = {}  # each run once (its first evaluation), its re-runs beside it
     for r in rows:
-        window = cross_window(r["cross"])
-        if window is None or not benchmarked(r):
-            continue
+        if cross_window(r["cross"]) is not None and benchmarked(r):
+            banded.setdefault(r["run_id"], r)
+    for run_id, r in banded.items():
         same = [x for x in rows if (x["schedule"], x["seed"]) == (r["schedule"], r["seed"])]
+        own = scores([x for x in same if x["run_id"] == run_id], lambda x: True)
         plain = scores(same, lambda x: benchmarked(x) and not x["cross"])
         dense = scores(same, lambda x: x["window"] == "")
-        by_window.setdefault(window, []).append(
-            f"BLEU {r['bleu']} on {test_set} (`{r['schedule']}` schedule, seed {r['seed']}; without the cross "
-            f"band {plain}, dense {dense}; run `{r['run_id']}`)"
+        by_window.setdefault(cross_window(r["cross"]), []).append(
+            f"BLEU {own} on {test_set} (`{r['schedule']}` schedule, seed {r['seed']}; without the cross "
+            f"band {plain}, dense {dense}; run `{run_id}`)"
         )
     return {window: "; ".join(texts) for window, texts in by_window.items()}
 

@@ -65,7 +65,7 @@ def cells(rows: list[dict[str, str]], what: str) -> dict[tuple[str, str], dict[s
         if other is not r:
             where = f"the w={r['window']}, r={r['rare']} cell" if r["window"] else "the dense baseline"
             fix = (
-                "they differ in a setting the leaderboard has no column for (model.impl, train.lr, ...)"
+                "they differ in a setting the leaderboard has no column for (model.impl, say):"
                 if other["seed"] == r["seed"]
                 else "pick one seed with --seed, or"
             )
@@ -218,12 +218,12 @@ def report(
         + (f" --arch {arch}" if arch != DEFAULT_ARCH else "")
         + (f" --sweep {grid_of}" if grid_of else "")
         + (
-            f" --results-dir {shlex.quote(str(results_dir))}"
+            f" --results-dir {shlex.quote(row_text(Path(results_dir)))}"
             if Path(results_dir).resolve() != RESULTS_DIR.resolve()
             else ""
         )
         + (
-            f" --out-dir {shlex.quote(str(out_dir))}"
+            f" --out-dir {shlex.quote(row_text(out_dir))}"
             if out_dir.resolve() != ResultsFolder(results_dir).sweeps.resolve()
             else ""
         )
