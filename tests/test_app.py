@@ -331,20 +331,18 @@ def _fake_slurm(tmp_path: Path) -> dict[str, str]:
     return dict(os.environ) | {"PATH": path, "FAKE_SLURM_LOG": str(tmp_path / "slurm")}
 
 
-def test_slurm_and_local_jobs_launchers_run_each_point_as_a_job_and_reruns_skip(tmp_path):
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "hydra.launcher.gpus_per_node=0"]
+
+
+def test_the_slurm_launcher_submits_one_array_with_its_settings_and_each_failing_task_names_its_error(tmp_path):
     """``hydra/launcher=slurm`` (conf/hydra/launcher/slurm.yaml) through submitit, against stand-ins for SLURM's
-    commands: one sbatch of a two-task array with the file's settings, each point trained and scored inside its
-    task (SLURM's variables set), the rows in the leaderboard, each point's objective its validation BLEU; the
-    same sweep again under ``hydra/launcher=local_jobs`` runs each point as a local job of its own, which finds
-    its run done and adds no row; a point that fails in its SLURM task is named. (One test, of 4 updates a point:
-    each point still starts fairseq, prepares and decodes.)"""
+    commands: one sbatch of a two-task array with the file's settings, each task run with SLURM's variables; in
+    the job, fairseq would train on every GPU the job shows, so a world size the job does not show is named, in
+    each task's log and by the launcher. (Training inside the tasks: the slow test below.)"""
     env = _fake_slurm(tmp_path)
-    launcher = ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "hydra.launcher.gpus_per_node=0"]
-    short = [*SMOKE, "train.max_update=4"]  # what is tested is the launching, not the model
-    result = _run(tmp_path, "-m", *launcher, *short, "model.window=1,3", env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")
-    assert sorted({r["window"] for r in rows}) == ["1", "3"] and len(rows) == 4
+    failed = _run(tmp_path, "-m", *SLURM, *SMOKE, "model.window=1,3", "train.world_size=2", env=env)
+    message = "train.world_size=2: this SLURM job shows 0 GPU(s) on 1 node(s)"
+    assert failed.returncode != 0 and message in failed.stderr
     (script,) = (tmp_path / "slurm").glob("sbatch_*.sh")
     flags = set(re.findall(r"^#SBATCH (.*)$", script.read_text(), re.M))
     assert {
@@ -359,6 +357,23 @@ def test_slurm_and_local_jobs_launchers_run_each_point_as_a_job_and_reruns_skip(
         "--signal=USR2@120",
     } <= flags, sorted(flags)
     assert "--gpus-per-node=0" in flags and "--requeue" not in flags  # submitit requeues by itself, on USR2
+    errs = sorted((tmp_path / "runs" / "multirun").rglob("*_log.err"))
+    assert [p.name for p in errs] == ["1000_0_0_log.err", "1000_1_0_log.err"]  # <array job>_<task>_<rank>
+    assert all(message in p.read_text() for p in errs)  # each task's own error, in its own log
+
+
+@pytest.mark.slow
+def test_slurm_and_local_jobs_launchers_run_each_point_as_a_job_and_reruns_skip(tmp_path):
+    """``hydra/launcher=slurm`` against the stand-ins (the fast test above checks its sbatch settings): each
+    point trained and scored inside its task, the rows in the leaderboard, each point's objective its validation
+    BLEU; the same sweep again under ``hydra/launcher=local_jobs`` runs each point as a local job of its own,
+    which finds its run done and adds no row. (Slow: each point starts fairseq, prepares, trains and decodes.)"""
+    env = _fake_slurm(tmp_path)
+    short = [*SMOKE, "train.max_update=4"]  # what is tested is the launching, not the model
+    result = _run(tmp_path, "-m", *SLURM, *short, "model.window=1,3", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")
+    assert sorted({r["window"] for r in rows}) == ["1", "3"] and len(rows) == 4
     task_logs = sorted(p.name for p in (tmp_path / "runs" / "multirun").rglob("*_log.err"))
     assert task_logs == ["1000_0_0_log.err", "1000_1_0_log.err"]  # <array job>_<task>_<rank>, as SLURM names them
     assert sorted({(r["window"], r["test_set"]) for r in rows}) == [  # multi30k_smoke scores 100 lines of each
@@ -383,13 +398,6 @@ def test_slurm_and_local_jobs_launchers_run_each_point_as_a_job_and_reruns_skip(
     assert len({p.parent for p in local_sweep.rglob("*_log.out")}) == 2  # two submitit jobs
     assert leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv") == rows
     assert (tmp_path / "results" / "leaderboard.png").stat().st_size > 0
-
-    # in the job, fairseq would train on every GPU the job shows: a world size the job does not show is named
-    failed = _run(tmp_path, "-m", *launcher, *short, "model.window=5", "train.world_size=2", env=env)
-    message = "train.world_size=2: this SLURM job shows 0 GPU(s) on 1 node(s)"
-    assert failed.returncode != 0 and message in failed.stderr
-    (err,) = (tmp_path / "runs" / "multirun").rglob("1100_0_log.err")  # one point: a job, not an array
-    assert message in err.read_text()
 
 
 @pytest.mark.reliability
