@@ -440,6 +440,12 @@ def _sweep(
     return points["BLEU"], text
 
 
+def _add_beside_the_w3_r0_cell(board: Path, run_id: str, **changes: str) -> None:
+    """A row like the committed ``cpu_demo`` w=3, r=0 run's, as ``run_id`` with ``changes``, its own hypothesis."""
+    cell = next(r for r in leaderboard.read_rows(board) if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
+    leaderboard.add_rows(board, [cell | {"run_id": run_id, "hypothesis": f"{run_id}.de"} | changes])
+
+
 def test_the_sweep_report_uses_each_runs_first_evaluation(board, monkeypatch):
     bleu, text = _sweep(board, monkeypatch, "cpu_demo")
     assert bleu == {(1, 0): 21.23, (1, 2): 20.37, (3, 0): 24.15, (3, 2): 24.06}  # (3, 2) re-run: 24.6
@@ -467,9 +473,7 @@ def test_the_sweep_report_says_which_architectures_the_rows_hold_when_arch_match
 
 def test_two_runs_of_one_seed_in_a_cell_are_not_told_to_pick_a_seed(board, monkeypatch):
     """model.impl=reference changes the run id but no leaderboard label: --seed cannot separate the runs."""
-    rows = leaderboard.read_rows(board)
-    cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
-    leaderboard.add_rows(board, [cell | {"run_id": "multi30k_en_de-cpu_demo-w3-r0-f799e0ba", "hypothesis": "i.de"}])
+    _add_beside_the_w3_r0_cell(board, "multi30k_en_de-cpu_demo-w3-r0-f799e0ba")
     with pytest.raises(SystemExit) as e:
         _sweep(board, monkeypatch, "cpu_demo")
     assert str(e.value) == (
@@ -481,14 +485,13 @@ def test_two_runs_of_one_seed_in_a_cell_are_not_told_to_pick_a_seed(board, monke
 
 
 def test_the_sweep_report_gives_no_verdict_across_bleu_signatures(board, monkeypatch):
-    rows = leaderboard.read_rows(board)
     _, text = _sweep(board, monkeypatch, "cpu_demo")
     signature = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
     assert f"BLEU signature of every row: `{signature}`." in text and "at or above the dense baseline" in text
-    cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
     intl = signature.replace("13a", "intl")
-    point = cell | {"run_id": "multi30k_en_de-cpu_demo-w5-r0-0000intl", "window": "5", "bleu_signature": intl}
-    leaderboard.add_rows(board, [point | {"bleu": "30.0", "hypothesis": "intl.de"}])
+    _add_beside_the_w3_r0_cell(
+        board, "multi30k_en_de-cpu_demo-w5-r0-0000intl", window="5", bleu_signature=intl, bleu="30.0"
+    )
     _, text = _sweep(board, monkeypatch, "cpu_demo")
     assert f"**The rows were scored with 2 BLEU signatures**, whose scores do not compare: `{signature}`: " in text
     assert f"; `{intl}`: multi30k_en_de-cpu_demo-w5-r0-0000intl." in text
@@ -496,10 +499,9 @@ def test_the_sweep_report_gives_no_verdict_across_bleu_signatures(board, monkeyp
 
 
 def test_runs_of_another_seed_listed_in_the_table_show_their_seed(board, monkeypatch):
-    rows = leaderboard.read_rows(board)
-    cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
-    other = cell | {"run_id": "multi30k_en_de-cpu_demo-w3-r0-syn4-5eed0007", "heads": "syn:4", "seed": "7"}
-    leaderboard.add_rows(board, [other | {"bleu": "30.0", "hypothesis": "s7.de"}])
+    _add_beside_the_w3_r0_cell(
+        board, "multi30k_en_de-cpu_demo-w3-r0-syn4-5eed0007", heads="syn:4", seed="7", bleu="30.0"
+    )
     bleu, text = _sweep(board, monkeypatch, "cpu_demo")
     assert bleu[3, 0] == 24.15
     assert "| structured | 3 | 0 | syn:4 |  | 7 | 30.0 |" in text
@@ -549,10 +551,8 @@ def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take
 def test_the_sweep_report_refuses_points_of_several_seeds_without_seed(board, monkeypatch):
     """A point trained with another seed (train.seed=2 baseline=false) was drawn beside the others and compared
     with the seed-1 dense run."""
-    rows = leaderboard.read_rows(board)
-    cell = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-w3-r0-c2f552a9")
-    point = cell | {"run_id": "multi30k_en_de-cpu_demo-w5-r2-5eed0002", "window": "5", "rare": "2", "seed": "2"}
-    leaderboard.add_rows(board, [point | {"bleu": "27.13", "p_value_vs_dense": "", "hypothesis": "s2.de"}])
+    point = {"window": "5", "rare": "2", "seed": "2", "bleu": "27.13", "p_value_vs_dense": ""}
+    _add_beside_the_w3_r0_cell(board, "multi30k_en_de-cpu_demo-w5-r2-5eed0002", **point)
     with pytest.raises(SystemExit, match=r"^error: the runs of .* are of seeds 1, 2, and each point is compared"):
         _sweep(board, monkeypatch, "cpu_demo")
     bleu, _ = _sweep(board, monkeypatch, "cpu_demo", seed="1")

@@ -98,12 +98,17 @@ def sweep_grid(name: str) -> tuple[list[int], list[int]]:
 def chosen_arch(rows: list[dict[str, str]], arch: str | None, what: str) -> str | None:
     """The structured architecture the report is of: ``arch``, else the one the structured rows hold (None
     without structured rows); rows of several are an error naming them (a tiny model's point in the base
-    model's heatmap, compared with another model's dense run, or two dense baselines)."""
+    model's heatmap, compared with another model's dense run, or two dense baselines), and so is an ``arch``
+    none of them holds (a typo)."""
+    archs = sorted({r["arch"] for r in rows if r["window"]})
     if arch is not None:
         if not arch.startswith("structured_"):
             raise SystemExit(f"error: --arch {arch}: give the structured architecture (structured_...)")
+        if archs and arch not in archs:
+            raise SystemExit(
+                f"error: --arch {arch}: no structured run of {what} is of it; they are of {', '.join(archs)}"
+            )
         return arch
-    archs = sorted({r["arch"] for r in rows if r["window"]})
     if len(archs) > 1:
         raise SystemExit(
             f"error: the structured runs of {what} are of {len(archs)} architectures ({', '.join(archs)}); "
@@ -149,15 +154,10 @@ def report(
     board = read_rows(csv_path)
     rows = sweep_rows(board, data, schedule, test_set, seed)
     what = f"data={data} schedule={schedule} test_set={test_set}" + (f" seed={seed}" if seed else "")
-    archs = sorted({r["arch"] for r in rows if r["window"]})
     arch = chosen_arch(rows, arch, what)
     if arch is not None:  # one model and its dense baseline
         dense = ModelSpec(arch=arch).dense_arch
         rows = [r for r in rows if r["arch"] == (arch if r["window"] else dense)]
-        if archs and not any(r["window"] for r in rows):
-            raise SystemExit(
-                f"error: --arch {arch}: no structured run of {what} is of it; they are of {', '.join(archs)}"
-            )
     beam = " ".join(o for o in options.split() if o.startswith("beam="))  # what a dense row's options can hold
     dense = list(cells([r for r in rows if not r["window"] and r["options"] == beam], what).values())
     grid = cells(
