@@ -53,11 +53,72 @@ def _refused_global(err: BaseException) -> str | None:
     return found.group(1) if found else None
 
 
+#: what torch's and fairseq's loaders raise on a file that is not a whole checkpoint (damaged bytes reach the
+#: unpickler as any of these); other errors, such as structmt's own ValueError for a misnamed override, pass
+_UNREADABLE = (
+    pickle.UnpicklingError,
+    EOFError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RuntimeError,
+    TypeError,
+    UnicodeDecodeError,
+    OverflowError,
+)
+
+
+def _unreadable(checkpoint: Path, err: BaseException) -> str:
+    """Why ``checkpoint`` could not be read, in one line: what the file is where torch did not write it (its
+    first bytes), else torch's reason without its advice to turn ``weights_only`` off (never the fix for a
+    damaged file, and unsafe for a file of unknown origin)."""
+    try:
+        with open(checkpoint, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        head = b""
+    if head and not head.startswith(b"PK\x03\x04") and head[0] != 0x80:  # a zip archive, or a legacy pickle
+        if head.startswith(b"version https://git-lfs"):
+            return "a Git LFS pointer, not the file itself: `git lfs pull` fetches it"
+        return f"torch did not write it: it begins {head[:16]!r}"
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    lines = [line for line in text.strip().splitlines() if line.strip() and "weights_only" not in line]
+    why = found.group(1) if found else next(iter(lines), "")
+    return f"{type(err).__name__}: {why.strip()[:200] or ('empty or cut short' if isinstance(err, EOFError) else '?')}"
+
+
 def _refused(checkpoint: Path, name: str) -> ValueError:
     return ValueError(
         f"{checkpoint}: torch's safe loader (weights_only) refuses {name}, which the checkpoint pickles; structmt "
         "allowlists what fairseq writes (argparse.Namespace, numpy arrays). If you trust the file, allowlist it "
         f"before loading: torch.serialization.add_safe_globals([{name}])"
+    )
+
+
+def saved_model_settings(state: dict[str, Any]) -> Any:
+    """A checkpoint's model settings: its ``cfg.model`` (a DictConfig or dict), or a legacy one's ``args``
+    (an ``argparse.Namespace``); None where it has neither."""
+    return (state.get("cfg") or {}).get("model") or state.get("args")
+
+
+def model_setting(model_cfg: Any, key: str) -> Any:
+    """``key`` of model settings (an ``argparse.Namespace``, a DictConfig or a dict), None where absent."""
+    return model_cfg.get(key) if isinstance(model_cfg, dict) else getattr(model_cfg, key, None)
+
+
+def _unknown_architecture(checkpoint: Path, state: dict[str, Any]) -> ValueError | None:
+    """A checkpoint of an architecture no loaded plugin registers: fairseq's own error for it is an IndexError
+    of a broken format string."""
+    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
+
+    saved = saved_model_settings(state)
+    arch = (model_setting(saved, "arch") or model_setting(saved, "_name")) if saved is not None else None
+    if arch is None or arch in ARCH_MODEL_REGISTRY or arch in MODEL_REGISTRY:
+        return None
+    return ValueError(
+        f"{checkpoint}: a model of --arch {arch}, which neither fairseq nor structmt registers; structmt reads "
+        "transformer checkpoints (transformer_* or structured_transformer_* architectures)"
     )
 
 
@@ -71,17 +132,15 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
     overrides = {"data": str(data_dir), **overrides}
     try:  # the file itself (a state dict that does not fit data_dir: below)
         state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), overrides)
-    except (pickle.UnpicklingError, EOFError, KeyError, AttributeError, RuntimeError) as err:
+    except _UNREADABLE as err:
         if name := _refused_global(err):
             raise _refused(checkpoint, name) from err
-        # torch's text can run to many lines (weights_only's advice): its first says what went wrong
-        why = next(iter(str(err).strip().splitlines()), "") or (
-            "empty or cut short" if isinstance(err, EOFError) else "?"
-        )
         raise ValueError(
-            f"{checkpoint}: not a fairseq checkpoint, or one cut short ({type(err).__name__}: {why[:200]}); give "
+            f"{checkpoint}: not a fairseq checkpoint, or one cut short ({_unreadable(checkpoint, err)}); give "
             "a whole one: a run's checkpoints/checkpoint_last.pt, or the newest checkpoint_<epoch>_<updates>.pt"
         ) from err
+    if unknown := _unknown_architecture(checkpoint, state):
+        raise unknown
     try:
         models, _, task = checkpoint_utils.load_model_ensemble_and_task(
             [str(checkpoint)], arg_overrides=overrides, state=state
@@ -113,11 +172,12 @@ def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
             if "mmap can only be used with files saved with" not in str(err):
                 raise
             state = torch.load(checkpoint, map_location="cpu")
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+    except _UNREADABLE as err:
         if name := _refused_global(err):
             raise _refused(checkpoint, name) from None
         raise ValueError(
-            f"{checkpoint}: cannot be read ({err}); a copy cut short (written before structmt kept it whole)? "
+            f"{checkpoint}: cannot be read ({_unreadable(checkpoint, err)}); a copy cut short (written before "
+            "structmt kept it whole)? "
             f"Copy the newest checkpoint_<epoch>_<updates>.pt of {checkpoint.parent} over it to resume from there, "
             "or delete the run folder to train it again"
         ) from None

@@ -740,6 +740,12 @@ def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     with pytest.raises(ValueError, match=r"checkpoint_last.pt: a LSTMModel; structmt reads transformer checkpoints"):
         load_model(tmp_path / "checkpoint_last.pt", data_bin)
+    # an architecture of a plugin not loaded here: named, not fairseq's IndexError of a broken format string
+    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")
+    state["cfg"]["model"].arch = state["cfg"]["model"]._name = "my_plugin_lstm"
+    torch.save(state, tmp_path / "plugin.pt")
+    with pytest.raises(ValueError, match=r"plugin.pt: a model of --arch my_plugin_lstm, which neither fairseq nor"):
+        load_model(tmp_path / "plugin.pt", data_bin)
     # a real checkpoint with dictionaries it was not trained on: named so, not "not a checkpoint"
     (tmp_path / "other_bin").mkdir()
     other_bin = make_dict_dir(tmp_path / "other_bin", size=7)
@@ -753,11 +759,29 @@ def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with zipfile.ZipFile(tmp_path / "other.pt", "w") as archive:
         archive.writestr("a", "b")
-    for name, why in (("empty.pt", "EOFError: "), ("other.pt", "RuntimeError: ")):  # torch words them by version
+    # damaged pickled data (flipped bytes: a string that is not UTF-8) reaches the unpickler as a UnicodeDecodeError
+    torch.save({"a": 1}, tmp_path / "whole.pt")
+    with zipfile.ZipFile(tmp_path / "whole.pt") as whole, zipfile.ZipFile(tmp_path / "damaged.pt", "w") as damaged:
+        for member in whole.namelist():
+            pickled = b"\x80\x02X\x02\x00\x00\x00\xff\xfe."  # a 2-byte string
+            damaged.writestr(member, pickled if member.endswith("data.pkl") else whole.read(member))
+    with zipfile.ZipFile(tmp_path / "whole.pt") as whole, zipfile.ZipFile(tmp_path / "opcode.pt", "w") as damaged:
+        for member in whole.namelist():  # an opcode the safe loader does not take
+            damaged.writestr(member, b"\x80\x02v." if member.endswith("data.pkl") else whole.read(member))
+    # a file torch did not write: what it is, never torch's advice to load it with weights_only=False
+    (tmp_path / "lfs.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n")
+    for name, why in (
+        ("empty.pt", "EOFError: "),  # torch words them by version
+        ("other.pt", "RuntimeError: "),
+        ("damaged.pt", "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff"),
+        ("opcode.pt", "UnpicklingError: Unsupported operand 118)"),
+        ("lfs.pt", "a Git LFS pointer, not the file itself: `git lfs pull` fetches it)"),
+        ("notes.pt", "torch did not write it: it begins b'hello')"),
+    ):
         with pytest.raises(ValueError) as err:
             load_model(tmp_path / name, data_bin)
         assert str(err.value).startswith(f"{tmp_path / name}: not a fairseq checkpoint, or one cut short ({why}")
-        assert "\n" not in str(err.value)
+        assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
 
 
 def test_a_page_of_older_json_asks_for_the_analysis_again(tmp_path):

@@ -242,8 +242,9 @@ def test_a_checkpoint_is_refused_with_dictionaries_of_other_counts(data_bin, tmp
 def test_a_training_resumed_under_another_structure_is_refused(data_bin, tmp_path):
     """fairseq-train builds the model from its command line and loads a checkpoint's weights into it: resumed with
     other --struct-* options, other dictionary counts under rare-token heads, or a dense --arch, the weights
-    trained on under another structure, in silence, and the checkpoints after it recorded the new settings only.
-    Refused before anything is loaded; --struct-impl (a kernel choice) may change."""
+    trained on under another structure, in silence, and the checkpoints after it recorded the new settings only;
+    so did another head count (the projections keep their shape). Refused before anything is loaded;
+    --struct-impl (a kernel choice) may change."""
     heads = ("--struct-heads", "pos:1,syn:1,rare:2")
     _train(data_bin, tmp_path, *heads)
     checkpoint = tmp_path / "checkpoint_last.pt"
@@ -260,6 +261,10 @@ def test_a_training_resumed_under_another_structure_is_refused(data_bin, tmp_pat
          "(dict.*.txt) differ from those it was trained with"),
         (data_bin, ("--arch", "transformer_tiny"), "it holds a model of --arch structured_transformer_tiny, and "
          "this command trains a dense one (--arch transformer_tiny)"),
+        # the same weights, split into other heads (under --struct-heads auto, with no other option changed)
+        (data_bin, ("--struct-heads", "pos:2,syn:2,rare:4", "--encoder-attention-heads", "8",
+                    "--decoder-attention-heads", "8"), "its structure differs from this command's: "
+         "--encoder-attention-heads 4 when trained, 8 now; --decoder-attention-heads 4 when trained, 8 now; "),
     ]:  # fmt: skip
         with pytest.raises(subprocess.CalledProcessError) as err:
             _train(data, tmp_path, *extra, "--max-update", "8")

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -520,6 +521,13 @@ def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
     assert checkpoint_updates(checkpoint) == 250
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: cannot be read .*Copy the newest"):
+        checkpoint_updates(checkpoint)
+    # damaged pickled data (flipped bytes: a memo key that is not there) reaches the unpickler as a KeyError
+    torch.save({"optimizer_history": [{"num_updates": 250}]}, tmp_path / "whole.pt")
+    with zipfile.ZipFile(tmp_path / "whole.pt") as whole, zipfile.ZipFile(checkpoint, "w") as damaged:
+        for member in whole.namelist():
+            damaged.writestr(member, b"\x80\x02h\x05." if member.endswith("data.pkl") else whole.read(member))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: cannot be read \(KeyError: 5\); "):
         checkpoint_updates(checkpoint)
     torch.save({"model": {}}, checkpoint)  # a .pt that fairseq-train did not write: not a bare KeyError
     with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: not a checkpoint fairseq-train wrote"):

@@ -61,7 +61,7 @@ from ..attention.options import (
     misnamed_options,
 )
 from ..attention.structure import CrossBand, Structure, rarity_tables, roles_json
-from ..checkpoints import checkpoint_state
+from ..checkpoints import checkpoint_state, model_setting, saved_model_settings
 
 logger = logging.getLogger(__name__)
 
@@ -429,34 +429,39 @@ def _check_rarity_counts(args: Any, model: StructuredTransformerModel) -> None:
     setattr(args, RARITY_COUNTS, now)
 
 
-def _setting(model_cfg: Any, key: str) -> Any:
-    """``key`` of a checkpoint's model settings (an ``argparse.Namespace`` or a dict), None where absent."""
-    return model_cfg.get(key) if isinstance(model_cfg, dict) else getattr(model_cfg, key, None)
-
-
 def resume_problem(saved: Any, args: Any, model: Any) -> str:
     """Why a training of ``model`` (built from the settings ``args``) must not resume from a checkpoint whose model
     settings are ``saved`` ("" when it may): fairseq builds the model from the command line and loads the
     checkpoint's weights into it, so a structure other than the one the weights were trained with (the
-    ``--struct-*`` options, ``--struct-impl`` aside, which only picks a kernel), a dense checkpoint under a
-    structured model or the reverse, or other token counts under rare-token heads (:data:`RARITY_COUNTS`) would
-    train on silently, and the checkpoints after it would record the new settings only."""
+    ``--struct-*`` options, ``--struct-impl`` aside, which only picks a kernel; the head counts), a dense
+    checkpoint under a structured model or the reverse, or other token counts under rare-token heads
+    (:data:`RARITY_COUNTS`) would train on silently, and the checkpoints after it would record the new settings
+    only. (A dense model is checked for its head counts only.)"""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    arch = _setting(saved, "arch") or _setting(saved, "_name")
+    arch = model_setting(saved, "arch") or model_setting(saved, "_name")
     saved_structured = issubclass(ARCH_MODEL_REGISTRY.get(arch, object), StructuredTransformerModel)
     structured = isinstance(model, StructuredTransformerModel)
     if saved_structured != structured:
-        kind, now = "a structured" if structured else "a dense", _setting(args, "arch") or _setting(args, "_name")
+        kind, now = (
+            "a structured" if structured else "a dense",
+            model_setting(args, "arch") or model_setting(args, "_name"),
+        )
         return f"it holds a model of --arch {arch}, and this command trains {kind} one (--arch {now})"
-    if not structured:
-        return ""
     changed = []
+    for key in ("encoder_attention_heads", "decoder_attention_heads"):  # same shapes: the weights load into other
+        before, now = model_setting(saved, key), model_setting(args, key)  # heads, with another role mix
+        if None not in (before, now) and before != now:
+            changed.append(f"--{key.replace('_', '-')} {before} when trained, {now} now")
+    if not structured:
+        return f"its settings differ from this command's: {'; '.join(changed)}" if changed else ""
     for f in fields(StructureConfig):
-        before, now = (f.default if v is None else v for v in (_setting(saved, f.name), _setting(args, f.name)))
+        before, now = (
+            f.default if v is None else v for v in (model_setting(saved, f.name), model_setting(args, f.name))
+        )
         if f.name != "struct_impl" and before != now:
             changed.append(f"--{f.name.replace('_', '-')} {before!r} when trained, {now!r} now")
-    trained, counts = _setting(saved, RARITY_COUNTS), getattr(args, RARITY_COUNTS, "")
+    trained, counts = model_setting(saved, RARITY_COUNTS), getattr(args, RARITY_COUNTS, "")
     if trained and trained != counts and model.uses_rare:
         changed.append(
             "the token counts of the dictionaries (dict.*.txt) differ from those it was trained with, which its "
@@ -488,7 +493,7 @@ def refuse_changed_structure_on_resume() -> None:
         fine_tune = reset_optimizer and reset_lr_scheduler and reset_meters
         if not fine_tune and os.path.isfile(filename):
             state = checkpoint_state(Path(filename))
-            saved = (state.get("cfg") or {}).get("model") or state.get("args")
+            saved = saved_model_settings(state)
             if saved is not None and (problem := resume_problem(saved, self.cfg.model, self._model)):
                 raise ValueError(
                     f"cannot resume from {filename}: {problem}. Resume with the options it was trained with, or "

@@ -30,14 +30,22 @@ class Score:
     chrf_signature: str
 
 
+def bleu_metric(references: list[str] | None = None) -> Any:
+    """The BLEU that every score and p-value uses (sacreBLEU's defaults), with ``references`` cached when given:
+    one definition, so a p-value never tests another BLEU than the score beside it."""
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(references=None if references is None else [references])
+
+
 def score(hyp: Path, ref: Path) -> Score:
     """sacreBLEU BLEU and chrF of detokenized ``hyp`` against the raw ``ref``, with signatures."""
-    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.metrics import CHRF
 
     hyps, refs = read_lines(hyp), read_lines(ref)
     if len(hyps) != len(refs):
         raise StepError(f"{hyp} has {len(hyps)} lines but the reference {ref} has {len(refs)}")
-    bleu, chrf = BLEU(), CHRF()
+    bleu, chrf = bleu_metric(), CHRF()
     b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
     return Score(
         bleu=round(b.score, 2),
@@ -53,7 +61,6 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
     Two identical hypothesis files get p = 1: there is no difference to test. (sacreBLEU counts resamples whose
     difference exceeds the real one, none when every difference is 0, and so gives such a pair its smallest
     p-value, 1 / (n_samples + 1), as if the difference were significant.)"""
-    from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
     refs = read_lines(ref)
@@ -61,7 +68,7 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
     for path, (_, hyps) in zip((baseline_hyp, system_hyp), systems, strict=True):
         if len(hyps) != len(refs):
             raise StepError(f"{path} has {len(hyps)} lines but the reference {ref} has {len(refs)}")
-    test = PairedTest(systems, {"BLEU": BLEU(references=[refs])}, references=None, test_type="bs", n_samples=n_samples)
+    test = PairedTest(systems, {"BLEU": bleu_metric(refs)}, references=None, test_type="bs", n_samples=n_samples)
     _, results = test()
     res = results["BLEU"][1]
     p_value = 1.0 if systems[0][1] == systems[1][1] else float(res.p_value)
