@@ -68,6 +68,9 @@ class LeaderboardRow:
     #: the other structure options not at their default (``ModelSpec.options_label``; "" = none, or a dense run),
     #: and ``beam=N`` for a decoding beam other than the schedule's
     options: str = ""
+    #: the machine that trained (``train.json``'s: the process that trained the last update), which the training
+    #: seconds and tokens/s were measured on ("" before it was recorded, 2026-12-06)
+    train_machine: str = ""
 
 
 COLUMNS = [f.name for f in fields(LeaderboardRow)]
@@ -123,7 +126,9 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
         width = len(header)
         if header != COLUMNS[:width] or any(c not in _APPENDED for c in COLUMNS[width:]):
             unknown = [c for c in header if c not in COLUMNS]
-            missing = [c for c in COLUMNS if c not in header]
+            last = max((COLUMNS.index(c) for c in header if c in COLUMNS), default=-1)
+            tail = COLUMNS[last + 1 :] if all(c in _APPENDED for c in COLUMNS[last + 1 :]) else []  # may be left out
+            missing = [c for c in COLUMNS if c not in header and c not in tail]
             what = f"unknown {unknown}, missing {missing}" if unknown or missing else "repeated or reordered columns"
             raise ValueError(
                 f"{csv_path}:1: the header is not the leaderboard's columns ({what}); adding a row rewrites "

@@ -180,13 +180,15 @@ def test_a_p_value_left_empty_is_filled_once_the_dense_run_has_hypotheses(runs):
 
 def test_provenance_and_timing_columns_come_from_training_and_this_evaluation(runs, monkeypatch):
     metrics = {"checkpoint": "c.pt", "updates": 7, "wall_seconds": 1.04, "tokens_per_second": 2.0}  # not max_update
-    spec = runs(DENSE, [REFS], schedule=Schedule(max_update=10, seed=7), metrics=metrics | {"git_commit": "t" * 40})
+    trained = {"git_commit": "t" * 40, "machine": "TRAIN MACHINE"}
+    spec = runs(DENSE, [REFS], schedule=Schedule(max_update=10, seed=7), metrics=metrics | trained)
     monkeypatch.setattr(evaluation, "git_commit", lambda: "s" * 40)
     monkeypatch.setattr(evaluation, "machine_label", lambda: "EVAL MACHINE")
     _evaluate(runs, spec)
     (row, _) = _board(runs)
-    assert {k: row[k] for k in ("train_commit", "git_commit", "machine", "updates", "seed")} == {
+    assert {k: row[k] for k in ("train_commit", "train_machine", "git_commit", "machine", "updates", "seed")} == {
         "train_commit": "t" * 40,
+        "train_machine": "TRAIN MACHINE",  # which the training's seconds and tokens/s were measured on
         "git_commit": "s" * 40,
         "machine": "EVAL MACHINE",
         "updates": "7",

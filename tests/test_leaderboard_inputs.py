@@ -76,27 +76,27 @@ def test_a_header_that_is_not_the_columns_is_rejected_and_nothing_is_rewritten(b
     )
 
 
-@pytest.mark.parametrize("line, edit, fields", [(2, lambda x: x + b",oops", 27), (5, lambda x: x[: x.rfind(b",")], 25)])
+@pytest.mark.parametrize("line, edit, fields", [(2, lambda x: x + b",oops", 28), (5, lambda x: x[: x.rfind(b",")], 26)])
 def test_a_row_with_a_stray_or_a_missing_field_is_rejected_naming_its_line(board, line, edit, fields):
     def stray(lines: list[bytes]) -> None:
         lines[line - 1] = edit(lines[line - 1])
 
     _edit(board, stray)
-    assert len(leaderboard.COLUMNS) == 26
+    assert len(leaderboard.COLUMNS) == 27
     _rejected(
         board,
-        f"{board}:{line}: {fields} fields where the header has 26 (a stray or missing comma, or a field "
+        f"{board}:{line}: {fields} fields where the header has 27 (a stray or missing comma, or a field "
         "with a comma but no quotes?); fix the line by hand",
     )
 
 
 def test_lines_are_counted_in_the_file_when_a_quoted_field_holds_a_newline(board):
     def edit(lines: list[bytes]) -> None:
-        lines[1] = lines[1] + b'"CPU A\nand B"'  # its (empty) machine field: now two lines, 2 and 3
+        lines[1] = lines[1] + b'"CPU A\nand B"'  # its (empty) train_machine field: now two lines, 2 and 3
         lines[2] = lines[2] + b",oops"  # the next row starts on line 4
 
     _edit(board, edit)
-    with pytest.raises(ValueError, match=f"^{re.escape(str(board))}:4: 27 fields where the header has 26 "):
+    with pytest.raises(ValueError, match=f"^{re.escape(str(board))}:4: 28 fields where the header has 27 "):
         leaderboard.read_rows(board)
 
 
@@ -281,12 +281,13 @@ def test_the_markdown_ranks_first_evaluations_by_bleu_with_each_reruns_under_its
     ]
     rows[0] |= {"window": "3", "rare": "2", "heads": "auto", "cross": "w4/slope0.97", "p_value_vs_dense": "0.02"}
     rows[0] |= {"options": "error=sink:1", "train_seconds": "12.0", "train_tokens_per_s": "34.5", "machine": "M"}
+    rows[0] |= {"train_machine": "T"}
     table = [line for line in leaderboard.render_markdown(rows).splitlines() if line.startswith("| ")][1:]
     assert table == [
-        "| B | a |  |  |  |  | 1 | 30.0 | 55.0 |  | 10 |  |  | cccccccc | – |",
-        "| ↳ *re-run* 1 | a |  |  |  |  | 1 | 10.0 | 40.0 |  | 10 |  |  | cccccccc | – |",
+        "| B | a |  |  |  |  | 1 | 30.0 | 55.0 |  | 10 |  |  | – | cccccccc | – |",
+        "| ↳ *re-run* 1 | a |  |  |  |  | 1 | 10.0 | 40.0 |  | 10 |  |  | – | cccccccc | – |",
         "| A | a error=sink:1 | 3 | 2 | auto | w4/slope0.97 | 1 | 20.0 | 50.0 | 0.02 | 10 | 12.0 | 34.5 "
-        "| cccccccc | M |",
+        "| T | cccccccc | M |",
     ]
 
 
@@ -326,12 +327,18 @@ def test_headline_keeps_a_model_with_other_structure_options_apart_from_the_seed
 
 def test_a_leaderboard_from_before_the_last_columns_is_read_and_written_with_them(board):
     rows = leaderboard.read_rows(board)
-    _edit(board, lambda lines: lines.__setitem__(slice(None), [line.rsplit(b",", 3)[0] for line in lines if line]))
-    assert board.read_bytes().split(b"\n")[0].endswith(b",hypothesis")  # no train_commit, machine, options
+    _edit(board, lambda lines: lines.__setitem__(slice(None), [line.rsplit(b",", 4)[0] for line in lines if line]))
+    assert board.read_bytes().split(b"\n")[0].endswith(b",hypothesis")  # no train_commit … train_machine
     old = leaderboard.read_rows(board)
-    assert old == [r | {"train_commit": "", "machine": "", "options": ""} for r in rows]
+    assert old == [r | {"train_commit": "", "machine": "", "options": "", "train_machine": ""} for r in rows]
+    with pytest.raises(
+        ValueError, match=r"the header is not the leaderboard's columns \(unknown \['notes'\], missing \[\]\)"
+    ):
+        _edit(board, lambda lines: lines.__setitem__(0, lines[0] + b",notes"))  # the columns after it may be absent
+        leaderboard.read_rows(board)
+    _edit(board, lambda lines: lines.__setitem__(0, lines[0].removesuffix(b",notes")))
     leaderboard.add_rows(board, [_new_row(board)])
-    assert board.read_bytes().split(b"\n")[0].endswith(b",train_commit,machine,options")
+    assert board.read_bytes().split(b"\n")[0].endswith(b",train_commit,machine,options,train_machine")
     _edit(board, lambda lines: lines.__setitem__(0, lines[0].replace(b",machine", b"")))  # one in the middle gone
     with pytest.raises(ValueError, match=r"the header is not the leaderboard's columns \(unknown \[\], missing"):
         leaderboard.read_rows(board)

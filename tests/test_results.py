@@ -185,7 +185,8 @@ def test_paired_bootstrap_is_sacrebleus_test_with_the_system_and_baseline_in_pla
 @pytest.mark.parametrize("logged", [20, 15])
 def test_a_finished_checkpoint_is_adopted_without_training_again(tmp_path, monkeypatch, logged):
     """A run killed after its last checkpoint but before train.json: the next call adopts the checkpoint, with
-    the checkpoint's updates (fairseq saves it before it logs the last summary, so the kill may cut that off)."""
+    the checkpoint's updates (fairseq saves it before it logs the last summary, so the kill may cut that off),
+    and the commit and machine of the process that trained it (train.log's last session), not its own."""
     from structmt.pipeline import training
 
     spec = RunSpec(schedule=Schedule(max_update=20))
@@ -193,6 +194,7 @@ def test_a_finished_checkpoint_is_adopted_without_training_again(tmp_path, monke
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.save({"optimizer_history": [{"num_updates": 20}]}, run_dir / "checkpoints" / "checkpoint_last.pt")
     (run_dir / "train.log").write_text(
+        f"\n# structmt {'0' * 40} on CPU A (AVX2)\n# structmt {'1' * 40} on CPU B (AVX512), NVIDIA H100\n"
         f"2026-01-01 | INFO | train | epoch 001 | loss 9.1 | wps 1500.5 | ups 1 | num_updates {logged} | lr 0.001 | "
         "train_wall 12 | wall 13\n"
     )
@@ -201,7 +203,7 @@ def test_a_finished_checkpoint_is_adopted_without_training_again(tmp_path, monke
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained again"))
     metrics = training.train_run(spec, runs_dir=tmp_path, log=lambda msg: None)
     assert metrics["updates"] == 20 and metrics["tokens_per_second"] == pytest.approx(1500.5)
-    assert metrics["git_commit"] and metrics["machine"]
+    assert (metrics["git_commit"], metrics["machine"]) == ("1" * 40, "CPU B (AVX512), NVIDIA H100")
     assert json.loads((run_dir / "train.json").read_text()) == metrics
 
 

@@ -365,6 +365,7 @@ def _evaluate_locked(
                 train_commit=metrics.get("git_commit", ""),
                 machine=machine_label(),
                 options=labels["options"],
+                train_machine=metrics.get("machine", ""),
             )
         )
     leaderboard.add_rows(csv_path, rows)

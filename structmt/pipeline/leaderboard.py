@@ -52,7 +52,10 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
         "",
         "Generated from `results/leaderboard.csv` by `structmt.pipeline.leaderboard`. One row per evaluation: "
         "a re-run whose hypotheses differ from an earlier evaluation of the same run (another machine or commit) "
-        "is its own row, marked *re-run*.",
+        "is its own row, marked *re-run*. Training seconds and tokens/s were measured on the machine "
+        "*trained on* names (– where it was not recorded: the run's kept training log, `results/logs/`, names the "
+        "commit and machine of each session that trained it); *scored at* and *scored on* are the commit and machine "
+        "that decoded and scored.",
         "",
     ]
     runs = evaluations(rows)
@@ -61,8 +64,8 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
             f"## {test}",
             "",
             "| run | arch | w | r | heads | cross | seed | BLEU | chrF | p vs dense | updates | train s | tok/s "
-            "| commit | machine |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| trained on | scored at | scored on |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         firsts = sorted((e for (_, t), e in runs.items() if t == test), key=lambda e: -float(e[0]["bleu"] or 0))
         for evals in firsts:
@@ -72,8 +75,8 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
                     f"| {run} | {r['arch']}{f' {options}' if (options := r['options']) else ''} | {r['window']} | "
                     f"{r['rare']} | {r['heads']} | {r['cross']} | "
                     f"{r['seed']} | {r['bleu']} | {r['chrf']} | {r['p_value_vs_dense']} | {r['updates']} | "
-                    f"{r['train_seconds']} | {r['train_tokens_per_s']} | {short_commit(r['git_commit'])} | "
-                    f"{r.get('machine') or '–'} |"
+                    f"{r['train_seconds']} | {r['train_tokens_per_s']} | {r.get('train_machine') or '–'} | "
+                    f"{short_commit(r['git_commit'])} | {r.get('machine') or '–'} |"
                 )
         sigs = sorted({r["bleu_signature"] for r in rows if r["test_set"] == test})
         out += ["", "BLEU signature: " + "; ".join(f"`{s}`" for s in sigs), ""]

@@ -229,8 +229,9 @@ def report(
         )
         + f"` from `{row_text(csv_path)}`.",
         "",
-        "| model | w | r | heads | cross | seed | BLEU | chrF | p vs dense | train tokens/s | train s | run | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | w | r | heads | cross | seed | BLEU | chrF | p vs dense | train tokens/s | train s | trained on "
+        "| run | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     table = dense + sorted(points, key=lambda r: (int(r["window"]), int(r["rare"]))) + others
     for r in table:
@@ -239,7 +240,7 @@ def report(
         lines.append(
             f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r['cross']} | {r['seed']} | {r['bleu']} | "
             f"{r['chrf']} | {r['p_value_vs_dense']} | {r['train_tokens_per_s']} | {r['train_seconds']} | "
-            f"{r['run_id']} | {short_commit(r['git_commit'])} |"
+            f"{r.get('train_machine') or '–'} | {r['run_id']} | {short_commit(r['git_commit'])} |"
         )
     signatures: dict[str, list[str]] = {}
     for r in table:
@@ -247,9 +248,8 @@ def report(
     lines += [
         "",
         f"The heatmaps show the runs with role mix `{heads}` and dense cross-attention. Training tokens/s "
-        "are as measured in each run "
-        "(with `train.threads` torch threads), so they compare fairly only between runs that shared the "
-        "machine in the same way.",
+        "are as measured in each run, on the machine *trained on* names (with `train.threads` torch threads), "
+        "so they compare fairly only between runs that shared the machine in the same way.",
         "",
         f"![BLEU]({stem}_bleu.png) ![cost]({stem}_cost.png)",
         "",

@@ -114,12 +114,17 @@ def carried_seconds(spec: RunSpec, run_dir: Path) -> float | None:
         return None
 
 
+def training_sessions(train_log: Path) -> list[tuple[str, str]]:
+    """``(commit, machine)`` of each process that trained a run, in order: the ``# structmt <commit> on
+    <machine>`` line it began its part of ``train_log`` with."""
+    text = train_log.read_text(encoding="utf-8", errors="replace") if train_log.is_file() else ""
+    return re.findall(r"^# structmt (\S+) on ([^;\n]+)", text, re.M)
+
+
 def trained_commit(finished: str, train_log: Path) -> str:
     """``finished`` (the commit of the process that finished a training), marked ``+dirty`` if a process named
-    in ``train_log`` (``# structmt <commit> on <machine>``, one per session) ran a dirty tree."""
-    text = train_log.read_text(encoding="utf-8", errors="replace") if train_log.is_file() else ""
-    sessions = re.findall(r"^# structmt (\S+) on ", text, re.M)
-    if any(c.endswith("+dirty") for c in sessions) and not finished.endswith("+dirty"):
+    in ``train_log`` (:func:`training_sessions`) ran a dirty tree."""
+    if any(c.endswith("+dirty") for c, _ in training_sessions(train_log)) and not finished.endswith("+dirty"):
         return finished + "+dirty"
     return finished
 
@@ -143,12 +148,14 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, data: DataFolder, 
     keep_model_files(data, run_dir, spec.data.src, spec.data.tgt)
     log(f"[{run_id}] training {spec.model.arch} for {spec.schedule.max_update} updates (log: {run.train_log})")
     checkpoint = run.last_checkpoint
+    finished_by = None  # (commit, machine) of the process that trained the last update, where not this one
     if (updates := checkpoint_updates(checkpoint)) >= spec.schedule.max_update:
         # finished, but killed before train.json: fairseq would run one more update on resume. The updates are
         # the checkpoint's: fairseq saves it before it logs the last summary, which the kill may have cut off
         trained = replace(
             parse_train_log(run.train_log, checkpoint, carried=carried_seconds(spec, run_dir)), updates=updates
         )
+        finished_by = next(reversed(training_sessions(run.train_log)), None)
     else:
         env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
         roles = spec.model.roles_path()
@@ -175,7 +182,8 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, data: DataFolder, 
         trained = train(data.bin, run_dir, spec.model.arch, args, env, carried_seconds(spec, run_dir))
     # the code and machine that trained (a resumed run: those that finished it; train.log names each one), with
     # +dirty where any process that trained it ran code of no commit: a clean finish does not make it clean
-    provenance = {"git_commit": trained_commit(git_commit(), run.train_log), "machine": machine_label()}
+    commit, machine = finished_by or (git_commit(), machine_label())
+    provenance = {"git_commit": trained_commit(commit, run.train_log), "machine": machine}
     metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)} | provenance
     write_text_atomic(run.metrics, json.dumps(metrics) + "\n")
     log(f"[{run_id}] trained: {trained.updates} updates, {trained.tokens_per_second:.0f} target tokens/s")
