@@ -402,7 +402,7 @@ def test_the_page_says_which_rule_chose_its_roles_and_for_which_positional_band(
         report.roles_chosen({"role_rule": "a later rule"})
     seen = {}
     monkeypatch.setattr(report, "analyze", lambda *a, **k: seen.update(k) or {"seconds": 0})
-    monkeypatch.setattr(report, "write_report", lambda *a: None)
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: None)
     monkeypatch.setattr("structmt.console.setup", lambda verbose=False: None)
     ckpt = tmp_path / "c.pt"
     ckpt.write_bytes(b"")

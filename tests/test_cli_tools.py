@@ -109,6 +109,38 @@ def test_analyze_names_a_file_that_is_not_a_checkpoint_in_one_line(dict_dir, tmp
     assert str(e.value).endswith("the newest checkpoint_<epoch>_<updates>.pt") and "\n" not in str(e.value)
 
 
+def test_an_analysis_that_fails_changes_none_of_its_files_not_even_the_figures(dict_dir, tmp_path, monkeypatch):
+    """The figures were drawn into the output folder while the numbers were computed: a report that failed
+    after them (its page, say) left new figures beside the old page and JSON. They wait in a folder of their
+    own, moved in with the rest."""
+    from structmt.analysis import report
+
+    monkeypatch.setattr("structmt.console.setup", lambda verbose=False: None)
+    (dict_dir / "test.en-de.en.bin").write_bytes(b"")
+    checkpoint, out = tmp_path / "model.pt", tmp_path / "out"
+    checkpoint.write_bytes(b"weights")
+    out.mkdir()
+    (out / "analysis_heads.png").write_bytes(b"old figure")
+
+    def analyze(checkpoint, data_dir, subset, figures_dir, **settings):
+        (figures_dir / "analysis_heads.png").write_bytes(b"new figure")
+        return {"roles": {"encoder": [], "decoder": []}, "seconds": 1.0}
+
+    def broken_page(result, command):
+        raise KeyError("a number the page shows")
+
+    monkeypatch.setattr(report, "analyze", analyze)
+    monkeypatch.setattr(report, "markdown", broken_page)
+    args = [str(checkpoint), str(dict_dir), "--out-dir", str(out)]
+    with pytest.raises(KeyError):
+        report.main(args)
+    assert [(p.name, p.read_bytes()) for p in out.iterdir()] == [("analysis_heads.png", b"old figure")]
+    monkeypatch.setattr(report, "markdown", lambda result, command: "page\n")
+    report.main(args)
+    assert sorted(p.name for p in out.iterdir()) == ["ANALYSIS.md", "analysis.json", "analysis_heads.png", "roles.json"]
+    assert (out / "analysis_heads.png").read_bytes() == b"new figure"
+
+
 def test_analyze_help_gives_the_defaults_of_subset_and_out_dir(monkeypatch, capsys):
     text = _help(analyze.main, monkeypatch, capsys)
     assert "--subset SUBSET the split of data_dir whose sentences are analysed (default: test)" in text

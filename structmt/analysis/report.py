@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -306,7 +308,7 @@ def analyze(
     checkpoint: Path,
     data_dir: Path,
     subset: str,
-    out_dir: Path,
+    figures_dir: Path,
     n: int = THESIS_N,
     draws: int = THESIS_DRAWS,
     seed: int = 0,
@@ -322,7 +324,7 @@ def analyze(
     result = {"checkpoint": str(checkpoint), "data": str(data_dir), "subset": subset}
     rarity = (*rarity_tables(dictionary), dictionary.eos())
     target = rarity_tables(task.target_dictionary)
-    result |= summarise(everything, rarity, out_dir, n, draws, seed, settings, target, pos_window)
+    result |= summarise(everything, rarity, figures_dir, n, draws, seed, settings, target, pos_window)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -330,7 +332,7 @@ def analyze(
 def summarise(
     everything: list[SentenceAttention],
     rarity: tuple[torch.Tensor, torch.Tensor, int],
-    out_dir: Path,
+    figures_dir: Path,
     n: int = THESIS_N,
     draws: int = THESIS_DRAWS,
     seed: int = 0,
@@ -338,9 +340,9 @@ def summarise(
     target_rarity: tuple[torch.Tensor, torch.Tensor] | None = None,
     pos_window: int = POS_WINDOW,
 ) -> dict[str, Any]:
-    """Everything the report shows, from the extracted attention; writes the figures (:func:`write_report`
-    writes the rest). ``rarity``: the source dictionary's counts, never-rare flags and EOS index;
-    ``target_rarity``: the target dictionary's (default: the source's, a joined dictionary); ``pos_window``: the
+    """Everything the report shows, from the extracted attention; draws the figures in ``figures_dir``
+    (:func:`write_report` writes the rest). ``rarity``: the source dictionary's counts, never-rare flags and EOS
+    index; ``target_rarity``: the target dictionary's (default: the source's, a joined dictionary); ``pos_window``: the
     band half-width of the positional heads the roles are for (``--struct-pos-window``)."""
     for w, r in settings:
         check_segments(n, w, r)
@@ -353,7 +355,7 @@ def summarise(
             if lengths
             else f"error: no sentence has {n} source tokens: the subset is empty"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "sentences": len(everything),
         "commit": git_commit(),
@@ -384,8 +386,10 @@ def summarise(
     }
     result["role_rule"] = ROLE_RULE
     result["role_setting"] = {"w": w, "r": r, "pos_window": pos_window}
-    figure(exact[0], "encoder", w, r, out_dir / "analysis_heads.png")
-    grid_figure(result["grid"], out_dir / "analysis_grid.png", f"encoder heads, n={n}: error of the best X in Σ₃(w, r)")
+    figure(exact[0], "encoder", w, r, figures_dir / "analysis_heads.png")
+    grid_figure(
+        result["grid"], figures_dir / "analysis_grid.png", f"encoder heads, n={n}: error of the best X in Σ₃(w, r)"
+    )
     return result
 
 
@@ -653,16 +657,23 @@ def main(argv: list[str] | None = None) -> None:
         p.error(problem)
     setup(a.verbose)
     torch.manual_seed(0)
-    result = analyze(a.checkpoint, a.data_dir, a.subset, a.out_dir, draws=a.draws, seed=a.seed, pos_window=a.pos_window)
     command = "structmt-analyze " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:]))
-    write_report(a.out_dir, result, command)
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=a.out_dir, prefix=".analysis-") as drawn:  # figures wait there for the page
+        result = analyze(
+            a.checkpoint, a.data_dir, a.subset, Path(drawn), draws=a.draws, seed=a.seed, pos_window=a.pos_window
+        )
+        write_report(a.out_dir, result, command, figures=Path(drawn))
     print(f"wrote {a.out_dir / 'ANALYSIS.md'}, analysis.json, roles.json and figures ({result['seconds']:.0f} s)")
 
 
-def write_report(out_dir: Path, result: dict[str, Any], command: str) -> None:
-    """``analysis.json``, ``ANALYSIS.md`` and, last, ``roles.json`` (which ``--struct-heads-from`` reads): each
-    written whole, once every number of the report exists, so a run that fails changes none of them."""
+def write_report(out_dir: Path, result: dict[str, Any], command: str, figures: Path | None = None) -> None:
+    """``analysis.json``, ``ANALYSIS.md``, the figures drawn in the folder ``figures`` (moved beside them) and,
+    last, ``roles.json`` (which ``--struct-heads-from`` reads): each written whole, once every number of the
+    report and its page exist, so a run that fails changes none of them."""
     page = markdown(result, command)
+    for png in sorted(figures.glob("*.png")) if figures is not None else []:
+        os.replace(png, out_dir / png.name)
     write_text_atomic(out_dir / "analysis.json", json.dumps(result, indent=2) + "\n")
     write_text_atomic(out_dir / "ANALYSIS.md", page)
     write_text_atomic(out_dir / "roles.json", json.dumps(result["roles"], indent=2) + "\n")
