@@ -659,12 +659,24 @@ def test_pseudo_documents_concatenate_pairs_until_the_source_reaches_the_tokens(
     for split in ("train", "valid"):
         (spm / f"{split}.en").write_text("a b c\nd e\nf\ng h i j\nk\n")
         (spm / f"{split}.de").write_text("A\nB\nC\nD\nE\n")
-    monkeypatch.setattr(train, "binarize", lambda *a: None)
+    built = []
+
+    def binarize(text_dir, bin_dir, src, tgt, splits):
+        built.append((text_dir / "train.en").read_text())
+        bin_dir.mkdir()
+        (bin_dir / "train.en-de.en.bin").write_bytes(b"ids")
+
+    monkeypatch.setattr(train, "binarize", binarize)
     train.pseudo_documents(spm, tmp_path / "docs", 4)
     assert (tmp_path / "docs" / "train.en").read_text() == "a b c d e\nf g h i j\n"  # "k" left over: dropped
     assert (tmp_path / "docs" / "train.de").read_text() == "A B\nC D\n"
-    with pytest.raises(DataError, match="--doc-tokens 12: the train split has 11 source pieces in all, too few"):
-        train.pseudo_documents(spm, tmp_path / "big", 12)
+    train.pseudo_documents(spm, tmp_path / "docs", 4)  # the same documents: their data-bin is kept
+    assert built == ["a b c d e\nf g h i j\n"]
+    (spm / "train.en").write_text("a b c\nd e\nf\ng h i j\nk l m n\n")  # the data prepared again
+    train.pseudo_documents(spm, tmp_path / "docs", 4)  # binarized again, not the old documents' ids
+    assert built[1:] == ["a b c d e\nf g h i j\nk l m n\n"]
+    with pytest.raises(DataError, match="--doc-tokens 16: the train split has 14 source pieces in all, too few"):
+        train.pseudo_documents(spm, tmp_path / "big", 16)
 
 
 @pytest.mark.parametrize(

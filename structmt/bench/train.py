@@ -41,6 +41,7 @@ def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en",
     (the pieces left over at the end of a split, fewer than ``tokens``, are dropped). A split too short for one
     such document is a ``DataError`` naming ``--doc-tokens``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    texts: dict[Path, str] = {}
     for split in ("train", "valid"):
         s_lines = (spm_dir / f"{split}.{src}").read_text(encoding="utf-8").splitlines()
         t_lines = (spm_dir / f"{split}.{tgt}").read_text(encoding="utf-8").splitlines()
@@ -59,10 +60,17 @@ def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en",
                 f"--doc-tokens {tokens}: the {split} split has {total} source pieces in all, too few for one "
                 f"pseudo-document of {tokens}; choose a smaller --doc-tokens"
             )
-        (out_dir / f"{split}.{src}").write_text("".join(d + "\n" for d in docs_s), encoding="utf-8")
-        (out_dir / f"{split}.{tgt}").write_text("".join(d + "\n" for d in docs_t), encoding="utf-8")
+        texts[out_dir / f"{split}.{src}"] = "".join(d + "\n" for d in docs_s)
+        texts[out_dir / f"{split}.{tgt}"] = "".join(d + "\n" for d in docs_t)
+    # binarized again whenever the documents change (data prepared again, another SentencePiece model): a kept
+    # data-bin of the old ones would train on other token ids
+    changed = [p for p, text in texts.items() if not p.is_file() or p.read_text(encoding="utf-8") != text]
     bin_dir = out_dir / "bin"
-    if not (bin_dir / f"train.{src}-{tgt}.{src}.bin").exists():
+    if changed:  # first: a process killed before binarize leaves no data-bin to pass for the new documents'
+        shutil.rmtree(bin_dir, ignore_errors=True)
+    for path in changed:
+        write_text_atomic(path, texts[path])
+    if changed or not (bin_dir / f"train.{src}-{tgt}.{src}.bin").exists():
         binarize(out_dir, bin_dir, src, tgt, ["train", "valid"])
     return bin_dir
 
