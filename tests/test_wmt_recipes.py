@@ -249,6 +249,11 @@ def test_a_recipe_is_checked_whole_before_anything_is_downloaded(recipe, tmp_pat
         "no_valid": ({k: v for k, v in good.items() if k != "valid"}, r"'valid' must name a sacreBLEU test set"),
         # a KeyError once training had finished: the test set's name labels its leaderboard rows
         "no_test_name": (good | {"test": {"sacrebleu": good["test"]["sacrebleu"]}}, r"'test' must name a sacreBLEU"),
+        # it names the kept hypotheses, <run>.<name>.<lang>: a dot hid a run's first evaluation among its re-runs
+        "dotted_test_name": (
+            good | {"test": good["test"] | {"name": "newstest2014.full"}},
+            r"test.name 'newstest2014.full' must be letters, digits, '_' and '-' only",
+        ),
         "bad_sha": (
             good | {"train": [good["train"][0] | {"sha256": "abc"}]},
             r"train\[0\].sha256 must be 64 hex digits, or null",

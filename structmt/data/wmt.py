@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import re
 import shutil
 import tarfile
 import urllib.error
@@ -88,6 +89,9 @@ def _manifest_problems(manifest: Any) -> list[str]:
             text(manifest[split].get(key)) for key in ("sacrebleu", "name")
         ):
             bad.append(f'{split!r} must name a sacreBLEU test set: {{"sacrebleu": ..., "name": ...}}')
+        elif not re.fullmatch(r"[A-Za-z0-9_-]+", manifest[split]["name"]):  # e.g. newstest2014
+            # it names files (<run>.<name>.<lang>: a dot in it hides a first evaluation), rows and W&B keys
+            bad.append(f"{split}.name {manifest[split]['name']!r} must be letters, digits, '_' and '-' only")
     return bad
 
 
