@@ -437,6 +437,26 @@ def test_without_triton(monkeypatch):
         tk.candidate_attention(q, k, v, index, kind, 1.0)
 
 
+def test_a_triton_that_does_not_import_is_tried_once(monkeypatch):
+    """available() is asked at every structured layer of every forward; Python does not remember a failed import,
+    so without Triton (or with a broken one) each call imported it again."""
+    tries = []
+
+    def define():
+        tries.append(1)
+        raise ImportError("No module named 'triton'")
+
+    monkeypatch.setattr(tk, "_define_kernels", define)
+    tk._loaded.cache_clear()
+    try:
+        assert not any(tk.available(device) for device in ("cuda", "cpu", None))
+        with pytest.raises(ImportError):
+            tk._kernels()
+        assert len(tries) == 1
+    finally:
+        tk._loaded.cache_clear()  # the real kernels again for the tests after this one
+
+
 # --- on a GPU --------------------------------------------------------------------------------------
 
 

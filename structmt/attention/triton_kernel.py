@@ -70,8 +70,25 @@ def check_triton_version(version: str) -> None:
         )
 
 
-@functools.cache
 def _kernels() -> SimpleNamespace:
+    """The kernels (:func:`_define_kernels`, once); raises what defining them raised (no Triton, a broken or a
+    too old one), also once only: Python does not remember a failed import, and :func:`available` is asked at
+    every structured layer of every forward."""
+    found = _loaded()
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+@functools.cache
+def _loaded() -> SimpleNamespace | Exception:
+    try:
+        return _define_kernels()
+    except Exception as err:  # kept: raised again by _kernels
+        return err
+
+
+def _define_kernels() -> SimpleNamespace:
     """Import triton and define the kernels.  They become module globals, because a Triton kernel
     resolves the helpers it calls (and ``tl``) in its module's globals, not in closures."""
     global triton, tl, _row_weights, _row, _keep, _fwd_kernel, _bwd_kernel, _keep_kernel, NOT_ALLOWED, SUPPORT, ERROR
