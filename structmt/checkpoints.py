@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from .paths import RunFolder, dictionary_name
+
 
 def allow_fairseq_checkpoints() -> None:
     """Allowlist what fairseq checkpoints need for ``torch.load(weights_only=True)``: ``argparse.Namespace``, and
@@ -122,6 +124,24 @@ def _unknown_architecture(checkpoint: Path, state: dict[str, Any]) -> ValueError
     )
 
 
+def _other_dictionaries(checkpoint: Path, data_dir: Path) -> ValueError | None:
+    """A checkpoint of a run folder (``<run>/checkpoints/*.pt``) beside the dictionaries it was trained with
+    (``<run>/model``, :class:`~structmt.paths.RunFolder`), given a data-bin whose dictionaries differ from them:
+    of another size it fails to load, but the same size with other symbols or counts (the data prepared again)
+    loaded and read other tokens, in silence."""
+    if checkpoint.parent.name != "checkpoints":
+        return None
+    run = RunFolder(checkpoint.parent.parent)
+    for kept in sorted(run.model.glob(dictionary_name("*"))):
+        given = data_dir / kept.name
+        if given.is_file() and given.read_bytes() != kept.read_bytes():
+            return ValueError(
+                f"{given} is not the dictionary {checkpoint} was trained with ({kept}): give the data-bin the model "
+                "was trained on (its run's data folder, prepared with the run's data.* settings)"
+            )
+    return None
+
+
 def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any, Any]:
     """A model (eval mode) and its task from a checkpoint (dense or structured) and the folder
     of its dictionaries (a data-bin); ``overrides``: more of the checkpoint's settings to replace.
@@ -129,6 +149,8 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
     from fairseq import checkpoint_utils
     from fairseq.models.transformer import TransformerModel
 
+    if other := _other_dictionaries(checkpoint, data_dir):
+        raise other
     overrides = {"data": str(data_dir), **overrides}
     try:  # the file itself (a state dict that does not fit data_dir: below)
         state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), overrides)

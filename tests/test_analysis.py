@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -740,6 +741,17 @@ def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     with pytest.raises(ValueError, match=r"checkpoint_last.pt: a LSTMModel; structmt reads transformer checkpoints"):
         load_model(tmp_path / "checkpoint_last.pt", data_bin)
+    # a run folder's checkpoint with a data-bin of the same size but other symbols (prepared again): it loaded
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "checkpoint_last.pt", run / "checkpoints" / "checkpoint_last.pt")
+    shutil.copytree(data_bin, run / "model", ignore=shutil.ignore_patterns("*.bin", "*.idx"))
+    with pytest.raises(ValueError, match=r"LSTMModel"):  # its own dictionaries: as from anywhere
+        load_model(run / "checkpoints" / "checkpoint_last.pt", data_bin)
+    kept = (run / "model" / "dict.de.txt").read_text().splitlines()
+    (run / "model" / "dict.de.txt").write_text("".join(f"{line}\n" for line in kept[1:] + kept[:1]))
+    with pytest.raises(ValueError, match=r"bin/dict.de.txt is not the dictionary .*checkpoint_last.pt was trained wit"):
+        load_model(run / "checkpoints" / "checkpoint_last.pt", data_bin)
     # an architecture of a plugin not loaded here: named, not fairseq's IndexError of a broken format string
     state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")
     state["cfg"]["model"].arch = state["cfg"]["model"]._name = "my_plugin_lstm"
