@@ -199,9 +199,9 @@ def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
             raise _refused(checkpoint, name) from None
         raise ValueError(
             f"{checkpoint}: cannot be read ({_unreadable(checkpoint, err)}); a copy cut short (written before "
-            "structmt kept it whole)? "
-            f"Copy the newest checkpoint_<epoch>_<updates>.pt of {checkpoint.parent} over it to resume from there, "
-            "or delete the run folder to train it again"
+            f"structmt kept it whole)? The newest checkpoint_<epoch>_<updates>.pt of {checkpoint.parent}, if any, "
+            "is whole: give it instead, or copy it over this file to resume a run from there (or delete the run "
+            "folder to train it again)"
         ) from None
     return state
 
