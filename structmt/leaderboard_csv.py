@@ -150,7 +150,7 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
                 row = dict(zip(COLUMNS, fields, strict=False)) | {c: "" for c in COLUMNS[width:]}
                 if problem := _field_problem(row):
                     raise ValueError(f"{where}: {problem}; fix the value by hand")
-                earlier, other = seen.setdefault(_key(row), (line, row))
+                earlier, other = seen.setdefault(row_key(row), (line, row))
                 if earlier != line:
                     differ = [c for c in COLUMNS if row[c] != other[c]]
                     what = f"differs only in {differ}" if differ else "is identical"
@@ -184,7 +184,8 @@ def lock(csv_path: Path) -> FileLock:
     return FileLock(str(link_target(csv_path)) + ".lock", timeout=120)
 
 
-def _key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+def row_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    """What tells the rows apart: ``(run_id, test_set, hypothesis)``."""
     return str(row["run_id"]), str(row["test_set"]), str(row.get("hypothesis", ""))
 
 
@@ -207,11 +208,11 @@ def add_rows(csv_path: Path, rows_to_add: Sequence[Row]) -> int:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with lock(csv_path):
         rows = read_rows(csv_path)
-        seen = {_key(r): r for r in rows}
+        seen = {row_key(r): r for r in rows}
         added = []
         for row in new_rows:
-            if (old := seen.get(_key(row))) is None:
-                seen[_key(row)] = row
+            if (old := seen.get(row_key(row))) is None:
+                seen[row_key(row)] = row
                 added.append(row)
             elif differ := [c for c in SCORES if str(row.get(c, "")) not in ("", str(old.get(c, "")))]:
                 scored = "; ".join(f"{c} {old.get(c)} there, {row.get(c)} now" for c in differ)
@@ -233,12 +234,12 @@ def fill_empty(csv_path: Path, rows: Sequence[Row], columns: Sequence[str]) -> i
     unknown = set(columns) - set(COLUMNS)
     if unknown:
         raise ValueError(f"leaderboard rows have unknown columns {sorted(unknown)}")
-    given = {_key(_as_dict(r)): _as_dict(r) for r in rows}
+    given = {row_key(_as_dict(r)): _as_dict(r) for r in rows}
     with lock(csv_path):
         stored = read_rows(csv_path)
         changed = 0
         for row in stored:
-            new = given.get(_key(row), {})
+            new = given.get(row_key(row), {})
             fill = {c: str(new[c]) for c in columns if row[c] == "" and str(new.get(c, "")) != ""}
             if fill:
                 if problem := _field_problem(row | fill):

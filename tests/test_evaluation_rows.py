@@ -97,6 +97,29 @@ def test_a_rerun_with_other_hypotheses_is_rows_and_a_wandb_run_of_its_own(runs):
     assert json.loads(result.read_text())["wandb_id"] == first_id
 
 
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_training_again_with_the_same_hypotheses_keeps_the_row_and_says_where_its_numbers_are(runs):
+    """The row is keyed by its hypotheses: a run trained again (its folder deleted, another machine) that decoded
+    the same ones adds no row, and its training's seconds and machine went unsaid."""
+    spec = runs(DENSE, [REFS])
+    _evaluate(runs, spec)
+    board = _board(runs)
+    run = runs.runs_dir / spec.run_id()
+    (run / "result.json").unlink()
+    trained = json.loads((run / "train.json").read_text()) | {"wall_seconds": 99.0, "machine": "OTHER MACHINE"}
+    (run / "train.json").write_text(json.dumps(trained))
+    said: list[str] = []
+    evaluate_run(spec, runs_dir=runs.runs_dir, results_dir=runs.results_dir, baseline=None, log=said.append)
+    assert _board(runs) == board
+    kept = [line for line in said if "the same hypotheses as the leaderboard's row of an earlier training" in line]
+    assert len(kept) == 2 and all(f"(99.0 s, 2.0 tokens/s on OTHER MACHINE) are in {run / 'train.json'}" in line
+                                  for line in kept)  # fmt: skip
+    (run / "result.json").unlink()
+    said.clear()
+    evaluate_run(spec, runs_dir=runs.runs_dir, results_dir=runs.results_dir, baseline=None, log=said.append)
+    assert len([line for line in said if "earlier training" in line]) == 2  # said each time
+
+
 def test_each_test_set_is_scored_against_its_own_references(runs, monkeypatch):
     """The fixture's subsets share one reference file, so scoring test_2017_flickr against test_2016_flickr's
     references passed every test. Here each subset has its own, and the decoder writes exactly those of the

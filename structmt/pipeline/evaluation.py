@@ -14,7 +14,7 @@ from typing import Any
 from ..data.datasets import default_vocab, test_sets
 from ..fairseq_cli import StepError, decode, parse_param_count
 from ..files import atomic_path, read_lines, write_text_atomic
-from ..leaderboard_csv import LeaderboardRow, fill_empty
+from ..leaderboard_csv import LeaderboardRow, fill_empty, row_key, short_commit
 from ..paths import REPO_ROOT, ResultsFolder, RunFolder
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
@@ -253,6 +253,10 @@ def wandb_run_id(run_id: str, hypotheses: list[Path]) -> str:
     return f"{run_id}-{digest.hexdigest()[:8]}"
 
 
+#: the columns a row takes from its run's training (``train.json``)
+TRAINING_COLUMNS = ("train_seconds", "train_tokens_per_s", "train_commit", "train_machine")
+
+
 def _evaluate_locked(
     spec: RunSpec,
     run_id: str,
@@ -368,7 +372,17 @@ def _evaluate_locked(
                 train_machine=metrics.get("machine", ""),
             )
         )
+    board_before = {row_key(r): r for r in leaderboard.read_rows(csv_path)} if csv_path.is_file() else {}
     leaderboard.add_rows(csv_path, rows)
+    for row in rows:  # a training again (its folder deleted, another machine) that decoded the same hypotheses
+        old = board_before.get(row_key(asdict(row)))
+        if old is not None and any(old[c] not in ("", str(getattr(row, c))) for c in TRAINING_COLUMNS):
+            log(
+                f"[{run_id}] {row.test_set}: the same hypotheses as the leaderboard's row of an earlier training "
+                f"(trained at {short_commit(old['train_commit']) or '?'} on {old['train_machine'] or '?'} in "
+                f"{old['train_seconds']} s), which it keeps; this training's numbers ({row.train_seconds} s, "
+                f"{row.train_tokens_per_s} tokens/s on {row.train_machine}) are in {run.metrics}"
+            )
     leaderboard.publish(results_dir)
     records = [asdict(row) for row in rows]
     wandb_id = wandb_run_id(run_id, [row_file(r["hypothesis"]) for r in records])
