@@ -262,7 +262,7 @@ def test_bad_inputs_are_rejected(attend):
         (dict(rare_index=torch.zeros(2, 1, dtype=torch.long), rare_heads=[True]), "rare_heads: got 1 values for 2"),
         (dict(rare_heads=True), r"rare_heads: give one flag per head \(2 booleans, or a 1-d tensor\), or None"),
         (dict(rare_heads=torch.tensor(True)), "rare_heads: give one flag per head"),
-        (dict(rare_index=torch.zeros(2, 1)), "rare_index must be an integer tensor"),
+        (dict(rare_index=torch.zeros(2, 1)), r"rare_index must be an int64 \(or int32\) tensor"),
         (dict(window=-1), "band windows must be >= 0"),
         (dict(impl="fast"), "impl must be one of"),
     ]
@@ -280,8 +280,9 @@ def test_inputs_that_do_not_fit_are_rejected_naming_the_argument():
     mask = torch.zeros(2, 6, dtype=torch.bool)
     cases = [
         (ValueError, "q must be 4-D", dict(q=q[0])),
-        (TypeError, "q, k, v must share one floating dtype", dict(k=q.double())),
-        (TypeError, "q, k, v must share one floating dtype", dict(q=q.long(), k=q.long(), v=q.long())),
+        (TypeError, "q, k, v must share one of float16, bfloat16, float32, float64", dict(k=q.double())),
+        (TypeError, "q, k, v must share one of float16", dict(q=q.long(), k=q.long(), v=q.long())),
+        (TypeError, "q, k, v must share one of float16", {n: q.to(torch.float8_e4m3fn) for n in ("q", "k", "v")}),
         (ValueError, "do not fit together", dict(k=torch.randn(2, 2, 6, 3))),
         (ValueError, "q and k must have the same length", dict(k=q[:, :, :5], v=q[:, :, :5])),
         (TypeError, "key_padding_mask must be a bool tensor", dict(key_padding_mask=mask.to(torch.uint8))),
@@ -289,6 +290,17 @@ def test_inputs_that_do_not_fit_are_rejected_naming_the_argument():
         (ValueError, r"key_padding_mask must be \(batch, keys\) = \(2, 6\)", dict(key_padding_mask=mask[:, :5])),
         (ValueError, r"key_padding_mask must be \(batch, keys\)", dict(key_padding_mask=torch.zeros(2, 8).bool())),
         (ValueError, "rare_index holds key positions in", dict(rare_index=torch.tensor([[7, 100], [50, -5]]))),
+        # not "holds key positions in [0, 6), got values from 0 to 5": the range check misread uint8
+        (
+            ValueError,
+            r"rare_index must be an int64 \(or int32\) tensor .* got torch.uint8",
+            dict(rare_index=torch.ones(2, 1).byte()),
+        ),
+        (
+            ValueError,
+            r"rare_index must be on q's device \(cpu\), got meta",
+            dict(rare_index=torch.ones(2, 1).long().to("meta")),
+        ),
         (TypeError, "window must be an integer", dict(window=2.0)),
         (TypeError, "window must be an integer", dict(window=[1.7, 1.2])),
         (ValueError, "a structure needs at least one head", dict(q=q[:, :0], k=q[:, :0], v=q[:, :0], window=())),
@@ -492,7 +504,8 @@ def test_a_decoding_step_with_padding_is_refused_and_one_without_equals_no_mask(
 def test_a_decoding_step_whose_context_is_not_the_whole_prefix_is_refused():
     """A step's position is its context's (the prefix length - 1); a context built from the last token alone says
     position 0 at every step, and the step read the cache as if it were empty: outputs off by O(1), no error.
-    The cache's size must be the one the position leaves."""
+    The position must be the number of tokens the layer has decoded, also once the cache is full and its size
+    no longer changes (a context of a shorter prefix then passed, and a key was counted twice)."""
     from structmt.attention.context import TokenContext
 
     torch.manual_seed(0)
@@ -515,8 +528,17 @@ def test_a_decoding_step_whose_context_is_not_the_whole_prefix_is_refused():
     last = TokenContext.from_tokens(tokens[:, :1], counts, never, incremental=True)
     mha(x[:1], x[:1], x[:1], incremental_state=state, context=last)
     last = TokenContext.from_tokens(tokens[:, 1:2], counts, never, incremental=True)  # position 0 again
-    with pytest.raises(RuntimeError, match="at position 0, but the cache holds 1 keys .* from the whole prefix"):
+    with pytest.raises(RuntimeError, match="at position 0, but this layer has decoded 1 tokens: .* whole prefix"):
         mha(x[1:2], x[1:2], x[1:2], incremental_state=state, context=last)
+    long = torch.randn(8, 1, 16)
+    tokens = torch.arange(8).view(1, 8)
+    state = {}
+    for t in range(5):  # the cache (w = 2) is full from step 2 on
+        mha(long[t : t + 1], long[t : t + 1], long[t : t + 1], incremental_state=state,
+            context=TokenContext.from_tokens(tokens[:, : t + 1], counts, never, incremental=True))  # fmt: skip
+    shorter = TokenContext.from_tokens(tokens[:, :4], counts, never, incremental=True)  # position 3, not 5
+    with pytest.raises(RuntimeError, match="at position 3, but this layer has decoded 5 tokens"):
+        mha(long[5:6], long[5:6], long[5:6], incremental_state=state, context=shorter)
 
 
 @pytest.mark.reliability  # docs/reliability.md
@@ -629,8 +651,11 @@ def test_rare_selection_picks_lowest_counts_never_specials():
     # a decoding step computes the key of its last token alone, at its position
     for i in range(37):
         assert torch.equal(rarity_keys(tokens[:, i : i + 1], counts, never, first_position=i), keys[:, i : i + 1])
-    # counts are integers of any width; float counts (which would lose the position) are refused
+    # counts and token ids are integers of any width (uint8 ids indexed as a mask, int8/int16 ones not at all);
+    # float counts (which would lose the position) are refused
     assert torch.equal(rarity_keys(tokens, counts.int(), never), keys)
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        assert torch.equal(rarity_keys(tokens.to(dtype), counts, never), keys)
     with pytest.raises(TypeError, match="counts must be a 1-D integer tensor"):
         rarity_keys(tokens, counts.float(), never)
 

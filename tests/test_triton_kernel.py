@@ -315,6 +315,8 @@ def test_dropout_public_api_uses_drawn_seed():
 )
 def test_property_kernel_equals_reference(B, H, Tq, S, D, C, eps, p_kind, seed):
     q, k, v, index, kind = make_case(B, H, Tq, S, D, C, seed=seed, p_kind=p_kind)
+    most = int((kind == 2).sum(-1).max())
+    eps = min(eps, 0.9 / most) if most else eps  # within the error term's bound, (error keys of a row) * eps < 1
     assert_matches(q, k, v, index, kind, eps, atol=2e-5, rtol=2e-5)
 
 
@@ -379,6 +381,22 @@ def test_input_checks():
         wrong[0, 1, 2] = bad
         with pytest.raises(ValueError, match=rf"index holds key positions outside \[0, 3\) \(min {min(bad, 0)}"):
             tk.candidate_attention(q, k, v, wrong, kind, 0.5)
+    # read by pointer: a tensor of another device (meta here) was read as garbage, in silence
+    tensors = dict(q=q, k=k, v=v, index=index, kind=kind)
+    for name in ("k", "v", "index", "kind"):
+        args = tensors | {name: tensors[name].to("meta")}
+        with pytest.raises(ValueError, match=rf"must be on one device; q is on cpu, \[\('{name}', device"):
+            tk.candidate_attention(**args, scale=0.5)
+    # the error term's bound (structured_softmax's rule): other weights went negative
+    errors = torch.where(kind == 0, torch.full_like(kind, 2), kind)  # every empty slot an error key
+    most = int((errors == 2).sum(-1).max())
+    assert most >= 1
+    with pytest.raises(ValueError, match=rf"\(error keys of a row\) \* eps must be < 1, got {most} \* "):
+        tk.candidate_attention(q, k, v, index, errors, 0.5, eps=1.0 / most)
+    with pytest.raises(ValueError, match=r"eps bounds each error key's weight: it must be >= 0, got -0.1"):
+        tk.candidate_attention(q, k, v, index, errors, 0.5, eps=-0.1, check_index=False)
+    with pytest.raises(ValueError, match=r"kind holds codes outside 0, 1, 2 \(min 0, max 3\)"):
+        tk.candidate_attention(q, k, v, index, torch.where(kind == 1, torch.full_like(kind, 3), kind), 0.5)
 
 
 def test_available():

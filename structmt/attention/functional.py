@@ -127,8 +127,10 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 4:
             raise ValueError(f"{name} must be 4-D (batch, heads, length, head_dim), got shape {tuple(x.shape)}")
-    if not q.is_floating_point() or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in triton_kernel.DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(
+            f"q, k, v must share one of float16, bfloat16, float32, float64, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if k.shape[:2] != q.shape[:2] or k.size(3) != q.size(3) or v.shape[:3] != k.shape[:3]:
@@ -499,7 +501,7 @@ def _rare_sets_of(rare_index: Tensor, batch: int, length: int) -> Tensor:
     r = rare_index.size(-1)
     if rare_index.dtype not in (torch.int32, torch.int64) or rare_index.dim() not in (2, 3):
         raise ValueError(
-            f"rare_index must be an integer tensor (B, r) or (B, T, r), got {rare_index.dtype} "
+            f"rare_index must be an int64 (or int32) tensor (B, r) or (B, T, r), got {rare_index.dtype} "
             f"{tuple(rare_index.shape)}"
         )
     want = (batch, r) if rare_index.dim() == 2 else (batch, length, r)
@@ -545,6 +547,10 @@ def _structured_attention(
     B, H, T, _ = q.shape
     if k.size(2) != T:
         raise ValueError(f"self-attention: q and k must have the same length, got {tuple(q.shape)}, {tuple(k.shape)}")
+    if rare_index is not None:
+        _rare_sets_of(rare_index, B, T)  # its dtype and shape first: the range check misreads a uint8 tensor
+        if rare_index.device != q.device:
+            raise ValueError(f"rare_index must be on q's device ({q.device}), got {rare_index.device}")
     if rare_index is not None and rare_index.numel() and not ((rare_index >= -1) & (rare_index < T)).all():
         raise ValueError(
             f"rare_index holds key positions in [0, {T}) or -1 for an empty slot, got values from "

@@ -271,7 +271,16 @@ class StructuredMultiheadAttention(_StructuredBase):
         # the buffer's copy would make every layer of every step wait for the device
         if context and not context.incremental:
             raise RuntimeError("a decoding step needs the decoder's incremental TokenContext (incremental=True)")
-        step = context.first_position if context else int(buf["step"][0, 0]) if "step" in buf else 0
+        # the steps taken are kept as a shape (B, steps, 0): read without waiting for the device, and reordered
+        # with the rest of the buffer. Once the cache is full its size no longer tells a wrong position apart
+        taken = buf["step"].size(1) if "step" in buf else 0
+        if context and context.first_position != taken:
+            raise RuntimeError(
+                f"decoding step at position {context.first_position}, but this layer has decoded {taken} "
+                "tokens: build the step's TokenContext from the whole prefix (TokenContext.from_tokens(prefix, ..., "
+                "incremental=True), position = prefix length - 1), not from the last token alone"
+            )
+        step = taken
         if self.structure.uses_rare and context is not None and context.rarity is None:
             raise RuntimeError(  # as a full pass refuses it: rare-token heads would attend as syntactic ones
                 "rare-token heads need the rarity keys of the input tokens; none were given "
@@ -316,7 +325,7 @@ class StructuredMultiheadAttention(_StructuredBase):
         buf["cache_value"] = pool_v.view(-1, D).index_select(0, plan.keep).view(B, H, -1, D)
         if plan.rare_rank is not None:
             buf["rare_rank"] = plan.rare_rank
-        buf["step"] = torch.full((B, 1), step + 1, dtype=torch.long, device=q.device)
+        buf["step"] = torch.empty((B, step + 1, 0), device=q.device)
         self._set_input_buffer(incremental_state, buf)
         return out
 

@@ -528,7 +528,7 @@ def rarity_keys(
             are ids of the dictionary its counts come from.
     """
     _check_rarity_inputs(tokens, counts, never_rare, first_position, check_values)
-    counts = counts.long()
+    counts, tokens = counts.long(), tokens.long()  # uint8 ids would index as a mask, int8/int16 not at all
     pos = torch.arange(first_position, first_position + tokens.size(1), device=tokens.device)
     keys = counts[tokens].clamp(max=(NEVER_RARE // POSITION_SPAN) - 1) * POSITION_SPAN + pos
     return keys.masked_fill(never_rare[tokens], NEVER_RARE)

@@ -38,7 +38,8 @@ from .structure import Kind
 
 __all__ = ["available", "candidate_attention", "dropout_keep_mask"]
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: the dtypes every attention path computes in (float8 has no softmax or matmul on most devices)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,12 +310,17 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, index: Tensor, kind: Tensor, 
         raise ValueError(f"index must be (B, Tq, C) = ({B}, {Tq}, C); got {tuple(index.shape)}")
     if kind.shape != (B, H, Tq, index.size(2)):
         raise ValueError(f"kind must be (B, H, Tq, C) = {(B, H, Tq, index.size(2))}; got {tuple(kind.shape)}")
-    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k, v must share one of {_DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one of {DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}")
     if index.dtype not in (torch.int64, torch.int32) or kind.dtype not in (torch.int8, torch.uint8):
         raise TypeError(f"index must be int64 (or int32) and kind int8; got {index.dtype}, {kind.dtype}")
     if not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
+    elsewhere = [
+        (n, x.device) for n, x in (("k", k), ("v", v), ("index", index), ("kind", kind)) if x.device != q.device
+    ]
+    if elsewhere:  # the kernel reads them by pointer: another device's memory, or none (meta), read as garbage
+        raise ValueError(f"q, k, v, index and kind must be on one device; q is on {q.device}, {elsewhere}")
 
 
 @torch.library.custom_op("structmt::candidate_attention", mutates_args=())
@@ -455,8 +461,10 @@ def candidate_attention(
 ) -> tuple[Tensor, Tensor]:
     """Attend from ``q`` ``(B, H, Tq, D)`` over the candidate keys ``index`` ``(B, Tq, C)`` (in
     ``[0, S-1]``, shared by all heads) of ``k, v`` ``(B, H, S, D)``.  An index outside that range is a
-    ``ValueError`` (the kernel itself would read key 0 or S-1 in its place); ``check_index=False`` skips
-    that check, which waits for the GPU, where the indices come from structmt's own plans.
+    ``ValueError`` (the kernel itself would read key 0 or S-1 in its place), and so are ``kind`` codes other
+    than 0, 1, 2 and an ``eps`` that, times the error keys of a row, reaches 1 (other weights would go
+    negative); ``check_index=False`` skips those checks, which wait for the GPU, where the indices and kinds
+    come from structmt's own plans (``eps >= 0`` is always checked).
 
     ``kind`` ``(B, H, Tq, C)`` int8: 0 not allowed, 1 structured support, 2 error key (weight
     ``eps * sigmoid(score)``); ``scale`` multiplies ``q . k`` (usually ``1/sqrt(D)``);
@@ -468,11 +476,21 @@ def candidate_attention(
     dtype); differentiable w.r.t. ``q, k, v`` (the weights are not).
     """
     _check_inputs(q, k, v, index, kind, dropout_p)
+    if not eps >= 0.0:
+        raise ValueError(f"eps bounds each error key's weight: it must be >= 0, got {eps}")
     if check_index and index.numel() and (int(index.min()) < 0 or int(index.max()) >= k.size(2)):
         raise ValueError(
             f"index holds key positions outside [0, {k.size(2)}) (min {int(index.min())}, max {int(index.max())}); "
             "mark an empty slot with kind 0 and any valid position"
         )
+    if check_index and kind.numel():
+        if int(kind.min()) < 0 or int(kind.max()) > 2:
+            raise ValueError(f"kind holds codes outside 0, 1, 2 (min {int(kind.min())}, max {int(kind.max())})")
+        most = int((kind == 2).sum(-1).max())
+        if most * eps >= 1.0:
+            raise ValueError(
+                f"eps bounds each error key's weight: (error keys of a row) * eps must be < 1, got {most} * {eps}"
+            )
     seed = torch.randint(2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else None
     return torch.ops.structmt.candidate_attention(q, k, v, index, kind, float(scale), float(eps), dropout_p, seed)
 
