@@ -126,6 +126,22 @@ def test_sweep_configs_compose():
 
 
 @pytest.mark.reliability  # docs/reliability.md
+def test_an_optuna_study_whose_every_trial_failed_ends_in_one_line_not_a_traceback(tmp_path):
+    """Each trial's error is printed and the study goes on (max_failure_rate 1.0); when none completed, Optuna's
+    "No trials are completed yet" ended the command in a traceback."""
+    cmd = [sys.executable, "-m", "structmt.pipeline.app", "-m", "+sweep=optuna_wr", "hydra.sweeper.n_trials=2"]
+    cmd += ["logger=none", f"data.mirror={tmp_path / 'none'}", f"runs_dir={tmp_path}", f"results_dir={tmp_path}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in said
+    assert said.count(f"data.mirror='{tmp_path / 'none'}' is not a folder") >= 2  # each trial's own error
+    assert said.rstrip().endswith(
+        "error: every trial of the Optuna study failed (each one's error is printed above): mend what they say and "
+        "run the sweep again"
+    )
+
+
+@pytest.mark.reliability  # docs/reliability.md
 def test_slurm_launcher_requeues_a_timed_out_point_and_the_dense_run_is_the_baseline():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="structmt", overrides=["hydra/launcher=slurm"], return_hydra_config=True)

@@ -10,6 +10,7 @@ without training, so a bad override fails before any work starts, naming the key
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -466,6 +467,34 @@ def misspelt_keys(argv: list[str]) -> list[str]:
     return bad
 
 
+def _say_when_no_trial_completed() -> None:
+    """Wrap the Optuna sweeper's ``sweep`` (idempotent): a study whose every trial failed (``max_failure_rate: 1.0``
+    lets it go on) asked Optuna for its best trial and ended in a traceback of "No trials are completed yet",
+    after each trial's own error. It ends with one line saying so instead."""
+    try:
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+    except ImportError:  # no Optuna sweeper: +sweep=optuna_wr says so itself
+        return
+    original = OptunaSweeperImpl.sweep
+    if getattr(original, "says_no_trial_completed", False):
+        return
+
+    @functools.wraps(original)
+    def sweep(self: Any, arguments: list[str]) -> None:
+        try:
+            return original(self, arguments)
+        except ValueError as err:
+            if "No trials are completed yet" not in str(err):
+                raise
+            raise SystemExit(
+                "error: every trial of the Optuna study failed (each one's error is printed above): mend what they "
+                "say and run the sweep again"
+            ) from None
+
+    sweep.says_no_trial_completed = True  # type: ignore[attr-defined]
+    OptunaSweeperImpl.sweep = sweep  # type: ignore[method-assign]
+
+
 def main() -> None:
     """``structmt-run``: Hydra composes ``conf/`` (and nothing fairseq stored) and runs :func:`hydra_main`."""
     if problem := checkout_problem("structmt-run"):
@@ -487,6 +516,7 @@ def main() -> None:
             "launcher and the sweep's parameters)"
         )
     _without_fairseqs_configs()
+    _say_when_no_trial_completed()
     hydra_main()
 
 
