@@ -157,6 +157,13 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
     except _UNREADABLE as err:
         if name := _refused_global(err):
             raise _refused(checkpoint, name) from err
+        if isinstance(err, KeyError):  # fairseq upgrades a legacy checkpoint (its args) by its architecture's name
+            try:
+                state = checkpoint_state(checkpoint)
+            except ValueError:
+                state = {}
+            if unknown := _unknown_architecture(checkpoint, state):
+                raise unknown from None
         raise ValueError(
             f"{checkpoint}: not a fairseq checkpoint, or one cut short ({_unreadable(checkpoint, err)}); give "
             "a whole one: a run's checkpoints/checkpoint_last.pt, or the newest checkpoint_<epoch>_<updates>.pt"

@@ -68,8 +68,9 @@ class LeaderboardRow:
     #: the other structure options not at their default (``ModelSpec.options_label``; "" = none, or a dense run),
     #: and ``beam=N`` for a decoding beam other than the schedule's
     options: str = ""
-    #: the machine that trained (``train.json``'s: the process that trained the last update), which the training
-    #: seconds and tokens/s were measured on ("" before it was recorded, 2026-12-06)
+    #: the machine that trained (``train.json``'s: the session that trained the last update; a run resumed on another
+    #: machine ran its earlier sessions elsewhere), which its seconds and tokens/s were measured on ("" before it was
+    #: recorded, 2026-12-06)
     train_machine: str = ""
 
 

@@ -758,6 +758,10 @@ def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
     torch.save(state, tmp_path / "plugin.pt")
     with pytest.raises(ValueError, match=r"plugin.pt: a model of --arch my_plugin_lstm, which neither fairseq nor"):
         load_model(tmp_path / "plugin.pt", data_bin)
+    legacy = {"args": state["cfg"]["model"], "model": {}}  # fairseq's older format: the settings as args
+    torch.save(legacy, tmp_path / "legacy.pt")  # (fairseq upgrades it by the architecture's name: a KeyError)
+    with pytest.raises(ValueError, match=r"legacy.pt: a model of --arch my_plugin_lstm, which neither fairseq nor"):
+        load_model(tmp_path / "legacy.pt", data_bin)
     # a real checkpoint with dictionaries it was not trained on: named so, not "not a checkpoint"
     (tmp_path / "other_bin").mkdir()
     other_bin = make_dict_dir(tmp_path / "other_bin", size=7)

@@ -261,7 +261,7 @@ def test_a_training_resumed_under_another_structure_is_refused(data_bin, tmp_pat
          "(dict.*.txt) differ from those it was trained with"),
         (data_bin, ("--arch", "transformer_tiny"), "it holds a model of --arch structured_transformer_tiny, and "
          "this command trains a dense one (--arch transformer_tiny)"),
-        # the same weights, split into other heads (under --struct-heads auto, with no other option changed)
+        # the same weights, split into other heads (this mix must change with them; a dense model: below)
         (data_bin, ("--struct-heads", "pos:2,syn:2,rare:4", "--encoder-attention-heads", "8",
                     "--decoder-attention-heads", "8"), "its structure differs from this command's: "
          "--encoder-attention-heads 4 when trained, 8 now; --decoder-attention-heads 4 when trained, 8 now; "),
@@ -272,6 +272,21 @@ def test_a_training_resumed_under_another_structure_is_refused(data_bin, tmp_pat
         assert checkpoint.read_bytes() == before
     _train(data_bin, tmp_path, *heads, "--struct-impl", "reference", "--max-update", "8")
     assert torch.load(checkpoint, map_location="cpu")["optimizer_history"][-1]["num_updates"] == 8
+
+
+def test_a_resume_under_other_head_counts_is_refused_for_a_dense_model_too():
+    """The projections keep their shape: fairseq loaded the weights into other heads, in silence."""
+    from argparse import Namespace
+
+    from structmt.models.structured_transformer import resume_problem
+
+    heads = dict(arch="transformer_tiny", encoder_attention_heads=4, decoder_attention_heads=4)
+    assert resume_problem(Namespace(**heads), Namespace(**heads), torch.nn.Module()) == ""
+    now = Namespace(**heads | {"decoder_attention_heads": 8})
+    assert resume_problem(Namespace(**heads), now, torch.nn.Module()) == (
+        "its settings differ from this command's: --decoder-attention-heads 4 when trained, 8 now"
+    )
+    assert resume_problem({"_name": "transformer_tiny"}, now, torch.nn.Module()) == ""  # not recorded: no claim
 
 
 def test_bf16_trains_without_a_tpu(data_bin, tmp_path):

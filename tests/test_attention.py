@@ -656,6 +656,11 @@ def test_rare_selection_picks_lowest_counts_never_specials():
     assert torch.equal(rarity_keys(tokens, counts.int(), never), keys)
     for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
         assert torch.equal(rarity_keys(tokens.to(dtype), counts, never), keys)
+    # and checked as the numbers they are: the dictionary's size overflowed a narrow dtype in the range check
+    big = torch.arange(40_000)
+    wide = torch.tensor([[5, 100, 120]])
+    for dtype in (torch.uint8, torch.int8, torch.int16):
+        assert torch.equal(rarity_keys(wide.to(dtype), big, big < 0), rarity_keys(wide, big, big < 0))
     with pytest.raises(TypeError, match="counts must be a 1-D integer tensor"):
         rarity_keys(tokens, counts.float(), never)
 

@@ -668,14 +668,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_report(out_dir: Path, result: dict[str, Any], command: str, figures: Path | None = None) -> None:
-    """``analysis.json``, ``ANALYSIS.md``, the figures drawn in the folder ``figures`` (moved beside them) and,
-    last, ``roles.json`` (which ``--struct-heads-from`` reads): each written whole, once every number of the
+    """``analysis.json``, ``ANALYSIS.md``, then the figures drawn in the folder ``figures`` (moved beside them)
+    and, last, ``roles.json`` (which ``--struct-heads-from`` reads): each written whole, once every number of the
     report and its page exist, so a run that fails changes none of them."""
     page = markdown(result, command)
-    for png in sorted(figures.glob("*.png")) if figures is not None else []:
-        os.replace(png, out_dir / png.name)
     write_text_atomic(out_dir / "analysis.json", json.dumps(result, indent=2) + "\n")
     write_text_atomic(out_dir / "ANALYSIS.md", page)
+    for png in sorted(figures.glob("*.png")) if figures is not None else []:
+        os.replace(png, out_dir / png.name)
     write_text_atomic(out_dir / "roles.json", json.dumps(result["roles"], indent=2) + "\n")
 
 

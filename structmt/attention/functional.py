@@ -25,6 +25,7 @@ from .structure import (
     Structure,
     Supports,
     aligned_centers,
+    check_error_bound,
     make_cross_supports,
     make_supports,
     sink_positions,
@@ -51,12 +52,7 @@ def structured_softmax(scores: Tensor, support: Tensor, error: Tensor, sink_eps:
     if bool((support & error).any()):
         raise ValueError("error keys must lie outside the support: support & error is not empty")
     error_keys = torch.broadcast_to(error, torch.broadcast_shapes(error.shape, scores.shape)).sum(-1)
-    most = int(error_keys.max()) if error_keys.numel() else 0
-    if not (sink_eps >= 0.0 and most * sink_eps < 1.0):
-        raise ValueError(
-            f"sink_eps bounds each error key's weight: it must be >= 0 and (error keys of a row) * sink_eps < 1, "
-            f"got {most} * {sink_eps}"
-        )
+    check_error_bound(int(error_keys.max()) if error_keys.numel() else 0, sink_eps)
     return _structured_softmax(scores, support, error, sink_eps).to(scores.dtype)
 
 

@@ -534,6 +534,17 @@ def rarity_keys(
     return keys.masked_fill(never_rare[tokens], NEVER_RARE)
 
 
+def check_error_bound(error_keys: int, eps: float) -> None:
+    """The error term's bound on attention inputs: each of a row's ``error_keys`` weighs at most ``eps``, so
+    ``eps >= 0`` and ``error_keys * eps < 1`` keep the other weights >= 0 (a :class:`Structure` also needs
+    ``eps > 0`` when it has error keys)."""
+    if not (eps >= 0.0 and error_keys * eps < 1.0):
+        raise ValueError(
+            "sink_eps bounds each error key's weight: it must be >= 0 and (error keys of a row) * sink_eps < 1, "
+            f"got {error_keys} * {eps}"
+        )
+
+
 def _is_integer(x: Tensor) -> bool:
     return not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
 
@@ -560,7 +571,7 @@ def _check_rarity_inputs(
         raise ValueError(f"sequences longer than {POSITION_SPAN} tokens are not supported")
     if not check_values:
         return
-    if tokens.numel() and not bool(((tokens >= 0) & (tokens < counts.numel())).all()):
+    if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) < counts.numel()):  # narrow ids too
         raise ValueError(
             f"tokens must be ids in [0, {counts.numel()}) (the dictionary's size), "
             f"got values from {int(tokens.min())} to {int(tokens.max())}"

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .structure import Kind
+from .structure import Kind, check_error_bound
 
 __all__ = ["available", "candidate_attention", "dropout_keep_mask"]
 
@@ -77,7 +77,7 @@ def _kernels() -> SimpleNamespace:
     every structured layer of every forward."""
     found = _loaded()
     if isinstance(found, Exception):
-        raise found
+        raise found.with_traceback(None)  # the same exception again: without it, its traceback grows each time
     return found
 
 
@@ -476,8 +476,6 @@ def candidate_attention(
     dtype); differentiable w.r.t. ``q, k, v`` (the weights are not).
     """
     _check_inputs(q, k, v, index, kind, dropout_p)
-    if not eps >= 0.0:
-        raise ValueError(f"eps bounds each error key's weight: it must be >= 0, got {eps}")
     if check_index and index.numel() and (int(index.min()) < 0 or int(index.max()) >= k.size(2)):
         raise ValueError(
             f"index holds key positions outside [0, {k.size(2)}) (min {int(index.min())}, max {int(index.max())}); "
@@ -486,11 +484,7 @@ def candidate_attention(
     if check_index and kind.numel():
         if int(kind.min()) < 0 or int(kind.max()) > 2:
             raise ValueError(f"kind holds codes outside 0, 1, 2 (min {int(kind.min())}, max {int(kind.max())})")
-        most = int((kind == 2).sum(-1).max())
-        if most * eps >= 1.0:
-            raise ValueError(
-                f"eps bounds each error key's weight: (error keys of a row) * eps must be < 1, got {most} * {eps}"
-            )
+    check_error_bound(int((kind == 2).sum(-1).max()) if check_index and kind.numel() else 0, eps)
     seed = torch.randint(2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else None
     return torch.ops.structmt.candidate_attention(q, k, v, index, kind, float(scale), float(eps), dropout_p, seed)
 

@@ -19,7 +19,7 @@ from typing import Any
 from ..attention.options import StructureConfig
 from ..console import setup
 from ..data.datasets import prepare_dataset
-from ..data.prepare import PrepConfig, binarize
+from ..data.prepare import PrepConfig, binarize, refuse_foreign_files
 from ..fairseq_cli import train
 from ..files import DataError, int_at_least, write_text_atomic
 from ..paths import RESULTS_DIR, RUNS_DIR, DataFolder
@@ -67,6 +67,7 @@ def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en",
     changed = [p for p, text in texts.items() if not p.is_file() or p.read_text(encoding="utf-8") != text]
     bin_dir = out_dir / "bin"
     if changed:  # first: a process killed before binarize leaves no data-bin to pass for the new documents'
+        refuse_foreign_files(bin_dir)
         shutil.rmtree(bin_dir, ignore_errors=True)
     for path in changed:
         write_text_atomic(path, texts[path])

@@ -472,8 +472,8 @@ def resume_problem(saved: Any, args: Any, model: Any) -> str:
 
 def refuse_changed_structure_on_resume() -> None:
     """Wrap fairseq's ``Trainer.load_checkpoint`` (idempotent) so that resuming a training from a checkpoint whose
-    model another structure trained (:func:`structmt.models.structured_transformer.resume_problem`) is refused
-    before its weights are loaded. A fine-tune's start (``--finetune-from-model``, or ``--restore-file`` with
+    model another structure (or, dense too, other head counts) trained (:func:`resume_problem`) is refused before
+    its weights are loaded. A fine-tune's start (``--finetune-from-model``, or ``--restore-file`` with
     ``--reset-optimizer --reset-lr-scheduler --reset-meters``) may change the structure: it is not checked."""
     from fairseq.trainer import Trainer
 

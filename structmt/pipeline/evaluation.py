@@ -14,7 +14,7 @@ from typing import Any
 from ..data.datasets import default_vocab, test_sets
 from ..fairseq_cli import StepError, decode, parse_param_count
 from ..files import atomic_path, read_lines, write_text_atomic
-from ..leaderboard_csv import LeaderboardRow, fill_empty, row_key, short_commit
+from ..leaderboard_csv import LeaderboardRow, fill_empty, row_key, short_commit, training
 from ..paths import REPO_ROOT, ResultsFolder, RunFolder
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
@@ -253,10 +253,6 @@ def wandb_run_id(run_id: str, hypotheses: list[Path]) -> str:
     return f"{run_id}-{digest.hexdigest()[:8]}"
 
 
-#: the columns a row takes from its run's training (``train.json``)
-TRAINING_COLUMNS = ("train_seconds", "train_tokens_per_s", "train_commit", "train_machine")
-
-
 def _evaluate_locked(
     spec: RunSpec,
     run_id: str,
@@ -376,7 +372,7 @@ def _evaluate_locked(
     leaderboard.add_rows(csv_path, rows)
     for row in rows:  # a training again (its folder deleted, another machine) that decoded the same hypotheses
         old = board_before.get(row_key(asdict(row)))
-        if old is not None and any(old[c] not in ("", str(getattr(row, c))) for c in TRAINING_COLUMNS):
+        if old is not None and training(old)[1] and training(old) != training(asdict(row)):
             log(
                 f"[{run_id}] {row.test_set}: the same hypotheses as the leaderboard's row of an earlier training "
                 f"(trained at {short_commit(old['train_commit']) or '?'} on {old['train_machine'] or '?'} in "

@@ -52,10 +52,11 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
         "",
         "Generated from `results/leaderboard.csv` by `structmt.pipeline.leaderboard`. One row per evaluation: "
         "a re-run whose hypotheses differ from an earlier evaluation of the same run (another machine or commit) "
-        "is its own row, marked *re-run*. Training seconds and tokens/s were measured on the machine "
-        "*trained on* names (– where it was not recorded: the run's kept training log, `results/logs/`, names the "
-        "commit and machine of each session that trained it); *scored at* and *scored on* are the commit and machine "
-        "that decoded and scored.",
+        "is its own row, marked *re-run*. *trained on*: the machine of the session that finished the training, "
+        "which its seconds and tokens/s were measured on (a run resumed on another machine: its training log names "
+        "each session's; – where it was not recorded, before 2026-12-06: the training logs kept in `results/logs/` "
+        "name the machines of the runs they hold); *scored at* and *scored on* are the commit and machine that "
+        "decoded and scored.",
         "",
     ]
     runs = evaluations(rows)
