@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import build, make_dict_dir
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -139,6 +140,26 @@ def test_an_optuna_study_whose_every_trial_failed_ends_in_one_line_not_a_traceba
         "error: every trial of the Optuna study failed (each one's error is printed above): mend what they say and "
         "run the sweep again"
     )
+
+
+@pytest.mark.parametrize("size, dropout, lr", [("base", 0.1, 0.0007), ("big", 0.3, 0.0005)])
+def test_the_paper_schedules_build_the_papers_models(tmp_path, size, dropout, lr):
+    """Vaswani et al.'s WMT models share one embedding matrix between source, target and output (the data's
+    dictionary is joined); fairseq's transformer_wmt_en_de* architectures leave that to --share-all-embeddings,
+    which no schedule passed (a base model of ~93M parameters instead of ~61M at a 32k vocabulary). The big model
+    had the base schedule's dropout (0.1, not 0.3)."""
+    for model in (f"structured_{size}", f"dense_{size}"):
+        spec, _ = specs(_compose(f"train=paper_{size}", f"model={model}", "data=wmt14_en_de"))
+        assert (spec.schedule.name, spec.schedule.dropout, spec.schedule.lr) == (f"paper_{size}", dropout, lr)
+        args = spec.schedule.fairseq_args()
+        assert "--share-all-embeddings" in args and args[args.index("--dropout") + 1] == str(dropout)
+    (tmp_path / "bin").mkdir()
+    data = make_dict_dir(tmp_path / "bin")
+    _, model = build(
+        data, f"structured_transformer_wmt_en_de{'_big' if size == 'big' else ''}", *spec.schedule.extra_args
+    )
+    shared = model.encoder.embed_tokens.weight
+    assert model.decoder.embed_tokens.weight is shared and model.decoder.output_projection.weight is shared
 
 
 @pytest.mark.reliability  # docs/reliability.md
