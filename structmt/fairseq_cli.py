@@ -327,6 +327,7 @@ def decode(
     out: Path,
     *,
     beam: int = 5,
+    lenpen: float = 1.0,
     batch_size: int = 128,
     log: Path | None = None,
 ) -> Path:
@@ -350,6 +351,8 @@ def decode(
         subset,
         "--beam",
         str(beam),
+        "--lenpen",
+        str(lenpen),
         "--batch-size",
         str(batch_size),
         "--max-len-a",

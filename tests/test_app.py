@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from structmt.checkpoints import training_seconds
 from structmt.pipeline import leaderboard
 from structmt.pipeline.app import ConfigError, misspelt_keys, specs, validate
-from structmt.pipeline.evaluation import score
+from structmt.pipeline.evaluation import row_labels, score
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -151,6 +151,8 @@ def test_the_paper_schedules_build_the_papers_models(tmp_path, size, dropout, lr
     for model in (f"structured_{size}", f"dense_{size}"):
         spec, _ = specs(_compose(f"train=paper_{size}", f"model={model}", "data=wmt14_en_de"))
         assert (spec.schedule.name, spec.schedule.dropout, spec.schedule.lr) == (f"paper_{size}", dropout, lr)
+        assert (spec.schedule.beam, spec.schedule.lenpen) == (4, 0.6)  # the paper's decoding
+        assert row_labels(spec, "newstest2014")["options"] == ""  # the schedule's own: no label
         args = spec.schedule.fairseq_args()
         assert "--share-all-embeddings" in args and args[args.index("--dropout") + 1] == str(dropout)
     (tmp_path / "bin").mkdir()
@@ -200,7 +202,6 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
     run id is named by a digest."""
     from dataclasses import replace
 
-    from structmt.pipeline.evaluation import row_labels
     from structmt.pipeline.spec import named_schedule, own_name
 
     def name(*overrides: str) -> str:
@@ -215,6 +216,7 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
         name("train=paper_base", "train.world_size=8", "train.update_freq=1") == "paper_base+update_freq=1+world_size=8"
     )
     assert name("train=smoke", "train.beam=3") == "smoke"  # the beam is a row label of its own
+    assert name("train=smoke", "train.lenpen=0.6") == "smoke"  # as is the length penalty
     # a name of that form given by hand (copied from the leaderboard for another seed) states settings the run may
     # not have: it is named again for the settings it has, never averaged with the named runs' as a seed
     assert name("train=smoke", "train.name='smoke+max_update=2+lr=0.001'", "train.seed=2") == "smoke"
@@ -237,8 +239,10 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
     assert extra != name("train=smoke", "train.extra_args=[--ddp-backend,no_c10d]")
     # a name of the user's own with a '+' in it is not a file's: its beam is compared with the default's
     assert named_schedule("smoke+lr=0.5") == named_schedule("smoke") and named_schedule("smoke+mine") is None
-    mine = replace(paper, schedule=replace(paper.schedule, name="smoke+mine", beam=5))
+    mine = replace(paper, schedule=replace(paper.schedule, name="smoke+mine", beam=5, lenpen=1.0))
     assert row_labels(mine, "test_2016_flickr")["options"] == ""
+    mine = replace(mine, schedule=replace(mine.schedule, lenpen=0.6))  # paper_base's, not the default's
+    assert row_labels(mine, "test_2016_flickr")["options"] == "lenpen=0.6"
 
 
 def test_roles_file_runs_are_identified_by_the_roles_not_the_path(tmp_path):

@@ -48,8 +48,8 @@ def runs(monkeypatch, tmp_path):
         make.outputs[spec.run_id()] = outputs
         return spec
 
-    def fake_decode(bin_dir, checkpoint, subset, out, *, beam, **kwargs):
-        beams.append(beam)
+    def fake_decode(bin_dir, checkpoint, subset, out, *, beam, lenpen=1.0, **kwargs):
+        beams.append(beam if lenpen == 1.0 else (beam, lenpen))
         out.write_text("\n".join(make.outputs[out.parent.name][0]) + "\n")
         return out
 
@@ -222,6 +222,11 @@ def test_provenance_and_timing_columns_come_from_training_and_this_evaluation(ru
 
 def test_the_schedules_beam_reaches_every_decode_and_the_sweep_objective_is_bleu(runs):
     hyps = ["Ein Mann fährt .", "Zwei Hunde spielen im Schnee .", "Eine Frau liest ein Buch ."]
+    penalised = runs(DENSE, [hyps], schedule=Schedule(max_update=10, beam=2, lenpen=0.6))
+    rows = _evaluate(runs, penalised)
+    valid_bleu(penalised, runs_dir=runs.runs_dir, log=quiet)
+    assert runs.beams == [(2, 0.6)] * 3 and {r["options"] for r in rows} == {"beam=2 lenpen=0.6"}  # and labelled
+    runs.beams.clear()
     spec = runs(DENSE, [hyps], schedule=Schedule(max_update=10, beam=2))
     _evaluate(runs, spec)
     got = valid_bleu(spec, runs_dir=runs.runs_dir, log=quiet)

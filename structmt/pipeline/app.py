@@ -106,6 +106,7 @@ def validate(cfg: Any) -> None:
         ("train.threads", cfg.train.threads > 0, "must be > 0"),
         ("train.world_size", cfg.train.world_size >= 1, "must be >= 1 (the GPUs to train on; 1 on a CPU)"),
         ("train.beam", cfg.train.beam > 0, "must be > 0"),
+        ("train.lenpen", math.isfinite(cfg.train.lenpen), "must be a finite number (fairseq's default: 1.0)"),
         ("data.vocab_size", cfg.data.vocab_size > 0, "must be > 0"),
         ("data.max_train_lines", cfg.data.max_train_lines >= 0, "must be >= 0 (0 = all)"),
         ("data.max_eval_lines", cfg.data.max_eval_lines >= 0, "must be >= 0 (0 = all)"),
@@ -361,12 +362,13 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
                 f"train.finetune_from={schedule.finetune_from}: its spec.json gives the run id {start.run_id()} "
                 "(a folder renamed, or made by other code?); give the run's own id"
             )
-        if start.schedule.beam != schedule.beam:  # the p-value would mix the beams into the models' difference
-            raise ConfigError(
-                f"train.beam={schedule.beam}, but train.finetune_from={schedule.finetune_from} was decoded with beam "
-                f"{start.schedule.beam}: the p-value against it pairs the two decodings; decode with its beam, or "
-                "set baseline=false"
-            )
+        for key in ("beam", "lenpen"):  # the p-value would mix the decodings into the models' difference
+            if getattr(start.schedule, key) != getattr(schedule, key):
+                raise ConfigError(
+                    f"train.{key}={getattr(schedule, key)}, but train.finetune_from={schedule.finetune_from} was "
+                    f"decoded with {key} {getattr(start.schedule, key)}: the p-value against it pairs the two "
+                    f"decodings; decode with its {key}, or set baseline=false"
+                )
         if (named := named_for_start(schedule, start.schedule)) != schedule:
             say_once(
                 f"schedule {named.name}: a fine-tune of {schedule.finetune_from}, not the dense {FINETUNE_START} "

@@ -80,18 +80,22 @@ def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
     set's name, another vocabulary than its default (``data.vocab_size``), a slice of the training data
     (``data.max_train_lines``) and a slice of the test set (``data.max_eval_lines``) are named
     (``multi30k_en_de-de-en``, ``multi30k_en_de-vocab1000-train2000``, ``test_2016_flickr[:100]``), and so are
-    structure options without a column of their own and a beam other than the schedule's (``beam=2``; its
-    ``conf/train`` file's, else the default's), so such rows are never compared with, or averaged into,
-    rows of the full data, the named direction or the default model.
+    structure options without a column of their own and a beam or length penalty other than the schedule's
+    (``beam=2``, ``lenpen=0.6``; its ``conf/train`` file's, else the default's), so such rows are never compared
+    with, or averaged into, rows of the full data, the named direction or the default model.
     (Rows stored before a label existed get it when they are added again.)"""
     d, n = spec.data, spec.data.max_eval_lines
     data = data_label(d) + (f"-vocab{d.vocab_size}" if d.vocab_size != default_vocab(d.name) else "")
-    name, beam = spec.schedule.name, spec.schedule.beam
-    usual = (named_schedule(name) or Schedule()).beam
+    usual = named_schedule(spec.schedule.name) or Schedule()
+    decoding = [
+        f"{key}={getattr(spec.schedule, key)}"
+        for key in ("beam", "lenpen")
+        if getattr(spec.schedule, key) != getattr(usual, key)
+    ]
     return {
         "data": data + (f"-train{d.max_train_lines}" if d.max_train_lines else ""),
         "test_set": f"{test_name}[:{n}]" if n else test_name,
-        "options": " ".join(o for o in (spec.model.options_label(), f"beam={beam}" if beam != usual else "") if o),
+        "options": " ".join(o for o in (spec.model.options_label(), *decoding) if o),
     }
 
 
@@ -236,7 +240,15 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
             data = prepare_data(spec, runs_dir)
             check_vocabulary(data, run.path, (spec.data.src, spec.data.tgt))
             out = run.decoded("valid", spec.data.tgt)
-            hyp = decode(data.bin, run.last_checkpoint, "valid", out, beam=spec.schedule.beam, log=run.decode_log)
+            hyp = decode(
+                data.bin,
+                run.last_checkpoint,
+                "valid",
+                out,
+                beam=spec.schedule.beam,
+                lenpen=spec.schedule.lenpen,
+                log=run.decode_log,
+            )
             s = score(hyp, data.text("valid", spec.data.tgt))
             write_text_atomic(run.valid_score, json.dumps(asdict(s), indent=2) + "\n")
             log(f"[{run_id}] valid: BLEU {s.bleu} (the sweep objective)")
@@ -316,6 +328,7 @@ def _evaluate_locked(
             subset,
             run.decoded(test_name, spec.data.tgt),
             beam=spec.schedule.beam,
+            lenpen=spec.schedule.lenpen,
             log=run.decode_log,
         )
         ref = data.text(subset, spec.data.tgt)
@@ -375,7 +388,8 @@ def _evaluate_locked(
         if old is not None and training(old)[1] and training(old) != training(asdict(row)):
             log(
                 f"[{run_id}] {row.test_set}: the same hypotheses as the leaderboard's row of an earlier training "
-                f"(trained at {short_commit(old['train_commit']) or '?'} on {old['train_machine'] or '?'} in "
+                f"(trained at {short_commit(old['train_commit']) or 'an unrecorded commit'} on "
+                f"{old['train_machine'] or 'an unrecorded machine'} in "
                 f"{old['train_seconds']} s), which it keeps; this training's numbers ({row.train_seconds} s, "
                 f"{row.train_tokens_per_s} tokens/s on {row.train_machine}) are in {run.metrics}"
             )

@@ -144,6 +144,9 @@ class Schedule:
     seed: int = 1
     threads: int = 2
     beam: int = 5
+    #: the beam search's length penalty (fairseq-generate's ``--lenpen``: scores divided by length ** lenpen;
+    #: fairseq's default 1.0; Vaswani et al. decode WMT with 0.6)
+    lenpen: float = 1.0
     #: fairseq-fixed drops a final batch whose size is not a multiple of this; 1 keeps every sentence
     batch_multiple: int = 1
     save_interval: int = 200
@@ -245,8 +248,9 @@ class RunSpec:
             settings["schedule"].pop(name)
         settings["data"].pop("mirror")
         settings["data"].pop("base_url")
-        if self.schedule.world_size == 1:  # ids of runs from before the option existed stay valid
-            settings["schedule"].pop("world_size")
+        for name, default in (("world_size", 1), ("lenpen", 1.0)):  # ids from before the option existed stay valid
+            if settings["schedule"][name] == default:
+                settings["schedule"].pop(name)
         if not self.schedule.finetune_from:  # likewise
             settings["schedule"].pop("finetune_from")
         elif self.schedule.finetune_from.endswith(".pt"):  # the weights, not where the file lies
@@ -276,9 +280,9 @@ def load_schedule(name: str) -> Schedule:
 FINETUNE_SCHEDULE = "finetune"
 FINETUNE_START = "reproduce"
 #: what a run may change of its schedule under the schedule's name: seeds of one setting, and what neither the
-#: model nor its scores depend on, or a row's label shows (``beam``: the options label); a fine-tune of a schedule
-#: other than :data:`FINETUNE_SCHEDULE` is named for it
-SAME_SETTING = ("name", "seed", *OUTSIDE_ID, "beam", "finetune_from")
+#: model nor its scores depend on, or a row's label shows (``beam``, ``lenpen``: the options label); a fine-tune
+#: of a schedule other than :data:`FINETUNE_SCHEDULE` is named for it
+SAME_SETTING = ("name", "seed", *OUTSIDE_ID, "beam", "lenpen", "finetune_from")
 
 
 def own_name(schedule: Schedule) -> Schedule:

@@ -63,13 +63,14 @@ class Translator:
         recorded = json.loads(spec_file.read_text())
         src, tgt = recorded["data"]["src"], recorded["data"]["tgt"]
         beam = beam or recorded.get("schedule", {}).get("beam", Schedule.beam)
+        lenpen = recorded.get("schedule", {}).get("lenpen", Schedule.lenpen)  # as the pipeline decoded its tests
         structured = ModelSpec(arch=recorded.get("model", {}).get("arch", "")).structured
         kernel = {"struct_impl": impl} if impl and structured else {}  # a dense model has no such option
         model, self.task = load_model(ckpt, folder, source_lang=src, target_lang=tgt, **kernel)
         self.models = [model]
         self.sp = spm.SentencePieceProcessor(model_file=str(run.spm_model))
         self.generator = self.task.build_generator(
-            self.models, GenerationConfig(beam=beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B)
+            self.models, GenerationConfig(beam=beam, lenpen=lenpen, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B)
         )
         self.batch_size = batch_size
         self.checkpoint = ckpt
