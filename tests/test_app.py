@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import build, make_dict_dir
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -217,6 +218,17 @@ def test_a_schedule_with_other_settings_is_named_for_them(tmp_path):
     )
     assert name("train=smoke", "train.beam=3") == "smoke"  # the beam is a row label of its own
     assert name("train=smoke", "train.lenpen=0.6") == "smoke"  # as is the length penalty
+    # mixed precision trains another model: named for it, its fairseq option passed, the fp32 ids as they were
+    bf16 = specs(_compose("train=smoke", "train.precision=bf16"))[0]
+    assert bf16.schedule.name == "smoke+precision=bf16" and "--bf16" in bf16.schedule.fairseq_args()
+    assert not {"--fp16", "--bf16"} & set(specs(_compose("train=smoke"))[0].schedule.fairseq_args())
+    with pytest.raises(ConfigError, match=r"train.extra_args sets --fp16, which the pipeline sets itself; set train"):
+        validate(_compose("train.extra_args=[--fp16]"))  # the key names it; as an extra argument it was not
+    with pytest.raises(ConfigError, match=r"train.precision='fp8' must be one of fp32, fp16, bf16"):
+        validate(_compose("train.precision=fp8"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"train.precision='fp16' needs a CUDA GPU .*bf16 also trains on a CPU"):
+            validate(_compose("train.precision=fp16"))
     # a name of that form given by hand (copied from the leaderboard for another seed) states settings the run may
     # not have: it is named again for the settings it has, never averaged with the named runs' as a seed
     assert name("train=smoke", "train.name='smoke+max_update=2+lr=0.001'", "train.seed=2") == "smoke"

@@ -41,6 +41,7 @@ from .evaluation import run_experiment, valid_bleu
 from .spec import (
     FINETUNE_SCHEDULE,
     FINETUNE_START,
+    PRECISIONS,
     DataSpec,
     ModelSpec,
     RunSpec,
@@ -107,6 +108,7 @@ def validate(cfg: Any) -> None:
         ("train.world_size", cfg.train.world_size >= 1, "must be >= 1 (the GPUs to train on; 1 on a CPU)"),
         ("train.beam", cfg.train.beam > 0, "must be > 0"),
         ("train.lenpen", math.isfinite(cfg.train.lenpen), "must be a finite number (fairseq's default: 1.0)"),
+        ("train.precision", cfg.train.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("data.vocab_size", cfg.data.vocab_size > 0, "must be > 0"),
         ("data.max_train_lines", cfg.data.max_train_lines >= 0, "must be >= 0 (0 = all)"),
         ("data.max_eval_lines", cfg.data.max_eval_lines >= 0, "must be >= 0 (0 = all)"),
@@ -138,6 +140,8 @@ def validate(cfg: Any) -> None:
             f"train.finetune_from={start!r}: a checkpoint file names no dense run to compare with; give the dense "
             "run's id instead, or set baseline=false"
         )
+    if cfg.train.precision == "fp16" and not _cuda():
+        bad.append("train.precision='fp16' needs a CUDA GPU (fairseq's --fp16); bf16 also trains on a CPU")
     if cfg.train.world_size > 1 and (problem := world_size_problem(cfg.train.world_size)):
         bad.append(f"train.world_size={cfg.train.world_size}: {problem}")
     if cfg.data.mirror and not Path(cfg.data.mirror).expanduser().is_dir():
@@ -147,6 +151,12 @@ def validate(cfg: Any) -> None:
             bad.append(f"{key}={cfg[key]!r}: {problem}")
     if bad:
         raise ConfigError("invalid configuration: " + "; ".join(bad))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def world_size_problem(world_size: int) -> str:
@@ -272,11 +282,11 @@ def pipeline_options(schedule: Schedule) -> dict[str, str]:
     """Every fairseq-train option the pipeline passes → the config key that sets it ('' = fixed by the pipeline)."""
     keys = {f.name for f in fields(Schedule)}
     options = dict(_SET_ELSEWHERE) | _FROM_DATA | {flag(PREFIX + name): f"model.{name}" for name, _, _ in spec_fields()}
-    for arg in replace(schedule, extra_args=[]).fairseq_args():
+    for arg in replace(schedule, extra_args=[], precision="fp32").fairseq_args():
         if arg.startswith("--"):
             name = _RENAMED.get(arg, arg[2:].replace("-", "_"))
             options[arg] = f"train.{name}" if name in keys else ""
-    return options
+    return options | {arg: "train.precision" for args in PRECISIONS.values() for arg in args}
 
 
 def extra_args_problems(schedule: Schedule) -> list[str]:

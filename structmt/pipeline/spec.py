@@ -154,6 +154,9 @@ class Schedule:
     #: GPUs fairseq-train trains on, one process each (``--distributed-world-size``; fairseq's own default, every
     #: GPU the machine shows, would change the batch, and so the model, with the machine under one run id)
     world_size: int = 1
+    #: the training's floating-point format: ``fp32``, or fairseq's mixed precision ``fp16`` (a CUDA GPU) or
+    #: ``bf16`` (``--fp16`` / ``--bf16``); a run trained otherwise is another model, its schedule named for it
+    precision: str = "fp32"
     #: more fairseq-train options, e.g. ["--ddp-backend", "no_c10d"]
     extra_args: list[str] = field(default_factory=list)
     #: start from a trained model's weights (fairseq's ``--finetune-from-model``; optimiser, schedule and data
@@ -182,6 +185,8 @@ class Schedule:
         return max(1, min(50, self.max_update // 50))
 
     def fairseq_args(self) -> list[str]:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         # fmt: off
         return [
             "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", str(self.lr),
@@ -192,9 +197,13 @@ class Schedule:
             "--required-batch-size-multiple", str(self.batch_multiple), "--no-epoch-checkpoints",
             "--save-interval-updates", str(self.save_interval), "--keep-interval-updates", "1",
             "--disable-validation", "--log-interval", str(self.log_interval()), "--update-freq", str(self.update_freq),
-            "--distributed-world-size", str(self.world_size), *self.extra_args,
+            "--distributed-world-size", str(self.world_size), *PRECISIONS[self.precision], *self.extra_args,
         ]
         # fmt: on
+
+
+#: ``train.precision`` → its fairseq-train options
+PRECISIONS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
 
 
 #: a file whose change time is this recent may be written again within the same clock tick of its file
@@ -248,7 +257,8 @@ class RunSpec:
             settings["schedule"].pop(name)
         settings["data"].pop("mirror")
         settings["data"].pop("base_url")
-        for name, default in (("world_size", 1), ("lenpen", 1.0)):  # ids from before the option existed stay valid
+        # at their defaults, options added later leave out of the id: ids of runs from before them stay valid
+        for name, default in (("world_size", 1), ("lenpen", 1.0), ("precision", "fp32")):
             if settings["schedule"][name] == default:
                 settings["schedule"].pop(name)
         if not self.schedule.finetune_from:  # likewise
@@ -309,11 +319,13 @@ def own_name(schedule: Schedule) -> Schedule:
 
 
 def setting_text(value: Any) -> str:
-    """A setting's value as a schedule name shows it: a number as it is, anything else (a list, a path, a run
-    id) by a 6-hex digest."""
+    """A setting's value as a schedule name shows it: a number, or a short lower-case word (``bf16``), as it is;
+    anything else (a list, a path, a run id) by a 6-hex digest."""
     text = str(value)
     if isinstance(value, (int, float)) and re.fullmatch(r"[0-9A-Za-z.+-]+", text):
         return text
+    if isinstance(value, str) and re.fullmatch(r"[a-z0-9]{1,8}", value):
+        return value
     return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:6]
 
 
