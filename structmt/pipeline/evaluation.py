@@ -381,10 +381,10 @@ def _evaluate_locked(
                 train_machine=metrics.get("machine", ""),
             )
         )
-    board_before = {row_key(r): r for r in leaderboard.read_rows(csv_path)} if csv_path.is_file() else {}
     leaderboard.add_rows(csv_path, rows)
+    stored = {row_key(r): r for r in board}  # as read above: the run's lock keeps its rows as they were
     for row in rows:  # a training again (its folder deleted, another machine) that decoded the same hypotheses
-        old = board_before.get(row_key(asdict(row)))
+        old = stored.get(row_key(asdict(row)))
         if old is not None and training(old)[1] and training(old) != training(asdict(row)):
             log(
                 f"[{run_id}] {row.test_set}: the same hypotheses as the leaderboard's row of an earlier training "
