@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .files import atomic_path
 from .paths import RunFolder, dictionary_name
 
 
@@ -235,3 +236,69 @@ def training_seconds(checkpoint: Path) -> float | None:
         return None
     seconds = (checkpoint_state(checkpoint).get("extra_state") or {}).get("previous_training_time")
     return float(seconds) if seconds is not None else None
+
+
+#: fairseq-train's name for a checkpoint saved every ``--save-interval-updates``
+_INTERVAL_NAME = re.compile(r"checkpoint_(\d+)_(\d+)\.pt")
+
+
+def last_checkpoints(run: RunFolder, count: int) -> list[Path]:
+    """A run's last ``count`` checkpoints, newest first: ``checkpoint_last.pt`` and the newest
+    ``checkpoint_<epoch>_<updates>.pt`` saved before it (one saved at its update holds its weights; one of a later
+    update is an earlier training's, under the same folder). Too few is a ``ValueError`` saying which there are."""
+    last = checkpoint_updates(run.last_checkpoint)
+    saved = {int(m[2]): p for p in run.checkpoints.iterdir() if (m := _INTERVAL_NAME.fullmatch(p.name))}
+    earlier = [saved[updates] for updates in sorted(saved, reverse=True) if updates < last]
+    chosen = [run.last_checkpoint, *earlier[: count - 1]] if last else []
+    if len(chosen) < count:
+        found = ", ".join(p.name for p in chosen) or "none"
+        raise ValueError(
+            f"{run.checkpoints}: averaging the last {count} checkpoints (train.average_last) needs checkpoint_last.pt "
+            f"and {count - 1} checkpoint_<epoch>_<updates>.pt of earlier updates; it has {found}. Train the run "
+            "again (remove its folder), or set train.average_last to what it has (another run id)"
+        )
+    return chosen
+
+
+def average_checkpoints(checkpoints: list[Path], out: Path) -> list[int]:
+    """Write to ``out`` (through a temporary file) the first of ``checkpoints`` with its model weights replaced by
+    the mean of theirs (as fairseq's ``scripts/average_checkpoints.py``: float weights averaged in float64, kept in
+    float32 or wider; other tensors must agree), without its optimiser state. Returns each one's updates."""
+    total: dict[str, torch.Tensor] = {}
+    updates, first = [], None
+    for path in checkpoints:
+        updates.append(checkpoint_updates(path))  # a fairseq-train checkpoint (else a ValueError naming it)
+        state = checkpoint_state(path)
+        first = first or state
+        weights = state.get("model")
+        if not isinstance(weights, dict) or not weights:
+            raise ValueError(f"{path}: holds no model weights; give checkpoints fairseq-train wrote")
+        if total and list(weights) != list(total):
+            other = sorted(set(weights) ^ set(total))[:3]
+            raise ValueError(
+                f"{path}: not the model of {checkpoints[0]} (other weights: {', '.join(other) or 'another order'}); "
+                "checkpoints of one training are averaged"
+            )
+        for name, tensor in weights.items():
+            if name not in total:
+                total[name] = tensor.double() if tensor.is_floating_point() else tensor.clone()
+            elif tensor.shape != total[name].shape:
+                raise ValueError(
+                    f"{path}: {name} is {tuple(tensor.shape)}, not {tuple(total[name].shape)} as in {checkpoints[0]}; "
+                    "checkpoints of one training are averaged"
+                )
+            elif tensor.is_floating_point():
+                total[name] += tensor.double()
+            elif not torch.equal(tensor, total[name]):
+                raise ValueError(f"{path}: {name} (not a weight: {tensor.dtype}) differs from {checkpoints[0]}'s")
+    assert first is not None, "no checkpoints to average"
+    averaged = {}
+    for name, tensor in total.items():
+        if tensor.is_floating_point():
+            kind = first["model"][name].dtype
+            tensor = (tensor / len(checkpoints)).to(kind if torch.finfo(kind).bits >= 32 else torch.float32)
+        averaged[name] = tensor
+    state = {key: value for key, value in first.items() if key != "last_optimizer_state"} | {"model": averaged}
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    return updates

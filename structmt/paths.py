@@ -61,8 +61,18 @@ class RunFolder:
 
     @property
     def last_checkpoint(self) -> Path:
-        """The checkpoint training resumes from and the pipeline decodes."""
+        """The checkpoint training resumes from."""
         return self.checkpoints / "checkpoint_last.pt"
+
+    @property
+    def averaged_checkpoint(self) -> Path:
+        """The average of its last checkpoints' weights (``train.average_last`` > 1), written when training ends."""
+        return self.checkpoints / "checkpoint_average.pt"
+
+    def model_checkpoint(self, average_last: int) -> Path:
+        """The checkpoint the pipeline decodes, translates and fine-tunes from, for the run's ``train.average_last``:
+        :attr:`last_checkpoint` (1), else :attr:`averaged_checkpoint`."""
+        return self.last_checkpoint if average_last <= 1 else self.averaged_checkpoint
 
     @property
     def model(self) -> Path:

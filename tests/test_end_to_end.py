@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from structmt.checkpoints import average_checkpoints, last_checkpoints
 from structmt.fairseq_cli import decode, train
-from structmt.paths import PLUGIN_DIR, DataFolder
+from structmt.paths import PLUGIN_DIR, DataFolder, RunFolder
 from structmt.pipeline.evaluation import score
 from structmt.pipeline.training import keep_model_files
 
@@ -34,6 +35,10 @@ SHORT = [
     "0.1",
     "--share-all-embeddings",
     "--no-epoch-checkpoints",
+    "--save-interval-updates",
+    "50",
+    "--keep-interval-updates",
+    "3",
     "--num-workers",
     "0",
     "--seed",
@@ -73,6 +78,16 @@ def test_train_decode_score(data_bin, tmp_path, arch, extra):
     u = score(decode(data_bin, untrained.checkpoint, "test", tmp_path / "untrained.hyp", beam=3), ref)
     assert s.chrf > u.chrf + 5 and s.bleu > u.bleu, (s, u)
     assert s.bleu_signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    # train.average_last=3's model: the mean of the last three checkpoints' weights, which fairseq loads and decodes
+    run = RunFolder(tmp_path)
+    averaged = last_checkpoints(run, 3)
+    assert average_checkpoints(averaged, run.averaged_checkpoint) == [150, 100, 50]
+    mean, models = torch.load(run.averaged_checkpoint)["model"], [torch.load(path)["model"] for path in averaged]
+    for name, weight in models[0].items():
+        if weight.is_floating_point():
+            assert torch.equal(mean[name], (sum(m[name].double() for m in models) / 3).to(weight.dtype)), name
+    hyp_avg = decode(data_bin, run.averaged_checkpoint, "test", tmp_path / "averaged.hyp", beam=3)
+    assert len(hyp_avg.read_text().splitlines()) == 60
     if arch.startswith("structured"):  # the decode log says what the model attended with, an override included
         said = "INFO:structmt.models.structured_transformer:structured attention: --struct-window {} --struct-rare 2 "
         assert said.format(3) in (tmp_path / "test.log").read_text()

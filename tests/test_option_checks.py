@@ -100,10 +100,38 @@ def test_ranges(override, message):
         ("[-atransformer]", r"sets -a \(--arch\), which the pipeline sets itself; set model.arch instead"),
         ("[-s,de,-t,en]", r"sets -s \(--source-lang\), .*; set data.src instead; .* -t \(--target-lang\), "),
         ("['--target-lang=en']", "sets --target-lang, which the pipeline sets itself; set data.tgt instead"),
+        # fewer kept checkpoints than train.average_last averages
+        ("[--keep-interval-updates,1]", "sets --keep-interval-updates, .*; set train.average_last instead"),
     ],
 )
 def test_extra_args_may_not_set_what_the_pipeline_sets(extra, message):
     _rejects(message, f"train.extra_args={extra}")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.average_last=0"], r"train.average_last=0 must be >= 1 \(1: the last checkpoint, not averaged\)"),
+        (
+            ["train.average_last=2", "train.save_interval=0"],
+            "train.average_last=2 averages checkpoints train.save_interval updates apart, and "
+            "train.save_interval=0 saves none: set it > 0",
+        ),
+        (  # at 200, 400, 600 and the last, 700: four
+            ["train.average_last=5", "train.max_update=700", "train.save_interval=200"],
+            "train.average_last=5: train.max_update=700 saves 4 checkpoints train.save_interval=200 updates apart; "
+            "lower train.save_interval or train.average_last",
+        ),
+    ],
+)
+def test_averaging_more_checkpoints_than_the_training_saves_is_refused(overrides, message):
+    _rejects(message, *overrides)
+
+
+def test_averaging_as_many_checkpoints_as_the_training_saves_is_accepted():
+    validate(_compose("train.average_last=4", "train.max_update=700", "train.save_interval=200"))
+    validate(_compose("train.average_last=3", "train.max_update=600", "train.save_interval=200"))  # the last: 600
+    _rejects("saves 3 checkpoints", "train.average_last=4", "train.max_update=600", "train.save_interval=200")
 
 
 def test_every_short_option_name_of_fairseq_train_is_known():

@@ -109,6 +109,7 @@ def validate(cfg: Any) -> None:
         ("train.beam", cfg.train.beam > 0, "must be > 0"),
         ("train.lenpen", math.isfinite(cfg.train.lenpen), "must be a finite number (fairseq's default: 1.0)"),
         ("train.precision", cfg.train.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+        ("train.average_last", cfg.train.average_last >= 1, "must be >= 1 (1: the last checkpoint, not averaged)"),
         ("data.vocab_size", cfg.data.vocab_size > 0, "must be > 0"),
         ("data.max_train_lines", cfg.data.max_train_lines >= 0, "must be >= 0 (0 = all)"),
         ("data.max_eval_lines", cfg.data.max_eval_lines >= 0, "must be >= 0 (0 = all)"),
@@ -122,6 +123,7 @@ def validate(cfg: Any) -> None:
     ]
     bad = unknown_keys(cfg)
     bad += [f"{key}={OmegaConf.select(cfg, key)!r} {why}" for key, ok, why in checks if not ok]
+    bad += averaging_problems(cfg.train.average_last, cfg.train.save_interval, cfg.train.max_update)
     model: ModelSpec = OmegaConf.to_object(cfg.model)  # type: ignore[assignment]
     schedule: Schedule = OmegaConf.to_object(cfg.train)  # type: ignore[assignment]
     bad += model_problems(model, schedule.extra_args)
@@ -274,6 +276,7 @@ _RENAMED = {
     "--warmup-updates": "warmup",
     "--required-batch-size-multiple": "batch_multiple",
     "--save-interval-updates": "save_interval",
+    "--keep-interval-updates": "average_last",  # the checkpoints kept: those averaged
     "--distributed-world-size": "world_size",
 }
 
@@ -287,6 +290,25 @@ def pipeline_options(schedule: Schedule) -> dict[str, str]:
             name = _RENAMED.get(arg, arg[2:].replace("-", "_"))
             options[arg] = f"train.{name}" if name in keys else ""
     return options | {arg: "train.precision" for args in PRECISIONS.values() for arg in args}
+
+
+def averaging_problems(count: int, interval: int, max_update: int) -> list[str]:
+    """``train.average_last`` checkpoints that the training would not save: they are ``train.save_interval``
+    updates apart, the last one at ``train.max_update``."""
+    if count <= 1 or max_update <= 0:
+        return []
+    if interval <= 0:
+        return [
+            f"train.average_last={count} averages checkpoints train.save_interval updates apart, and "
+            f"train.save_interval={interval} saves none: set it > 0"
+        ]
+    saved = max_update // interval + (max_update % interval > 0)  # every interval, and the last update
+    if saved < count:
+        return [
+            f"train.average_last={count}: train.max_update={max_update} saves {saved} checkpoints "
+            f"train.save_interval={interval} updates apart; lower train.save_interval or train.average_last"
+        ]
+    return []
 
 
 def extra_args_problems(schedule: Schedule) -> list[str]:

@@ -242,7 +242,7 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
             out = run.decoded("valid", spec.data.tgt)
             hyp = decode(
                 data.bin,
-                run.last_checkpoint,
+                run.model_checkpoint(spec.schedule.average_last),
                 "valid",
                 out,
                 beam=spec.schedule.beam,
@@ -307,7 +307,8 @@ def _evaluate_locked(
     data = prepare_data(spec, runs_dir)
     check_vocabulary(data, run.path, (spec.data.src, spec.data.tgt))  # decoded with the ids it was trained on
     metrics = json.loads(run.metrics.read_text())
-    checkpoint = run.last_checkpoint  # the run folder's own: train.json's path is where it was trained
+    # the run folder's own (train.json's path is where it was trained): its last, or its last ones averaged
+    checkpoint = run.model_checkpoint(spec.schedule.average_last)
 
     rows: list[LeaderboardRow] = []
     base = RunFolder(runs_dir / baseline.run_id()) if baseline is not None and spec.model.structured else None

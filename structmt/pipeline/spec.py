@@ -150,6 +150,10 @@ class Schedule:
     #: fairseq-fixed drops a final batch whose size is not a multiple of this; 1 keeps every sentence
     batch_multiple: int = 1
     save_interval: int = 200
+    #: the model the pipeline decodes, translates and fine-tunes from: the average of the weights of the last
+    #: ``average_last`` checkpoints, ``save_interval`` updates apart (the last one the training's end), as
+    #: Vaswani et al. average the last 5 (base) or 20 (big); 1: the last checkpoint alone
+    average_last: int = 1
     update_freq: int = 1
     #: GPUs fairseq-train trains on, one process each (``--distributed-world-size``; fairseq's own default, every
     #: GPU the machine shows, would change the batch, and so the model, with the machine under one run id)
@@ -178,7 +182,7 @@ class Schedule:
                 f"train.finetune_from={self.finetune_from}: no finished run of that id in {runs_dir} "
                 "(train it first, or give a checkpoint file ending in .pt)"
             )
-        return run.last_checkpoint
+        return run.model_checkpoint(read_spec(run.path).schedule.average_last if run.spec.is_file() else 1)
 
     def log_interval(self) -> int:
         """Updates between fairseq's progress lines (and so the pipeline's): every 2 % of the run, at most 50."""
@@ -195,7 +199,7 @@ class Schedule:
             "--dropout", str(self.dropout), "--criterion", "label_smoothed_cross_entropy",
             "--label-smoothing", str(self.label_smoothing), "--seed", str(self.seed), "--num-workers", "0",
             "--required-batch-size-multiple", str(self.batch_multiple), "--no-epoch-checkpoints",
-            "--save-interval-updates", str(self.save_interval), "--keep-interval-updates", "1",
+            "--save-interval-updates", str(self.save_interval), "--keep-interval-updates", str(self.average_last),
             "--disable-validation", "--log-interval", str(self.log_interval()), "--update-freq", str(self.update_freq),
             "--distributed-world-size", str(self.world_size), *PRECISIONS[self.precision], *self.extra_args,
         ]
@@ -244,6 +248,12 @@ class DataSpec:
 OUTSIDE_ID = ("threads", "save_interval")
 
 
+def outside_id(schedule: Schedule) -> tuple[str, ...]:
+    """:data:`OUTSIDE_ID`, but for ``save_interval`` where ``schedule`` averages checkpoints (``average_last`` > 1):
+    the interval then chooses the weights averaged into the model."""
+    return OUTSIDE_ID if schedule.average_last <= 1 else tuple(n for n in OUTSIDE_ID if n != "save_interval")
+
+
 @dataclass
 class RunSpec:
     data: DataSpec = field(default_factory=DataSpec)
@@ -253,12 +263,12 @@ class RunSpec:
     def run_id(self) -> str:
         """Stable id from the settings that change the result (not the thread count)."""
         settings = asdict(self)
-        for name in OUTSIDE_ID:
+        for name in outside_id(self.schedule):
             settings["schedule"].pop(name)
         settings["data"].pop("mirror")
         settings["data"].pop("base_url")
         # at their defaults, options added later leave out of the id: ids of runs from before them stay valid
-        for name, default in (("world_size", 1), ("lenpen", 1.0), ("precision", "fp32")):
+        for name, default in (("world_size", 1), ("lenpen", 1.0), ("precision", "fp32"), ("average_last", 1)):
             if settings["schedule"][name] == default:
                 settings["schedule"].pop(name)
         if not self.schedule.finetune_from:  # likewise
@@ -289,10 +299,12 @@ def load_schedule(name: str) -> Schedule:
 #: another schedule or seed, or a checkpoint file, names the fine-tune's schedule (:func:`named_for_start`)
 FINETUNE_SCHEDULE = "finetune"
 FINETUNE_START = "reproduce"
-#: what a run may change of its schedule under the schedule's name: seeds of one setting, and what neither the
-#: model nor its scores depend on, or a row's label shows (``beam``, ``lenpen``: the options label); a fine-tune
-#: of a schedule other than :data:`FINETUNE_SCHEDULE` is named for it
-SAME_SETTING = ("name", "seed", *OUTSIDE_ID, "beam", "lenpen", "finetune_from")
+
+
+def same_setting(schedule: Schedule) -> tuple[str, ...]:
+    """What ``schedule`` may change of its named schedule and keep its name: its seed, what it runs with outside its
+    id (:func:`outside_id`), its decoding (``beam``, ``lenpen``: the options label) and its start."""
+    return ("name", "seed", *outside_id(schedule), "beam", "lenpen", "finetune_from")
 
 
 def own_name(schedule: Schedule) -> Schedule:
@@ -309,7 +321,7 @@ def own_name(schedule: Schedule) -> Schedule:
     changed = {
         f.name: getattr(schedule, f.name)
         for f in fields(Schedule)
-        if f.name not in SAME_SETTING and getattr(schedule, f.name) != getattr(named, f.name)
+        if f.name not in same_setting(schedule) and getattr(schedule, f.name) != getattr(named, f.name)
     }
     if schedule.finetune_from and (schedule.name != FINETUNE_SCHEDULE or schedule.finetune_from.endswith(".pt")):
         changed["finetune_from"] = schedule.finetune_from

@@ -15,7 +15,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..checkpoints import checkpoint_updates, training_seconds
+from ..checkpoints import average_checkpoints, checkpoint_updates, last_checkpoints, training_seconds
 from ..data.datasets import default_vocab, prepare_dataset
 from ..data.prepare import PrepConfig
 from ..data.stages import sha256_file
@@ -129,6 +129,20 @@ def trained_commit(finished: str, train_log: Path) -> str:
     return finished
 
 
+def average_model(spec: RunSpec, run_id: str, run: RunFolder, log: Any) -> dict[str, Any]:
+    """Average the last ``train.average_last`` checkpoints of a trained run into its model (nothing at 1);
+    returns what its ``train.json`` records of it: the averaged checkpoint and the updates of those averaged."""
+    count = spec.schedule.average_last
+    if count <= 1:
+        return {}
+    updates = average_checkpoints(last_checkpoints(run, count), run.averaged_checkpoint)
+    log(
+        f"[{run_id}] averaged its last {count} checkpoints (updates {', '.join(map(str, reversed(updates)))}) "
+        f"into {run.averaged_checkpoint.name}, the model it decodes"
+    )
+    return {"checkpoint": str(run.averaged_checkpoint), "averaged_updates": updates}
+
+
 def run_lock(runs_dir: Path, run_id: str) -> FileLock:
     runs_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(str(runs_dir / f".{run_id}.lock"))
@@ -141,6 +155,9 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, data: DataFolder, 
         metrics = json.loads(run.metrics.read_text())
         if metrics["updates"] >= spec.schedule.max_update:
             log(f"[{run_id}] trained earlier ({metrics['updates']} updates); skipping training")
+            if spec.schedule.average_last > 1 and not run.averaged_checkpoint.is_file():  # removed since
+                metrics |= average_model(spec, run_id, run, log)
+                write_text_atomic(run.metrics, json.dumps(metrics) + "\n")
             return metrics
     run_dir.mkdir(parents=True, exist_ok=True)
     check_vocabulary(data, run_dir, (spec.data.src, spec.data.tgt))  # a resume trains on the ids it began with
@@ -185,6 +202,7 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, data: DataFolder, 
     commit, machine = finished_by or (git_commit(), machine_label())
     provenance = {"git_commit": trained_commit(commit, run.train_log), "machine": machine}
     metrics = asdict(trained) | {"checkpoint": str(trained.checkpoint)} | provenance
+    metrics |= average_model(spec, run_id, run, log)  # every training: a trained-again run's own checkpoints
     write_text_atomic(run.metrics, json.dumps(metrics) + "\n")
     log(f"[{run_id}] trained: {trained.updates} updates, {trained.tokens_per_second:.0f} target tokens/s")
     return metrics

@@ -52,7 +52,7 @@ class Translator:
 
         run_dir = Path(run_dir)
         run = RunFolder(run_dir)
-        ckpt = checkpoint or run.last_checkpoint
+        ckpt = checkpoint or run.model_checkpoint(recorded_average(run_dir))  # the model its test sets were scored with
         folder = run.model
         for path in (ckpt, run.spm_model):
             if not path.is_file():
@@ -114,13 +114,22 @@ class Translator:
         return out
 
 
+def recorded_average(run_dir: Path) -> int:
+    """The ``train.average_last`` a run folder's ``spec.json`` records (1 where it has none: older runs)."""
+    spec = RunFolder(run_dir).spec
+    return json.loads(spec.read_text()).get("schedule", {}).get("average_last", 1) if spec.is_file() else 1
+
+
 def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[int, str]:
     """What a translation is made with, as a log level and one line: the checkpoint's updates, the training that
     made it (its commit, machine and time, from ``train.json``), and that training's rows in ``leaderboard``.
     A warning when the training has not finished, or when the leaderboard's rows of the run id are of another
     training (trained again: the same run id, other weights)."""
     run_id, updates, record = run_dir.name, checkpoint_updates(checkpoint), RunFolder(run_dir).metrics
-    head = f"{run_id}: {checkpoint.name} at {updates} updates"
+    average = recorded_average(run_dir)
+    model = RunFolder(run_dir).model_checkpoint(average)
+    averaged = average > 1 and checkpoint.resolve() == model.resolve()
+    head = f"{run_id}: {checkpoint.name} at {updates} updates" + (f" (its last {average} averaged)" if averaged else "")
     if not record.is_file():
         return logging.WARNING, f"{head}; its training has not finished ({record.name} missing)"
     metrics = json.loads(record.read_text())
@@ -128,6 +137,11 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
         return logging.WARNING, (
             f"{head}, but its finished training recorded {metrics['updates']} (trained on since, or the checkpoint "
             "was replaced): no recorded training or leaderboard row is of these weights"
+        )
+    if average > 1 and not averaged:
+        return logging.WARNING, (
+            f"{head}; the run's model, which its test sets were decoded with, is the average of its last {average} "
+            f"checkpoints ({model.name}): no leaderboard row is of these weights"
         )
     ours = training({"train_commit": metrics.get("git_commit", ""), "train_seconds": metrics["wall_seconds"]})
     commit, machine = short_commit(ours[0]) or "an unrecorded commit", metrics.get("machine") or "an unrecorded machine"

@@ -1,0 +1,239 @@
+"""``train.average_last``: the model a run decodes is the mean of its last checkpoints' weights, as the WMT
+papers decode (Vaswani et al. average the last 5 or 20). The mean is exact, the checkpoints averaged are the
+run's last ones of this training, every decode, the translation and a fine-tune's start read the averaged
+file, and a schedule that would not save enough checkpoints is refused before training."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from structmt.checkpoints import average_checkpoints, checkpoint_updates, last_checkpoints
+from structmt.paths import DataFolder, RunFolder
+from structmt.pipeline import evaluation, leaderboard, training, translate
+from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule, own_name
+
+quiet = lambda msg: None  # noqa: E731
+
+
+def _checkpoint(path: Path, updates: int, scale: float, **more) -> dict[str, torch.Tensor]:
+    """A fairseq-like checkpoint at ``updates`` whose weights are ``scale`` times fixed tensors."""
+    weights = {
+        "encoder.w": torch.arange(6, dtype=torch.float32).reshape(2, 3) * scale,
+        "decoder.h": torch.full((4,), scale, dtype=torch.float16),
+        "decoder.version": torch.tensor([3]),  # not a weight: the same in each
+    } | more
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "model": weights,
+            "optimizer_history": [{"num_updates": updates}],
+            "extra_state": {"previous_training_time": float(updates)},
+            "last_optimizer_state": {"state": {0: torch.zeros(6)}},
+        },
+        path,
+    )
+    return weights
+
+
+def test_the_average_is_the_mean_of_each_weight_with_the_newest_checkpoints_record(tmp_path):
+    paths = [tmp_path / f"c{i}.pt" for i in range(3)]
+    saved = [_checkpoint(p, u, s) for p, u, s in zip(paths, (600, 400, 200), (0.3, 1.1, 2.9), strict=True)]
+    out = tmp_path / "avg.pt"
+    assert average_checkpoints(paths, out) == [600, 400, 200]
+    state = torch.load(out)
+    for name in ("encoder.w", "decoder.h"):
+        want = sum(w[name].double() for w in saved) / 3
+        assert state["model"][name].dtype == torch.float32  # fp16 weights averaged into float32, as fairseq's
+        assert torch.equal(state["model"][name], want.float())
+    assert torch.equal(state["model"]["decoder.version"], torch.tensor([3]))
+    assert checkpoint_updates(out) == 600 and state["extra_state"]["previous_training_time"] == 600.0
+    assert "last_optimizer_state" not in state  # an averaged model is not resumed from
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["avg.pt", "c0.pt", "c1.pt", "c2.pt"]  # no temp file
+
+
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        ({"extra.w": torch.zeros(1)}, r"c1\.pt: not the model of .*c0\.pt \(other weights: extra\.w\)"),
+        ({"encoder.w": torch.zeros(3, 2)}, r"c1\.pt: encoder\.w is \(3, 2\), not \(2, 3\) as in .*c0\.pt"),
+        ({"decoder.version": torch.tensor([2])}, r"c1\.pt: decoder\.version \(not a weight: torch\.int64\) differs"),
+    ],
+)
+def test_checkpoints_of_other_models_are_refused_naming_the_file(tmp_path, more, message):
+    _checkpoint(tmp_path / "c0.pt", 20, 1.0)
+    _checkpoint(tmp_path / "c1.pt", 10, 2.0, **more)
+    with pytest.raises(ValueError, match=message):
+        average_checkpoints([tmp_path / "c0.pt", tmp_path / "c1.pt"], tmp_path / "avg.pt")
+    assert not (tmp_path / "avg.pt").exists()
+
+
+def test_the_last_checkpoints_are_the_last_one_and_those_saved_before_it(tmp_path):
+    """One saved at the last update holds its weights (not counted twice); one of a later update is an earlier
+    training's, left in the folder (not this training's)."""
+    run = RunFolder(tmp_path / "run")
+    for updates in (200, 400, 600, 800):
+        _checkpoint(run.checkpoints / f"checkpoint_{updates // 300 + 1}_{updates}.pt", updates, 1.0)
+    _checkpoint(run.last_checkpoint, 600, 1.0)
+    (run.checkpoints / "checkpoint_average.pt").write_bytes(b"")  # not a checkpoint of an interval
+    earlier = [run.checkpoints / "checkpoint_2_400.pt", run.checkpoints / "checkpoint_1_200.pt"]
+    assert last_checkpoints(run, 3) == [run.last_checkpoint, *earlier]
+    assert last_checkpoints(run, 1) == [run.last_checkpoint]
+    message = (
+        r"averaging the last 4 checkpoints \(train.average_last\) needs checkpoint_last.pt and 3 "
+        r"checkpoint_<epoch>_<updates>.pt of earlier updates; it has checkpoint_last.pt, checkpoint_2_400.pt, "
+        r"checkpoint_1_200.pt\. Train the run again"
+    )
+    with pytest.raises(ValueError, match=message):
+        last_checkpoints(run, 4)
+
+
+def _trained(tmp_path: Path, monkeypatch, schedule: Schedule) -> tuple[RunSpec, RunFolder]:
+    """A run whose fairseq-train stand-in saves checkpoints every ``save_interval`` updates as fairseq names
+    them, keeping the last ``--keep-interval-updates`` of them, each with weights of the update's value."""
+    spec = RunSpec(schedule=schedule)
+    run = RunFolder(tmp_path / spec.run_id())
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path))
+    monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
+
+    def train(bin_dir, run_dir, arch, args, env, carried):
+        every, keep = (
+            int(args[args.index(flag) + 1]) for flag in ("--save-interval-updates", "--keep-interval-updates")
+        )
+        for updates in range(every, schedule.max_update + 1, every):
+            _checkpoint(run.checkpoints / f"checkpoint_1_{updates}.pt", updates, float(updates))
+        for old in sorted(run.checkpoints.glob("checkpoint_1_*.pt"), key=checkpoint_updates)[:-keep]:
+            old.unlink()
+        _checkpoint(run.last_checkpoint, schedule.max_update, float(schedule.max_update))
+        return replace(training.parse_train_log(run.train_log, run.last_checkpoint), updates=schedule.max_update)
+
+    monkeypatch.setattr(training, "train", train)
+    return spec, run
+
+
+def test_a_trained_run_decodes_the_average_of_its_last_checkpoints_and_records_them(tmp_path, monkeypatch):
+    spec, run = _trained(tmp_path, monkeypatch, Schedule(max_update=50, save_interval=20, average_last=3))
+    said: list[str] = []
+    metrics = training.train_run(spec, runs_dir=tmp_path, log=said.append)
+    assert metrics["averaged_updates"] == [50, 40, 20] and metrics["checkpoint"] == str(run.averaged_checkpoint)
+    assert json.loads(run.metrics.read_text())["averaged_updates"] == [50, 40, 20]
+    assert f"[{spec.run_id()}] averaged its last 3 checkpoints (updates 20, 40, 50) into checkpoint_average.pt, " \
+           "the model it decodes" in said  # fmt: skip
+    weights = torch.load(run.averaged_checkpoint)["model"]["encoder.w"]
+    assert torch.equal(weights, (torch.arange(6).reshape(2, 3) * (50 + 40 + 20) / 3).float())
+    # removed since: the next call averages it again, the training itself skipped
+    run.averaged_checkpoint.unlink()
+    monkeypatch.setattr(training, "train", lambda *a: pytest.fail("trained again"))
+    said.clear()
+    assert training.train_run(spec, runs_dir=tmp_path, log=said.append)["averaged_updates"] == [50, 40, 20]
+    assert said[0] == f"[{spec.run_id()}] trained earlier (50 updates); skipping training"
+    assert said[1].startswith(f"[{spec.run_id()}] averaged its last 3 checkpoints") and len(said) == 2
+    assert torch.equal(torch.load(run.averaged_checkpoint)["model"]["encoder.w"], weights)
+
+
+def test_a_run_that_averages_nothing_keeps_one_interval_checkpoint_and_decodes_its_last(tmp_path, monkeypatch):
+    spec, run = _trained(tmp_path, monkeypatch, Schedule(max_update=50, save_interval=20))
+    metrics = training.train_run(spec, runs_dir=tmp_path, log=quiet)
+    assert "averaged_updates" not in metrics and not run.averaged_checkpoint.exists()
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["checkpoint_1_40.pt", "checkpoint_last.pt"]
+    assert run.model_checkpoint(spec.schedule.average_last) == run.last_checkpoint
+
+
+def test_every_decode_of_an_averaging_run_reads_the_averaged_checkpoint(tmp_path, monkeypatch):
+    spec = RunSpec(model=ModelSpec(arch="transformer_multi30k"), schedule=Schedule(max_update=10, average_last=2))
+    run = RunFolder(tmp_path / "runs" / spec.run_id())
+    run.path.mkdir(parents=True)
+    (run.path / "train.log").write_text("")
+    metrics = {"updates": 10, "wall_seconds": 1.0, "tokens_per_second": 2.0}
+    run.metrics.write_text(json.dumps(metrics))
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    for subset in ("valid", "test", "test1"):
+        (raw / f"{subset}.de").write_text("Ein Mann .\n")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(leaderboard, "publish", lambda results_dir: None)
+    monkeypatch.setattr(evaluation, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path / "data"))
+    read: list[Path] = []
+
+    def decode(bin_dir, checkpoint, subset, out, **kwargs):
+        read.append(checkpoint)
+        out.write_text("Ein Mann .\n")
+        return out
+
+    monkeypatch.setattr(evaluation, "decode", decode)
+    evaluation.valid_bleu(spec, runs_dir=tmp_path / "runs", log=quiet)
+    evaluation.evaluate_run(
+        spec, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", baseline=None, log=quiet
+    )
+    assert read == [run.averaged_checkpoint] * 3  # valid, test_2016_flickr, test_2017_flickr
+    # a fine-tune from it starts from the same weights
+    run.spec.write_text(json.dumps(asdict(spec)))
+    start = Schedule(finetune_from=spec.run_id())
+    assert start.finetune_checkpoint(tmp_path / "runs") == run.averaged_checkpoint
+
+
+def test_translate_uses_the_averaged_model_and_says_so_and_warns_for_another_checkpoint(tmp_path):
+    run = RunFolder(tmp_path / "multi30k_en_de-paper_base-dense-0000abcd")
+    spec = RunSpec(schedule=Schedule(max_update=600, average_last=3))
+    _checkpoint(run.last_checkpoint, 600, 1.0)
+    _checkpoint(run.averaged_checkpoint, 600, 1.0)
+    run.spec.write_text(json.dumps(asdict(spec)))
+    run.metrics.write_text(json.dumps({"updates": 600, "wall_seconds": 9.0, "git_commit": "a" * 40, "machine": "M"}))
+    csv = tmp_path / "none.csv"
+    level, line = translate.which_training(run.path, run.averaged_checkpoint, csv)
+    assert (level, line) == (
+        logging.INFO,
+        f"{run.path.name}: checkpoint_average.pt at 600 updates (its last 3 averaged), trained at aaaaaaaa on M in "
+        f"9.0 s; no row of it in {csv}",
+    )
+    level, line = translate.which_training(run.path, run.last_checkpoint, csv)
+    assert (level, line) == (
+        logging.WARNING,
+        f"{run.path.name}: checkpoint_last.pt at 600 updates; the run's model, which its test sets were decoded "
+        "with, is the average of its last 3 checkpoints (checkpoint_average.pt): no leaderboard row is of these "
+        "weights",
+    )
+    assert translate.recorded_average(run.path) == 3
+    run.spec.write_text(json.dumps({"data": {"src": "en", "tgt": "de"}, "schedule": {"beam": 4}}))  # an older run's
+    assert translate.recorded_average(run.path) == 1
+
+
+def test_averaging_makes_the_save_interval_part_of_the_run(tmp_path):
+    """It chooses the weights averaged: another interval is another model (and names the schedule), while a run
+    that averages nothing keeps its id whatever its interval."""
+    plain = RunSpec(schedule=Schedule(max_update=100))
+    assert RunSpec(schedule=replace(plain.schedule, save_interval=7)).run_id() == plain.run_id()
+    assert RunSpec(schedule=replace(plain.schedule, average_last=1)).run_id() == plain.run_id()
+    averaged = RunSpec(schedule=replace(plain.schedule, average_last=3))
+    assert averaged.run_id() != plain.run_id()
+    assert RunSpec(schedule=replace(averaged.schedule, save_interval=7)).run_id() != averaged.run_id()
+    smoke = Schedule(name="smoke", max_update=30, lr=0.002, warmup=10, max_tokens=2048, threads=1, beam=2)
+    assert own_name(replace(smoke, save_interval=10)).name == "smoke"
+    assert own_name(replace(smoke, average_last=3)).name == "smoke+average_last=3"
+    assert own_name(replace(smoke, average_last=3, save_interval=10)).name == "smoke+save_interval=10+average_last=3"
+    args = Schedule(average_last=5).fairseq_args()
+    assert args[args.index("--keep-interval-updates") + 1] == "5"  # fairseq keeps those it averages
+
+
+def test_translate_loads_the_averaged_model_of_an_averaging_run(tmp_path, monkeypatch):
+    import sentencepiece
+
+    class Task:
+        def build_generator(self, models, cfg):
+            return None
+
+    run = RunFolder(tmp_path)
+    loaded: list[Path] = []
+    for path in (run.last_checkpoint, run.averaged_checkpoint, run.spm_model):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    monkeypatch.setattr(translate, "load_model", lambda ckpt, folder, **k: loaded.append(ckpt) or (None, Task()))
+    monkeypatch.setattr(sentencepiece, "SentencePieceProcessor", lambda **k: None)
+    for average, want in ((3, run.averaged_checkpoint), (1, run.last_checkpoint)):
+        run.spec.write_text(json.dumps(asdict(RunSpec(schedule=Schedule(average_last=average)))))
+        assert translate.Translator(tmp_path).checkpoint == want and loaded[-1] == want
