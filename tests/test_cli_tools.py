@@ -248,9 +248,10 @@ def test_translate_searches_with_the_runs_own_beam_unless_given_one(tmp_path, mo
         ("transformer_multi30k", ["--struct-impl", "auto"], {}),  # a dense model has no kernel to choose
     ],
 )
-def test_translate_attends_with_the_kernel_asked_for(tmp_path, monkeypatch, capsys, arch, argv, overrides):
+def test_translate_attends_with_the_kernel_asked_for(tmp_path, monkeypatch, caplog, capsys, arch, argv, overrides):
     """A run trained with --struct-impl triton stores that kernel; translating it here (on the CPU) failed with no
-    way to choose another: --struct-impl overrides the run's own."""
+    way to choose another: --struct-impl overrides the run's own. The checkpoint's architecture decides (the
+    run's spec.json says dense here): a dense one is said to have no kernel to choose."""
     import sentencepiece
 
     loaded: list[dict] = []
@@ -260,10 +261,10 @@ def test_translate_attends_with_the_kernel_asked_for(tmp_path, monkeypatch, caps
             return None
 
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "checkpoint_last.pt").write_bytes(b"")
+    torch.save({"cfg": {"model": {"arch": arch}}}, tmp_path / "checkpoints" / "checkpoint_last.pt")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "spm.model").write_bytes(b"")
-    spec = {"data": {"src": "en", "tgt": "de"}, "model": {"arch": arch}, "schedule": {"beam": 2}}
+    spec = {"data": {"src": "en", "tgt": "de"}, "model": {"arch": "transformer_multi30k"}, "schedule": {"beam": 2}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     monkeypatch.setattr(translate, "load_model", lambda ckpt, folder, **k: loaded.append(k) or (None, Task()))
     monkeypatch.setattr(sentencepiece, "SentencePieceProcessor", lambda **k: None)
@@ -273,6 +274,8 @@ def test_translate_attends_with_the_kernel_asked_for(tmp_path, monkeypatch, caps
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     translate.main([str(tmp_path), *argv])
     assert loaded == [{"source_lang": "en", "target_lang": "de", **overrides}]
+    dense = "is a dense model (--arch transformer_multi30k): no kernel to choose"
+    assert (dense in caplog.text) == (arch == "transformer_multi30k" and bool(argv))
     with pytest.raises(SystemExit):
         translate.main([str(tmp_path), "--struct-impl", "fast"])
     assert "argument --struct-impl: invalid choice: 'fast'" in capsys.readouterr().err
@@ -527,3 +530,80 @@ def test_translate_gives_a_blank_line_for_a_blank_line_and_the_others_as_alone(d
     assert all(alone)  # an untrained model writes something for a real sentence
     assert translator.translate(["", sentences[0], "  \t", sentences[1], ""]) == ["", alone[0], "", alone[1], ""]
     assert translator.translate(["", " "]) == ["", ""]
+    # a line of only characters the SentencePiece model drops (a zero-width space, a byte-order mark) is no text
+    assert translator.sp.encode("\u200b \ufeff", out_type=str) == []
+    assert translator.translate(["\u200b", sentences[0], "\ufeff "]) == ["", alone[0], ""]
+
+
+def test_translate_reads_input_without_its_byte_order_mark_and_writes_utf8_whatever_the_locale(monkeypatch):
+    assert translate.read_input("\ufeffa\n\ufeffb\n".encode()) == ["a", "\ufeffb"]  # at the start only
+
+    class Stub:
+        checkpoint = Path("checkpoint_last.pt")
+
+        def translate(self, lines):
+            return ["Mädchen", "\u0153uvre"]  # latin-1 has no œ
+
+    out = io.BytesIO()
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
+    monkeypatch.setattr(translate, "Translator", lambda run_dir, **settings: Stub())
+    monkeypatch.setattr(translate, "which_training", lambda *a: (logging.DEBUG, ""))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\nb\n")))
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="latin-1"))
+    translate.main(["."])
+    assert out.getvalue() == "Mädchen\n\u0153uvre\n".encode()
+
+
+def test_translate_names_the_run_of_the_current_folder_and_translates_when_its_record_cannot_be_read(
+    tmp_path, monkeypatch, caplog, capsys
+):
+    """``structmt-translate .`` in a run folder looks its rows up under the folder's name (its run id), not "";
+    a leaderboard or train.json that cannot be read is a warning, never a reason not to translate."""
+
+    class Stub:
+        checkpoint = tmp_path / "checkpoints" / "checkpoint_last.pt"
+
+        def translate(self, lines):
+            return [line.upper() for line in lines]
+
+    asked: list[Path] = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
+    monkeypatch.setattr(translate, "Translator", lambda run_dir, **settings: Stub())
+    monkeypatch.setattr(translate, "which_training", lambda run_dir, *a: asked.append(run_dir) or {}["wall_seconds"])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a dog\n")))
+    translate.main(["."])
+    assert asked == [tmp_path] and asked[0].name == tmp_path.name
+    assert capsys.readouterr().out == "A DOG\n"
+    assert (
+        f"{tmp_path.name}: which training made checkpoint_last.pt is not said (KeyError('wall_seconds'))" in caplog.text
+    )
+
+
+def test_translate_warns_for_a_leaderboard_it_cannot_read_and_a_checkpoint_of_another_folder(tmp_path):
+    run_dir, checkpoint = _trained_run(tmp_path)
+    level, line = translate.which_training(run_dir, checkpoint, tmp_path)  # a folder
+    assert level == logging.WARNING and "; its scores are not looked up: [Errno 21] Is a directory" in line
+    other = tmp_path / "elsewhere.pt"
+    torch.save({"optimizer_history": [{"num_updates": 3500}]}, other)  # the finished training's update count
+    assert translate.which_training(run_dir, other, tmp_path / "none.csv") == (
+        logging.WARNING,
+        f"{run_dir.name}: {other} at 3500 updates, not a checkpoint of this run folder: no recorded training or "
+        f"leaderboard row of {run_dir.name} is of these weights",
+    )
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ('{"data": {"src": "en", "tgt": "de"', "JSONDecodeError: Expecting ',' delimiter"),
+        ('{"model": {}}', "KeyError: 'data'"),
+        ('{"data": {"src": "en"}}', "KeyError: 'tgt'"),
+        ("[]", "TypeError: list indices"),
+    ],
+)
+def test_translate_names_a_spec_json_that_is_not_a_runs_settings(tmp_path, text, says):
+    (tmp_path / "spec.json").write_text(text)
+    with pytest.raises(ValueError) as e:
+        translate.recorded_settings(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'spec.json'}: not the settings structmt-run writes ({says}")

@@ -462,6 +462,28 @@ def test_a_wandb_run_logged_again_records_the_settings_it_was_trained_with(tmp_p
     assert (schedule["threads"], schedule["save_interval"]) == (1, 50)
 
 
+def test_a_wandb_run_of_a_roles_file_names_its_heads_as_its_rows_do(tmp_path, monkeypatch):
+    """Its settings say heads "auto", which the roles file's mix replaces: filtering W&B runs on heads=auto
+    would take it for the default mix."""
+    import json
+    from dataclasses import asdict
+
+    from structmt.paths import RunFolder
+    from structmt.pipeline.evaluation import _log_wandb
+    from structmt.pipeline.spec import ModelSpec, RunSpec
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    spec = RunSpec(model=ModelSpec(arch="structured_transformer_multi30k", heads_from="results/roles.json"))
+    run = RunFolder(tmp_path / "multi30k_en_de-cpu_demo-w3-r2-roles-0000abcd")
+    run.path.mkdir()
+    run.spec.write_text(json.dumps(asdict(spec)))
+    _tiny_train_log(run.path)
+    row = _row(run.path.name) | {"data": "multi30k_en_de", "heads": "roles:1a2b3c4d", "cross": "", "options": ""}
+    folder = _log_wandb(spec, run, [row], tmp_path, WandbSettings("offline"), "id-2", lambda message: None)
+    model = read_offline_run(Path(folder))["config"]["model"]
+    assert (model["heads"], model["heads_from"]) == ("roles:1a2b3c4d", "results/roles.json")
+
+
 def test_a_wandb_run_that_fails_after_it_began_is_closed_and_removed(tmp_path, monkeypatch):
     """A failure while logging (here: the training log is gone) leaves no open run and no half-logged folder."""
     import wandb

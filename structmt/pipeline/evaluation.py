@@ -456,6 +456,8 @@ def _log_wandb(
     config = asdict(trained) | {"run_id": run_id, "leaderboard": labels}
     if not spec.model.structured:
         config["model"] = {"arch": spec.model.arch}
+    else:  # as the rows label it: a roles file's digest (its mix replaces model.heads, "auto" in the settings)
+        config["model"]["heads"] = labels["heads"]
     folder = tracking.log_experiment(
         run_id,
         config,

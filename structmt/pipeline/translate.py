@@ -9,9 +9,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..attention.options import IMPLS
-from ..checkpoints import checkpoint_updates, load_model
+from ..checkpoints import checkpoint_state, checkpoint_updates, load_model, model_setting, saved_model_settings
 from ..console import add_verbose_option, setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import DataError, decode_utf8, existing_dir, int_at_least, text_lines
@@ -26,9 +27,10 @@ log = logging.getLogger(__name__)
 def read_input(raw: bytes) -> list[str]:
     """The lines of raw standard input (split as :func:`text_lines` does); invalid UTF-8 is an error naming the line."""
     try:
-        return text_lines(decode_utf8(raw, "standard input", "give UTF-8 text"))[0]
+        text = decode_utf8(raw, "standard input", "give UTF-8 text")
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
+    return text_lines(text.removeprefix("\ufeff"))[0]  # a byte-order mark is no text, as read_lines has it
 
 
 class Translator:
@@ -57,15 +59,17 @@ class Translator:
         for path in (ckpt, run.spm_model):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found: is {run_dir} a finished structmt run folder?")
-        spec_file = run.spec
-        if not spec_file.is_file():
-            raise FileNotFoundError(f"{spec_file} not found: is {run_dir} a structmt run folder?")
-        recorded = json.loads(spec_file.read_text())
+        recorded = recorded_settings(run_dir)
         src, tgt = recorded["data"]["src"], recorded["data"]["tgt"]
         beam = beam or recorded.get("schedule", {}).get("beam", Schedule.beam)
         lenpen = recorded.get("schedule", {}).get("lenpen", Schedule.lenpen)  # as the pipeline decoded its tests
-        structured = ModelSpec(arch=recorded.get("model", {}).get("arch", "")).structured
-        kernel = {"struct_impl": impl} if impl and structured else {}  # a dense model has no such option
+        kernel = {}
+        if impl:  # for the checkpoint's own architecture (another run's may be given), not the run's record
+            arch = model_setting(saved_model_settings(checkpoint_state(ckpt)) or {}, "arch") or "?"
+            if ModelSpec(arch=arch).structured:
+                kernel = {"struct_impl": impl}
+            else:  # a dense model has no such option
+                log.warning(f"--struct-impl {impl}: {ckpt} is a dense model (--arch {arch}): no kernel to choose")
         model, self.task = load_model(ckpt, folder, source_lang=src, target_lang=tgt, **kernel)
         self.models = [model]
         self.sp = spm.SentencePieceProcessor(model_file=str(run.spm_model))
@@ -77,19 +81,16 @@ class Translator:
         self._torch = torch
 
     def translate(self, lines: list[str]) -> list[str]:
-        """One translation per line; a blank line gives a blank line (the model is not asked to translate
-        nothing); a line longer than the model's source positions is refused, naming it, before anything is
+        """One translation per line; a line of no text (blank, or only characters the SentencePiece model drops,
+        such as a zero-width space) gives a blank line, as in the pipeline's decoding (the model is not asked to
+        translate nothing); a line longer than the model's source positions is refused, naming it, before anything is
         translated (as ``fairseq-interactive`` refuses it)."""
         from fairseq.utils import resolve_max_positions
 
         src_dict, tgt_dict = self.task.source_dictionary, self.task.target_dictionary
-        todo = [i for i, line in enumerate(lines) if line.strip()]  # the lines to translate
-        tokens = [
-            src_dict.encode_line(
-                " ".join(self.sp.encode(lines[i].strip(), out_type=str)), add_if_not_exist=False
-            ).long()
-            for i in todo
-        ]
+        pieces = {i: self.sp.encode(line.strip(), out_type=str) for i, line in enumerate(lines) if line.strip()}
+        todo = [i for i, encoded in pieces.items() if encoded]  # the lines to translate
+        tokens = [src_dict.encode_line(" ".join(pieces[i]), add_if_not_exist=False).long() for i in todo]
         limits = resolve_max_positions(self.task.max_positions(), *(m.max_positions() for m in self.models))
         limit = limits[0] if isinstance(limits, tuple) else limits  # None: no limit
         too_long = [
@@ -114,10 +115,28 @@ class Translator:
         return out
 
 
+def recorded_settings(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``spec.json`` as written (a run of older code lacks the keys added since: read them with
+    their defaults); one that is not a run's settings is a ``ValueError`` naming it."""
+    path = RunFolder(run_dir).spec
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a structmt run folder?")
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded["data"]["src"], recorded["data"]["tgt"]  # noqa: B018 (the keys a translation needs)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path}: not the settings structmt-run writes ({type(err).__name__}: {err}); restore it from the run "
+            "that trained the folder, or train the run again"
+        ) from None
+    return recorded
+
+
 def recorded_average(run_dir: Path) -> int:
     """The ``train.average_last`` a run folder's ``spec.json`` records (1 where it has none: older runs)."""
-    spec = RunFolder(run_dir).spec
-    return json.loads(spec.read_text()).get("schedule", {}).get("average_last", 1) if spec.is_file() else 1
+    if not RunFolder(run_dir).spec.is_file():
+        return 1
+    return recorded_settings(run_dir).get("schedule", {}).get("average_last", 1)
 
 
 def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[int, str]:
@@ -130,6 +149,11 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
     model = RunFolder(run_dir).model_checkpoint(average)
     averaged = average > 1 and checkpoint.resolve() == model.resolve()
     head = f"{run_id}: {checkpoint.name} at {updates} updates" + (f" (its last {average} averaged)" if averaged else "")
+    if checkpoint.resolve().parent != RunFolder(run_dir).checkpoints.resolve():
+        return logging.WARNING, (
+            f"{run_id}: {checkpoint} at {updates} updates, not a checkpoint of this run folder: no recorded training "
+            f"or leaderboard row of {run_id} is of these weights"
+        )
     if not record.is_file():
         return logging.WARNING, f"{head}; its training has not finished ({record.name} missing)"
     metrics = json.loads(record.read_text())
@@ -148,7 +172,7 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
     head += f", trained at {commit} on {machine} in {ours[1]} s"
     try:
         rows = [r for r in read_rows(leaderboard) if r["run_id"] == run_id]
-    except ValueError as err:  # a leaderboard to fix by hand does not stop a translation
+    except (OSError, ValueError) as err:  # a leaderboard to fix by hand (or a folder) does not stop a translation
         return logging.WARNING, f"{head}; its scores are not looked up: {err}"
     scores = [f"{r['test_set']} BLEU {float(r['bleu']):.2f}" for r in rows if training(r) == ours]
     if scores:
@@ -204,17 +228,23 @@ def main(argv: list[str] | None = None) -> None:
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
+    run_dir = a.run_dir.resolve()  # named by its folder: "." is the run of the current directory
     try:  # the run folder first: a wrong one is an error at once, not after stdin is read to its end
-        translator = Translator(a.run_dir, beam=a.beam, batch_size=a.batch_size, impl=a.struct_impl)
-        log.log(*which_training(a.run_dir, translator.checkpoint, a.leaderboard))
-    except FileNotFoundError as err:
+        translator = Translator(run_dir, beam=a.beam, batch_size=a.batch_size, impl=a.struct_impl)
+    except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
+    try:  # what it is said to be made with: never a reason not to translate
+        log.log(*which_training(run_dir, translator.checkpoint, a.leaderboard))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning(f"{run_dir.name}: which training made {translator.checkpoint.name} is not said ({err!r})")
     lines = read_input(sys.stdin.buffer.read())  # one output line per input line, whatever it holds
     try:
         translations = translator.translate(lines)
     except DataError as err:  # an input line the model cannot take: nothing written
         raise SystemExit(f"error: {err}") from None
-    sys.stdout.write("".join(h + "\n" for h in translations))
+    sys.stdout.flush()
+    sys.stdout.buffer.write("".join(h + "\n" for h in translations).encode("utf-8"))  # UTF-8, as the input
+    sys.stdout.buffer.flush()
 
 
 if __name__ == "__main__":
