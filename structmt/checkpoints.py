@@ -242,45 +242,65 @@ def training_seconds(checkpoint: Path) -> float | None:
 _INTERVAL_NAME = re.compile(r"checkpoint_(\d+)_(\d+)\.pt")
 
 
-def last_checkpoints(run: RunFolder, count: int) -> list[Path]:
-    """A run's last ``count`` checkpoints, newest first: ``checkpoint_last.pt`` and the newest
-    ``checkpoint_<epoch>_<updates>.pt`` saved before it (one saved at its update holds its weights; one of a later
-    update is an earlier training's, under the same folder). Too few is a ``ValueError`` saying which there are."""
+def last_checkpoints(run: RunFolder, count: int, interval: int) -> list[Path]:
+    """A run's last ``count`` checkpoints, ``interval`` updates apart, newest first: ``checkpoint_last.pt`` and the
+    ``checkpoint_<epoch>_<updates>.pt`` of the ``count - 1`` multiples of ``interval`` before its update (one saved
+    at its update holds its weights; one of a later update is an earlier training's, in the same folder). One
+    missing is a ``ValueError`` naming it: the next older one would stretch the window in silence."""
     last = checkpoint_updates(run.last_checkpoint)
     saved = {int(m[2]): p for p in run.checkpoints.iterdir() if (m := _INTERVAL_NAME.fullmatch(p.name))}
-    earlier = [saved[updates] for updates in sorted(saved, reverse=True) if updates < last]
-    chosen = [run.last_checkpoint, *earlier[: count - 1]] if last else []
-    if len(chosen) < count:
-        found = ", ".join(p.name for p in chosen) or "none"
+    wanted = [(last - 1) // interval * interval - k * interval for k in range(count - 1)] if last else []
+    missing = [updates for updates in wanted if updates not in saved]
+    if not last or missing:
+        has = ", ".join(f"{u}" for u in sorted(saved, reverse=True)) or "none"
         raise ValueError(
-            f"{run.checkpoints}: averaging the last {count} checkpoints (train.average_last) needs checkpoint_last.pt "
-            f"and {count - 1} checkpoint_<epoch>_<updates>.pt of earlier updates; it has {found}. Train the run "
-            "again (remove its folder), or set train.average_last to what it has (another run id)"
+            f"{run.checkpoints}: averaging the last {count} checkpoints (train.average_last) needs checkpoint_last.pt"
+            f" and the checkpoint_<epoch>_<updates>.pt of updates {', '.join(map(str, wanted)) or '?'} "
+            f"({interval} apart); "
+            + (f"{', '.join(map(str, missing))} missing" if last else "checkpoint_last.pt missing")
+            + f" (it has those of updates {has}). Train the run again (remove its folder), or average fewer "
+            "(train.average_last: another run id)"
         )
-    return chosen
+    return [run.last_checkpoint, *(saved[updates] for updates in wanted)]
+
+
+def tied_weights(weights: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each weight's name → the first name of a tensor that is the same view of the same memory: fairseq saves
+    tied embeddings (``--share-all-embeddings``: encoder, decoder and output projection) once, under three names."""
+    seen: dict[tuple[Any, ...], str] = {}
+    first = {}
+    for name, t in weights.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        first[name] = seen.setdefault(key, name) if t.numel() else name
+    return first
 
 
 def average_checkpoints(checkpoints: list[Path], out: Path) -> list[int]:
     """Write to ``out`` (through a temporary file) the first of ``checkpoints`` with its model weights replaced by
     the mean of theirs (as fairseq's ``scripts/average_checkpoints.py``: float weights averaged in float64, kept in
-    float32 or wider; other tensors must agree), without its optimiser state. Returns each one's updates."""
+    float32 or wider; other tensors must agree; tied weights averaged and saved once), without its optimiser
+    state. Returns each one's updates."""
     total: dict[str, torch.Tensor] = {}
-    updates, first = [], None
+    updates, first, tied = [], None, {}
     for path in checkpoints:
         updates.append(checkpoint_updates(path))  # a fairseq-train checkpoint (else a ValueError naming it)
         state = checkpoint_state(path)
-        first = first or state
         weights = state.get("model")
         if not isinstance(weights, dict) or not weights:
             raise ValueError(f"{path}: holds no model weights; give checkpoints fairseq-train wrote")
-        if total and list(weights) != list(total):
-            other = sorted(set(weights) ^ set(total))[:3]
+        if first is None:
+            first, tied = state, tied_weights(weights)
+        elif list(weights) != list(tied):
+            other = sorted(set(weights) ^ set(tied))[:3]
             raise ValueError(
                 f"{path}: not the model of {checkpoints[0]} (other weights: {', '.join(other) or 'another order'}); "
                 "checkpoints of one training are averaged"
             )
         for name, tensor in weights.items():
-            if name not in total:
+            if (same := tied[name]) != name:  # averaged under the first name: the same values, or not one model
+                if not torch.equal(tensor, weights[same]):
+                    raise ValueError(f"{path}: {name} is not {same}, as in {checkpoints[0]} (tied there)")
+            elif name not in total:
                 total[name] = tensor.double() if tensor.is_floating_point() else tensor.clone()
             elif tensor.shape != total[name].shape:
                 raise ValueError(
@@ -293,7 +313,11 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> list[int]:
                 raise ValueError(f"{path}: {name} (not a weight: {tensor.dtype}) differs from {checkpoints[0]}'s")
     assert first is not None, "no checkpoints to average"
     averaged = {}
-    for name, tensor in total.items():
+    for name, same in tied.items():
+        if same != name:  # a tied weight: its first name's tensor, saved once
+            averaged[name] = averaged[same]
+            continue
+        tensor = total[name]
         if tensor.is_floating_point():
             kind = first["model"][name].dtype
             tensor = (tensor / len(checkpoints)).to(kind if torch.finfo(kind).bits >= 32 else torch.float32)

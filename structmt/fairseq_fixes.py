@@ -28,6 +28,15 @@ goes through a temporary file renamed into place: ``checkpoint_last.pt`` is the 
 new one, never part of one (against a killed process: nothing is synced to disk, so not against a
 power loss), and the folder holds one more checkpoint while it is copied.  ``overwrite=False`` onto
 a file that exists raises ``FileExistsError`` (fairseq's callers all pass ``overwrite=True``).
+
+Interval checkpoints at an epoch's end (:func:`save_interval_checkpoints_at_epoch_ends`): fairseq writes
+``checkpoint_<epoch>_<updates>.pt`` every ``--save-interval-updates`` except where the interval's update is
+the last of an epoch, which it leaves to the epoch's checkpoint ``checkpoint<epoch>.pt``; under
+``--no-epoch-checkpoints`` that update's weights were in no file once ``checkpoint_last.pt`` moved on, and
+the last ``--keep-interval-updates`` checkpoints reached further back than the interval says (checkpoint
+averaging, ``train.average_last``, averaged other updates, or too few).  With structmt loaded and
+``--no-epoch-checkpoints`` given, that checkpoint is written too (a copy of ``checkpoint_last.pt``), and the
+oldest beyond ``--keep-interval-updates`` removed, as fairseq does after its own interval saves.
 """
 
 from __future__ import annotations
@@ -123,3 +132,41 @@ def copy_checkpoints_whole() -> None:
 
     copy.copies_whole = True  # type: ignore[attr-defined]
     PathManager.copy = staticmethod(copy)  # type: ignore[method-assign]
+
+
+def save_interval_checkpoints_at_epoch_ends() -> None:
+    """Wrap ``fairseq.checkpoint_utils.save_checkpoint`` so that under ``--no-epoch-checkpoints`` an interval
+    checkpoint due at an epoch's last update is written like any other (idempotent)."""
+    import_fairseq_quietly()
+    from fairseq import checkpoint_utils
+    from fairseq.file_io import PathManager
+
+    original = checkpoint_utils.save_checkpoint
+    if getattr(original, "saves_epoch_end_intervals", False):
+        return
+
+    @functools.wraps(original)
+    def save_checkpoint(cfg: Any, trainer: Any, epoch_itr: Any, val_loss: Any) -> Any:
+        saved = original(cfg, trainer, epoch_itr, val_loss)
+        updates, suffix = trainer.get_num_updates(), trainer.checkpoint_suffix
+        due = cfg.save_interval_updates > 0 and updates > 0 and updates % cfg.save_interval_updates == 0
+        if not (
+            due
+            and epoch_itr.end_of_epoch()
+            and cfg.no_epoch_checkpoints
+            and not cfg.no_save
+            and not cfg.no_last_checkpoints
+            and trainer.should_save_checkpoint_on_current_rank
+        ):
+            return saved
+        last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
+        PathManager.copy(last, os.path.join(cfg.save_dir, f"checkpoint_{epoch_itr.epoch}_{updates}{suffix}.pt"), True)
+        if cfg.keep_interval_updates > 0 and cfg.keep_interval_updates_pattern == -1:
+            kept = checkpoint_utils.checkpoint_paths(cfg.save_dir, pattern=rf"checkpoint_\d+_(\d+){suffix}\.pt")
+            for old in kept[cfg.keep_interval_updates :]:  # newest first
+                if os.path.lexists(old):
+                    os.remove(old)
+        return saved
+
+    save_checkpoint.saves_epoch_end_intervals = True  # type: ignore[attr-defined]
+    checkpoint_utils.save_checkpoint = save_checkpoint

@@ -23,10 +23,12 @@ quiet = lambda msg: None  # noqa: E731
 
 def _checkpoint(path: Path, updates: int, scale: float, **more) -> dict[str, torch.Tensor]:
     """A fairseq-like checkpoint at ``updates`` whose weights are ``scale`` times fixed tensors."""
+    embedding = torch.arange(6, dtype=torch.float32).reshape(2, 3) * scale
     weights = {
-        "encoder.w": torch.arange(6, dtype=torch.float32).reshape(2, 3) * scale,
+        "encoder.w": embedding,
         "decoder.h": torch.full((4,), scale, dtype=torch.float16),
         "decoder.version": torch.tensor([3]),  # not a weight: the same in each
+        "decoder.w": embedding,  # tied to encoder.w, as fairseq's shared embeddings: saved once
     } | more
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -52,6 +54,10 @@ def test_the_average_is_the_mean_of_each_weight_with_the_newest_checkpoints_reco
         assert state["model"][name].dtype == torch.float32  # fp16 weights averaged into float32, as fairseq's
         assert torch.equal(state["model"][name], want.float())
     assert torch.equal(state["model"]["decoder.version"], torch.tensor([3]))
+    assert (
+        state["model"]["decoder.w"].untyped_storage().data_ptr()
+        == state["model"]["encoder.w"].untyped_storage().data_ptr()
+    )
     assert checkpoint_updates(out) == 600 and state["extra_state"]["previous_training_time"] == 600.0
     assert "last_optimizer_state" not in state  # an averaged model is not resumed from
     assert [p.name for p in sorted(tmp_path.iterdir())] == ["avg.pt", "c0.pt", "c1.pt", "c2.pt"]  # no temp file
@@ -63,6 +69,7 @@ def test_the_average_is_the_mean_of_each_weight_with_the_newest_checkpoints_reco
         ({"extra.w": torch.zeros(1)}, r"c1\.pt: not the model of .*c0\.pt \(other weights: extra\.w\)"),
         ({"encoder.w": torch.zeros(3, 2)}, r"c1\.pt: encoder\.w is \(3, 2\), not \(2, 3\) as in .*c0\.pt"),
         ({"decoder.version": torch.tensor([2])}, r"c1\.pt: decoder\.version \(not a weight: torch\.int64\) differs"),
+        ({"decoder.w": torch.zeros(2, 3)}, r"c1\.pt: decoder\.w is not encoder\.w, as in .*c0\.pt \(tied there\)"),
     ],
 )
 def test_checkpoints_of_other_models_are_refused_naming_the_file(tmp_path, more, message):
@@ -82,15 +89,22 @@ def test_the_last_checkpoints_are_the_last_one_and_those_saved_before_it(tmp_pat
     _checkpoint(run.last_checkpoint, 600, 1.0)
     (run.checkpoints / "checkpoint_average.pt").write_bytes(b"")  # not a checkpoint of an interval
     earlier = [run.checkpoints / "checkpoint_2_400.pt", run.checkpoints / "checkpoint_1_200.pt"]
-    assert last_checkpoints(run, 3) == [run.last_checkpoint, *earlier]
-    assert last_checkpoints(run, 1) == [run.last_checkpoint]
+    assert last_checkpoints(run, 3, 200) == [run.last_checkpoint, *earlier]
+    assert last_checkpoints(run, 1, 200) == [run.last_checkpoint]
     message = (
-        r"averaging the last 4 checkpoints \(train.average_last\) needs checkpoint_last.pt and 3 "
-        r"checkpoint_<epoch>_<updates>.pt of earlier updates; it has checkpoint_last.pt, checkpoint_2_400.pt, "
-        r"checkpoint_1_200.pt\. Train the run again"
+        r"averaging the last 4 checkpoints \(train.average_last\) needs checkpoint_last.pt and the "
+        r"checkpoint_<epoch>_<updates>.pt of updates 400, 200, 0 \(200 apart\); 0 missing \(it has those of updates "
+        r"800, 600, 400, 200\)\. Train the run again"
     )
     with pytest.raises(ValueError, match=message):
-        last_checkpoints(run, 4)
+        last_checkpoints(run, 4, 200)
+    # one of the window missing (fairseq left out an interval at an epoch's end): never the next older one instead
+    (run.checkpoints / "checkpoint_2_400.pt").unlink()
+    with pytest.raises(ValueError, match=r"of updates 400, 200 \(200 apart\); 400 missing"):
+        last_checkpoints(run, 3, 200)
+    # the last update not a multiple of the interval: the multiples before it
+    _checkpoint(run.last_checkpoint, 650, 1.0)
+    assert last_checkpoints(run, 2, 200) == [run.last_checkpoint, run.checkpoints / "checkpoint_3_600.pt"]
 
 
 def _trained(tmp_path: Path, monkeypatch, schedule: Schedule) -> tuple[RunSpec, RunFolder]:
@@ -237,3 +251,55 @@ def test_translate_loads_the_averaged_model_of_an_averaging_run(tmp_path, monkey
     for average, want in ((3, run.averaged_checkpoint), (1, run.last_checkpoint)):
         run.spec.write_text(json.dumps(asdict(RunSpec(schedule=Schedule(average_last=average)))))
         assert translate.Translator(tmp_path).checkpoint == want and loaded[-1] == want
+
+
+def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path):
+    """fairseq's own save_checkpoint (as fairseq-train calls it) leaves out checkpoint_<epoch>_<updates>.pt where
+    the interval's update ends an epoch, under --no-epoch-checkpoints: those weights were in no file once
+    checkpoint_last.pt moved on. With the plugin loaded it is written, and the kept ones are the newest three."""
+    from fairseq import checkpoint_utils
+    from fairseq.dataclass.configs import CheckpointConfig
+
+    import structmt  # noqa: F401  (applies the fixes, as --user-dir does)
+
+    class Trainer:
+        data_parallel_rank, checkpoint_suffix, updates, task = 0, "", 0, None
+        should_save_checkpoint_on_current_rank, always_call_state_dict_during_save_checkpoint = True, False
+
+        def consolidate_optimizer(self):
+            pass
+
+        def get_num_updates(self):
+            return self.updates
+
+        def save_checkpoint(self, filename, extra_state):
+            torch.save({"updates": self.updates}, filename)
+
+    class Epochs:
+        epoch, ends = 1, False
+
+        def end_of_epoch(self):
+            return self.ends
+
+        def state_dict(self):
+            return {}
+
+    cfg = CheckpointConfig(
+        save_dir=str(tmp_path), save_interval_updates=10, keep_interval_updates=3, no_epoch_checkpoints=True
+    )
+    trainer, epochs = Trainer(), Epochs()
+    for updates, epoch, ends in [(10, 1, False), (20, 1, False), (30, 1, True), (40, 2, False), (45, 2, True),
+                                 (50, 3, False), (60, 3, True)]:  # fmt: skip
+        trainer.updates, epochs.epoch, epochs.ends = updates, epoch, ends
+        checkpoint_utils.save_checkpoint(cfg, trainer, epochs, None)
+        if updates == 40:
+            assert sorted(p.name for p in tmp_path.iterdir()) == [
+                "checkpoint_1_20.pt", "checkpoint_1_30.pt", "checkpoint_2_40.pt", "checkpoint_last.pt"
+            ]  # fmt: skip
+    kept = {p.name: torch.load(p)["updates"] for p in tmp_path.iterdir()}
+    assert kept == {
+        "checkpoint_2_40.pt": 40,
+        "checkpoint_3_50.pt": 50,
+        "checkpoint_3_60.pt": 60,
+        "checkpoint_last.pt": 60,
+    }

@@ -552,6 +552,10 @@ def test_translate_reads_input_without_its_byte_order_mark_and_writes_utf8_whate
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="latin-1"))
     translate.main(["."])
     assert out.getvalue() == "Mädchen\n\u0153uvre\n".encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\nb\n")))
+    monkeypatch.setattr(sys, "stdout", text := io.StringIO())  # a caller's text stream, no bytes beneath
+    translate.main(["."])
+    assert text.getvalue() == "Mädchen\n\u0153uvre\n"
 
 
 def test_translate_names_the_run_of_the_current_folder_and_translates_when_its_record_cannot_be_read(
@@ -567,6 +571,8 @@ def test_translate_names_the_run_of_the_current_folder_and_translates_when_its_r
             return [line.upper() for line in lines]
 
     asked: list[Path] = []
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "multi30k_en_de-x-dense-0000abcd").symlink_to(tmp_path)  # a run folder linked under its id
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
     monkeypatch.setattr(translate, "Translator", lambda run_dir, **settings: Stub())
@@ -574,7 +580,10 @@ def test_translate_names_the_run_of_the_current_folder_and_translates_when_its_r
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a dog\n")))
     translate.main(["."])
     assert asked == [tmp_path] and asked[0].name == tmp_path.name
-    assert capsys.readouterr().out == "A DOG\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a dog\n")))
+    translate.main(["runs/multi30k_en_de-x-dense-0000abcd"])
+    assert asked[1] == tmp_path / "runs" / "multi30k_en_de-x-dense-0000abcd"  # named by the link: its run id
+    assert capsys.readouterr().out == "A DOG\n" * 2
     assert (
         f"{tmp_path.name}: which training made checkpoint_last.pt is not said (KeyError('wall_seconds'))" in caplog.text
     )

@@ -80,12 +80,14 @@ def test_train_decode_score(data_bin, tmp_path, arch, extra):
     assert s.bleu_signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     # train.average_last=3's model: the mean of the last three checkpoints' weights, which fairseq loads and decodes
     run = RunFolder(tmp_path)
-    averaged = last_checkpoints(run, 3)
+    averaged = last_checkpoints(run, 3, 50)
     assert average_checkpoints(averaged, run.averaged_checkpoint) == [150, 100, 50]
     mean, models = torch.load(run.averaged_checkpoint)["model"], [torch.load(path)["model"] for path in averaged]
     for name, weight in models[0].items():
         if weight.is_floating_point():
             assert torch.equal(mean[name], (sum(m[name].double() for m in models) / 3).to(weight.dtype)), name
+    tied = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
+    assert len({mean[name].untyped_storage().data_ptr() for name in tied}) == 1  # --share-all-embeddings: saved once
     hyp_avg = decode(data_bin, run.averaged_checkpoint, "test", tmp_path / "averaged.hyp", beam=3)
     assert len(hyp_avg.read_text().splitlines()) == 60
     if arch.startswith("structured"):  # the decode log says what the model attended with, an override included

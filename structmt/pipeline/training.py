@@ -135,7 +135,8 @@ def average_model(spec: RunSpec, run_id: str, run: RunFolder, log: Any) -> dict[
     count = spec.schedule.average_last
     if count <= 1:
         return {}
-    updates = average_checkpoints(last_checkpoints(run, count), run.averaged_checkpoint)
+    chosen = last_checkpoints(run, count, spec.schedule.save_interval)
+    updates = average_checkpoints(chosen, run.averaged_checkpoint)
     log(
         f"[{run_id}] averaged its last {count} checkpoints (updates {', '.join(map(str, reversed(updates)))}) "
         f"into {run.averaged_checkpoint.name}, the model it decodes"

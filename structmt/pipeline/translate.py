@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
-    run_dir = a.run_dir.resolve()  # named by its folder: "." is the run of the current directory
+    run_dir = Path(os.path.abspath(a.run_dir))  # "." is the run of its folder (a link keeps its own name: its id)
     try:  # the run folder first: a wrong one is an error at once, not after stdin is read to its end
         translator = Translator(run_dir, beam=a.beam, batch_size=a.batch_size, impl=a.struct_impl)
     except (FileNotFoundError, ValueError) as err:
@@ -242,9 +243,13 @@ def main(argv: list[str] | None = None) -> None:
         translations = translator.translate(lines)
     except DataError as err:  # an input line the model cannot take: nothing written
         raise SystemExit(f"error: {err}") from None
+    text = "".join(h + "\n" for h in translations)
+    if (out := getattr(sys.stdout, "buffer", None)) is None:  # a text stream of the caller's (no bytes)
+        sys.stdout.write(text)
+        return
     sys.stdout.flush()
-    sys.stdout.buffer.write("".join(h + "\n" for h in translations).encode("utf-8"))  # UTF-8, as the input
-    sys.stdout.buffer.flush()
+    out.write(text.encode("utf-8"))  # UTF-8, as the input, whatever the locale
+    out.flush()
 
 
 if __name__ == "__main__":
