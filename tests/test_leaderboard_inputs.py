@@ -370,6 +370,9 @@ def test_options_that_headline_would_ignore_are_refused(board, capsys):
     for args, message in [
         (["--headline", "reproduce", "--wandb"], "--headline only prints a table; rebuild the W&B table by a run"),
         (["--data", "multi30k_en_de"], "--data chooses the data set of --headline; pass --headline SCHEDULE"),
+        # an unset variable in a script ("$SCHEDULE"): rewrote the pages as if no option were given
+        (["--headline", ""], "--headline is empty; give a schedule name"),
+        (["--headline", "reproduce", "--data", " "], "--data is empty; give a data set name"),
     ]:
         with pytest.raises(SystemExit) as e:
             leaderboard.main(["--results-dir", str(board.parent), "--wandb-dir", str(board.parent / "w"), *args])

@@ -60,8 +60,8 @@ def test_keys_added_with_plus_that_the_schema_lacks_are_rejected(override, messa
         ("train.update_freq=0", "train.update_freq=0 must be >= 1"),
         ("train.warmup=0", r"train.warmup=0 must be >= 1 \(fairseq's inverse_sqrt schedule divides by it\)"),
         ("train.save_interval=-1", r"train.save_interval=-1 must be >= 0 \(updates between checkpoints; 0: at the"),
-        ("train.seed=-3", r"train.seed=-3 must lie in \[0, 2\*\*32 - 1\]"),
-        ("train.seed=4294967296", r"train.seed=4294967296 must lie in \[0, 2\*\*32 - 1\]"),
+        ("train.seed=-3", r"train.seed=-3 must lie in \[0, 2\*\*31 - 1\]"),
+        ("train.seed=2147483648", r"train.seed=2147483648 must lie in \[0, 2\*\*31 - 1\] \(fairseq-train seeds numpy"),
         ("data.max_train_lines=-3", r"data.max_train_lines=-3 must be >= 0 \(0 = all\)"),
         ("data.max_eval_lines=-5", r"data.max_eval_lines=-5 must be >= 0 \(0 = all\)"),
         ("train.name=smoke/lr2", r"train.name='smoke/lr2' must be letters, digits and \. _ \+ = - \(it names run"),
@@ -280,7 +280,7 @@ def test_structure_options_on_a_dense_model_are_rejected():
         (["--max-update", "0"], "argument --max-update: must be >= 1, got 0"),
         (["--max-update", "-3"], "argument --max-update: must be >= 1, got -3"),
         (["--seeds", "1", "-1"], "argument --seeds: must be >= 0, got -1"),
-        (["--seeds", "4294967296"], "argument --seeds: must be <= 4294967295, got 4294967296"),
+        (["--seeds", "2147483648"], "argument --seeds: must be <= 2147483647, got 2147483648"),
     ],
 )
 def test_recipe_arguments(args, message, capsys):

@@ -227,12 +227,47 @@ def test_each_seed_is_a_process_of_its_own_with_every_option_passed_on(tmp_path,
     monkeypatch.setattr(recipes, "compare", lambda *a, **k: pytest.fail("compared in the parent process"))
     runs, results = str(tmp_path / "r"), str(tmp_path / "s")
     argv = ["demo", "--seeds", "6", "5", "4", "--max-update", "5", "--train-only", "--allow-dirty", "-v"]
-    with pytest.raises(SystemExit, match="^error: seed 5 failed"):
+    with pytest.raises(SystemExit, match=r"^error: seed\(s\) 5 failed \(their errors above\); seed\(s\) 6 4 finished$"):
         recipes.main(argv + ["--runs-dir", runs, "--results-dir", results])
     tail = ["--runs-dir", runs, "--results-dir", results, "--max-update", "5", "--train-only", "--allow-dirty"]
     tail += ["--verbose"]
     child = [sys.executable, "-m", "structmt.pipeline.recipes", "demo", "--seeds"]
-    assert commands == [child + ["6"] + tail, child + ["5"] + tail]  # in the order given; stopped at the failed seed
+    # in the order given; a failed seed leaves the others to run (an overnight run keeps what it can)
+    assert commands == [child + ["6"] + tail, child + ["5"] + tail, child + ["4"] + tail]
+
+
+@pytest.mark.reliability  # failure handling: docs/reliability.md
+def test_a_pairs_failed_training_is_said_while_the_other_trains_and_both_failures_are_named(tmp_path, monkeypatch):
+    import threading
+
+    from structmt.fairseq_cli import StepError
+    from structmt.pipeline.recipes import pair
+
+    dense, structured = pair("demo", Schedule(max_update=5))
+    said = threading.Event()
+    monkeypatch.setattr(recipes, "prepare_data", lambda spec, runs_dir: None)
+    monkeypatch.setattr(recipes.log, "error", lambda message: said.set())
+    seen: list[bool] = []
+
+    def train_run(spec, runs_dir):
+        if spec is dense:
+            raise StepError("dense broke")
+        seen.append(said.wait(timeout=30))  # the structured training, still running when the failure is said
+        if fail_both:
+            raise StepError("structured broke")
+        return {}
+
+    monkeypatch.setattr(recipes, "train_run", train_run)
+    fail_both = False
+    with pytest.raises(StepError, match="^dense broke$"):
+        recipes.compare(dense, structured, runs_dir=tmp_path, results_dir=tmp_path)
+    assert seen == [True]
+    fail_both, said = True, threading.Event()
+    with pytest.raises(StepError) as e:
+        recipes.compare(dense, structured, runs_dir=tmp_path, results_dir=tmp_path)
+    assert (
+        str(e.value) == f"both trainings failed: {dense.run_id()}: dense broke; {structured.run_id()}: structured broke"
+    )
 
 
 def test_a_seed_process_trains_the_pair_of_its_seed(tmp_path, monkeypatch):

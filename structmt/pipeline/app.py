@@ -41,6 +41,7 @@ from .evaluation import run_experiment, valid_bleu
 from .spec import (
     FINETUNE_SCHEDULE,
     FINETUNE_START,
+    MAX_SEED,
     PRECISIONS,
     DataSpec,
     ModelSpec,
@@ -101,7 +102,11 @@ def validate(cfg: Any) -> None:
         ("train.max_tokens", cfg.train.max_tokens > 0, "must be > 0"),
         ("train.dropout", 0 <= cfg.train.dropout < 1, "must lie in [0, 1)"),
         ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must lie in [0, 1)"),
-        ("train.seed", 0 <= cfg.train.seed < 2**32, "must lie in [0, 2**32 - 1] (fairseq-train seeds numpy with it)"),
+        (
+            "train.seed",
+            0 <= cfg.train.seed <= MAX_SEED,
+            "must lie in [0, 2**31 - 1] (fairseq-train seeds numpy with it plus the epoch)",
+        ),
         ("train.batch_multiple", cfg.train.batch_multiple >= 1, "must be >= 1"),
         ("train.update_freq", cfg.train.update_freq >= 1, "must be >= 1"),
         ("train.threads", cfg.train.threads > 0, "must be > 0"),

@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
+    for option, value in (("--headline", a.headline), ("--data", a.data)):
+        if value is not None and not value.strip():  # an unset variable in a script: not "no option"
+            p.error(f"{option} is empty; give a {'schedule' if option == '--headline' else 'data set'} name")
     if a.headline and a.wandb:
         p.error("--headline only prints a table; rebuild the W&B table by a run with --wandb and without --headline")
     if a.data is not None and not a.headline:

@@ -17,19 +17,22 @@ import logging
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..console import add_verbose_option, setup
+from ..fairseq_cli import StepError
 from ..files import DataError, int_at_least
 from ..leaderboard_csv import read_rows, short_commit
 from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 from ..provenance import git_commit, why_unknown
 from .evaluation import evaluate_run, keep_training_log
-from .spec import ModelSpec, RunSpec, Schedule, load_schedule, own_name
+from .spec import MAX_SEED, ModelSpec, RunSpec, Schedule, load_schedule, own_name
 from .training import data_folder, prepare_data, train_run
+
+log = logging.getLogger(__name__)
 
 #: recipe → its schedule in conf/train (the same files the Hydra app uses); ``finetune`` starts the structured
 #: model from the dense ``reproduce`` run of the same seed and trains it on the ``finetune`` schedule
@@ -55,9 +58,17 @@ def compare(
         train_run(dense, runs_dir=runs_dir)
         train_run(structured, runs_dir=runs_dir)
     else:
+        failed: list[tuple[RunSpec, BaseException]] = []
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for job in [pool.submit(train_run, spec, runs_dir=runs_dir) for spec in (dense, structured)]:
-                job.result()
+            jobs = {pool.submit(train_run, spec, runs_dir=runs_dir): spec for spec in (dense, structured)}
+            for job in as_completed(jobs):  # a failure said when it happens, not when the other training ends
+                if (err := job.exception()) is not None:
+                    failed.append((jobs[job], err))
+                    log.error(f"[{jobs[job].run_id()}] training failed: {err}; the other training goes on")
+        if len(failed) == 1:
+            raise failed[0][1]
+        if failed:
+            raise StepError("both trainings failed: " + "; ".join(f"{spec.run_id()}: {err}" for spec, err in failed))
     if train_only:
         return []
     rows = evaluate_run(dense, runs_dir=runs_dir, results_dir=results_dir)
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-update", type=int_at_least(1), default=None, help="override the schedule's number of updates")
     p.add_argument(
         "--seeds",
-        type=int_at_least(0, 2**32 - 1),  # fairseq-train seeds numpy with it
+        type=int_at_least(0, MAX_SEED),  # fairseq-train seeds numpy with it plus the epoch
         nargs="+",
         default=None,
         help="one comparison per seed, each its own process (default: the schedule's seed, 1)",
@@ -116,10 +127,18 @@ def main(argv: list[str] | None = None) -> None:
             f"--allow-dirty (through make: make {a.recipe} ALLOW_DIRTY=1)."
         )
     if a.seeds is not None and len(a.seeds) > 1:
+        failed = []  # a seed that fails leaves the others to run: an overnight run keeps what it can
         for seed in a.seeds:  # one process per seed pair: nothing carries over from one seed to the next
             cmd = [sys.executable, "-m", "structmt.pipeline.recipes", a.recipe, "--seeds", str(seed), *_passed_on(a)]
             if subprocess.run(cmd).returncode:
-                raise SystemExit(f"error: seed {seed} failed (command: {' '.join(cmd)})")
+                failed.append(seed)
+                log.error(f"seed {seed} failed (command: {' '.join(cmd)}); going on with the other seeds")
+        if failed:
+            done = [seed for seed in a.seeds if seed not in failed]
+            raise SystemExit(
+                f"error: seed(s) {' '.join(map(str, failed))} failed (their errors above); "
+                + (f"seed(s) {' '.join(map(str, done))} finished" if done else "no seed finished")
+            )
         return
     logging.getLogger("filelock").setLevel(logging.WARNING)
     schedule = load_schedule(RECIPES[a.recipe])

@@ -129,6 +129,11 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
         return settings
 
 
+#: the largest ``train.seed``: fairseq seeds numpy with the seed plus the epoch (its batch order), which numpy
+#: takes up to 2**32 - 1; a seed near that bound failed epochs into a training
+MAX_SEED = 2**31 - 1
+
+
 @dataclass
 class Schedule:
     """Optimisation settings shared by the runs that are compared with each other."""
