@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import math
 import os
 import tempfile
 import zlib
@@ -126,6 +127,17 @@ def split_problem(data_dir: Path, subset: str, option: str = "--subset") -> str:
         return ""
     splits = sorted({f.name.split(".")[0] for f in data_dir.glob("*.bin")})
     return f"{option} {subset}: {data_dir} has no such split (it has: {', '.join(splits) or 'none'})"
+
+
+def finite_float(value: str) -> float:
+    """argparse type for a finite number (``float`` alone lets ``nan`` and ``inf`` through)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return number
 
 
 def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:

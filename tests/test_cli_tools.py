@@ -198,6 +198,40 @@ def test_translate_checks_the_run_folder_before_reading_stdin(tmp_path, monkeypa
     assert str(e.value) == f"error: {checkpoint} not found: is {tmp_path} a finished structmt run folder?"
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lenpen", "nan"], "argument --lenpen: must be a finite number, got nan"),
+        (["--lenpen", "x"], "argument --lenpen: 'x' is not a number"),
+        (["--checkpoint", "nonesuch.pt"], "argument --checkpoint: nonesuch.pt: no such file"),
+    ],
+)
+def test_translate_refuses_a_length_penalty_or_checkpoint_it_cannot_use(tmp_path, monkeypatch, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        translate.main([str(tmp_path), *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_translate_uses_the_checkpoint_given(tmp_path, monkeypatch, capsys):
+    given: list[Path] = []
+
+    class Stub:
+        def __init__(self, run_dir, checkpoint=None, **settings):
+            given.append(checkpoint)
+            self.checkpoint = checkpoint
+
+        def translate(self, lines):
+            return lines
+
+    (weights := tmp_path / "checkpoint_1_100.pt").write_bytes(b"")
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
+    monkeypatch.setattr(translate, "Translator", Stub)
+    monkeypatch.setattr(translate, "which_training", lambda *a: (logging.DEBUG, ""))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\n")))
+    translate.main([str(tmp_path), "--checkpoint", str(weights)])
+    assert given == [weights] and capsys.readouterr().out == "a\n"
+
+
 def test_translate_reads_stdin_once_the_run_folder_is_found(tmp_path, monkeypatch, capsys):
     class Stub:
         def __init__(self, run_dir, **settings):
@@ -213,23 +247,27 @@ def test_translate_reads_stdin_once_the_run_folder_is_found(tmp_path, monkeypatc
     assert capsys.readouterr().out == "A DOG\n\nRUNS\n"
 
 
-@pytest.mark.parametrize("argv, beam", [([], 2), (["--beam", "3"], 3)])
+@pytest.mark.parametrize(
+    "argv, beam",
+    [([], (2, 0.6)), (["--beam", "3"], (3, 0.6)), (["--lenpen", "1.2"], (2, 1.2)), (["--lenpen", "0"], (2, 0.0))],
+)
 def test_translate_searches_with_the_runs_own_beam_unless_given_one(tmp_path, monkeypatch, argv, beam):
     """A run trained with ``train.beam=2`` was scored at beam 2: translating it at fairseq's default 5 would not
-    be the system on the leaderboard."""
+    be the system on the leaderboard; likewise its length penalty (``train.lenpen``)."""
     import sentencepiece
 
-    searched: list[int] = []
+    searched: list[tuple[int, float]] = []
 
     class Task:
         def build_generator(self, models, cfg):
-            searched.append(cfg.beam)
+            searched.append((cfg.beam, cfg.lenpen))
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "checkpoint_last.pt").write_bytes(b"")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "spm.model").write_bytes(b"")
-    (tmp_path / "spec.json").write_text(json.dumps({"data": {"src": "en", "tgt": "de"}, "schedule": {"beam": 2}}))
+    spec = {"data": {"src": "en", "tgt": "de"}, "schedule": {"beam": 2, "lenpen": 0.6}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
     monkeypatch.setattr(translate, "load_model", lambda *a, **k: (None, Task()))
     monkeypatch.setattr(sentencepiece, "SentencePieceProcessor", lambda **k: None)
     monkeypatch.setattr(translate, "setup", lambda verbose=False: None)

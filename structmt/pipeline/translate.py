@@ -16,7 +16,7 @@ from ..attention.options import IMPLS
 from ..checkpoints import checkpoint_state, checkpoint_updates, load_model, model_setting, saved_model_settings
 from ..console import add_verbose_option, setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
-from ..files import DataError, decode_utf8, existing_dir, int_at_least, text_lines
+from ..files import DataError, decode_utf8, existing_dir, existing_file, finite_float, int_at_least, text_lines
 from ..leaderboard_csv import read_rows, short_commit, training
 from ..paths import RESULTS_DIR, ResultsFolder, RunFolder
 from .evaluation import named_test_set, row_file
@@ -45,6 +45,7 @@ class Translator:
         run_dir: Path,
         *,
         beam: int | None = None,
+        lenpen: float | None = None,
         batch_size: int = 64,
         checkpoint: Path | None = None,
         impl: str | None = None,
@@ -63,7 +64,8 @@ class Translator:
         recorded = recorded_settings(run_dir)
         src, tgt = recorded["data"]["src"], recorded["data"]["tgt"]
         beam = beam or recorded.get("schedule", {}).get("beam", Schedule.beam)
-        lenpen = recorded.get("schedule", {}).get("lenpen", Schedule.lenpen)  # as the pipeline decoded its tests
+        if lenpen is None:  # as the pipeline decoded its test sets
+            lenpen = recorded.get("schedule", {}).get("lenpen", Schedule.lenpen)
         kernel = {}
         if impl:  # for the checkpoint's own architecture (another run's may be given), not the run's record
             arch = model_setting(saved_model_settings(checkpoint_state(ckpt)) or {}, "arch") or "?"
@@ -143,8 +145,9 @@ def recorded_average(run_dir: Path) -> int:
 def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[int, str]:
     """What a translation is made with, as a log level and one line: the checkpoint's updates, the training that
     made it (its commit, machine and time, from ``train.json``), and that training's rows in ``leaderboard``.
-    A warning when the training has not finished, or when the leaderboard's rows of the run id are of another
-    training (trained again: the same run id, other weights)."""
+    A warning when the training has not finished, when the weights are not the run's scored model (another
+    folder's checkpoint, or the last one of a run that averages its checkpoints), or when the leaderboard's rows
+    of the run id are of another training (trained again: the same run id, other weights)."""
     run_id, updates, record = run_dir.name, checkpoint_updates(checkpoint), RunFolder(run_dir).metrics
     average = recorded_average(run_dir)
     model = RunFolder(run_dir).model_checkpoint(average)
@@ -212,6 +215,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir", type=existing_dir, help="a run folder made by the pipeline (runs/<run id>)")
     p.add_argument("--beam", type=int_at_least(1), default=None, help="default: the run's own (train.beam)")
     p.add_argument(
+        "--lenpen",
+        type=finite_float,
+        default=None,
+        help="the beam search's length penalty (fairseq's --lenpen; default: the run's own, train.lenpen)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=existing_file,
+        default=None,
+        help="translate with these weights (default: the run's scored model: checkpoint_last.pt, or "
+        "checkpoint_average.pt where the run averages its checkpoints)",
+    )
+    p.add_argument(
         "--batch-size", type=int_at_least(1), default=64, help="sentences per beam-search batch (default: 64)"
     )
     p.add_argument(
@@ -231,7 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     setup(a.verbose)
     run_dir = Path(os.path.abspath(a.run_dir))  # "." is the run of its folder (a link keeps its own name: its id)
     try:  # the run folder first: a wrong one is an error at once, not after stdin is read to its end
-        translator = Translator(run_dir, beam=a.beam, batch_size=a.batch_size, impl=a.struct_impl)
+        translator = Translator(
+            run_dir, beam=a.beam, lenpen=a.lenpen, batch_size=a.batch_size, checkpoint=a.checkpoint, impl=a.struct_impl
+        )
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     try:  # what it is said to be made with: never a reason not to translate
