@@ -36,7 +36,11 @@ the last of an epoch, which it leaves to the epoch's checkpoint ``checkpoint<epo
 the last ``--keep-interval-updates`` checkpoints reached further back than the interval says (checkpoint
 averaging, ``train.average_last``, averaged other updates, or too few).  With structmt loaded and
 ``--no-epoch-checkpoints`` given, that checkpoint is written too (a copy of ``checkpoint_last.pt``), and the
-oldest beyond ``--keep-interval-updates`` removed, as fairseq does after its own interval saves.
+oldest beyond ``--keep-interval-updates`` removed, as fairseq does after its own interval saves.  Where
+fairseq-train's environment sets ``STRUCTMT_SLIM_OLD_CHECKPOINTS=1`` (structmt-run's trainings), the interval
+checkpoints but the newest are rewritten without their optimiser state: kept for their weights, they take a
+third of the room under Adam (``train.average_last`` keeps up to 20 of them); ``checkpoint_last.pt``, which
+training resumes from, and the newest interval one keep it.
 """
 
 from __future__ import annotations
@@ -45,12 +49,14 @@ import functools
 import importlib
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
-from .files import replace_durably
+from .files import atomic_path, replace_durably
 
 
 def import_fairseq_quietly() -> None:
@@ -134,9 +140,15 @@ def copy_checkpoints_whole() -> None:
     PathManager.copy = staticmethod(copy)  # type: ignore[method-assign]
 
 
+#: set to 1 in fairseq-train's environment (structmt-run does): the interval checkpoints older than the newest
+#: are rewritten without their optimiser state (:func:`save_interval_checkpoints_at_epoch_ends`)
+SLIM_OLD_CHECKPOINTS = "STRUCTMT_SLIM_OLD_CHECKPOINTS"
+
+
 def save_interval_checkpoints_at_epoch_ends() -> None:
     """Wrap ``fairseq.checkpoint_utils.save_checkpoint`` so that under ``--no-epoch-checkpoints`` an interval
-    checkpoint due at an epoch's last update is written like any other (idempotent)."""
+    checkpoint due at an epoch's last update is written like any other, and, with :data:`SLIM_OLD_CHECKPOINTS`
+    set, the interval checkpoints but the newest lose their optimiser state (idempotent)."""
     import_fairseq_quietly()
     from fairseq import checkpoint_utils
     from fairseq.file_io import PathManager
@@ -148,25 +160,40 @@ def save_interval_checkpoints_at_epoch_ends() -> None:
     @functools.wraps(original)
     def save_checkpoint(cfg: Any, trainer: Any, epoch_itr: Any, val_loss: Any) -> Any:
         saved = original(cfg, trainer, epoch_itr, val_loss)
-        updates, suffix = trainer.get_num_updates(), trainer.checkpoint_suffix
-        due = cfg.save_interval_updates > 0 and updates > 0 and updates % cfg.save_interval_updates == 0
-        if not (
-            due
-            and epoch_itr.end_of_epoch()
-            and cfg.no_epoch_checkpoints
-            and not cfg.no_save
-            and not cfg.no_last_checkpoints
-            and trainer.should_save_checkpoint_on_current_rank
-        ):
+        if cfg.no_save or not trainer.should_save_checkpoint_on_current_rank:
             return saved
-        last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
-        PathManager.copy(last, os.path.join(cfg.save_dir, f"checkpoint_{epoch_itr.epoch}_{updates}{suffix}.pt"), True)
-        if cfg.keep_interval_updates > 0 and cfg.keep_interval_updates_pattern == -1:
-            kept = checkpoint_utils.checkpoint_paths(cfg.save_dir, pattern=rf"checkpoint_\d+_(\d+){suffix}\.pt")
-            for old in kept[cfg.keep_interval_updates :]:  # newest first
-                if os.path.lexists(old):
-                    os.remove(old)
+        updates, suffix = trainer.get_num_updates(), trainer.checkpoint_suffix
+        intervals = rf"checkpoint_\d+_(\d+){re.escape(suffix)}\.pt"
+        due = cfg.save_interval_updates > 0 and updates > 0 and updates % cfg.save_interval_updates == 0
+        if due and epoch_itr.end_of_epoch() and cfg.no_epoch_checkpoints and not cfg.no_last_checkpoints:
+            last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
+            PathManager.copy(
+                last, os.path.join(cfg.save_dir, f"checkpoint_{epoch_itr.epoch}_{updates}{suffix}.pt"), True
+            )
+            if cfg.keep_interval_updates > 0 and cfg.keep_interval_updates_pattern == -1:
+                for old in checkpoint_utils.checkpoint_paths(cfg.save_dir, pattern=intervals)[
+                    cfg.keep_interval_updates :
+                ]:
+                    if os.path.lexists(old):  # newest first: the oldest beyond those kept, as fairseq removes them
+                        os.remove(old)
+        if os.environ.get(SLIM_OLD_CHECKPOINTS) == "1":
+            for old in checkpoint_utils.checkpoint_paths(cfg.save_dir, pattern=intervals)[1:]:
+                drop_optimizer_state(old)
         return saved
 
     save_checkpoint.saves_epoch_end_intervals = True  # type: ignore[attr-defined]
     checkpoint_utils.save_checkpoint = save_checkpoint
+
+
+def drop_optimizer_state(path: str) -> None:
+    """Rewrite a fairseq checkpoint without its optimiser state (through a temporary file; one without it is left
+    as it is): kept for its weights (checkpoint averaging), it is not resumed from, and the state is twice the
+    weights under Adam."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", mmap=True)
+    if "last_optimizer_state" not in state:
+        return
+    del state["last_optimizer_state"]
+    with atomic_path(Path(path)) as tmp:
+        torch.save(state, tmp)

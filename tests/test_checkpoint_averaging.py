@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from structmt.checkpoints import average_checkpoints, checkpoint_updates, last_checkpoints
+from structmt.fairseq_fixes import SLIM_OLD_CHECKPOINTS
 from structmt.paths import DataFolder, RunFolder
 from structmt.pipeline import evaluation, leaderboard, training, translate
 from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule, own_name
@@ -116,6 +117,7 @@ def _trained(tmp_path: Path, monkeypatch, schedule: Schedule) -> tuple[RunSpec, 
     monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
 
     def train(bin_dir, run_dir, arch, args, env, carried):
+        assert env[SLIM_OLD_CHECKPOINTS] == "1"  # the older interval checkpoints keep their weights alone
         every, keep = (
             int(args[args.index(flag) + 1]) for flag in ("--save-interval-updates", "--keep-interval-updates")
         )
@@ -253,10 +255,13 @@ def test_translate_loads_the_averaged_model_of_an_averaging_run(tmp_path, monkey
         assert translate.Translator(tmp_path).checkpoint == want and loaded[-1] == want
 
 
-def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path):
+@pytest.mark.parametrize("slim", [False, True])
+def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, monkeypatch, slim):
     """fairseq's own save_checkpoint (as fairseq-train calls it) leaves out checkpoint_<epoch>_<updates>.pt where
     the interval's update ends an epoch, under --no-epoch-checkpoints: those weights were in no file once
-    checkpoint_last.pt moved on. With the plugin loaded it is written, and the kept ones are the newest three."""
+    checkpoint_last.pt moved on. With the plugin loaded it is written, and the kept ones are the newest three.
+    In structmt-run's trainings (STRUCTMT_SLIM_OLD_CHECKPOINTS=1) the older ones keep no optimiser state."""
+    monkeypatch.setenv(SLIM_OLD_CHECKPOINTS, "1" if slim else "")
     from fairseq import checkpoint_utils
     from fairseq.dataclass.configs import CheckpointConfig
 
@@ -273,7 +278,9 @@ def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path):
             return self.updates
 
         def save_checkpoint(self, filename, extra_state):
-            torch.save({"updates": self.updates}, filename)
+            torch.save(
+                {"updates": self.updates, "last_optimizer_state": {"step": torch.tensor(self.updates)}}, filename
+            )
 
     class Epochs:
         epoch, ends = 1, False
@@ -296,7 +303,10 @@ def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path):
             assert sorted(p.name for p in tmp_path.iterdir()) == [
                 "checkpoint_1_20.pt", "checkpoint_1_30.pt", "checkpoint_2_40.pt", "checkpoint_last.pt"
             ]  # fmt: skip
-    kept = {p.name: torch.load(p)["updates"] for p in tmp_path.iterdir()}
+    states = {p.name: torch.load(p) for p in tmp_path.iterdir()}
+    kept = {name: state["updates"] for name, state in states.items()}
+    with_optimizer = sorted(name for name, state in states.items() if "last_optimizer_state" in state)
+    assert with_optimizer == (["checkpoint_3_60.pt", "checkpoint_last.pt"] if slim else sorted(states))
     assert kept == {
         "checkpoint_2_40.pt": 40,
         "checkpoint_3_50.pt": 50,

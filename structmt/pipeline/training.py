@@ -20,6 +20,7 @@ from ..data.datasets import default_vocab, prepare_dataset
 from ..data.prepare import PrepConfig
 from ..data.stages import sha256_file
 from ..fairseq_cli import StepError, parse_train_log, train
+from ..fairseq_fixes import SLIM_OLD_CHECKPOINTS
 from ..files import atomic_path, write_text_atomic
 from ..paths import DataFolder, RunFolder
 from ..provenance import git_commit, machine_label
@@ -175,7 +176,8 @@ def _train_locked(spec: RunSpec, run_id: str, runs_dir: Path, data: DataFolder, 
         )
         finished_by = next(reversed(training_sessions(run.train_log)), None)
     else:
-        env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads))
+        # the older interval checkpoints, kept for their weights (train.average_last), without optimiser state
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec.schedule.threads), **{SLIM_OLD_CHECKPOINTS: "1"})
         roles = spec.model.roles_path()
         if roles is not None:  # the run keeps its own copy: decoding and translation load it from there
             copy_atomic(roles, run.roles)
