@@ -3,7 +3,8 @@ the lines structmt itself prints (:func:`say`, :func:`say_once`).
 
 By default a person sees structmt's own lines, warnings and errors, each once and in one
 line (``error: ...``); third-party INFO and DEBUG records, and tracebacks, appear only with
-``-v/--verbose`` (``hydra.verbose=true`` in ``structmt-run``).
+``-v/--verbose`` (``structmt-run`` passes it on as ``hydra.verbose=true``). A SIGTERM to an entry point ends
+the child processes it waits on too (:func:`child_process`), then the entry point, with status 143.
 """
 
 from __future__ import annotations
@@ -11,15 +12,71 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import subprocess
 import sys
 import threading
+import time
 import traceback
 import warnings
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 _lock = threading.Lock()
 _said: set[Hashable] = set()
+#: the child processes an entry point waits on (fairseq-train, fairseq-generate, a seed's process): a SIGTERM to the
+#: entry point alone (``kill PID``, a container's stop) ends them too; they trained on, orphaned, before
+_children: set[subprocess.Popen[Any]] = set()
+
+
+@contextmanager
+def child_process(proc: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """``proc``, ended with this process when a SIGTERM ends it (:func:`setup`), while the block runs."""
+    _children.add(proc)
+    try:
+        yield proc
+    finally:
+        _children.discard(proc)
+
+
+def run_child(cmd: list[str]) -> int:
+    """Run ``cmd`` (its output where this process's goes) as :func:`child_process`; returns its exit status."""
+    with subprocess.Popen(cmd) as proc, child_process(proc):
+        try:
+            return proc.wait()
+        except BaseException:  # as subprocess.run does: the child does not outlive an interrupted wait
+            proc.kill()
+            raise
+
+
+def _exits(pid: int, within: float) -> bool:
+    """Whether process ``pid`` (a child) ends within ``within`` seconds, left for its ``Popen`` to reap: the
+    handler may have interrupted that ``Popen``'s own wait, which holds the lock its ``wait`` and ``poll`` take."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:  # reaped already
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM: pass it on to the child processes (each ends its own; a fairseq-train resumes from its last
+    checkpoint when run again), wait for them (at most 30 s each), and exit with 128 + the signal's number."""
+    children = list(_children)  # no lock: the handler runs between two steps of the main thread, which may hold one
+    for proc in children:
+        proc.terminate()
+    for proc in children:
+        if not _exits(proc.pid, within=30.0):
+            proc.kill()
+    sys.stderr.write(f"terminated (SIGTERM){f': {len(children)} child process(es) stopped' if children else ''}\n")
+    raise SystemExit(128 + signum)
 
 
 def say(message: str) -> None:
@@ -88,6 +145,9 @@ def setup(verbose: bool = False) -> None:
     if not verbose:
         warnings.showwarning = _show_warning
         sys.excepthook = _one_line_error
+    # a handler of a launcher's own (submitit's, in a SLURM job) stays
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .console import say
+from .console import child_process, say
 from .files import atomic_path, write_text_atomic
 from .paths import PLUGIN_DIR, RunFolder
 
@@ -73,7 +73,7 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None, pid_file:
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        with subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env) as proc:
+        with subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env) as proc, child_process(proc):
             try:
                 if pid_file is not None:
                     write_text_atomic(pid_file, f"{proc.pid} {socket.gethostname()}\n")

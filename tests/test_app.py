@@ -143,6 +143,46 @@ def test_an_optuna_study_whose_every_trial_failed_ends_in_one_line_not_a_traceba
     )
 
 
+SOME_FAILED = (
+    "error: 1 of 3 trials of the Optuna study failed (each one's error is printed above); its best is of the others"
+)
+
+
+@pytest.mark.parametrize(
+    "statuses, says", [(["COMPLETED", "COMPLETED"], None), (["COMPLETED", "FAILED", "COMPLETED"], SOME_FAILED)]
+)
+def test_an_optuna_study_with_failed_trials_ends_in_an_error_after_its_best(monkeypatch, statuses, says):
+    """max_failure_rate 1.0 lets a study go on past a failed trial, and it reported its best and exited 0: a script
+    or scheduler took the sweep for whole (the basic sweeper exits 1 with a failed point)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    from structmt.pipeline import app
+
+    reported: list[str] = []
+
+    class Launcher:
+        def launch(self, overrides, initial_job_idx):
+            return [JobReturn(status=JobStatus[status]) for status in overrides]
+
+    def study(self, arguments):  # Optuna's sweep: batches of trials, then its best
+        for batch in (statuses[:2], statuses[2:]):
+            self.launcher.launch(batch, initial_job_idx=0)
+        reported.append("best")
+
+    monkeypatch.setattr(OptunaSweeperImpl, "sweep", study)
+    app._say_when_no_trial_completed()
+    sweeper = OptunaSweeperImpl.__new__(OptunaSweeperImpl)
+    sweeper.launcher = Launcher()
+    if says is None:
+        OptunaSweeperImpl.sweep(sweeper, [])
+    else:
+        with pytest.raises(SystemExit) as e:
+            OptunaSweeperImpl.sweep(sweeper, [])
+        assert str(e.value) == says
+    assert reported == ["best"]
+
+
 @pytest.mark.parametrize("size, dropout, lr", [("base", 0.1, 0.0007), ("big", 0.3, 0.0005)])
 def test_the_paper_schedules_build_the_papers_models(tmp_path, size, dropout, lr):
     """Vaswani et al.'s WMT models share one embedding matrix between source, target and output (the data's
@@ -352,6 +392,12 @@ def test_help_lists_structmts_own_groups_only(tmp_path):
 
 
 SMOKE = ["data=multi30k_smoke", "model=structured_tiny", "train=smoke", "logger=none", "baseline=false"]
+
+
+def test_verbose_is_hydras_verbose_as_the_other_commands_take_it(tmp_path):
+    shown = _run(tmp_path, "-v", "--cfg", "hydra")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert re.search(r"^  verbose: true$", shown.stdout, flags=re.M) and "- hydra.verbose=true" in shown.stdout
 
 
 def test_relative_folders_are_under_the_checkout_whatever_the_current_directory(tmp_path):

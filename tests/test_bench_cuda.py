@@ -123,7 +123,7 @@ def test_every_gpu_command_stops_with_the_plain_message_without_a_gpu(monkeypatc
     main = importlib.import_module(f"structmt.bench.{command}").main
     with pytest.raises(SystemExit) as stop:
         main(argv)
-    assert stop.value.code == common.no_cuda_message(command, available=False)  # a string: exit status 1
+    assert stop.value.code == f"error: {common.no_cuda_message(command, available=False)}"  # a string: exit status 1
 
 
 @pytest.mark.parametrize("command", ["train", "decode"])
@@ -146,7 +146,7 @@ def test_the_cli_without_a_gpu_exits_with_one_line_and_no_traceback():
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("no CUDA device: ") and last.endswith("run it on a GPU machine")
+    assert last.startswith("error: no CUDA device: ") and last.endswith("run it on a GPU machine")
 
 
 def test_report_has_a_gpu_section(tmp_path):

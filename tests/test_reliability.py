@@ -118,6 +118,21 @@ def test_line_break_characters_inside_a_line_become_spaces(tmp_path, capsys):
     assert read_lines(f) == ["Ein Mann", "zwei \ufeffHunde"]  # only the file's first character is a mark
 
 
+def test_structmt_prepare_prints_the_data_bin_alone_on_stdout(tmp_path, monkeypatch, capsys):
+    """``BIN=$(structmt-prepare ...)`` took its progress lines too: they go to stderr."""
+    from structmt.data import cli
+
+    def prepare_dataset(name, out_dir, cfg, base_url):
+        print("[data] Multi30k source: offline mirror")
+        return out_dir / "bin"
+
+    monkeypatch.setattr(cli, "prepare_dataset", prepare_dataset)
+    monkeypatch.setattr(cli, "setup", lambda verbose=False: None)
+    cli.main([str(tmp_path / "m30k")])
+    out, err = capsys.readouterr()
+    assert out == f"{tmp_path / 'm30k' / 'bin'}\n" and "[data] Multi30k source: offline mirror" in err
+
+
 def test_a_data_folder_with_a_comma_or_a_vocabulary_sentencepiece_cannot_train_is_named(tmp_path, capsys):
     from structmt.data.cli import main
 
@@ -582,3 +597,42 @@ def test_a_blank_source_line_gets_a_blank_hypothesis_as_structmt_translate_gives
     monkeypatch.setattr(fairseq_cli, "_sentences", lambda bin_dir, subset: 3)
     out = decode(tmp_path, tmp_path / "c.pt", "test", tmp_path / "test.de")
     assert out.read_text() == "A B\n\n\n"
+
+
+_TRAINS = """
+import sys, threading
+from pathlib import Path
+from structmt.console import setup
+from structmt.fairseq_cli import _run
+setup()
+pid_file = Path(sys.argv[1])
+child = f"import os, time; open({str(pid_file)!r} + '.tmp', 'w').write(str(os.getpid())); "
+child += f"os.replace({str(pid_file)!r} + '.tmp', {str(pid_file)!r}); time.sleep(300)"
+cmd = [sys.executable, "-c", child]
+if sys.argv[2] == "thread":  # as a recipe trains its pair, one thread each
+    thread = threading.Thread(target=_run, args=(cmd, pid_file.with_suffix(".log")), daemon=True)
+    thread.start()
+    thread.join()
+else:
+    _run(cmd, pid_file.with_suffix(".log"))
+"""
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_a_sigterm_to_the_command_alone_ends_its_training_too(tmp_path, where):
+    """``kill PID`` or a container's stop signals the command alone: its fairseq-train child, reparented, trained
+    on to the end (using the GPU, writing checkpoints) after the command had exited 143."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    command = subprocess.Popen([sys.executable, "-c", _TRAINS, str(pid_file), where], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not pid_file.exists() and time.time() < deadline and command.poll() is None:
+        time.sleep(0.2)
+    child = int(pid_file.read_text())
+    command.send_signal(signal.SIGTERM)
+    assert command.wait(timeout=20) == 143  # the child asked to end (SIGTERM), not killed after 30 s
+    assert "terminated (SIGTERM): 1 child process(es) stopped" in command.stderr.read()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # ended (and reaped: its parent waited for it)

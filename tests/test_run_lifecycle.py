@@ -222,8 +222,7 @@ def test_a_headline_recipe_refuses_a_dirty_tree_unless_allowed(tmp_path, monkeyp
 def test_each_seed_is_a_process_of_its_own_with_every_option_passed_on(tmp_path, monkeypatch):
     commands: list[list[str]] = []
     codes = iter([0, 1, 0])
-    monkeypatch.setattr(recipes.subprocess, "run", lambda cmd: commands.append(cmd) or subprocess.CompletedProcess(
-        cmd, next(codes)))  # fmt: skip
+    monkeypatch.setattr(recipes, "run_child", lambda cmd: commands.append(cmd) or next(codes))
     monkeypatch.setattr(recipes, "compare", lambda *a, **k: pytest.fail("compared in the parent process"))
     runs, results = str(tmp_path / "r"), str(tmp_path / "s")
     argv = ["demo", "--seeds", "6", "5", "4", "--max-update", "5", "--train-only", "--allow-dirty", "-v"]

@@ -237,7 +237,7 @@ def require_cuda(command: str) -> None:
     """Exit with :func:`no_cuda_message` (status 1, one line on stderr, no traceback) without a GPU."""
     message = no_cuda_message(command)
     if message is not None:
-        sys.exit(message)
+        sys.exit(f"error: {message}")  # as every other command's errors
 
 
 def goal_table(goals: list[dict]) -> list[str]:

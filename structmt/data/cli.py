@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         mirror=mirror,
     )
     try:
-        out = prepare_dataset(a.data, a.out_dir, cfg, a.base_url)
+        with contextlib.redirect_stdout(sys.stderr):  # its progress: stdout holds the result alone (BIN=$(...))
+            out = prepare_dataset(a.data, a.out_dir, cfg, a.base_url)
     except DataError as err:
         sys.exit(f"error: {err}")
     print(out)

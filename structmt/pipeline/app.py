@@ -509,8 +509,12 @@ def misspelt_keys(argv: list[str]) -> list[str]:
 def _say_when_no_trial_completed() -> None:
     """Wrap the Optuna sweeper's ``sweep`` (idempotent): a study whose every trial failed (``max_failure_rate: 1.0``
     lets it go on) asked Optuna for its best trial and ended in a traceback of "No trials are completed yet",
-    after each trial's own error. It ends with one line saying so instead."""
+    after each trial's own error. It ends with one line saying so instead; a study some of whose trials failed
+    ends with an error too (exit 1, as the basic sweeper's with a failed point), once its best is reported. Optuna's
+    own log lines go through the console's handler (no colour codes in a log file; shown with hydra.verbose)."""
     try:
+        import optuna
+        from hydra.core.utils import JobStatus
         from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
     except ImportError:  # no Optuna sweeper: +sweep=optuna_wr says so itself
         return
@@ -520,8 +524,19 @@ def _say_when_no_trial_completed() -> None:
 
     @functools.wraps(original)
     def sweep(self: Any, arguments: list[str]) -> None:
+        optuna.logging.disable_default_handler()
+        optuna.logging.enable_propagation()
+        launched: list[Any] = []
+        launch = self.launcher.launch
+
+        def recorded(overrides: Any, initial_job_idx: int) -> Any:
+            returns = launch(overrides, initial_job_idx=initial_job_idx)
+            launched.extend(returns)
+            return returns
+
+        self.launcher.launch = recorded
         try:
-            return original(self, arguments)
+            original(self, arguments)
         except ValueError as err:
             if "No trials are completed yet" not in str(err):
                 raise
@@ -529,6 +544,13 @@ def _say_when_no_trial_completed() -> None:
                 "error: every trial of the Optuna study failed (each one's error is printed above): mend what they "
                 "say and run the sweep again"
             ) from None
+        finally:
+            self.launcher.launch = launch
+        if failed := [r for r in launched if r.status == JobStatus.FAILED]:
+            raise SystemExit(
+                f"error: {len(failed)} of {len(launched)} trials of the Optuna study failed (each one's error is "
+                "printed above); its best is of the others"
+            )
 
     sweep.says_no_trial_completed = True  # type: ignore[attr-defined]
     OptunaSweeperImpl.sweep = sweep  # type: ignore[method-assign]
@@ -538,6 +560,9 @@ def main() -> None:
     """``structmt-run``: Hydra composes ``conf/`` (and nothing fairseq stored) and runs :func:`hydra_main`."""
     if problem := checkout_problem("structmt-run"):
         raise SystemExit(f"error: {problem}")
+    if verbose := [arg for arg in sys.argv[1:] if arg in ("-v", "--verbose")]:  # as the other commands take it:
+        # Hydra's hydra.verbose=true, after the other overrides (Hydra reads them as one list after its options)
+        sys.argv[1:] = [arg for arg in sys.argv[1:] if arg not in verbose] + ["hydra.verbose=true"]
     if bad := misspelt_keys(sys.argv[1:]):
         raise SystemExit("error: invalid configuration: " + "; ".join(bad))
     for arg in sys.argv[1:]:  # Hydra makes its folders under runs_dir before the run's checks (a traceback)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -22,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..console import add_verbose_option, setup
+from ..console import add_verbose_option, run_child, setup
 from ..fairseq_cli import StepError
 from ..files import DataError, int_at_least
 from ..leaderboard_csv import read_rows, short_commit
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         failed = []  # a seed that fails leaves the others to run: an overnight run keeps what it can
         for seed in a.seeds:  # one process per seed pair: nothing carries over from one seed to the next
             cmd = [sys.executable, "-m", "structmt.pipeline.recipes", a.recipe, "--seeds", str(seed), *_passed_on(a)]
-            if subprocess.run(cmd).returncode:
+            if run_child(cmd):
                 failed.append(seed)
                 log.error(f"seed {seed} failed (command: {' '.join(cmd)}); going on with the other seeds")
         if failed:
