@@ -266,7 +266,9 @@ def last_checkpoints(run: RunFolder, count: int, interval: int) -> list[Path]:
 
 def tied_weights(weights: dict[str, torch.Tensor]) -> dict[str, str]:
     """Each weight's name → the first name of a tensor that is the same view of the same memory: fairseq saves
-    tied embeddings (``--share-all-embeddings``: encoder, decoder and output projection) once, under three names."""
+    tied embeddings (``--share-all-embeddings``: encoder, decoder and output projection) once under three names
+    when the model's tensors were on the CPU in fp32 (its save moves each tensor to the CPU apart: from a GPU, or
+    cast from fp16/bf16, they are three copies, averaged and saved as three)."""
     seen: dict[tuple[Any, ...], str] = {}
     first = {}
     for name, t in weights.items():
@@ -277,9 +279,11 @@ def tied_weights(weights: dict[str, torch.Tensor]) -> dict[str, str]:
 
 def average_checkpoints(checkpoints: list[Path], out: Path) -> list[int]:
     """Write to ``out`` (through a temporary file) the first of ``checkpoints`` with its model weights replaced by
-    the mean of theirs (as fairseq's ``scripts/average_checkpoints.py``: float weights averaged in float64, kept in
-    float32 or wider; other tensors must agree; tied weights averaged and saved once), without its optimiser
-    state. Returns each one's updates."""
+    the mean of theirs, without its optimiser state; returns each one's updates. Float weights are summed in
+    float64 (fairseq's ``scripts/average_checkpoints.py`` sums in float32) and kept in float32 or wider, as that
+    script keeps them; other tensors must agree; weights that share memory in the first checkpoint (tied
+    embeddings, where fairseq saved them so: a checkpoint written on the CPU in fp32) are averaged and saved once,
+    as they were saved."""
     total: dict[str, torch.Tensor] = {}
     updates, first, tied = [], None, {}
     for path in checkpoints:

@@ -4,7 +4,7 @@ the lines structmt itself prints (:func:`say`, :func:`say_once`).
 By default a person sees structmt's own lines, warnings and errors, each once and in one
 line (``error: ...``); third-party INFO and DEBUG records, and tracebacks, appear only with
 ``-v/--verbose`` (``structmt-run`` passes it on as ``hydra.verbose=true``). A SIGTERM to an entry point ends
-the child processes it waits on too (:func:`child_process`), then the entry point, with status 143.
+the child processes it waits on too (:func:`child_process`), then the entry point, by the signal (143 in a shell).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ _said: set[Hashable] = set()
 #: the child processes an entry point waits on (fairseq-train, fairseq-generate, a seed's process): a SIGTERM to the
 #: entry point alone (``kill PID``, a container's stop) ends them too; they trained on, orphaned, before
 _children: set[subprocess.Popen[Any]] = set()
+#: set by the SIGTERM handler: a child started after it (by a thread that was waiting on a lock) is ended at once
+_terminating = threading.Event()
 
 
 @contextmanager
@@ -36,6 +38,8 @@ def child_process(proc: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]
     """``proc``, ended with this process when a SIGTERM ends it (:func:`setup`), while the block runs."""
     _children.add(proc)
     try:
+        if _terminating.is_set():  # started while the handler ended the others: end it too
+            proc.terminate()
         yield proc
     finally:
         _children.discard(proc)
@@ -68,15 +72,24 @@ def _exits(pid: int, within: float) -> bool:
 
 def _terminated(signum: int, frame: object) -> None:
     """SIGTERM: pass it on to the child processes (each ends its own; a fairseq-train resumes from its last
-    checkpoint when run again), wait for them (at most 30 s each), and exit with 128 + the signal's number."""
+    checkpoint when run again) and wait for them (at most 30 s each), then end this process by the signal, as
+    without this handler (its threads with it: none starts a child meanwhile, :func:`child_process`)."""
+    _terminating.set()
     children = list(_children)  # no lock: the handler runs between two steps of the main thread, which may hold one
     for proc in children:
         proc.terminate()
     for proc in children:
         if not _exits(proc.pid, within=30.0):
             proc.kill()
-    sys.stderr.write(f"terminated (SIGTERM){f': {len(children)} child process(es) stopped' if children else ''}\n")
-    raise SystemExit(128 + signum)
+        try:  # reaped here (its Popen's wait may be the one this handler interrupted): no zombie left behind
+            os.waitpid(proc.pid, 0)
+        except ChildProcessError:  # its Popen reaped it
+            pass
+    if children:
+        sys.stderr.write(f"terminated (SIGTERM): {len(children)} child process(es) stopped\n")
+        sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def say(message: str) -> None:

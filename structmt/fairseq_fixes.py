@@ -159,22 +159,25 @@ def save_interval_checkpoints_at_epoch_ends() -> None:
 
     @functools.wraps(original)
     def save_checkpoint(cfg: Any, trainer: Any, epoch_itr: Any, val_loss: Any) -> Any:
-        saved = original(cfg, trainer, epoch_itr, val_loss)
-        if cfg.no_save or not trainer.should_save_checkpoint_on_current_rank:
-            return saved
-        updates, suffix = trainer.get_num_updates(), trainer.checkpoint_suffix
+        ours = not cfg.no_save and trainer.should_save_checkpoint_on_current_rank
+        suffix = trainer.checkpoint_suffix
+        last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
         intervals = rf"checkpoint_\d+_(\d+){re.escape(suffix)}\.pt"
+        epoch_ends = cfg.save_interval_updates > 0 and cfg.no_epoch_checkpoints and not cfg.no_last_checkpoints
+        if ours and epoch_ends and os.path.isfile(last):  # a process killed between the two saves below: copy now
+            _copy_a_due_interval_checkpoint(last, cfg.save_interval_updates, intervals, suffix, PathManager)
+        saved = original(cfg, trainer, epoch_itr, val_loss)
+        if not ours:
+            return saved
+        updates = trainer.get_num_updates()
         due = cfg.save_interval_updates > 0 and updates > 0 and updates % cfg.save_interval_updates == 0
-        if due and epoch_itr.end_of_epoch() and cfg.no_epoch_checkpoints and not cfg.no_last_checkpoints:
-            last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
-            PathManager.copy(
-                last, os.path.join(cfg.save_dir, f"checkpoint_{epoch_itr.epoch}_{updates}{suffix}.pt"), True
-            )
+        if due and epoch_itr.end_of_epoch() and epoch_ends:
+            named = os.path.join(cfg.save_dir, f"checkpoint_{epoch_itr.epoch}_{updates}{suffix}.pt")
+            PathManager.copy(last, named, True)
             if cfg.keep_interval_updates > 0 and cfg.keep_interval_updates_pattern == -1:
-                for old in checkpoint_utils.checkpoint_paths(cfg.save_dir, pattern=intervals)[
-                    cfg.keep_interval_updates :
-                ]:
-                    if os.path.lexists(old):  # newest first: the oldest beyond those kept, as fairseq removes them
+                kept = checkpoint_utils.checkpoint_paths(cfg.save_dir, pattern=intervals)  # newest first
+                for old in kept[cfg.keep_interval_updates :]:  # the oldest beyond those kept, as fairseq removes them
+                    if os.path.lexists(old):
                         os.remove(old)
         if os.environ.get(SLIM_OLD_CHECKPOINTS) == "1":
             for old in checkpoint_utils.checkpoint_paths(cfg.save_dir, pattern=intervals)[1:]:
@@ -183,6 +186,26 @@ def save_interval_checkpoints_at_epoch_ends() -> None:
 
     save_checkpoint.saves_epoch_end_intervals = True  # type: ignore[attr-defined]
     checkpoint_utils.save_checkpoint = save_checkpoint
+
+
+def _copy_a_due_interval_checkpoint(last: str, interval: int, intervals: str, suffix: str, files: Any) -> None:
+    """Copy ``checkpoint_last.pt`` to its interval name where it holds an interval's update that no interval
+    checkpoint holds: an epoch's end saved it, and the process was killed before it was copied (the resumed run's
+    last checkpoints to average would lack that update)."""
+    import torch
+
+    state = torch.load(last, map_location="cpu", mmap=True)
+    try:
+        updates = int(state["optimizer_history"][-1]["num_updates"])
+    except (KeyError, IndexError, TypeError, ValueError):  # not fairseq-train's: fairseq's own load says so
+        return
+    if updates <= 0 or updates % interval:
+        return
+    folder = os.path.dirname(last)
+    if any((m := re.fullmatch(intervals, name)) and int(m[1]) == updates for name in os.listdir(folder)):
+        return
+    epoch = ((state.get("extra_state") or {}).get("train_iterator") or {}).get("epoch", 0)
+    files.copy(last, os.path.join(folder, f"checkpoint_{epoch}_{updates}{suffix}.pt"), True)
 
 
 def drop_optimizer_state(path: str) -> None:

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from structmt.checkpoints import average_checkpoints, checkpoint_updates, last_checkpoints
+from structmt.fairseq_cli import StepError
 from structmt.fairseq_fixes import SLIM_OLD_CHECKPOINTS
 from structmt.paths import DataFolder, RunFolder
 from structmt.pipeline import evaluation, leaderboard, training, translate
-from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule, own_name
+from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule, own_name, recorded_average_last
 
 quiet = lambda msg: None  # noqa: E731
 
@@ -152,6 +153,14 @@ def test_a_trained_run_decodes_the_average_of_its_last_checkpoints_and_records_t
     assert torch.equal(torch.load(run.averaged_checkpoint)["model"]["encoder.w"], weights)
 
 
+def test_a_schedule_that_saves_too_few_checkpoints_is_refused_before_training(tmp_path, monkeypatch):
+    """structmt-run's configuration refuses it; a direct caller of train_run (a recipe, a script) too."""
+    spec, run = _trained(tmp_path, monkeypatch, Schedule(max_update=50, save_interval=20, average_last=4))
+    with pytest.raises(StepError, match=r"train.average_last=4: train.max_update=50 saves 3 checkpoints"):
+        training.train_run(spec, runs_dir=tmp_path, log=quiet)
+    assert not run.path.exists()
+
+
 def test_a_run_that_averages_nothing_keeps_one_interval_checkpoint_and_decodes_its_last(tmp_path, monkeypatch):
     spec, run = _trained(tmp_path, monkeypatch, Schedule(max_update=50, save_interval=20))
     metrics = training.train_run(spec, runs_dir=tmp_path, log=quiet)
@@ -193,7 +202,7 @@ def test_every_decode_of_an_averaging_run_reads_the_averaged_checkpoint(tmp_path
     assert start.finetune_checkpoint(tmp_path / "runs") == run.averaged_checkpoint
 
 
-def test_translate_uses_the_averaged_model_and_says_so_and_warns_for_another_checkpoint(tmp_path):
+def test_translate_says_it_uses_the_averaged_model_and_warns_for_another_checkpoint(tmp_path):
     run = RunFolder(tmp_path / "multi30k_en_de-paper_base-dense-0000abcd")
     spec = RunSpec(schedule=Schedule(max_update=600, average_last=3))
     _checkpoint(run.last_checkpoint, 600, 1.0)
@@ -214,9 +223,9 @@ def test_translate_uses_the_averaged_model_and_says_so_and_warns_for_another_che
         "with, is the average of its last 3 checkpoints (checkpoint_average.pt): no leaderboard row is of these "
         "weights",
     )
-    assert translate.recorded_average(run.path) == 3
+    assert recorded_average_last(run.path) == 3
     run.spec.write_text(json.dumps({"data": {"src": "en", "tgt": "de"}, "schedule": {"beam": 4}}))  # an older run's
-    assert translate.recorded_average(run.path) == 1
+    assert recorded_average_last(run.path) == 1
 
 
 def test_averaging_makes_the_save_interval_part_of_the_run(tmp_path):
@@ -255,12 +264,13 @@ def test_translate_loads_the_averaged_model_of_an_averaging_run(tmp_path, monkey
         assert translate.Translator(tmp_path).checkpoint == want and loaded[-1] == want
 
 
-@pytest.mark.parametrize("slim", [False, True])
-def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, monkeypatch, slim):
+@pytest.mark.parametrize("slim, killed", [(False, False), (True, False), (False, True)])
+def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, monkeypatch, slim, killed):
     """fairseq's own save_checkpoint (as fairseq-train calls it) leaves out checkpoint_<epoch>_<updates>.pt where
     the interval's update ends an epoch, under --no-epoch-checkpoints: those weights were in no file once
     checkpoint_last.pt moved on. With the plugin loaded it is written, and the kept ones are the newest three.
-    In structmt-run's trainings (STRUCTMT_SLIM_OLD_CHECKPOINTS=1) the older ones keep no optimiser state."""
+    In structmt-run's trainings (STRUCTMT_SLIM_OLD_CHECKPOINTS=1) the older ones keep no optimiser state. A process
+    killed between the epoch's save and that copy has it made by the next save (its resume)."""
     monkeypatch.setenv(SLIM_OLD_CHECKPOINTS, "1" if slim else "")
     from fairseq import checkpoint_utils
     from fairseq.dataclass.configs import CheckpointConfig
@@ -278,9 +288,9 @@ def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, m
             return self.updates
 
         def save_checkpoint(self, filename, extra_state):
-            torch.save(
-                {"updates": self.updates, "last_optimizer_state": {"step": torch.tensor(self.updates)}}, filename
-            )
+            history, optimizer = [{"num_updates": self.updates}], {"step": torch.tensor(self.updates)}
+            state = {"updates": self.updates, "optimizer_history": history, "last_optimizer_state": optimizer}
+            torch.save(state | {"extra_state": extra_state}, filename)
 
     class Epochs:
         epoch, ends = 1, False
@@ -289,7 +299,7 @@ def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, m
             return self.ends
 
         def state_dict(self):
-            return {}
+            return {"epoch": self.epoch}
 
     cfg = CheckpointConfig(
         save_dir=str(tmp_path), save_interval_updates=10, keep_interval_updates=3, no_epoch_checkpoints=True
@@ -299,6 +309,8 @@ def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, m
                                  (50, 3, False), (60, 3, True)]:  # fmt: skip
         trainer.updates, epochs.epoch, epochs.ends = updates, epoch, ends
         checkpoint_utils.save_checkpoint(cfg, trainer, epochs, None)
+        if updates == 30 and killed:  # before the copy to checkpoint_1_30.pt
+            (tmp_path / "checkpoint_1_30.pt").unlink()
         if updates == 40:
             assert sorted(p.name for p in tmp_path.iterdir()) == [
                 "checkpoint_1_20.pt", "checkpoint_1_30.pt", "checkpoint_2_40.pt", "checkpoint_last.pt"

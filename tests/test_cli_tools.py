@@ -650,7 +650,9 @@ def test_translate_warns_for_a_leaderboard_it_cannot_read_and_a_checkpoint_of_an
     ],
 )
 def test_translate_names_a_spec_json_that_is_not_a_runs_settings(tmp_path, text, says):
+    from structmt.pipeline.spec import read_spec
+
     (tmp_path / "spec.json").write_text(text)
     with pytest.raises(ValueError) as e:
-        translate.recorded_settings(tmp_path)
+        read_spec(tmp_path)
     assert str(e.value).startswith(f"{tmp_path / 'spec.json'}: not the settings structmt-run writes ({says}")

@@ -609,6 +609,10 @@ pid_file = Path(sys.argv[1])
 child = f"import os, time; open({str(pid_file)!r} + '.tmp', 'w').write(str(os.getpid())); "
 child += f"os.replace({str(pid_file)!r} + '.tmp', {str(pid_file)!r}); time.sleep(300)"
 cmd = [sys.executable, "-c", child]
+if sys.argv[2] == "idle":  # no child: ended by the signal as without the handler
+    pid_file.write_text("0")
+    import time
+    time.sleep(300)
 if sys.argv[2] == "thread":  # as a recipe trains its pair, one thread each
     thread = threading.Thread(target=_run, args=(cmd, pid_file.with_suffix(".log")), daemon=True)
     thread.start()
@@ -618,7 +622,7 @@ else:
 """
 
 
-@pytest.mark.parametrize("where", ["main", "thread"])
+@pytest.mark.parametrize("where", ["main", "thread", "idle"])
 def test_a_sigterm_to_the_command_alone_ends_its_training_too(tmp_path, where):
     """``kill PID`` or a container's stop signals the command alone: its fairseq-train child, reparented, trained
     on to the end (using the GPU, writing checkpoints) after the command had exited 143."""
@@ -632,7 +636,20 @@ def test_a_sigterm_to_the_command_alone_ends_its_training_too(tmp_path, where):
         time.sleep(0.2)
     child = int(pid_file.read_text())
     command.send_signal(signal.SIGTERM)
-    assert command.wait(timeout=20) == 143  # the child asked to end (SIGTERM), not killed after 30 s
-    assert "terminated (SIGTERM): 1 child process(es) stopped" in command.stderr.read()
+    assert command.wait(timeout=20) == -signal.SIGTERM  # the child asked to end (SIGTERM), not killed after 30 s
+    said = command.stderr.read()
+    if where == "idle":
+        assert said == ""
+        return
+    assert "terminated (SIGTERM): 1 child process(es) stopped\n" in said
     with pytest.raises(ProcessLookupError):
-        os.kill(child, 0)  # ended (and reaped: its parent waited for it)
+        os.kill(child, 0)  # ended and reaped
+
+
+def test_a_child_started_while_the_command_is_being_terminated_is_ended_at_once(monkeypatch):
+    """A thread that waited on a run's lock starts its fairseq-train after the SIGTERM handler ended the others."""
+    from structmt import console
+
+    monkeypatch.setattr(console, "_terminating", terminating := __import__("threading").Event())
+    terminating.set()
+    assert console.run_child([sys.executable, "-c", "import time; time.sleep(60)"]) == -15

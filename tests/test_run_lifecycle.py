@@ -245,7 +245,8 @@ def test_a_pairs_failed_training_is_said_while_the_other_trains_and_both_failure
     dense, structured = pair("demo", Schedule(max_update=5))
     said = threading.Event()
     monkeypatch.setattr(recipes, "prepare_data", lambda spec, runs_dir: None)
-    monkeypatch.setattr(recipes.log, "error", lambda message: said.set())
+    errors: list[str] = []
+    monkeypatch.setattr(recipes.log, "error", lambda message: errors.append(message) or said.set())
     seen: list[bool] = []
 
     def train_run(spec, runs_dir):
@@ -261,6 +262,7 @@ def test_a_pairs_failed_training_is_said_while_the_other_trains_and_both_failure
     with pytest.raises(StepError, match="^dense broke$"):
         recipes.compare(dense, structured, runs_dir=tmp_path, results_dir=tmp_path)
     assert seen == [True]
+    assert errors == [f"[{dense.run_id()}] training failed: dense broke; the other training goes on"]
     fail_both, said = True, threading.Event()
     with pytest.raises(StepError) as e:
         recipes.compare(dense, structured, runs_dir=tmp_path, results_dir=tmp_path)

@@ -47,6 +47,7 @@ from .spec import (
     ModelSpec,
     RunSpec,
     Schedule,
+    averaging_problems,
     named_for_start,
     own_name,
     read_spec,
@@ -295,25 +296,6 @@ def pipeline_options(schedule: Schedule) -> dict[str, str]:
             name = _RENAMED.get(arg, arg[2:].replace("-", "_"))
             options[arg] = f"train.{name}" if name in keys else ""
     return options | {arg: "train.precision" for args in PRECISIONS.values() for arg in args}
-
-
-def averaging_problems(count: int, interval: int, max_update: int) -> list[str]:
-    """``train.average_last`` checkpoints that the training would not save: they are ``train.save_interval``
-    updates apart, the last one at ``train.max_update``."""
-    if count <= 1 or max_update <= 0:
-        return []
-    if interval <= 0:
-        return [
-            f"train.average_last={count} averages checkpoints train.save_interval updates apart, and "
-            f"train.save_interval={interval} saves none: set it > 0"
-        ]
-    saved = max_update // interval + (max_update % interval > 0)  # every interval, and the last update
-    if saved < count:
-        return [
-            f"train.average_last={count}: train.max_update={max_update} saves {saved} checkpoints "
-            f"train.save_interval={interval} updates apart; lower train.save_interval or train.average_last"
-        ]
-    return []
 
 
 def extra_args_problems(schedule: Schedule) -> list[str]:

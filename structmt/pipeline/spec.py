@@ -187,7 +187,7 @@ class Schedule:
                 f"train.finetune_from={self.finetune_from}: no finished run of that id in {runs_dir} "
                 "(train it first, or give a checkpoint file ending in .pt)"
             )
-        return run.model_checkpoint(read_spec(run.path).schedule.average_last if run.spec.is_file() else 1)
+        return run_model_checkpoint(run.path)
 
     def log_interval(self) -> int:
         """Updates between fairseq's progress lines (and so the pipeline's): every 2 % of the run, at most 50."""
@@ -209,6 +209,25 @@ class Schedule:
             "--distributed-world-size", str(self.world_size), *PRECISIONS[self.precision], *self.extra_args,
         ]
         # fmt: on
+
+
+def averaging_problems(count: int, interval: int, max_update: int) -> list[str]:
+    """``train.average_last`` checkpoints that the training would not save: they are ``train.save_interval``
+    updates apart, the last one at ``train.max_update``."""
+    if count <= 1 or max_update <= 0:
+        return []
+    if interval <= 0:
+        return [
+            f"train.average_last={count} averages checkpoints train.save_interval updates apart, and "
+            f"train.save_interval={interval} saves none: set it > 0"
+        ]
+    saved = max_update // interval + (max_update % interval > 0)  # every interval, and the last update
+    if saved < count:
+        return [
+            f"train.average_last={count}: train.max_update={max_update} saves {saved} checkpoints "
+            f"train.save_interval={interval} updates apart; lower train.save_interval or train.average_last"
+        ]
+    return []
 
 
 #: ``train.precision`` → its fairseq-train options
@@ -377,9 +396,28 @@ def checked(cls: type[T], values: Any) -> T:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))  # type: ignore[return-value]
 
 
+def recorded_average_last(run_dir: Path) -> int:
+    """The ``train.average_last`` a run folder's ``spec.json`` records (1 where the folder has none)."""
+    return read_spec(run_dir).schedule.average_last if RunFolder(run_dir).spec.is_file() else 1
+
+
+def run_model_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run folder's test sets were decoded with, which a translation and a fine-tune from it
+    read: its last one, or its last ones averaged (:func:`recorded_average_last`)."""
+    return RunFolder(run_dir).model_checkpoint(recorded_average_last(run_dir))
+
+
 def read_spec(run_dir: Path) -> RunSpec:
     """The :class:`RunSpec` a run was trained with (its ``spec.json``)."""
     path = RunFolder(run_dir).spec
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a structmt run folder?")
-    return checked(RunSpec, json.loads(path.read_text()))
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        values["data"]["src"], values["data"]["tgt"]  # noqa: B018 (its direction: never the defaults' in silence)
+        return checked(RunSpec, values)  # keys added since an older run wrote it: their defaults
+    except Exception as err:  # noqa: BLE001 - JSON, a missing key, OmegaConf's type and key errors
+        raise ValueError(
+            f"{path}: not the settings structmt-run writes ({type(err).__name__}: {err}); restore it from the run "
+            "that trained the folder, or train the run again"
+        ) from None

@@ -24,7 +24,7 @@ from ..fairseq_fixes import SLIM_OLD_CHECKPOINTS
 from ..files import atomic_path, write_text_atomic
 from ..paths import DataFolder, RunFolder
 from ..provenance import git_commit, machine_label
-from .spec import DataSpec, RunSpec
+from .spec import DataSpec, RunSpec, averaging_problems
 
 
 def copy_atomic(src: Path, dest: Path) -> None:
@@ -95,6 +95,9 @@ def train_run(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> dict[str, A
 
     Holds the run's lock, so two jobs of a sweep never train the same run at once.
     """
+    s = spec.schedule  # checked by structmt-run's configuration too; here for every other caller, before any work
+    if problems := averaging_problems(s.average_last, s.save_interval, s.max_update):
+        raise StepError(problems[0])
     git_commit()  # pin the commit of the code that trains
     data = prepare_data(spec, runs_dir)
     run_id = spec.run_id()  # once: it hashes the roles file's content, which another job may rewrite meanwhile

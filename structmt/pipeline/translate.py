@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..attention.options import IMPLS
 from ..checkpoints import checkpoint_state, checkpoint_updates, load_model, model_setting, saved_model_settings
@@ -20,7 +19,7 @@ from ..files import DataError, decode_utf8, existing_dir, existing_file, finite_
 from ..leaderboard_csv import read_rows, short_commit, training
 from ..paths import RESULTS_DIR, ResultsFolder, RunFolder
 from .evaluation import named_test_set, row_file
-from .spec import ModelSpec, Schedule, read_spec
+from .spec import ModelSpec, read_spec, recorded_average_last, run_model_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +55,16 @@ class Translator:
 
         run_dir = Path(run_dir)
         run = RunFolder(run_dir)
-        ckpt = checkpoint or run.model_checkpoint(recorded_average(run_dir))  # the model its test sets were scored with
+        ckpt = checkpoint or run_model_checkpoint(run_dir)  # the model its test sets were scored with
         folder = run.model
         for path in (ckpt, run.spm_model):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found: is {run_dir} a finished structmt run folder?")
-        recorded = recorded_settings(run_dir)
-        src, tgt = recorded["data"]["src"], recorded["data"]["tgt"]
-        beam = beam or recorded.get("schedule", {}).get("beam", Schedule.beam)
+        recorded = read_spec(run_dir)  # a run of older code: the settings added since at their defaults
+        src, tgt = recorded.data.src, recorded.data.tgt
+        beam = beam or recorded.schedule.beam
         if lenpen is None:  # as the pipeline decoded its test sets
-            lenpen = recorded.get("schedule", {}).get("lenpen", Schedule.lenpen)
+            lenpen = recorded.schedule.lenpen
         kernel = {}
         if impl:  # for the checkpoint's own architecture (another run's may be given), not the run's record
             arch = model_setting(saved_model_settings(checkpoint_state(ckpt)) or {}, "arch") or "?"
@@ -118,30 +117,6 @@ class Translator:
         return out
 
 
-def recorded_settings(run_dir: Path) -> dict[str, Any]:
-    """A run folder's ``spec.json`` as written (a run of older code lacks the keys added since: read them with
-    their defaults); one that is not a run's settings is a ``ValueError`` naming it."""
-    path = RunFolder(run_dir).spec
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a structmt run folder?")
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        recorded["data"]["src"], recorded["data"]["tgt"]  # noqa: B018 (the keys a translation needs)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"{path}: not the settings structmt-run writes ({type(err).__name__}: {err}); restore it from the run "
-            "that trained the folder, or train the run again"
-        ) from None
-    return recorded
-
-
-def recorded_average(run_dir: Path) -> int:
-    """The ``train.average_last`` a run folder's ``spec.json`` records (1 where it has none: older runs)."""
-    if not RunFolder(run_dir).spec.is_file():
-        return 1
-    return recorded_settings(run_dir).get("schedule", {}).get("average_last", 1)
-
-
 def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[int, str]:
     """What a translation is made with, as a log level and one line: the checkpoint's updates, the training that
     made it (its commit, machine and time, from ``train.json``), and that training's rows in ``leaderboard``.
@@ -149,7 +124,7 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
     folder's checkpoint, or the last one of a run that averages its checkpoints), or when the leaderboard's rows
     of the run id are of another training (trained again: the same run id, other weights)."""
     run_id, updates, record = run_dir.name, checkpoint_updates(checkpoint), RunFolder(run_dir).metrics
-    average = recorded_average(run_dir)
+    average = recorded_average_last(run_dir)
     model = RunFolder(run_dir).model_checkpoint(average)
     averaged = average > 1 and checkpoint.resolve() == model.resolve()
     head = f"{run_id}: {checkpoint.name} at {updates} updates" + (f" (its last {average} averaged)" if averaged else "")
