@@ -325,3 +325,19 @@ def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, m
         "checkpoint_3_60.pt": 60,
         "checkpoint_last.pt": 60,
     }
+
+
+def test_a_last_checkpoint_the_epoch_end_check_cannot_map_never_stops_a_training(tmp_path):
+    """The check before each save reads checkpoint_last.pt memory-mapped; one in torch's legacy format cannot be:
+    the training goes on (fairseq reads it its own way)."""
+    from fairseq.file_io import PathManager
+
+    from structmt.fairseq_fixes import _copy_a_due_interval_checkpoint
+
+    last = tmp_path / "checkpoint_last.pt"
+    torch.save({"optimizer_history": [{"num_updates": 30}]}, last, _use_new_zipfile_serialization=False)
+    _copy_a_due_interval_checkpoint(str(last), 10, r"checkpoint_\d+_(\d+)\.pt", "", PathManager)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]
+    torch.save({"optimizer_history": [{"num_updates": 30}]}, last)  # a readable one is copied
+    _copy_a_due_interval_checkpoint(str(last), 10, r"checkpoint_\d+_(\d+)\.pt", "", PathManager)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_0_30.pt", "checkpoint_last.pt"]
