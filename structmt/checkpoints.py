@@ -218,7 +218,11 @@ def checkpoint_updates(checkpoint: Path) -> int:
     """Number of updates stored in a fairseq checkpoint (0 when there is none)."""
     if not checkpoint.exists():
         return 0
-    state = checkpoint_state(checkpoint)
+    return saved_updates(checkpoint_state(checkpoint), checkpoint)
+
+
+def saved_updates(state: dict[str, Any], checkpoint: Path) -> int:
+    """The number of updates in a loaded checkpoint's ``state`` (``checkpoint`` names it in the error)."""
     try:
         return int(state["optimizer_history"][-1]["num_updates"])
     except (KeyError, IndexError, TypeError, ValueError):
@@ -238,8 +242,10 @@ def training_seconds(checkpoint: Path) -> float | None:
     return float(seconds) if seconds is not None else None
 
 
-#: fairseq-train's name for a checkpoint saved every ``--save-interval-updates``
-_INTERVAL_NAME = re.compile(r"checkpoint_(\d+)_(\d+)\.pt")
+def interval_checkpoint_name(suffix: str = "") -> str:
+    """fairseq-train's name for a checkpoint saved every ``--save-interval-updates`` (``checkpoint_<epoch>_<updates>``,
+    then its ``--checkpoint-suffix``), a pattern whose group is the updates."""
+    return rf"checkpoint_\d+_(\d+){re.escape(suffix)}\.pt"
 
 
 def last_checkpoints(run: RunFolder, count: int, interval: int) -> list[Path]:
@@ -248,7 +254,8 @@ def last_checkpoints(run: RunFolder, count: int, interval: int) -> list[Path]:
     at its update holds its weights; one of a later update is an earlier training's, in the same folder). One
     missing is a ``ValueError`` naming it: the next older one would stretch the window in silence."""
     last = checkpoint_updates(run.last_checkpoint)
-    saved = {int(m[2]): p for p in run.checkpoints.iterdir() if (m := _INTERVAL_NAME.fullmatch(p.name))}
+    named = interval_checkpoint_name()
+    saved = {int(m[1]): p for p in run.checkpoints.iterdir() if (m := re.fullmatch(named, p.name))}
     wanted = [(last - 1) // interval * interval - k * interval for k in range(count - 1)] if last else []
     missing = [updates for updates in wanted if updates not in saved]
     if not last or missing:
@@ -287,8 +294,8 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> list[int]:
     total: dict[str, torch.Tensor] = {}
     updates, first, tied = [], None, {}
     for path in checkpoints:
-        updates.append(checkpoint_updates(path))  # a fairseq-train checkpoint (else a ValueError naming it)
         state = checkpoint_state(path)
+        updates.append(saved_updates(state, path))  # a fairseq-train checkpoint (else a ValueError naming it)
         weights = state.get("model")
         if not isinstance(weights, dict) or not weights:
             raise ValueError(f"{path}: holds no model weights; give checkpoints fairseq-train wrote")

@@ -56,6 +56,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import interval_checkpoint_name, saved_updates
 from .files import atomic_path, replace_durably
 
 
@@ -162,7 +163,7 @@ def save_interval_checkpoints_at_epoch_ends() -> None:
         ours = not cfg.no_save and trainer.should_save_checkpoint_on_current_rank
         suffix = trainer.checkpoint_suffix
         last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
-        intervals = rf"checkpoint_\d+_(\d+){re.escape(suffix)}\.pt"
+        intervals = interval_checkpoint_name(suffix)
         epoch_ends = cfg.save_interval_updates > 0 and cfg.no_epoch_checkpoints and not cfg.no_last_checkpoints
         if ours and epoch_ends and os.path.isfile(last):  # a process killed between the two saves below: copy now
             _copy_a_due_interval_checkpoint(last, cfg.save_interval_updates, intervals, suffix, PathManager)
@@ -199,7 +200,7 @@ def _copy_a_due_interval_checkpoint(last: str, interval: int, intervals: str, su
 
     try:  # never a reason to stop a training: a file fairseq cannot resume from fails its own load
         state = torch.load(last, map_location="cpu", mmap=True)
-        updates = int(state["optimizer_history"][-1]["num_updates"])
+        updates = saved_updates(state, Path(last))
     except Exception:  # noqa: BLE001 - a legacy (not memory-mappable) file, or not fairseq-train's
         return
     if updates <= 0 or updates % interval:
