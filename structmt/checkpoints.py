@@ -14,6 +14,8 @@ the models and allowlists those, so the loaders below need nothing more.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import pickle
 import re
 from pathlib import Path
@@ -23,6 +25,8 @@ import torch
 
 from .files import atomic_path
 from .paths import RunFolder, dictionary_name
+
+log = logging.getLogger(__name__)
 
 
 def allow_fairseq_checkpoints() -> None:
@@ -125,21 +129,48 @@ def _unknown_architecture(checkpoint: Path, state: dict[str, Any]) -> ValueError
     )
 
 
-def _other_dictionaries(checkpoint: Path, data_dir: Path) -> ValueError | None:
-    """A checkpoint of a run folder (``<run>/checkpoints/*.pt``) beside the dictionaries it was trained with
-    (``<run>/model``, :class:`~structmt.paths.RunFolder`), given a data-bin whose dictionaries differ from them:
-    of another size it fails to load, but the same size with other symbols or counts (the data prepared again)
-    loaded and read other tokens, in silence."""
-    if checkpoint.parent.name != "checkpoints":
+def _trained_on(checkpoint: Path) -> Path | None:
+    """The data-bin ``checkpoint`` says it was trained on (its ``cfg.task.data``, a legacy one's ``args.data``;
+    the first of several), where that folder is on this machine; None otherwise (and for a file that is not a
+    checkpoint: :func:`load_model` says what it is)."""
+    try:
+        state = checkpoint_state(checkpoint)
+    except ValueError:
         return None
+    task = (state.get("cfg") or {}).get("task") or state.get("args")
+    data = model_setting(task, "data") if task is not None else None
+    if not isinstance(data, str) or not data:
+        return None
+    folder = Path(data.split(os.pathsep)[0]).expanduser()  # fairseq reads the dictionaries of the first
+    return folder if folder.is_dir() else None
+
+
+def _other_dictionaries(checkpoint: Path, data_dir: Path) -> ValueError | None:
+    """A data-bin whose dictionaries differ from those ``checkpoint`` was trained with: of another size it fails
+    to load, but the same size with other symbols or counts (the data prepared again) loaded and read other tokens,
+    in silence. A run folder's checkpoint (``<run>/checkpoints/*.pt``) has them beside it (``<run>/model``,
+    :class:`~structmt.paths.RunFolder`): another data-bin is an error. Any other checkpoint is compared with the
+    data-bin it records, where that is here, with a warning (that folder may have been prepared again since)."""
     run = RunFolder(checkpoint.parent.parent)
-    for kept in sorted(run.model.glob(dictionary_name("*"))):
-        given = data_dir / kept.name
-        if given.is_file() and given.read_bytes() != kept.read_bytes():
+    kept = sorted(run.model.glob(dictionary_name("*"))) if checkpoint.parent.name == "checkpoints" else []
+    recorded = None if kept else _trained_on(checkpoint)
+    if recorded is not None and recorded.resolve() != data_dir.resolve():
+        kept = sorted(recorded.glob(dictionary_name("*")))
+    for dictionary in kept:
+        given = data_dir / dictionary.name
+        if not given.is_file() or given.read_bytes() == dictionary.read_bytes():
+            continue
+        if recorded is None:
             return ValueError(
-                f"{given} is not the dictionary {checkpoint} was trained with ({kept}): give the data-bin the model "
-                "was trained on (its run's data folder, prepared with the run's data.* settings)"
+                f"{given} is not the dictionary {checkpoint} was trained with ({dictionary}): give the data-bin "
+                "the model was trained on (its run's data folder, prepared with the run's data.* settings)"
             )
+        log.warning(
+            f"{given} differs from {dictionary}, of the data-bin {checkpoint} says it was trained on: unless that "
+            f"folder was prepared again since, give {recorded} instead (a dictionary of the same size with other "
+            "tokens reads other words, in silence)"
+        )
+        return None
     return None
 
 
@@ -175,6 +206,13 @@ def load_model(checkpoint: Path, data_dir: Path, **overrides: str) -> tuple[Any,
         models, _, task = checkpoint_utils.load_model_ensemble_and_task(
             [str(checkpoint)], arg_overrides=overrides, state=state
         )
+    except ValueError as err:
+        if "joined dictionary" not in str(err):  # fairseq's --share-all-embeddings check, naming no file
+            raise
+        raise ValueError(
+            f"{checkpoint} shares one embedding between source and target (--share-all-embeddings), but the two "
+            f"dictionaries of {data_dir} differ: give the data-bin the model was trained on"
+        ) from None
     except RuntimeError as err:
         if "size mismatch" not in str(err):
             raise

@@ -4,14 +4,17 @@ the lines structmt itself prints (:func:`say`, :func:`say_once`).
 By default a person sees structmt's own lines, warnings and errors, each once and in one
 line (``error: ...``); third-party INFO and DEBUG records, and tracebacks, appear only with
 ``-v/--verbose`` (``structmt-run`` passes it on as ``hydra.verbose=true``). A SIGTERM to an entry point ends
-the child processes it waits on too (:func:`child_process`), then the entry point, by the signal (143 in a shell).
+the child processes it waits on too (:func:`child_process`) and removes its temporary files
+(:func:`temporary_path`), then ends the entry point, by the signal (143 in a shell).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +34,20 @@ _said: set[Hashable] = set()
 _children: set[subprocess.Popen[Any]] = set()
 #: set by the SIGTERM handler: a child started after it (by a thread that was waiting on a lock) is ended at once
 _terminating = threading.Event()
+#: temporary files and folders (an atomic write's, the analysis's figures) that a SIGTERM removes before the
+#: process ends: the finally blocks that would remove them do not run when the signal ends it
+_temporary: set[str] = set()
+
+
+@contextmanager
+def temporary_path(path: str | os.PathLike[str]) -> Iterator[None]:
+    """``path`` (a file or a folder) is removed if a SIGTERM ends this process while the block runs; the block
+    removes it (or renames it into place) itself otherwise."""
+    _temporary.add(os.fspath(path))
+    try:
+        yield
+    finally:
+        _temporary.discard(os.fspath(path))
 
 
 @contextmanager
@@ -88,6 +105,12 @@ def _terminated(signum: int, frame: object) -> None:
     if children:
         sys.stderr.write(f"terminated (SIGTERM): {len(children)} child process(es) stopped\n")
         sys.stderr.flush()
+    for path in list(_temporary):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -141,7 +164,7 @@ def setup(verbose: bool = False) -> None:
     and above (everything with ``verbose``).  Handlers writing to a file (Hydra's job log)
     are kept; other console handlers (Hydra's, or a library's ``basicConfig``) are replaced.
     Warnings print as ``warning: ...``; an uncaught exception prints ``error: <message>``,
-    with its traceback only when ``verbose``.
+    with its traceback only when ``verbose`` (so does one Python cannot raise, in a ``__del__``, as a warning).
     """
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -158,6 +181,7 @@ def setup(verbose: bool = False) -> None:
     if not verbose:
         warnings.showwarning = _show_warning
         sys.excepthook = _one_line_error
+        sys.unraisablehook = _one_line_unraisable
     # a handler of a launcher's own (submitit's, in a SLURM job) stays
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminated)
@@ -165,6 +189,15 @@ def setup(verbose: bool = False) -> None:
 
 def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
     sys.stderr.write(f"warning: {message}\n")
+
+
+def _one_line_unraisable(unraisable: Any) -> None:
+    """An exception Python cannot raise (a library's ``__del__`` failing after its ``__init__`` failed): one line."""
+    error = unraisable.exc_value
+    what = f"{unraisable.exc_type.__name__}: {error}" if error is not None else unraisable.exc_type.__name__
+    place = unraisable.object
+    where = f" in {getattr(place, '__qualname__', None) or repr(place)}" if place is not None else ""
+    sys.stderr.write(f"warning: ignored {what}{where} (-v shows the traceback)\n")
 
 
 def _one_line_error(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:

@@ -8,10 +8,13 @@ import contextlib
 import gzip
 import math
 import os
+import struct
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from .console import temporary_path
 
 
 class DataError(RuntimeError):
@@ -48,13 +51,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        _fsync(tmp)  # before it takes the old file's mode, which may not let its owner read it
-        os.chmod(tmp, mode)
-        if old is not None and old.st_gid != os.stat(tmp).st_gid:
-            with contextlib.suppress(OSError):  # a shared file keeps its group where this user may set it
-                os.chown(tmp, -1, old.st_gid)
-        _rename_durably(tmp, path)
+        with temporary_path(tmp):  # removed by a SIGTERM too (the finally below does not run then)
+            yield Path(tmp)
+            _fsync(tmp)  # before it takes the old file's mode, which may not let its owner read it
+            os.chmod(tmp, mode)
+            if old is not None and old.st_gid != os.stat(tmp).st_gid:
+                with contextlib.suppress(OSError):  # a shared file keeps its group where this user may set it
+                    os.chown(tmp, -1, old.st_gid)
+            _rename_durably(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -107,6 +111,22 @@ def existing_dir(value: str) -> Path:
     return p
 
 
+def file_above(path: Path) -> Path | None:
+    """A file among the folders above ``path`` (nothing can be written there), or None."""
+    return next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+
+
+def output_dir(value: str) -> Path:
+    """argparse type for a folder to write into (made when missing), checked before anything runs: not a file,
+    and no file among the folders above it."""
+    p = Path(value).expanduser()
+    if p.exists() and not p.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: a file; give a folder")
+    if blocking := file_above(p):
+        raise argparse.ArgumentTypeError(f"{value}: {blocking} is a file, not a folder")
+    return p
+
+
 def data_bin(value: str) -> Path:
     """argparse type for a fairseq data-bin: a folder with the dictionaries (``dict.<lang>.txt``)."""
     path = existing_dir(value)
@@ -123,10 +143,49 @@ def split_problem(data_dir: Path, subset: str, option: str = "--subset") -> str:
     files, as fairseq-preprocess writes them), or "" when nothing is; said naming ``option`` and the splits it has."""
     if not data_dir.is_dir():
         return f"{data_dir}: no such folder; give the data-bin the model was trained on"
-    if any(data_dir.glob(f"{subset}.*.bin")):
+    files = sorted(data_dir.glob(f"{subset}.*.bin"))
+    if not files:
+        splits = sorted({f.name.split(".")[0] for f in data_dir.glob("*.bin")})
+        return f"{option} {subset}: {data_dir} has no such split (it has: {', '.join(splits) or 'none'})"
+    sentences: dict[str, int] = {}
+    for file in files:
+        problem = _binarized_problem(file, sentences)
+        if problem:
+            return f"{option} {subset}: {problem}; binarize the data again (structmt-prepare, or fairseq-preprocess)"
+    if len(set(sentences.values())) > 1:
+        counts = ", ".join(f"{name} {count}" for name, count in sentences.items())
+        return f"{option} {subset}: its files hold different numbers of sentences ({counts}); binarize it again"
+    return ""
+
+
+def _binarized_problem(file: Path, sentences: dict[str, int]) -> str:
+    """What is wrong with ``file`` (``<name>.bin``) and its index (``<name>.idx``), as fairseq-preprocess writes
+    them in its default format, or ""; ``sentences[file name]``: the number of sentences its index gives. A file
+    cut short or empty failed deep in fairseq, naming none; another format of fairseq's is left to fairseq."""
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    index_file = file.with_suffix(".idx")
+    if not index_file.is_file():
+        return f"{index_file} is missing"
+    magic = MMapIndexedDataset.Index._HDR_MAGIC
+    with open(index_file, "rb") as f:
+        begins = f.read(len(magic))
+    if len(begins) < len(magic):
+        return f"{index_file} is empty or cut short"
+    if begins != magic:
         return ""
-    splits = sorted({f.name.split(".")[0] for f in data_dir.glob("*.bin")})
-    return f"{option} {subset}: {data_dir} has no such split (it has: {', '.join(splits) or 'none'})"
+    try:
+        index = MMapIndexedDataset.Index(str(index_file))
+        sentences[file.name] = count = len(index)
+        pointer, size = index[count - 1] if count else (0, 0)
+        needed = int(pointer) + int(size) * index.dtype().itemsize
+    except (AssertionError, ValueError, KeyError, struct.error) as err:
+        return f"{index_file} is damaged ({type(err).__name__}: {err})"
+    if count == 0:
+        return f"{file} holds no sentences"
+    if (size_now := file.stat().st_size) < needed:
+        return f"{file} is cut short ({size_now} bytes of the {needed} its index gives)"
+    return ""
 
 
 def finite_float(value: str) -> float:

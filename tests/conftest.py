@@ -56,6 +56,20 @@ def make_dict_dir(tmp: Path, size: int = 40) -> Path:
     return tmp
 
 
+def write_split(data_dir: Path, subset: str = "test", pair: tuple[str, str] = ("en", "de")) -> Path:
+    """A real binarized split of two sentences in ``data_dir`` (its files as fairseq-preprocess writes them), for
+    the commands that check a split before they load a model."""
+    from fairseq.data import indexed_dataset
+
+    for lang in pair:
+        prefix = data_dir / f"{subset}.{pair[0]}-{pair[1]}.{lang}"
+        builder = indexed_dataset.make_builder(f"{prefix}.bin", "mmap", vocab_size=100)
+        for ids in ([4, 5, 2], [6, 2]):
+            builder.add_item(torch.tensor(ids))
+        builder.finalize(f"{prefix}.idx")
+    return data_dir
+
+
 def build(data_dir: Path, arch: str, *extra: str, seed: int = 0):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(

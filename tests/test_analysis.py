@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TASK, build, make_dict_dir
+from conftest import TASK, build, make_dict_dir, write_split
 from scipy.optimize import linprog
 
 from structmt.analysis.extract import SentenceAttention
@@ -409,7 +409,7 @@ def test_the_page_says_which_rule_chose_its_roles_and_for_which_positional_band(
     ckpt.write_bytes(b"")
     (tmp_path / "bin").mkdir()
     data = make_dict_dir(tmp_path / "bin")
-    (data / "test.en-de.en.bin").write_bytes(b"")  # the split it analyses
+    write_split(data)  # the split it analyses
     report.main([str(ckpt), str(data), "--pos-window", "0", "--out-dir", str(tmp_path / "out")])
     assert seen["pos_window"] == 0
     report.main([str(ckpt), str(data), "--out-dir", str(tmp_path / "out")])
@@ -798,6 +798,60 @@ def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
             load_model(tmp_path / name, data_bin)
         assert str(err.value).startswith(f"{tmp_path / name}: not a fairseq checkpoint, or one cut short ({why}")
         assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_a_checkpoint_read_with_other_dictionaries_of_the_same_size_is_said(data_bin, tmp_path, caplog):
+    """A checkpoint outside a run folder (copied, cast, averaged by hand) read with a data-bin whose dictionaries
+    have its size but other tokens (the data prepared again): compared with the data-bin the checkpoint records,
+    where that is here, and said (it loaded in silence and read other words); a shared embedding with two
+    different dictionaries is said naming the data-bin (fairseq's error named none)."""
+    from structmt.checkpoints import load_model
+    from structmt.fairseq_cli import train
+
+    args = [
+        *TASK,
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-9",
+        "--max-tokens",
+        "500",
+        "--max-update",
+        "1",
+        "--num-workers",
+        "0",
+    ]
+    args += ["--share-all-embeddings", "--no-epoch-checkpoints", "--disable-validation", "--encoder-layers", "1"]
+    args += ["--decoder-layers", "1", "--encoder-embed-dim", "8", "--decoder-embed-dim", "8"]
+    trained = train(data_bin, tmp_path / "run", "transformer", args).checkpoint
+    copied = tmp_path / "copied.pt"
+    shutil.copy(trained, copied)
+    other, unjoined = tmp_path / "other", tmp_path / "unjoined"
+    for folder in (other, unjoined):
+        folder.mkdir()
+    for lang in ("en", "de"):
+        lines = (data_bin / f"dict.{lang}.txt").read_text().splitlines()
+        moved = "".join(f"{line}\n" for line in lines[1:] + lines[:1])  # the same size, other token ids
+        (other / f"dict.{lang}.txt").write_text(moved)
+        (unjoined / f"dict.{lang}.txt").write_text(moved if lang == "de" else "".join(f"{x}\n" for x in lines))
+    for checkpoint in (trained, copied):  # the first in <run>/checkpoints, but its run folder keeps no dictionaries
+        caplog.clear()
+        load_model(checkpoint, data_bin)
+        said = lambda: [r.getMessage() for r in caplog.records if r.name.startswith("structmt")]  # noqa: E731
+        assert said() == []
+        model, _ = load_model(checkpoint, other)
+        assert model is not None
+        assert said() == [
+            f"{other / 'dict.de.txt'} differs from {data_bin / 'dict.de.txt'}, of the data-bin {checkpoint} says it "
+            f"was trained on: unless that folder was prepared again since, give {data_bin} instead (a dictionary "
+            "of the same size with other tokens reads other words, in silence)"
+        ]
+    with pytest.raises(ValueError) as err:
+        load_model(copied, unjoined)
+    assert str(err.value).endswith(
+        f"shares one embedding between source and target (--share-all-embeddings), but the two dictionaries of "
+        f"{unjoined} differ: give the data-bin the model was trained on"
+    )
 
 
 def test_a_page_of_older_json_asks_for_the_analysis_again(tmp_path):

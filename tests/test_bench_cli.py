@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_split
 
 from structmt.bench import __main__ as bench
 from structmt.bench import train
@@ -234,7 +235,7 @@ def test_decode_takes_data_bin_and_its_old_name_data_with_a_deprecation_note(old
 
     data = tmp_path / value
     data.mkdir(parents=True)
-    (data / "test.en-de.en.bin").write_bytes(b"")  # the split it decodes
+    write_split(data)  # the split it decodes
     monkeypatch.setattr(decode, "machine", lambda: "test machine")
     monkeypatch.setattr(decode, "load_model", load_model)
     with pytest.raises(Stop) as stopped:

@@ -8,11 +8,15 @@ JSON records. (Fakes stand in for fairseq-train, beam search and the attention s
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_split
 
 from structmt.bench import attention as cpu
 from structmt.bench import attention_cuda as ac
@@ -160,6 +164,62 @@ def test_decode_and_analyze_refuse_a_split_the_data_bin_lacks_before_loading_a_m
     argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir / "nope")]
     no_folder = f"error: {dict_dir / 'nope'}: no such folder; give the data-bin the model was trained on"
     assert _argparse_error(decode.main, argv, capsys).endswith(no_folder)
+
+
+def test_a_damaged_split_is_named_before_a_model_loads(data_bin, tmp_path, monkeypatch, capsys):
+    """A split file that is empty, cut short, without its index, or of another sentence count than its partner:
+    named with what to do, before a model loads (fairseq failed deep inside, naming no file: "cannot mmap an
+    empty file", "offset must be non-negative...", an AssertionError)."""
+    from structmt.analysis import report as analyze
+    from structmt.files import split_problem
+
+    assert split_problem(data_bin, "test") == ""
+    again = "; binarize the data again (structmt-prepare, or fairseq-preprocess)"
+    src = "test.en-de.en"
+
+    def damaged(change) -> str:
+        folder = tmp_path / f"bin{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(data_bin, folder)
+        change(folder)
+        return split_problem(folder, "test").replace(str(folder), "BIN")
+
+    size = (data_bin / f"{src}.bin").stat().st_size
+    assert damaged(lambda f: (f / f"{src}.bin").write_bytes(b"")) == (
+        f"--subset test: BIN/{src}.bin is cut short (0 bytes of the {size} its index gives){again}"
+    )
+    assert damaged(lambda f: os.truncate(f / f"{src}.bin", size - 1)) == (
+        f"--subset test: BIN/{src}.bin is cut short ({size - 1} bytes of the {size} its index gives){again}"
+    )
+    assert damaged(lambda f: (f / f"{src}.idx").unlink()) == f"--subset test: BIN/{src}.idx is missing{again}"
+    assert damaged(lambda f: os.truncate(f / f"{src}.idx", 5)) == (
+        f"--subset test: BIN/{src}.idx is empty or cut short{again}"
+    )
+    assert damaged(lambda f: os.truncate(f / f"{src}.idx", 40)).startswith(
+        f"--subset test: BIN/{src}.idx is damaged (ValueError: "
+    )
+    assert damaged(lambda f: shutil.copy(f / "valid.en-de.en.idx", f / f"{src}.idx")).startswith(
+        f"--subset test: BIN/{src}.bin is cut short ("  # valid's index: more sentences than test's file holds
+    )
+    mixed = damaged(lambda f: [shutil.copy(data_bin / f"train.en-de.en.{e}", f / f"{src}.{e}") for e in ("bin", "idx")])
+    counts = re.fullmatch(
+        r"--subset test: its files hold different numbers of sentences \(test.en-de.de.bin 60, test.en-de.en.bin "
+        r"(\d+)\); binarize it again",
+        mixed,
+    )
+    assert counts and int(counts[1]) > 60, mixed  # train's English beside test's German
+    empty = tmp_path / "empty"
+    shutil.copytree(data_bin, empty)
+    subprocess.run(  # fairseq-preprocess of an empty test split
+        [sys.executable, "-c", "import sys; from fairseq.data import indexed_dataset as d\n"
+         "for lang in ('en', 'de'):\n"
+         "    b = d.make_builder(sys.argv[1] + f'/test.en-de.{lang}.bin', 'mmap', vocab_size=100)\n"
+         "    b.finalize(sys.argv[1] + f'/test.en-de.{lang}.idx')", str(empty)],
+        check=True,
+    )  # fmt: skip
+    assert split_problem(empty, "test") == f"--subset test: {empty}/test.en-de.de.bin holds no sentences{again}"
+    monkeypatch.setattr(analyze, "analyze", _no_measurement)
+    said = _argparse_error(analyze.main, [str(data_bin / "dict.en.txt"), str(empty)], capsys)
+    assert said.endswith(f"error: --subset test: {empty}/test.en-de.de.bin holds no sentences{again}")
 
 
 def test_compile_refuses_a_value_given_twice(capsys):
@@ -536,7 +596,7 @@ def test_decode_refuses_a_pair_that_is_not_dense_then_structured(swap, monkeypat
     kinds = {"d.pt": structured if swap == "swapped" else dense, "s.pt": dense}
     monkeypatch.setattr(decode, "machine", lambda: "test machine")
     monkeypatch.setattr(decode, "load_model", lambda checkpoint, data_bin: (kinds[str(checkpoint)], None))
-    (dict_dir / "test.en-de.en.bin").write_bytes(b"")  # the split it decodes
+    write_split(dict_dir)  # the split it decodes
     argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir)]
     which = "--dense d.pt: not a dense" if swap == "swapped" else "--structured s.pt: not a structured"
     assert which in _argparse_error(decode.main, argv, capsys)
@@ -559,7 +619,7 @@ def test_decode_refuses_a_pair_of_another_shape_or_direction(dict_dir, monkeypat
     pairs = {"d.pt": dense, "s.pt": shallow}
     monkeypatch.setattr(decode, "machine", lambda: "test machine")
     monkeypatch.setattr(decode, "load_model", lambda checkpoint, data_bin: pairs[str(checkpoint)])
-    (dict_dir / "test.en-de.en.bin").write_bytes(b"")  # the split it decodes
+    write_split(dict_dir)  # the split it decodes
     argv = ["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir)]
     assert "--dense d.pt and --structured s.pt are not one model shape: parameter encoder.layers.1" in (
         _argparse_error(decode.main, argv, capsys)

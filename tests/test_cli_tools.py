@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_dict_dir, write_split
 
 from structmt.analysis import report as analyze
 from structmt.data import cli as prepare
@@ -102,7 +103,7 @@ def test_analyze_names_a_file_that_is_not_a_checkpoint_in_one_line(dict_dir, tmp
     monkeypatch.setattr("structmt.console.setup", lambda verbose=False: None)  # keep the test process's console
     notes = tmp_path / "README.md"
     notes.write_text("# notes\n")
-    (dict_dir / "test.en-de.en.bin").write_bytes(b"")  # the split it analyses
+    write_split(dict_dir)  # the split it analyses
     with pytest.raises(ValueError) as e:  # the console prints it as one `error:` line
         analyze.main([str(notes), str(dict_dir), "--out-dir", str(tmp_path / "out")])
     assert str(e.value).startswith(f"{notes}: not a fairseq checkpoint, or one cut short (")
@@ -116,7 +117,7 @@ def test_an_analysis_that_fails_changes_none_of_its_files_not_even_the_figures(d
     from structmt.analysis import report
 
     monkeypatch.setattr("structmt.console.setup", lambda verbose=False: None)
-    (dict_dir / "test.en-de.en.bin").write_bytes(b"")
+    write_split(dict_dir)
     checkpoint, out = tmp_path / "model.pt", tmp_path / "out"
     checkpoint.write_bytes(b"weights")
     out.mkdir()
@@ -461,14 +462,25 @@ def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(tmp_path, monk
     """A checkpoint given where a run folder is wanted (translate), a folder where a checkpoint is (analyze)."""
     checkpoint = tmp_path / "checkpoint_last.pt"
     checkpoint.write_bytes(b"")
+    (tmp_path / "bin").mkdir()
+    data = make_dict_dir(tmp_path / "bin")
     monkeypatch.setenv("COLUMNS", "1000")
-    for main, argv, says in [
+    out = [str(checkpoint), str(data), "--out-dir"]  # a folder to write into: not a file, nor under one (it
+    for main, argv, says in [  # was FileExistsError after the argument checks, or after the leaderboard was read)
         (translate.main, [str(checkpoint)], f"argument run_dir: {checkpoint}: a file; give a folder"),
         (analyze.main, [str(tmp_path), str(tmp_path)], f"argument checkpoint: {tmp_path}: a folder; give a file"),
+        (analyze.main, [*out, str(checkpoint)], f"argument --out-dir: {checkpoint}: a file; give a folder"),
+        (
+            sweep_report.main,
+            ["--out-dir", f"{checkpoint}/sweeps"],
+            f"argument --out-dir: {checkpoint}/sweeps: {checkpoint} is a file, not a folder",
+        ),
     ]:
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and says in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=f"{checkpoint}/m30k: {checkpoint} is a file, not a folder; give a folder"):
+        prepare.main([f"{checkpoint}/m30k", "--mirror", str(tmp_path)])
 
 
 class _Parsed(Exception):

@@ -205,3 +205,21 @@ def test_an_error_is_one_line_without_traceback(tmp_path):
     errors = [line for line in _lines(result) if line.startswith("error: ")]
     assert len(errors) == 1 and "train.dropout=1.5 must lie in [0, 1)" in errors[0], result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_an_exception_in_a_finaliser_is_one_line_without_traceback():
+    """A library's ``__del__`` that fails (fairseq's data set whose ``__init__`` failed first): one warning line
+    (Python printed "Exception ignored in" and a traceback); with -v, Python's own report."""
+    code = (
+        "import sys\nfrom structmt.console import setup\nsetup(verbose=sys.argv[1] == 'v')\n"
+        "class Data:\n    def __del__(self):\n        self.buffer.close()\n"
+        "Data()\nprint('went on')\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", code, "q"], capture_output=True, text=True, check=True)
+    assert quiet.stdout == "went on\n"
+    assert quiet.stderr == (
+        "warning: ignored AttributeError: 'Data' object has no attribute 'buffer' in Data.__del__ "
+        "(-v shows the traceback)\n"
+    )
+    verbose = subprocess.run([sys.executable, "-c", code, "v"], capture_output=True, text=True, check=True)
+    assert "Exception ignored in: <function Data.__del__" in verbose.stderr and "Traceback" in verbose.stderr

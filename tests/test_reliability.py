@@ -646,6 +646,32 @@ def test_a_sigterm_to_the_command_alone_ends_its_training_too(tmp_path, where):
         os.kill(child, 0)  # ended and reaped
 
 
+def test_a_sigterm_leaves_no_temporary_file_or_folder_behind(data_bin, tmp_path):
+    """A SIGTERM ends the process by the signal (the finally blocks that remove temporary files do not run): the
+    atomic write's temporary file and structmt-analyze's folder of figures are removed by the handler, the file
+    written before stays whole, and a temporary path whose block has ended is left alone."""
+    import signal
+
+    code = (
+        "import os, signal, sys\nfrom pathlib import Path\nfrom structmt.analysis import report\n"
+        "from structmt.console import temporary_path\nfrom structmt.files import atomic_path, write_text_atomic\n"
+        "out = Path(sys.argv[1])\nwrite_text_atomic(out / 'kept.txt', 'whole')\n"
+        "with temporary_path(out / 'done.txt'):\n    (out / 'done.txt').write_text('renamed into place')\n"
+        "def analyze(checkpoint, data_dir, subset, drawn, **_):\n    (drawn / 'figure.png').write_bytes(b'png')\n"
+        "    with atomic_path(out / 'kept.txt') as tmp:\n        tmp.write_text('half')\n"
+        "        print(sorted(p.name for p in out.iterdir()), flush=True)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "report.analyze = analyze\nreport.main([sys.argv[2], sys.argv[3], '--out-dir', str(out)])\n"
+    )
+    argv = [str(tmp_path), str(data_bin / "dict.en.txt"), str(data_bin)]  # any file: analyze reads none
+    ended = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert ended.returncode == -signal.SIGTERM and ended.stderr == ""
+    before = ended.stdout.strip()
+    assert ".kept.txt." in before and ".analysis-" in before  # both were there when the signal came
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.txt", "kept.txt"]
+    assert (tmp_path / "kept.txt").read_text() == "whole"
+
+
 def test_a_child_started_while_the_command_is_being_terminated_is_ended_at_once(monkeypatch):
     """A thread that waited on a run's lock starts its fairseq-train after the SIGTERM handler ended the others."""
     from structmt import console

@@ -22,7 +22,7 @@ from ..attention.options import StructureConfig
 from ..attention.structure import ROLES, SHORT_ROLES, rarity_tables
 from ..checkpoints import load_model
 from ..figures import annotated_heatmap, pyplot, save
-from ..files import data_bin, existing_file, int_at_least, split_problem, write_text_atomic
+from ..files import data_bin, existing_file, int_at_least, output_dir, split_problem, write_text_atomic
 from ..paths import RESULTS_DIR
 from ..provenance import git_commit, machine
 from .extract import SentenceAttention, iterate
@@ -611,7 +611,7 @@ def markdown(result: dict[str, Any], command: str, n: int = THESIS_N) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..console import add_verbose_option, setup
+    from ..console import add_verbose_option, setup, temporary_path
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument(
@@ -625,7 +625,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--out-dir",
-        type=Path,
+        type=output_dir,
         default=RESULTS_DIR,
         help="where ANALYSIS.md, analysis.json, roles.json and the figures go (default: results/, the committed "
         "analysis, whose roles.json model=structured_multi30k_roles reads; for a trial give a folder under runs/)",
@@ -659,7 +659,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     command = "structmt-analyze " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:]))
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=a.out_dir, prefix=".analysis-") as drawn:  # figures wait there for the page
+    with (
+        tempfile.TemporaryDirectory(dir=a.out_dir, prefix=".analysis-") as drawn,  # figures wait there for the page
+        temporary_path(drawn),  # removed by a SIGTERM too
+    ):
         result = analyze(
             a.checkpoint, a.data_dir, a.subset, Path(drawn), draws=a.draws, seed=a.seed, pos_window=a.pos_window
         )

@@ -16,7 +16,7 @@ import torch
 
 from ..attention.options import StructureConfig
 from ..console import add_verbose_option
-from ..files import int_at_least
+from ..files import file_above, int_at_least
 from ..paths import REPO_ROOT
 
 T = TypeVar("T")
@@ -135,8 +135,7 @@ def output_file(value: str) -> Path:
     path = Path(value).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{value}: a folder; give a file name in it")
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
+    if blocking := file_above(path):
         raise argparse.ArgumentTypeError(f"{value}: {blocking} is a file, not a folder")
     written = [output_path(path, suffix) for suffix in (".json", ".png")]  # what the commands write
     if folder := next((w for w in written if w.is_dir()), None):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..console import say, say_once
-from ..files import DataError, atomic_path, read_lines
+from ..files import DataError, atomic_path, file_above, read_lines
 from ..paths import DataFolder
 from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, download_folder, fetch_files, read_checksums
 from .stages import Stage
@@ -100,6 +100,8 @@ def check_data_folder(out_dir: Path) -> None:
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: a file; give a folder for the prepared data")
+    if blocking := file_above(out_dir):
+        raise DataError(f"{out_dir}: {blocking} is a file, not a folder; give a folder for the prepared data")
 
 
 def _read_split(split: str, pairs: list[tuple[Path, Path]], cfg: PrepConfig) -> tuple[list[str], list[str]]:

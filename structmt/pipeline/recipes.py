@@ -96,7 +96,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("recipe", choices=sorted(RECIPES), help="the schedule (conf/train/<recipe>.yaml)")
+    p.add_argument(
+        "recipe",
+        choices=sorted(RECIPES),
+        help="demo: conf/train/cpu_demo.yaml; reproduce, finetune: conf/train/<recipe>.yaml",
+    )
     # fairseq-train takes --max-update 0 as "no limit" and stops a negative one after one update
     p.add_argument("--max-update", type=int_at_least(1), default=None, help="override the schedule's number of updates")
     p.add_argument(

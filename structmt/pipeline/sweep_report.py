@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..console import add_verbose_option, setup
 from ..figures import annotated_heatmap
-from ..files import write_text_atomic
+from ..files import output_dir, write_text_atomic
 from ..leaderboard_csv import read_rows, short_commit
 from ..paths import REPO_ROOT, RESULTS_DIR, ResultsFolder
 from .evaluation import row_text
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="the folder of leaderboard.csv (default: results/)"
     )
-    p.add_argument("--out-dir", type=Path, default=None, help="default: <results-dir>/sweeps")
+    p.add_argument("--out-dir", type=output_dir, default=None, help="default: <results-dir>/sweeps")
     add_verbose_option(p)
     a = p.parse_args(argv)
     setup(a.verbose)
