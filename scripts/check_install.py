@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    from structmt.attention.triton_kernel import TritonTooOld, check_triton_version
+    from structmt.attention.triton_kernel import TritonTooOld, check_triton_version, unusable
 
     try:
         importlib.import_module("structmt._kernels")
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             check_triton_version(triton)
         except TritonTooOld as err:
             triton += f" (the Triton kernels are not used: {err})"
+        else:
+            if torch.cuda.is_available() and (why := unusable("cuda")):
+                triton += f" (the Triton kernels are not used on this GPU: {why})"
     print(f"  fairseq {fairseq.__version__}, triton {triton}, C++ kernel: {kernel}")
     if require_kernel and kernel != "built":
         print(

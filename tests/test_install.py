@@ -384,3 +384,27 @@ def test_an_existing_venv_is_checked_with_its_own_python_not_the_one_it_was_made
     )
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert run.returncode == 1 and f"but {venv}/bin/python is Python {here}: make wheelhouse PY={here}" in run.stderr
+
+
+def test_check_install_says_when_the_gpu_cannot_run_the_triton_kernels(monkeypatch, capsys):
+    """On a GPU older than Volta the Triton kernels are not used (``auto`` takes another path): said at install."""
+    import types
+
+    import torch
+
+    from structmt.attention import triton_kernel
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import check_install
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    monkeypatch.setattr(triton_kernel, "_kernels", lambda: types.SimpleNamespace(interpreted=False))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
+    assert check_install.main([]) == 0
+    assert (
+        " (the Triton kernels are not used on this GPU: Tesla P100-PCIE-16GB is of compute capability 6.0; the "
+        "backward's atomic adds need 7.0 or newer (Volta on))"
+    ) in capsys.readouterr().out

@@ -415,6 +415,44 @@ def test_triton_is_imported_lazily():
         assert not any(name.split(".")[0] == "triton" for name in names), ast.dump(node)
 
 
+def test_every_launch_runs_on_the_device_of_its_tensors(monkeypatch):
+    """Triton launches on the current CUDA device (and its stream): each launch (forward, backward, the dropout
+    mask) is made inside ``_on(the tensors' device)``, which makes that device current on a GPU."""
+    import contextlib
+
+    assert isinstance(tk._on(torch.device("cuda", 1)), torch.cuda.device) and tk._on(torch.device("cuda", 1)).idx == 1
+    assert isinstance(tk._on(torch.device("cpu")), contextlib.nullcontext)
+    real, active, launched = tk._kernels(), [], []
+
+    @contextlib.contextmanager
+    def on(device):
+        active.append(device)
+        yield
+        active.pop()
+
+    class Recorded:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launched.append((self.name, list(active)))
+                return getattr(real, self.name)[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(tk, "_kernels", lambda: types.SimpleNamespace(**{
+        **vars(real), **{name: Recorded(name) for name in ("fwd", "bwd", "keep")}}))  # fmt: skip
+    monkeypatch.setattr(tk, "_on", on)
+    q, k, v, index, kind = make_case(1, 2, 3, 4, 8, 2, seed=5)
+    q.requires_grad_(True)
+    out, _ = tk.candidate_attention(q, k, v, index, kind, 0.5, dropout_p=0.1)
+    out.sum().backward()
+    tk.dropout_keep_mask(3, (1, 2, 3, 2), 0.1, q.device)
+    device = torch.device(DEVICE)
+    assert launched == [("fwd", [device]), ("bwd", [device]), ("keep", [device])]
+
+
 def test_cpu_without_interpreter_names_triton_interpret(monkeypatch):
     compiled_mode = types.SimpleNamespace(**{**vars(tk._kernels()), "interpreted": False})
     monkeypatch.setattr(tk, "_kernels", lambda: compiled_mode)
@@ -442,6 +480,36 @@ def test_a_triton_older_than_the_kernels_need_is_refused_and_auto_takes_another_
     with pytest.raises(RuntimeError, match=r"structmt triton kernel: it needs Triton >= 3\.2 .*Triton 3\.0\.0; "):
         tk.candidate_attention(q, k, v, index, kind, 1.0)
     assert functional.candidate_kernel("auto", q, v, 0.0) != "triton"
+
+
+def test_a_gpu_older_than_volta_is_refused_and_auto_takes_another_path_saying_so(monkeypatch, caplog):
+    """Triton compiles the backward's atomic adds only from compute capability 7.0 on: on a P100 (6.0) the
+    forward ran and the first backward failed in ptxas. ``auto`` takes the other path there, and says so once
+    (a GPU run on the slower path); ``triton`` is an error naming the GPU and what to do."""
+    compiled = types.SimpleNamespace(interpreted=False)  # as on a GPU machine: the kernels compile for the device
+    monkeypatch.setattr(tk, "_kernels", lambda: compiled)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla P100-PCIE-16GB")
+    capability = {"now": (6, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["now"])
+    monkeypatch.setattr(functional, "_SAID", set())
+    why = "Tesla P100-PCIE-16GB is of compute capability 6.0; the backward's atomic adds need 7.0 or newer (Volta on)"
+    assert tk.unusable("cuda") == why and not tk.available("cuda") and tk.available()
+    with pytest.raises(RuntimeError, match=re.escape(f"structmt triton kernel: {why}; attend with another kernel")):
+        tk._ready(torch.device("cuda"))
+    q = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), dtype=torch.bfloat16)
+    assert functional.candidate_kernel("triton", q, q, 0.0) == "triton"  # asked for: the error above, when it runs
+    for _ in range(2):
+        assert functional.candidate_kernel("auto", q, q, 0.0) == "gather"
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("structmt")]
+    assert said == [
+        f"structured attention on cuda:0: the Triton kernel cannot run ({why}); --struct-impl auto takes the "
+        "pure-PyTorch paths instead (the same attention: the dense masked one for short sequences, gathered keys "
+        "for long ones)"
+    ]
+    for capability["now"] in ((7, 0), (9, 0)):
+        assert tk.unusable("cuda") == "" and functional.candidate_kernel("auto", q, q, 0.0) == "triton"
+    assert tk._ready(torch.device("cuda")) is compiled
 
 
 def test_without_triton(monkeypatch):

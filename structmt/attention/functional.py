@@ -400,9 +400,24 @@ def candidate_kernel(kernel: str, q: Tensor, v: Tensor, dropout_p: float) -> str
     (the C++ kernel) or ``gather``.  Only ``triton``, and ``auto`` on CUDA, run Triton: ``--struct-impl
     efficient`` or ``reference`` keep a GPU job off it (a node where Triton cannot compile, say)."""
     check_impl(kernel)
-    if kernel == "triton" or (kernel == "auto" and q.is_cuda and triton_kernel.available(q.device)):
+    if kernel == "triton":
         return "triton"
-    return "fused" if fused_kernel_usable(q, v, dropout_p) else "gather"
+    other = "fused" if fused_kernel_usable(q, v, dropout_p) else "gather"
+    if kernel == "auto" and q.is_cuda:
+        if not (why := triton_kernel.unusable(q.device)):
+            return "triton"
+        if why not in _SAID:  # a GPU run on a slower path: said once
+            _SAID.add(why)
+            logging.getLogger(__name__).warning(
+                f"structured attention on {q.device}: the Triton kernel cannot run ({why}); --struct-impl auto "
+                "takes the pure-PyTorch paths instead (the same attention: the dense masked one for short "
+                "sequences, gathered keys for long ones)"
+            )
+    return other
+
+
+#: the reasons :func:`candidate_kernel` has said it takes another path than Triton on a GPU
+_SAID: set[str] = set()
 
 
 def _load_kernels() -> Any:
@@ -468,7 +483,7 @@ def choose_impl(
     """The path ``impl`` runs on: ``reference`` (dense mask), ``efficient`` (candidates, best kernel
     at hand) or ``triton`` (candidates, the Triton kernel).
 
-    ``auto``: on CUDA the Triton kernel when triton is installed (not yet timed against the
+    ``auto``: on CUDA the Triton kernel where it can run (:func:`~.triton_kernel.unusable`; not yet timed against the
     alternatives on a GPU); on CPU, with the fused C++ kernel, the efficient path, the faster one
     at every length we measured (from T = 16 up, forward+backward); without either, the
     pure-PyTorch gather path only pays once the dense score matrix is several times larger than

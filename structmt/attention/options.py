@@ -106,7 +106,8 @@ class StructureConfig:
         "kernel: reference (dense mask; decoding steps attend over candidate keys, as efficient), efficient "
         "(candidate keys; C++ kernel for float32 CPU tensors without attention dropout, gathered keys "
         "elsewhere; never Triton), triton (candidate keys; Triton kernel on CUDA) or auto (triton on CUDA when "
-        "Triton >= 3.2 is installed, else efficient where the C++ kernel applies, otherwise efficient or "
+        "Triton >= 3.2 is installed and the GPU is of compute capability 7.0 or newer, else efficient where the "
+        "C++ kernel applies, otherwise efficient or "
         "reference by length)",
         lambda v: v in IMPLS,
         f"choose from {IMPLS}",

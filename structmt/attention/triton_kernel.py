@@ -27,6 +27,7 @@ The entry point is :func:`candidate_attention`, a wrapper of the custom op
 traces through it.
 """
 
+import contextlib
 import functools
 from types import SimpleNamespace
 from typing import Any
@@ -51,6 +52,12 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: checked here): their tests pass in the interpreters of Triton 3.2 to 3.9, while Triton 3.0 and 3.1 (torch 2.4
 #: and 2.5) compute wrong weights there, and no GPU has run them
 MIN_TRITON = (3, 2)
+
+
+#: the oldest CUDA compute capability the kernels run on: Triton compiles atomic adds (the backward's) only from
+#: sm_70 on (on sm_60, a P100, the forward ran and the first backward failed in ptxas); torch's own Triton check
+#: asks for the same
+MIN_CAPABILITY = (7, 0)
 
 
 class TritonTooOld(ImportError):
@@ -225,16 +232,30 @@ def _define_kernels() -> SimpleNamespace:
     )
 
 
-def available(device: torch.device | str | None = None) -> bool:
-    """Whether triton (:data:`MIN_TRITON` or newer) can be imported; with ``device``, whether the kernels run
-    there (CUDA, or any device in Triton's interpreter, ``TRITON_INTERPRET=1``)."""
+def unusable(device: torch.device | str | None = None) -> str:
+    """Why the kernels cannot run, or "" where they can: triton (:data:`MIN_TRITON` or newer) must import; with
+    ``device``, the kernels must run there (a CUDA device of :data:`MIN_CAPABILITY` or newer, or any device in
+    Triton's interpreter, ``TRITON_INTERPRET=1``)."""
     try:
         kernels = _kernels()
-    except Exception:  # not installed, or a broken install
-        return False
-    if device is None:
-        return True
-    return kernels.interpreted or (torch.device(device).type == "cuda" and torch.cuda.is_available())
+    except Exception as err:  # not installed, or a broken install
+        return f"triton does not import ({type(err).__name__}: {err})"
+    if device is None or kernels.interpreted:
+        return ""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"{device.type} tensors need Triton's interpreter (TRITON_INTERPRET=1)"
+    if (capability := torch.cuda.get_device_capability(device)) < MIN_CAPABILITY:
+        return (
+            f"{torch.cuda.get_device_name(device)} is of compute capability {capability[0]}.{capability[1]}; the "
+            f"backward's atomic adds need {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Volta on)"
+        )
+    return ""
+
+
+def available(device: torch.device | str | None = None) -> bool:
+    """Whether the kernels run (on ``device``): :func:`unusable` has no reason against them."""
+    return not unusable(device)
 
 
 def _ready(device: torch.device) -> SimpleNamespace:
@@ -248,6 +269,11 @@ def _ready(device: torch.device) -> SimpleNamespace:
             "with; otherwise install the version your torch release pins, or `pip install -c constraints.txt triton` "
             "in the checkout for the tested one)"
         ) from err
+    if device.type == "cuda" and not kernels.interpreted and (why := unusable(device)):
+        raise RuntimeError(
+            f"structmt triton kernel: {why}; attend with another kernel (--struct-impl auto or efficient when "
+            "training, the same --model-overrides as below for a trained model)"
+        )
     if device.type != "cuda" and not kernels.interpreted:
         raise RuntimeError(
             f"structmt triton kernel: {device.type} tensors need Triton's interpreter; set TRITON_INTERPRET=1 "
@@ -257,6 +283,12 @@ def _ready(device: torch.device) -> SimpleNamespace:
             "structmt-translate; impl= of the functional API)"
         )
     return kernels
+
+
+def _on(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Where a launch runs: Triton launches on the current CUDA device (and its stream), which need not be the one
+    the tensors are on (the functional API on ``cuda:1``; a model split over GPUs)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 #: elements of a ``(BLOCK_C, BLOCK_D)`` tile each thread holds, per kernel (the warp count follows)
@@ -347,12 +379,13 @@ def _candidate_attention_op(
     kernels = _ready(q.device)
     seed_value, p, keep_scale, dropout = _dropout_args(dropout_p, seed)
     blocks, launch = _launch_config(kernels, C, D, E, "fwd")
-    kernels.fwd[(B * H * Tq,)](
-        q, k, v, index.contiguous(), kind.contiguous(), out, weights,
-        *q.stride(), *k.stride(), *v.stride(),
-        H, Tq, S, C, D, E, float(scale), float(eps), seed_value, p, keep_scale,
-        **blocks, DROPOUT=dropout, ACC=_acc(kernels, q.dtype), **launch,
-    )  # fmt: skip
+    with _on(q.device):
+        kernels.fwd[(B * H * Tq,)](
+            q, k, v, index.contiguous(), kind.contiguous(), out, weights,
+            *q.stride(), *k.stride(), *v.stride(),
+            H, Tq, S, C, D, E, float(scale), float(eps), seed_value, p, keep_scale,
+            **blocks, DROPOUT=dropout, ACC=_acc(kernels, q.dtype), **launch,
+        )  # fmt: skip
     return out, weights
 
 
@@ -396,12 +429,13 @@ def _candidate_attention_backward_op(
         kernels = _ready(q.device)
         seed_value, p, keep_scale, dropout = _dropout_args(dropout_p, seed)
         blocks, launch = _launch_config(kernels, C, D, E, "bwd")
-        kernels.bwd[(B * H * Tq,)](
-            q, k, v, index.contiguous(), kind.contiguous(), grad_out, dq, dk, dv,
-            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-            H, Tq, S, C, D, E, float(scale), float(eps), seed_value, p, keep_scale,
-            **blocks, DROPOUT=dropout, ACC=_acc(kernels, q.dtype), **launch,
-        )  # fmt: skip
+        with _on(q.device):
+            kernels.bwd[(B * H * Tq,)](
+                q, k, v, index.contiguous(), kind.contiguous(), grad_out, dq, dk, dv,
+                *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
+                H, Tq, S, C, D, E, float(scale), float(eps), seed_value, p, keep_scale,
+                **blocks, DROPOUT=dropout, ACC=_acc(kernels, q.dtype), **launch,
+            )  # fmt: skip
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -496,5 +530,6 @@ def dropout_keep_mask(seed: int | Tensor, shape: tuple[int, int, int, int], drop
     if B * H * Tq > 0 and C > 0:
         kernels = _ready(keep.device)
         block_c = kernels.triton.next_power_of_2(C)
-        kernels.keep[(B * H * Tq,)](keep, C, int(seed), float(dropout_p), BLOCK_C=block_c, num_warps=1)
+        with _on(keep.device):
+            kernels.keep[(B * H * Tq,)](keep, C, int(seed), float(dropout_p), BLOCK_C=block_c, num_warps=1)
     return keep.bool()
