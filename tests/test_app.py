@@ -105,6 +105,18 @@ def test_train_finetune_is_make_finetune(tmp_path):
     (tmp_path / other.run_id() / "train.json").write_text("{}")
     named, base = specs(_compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={other.run_id()}"))
     assert re.fullmatch(r"finetune\+finetune_from=[0-9a-f]{6}", named.schedule.name) and base == other
+    with_lr = specs(  # with another setting too (it was named for that alone, as a fine-tune of make finetune's start)
+        _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={other.run_id()}", "train.lr=0.001")
+    )
+    assert with_lr[0].schedule.name == named.schedule.name.replace("+finetune", "+lr=0.001+finetune", 1)
+    assert (
+        specs(
+            _compose(
+                "train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}", "train.lr=0.001"
+            )
+        )[0].schedule.name
+        == "finetune+lr=0.001"
+    )  # make finetune's start: named for the setting alone
     seed2 = specs(
         _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}", "train.seed=2")
     )
@@ -574,6 +586,25 @@ def test_a_runs_folder_under_a_file_is_refused_before_hydra_makes_its_folders(tm
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert empty.returncode == 1 and empty.stderr.startswith("error: invalid configuration: runs_dir='': empty; ")
+
+
+def test_a_run_id_with_an_equals_sign_is_refused_saying_how_to_quote_it(tmp_path):
+    """The run id of a schedule named for its settings holds '=' (``...-smoke+max_update=40-dense-...``), which
+    Hydra reads as syntax: its error ("mismatched input '='") named neither the override nor what to do."""
+    import shlex
+
+    run_id = "multi30k_en_de-smoke+max_update=40-dense-7463a5e5"
+    result = _run(tmp_path, "--cfg", "job", "train=finetune", f"train.finetune_from={run_id}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    quoted = f"'train.finetune_from=\"{run_id}\"'"
+    assert result.stderr == (
+        f"error: invalid configuration: train.finetune_from={run_id}: Hydra reads the '=' in its value as syntax; "
+        f"quote the value: {quoted}\n"
+    )
+    as_said = _run(tmp_path, "--cfg", "job", "train=finetune", *shlex.split(quoted))  # the advice, followed
+    assert as_said.returncode == 0 and f"finetune_from: {run_id}\n" in as_said.stdout
+    fine = _run(tmp_path, "--cfg", "job", "model.window=1,2", "train.max_update=3")  # no '=' in a value: Hydra's
+    assert "invalid configuration" not in fine.stderr
 
 
 def test_multirun_with_cfg_is_refused_in_a_sentence(tmp_path):

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -538,6 +539,23 @@ def _say_when_no_trial_completed() -> None:
     OptunaSweeperImpl.sweep = sweep  # type: ignore[method-assign]
 
 
+def unquoted_equals(argv: list[str]) -> list[str]:
+    """Overrides whose value holds an ``=`` Hydra cannot read unquoted, as the run ids of schedules named for their
+    settings do (``train.finetune_from=...-smoke+max_update=40-dense-1a2b3c4d``): Hydra's own error ("mismatched
+    input '='") says neither which override nor what to do."""
+    bad = []
+    for arg in argv:
+        key, equals, value = arg.partition("=")
+        if arg.startswith("-") or not equals or "=" not in value or value[:1] in "'\"":
+            continue
+        try:
+            OverridesParser.create().parse_override(arg)
+        except HydraException:
+            quoted = shlex.quote(f'{key}="{value}"')
+            bad.append(f"{key}={value}: Hydra reads the '=' in its value as syntax; quote the value: {quoted}")
+    return bad
+
+
 def main() -> None:
     """``structmt-run``: Hydra composes ``conf/`` (and nothing fairseq stored) and runs :func:`hydra_main`."""
     if problem := checkout_problem("structmt-run"):
@@ -546,6 +564,8 @@ def main() -> None:
         # Hydra's hydra.verbose=true, after the other overrides (Hydra reads them as one list after its options)
         sys.argv[1:] = [arg for arg in sys.argv[1:] if arg not in verbose] + ["hydra.verbose=true"]
     if bad := misspelt_keys(sys.argv[1:]):
+        raise SystemExit("error: invalid configuration: " + "; ".join(bad))
+    if bad := unquoted_equals(sys.argv[1:]):
         raise SystemExit("error: invalid configuration: " + "; ".join(bad))
     for arg in sys.argv[1:]:  # Hydra makes its folders under runs_dir before the run's checks (a traceback)
         if arg.lstrip("+").startswith("runs_dir="):

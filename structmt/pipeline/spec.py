@@ -369,7 +369,8 @@ def named_for_start(schedule: Schedule, start: Schedule) -> Schedule:
     """A :data:`FINETUNE_SCHEDULE` fine-tune named for its start where that is not the dense
     :data:`FINETUNE_START` run of its own seed (``finetune+finetune_from=1a2b3c``): fine-tunes of other models are
     never averaged as seeds of one setting."""
-    if schedule.name != FINETUNE_SCHEDULE or (start.name, start.seed) == (FINETUNE_START, schedule.seed):
+    finetune = schedule.name.partition("+")[0] == FINETUNE_SCHEDULE  # with other settings too: finetune+lr=0.001
+    if not finetune or (start.name, start.seed) == (FINETUNE_START, schedule.seed):
         return schedule
     return replace(schedule, name=f"{schedule.name}+finetune_from={setting_text(schedule.finetune_from)}")
 
