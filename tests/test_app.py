@@ -18,6 +18,7 @@ from structmt.checkpoints import training_seconds
 from structmt.pipeline import leaderboard
 from structmt.pipeline.app import ConfigError, misspelt_keys, specs, validate
 from structmt.pipeline.evaluation import row_labels, score
+from structmt.pipeline.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -105,6 +106,10 @@ def test_train_finetune_is_make_finetune(tmp_path):
     (tmp_path / other.run_id() / "train.json").write_text("{}")
     named, base = specs(_compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={other.run_id()}"))
     assert re.fullmatch(r"finetune\+finetune_from=[0-9a-f]{6}", named.schedule.name) and base == other
+    alone = f"train.finetune_from={other.run_id()}"  # without a baseline, or a dense fine-tune: named alike (they
+    assert specs(_compose("train=finetune", f"runs_dir={tmp_path}", alone, "baseline=false")) == (named, None)
+    dense_tune = specs(_compose("model=dense_multi30k", "train=finetune", f"runs_dir={tmp_path}", alone))[0]
+    assert dense_tune.schedule == named.schedule  # were "finetune", averaged with make finetune's seeds)
     with_lr = specs(  # with another setting too (it was named for that alone, as a fine-tune of make finetune's start)
         _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={other.run_id()}", "train.lr=0.001")
     )
@@ -121,11 +126,11 @@ def test_train_finetune_is_make_finetune(tmp_path):
         _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}", "train.seed=2")
     )
     assert seed2[0].schedule.name.startswith("finetune+finetune_from=")
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "spec.json").write_text(json.dumps(asdict(structured)))
-    (tmp_path / "s" / "train.json").write_text("{}")
-    with pytest.raises(ConfigError, match="train.finetune_from=s is a structured run"):
-        specs(_compose("train=finetune", f"runs_dir={tmp_path}", "train.finetune_from=s"))
+    (tmp_path / structured.run_id()).mkdir()
+    (tmp_path / structured.run_id() / "spec.json").write_text(json.dumps(asdict(structured)))
+    (tmp_path / structured.run_id() / "train.json").write_text("{}")
+    with pytest.raises(ConfigError, match=f"train.finetune_from={structured.run_id()} is a structured run"):
+        specs(_compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={structured.run_id()}"))
 
 
 @pytest.mark.reliability  # docs/reliability.md
@@ -557,6 +562,28 @@ def test_killed_point_resumes_from_its_checkpoint(tmp_path):
     assert len(leaderboard.read_rows(tmp_path / "results" / "leaderboard.csv")) == 2
 
 
+def test_one_model_written_two_ways_is_one_run_and_one_setting():
+    """A role mix or block list spelt otherwise, and an option that changes nothing in the model (error_eps without
+    an error term, a role mix beside a roles file): one run id, and rows labelled alike (they were five ids for
+    one mix, and seeds of one model never averaged); the order of the heads is another model."""
+    ids = lambda *overrides: specs(_compose(*overrides))[0].run_id()  # noqa: E731
+    one = ids("model.heads='syn:2,rare:2'")
+    for spelt in ("syntactic:2,rare:2", "syn:1,syn:1,rare:2", "syn:2,rare:2,pos:0", "syn:2, rare:2"):
+        assert ids(f"model.heads='{spelt}'") == one
+        assert ModelSpec(heads=spelt).heads_label() == "syn:2,rare:2"
+    assert ids("model.heads='syn:2,rare:2;syn:2,rare:2;syn:2,rare:2;syn:2,rare:2'") == one  # every layer alike
+    assert ids("model.heads='rare:2,syn:2'") != one  # the heads in another order: another model
+    default = ids()
+    assert ids("model.apply='decoder,encoder'") == ids("model.apply='encoder, decoder'") == default
+    assert ModelSpec(apply="decoder,encoder").options_label() == ""
+    assert ids("model.apply=decoder") != default and ModelSpec(apply="decoder").options_label() == "apply=decoder"
+    assert ids("model.error_eps=0.1") == default and ModelSpec(error_eps=0.1).options_label() == ""
+    assert ids("model.error=sink:1", "model.error_eps=0.1") != ids("model.error=sink:1")
+    roles = ["model=structured_multi30k_roles"]
+    assert ids(*roles, "model.heads='syn:4'") == ids(*roles)
+    assert default == "multi30k_en_de-cpu_demo-w3-r2-e4aa037a"  # the committed demo run's, as before
+
+
 def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advice():
     """Hydra's own error for ``model.windw=3`` suggests ``+model.windw=3``, which adds the misspelt key."""
     argv = ["-m", "model=structured_tiny", "model.windw=3,5", "model.window=3", "+model.windw=3", "~model.rare"]
@@ -599,10 +626,17 @@ def test_a_run_id_with_an_equals_sign_is_refused_saying_how_to_quote_it(tmp_path
     quoted = f"'train.finetune_from=\"{run_id}\"'"
     assert result.stderr == (
         f"error: invalid configuration: train.finetune_from={run_id}: Hydra reads the '=' in its value as syntax; "
-        f"quote the value: {quoted}\n"
+        f"quote it: {quoted}\n"
     )
     as_said = _run(tmp_path, "--cfg", "job", "train=finetune", *shlex.split(quoted))  # the advice, followed
     assert as_said.returncode == 0 and f"finetune_from: {run_id}\n" in as_said.stdout
+    listed = _run(tmp_path, "--cfg", "job", "train.extra_args=[--clip-norm=0.1,--fp16-no-flatten-grads]")
+    quoted = "'train.extra_args=[\"--clip-norm=0.1\",--fp16-no-flatten-grads]'"  # each part: the whole was one string
+    assert listed.stderr.endswith(f"quote it: {quoted}\n")
+    as_said = _run(tmp_path, "--cfg", "job", *shlex.split(quoted))
+    assert as_said.returncode == 0 and "  - --clip-norm=0.1\n  - --fp16-no-flatten-grads\n" in as_said.stdout
+    swept = _run(tmp_path, "-m", "train.finetune_from=a-s+lr=1-dense-1,b")  # a sweep: each value
+    assert swept.stderr.endswith("""quote it: 'train.finetune_from="a-s+lr=1-dense-1",b'\n""")
     fine = _run(tmp_path, "--cfg", "job", "model.window=1,2", "train.max_update=3")  # no '=' in a value: Hydra's
     assert "invalid configuration" not in fine.stderr
 

@@ -436,7 +436,7 @@ def test_only_triton_and_auto_on_cuda_run_the_triton_kernel(monkeypatch):
 
     from structmt.attention import functional, triton_kernel
 
-    monkeypatch.setattr(triton_kernel, "available", lambda device=None: True)
+    monkeypatch.setattr(triton_kernel, "unusable", lambda device=None: "")  # as on a GPU it runs on
     cuda_q = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), dtype=torch.float16, size=lambda d: 64)
     v = torch.empty(1, 1, 1, 64)
     paths = {kernel: functional.candidate_kernel(kernel, cuda_q, v, 0.0) for kernel in ("auto", "triton")}

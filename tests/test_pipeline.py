@@ -634,6 +634,15 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
     alone = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
     assert alone.endswith("No verdict: the leaderboard has no dense run of m, schedule s, test_2016_flickr to compare "
                           "with (`structmt-run` trains it with `baseline=true`, the default).\n")  # fmt: skip
+    # a sweep decoded with another length penalty (and beam): compared with the dense run decoded as it was
+    decoded = {"data": "m", "schedule": "s", "options": "beam=2 lenpen=0.6", "train_tokens_per_s": 100}
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs([
+        _row("d", bleu=30.0) | decoded | {"options": "", "window": "", "rare": ""},  # decoded as the schedule
+        _row("d-lp", bleu=20.0) | decoded | {"window": "", "rare": ""},
+        _row("w3r2-lp", bleu=21.0) | decoded | {"window": 3, "rare": 2, "heads": "auto"},
+    ]))  # fmt: skip
+    penalised = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", options="beam=2 lenpen=0.6")
+    assert "w=3, r=2: BLEU 21.0, at or above the dense baseline's 20.0" in penalised
 
 
 def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp_path):

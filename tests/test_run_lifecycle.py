@@ -19,7 +19,7 @@ from structmt.paths import DataFolder
 from structmt.pipeline import recipes, training
 from structmt.pipeline import spec as spec_module
 from structmt.pipeline.recipes import RECIPES, load_schedule, pair
-from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule
+from structmt.pipeline.spec import ModelSpec, RunSpec, Schedule, own_name
 
 quiet = lambda msg: None  # noqa: E731
 
@@ -54,6 +54,15 @@ def test_a_run_started_from_a_checkpoint_file_is_named_by_its_weights_not_its_pa
     b.write_bytes(b"other weights, longer")
     assert ids(b) != ids(a)
     assert ids(a) != RunSpec(model=model).run_id()
+    # train=finetune with a file: its schedule's name too (finetune+finetune_from=...) is of the weights (a digest of
+    # the path named copies apart and new weights at one path alike, and entered the id with the name)
+    b.write_bytes(b"weights one")
+    named = lambda path: own_name(replace(load_schedule("finetune"), finetune_from=str(path)))  # noqa: E731
+    assert named(a).name == named(b).name == named(tmp_path / "a" / ".." / "b" / "moved.pt").name
+    assert named(a).name.startswith("finetune+finetune_from=")
+    assert RunSpec(model=model, schedule=named(a)).run_id() == RunSpec(model=model, schedule=named(b)).run_id()
+    b.write_bytes(b"other weights, longer")
+    assert named(b).name != named(a).name
 
 
 @pytest.mark.parametrize("how", ["in place", "replaced by rename"])

@@ -29,6 +29,7 @@ decoding then see the same keys.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -179,6 +180,18 @@ def parse_role_spec(mix: str) -> list[str]:
             raise ValueError(f"head count for {name} must be >= 0")
         roles += [ROLE_ALIASES[name]] * n
     return roles
+
+
+def role_mix_text(mix: str) -> str:
+    """The one spelling of the role mix ``mix`` (``--struct-heads`` syntax; raises as :func:`parse_role_spec`):
+    short names, the consecutive heads of one role counted together, roles of no head left out, and one mix where
+    every layer has the same (``syntactic:1,syn:1,rare:2,pos:0`` and ``syn:2,rare:2;syn:2,rare:2`` are
+    ``syn:2,rare:2``). The order of the heads stays: ``rare:2,syn:2`` is another model."""
+    layers = []
+    for layer in (part for part in mix.split(";") if part.strip()):
+        runs = [(role, len(list(heads))) for role, heads in itertools.groupby(parse_role_spec(layer))]
+        layers.append(",".join(f"{SHORT_ROLES[role]}:{count}" for role, count in runs))
+    return layers[0] if len(set(layers)) == 1 else ";".join(layers)
 
 
 def parse_role_mix(

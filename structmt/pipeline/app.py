@@ -359,14 +359,28 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
             f"averaged with {given.name}'s as seeds of one setting)"
         )
     spec = RunSpec(data=data, model=model, schedule=schedule)
-    if not (cfg.baseline and model.structured):
-        return spec, None
-    if schedule.finetune_from:
+    start = None
+    if schedule.finetune_from and not schedule.finetune_from.endswith(".pt"):  # a run: named for it, baseline or not
         runs_dir = repo_path(cfg.runs_dir)
         schedule.finetune_checkpoint(runs_dir)  # a finished run of that id, or a clear error
         start = read_spec(runs_dir / schedule.finetune_from)
         # where this machine finds the data is this configuration's, not the one the dense run recorded
         start = replace(start, data=replace(start.data, mirror=data.mirror, base_url=data.base_url))
+        if start.run_id() != schedule.finetune_from:
+            raise ConfigError(
+                f"train.finetune_from={schedule.finetune_from}: its spec.json gives the run id {start.run_id()} "
+                "(a folder renamed, or made by other code?); give the run's own id"
+            )
+        if (named := named_for_start(schedule, start.schedule)) != schedule:
+            say_once(
+                f"schedule {named.name}: a fine-tune of {schedule.finetune_from}, not the dense {FINETUNE_START} "
+                f"run of seed {schedule.seed} that {schedule.name} starts from (its rows are never averaged with "
+                f"{schedule.name}'s)"
+            )
+            spec = replace(spec, schedule=named)
+    if not (cfg.baseline and model.structured):
+        return spec, None
+    if start is not None:
         if start.model.structured:
             raise ConfigError(
                 f"train.finetune_from={schedule.finetune_from} is a structured run: the baseline is a dense one; "
@@ -377,11 +391,6 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
                 f"train.finetune_from={schedule.finetune_from} was trained on other data ({start.data}); the "
                 f"fine-tune's data ({data}) must be the same to compare with it, or set baseline=false"
             )
-        if start.run_id() != schedule.finetune_from:
-            raise ConfigError(
-                f"train.finetune_from={schedule.finetune_from}: its spec.json gives the run id {start.run_id()} "
-                "(a folder renamed, or made by other code?); give the run's own id"
-            )
         for key in ("beam", "lenpen"):  # the p-value would mix the decodings into the models' difference
             if getattr(start.schedule, key) != getattr(schedule, key):
                 raise ConfigError(
@@ -389,13 +398,6 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
                     f"decoded with {key} {getattr(start.schedule, key)}: the p-value against it pairs the two "
                     f"decodings; decode with its {key}, or set baseline=false"
                 )
-        if (named := named_for_start(schedule, start.schedule)) != schedule:
-            say_once(
-                f"schedule {named.name}: a fine-tune of {schedule.finetune_from}, not the dense {FINETUNE_START} "
-                f"run of seed {schedule.seed} that {schedule.name} starts from (its rows are never averaged with "
-                f"{schedule.name}'s)"
-            )
-            spec = replace(spec, schedule=named)
         return spec, start
     return spec, replace(spec, model=ModelSpec(arch=model.dense_arch))
 
@@ -551,8 +553,16 @@ def unquoted_equals(argv: list[str]) -> list[str]:
         try:
             OverridesParser.create().parse_override(arg)
         except HydraException:
-            quoted = shlex.quote(f'{key}="{value}"')
-            bad.append(f"{key}={value}: Hydra reads the '=' in its value as syntax; quote the value: {quoted}")
+            listed = value.startswith("[") and value.endswith("]")  # a list, or a sweep's values: each part quoted
+            parts = (value[1:-1] if listed else value).split(",")
+            parts = [f'"{part}"' if "=" in part else part for part in parts]
+            quoted = f"{key}=" + ("[{}]" if listed else "{}").format(",".join(parts))
+            try:
+                OverridesParser.create().parse_override(quoted)
+                advice = f"quote it: {shlex.quote(quoted)}"
+            except HydraException:  # a nested value: no advice that would be wrong
+                advice = "quote each part of it that holds '=' (\"...\")"
+            bad.append(f"{key}={value}: Hydra reads the '=' in its value as syntax; {advice}")
     return bad
 
 

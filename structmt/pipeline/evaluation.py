@@ -75,6 +75,11 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
     return round(p_value, 4), round(float(res.ci), 2)
 
 
+#: the decoding settings a row's ``options`` names where they are not its schedule's (``beam=2 lenpen=0.6``): a dense
+#: row's options hold nothing else
+DECODING = ("beam", "lenpen")
+
+
 def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
     """The ``data``, ``test_set`` and ``options`` columns of a row of ``spec``: another direction than the data
     set's name, another vocabulary than its default (``data.vocab_size``), a slice of the training data
@@ -88,9 +93,7 @@ def row_labels(spec: RunSpec, test_name: str) -> dict[str, str]:
     data = data_label(d) + (f"-vocab{d.vocab_size}" if d.vocab_size != default_vocab(d.name) else "")
     usual = named_schedule(spec.schedule.name) or Schedule()
     decoding = [
-        f"{key}={getattr(spec.schedule, key)}"
-        for key in ("beam", "lenpen")
-        if getattr(spec.schedule, key) != getattr(usual, key)
+        f"{key}={getattr(spec.schedule, key)}" for key in DECODING if getattr(spec.schedule, key) != getattr(usual, key)
     ]
     return {
         "data": data + (f"-train{d.max_train_lines}" if d.max_train_lines else ""),

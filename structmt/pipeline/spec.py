@@ -8,6 +8,7 @@ checkpoint.  Committed results are keyed by these ids: the algorithm of
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -17,7 +18,8 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass, replac
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..attention.options import PREFIX, RUN_NAMES, StructureConfig, spec_fields, to_fairseq_args
+from ..attention.options import BLOCKS, PREFIX, RUN_NAMES, StructureConfig, spec_fields, to_fairseq_args
+from ..attention.structure import role_mix_text
 from ..data.prepare import MULTI30K_VOCAB
 from ..data.stages import sha256_file
 from ..leaderboard_csv import cross_cell
@@ -90,7 +92,7 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
         """The role mix as the leaderboard shows it; roles from a file by a digest of their content
         (``roles:1a2b3c4d``), whatever the file is called: two analyses' roles.json are two mixes, never two
         seeds of one, and one file copied elsewhere is the same mix (as in the run id)."""
-        return f"roles:{self.roles_digest()[:8]}" if self.structured and self.heads_from else self.heads
+        return f"roles:{self.roles_digest()[:8]}" if self.structured and self.heads_from else self.effective().heads
 
     def cross_label(self) -> str:
         """The cross-attention band as the leaderboard shows it (``cross_cell``; '' = dense)."""
@@ -103,27 +105,47 @@ class ModelSpec(StructureOptions):  # type: ignore[valid-type,misc]
         if not self.structured:
             return ""
         own_columns = ("window", "rare", "heads", "heads_from", "cross_window", "cross_slope", "impl")
+        model = self.effective()
         return " ".join(
-            f"{name}={getattr(self, name)}"
+            f"{name}={getattr(model, name)}"
             for name, _, default in spec_fields()
-            if name not in own_columns and getattr(self, name) != default.default
+            if name not in own_columns and getattr(model, name) != default.default
         )
 
     def fairseq_args(self, roles: Path | None = None) -> list[str]:
         """The ``--struct-*`` options not at their default; ``roles`` is the run's own copy of the roles file."""
         return to_fairseq_args(self.options(roles)) if self.structured else []
 
+    def effective(self) -> ModelSpec:
+        """This model as its run id and its rows name it: one spelling of its role mix (:func:`role_mix_text`) and
+        of its blocks, and the options that change nothing in it at their defaults (the error term's eps without
+        an error term, the role mix beside a roles file, the cross slope with dense cross-attention): two specs of
+        one model are one run, and their rows seeds of one setting."""
+        default = {name: f.default for name, _, f in spec_fields()}
+        plain: dict[str, Any] = {}
+        if self.heads_from:
+            plain["heads"] = default["heads"]
+        elif self.heads != "auto":
+            with contextlib.suppress(ValueError):  # a mix that does not parse: refused with the other options
+                plain["heads"] = role_mix_text(self.heads)
+        with contextlib.suppress(ValueError):
+            blocks = StructureConfig(struct_apply=self.apply).blocks()
+            plain["apply"] = ",".join(block for block in BLOCKS if block in blocks)
+        if self.error == "none":
+            plain["error_eps"] = default["error_eps"]
+        if self.cross_window < 0:
+            plain["cross_slope"] = default["cross_slope"]
+        return replace(self, **plain)
+
     def id_settings(self) -> dict[str, Any]:
         """The settings of this model that identify a run."""
         if not self.structured:
             return {"arch": self.arch}
-        settings = asdict(self)
+        settings = asdict(self.effective())
         always = set(_ALWAYS_IN_ID) | ({"cross_window", "cross_slope"} if self.cross_window >= 0 else set())
         for name, _, default in spec_fields():
             if name not in always and settings[name] == default.default:
                 settings.pop(name)
-        if self.cross_window < 0:
-            settings.pop("cross_slope", None)  # no effect with dense cross-attention
         if self.heads_from:
             settings["heads_from"] = self.roles_digest()  # the roles themselves identify the run
         return settings
@@ -348,7 +370,9 @@ def own_name(schedule: Schedule) -> Schedule:
         if f.name not in same_setting(schedule) and getattr(schedule, f.name) != getattr(named, f.name)
     }
     if schedule.finetune_from and (schedule.name != FINETUNE_SCHEDULE or schedule.finetune_from.endswith(".pt")):
-        changed["finetune_from"] = schedule.finetune_from
+        start = Path(schedule.finetune_from).expanduser()  # a file: named for its weights, not where it lies
+        weights = schedule.finetune_from.endswith(".pt") and start.is_file()
+        changed["finetune_from"] = file_digest(start.resolve()) if weights else schedule.finetune_from
     if not changed:
         return schedule
     return replace(schedule, name="+".join([schedule.name, *(f"{k}={setting_text(v)}" for k, v in changed.items())]))

@@ -15,7 +15,7 @@ from ..figures import annotated_heatmap
 from ..files import output_dir, write_text_atomic
 from ..leaderboard_csv import read_rows, short_commit
 from ..paths import REPO_ROOT, RESULTS_DIR, ResultsFolder
-from .evaluation import row_text
+from .evaluation import DECODING, row_text
 from .leaderboard import evaluations
 from .spec import ModelSpec
 
@@ -158,8 +158,8 @@ def report(
     if arch is not None:  # one model and its dense baseline
         dense = ModelSpec(arch=arch).dense_arch
         rows = [r for r in rows if r["arch"] == (arch if r["window"] else dense)]
-    beam = " ".join(o for o in options.split() if o.startswith("beam="))  # what a dense row's options can hold
-    dense = list(cells([r for r in rows if not r["window"] and r["options"] == beam], what).values())
+    decoding = " ".join(o for o in options.split() if o.startswith(tuple(f"{key}=" for key in DECODING)))
+    dense = list(cells([r for r in rows if not r["window"] and r["options"] == decoding], what).values())
     grid = cells(
         [r for r in rows if r["window"] and r["heads"] == heads and not r["cross"] and r["options"] == options], what
     )
