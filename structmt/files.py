@@ -152,9 +152,11 @@ def split_problem(data_dir: Path, subset: str, option: str = "--subset") -> str:
         problem = _binarized_problem(file, sentences)
         if problem:
             return f"{option} {subset}: {problem}; binarize the data again (structmt-prepare, or fairseq-preprocess)"
-    if len(set(sentences.values())) > 1:
-        counts = ", ".join(f"{name} {count}" for name, count in sentences.items())
-        return f"{option} {subset}: its files hold different numbers of sentences ({counts}); binarize it again"
+    for pair in sorted({name.split(".")[1] for name in sentences}):  # a data-bin may hold several language pairs
+        counts = {name: count for name, count in sentences.items() if name.split(".")[1] == pair}
+        if len(set(counts.values())) > 1:
+            said = ", ".join(f"{name} {count}" for name, count in counts.items())
+            return f"{option} {subset}: its files hold different numbers of sentences ({said}); binarize it again"
     return ""
 
 

@@ -637,6 +637,12 @@ def test_a_run_id_with_an_equals_sign_is_refused_saying_how_to_quote_it(tmp_path
     assert as_said.returncode == 0 and "  - --clip-norm=0.1\n  - --fp16-no-flatten-grads\n" in as_said.stdout
     swept = _run(tmp_path, "-m", "train.finetune_from=a-s+lr=1-dense-1,b")  # a sweep: each value
     assert swept.stderr.endswith("""quote it: 'train.finetune_from="a-s+lr=1-dense-1",b'\n""")
+    from structmt.pipeline.app import unquoted_equals
+
+    for nested in ("k={a:x=y}", "k=[[a=b],c]"):  # quoting the whole, or a part, would read a dict or list as text
+        assert unquoted_equals([nested]) == [
+            f"""{nested}: Hydra reads the '=' in its value as syntax; quote each part of it that holds '=' ("...")"""
+        ]
     fine = _run(tmp_path, "--cfg", "job", "model.window=1,2", "train.max_update=3")  # no '=' in a value: Hydra's
     assert "invalid configuration" not in fine.stderr
 

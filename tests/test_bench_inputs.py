@@ -207,6 +207,9 @@ def test_a_damaged_split_is_named_before_a_model_loads(data_bin, tmp_path, monke
         mixed,
     )
     assert counts and int(counts[1]) > 60, mixed  # train's English beside test's German
+    pairs = [(f"train.en-de.{lang}.{e}", f"test.de-en.{lang}.{e}") for lang in ("en", "de") for e in ("bin", "idx")]
+    other_pair = damaged(lambda f: [shutil.copy(data_bin / a, f / b) for a, b in pairs])  # another pair: its own count
+    assert other_pair == ""
     empty = tmp_path / "empty"
     shutil.copytree(data_bin, empty)
     subprocess.run(  # fairseq-preprocess of an empty test split

@@ -670,6 +670,8 @@ def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp
     )
     assert f"![BLEU]({page.stem}_bleu.png)" in syn and (page.parent / f"{page.stem}_bleu.png").is_file()
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr.md").read_text() == auto  # not overwritten
+    spelt = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", heads="syntactic:1")
+    assert spelt == syn  # the mix in another spelling: the rows' one (they found none)
     assert "(role mix auto, dense cross-attention): w=3, r=2: BLEU 31.0, at or above" in auto
     # every layer syn:1,rare:1 and layer by layer syn:1;rare:1 are two mixes: two pages
     for mix in ("syn:1,rare:1", "syn:1;rare:1"):

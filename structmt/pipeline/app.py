@@ -369,7 +369,8 @@ def specs(cfg: Any) -> tuple[RunSpec, RunSpec | None]:
         if start.run_id() != schedule.finetune_from:
             raise ConfigError(
                 f"train.finetune_from={schedule.finetune_from}: its spec.json gives the run id {start.run_id()} "
-                "(a folder renamed, or made by other code?); give the run's own id"
+                "(a folder renamed, made by other code, or named under the id rule before 3f98fbd, which gave a "
+                "model written two ways two ids: then rename the folder to that id); give the run's own id"
             )
         if (named := named_for_start(schedule, start.schedule)) != schedule:
             say_once(
@@ -553,14 +554,17 @@ def unquoted_equals(argv: list[str]) -> list[str]:
         try:
             OverridesParser.create().parse_override(arg)
         except HydraException:
+            nested = "{" in value or "[" in value[1:]  # a dict or a nested list: no advice that would be wrong
             listed = value.startswith("[") and value.endswith("]")  # a list, or a sweep's values: each part quoted
             parts = (value[1:-1] if listed else value).split(",")
             parts = [f'"{part}"' if "=" in part else part for part in parts]
             quoted = f"{key}=" + ("[{}]" if listed else "{}").format(",".join(parts))
             try:
+                if nested:
+                    raise HydraException(value)
                 OverridesParser.create().parse_override(quoted)
                 advice = f"quote it: {shlex.quote(quoted)}"
-            except HydraException:  # a nested value: no advice that would be wrong
+            except HydraException:
                 advice = "quote each part of it that holds '=' (\"...\")"
             bad.append(f"{key}={value}: Hydra reads the '=' in its value as syntax; {advice}")
     return bad

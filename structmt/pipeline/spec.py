@@ -3,7 +3,9 @@
 A run's id is derived from its resolved settings, so re-running the same
 settings finds the finished run (and skips it) or resumes it from its last
 checkpoint.  Committed results are keyed by these ids: the algorithm of
-:meth:`RunSpec.run_id` must not change.
+:meth:`RunSpec.run_id` must not change their ids. (It changed once, at 3f98fbd, for runs of none of them: one
+model written two ways became one id, :meth:`ModelSpec.effective`; a run folder named before under another
+spelling is trained again under the new id unless renamed to it.)
 """
 
 from __future__ import annotations

@@ -5,11 +5,13 @@ against the dense baseline of the same schedule."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import re
 import shlex
 from pathlib import Path
 
+from ..attention.structure import role_mix_text
 from ..console import add_verbose_option, setup
 from ..figures import annotated_heatmap
 from ..files import output_dir, write_text_atomic
@@ -145,6 +147,9 @@ def report(
     ``grid_of``'s, else every (w, r) of the windows and rare counts found) that have no run are named, and the
     verdict says it covers only the others.  ``arch``: the structured architecture (needed when the rows hold
     several), whose dense baseline is the same name without ``structured_``."""
+    if heads != "auto" and not heads.startswith("roles:"):  # the rows hold a mix in its one spelling
+        with contextlib.suppress(ValueError):  # one that does not parse finds no rows: the error lists those there
+            heads = role_mix_text(heads)
     csv_path = ResultsFolder(results_dir).leaderboard
     if not csv_path.is_file():
         raise SystemExit(
