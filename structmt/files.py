@@ -149,9 +149,11 @@ def split_problem(data_dir: Path, subset: str, option: str = "--subset") -> str:
         return f"{option} {subset}: {data_dir} has no such split (it has: {', '.join(splits) or 'none'})"
     sentences: dict[str, int] = {}
     for file in files:
-        problem = _binarized_problem(file, sentences)
+        problem, count = _binarized_problem(file)
         if problem:
             return f"{option} {subset}: {problem}; binarize the data again (structmt-prepare, or fairseq-preprocess)"
+        if count is not None:
+            sentences[file.name] = count
     for pair in sorted({name.split(".")[1] for name in sentences}):  # a data-bin may hold several language pairs
         counts = {name: count for name, count in sentences.items() if name.split(".")[1] == pair}
         if len(set(counts.values())) > 1:
@@ -160,34 +162,35 @@ def split_problem(data_dir: Path, subset: str, option: str = "--subset") -> str:
     return ""
 
 
-def _binarized_problem(file: Path, sentences: dict[str, int]) -> str:
+def _binarized_problem(file: Path) -> tuple[str, int | None]:
     """What is wrong with ``file`` (``<name>.bin``) and its index (``<name>.idx``), as fairseq-preprocess writes
-    them in its default format, or ""; ``sentences[file name]``: the number of sentences its index gives. A file
-    cut short or empty failed deep in fairseq, naming none; another format of fairseq's is left to fairseq."""
+    them in its default format ("" where nothing is), and the number of sentences its index gives (None where it
+    cannot be read). A file cut short or empty failed deep in fairseq, naming none; another format of fairseq's is
+    left to fairseq."""
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
     index_file = file.with_suffix(".idx")
     if not index_file.is_file():
-        return f"{index_file} is missing"
+        return f"{index_file} is missing", None
     magic = MMapIndexedDataset.Index._HDR_MAGIC
     with open(index_file, "rb") as f:
         begins = f.read(len(magic))
     if len(begins) < len(magic):
-        return f"{index_file} is empty or cut short"
+        return f"{index_file} is empty or cut short", None
     if begins != magic:
-        return ""
+        return "", None
     try:
         index = MMapIndexedDataset.Index(str(index_file))
-        sentences[file.name] = count = len(index)
+        count = len(index)
         pointer, size = index[count - 1] if count else (0, 0)
         needed = int(pointer) + int(size) * index.dtype().itemsize
     except (AssertionError, ValueError, KeyError, struct.error) as err:
-        return f"{index_file} is damaged ({type(err).__name__}: {err})"
+        return f"{index_file} is damaged ({type(err).__name__}: {err})", None
     if count == 0:
-        return f"{file} holds no sentences"
+        return f"{file} holds no sentences", count
     if (size_now := file.stat().st_size) < needed:
-        return f"{file} is cut short ({size_now} bytes of the {needed} its index gives)"
-    return ""
+        return f"{file} is cut short ({size_now} bytes of the {needed} its index gives)", count
+    return "", count
 
 
 def finite_float(value: str) -> float:

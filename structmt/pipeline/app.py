@@ -10,6 +10,7 @@ without training, so a bad override fails before any work starts, naming the key
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import math
@@ -554,18 +555,15 @@ def unquoted_equals(argv: list[str]) -> list[str]:
         try:
             OverridesParser.create().parse_override(arg)
         except HydraException:
-            nested = "{" in value or "[" in value[1:]  # a dict or a nested list: no advice that would be wrong
             listed = value.startswith("[") and value.endswith("]")  # a list, or a sweep's values: each part quoted
             parts = (value[1:-1] if listed else value).split(",")
             parts = [f'"{part}"' if "=" in part else part for part in parts]
             quoted = f"{key}=" + ("[{}]" if listed else "{}").format(",".join(parts))
-            try:
-                if nested:
-                    raise HydraException(value)
-                OverridesParser.create().parse_override(quoted)
-                advice = f"quote it: {shlex.quote(quoted)}"
-            except HydraException:
-                advice = "quote each part of it that holds '=' (\"...\")"
+            advice = "quote each part of it that holds '=' (\"...\")"
+            if not ("{" in value or "[" in value[1:]):  # a dict or a nested list: quoting would read it as text
+                with contextlib.suppress(HydraException):
+                    OverridesParser.create().parse_override(quoted)
+                    advice = f"quote it: {shlex.quote(quoted)}"
             bad.append(f"{key}={value}: Hydra reads the '=' in its value as syntax; {advice}")
     return bad
 
