@@ -8,8 +8,9 @@ import contextlib
 import gzip
 import math
 import os
+import secrets
+import shutil
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,28 +41,48 @@ def link_target(path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def new_temporary(folder: Path, prefix: str, suffix: str = "", *, directory: bool = False) -> Iterator[Path]:
+    """A new empty file (a folder with ``directory``) ``folder/<prefix><random><suffix>``, private to this user,
+    removed when the block ends unless the block moved it away, and by a SIGTERM. Its name is registered
+    (:func:`temporary_path`) before it is made: made by ``mkstemp``, then registered, a SIGTERM in between left it."""
+    for _ in range(100):
+        tmp = folder / f"{prefix}{secrets.token_hex(8)}{suffix}"
+        with temporary_path(tmp):
+            try:
+                if directory:
+                    os.mkdir(tmp, 0o700)
+                else:
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            except FileExistsError:  # another's name (64 random bits: in theory): draw again
+                continue
+            try:
+                yield tmp
+            finally:
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                elif os.path.lexists(tmp):
+                    os.unlink(tmp)
+            return
+    raise FileExistsError(f"no new temporary name {prefix}…{suffix} in {folder} after 100 tries")
+
+
+@contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success. A symbolic link is
     followed (the file it names is replaced, the link stays). The file keeps the mode it had, or gets the
-    one a plain ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``."""
+    one a plain ``open`` would give it (``0o666`` less the umask), not the temporary file's private ``0o600``."""
     path = link_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.stat() if path.is_file() else None
     mode = old.st_mode & 0o7777 if old else 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with temporary_path(tmp):  # removed by a SIGTERM too (the finally below does not run then)
-            yield Path(tmp)
-            _fsync(tmp)  # before it takes the old file's mode, which may not let its owner read it
-            os.chmod(tmp, mode)
-            if old is not None and old.st_gid != os.stat(tmp).st_gid:
-                with contextlib.suppress(OSError):  # a shared file keeps its group where this user may set it
-                    os.chown(tmp, -1, old.st_gid)
-            _rename_durably(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with new_temporary(path.parent, f".{path.name}.", ".tmp") as tmp:  # removed by a SIGTERM too
+        yield tmp
+        _fsync(tmp)  # before it takes the old file's mode, which may not let its owner read it
+        os.chmod(tmp, mode)
+        if old is not None and old.st_gid != os.stat(tmp).st_gid:
+            with contextlib.suppress(OSError):  # a shared file keeps its group where this user may set it
+                os.chown(tmp, -1, old.st_gid)
+        _rename_durably(tmp, path)
 
 
 def _fsync(path: str | Path) -> None:

@@ -436,52 +436,67 @@ def test_wandb_offline_run_holds_config_curve_and_scores(tmp_path, monkeypatch):
     assert "test_2016_flickr/bleu_ci95" not in run["summary"]
 
 
+def _logged_config(tmp_path, monkeypatch, trained, now=None, name=None, heads="auto"):
+    """The W&B config ``_log_wandb`` records for a run trained as ``trained`` (its spec.json), logged by a command
+    whose spec is ``now`` (default: the same), in the folder ``name`` (default: its run id), rows labelled
+    ``heads``."""
+    import json
+    from dataclasses import asdict
+
+    from structmt.paths import RunFolder
+    from structmt.pipeline.evaluation import _log_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = RunFolder(tmp_path / (name or trained.run_id()))
+    run.path.mkdir()
+    run.spec.write_text(json.dumps(asdict(trained)))
+    _tiny_train_log(run.path)
+    row = _row(run.path.name) | {"data": "multi30k_en_de", "heads": heads, "cross": "", "options": ""}
+    folder = _log_wandb(now or trained, run, [row], tmp_path, WandbSettings("offline"), "id-1", lambda message: None)
+    assert folder is not None
+    return read_offline_run(Path(folder))["config"]
+
+
 def test_a_wandb_run_logged_again_records_the_settings_it_was_trained_with(tmp_path, monkeypatch):
     """A run logged again by a later command (a sweep adds its validation score, a p-value filled in) recorded
     that command's train.threads beside the tokens/s measured with the training's: the settings outside the
     run id come from the run's spec.json."""
-    import json
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
-    from structmt.paths import RunFolder
-    from structmt.pipeline.evaluation import _log_wandb
     from structmt.pipeline.spec import RunSpec, Schedule
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
     trained = RunSpec(schedule=Schedule(threads=1, save_interval=50))
     now = replace(trained, schedule=replace(trained.schedule, threads=2, save_interval=7))
     assert now.run_id() == trained.run_id()
-    run = RunFolder(tmp_path / trained.run_id())
-    run.path.mkdir()
-    run.spec.write_text(json.dumps(asdict(trained)))
-    _tiny_train_log(run.path)
-    row = _row(trained.run_id()) | {"data": "multi30k_en_de", "heads": "auto", "cross": "", "options": ""}
-    folder = _log_wandb(now, run, [row], tmp_path, WandbSettings("offline"), "id-1", lambda message: None)
-    assert folder is not None
-    schedule = read_offline_run(Path(folder))["config"]["schedule"]
+    schedule = _logged_config(tmp_path, monkeypatch, trained, now)["schedule"]
     assert (schedule["threads"], schedule["save_interval"]) == (1, 50)
 
 
 def test_a_wandb_run_of_a_roles_file_names_its_heads_as_its_rows_do(tmp_path, monkeypatch):
     """Its settings say heads "auto", which the roles file's mix replaces: filtering W&B runs on heads=auto
     would take it for the default mix."""
-    import json
-    from dataclasses import asdict
-
-    from structmt.paths import RunFolder
-    from structmt.pipeline.evaluation import _log_wandb
     from structmt.pipeline.spec import ModelSpec, RunSpec
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
     spec = RunSpec(model=ModelSpec(arch="structured_transformer_multi30k", heads_from="results/roles.json"))
-    run = RunFolder(tmp_path / "multi30k_en_de-cpu_demo-w3-r2-roles-0000abcd")
-    run.path.mkdir()
-    run.spec.write_text(json.dumps(asdict(spec)))
-    _tiny_train_log(run.path)
-    row = _row(run.path.name) | {"data": "multi30k_en_de", "heads": "roles:1a2b3c4d", "cross": "", "options": ""}
-    folder = _log_wandb(spec, run, [row], tmp_path, WandbSettings("offline"), "id-2", lambda message: None)
-    model = read_offline_run(Path(folder))["config"]["model"]
+    name = "multi30k_en_de-cpu_demo-w3-r2-roles-0000abcd"
+    model = _logged_config(tmp_path, monkeypatch, spec, name=name, heads="roles:1a2b3c4d")["model"]
     assert (model["heads"], model["heads_from"]) == ("roles:1a2b3c4d", "results/roles.json")
+
+
+def test_a_wandb_run_records_its_model_as_its_run_id_names_it(tmp_path, monkeypatch):
+    """Two spellings of one model (blocks in another order, an error eps without an error term, a cross slope
+    with dense cross-attention) are one run id: their W&B configs are one setting too, or filtering on
+    model.apply would split the seeds of one row."""
+    from dataclasses import asdict
+
+    from structmt.pipeline.spec import ModelSpec, RunSpec
+
+    plain = ModelSpec(arch="structured_transformer_multi30k")
+    spec = RunSpec(model=ModelSpec(arch=plain.arch, apply="decoder,encoder", error_eps=0.5, cross_slope=2.0))
+    assert spec.run_id() == RunSpec(model=plain).run_id()
+    model = _logged_config(tmp_path, monkeypatch, spec)["model"]
+    names = ("apply", "error_eps", "cross_slope")
+    assert {k: model[k] for k in names} == {k: asdict(plain)[k] for k in names}
 
 
 def test_a_wandb_run_that_fails_after_it_began_is_closed_and_removed(tmp_path, monkeypatch):

@@ -672,6 +672,30 @@ def test_a_sigterm_leaves_no_temporary_file_or_folder_behind(data_bin, tmp_path)
     assert (tmp_path / "kept.txt").read_text() == "whole"
 
 
+@pytest.mark.parametrize("made_by", ["open", "mkdir"])
+def test_a_sigterm_as_a_temporary_file_or_folder_is_made_leaves_nothing_behind(data_bin, tmp_path, made_by):
+    """The SIGTERM comes the moment the atomic write's temporary file (os.open) or structmt-analyze's folder
+    (os.mkdir) exists: its name was registered before it was made, so the handler removes it (made by mkstemp or
+    TemporaryDirectory and registered after, it was left)."""
+    import signal
+
+    code = (
+        "import os, signal, sys\nfrom pathlib import Path\nfrom structmt.analysis import report\n"
+        "from structmt.console import setup\nfrom structmt.files import write_text_atomic\n"
+        "out, made_by = Path(sys.argv[1]), sys.argv[4]\nreal = getattr(os, made_by)\n"
+        "def made(path, *args, **kwargs):\n    result = real(path, *args, **kwargs)\n"
+        "    if '.kept.txt.' in str(path) or '.analysis-' in str(path):\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return result\n"
+        "setattr(os, made_by, made)\n"
+        "if made_by == 'open':\n    setup()\n    write_text_atomic(out / 'kept.txt', 'whole')\n"
+        "else:\n    report.main([sys.argv[2], sys.argv[3], '--out-dir', str(out)])\n"
+    )
+    argv = [str(tmp_path), str(data_bin / "dict.en.txt"), str(data_bin), made_by]
+    ended = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert ended.returncode == -signal.SIGTERM and ended.stderr == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_child_started_while_the_command_is_being_terminated_is_ended_at_once(monkeypatch):
     """A thread that waited on a run's lock starts its fairseq-train after the SIGTERM handler ended the others."""
     from structmt import console

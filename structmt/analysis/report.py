@@ -10,7 +10,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -22,7 +21,15 @@ from ..attention.options import StructureConfig
 from ..attention.structure import ROLES, SHORT_ROLES, rarity_tables
 from ..checkpoints import load_model
 from ..figures import annotated_heatmap, pyplot, save
-from ..files import data_bin, existing_file, int_at_least, output_dir, split_problem, write_text_atomic
+from ..files import (
+    data_bin,
+    existing_file,
+    int_at_least,
+    new_temporary,
+    output_dir,
+    split_problem,
+    write_text_atomic,
+)
 from ..paths import RESULTS_DIR
 from ..provenance import git_commit, machine
 from .extract import SentenceAttention, iterate
@@ -611,7 +618,7 @@ def markdown(result: dict[str, Any], command: str, n: int = THESIS_N) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..console import add_verbose_option, setup, temporary_path
+    from ..console import add_verbose_option, setup
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument(
@@ -659,14 +666,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     command = "structmt-analyze " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:]))
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    with (
-        tempfile.TemporaryDirectory(dir=a.out_dir, prefix=".analysis-") as drawn,  # figures wait there for the page
-        temporary_path(drawn),  # removed by a SIGTERM too
-    ):
-        result = analyze(
-            a.checkpoint, a.data_dir, a.subset, Path(drawn), draws=a.draws, seed=a.seed, pos_window=a.pos_window
-        )
-        write_report(a.out_dir, result, command, figures=Path(drawn))
+    with new_temporary(a.out_dir, ".analysis-", directory=True) as drawn:  # figures wait there for the page
+        result = analyze(a.checkpoint, a.data_dir, a.subset, drawn, draws=a.draws, seed=a.seed, pos_window=a.pos_window)
+        write_report(a.out_dir, result, command, figures=drawn)
     print(f"wrote {a.out_dir / 'ANALYSIS.md'}, analysis.json, roles.json and figures ({result['seconds']:.0f} s)")
 
 

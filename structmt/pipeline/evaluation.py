@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -456,7 +456,9 @@ def _log_wandb(
     # the settings as training had them: those outside the run id (RunSpec.run_id: threads, which its tokens/s
     # depend on, ...) may differ in the command that evaluates or logs it again
     trained = read_spec(run.path) if run.spec.is_file() else spec
-    config = asdict(trained) | {"run_id": run_id, "leaderboard": labels}
+    # the model as its run id names it (ModelSpec.effective): two spellings of one model are one run, and W&B's
+    # filters and charts group them as one setting
+    config = asdict(replace(trained, model=trained.model.effective())) | {"run_id": run_id, "leaderboard": labels}
     if not spec.model.structured:
         config["model"] = {"arch": spec.model.arch}
     else:  # as the rows label it: a roles file's digest (its mix replaces model.heads, "auto" in the settings)
