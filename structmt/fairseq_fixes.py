@@ -62,13 +62,16 @@ from .files import atomic_path, replace_durably
 
 def import_fairseq_quietly() -> None:
     """Import fairseq (which imports all its models and tasks) without the ``logging.basicConfig`` calls
-    its modules make."""
+    its modules make, and without torch's deprecation of ``torch.jit.script`` (torch 2.14 on), which fairseq's
+    modules apply as they are imported: two lines about fairseq's code at the start of every command."""
     if "fairseq" in sys.modules:  # fairseq's own tools, which load the plugin later: their logging stays
         return
     basic_config = logging.basicConfig
     logging.basicConfig = lambda *args, **kwargs: None  # type: ignore[assignment]
     try:
-        importlib.import_module("fairseq")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+            importlib.import_module("fairseq")
     finally:
         logging.basicConfig = basic_config
     # fairseq's batch iterators always ask for pinned memory; on a machine without a GPU torch says so

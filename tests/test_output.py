@@ -223,3 +223,20 @@ def test_an_exception_in_a_finaliser_is_one_line_without_traceback():
     )
     verbose = subprocess.run([sys.executable, "-c", code, "v"], capture_output=True, text=True, check=True)
     assert "Exception ignored in: <function Data.__del__" in verbose.stderr and "Traceback" in verbose.stderr
+
+
+@pytest.mark.parametrize("first", ["structmt", "fairseq"])
+def test_torch_deprecating_jit_script_prints_nothing_as_structmt_imports_fairseq(first):
+    """torch 2.14 on deprecates ``torch.jit.script``, which fairseq's modules apply as they are imported: every
+    command began with two lines of FutureWarning about fairseq's code (here torch 2.14's warning is stood in for,
+    to show it appears when fairseq is imported directly)."""
+    code = (
+        "import sys, warnings\nimport torch\nscript = torch.jit.script\n"
+        "def deprecated(*args, **kwargs):\n"
+        "    warnings.warn('`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`.',"
+        " FutureWarning, stacklevel=2)\n"
+        "    return script(*args, **kwargs)\n"
+        "torch.jit.script = deprecated\n__import__(sys.argv[1])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, first], capture_output=True, text=True, check=True)
+    assert ("torch.jit.script` is deprecated" in result.stderr) == (first == "fairseq"), result.stderr

@@ -155,8 +155,15 @@ def _bootstrap_by_hand(base: list[str], system: list[str], refs: list[str], n: i
     return round(float(p), 4), round(float(0.5 * (ordered[n - n // 40 - 1] - ordered[n // 40])), 2)
 
 
-def test_paired_bootstrap_is_sacrebleus_test_with_the_system_and_baseline_in_place(tmp_path, monkeypatch):
-    monkeypatch.delenv("SACREBLEU_SEED", raising=False)
+@pytest.mark.parametrize("user_seed", [None, "none", "7"])
+def test_paired_bootstrap_is_sacrebleus_test_with_the_system_and_baseline_in_place(tmp_path, monkeypatch, user_seed):
+    """sacreBLEU's test with its default seed, whatever SACREBLEU_SEED the user's environment sets (with "none"
+    or another seed the recorded p-values and CIs were drawn from other resamples: neither reproducible nor the
+    ones ``sacrebleu --paired-bs`` gives)."""
+    if user_seed is None:
+        monkeypatch.delenv("SACREBLEU_SEED", raising=False)
+    else:
+        monkeypatch.setenv("SACREBLEU_SEED", user_seed)
     rng = np.random.default_rng(0)
     words = "ein Hund läuft über die grüne Wiese und eine Katze schläft im warmen Haus".split()
     refs = [" ".join(rng.choice(words, 8)) for _ in range(40)]

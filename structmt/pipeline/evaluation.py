@@ -55,6 +55,10 @@ def score(hyp: Path, ref: Path) -> Score:
     )
 
 
+#: the seed of the paired bootstrap's resamples: sacreBLEU's default (``sacrebleu --paired-bs`` without SACREBLEU_SEED)
+BOOTSTRAP_SEED = 12345
+
+
 def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples: int = 1000) -> tuple[float, float]:
     """sacreBLEU's paired bootstrap resampling: (p-value, 95% CI half-width of the system's BLEU).
 
@@ -69,6 +73,7 @@ def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples:
         if len(hyps) != len(refs):
             raise StepError(f"{path} has {len(hyps)} lines but the reference {ref} has {len(refs)}")
     test = PairedTest(systems, {"BLEU": bleu_metric(refs)}, references=None, test_type="bs", n_samples=n_samples)
+    test._seed = BOOTSTRAP_SEED  # sacreBLEU's default, whatever SACREBLEU_SEED says ("none" draws other resamples)
     _, results = test()
     res = results["BLEU"][1]
     p_value = 1.0 if systems[0][1] == systems[1][1] else float(res.p_value)
