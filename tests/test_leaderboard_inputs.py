@@ -472,6 +472,22 @@ def test_the_sweep_report_uses_each_runs_first_evaluation(board, monkeypatch):
     assert here == committed  # the committed report is this code's output
 
 
+def test_the_sweep_verdict_says_when_its_runs_were_trained_at_several_commits_or_on_several_machines():
+    """Points trained at other commits or on other CPUs differ by more than their settings (the committed page's
+    runs: 4 commits, machines unrecorded); one commit on one named machine needs no sentence."""
+    row = {"git_commit": "a" * 40, "train_commit": "", "train_machine": "CPU A"}
+    assert (
+        sweep_report._mixed_provenance([row, row | {"git_commit": "a" * 40 + "+dirty", "train_commit": "a" * 40}]) == ""
+    )
+    assert "trained at 2 commits (aaaaaaaa, bbbbbbbb) on one machine (CPU A): " in sweep_report._mixed_provenance(
+        [row, row | {"train_commit": "b" * 40}]
+    )
+    assert " at 1 commit (aaaaaaaa) on 2 machines (CPU A, CPU B): " in sweep_report._mixed_provenance(
+        [row, row | {"train_machine": "CPU B"}]
+    )
+    assert "on machines not all recorded" in sweep_report._mixed_provenance([row, row | {"train_machine": ""}])
+
+
 def test_the_sweep_report_says_which_architectures_the_rows_hold_when_arch_matches_none(board, monkeypatch):
     with pytest.raises(SystemExit) as e:
         _sweep(board, monkeypatch, "cpu_demo", arch="structured_transformer_multi30")  # a typo

@@ -189,6 +189,56 @@ def test_paired_bootstrap_is_sacrebleus_test_with_the_system_and_baseline_in_pla
     )
 
 
+def test_the_p_value_calibration_script_reports_the_leaderboards_p_and_the_two_sided_one(tmp_path, monkeypatch):
+    """scripts/pvalue_calibration.py: its first column is the leaderboard's p (sacreBLEU's), its second the
+    two-sided bootstrap p of the same resamples, and its A/A table counts both over pairs whose sentences were
+    swapped at random (all written out here)."""
+    from sacrebleu.metrics import BLEU
+
+    monkeypatch.delenv("SACREBLEU_SEED", raising=False)
+    rng = np.random.default_rng(1)
+    words = "ein Hund läuft über die grüne Wiese und eine Katze schläft im warmen Haus".split()
+    refs = [" ".join(rng.choice(words, 8)) for _ in range(60)]
+    base = [r if i % 4 else " ".join(r.split()[:4]) for i, r in enumerate(refs)]
+    system = [r if i % 5 else " ".join(r.split()[:4]) for i, r in enumerate(refs)]  # a little better
+    for name, lines in (("ref", refs), ("base", base), ("system", system)):
+        (tmp_path / f"{name}.de").write_text("\n".join(lines) + "\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pvalue_calibration.py"
+    files = [str(tmp_path / f"{name}.de") for name in ("ref", "base", "system")]
+    out = subprocess.run(
+        [sys.executable, str(script), "--pair", *files, "--replicates", "3"], capture_output=True, text=True, check=True
+    ).stdout
+    idxs = np.random.default_rng(12345).choice(len(refs), size=(1000, len(refs)), replace=True)
+
+    def bleu(hyps: list[str], sample) -> float:
+        return BLEU().corpus_score([hyps[i] for i in sample], [[refs[i] for i in sample]]).score
+
+    def p_values(one: list[str], other: list[str]) -> tuple[float, float]:
+        d = np.array([bleu(other, s) - bleu(one, s) for s in idxs])
+        observed = abs(bleu(other, range(len(refs))) - bleu(one, range(len(refs))))
+        return (np.sum(np.abs(d) - np.abs(d).mean() > observed) + 1) / 1001, (
+            np.sum(np.abs(d - d.mean()) >= observed) + 1
+        ) / 1001
+
+    sacrebleu_p, two_sided = p_values(base, system)
+    assert round(sacrebleu_p, 4) == _bootstrap_by_hand(base, system, refs, 1000)[0] and sacrebleu_p < two_sided
+    delta = bleu(system, range(len(refs))) - bleu(base, range(len(refs)))
+    assert f"| {delta:+.2f} | {sacrebleu_p:.4f} | {two_sided:.4f} |" in out
+    swaps = np.random.default_rng(0)
+    found = []
+    for _ in range(3):
+        swap = swaps.random(len(refs)) < 0.5
+        one = [s if w else b for b, s, w in zip(base, system, swap, strict=True)]
+        other = [b if w else s for b, s, w in zip(base, system, swap, strict=True)]
+        found.append(p_values(one, other))
+    for name, values in (
+        ("sacreBLEU paired-bs", [f[0] for f in found]),
+        ("two-sided bootstrap", [f[1] for f in found]),
+    ):
+        rates = f"{np.mean(np.array(values) < 0.05):.3f} | {np.mean(np.array(values) < 0.01):.3f}"
+        assert f"| {name} | {rates} | {np.median(values):.3f} |" in out
+
+
 @pytest.mark.parametrize("logged", [20, 15])
 def test_a_finished_checkpoint_is_adopted_without_training_again(tmp_path, monkeypatch, logged):
     """A run killed after its last checkpoint but before train.json: the next call adopts the checkpoint, with

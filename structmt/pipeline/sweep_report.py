@@ -126,6 +126,27 @@ def heatmap(
     annotated_heatmap(grid, ws, rs, xlabel="window w", ylabel="rare tokens r", label=label, title=title, png=png)
 
 
+def _mixed_provenance(rows: list[dict[str, str]]) -> str:
+    """A sentence when ``rows`` (the runs a verdict compares) were trained at several commits or on several
+    machines, or on machines a row does not name: their differences are then not the settings' alone."""
+    commits = sorted({short_commit(r.get("train_commit") or r["git_commit"]) for r in rows})
+    machines = sorted({r.get("train_machine") or "" for r in rows})
+    if len(commits) == 1 and len(machines) == 1 and machines[0]:
+        return ""
+    where = (
+        "on machines not all recorded (rows without *trained on*)"
+        if "" in machines
+        else f"on {len(machines)} machines ({', '.join(machines)})"
+        if len(machines) > 1
+        else f"on one machine ({machines[0]})"
+    )
+    return (
+        f"The runs compared were trained at {len(commits)} commit{'s' * (len(commits) > 1)} "
+        f"({', '.join(commits)}) {where}: a difference between them is the settings' only where neither changed "
+        "it (one setting trained again on another CPU can score otherwise: see its re-runs on the leaderboard)."
+    )
+
+
 def report(
     results_dir: Path,
     data: str,
@@ -298,6 +319,8 @@ def report(
                 "are not corrected for the choice. Choose a setting on validation BLEU (the objective of "
                 "`+sweep=optuna_wr`) and report its test score."
             )
+        if provenance := _mixed_provenance(dense + points):
+            lines.append(provenance)
     else:
         lines.append(
             f"No verdict: the leaderboard has no dense run of {data}, schedule {schedule}, {test_set} to compare "
