@@ -56,7 +56,10 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
         "which its seconds and tokens/s were measured on (a run resumed on another machine: its training log names "
         "each session's; – where it was not recorded, before 2026-12-06: the training logs kept in `results/logs/` "
         "name the machines of the runs they hold); *scored at* and *scored on* are the commit and machine that "
-        "decoded and scored.",
+        "decoded and scored. *p vs dense*: sacreBLEU's paired bootstrap p-value (`sacrebleu --paired-bs`, 1000 "
+        "resamples) against the dense run of the same seed; a p below 0.05 is not a test at level 0.05: between "
+        "runs that differ by chance alone it fell there about twice as often (the repository's "
+        "results/README.md, *Reading the p-values*).",
         "",
     ]
     runs = evaluations(rows)
