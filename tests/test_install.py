@@ -90,10 +90,12 @@ def test_a_venv_of_another_python_is_made_again(tmp_path, venv):
         (tmp_path / ".venv" / "bin").mkdir(parents=True)
         (tmp_path / ".venv" / "bin" / "python").symlink_to(tmp_path / "gone")
     elif venv == "without pip":
-        subprocess.run(["python3.11", "-m", "venv", "--without-pip", tmp_path / ".venv"], check=True)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / ".venv"], check=True)
     else:
         (tmp_path / ".venv").symlink_to(sys.prefix)  # the environment running the tests: it has pip
-    recipe = subprocess.run(["make", "-n", "-B", "install"], cwd=REPO, capture_output=True, text=True).stdout
+    # the recipe for the Python running the tests (on a GPU node's 3.12 the default python3.11's would differ)
+    make = ["make", "-n", "-B", "install", f"PYTHON={sys.executable}"]
+    recipe = subprocess.run(make, cwd=REPO, capture_output=True, text=True).stdout
     start = recipe.index("want=")
     check = recipe[start : recipe.index("fi\n", start) + 2].replace("\\\n", "\n")
     done = subprocess.run(["sh", "-c", check], cwd=tmp_path, capture_output=True, text=True)
@@ -102,7 +104,8 @@ def test_a_venv_of_another_python_is_made_again(tmp_path, venv):
         assert done.stdout == "" and (tmp_path / ".venv").is_symlink()
         return
     assert (
-        ".venv is not a working venv of python3.11 (3, 11) with pip (it runs: nothing, or has no pip): making it again"
+        f".venv is not a working venv of {sys.executable} {tuple(sys.version_info[:2])} with pip (it runs: nothing, "
+        "or has no pip): making it again"
     ) in done.stdout
     assert not (tmp_path / ".venv").exists()
 
