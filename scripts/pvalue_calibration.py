@@ -21,9 +21,8 @@ import numpy as np
 from sacrebleu.metrics import BLEU
 
 from structmt.files import existing_file, int_at_least, read_lines
+from structmt.leaderboard_csv import BOOTSTRAP_SAMPLES
 from structmt.pipeline.evaluation import BOOTSTRAP_SEED, bleu_metric, paired_bootstrap
-
-SAMPLES = 1000
 
 
 def _stats(metric: BLEU, hyps: list[str]) -> np.ndarray:
@@ -64,10 +63,12 @@ def main(argv: list[str] | None = None) -> None:
                 p.error(f"{path} has {len(lines)} lines but the reference {ref} has {len(refs)}")
         metric = bleu_metric(refs)
         base, system = _stats(metric, hyps[0]), _stats(metric, hyps[1])
-        resamples = np.random.default_rng(BOOTSTRAP_SEED).choice(len(refs), size=(SAMPLES, len(refs)), replace=True)
+        resamples = np.random.default_rng(BOOTSTRAP_SEED).choice(
+            len(refs), size=(BOOTSTRAP_SAMPLES, len(refs)), replace=True
+        )
         ours, two_sided = p_values(metric, base, system, resamples)
         if first is None:
-            recorded = paired_bootstrap(base_hyp, system_hyp, ref, n_samples=SAMPLES)[0]
+            recorded = paired_bootstrap(base_hyp, system_hyp, ref, n_samples=BOOTSTRAP_SAMPLES)[0]
             if recorded != round(ours, 4) and recorded != 1.0:  # 1.0: identical files, as paired_bootstrap says
                 raise SystemExit(f"error: sacreBLEU's p here is {ours:.4f}, paired_bootstrap's {recorded}")
             first = (metric, base, system)

@@ -52,7 +52,8 @@ class LeaderboardRow:
     chrf: float
     bleu_signature: str
     chrf_signature: str
-    #: paired bootstrap against the dense run of the same data and schedule ("" without one)
+    #: sacreBLEU's paired bootstrap (:data:`BOOTSTRAP_SAMPLES` resamples) against the dense run of the same data
+    #: and schedule ("" without one); the pages print it with :func:`p_text`
     p_value_vs_dense: float | str
     bleu_ci95: float | str
     seed: int
@@ -85,6 +86,20 @@ Row = LeaderboardRow | Mapping[str, Any]
 
 #: columns that hold numbers: "" (not recorded) is allowed in all of them but ``bleu``
 INT_COLUMNS = ("window", "rare", "params", "updates", "seed")
+#: the resamples of the paired bootstrap behind ``p_value_vs_dense`` (sacreBLEU's default for ``--paired-bs``)
+BOOTSTRAP_SAMPLES = 1000
+
+
+def p_text(value: float | str, decimals: int | None = None) -> str:
+    """A row's ``p_value_vs_dense`` as a page prints it: ``≤ 0.001`` at the test's floor, 1 / (1000 + 1), which the
+    row stores as 0.001 (no resample was as far out: that is all it says); else the value (to ``decimals``)."""
+    if value == "":
+        return ""
+    if float(value) <= round(1 / (BOOTSTRAP_SAMPLES + 1), 4):
+        return f"≤ {round(1 / (BOOTSTRAP_SAMPLES + 1), 3)}"
+    return f"{float(value):.{decimals}f}" if decimals is not None else str(value)
+
+
 FLOAT_COLUMNS = ("train_seconds", "train_tokens_per_s", "bleu", "chrf", "p_value_vs_dense", "bleu_ci95")
 
 

@@ -462,7 +462,7 @@ def test_the_sweep_report_uses_each_runs_first_evaluation(board, monkeypatch):
     assert (
         "Highest test BLEU of the heatmaps (role mix auto, dense cross-attention): "
         "w=3, r=0: BLEU 24.15, at or above the dense baseline's 14.84 "
-        "(paired bootstrap p = 0.001).\nThat point is the highest of 4 "
+        "(paired bootstrap p ≤ 0.001).\nThat point is the highest of 4 "
     ) in text
     assert "| 24.6 |" not in text and "| 15.72 |" not in text
     # the page names the leaderboard it was made from, and its command the folder

@@ -105,11 +105,12 @@ def test_a_training_log_is_kept_gzipped_by_run_id_and_the_same_log_gives_the_sam
 
 def test_the_recipe_summary_prints_what_the_leaderboard_holds():
     earlier = _row("m-s-dense-1", 1, 30.0, machine="CPU A")
-    now = earlier | {"bleu": 31.5, "hypothesis": "results/hyps/x.de", "machine": "CPU B"}
+    now = earlier | {"bleu": 31.5, "hypothesis": "results/hyps/x.de", "machine": "CPU B", "p_value_vs_dense": 0.001}
     text = summary([now], [{k: str(v) for k, v in r.items()} for r in (earlier, now)])
     lines = text.splitlines()
     assert [line[:1] for line in lines[1:3]] == [" ", "*"]  # the earlier row is listed, this one starred
     assert "30.0" in lines[1] and "CPU A" in lines[1] and "31.5" in lines[2] and "CPU B" in lines[2]
+    assert " ≤ 0.001 " in lines[2]  # as LEADERBOARD.md prints it
     assert "1 other rows are earlier evaluations" in text
 
 
@@ -136,6 +137,24 @@ def test_headline_is_the_mean_and_sd_over_seeds_with_each_seeds_p_value():
     assert "10.0" not in text and "35.0 ±" not in text
     assert text.endswith("BLEU signature: `sig`; chrF signature: `csig`\n\nMean ± sample standard deviation over the "
                          "seeds' scores as recorded (two decimals each).\n")  # fmt: skip
+
+
+def test_a_p_value_at_the_bootstraps_floor_is_printed_as_a_bound():
+    """1000 resamples give no p below 1/1001, stored as 0.001: "no resample as far out", printed ≤ 0.001 (a
+    printed 0.001 read as a measured value); the next value up, 2/1001, is a value."""
+    from structmt.leaderboard_csv import p_text
+
+    assert [p_text(v) for v in ("0.001", 0.001, "0.002", "0.1479", "1.0", "")] == [
+        "≤ 0.001", "≤ 0.001", "0.002", "0.1479", "1.0", "",
+    ]  # fmt: skip
+    assert (p_text("0.0019", 3), p_text("0.043", 3), p_text("0.001", 3)) == ("0.002", "0.043", "≤ 0.001")
+    rows = [
+        _row("m-s-dense-1", 1, 36.0),
+        _row("m-s-w3-r2-1", 1, 38.0) | {"p_value_vs_dense": "0.001"},
+        _row("m-s-w3-r2-2", 2, 37.0) | {"p_value_vs_dense": "0.002"},
+    ]
+    text = leaderboard.headline([{k: str(v) for k, v in r.items()} for r in rows], "m", "s")
+    assert "| 1: 38.00 (p ≤ 0.001), 2: 37.00 (p 0.002) |" in text
 
 
 def _bootstrap_by_hand(base: list[str], system: list[str], refs: list[str], n: int) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from typing import Any
 from ..data.datasets import default_vocab, test_sets
 from ..fairseq_cli import StepError, decode, parse_param_count
 from ..files import atomic_path, read_lines, write_text_atomic
-from ..leaderboard_csv import LeaderboardRow, fill_empty, row_key, short_commit, training
+from ..leaderboard_csv import BOOTSTRAP_SAMPLES, LeaderboardRow, fill_empty, row_key, short_commit, training
 from ..paths import REPO_ROOT, ResultsFolder, RunFolder
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
@@ -59,7 +59,9 @@ def score(hyp: Path, ref: Path) -> Score:
 BOOTSTRAP_SEED = 12345
 
 
-def paired_bootstrap(baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples: int = 1000) -> tuple[float, float]:
+def paired_bootstrap(
+    baseline_hyp: Path, system_hyp: Path, ref: Path, n_samples: int = BOOTSTRAP_SAMPLES
+) -> tuple[float, float]:
     """sacreBLEU's paired bootstrap resampling: (p-value, 95% CI half-width of the system's BLEU).
 
     Two identical hypothesis files get p = 1: there is no difference to test. (sacreBLEU counts resamples whose

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..files import write_text_atomic
-from ..leaderboard_csv import COLUMNS, LeaderboardRow, add_rows, lock, read_rows, short_commit, training
+from ..leaderboard_csv import COLUMNS, LeaderboardRow, add_rows, lock, p_text, read_rows, short_commit, training
 from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 
 __all__ = ["COLUMNS", "LeaderboardRow", "add_rows", "read_rows", "short_commit"]  # the file's, for callers of both
@@ -78,7 +78,7 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
                 out.append(
                     f"| {run} | {r['arch']}{f' {options}' if (options := r['options']) else ''} | {r['window']} | "
                     f"{r['rare']} | {r['heads']} | {r['cross']} | "
-                    f"{r['seed']} | {r['bleu']} | {r['chrf']} | {r['p_value_vs_dense']} | {r['updates']} | "
+                    f"{r['seed']} | {r['bleu']} | {r['chrf']} | {p_text(r['p_value_vs_dense'])} | {r['updates']} | "
                     f"{r['train_seconds']} | {r['train_tokens_per_s']} | {r.get('train_machine') or '–'} | "
                     f"{short_commit(r['git_commit'])} | {r.get('machine') or '–'} |"
                 )
@@ -163,7 +163,7 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
         )
         per_seed = ", ".join(
             f"{r['seed']}: {float(r['bleu']):.2f}"
-            + (f" (p {float(r['p_value_vs_dense']):.3f})" if r["p_value_vs_dense"] != "" else "")
+            + (f" (p {p_text(r['p_value_vs_dense'], 3)})" if r["p_value_vs_dense"] != "" else "")
             for r in firsts
         )
         commits = [

@@ -24,7 +24,7 @@ from typing import Any
 from ..console import add_verbose_option, run_child, setup
 from ..fairseq_cli import StepError
 from ..files import DataError, int_at_least
-from ..leaderboard_csv import read_rows, short_commit
+from ..leaderboard_csv import p_text, read_rows, short_commit
 from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 from ..provenance import git_commit, why_unknown
 from .evaluation import evaluate_run, keep_training_log
@@ -197,7 +197,7 @@ def summary(rows: list[dict[str, Any]], leaderboard_rows: list[dict[str, str]]) 
             others += not this
             lines.append(
                 f"{'*' if this else ' '} {r['run_id']:44} {r['test_set']:17} {r['bleu']:>5} {r['chrf']:>5} "
-                f"{r['p_value_vs_dense']:>10}  {short_commit(r['git_commit']):15} {r.get('machine') or '–'}"
+                f"{p_text(r['p_value_vs_dense']):>10}  {short_commit(r['git_commit']):15} {r.get('machine') or '–'}"
             )
     note = "* this evaluation" + (
         f"; the {others} other rows are earlier evaluations of the same runs (re-runs are never dropped)"

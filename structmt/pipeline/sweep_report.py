@@ -15,7 +15,7 @@ from ..attention.structure import role_mix_text
 from ..console import add_verbose_option, setup
 from ..figures import annotated_heatmap
 from ..files import output_dir, write_text_atomic
-from ..leaderboard_csv import read_rows, short_commit
+from ..leaderboard_csv import p_text, read_rows, short_commit
 from ..paths import REPO_ROOT, RESULTS_DIR, ResultsFolder
 from .evaluation import DECODING, row_text
 from .leaderboard import evaluations
@@ -265,7 +265,7 @@ def report(
         kind += " (outside the grid)" if grid_of and r in outside else ""
         lines.append(
             f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r['cross']} | {r['seed']} | {r['bleu']} | "
-            f"{r['chrf']} | {r['p_value_vs_dense']} | {r['train_tokens_per_s']} | {r['train_seconds']} | "
+            f"{r['chrf']} | {p_text(r['p_value_vs_dense'])} | {r['train_tokens_per_s']} | {r['train_seconds']} | "
             f"{r.get('train_machine') or '–'} | {r['run_id']} | {short_commit(r['git_commit'])} |"
         )
     signatures: dict[str, list[str]] = {}
@@ -309,7 +309,7 @@ def report(
         lines.append(
             f"Highest test BLEU of the heatmaps (role mix {heads}, dense cross-attention): "
             f"w={best['window']}, r={best['rare']}: BLEU {best['bleu']}, {verdict} "
-            f"the dense baseline's {d} (paired bootstrap p = {best['p_value_vs_dense'] or 'n/a'})."
+            f"the dense baseline's {d} (paired bootstrap p {p_text(best['p_value_vs_dense']) or 'n/a'})."
         )
         if verdict == "below":
             lines.append("No point of the heatmaps reached the dense baseline.")
