@@ -11,6 +11,7 @@ import re
 import statistics
 import sys
 import time
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -628,7 +629,10 @@ def main(argv: list[str] | None = None) -> None:
         "data_dir", type=data_bin, help="the data-bin the model was trained on, e.g. runs/data/multi30k_en_de/bin"
     )
     p.add_argument(
-        "--subset", default="test", help="the split of data_dir whose sentences are analysed (default: test)"
+        "--subset",
+        default="test",
+        help="the split of data_dir whose sentences are analysed (default: test, as the committed analyses; for "
+        "roles to train with, valid: the pipeline scores the test splits)",
     )
     p.add_argument(
         "--out-dir",
@@ -670,6 +674,13 @@ def main(argv: list[str] | None = None) -> None:
         result = analyze(a.checkpoint, a.data_dir, a.subset, drawn, draws=a.draws, seed=a.seed, pos_window=a.pos_window)
         write_report(a.out_dir, result, command, figures=drawn)
     print(f"wrote {a.out_dir / 'ANALYSIS.md'}, analysis.json, roles.json and figures ({result['seconds']:.0f} s)")
+    if a.subset.startswith("test"):  # the pipeline scores every test* split (data.datasets.test_sets)
+        warnings.warn(
+            f"roles.json was chosen on the {a.subset} split, which the pipeline scores: a model built from it "
+            "(model.heads_from, --struct-heads-from) is scored on the sentences (their references teacher-forced) "
+            "that chose its roles. For a held-out test score, analyse --subset valid",
+            stacklevel=1,
+        )
 
 
 def write_report(out_dir: Path, result: dict[str, Any], command: str, figures: Path | None = None) -> None:
