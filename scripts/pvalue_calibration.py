@@ -21,8 +21,8 @@ import numpy as np
 from sacrebleu.metrics import BLEU
 
 from structmt.files import existing_file, int_at_least, read_lines
-from structmt.leaderboard_csv import BOOTSTRAP_SAMPLES
-from structmt.pipeline.evaluation import BOOTSTRAP_SEED, bleu_metric, paired_bootstrap
+from structmt.leaderboard_csv import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED
+from structmt.pipeline.evaluation import bleu_metric, paired_bootstrap
 
 
 def _stats(metric: BLEU, hyps: list[str]) -> np.ndarray:
@@ -51,10 +51,9 @@ def main(argv: list[str] | None = None) -> None:
                    metavar=("REF", "BASELINE", "SYSTEM"), help="a reference and two systems' hypotheses")  # fmt: skip
     p.add_argument("--replicates", type=int_at_least(1), default=500, help="A/A experiments on the first pair")
     a = p.parse_args(argv)
-    resamples: np.ndarray | None = None
     print("| reference | baseline | system | ΔBLEU | sacreBLEU paired-bs p | two-sided bootstrap p |")
     print("|---|---|---|---|---|---|")
-    first: tuple[BLEU, np.ndarray, np.ndarray] | None = None
+    first: tuple[BLEU, np.ndarray, np.ndarray, np.ndarray] | None = None  # the A/A's pair, and its resamples
     for ref, base_hyp, system_hyp in a.pair:
         refs = read_lines(ref)
         hyps = [read_lines(base_hyp), read_lines(system_hyp)]
@@ -71,11 +70,11 @@ def main(argv: list[str] | None = None) -> None:
             recorded = paired_bootstrap(base_hyp, system_hyp, ref, n_samples=BOOTSTRAP_SAMPLES)[0]
             if recorded != round(ours, 4) and recorded != 1.0:  # 1.0: identical files, as paired_bootstrap says
                 raise SystemExit(f"error: sacreBLEU's p here is {ours:.4f}, paired_bootstrap's {recorded}")
-            first = (metric, base, system)
+            first = (metric, base, system, resamples)
         delta = _bleu(metric, system.sum(0, keepdims=True))[0] - _bleu(metric, base.sum(0, keepdims=True))[0]
         print(f"| {ref.name} | {base_hyp.name} | {system_hyp.name} | {delta:+.2f} | {ours:.4f} | {two_sided:.4f} |")
-    assert first is not None and resamples is not None
-    metric, base, system = first
+    assert first is not None
+    metric, base, system, resamples = first
     rng = np.random.default_rng(0)
     found = []
     for _ in range(a.replicates):

@@ -39,6 +39,15 @@ _terminating = threading.Event()
 _temporary: set[str] = set()
 
 
+def remove_path(path: str | os.PathLike[str]) -> None:
+    """Remove the file or folder ``path`` (a link: the link), if it is there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 @contextmanager
 def temporary_path(path: str | os.PathLike[str]) -> Iterator[None]:
     """``path`` (a file or a folder) is removed if a SIGTERM ends this process while the block runs; the block
@@ -106,11 +115,7 @@ def _terminated(signum: int, frame: object) -> None:
         sys.stderr.write(f"terminated (SIGTERM): {len(children)} child process(es) stopped\n")
         sys.stderr.flush()
     for path in list(_temporary):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        remove_path(path)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 

@@ -23,8 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .console import child_process, say
+from .fairseq_fixes import JIT_DEPRECATION
 from .files import atomic_path, write_text_atomic
 from .paths import PLUGIN_DIR, RunFolder
+
+#: the interpreter of a fairseq child (fairseq-train, -generate, -preprocess): this Python, without the two lines of
+#: FutureWarning fairseq's import prints under torch >= 2.14 (:data:`~structmt.fairseq_fixes.JIT_DEPRECATION`)
+FAIRSEQ_PYTHON = (sys.executable, "-W", f"ignore:{JIT_DEPRECATION}:FutureWarning")
 
 #: the decoding length limit every structmt decode uses: at most ``MAX_LEN_A * source length + MAX_LEN_B``
 #: target tokens (fairseq-generate's --max-len-a / --max-len-b; fairseq's own defaults are 0 and 200). fairseq
@@ -84,18 +89,19 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None, pid_file:
             finally:
                 if pid_file is not None:
                     pid_file.unlink(missing_ok=True)
+    step = cmd[cmd.index("-m") + 1] if "-m" in cmd else cmd[0]  # fairseq_cli.train, after FAIRSEQ_PYTHON's flags
     if code < 0:  # killed by a signal: SLURM's preemption or scancel (SIGTERM), the OOM killer (SIGKILL), ...
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
         raise StepError(
-            f"{cmd[2]} was stopped by {name} (preempted, cancelled, or out of memory?); see {log}. Run the same "
+            f"{step} was stopped by {name} (preempted, cancelled, or out of memory?); see {log}. Run the same "
             "command again: what finished is skipped, and training resumes from its last checkpoint"
         )
     if code != 0:
         lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-        raise StepError(f"{cmd[2]} failed (exit {code}); see {log}, which ends: {lines[-1].strip()}")
+        raise StepError(f"{step} failed (exit {code}); see {log}, which ends: {lines[-1].strip()}")
     return time.time() - start
 
 
@@ -229,7 +235,7 @@ def train(
     ``carried``: as :func:`parse_train_log` takes it."""
     run = RunFolder(run_dir)
     cmd = [
-        sys.executable,
+        *FAIRSEQ_PYTHON,
         "-m",
         "fairseq_cli.train",
         str(bin_dir),
@@ -339,7 +345,7 @@ def decode(
     results = raw / f"generate-{subset}.txt"
     results.unlink(missing_ok=True)  # a file of an earlier attempt would count as progress
     cmd = [
-        sys.executable,
+        *FAIRSEQ_PYTHON,
         "-m",
         "fairseq_cli.generate",
         str(bin_dir),

@@ -59,6 +59,9 @@ from typing import Any
 from .checkpoints import interval_checkpoint_name, saved_updates
 from .files import atomic_path, replace_durably
 
+#: torch's deprecation of ``torch.jit.script`` (torch 2.14 on), which fairseq's modules apply as they are imported
+JIT_DEPRECATION = "`torch.jit.script` is deprecated"
+
 
 def import_fairseq_quietly() -> None:
     """Import fairseq (which imports all its models and tasks) without the ``logging.basicConfig`` calls
@@ -70,7 +73,7 @@ def import_fairseq_quietly() -> None:
     logging.basicConfig = lambda *args, **kwargs: None  # type: ignore[assignment]
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=JIT_DEPRECATION, category=FutureWarning)
             importlib.import_module("fairseq")
     finally:
         logging.basicConfig = basic_config

@@ -9,13 +9,12 @@ import gzip
 import math
 import os
 import secrets
-import shutil
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .console import temporary_path
+from .console import remove_path, temporary_path
 
 
 class DataError(RuntimeError):
@@ -44,7 +43,8 @@ def link_target(path: Path) -> Path:
 def new_temporary(folder: Path, prefix: str, suffix: str = "", *, directory: bool = False) -> Iterator[Path]:
     """A new empty file (a folder with ``directory``) ``folder/<prefix><random><suffix>``, private to this user,
     removed when the block ends unless the block moved it away, and by a SIGTERM. Its name is registered
-    (:func:`temporary_path`) before it is made: made by ``mkstemp``, then registered, a SIGTERM in between left it."""
+    (:func:`temporary_path`) before it is made (``mkstemp`` makes the file before it can be registered: a SIGTERM
+    between the two left it)."""
     for _ in range(100):
         tmp = folder / f"{prefix}{secrets.token_hex(8)}{suffix}"
         with temporary_path(tmp):
@@ -53,15 +53,12 @@ def new_temporary(folder: Path, prefix: str, suffix: str = "", *, directory: boo
                     os.mkdir(tmp, 0o700)
                 else:
                     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-            except FileExistsError:  # another's name (64 random bits: in theory): draw again
-                continue
+            except FileExistsError:  # another's file of that name (64 random bits: in theory), registered until
+                continue  # here, where a SIGTERM would remove it: draw another name
             try:
                 yield tmp
             finally:
-                if tmp.is_dir() and not tmp.is_symlink():
-                    shutil.rmtree(tmp, ignore_errors=True)
-                elif os.path.lexists(tmp):
-                    os.unlink(tmp)
+                remove_path(tmp)
             return
     raise FileExistsError(f"no new temporary name {prefix}…{suffix} in {folder} after 100 tries")
 

@@ -86,18 +86,23 @@ Row = LeaderboardRow | Mapping[str, Any]
 
 #: columns that hold numbers: "" (not recorded) is allowed in all of them but ``bleu``
 INT_COLUMNS = ("window", "rare", "params", "updates", "seed")
-#: the resamples of the paired bootstrap behind ``p_value_vs_dense`` (sacreBLEU's default for ``--paired-bs``)
-BOOTSTRAP_SAMPLES = 1000
+#: the paired bootstrap behind ``p_value_vs_dense``: sacreBLEU's ``--paired-bs`` at its defaults, its resamples and
+#: their seed (``sacrebleu --paired-bs`` without SACREBLEU_SEED)
+BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 12345
+#: its smallest p-value, 1 / (BOOTSTRAP_SAMPLES + 1) (no resample as far out as the observed difference), as a row
+#: stores it (4 decimals: 0.001)
+P_FLOOR = round(1 / (BOOTSTRAP_SAMPLES + 1), 4)
 
 
-def p_text(value: float | str, decimals: int | None = None) -> str:
-    """A row's ``p_value_vs_dense`` as a page prints it: ``≤ 0.001`` at the test's floor, 1 / (1000 + 1), which the
-    row stores as 0.001 (no resample was as far out: that is all it says); else the value (to ``decimals``)."""
+def p_text(value: float | str, decimals: int | None = None, relation: bool = False) -> str:
+    """A row's ``p_value_vs_dense`` as a page prints it: ``≤ 0.001`` at :data:`P_FLOOR` (that is all it says), else
+    the value (to ``decimals``), after ``= `` with ``relation``; "" without one."""
     if value == "":
         return ""
-    if float(value) <= round(1 / (BOOTSTRAP_SAMPLES + 1), 4):
-        return f"≤ {round(1 / (BOOTSTRAP_SAMPLES + 1), 3)}"
-    return f"{float(value):.{decimals}f}" if decimals is not None else str(value)
+    if float(value) <= P_FLOOR:
+        return f"≤ {P_FLOOR:g}"
+    text = f"{float(value):.{decimals}f}" if decimals is not None else str(value)
+    return f"= {text}" if relation else text
 
 
 FLOAT_COLUMNS = ("train_seconds", "train_tokens_per_s", "bleu", "chrf", "p_value_vs_dense", "bleu_ci95")
@@ -120,6 +125,9 @@ def _field_problem(row: Mapping[str, Any]) -> str:
             ok = False
         if not ok:
             return f"column {column} is {value!r}, not {'an integer' if column in INT_COLUMNS else 'a number'}"
+    p = str(row.get("p_value_vs_dense", ""))
+    if p != "" and not 0 < float(p) <= 1:
+        return f"column p_value_vs_dense is {p!r}, not a p-value (0 < p <= 1)"
     return ""
 
 

@@ -150,6 +150,16 @@ def test_a_new_row_with_a_bad_number_is_not_written(board):
     assert board.read_bytes() == before
 
 
+@pytest.mark.parametrize("p", [-0.5, 0, 1.5])
+def test_a_p_value_outside_0_to_1_is_refused(board, p):
+    """A p-value is in (0, 1]: 0 would be printed as the bootstrap's floor, ≤ 0.001."""
+    before = board.read_bytes()
+    with pytest.raises(ValueError, match=rf"column p_value_vs_dense is '{p}', not a p-value \(0 < p <= 1\)"):
+        leaderboard.add_rows(board, [_new_row(board) | {"p_value_vs_dense": p}])
+    assert board.read_bytes() == before
+    leaderboard.add_rows(board, [_new_row(board) | {"p_value_vs_dense": 1.0}])  # identical hypotheses: p = 1
+
+
 def test_a_duplicated_row_is_an_error_naming_both_lines_not_a_rerun(board):
     _edit(board, lambda lines: lines.insert(3, lines[1]))
     message = (
@@ -485,7 +495,10 @@ def test_the_sweep_verdict_says_when_its_runs_were_trained_at_several_commits_or
     assert " at 1 commit (aaaaaaaa) on 2 machines (CPU A, CPU B): " in sweep_report._mixed_provenance(
         [row, row | {"train_machine": "CPU B"}]
     )
-    assert "on machines not all recorded" in sweep_report._mixed_provenance([row, row | {"train_machine": ""}])
+    assert "on machines not all recorded (CPU A and rows without" in sweep_report._mixed_provenance(
+        [row, row | {"train_machine": ""}]
+    )
+    assert "on machines the rows do not record" in sweep_report._mixed_provenance([row | {"train_machine": ""}] * 2)
 
 
 def test_the_sweep_report_says_which_architectures_the_rows_hold_when_arch_matches_none(board, monkeypatch):

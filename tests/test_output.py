@@ -229,14 +229,20 @@ def test_an_exception_in_a_finaliser_is_one_line_without_traceback():
 def test_torch_deprecating_jit_script_prints_nothing_as_structmt_imports_fairseq(first):
     """torch 2.14 on deprecates ``torch.jit.script``, which fairseq's modules apply as they are imported: every
     command began with two lines of FutureWarning about fairseq's code (here torch 2.14's warning is stood in for,
-    to show it appears when fairseq is imported directly)."""
+    to show it appears when fairseq is imported directly), and every fairseq child's log with them."""
+    from structmt.fairseq_cli import FAIRSEQ_PYTHON
+
     code = (
         "import sys, warnings\nimport torch\nscript = torch.jit.script\n"
         "def deprecated(*args, **kwargs):\n"
         "    warnings.warn('`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`.',"
         " FutureWarning, stacklevel=2)\n"
         "    return script(*args, **kwargs)\n"
-        "torch.jit.script = deprecated\n__import__(sys.argv[1])\n"
+        "torch.jit.script = deprecated\n__import__(sys.argv[1])\nprint('fairseq' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code, first], capture_output=True, text=True, check=True)
+    assert result.stdout == "True\n"  # structmt imported fairseq
     assert ("torch.jit.script` is deprecated" in result.stderr) == (first == "fairseq"), result.stderr
+    if first == "fairseq":  # the fairseq children (fairseq-train, -generate, -preprocess) run without it
+        child = subprocess.run([*FAIRSEQ_PYTHON, "-c", code, "fairseq"], capture_output=True, text=True, check=True)
+        assert child.stdout == "True\n" and "torch.jit.script` is deprecated" not in child.stderr, child.stderr

@@ -661,7 +661,8 @@ def test_a_sigterm_leaves_no_temporary_file_or_folder_behind(data_bin, tmp_path)
         "    with atomic_path(out / 'kept.txt') as tmp:\n        tmp.write_text('half')\n"
         "        print(sorted(p.name for p in out.iterdir()), flush=True)\n"
         "        os.kill(os.getpid(), signal.SIGTERM)\n"
-        "report.analyze = analyze\nreport.main([sys.argv[2], sys.argv[3], '--out-dir', str(out)])\n"
+        "report.analyze = analyze\n"
+        "report.main([sys.argv[2], sys.argv[3], '--subset', 'valid', '--out-dir', str(out)])\n"
     )
     argv = [str(tmp_path), str(data_bin / "dict.en.txt"), str(data_bin)]  # any file: analyze reads none
     ended = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
@@ -688,7 +689,7 @@ def test_a_sigterm_as_a_temporary_file_or_folder_is_made_leaves_nothing_behind(d
         "    return result\n"
         "setattr(os, made_by, made)\n"
         "if made_by == 'open':\n    setup()\n    write_text_atomic(out / 'kept.txt', 'whole')\n"
-        "else:\n    report.main([sys.argv[2], sys.argv[3], '--out-dir', str(out)])\n"
+        "else:\n    report.main([sys.argv[2], sys.argv[3], '--subset', 'valid', '--out-dir', str(out)])\n"
     )
     argv = [str(tmp_path), str(data_bin / "dict.en.txt"), str(data_bin), made_by]
     ended = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)

@@ -148,6 +148,7 @@ def test_a_p_value_at_the_bootstraps_floor_is_printed_as_a_bound():
         "≤ 0.001", "≤ 0.001", "0.002", "0.1479", "1.0", "",
     ]  # fmt: skip
     assert (p_text("0.0019", 3), p_text("0.043", 3), p_text("0.001", 3)) == ("0.002", "0.043", "≤ 0.001")
+    assert (p_text("0.043", relation=True), p_text("0.001", relation=True)) == ("= 0.043", "≤ 0.001")
     rows = [
         _row("m-s-dense-1", 1, 36.0),
         _row("m-s-w3-r2-1", 1, 38.0) | {"p_value_vs_dense": "0.001"},
@@ -222,10 +223,17 @@ def test_the_p_value_calibration_script_reports_the_leaderboards_p_and_the_two_s
     system = [r if i % 5 else " ".join(r.split()[:4]) for i, r in enumerate(refs)]  # a little better
     for name, lines in (("ref", refs), ("base", base), ("system", system)):
         (tmp_path / f"{name}.de").write_text("\n".join(lines) + "\n")
+        (tmp_path / f"{name}-short.de").write_text("\n".join(lines[:40]) + "\n")  # a second pair, shorter
     script = Path(__file__).resolve().parents[1] / "scripts" / "pvalue_calibration.py"
-    files = [str(tmp_path / f"{name}.de") for name in ("ref", "base", "system")]
+    pairs = [
+        ["--pair", *(str(tmp_path / f"{name}{part}.de") for name in ("ref", "base", "system"))]
+        for part in ("", "-short")
+    ]
     out = subprocess.run(
-        [sys.executable, str(script), "--pair", *files, "--replicates", "3"], capture_output=True, text=True, check=True
+        [sys.executable, str(script), *pairs[0], *pairs[1], "--replicates", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     idxs = np.random.default_rng(12345).choice(len(refs), size=(1000, len(refs)), replace=True)
 

@@ -667,6 +667,13 @@ def main(argv: list[str] | None = None) -> None:
     if problem := split_problem(a.data_dir, a.subset):  # before the model loads
         p.error(problem)
     setup(a.verbose)
+    if a.subset.startswith("test"):  # the pipeline scores every test* split (data.datasets.test_sets)
+        warnings.warn(
+            f"the roles (roles.json) are chosen on the {a.subset} split, which the pipeline scores: a model built "
+            "from them (model.heads_from, --struct-heads-from) is scored on the sentences (their references "
+            "teacher-forced) that chose its roles. For a held-out test score, analyse --subset valid",
+            stacklevel=1,
+        )
     torch.manual_seed(0)
     command = "structmt-analyze " + " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:]))
     a.out_dir.mkdir(parents=True, exist_ok=True)
@@ -674,13 +681,6 @@ def main(argv: list[str] | None = None) -> None:
         result = analyze(a.checkpoint, a.data_dir, a.subset, drawn, draws=a.draws, seed=a.seed, pos_window=a.pos_window)
         write_report(a.out_dir, result, command, figures=drawn)
     print(f"wrote {a.out_dir / 'ANALYSIS.md'}, analysis.json, roles.json and figures ({result['seconds']:.0f} s)")
-    if a.subset.startswith("test"):  # the pipeline scores every test* split (data.datasets.test_sets)
-        warnings.warn(
-            f"roles.json was chosen on the {a.subset} split, which the pipeline scores: a model built from it "
-            "(model.heads_from, --struct-heads-from) is scored on the sentences (their references teacher-forced) "
-            "that chose its roles. For a held-out test score, analyse --subset valid",
-            stacklevel=1,
-        )
 
 
 def write_report(out_dir: Path, result: dict[str, Any], command: str, figures: Path | None = None) -> None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..console import say, say_once
+from ..fairseq_cli import FAIRSEQ_PYTHON
 from ..files import DataError, atomic_path, file_above, read_lines
 from ..paths import DataFolder
 from .fetch import MANIFESTS, MULTI30K_ENV, MULTI30K_SHARED, MULTI30K_URL, download_folder, fetch_files, read_checksums
@@ -276,7 +276,7 @@ def binarize(text_dir: Path, bin_dir: Path, src: str, tgt: str, splits: list[str
     shutil.rmtree(tmp, ignore_errors=True)
     prefs = {"train": "--trainpref", "valid": "--validpref"}
     cmd = [
-        sys.executable,
+        *FAIRSEQ_PYTHON,
         "-m",
         "fairseq_cli.preprocess",
         "--source-lang",

@@ -14,7 +14,15 @@ from typing import Any
 from ..data.datasets import default_vocab, test_sets
 from ..fairseq_cli import StepError, decode, parse_param_count
 from ..files import atomic_path, read_lines, write_text_atomic
-from ..leaderboard_csv import BOOTSTRAP_SAMPLES, LeaderboardRow, fill_empty, row_key, short_commit, training
+from ..leaderboard_csv import (
+    BOOTSTRAP_SAMPLES,
+    BOOTSTRAP_SEED,
+    LeaderboardRow,
+    fill_empty,
+    row_key,
+    short_commit,
+    training,
+)
 from ..paths import REPO_ROOT, ResultsFolder, RunFolder
 from ..provenance import git_commit, machine_label
 from . import leaderboard, tracking
@@ -53,10 +61,6 @@ def score(hyp: Path, ref: Path) -> Score:
         bleu_signature=str(bleu.get_signature()),
         chrf_signature=str(chrf.get_signature()),
     )
-
-
-#: the seed of the paired bootstrap's resamples: sacreBLEU's default (``sacrebleu --paired-bs`` without SACREBLEU_SEED)
-BOOTSTRAP_SEED = 12345
 
 
 def paired_bootstrap(

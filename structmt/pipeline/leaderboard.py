@@ -14,7 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..files import write_text_atomic
-from ..leaderboard_csv import COLUMNS, LeaderboardRow, add_rows, lock, p_text, read_rows, short_commit, training
+from ..leaderboard_csv import (
+    BOOTSTRAP_SAMPLES,
+    COLUMNS,
+    P_FLOOR,
+    LeaderboardRow,
+    add_rows,
+    lock,
+    p_text,
+    read_rows,
+    short_commit,
+    training,
+)
 from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 
 __all__ = ["COLUMNS", "LeaderboardRow", "add_rows", "read_rows", "short_commit"]  # the file's, for callers of both
@@ -56,9 +67,10 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
         "which its seconds and tokens/s were measured on (a run resumed on another machine: its training log names "
         "each session's; – where it was not recorded, before 2026-12-06: the training logs kept in `results/logs/` "
         "name the machines of the runs they hold); *scored at* and *scored on* are the commit and machine that "
-        "decoded and scored. *p vs dense*: sacreBLEU's paired bootstrap p-value (`sacrebleu --paired-bs`, 1000 "
-        "resamples) against the dense run of the same seed; a p below 0.05 is not a test at level 0.05: between "
-        "runs that differ by chance alone it fell there about twice as often (the repository's "
+        "decoded and scored. *p vs dense*: sacreBLEU's paired bootstrap p-value (`sacrebleu --paired-bs`, "
+        f"{BOOTSTRAP_SAMPLES} resamples; ≤ {P_FLOOR:g}: no resample as far out) against the dense run of the same "
+        "seed; a p below 0.05 is not a test at level 0.05: measured on one pair of runs whose hypotheses were "
+        "mixed at random, it fell there about twice as often as a 5 % test may (the repository's "
         "results/README.md, *Reading the p-values*).",
         "",
     ]

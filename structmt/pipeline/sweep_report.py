@@ -133,17 +133,21 @@ def _mixed_provenance(rows: list[dict[str, str]]) -> str:
     machines = sorted({r.get("train_machine") or "" for r in rows})
     if len(commits) == 1 and len(machines) == 1 and machines[0]:
         return ""
+    known = [m for m in machines if m]
     where = (
-        "on machines not all recorded (rows without *trained on*)"
-        if "" in machines
+        "on machines the rows do not record (no *trained on*)"
+        if not known
+        else f"on machines not all recorded ({', '.join(known)} and rows without *trained on*)"
+        if len(known) < len(machines)
         else f"on {len(machines)} machines ({', '.join(machines)})"
         if len(machines) > 1
         else f"on one machine ({machines[0]})"
     )
     return (
         f"The runs compared were trained at {len(commits)} commit{'s' * (len(commits) > 1)} "
-        f"({', '.join(commits)}) {where}: a difference between them is the settings' only where neither changed "
-        "it (one setting trained again on another CPU can score otherwise: see its re-runs on the leaderboard)."
+        f"({', '.join(commits)}) {where}: their differences may come from the code or the machine as well as from "
+        "the settings (one setting trained again on another CPU can score otherwise: see its re-runs on the "
+        "leaderboard)."
     )
 
 
@@ -309,7 +313,7 @@ def report(
         lines.append(
             f"Highest test BLEU of the heatmaps (role mix {heads}, dense cross-attention): "
             f"w={best['window']}, r={best['rare']}: BLEU {best['bleu']}, {verdict} "
-            f"the dense baseline's {d} (paired bootstrap p {p_text(best['p_value_vs_dense']) or 'n/a'})."
+            f"the dense baseline's {d} (paired bootstrap p {p_text(best['p_value_vs_dense'], relation=True) or 'n/a'})."
         )
         if verdict == "below":
             lines.append("No point of the heatmaps reached the dense baseline.")
