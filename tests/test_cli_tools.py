@@ -144,7 +144,10 @@ def test_an_analysis_that_fails_changes_none_of_its_files_not_even_the_figures(d
 
 def test_analyze_help_gives_the_defaults_of_subset_and_out_dir(monkeypatch, capsys):
     text = _help(analyze.main, monkeypatch, capsys)
-    assert "--subset SUBSET the split of data_dir whose sentences are analysed (default: test)" in text
+    assert (
+        "--subset SUBSET the split of data_dir whose sentences are analysed (default: test, as the committed "
+        "analyses; for roles to train with, valid: the pipeline scores the test splits)"
+    ) in text
     assert (
         "--out-dir OUT_DIR where ANALYSIS.md, analysis.json, roles.json and the figures go (default: results/, the "
         "committed analysis, whose roles.json model=structured_multi30k_roles reads; for a trial give a folder "

@@ -309,11 +309,12 @@ def report(
     elif dense:
         d = float(dense[0]["bleu"])
         best = max(points, key=lambda r: float(r["bleu"]))
+        p_vs_dense = p_text(best["p_value_vs_dense"], relation=True) or "= n/a"
         verdict = "at or above" if float(best["bleu"]) >= d else "below"
         lines.append(
             f"Highest test BLEU of the heatmaps (role mix {heads}, dense cross-attention): "
             f"w={best['window']}, r={best['rare']}: BLEU {best['bleu']}, {verdict} "
-            f"the dense baseline's {d} (paired bootstrap p {p_text(best['p_value_vs_dense'], relation=True) or 'n/a'})."
+            f"the dense baseline's {d} (paired bootstrap p {p_vs_dense})."
         )
         if verdict == "below":
             lines.append("No point of the heatmaps reached the dense baseline.")
