@@ -10,7 +10,8 @@ bootstrap p-value of the same resamples, centred as the null hypothesis asks: p 
 both (the first checked equal to ``structmt.pipeline.evaluation.paired_bootstrap``); then, on the first pair, an
 A/A experiment: ``--replicates`` times, each sentence's two hypotheses are swapped with probability 1/2, which
 makes two systems that differ by chance alone, and it counts how often each p-value falls below 0.05 and 0.01 (a
-test at level α does so at most a fraction α of the time). Prints Markdown; writes nothing.
+test at level α does so at most a fraction α of the time; ``--replicates 0``: the pairs' p-values alone). Prints
+Markdown; writes nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pair", nargs=3, action="append", type=existing_file, required=True,
                    metavar=("REF", "BASELINE", "SYSTEM"), help="a reference and two systems' hypotheses")  # fmt: skip
-    p.add_argument("--replicates", type=int_at_least(1), default=500, help="A/A experiments on the first pair")
+    p.add_argument("--replicates", type=int_at_least(0), default=500, help="A/A runs on the first pair (0: none)")
     a = p.parse_args(argv)
     print("| reference | baseline | system | ΔBLEU | sacreBLEU paired-bs p | two-sided bootstrap p |")
     print("|---|---|---|---|---|---|")
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         delta = _bleu(metric, system.sum(0, keepdims=True))[0] - _bleu(metric, base.sum(0, keepdims=True))[0]
         print(f"| {ref.name} | {base_hyp.name} | {system_hyp.name} | {delta:+.2f} | {ours:.4f} | {two_sided:.4f} |")
     assert first is not None
+    if not a.replicates:
+        return
     metric, base, system, resamples = first
     rng = np.random.default_rng(0)
     found = []

@@ -94,6 +94,12 @@ BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 12345
 P_FLOOR = round(1 / (BOOTSTRAP_SAMPLES + 1), 4)
 
 
+def score_text(value: float | str) -> str:
+    """A BLEU or chrF score as every page and summary prints it, to 2 decimals as sacreBLEU does (a row stores the
+    float, ``24.6``); "" without one."""
+    return "" if value == "" else f"{float(value):.2f}"
+
+
 def p_text(value: float | str, decimals: int | None = None, relation: bool = False) -> str:
     """A row's ``p_value_vs_dense`` as a page prints it: ``≤ 0.001`` at :data:`P_FLOOR` (that is all it says), else
     the value (to ``decimals``), after ``= `` with ``relation``; "" without one."""

@@ -294,9 +294,9 @@ def test_the_markdown_ranks_first_evaluations_by_bleu_with_each_reruns_under_its
     rows[0] |= {"train_machine": "T"}
     table = [line for line in leaderboard.render_markdown(rows).splitlines() if line.startswith("| ")][1:]
     assert table == [
-        "| B | a |  |  |  |  | 1 | 30.0 | 55.0 |  | 10 |  |  | – | cccccccc | – |",
-        "| ↳ *re-run* 1 | a |  |  |  |  | 1 | 10.0 | 40.0 |  | 10 |  |  | – | cccccccc | – |",
-        "| A | a error=sink:1 | 3 | 2 | auto | w4/slope0.97 | 1 | 20.0 | 50.0 | 0.02 | 10 | 12.0 | 34.5 "
+        "| B | a |  |  |  |  | 1 | 30.00 | 55.00 |  | 10 |  |  | – | cccccccc | – |",
+        "| ↳ *re-run* 1 | a |  |  |  |  | 1 | 10.00 | 40.00 |  | 10 |  |  | – | cccccccc | – |",
+        "| A | a error=sink:1 | 3 | 2 | auto | w4/slope0.97 | 1 | 20.00 | 50.00 | 0.02 | 10 | 12.0 | 34.5 "
         "| T | cccccccc | M |",
     ]
 
@@ -474,7 +474,7 @@ def test_the_sweep_report_uses_each_runs_first_evaluation(board, monkeypatch):
         "w=3, r=0: BLEU 24.15, at or above the dense baseline's 14.84 "
         "(paired bootstrap p ≤ 0.001).\nThat point is the highest of 4 "
     ) in text
-    assert "| 24.6 |" not in text and "| 15.72 |" not in text
+    assert "| 24.60 |" not in text and "| 15.72 |" not in text
     # the page names the leaderboard it was made from, and its command the folder
     assert f" --results-dir {board.parent}` from `{board}`." in text
     committed = (REPO / "results" / "sweeps" / "sweep_multi30k_en_de_cpu_demo_test_2016_flickr.md").read_text()
@@ -543,7 +543,7 @@ def test_runs_of_another_seed_listed_in_the_table_show_their_seed(board, monkeyp
     )
     bleu, text = _sweep(board, monkeypatch, "cpu_demo")
     assert bleu[3, 0] == 24.15
-    assert "| structured | 3 | 0 | syn:4 |  | 7 | 30.0 |" in text
+    assert "| structured | 3 | 0 | syn:4 |  | 7 | 30.00 |" in text
     assert "| structured | 3 | 0 | auto |  | 1 | 24.15 |" in text
 
 
@@ -569,7 +569,7 @@ def test_the_sweep_report_takes_one_run_per_cell_and_another_variant_cannot_take
     band = cell | {"run_id": "multi30k_en_de-cpu_demo-w3-r0-x4-0000aaaa", "cross": "w4/slope0.97", "bleu": "99.0"}
     leaderboard.add_rows(board, [band | {"hypothesis": "band.de"}])
     bleu, text = _sweep(board, monkeypatch, "cpu_demo")
-    assert bleu[3, 0] == 24.15 and "| structured | 3 | 0 | auto | w4/slope0.97 | 1 | 99.0 |" in text
+    assert bleu[3, 0] == 24.15 and "| structured | 3 | 0 | auto | w4/slope0.97 | 1 | 99.00 |" in text
     # another arch's runs (a point of its own, its own dense baseline): an error naming both, not a point in the
     # heatmap compared with the other model's dense run; --arch picks one model and its dense baseline
     dense = next(r for r in rows if r["run_id"] == "multi30k_en_de-cpu_demo-dense-fc731a8c")

@@ -630,11 +630,11 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
     text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
     assert (
         "Highest test BLEU of the heatmaps (role mix auto, dense cross-attention): "
-        "w=3, r=0: BLEU 30.5, at or above the dense baseline's 30.0"
+        "w=3, r=0: BLEU 30.50, at or above the dense baseline's 30.00"
     ) in text
     assert text.count("| structured |") == 6 and "99.0" not in text
-    assert "| structured | 3 | 0 | roles:1a2b3c4d |  |  | 77.0 |" in text and "| roles | 01234567+dirty |" in text
-    assert "| structured | 3 | 0 | auto | w4/slope0.97 |  | 88.0 |" in text
+    assert "| structured | 3 | 0 | roles:1a2b3c4d |  |  | 77.00 |" in text and "| roles | 01234567+dirty |" in text
+    assert "| structured | 3 | 0 | auto | w4/slope0.97 |  | 88.00 |" in text
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_bleu.png").stat().st_size > 0
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr_cost.png").stat().st_size > 0
     assert "Missing" not in text  # the four points of w ∈ {1, 3} × r ∈ {0, 2}
@@ -657,7 +657,7 @@ def test_sweep_report_tables_heatmaps_and_verdict(tmp_path):
         _row("w3r2-lp", bleu=21.0) | decoded | {"window": 3, "rare": 2, "heads": "auto"},
     ]))  # fmt: skip
     penalised = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", options="beam=2 lenpen=0.6")
-    assert "w=3, r=2: BLEU 21.0, at or above the dense baseline's 20.0" in penalised
+    assert "w=3, r=2: BLEU 21.00, at or above the dense baseline's 20.00" in penalised
 
 
 def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp_path):
@@ -675,8 +675,8 @@ def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp
     (page,) = (tmp_path / "sweeps").glob("sweep_m_s_test_2016_flickr_heads-syn-1-*.md")
     syn = page.read_text()
     assert (
-        "Highest test BLEU of the heatmaps (role mix syn:1, dense cross-attention): w=3, r=2: BLEU 30.0, at or "
-        "above the dense baseline's 30.0 (paired bootstrap p = n/a)."
+        "Highest test BLEU of the heatmaps (role mix syn:1, dense cross-attention): w=3, r=2: BLEU 30.00, at or "
+        "above the dense baseline's 30.00 (paired bootstrap p = n/a)."
     ) in syn
     assert "No point of the heatmaps reached" not in syn
     assert (
@@ -687,7 +687,7 @@ def test_sweep_report_of_another_role_mix_names_it_and_has_a_page_of_its_own(tmp
     assert (tmp_path / "sweeps" / "sweep_m_s_test_2016_flickr.md").read_text() == auto  # not overwritten
     spelt = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", heads="syntactic:1")
     assert spelt == syn  # the mix in another spelling: the rows' one (they found none)
-    assert "(role mix auto, dense cross-attention): w=3, r=2: BLEU 31.0, at or above" in auto
+    assert "(role mix auto, dense cross-attention): w=3, r=2: BLEU 31.00, at or above" in auto
     # every layer syn:1,rare:1 and layer by layer syn:1;rare:1 are two mixes: two pages
     for mix in ("syn:1,rare:1", "syn:1;rare:1"):
         leaderboard.add_rows(
@@ -760,11 +760,11 @@ def test_sweep_report_of_a_sweep_draws_and_judges_only_its_own_grid(tmp_path):
     leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
     text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")
     assert (
-        "Highest test BLEU of the heatmaps (role mix auto, dense cross-attention): w=3, r=2: BLEU 29.5, below" in text
+        "Highest test BLEU of the heatmaps (role mix auto, dense cross-attention): w=3, r=2: BLEU 29.50, below" in text
     )
     assert "| structured (outside the grid) | 8 | 4 |" in text and "Missing" not in text
     # without --sweep, the grid is every (w, r) found: the w=8 run is a point of it
-    assert "w=8, r=4: BLEU 31.0, at or above" in report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
+    assert "w=8, r=4: BLEU 31.00, at or above" in report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
     (tmp_path / "leaderboard.csv").unlink()
     leaderboard.add_rows(tmp_path / "leaderboard.csv", [rows[0], rows[-1]])
     with pytest.raises(SystemExit, match=r"no run of .* lies on the grid of --sweep wr_small .*; runs at w=8 r=4 lie"):

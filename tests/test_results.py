@@ -62,7 +62,7 @@ def test_a_rerun_that_differs_is_its_own_row_and_the_markdown_shows_both(tmp_pat
     assert [r["bleu"] for r in rows] == ["30.0", "31.5"]
     md = leaderboard.render_markdown(rows)
     assert "| m-s-dense-1 | t |" in md and "| ↳ *re-run* 1 | t |" in md
-    assert "| 30.0 |" in md and "| 31.5 |" in md and "ffffffff+dirty | CPU B |" in md
+    assert "| 30.00 |" in md and "| 31.50 |" in md and "ffffffff+dirty | CPU B |" in md
 
 
 def test_hypotheses_of_a_rerun_never_overwrite_the_kept_file(tmp_path):
@@ -109,7 +109,7 @@ def test_the_recipe_summary_prints_what_the_leaderboard_holds():
     text = summary([now], [{k: str(v) for k, v in r.items()} for r in (earlier, now)])
     lines = text.splitlines()
     assert [line[:1] for line in lines[1:3]] == [" ", "*"]  # the earlier row is listed, this one starred
-    assert "30.0" in lines[1] and "CPU A" in lines[1] and "31.5" in lines[2] and "CPU B" in lines[2]
+    assert " 30.00 " in lines[1] and "CPU A" in lines[1] and " 31.50 " in lines[2] and "CPU B" in lines[2]
     assert " ≤ 0.001 " in lines[2]  # as LEADERBOARD.md prints it
     assert "1 other rows are earlier evaluations" in text
 
@@ -264,6 +264,11 @@ def test_the_p_value_calibration_script_reports_the_leaderboards_p_and_the_two_s
     ):
         rates = f"{np.mean(np.array(values) < 0.05):.3f} | {np.mean(np.array(values) < 0.01):.3f}"
         assert f"| {name} | {rates} | {np.median(values):.3f} |" in out
+    # --replicates 0: the pairs' table alone, the same rows
+    alone = subprocess.run(
+        [sys.executable, str(script), *pairs[0], *pairs[1], "--replicates", "0"], capture_output=True, text=True
+    ).stdout
+    assert alone == out.split("\n\nA/A")[0] + "\n" and alone.count("\n| ref") == 2
 
 
 @pytest.mark.parametrize("logged", [20, 15])
@@ -462,8 +467,8 @@ def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path
     ]
     leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
     quality = cross_bleu(tmp_path)
-    assert list(quality) == [4] and "BLEU 27.1 on test_2016_flickr" in quality[4]
-    assert "without the cross band 24.1, dense 14.8" in quality[4]
+    assert list(quality) == [4] and "BLEU 27.10 on test_2016_flickr" in quality[4]
+    assert "without the cross band 24.10, dense 14.80" in quality[4]
     # a re-run of the dense partner on another machine, two dense runs beside a band on a second schedule: all
     # are shown, and only a run evaluated again is called a re-run
     longer = base | {"schedule": "reproduce", "seed": 3}
@@ -476,15 +481,15 @@ def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path
     ]
     leaderboard.add_rows(tmp_path / "leaderboard.csv", more)
     assert cross_bleu(tmp_path)[4] == (
-        "BLEU 27.1 on test_2016_flickr (`cpu_demo` schedule, seed 1; without the cross band 24.1, dense 14.8 or "
-        "15.7 (re-runs); run `x4`); BLEU 39.0 on test_2016_flickr (`reproduce` schedule, seed 3; without the cross "
-        "band 38.4, dense 36.8 or 37.0 (runs d3, d3b); run `x4-3`)"
+        "BLEU 27.10 on test_2016_flickr (`cpu_demo` schedule, seed 1; without the cross band 24.10, dense 14.80 or "
+        "15.70 (re-runs); run `x4`); BLEU 39.00 on test_2016_flickr (`reproduce` schedule, seed 3; without the cross "
+        "band 38.40, dense 36.80 or 37.00 (runs d3, d3b); run `x4-3`)"
     )
     # a re-run of the band itself: one entry, both scores (it was listed twice, as if two runs)
     band = {"window": 3, "rare": 2, "heads": "auto", "cross": "w4/slope0.97", "hypothesis": "x4.rerun.de"}
     leaderboard.add_rows(tmp_path / "leaderboard.csv", [_row("x4", 1, 28.0) | base | band])
     quality = cross_bleu(tmp_path)
-    assert quality[4].startswith("BLEU 27.1 or 28.0 (re-runs) on test_2016_flickr (`cpu_demo` schedule, seed 1;")
+    assert quality[4].startswith("BLEU 27.10 or 28.00 (re-runs) on test_2016_flickr (`cpu_demo` schedule, seed 1;")
     assert quality[4].count("run `x4`") == 1 and "run `x4-3`" in quality[4]
     # the verdict is on the benchmarked structure's band: a w=5, r=1 band speaks only for a w=5, r=1 benchmark
     other = _row("x4-w5", 1, 20.0) | base | {"window": 5, "rare": 1, "heads": "auto", "cross": "w32/slope0.97"}

@@ -12,7 +12,7 @@ from typing import Any
 from ..attention.options import StructureConfig
 from ..console import setup
 from ..files import DataError, existing_dir, write_text_atomic
-from ..leaderboard_csv import cross_window, read_rows
+from ..leaderboard_csv import cross_window, read_rows, score_text
 from ..paths import REPO_ROOT, RESULTS_DIR, ResultsFolder
 from .attention import table
 from .attention_cuda import table as cuda_table
@@ -125,7 +125,7 @@ def cross_bleu(
 
     def scores(same: list[dict[str, str]], keep: Callable[[dict[str, str]], bool]) -> str:
         kept = [x for x in same if keep(x)]
-        found = list(dict.fromkeys(x["bleu"] for x in kept))
+        found = list(dict.fromkeys(score_text(x["bleu"]) for x in kept))
         if len(found) < 2:
             return found[0] if found else "?"
         runs = list(dict.fromkeys(x["run_id"] for x in kept))

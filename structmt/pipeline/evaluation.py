@@ -20,6 +20,7 @@ from ..leaderboard_csv import (
     LeaderboardRow,
     fill_empty,
     row_key,
+    score_text,
     short_commit,
     training,
 )
@@ -265,7 +266,7 @@ def valid_bleu(spec: RunSpec, *, runs_dir: Path, log: Any = print) -> float:
             )
             s = score(hyp, data.text("valid", spec.data.tgt))
             write_text_atomic(run.valid_score, json.dumps(asdict(s), indent=2) + "\n")
-            log(f"[{run_id}] valid: BLEU {s.bleu} (the sweep objective)")
+            log(f"[{run_id}] valid: BLEU {score_text(s.bleu)} (the sweep objective)")
         return float(json.loads(run.valid_score.read_text())["bleu"])
 
 
@@ -364,7 +365,7 @@ def _evaluate_locked(
                     f"[{run_id}] {test_name}: no hypotheses of the dense run {base.path.name} (evaluate it "
                     "first); the p-value against it is left empty"
                 )
-        log(f"[{run_id}] {test_name}: BLEU {s.bleu} chrF {s.chrf} ({s.bleu_signature})")
+        log(f"[{run_id}] {test_name}: BLEU {score_text(s.bleu)} chrF {score_text(s.chrf)} ({s.bleu_signature})")
         rows.append(
             LeaderboardRow(
                 run_id=run_id,

@@ -23,6 +23,7 @@ from ..leaderboard_csv import (
     lock,
     p_text,
     read_rows,
+    score_text,
     short_commit,
     training,
 )
@@ -90,7 +91,8 @@ def render_markdown(rows: list[dict[str, str]], title: str = "Leaderboard") -> s
                 out.append(
                     f"| {run} | {r['arch']}{f' {options}' if (options := r['options']) else ''} | {r['window']} | "
                     f"{r['rare']} | {r['heads']} | {r['cross']} | "
-                    f"{r['seed']} | {r['bleu']} | {r['chrf']} | {p_text(r['p_value_vs_dense'])} | {r['updates']} | "
+                    f"{r['seed']} | {score_text(r['bleu'])} | {score_text(r['chrf'])} | "
+                    f"{p_text(r['p_value_vs_dense'])} | {r['updates']} | "
                     f"{r['train_seconds']} | {r['train_tokens_per_s']} | {r.get('train_machine') or '–'} | "
                     f"{short_commit(r['git_commit'])} | {r.get('machine') or '–'} |"
                 )
@@ -135,7 +137,7 @@ def _rerun(earlier: list[dict[str, str]], rerun: dict[str, str]) -> str:
     evaluated decoded again, with its commit."""
     trained = training(rerun) not in [training(r) for r in earlier]
     commit = short_commit((trained and rerun.get("train_commit")) or rerun["git_commit"])
-    return f"{rerun['seed']}: {float(rerun['bleu']):.2f} ({'trained' if trained else 'decoded'} again, {commit})"
+    return f"{rerun['seed']}: {score_text(rerun['bleu'])} ({'trained' if trained else 'decoded'} again, {commit})"
 
 
 def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
@@ -174,7 +176,7 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
             f"{test} {kind}{shape}"
         )
         per_seed = ", ".join(
-            f"{r['seed']}: {float(r['bleu']):.2f}"
+            f"{r['seed']}: {score_text(r['bleu'])}"
             + (f" (p {p_text(r['p_value_vs_dense'], 3)})" if r["p_value_vs_dense"] != "" else "")
             for r in firsts
         )

@@ -24,7 +24,7 @@ from typing import Any
 from ..console import add_verbose_option, run_child, setup
 from ..fairseq_cli import StepError
 from ..files import DataError, int_at_least
-from ..leaderboard_csv import p_text, read_rows, short_commit
+from ..leaderboard_csv import p_text, read_rows, score_text, short_commit
 from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 from ..provenance import git_commit, why_unknown
 from .evaluation import evaluate_run, keep_training_log
@@ -196,7 +196,8 @@ def summary(rows: list[dict[str, Any]], leaderboard_rows: list[dict[str, str]]) 
             this = (r["run_id"], r["test_set"], r["hypothesis"]) in mine
             others += not this
             lines.append(
-                f"{'*' if this else ' '} {r['run_id']:44} {r['test_set']:17} {r['bleu']:>5} {r['chrf']:>5} "
+                f"{'*' if this else ' '} {r['run_id']:44} {r['test_set']:17} "
+                f"{score_text(r['bleu']):>5} {score_text(r['chrf']):>5} "
                 f"{p_text(r['p_value_vs_dense']):>10}  {short_commit(r['git_commit']):15} {r.get('machine') or '–'}"
             )
     note = "* this evaluation" + (

@@ -15,7 +15,7 @@ from ..attention.structure import role_mix_text
 from ..console import add_verbose_option, setup
 from ..figures import annotated_heatmap
 from ..files import output_dir, write_text_atomic
-from ..leaderboard_csv import p_text, read_rows, short_commit
+from ..leaderboard_csv import p_text, read_rows, score_text, short_commit
 from ..paths import REPO_ROOT, RESULTS_DIR, ResultsFolder
 from .evaluation import DECODING, row_text
 from .leaderboard import evaluations
@@ -233,7 +233,7 @@ def report(
     if not grid_of:
         ws, rs = sorted({w for w, _ in bleu}), sorted({r for _, r in bleu})
     missing = [(w, r) for w in ws for r in rs if (w, r) not in bleu]
-    base = f" (dense {dense[0]['bleu']})" if dense else ""
+    base = f" (dense {score_text(dense[0]['bleu'])})" if dense else ""
     title = f"sacreBLEU, {data} {test_set}, schedule {schedule}{base}"
     heatmap(bleu, title, "BLEU", out_dir / f"{stem}_bleu.png", ws, rs)
     heatmap(cost, f"training target tokens/s, schedule {schedule}", "tokens/s", out_dir / f"{stem}_cost.png", ws, rs)
@@ -268,8 +268,9 @@ def report(
         kind = "dense" if not r["window"] else " ".join(filter(None, ("structured", r["options"])))
         kind += " (outside the grid)" if grid_of and r in outside else ""
         lines.append(
-            f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r['cross']} | {r['seed']} | {r['bleu']} | "
-            f"{r['chrf']} | {p_text(r['p_value_vs_dense'])} | {r['train_tokens_per_s']} | {r['train_seconds']} | "
+            f"| {kind} | {r['window']} | {r['rare']} | {r['heads']} | {r['cross']} | {r['seed']} | "
+            f"{score_text(r['bleu'])} | {score_text(r['chrf'])} | {p_text(r['p_value_vs_dense'])} | "
+            f"{r['train_tokens_per_s']} | {r['train_seconds']} | "
             f"{r.get('train_machine') or '–'} | {r['run_id']} | {short_commit(r['git_commit'])} |"
         )
     signatures: dict[str, list[str]] = {}
@@ -313,8 +314,8 @@ def report(
         verdict = "at or above" if float(best["bleu"]) >= d else "below"
         lines.append(
             f"Highest test BLEU of the heatmaps (role mix {heads}, dense cross-attention): "
-            f"w={best['window']}, r={best['rare']}: BLEU {best['bleu']}, {verdict} "
-            f"the dense baseline's {d} (paired bootstrap p {p_vs_dense})."
+            f"w={best['window']}, r={best['rare']}: BLEU {score_text(best['bleu'])}, {verdict} "
+            f"the dense baseline's {score_text(d)} (paired bootstrap p {p_vs_dense})."
         )
         if verdict == "below":
             lines.append("No point of the heatmaps reached the dense baseline.")

@@ -16,7 +16,7 @@ from ..checkpoints import checkpoint_state, checkpoint_updates, load_model, mode
 from ..console import add_verbose_option, setup
 from ..fairseq_cli import MAX_LEN_A, MAX_LEN_B
 from ..files import DataError, decode_utf8, existing_dir, existing_file, finite_float, int_at_least, text_lines
-from ..leaderboard_csv import read_rows, short_commit, training
+from ..leaderboard_csv import read_rows, score_text, short_commit, training
 from ..paths import RESULTS_DIR, ResultsFolder, RunFolder
 from .evaluation import named_test_set, row_file
 from .spec import ModelSpec, read_spec, recorded_average_last, run_model_checkpoint
@@ -153,12 +153,12 @@ def which_training(run_dir: Path, checkpoint: Path, leaderboard: Path) -> tuple[
         rows = [r for r in read_rows(leaderboard) if r["run_id"] == run_id]
     except (OSError, ValueError) as err:  # a leaderboard to fix by hand (or a folder) does not stop a translation
         return logging.WARNING, f"{head}; its scores are not looked up: {err}"
-    scores = [f"{r['test_set']} BLEU {float(r['bleu']):.2f}" for r in rows if training(r) == ours]
+    scores = [f"{r['test_set']} BLEU {score_text(r['bleu'])}" for r in rows if training(r) == ours]
     if scores:
         return logging.INFO, f"{head}; its rows in {leaderboard}: {', '.join(scores)}"
     if rows:
         if repeated := [r for r in rows if _decodes_as(run_dir, r)]:  # trained again, to the same hypotheses
-            scores = [f"{r['test_set']} BLEU {float(r['bleu']):.2f}" for r in repeated]
+            scores = [f"{r['test_set']} BLEU {score_text(r['bleu'])}" for r in repeated]
             return logging.INFO, (
                 f"{head}; rows of {run_id} in {leaderboard} are of another training ({_trainings(repeated)}), "
                 f"whose hypotheses this training's own decoding repeats byte for byte: {', '.join(scores)}"
