@@ -55,8 +55,8 @@ MIN_TRITON = (3, 2)
 
 
 #: the oldest CUDA compute capability the kernels run on: Triton compiles atomic adds (the backward's) only from
-#: sm_70 on (on sm_60, a P100, the forward ran and the first backward failed in ptxas); torch's own Triton check
-#: asks for the same
+#: sm_70 on (compiled for sm_60, a P100, without a GPU: the forward compiles, ptxas refuses the backward's
+#: ``.relaxed`` atomics; docs/plugin.md has the command); torch's own Triton check asks for the same
 MIN_CAPABILITY = (7, 0)
 
 
