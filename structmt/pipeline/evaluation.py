@@ -399,16 +399,21 @@ def _evaluate_locked(
         )
     leaderboard.add_rows(csv_path, rows)
     stored = {row_key(r): r for r in board}  # as read above: the run's lock keeps its rows as they were
+    kept: dict[tuple[str, str, str], list[str]] = {}  # an earlier training's (commit, machine, s): its test sets
     for row in rows:  # a training again (its folder deleted, another machine) that decoded the same hypotheses
         old = stored.get(row_key(asdict(row)))
         if old is not None and training(old)[1] and training(old) != training(asdict(row)):
-            log(
-                f"[{run_id}] {row.test_set}: the same hypotheses as the leaderboard's row of an earlier training "
-                f"(trained at {short_commit(old['train_commit']) or 'an unrecorded commit'} on "
-                f"{old['train_machine'] or 'an unrecorded machine'} in "
-                f"{old['train_seconds']} s), which it keeps; this training's numbers ({row.train_seconds} s, "
-                f"{row.train_tokens_per_s} tokens/s on {row.train_machine}) are in {run.metrics}"
-            )
+            earlier = (old["train_commit"], old["train_machine"], old["train_seconds"])
+            kept.setdefault(earlier, []).append(row.test_set)
+    for (commit, machine, seconds), tests in kept.items():
+        row = rows[0]
+        log(
+            f"[{run_id}] {', '.join(tests)}: the same hypotheses as the leaderboard's "
+            f"{'row' if len(tests) == 1 else 'rows'} of an earlier training (trained at "
+            f"{short_commit(commit) or 'an unrecorded commit'} on {machine or 'an unrecorded machine'} in {seconds} "
+            f"s), which it keeps; this training's numbers ({row.train_seconds} s, {row.train_tokens_per_s} tokens/s "
+            f"on {row.train_machine}) are in {run.metrics}"
+        )
     leaderboard.publish(results_dir)
     records = [asdict(row) for row in rows]
     wandb_id = wandb_run_id(run_id, [row_file(r["hypothesis"]) for r in records])
