@@ -152,6 +152,25 @@ def test_members_of_sigma_are_recovered_with_zero_error_and_the_right_role(seed)
     assert best_role(project(rare, w, r)).role == "rare"
 
 
+def test_a_share_of_one_takes_the_simplest_family_that_holds_all_the_best_mass():
+    """``share=1`` (no slack) is allowed: it names the simplest family that captures as much mass as the best one,
+    a band-stochastic head syntactic, a diagonal one positional."""
+    n, w = 8, 2
+    band = band_support(n, w).float()
+    diagonal = diagonal_support(n, 0).float()
+    assert best_role(project(band / band.sum(-1, keepdim=True), w, 1), share=1.0).role == "syntactic"
+    assert best_role(project(diagonal, w, 1), share=1.0).role == "positional"
+
+
+def test_an_empty_rare_slot_adds_no_column_to_the_rare_support():
+    """A query with fewer rare tokens than columns (-1 in its set) sees its band and its rare tokens only: the
+    -1 is never read as the last position."""
+    from structmt.analysis.project import model_rare_support
+
+    sets = torch.tensor([[-1], [3], [-1], [-1]])
+    assert model_rare_support(4, 0, sets).int().tolist() == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 1]]
+
+
 def test_sparse_error_term_lowers_error_by_at_most_k_eps():
     for seed in range(20):
         a = _attention(16, seed)

@@ -18,7 +18,14 @@ from structmt.attention import structured_attention, structured_attention_with_w
 from structmt.attention.context import TokenContext
 from structmt.attention.functional import reference_attention, unique_positions
 from structmt.attention.multihead import StructuredMultiheadAttention
-from structmt.attention.options import StructureConfig, add_arguments, flag, spec_fields, to_fairseq_args
+from structmt.attention.options import (
+    StructureConfig,
+    add_arguments,
+    default_role_mix,
+    flag,
+    spec_fields,
+    to_fairseq_args,
+)
 from structmt.attention.structure import CandidateLayout, CrossBand, Kind, Structure, make_supports
 from structmt.models.structured_transformer import StructuredTransformerModel
 
@@ -450,6 +457,58 @@ def test_every_problem_is_named_in_the_users_terms():
     ]
 
 
+def test_error_term_and_block_values_at_their_boundaries_are_refused_up_front():
+    """An error-key bound of 0, ``sink:0``, ``sinks * eps`` of exactly 1 and a ``--struct-apply`` naming no block
+    are each refused before any model is built, naming the option; the values just inside are taken."""
+    assert StructureConfig(struct_error="sink:1", struct_error_eps=0.99).problems() == []
+    assert StructureConfig(struct_error_eps=0.0).problems() == ["--struct-error-eps=0.0 must lie in (0, 1)"]
+    assert StructureConfig(struct_error="sink:0").problems() == [
+        "--struct-error='sink:0' must be 'none' or 'sink:K' with an integer K >= 1"
+    ]
+    assert StructureConfig(struct_error="sink:2", struct_error_eps=0.5).problems() == [
+        "--struct-error-eps=0.5: sinks * eps must lie in (0, 1), got 2 * 0.5"
+    ]
+    for apply in ("", " , "):
+        assert StructureConfig(struct_apply=apply).problems() == [
+            f"--struct-apply={apply!r} names no attention block; choose one or both of encoder, decoder (a model "
+            "with none structured is the dense transformer: --arch transformer_…, structmt-run model=dense_…)"
+        ]
+
+
+def test_a_cross_window_of_zero_is_a_band_of_half_width_zero_and_uses_the_slope():
+    """``--struct-cross-window 0`` structures the cross-attention (each target position sees its aligned source
+    position only); only -1 keeps it dense, so a slope set with window 0 has an effect and is not warned about."""
+    assert StructureConfig(struct_cross_window=0, struct_cross_slope=0.5).cross_band() == CrossBand(0, 0.5)
+    assert StructureConfig().cross_band() is None
+    assert StructureConfig(struct_cross_window=0, struct_cross_slope=0.5).without_effect({"syntactic"}) == []
+
+
+def test_auto_roles_keep_one_rare_head_under_four_heads():
+    """``--struct-heads auto`` with r > 0 gives a model of fewer than four heads one rare head (H/4 rounds to 0),
+    and none with r = 0."""
+    assert default_role_mix(2, 2) == "pos:0,syn:1,rare:1"
+    assert default_role_mix(3, 1) == "pos:0,syn:2,rare:1"
+    assert default_role_mix(2, 0) == "pos:0,syn:2,rare:0"
+    assert default_role_mix(8, 2) == "pos:2,syn:4,rare:2"
+
+
+def test_roles_from_a_roles_file_set_aside_the_struct_heads_option():
+    """With --struct-heads-from the roles come from the file: --struct-heads is not checked (its value is only
+    warned about), and --struct-rare with no rare head in the file is said to have no effect."""
+    roles = json.dumps({"encoder": ["syn:2"], "decoder": ["syn:2"]})
+    assert StructureConfig(struct_heads="diag:2", struct_heads_from=roles).problems() == []
+    assert StructureConfig(struct_heads_from=roles, struct_rare=3).without_effect({"syntactic"}) == [
+        "--struct-rare=3 has no effect: no head is rare"
+    ]
+
+
+def test_one_role_mix_serves_every_kept_layer_of_a_pruned_stack():
+    """With one mix for all layers, fairseq's layers-to-keep pruning keeps any layers: the mix covers the whole
+    stack, not just one layer."""
+    kept = StructureConfig(struct_heads="pos:1,syn:1").layer_structures("encoder", 2, 3, layers_to_keep=[0, 2])
+    assert [s.window for s in kept] == [(1, 3), (1, 3)]
+
+
 # --------------------------------------------------------------------------
 # One candidate layout
 
@@ -485,6 +544,27 @@ def test_layout_kinds_follow_the_supports():
     assert kinds[0, 0, 0].tolist() == [Kind.NOT_ALLOWED, Kind.SUPPORT, Kind.SUPPORT, Kind.NOT_ALLOWED, 0]
     assert kinds[0, 1, 0].tolist() == [Kind.NOT_ALLOWED, Kind.SUPPORT, Kind.SUPPORT, Kind.SUPPORT, 0]
     assert kinds[0, 0, 3].tolist() == [Kind.SUPPORT] * 3 + [Kind.NOT_ALLOWED, Kind.ERROR]
+
+
+@pytest.mark.parametrize("impl", ["reference", "efficient"])
+def test_an_error_key_that_is_a_rare_key_belongs_to_the_rare_group_only(impl):
+    """A key that is both a query's rare key (outside its band) and an error key is a structured key only: it is
+    not given the error term's weight on top of its softmax share, so the rare head attends as without sinks."""
+    s = Structure.from_roles(["syntactic", "rare"], window=1, rare=1, sinks=1, sink_eps=0.1)
+    T = 6
+    sets = torch.zeros(1, T, 1, dtype=torch.long)  # the rare key of every query is position 0, the error key
+    supports = make_supports(s, num_keys=T, rare_sets=sets, key_padding_mask=None, sink_pos=sets[:, 0], device="cpu")
+    b, h = torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.arange(2).view(1, 2, 1, 1)
+    q, kv = torch.arange(T).view(1, 1, T, 1), torch.arange(T).view(1, 1, 1, T)
+    assert supports.rare(b, h, q, kv)[0, :, :, 0].int().tolist() == [[0] * T, [0, 0, 1, 1, 1, 1]]
+    assert supports.error(b, h, q, kv)[0, :, :, 0].int().tolist() == [[0, 0, 1, 1, 1, 1], [0] * T]
+    gen = torch.Generator().manual_seed(0)
+    qkv = [torch.randn(1, 2, T, 8, generator=gen) for _ in range(3)]
+    given = dict(window=1, rare_index=torch.tensor([[0]]), rare_heads=[False, True], impl=impl)
+    _, with_sink = structured_attention_with_weights(*qkv, **given, sinks=1, sink_eps=0.1)
+    _, without = structured_attention_with_weights(*qkv, **given)
+    torch.testing.assert_close(with_sink[0, 1], without[0, 1])
+    torch.testing.assert_close(with_sink.sum(-1), torch.ones(1, 2, T))
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The structured attention kernels: equivalences, supports, rare selection."""
 
+import json
 import math
 import random
 
@@ -20,7 +21,16 @@ from structmt.attention import (
 )
 from structmt.attention.functional import reference_attention, self_attention_plan
 from structmt.attention.multihead import StructuredCrossAttention, StructuredMultiheadAttention
-from structmt.attention.structure import NEVER_RARE, make_supports, parse_role_mix, sink_positions
+from structmt.attention.structure import (
+    NEVER_RARE,
+    POSITION_SPAN,
+    make_supports,
+    parse_role_mix,
+    parse_role_spec,
+    roles_from_file,
+    roles_json,
+    sink_positions,
+)
 
 
 def _padding(B: int, T: int, gen: torch.Generator, left: bool = False) -> torch.Tensor:
@@ -677,6 +687,7 @@ def test_rarity_inputs_that_would_index_from_the_end_are_rejected_naming_the_arg
         (TypeError, "tokens must be a \\(batch, length\\) integer tensor", dict(tokens=tokens[0])),
         (TypeError, "tokens must be a \\(batch, length\\) integer tensor", dict(tokens=tokens.float())),
         (ValueError, "counts must be >= 0, got -3", dict(counts=torch.tensor([1, 1, 7, -3, 5]))),
+        (ValueError, "counts must be >= 0, got -1", dict(counts=torch.tensor([1, 1, 7, -1, 5]))),
         (TypeError, "never_rare must be a bool tensor shaped like counts", dict(never_rare=never.long())),
         (TypeError, "never_rare must be a bool tensor shaped like counts", dict(never_rare=never[:4])),
         (ValueError, "first_position must be an integer >= 0, got -1", dict(first_position=-1)),
@@ -688,6 +699,12 @@ def test_rarity_inputs_that_would_index_from_the_end_are_rejected_naming_the_arg
         if error is TypeError or "first_position" in message:  # checked without reading values: always
             with pytest.raises(error, match=message):
                 rarity_keys(**kwargs, check_values=False)  # the model's calls (no device sync)
+    # positions up to POSITION_SPAN - 1 fit in a key; one more would spill into the count
+    last = rarity_keys(tokens, counts, never, first_position=POSITION_SPAN - 3)
+    assert last.tolist() == [[7 * POSITION_SPAN + POSITION_SPAN - 3, 3 * POSITION_SPAN + POSITION_SPAN - 2,
+                              5 * POSITION_SPAN + POSITION_SPAN - 1]]  # fmt: skip
+    with pytest.raises(ValueError, match=f"sequences longer than {POSITION_SPAN} tokens are not supported"):
+        rarity_keys(tokens, counts, never, first_position=POSITION_SPAN - 2)
     keys = rarity_keys(tokens, counts, never)
     assert rare_sets(keys, 2, causal=False)[0, 0].tolist() == [1, 2]  # counts 3, 5
     with pytest.raises(ValueError, match="r must be an integer >= 0, got -1"):
@@ -708,6 +725,44 @@ def test_role_mix_parsing_and_errors():
         parse_role_mix("syn:2;syn:2;syn:2", 2, 2)
     with pytest.raises(ValueError, match="band windows must be >= 0"):
         Structure(window=(-1,), rare_heads=(False,))
+
+
+def test_a_role_without_a_count_is_one_head_and_a_negative_count_is_refused():
+    """``pos,syn:2,rare`` gives one positional and one rare head; a count below 0 (even -1) is refused, naming the
+    role, not read as no head."""
+    assert parse_role_spec("pos,syn:2,rare") == ["positional", "syntactic", "syntactic", "rare"]
+    with pytest.raises(ValueError, match="head count for pos must be >= 0"):
+        parse_role_spec("pos:-1,syn:3")
+
+
+def test_per_layer_role_mixes_must_be_one_or_one_per_layer():
+    """Two mixes for three layers are refused, not spread over the first two layers; one mix or three are taken."""
+    with pytest.raises(ValueError, match=r"one role mix for all layers or one per layer \(3 layers\)"):
+        parse_role_mix("syn:2;pos:2", 2, 3)
+    assert parse_role_mix("syn:2", 2, 3) == [["syntactic"] * 2] * 3
+    assert parse_role_mix("syn:2;pos:2;syn:2", 2, 3)[1] == ["positional"] * 2
+
+
+def test_a_structure_refuses_an_error_term_outside_zero_and_one_and_a_window_per_head_mismatch():
+    """The error keys' total bound ``sinks * sink_eps`` must lie strictly inside (0, 1): 0 would give the error keys
+    no weight, 1 would leave the structured keys none; every head needs one window and one rare flag."""
+    assert Structure(window=(1,), rare_heads=(False,), sinks=2, sink_eps=0.49).sinks == 2
+    for sinks, eps in [(1, 0.0), (2, 0.5)]:
+        with pytest.raises(ValueError, match=rf"sinks \* eps must lie in \(0, 1\), got {sinks} \* {eps}"):
+            Structure(window=(1,), rare_heads=(False,), sinks=sinks, sink_eps=eps)
+    with pytest.raises(ValueError, match="window and rare_heads need one entry per head"):
+        Structure(window=(1, 1, 1), rare_heads=(True, False))
+
+
+def test_a_roles_file_is_read_as_its_encoder_and_decoder_mixes_only(tmp_path):
+    """A model keeps the mixes of its roles file and nothing else from it; a file holding a JSON list, not an
+    object of mixes, is refused naming the file."""
+    roles = {"encoder": ["syn:2"], "decoder": ["pos:1,rare:1"], "note": "chosen on valid"}
+    assert roles_json(json.dumps(roles)) == '{"encoder":["syn:2"],"decoder":["pos:1,rare:1"]}'
+    listed = tmp_path / "roles.json"
+    listed.write_text(json.dumps([["syn:2"]]))
+    with pytest.raises(ValueError, match=r"^--struct-heads-from .*roles.json: not a JSON object of role mixes$"):
+        roles_from_file(listed, "encoder")
 
 
 @pytest.mark.reliability  # docs/reliability.md

@@ -139,9 +139,36 @@ def test_each_test_set_is_scored_against_its_own_references(runs, monkeypatch):
     monkeypatch.setattr(evaluation, "decode", decode_perfectly)
     spec = runs(DENSE, [[]])
     rows = _evaluate(runs, spec)
-    assert {r["test_set"]: r["bleu"] for r in rows} == {"test_2016_flickr": 100.0, "test_2017_flickr": 100.0}
+    # in the data set's test-set order, here and on the leaderboard
+    assert [(r["test_set"], r["bleu"]) for r in rows] == [("test_2016_flickr", 100.0), ("test_2017_flickr", 100.0)]
+    assert [r["test_set"] for r in _board(runs)] == ["test_2016_flickr", "test_2017_flickr"]
     assert valid_bleu(spec, runs_dir=runs.runs_dir, log=quiet) == 100.0
     assert sorted(asked) == ["test", "test1", "valid"]
+
+
+def test_hypotheses_and_references_of_other_lengths_stop_naming_both(tmp_path):
+    """A decoding cut short is never scored against the first lines of the references: the step stops naming both
+    files and their line counts."""
+    hyp, ref = tmp_path / "hyp.de", tmp_path / "ref.de"
+    hyp.write_text("\n".join(REFS[:2]) + "\n")
+    ref.write_text("\n".join(REFS) + "\n")
+    message = f"{hyp} has 2 lines but the reference {ref} has 3"
+    with pytest.raises(evaluation.StepError, match=f"^{re.escape(message)}$"):
+        score(hyp, ref)
+
+
+def test_rows_of_a_slice_or_another_vocabulary_are_labelled_so():
+    """A test-set slice is named ``[:n]`` in the ``test_set`` column and a vocabulary other than the data set's
+    default ``-vocabN`` in ``data``, so such rows are never compared with the full ones; the slice's label still
+    names its test set."""
+    sliced = RunSpec(data=DataSpec(vocab_size=1000, max_train_lines=2000, max_eval_lines=100), model=DENSE)
+    assert evaluation.row_labels(sliced, "test_2016_flickr") == {
+        "data": "multi30k_en_de-vocab1000-train2000",
+        "test_set": "test_2016_flickr[:100]",
+        "options": "",
+    }
+    assert evaluation.row_labels(RunSpec(model=DENSE), "test_2016_flickr")["test_set"] == "test_2016_flickr"
+    assert evaluation.named_test_set("test_2016_flickr[:100]") == "test_2016_flickr"
 
 
 def test_a_structured_runs_bootstrap_is_against_its_dense_partners_hypotheses(runs):
@@ -210,6 +237,7 @@ def test_provenance_and_timing_columns_come_from_training_and_this_evaluation(ru
     monkeypatch.setattr(evaluation, "machine_label", lambda: "EVAL MACHINE")
     _evaluate(runs, spec)
     (row, _) = _board(runs)
+    assert row["direction"] == "en-de"  # source-target
     assert {k: row[k] for k in ("train_commit", "train_machine", "git_commit", "machine", "updates", "seed")} == {
         "train_commit": "t" * 40,
         "train_machine": "TRAIN MACHINE",  # which the training's seconds and tokens/s were measured on
@@ -382,6 +410,38 @@ def test_runs_that_differ_only_in_the_beam_are_labelled_apart(runs):
 
 
 @pytest.mark.reliability  # docs/reliability.md
+def test_a_dense_partner_missing_from_this_leaderboard_is_paired_through_its_run_folder(runs):
+    """A dense run evaluated into another results folder has no row here: the structured run's p-value pairs with
+    the hypotheses the dense run decoded into its run folder, not left empty."""
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    evaluate_run(dense, runs_dir=runs.runs_dir, results_dir=runs.results_dir.parent / "other", log=quiet)
+    structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ."]])
+    rows = _evaluate(runs, structured, baseline=dense)
+    expected = paired_bootstrap(
+        runs.runs_dir / dense.run_id() / "test_2016_flickr.de",
+        runs.runs_dir / structured.run_id() / "test_2016_flickr.de",
+        runs.runs_dir.parent / "data" / "raw" / "test.de",
+    )
+    assert (rows[0]["p_value_vs_dense"], rows[0]["bleu_ci95"]) == expected and expected[0] != ""
+
+
+@pytest.mark.reliability  # docs/reliability.md
+def test_a_dense_partner_row_whose_hypotheses_are_gone_stops_the_p_value(runs):
+    """The dense row the leaderboard shows names a file that was removed: the structured run's evaluation stops
+    saying which file to restore, rather than pairing its p-value with other hypotheses."""
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    (first, _) = _evaluate(runs, dense)
+    gone = evaluation.row_file(first["hypothesis"])
+    gone.unlink()
+    structured = runs(STRUCTURED, [REFS])
+    with pytest.raises(
+        evaluation.StepError,
+        match="^" + re.escape(f"the dense partner's first evaluation on test_2016_flickr names {gone}, which is gone: "
+                              "restore it (git checkout -- results/hyps)"),
+    ):  # fmt: skip
+        _evaluate(runs, structured, baseline=dense)
+
+
 def test_a_structured_runs_p_value_pairs_with_the_dense_row_the_leaderboard_shows(runs):
     """The dense partner decoded again with other hypotheses (trained again, another machine) is a re-run: the
     p-value pairs with its first evaluation, the dense row the headline shows beside the structured one."""

@@ -178,6 +178,17 @@ def test_one_row_given_twice_in_one_call_is_added_once(board):
     assert leaderboard.read_rows(board) == rows + [new]
 
 
+def test_a_row_added_again_without_some_scores_is_not_a_row_scored_otherwise(board):
+    """A row given again with its chrF left empty (not scored this time) matches the stored one: nothing is added
+    and nothing is refused; a chrF that differs is refused."""
+    before = board.read_bytes()
+    again = leaderboard.read_rows(board)[0] | {"chrf": "", "chrf_signature": ""}
+    assert leaderboard.add_rows(board, [again]) == 0
+    assert board.read_bytes() == before
+    with pytest.raises(ValueError, match=r"is recorded with other scores \(chrf 36\.39 there, 36\.4 now\)"):
+        leaderboard.add_rows(board, [again | {"chrf": 36.4}])
+
+
 # --- #3: a headline row averages seeds of one setting only --------------------------------------------------
 
 
@@ -258,6 +269,30 @@ def test_headline_refuses_runs_that_differ_in_updates_and_still_lists_reruns(boa
     again = retrained | {"bleu": "37.10", "hypothesis": "y.de", "git_commit": "d00d" + "0" * 36}
     last = leaderboard.headline(rows + [again], "multi30k_en_de", "reproduce").splitlines()[2]
     assert last == before.replace("99bfdd1d) |", "99bfdd1d), 2: 37.10 (decoded again, d00d0000) |")
+
+
+def test_a_model_trained_again_at_the_same_commit_is_a_rerun_trained_again(board):
+    """A run id trained again at the same commit has other weights: its training time tells it apart, so the
+    headline lists its evaluation as trained again, not as the first model decoded again."""
+    rows = leaderboard.read_rows(board)
+    before = leaderboard.headline(rows, "multi30k_en_de", "reproduce").splitlines()[2]
+    dense = _reproduce_dense(rows)
+    retrained = dense | {"bleu": "3.10", "hypothesis": "x.de", "train_seconds": "13100.0", "git_commit": "c0ffee" * 6}
+    after = leaderboard.headline(rows + [retrained], "multi30k_en_de", "reproduce").splitlines()[2]
+    assert after == before.replace("ff534f8b), ", "ff534f8b), 1: 3.10 (trained again, afdacb57), ")
+    same = dense | {"bleu": "3.10", "hypothesis": "x.de", "train_seconds": "13030.04", "git_commit": "c0ffee" * 6}
+    after = leaderboard.headline(rows + [same], "multi30k_en_de", "reproduce").splitlines()[2]
+    assert after == before.replace("ff534f8b), ", "ff534f8b), 1: 3.10 (decoded again, c0ffeec0), ")
+
+
+def test_headline_lists_seeds_in_numeric_order(board):
+    """Seed 10 comes after seed 2 in a headline row, not between 1 and 2 as text would sort it."""
+    rows = leaderboard.read_rows(board)
+    tenth = _reproduce_dense(rows) | {"run_id": "multi30k_en_de-reproduce-dense-5eed0010", "seed": "10",
+                                      "hypothesis": "z.de", "bleu": "30.00"}  # fmt: skip
+    row = leaderboard.headline(rows + [tenth], "multi30k_en_de", "reproduce").splitlines()[2]
+    assert "| 1: 37.45, 2: 37.48, 3: 36.80, 10: 30.00 |" in row
+    assert "| 1: afdacb57 → 15f3a16d, 2: a69e5e2c → 73bc302d, 3: 6a986c8d → f3aed3e3, 10: afdacb57 → 15f3a16d |" in row
 
 
 def test_headline_refuses_runs_of_another_size_and_keeps_other_data_out(board):
@@ -352,6 +387,20 @@ def test_a_leaderboard_from_before_the_last_columns_is_read_and_written_with_the
     _edit(board, lambda lines: lines.__setitem__(0, lines[0].replace(b",machine", b"")))  # one in the middle gone
     with pytest.raises(ValueError, match=r"the header is not the leaderboard's columns \(unknown \[\], missing"):
         leaderboard.read_rows(board)
+
+
+def test_a_leaderboard_without_a_column_that_every_row_needs_is_refused_naming_it(board):
+    """Only the columns added last may be absent from an older file; one without the hypothesis column (its rows
+    cut to match) is refused naming what is missing, not read with every hypothesis empty."""
+    _edit(board, lambda lines: lines.__setitem__(slice(None), [line.rsplit(b",", 5)[0] for line in lines if line]))
+    assert board.read_bytes().split(b"\n")[0].endswith(b",git_commit")
+    _rejected(
+        board,
+        f"{board}:1: the header is not the leaderboard's columns (unknown [], missing ['hypothesis', 'train_commit', "
+        "'machine', 'options', 'train_machine']); adding a row rewrites the file with exactly those columns and would "
+        f"lose the others, so fix the header by hand (it is {','.join(leaderboard.COLUMNS)}) and keep other columns "
+        "in a file of their own",
+    )
 
 
 # --- #21: an unknown --headline schedule ---------------------------------------------------------------------

@@ -186,6 +186,11 @@ def test_structured_cross_attention_option(dict_dir):
     }
     _, dense = build(dict_dir, "transformer_tiny", *TINY, seed=3)
     assert list(dense.state_dict()) == list(model.state_dict())  # no new parameters
+    # half-width 0 is a band too (each target position sees its aligned source position); only -1 is dense
+    _, narrow = build(dict_dir, "structured_transformer_tiny", *TINY, "--struct-cross-window", "0")
+    assert {(type(layer.encoder_attn), layer.encoder_attn.band) for layer in narrow.decoder.layers} == {
+        (StructuredCrossAttention, CrossBand(0, 1.0))
+    }
 
 
 def test_wide_bands_everywhere_equal_the_dense_transformer(dict_dir):

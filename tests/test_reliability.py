@@ -108,6 +108,28 @@ def test_cleaning_counts_every_dropped_line():
     assert (counts.bad_ratio, counts.duplicate, counts.kept) == (0, 1, 3)
 
 
+def test_cleaning_keeps_a_sentence_of_exactly_the_length_and_ratio_limits():
+    """The limits are inclusive: a sentence of exactly --max-tokens-per-sentence tokens and a pair of exactly the
+    maximal length ratio are kept; one token more, or a larger ratio, is dropped."""
+    six, seven = "a b c d e f", "a b c d e f g"
+    src = [six, six, seven, "u v w x y z"]
+    tgt = ["1 2 3 4 5 6", "1 2 3", "1 2 3 4 5 6 7", "1 2"]
+    kept, counts = clean_pairs(src, tgt, PrepConfig(max_tokens_per_sentence=6, max_length_ratio=2.0))
+    assert kept == [(six, "1 2 3 4 5 6"), (six, "1 2 3")]
+    assert (counts.too_long, counts.bad_ratio, counts.kept) == (1, 1, 2)
+
+
+def test_max_train_lines_keeps_exactly_that_many_cleaned_pairs(tmp_path, capsys):
+    """``max_train_lines=2`` trains on the first 2 pairs left after cleaning, not one fewer."""
+    from structmt.data.prepare import _read_split
+
+    src, tgt = tmp_path / "train.en", tmp_path / "train.de"
+    src.write_text("a\nb\n\nc\nd\n")
+    tgt.write_text("1\n2\n3\n4\n5\n")
+    assert _read_split("train", [(src, tgt)], PrepConfig(max_train_lines=2)) == (["a", "b"], ["1", "2"])
+    assert "using 2 pairs" in capsys.readouterr().out
+
+
 def test_line_break_characters_inside_a_line_become_spaces(tmp_path, capsys):
     f = tmp_path / "corpus.de"
     f.write_bytes("a\u2028b\nc\rd\ne\r\nf\x85g\n".encode())

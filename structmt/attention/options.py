@@ -203,7 +203,12 @@ class StructureConfig:
         """The attention blocks whose self-attention is structured."""
         blocks = [b.strip() for b in self.struct_apply.split(",") if b.strip()]
         unknown = [b for b in blocks if b not in BLOCKS]
-        if unknown or not blocks:
+        if not blocks:
+            raise ValueError(
+                f"names no attention block; choose one or both of {', '.join(BLOCKS)} (a model with none structured "
+                "is the dense transformer: --arch transformer_…, structmt-run model=dense_…)"
+            )
+        if unknown:
             raise ValueError(
                 f"names unknown attention block(s) {unknown}; choose from {', '.join(BLOCKS)} "
                 "(cross-attention: --struct-cross-window)"
