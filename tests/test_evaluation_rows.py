@@ -409,7 +409,6 @@ def test_runs_that_differ_only_in_the_beam_are_labelled_apart(runs):
     assert {r["options"] for r in _board(runs) if r["run_id"] == custom.run_id()} == {"beam=4"}
 
 
-@pytest.mark.reliability  # docs/reliability.md
 def test_a_dense_partner_missing_from_this_leaderboard_is_paired_through_its_run_folder(runs):
     """A dense run evaluated into another results folder has no row here: the structured run's p-value pairs with
     the hypotheses the dense run decoded into its run folder, not left empty."""
@@ -442,6 +441,7 @@ def test_a_dense_partner_row_whose_hypotheses_are_gone_stops_the_p_value(runs):
         _evaluate(runs, structured, baseline=dense)
 
 
+@pytest.mark.reliability  # docs/reliability.md
 def test_a_structured_runs_p_value_pairs_with_the_dense_row_the_leaderboard_shows(runs):
     """The dense partner decoded again with other hypotheses (trained again, another machine) is a re-run: the
     p-value pairs with its first evaluation, the dense row the headline shows beside the structured one."""
