@@ -584,6 +584,24 @@ def test_one_model_written_two_ways_is_one_run_and_one_setting():
     assert default == "multi30k_en_de-cpu_demo-w3-r2-e4aa037a"  # the committed demo run's, as before
 
 
+def test_a_cross_band_of_half_width_zero_keeps_its_slope_in_the_id_and_the_label():
+    """``model.cross_window=0`` is a structured cross band that uses its slope: two slopes are two models (only a
+    dense cross-attention, -1, leaves the slope out)."""
+    ids = lambda *overrides: specs(_compose(*overrides))[0].run_id()  # noqa: E731
+    assert ids("model.cross_window=0", "model.cross_slope=0.5") != ids("model.cross_window=0", "model.cross_slope=2.0")
+    assert ids("model.cross_slope=0.5") == ids("model.cross_slope=2.0")  # cross_window=-1: dense
+    assert ModelSpec(cross_window=0, cross_slope=0.5).effective().cross_slope == 0.5
+    assert ModelSpec(cross_window=0, cross_slope=0.5).cross_label() == "w0/slope0.5"
+    assert ModelSpec(cross_window=-1, cross_slope=0.5).cross_label() == ""
+
+
+def test_a_schedule_name_with_a_part_that_is_no_setting_is_the_users_own():
+    """``smoke+lr`` (no ``=``) names no setting of smoke: the user's own name, not smoke's schedule."""
+    from structmt.pipeline.spec import named_schedule
+
+    assert named_schedule("smoke+lr") is None and named_schedule("smoke+lr=0.5") is not None
+
+
 def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advice():
     """Hydra's own error for ``model.windw=3`` suggests ``+model.windw=3``, which adds the misspelt key."""
     argv = ["-m", "model=structured_tiny", "model.windw=3,5", "model.window=3", "+model.windw=3", "~model.rare"]

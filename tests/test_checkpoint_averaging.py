@@ -109,6 +109,14 @@ def test_the_last_checkpoints_are_the_last_one_and_those_saved_before_it(tmp_pat
     assert last_checkpoints(run, 2, 200) == [run.last_checkpoint, run.checkpoints / "checkpoint_3_600.pt"]
 
 
+def test_averaging_a_run_without_its_last_checkpoint_says_it_is_missing(tmp_path):
+    """Interval checkpoints alone are no window: without checkpoint_last.pt the error names it, not an empty list."""
+    run = RunFolder(tmp_path / "run")
+    _checkpoint(run.checkpoints / "checkpoint_1_200.pt", 200, 1.0)
+    with pytest.raises(ValueError, match=r"of updates \? \(200 apart\); checkpoint_last.pt missing \(it has those of "):
+        last_checkpoints(run, 2, 200)
+
+
 def _trained(tmp_path: Path, monkeypatch, schedule: Schedule) -> tuple[RunSpec, RunFolder]:
     """A run whose fairseq-train stand-in saves checkpoints every ``save_interval`` updates as fairseq names
     them, keeping the last ``--keep-interval-updates`` of them, each with weights of the update's value."""

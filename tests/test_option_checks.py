@@ -134,6 +134,18 @@ def test_averaging_as_many_checkpoints_as_the_training_saves_is_accepted():
     _rejects("saves 3 checkpoints", "train.average_last=4", "train.max_update=600", "train.save_interval=200")
 
 
+def test_a_save_interval_of_zero_is_accepted_where_nothing_is_averaged():
+    """``train.save_interval=0`` saves the last checkpoint only, which is all that ``train.average_last=1`` uses."""
+    validate(_compose("train.average_last=1", "train.save_interval=0"))
+
+
+def test_a_short_training_logs_every_update():
+    """Fewer than 50 updates log every update (``--log-interval 1``), never at an interval of 0."""
+    args = Schedule(max_update=10).fairseq_args()
+    assert args[args.index("--log-interval") + 1] == "1"
+    assert Schedule(max_update=500).log_interval() == 10 and Schedule(max_update=49).log_interval() == 1
+
+
 def test_every_short_option_name_of_fairseq_train_is_known():
     """fairseq-train takes ``-a`` for ``--arch`` (and the translation task ``-s``/``-t`` for the languages): an
     extra argument under a short name is checked as its long one. A short name fairseq adds fails here."""
@@ -293,6 +305,13 @@ def test_recipe_arguments(args, message, capsys):
 def test_int_at_least(value, message):
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         int_at_least(1)(value)
+
+
+def test_int_at_least_takes_both_of_its_bounds_themselves():
+    """The bounds are inclusive: ``int_at_least(1, 5)`` takes 1 and 5 and refuses 6."""
+    assert int_at_least(1, 5)("1") == 1 and int_at_least(1, 5)("5") == 5
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^must be <= 5, got 6$"):
+        int_at_least(1, 5)("6")
 
 
 @pytest.mark.parametrize("size", ["0", "-1"])

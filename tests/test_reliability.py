@@ -549,6 +549,31 @@ def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypa
     assert (tmp_path / "extracted" / "a.en").read_text() == "a\n"
 
 
+def test_a_checkpoints_updates_and_training_time_are_those_of_its_last_save(tmp_path):
+    """A resumed training appends to ``optimizer_history``: its last entry counts; a checkpoint without fairseq's
+    ``previous_training_time`` has no training time (None, not 0)."""
+    from structmt.checkpoints import checkpoint_updates, training_seconds
+
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    torch.save({"optimizer_history": [{"num_updates": 100}, {"num_updates": 250}]}, checkpoint)
+    assert checkpoint_updates(checkpoint) == 250
+    assert training_seconds(checkpoint) is None
+    torch.save({"extra_state": {"previous_training_time": 12}}, checkpoint)
+    assert training_seconds(checkpoint) == 12.0
+
+
+def test_a_legacy_torch_checkpoint_cut_short_is_not_called_a_file_torch_did_not_write(tmp_path):
+    """torch's legacy (non-zip) format begins with a pickle's 0x80: cut short, it is damaged, not a foreign file."""
+    from structmt.checkpoints import checkpoint_state
+
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    torch.save({"optimizer_history": [{"num_updates": 7}]}, checkpoint, _use_new_zipfile_serialization=False)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:40])
+    with pytest.raises(ValueError) as e:
+        checkpoint_state(checkpoint)
+    assert str(e.value).startswith(f"{checkpoint}: cannot be read (") and "torch did not write it" not in str(e.value)
+
+
 def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
     from structmt.checkpoints import checkpoint_updates
 

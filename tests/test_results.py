@@ -449,6 +449,27 @@ def test_length_ratio_names_the_split_and_languages_a_data_bin_lacks_and_those_i
         main([str(data_bin), "--tgt", "ro"])
 
 
+def test_length_ratio_prints_source_over_target_as_the_cross_slope(data_bin, capsys):
+    """The slope is source pieces over target pieces, with two decimals; the target defaults to de."""
+    from structmt.data.length_ratio import main, piece_totals
+
+    src, tgt = piece_totals(data_bin, "test", "en", "de")
+    assert src != tgt
+    main([str(data_bin), "--split", "test"])
+    assert capsys.readouterr().out == f"test: {src} en / {tgt} de tokens; --struct-cross-slope {src / tgt:.2f}\n"
+
+
+def test_length_ratio_of_a_data_bin_without_binarized_splits_says_so(tmp_path):
+    """A folder with the dictionaries only: the error says it holds no split and what to give instead."""
+    from structmt.data.length_ratio import main
+
+    (tmp_path / "dict.en.txt").write_text("a 1\n")
+    (tmp_path / "dict.de.txt").write_text("a 1\n")
+    (tmp_path / "notes.bin").write_text("")  # not a split: no <split>.<src>-<tgt>.<lang> name
+    with pytest.raises(SystemExit, match=r"it holds: no binarized split \(give a structmt-prepare data-bin\)$"):
+        main([str(tmp_path)])
+
+
 def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path):
     from structmt.bench.report import cross_bleu, train_section
 

@@ -318,6 +318,14 @@ def test_a_training_begun_on_a_dirty_tree_and_finished_on_a_clean_one_is_not_rec
     assert training.trained_commit("abc123", tmp_path / "none.log") == "abc123"
 
 
+def test_a_dirty_finish_of_a_run_with_a_dirty_session_is_marked_dirty_once(tmp_path):
+    """A commit that is already ``+dirty`` is not marked again because an earlier session ran dirty too."""
+    log = tmp_path / "train.log"
+    log.write_text("\n# structmt abc123+dirty on M\n")
+    assert training.trained_commit("abc123+dirty", log) == "abc123+dirty"
+    assert training.trained_commit("abc123", log) == "abc123+dirty"
+
+
 @pytest.mark.reliability  # docs/reliability.md
 def test_a_data_folder_prepared_again_with_another_vocabulary_is_refused_to_a_run_trained_on_the_first(
     monkeypatch, tmp_path
