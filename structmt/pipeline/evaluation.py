@@ -406,13 +406,13 @@ def _evaluate_locked(
             earlier = (old["train_commit"], old["train_machine"], old["train_seconds"])
             kept.setdefault(earlier, []).append(row.test_set)
     for (commit, machine, seconds), tests in kept.items():
-        row = rows[0]
+        this = rows[0]  # every row of this evaluation carries its training's numbers
         log(
             f"[{run_id}] {', '.join(tests)}: the same hypotheses as the leaderboard's "
             f"{'row' if len(tests) == 1 else 'rows'} of an earlier training (trained at "
             f"{short_commit(commit) or 'an unrecorded commit'} on {machine or 'an unrecorded machine'} in {seconds} "
-            f"s), which it keeps; this training's numbers ({row.train_seconds} s, {row.train_tokens_per_s} tokens/s "
-            f"on {row.train_machine}) are in {run.metrics}"
+            f"s), which it keeps; this training's numbers ({this.train_seconds} s, {this.train_tokens_per_s} "
+            f"tokens/s on {this.train_machine}) are in {run.metrics}"
         )
     leaderboard.publish(results_dir)
     records = [asdict(row) for row in rows]
