@@ -4,6 +4,7 @@ thesis's random search as described, and the report's quote of the thesis."""
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -873,6 +874,19 @@ def test_a_checkpoint_read_with_other_dictionaries_of_the_same_size_is_said(data
             f"was trained on: unless that folder was prepared again since, give {data_bin} instead (a dictionary "
             "of the same size with other tokens reads other words, in silence)"
         ]
+    # trained on several folders (fairseq's data1:data2 shards): the dictionaries are the first's
+    state = torch.load(trained, map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["data"] = os.pathsep.join([str(data_bin), str(other)])
+    sharded = tmp_path / "sharded.pt"
+    torch.save(state, sharded)
+    caplog.clear()
+    load_model(sharded, data_bin)
+    assert said() == []
+    load_model(sharded, other)
+    (warned,) = said()
+    assert warned.startswith(
+        f"{other / 'dict.de.txt'} differs from {data_bin / 'dict.de.txt'}, of the data-bin {sharded}"
+    )
     with pytest.raises(ValueError) as err:
         load_model(copied, unjoined)
     assert str(err.value).endswith(

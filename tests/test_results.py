@@ -276,7 +276,8 @@ def test_the_p_value_calibration_script_reports_the_leaderboards_p_and_the_two_s
 def test_a_finished_checkpoint_is_adopted_without_training_again(tmp_path, monkeypatch, logged):
     """A run killed after its last checkpoint but before train.json: the next call adopts the checkpoint, with
     the checkpoint's updates (fairseq saves it before it logs the last summary, so the kill may cut that off),
-    and the commit and machine of the process that trained it (train.log's last session), not its own."""
+    and the commit and machine of the process that trained it (train.log's last session, without what its line
+    says after the machine), not its own."""
     from structmt.pipeline import training
 
     spec = RunSpec(schedule=Schedule(max_update=20))
@@ -284,7 +285,8 @@ def test_a_finished_checkpoint_is_adopted_without_training_again(tmp_path, monke
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.save({"optimizer_history": [{"num_updates": 20}]}, run_dir / "checkpoints" / "checkpoint_last.pt")
     (run_dir / "train.log").write_text(
-        f"\n# structmt {'0' * 40} on CPU A (AVX2)\n# structmt {'1' * 40} on CPU B (AVX512), NVIDIA H100\n"
+        f"\n# structmt {'0' * 40} on CPU A (AVX2)\n# structmt {'1' * 40} on CPU B (AVX512), NVIDIA H100; fine-tuning "
+        "from /runs/dense/checkpoints/checkpoint_last.pt (sha256 ab12)\n"
         f"2026-01-01 | INFO | train | epoch 001 | loss 9.1 | wps 1500.5 | ups 1 | num_updates {logged} | lr 0.001 | "
         "train_wall 12 | wall 13\n"
     )

@@ -4,6 +4,7 @@ its own."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -356,3 +357,43 @@ def test_a_data_folder_prepared_again_with_another_vocabulary_is_refused_to_a_ru
     monkeypatch.setattr(evaluation, "decode", lambda *a, **k: pytest.fail("decoded with other token ids"))
     with pytest.raises(StepError, match=r"is not the dictionary .* was trained with"):
         evaluation.evaluate_run(spec, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", log=quiet)
+
+
+def test_a_resumed_finetune_names_its_start_once_and_keeps_the_time_it_carried(monkeypatch, tmp_path):
+    """Only the process that starts a fine-tune from another run's weights (fairseq reads --finetune-from-model
+    while the run has no checkpoint of its own) names them in train.log and records the training time they carry:
+    a resume after that run was trained again says nothing of its new weights, and keeps the first time."""
+    from structmt.fairseq_cli import StepError, TrainResult
+
+    runs = tmp_path / "runs"
+    start = runs / "dense-run" / "checkpoints" / "checkpoint_last.pt"
+    start.parent.mkdir(parents=True)
+    (start.parent.parent / "train.json").write_text("{}")
+    torch.save({"extra_state": {"previous_training_time": 100.0}}, start)
+    monkeypatch.setattr(training, "prepare_data", lambda spec, runs_dir: DataFolder(tmp_path / "data"))
+    monkeypatch.setattr(training, "keep_model_files", lambda *a: None)
+    updates = {"now": 0}
+    monkeypatch.setattr(training, "checkpoint_updates", lambda path: updates["now"])
+    carried: list = []
+
+    def fake_train(bin_dir, run_dir, arch, args, env, seconds):
+        carried.append(seconds)
+        if len(carried) == 1:
+            raise StepError("fairseq-train was stopped by SIGTERM")
+        return TrainResult(updates=10, wall_seconds=5.0, tokens_per_second=1.0, checkpoint=run_dir / "c.pt")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    spec = RunSpec(
+        model=ModelSpec(arch="structured_transformer_multi30k"),
+        schedule=Schedule(max_update=10, finetune_from="dense-run"),
+    )
+    with pytest.raises(StepError):
+        training.train_run(spec, runs_dir=runs, log=quiet)
+    first = start.read_bytes()
+    torch.save({"extra_state": {"previous_training_time": 999.0}}, start)  # the dense run trained again
+    updates["now"] = 4  # the fine-tune's own checkpoint: fairseq resumes from it
+    training.train_run(spec, runs_dir=runs, log=quiet)
+    assert carried == [100.0, 100.0]
+    headers = [line for line in (runs / spec.run_id() / "train.log").read_text().splitlines() if line.startswith("#")]
+    digest = hashlib.sha256(first).hexdigest()
+    assert [h.partition("; ")[2] for h in headers] == [f"fine-tuning from {start} (sha256 {digest})", ""]
