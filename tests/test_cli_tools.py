@@ -80,6 +80,15 @@ def test_sweep_report_says_which_values_the_leaderboard_has(board, args, what, p
     )
 
 
+def test_sweep_report_asks_for_the_structured_architecture_when_given_the_dense_one(board):
+    """``--arch transformer_multi30k`` names a dense baseline's architecture: the report says which to give, not
+    that no structured run is of it."""
+    with pytest.raises(SystemExit) as e:
+        sweep_report.main(["--data", "m", "--schedule", "s", "--test-set", "t", "--arch", "transformer_multi30k",
+                           "--results-dir", str(board)])  # fmt: skip
+    assert str(e.value) == "error: --arch transformer_multi30k: give the structured architecture (structured_...)"
+
+
 # --- structmt-analyze -------------------------------------------------------------------------------------------
 
 

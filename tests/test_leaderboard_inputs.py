@@ -100,6 +100,17 @@ def test_lines_are_counted_in_the_file_when_a_quoted_field_holds_a_newline(board
         leaderboard.read_rows(board)
 
 
+def test_a_blank_line_is_skipped_and_the_lines_after_it_keep_their_numbers(board):
+    """A blank line (a hand edit, an editor's extra line) holds no row: the rows are read as they were, and a bad
+    row after it is named by its line in the file."""
+    rows = leaderboard.read_rows(board)
+    _edit(board, lambda lines: lines.insert(2, b""))
+    assert leaderboard.read_rows(board) == rows
+    _edit(board, lambda lines: lines.__setitem__(3, lines[3] + b",oops"))  # the second row, now on line 4
+    with pytest.raises(ValueError, match=f"^{re.escape(str(board))}:4: 28 fields where the header has 27 "):
+        leaderboard.read_rows(board)
+
+
 # --- #13: other hand edits ---------------------------------------------------------------------------------
 
 
@@ -293,6 +304,22 @@ def test_headline_lists_seeds_in_numeric_order(board):
     row = leaderboard.headline(rows + [tenth], "multi30k_en_de", "reproduce").splitlines()[2]
     assert "| 1: 37.45, 2: 37.48, 3: 36.80, 10: 30.00 |" in row
     assert "| 1: afdacb57 → 15f3a16d, 2: a69e5e2c → 73bc302d, 3: 6a986c8d → f3aed3e3, 10: afdacb57 → 15f3a16d |" in row
+
+
+def test_headline_takes_a_seed_written_with_a_leading_zero_for_the_same_seed(board):
+    """Seed ``01`` (a hand edit) is seed 1: a run with it beside seed 1's run is a second run of that seed, never
+    averaged as another seed."""
+    rows = leaderboard.read_rows(board)
+    other = _reproduce_dense(rows) | {"run_id": "multi30k_en_de-reproduce-dense-0badc0de", "seed": "01",
+                                      "hypothesis": "x.de"}  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "runs multi30k_en_de-reproduce-dense-d5ac2722 and multi30k_en_de-reproduce-dense-0badc0de both claim "
+            "seed 1:"
+        ),
+    ):
+        leaderboard.headline(rows + [other], "multi30k_en_de", "reproduce")
 
 
 def test_headline_refuses_runs_of_another_size_and_keeps_other_data_out(board):
@@ -489,6 +516,24 @@ def test_the_chart_keeps_its_size_with_any_number_of_runs(tmp_path, monkeypatch)
     plotted = _plotted(figures[0])
     tests = ("test_2016_flickr", "test_2017_flickr")
     assert set(plotted) == {(f"run-{i:03d}", t) for i in range(300 - leaderboard.CHART_RUNS, 300) for t in tests}
+    import matplotlib.pyplot as plt
+
+    plt.close(figures[0])
+
+
+def test_the_chart_says_how_many_runs_it_shows_only_when_it_leaves_some_out(tmp_path, monkeypatch):
+    """A panel's title is its test set while it shows every run (exactly ``top`` of them included), and says
+    "best ``top`` of N runs" once there are more."""
+    figures = []
+    monkeypatch.setattr("structmt.figures.save", lambda fig, png: figures.append(fig))
+    rows = [
+        {"run_id": f"run-{i}", "test_set": test, "bleu": float(i), "chrf": 50.0, "bleu_signature": "s"}
+        for test, runs in (("a", 2), ("b", 3))
+        for i in range(runs)
+    ]
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", rows)
+    leaderboard.write_chart(tmp_path / "leaderboard.csv", tmp_path / "x.png", top=2)
+    assert [ax.get_title() for ax in figures[0].axes] == ["a", "b, best 2 of 3 runs"]
     import matplotlib.pyplot as plt
 
     plt.close(figures[0])

@@ -771,6 +771,107 @@ def test_sweep_report_of_a_sweep_draws_and_judges_only_its_own_grid(tmp_path):
         report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="wr_small")
 
 
+def test_sweep_report_heatmaps_put_each_points_scores_in_its_own_cell_and_order_windows_as_numbers(
+    tmp_path, monkeypatch
+):
+    """Row r, column w of each heatmap is the (w, r) run's BLEU or tokens/s, its axes in numeric order; the table
+    lists the points in that order too (w=10 after w=3, where text would sort it first)."""
+    from structmt.pipeline import sweep_report
+
+    drawn = {}
+    monkeypatch.setattr(
+        sweep_report, "annotated_heatmap", lambda grid, xs, ys, *, label, **kw: drawn.setdefault(label, (grid, xs, ys))
+    )
+    base = {"data": "m", "schedule": "s"}
+    rows = [_row("d", bleu=30.0) | base | {"window": "", "rare": "", "train_tokens_per_s": 1}]
+    for w, r, bleu, speed in [(10, 2, 34.0, 103), (3, 0, 31.0, 100), (10, 0, 33.0, 102), (3, 2, 32.0, 101)]:
+        cell = {"window": w, "rare": r, "heads": "auto", "train_tokens_per_s": speed}
+        rows.append(_row(f"w{w}r{r}", bleu=bleu) | base | cell)
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows))
+    text = sweep_report.report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
+    assert drawn["BLEU"] == ([[31.0, 33.0], [32.0, 34.0]], [3, 10], [0, 2])
+    assert drawn["tokens/s"] == ([[100.0, 102.0], [101.0, 103.0]], [3, 10], [0, 2])
+    points = [line.split(" | ")[1:3] for line in text.splitlines() if line.startswith("| structured |")]
+    assert points == [["3", "0"], ["3", "2"], ["10", "0"], ["10", "2"]]
+
+
+def test_a_sweeps_grid_is_its_distinct_windows_and_rare_counts_in_numeric_order(tmp_path, monkeypatch):
+    """A sweep file listing a value twice or out of order has the grid of its distinct values: the points it
+    misses are counted and named once each, in order."""
+    from structmt.pipeline import sweep_report
+
+    (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    params = "hydra:\n  sweeper:\n    params:\n      model.window: 10,3,10\n      model.rare: 2,0\n"
+    (tmp_path / "conf" / "sweep" / "mine.yaml").write_text(params)
+    monkeypatch.setattr(sweep_report, "REPO_ROOT", tmp_path)
+    assert sweep_report.sweep_grid("mine") == ([3, 10], [0, 2])
+    base = {"data": "m", "schedule": "s", "train_tokens_per_s": 1}
+    rows = [_row("d", bleu=30.0) | base | {"window": "", "rare": ""}]
+    rows.append(_row("w3r0", bleu=29.0) | base | {"window": 3, "rare": 0, "heads": "auto"})
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows))
+    text = sweep_report.report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", grid_of="mine")
+    assert (
+        "**Missing: 3 of the 4 points of the grid have no evaluated run** (failed, unfinished or not run): "
+        "w=3 r=2, w=10 r=0, w=10 r=2." in text
+    )
+
+
+def test_a_sweep_of_a_structure_option_is_compared_with_the_dense_run_decoded_as_it_was(tmp_path):
+    """``--options 'pos_window=2 beam=4'``: a dense run has no structure options, so the dense baseline is the one
+    decoded with ``beam=4``; with ``pos_window=2`` alone, the dense run decoded as its schedule."""
+    from structmt.pipeline.sweep_report import report
+
+    base = {"data": "m", "schedule": "s", "train_tokens_per_s": 1}
+    point = {"window": 3, "rare": 2, "heads": "auto"}
+    rows = [
+        _row("d", bleu=30.0) | base | {"window": "", "rare": ""},
+        _row("d-b4", bleu=20.0) | base | {"window": "", "rare": "", "options": "beam=4"},
+        _row("w3", bleu=25.0) | base | point | {"options": "pos_window=2"},
+        _row("w3-b4", bleu=21.0) | base | point | {"options": "pos_window=2 beam=4"},
+    ]
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows))
+    text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", options="pos_window=2")
+    assert "w=3, r=2: BLEU 25.00, below the dense baseline's 30.00" in text
+    text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", options="pos_window=2 beam=4")
+    assert "w=3, r=2: BLEU 21.00, at or above the dense baseline's 20.00" in text
+
+
+def test_sweep_report_gives_no_verdict_when_the_dense_run_was_scored_with_another_bleu_signature(tmp_path):
+    """The points share a signature, the dense run has another: its BLEU does not compare with theirs."""
+    from structmt.pipeline.sweep_report import report
+
+    base = {"data": "m", "schedule": "s", "train_tokens_per_s": 1}
+    rows = [_row("d", bleu=20.0) | base | {"window": "", "rare": "", "bleu_signature": "other"}]
+    rows += [_row(f"w{w}", bleu=25.0) | base | {"window": w, "rare": 0, "heads": "auto"} for w in (1, 3)]
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows))
+    text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps")
+    assert "No verdict: the runs it would compare (the dense baseline, the points of the heatmaps)" in text
+    assert "Highest" not in text and "at or above" not in text
+
+
+def test_sweep_report_verdict_gives_the_p_value_and_warns_of_the_choice_from_two_points_on(tmp_path):
+    """The verdict reads ``p = 0.0432``; the caveat that the best point was chosen on the test set comes with two
+    points and not with one. The page's command names the seed it was made for."""
+    from structmt.pipeline.sweep_report import report
+
+    base = {"data": "m", "schedule": "s", "train_tokens_per_s": 1, "seed": 1}
+    rows = [_row("d", bleu=30.0) | base | {"window": "", "rare": ""}]
+    for w, bleu, p in [(1, 29.0, 0.2), (3, 31.0, 0.0432)]:
+        rows.append(_row(f"w{w}", bleu=bleu) | base | {"window": w, "rare": 0, "heads": "auto", "p_value_vs_dense": p})
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows))
+    text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", seed="1")
+    assert (
+        "w=3, r=0: BLEU 31.00, at or above the dense baseline's 30.00 (paired bootstrap p = 0.0432).\n"
+        "That point is the highest of 2 on the test set that scores it" in text
+    )
+    assert f"--test-set test_2016_flickr --seed 1 --results-dir {tmp_path}`" in text
+    (tmp_path / "leaderboard.csv").unlink()
+    leaderboard.add_rows(tmp_path / "leaderboard.csv", _archs(rows[:2]))
+    text = report(tmp_path, "m", "s", "test_2016_flickr", tmp_path / "sweeps", seed="1")
+    assert "w=1, r=0: BLEU 29.00, below the dense baseline's 30.00 (paired bootstrap p = 0.2)." in text
+    assert "That point is the highest" not in text
+
+
 def test_the_training_curve_is_the_last_trainings_where_the_log_goes_back(tmp_path):
     """train.log is appended to: a run resumed from an earlier checkpoint (or trained again under its id) logs
     updates it had logged before; the curve keeps the later process's records from there on."""

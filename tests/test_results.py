@@ -529,6 +529,16 @@ def test_a_speed_verdict_on_a_cross_band_needs_that_bands_measured_bleu(tmp_path
     assert "Cross band W=32: BLEU not measured" in text
 
 
+def test_a_cross_cell_writes_a_whole_slope_without_a_decimal_point_and_reads_back_its_half_width():
+    """``model.cross_slope=1`` and ``=1.0`` are one band: one ``cross`` cell, ``w4/slope1``, whose half-width the
+    benchmark report reads back."""
+    from structmt.leaderboard_csv import cross_cell, cross_window
+
+    assert cross_cell(4, 1) == cross_cell(4, 1.0) == "w4/slope1"
+    assert cross_cell(32, 0.97) == "w32/slope0.97"
+    assert [cross_window(c) for c in ("w4/slope1", "w32/slope0.97", "")] == [4, 32, None]
+
+
 def test_finetune_from_a_dense_run_loads_its_weights_into_the_structured_model(tmp_path):
     """Through the pipeline: a structured run with ``finetune_from`` = a finished dense run starts from that
     run's weights (fairseq's --finetune-from-model: parameter names match), then resumes from its own."""
