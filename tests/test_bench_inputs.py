@@ -225,6 +225,22 @@ def test_a_damaged_split_is_named_before_a_model_loads(data_bin, tmp_path, monke
     assert said.endswith(f"error: --subset test: {empty}/test.en-de.de.bin holds no sentences{again}")
 
 
+def test_a_split_in_another_of_fairseqs_formats_is_left_to_fairseq(tmp_path):
+    """Only the default format of fairseq-preprocess is checked; a split binarized with ``--dataset-impl lazy``
+    (another index header) is no damage."""
+    import torch
+    from fairseq.data import indexed_dataset
+
+    from structmt.files import split_problem
+
+    for lang in ("en", "de"):
+        builder = indexed_dataset.make_builder(str(tmp_path / f"test.en-de.{lang}.bin"), "lazy", vocab_size=100)
+        builder.add_item(torch.IntTensor([4, 5, 2]))
+        builder.finalize(str(tmp_path / f"test.en-de.{lang}.idx"))
+    assert (tmp_path / "test.en-de.en.idx").read_bytes()[:8] == b"TNTIDX\x00\x00"
+    assert split_problem(tmp_path, "test") == ""
+
+
 def test_compile_refuses_a_value_given_twice(capsys):
     from structmt.bench.kernel_compile import main
 

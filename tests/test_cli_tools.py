@@ -495,6 +495,19 @@ def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(tmp_path, monk
         prepare.main([f"{checkpoint}/m30k", "--mirror", str(tmp_path)])
 
 
+def test_a_path_given_from_the_home_folder_is_that_path(tmp_path, monkeypatch):
+    """``--checkpoint=~/w.pt`` (the shell leaves a ``~`` after ``=`` as it is) names the file in the home folder, as
+    does a folder given so."""
+    from structmt.files import existing_dir, existing_file, output_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "w.pt").write_bytes(b"")
+    (tmp_path / "run").mkdir()
+    assert existing_file("~/w.pt") == tmp_path / "w.pt"
+    assert existing_dir("~/run") == tmp_path / "run"
+    assert output_dir("~/out") == tmp_path / "out"
+
+
 class _Parsed(Exception):
     """Raised in place of parsing: carries the parser a command built."""
 
@@ -595,6 +608,125 @@ def test_translate_gives_a_blank_line_for_a_blank_line_and_the_others_as_alone(d
     # a line of only characters the SentencePiece model drops (a zero-width space, a byte-order mark) is no text
     assert translator.sp.encode("\u200b \ufeff", out_type=str) == []
     assert translator.translate(["\u200b", sentences[0], "\ufeff "]) == ["", alone[0], ""]
+
+
+def test_translate_gives_each_line_its_best_hypothesis_as_words_in_its_own_place_whatever_the_batches():
+    """Lines go to the beam search in batches of at most ``batch_size``; each comes back in its own place as its
+    best hypothesis (the beam's first), its pieces joined into words ("\u2581" a space, nothing between the pieces
+    of a word, no space at either end). A model without a limit of source positions takes a line of any length."""
+    words = ["a", "dog", "runs", "two", "cats", "sleep", "here", "x"]
+    batches: list[int] = []
+
+    class Dictionary:
+        def encode_line(self, text, add_if_not_exist):
+            return torch.tensor([words.index(w) for w in text.split()] + [len(words)])  # and the end of sentence
+
+        def string(self, tokens):  # each word capitalised, in two pieces where it has two letters or more
+            return " ".join(f"\u2581{words[i][0].upper()} {words[i][1:]}".strip() for i in tokens.tolist())
+
+    class Dataset:
+        def __init__(self, tokens):
+            self.tokens = tokens
+
+        def __getitem__(self, i):
+            return i
+
+        def collater(self, ids):
+            return {"id": torch.tensor(ids), "source": [self.tokens[i] for i in ids]}
+
+    class Task:
+        source_dictionary = target_dictionary = Dictionary()
+
+        def max_positions(self):
+            return None
+
+        def build_dataset_for_inference(self, tokens, lengths):
+            return Dataset(tokens)
+
+        def inference_step(self, generator, models, sample):
+            batches.append(len(sample["id"]))
+            worse = torch.tensor([words.index("x")])
+            return [[{"tokens": source[:-1]}, {"tokens": worse}] for source in sample["source"]]
+
+    class Model:
+        def max_positions(self):
+            return None
+
+    class Pieces:
+        def encode(self, line, out_type):
+            return line.split()
+
+    translator = translate.Translator.__new__(translate.Translator)
+    translator.task, translator.models, translator.sp, translator.generator = Task(), [Model()], Pieces(), None
+    translator.batch_size, translator._torch = 2, torch
+    lines = ["a dog runs", "", "two cats sleep here a dog runs", "x", "dog", "  ", "cats sleep"]
+    assert translator.translate(lines) == [
+        "A Dog Runs",
+        "",
+        "Two Cats Sleep Here A Dog Runs",
+        "X",
+        "Dog",
+        "",
+        "Cats Sleep",
+    ]
+    assert batches == [2, 2, 1]
+
+
+def test_translate_names_a_run_folder_without_its_sentencepiece_model_or_with_a_damaged_spec(tmp_path, monkeypatch):
+    """Either is an error naming the file, before standard input is read (not a traceback from SentencePiece or
+    from reading the run's settings)."""
+
+    class Task:
+        def build_generator(self, models, cfg):
+            return None
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint_last.pt").write_bytes(b"")
+    (tmp_path / "spec.json").write_text(json.dumps({"data": {"src": "en", "tgt": "de"}}))
+    monkeypatch.setattr(translate, "setup", lambda verbose=False: None)
+    monkeypatch.setattr(translate, "load_model", lambda *a, **k: (None, Task()))
+    monkeypatch.setattr(sys, "stdin", _Unread())
+    with pytest.raises(SystemExit) as e:
+        translate.main([str(tmp_path)])
+    spm_model = tmp_path / "model" / "spm.model"
+    assert str(e.value) == f"error: {spm_model} not found: is {tmp_path} a finished structmt run folder?"
+    spm_model.parent.mkdir()
+    spm_model.write_bytes(b"")
+    (tmp_path / "spec.json").write_text('{"data": {"src": "en"}}')
+    with pytest.raises(SystemExit) as e:
+        translate.main([str(tmp_path)])
+    assert str(e.value).startswith(f"error: {tmp_path / 'spec.json'}: not the settings structmt-run writes (KeyError")
+
+
+def test_translate_loads_the_checkpoint_given_and_stops_searching_where_the_pipelines_decoding_does(
+    tmp_path, monkeypatch
+):
+    """``--checkpoint`` weights are those loaded, not the run's own; the search's length limit is the one the
+    pipeline decodes its test sets with (``MAX_LEN_A`` times the source length plus ``MAX_LEN_B``), not
+    fairseq's default of 200 tokens whatever the source."""
+    import sentencepiece
+    from fairseq.dataclass.configs import GenerationConfig
+
+    from structmt.fairseq_cli import MAX_LEN_A, MAX_LEN_B
+
+    loaded: list[Path] = []
+    searched: list[tuple[float, int]] = []
+
+    class Task:
+        def build_generator(self, models, cfg):
+            searched.append((cfg.max_len_a, cfg.max_len_b))
+
+    for path in (tmp_path / "checkpoints" / "checkpoint_last.pt", tmp_path / "model" / "spm.model"):
+        path.parent.mkdir()
+        path.write_bytes(b"")
+    (tmp_path / "spec.json").write_text(json.dumps({"data": {"src": "en", "tgt": "de"}}))
+    other = tmp_path / "checkpoint_1_100.pt"
+    other.write_bytes(b"")
+    monkeypatch.setattr(translate, "load_model", lambda ckpt, folder, **k: loaded.append(ckpt) or (None, Task()))
+    monkeypatch.setattr(sentencepiece, "SentencePieceProcessor", lambda **k: None)
+    assert translate.Translator(tmp_path, checkpoint=other).checkpoint == other and loaded == [other]
+    default = GenerationConfig()
+    assert searched == [(MAX_LEN_A, MAX_LEN_B)] != [(default.max_len_a, default.max_len_b)]
 
 
 def test_translate_reads_input_without_its_byte_order_mark_and_writes_utf8_whatever_the_locale(monkeypatch):

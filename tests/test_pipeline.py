@@ -914,6 +914,8 @@ def test_a_wandb_mode_in_the_environment_that_wandb_does_not_know_is_named_and_n
         ({"WANDB_DISABLED": "1", "WANDB_API_KEY": "k" * 40}, "disabled"),
         ({"WANDB_DISABLED": "false", "WANDB_API_KEY": "k" * 40}, "online"),
         ({"WANDB_DISABLED": "True", "WANDB_MODE": "disabled"}, "disabled"),
+        ({"WANDB_DISABLED": "TRUE"}, "disabled"),
+        ({"WANDB_DISABLED": " yes\n"}, "disabled"),
         ({}, "offline"),
         ({"WANDB_MODE": "online"}, "online"),
     ],
@@ -966,6 +968,119 @@ def test_a_failed_wandb_init_is_torn_down_so_the_offline_retry_can_take_the_run_
     with pytest.raises(TimeoutError):
         tracking._init(tmp_path, "online", "structmt", id="run-t")
     assert torn == [True]
+
+
+def test_a_netrc_file_wandb_cannot_parse_is_no_key(tmp_path, monkeypatch):
+    """wandb cannot read a key from it either: auto mode logs offline, not online to a server refusing it."""
+    from structmt.pipeline.tracking import wandb_mode
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\nmachine\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert wandb_mode() == "offline"
+
+
+def test_a_wandb_mode_or_project_wandb_would_refuse_is_named(monkeypatch):
+    """A mode other than auto, offline, online and disabled is a ValueError naming the choices; a project name is
+    1 to 128 characters, none of W&B's forbidden ones."""
+    from structmt.pipeline.tracking import project_problem, wandb_mode
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(ValueError, match=r"^W&B mode 'Offline': choose from auto, offline, online, disabled$"):
+        wandb_mode("Offline")
+    assert [project_problem(p) for p in ("p", "p" * 128, "team-proj_2.b")] == ["", "", ""]
+    refused = ["", "p" * 129, *(f"a{c}b" for c in "/\\#?%:")]
+    assert all(project_problem(p).startswith("must be 1 to 128 characters") for p in refused)
+
+
+def test_the_training_curve_is_logged_at_its_updates_and_the_rows_columns_under_their_test_set(tmp_path):
+    """Each point of the curve is the W&B step of its update count (a resumed run's points fall where they
+    belong), the count itself not a curve; a row's columns are its test set's, without the run id and test set
+    that name them."""
+    log = tmp_path / "train.log"
+    log.write_text(
+        "x | INFO | train_inner | epoch 001:     50 / 136 loss=12.3, num_updates=50, lr=0.00025\n"
+        "x | INFO | train_inner | epoch 001:    100 / 136 loss=9.8, num_updates=100, lr=0.0005\n"
+    )
+    folder = log_experiment("run-s", {}, log, [_row("run-s")], tmp_path / "wandb", WandbSettings("offline"))
+    assert folder is not None
+    run = read_offline_run(folder)
+    assert [{k: v for k, v in h.items() if k.startswith(("train/", "_step"))} for h in run["history"]] == [
+        {"train/loss": 12.3, "train/lr": 0.00025, "_step": 50},
+        {"train/loss": 9.8, "train/lr": 0.0005, "_step": 100},
+    ]
+    assert {k: v for k, v in run["summary"].items() if k.startswith("test_")} == {
+        "test_2016_flickr/bleu": 30.0,
+        "test_2016_flickr/chrf": 55.0,
+        "test_2016_flickr/bleu_signature": "sig",
+        "test_2016_flickr/git_commit": "abc",
+    }
+
+
+def test_a_wandb_run_that_fails_as_it_is_logged_is_closed_as_failed_and_an_offline_failure_is_not_tried_again(
+    tmp_path, monkeypatch
+):
+    """The run is finished with exit code 1 (online, W&B shows it failed, not finished); a failure offline is
+    said once and leaves later online runs of the process online (only an online failure sends them offline)."""
+    import wandb
+
+    from structmt.pipeline import tracking
+
+    finished: list[dict] = []
+    modes: list[str] = []
+
+    class Run:
+        dir = str(tmp_path / "wandb" / "offline-run-x" / "files")
+
+        def finish(self, **kwargs):
+            finished.append(kwargs)
+
+    def init(wandb_dir, mode, project, **kwargs):
+        modes.append(mode)
+        if len(modes) > 1:
+            raise OSError("disk full")
+        return Run()
+
+    monkeypatch.setattr(tracking, "_init", init)
+    monkeypatch.setattr(wandb, "teardown", lambda: None)
+    missing = tmp_path / "missing.log"
+    with pytest.warns(UserWarning, match="W&B logging of run-x skipped"):
+        assert log_experiment("run-x", {}, missing, [], tmp_path / "wandb", WandbSettings("offline")) is None
+    assert finished == [{"exit_code": 1}] and modes == ["offline"]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert log_experiment("run-y", {}, missing, [], tmp_path / "wandb", WandbSettings("offline")) is None
+    assert modes == ["offline", "offline"] and [str(w.message) for w in said] == [
+        "W&B logging of run-y skipped: disk full"
+    ]
+    with pytest.warns(UserWarning, match="failed online"):
+        log_experiment("run-z", {}, missing, [], tmp_path / "wandb", WandbSettings("online"))
+    assert modes == ["offline", "offline", "online", "offline"]
+
+
+def test_wandb_init_sees_the_mode_in_the_environment_and_none_is_left_behind(tmp_path, monkeypatch):
+    """W&B reads ``WANDB_MODE`` as it starts a run; where the user set none, none is left for the next job."""
+    import os
+
+    import wandb
+
+    from structmt.pipeline import tracking
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(wandb, "setup", lambda settings: None)
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.append(os.environ.get("WANDB_MODE")) or "a run")
+    assert tracking._init(tmp_path, "offline", "structmt", id="run-e") == "a run"
+    assert seen == ["offline"] and "WANDB_MODE" not in os.environ
+
+
+def test_a_leaderboard_cell_is_logged_as_the_kind_of_number_its_column_holds():
+    """Counts as integers (a seed 1, not 1.0), scores as floats, an empty number as None, text as it is."""
+    from structmt.pipeline.tracking import _cell
+
+    cells = {c: _cell(c, v) for c, v in [("seed", "1"), ("params", "2350080"), ("bleu", "38.91"), ("bleu_ci95", "")]}
+    assert cells == {"seed": 1, "params": 2350080, "bleu": 38.91, "bleu_ci95": None}
+    assert [type(cells[c]) for c in ("seed", "params", "bleu")] == [int, int, float]
+    assert _cell("machine", "M") == "M" and _cell("seed", 3) == 3
 
 
 def test_the_wandb_leaderboard_table_holds_numbers_and_a_failure_is_an_error(tmp_path, monkeypatch, capsys):

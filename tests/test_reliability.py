@@ -140,6 +140,25 @@ def test_line_break_characters_inside_a_line_become_spaces(tmp_path, capsys):
     assert read_lines(f) == ["Ein Mann", "zwei \ufeffHunde"]  # only the file's first character is a mark
 
 
+def test_every_character_python_breaks_a_line_at_becomes_a_space_inside_a_line():
+    """Each one ``str.splitlines`` (and so a tool reading the corpus) ends a line at, besides "\\n": a line kept
+    with one would be two lines to such a tool, and the two sides of the corpus would no longer pair up."""
+    breaks = [c for c in map(chr, range(0x3000)) if c != "\n" and len(f"a{c}b".splitlines()) == 2]
+    assert len(breaks) == 9
+    assert text_lines("".join(f"a{c}b\n" for c in breaks)) == (["a b"] * len(breaks), len(breaks))
+
+
+def test_a_gzip_file_whose_compressed_data_is_damaged_is_named_as_unreadable(tmp_path):
+    """Not cut short but corrupt inside (a bad block, zlib's error): the same error naming the file, not a
+    traceback."""
+    corpus = tmp_path / "train.de.gz"
+    data = bytearray(gzip.compress(b"ein Mann\n"))
+    data[10] = 0xFF  # the first byte after the gzip header: a block type deflate does not have
+    corpus.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(corpus))}: cannot read \(Error -3 while decompressing data"):
+        read_lines(corpus)
+
+
 def test_structmt_prepare_prints_the_data_bin_alone_on_stdout(tmp_path, monkeypatch, capsys):
     """``BIN=$(structmt-prepare ...)`` took its progress lines too: they go to stderr."""
     from structmt.data import cli
@@ -547,6 +566,61 @@ def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypa
     synced = [e[1] for e in events if e[0] == "sync"]
     assert synced.index("a.en") < next(i for i, name in enumerate(synced) if "stamp" in name)  # the file, then
     assert (tmp_path / "extracted" / "a.en").read_text() == "a\n"
+
+
+def test_a_temporary_name_already_taken_is_never_reused_and_the_temporary_file_or_folder_is_private(
+    tmp_path, monkeypatch
+):
+    """Where the random name drawn is another's file, another name is drawn: that file is neither written nor
+    removed; any other failure to make it (its folder gone, not writable) is raised as it is. The temporary file is
+    readable by its owner alone (0o600), the folder too (0o700)."""
+    import secrets
+
+    from structmt.files import new_temporary
+
+    drawn, real = iter(["0" * 16, "0" * 16, "1" * 16]), secrets.token_hex
+    monkeypatch.setattr(secrets, "token_hex", lambda nbytes: next(drawn, None) or real(nbytes))
+    (taken := tmp_path / f".kept.txt.{'0' * 16}.tmp").write_text("another's")
+    with new_temporary(tmp_path, ".kept.txt.", ".tmp") as tmp:
+        assert tmp == tmp_path / f".kept.txt.{'1' * 16}.tmp" and tmp.read_bytes() == b""
+        assert tmp.stat().st_mode & 0o777 == 0o600
+    assert list(tmp_path.iterdir()) == [taken] and taken.read_text() == "another's"
+    with new_temporary(tmp_path, ".analysis-", directory=True) as folder:
+        assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+    assert list(tmp_path.iterdir()) == [taken]
+    for directory in (False, True):  # any other failure is itself, at once (not "no new name after 100 tries")
+        with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "gone"))):
+            with new_temporary(tmp_path / "gone", ".kept.txt.", directory=directory):
+                pass
+
+
+def test_a_new_file_written_whole_gets_the_mode_open_gives_under_the_umask(tmp_path, monkeypatch):
+    """Not the temporary file's 0o600, nor a fixed 0o644: a user whose umask is 002 (a shared group) gets 0o664."""
+    from structmt import files
+
+    for umask, mode in ((0o002, 0o664), (0o027, 0o640)):
+        monkeypatch.setattr(files, "_UMASK", umask)
+        files.write_text_atomic(new := tmp_path / f"new-{umask:o}.md", "rows\n")
+        assert (new.read_text(), new.stat().st_mode & 0o777) == ("rows\n", mode)
+
+
+def test_a_file_rewritten_whole_keeps_its_group(tmp_path):
+    """A team's file (a shared leaderboard) keeps its group, not the writer's own, where the writer may give it
+    that group."""
+    from structmt.files import write_text_atomic
+
+    shared = tmp_path / "leaderboard.csv"
+    shared.write_text("old\n")
+    for group in [g for g in os.getgroups() if g != os.getegid()] + [os.getegid() + 1]:
+        try:
+            os.chown(shared, -1, group)
+            break
+        except PermissionError:
+            continue
+    else:
+        pytest.skip("this user may give a file no group but its own")
+    write_text_atomic(shared, "new\n")
+    assert (shared.read_text(), shared.stat().st_gid) == ("new\n", group)
 
 
 def test_a_checkpoints_updates_and_training_time_are_those_of_its_last_save(tmp_path):
