@@ -15,6 +15,7 @@ from conftest import make_dict_dir, write_split
 
 from structmt.analysis import report as analyze
 from structmt.data import cli as prepare
+from structmt.data.prepare import MULTI30K_VOCAB, WMT_VOCAB, PrepConfig
 from structmt.files import DataError
 from structmt.leaderboard_csv import add_rows, read_rows
 from structmt.pipeline import sweep_report, translate
@@ -465,6 +466,30 @@ def test_prepare_help_says_where_the_data_bin_and_the_downloads_go(monkeypatch, 
         "downloads are kept in out_dir/../download, shared with the data folders beside it"
     ) in text
     assert "the data set to prepare (default: multi30k_en_de)" in text
+
+
+def test_prepare_passes_its_options_and_the_recipes_language_pair_to_the_preparation(tmp_path, monkeypatch, capsys):
+    """--vocab-size, --max-train-lines, --mirror and --base-url reach the preparation; a WMT recipe's languages are
+    its manifest's, and an unset --vocab-size is the data set's default."""
+    asked = []
+
+    def prepare_dataset(name, out_dir, cfg, base_url):
+        asked.append((name, out_dir, cfg, base_url))
+        return out_dir / "bin"
+
+    monkeypatch.setattr(prepare, "prepare_dataset", prepare_dataset)
+    monkeypatch.setattr(prepare, "setup", lambda verbose=False: None)
+    out = tmp_path / "out"
+    wmt = ["--data", "wmt16_en_ro", "--vocab-size", "123", "--max-train-lines", "7", "--base-url", "http://m.example"]
+    prepare.main([str(out), *wmt])
+    prepare.main([str(out), "--mirror", str(tmp_path)])
+    prepare.main([str(out), "--data", "wmt14_en_de"])
+    assert asked == [
+        ("wmt16_en_ro", out, PrepConfig(src="en", tgt="ro", vocab_size=123, max_train_lines=7), "http://m.example"),
+        ("multi30k_en_de", out, PrepConfig(vocab_size=MULTI30K_VOCAB, mirror=str(tmp_path)), None),
+        ("wmt14_en_de", out, PrepConfig(src="en", tgt="de", vocab_size=WMT_VOCAB), None),
+    ]
+    assert capsys.readouterr().out == f"{out / 'bin'}\n" * 3
 
 
 # --- path arguments ---------------------------------------------------------------------------------------------

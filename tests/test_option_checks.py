@@ -16,8 +16,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from structmt.data import cli as prepare_cli
+from structmt.data.datasets import prepare_dataset, wrong_source_option
 from structmt.data.prepare import PrepConfig
-from structmt.files import int_at_least
+from structmt.files import DataError, int_at_least
 from structmt.pipeline import app, recipes, translate
 from structmt.pipeline.app import ConfigError, pipeline_options, validate
 from structmt.pipeline.spec import ModelSpec, Schedule
@@ -359,6 +360,26 @@ def test_prepare_command_line(args, message, tmp_path, capsys):
         prepare_cli.main([str(tmp_path / "out"), *args])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_base_url_is_a_url_urllib_downloads_with_its_scheme_given():
+    """A host and port with no scheme parses as the scheme 'localhost' (urllib: "unknown url type"), and a scheme
+    urllib has no handler for fails alike: both are refused; https, http, ftp and file URLs are taken."""
+    for base_url in ("localhost:8000/wmt", "mirror.example.org:8080/wmt", "s3://bucket/wmt", "sftp://host/wmt"):
+        assert wrong_source_option("wmt14_en_de", None, base_url) == (
+            f"base_url={base_url!r} is no URL; give the scheme as well (https://, http://, ftp://, file://)"
+        )
+    for base_url in ("https://m.example/wmt", "http://m.example", "ftp://m.example/wmt", "file:///srv/wmt", None):
+        assert wrong_source_option("wmt16_en_ro", None, base_url) is None
+    assert wrong_source_option("multi30k_en_de", "/srv/multi30k", None) is None
+
+
+def test_preparing_a_data_set_the_pipeline_does_not_know_is_refused_before_any_folder_is_made(tmp_path):
+    with pytest.raises(
+        DataError, match="unknown data set 'wmt99_en_de'; choose from multi30k_en_de, wmt14_en_de, wmt16"
+    ):
+        prepare_dataset("wmt99_en_de", tmp_path / "data" / "wmt99", PrepConfig())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fairseq_hydra_config_matches_the_reproduce_schedule(monkeypatch):

@@ -285,6 +285,130 @@ def test_missing_mirror_and_no_network_names_what_to_set(tmp_path, monkeypatch):
         )
 
 
+def _fetch_args(tmp_path: Path, url_template: str = "http://127.0.0.1:9/{name}", **changed) -> dict:
+    """fetch_files' keyword arguments: a download that fails at once, no mirror, no offline mirror."""
+    args = dict(
+        url_template=url_template, mirror=None, env_var="STRUCTMT_MULTI30K", fallback=None, cache=tmp_path / "c"
+    )
+    return args | changed
+
+
+def test_a_copy_in_a_mirror_the_environment_or_the_offline_mirror_is_verified_before_use(tmp_path, monkeypatch):
+    """Every folder fetch_files takes a file from (data.mirror, $STRUCTMT_MULTI30K, the offline mirror after a
+    failed download) has its copy checked against the manifest's checksum: a damaged one is refused, never used."""
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    good = _gz(folder / "a.en.gz", ["hello world"])
+    (folder / "a.en.gz").write_bytes(b"damaged")
+    with pytest.raises(DataError, match=rf"checksum mismatch for {folder / 'a.en.gz'}: expected sha256 {good}"):
+        fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, mirror=str(folder)))
+    monkeypatch.setenv("STRUCTMT_MULTI30K", str(folder))
+    with pytest.raises(DataError, match=rf"checksum mismatch for {folder / 'a.en.gz'}: expected sha256 {good}"):
+        fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path))
+    monkeypatch.delenv("STRUCTMT_MULTI30K")
+    with pytest.raises(DataError, match=rf"checksum mismatch for {folder / 'a.en.gz'}: expected sha256 {good}"):
+        fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, fallback=folder))
+
+
+def test_a_configured_mirror_comes_before_the_environments_folder(tmp_path, monkeypatch):
+    """data.mirror (--mirror) is what the user asked for in this run: it wins over $STRUCTMT_MULTI30K."""
+    configured, environment = tmp_path / "configured", tmp_path / "environment"
+    configured.mkdir()
+    environment.mkdir()
+    good = _gz(configured / "a.en.gz", ["hello world"])
+    (environment / "a.en.gz").write_bytes((configured / "a.en.gz").read_bytes())
+    monkeypatch.setenv("STRUCTMT_MULTI30K", str(environment))
+    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, mirror=str(configured)))
+    assert paths == {"a.en.gz": configured / "a.en.gz"} and source == f"configured mirror {configured}"
+    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path))
+    assert paths == {"a.en.gz": environment / "a.en.gz"} and source == f"$STRUCTMT_MULTI30K {environment}"
+
+
+def test_a_corrupt_download_falls_back_to_the_offline_mirror_and_the_damaged_cached_copy_is_not_kept(
+    http_root, tmp_path, monkeypatch
+):
+    """The server sends other bytes than the manifest's: the offline mirror's verified copy is used, and neither
+    the damaged copy found in the cache nor the corrupt download stays in the cache."""
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+    root, url = http_root
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    good = _gz(mirror / "a.en.gz", ["hello world"])
+    _gz(root / "a.en.gz", ["tampered"])
+    cache = tmp_path / "c"
+    cache.mkdir()
+    (cache / "a.en.gz").write_bytes(b"damaged")
+    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url, fallback=mirror))
+    assert paths == {"a.en.gz": mirror / "a.en.gz"}
+    assert source.startswith(f"offline mirror {mirror} (download failed: checksum mismatch for a.en.gz downloaded ")
+    assert list(cache.iterdir()) == []
+
+
+def test_a_verified_copy_in_the_download_cache_is_used_without_downloading_it_again(http_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+    root, url = http_root
+    good = _gz(root / "a.en.gz", ["hello world"])
+    data = (root / "a.en.gz").read_bytes()
+    fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url))
+    (root / "a.en.gz").unlink()  # the server has it no more: a second download would fail
+    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url))
+    assert source.startswith(f"download cache {tmp_path / 'c'} ") and paths["a.en.gz"].read_bytes() == data
+
+
+class _Chunked(_Quiet):
+    """Sends each file whole as one chunked transfer: no Content-Length header."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        data = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
+        self.close_connection = True
+
+
+@pytest.fixture
+def chunked_whole_http_root(tmp_path):
+    """Like :func:`http_root`, but every transfer is chunked (and whole)."""
+    yield from _serve(tmp_path, _Chunked)
+
+
+def test_a_whole_download_without_a_content_length_is_kept(chunked_whole_http_root, tmp_path, monkeypatch):
+    """A server that announces no length (a chunked transfer) is no failed download."""
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+    root, url = chunked_whole_http_root
+    good = _gz(root / "a.en.gz", ["hello world"] * 20)
+    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url))
+    assert source.startswith("download cache") and sha256_file(paths["a.en.gz"]) == good
+
+
+def test_a_name_the_manifest_has_no_checksum_for_is_refused_before_anything_is_fetched(tmp_path, monkeypatch):
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    with pytest.raises(DataError, match=r"no checksum for \['b.en.gz'\] in the manifest; add them to data/\*.sha256"):
+        fetch_files(["a.en.gz", "b.en.gz"], {"a.en.gz": "0" * 64}, **_fetch_args(tmp_path))
+    assert not (tmp_path / "c").exists()
+
+
+def test_checksum_lines_are_a_sha256_and_a_name_as_sha256sum_writes_them(tmp_path):
+    """``sha256sum -b`` marks a name with ``*`` (binary mode): the name is the file's. A digest of another length
+    or a third field (a name with a space, another format) is refused, naming the line."""
+    digest = "ab" * 32
+    sums = tmp_path / "sums"
+    sums.write_text(f"{digest} *train.en.gz\n\n{digest.upper()}  val.en.gz\n")
+    assert read_checksums(sums) == {"train.en.gz": digest, "val.en.gz": digest}
+    for line in (f"{digest[:-1]}  val.en.gz", f"{digest}0  val.en.gz", f"{digest}  val en.gz", f"{digest}"):
+        sums.write_text(f"{digest}  train.en.gz\n{line}\n")
+        with pytest.raises(DataError, match=rf"sums:2: expected '<sha256>  <file name>', got '{line}'"):
+            read_checksums(sums)
+
+
 def test_bleu_equals_sacrebleu_cli(tmp_path):
     ref = tmp_path / "ref.de"
     hyp = tmp_path / "hyp.de"

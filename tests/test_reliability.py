@@ -174,6 +174,25 @@ def test_structmt_prepare_prints_the_data_bin_alone_on_stdout(tmp_path, monkeypa
     assert out == f"{tmp_path / 'm30k' / 'bin'}\n" and "[data] Multi30k source: offline mirror" in err
 
 
+def test_a_data_set_is_prepared_holding_its_data_folders_lock(tmp_path, monkeypatch):
+    """Sweep jobs preparing one data folder take turns: the preparation runs while the folder's lock is held."""
+    from filelock import FileLock, Timeout
+
+    from structmt.data import datasets
+
+    held = []
+
+    def prepare_multi30k(out_dir, cfg):
+        with pytest.raises(Timeout):
+            FileLock(str(tmp_path / ".m30k.lock"), timeout=0).acquire()
+        held.append(out_dir)
+        return out_dir / "bin"
+
+    monkeypatch.setattr(datasets, "prepare_multi30k", prepare_multi30k)
+    assert datasets.prepare_dataset("multi30k_en_de", tmp_path / "m30k", PrepConfig()) == tmp_path / "m30k" / "bin"
+    assert held == [tmp_path / "m30k"]
+
+
 def test_a_data_folder_with_a_comma_or_a_vocabulary_sentencepiece_cannot_train_is_named(tmp_path, capsys):
     from structmt.data.cli import main
 

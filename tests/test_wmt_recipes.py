@@ -10,6 +10,7 @@ import pytest
 from test_pipeline import cut_http_root, http_root  # noqa: F401  (fixtures)
 
 from structmt.data import wmt
+from structmt.data.fetch import download_folder
 from structmt.data.prepare import PrepConfig
 from structmt.data.stages import sha256_file
 from structmt.files import DataError
@@ -267,3 +268,79 @@ def test_a_recipe_is_checked_whole_before_anything_is_downloaded(recipe, tmp_pat
         with pytest.raises(DataError, match=rf"{name}.json: .*{message}"):
             wmt.prepare_wmt(name, tmp_path / name, PrepConfig(src="en", tgt="de"), base_url=base, manifests=manifests)
     assert not (tmp_path / "download").exists()  # refused before any download
+
+
+def test_an_older_checkouts_download_never_replaces_the_shared_folders_copy(tmp_path):
+    """Where the shared download folder already has a file, the data folder's old copy stays where it is: the
+    shared copy (or trust-on-first-use record) other data folders use is not overwritten."""
+    data = tmp_path / "data"
+    (data / "v120" / "download").mkdir(parents=True)
+    (data / "download").mkdir()
+    (data / "download" / "corpus-b.zip.sha256").write_text("shared\n")
+    (data / "v120" / "download" / "corpus-b.zip.sha256").write_text("old\n")
+    (data / "v120" / "download" / "corpus-b.zip").write_text("old archive\n")
+    shared = download_folder(data / "v120", ["corpus-b.zip", "corpus-b.zip.sha256"])
+    assert shared == data / "download"
+    assert (shared / "corpus-b.zip.sha256").read_text() == "shared\n"
+    assert (shared / "corpus-b.zip").read_text() == "old archive\n"
+    assert [p.name for p in (data / "v120" / "download").iterdir()] == ["corpus-b.zip.sha256"]
+
+
+def test_an_extraction_leaves_no_temporary_folder_and_takes_nothing_from_an_interrupted_ones(tmp_path):
+    """A failed extraction removes its temporary folder; files an interrupted one left there are not moved into
+    the extracted folder."""
+    _zip(tmp_path / "b.zip", {"b.en": EN[:3], "b.de": DE[:3]})
+    sha = sha256_file(tmp_path / "b.zip")
+    dest = tmp_path / "extracted" / "b.zip"
+    with pytest.raises(DataError, match="has no member 'missing.en'"):
+        wmt.extract_members(tmp_path / "b.zip", sha, ["missing.en"], dest)
+    assert list((tmp_path / "extracted").iterdir()) == []
+    (tmp_path / "extracted" / ".b.zip.tmp").mkdir()
+    (tmp_path / "extracted" / ".b.zip.tmp" / "stale.en").write_text("from an interrupted extraction\n")
+    assert wmt.extract_members(tmp_path / "b.zip", sha, ["b.en"], dest) == [dest / "b.en"]
+    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == ["b.en"]
+    assert (dest / "b.en").read_text() == "".join(x + "\n" for x in EN[:3])
+    assert [p.name for p in (tmp_path / "extracted").iterdir()] == ["b.zip"]
+
+
+def test_a_member_that_is_not_a_regular_file_is_named(tmp_path):
+    with tarfile.open(tmp_path / "a.tgz", "w:gz") as t:
+        info = tarfile.TarInfo("training")
+        info.type = tarfile.DIRTYPE
+        t.addfile(info)
+    with pytest.raises(DataError, match=r"a.tgz: member 'training' is not a regular file"):
+        wmt.extract_members(tmp_path / "a.tgz", sha256_file(tmp_path / "a.tgz"), ["training"], tmp_path / "out")
+
+
+def test_a_recipe_asked_for_another_language_pair_is_refused_before_anything_is_downloaded(recipe, tmp_path):
+    _, base, manifests, _ = recipe
+    with pytest.raises(DataError, match="wmt_fixture is en→de, not de→en"):
+        wmt.prepare_wmt(
+            "wmt_fixture", tmp_path / "w", PrepConfig(src="de", tgt="en"), base_url=base, manifests=manifests
+        )
+    assert not (tmp_path / "download").exists()
+
+
+def test_a_record_holding_only_another_archives_checksum_is_not_taken_for_this_ones(tmp_path):
+    cache = tmp_path / "download"
+    cache.mkdir()
+    _zip(cache / "b.zip", {"b.en": EN})
+    (cache / "b.zip.sha256").write_text(f"{sha256_file(cache / 'b.zip')}  a.zip\n")
+    with pytest.raises(DataError, match=r"b.zip.sha256 holds no sha256 of b.zip; delete it"):
+        wmt.fetch_archive("http://127.0.0.1:9/b.zip", None, cache)
+
+
+def test_a_base_url_replaces_everything_before_the_archives_name(tmp_path, monkeypatch):
+    """With or without a trailing slash, the mirror is asked for <base_url>/<archive name>."""
+    asked = []
+
+    def download(url, dest, expected):
+        asked.append(url)
+        dest.parent.mkdir(exist_ok=True)
+        _zip(dest, {"b.en": EN[:3]})
+
+    monkeypatch.setattr(wmt, "download", download)
+    for i, base in enumerate(("http://mirror.example/wmt/", "http://mirror.example/wmt")):
+        wmt.fetch_archive("https://opus.example/x/b.zip", None, tmp_path / f"cache{i}", base_url=base)
+    wmt.fetch_archive("https://opus.example/x/b.zip", None, tmp_path / "none")
+    assert asked == ["http://mirror.example/wmt/b.zip"] * 2 + ["https://opus.example/x/b.zip"]
