@@ -47,6 +47,14 @@ def _a_user_without_wandb_settings(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(tracking, "_online_failed", [])
 
 
+@pytest.fixture(autouse=True)
+def _a_process_where_no_download_failed_before(monkeypatch):
+    """fetch remembers a failed download for the process (it is not tried again at once): not across tests."""
+    from structmt.data import fetch
+
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+
+
 def make_dict_dir(tmp: Path, size: int = 40) -> Path:
     d = Dictionary()
     for i in range(size):

@@ -155,7 +155,6 @@ def test_a_download_cut_short_is_never_kept_and_falls_back_to_the_mirror(cut_htt
 def test_a_chunked_download_cut_short_falls_back_to_the_mirror(chunked_http_root, tmp_path, monkeypatch):
     # http.client's IncompleteRead is no OSError: it escaped the fallback, and the run stopped naming no file
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
-    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
     _, url = chunked_http_root
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -171,7 +170,6 @@ def test_the_error_names_the_file_that_failed_and_a_damaged_cached_copy_is_fetch
     http_root, tmp_path, monkeypatch
 ):
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
-    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
     root, url = http_root
     sums = {"a.en.gz": _gz(root / "a.en.gz", ["hello"]), "a.de.gz": _gz(tmp_path / "a.de.gz", ["hallo"])}
     cache = tmp_path / "c"
@@ -182,7 +180,7 @@ def test_the_error_names_the_file_that_failed_and_a_damaged_cached_copy_is_fetch
     assert "a.en.gz (" not in str(err.value)
     (root / "a.de.gz").write_bytes((tmp_path / "a.de.gz").read_bytes())
     (cache / "a.en.gz").write_bytes(b"damaged")
-    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})  # a later process: a.de.gz is tried again
     paths, source = fetch_files(["a.en.gz", "a.de.gz"], sums, fallback=tmp_path / "nowhere", **args)
     assert source.startswith(f"download cache {cache}")  # not the mirror: the damaged copy was replaced
     assert sha256_file(paths["a.en.gz"]) == sums["a.en.gz"]
@@ -200,7 +198,6 @@ def test_a_checksum_in_upper_case_matches(tmp_path):
 def test_a_failed_download_is_not_tried_again_in_the_same_process(tmp_path, monkeypatch):
     # a pipeline prepares its data at every step: a hanging host must not cost its timeout at each one
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
-    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
     tries = []
 
     def hanging(url, timeout):
@@ -297,7 +294,6 @@ def test_a_copy_in_a_mirror_the_environment_or_the_offline_mirror_is_verified_be
     """Every folder fetch_files takes a file from (data.mirror, $STRUCTMT_MULTI30K, the offline mirror after a
     failed download) has its copy checked against the manifest's checksum: a damaged one is refused, never used."""
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
-    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
     folder = tmp_path / "folder"
     folder.mkdir()
     good = _gz(folder / "a.en.gz", ["hello world"])
@@ -332,7 +328,6 @@ def test_a_corrupt_download_falls_back_to_the_offline_mirror_and_the_damaged_cac
     """The server sends other bytes than the manifest's: the offline mirror's verified copy is used, and neither
     the damaged copy found in the cache nor the corrupt download stays in the cache."""
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
-    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
     root, url = http_root
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -349,7 +344,6 @@ def test_a_corrupt_download_falls_back_to_the_offline_mirror_and_the_damaged_cac
 
 def test_a_verified_copy_in_the_download_cache_is_used_without_downloading_it_again(http_root, tmp_path, monkeypatch):
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
-    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
     root, url = http_root
     good = _gz(root / "a.en.gz", ["hello world"])
     data = (root / "a.en.gz").read_bytes()
@@ -382,7 +376,6 @@ def chunked_whole_http_root(tmp_path):
 def test_a_whole_download_without_a_content_length_is_kept(chunked_whole_http_root, tmp_path, monkeypatch):
     """A server that announces no length (a chunked transfer) is no failed download."""
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
-    monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
     root, url = chunked_whole_http_root
     good = _gz(root / "a.en.gz", ["hello world"] * 20)
     paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url))
