@@ -132,6 +132,14 @@ def cut_http_root(tmp_path):
     yield from _serve(tmp_path, _CutShort)
 
 
+def _fetch_args(tmp_path: Path, url_template: str = "http://127.0.0.1:9/{name}", **changed) -> dict:
+    """fetch_files' keyword arguments: a download that fails at once, no mirror, no offline mirror."""
+    args = dict(
+        url_template=url_template, mirror=None, env_var="STRUCTMT_MULTI30K", fallback=None, cache=tmp_path / "c"
+    )
+    return args | changed
+
+
 @pytest.mark.reliability  # docs/reliability.md
 def test_a_download_cut_short_is_never_kept_and_falls_back_to_the_mirror(cut_http_root, tmp_path, monkeypatch):
     monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
@@ -141,14 +149,15 @@ def test_a_download_cut_short_is_never_kept_and_falls_back_to_the_mirror(cut_htt
     mirror.mkdir()
     (mirror / "a.en.gz").write_bytes((root / "a.en.gz").read_bytes())
     cache = tmp_path / "cache"
-    args = dict(url_template=url, mirror=None, env_var="STRUCTMT_MULTI30K", cache=cache)
-    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=mirror, **args)
+    paths, source = fetch_files(
+        ["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url, cache=cache, fallback=mirror)
+    )
     assert paths["a.en.gz"] == mirror / "a.en.gz"
     assert source.startswith(f"offline mirror {mirror} (download failed: incomplete download of ")
     assert not cache.exists() or list(cache.iterdir()) == []
     # without a mirror: an error saying how much arrived
     with pytest.raises(DataError, match=r"incomplete download of .*a\.en\.gz: \d+ of \d+ bytes"):
-        fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=None, **args)
+        fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url, cache=cache))
 
 
 @pytest.mark.reliability  # docs/reliability.md
@@ -159,8 +168,7 @@ def test_a_chunked_download_cut_short_falls_back_to_the_mirror(chunked_http_root
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     good = _gz(mirror / "a.en.gz", ["hello world"])
-    args = dict(url_template=url, mirror=None, env_var="STRUCTMT_MULTI30K", cache=tmp_path / "c")
-    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=mirror, **args)
+    paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url, fallback=mirror))
     assert paths["a.en.gz"] == mirror / "a.en.gz"
     assert source.startswith(f"offline mirror {mirror} (download failed: incomplete download of ")
     assert list((tmp_path / "c").iterdir()) == []
@@ -173,15 +181,16 @@ def test_the_error_names_the_file_that_failed_and_a_damaged_cached_copy_is_fetch
     root, url = http_root
     sums = {"a.en.gz": _gz(root / "a.en.gz", ["hello"]), "a.de.gz": _gz(tmp_path / "a.de.gz", ["hallo"])}
     cache = tmp_path / "c"
-    args = dict(url_template=url, mirror=None, env_var="STRUCTMT_MULTI30K", cache=cache)
     with pytest.raises(DataError) as err:  # a.en.gz downloads; the server lacks a.de.gz
-        fetch_files(["a.en.gz", "a.de.gz"], sums, fallback=None, **args)
+        fetch_files(["a.en.gz", "a.de.gz"], sums, **_fetch_args(tmp_path, url))
     assert f"cannot download {url.format(name='a.de.gz')} (HTTP Error 404" in str(err.value)
     assert "a.en.gz (" not in str(err.value)
     (root / "a.de.gz").write_bytes((tmp_path / "a.de.gz").read_bytes())
     (cache / "a.en.gz").write_bytes(b"damaged")
     monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})  # a later process: a.de.gz is tried again
-    paths, source = fetch_files(["a.en.gz", "a.de.gz"], sums, fallback=tmp_path / "nowhere", **args)
+    paths, source = fetch_files(
+        ["a.en.gz", "a.de.gz"], sums, **_fetch_args(tmp_path, url, fallback=tmp_path / "nowhere")
+    )
     assert source.startswith(f"download cache {cache}")  # not the mirror: the damaged copy was replaced
     assert sha256_file(paths["a.en.gz"]) == sums["a.en.gz"]
 
@@ -208,9 +217,9 @@ def test_a_failed_download_is_not_tried_again_in_the_same_process(tmp_path, monk
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     good = _gz(mirror / "a.en.gz", ["hello world"])
-    args = dict(url_template="https://example.invalid/{name}", mirror=None, env_var="STRUCTMT_MULTI30K")
+    args = _fetch_args(tmp_path, "https://example.invalid/{name}", fallback=mirror)
     for attempt in range(3):
-        paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=mirror, cache=tmp_path / "c", **args)
+        paths, source = fetch_files(["a.en.gz"], {"a.en.gz": good}, **args)
         assert paths["a.en.gz"] == mirror / "a.en.gz"
         assert source.startswith(f"offline mirror {mirror} (download failed: timed out")
         assert source.endswith("not tried again for 600 s))") == (attempt > 0)
@@ -218,11 +227,11 @@ def test_a_failed_download_is_not_tried_again_in_the_same_process(tmp_path, monk
     # ten minutes on, it is tried again (a sweep's process can outlast a network blip)
     clock = fetch.time.monotonic() + fetch.RETRY_AFTER_S
     monkeypatch.setattr(fetch.time, "monotonic", lambda: clock)
-    fetch_files(["a.en.gz"], {"a.en.gz": good}, fallback=mirror, cache=tmp_path / "c", **args)
+    fetch_files(["a.en.gz"], {"a.en.gz": good}, **args)
     assert tries == ["https://example.invalid/a.en.gz"] * 2
     # another file (another URL) is still tried
     other = _gz(mirror / "b.en.gz", ["bye"])
-    fetch_files(["b.en.gz"], {"b.en.gz": other}, fallback=mirror, cache=tmp_path / "c", **args)
+    fetch_files(["b.en.gz"], {"b.en.gz": other}, **args)
     assert tries[-1] == "https://example.invalid/b.en.gz"
 
 
@@ -280,14 +289,6 @@ def test_missing_mirror_and_no_network_names_what_to_set(tmp_path, monkeypatch):
             fallback=None,
             cache=tmp_path / "c",
         )
-
-
-def _fetch_args(tmp_path: Path, url_template: str = "http://127.0.0.1:9/{name}", **changed) -> dict:
-    """fetch_files' keyword arguments: a download that fails at once, no mirror, no offline mirror."""
-    args = dict(
-        url_template=url_template, mirror=None, env_var="STRUCTMT_MULTI30K", fallback=None, cache=tmp_path / "c"
-    )
-    return args | changed
 
 
 def test_a_copy_in_a_mirror_the_environment_or_the_offline_mirror_is_verified_before_use(tmp_path, monkeypatch):
