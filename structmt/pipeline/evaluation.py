@@ -405,8 +405,8 @@ def _evaluate_locked(
         if old is not None and training(old)[1] and training(old) != training(asdict(row)):
             earlier = (old["train_commit"], old["train_machine"], old["train_seconds"])
             kept.setdefault(earlier, []).append(row.test_set)
+    this = rows[0]  # every row of this evaluation carries its training's numbers
     for (commit, machine, seconds), tests in kept.items():
-        this = rows[0]  # every row of this evaluation carries its training's numbers
         log(
             f"[{run_id}] {', '.join(tests)}: the same hypotheses as the leaderboard's "
             f"{'row' if len(tests) == 1 else 'rows'} of an earlier training (trained at "
