@@ -11,10 +11,13 @@ trace=connect`` shows it opens no internet socket in offline mode either.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -223,6 +226,110 @@ def test_an_exception_in_a_finaliser_is_one_line_without_traceback():
     )
     verbose = subprocess.run([sys.executable, "-c", code, "v"], capture_output=True, text=True, check=True)
     assert "Exception ignored in: <function Data.__del__" in verbose.stderr and "Traceback" in verbose.stderr
+
+
+@pytest.fixture
+def console_setup(monkeypatch):
+    """:func:`structmt.console.setup`, run in the test process: what it changes is restored after the test."""
+    from structmt import console
+
+    root, ours = logging.getLogger(), logging.getLogger("structmt")
+    for owner, name in ((sys, "excepthook"), (sys, "unraisablehook"), (warnings, "showwarning")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    levels, sigterm = (root.level, ours.level), signal.getsignal(signal.SIGTERM)
+    yield console.setup
+    signal.signal(signal.SIGTERM, sigterm)
+    root.setLevel(levels[0])
+    ours.setLevel(levels[1])
+
+
+def test_structmts_records_are_plain_lines_and_others_name_their_level_and_logger(console_setup, capsys, tmp_path):
+    """A file handler (Hydra's job log) stays, a console handler (a library's ``basicConfig``) is replaced, and a
+    launcher's SIGTERM handler (submitit's) is kept; a traceback only for an error."""
+    from structmt.console import _Console
+
+    root = logging.getLogger()
+    job_log = logging.FileHandler(tmp_path / "job.log")
+    root.addHandler(job_log)
+    root.addHandler(logging.StreamHandler())
+
+    def launcher(signum, frame):
+        pass
+
+    signal.signal(signal.SIGTERM, launcher)
+    console_setup()
+    console_setup()
+    assert signal.getsignal(signal.SIGTERM) is launcher
+    assert job_log in root.handlers
+    shown = [
+        h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    assert shown == [] and sum(isinstance(h, _Console) for h in root.handlers) == 1
+    ours, theirs = logging.getLogger("structmt.pipeline.app"), logging.getLogger("fairseq.trainer")
+    ours.debug("hidden")
+    ours.info("trained")
+    ours.warning("slow disk")
+    theirs.info("hidden")
+    theirs.warning("old checkpoint")
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        ours.warning("retrying", exc_info=True)
+        ours.error("failed", exc_info=True)
+    job_log.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:4] == [
+        "trained",
+        "warning: slow disk",
+        "WARNING fairseq.trainer: old checkpoint",
+        "warning: retrying",
+    ]
+    assert lines[4:6] == ["error: failed", "Traceback (most recent call last):"] and lines[-1] == "ValueError: bad"
+    assert (tmp_path / "job.log").read_text().startswith("trained\nslow disk\nold checkpoint\n")  # still kept
+    console_setup(verbose=True)
+    theirs.debug("shown")
+    assert capsys.readouterr().err == "DEBUG fairseq.trainer: shown\n"
+
+
+def test_an_uncaught_error_or_warning_is_one_line_naming_a_foreign_exceptions_type(capsys):
+    from structmt.console import _one_line_error, _show_warning
+    from structmt.fairseq_cli import StepError
+
+    _one_line_error(StepError, StepError("fairseq-train failed"), None)
+    _one_line_error(ValueError, ValueError("bad value"), None)
+    _one_line_error(KeyboardInterrupt, KeyboardInterrupt(), None)
+    _show_warning(UserWarning("deprecated"), UserWarning, "f.py", 1)
+    assert capsys.readouterr().err == (
+        "error: fairseq-train failed (-v shows the traceback)\n"
+        "error: ValueError: bad value (-v shows the traceback)\n"
+        "interrupted\nwarning: deprecated\n"
+    )
+
+
+def test_a_reader_that_went_away_ends_the_command_with_status_141_and_no_second_error(tmp_path, monkeypatch, capsys):
+    """``structmt-leaderboard | head``: as ``cat`` does; what is left to flush at exit goes nowhere."""
+    from structmt.console import _one_line_error
+
+    out = (tmp_path / "stdout").open("w")
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(SystemExit) as ended:
+        _one_line_error(BrokenPipeError, BrokenPipeError(32, "Broken pipe"), None)
+    out.write("flushed at exit\n")
+    out.close()
+    assert ended.value.code == 141 and (tmp_path / "stdout").read_text() == "" and capsys.readouterr().err == ""
+
+
+def test_a_message_is_said_once_per_process_or_per_key(monkeypatch, capsys):
+    from structmt import console
+
+    monkeypatch.setattr(console, "_said", set())
+    console.say_once("[data] raw: up to date", key=("raw", "a"))
+    console.say_once("[data] raw: up to date", key=("raw", "b"))  # another folder
+    console.say_once("[data] raw: up to date again", key=("raw", "a"))
+    console.say_once("[data] source: mirror")
+    console.say_once("[data] source: mirror")
+    assert capsys.readouterr().out == "[data] raw: up to date\n[data] raw: up to date\n[data] source: mirror\n"
 
 
 @pytest.mark.parametrize("first", ["structmt", "fairseq"])

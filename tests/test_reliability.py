@@ -844,3 +844,107 @@ def test_a_child_started_while_the_command_is_being_terminated_is_ended_at_once(
     monkeypatch.setattr(console, "_terminating", terminating := __import__("threading").Event())
     terminating.set()
     assert console.run_child([sys.executable, "-c", "import time; time.sleep(60)"]) == -15
+
+
+def test_a_child_that_ignores_the_sigterm_is_killed_after_its_wait_and_reaped(tmp_path, monkeypatch, capsys):
+    """The handler, run here for a signal whose default is to be ignored (the test process goes on): a child that
+    outlives its 30 s is killed (it trained on before) and reaped, no zombie; the temporary files are removed and
+    a child started after it is ended at once."""
+    import signal
+    import threading
+
+    from structmt import console
+
+    trained_on = tmp_path / "trained on"
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint(flush=True)"
+            "\ntime.sleep(3)\nopen(sys.argv[1], 'w').close()",
+            str(trained_on),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    stubborn.stdout.readline()  # it ignores SIGTERM now
+    stubborn.stdout.close()
+    (tmp_path / ".kept.txt.tmp").write_text("half")
+    monkeypatch.setattr(console, "_terminating", terminating := threading.Event())
+    monkeypatch.setattr(console, "_children", {stubborn})
+    monkeypatch.setattr(console, "_temporary", {str(tmp_path / ".kept.txt.tmp")})
+    waited: list[tuple[int, float]] = []
+    monkeypatch.setattr(console, "_exits", lambda pid, within: waited.append((pid, within)) or False)  # it did not end
+    previous = signal.getsignal(signal.SIGWINCH)
+    try:
+        console._terminated(signal.SIGWINCH, None)
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
+    assert waited == [(stubborn.pid, 30.0)] and terminating.is_set()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(stubborn.pid, os.WNOHANG)  # reaped by the handler
+    assert not trained_on.exists() and list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err == "terminated (SIGTERM): 1 child process(es) stopped\n"
+
+
+def test_a_child_is_waited_for_as_long_as_it_is_given_and_left_for_its_popen_to_reap():
+    from structmt.console import _exits
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    assert not _exits(proc.pid, within=0.0)  # running
+    assert _exits(proc.pid, within=30.0)  # ended within its time
+    assert proc.poll() == 0  # its Popen reaps it, with its exit status
+    assert _exits(proc.pid, within=0.0)  # reaped already
+
+
+def test_an_interrupted_wait_on_a_child_ends_the_child_and_forgets_it(tmp_path, monkeypatch):
+    """Ctrl-C (or any exception) while a command waits on its fairseq-train: the child does not train on."""
+    import signal
+    import time
+
+    from structmt import console
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(console, "_children", set())
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(30)"
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            console.run_child([sys.executable, "-c", child])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # killed: its Popen, interrupted, leaves it for this test to reap
+        try:
+            ended, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by its Popen
+            break
+        if ended:
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the interrupted command's child ran on")
+    assert not console._children
+    assert console.run_child([sys.executable, "-c", "pass"]) == 0 and not console._children
+
+
+def test_removing_a_temporary_path_removes_a_link_not_its_target_and_minds_no_missing_path(tmp_path):
+    from structmt.console import remove_path
+
+    target = tmp_path / "target"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "kept.txt").write_text("kept")
+    (tmp_path / "link").symlink_to(target)
+    remove_path(tmp_path / "link")
+    assert not os.path.lexists(tmp_path / "link") and (target / "sub" / "kept.txt").read_text() == "kept"
+    remove_path(tmp_path / "never made")  # registered before it was made: the signal came in between
+    remove_path(target)
+    assert list(tmp_path.iterdir()) == []

@@ -684,6 +684,40 @@ def test_the_machine_of_a_row_tells_apart_cpus_of_one_model_name_by_the_kernels_
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
         labels.add(provenance.machine_label())
     assert labels == {"AMD EPYC (AVX512)", "AMD EPYC (AVX2)"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fairseq would train on the GPU: named too
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert provenance.machine_label() == "AMD EPYC (AVX2), NVIDIA H100 80GB HBM3"
+
+
+def test_the_cpu_model_is_cpuinfos_model_name_else_the_platforms_processor(tmp_path, monkeypatch):
+    from structmt import provenance
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(provenance, "Path", lambda path: cpuinfo if path == "/proc/cpuinfo" else Path(path))
+    read = provenance.cpu_model.__wrapped__  # not the process's cached answer
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9654\n")
+    assert read() == "AMD EPYC 9654"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")  # an ARM CPU: no model name
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "aarch64")
+    assert read() == "aarch64"
+    cpuinfo.unlink()  # no /proc (macOS), and a platform that names no processor
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "")
+    assert read() == "unknown"
+
+
+def test_a_benchmark_records_the_commit_of_the_code_it_started_on_not_the_checkouts_now(monkeypatch):
+    from structmt import provenance
+
+    monkeypatch.setattr(provenance, "git_commit", lambda: "a" * 40 + "+dirty")  # the checkout changed since
+    monkeypatch.setattr(provenance, "read_commit", lambda: "b" * 40)
+    assert provenance.machine()["commit"] == "a" * 40 + "+dirty"
+
+
+def test_the_commands_default_results_folder_is_the_committed_one():
+    """``--results-dir``'s default (``results/``): the leaderboard the README reports and new rows join."""
+    from structmt.paths import RESULTS_DIR, ResultsFolder
+
+    assert RESULTS_DIR == REPO / "results" and ResultsFolder(RESULTS_DIR).leaderboard.is_file()
 
 
 def test_every_headline_row_names_clean_commits_and_its_training_log_is_committed():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -206,6 +207,87 @@ def test_a_process_whose_checkout_changes_records_a_dirty_commit(tmp_path, monke
         monkeypatch.setattr(provenance, "REPO_ROOT", repo / "sub")  # a copy inside another repository
         assert provenance.read_commit() == "unknown"
         assert provenance.why_unknown() == f"{repo / 'sub'} lies inside the repository {repo}, not one of its own"
+    finally:
+        provenance._first_commit.cache_clear()
+
+
+def _committed(repo: Path, files: dict[str, str]) -> str:
+    """A git repository at ``repo`` with ``files`` (path: text) in its one commit; that commit."""
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def test_ignored_files_among_the_code_leave_the_commit_clean_and_an_untracked_config_makes_it_dirty(
+    tmp_path, monkeypatch
+):
+    """Importing the code writes ``__pycache__`` (ignored): no result would be clean. A config of one's own in
+    ``conf/`` changes what structmt-run runs."""
+    repo = tmp_path / "repo"
+    sha = _committed(
+        repo, {".gitignore": "__pycache__/\n", "structmt/code.py": "a = 1\n", "conf/config.yaml": "a: 1\n"}
+    )
+    monkeypatch.setattr(provenance, "REPO_ROOT", repo)
+    (repo / "structmt" / "__pycache__").mkdir()
+    (repo / "structmt" / "__pycache__" / "code.cpython-312.pyc").write_bytes(b"compiled")
+    assert provenance.read_commit() == sha
+    (repo / "conf" / "model").mkdir()
+    (repo / "conf" / "model" / "mine.yaml").write_text("arch: mine\n")
+    assert provenance.read_commit() == sha + "+dirty"
+
+
+def test_reading_the_commit_writes_nothing_into_the_repository(tmp_path, monkeypatch):
+    """A sweep's jobs read the commit while the user works: a plain ``git status`` rewrites the index (taking
+    the lock a ``git commit`` needs) when a file's time changed but not its text."""
+    repo = tmp_path / "repo"
+    sha = _committed(repo, {"structmt/code.py": "a = 1\n"})
+    monkeypatch.setattr(provenance, "REPO_ROOT", repo)
+    index = repo / ".git" / "index"
+    later = index.stat().st_mtime_ns + 5_000_000_000
+    os.utime(repo / "structmt" / "code.py", ns=(later, later))
+    before = index.read_bytes()
+    assert provenance.read_commit() == sha
+    assert index.read_bytes() == before
+
+
+def test_the_commit_is_unknown_without_a_repository_a_first_commit_or_git_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository around the test's folder either
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
+    assert provenance.read_commit() == "unknown"
+    assert provenance.why_unknown().startswith("fatal: not a git repository")
+    _git(tmp_path, "init", "-q")
+    assert provenance.read_commit() == "unknown"
+    assert provenance.why_unknown().startswith("fatal: ambiguous argument 'HEAD'")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    assert provenance.read_commit() == "unknown"
+    assert provenance.why_unknown().startswith("git cannot run ([Errno 2] No such file or directory: 'git')")
+
+
+def test_a_process_that_starts_dirty_stays_dirty_and_one_whose_git_fails_later_records_unknown(tmp_path, monkeypatch):
+    """Started on edited code, the process ran no commit's code even once the edit is undone; new untracked code
+    makes a clean start dirty while it lies there; a checkout whose git can no longer tell names no commit."""
+    repo = tmp_path / "repo"
+    sha = _committed(repo, {"structmt/code.py": "a = 1\n"})
+    monkeypatch.setattr(provenance, "REPO_ROOT", repo)
+    provenance._first_commit.cache_clear()
+    try:
+        (repo / "structmt" / "code.py").write_text("a = 2\n")
+        assert provenance.git_commit() == sha + "+dirty"
+        (repo / "structmt" / "code.py").write_text("a = 1\n")
+        assert provenance.git_commit() == sha + "+dirty"
+        provenance._first_commit.cache_clear()
+        assert provenance.git_commit() == sha
+        (repo / "structmt" / "new_arch.py").write_text("b = 1\n")
+        assert provenance.git_commit() == sha + "+dirty"
+        (repo / "structmt" / "new_arch.py").unlink()
+        assert provenance.git_commit() == sha
+        shutil.rmtree(repo / ".git")
+        monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+        assert provenance.git_commit() == "unknown"
     finally:
         provenance._first_commit.cache_clear()
 
