@@ -155,15 +155,20 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_the_commit_is_dirty_when_tracked_code_differs_and_clean_for_results_or_untracked_files(tmp_path, monkeypatch):
-    repo = tmp_path / "repo"
-    (repo / "results").mkdir(parents=True)
-    (repo / "code.py").write_text("a = 1\n")
-    (repo / "results" / "leaderboard.csv").write_text("run_id\n")
+def _committed(repo: Path, files: dict[str, str]) -> str:
+    """A git repository at ``repo`` with ``files`` (path: text) in its one commit; that commit."""
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
-    sha = _git(repo, "rev-parse", "HEAD")
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def test_the_commit_is_dirty_when_tracked_code_differs_and_clean_for_results_or_untracked_files(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    sha = _committed(repo, {"code.py": "a = 1\n", "results/leaderboard.csv": "run_id\n"})
     monkeypatch.setattr(provenance, "REPO_ROOT", repo)
     commit = provenance.read_commit
     assert commit() == sha
@@ -183,15 +188,8 @@ def test_a_process_whose_checkout_changes_records_a_dirty_commit(tmp_path, monke
     so once its code differs (an edit, another commit's code) the results name no single commit: ``+dirty``.
     A change to the docs alone, committed or not, changes no result."""
     repo = tmp_path / "repo"
-    (repo / "structmt").mkdir(parents=True)
-    (repo / "docs").mkdir()
-    (repo / "structmt" / "code.py").write_text("a = 1\n")
-    (repo / "docs" / "a.md").write_text("a\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
+    sha = _committed(repo, {"structmt/code.py": "a = 1\n", "docs/a.md": "a\n"})
     commit = ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam"]
-    _git(repo, *commit, "first")
-    sha = _git(repo, "rev-parse", "HEAD")
     monkeypatch.setattr(provenance, "REPO_ROOT", repo)
     provenance._first_commit.cache_clear()
     try:
@@ -209,17 +207,6 @@ def test_a_process_whose_checkout_changes_records_a_dirty_commit(tmp_path, monke
         assert provenance.why_unknown() == f"{repo / 'sub'} lies inside the repository {repo}, not one of its own"
     finally:
         provenance._first_commit.cache_clear()
-
-
-def _committed(repo: Path, files: dict[str, str]) -> str:
-    """A git repository at ``repo`` with ``files`` (path: text) in its one commit; that commit."""
-    for name, text in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text)
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
-    return _git(repo, "rev-parse", "HEAD")
 
 
 def test_ignored_files_among_the_code_leave_the_commit_clean_and_an_untracked_config_makes_it_dirty(
