@@ -22,10 +22,12 @@ from scipy.optimize import linprog
 from structmt.analysis.extract import SentenceAttention
 from structmt.analysis.project import (
     ROLES,
+    THESIS_GRID,
     VARIANTS,
     band_support,
     best_role,
     diagonal_support,
+    error_with_sparse_term,
     model_rare_sets,
     project,
     rare_columns,
@@ -90,6 +92,11 @@ def test_distance_of_a_support_is_the_linear_programs(variant):
         if seed == 0:
             support[2] = False  # an empty row: no row-stochastic X
         assert support_distance(a, support, variant) == pytest.approx(_lp_distance(a, support, variant), abs=1e-7)
+    heavy = _attention(5, 3) / 0.9  # rows of mass 1/0.9 (the thesis's crops after dropout): X scales them down
+    for support in (band_support(5, 1), torch.ones(5, 5, dtype=torch.bool)):
+        assert support_distance(heavy, support, variant) == pytest.approx(
+            _lp_distance(heavy, support, variant), abs=1e-7
+        )
     a = _attention(5, 9)
     assert support_distance(a, band_support(5, 1), "row_stochastic") == pytest.approx(
         2 * support_distance(a, band_support(5, 1), "unconstrained")
@@ -113,6 +120,12 @@ def test_projection_is_the_brute_force_optimum_over_each_family(variant, w, r):
                 s[:, list(cols)] = True
                 members.append(s)
         assert fits["rare"].distance == pytest.approx(min(_lp_distance(a, s, variant) for s in members), abs=1e-7)
+
+
+def test_the_plus_one_diagonal_is_the_next_token_and_leaves_the_last_row_without_a_row_stochastic_x():
+    assert diagonal_support(3, 1).int().tolist() == [[0, 1, 0], [0, 0, 1], [0, 0, 0]]
+    assert diagonal_support(3, -1).int().tolist() == [[0, 0, 0], [1, 0, 0], [0, 1, 0]]
+    assert support_distance(_attention(3, 0), diagonal_support(3, 1), "row_stochastic") == math.inf
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -163,6 +176,20 @@ def test_a_share_of_one_takes_the_simplest_family_that_holds_all_the_best_mass()
     assert best_role(project(diagonal, w, 1), share=1.0).role == "positional"
 
 
+def test_the_share_reaches_the_model_role_and_a_share_of_zero_takes_the_simplest_family():
+    """95% of each row on the token itself, 5% on the next: positional at the default share 0.9, syntactic at 1
+    (only the band of w = 1 holds all of it); ``share=0`` is allowed and always names the simplest family."""
+    from structmt.analysis.project import model_role
+
+    n = 8
+    a = 0.95 * diagonal_support(n, 0).double() + 0.05 * diagonal_support(n, 1).double()
+    a[-1, -1] = 1.0
+    no_rare = torch.full((n, 1), -1)
+    assert model_role(a, 1, no_rare, pos_window=0) == "positional"
+    assert model_role(a, 1, no_rare, pos_window=0, share=1.0) == "syntactic"
+    assert best_role(project(a, 1, 1), share=0.0).role == "positional"
+
+
 def test_an_empty_rare_slot_adds_no_column_to_the_rare_support():
     """A query with fewer rare tokens than columns (-1 in its set) sees its band and its rare tokens only: the
     -1 is never read as the last position."""
@@ -170,6 +197,8 @@ def test_an_empty_rare_slot_adds_no_column_to_the_rare_support():
 
     sets = torch.tensor([[-1], [3], [-1], [-1]])
     assert model_rare_support(4, 0, sets).int().tolist() == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 1]]
+    first = torch.tensor([[-1], [-1], [0], [-1]])  # position 0 is a rare token's column like any other
+    assert model_rare_support(4, 0, first)[2].tolist() == [True, False, True, False]
 
 
 def test_sparse_error_term_lowers_error_by_at_most_k_eps():
@@ -211,6 +240,12 @@ def test_a_matrix_the_projection_is_not_exact_for_is_refused():
     for w, r in [(-1, 1), (1, -1)]:
         with pytest.raises(ValueError, match="must be >= 0"):
             project(good, w, r)
+    heavier = good.clone()
+    heavier[1] *= 1.001  # just above 1: refused as well
+    with pytest.raises(ValueError, match="a row of A has mass 1.001"):
+        project(heavier, 1, 1, variant="row_stochastic")
+    with pytest.raises(ValueError, match="a row of A has mass 1.6"):  # the sparse term checks on its own too
+        error_with_sparse_term(a, band_support(3, 0), k=1, variant="row_stochastic")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -244,6 +279,23 @@ def test_projection_with_the_sparse_term_is_the_brute_force_optimum(variant, eps
         assert fits["positional"].distance == pytest.approx(brute_force(a, diagonals), abs=1e-7)
         assert fits["syntactic"].distance == pytest.approx(brute_force(a, [band_support(n, w)]), abs=1e-7)
         assert fits["rare"].distance == pytest.approx(brute_force(a, columns), abs=1e-7)
+
+
+def test_one_entry_of_the_sparse_term_already_changes_which_column_is_best():
+    """k = 1: column 0 has the most mass outside the diagonal, all in one entry Ẽ can take; column 3's is spread
+    over three rows. The best pick is column 3 (Ẽ takes column 0's entry), leaving nothing outside. The fits'
+    mass inside is a share of A's mass; more columns than the matrix has is all of them, with or without Ẽ."""
+    a = torch.tensor([[0.8, 0, 0, 0.2], [0.6, 0.2, 0, 0.2], [0, 0, 0.85, 0.15], [0, 0, 0, 1.0]], dtype=torch.float64)
+    assert rare_columns(a, 0, 1).tolist() == [0]  # the greedy choice without Ẽ
+    for variant in VARIANTS:
+        rare = project(a, 0, 1, k=1, variant=variant)["rare"]
+        assert rare.distance == pytest.approx(0.0, abs=1e-12) and rare.support[:, 3].all()
+    fits = project(a, 0, 1)
+    assert fits["syntactic"].mass_inside == pytest.approx(2.85 / 4)
+    assert fits["rare"].mass_inside == pytest.approx(3.45 / 4)
+    for k in (0, 1):
+        everything = project(a, 0, 5, k=k)["rare"]
+        assert everything.support.all() and everything.distance == 0.0 and everything.mass_inside == 1.0
 
 
 def test_rare_columns_are_the_columns_of_the_rare_tokens_a_structured_model_sees(dict_dir):
@@ -445,6 +497,15 @@ def test_the_page_says_which_rule_chose_its_roles_and_for_which_positional_band(
     with pytest.raises(SystemExit):
         report.main([str(ckpt), str(data), "--pos-window", "-1"])
     assert "argument --pos-window: must be >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # seed · 2³² + i stays a valid torch seed
+        report.main([str(ckpt), str(data), "--seed", str(2**31)])
+    assert f"argument --seed: must be <= {2**31 - 1}, got {2**31}" in capsys.readouterr().err
+    write_split(data, "test1")  # the pipeline scores every test* split
+    with pytest.warns(UserWarning, match=r"^the roles \(roles.json\) are chosen on the test1 split"):
+        report.main(
+            [str(ckpt), str(data), "--subset", "test1", "--draws", "2", "--seed", "3", "--out-dir", str(tmp_path)]
+        )
+    assert (seen["draws"], seen["seed"]) == (2, 3)
 
 
 # --- the thesis's random search ---------------------------------------------------------------
@@ -456,6 +517,7 @@ def test_thesis_random_search_is_seeded():
     assert first == thesis_random_search(a, 3, 2, draws=5, seed=4)
     assert first != thesis_random_search(a, 3, 2, draws=5, seed=5)
     assert all(s.role in ROLES and s.per_entry == s.by_role[s.role] == min(s.by_role.values()) for s in first)
+    assert THESIS_GRID == tuple(round(x, 1) for x in np.arange(0, 1.1, 0.1))  # the thesis's grid, 0 to 1 included
 
 
 def test_thesis_random_search_keeps_the_l1_closest_member_of_all():
@@ -535,6 +597,32 @@ def test_thesis_rare_members_are_a_diagonal_with_vertical_segments():
     assert torch.all((starts[:, 0] - starts[:, 1]).abs() >= w)
     with pytest.raises(ValueError, match="fit"):
         thesis_starts(1, n, 10, 2, gen)
+
+
+def test_thesis_segments_may_start_exactly_w_apart_and_a_member_left_without_room_is_drawn_again():
+    """Starts 0 .. 4 of 2 segments of 3 rows in 7: the pairs at least 3 apart are (0, 3), (0, 4) and (1, 4), all
+    drawn; a first start of 2 leaves no room for the second (that member is drawn again). 6 rows: an exact fit."""
+    gen = torch.Generator().manual_seed(6)
+    drawn = thesis_starts(300, 7, 3, 2, gen).sort(-1).values
+    assert {tuple(s) for s in drawn.tolist()} == {(0, 3), (0, 4), (1, 4)}
+    assert thesis_starts(5, 6, 3, 2, gen).sort(-1).values.tolist() == [[0, 3]] * 5
+
+
+def test_thesis_members_values_lie_in_the_thesiss_ranges():
+    """Σ₂'s kept band entries are U(0.7, 1) (no noise: a row keeps their ratios); Σ₃'s structural entry is
+    c_d × U(0.7, 1) and its noise 0.5 × U(0, 1) whatever c_sp, so with c_d = 1 no noise entry exceeds 0.5 / 0.7 of
+    the row's largest entry, and with c_sp = 0 there is noise still."""
+    n, w, m = 16, 3, 300
+    gen = torch.Generator().manual_seed(7)
+    zero, one = torch.zeros(m), torch.ones(m)
+    band = thesis_members("syntactic", n, w, 2, zero, zero, gen).nan_to_num()
+    high = band.amax(-1)
+    low = band.masked_fill(band == 0, math.inf).amin(-1)
+    assert torch.all(low[high > 0] >= 0.7 * high[high > 0] - 1e-6)
+    rare = thesis_members("rare", n, w, 2, one, zero, gen)
+    top = rare.topk(2, dim=-1).values
+    assert torch.all(top[..., 1] <= 0.5 / 0.7 * top[..., 0] + 1e-6)
+    assert float((rare > 0).sum((-2, -1)).float().mean()) > n + n / 2  # n structural entries and the noise
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -648,6 +736,8 @@ def test_report_quotes_the_thesis_and_reports_both_variants(tmp_path):
     assert (t16["table"], t17["table"]) == (16, 17)
     assert (round(min(t16["per_entry"]), 4), round(max(t16["per_entry"]), 4)) == (0.0615, 0.0824)
     assert (round(min(t17["per_entry"]), 3), round(max(t17["per_entry"]), 3)) == (0.078, 0.088)
+    # the mean over the 8 heads (the median would be 0.0691 and 0.0824)
+    assert (round(t16["mean_error_per_entry"], 4), round(t17["mean_error_per_entry"], 4)) == (0.0702, 0.0829)
     gen = torch.Generator().manual_seed(0)
 
     def sentence(i, n):
@@ -684,7 +774,7 @@ def test_report_quotes_the_thesis_and_reports_both_variants(tmp_path):
 
 def test_a_ratio_just_below_the_goal_is_never_shown_as_reaching_it():
     """The verdict tested the exact ratio but printed it to one decimal: 4.97 read "5.0× (not met)"."""
-    from structmt.analysis.report import markdown
+    from structmt.analysis.report import _times, markdown
 
     result = json.loads(
         (Path(__file__).resolve().parents[1] / "results" / "analysis_seed1" / "analysis.json").read_text()
@@ -695,6 +785,9 @@ def test_a_ratio_just_below_the_goal_is_never_shown_as_reaching_it():
     assert "4.97× at w=3, num-pos=2 (not met)" in text and "**4.97×**" in text and "5.0×" not in text
     block["row_stochastic_error"] = block["thesis"]["mean_error_per_entry"] / 5.04
     assert "5.0× at w=3, num-pos=2 (met)" in markdown(result, "structmt-analyze ckpt.pt bin")
+    block["thesis"]["mean_error_per_entry"], block["row_stochastic_error"] = 0.5, 0.1  # the goal exactly: met
+    assert "5.0× at w=3, num-pos=2 (met)" in markdown(result, "structmt-analyze ckpt.pt bin")
+    assert (_times(4.996, 1.0), _times(1.0, 0.0)) == ("4.99×", "∞×")  # rounded down below the goal; no error: ∞
 
 
 def test_extraction_from_a_structured_model_is_zero_outside_its_support(dict_dir):
@@ -983,6 +1076,42 @@ def test_a_one_head_model_is_reported_and_a_failed_report_changes_no_file(tmp_pa
     assert {name: (tmp_path / name).read_text() for name in before} == before
 
 
+def test_the_per_head_table_holds_each_heads_own_numbers():
+    """The distance, the thesis families' optimum per entry and the mass inside Σ₃ of each head, exactly; with
+    r = 0 no rare columns to compare with the rare tokens; a sentence without the block's tokens is named."""
+    from structmt.analysis.report import head_table, role_mix
+
+    w, r = 2, 1
+    sentences = _sentences((8,), layers=1, heads=2)
+    table = head_table(sentences, "encoder", w, r, draws=1, rarity=_RARITY)
+    for h, a in zip(table, sentences[0].weights["encoder"][0], strict=True):
+        fits = project(a, w, r)
+        assert h["min_distance"] == pytest.approx(min(f.distance for f in fits.values()))
+        assert h["mass_inside"] == pytest.approx(fits["rare"].mass_inside) != fits["syntactic"].mass_inside
+        exact = min(thesis_family_optimum(a.double(), role, w, r) for role in ROLES) / 8**2
+        assert h["thesis_families_exact"] == pytest.approx(exact, rel=1e-5)
+        assert "rare_token_columns" in h
+    assert all("rare_token_columns" not in h for h in head_table(sentences, "encoder", w, 0, draws=1, rarity=_RARITY))
+    sentences[0].tgt_tokens = None
+    with pytest.raises(ValueError, match="sentence 0 has no decoder tokens: the roles need them"):
+        role_mix(sentences, "decoder", w, r, _RARITY[:2])
+
+
+def test_the_tables_take_sentences_of_n_tokens_and_the_decoders_roles_its_own_dictionarys_rarity(tmp_path):
+    """A sentence of 20 tokens is no n = 16 crop. Every decoder query on the first target token: the most frequent
+    by the source's counts (a syntactic head, its mass on the band), the rarest by the target's (a rare one)."""
+    from structmt.analysis import report
+
+    sentences = _sentences((16, 20), layers=1, heads=1)
+    for s in sentences:
+        s.weights["decoder"] = [_pattern(s.tgt_len, [0] * s.tgt_len)[None]]
+    counts = _RARITY[0].clone()
+    counts[4] = 0  # the first target token, rarest of every prefix
+    result = report.summarise(sentences, _RARITY, tmp_path, draws=1, target_rarity=(counts, _RARITY[1]))
+    assert result["sentences_n16"] == 1 and result["roles"]["decoder"] == ["rare:1"]
+    assert report.summarise(sentences, _RARITY, tmp_path, draws=1)["roles"]["decoder"] == ["syn:1"]
+
+
 def test_the_whole_set_quantiles_stay_within_the_data(tmp_path):
     from structmt.analysis.report import _quantile, distribution
 
@@ -997,12 +1126,18 @@ def test_the_whole_set_quantiles_stay_within_the_data(tmp_path):
         for head in range(2)
     ]
     assert many["matrices"] == 12 and min(errs) <= many["p10"] <= many["median"] <= many["p90"] <= max(errs)
+    nine = _sentences((6, 7, 8), layers=1, heads=3)  # 9 matrices: the quantiles are given, p10 and p90 the extremes
+    errs = sorted(project(a, 1, 1)["rare"].per_entry for s in nine for a in s.weights["encoder"][0])
+    got = distribution(nine, "encoder", 1, 1)
+    assert got["matrices"] == 9
+    assert (got["p10"], got["median"], got["p90"], got["max"]) == pytest.approx((errs[0], errs[4], errs[8], errs[8]))
 
 
 def test_seeds_of_the_random_search_never_share_a_sentence_seed():
     from structmt.analysis.report import sentence_seed
 
     assert [sentence_seed(0, i) for i in range(5)] == list(range(5))  # the committed analyses (seed 0) unchanged
+    assert (sentence_seed(1, 0), sentence_seed(3, 7)) == (2**32, 3 * 2**32 + 7)  # and those of seeds 1 to 3
     drawn = [{sentence_seed(seed, i) for i in range(3000)} for seed in range(4)]
     assert all(not (a & b) for a, b in itertools.combinations(drawn, 2))
     assert sentence_seed(2**31 - 1, 10**6) < 2**63  # the largest --seed: a valid torch seed
@@ -1014,6 +1149,7 @@ def test_seeds_of_the_random_search_never_share_a_sentence_seed():
         (lambda a: thesis_random_search(a[0], 3, 2), r"a stack of h square matrices \(h, n, n\), got shape \(8, 8\)"),
         (lambda a: thesis_random_search(a.nan_to_num(0) * math.nan, 3, 2), "finite, non-negative"),
         (lambda a: thesis_random_search(a - 1, 3, 2), "finite, non-negative"),
+        (lambda a: thesis_random_search(torch.stack([a[0], a[1] - 1]), 3, 2), "finite, non-negative"),
         (lambda a: thesis_random_search(a, 0, 2), "need w >= 1 and num-pos >= 0, got w=0"),
         (lambda a: thesis_random_search(a, 3, 2, draws=0), "draws must be >= 1"),
         (lambda a: thesis_family_optimum(a[0], "rare", 10, 1), "no 1 segments of length 10 at least 10 apart fit in 8"),
@@ -1022,6 +1158,10 @@ def test_seeds_of_the_random_search_never_share_a_sentence_seed():
         (lambda a: thesis_family_optimum(3 * a[0], "positional", 1, 1), "a row of A has mass 3"),
         (lambda a: project(a[0], 1, 0, k=2, eps=math.nan), "at most eps >= 0, got k=2, eps=nan"),
         (lambda a: best_role(project(a[0], 1, 1), 1.5), r"share must lie in \[0, 1\]"),
+        (
+            lambda a: thesis_members("semantic", 8, 3, 2, torch.ones(1), torch.ones(1), torch.Generator()),
+            "role must be",
+        ),
     ],
 )
 def test_the_analysis_functions_refuse_what_they_cannot_fit(call, message):
