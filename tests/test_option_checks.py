@@ -296,10 +296,13 @@ def test_structure_options_on_a_dense_model_are_rejected():
         (["--seeds", "2147483648"], "argument --seeds: must be <= 2147483647, got 2147483648"),
     ],
 )
-def test_recipe_arguments(args, message, capsys):
-    with pytest.raises(SystemExit):
+def test_recipe_arguments(args, message, capsys, monkeypatch):
+    """Refused by argparse (exit 2) before anything runs: an argument let through fails here, not by training."""
+    monkeypatch.setattr(recipes, "compare", lambda *a, **kw: pytest.fail(f"{args} reached the training"))
+    monkeypatch.setattr(recipes, "run_child", lambda cmd: pytest.fail(f"{args} started a seed's process"))
+    with pytest.raises(SystemExit) as ended:
         recipes.main(["demo", *args])
-    assert message in capsys.readouterr().err
+    assert ended.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value, message", [("0", "must be >= 1, got 0"), ("x", "'x' is not an integer")])

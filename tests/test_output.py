@@ -157,6 +157,34 @@ def test_progress_while_training_and_decoding(smoke_run):
     assert decoded == {"test_2016_flickr": "8/8", "test_2017_flickr": "8/8"}  # the last line of each test set
 
 
+def test_training_progress_says_updates_loss_speed_and_time_left_once_each(capsys):
+    """From fairseq-train's log as it grows: a resume (not a fresh start's "@ 0 updates"), then each update count
+    once (an epoch's summary repeats the last record's), the time left while there is some; ``?`` without a
+    ``--max-update``."""
+    from structmt.fairseq_cli import _train_progress
+
+    def inner(updates: int, loss: float, wps: float, ups: float) -> str:
+        return (
+            f"x | INFO | train_inner | epoch 002:  10 / 136 loss={loss}, wps={wps}, ups={ups}, num_updates={updates}\n"
+        )
+
+    on_text = _train_progress("[run]", 500)
+    on_text("x | INFO | fairseq.trainer | Loaded checkpoint c.pt (epoch 1 @ 0 updates)\n")
+    on_text(
+        "x | INFO | fairseq.trainer | Loaded checkpoint c.pt (epoch 3 @ 300 updates)\n" + inner(320, 5.123, 2345.6, 0.5)
+    )
+    on_text(inner(480, 4, 900, 2) + "x | INFO | train | epoch 002 | loss 4.1 | wps 900 | ups 2 | num_updates 480\n")
+    on_text(inner(500, 3.9, 950, 2))
+    _train_progress("[other]", 0)(inner(10, 7, 100, 1))
+    assert capsys.readouterr().out.splitlines() == [
+        "[run] resumed at 300/500 updates",
+        "[run] 320/500 updates, loss 5.12, 2.3k tok/s, ETA 6 min",
+        "[run] 480/500 updates, loss 4.00, 900 tok/s, ETA 10 s",
+        "[run] 500/500 updates, loss 3.90, 950 tok/s",
+        "[other] 10/? updates, loss 7.00, 100 tok/s",
+    ]
+
+
 @pytest.mark.reliability  # docs/reliability.md
 def test_offline_mirror_fallback_is_stated_once_and_names_the_mirror(smoke_run):
     _, result = smoke_run

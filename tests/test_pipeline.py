@@ -1011,6 +1011,20 @@ def test_the_training_curve_is_the_last_trainings_where_the_log_goes_back(tmp_pa
     ]
 
 
+def test_the_training_curve_is_the_logged_updates_not_the_epoch_summaries(tmp_path):
+    """An epoch's summary (``| train | epoch 001 | …``) is no point of the curve: it would replace the record of
+    the same update with the epoch's mean loss."""
+    from structmt.fairseq_cli import training_curve
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "x | INFO | train_inner | epoch 001:  50 / 100 loss=9, num_updates=50, lr=0.1, wall=10\n"
+        "x | INFO | train_inner | epoch 001:  100 / 100 loss=8, num_updates=100, lr=0.1, wall=20\n"
+        "x | INFO | train | epoch 001 | loss 8.5 | num_updates 100 | lr 0.1 | wall 21\n"
+    )
+    assert [(r["num_updates"], r["loss"], r["wall"]) for r in training_curve(log)] == [(50, 9, 10), (100, 8, 20)]
+
+
 def test_a_wandb_mode_in_the_environment_that_wandb_does_not_know_is_named_and_never_blocks_a_chosen_mode(
     tmp_path, monkeypatch
 ):

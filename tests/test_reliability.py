@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dict_dir
+from conftest import make_dict_dir, write_split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -334,6 +334,86 @@ def test_the_trainers_pid_file_exists_while_it_runs(tmp_path):
     )
     fairseq_cli._run([sys.executable, "-c", child], tmp_path / "log", pid_file=pid_file)
     assert (tmp_path / "log").read_text().split()[-1] == "True" and not pid_file.exists()
+
+
+def test_a_trainers_pid_file_names_its_machine_and_one_without_a_process_id_names_no_trainer(tmp_path):
+    """The host tells a process of this machine from one of another node sharing the runs folder; a
+    ``trainer.pid`` that holds no process id (emptied, edited by hand) is no trainer, not an error."""
+    import socket
+
+    pid_file = tmp_path / "trainer.pid"
+    child = (  # waits up to 10 s for the file, then says whether it names its own process on this machine
+        "import os, pathlib, socket, time\n"
+        f"p = pathlib.Path({str(pid_file)!r})\n"
+        "for _ in range(100):\n"
+        "    if p.exists(): break\n"
+        "    time.sleep(0.1)\n"
+        "print(p.read_text() == f'{os.getpid()} {socket.gethostname()}\\n')\n"
+    )
+    fairseq_cli._run([sys.executable, "-c", child], tmp_path / "log", pid_file=pid_file)
+    assert (tmp_path / "log").read_text().split()[-1] == "True"
+    run_pid = RunFolder(tmp_path / "run").trainer_pid
+    run_pid.parent.mkdir(parents=True)
+    for text in ("", "\n", f"not-a-pid {socket.gethostname()}\n"):
+        run_pid.write_text(text)
+        assert fairseq_cli.live_trainer(tmp_path / "run") is None
+
+
+def test_a_failed_step_quotes_its_logs_last_line_and_the_log_keeps_every_attempt(tmp_path):
+    """The log is appended to (a resumed training's log holds every process), the child gets the environment it
+    is given, and the error quotes the log's last line that is not blank."""
+    log = tmp_path / "train.log"
+    child = "import os, sys; print(os.environ['STRUCTMT_TEST_ATTEMPT']); print('last words'); print(); sys.exit(3)"
+    for attempt in ("first", "second"):
+        with pytest.raises(StepError) as e:
+            fairseq_cli._run([sys.executable, "-c", child], log, env={**os.environ, "STRUCTMT_TEST_ATTEMPT": attempt})
+        assert str(e.value) == f"{sys.executable} failed (exit 3); see {log}, which ends: last words"
+    said = [line for line in log.read_text().splitlines() if line.strip() and not line.startswith("$ ")]
+    assert said == ["first", "last words", "second", "last words"]
+
+
+def test_a_steps_log_is_read_from_where_it_ended_to_its_last_complete_line(tmp_path):
+    """What an earlier attempt logged is not progress of this one; what the step logs last is read as it ends
+    (the thread reads only every ``every`` seconds)."""
+    log = tmp_path / "train.log"
+    log.write_text("an earlier attempt\n")
+    read: list[str] = []
+    with fairseq_cli._watching(log, read.append, every=60):
+        with open(log, "a", encoding="utf-8") as f:
+            f.write("line 1\nline 2\nhalf a li")
+    assert read == ["line 1\nline 2"]
+
+
+def test_train_runs_fairseq_train_into_the_runs_resolved_checkpoints_folder(tmp_path, monkeypatch, capsys):
+    """The command, its log, environment and pid file; the wall-clock is the checkpoint's training time less what
+    a fine-tune carried over; and progress is said from the log, against ``--max-update``."""
+    from structmt import checkpoints
+    from structmt.paths import PLUGIN_DIR
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("run")  # recipes --runs-dir runs: relative
+    calls = []
+
+    def trained(cmd, log, env=None, pid_file=None):
+        calls.append((cmd, log, env, pid_file))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(
+            "x | INFO | train | epoch 001 | loss 4.5 | wps 2000 | ups 4 | num_updates 20 | train_wall 5 | wall 6\n"
+        )
+        return 6.0
+
+    monkeypatch.setattr(fairseq_cli, "_run", trained)
+    monkeypatch.setattr(checkpoints, "training_seconds", lambda checkpoint: 100.0)
+    env = {"OMP_NUM_THREADS": "1"}
+    args = ["--max-update", "20", "--lr", "0.1"]
+    result = fairseq_cli.train(tmp_path / "bin", run_dir, "structured_transformer_tiny", args, env, carried=40.0)
+    run = RunFolder(run_dir)
+    cmd = [*fairseq_cli.FAIRSEQ_PYTHON, "-m", "fairseq_cli.train", str(tmp_path / "bin"), "--user-dir", str(PLUGIN_DIR)]
+    cmd += ["--arch", "structured_transformer_tiny", "--save-dir", str(tmp_path.resolve() / "run" / "checkpoints")]
+    assert calls == [(cmd + ["--log-format", "simple", *args], run.train_log, env, run.trainer_pid)]
+    assert (result.updates, result.wall_seconds, result.tokens_per_second) == (20, 60.0, 2000.0)
+    assert result.checkpoint == run.last_checkpoint
+    assert capsys.readouterr().out == "[run] 20/20 updates, loss 4.50, 2.0k tok/s\n"
 
 
 # --------------------------------------------------------------------------
@@ -701,6 +781,10 @@ def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
             r"without a hypothesis: 2; ids beyond them: 5;",
         ),
         ("", r"0 hypotheses for the 3 sentences of test \(ids 0 to 2\); without a hypothesis: 0, 1, 2;"),
+        (
+            "S-0\ta\nS-1\tb\nS-3\tc\nD-0\t-0\tA\nD-1\t-0\tB\nD-3\t-0\tC\n",
+            r"without a hypothesis: 2; ids beyond them: 3;",
+        ),
     ],
 )
 def test_generation_output_with_another_sentences_ids_is_not_trusted(tmp_path, monkeypatch, output, message):
@@ -737,6 +821,42 @@ def test_a_blank_source_line_gets_a_blank_hypothesis_as_structmt_translate_gives
     monkeypatch.setattr(fairseq_cli, "_sentences", lambda bin_dir, subset: 3)
     out = decode(tmp_path, tmp_path / "c.pt", "test", tmp_path / "test.de")
     assert out.read_text() == "A B\n\n\n"
+
+
+def test_decode_runs_fairseq_generate_with_the_pipelines_decoding_options(tmp_path, monkeypatch, capsys):
+    """The command (docs/plugin.md's fairseq-generate line is checked against these options) and its log; an
+    earlier attempt's results are removed first (they would be read as this one's); the last line says the
+    sentences decoded."""
+    from structmt.paths import PLUGIN_DIR
+
+    out = tmp_path / "hyps" / "test_2016_flickr.de"
+    raw = tmp_path / "hyps" / "test_2016_flickr.de.fairseq"
+    raw.mkdir(parents=True)
+    (raw / "generate-test.txt").write_text("S-0\tstale\nD-0\t-1\tstale\n")
+    calls = []
+
+    def generated(cmd, log, env=None):
+        results = Path(cmd[cmd.index("--results-path") + 1]) / "generate-test.txt"
+        calls.append((cmd, log, results.exists()))
+        results.write_text("S-1\tb\nS-0\ta\nD-1\t-0.2\tB\nD-0\t-0.1\tA\n")
+        return 1.0
+
+    monkeypatch.setattr(fairseq_cli, "_run", generated)
+    monkeypatch.setattr(fairseq_cli, "_sentences", lambda bin_dir, subset: 2)
+    log = tmp_path / "decode.log"
+    decode(tmp_path / "bin", tmp_path / "c.pt", "test", out, beam=3, lenpen=0.6, batch_size=16, log=log)
+    cmd = [*fairseq_cli.FAIRSEQ_PYTHON, "-m", "fairseq_cli.generate", str(tmp_path / "bin"), "--user-dir"]
+    cmd += [str(PLUGIN_DIR), "--path", str(tmp_path / "c.pt"), "--gen-subset", "test", "--beam", "3", "--lenpen", "0.6"]
+    cmd += ["--batch-size", "16", "--max-len-a", "1.2", "--max-len-b", "10", "--remove-bpe", "sentencepiece"]
+    cmd += ["--required-batch-size-multiple", "1", "--results-path", str(raw)]
+    assert calls == [(cmd, log, False)]
+    assert out.read_text() == "A\nB\n"
+    assert capsys.readouterr().out == "[hyps] test_2016_flickr: 2/2 sentences\n"
+
+
+def test_the_sentences_of_a_subset_are_counted_from_its_binarized_index(tmp_path):
+    write_split(tmp_path, "test")
+    assert fairseq_cli._sentences(tmp_path, "test") == 2 and fairseq_cli._sentences(tmp_path, "valid") == 0
 
 
 _TRAINS = """

@@ -115,6 +115,21 @@ def test_the_recipe_summary_prints_what_the_leaderboard_holds():
     assert "1 other rows are earlier evaluations" in text
 
 
+def test_the_recipe_summary_lists_the_rows_of_this_evaluations_runs_only():
+    """Another run's rows are not listed; every earlier row of these runs is, and counted."""
+    earlier = _row("m-s-dense-1", 1, 30.0, machine="CPU A")
+    again = earlier | {"hypothesis": "results/hyps/y.de", "machine": "CPU C"}
+    now = earlier | {"bleu": 31.5, "hypothesis": "results/hyps/x.de", "machine": "CPU B"}
+    other = _row("m-s-dense-2", 2, 29.0, machine="CPU D")
+    text = summary([now], [{k: str(v) for k, v in r.items()} for r in (earlier, other, again, now)])
+    lines = text.splitlines()
+    assert [(line[:1], line.split()[-1]) for line in lines[1:-2]] == [(" ", "A"), (" ", "C"), ("*", "B")]
+    assert (
+        lines[-1]
+        == "* this evaluation; the 2 other rows are earlier evaluations of the same runs (re-runs are never dropped)"
+    )
+
+
 def test_headline_is_the_mean_and_sd_over_seeds_with_each_seeds_p_value():
     rows = [
         _row("m-s-dense-1", 1, 36.0),
@@ -339,6 +354,30 @@ def test_the_wall_clock_is_the_checkpoints_training_time_less_the_fine_tunes_sta
     assert parse_train_log(log, ckpt).wall_seconds == 72.5
     assert parse_train_log(log, ckpt, carried=30.0).wall_seconds == 42.5
     assert parse_train_log(log, ckpt, carried=None).wall_seconds == 7  # a fine-tune's start time not recorded
+
+
+def test_the_updates_and_rate_are_the_epoch_summaries_not_the_records_between_them(tmp_path):
+    """A ``train_inner`` record has the same keys as an epoch's summary: counted too, the rate mixed the mean of a
+    few updates into the epoch's."""
+    from structmt.fairseq_cli import parse_train_log
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "x | INFO | train_inner | epoch 001:  10 / 20 loss=6, wps=999, ups=1, num_updates=10, train_wall=5, wall=6\n"
+        "x | INFO | train | epoch 001 | loss 5 | wps 100 | ups 1 | num_updates 20 | train_wall 10 | wall 12\n"
+    )
+    result = parse_train_log(log, tmp_path / "checkpoint_last.pt")
+    assert (result.updates, result.wall_seconds, result.tokens_per_second) == (20, 12, 100.0)
+
+
+def test_the_parameter_count_is_the_one_fairseq_train_logs(tmp_path):
+    from structmt.fairseq_cli import parse_param_count
+
+    log = tmp_path / "train.log"
+    log.write_text("x | INFO | fairseq_cli.train | num. shared model params: 9,845,760 (num. trained: 9,845,760)\n")
+    assert parse_param_count(log) == 9845760
+    log.write_text("x | INFO | fairseq_cli.train | training on 1 devices (GPUs/TPUs)\n")
+    assert parse_param_count(log) == 0
 
 
 def test_a_fine_tune_records_its_starts_training_time_once_and_never_reads_the_start_again(tmp_path, monkeypatch):

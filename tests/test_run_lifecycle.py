@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from structmt import provenance
+from structmt.files import DataError
 from structmt.paths import DataFolder
 from structmt.pipeline import recipes, training
 from structmt.pipeline import spec as spec_module
@@ -36,12 +37,12 @@ quiet = lambda msg: None  # noqa: E731
 )
 def test_the_committed_headline_ids_are_what_the_recipes_name_now(seed, dense_id, structured_id):
     """``results/`` is keyed by run id: an id that moved would re-train a committed seed and leave its rows
-    orphaned.  The fine-tune names the seed-1 dense run it starts from, and its own committed id."""
+    orphaned.  Each seed's fine-tune names the dense run of its seed it starts from; seed 1's its committed id."""
     dense, structured = pair("reproduce", replace(load_schedule(RECIPES["reproduce"]), seed=seed))
     assert (dense.run_id(), structured.run_id()) == (dense_id, structured_id)
+    start, finetuned = pair("finetune", replace(load_schedule(RECIPES["finetune"]), seed=seed))
+    assert start.run_id() == dense_id and finetuned.schedule.finetune_from == dense_id
     if seed == 1:
-        start, finetuned = pair("finetune", load_schedule(RECIPES["finetune"]))
-        assert start.run_id() == dense_id and finetuned.schedule.finetune_from == dense_id
         assert finetuned.run_id() == "multi30k_en_de-finetune-w3-r2-ft-d4f9a7f0"
 
 
@@ -297,6 +298,33 @@ def test_a_headline_recipe_refuses_a_dirty_tree_unless_allowed(tmp_path, monkeyp
         recipes.main(argv)
 
 
+@pytest.mark.parametrize("recipe, keep_logs", [("demo", False), ("reproduce", True), ("finetune", True)])
+def test_a_recipe_compares_its_pair_in_the_folders_given_and_only_the_headline_needs_a_clean_tree(
+    tmp_path, monkeypatch, capsys, recipe, keep_logs
+):
+    """The headline recipes (their rows are the README's) refuse a dirty tree and keep their training logs; the
+    demo does neither. ``--train-only`` prints no table; a data problem is one error line."""
+    monkeypatch.setattr(recipes, "git_commit", lambda: "abcdef0123456789+dirty")
+    seen: list[dict] = []
+    monkeypatch.setattr(recipes, "compare", lambda dense, structured, **kw: seen.append(kw) or [])
+    runs, results = tmp_path / "r", tmp_path / "s"
+    argv = [recipe, "--runs-dir", str(runs), "--results-dir", str(results)]
+    if keep_logs:
+        with pytest.raises(SystemExit, match=r"^error: the checkout differs from commit abcdef012345 .*--allow-dirty"):
+            recipes.main(argv)
+        argv.append("--allow-dirty")
+    recipes.main(argv + ["--train-only"])
+    assert seen == [{"runs_dir": runs, "results_dir": results, "train_only": True, "keep_logs": keep_logs}]
+    assert capsys.readouterr().out == ""
+
+    def no_data(dense, structured, **kw):
+        raise DataError("no corpus here")
+
+    monkeypatch.setattr(recipes, "compare", no_data)
+    with pytest.raises(SystemExit, match="^error: no corpus here$"):
+        recipes.main(argv)
+
+
 @pytest.mark.reliability  # failure handling: docs/reliability.md
 def test_each_seed_is_a_process_of_its_own_with_every_option_passed_on(tmp_path, monkeypatch):
     commands: list[list[str]] = []
@@ -312,6 +340,14 @@ def test_each_seed_is_a_process_of_its_own_with_every_option_passed_on(tmp_path,
     child = [sys.executable, "-m", "structmt.pipeline.recipes", "demo", "--seeds"]
     # in the order given; a failed seed leaves the others to run (an overnight run keeps what it can)
     assert commands == [child + ["6"] + tail, child + ["5"] + tail, child + ["4"] + tail]
+
+
+def test_a_seeds_process_gets_only_the_options_given(monkeypatch):
+    commands: list[list[str]] = []
+    monkeypatch.setattr(recipes, "run_child", lambda cmd: commands.append(cmd) or 0)
+    recipes.main(["demo", "--seeds", "1", "2", "--runs-dir", "r", "--results-dir", "s"])
+    child = [sys.executable, "-m", "structmt.pipeline.recipes", "demo", "--seeds"]
+    assert commands == [child + [seed, "--runs-dir", "r", "--results-dir", "s"] for seed in ("1", "2")]
 
 
 @pytest.mark.reliability  # failure handling: docs/reliability.md
@@ -348,6 +384,42 @@ def test_a_pairs_failed_training_is_said_while_the_other_trains_and_both_failure
     assert (
         str(e.value) == f"both trainings failed: {dense.run_id()}: dense broke; {structured.run_id()}: structured broke"
     )
+
+
+def test_a_pair_trains_side_by_side_after_its_data_and_a_fine_tune_after_its_start(tmp_path, monkeypatch):
+    """The data is prepared once, first (a data problem is said once, before any training); the two trainings run
+    at once; a fine-tune trains after the dense run it starts from; ``train_only`` evaluates nothing."""
+    import threading
+
+    calls: list[str] = []
+    both = threading.Barrier(2, timeout=10)  # each training waits for the other: they must run at once
+    monkeypatch.setattr(recipes, "prepare_data", lambda spec, runs_dir: calls.append("data"))
+    monkeypatch.setattr(recipes, "evaluate_run", lambda *a, **kw: pytest.fail("evaluated with train_only"))
+
+    def train_run(spec, runs_dir):
+        calls.append(spec.run_id())
+        if not spec.schedule.finetune_from:
+            both.wait()
+        return {}
+
+    monkeypatch.setattr(recipes, "train_run", train_run)
+    dense, structured = pair("demo", Schedule(max_update=5))
+    assert recipes.compare(dense, structured, runs_dir=tmp_path, results_dir=tmp_path, train_only=True) == []
+    assert calls[0] == "data" and sorted(calls[1:]) == sorted([dense.run_id(), structured.run_id()])
+    calls.clear()
+    start, finetuned = pair("finetune", Schedule(max_update=5))
+    both = threading.Barrier(1)
+    recipes.compare(start, finetuned, runs_dir=tmp_path, results_dir=tmp_path, train_only=True)
+    assert calls == ["data", start.run_id(), finetuned.run_id()]
+    calls.clear()
+
+    def no_data(spec, runs_dir):
+        raise DataError("no corpus here")
+
+    monkeypatch.setattr(recipes, "prepare_data", no_data)
+    with pytest.raises(DataError, match="^no corpus here$"):
+        recipes.compare(dense, structured, runs_dir=tmp_path, results_dir=tmp_path, train_only=True)
+    assert calls == []
 
 
 def test_a_seed_process_trains_the_pair_of_its_seed(tmp_path, monkeypatch):
