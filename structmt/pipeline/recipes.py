@@ -200,11 +200,10 @@ def summary(rows: list[dict[str, Any]], leaderboard_rows: list[dict[str, str]]) 
                 f"{score_text(r['bleu']):>5} {score_text(r['chrf']):>5} "
                 f"{p_text(r['p_value_vs_dense']):>10}  {short_commit(r['git_commit']):15} {r.get('machine') or '–'}"
             )
-    note = "* this evaluation" + (
-        f"; the {others} other rows are earlier evaluations of the same runs (re-runs are never dropped)"
-        if others
-        else ""
+    earlier = (
+        "the other row is an earlier evaluation" if others == 1 else f"the {others} other rows are earlier evaluations"
     )
+    note = "* this evaluation" + (f"; {earlier} of the same runs (re-runs are never dropped)" if others else "")
     return "\n".join(lines + ["", note])
 
 
