@@ -121,6 +121,22 @@ def test_a_training_again_with_the_same_hypotheses_keeps_the_row_and_says_where_
     assert len([line for line in said if "earlier training" in line]) == 1  # said each time
 
 
+def test_rows_of_a_training_that_recorded_no_time_are_not_said_to_be_another_training(runs):
+    """A leaderboard's rows from before their training's seconds were recorded name no training: evaluated again
+    with the same hypotheses, the run is not said to repeat the hypotheses of an earlier training."""
+    spec = runs(DENSE, [REFS])
+    _evaluate(runs, spec)
+    csv_path = runs.results_dir / "leaderboard.csv"
+    untimed = [r | {"train_seconds": ""} for r in _board(runs)]
+    csv_path.unlink()
+    leaderboard.add_rows(csv_path, untimed)
+    (runs.runs_dir / spec.run_id() / "result.json").unlink()
+    said: list[str] = []
+    evaluate_run(spec, runs_dir=runs.runs_dir, results_dir=runs.results_dir, baseline=None, log=said.append)
+    assert not [line for line in said if "earlier training" in line]
+    assert _board(runs) == untimed
+
+
 def test_each_test_set_is_scored_against_its_own_references(runs, monkeypatch):
     """The fixture's subsets share one reference file, so scoring test_2017_flickr against test_2016_flickr's
     references passed every test. Here each subset has its own, and the decoder writes exactly those of the
@@ -146,15 +162,31 @@ def test_each_test_set_is_scored_against_its_own_references(runs, monkeypatch):
     assert sorted(asked) == ["test", "test1", "valid"]
 
 
-def test_hypotheses_and_references_of_other_lengths_stop_naming_both(tmp_path):
-    """A decoding cut short is never scored against the first lines of the references: the step stops naming both
-    files and their line counts."""
+@pytest.mark.parametrize("lines", [2, 4])
+def test_hypotheses_and_references_of_other_lengths_stop_naming_both(tmp_path, lines):
+    """A decoding cut short (or one with lines to spare) is never scored against the first lines of the references
+    (or the first lines of the hypotheses): the step stops naming both files and their line counts."""
     hyp, ref = tmp_path / "hyp.de", tmp_path / "ref.de"
-    hyp.write_text("\n".join(REFS[:2]) + "\n")
+    hyp.write_text("\n".join((REFS + REFS)[:lines]) + "\n")
     ref.write_text("\n".join(REFS) + "\n")
-    message = f"{hyp} has 2 lines but the reference {ref} has 3"
+    message = f"{hyp} has {lines} lines but the reference {ref} has 3"
     with pytest.raises(evaluation.StepError, match=f"^{re.escape(message)}$"):
         score(hyp, ref)
+
+
+def test_an_evaluated_run_whose_decodings_are_gone_reaches_another_leaderboard_with_its_rows_own_files(runs):
+    """The run folder's decodings removed (or decoded again since): a leaderboard the run has not reached yet keeps
+    the hypotheses its rows name, not the run folder's, and does not stop for want of them."""
+    spec = runs(DENSE, [["Ein Mann fährt .", "Zwei Hunde .", "Eine Frau liest ."]])
+    rows = _evaluate(runs, spec)
+    for name in ("test_2016_flickr", "test_2017_flickr"):
+        (runs.runs_dir / spec.run_id() / f"{name}.de").unlink()
+    other = runs.results_dir.parent / "other"
+    here = evaluate_run(spec, runs_dir=runs.runs_dir, results_dir=other, log=quiet)
+    for mine, theirs in zip(here, rows, strict=True):
+        kept = evaluation.row_file(mine["hypothesis"])
+        assert kept == other / "hyps" / Path(theirs["hypothesis"]).name
+        assert kept.read_bytes() == evaluation.row_file(theirs["hypothesis"]).read_bytes()
 
 
 def test_rows_of_a_slice_or_another_vocabulary_are_labelled_so():
@@ -193,7 +225,7 @@ def test_a_structured_runs_bootstrap_is_against_its_dense_partners_hypotheses(ru
     }
 
 
-def test_a_p_value_left_empty_is_filled_once_the_dense_run_has_hypotheses(runs):
+def test_a_p_value_left_empty_is_filled_once_the_dense_run_has_hypotheses(runs, monkeypatch):
     """A structured run evaluated before its dense partner (or first with baseline=false) has its p-values left
     empty; evaluated again once the partner has hypotheses, they are computed from its kept hypotheses and filled
     into its rows, never added as rows of their own; a value once there is never changed."""
@@ -204,7 +236,10 @@ def test_a_p_value_left_empty_is_filled_once_the_dense_run_has_hypotheses(runs):
     assert any("(evaluate it first); the p-value against it is left empty" in line for line in said)
     assert [r["p_value_vs_dense"] for r in _board(runs)] == ["", ""]
     _evaluate(runs, dense)
+    published: list[Path] = []
+    monkeypatch.setattr(leaderboard, "publish", published.append)
     rows = _evaluate(runs, structured, baseline=dense)
+    assert published == [runs.results_dir]  # no row added, but the values filled in reach the markdown
     for r in rows:
         expected = paired_bootstrap(
             runs.runs_dir / dense.run_id() / f"{r['test_set']}.de",
@@ -227,6 +262,47 @@ def test_a_p_value_left_empty_is_filled_once_the_dense_run_has_hypotheses(runs):
     _evaluate(runs, dense)
     assert _evaluate(runs, structured, baseline=dense) == rows
     assert [r for r in _board(runs) if r["run_id"] == structured.run_id()] == board
+
+
+def test_a_p_value_left_empty_on_one_test_set_is_filled_against_that_test_sets_references(runs):
+    """The dense partner had decoded one test set only when the structured run was evaluated: the other test set's
+    p-value, filled in once the partner has its hypotheses, pairs them with that test set's own references; the
+    value already there stays."""
+    raw = runs.results_dir.parent / "data" / "raw"
+    (raw / "test1.de").write_text("Ein Kind lacht im Park .\nZwei Katzen schlafen .\nEin Mann liest ein Buch .\n")
+    dense = runs(DENSE, [["Ein Mann .", "Zwei Hunde .", "Eine Frau liest ."]])
+    other = runs.results_dir.parent / "other"
+    evaluate_run(dense, runs_dir=runs.runs_dir, results_dir=other, log=quiet)  # no row here: its run folder pairs
+    (runs.runs_dir / dense.run_id() / "test_2017_flickr.de").unlink()
+    structured = runs(STRUCTURED, [["Ein Mann fährt Rad .", "Zwei Hunde spielen .", "Eine Frau liest ein Buch ."]])
+    first = _evaluate(runs, structured, baseline=dense)
+    assert first[0]["p_value_vs_dense"] != "" and first[1]["p_value_vs_dense"] == ""
+    _evaluate(runs, dense)  # its rows reach this leaderboard, with their files
+    rows = _evaluate(runs, structured, baseline=dense)
+    assert rows[0] == first[0]
+    dense_row = evaluation.first_evaluation(_board(runs), dense.run_id(), "test_2017_flickr")
+    pair = (evaluation.row_file(dense_row["hypothesis"]), evaluation.row_file(rows[1]["hypothesis"]))
+    expected = paired_bootstrap(*pair, raw / "test1.de")
+    assert (rows[1]["p_value_vs_dense"], rows[1]["bleu_ci95"]) == expected
+    assert expected != paired_bootstrap(*pair, raw / "test.de")
+
+
+def test_an_evaluation_waits_for_the_runs_lock(runs):
+    """Another job training or evaluating the run holds its lock: this evaluation decodes nothing until it is
+    released."""
+    import threading
+
+    from structmt.pipeline.training import run_lock
+
+    spec = runs(DENSE, [REFS])
+    done: list[list[dict]] = []
+    with run_lock(runs.runs_dir, spec.run_id()):
+        job = threading.Thread(target=lambda: done.append(_evaluate(runs, spec)))
+        job.start()
+        job.join(1.0)
+        assert job.is_alive() and runs.beams == []
+    job.join(30)
+    assert not job.is_alive() and len(done[0]) == 2 and len(runs.beams) == 2
 
 
 def test_provenance_and_timing_columns_come_from_training_and_this_evaluation(runs, monkeypatch):

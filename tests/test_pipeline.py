@@ -703,6 +703,8 @@ def test_a_rerun_is_a_wandb_run_of_its_own(tmp_path):
     assert rerun != first
     other = wandb_run_id("r1", [rerun])  # in this results folder, or evaluated first in another one
     assert other.startswith("r1-") and other != first_id and other == wandb_run_id("r1", [hyp])
+    # an evaluation whose second test set's hypotheses differ is a W&B run of its own too
+    assert wandb_run_id("r1", [first, rerun]) != wandb_run_id("r1", [first, first])
     folder = log_experiment(
         "r1",
         {},

@@ -89,6 +89,7 @@ def test_a_training_log_is_kept_gzipped_by_run_id_and_the_same_log_gives_the_sam
     assert gzip.decompress(kept.read_bytes()).decode() == log
     first = kept.read_bytes()
     assert keep_training_log(run_dir, tmp_path / "logs").read_bytes() == first  # no timestamp inside
+    assert first[4:8] == bytes(4)  # gzip's MTIME field: 0 (not this second's), so another day gives the same bytes
     (run_dir / "train.log").write_text(log + "resumed\n")  # a resumed run: the kept log follows it
     assert gzip.decompress(keep_training_log(run_dir, tmp_path / "logs").read_bytes()).decode().endswith("resumed\n")
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["m-s-dense-1.log.gz"]  # no temp files

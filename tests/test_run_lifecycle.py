@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -150,6 +150,31 @@ def test_a_half_trained_checkpoint_is_resumed_to_the_schedules_end(tmp_path, mon
     (args,) = calls
     assert args[args.index("--max-update") + 1] == "20"
     assert not (run_dir / "train.json").exists()
+    # the settings it trains with, kept before fairseq starts: a later command logs and fine-tunes from them
+    assert json.loads((run_dir / "spec.json").read_text()) == json.loads(json.dumps(asdict(spec)))
+
+
+def test_a_training_waits_for_the_runs_lock(tmp_path, monkeypatch):
+    """Another job of a sweep training (or evaluating) the run holds its lock: this one starts no fairseq-train
+    until it is released, then finds the run as the other left it."""
+    import threading
+
+    spec, run_dir, calls = _run(tmp_path, monkeypatch)
+    ended: list[BaseException] = []
+
+    def job():
+        try:
+            training.train_run(spec, runs_dir=tmp_path, log=quiet)
+        except Trained as err:
+            ended.append(err)
+
+    with training.run_lock(tmp_path, spec.run_id()):
+        waiting = threading.Thread(target=job)
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive() and calls == []
+    waiting.join(30)
+    assert not waiting.is_alive() and len(calls) == 1 and len(ended) == 1
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -498,6 +523,8 @@ def test_a_data_folder_prepared_again_with_another_vocabulary_is_refused_to_a_ru
     monkeypatch.setattr(evaluation, "decode", lambda *a, **k: pytest.fail("decoded with other token ids"))
     with pytest.raises(StepError, match=r"is not the dictionary .* was trained with"):
         evaluation.evaluate_run(spec, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", log=quiet)
+    with pytest.raises(StepError, match=r"is not the dictionary .* was trained with"):  # a sweep's objective too
+        evaluation.valid_bleu(spec, runs_dir=tmp_path / "runs", log=quiet)
 
 
 def test_a_resumed_finetune_names_its_start_once_and_keeps_the_time_it_carried(monkeypatch, tmp_path):
