@@ -1023,14 +1023,18 @@ def test_an_interrupted_wait_on_a_child_ends_the_child_and_forgets_it(tmp_path, 
 
     from structmt import console
 
+    pid_file = tmp_path / "child.pid"
+
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        if pid_file.exists():  # once the child runs (a loaded machine may take seconds to start it)
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(console, "_children", set())
-    pid_file = tmp_path / "child.pid"
-    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(30)"
+    written = f"{pid_file}.part"  # renamed into place: the file is there only once whole
+    child = f"import os, time; open({written!r}, 'w').write(str(os.getpid())); "
+    child += f"os.rename({written!r}, {str(pid_file)!r}); time.sleep(30)"
     previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.1)
     try:
         with pytest.raises(KeyboardInterrupt):
             console.run_child([sys.executable, "-c", child])
