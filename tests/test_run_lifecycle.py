@@ -306,37 +306,28 @@ def test_a_process_that_starts_dirty_stays_dirty_and_one_whose_git_fails_later_r
 
 
 @pytest.mark.reliability  # failure handling: docs/reliability.md
-def test_a_headline_recipe_refuses_a_dirty_tree_unless_allowed(tmp_path, monkeypatch):
-    monkeypatch.setattr(recipes, "git_commit", lambda: "abcdef0123456789+dirty")
-    ran: list = []
-    monkeypatch.setattr(recipes, "compare", lambda dense, structured, **kw: ran.append(dense) or [])
-    argv = ["reproduce", "--train-only", "--runs-dir", str(tmp_path), "--results-dir", str(tmp_path)]
-    with pytest.raises(SystemExit, match=r"^error: the checkout differs from commit abcdef012345 .*--allow-dirty"):
-        recipes.main(argv)
-    assert not ran
-    recipes.main(argv + ["--allow-dirty"])
-    assert len(ran) == 1
-    monkeypatch.setattr(recipes, "git_commit", lambda: "unknown")  # no git, or a copy inside another repository
-    with pytest.raises(
-        SystemExit, match=r"^error: this checkout's commit cannot be read \(.*safe.directory.*--allow-dirty"
-    ):
-        recipes.main(argv)
-
-
 @pytest.mark.parametrize("recipe, keep_logs", [("demo", False), ("reproduce", True), ("finetune", True)])
 def test_a_recipe_compares_its_pair_in_the_folders_given_and_only_the_headline_needs_a_clean_tree(
     tmp_path, monkeypatch, capsys, recipe, keep_logs
 ):
-    """The headline recipes (their rows are the README's) refuse a dirty tree and keep their training logs; the
-    demo does neither. ``--train-only`` prints no table; a data problem is one error line."""
-    monkeypatch.setattr(recipes, "git_commit", lambda: "abcdef0123456789+dirty")
+    """The headline recipes (their rows are the README's) refuse a dirty tree, or one whose commit cannot be read,
+    and keep their training logs; the demo does neither. ``--train-only`` prints no table; a data problem is one
+    error line."""
     seen: list[dict] = []
     monkeypatch.setattr(recipes, "compare", lambda dense, structured, **kw: seen.append(kw) or [])
     runs, results = tmp_path / "r", tmp_path / "s"
     argv = [recipe, "--runs-dir", str(runs), "--results-dir", str(results)]
+    monkeypatch.setattr(recipes, "git_commit", lambda: "abcdef0123456789+dirty")
     if keep_logs:
         with pytest.raises(SystemExit, match=r"^error: the checkout differs from commit abcdef012345 .*--allow-dirty"):
             recipes.main(argv)
+        with monkeypatch.context() as m:
+            m.setattr(recipes, "git_commit", lambda: "unknown")  # no git, or a copy inside another repository
+            with pytest.raises(
+                SystemExit, match=r"^error: this checkout's commit cannot be read \(.*safe.directory.*--allow-dirty"
+            ):
+                recipes.main(argv)
+        assert not seen
         argv.append("--allow-dirty")
     recipes.main(argv + ["--train-only"])
     assert seen == [{"runs_dir": runs, "results_dir": results, "train_only": True, "keep_logs": keep_logs}]
