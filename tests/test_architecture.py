@@ -184,6 +184,11 @@ def test_a_rare_head_outside_its_model_asks_for_the_context():
     gen = torch.Generator().manual_seed(0)
     tokens = torch.stack([torch.randperm(16, generator=gen)[:5] + 4 for _ in range(2)])  # distinct tokens
     context = TokenContext.from_tokens(tokens, torch.arange(20), torch.zeros(20, dtype=torch.bool))  # count = id
+    without = TokenContext.from_tokens(tokens, torch.arange(20), torch.zeros(20, dtype=torch.bool), need_rarity=False)
+    with pytest.raises(RuntimeError, match="rare-token heads need the rarity keys of the input tokens; none were"):
+        attn(x, x, x, context=without)
+    with pytest.raises(RuntimeError, match=r"the token context holds \(2, 4\) tokens, the input \(2, 5\)"):
+        attn(x, x, x, context=TokenContext.from_tokens(tokens[:, :4], torch.arange(20), torch.zeros(20, dtype=bool)))
     out, _ = attn(x, x, x, context=context)
     # the rare head sees the column of each sentence's rarest token (its smallest id here), from every query
     rarest = tokens.argmin(-1).view(2, 1, 1).expand(2, 5, 1)
@@ -294,6 +299,34 @@ def test_a_resume_under_other_head_counts_is_refused_for_a_dense_model_too():
         "its settings differ from this command's: --decoder-attention-heads 4 when trained, 8 now"
     )
     assert resume_problem({"_name": "transformer_tiny"}, now, torch.nn.Module()) == ""  # not recorded: no claim
+    # a checkpoint of settings saved as a DictConfig names its arch in _name
+    assert resume_problem({"_name": "structured_transformer_tiny"}, now, torch.nn.Module()) == (
+        "it holds a model of --arch structured_transformer_tiny, and this command trains a dense one "
+        "(--arch transformer_tiny)"
+    )
+
+
+def test_a_resume_takes_unrecorded_options_at_their_defaults_and_other_counts_under_rare_heads_only(dict_dir):
+    """A checkpoint saved before an option existed was trained at its default (no change); the dictionaries'
+    counts matter to a model with rare-token heads only."""
+    from argparse import Namespace
+
+    from structmt.models.structured_transformer import RARITY_COUNTS, resume_problem
+
+    base = [str(dict_dir), "--user-dir", str(REPO / "structmt"), "--arch", "structured_transformer_tiny", *TASK, *SMALL]
+    for heads, counts_matter in [("pos:2,syn:2", False), ("pos:1,syn:1,rare:2", True)]:
+        args = options.parse_args_and_arch(options.get_training_parser(), [*base, "--struct-heads", heads])
+        model = tasks.setup_task(args).build_model(args)
+        saved = Namespace(**vars(args))
+        del saved.struct_error  # not recorded: at its default ('none'), as now
+        assert resume_problem(saved, args, model) == ""
+        setattr(saved, RARITY_COUNTS, "0" * 16)
+        assert resume_problem(saved, args, model) == (
+            "its structure differs from this command's: the token counts of the dictionaries (dict.*.txt) differ "
+            "from those it was trained with, which its rare-token heads rank tokens by"
+            if counts_matter
+            else ""
+        )
 
 
 def test_bf16_trains_without_a_tpu(data_bin, tmp_path):
@@ -303,6 +336,30 @@ def test_bf16_trains_without_a_tpu(data_bin, tmp_path):
     assert state["cfg"]["common"]["bf16"] and not state["cfg"]["common"]["tpu"]
     assert state["optimizer_history"][-1]["num_updates"] == 2
     assert state["optimizer_history"][-1]["optimizer_name"] == "FP16Optimizer"  # fairseq's half-precision path
+
+
+def test_a_target_dictionary_of_other_counts_is_refused_under_rare_heads_only(dict_dir, tmp_path):
+    """The digest a model records covers both dictionaries' counts: other counts in dict.de.txt alone (the
+    decoder's) are refused where a head ranks tokens by them; a model without rare-token heads builds."""
+    from structmt.models.structured_transformer import RARITY_COUNTS
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(dict_dir / "dict.en.txt", other / "dict.en.txt")
+    lines = (dict_dir / "dict.de.txt").read_text().splitlines()
+    (other / "dict.de.txt").write_text("".join(f"{line.rsplit(' ', 1)[0]} 100\n" for line in lines))
+    for heads, refused in [("pos:1,syn:1,rare:2", True), ("pos:2,syn:2", False)]:
+        argv = ["--user-dir", str(REPO / "structmt"), "--arch", "structured_transformer_tiny", *TASK, *SMALL]
+        argv += ["--struct-heads", heads]
+        trained = options.parse_args_and_arch(options.get_training_parser(), [str(dict_dir), *argv])
+        tasks.setup_task(trained).build_model(trained)
+        args = options.parse_args_and_arch(options.get_training_parser(), [str(other), *argv])
+        setattr(args, RARITY_COUNTS, getattr(trained, RARITY_COUNTS))  # as loading its checkpoint sets it
+        if refused:
+            with pytest.raises(ValueError, match=r"token counts of this data folder's dictionaries \(dict.\*.txt\)"):
+                tasks.setup_task(args).build_model(args)
+        else:
+            tasks.setup_task(args).build_model(args)
 
 
 def test_more_rare_columns_than_positions_is_refused_naming_the_option(dict_dir):
@@ -383,14 +440,38 @@ def test_settings_given_as_a_dictconfig_build_the_structure_they_name(dict_dir):
     args = options.parse_args_and_arch(options.get_training_parser(), argv + struct)
     task = tasks.setup_task(args)
     cfg = OmegaConf.create({"_name": "structured_transformer_tiny", "struct_window": 5, "struct_rare": 0,
-                            "struct_cross_window": 2})  # fmt: skip
+                            "struct_cross_window": 2, RARITY_COUNTS: ""})  # fmt: skip
     hydra_model, namespace_model = build_model(cfg, task), task.build_model(args)
     assert [str(m) for m in hydra_model.modules()] == [str(m) for m in namespace_model.modules()]
     assert hydra_model.encoder.layers[0].self_attn.structure.window == (5, 5)
-    assert cfg.struct_heads == "auto" and cfg[RARITY_COUNTS] == getattr(args, RARITY_COUNTS)  # what checkpoints save
+    # what checkpoints save: the settings the build added (struct_heads) and those it changed (the counts' digest,
+    # given "" as --model-overrides gives it to take new counts)
+    assert cfg.struct_heads == "auto" and cfg[RARITY_COUNTS] == getattr(args, RARITY_COUNTS) != ""
     for key, message in [("struct_windw", "struct_windw: no structmt option"), ("window", "window: structmt-run's")]:
         with pytest.raises(ValueError, match=message):
             build_model(OmegaConf.create({"_name": "structured_transformer_tiny", key: 5}), task)
+
+
+def test_structured_archs_take_the_hyperparameters_of_the_dense_archs_they_mirror(dict_dir):
+    """Each structured arch is its dense fairseq arch with structured attention: a dense baseline of the mirrored
+    arch has the same hyperparameters (transformer_multi30k: 4+4 layers, 128 wide, FFN 256, 4 heads, shared
+    embeddings)."""
+    from structmt.models.structured_transformer import MIRRORED_ARCHS
+
+    def settings(arch: str) -> dict:
+        argv = [str(dict_dir), "--user-dir", str(REPO / "structmt"), "--arch", arch, *TASK]
+        return vars(options.parse_args_and_arch(options.get_training_parser(), argv))
+
+    for structured in MIRRORED_ARCHS:
+        dense = settings(structured.replace("structured_", "", 1))
+        ours = settings(structured)
+        assert {k: ours[k] for k in dense if k != "arch"} == {k: v for k, v in dense.items() if k != "arch"}
+    multi30k = settings("structured_transformer_multi30k")
+    for side in ("encoder", "decoder"):
+        assert [multi30k[f"{side}_{key}"] for key in ("layers", "embed_dim", "ffn_embed_dim", "attention_heads")] == [
+            4, 128, 256, 4
+        ]  # fmt: skip
+    assert multi30k["share_all_embeddings"]
 
 
 def test_build_model_from_a_partial_namespace(dict_dir):

@@ -59,6 +59,9 @@ def test_full_window_equals_fairseq_multihead_attention():
         assert (got_w - want_w).abs().max() <= 1e-5
         without, none = ours(x, x, x, key_padding_mask=pad, need_weights=False)
         assert none is None and (without - got).abs().max() <= 1e-5
+        # need_head_weights implies need_weights (fairseq's documented rule): the (H, B, T, S) weights of each head
+        _, heads = ours(x, x, x, key_padding_mask=pad, need_weights=False, need_head_weights=True)
+        assert heads.shape == (H, B, T, T) and (heads.mean(0) - got_w).abs().max() <= 1e-6
         g = torch.randn_like(want)
         (want * g).sum().backward()
         (got * g).sum().backward()
@@ -477,8 +480,20 @@ def test_a_decoding_step_with_a_full_pass_context_is_refused():
     full = TokenContext.from_tokens(tokens, counts, never)
     with pytest.raises(RuntimeError, match="needs the decoder's incremental TokenContext"):
         mha(x, x, x, incremental_state={}, context=full)
+    cross = StructuredCrossAttention.from_dense(MultiheadAttention(16, 2, encoder_decoder_attention=True), CrossBand(1))
+    with pytest.raises(RuntimeError, match="structured cross-attention needs the decoder's step context"):
+        cross(x, x, x, incremental_state={}, context=full)
     step = TokenContext.from_tokens(tokens[:, :1], counts, never, incremental=True)  # the first step
     assert mha(x, x, x, incremental_state={}, context=step)[0].shape == (1, 1, 16)
+    # nor does a step of a block that is not causal, one of two tokens, or a first cross step without the source
+    encoder = StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 2, window=1))
+    with pytest.raises(RuntimeError, match="incremental decoding needs a causal structure"):
+        encoder(x, x, x, incremental_state={}, context=step)
+    two = torch.randn(2, 1, 16)
+    with pytest.raises(RuntimeError, match="incremental decoding feeds one token at a time"):
+        mha(two, two, two, incremental_state={}, context=step)
+    with pytest.raises(RuntimeError, match="structured cross-attention needs the encoder output at the first step"):
+        cross(x, None, None, incremental_state={}, context=step)
     # rare-token heads without the tokens' rarity would attend as syntactic ones: refused, as in a full pass
     rare = StructuredMultiheadAttention(16, 2, Structure.from_roles(["rare"] * 2, window=1, rare=1, causal=True))
     blind = TokenContext.from_tokens(tokens[:, :1], counts, never, incremental=True, need_rarity=False)
@@ -570,9 +585,18 @@ def test_a_causal_block_takes_fairseqs_future_mask_and_refuses_any_other_attn_ma
     bias[3, 1] = -1.0  # a bias on a past key
     masked = future.isinf()
     masked[2, 2] = True  # a query's own key
-    for bad, message in ((bias, "nonzero"), (masked, "nonzero"), (future[:4], r"future mask, T = 5; got shape")):
+    for bad, message in (
+        (bias, "nonzero"),
+        (masked, "nonzero"),
+        (future[:4], r"future mask, T = 5; got shape"),
+        (future[:, :4], r"future mask, T = 5; got shape \(5, 4\)"),  # fewer keys than queries
+    ):
         with pytest.raises(ValueError, match=message):
             mha(x, x, x, attn_mask=bad)
+    # a block that is not causal (an encoder's) has no future mask to take: any attn_mask would be ignored
+    encoder = StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 2, window=2)).eval()
+    with pytest.raises(NotImplementedError, match="an extra attn_mask is only accepted as the causal mask"):
+        encoder(x, x, x, attn_mask=future)
     step = torch.zeros(1, 3)  # a decoding step's mask: a row with nothing masked
     assert mha(x[:1], x[:1], x[:1], incremental_state={}, attn_mask=step)[0].shape == (1, 2, 16)
     with pytest.raises(ValueError, match="nonzero"):
@@ -589,13 +613,24 @@ def test_the_structured_blocks_refuse_keys_values_and_impls_they_would_not_use()
     x, memory = torch.randn(5, 2, 16), torch.randn(7, 2, 16)
     out = mha(x, x, x)[0]
     assert torch.equal(mha(x, None, None)[0], out) and torch.equal(mha(x, x.view(5, 2, 16), x[:])[0], out)
-    for key, value in ((memory, memory), (x.clone(), x), (x, x.clone())):
+    square = torch.randn(4, 4, 16)  # its transpose shares its memory and shape, not its strides: other tokens
+    for query, key, value in (
+        (x, memory, memory),
+        (x, x.clone(), x),
+        (x, x, x.clone()),
+        (square, square.transpose(0, 1), None),
+    ):
         with pytest.raises(ValueError, match="must be the query tensor itself"):
-            mha(x, key, value)
+            mha(query, key, value)
+    with pytest.raises(NotImplementedError, match="before_softmax is not supported by structured attention"):
+        mha(x, x, x, before_softmax=True)
     cross = StructuredCrossAttention.from_dense(MultiheadAttention(16, 2, encoder_decoder_attention=True), CrossBand(1))
     assert torch.equal(cross(x, memory, memory)[0], cross(x, memory, None)[0])
     with pytest.raises(ValueError, match="value must be the key tensor itself"):
         cross(x, memory, memory.clone())
+    for extra in ({"before_softmax": True}, {"attn_mask": torch.zeros(5, 7)}):
+        with pytest.raises(NotImplementedError, match="structured cross-attention takes no attn_mask / before_softm"):
+            cross(x, memory, memory, **extra)
     holes = torch.tensor([[False, True, False, False, False, False, False], [False] * 7])  # a pad inside row 0
     with pytest.raises(ValueError, match="real source tokens of each row must be contiguous"):
         cross(x, memory, memory, key_padding_mask=holes)  # the band would count from the wrong token

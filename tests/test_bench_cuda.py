@@ -84,6 +84,18 @@ def test_missing_measurements_are_null_and_not_met():
     assert len(nothing) == 6 and all(g["measured"] is None and g["met"] is False for g in nothing)
 
 
+def test_a_peak_of_zero_is_a_measurement_of_flatness_not_a_gap():
+    """A peak of 0 bytes is measured, not missing: 0 per token everywhere is flat (1.0), 0 beside a non-zero
+    peak is not (infinite); the T outside the span do not count."""
+    row = {"T": 1000, "batch": 4}
+    assert common.per_1k_tokens_mib(row | {"peak": 4 * MiB}, "peak") == 1.0
+    assert common.per_1k_tokens_mib(row | {"peak": 0}, "peak") == 0.0
+    assert common.per_1k_tokens_mib(row | {"peak": None}, "peak") is None
+    assert common.flatness({1024: 0.0, 4096: 0.0}, (1024, 4096)) == 1.0
+    assert common.flatness({1024: 0.0, 2048: 2.0, 4096: 1.0}, (1024, 4096)) == float("inf")
+    assert common.flatness({512: 9.0, 1024: 1.0, 2048: 3.0, 4096: 1.5}, (1024, 4096)) == 3.0
+
+
 def test_table_shows_times_ratios_failures_and_goals():
     results = _results()
     row = results["rows"][2]

@@ -570,6 +570,9 @@ def test_report_names_a_file_that_is_not_json(tmp_path):
     (tmp_path / "bench_decode.json").write_text('{"command": ')
     with pytest.raises(DataError, match=r"bench_decode\.json: not a JSON record of structmt-bench \(Expecting"):
         report.render(tmp_path)
+    (tmp_path / "bench_decode.json").write_bytes(b'{"command": "\xff"}')  # not UTF-8 either
+    with pytest.raises(DataError, match=r"bench_decode\.json: not a JSON record of structmt-bench \('utf-8' codec"):
+        report.render(tmp_path)
 
 
 def test_report_states_the_settings_its_json_records():

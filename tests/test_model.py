@@ -51,6 +51,14 @@ TINY = (
             "--decoder-xformers-att-config: the decoder's self-attention is structured and does not run through",
         ),
         (
+            ("--encoder-xformers-att-config", '{"name": "scaled_dot_product"}'),
+            "--encoder-xformers-att-config: the encoder's self-attention is structured and does not run through",
+        ),
+        (
+            ("--struct-cross-window", "2", "--no-cross-attention"),
+            "--struct-cross-window needs a decoder with cross-attention \\(not --no-cross-attention\\)",
+        ),
+        (
             ("--struct-cross-window", "2", "--criterion", "label_smoothed_cross_entropy_with_alignment"),
             "--criterion label_smoothed_cross_entropy_with_alignment supervises the cross-attention weights",
         ),
@@ -62,12 +70,23 @@ def test_bad_configuration_fails_at_build_time(dict_dir, extra, message):
         build(dict_dir, "structured_transformer_tiny", *TINY, *extra)
 
 
-def test_a_dense_block_on_xformers_is_not_adopted():
-    """A block built with an xFormers config (installed or not) would be adopted and its config ignored."""
+def test_a_dense_block_the_structure_would_not_fully_use_is_not_adopted():
+    """A block built with an xFormers config (installed or not) would be adopted and its config ignored; so would
+    its extra key/value biases or zero attention, another block kind, or another head count."""
+    structure = Structure.from_roles(["syntactic"] * 2, window=1)
     dense = MultiheadAttention(16, 2, self_attention=True)
     dense.use_xformers = True
     with pytest.raises(ValueError, match="does not run through xFormers: leave --encoder-xformers-att-config"):
-        StructuredMultiheadAttention.from_dense(dense, Structure.from_roles(["syntactic"] * 2, window=1))
+        StructuredMultiheadAttention.from_dense(dense, structure)
+    for extra in ({"add_bias_kv": True}, {"add_zero_attn": True}):
+        dense = MultiheadAttention(16, 2, self_attention=True, **extra)
+        with pytest.raises(ValueError, match="structured attention does not support add_bias_kv / add_zero_attn"):
+            StructuredMultiheadAttention.from_dense(dense, structure)
+    cross = MultiheadAttention(16, 2, encoder_decoder_attention=True)
+    with pytest.raises(ValueError, match="structured attention applies to self-attention blocks only"):
+        StructuredMultiheadAttention.from_dense(cross, structure)
+    with pytest.raises(ValueError, match="structure has 4 heads, the attention 2"):
+        StructuredMultiheadAttention(16, 2, Structure.from_roles(["syntactic"] * 4, window=1))
 
 
 def test_retain_dropout_keeps_attention_dropout_on_at_inference(dict_dir):
@@ -309,8 +328,9 @@ CROSS_BAND = ("--struct-cross-window", "1")
         ((), [2, 0], False),
         (CROSS_BAND, [2, 0], False),
         (CROSS_BAND, [2, 0, 0], False),
+        (("--struct-apply", "encoder", *CROSS_BAND), [2, 0], False),  # dense self-attention, the band still steps
     ],
-    ids=["beams", "beams-band", "shrunk", "shrunk-band", "sentences-band"],
+    ids=["beams", "beams-band", "shrunk", "shrunk-band", "sentences-band", "dense-self-band"],
 )
 def test_beam_reorder_keeps_incremental_state_consistent(dict_dir, extra, order, same_source):
     """Reordered (beam search's new order) or shrunk (finished sentences dropped) mid-decoding, the steps go on
