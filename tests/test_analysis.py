@@ -1,6 +1,7 @@
 """Projection onto Σ against brute force, the rare columns against the model's rare tokens, the
 thesis's random search as described, and the report's quote of the thesis."""
 
+import argparse
 import itertools
 import json
 import math
@@ -790,6 +791,32 @@ def test_a_ratio_just_below_the_goal_is_never_shown_as_reaching_it():
     assert (_times(4.996, 1.0), _times(1.0, 0.0)) == ("4.99×", "∞×")  # rounded down below the goal; no error: ∞
 
 
+def test_a_recording_attention_module_returns_what_its_caller_asks_for(dict_dir):
+    """Recording per-head weights changes nothing a caller of the module gets: its output, head-averaged weights
+    by default, none with need_weights=False, each head's with need_head_weights."""
+    from structmt.analysis.extract import _Recorder
+
+    size = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16"]
+    _, model = build(dict_dir, "transformer", *size, "--encoder-attention-heads", "2")
+    attn = model.encoder.layers[0].self_attn
+    x = torch.randn(5, 2, 16, generator=torch.Generator().manual_seed(0))  # (time, batch, channels)
+    with torch.no_grad():
+        want_out, want_weights = attn(x, x, x)
+        recorder = _Recorder(attn)
+        try:
+            out, weights = attn(x, x, x)
+            _, none = attn(x, x, x, need_weights=False)
+            _, heads = attn(x, x, x, need_head_weights=True)
+        finally:
+            recorder.remove()
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(weights, want_weights)
+    assert none is None and heads.shape == (2, 2, 5, 5) and torch.equal(heads, recorder.weights)
+    attn.forward = wrapped = attn.forward  # a forward of the instance's own (another wrapper's): put back
+    _Recorder(attn).remove()
+    assert vars(attn)["forward"] is wrapped
+
+
 def test_extraction_from_a_structured_model_is_zero_outside_its_support(dict_dir):
     from structmt.analysis.extract import _attention_modules, _Recorder
 
@@ -883,6 +910,10 @@ def test_a_checkpoint_that_is_not_a_transformer_is_named(data_bin, tmp_path):
     torch.save(legacy, tmp_path / "legacy.pt")  # (fairseq upgrades it by the architecture's name: a KeyError)
     with pytest.raises(ValueError, match=r"legacy.pt: a model of --arch my_plugin_lstm, which neither fairseq nor"):
         load_model(tmp_path / "legacy.pt", data_bin)
+    del state["cfg"]["model"].arch  # a model registered with a dataclass of its settings records its _name alone
+    torch.save(state, tmp_path / "named.pt")
+    with pytest.raises(ValueError, match=r"named.pt: a model of --arch my_plugin_lstm, which neither fairseq nor"):
+        load_model(tmp_path / "named.pt", data_bin)
     # a real checkpoint with dictionaries it was not trained on: named so, not "not a checkpoint"
     (tmp_path / "other_bin").mkdir()
     other_bin = make_dict_dir(tmp_path / "other_bin", size=7)
@@ -980,6 +1011,15 @@ def test_a_checkpoint_read_with_other_dictionaries_of_the_same_size_is_said(data
     assert warned.startswith(
         f"{other / 'dict.de.txt'} differs from {data_bin / 'dict.de.txt'}, of the data-bin {sharded}"
     )
+    # fairseq's older format records the data-bin in its args: compared the same, before it is read
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"args": argparse.Namespace(arch="transformer", data=str(data_bin)), "model": {}}, legacy)
+    caplog.clear()
+    with pytest.raises(ValueError):  # no weights: not a whole checkpoint
+        load_model(legacy, other)
+    assert said()[0].startswith(
+        f"{other / 'dict.de.txt'} differs from {data_bin / 'dict.de.txt'}, of the data-bin {legacy}"
+    )
     with pytest.raises(ValueError) as err:
         load_model(copied, unjoined)
     assert str(err.value).endswith(
@@ -1025,6 +1065,8 @@ def test_extraction_in_batches_equals_one_sentence_at_a_time(data_bin, arch, fli
     for s in alone:
         b = batched[s.sample_id]
         assert (b.src_len, b.tgt_len) == (s.src_len, s.tgt_len) and torch.equal(b.src_tokens, s.src_tokens)
+        assert torch.equal(b.tgt_tokens, s.tgt_tokens) and len(b.tgt_tokens) == b.tgt_len
+        assert b.tgt_tokens[0] == task.target_dictionary.eos()  # teacher-forced: </s>, then the reference
         for block, layers in s.weights.items():
             for mine, theirs in zip(b.weights[block], layers, strict=True):
                 torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)

@@ -793,6 +793,18 @@ def test_options_set_but_without_effect_are_warned_about(dict_dir, caplog, tmp_p
     ]
 
 
+def test_bf16_means_a_tpu_only_where_the_command_line_asks_for_one(dict_dir, monkeypatch):
+    """fairseq-train parses sys.argv (no input_args), and a caller may parse_known: --bf16 alone sets no --tpu
+    either way; --bf16 --tpu keeps it."""
+    given = [str(dict_dir), "--user-dir", str(REPO / "structmt"), "--arch", "structured_transformer_tiny", *TASK]
+    for extra, tpu in ((["--bf16"], False), (["--bf16", "--tpu"], True)):
+        known, _ = options.parse_args_and_arch(options.get_training_parser(), [*given, *extra], parse_known=True)
+        assert (known.bf16, known.tpu) == (True, tpu)
+        monkeypatch.setattr(sys, "argv", ["fairseq-train", *given, *extra])
+        args = options.parse_args_and_arch(options.get_training_parser())
+        assert (args.bf16, args.tpu) == (True, tpu)
+
+
 def test_fp16_with_bf16_is_refused_naming_both(dict_dir):
     """fairseq turned --bf16 into --tpu and then said it "cannot combine --fp16 and --tpu", naming a TPU nobody
     asked for."""

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from structmt.checkpoints import average_checkpoints, checkpoint_updates, last_checkpoints
+from structmt.checkpoints import average_checkpoints, checkpoint_updates, interval_checkpoint_name, last_checkpoints
 from structmt.fairseq_cli import StepError
 from structmt.fairseq_fixes import SLIM_OLD_CHECKPOINTS
 from structmt.paths import DataFolder, RunFolder
@@ -47,7 +48,10 @@ def _checkpoint(path: Path, updates: int, scale: float, **more) -> dict[str, tor
 
 def test_the_average_is_the_mean_of_each_weight_with_the_newest_checkpoints_record(tmp_path):
     paths = [tmp_path / f"c{i}.pt" for i in range(3)]
-    saved = [_checkpoint(p, u, s) for p, u, s in zip(paths, (600, 400, 200), (0.3, 1.1, 2.9), strict=True)]
+    saved = [
+        _checkpoint(p, u, s, **{"decoder.d": torch.full((3,), s, dtype=torch.float64)})
+        for p, u, s in zip(paths, (600, 400, 200), (0.3, 1.1, 2.9), strict=True)
+    ]
     out = tmp_path / "avg.pt"
     assert average_checkpoints(paths, out) == [600, 400, 200]
     state = torch.load(out)
@@ -55,6 +59,8 @@ def test_the_average_is_the_mean_of_each_weight_with_the_newest_checkpoints_reco
         want = sum(w[name].double() for w in saved) / 3
         assert state["model"][name].dtype == torch.float32  # fp16 weights averaged into float32, as fairseq's
         assert torch.equal(state["model"][name], want.float())
+    want = sum(w["decoder.d"] for w in saved) / 3  # float64 weights stay float64 (wider than float32: kept)
+    assert state["model"]["decoder.d"].dtype == torch.float64 and torch.equal(state["model"]["decoder.d"], want)
     assert torch.equal(state["model"]["decoder.version"], torch.tensor([3]))
     assert (
         state["model"]["decoder.w"].untyped_storage().data_ptr()
@@ -82,6 +88,32 @@ def test_checkpoints_of_other_models_are_refused_naming_the_file(tmp_path, more,
     assert not (tmp_path / "avg.pt").exists()
 
 
+def test_a_checkpoint_without_model_weights_is_refused_naming_it(tmp_path):
+    _checkpoint(tmp_path / "c0.pt", 20, 1.0)
+    for weights in ({"model": {}}, {}):  # an empty state dict, or none at all
+        torch.save(weights | {"optimizer_history": [{"num_updates": 10}]}, tmp_path / "c1.pt")
+        with pytest.raises(ValueError, match=r"c1\.pt: holds no model weights; give checkpoints fairseq-train wrote"):
+            average_checkpoints([tmp_path / "c0.pt", tmp_path / "c1.pt"], tmp_path / "avg.pt")
+    assert not (tmp_path / "avg.pt").exists()
+
+
+def test_other_views_of_one_buffer_are_weights_of_their_own(tmp_path):
+    """Only the same view of the same memory is one (tied) weight: other parts of one flat buffer (another offset),
+    a shorter view (another shape) or a transpose (other strides) are each averaged as themselves."""
+    paths = [tmp_path / "c0.pt", tmp_path / "c1.pt"]
+    for path, scale in zip(paths, (1.0, 3.0), strict=True):
+        flat = torch.arange(12, dtype=torch.float32) * scale
+        square = flat[:4].view(2, 2)
+        views = {"flat.a": flat[:6], "flat.b": flat[6:], "flat.c": flat[:3], "square": square, "square.t": square.t()}
+        _checkpoint(path, 10, scale, **views)
+    average_checkpoints(paths, tmp_path / "avg.pt")
+    model = torch.load(tmp_path / "avg.pt")["model"]
+    mean = torch.arange(12, dtype=torch.float32) * 2
+    assert torch.equal(model["flat.a"], mean[:6]) and torch.equal(model["flat.b"], mean[6:])
+    assert torch.equal(model["flat.c"], mean[:3])
+    assert torch.equal(model["square"], mean[:4].view(2, 2)) and torch.equal(model["square.t"], mean[:4].view(2, 2).t())
+
+
 def test_the_last_checkpoints_are_the_last_one_and_those_saved_before_it(tmp_path):
     """One saved at the last update holds its weights (not counted twice); one of a later update is an earlier
     training's, left in the folder (not this training's)."""
@@ -102,11 +134,19 @@ def test_the_last_checkpoints_are_the_last_one_and_those_saved_before_it(tmp_pat
         last_checkpoints(run, 4, 200)
     # one of the window missing (fairseq left out an interval at an epoch's end): never the next older one instead
     (run.checkpoints / "checkpoint_2_400.pt").unlink()
+    (run.checkpoints / "checkpoint_2_400.pt.tmp-copy").write_bytes(b"")  # a copy killed half way: not the checkpoint
     with pytest.raises(ValueError, match=r"of updates 400, 200 \(200 apart\); 400 missing"):
         last_checkpoints(run, 3, 200)
     # the last update not a multiple of the interval: the multiples before it
     _checkpoint(run.last_checkpoint, 650, 1.0)
     assert last_checkpoints(run, 2, 200) == [run.last_checkpoint, run.checkpoints / "checkpoint_3_600.pt"]
+
+
+def test_an_interval_checkpoints_suffix_is_matched_as_written():
+    """fairseq-train's --checkpoint-suffix is any text: its dots and pluses are themselves, not a pattern's."""
+    named = interval_checkpoint_name("-v1.0+x")
+    assert re.fullmatch(named, "checkpoint_3_600-v1.0+x.pt")[1] == "600"
+    assert not re.fullmatch(named, "checkpoint_3_600-v1a0+x.pt") and not re.fullmatch(named, "checkpoint_3_600.pt")
 
 
 def test_averaging_a_run_without_its_last_checkpoint_says_it_is_missing(tmp_path):
@@ -272,6 +312,34 @@ def test_translate_loads_the_averaged_model_of_an_averaging_run(tmp_path, monkey
         assert translate.Translator(tmp_path).checkpoint == want and loaded[-1] == want
 
 
+class _Trainer:
+    """fairseq's Trainer as fairseq's save_checkpoint uses it: its checkpoint holds its updates."""
+
+    data_parallel_rank, checkpoint_suffix, updates, task = 0, "", 0, None
+    should_save_checkpoint_on_current_rank, always_call_state_dict_during_save_checkpoint = True, False
+
+    def consolidate_optimizer(self):
+        pass
+
+    def get_num_updates(self):
+        return self.updates
+
+    def save_checkpoint(self, filename, extra_state):
+        history, optimizer = [{"num_updates": self.updates}], {"step": torch.tensor(self.updates)}
+        state = {"updates": self.updates, "optimizer_history": history, "last_optimizer_state": optimizer}
+        torch.save(state | {"extra_state": extra_state}, filename)
+
+
+class _Epochs:
+    epoch, ends = 1, False
+
+    def end_of_epoch(self):
+        return self.ends
+
+    def state_dict(self):
+        return {"epoch": self.epoch}
+
+
 @pytest.mark.parametrize("slim, killed", [(False, False), (True, False), (False, True)])
 def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, monkeypatch, slim, killed):
     """fairseq's own save_checkpoint (as fairseq-train calls it) leaves out checkpoint_<epoch>_<updates>.pt where
@@ -279,40 +347,16 @@ def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, m
     checkpoint_last.pt moved on. With the plugin loaded it is written, and the kept ones are the newest three.
     In structmt-run's trainings (STRUCTMT_SLIM_OLD_CHECKPOINTS=1) the older ones keep no optimiser state. A process
     killed between the epoch's save and that copy has it made by the next save (its resume)."""
-    monkeypatch.setenv(SLIM_OLD_CHECKPOINTS, "1" if slim else "")
+    monkeypatch.setenv(SLIM_OLD_CHECKPOINTS, "1" if slim else "0")
     from fairseq import checkpoint_utils
     from fairseq.dataclass.configs import CheckpointConfig
 
     import structmt  # noqa: F401  (applies the fixes, as --user-dir does)
 
-    class Trainer:
-        data_parallel_rank, checkpoint_suffix, updates, task = 0, "", 0, None
-        should_save_checkpoint_on_current_rank, always_call_state_dict_during_save_checkpoint = True, False
-
-        def consolidate_optimizer(self):
-            pass
-
-        def get_num_updates(self):
-            return self.updates
-
-        def save_checkpoint(self, filename, extra_state):
-            history, optimizer = [{"num_updates": self.updates}], {"step": torch.tensor(self.updates)}
-            state = {"updates": self.updates, "optimizer_history": history, "last_optimizer_state": optimizer}
-            torch.save(state | {"extra_state": extra_state}, filename)
-
-    class Epochs:
-        epoch, ends = 1, False
-
-        def end_of_epoch(self):
-            return self.ends
-
-        def state_dict(self):
-            return {"epoch": self.epoch}
-
     cfg = CheckpointConfig(
         save_dir=str(tmp_path), save_interval_updates=10, keep_interval_updates=3, no_epoch_checkpoints=True
     )
-    trainer, epochs = Trainer(), Epochs()
+    trainer, epochs = _Trainer(), _Epochs()
     for updates, epoch, ends in [(10, 1, False), (20, 1, False), (30, 1, True), (40, 2, False), (45, 2, True),
                                  (50, 3, False), (60, 3, True)]:  # fmt: skip
         trainer.updates, epochs.epoch, epochs.ends = updates, epoch, ends
@@ -335,6 +379,84 @@ def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, m
     }
 
 
+INTERVALS = ["checkpoint_1_10.pt", "checkpoint_1_20.pt", "checkpoint_1_30.pt"]
+
+
+@pytest.mark.parametrize(
+    "settings, attributes, written",
+    [
+        ({}, {}, ["checkpoint1.pt", *INTERVALS, "checkpoint_last.pt"]),  # fairseq's epoch checkpoint holds them
+        ({"no_epoch_checkpoints": True, "no_last_checkpoints": True}, {}, INTERVALS),  # no last: no copy
+        ({"no_epoch_checkpoints": True, "no_save": True}, {}, []),
+        ({"no_epoch_checkpoints": True}, {"should_save_checkpoint_on_current_rank": False}, []),  # not rank 0
+        (
+            {"no_epoch_checkpoints": True},
+            {"checkpoint_suffix": "-shard0"},  # --checkpoint-suffix: each name ends with it
+            [f"checkpoint_1_{u}-shard0.pt" for u in (10, 20, 30, 40)] + ["checkpoint_last-shard0.pt"],
+        ),
+        (  # fairseq keeps every multiple of --keep-interval-updates-pattern: left to it
+            {"no_epoch_checkpoints": True, "keep_interval_updates": 1, "keep_interval_updates_pattern": 20},
+            {},
+            ["checkpoint_1_20.pt", "checkpoint_1_30.pt", "checkpoint_1_40.pt", "checkpoint_last.pt"],
+        ),
+    ],
+)
+def test_the_interval_checkpoint_at_an_epochs_end_is_copied_only_where_fairseq_saves_no_other(
+    tmp_path, monkeypatch, settings, attributes, written
+):
+    """Only with --no-epoch-checkpoints (else the epoch's checkpoint<epoch>.pt holds those weights), from a
+    checkpoint_last.pt written (not under --no-last-checkpoints, --no-save, nor on a rank that saves nothing)."""
+    monkeypatch.setenv(SLIM_OLD_CHECKPOINTS, "1")
+    from fairseq import checkpoint_utils
+    from fairseq.dataclass.configs import CheckpointConfig
+
+    import structmt  # noqa: F401  (applies the fixes, as --user-dir does)
+
+    cfg = CheckpointConfig(save_dir=str(tmp_path), save_interval_updates=10, **settings)
+    trainer, epochs = _Trainer(), _Epochs()
+    for name, value in attributes.items():  # the Trainer of this process
+        setattr(trainer, name, value)
+    for updates, ends in [(10, False), (20, False), (30, False), (40, True)]:
+        trainer.updates, epochs.ends = updates, ends
+        checkpoint_utils.save_checkpoint(cfg, trainer, epochs, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == written
+
+
+def test_an_old_checkpoint_that_cannot_be_slimmed_never_stops_a_training(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(SLIM_OLD_CHECKPOINTS, "1")
+    from fairseq import checkpoint_utils
+    from fairseq.dataclass.configs import CheckpointConfig
+
+    from structmt import fairseq_fixes
+
+    def full(path):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(fairseq_fixes, "drop_optimizer_state", full)
+    cfg = CheckpointConfig(save_dir=str(tmp_path), save_interval_updates=10, no_epoch_checkpoints=True)
+    trainer, epochs = _Trainer(), _Epochs()
+    for updates in (10, 20):
+        trainer.updates = updates
+        checkpoint_utils.save_checkpoint(cfg, trainer, epochs, None)
+    assert [r.getMessage() for r in caplog.records if r.name == "structmt"] == [
+        f"{tmp_path / 'checkpoint_1_10.pt'}: its optimiser state is kept (No space left on device)"
+    ]
+
+
+def test_a_checkpoint_without_optimiser_state_is_left_as_it_is(tmp_path):
+    """The older interval checkpoints are slimmed after every save: one slimmed before is not written again."""
+    from structmt.fairseq_fixes import drop_optimizer_state
+
+    path = tmp_path / "checkpoint_1_10.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "last_optimizer_state": {"step": 3}}, path)
+    drop_optimizer_state(str(path))
+    state = torch.load(path)
+    assert "last_optimizer_state" not in state and torch.equal(state["model"]["w"], torch.ones(2))
+    written = path.stat().st_ino, path.stat().st_mtime_ns
+    drop_optimizer_state(str(path))
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == written
+
+
 def test_a_last_checkpoint_the_epoch_end_check_cannot_map_never_stops_a_training(tmp_path):
     """The check before each save reads checkpoint_last.pt memory-mapped; one in torch's legacy format cannot be:
     the training goes on (fairseq reads it its own way)."""
@@ -346,6 +468,13 @@ def test_a_last_checkpoint_the_epoch_end_check_cannot_map_never_stops_a_training
     torch.save({"optimizer_history": [{"num_updates": 30}]}, last, _use_new_zipfile_serialization=False)
     _copy_a_due_interval_checkpoint(str(last), 10, r"checkpoint_\d+_(\d+)\.pt", "", PathManager)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]
+    torch.save({"optimizer_history": [{"num_updates": 0}]}, last)  # before any update: no interval's
+    _copy_a_due_interval_checkpoint(str(last), 10, r"checkpoint_\d+_(\d+)\.pt", "", PathManager)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]
     torch.save({"optimizer_history": [{"num_updates": 30}]}, last)  # a readable one is copied
     _copy_a_due_interval_checkpoint(str(last), 10, r"checkpoint_\d+_(\d+)\.pt", "", PathManager)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_0_30.pt", "checkpoint_last.pt"]
+    _copy_a_due_interval_checkpoint(str(last), 10, interval_checkpoint_name("-shard0"), "-shard0", PathManager)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_0_30-shard0.pt", "checkpoint_0_30.pt", "checkpoint_last.pt"
+    ]  # fmt: skip

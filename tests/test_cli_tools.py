@@ -537,6 +537,31 @@ class _Parsed(Exception):
     """Raised in place of parsing: carries the parser a command built."""
 
 
+def test_length_ratio_counts_a_splits_pieces_with_their_end_of_sentence(dict_dir, capsys):
+    """The slope for --struct-cross-slope: the split's source pieces over its target pieces, each sentence's </s>
+    counted as fairseq counts it; a split or pair the data-bin lacks is named, with those it holds."""
+    from fairseq.data import indexed_dataset
+
+    from structmt.data import length_ratio
+
+    write_split(dict_dir, "valid")
+    for lang, sentences in (("en", ([4, 5, 6, 7, 8, 2], [9, 2])), ("de", ([4, 5, 2], [6, 2]))):
+        builder = indexed_dataset.make_builder(f"{dict_dir}/train.en-de.{lang}.bin", "mmap", vocab_size=100)
+        for ids in sentences:
+            builder.add_item(torch.tensor(ids))
+        builder.finalize(f"{dict_dir}/train.en-de.{lang}.idx")
+    length_ratio.main([str(dict_dir)])
+    assert capsys.readouterr().out == "train: 8 en / 5 de tokens; --struct-cross-slope 1.60\n"
+    length_ratio.main([str(dict_dir), "--split", "valid"])
+    assert capsys.readouterr().out == "valid: 5 en / 5 de tokens; --struct-cross-slope 1.00\n"
+    with pytest.raises(SystemExit) as e:
+        length_ratio.main([str(dict_dir), "--src", "de", "--tgt", "en"])
+    assert str(e.value) == (
+        f"error: {dict_dir} holds no train.de-en (train.de-en.de.bin/.idx; --split train, --src de, --tgt en); "
+        "it holds: train.en-de, valid.en-de"
+    )
+
+
 @pytest.mark.parametrize(
     "module, argv",
     [

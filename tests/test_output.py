@@ -364,7 +364,8 @@ def test_a_message_is_said_once_per_process_or_per_key(monkeypatch, capsys):
 def test_torch_deprecating_jit_script_prints_nothing_as_structmt_imports_fairseq(first):
     """torch 2.14 on deprecates ``torch.jit.script``, which fairseq's modules apply as they are imported: every
     command began with two lines of FutureWarning about fairseq's code (here torch 2.14's warning is stood in for,
-    to show it appears when fairseq is imported directly), and every fairseq child's log with them."""
+    to show it appears when fairseq is imported directly), and every fairseq child's log with them. Nor do the
+    ``logging.basicConfig`` calls of fairseq's modules set up the root logger (at DEBUG level, for one of them)."""
     from structmt.fairseq_cli import FAIRSEQ_PYTHON
 
     code = (
@@ -373,11 +374,12 @@ def test_torch_deprecating_jit_script_prints_nothing_as_structmt_imports_fairseq
         "    warnings.warn('`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`.',"
         " FutureWarning, stacklevel=2)\n"
         "    return script(*args, **kwargs)\n"
-        "torch.jit.script = deprecated\n__import__(sys.argv[1])\nprint('fairseq' in sys.modules)\n"
+        "torch.jit.script = deprecated\n__import__(sys.argv[1])\nimport logging\n"
+        "print('fairseq' in sys.modules, logging.root.handlers == [])\n"
     )
     result = subprocess.run([sys.executable, "-c", code, first], capture_output=True, text=True, check=True)
-    assert result.stdout == "True\n"  # structmt imported fairseq
+    assert result.stdout == f"True {first == 'structmt'}\n"  # structmt imported fairseq, its logging left alone
     assert ("torch.jit.script` is deprecated" in result.stderr) == (first == "fairseq"), result.stderr
     if first == "fairseq":  # the fairseq children (fairseq-train, -generate, -preprocess) run without it
         child = subprocess.run([*FAIRSEQ_PYTHON, "-c", code, "fairseq"], capture_output=True, text=True, check=True)
-        assert child.stdout == "True\n" and "torch.jit.script` is deprecated" not in child.stderr, child.stderr
+        assert child.stdout == "True False\n" and "torch.jit.script` is deprecated" not in child.stderr, child.stderr

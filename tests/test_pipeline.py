@@ -15,7 +15,7 @@ import pytest
 from structmt.data import fetch
 from structmt.data.fetch import fetch_files, read_checksums
 from structmt.data.prepare import PrepConfig, prepare_multi30k
-from structmt.data.stages import sha256_file
+from structmt.data.stages import Stage, sha256_file
 from structmt.files import DataError
 from structmt.pipeline import leaderboard
 from structmt.pipeline.evaluation import score
@@ -70,6 +70,35 @@ def test_a_stage_interrupted_part_way_is_rebuilt_even_under_the_settings_of_its_
     assert (tmp_path / "out" / "bin" / "dict.en.txt").read_bytes() == (
         tmp_path / "clean" / "bin" / "dict.en.txt"
     ).read_bytes()
+
+
+def test_a_stage_runs_again_for_an_output_removed_or_an_input_of_other_content_or_name(tmp_path):
+    """Its stamp vouches for its settings, its inputs' names and contents, and outputs that are all there."""
+    source, out = tmp_path / "a.txt", tmp_path / "out"
+    source.write_text("one\n")
+    out.mkdir()
+    built = []
+
+    def build():
+        built.append(source.read_text())
+        (out / "a.tok").write_text("tokens\n")
+
+    def stage(inputs=(source,), settings=None):
+        return Stage("tok", out, settings or {"lower": True}, list(inputs), [out / "a.tok"])
+
+    assert stage().ensure(build) and not stage().ensure(build)
+    (out / "a.tok").unlink()
+    assert stage().ensure(build)  # an output removed since
+    source.write_text("two\n")
+    assert stage().ensure(build) and not stage().ensure(build)  # an input of other content
+    (tmp_path / "b.txt").write_text("two\n")
+    assert stage([tmp_path / "b.txt"]).ensure(build)  # another input of the same content
+    assert stage([tmp_path / "b.txt"], {"lower": False}).ensure(build)  # other settings
+    assert built == ["one\n", "one\n", "two\n", "two\n", "two\n"]
+    assert (out / ".tok.stamp").read_text() == stage([tmp_path / "b.txt"], {"lower": False}).key + "\n"
+    big = tmp_path / "corpus.txt"  # read in blocks: every one of them hashed
+    big.write_bytes(b"a" * (3 << 20) + b"b")
+    assert sha256_file(big) == hashlib.sha256(big.read_bytes()).hexdigest()
 
 
 def _gz(path: Path, lines: list[str]) -> str:
@@ -913,6 +942,30 @@ def test_sweep_report_heatmaps_put_each_points_scores_in_its_own_cell_and_order_
     assert drawn["tokens/s"] == ([[100.0, 102.0], [101.0, 103.0]], [3, 10], [0, 2])
     points = [line.split(" | ")[1:3] for line in text.splitlines() if line.startswith("| structured |")]
     assert points == [["3", "0"], ["3", "2"], ["10", "0"], ["10", "2"]]
+
+
+def test_a_heatmap_writes_each_cells_value_in_its_cell_and_leaves_a_point_not_run_empty(tmp_path, monkeypatch):
+    """Row i, column j shows grid[i][j] in the format given, the first row at the bottom; a NaN cell stays empty."""
+    from structmt import figures
+
+    saved = []
+    monkeypatch.setattr(figures, "save", lambda fig, png: saved.append((fig, png)))
+    grid = [[1.0, float("nan")], [2.25, 3.5]]
+    figures.annotated_heatmap(
+        grid, [3, 10], [0, 2], xlabel="w", ylabel="r", label="BLEU", title="t", png=tmp_path / "h.png", fmt="{:.2f}"
+    )
+    ((fig, png),) = saved
+    ax = fig.axes[0]
+    cells = sorted((tuple(t.get_position()), t.get_text()) for t in ax.texts)
+    assert cells == [((0, 0), "1.00"), ((0, 1), "2.25"), ((1, 1), "3.50")] and png == tmp_path / "h.png"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "10"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "2"]
+    assert ax.get_ylim()[0] < ax.get_ylim()[1]  # r grows upwards
+    figures.pyplot().close(fig)
+    monkeypatch.undo()  # drawn for real: written, and closed (a report draws many)
+    open_before = figures.pyplot().get_fignums()
+    figures.annotated_heatmap(grid, [3, 10], [0, 2], xlabel="w", ylabel="r", label="BLEU", title="t", png=png)
+    assert png.read_bytes()[:4] == b"\x89PNG" and figures.pyplot().get_fignums() == open_before
 
 
 def test_a_sweeps_grid_is_its_distinct_windows_and_rare_counts_in_numeric_order(tmp_path, monkeypatch):

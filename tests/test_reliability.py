@@ -9,6 +9,7 @@ import ast
 import codecs
 import gzip
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -420,13 +421,12 @@ def test_checkpoints_load_with_weights_only_and_only_what_fairseq_pickles_allowl
     (numpy.core, the name a cluster's older numpy pickles); any other pickled class is still refused, and named;
     no code of the package turns safe loading off (weights_only=False) or names torch's environment switches."""
     import argparse
-    import pickle
     import zipfile
 
     import numpy as np
 
     import structmt  # noqa: F401  (the allowlist)
-    from structmt.checkpoints import checkpoint_updates
+    from structmt.checkpoints import checkpoint_updates, load_model
 
     ok, bad = tmp_path / "ok.pt", tmp_path / "bad.pt"
     metrics = {"_bleu_counts": np.array([12, 7, 3, 1]), "_bleu_sys_len": np.float64(25.5)}
@@ -460,8 +460,10 @@ def test_checkpoints_load_with_weights_only_and_only_what_fairseq_pickles_allowl
     torch.save({"args": _NotAllowed(), "optimizer_history": [{"num_updates": 7}]}, bad)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(bad)
-    with pytest.raises(ValueError, match=r"torch's safe loader \(weights_only\) refuses test_reliability._NotAllowed"):
-        checkpoint_updates(bad)
+    refused = r"bad.pt: torch's safe loader \(weights_only\) refuses test_reliability._NotAllowed"
+    for read in (checkpoint_updates, lambda path: load_model(path, tmp_path)):  # load_model: decode, analyse
+        with pytest.raises(ValueError, match=refused):
+            read(bad)
     offenders = []
     for path in sorted((REPO / "structmt").rglob("*.py")):
         text = path.read_text()
@@ -583,6 +585,9 @@ def test_fairseq_copies_a_checkpoint_whole_or_not_at_all(tmp_path, monkeypatch):
         PathManager.copy(str(src), str(dst), overwrite=True)
     assert dst.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == sorted([dst.name, src.name])
     monkeypatch.undo()
+    with pytest.raises(FileExistsError, match=r"checkpoint_last.pt exists and overwrite is False"):
+        PathManager.copy(str(src), str(dst))
+    assert dst.read_bytes() == b"old"
     assert PathManager.copy(str(src), str(dst), overwrite=True)
     assert dst.read_bytes() == src.read_bytes()
 
@@ -715,6 +720,7 @@ def test_a_checkpoints_updates_and_training_time_are_those_of_its_last_save(tmp_
     assert training_seconds(checkpoint) is None
     torch.save({"extra_state": {"previous_training_time": 12}}, checkpoint)
     assert training_seconds(checkpoint) == 12.0
+    assert training_seconds(tmp_path / "missing.pt") is None  # no file: no time (not 0 s)
 
 
 def test_a_legacy_torch_checkpoint_cut_short_is_not_called_a_file_torch_did_not_write(tmp_path):
@@ -727,6 +733,43 @@ def test_a_legacy_torch_checkpoint_cut_short_is_not_called_a_file_torch_did_not_
     with pytest.raises(ValueError) as e:
         checkpoint_state(checkpoint)
     assert str(e.value).startswith(f"{checkpoint}: cannot be read (") and "torch did not write it" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "error, why",
+    [
+        (  # torch 2.4 and 2.5: the reason on the line of "WeightsUnpickler error:", among torch's advice
+            pickle.UnpicklingError(
+                "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely "
+                "succeed, but it can result in arbitrary code execution.\n Please file an issue with the following so "
+                "that we can make `weights_only=True` compatible with your use case: WeightsUnpickler error: "
+                "Unsupported operand 118\n\nCheck the documentation of torch.load to learn more about types accepted "
+                "by default with weights_only https://pytorch.org/docs/stable/generated/torch.load.html."
+            ),
+            "UnpicklingError: Unsupported operand 118)",
+        ),
+        (  # no "WeightsUnpickler error:": the first line that is not the advice to turn weights_only off
+            RuntimeError("Re-running `torch.load` with `weights_only` set to `False` may succeed\nfile is short"),
+            "RuntimeError: file is short)",
+        ),
+        (EOFError(), "EOFError: empty or cut short)"),  # torch says nothing
+    ],
+)
+def test_why_a_checkpoint_cannot_be_read_is_torchs_reason_in_one_line(tmp_path, monkeypatch, error, why):
+    """However torch words it, never its advice to load with weights_only=False (unsafe for a file of unknown
+    origin, and never the fix for a damaged one)."""
+    from structmt.checkpoints import checkpoint_state
+
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    torch.save({"optimizer_history": [{"num_updates": 7}]}, checkpoint)  # torch's zip archive: torch's reason said
+
+    def unreadable(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", unreadable)
+    with pytest.raises(ValueError) as e:
+        checkpoint_state(checkpoint)
+    assert str(e.value).startswith(f"{checkpoint}: cannot be read ({why}; a copy cut short")
 
 
 def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
@@ -746,9 +789,10 @@ def test_a_truncated_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
             damaged.writestr(member, b"\x80\x02h\x05." if member.endswith("data.pkl") else whole.read(member))
     with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: cannot be read \(KeyError: 5\); "):
         checkpoint_updates(checkpoint)
-    torch.save({"model": {}}, checkpoint)  # a .pt that fairseq-train did not write: not a bare KeyError
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: not a checkpoint fairseq-train wrote"):
-        checkpoint_updates(checkpoint)
+    for state in ({"model": {}}, {"optimizer_history": []}):  # a .pt that fairseq-train did not write: no bare
+        torch.save(state, checkpoint)  # KeyError or IndexError
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(checkpoint))}: not a checkpoint fairseq-train wrote"):
+            checkpoint_updates(checkpoint)
 
 
 @pytest.mark.parametrize(
