@@ -648,28 +648,47 @@ def test_a_run_id_with_an_equals_sign_is_refused_saying_how_to_quote_it(tmp_path
     )
     as_said = _run(tmp_path, "--cfg", "job", "train=finetune", *shlex.split(quoted))  # the advice, followed
     assert as_said.returncode == 0 and f"finetune_from: {run_id}\n" in as_said.stdout
-    listed = _run(tmp_path, "--cfg", "job", "train.extra_args=[--clip-norm=0.1,--fp16-no-flatten-grads]")
-    quoted = "'train.extra_args=[\"--clip-norm=0.1\",--fp16-no-flatten-grads]'"  # each part: the whole was one string
-    assert listed.stderr.endswith(f"quote it: {quoted}\n")
-    as_said = _run(tmp_path, "--cfg", "job", *shlex.split(quoted))
-    assert as_said.returncode == 0 and "  - --clip-norm=0.1\n  - --fp16-no-flatten-grads\n" in as_said.stdout
-    swept = _run(tmp_path, "-m", "train.finetune_from=a-s+lr=1-dense-1,b")  # a sweep: each value
-    assert swept.stderr.endswith("""quote it: 'train.finetune_from="a-s+lr=1-dense-1",b'\n""")
+    # the same check of a list and of a sweep's values (each part quoted: the whole was one string), as Hydra
+    # reads the advice; not of a dict or a nested list, which quoting the whole or a part would read as text
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from structmt.pipeline.app import unquoted_equals
 
-    for nested in ("k={a:x=y}", "k=[[a=b],c]"):  # quoting the whole, or a part, would read a dict or list as text
+    for given, quoted, value in [
+        (
+            "train.extra_args=[--clip-norm=0.1,--fp16-no-flatten-grads]",
+            "'train.extra_args=[\"--clip-norm=0.1\",--fp16-no-flatten-grads]'",
+            ["--clip-norm=0.1", "--fp16-no-flatten-grads"],
+        ),
+        ("train.finetune_from=a-s+lr=1-dense-1,b", """'train.finetune_from="a-s+lr=1-dense-1",b'""", None),
+    ]:
+        (said,) = unquoted_equals([given])
+        assert said.endswith(f"quote it: {quoted}")
+        override = OverridesParser.create().parse_override(shlex.split(quoted)[0])
+        if value is None:  # a sweep: each of its values, as Hydra's sweeper hands them to the jobs
+            jobs = [f"{override.key_or_group}={job}" for job in override.sweep_string_iterator()]
+            assert [OverridesParser.create().parse_override(job).value() for job in jobs] == ["a-s+lr=1-dense-1", "b"]
+        else:
+            assert override.value() == value
+    for nested in ("k={a:x=y}", "k=[[a=b],c]"):
         assert unquoted_equals([nested]) == [
             f"""{nested}: Hydra reads the '=' in its value as syntax; quote each part of it that holds '=' ("...")"""
         ]
-    fine = _run(tmp_path, "--cfg", "job", "model.window=1,2", "train.max_update=3")  # no '=' in a value: Hydra's
-    assert "invalid configuration" not in fine.stderr
+    assert unquoted_equals(["model.window=1,2", "train.max_update=3", "-m", "x='a=b'"]) == []  # nothing to quote
 
 
-def test_multirun_with_cfg_is_refused_in_a_sentence(tmp_path):
-    for cfg in (["--cfg", "hydra"], ["--cfg=job"], ["-cjob"]):
-        result = _run(tmp_path, "-m", "+sweep=wr_small", *cfg)
-        assert result.returncode == 1 and "Traceback" not in result.stderr
-        assert result.stderr.startswith("error: -m and --cfg cannot be combined: drop -m to print the configuration")
+def test_multirun_with_cfg_is_refused_in_a_sentence(tmp_path, monkeypatch):
+    result = _run(tmp_path, "-m", "+sweep=wr_small", "--cfg", "hydra")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    refused = "error: -m and --cfg cannot be combined: drop -m to print the configuration"
+    assert result.stderr.startswith(refused)
+    from structmt.pipeline import app
+
+    for argv in (["--multirun", "--cfg=job"], ["-m", "-cjob"]):  # the other spellings, refused by the same check
+        monkeypatch.setattr(sys, "argv", ["structmt-run", *argv, "+sweep=wr_small", f"runs_dir={tmp_path}/runs"])
+        with pytest.raises(SystemExit) as refusal:
+            app.main()
+        assert str(refusal.value).startswith(refused)
 
 
 def test_a_launcher_without_multirun_is_refused(tmp_path):

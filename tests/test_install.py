@@ -164,7 +164,7 @@ def test_a_kernel_that_fails_to_build_leaves_no_older_kernel_behind(tmp_path):
     stale = tmp_path / "structmt" / ("_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))
     stale.write_bytes(b"an older build")
     source = tmp_path / "structmt" / "attention" / "csrc" / "candidates.cpp"
-    source.write_text("#error broken on purpose\n" + source.read_text())
+    source.write_text('#include "no_such_header.h"  // broken on purpose: fatal at once\n' + source.read_text())
     run = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
         cwd=tmp_path,
