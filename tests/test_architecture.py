@@ -236,6 +236,14 @@ def test_layerdrop_train_then_generate_with_and_without_pruning(data_bin, tmp_pa
 RARE_HEADS = ("--struct-heads", "pos:1,syn:1,rare:2")
 
 
+def _count_every_symbol_100(folder: Path, *langs: str) -> None:
+    """Rewrite ``folder``'s dict.<lang>.txt with the same symbols, each counted 100 (a dictionary rebuilt as
+    ``cut -f1 spm.vocab | sed 's/$/ 100/'``)."""
+    for lang in langs:
+        lines = (folder / f"dict.{lang}.txt").read_text().splitlines()
+        (folder / f"dict.{lang}.txt").write_text("".join(f"{line.rsplit(' ', 1)[0]} 100\n" for line in lines))
+
+
 @pytest.fixture(scope="module")
 def rare_heads_checkpoint(data_bin, tmp_path_factory) -> Path:
     """A model with rare-token heads trained 6 updates (each test copies it: a resume writes it again)."""
@@ -252,9 +260,7 @@ def test_a_checkpoint_is_refused_with_dictionaries_of_other_counts(data_bin, tmp
     assert len(_generate(data_bin, checkpoint)) == 60
     other = tmp_path / "other_bin"
     shutil.copytree(data_bin, other)
-    for lang in ("en", "de"):
-        lines = (other / f"dict.{lang}.txt").read_text().splitlines()
-        (other / f"dict.{lang}.txt").write_text("".join(f"{line.rsplit(' ', 1)[0]} 100\n" for line in lines))
+    _count_every_symbol_100(other, "en", "de")
     with pytest.raises(subprocess.CalledProcessError) as err:
         _generate(other, checkpoint)
     assert "token counts of this data folder's dictionaries (dict.*.txt) differ" in err.value.stderr
@@ -273,9 +279,7 @@ def test_a_training_resumed_under_another_structure_is_refused(data_bin, tmp_pat
     before = checkpoint.read_bytes()
     other = tmp_path / "other_bin"
     shutil.copytree(data_bin, other)
-    for lang in ("en", "de"):
-        lines = (other / f"dict.{lang}.txt").read_text().splitlines()
-        (other / f"dict.{lang}.txt").write_text("".join(f"{line.rsplit(' ', 1)[0]} 100\n" for line in lines))
+    _count_every_symbol_100(other, "en", "de")
     counts = "the token counts of the dictionaries (dict.*.txt) differ from those it was trained with"
     dense = "it holds a model of --arch structured_transformer_tiny, and this command trains a dense one"
     # (other --struct-* options and head counts, compared the same way: the resume_problem tests below)
@@ -358,9 +362,9 @@ def test_a_target_dictionary_of_other_counts_is_refused_under_rare_heads_only(di
 
     other = tmp_path / "other"
     other.mkdir()
-    shutil.copy(dict_dir / "dict.en.txt", other / "dict.en.txt")
-    lines = (dict_dir / "dict.de.txt").read_text().splitlines()
-    (other / "dict.de.txt").write_text("".join(f"{line.rsplit(' ', 1)[0]} 100\n" for line in lines))
+    for lang in ("en", "de"):
+        shutil.copy(dict_dir / f"dict.{lang}.txt", other / f"dict.{lang}.txt")
+    _count_every_symbol_100(other, "de")
     for heads, refused in [("pos:1,syn:1,rare:2", True), ("pos:2,syn:2", False)]:
         argv = ["--user-dir", str(REPO / "structmt"), "--arch", "structured_transformer_tiny", *TASK, *SMALL]
         argv += ["--struct-heads", heads]

@@ -340,6 +340,17 @@ class _Epochs:
         return {"epoch": self.epoch}
 
 
+def _fairseq_save(trainer: _Trainer, epochs: _Epochs, **settings) -> None:
+    """fairseq's own save_checkpoint, as fairseq-train calls it after an update, under ``CheckpointConfig(**settings)``,
+    with the plugin's fixes applied (as --user-dir does)."""
+    from fairseq import checkpoint_utils
+    from fairseq.dataclass.configs import CheckpointConfig
+
+    import structmt  # noqa: F401  (applies the fixes)
+
+    checkpoint_utils.save_checkpoint(CheckpointConfig(**settings), trainer, epochs, None)
+
+
 @pytest.mark.parametrize("slim, killed", [(False, False), (True, False), (False, True)])
 def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, monkeypatch, slim, killed):
     """fairseq's own save_checkpoint (as fairseq-train calls it) leaves out checkpoint_<epoch>_<updates>.pt where
@@ -348,19 +359,14 @@ def test_fairseq_writes_the_interval_checkpoint_due_at_an_epochs_end(tmp_path, m
     In structmt-run's trainings (STRUCTMT_SLIM_OLD_CHECKPOINTS=1) the older ones keep no optimiser state. A process
     killed between the epoch's save and that copy has it made by the next save (its resume)."""
     monkeypatch.setenv(SLIM_OLD_CHECKPOINTS, "1" if slim else "0")
-    from fairseq import checkpoint_utils
-    from fairseq.dataclass.configs import CheckpointConfig
-
-    import structmt  # noqa: F401  (applies the fixes, as --user-dir does)
-
-    cfg = CheckpointConfig(
+    settings = dict(
         save_dir=str(tmp_path), save_interval_updates=10, keep_interval_updates=3, no_epoch_checkpoints=True
     )
     trainer, epochs = _Trainer(), _Epochs()
     for updates, epoch, ends in [(10, 1, False), (20, 1, False), (30, 1, True), (40, 2, False), (45, 2, True),
                                  (50, 3, False), (60, 3, True)]:  # fmt: skip
         trainer.updates, epochs.epoch, epochs.ends = updates, epoch, ends
-        checkpoint_utils.save_checkpoint(cfg, trainer, epochs, None)
+        _fairseq_save(trainer, epochs, **settings)
         if updates == 30 and killed:  # before the copy to checkpoint_1_30.pt
             (tmp_path / "checkpoint_1_30.pt").unlink()
         if updates == 40:
@@ -407,37 +413,27 @@ def test_the_interval_checkpoint_at_an_epochs_end_is_copied_only_where_fairseq_s
     """Only with --no-epoch-checkpoints (else the epoch's checkpoint<epoch>.pt holds those weights), from a
     checkpoint_last.pt written (not under --no-last-checkpoints, --no-save, nor on a rank that saves nothing)."""
     monkeypatch.setenv(SLIM_OLD_CHECKPOINTS, "1")
-    from fairseq import checkpoint_utils
-    from fairseq.dataclass.configs import CheckpointConfig
-
-    import structmt  # noqa: F401  (applies the fixes, as --user-dir does)
-
-    cfg = CheckpointConfig(save_dir=str(tmp_path), save_interval_updates=10, **settings)
     trainer, epochs = _Trainer(), _Epochs()
     for name, value in attributes.items():  # the Trainer of this process
         setattr(trainer, name, value)
     for updates, ends in [(10, False), (20, False), (30, False), (40, True)]:
         trainer.updates, epochs.ends = updates, ends
-        checkpoint_utils.save_checkpoint(cfg, trainer, epochs, None)
+        _fairseq_save(trainer, epochs, save_dir=str(tmp_path), save_interval_updates=10, **settings)
     assert sorted(p.name for p in tmp_path.iterdir()) == written
 
 
 def test_an_old_checkpoint_that_cannot_be_slimmed_never_stops_a_training(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(SLIM_OLD_CHECKPOINTS, "1")
-    from fairseq import checkpoint_utils
-    from fairseq.dataclass.configs import CheckpointConfig
-
     from structmt import fairseq_fixes
 
     def full(path):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(fairseq_fixes, "drop_optimizer_state", full)
-    cfg = CheckpointConfig(save_dir=str(tmp_path), save_interval_updates=10, no_epoch_checkpoints=True)
     trainer, epochs = _Trainer(), _Epochs()
     for updates in (10, 20):
         trainer.updates = updates
-        checkpoint_utils.save_checkpoint(cfg, trainer, epochs, None)
+        _fairseq_save(trainer, epochs, save_dir=str(tmp_path), save_interval_updates=10, no_epoch_checkpoints=True)
     assert [r.getMessage() for r in caplog.records if r.name == "structmt"] == [
         f"{tmp_path / 'checkpoint_1_10.pt'}: its optimiser state is kept (No space left on device)"
     ]
