@@ -140,6 +140,11 @@ class ResultsFolder:
         return self.path / "leaderboard.png"
 
     @property
+    def benchmarks_page(self) -> Path:
+        """``structmt-bench report``'s page of the benchmark records in the folder."""
+        return self.path / "BENCHMARKS.md"
+
+    @property
     def hyps(self) -> Path:
         """The hypotheses the rows name."""
         return self.path / "hyps"

@@ -771,3 +771,102 @@ def test_a_leaderboard_that_links_to_a_shared_file_stays_a_link_and_keeps_its_mo
     with pytest.raises(FileNotFoundError, match=r"links to .*unmounted/team/leaderboard.csv, whose folder does not"):
         leaderboard.add_rows(dangling, [_new_row(board)])
     assert not (tmp_path / "unmounted").exists()
+
+
+# --- a re-run that make demo records reaches every page made from the leaderboard -----------------------------
+
+HEADER = leaderboard.headline([], "", "").split("\n")[:2]
+
+
+def _rerun_row(board: Path, bleu: str) -> dict[str, str]:
+    """A re-run of the committed ``cpu_demo`` dense run on test_2016_flickr from another machine and commit, as
+    an evaluation would add it (hypotheses of their own, named by their content)."""
+    first = next(r for r in leaderboard.read_rows(board) if r["schedule"] == "cpu_demo" and r["window"] == "")
+    commit = "0123abcd" * 5
+    return first | {
+        "bleu": bleu,
+        "git_commit": commit,
+        "train_commit": commit,
+        "train_seconds": "999.0",
+        "machine": "Another CPU (AVX2)",
+        "hypothesis": first["hypothesis"].replace(".de", ".0123abcd.de"),
+    }
+
+
+def test_a_rerun_recorded_in_a_copy_of_the_project_reaches_its_readme_tables_and_benchmarks_page(tmp_path):
+    """The README's two commands in order: ``make demo`` on a machine whose hypotheses differ records a re-run,
+    and ``make test`` then checks that the README's tables and BENCHMARKS.md say what the leaderboard says. Both
+    were left behind (only LEADERBOARD.md and the chart were rendered again), so the second command failed."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("bench_attention.json", "bench_train.json", "bench_decode.json", "leaderboard.csv", "BENCHMARKS.md"):
+        shutil.copy(REPO / "results" / name, results / name)
+    shutil.copytree(REPO / "results" / "gpu", results / "gpu")
+    readme = REPO.joinpath("README.md").read_text(encoding="utf-8")
+    (tmp_path / "README.md").write_text(readme, encoding="utf-8")
+    board = results / "leaderboard.csv"
+    assert leaderboard.add_rows(board, [_rerun_row(board, "15.55")]) == 1
+    assert leaderboard.publish(results) == []
+    new = (tmp_path / "README.md").read_text(encoding="utf-8").split("\n")
+    changed = [(a, b) for a, b in zip(readme.split("\n"), new, strict=True) if a != b]
+    assert len(changed) == 1, changed  # the cpu_demo table's dense test_2016_flickr row; nothing else
+    old_row, new_row = changed[0]
+    assert old_row.startswith("| test_2016_flickr | transformer_multi30k | – | – | 1 | 14.84 |")
+    assert new_row == old_row.removesuffix(" |") + ", 1: 15.55 (trained again, 0123abcd) |"
+    from structmt.bench import report
+
+    page = (results / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert page == report.render(results) + "\n" != (REPO / "results" / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert "dense 14.84 or 15.72 or 15.39 or 15.55 (re-runs)" in page  # the W=32 verdict's dense model
+
+
+def test_readme_tables_are_rewritten_row_by_row_from_the_headline_their_marker_names(board):
+    """Each table row becomes the ``--headline`` row of its test set, model, w and r (its other cells are the
+    leaderboard's); rows the README leaves out stay out; text around it, and a table without a marker, stay."""
+    rows = leaderboard.read_rows(board)
+    printed = leaderboard.headline(rows, "multi30k_en_de", "cpu_demo").split("\n")
+    dense, structured = printed[2], next(x for x in printed if "| structured_transformer_multi30k | 3 | 2 |" in x)
+    stale = dense.replace("| 14.84 |", "| 14.00 |")
+    text = "\n".join(
+        ["intro", "<!-- structmt-leaderboard --headline cpu_demo -->", *HEADER, stale, structured, "", "after"]
+        + ["", *HEADER, stale, ""]  # no marker: not the pipeline's table
+    )
+    assert leaderboard.refresh_headlines(text, rows) == text.replace(stale, dense, 1)
+    # --data names the data set of the marker's table; another one's rows are not there
+    other = text.replace("cpu_demo -->", "cpu_demo --data multi30k_en_de -->")
+    assert leaderboard.refresh_headlines(other, rows) == other.replace(stale, dense, 1)
+    wmt = "`structmt-leaderboard --headline cpu_demo --data wmt14_en_de` prints no row "
+    with pytest.raises(ValueError, match=rf"^line 5: {wmt}"):
+        leaderboard.refresh_headlines(text.replace("cpu_demo -->", "cpu_demo --data wmt14_en_de -->"), rows)
+    gone = stale.replace("transformer_multi30k", "structured_transformer_multi30k")  # structured without w and r
+    with pytest.raises(ValueError) as e:
+        leaderboard.refresh_headlines(text.replace(stale, gone, 1), rows)
+    assert str(e.value) == (
+        "line 5: `structmt-leaderboard --headline cpu_demo` prints no row of test_2016_flickr / "
+        "structured_transformer_multi30k / – / – (any more)"
+    )
+    with pytest.raises(ValueError, match=r"^line 3: below its marker \(line 2\) is not the table "):
+        leaderboard.refresh_headlines(text.replace(HEADER[1], "|---|---|", 1), rows)
+
+
+def test_a_readme_table_that_cannot_be_rewritten_is_a_warning_of_publish_and_an_error_of_the_command(
+    board, caplog, capsys
+):
+    """The evaluation's rows are in the CSV by then, and LEADERBOARD.md shows them: publish warns and goes on;
+    ``structmt-leaderboard``, whose job the pages are, stops with the reason."""
+    readme = board.parent / "README.md"
+    results = board.parent / "results"
+    results.mkdir()
+    board = board.rename(results / "leaderboard.csv")
+    table = ["<!-- structmt-leaderboard --headline nonesuch -->", *HEADER, "| t | m | – | – |"]
+    readme.write_text("\n".join(table), encoding="utf-8")
+    problem = (
+        f"{readme}'s headline tables are not rewritten: README.md line 4: `structmt-leaderboard --headline "
+        "nonesuch` prints no row of t / m / – / – (any more)"
+    )
+    assert leaderboard.publish(results) == [problem]
+    assert problem in caplog.messages and (results / "LEADERBOARD.md").exists()
+    assert readme.read_text(encoding="utf-8") == "\n".join(table)
+    with pytest.raises(SystemExit) as e:
+        leaderboard.main(["--results-dir", str(results)])
+    assert str(e.value) == f"error: {problem}"

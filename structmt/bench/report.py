@@ -431,6 +431,13 @@ def render(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def write_benchmarks(results_dir: Path) -> Path:
+    """Write the folder's ``BENCHMARKS.md`` (:func:`render`); returns its path."""
+    out = ResultsFolder(results_dir).benchmarks_page
+    write_text_atomic(out, render(results_dir) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = command_parser("report", __doc__)
     p.add_argument(
@@ -442,9 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = p.parse_args(argv)
     setup(a.verbose)
-    out = a.results_dir / "BENCHMARKS.md"
-    write_text_atomic(out, render(a.results_dir) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_benchmarks(a.results_dir)}")
 
 
 if __name__ == "__main__":

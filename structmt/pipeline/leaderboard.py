@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..files import write_text_atomic
+from ..files import DataError, write_text_atomic
 from ..leaderboard_csv import (
     BOOTSTRAP_SAMPLES,
     COLUMNS,
@@ -30,6 +31,10 @@ from ..leaderboard_csv import (
 from ..paths import RESULTS_DIR, RUNS_DIR, ResultsFolder
 
 __all__ = ["COLUMNS", "LeaderboardRow", "add_rows", "read_rows", "short_commit"]  # the file's, for callers of both
+
+log = logging.getLogger(__name__)
+#: the data set of ``--headline`` (and of a README table's marker) when none is named
+DEFAULT_DATA = "multi30k_en_de"
 
 
 def rerun_name(first: str, hypotheses: bytes) -> str:
@@ -202,6 +207,39 @@ def headline(rows: list[dict[str, str]], data: str, schedule: str) -> str:
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
+#: the line above a README table that :func:`publish` keeps equal to ``structmt-leaderboard --headline``'s rows
+HEADLINE_MARKER = re.compile(r"<!-- structmt-leaderboard --headline (?P<schedule>\S+)(?: --data (?P<data>\S+))? -->")
+
+
+def refresh_headlines(text: str, rows: list[dict[str, str]]) -> str:
+    """``text`` (a README) with each table below a :data:`HEADLINE_MARKER` line rewritten from the leaderboard
+    ``rows``: each of its rows becomes the ``--headline`` row of the same test set, model, w and r (the README
+    chooses which rows it shows; the leaderboard fills them in).  A table that is not the ``--headline`` table, or
+    a row it no longer prints, is a ``ValueError`` naming the line."""
+    lines = text.split("\n")
+    top = headline([], "", "").split("\n")[:2]
+    for i, line in enumerate(lines):
+        if not (m := HEADLINE_MARKER.fullmatch(line)):
+            continue
+        schedule, data = m["schedule"], m["data"] or DEFAULT_DATA
+        command = f"structmt-leaderboard --headline {schedule}" + (f" --data {data}" if m["data"] else "")
+        if lines[i + 1 : i + 3] != top:
+            raise ValueError(f"line {i + 2}: below its marker (line {i + 1}) is not the table `{command}` prints")
+        printed = {_cells(r): r for r in headline(rows, data, schedule).split("\n")[2:] if r.startswith("|")}
+        j = i + 3
+        while j < len(lines) and lines[j].startswith("|"):
+            if (key := _cells(lines[j])) not in printed:
+                raise ValueError(f"line {j + 1}: `{command}` prints no row of {' / '.join(key)} (any more)")
+            lines[j] = printed[key]
+            j += 1
+    return "\n".join(lines)
+
+
+def _cells(row: str) -> tuple[str, ...]:
+    """A headline table row's test set, model, w and r: the run setting it reports."""
+    return tuple(cell.strip() for cell in row.split("|")[1:5])
+
+
 def write_markdown(csv_path: Path, md_path: Path) -> str:
     text = render_markdown(read_rows(csv_path))
     write_text_atomic(md_path, text)
@@ -237,17 +275,44 @@ def write_chart(csv_path: Path, png_path: Path, top: int = CHART_RUNS) -> None:
     save(fig, png_path)
 
 
-def publish(results_dir: Path) -> None:
-    """Render ``LEADERBOARD.md`` and ``leaderboard.png`` from the CSV, holding its lock: no row is added
-    between reading the CSV and writing them, so what the last publish writes shows every row."""
+def publish(results_dir: Path) -> list[str]:
+    """Render what is made from the CSV, holding its lock (no row is added between reading the CSV and writing
+    them, so what the last publish writes shows every row): ``LEADERBOARD.md`` and ``leaderboard.png``; then
+    ``BENCHMARKS.md`` where the folder has one (its cross-band verdicts quote the leaderboard's BLEU) and the
+    headline tables of the ``README.md`` beside the folder (:func:`refresh_headlines`; the repository's, for
+    ``results/``). So a re-run that ``make demo`` records leaves no page saying less than the leaderboard.
+    Returns why either of the last two could not be written (each also logged as a warning)."""
     results = ResultsFolder(results_dir)
+    problems = []
     with lock(results.leaderboard):
         write_markdown(results.leaderboard, results.leaderboard_page)
         write_chart(results.leaderboard, results.leaderboard_chart)
+        if results.benchmarks_page.exists():
+            from ..bench.report import write_benchmarks
+
+            try:
+                write_benchmarks(results_dir)
+            except DataError as err:
+                problems.append(f"{results.benchmarks_page} is not rendered again: {err}")
+        readme = results.path.resolve().parent / "README.md"
+        if readme.exists():
+            try:
+                text = readme.read_text(encoding="utf-8")
+                new = refresh_headlines(text, read_rows(results.leaderboard))
+            except ValueError as err:  # UnicodeDecodeError too
+                problems.append(f"{readme}'s headline tables are not rewritten: {readme.name} {err}")
+            else:
+                if new != text:
+                    write_text_atomic(readme, new)
+                    log.info(f"{readme}: the headline tables rewritten from {results.leaderboard}")
+    for problem in problems:
+        log.warning(problem)
+    return problems
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``structmt-leaderboard``: re-render the leaderboard and (re)build its W&B table."""
+    """``structmt-leaderboard``: render the leaderboard's pages again (LEADERBOARD.md and its chart, BENCHMARKS.md,
+    the README's headline tables) and (re)build its W&B table."""
     import argparse
 
     from ..console import add_verbose_option, setup
@@ -274,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--headline only prints a table; rebuild the W&B table by a run with --wandb and without --headline")
     if a.data is not None and not a.headline:
         p.error("--data chooses the data set of --headline; pass --headline SCHEDULE with it")
-    a.data = a.data or "multi30k_en_de"
+    a.data = a.data or DEFAULT_DATA
     if a.wandb and (problem := project_problem(a.project)):
         p.error(f"--project {a.project!r} {problem}")
     csv_path = ResultsFolder(a.results_dir).leaderboard
@@ -293,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         print(headline(rows, a.data, a.headline))
         return
-    publish(a.results_dir)
+    if problems := publish(a.results_dir):
+        raise SystemExit("error: " + "; ".join(problems))
     print(render_markdown(read_rows(csv_path)))
     if a.wandb:
         folder = log_leaderboard(read_rows(csv_path), COLUMNS, a.wandb_dir, WandbSettings(project=a.project))
