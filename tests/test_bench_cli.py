@@ -7,6 +7,7 @@ replaces the committed file there. Nothing is measured: fakes stand in for the b
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -133,7 +134,9 @@ def test_an_unknown_or_missing_command_exits_2_naming_the_commands(argv, message
         ("attention", ["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
         ("attention --device cuda", ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
         ("decode", ["--bf16"], "--bf16 and --fp16 need --device cuda"),
+        ("decode", ["--fp16"], "--bf16 and --fp16 need --device cuda"),
         ("train", ["--fp16"], "--bf16 and --fp16 need --device cuda"),
+        ("train", ["--bf16"], "--bf16 and --fp16 need --device cuda"),
         ("compile", ["--head-dims", "0"], "argument --head-dims: must be >= 1, got 0"),
         ("report", ["--results-dir", "no/such/folder"], "argument --results-dir: no/such/folder: no such folder"),
     ],
@@ -188,12 +191,15 @@ ROW = {"dense": 100.0, "structured": 120.0, "ratio": 1.2, "ratios": [1.2]}
 
 @pytest.fixture
 def fake_train(monkeypatch, tmp_path):
-    """Run ``structmt-bench train`` with fakes: the work folders it measured in, by name."""
+    """Run ``structmt-bench train`` with fakes: the work folders it measured in, by name (``run.calls``: each
+    measurement's folder name and the arguments after it; a result of ROW for each variant measured)."""
     measured: list[str] = []
+    calls: list[tuple] = []
 
-    def measure(bin_dir, work, *args, **kwargs):
+    def measure(bin_dir, work, *args):
         measured.append(work.name)
-        return {"structured": ROW}
+        calls.append((work.name, *args))
+        return {variant: ROW for variant in args[5]}
 
     monkeypatch.setattr(train, "machine", lambda: "test machine")
     monkeypatch.setattr(train, "prepare_dataset", lambda *a, **k: tmp_path / "bin")
@@ -204,6 +210,7 @@ def fake_train(monkeypatch, tmp_path):
         train.main(["--doc-tokens", "512", "--cross-window", "-1", "--out", str(tmp_path / "t.json"), *options])
         return measured
 
+    run.calls = calls
     return run
 
 
@@ -222,6 +229,61 @@ def test_train_no_cross_too_still_works_with_a_deprecation_note(fake_train, caps
     assert capsys.readouterr().err == (
         "structmt-bench train: warning: --no-cross-too is deprecated; it is --also-no-cross now\n"
     )
+
+
+@pytest.mark.parametrize(
+    "options, device_args, device, precision",
+    [
+        ([], ("--cpu",), "cpu", "fp32"),  # fairseq-train takes a GPU whenever it sees one
+        (["--device", "cuda"], (), "Fake GPU", "fp32"),
+        (["--device", "cuda", "--bf16"], ("--bf16",), "Fake GPU", "bf16"),
+        (["--device", "cuda", "--fp16"], ("--fp16",), "Fake GPU", "fp16"),
+    ],
+)
+def test_train_measures_at_the_defaults_and_records_what_it_ran(
+    options, device_args, device, precision, fake_train, monkeypatch, tmp_path, capsys
+):
+    """The defaults (60 timed updates after 10 untimed ones, 2 rounds) reach every measurement, with the device's
+    fairseq-train options and each run's token budget and positions (sentences: 4096 and 1024; documents of N
+    pieces: 2N + 512 and 4N); the record states them and the device and precision; a line per result."""
+    import torch
+
+    monkeypatch.setattr("structmt.bench.common.require_cuda", lambda command: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Fake GPU")
+    fake_train(*options)
+    assert fake_train.calls == [
+        ("sentences", 60, 4096, 1024, device_args, 2, train.STRUCTURED, 10),
+        ("docs512-runs", 60, 1536, 2048, device_args, 2, train.STRUCTURED, 10),
+    ]
+    record = json.loads((tmp_path / "t.json").read_text())
+    assert {k: record[k] for k in ("device", "precision", "updates", "warmup_updates")} == {
+        "device": device, "precision": precision, "updates": 60, "warmup_updates": 10,
+    }  # fmt: skip
+    assert record["results"] == {"multi30k": ROW, "docs512": ROW}
+    assert capsys.readouterr().out.splitlines() == [
+        f"{name:18s} dense    100 tok/s  structured    120 tok/s (best of 2)  ratio 1.20 (median; rounds 1.20)"
+        for name in ("multi30k", "docs512")
+    ]
+
+
+def test_train_options_reach_every_measurement_and_name_its_results(fake_train, tmp_path):
+    """--updates, --rounds and --warmup-updates reach every measurement; --cross-window W (0 included; -1: none)
+    adds a model crossW with structured cross-attention of that half-width and --cross-slope, measured beside
+    the structured one and recorded as NAME_crossW; --also-no-cross measures the longest documents once more,
+    the structured model only, without cross-attention."""
+    options = ["--doc-tokens", "256,128", "--updates", "5", "--rounds", "3", "--warmup-updates", "0"]
+    fake_train(*options, "--cross-window", "0", "--cross-slope", "1.5", "--also-no-cross")
+    cross_options = ("--struct-cross-window", "0", "--struct-cross-slope", "1.5")
+    cross = {**train.STRUCTURED, "cross0": ("structured_transformer_multi30k", cross_options)}
+    assert fake_train.calls == [
+        ("sentences", 5, 4096, 1024, ("--cpu",), 3, cross, 0),
+        ("docs256-runs", 5, 1024, 1024, ("--cpu",), 3, cross, 0),
+        ("docs128-runs", 5, 768, 512, ("--cpu",), 3, cross, 0),
+        ("docs256-no-cross-runs", 5, 1024, 1024, ("--cpu", "--no-cross-attention"), 3, train.STRUCTURED, 0),
+    ]
+    assert list(json.loads((tmp_path / "t.json").read_text())["results"]) == [
+        "multi30k", "multi30k_cross0", "docs256", "docs256_cross0", "docs128", "docs128_cross0", "docs256_no_cross",
+    ]  # fmt: skip
 
 
 def test_train_help_names_also_no_cross_and_hides_the_old_name(capsys):

@@ -7,6 +7,7 @@ JSON records. (Fakes stand in for fairseq-train, beam search and the attention s
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -14,8 +15,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import write_split
 
 from structmt.bench import attention as cpu
@@ -400,18 +403,95 @@ class _FakeModel:
             self.passes.append(self.name)
 
 
-def test_step_timing_warms_every_model_up_and_swaps_the_first():
+def _dictionary():
+    """A fairseq dictionary of three words besides its special symbols."""
     from fairseq.data import Dictionary
 
-    passes: list[str] = []
     dictionary = Dictionary()
     for word in ("a", "b", "c"):
         dictionary.add_symbol(word)
-    task = type("Task", (), {"target_dictionary": dictionary})()
+    return dictionary
+
+
+def test_step_timing_warms_every_model_up_and_swaps_the_first():
+    passes: list[str] = []
+    task = type("Task", (), {"target_dictionary": _dictionary()})()
     models = {"dense": (_FakeModel("D", passes), task), "structured": (_FakeModel("S", passes), task)}
     steps = decode.incremental_steps(models, [2, 3], repeats=2, batch=2)
     assert passes == ["D", "S", "D", "S", "S", "D"] * 2  # per length: warm-ups, then rounds
     assert set(steps["dense"][3]) == {"cache_keys", "ms_per_step"}
+
+
+def test_step_timing_counts_the_cached_keys_per_sequence_and_times_a_step_by_the_median_round(monkeypatch):
+    """cache_keys: the decoder self-attention keys a sequence has cached after L steps, summed over the layers
+    (values and padding masks are no keys); ms_per_step: the median round's seconds over its L steps; each
+    sequence is one hypothesis (beam size 1)."""
+    clock = [0.0]
+    monkeypatch.setattr(decode, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    class Windowed(_FakeModel):
+        """Two layers that cache at most 3 keys; each pass's steps take the next of ``step_seconds``."""
+
+        def __init__(self, name: str, passes: list, step_seconds: list[float]):
+            super().__init__(name, passes)
+            self.layers, self.self_attn, self.step_seconds = [self, self], self, itertools.cycle(step_seconds)
+            self.beams: set[int] = set()
+
+        def set_beam_size(self, beam: int) -> None:
+            self.beams.add(beam)
+
+        def forward(self, tokens, encoder_out, incremental_state):
+            super().forward(tokens, encoder_out, incremental_state)
+            if tokens.size(1) == 1:
+                self.seconds = next(self.step_seconds)
+            clock[0] += self.seconds
+            incremental_state["steps"] = tokens.size(1)
+
+        def _get_input_buffer(self, state):
+            keys = torch.zeros(2, 4, min(state["steps"], 3), 8)  # batch, heads, keys, head dimension
+            return {"prev_key": keys, "prev_value": keys, "prev_key_padding_mask": torch.zeros(2, 3)}
+
+    task = type("Task", (), {"target_dictionary": _dictionary()})()
+    passes: list[str] = []
+    dense = Windowed("D", passes, [8.0, 0.25, 1.0, 0.5])  # per length: the warm-up (untimed), then 3 rounds
+    structured = Windowed("S", passes, [8.0, 0.125, 0.125, 2.0])
+    steps = decode.incremental_steps({"dense": (dense, task), "structured": (structured, task)}, [2, 5], 3, batch=2)
+    assert steps == {
+        "dense": {2: {"cache_keys": 4, "ms_per_step": 500.0}, 5: {"cache_keys": 6, "ms_per_step": 500.0}},
+        "structured": {2: {"cache_keys": 4, "ms_per_step": 125.0}, 5: {"cache_keys": 6, "ms_per_step": 125.0}},
+    }
+    assert dense.beams == structured.beams == {1}  # one hypothesis per sequence, whatever a beam search set before
+
+
+def test_beam_search_speed_counts_the_sentences_and_the_tokens_of_their_best_hypotheses(monkeypatch):
+    """sentences_per_s: the sentences decoded over the seconds their batches took; output_tokens: the tokens of
+    each sentence's best hypothesis; a warm-up (``batches``) decodes only the first batches."""
+    seen = []
+
+    class Task:
+        def build_generator(self, models, cfg):
+            seen.append(cfg.beam)
+
+        def dataset(self, subset):
+            return subset
+
+        def get_batch_iterator(self, dataset, max_sentences, required_batch_size_multiple):
+            seen.append((dataset, max_sentences))
+            batches = [["s1", "s2"], ["s3", "s4"], ["s5"]]
+            return SimpleNamespace(next_epoch_itr=lambda shuffle: iter(batches))
+
+        def inference_step(self, generator, models, sample):
+            return [[{"tokens": [7] * 4}, {"tokens": [7] * 9}] for _ in sample]  # best first
+
+    clock = iter([10.0, 14.0, 20.0, 21.0])
+    monkeypatch.setattr(decode, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    assert decode.sentences_per_second("model", Task(), "test", 3, 2) == {
+        "sentences": 5, "output_tokens": 20, "seconds": 4.0, "sentences_per_s": 1.25,
+    }  # fmt: skip
+    assert decode.sentences_per_second("model", Task(), "valid", 5, 2, batches=1) == {
+        "sentences": 2, "output_tokens": 8, "seconds": 1.0, "sentences_per_s": 2.0,
+    }  # fmt: skip
+    assert seen == [3, ("test", 2), 5, ("valid", 2)]
 
 
 def test_training_rounds_warm_up_each_model_and_reverse_the_order(monkeypatch, tmp_path):
@@ -434,6 +514,15 @@ def test_training_rounds_warm_up_each_model_and_reverse_the_order(monkeypatch, t
     calls.clear()
     train.measure(tmp_path, tmp_path, 60, 4096, 1024, rounds=1, warmup_updates=0)
     assert [c[:2] for c in calls] == [("dense", 60), ("structured", 60)]
+
+
+def test_a_training_result_is_the_best_round_of_each_model_and_the_median_of_the_round_ratios(monkeypatch, tmp_path):
+    """A round's ratio is structured / dense of that round (both measured in it, side by side); the result keeps
+    each model's best round and the median ratio, which one slow round (a busy machine) does not move."""
+    rates = {"dense": iter([100.0, 200.0, 150.0]), "structured": iter([150.0, 200.0, 450.0])}
+    monkeypatch.setattr(train, "_train_rate", lambda bin_dir, run_dir, *args: next(rates[run_dir.name]))
+    out = train.measure(tmp_path, tmp_path, 60, 4096, 1024, rounds=3, warmup_updates=0)
+    assert out == {"structured": {"dense": 200.0, "structured": 450.0, "ratio": 1.5, "ratios": [1.5, 1.0, 3.0]}}
 
 
 def test_a_training_run_gets_its_update_count_and_every_option(monkeypatch, tmp_path):
@@ -648,6 +737,90 @@ def test_decode_refuses_a_pair_of_another_shape_or_direction(dict_dir, monkeypat
     )
 
 
+class _Checkpoint:
+    """A loaded model as ``structmt-bench decode`` handles it: where it is moved (``to``) is recorded."""
+
+    def __init__(self, moved: list):
+        self.moved = moved
+
+    def to(self, *args):
+        self.moved.append(args)
+        return self
+
+
+class _StructuredCheckpoint(_Checkpoint):
+    """The class decode takes for the structured model's."""
+
+
+@pytest.mark.parametrize(
+    "options, device, precision, dtype",
+    [
+        ([], "cpu", "fp32", None),
+        (["--device", "cuda"], "Fake GPU", "fp32", torch.float32),
+        (["--device", "cuda", "--bf16"], "Fake GPU", "bf16", torch.bfloat16),
+        (["--device", "cuda", "--fp16"], "Fake GPU", "fp16", torch.float16),
+    ],
+)
+def test_decode_records_each_models_best_round_and_the_median_ratio_of_the_rounds(
+    options, device, precision, dtype, dict_dir, tmp_path, monkeypatch, capsys
+):
+    """Both models decode --subset (test) at --beam (5) and --batch-size (64) for --repeats (3) rounds on --device,
+    in the precision asked; a round's ratio is structured / dense of that round. The record keeps each model's
+    best round, the median ratio (one slow round does not move it), which model went first in each round, and
+    the step timing (its --repeats rounds, STEP_BATCH sequences of each length); the summary prints them."""
+    moved: list[tuple] = []
+    loaded: list[str] = []
+    task = SimpleNamespace(load_dataset=loaded.append)
+    models = {"d.pt": (_Checkpoint(moved), task), "s.pt": (_StructuredCheckpoint(moved), task)}
+    rounds = [
+        {"dense": {"sentences_per_s": 10.0}, "structured": {"sentences_per_s": 15.0}},
+        {"structured": {"sentences_per_s": 40.0}, "dense": {"sentences_per_s": 20.0}},
+        {"dense": {"sentences_per_s": 16.0}, "structured": {"sentences_per_s": 48.0}},
+    ]
+    steps = {
+        "dense": {8: {"cache_keys": 8, "ms_per_step": 1.5}},
+        "structured": {8: {"cache_keys": 3, "ms_per_step": 2.5}},
+    }
+    calls = []
+    monkeypatch.setattr(decode, "machine", lambda: "test machine")
+    monkeypatch.setattr(decode, "load_model", lambda checkpoint, data_bin: models[str(checkpoint)])
+    monkeypatch.setattr(decode, "StructuredTransformerModel", _StructuredCheckpoint)
+    monkeypatch.setattr(decode, "pair_difference", lambda dense, structured: "")
+    monkeypatch.setattr(decode, "beam_rounds", lambda models, *args: calls.append(args) or rounds)
+    monkeypatch.setattr(
+        decode,
+        "incremental_steps",
+        lambda models, lengths, repeats, device: calls.append((lengths, repeats, device)) or steps,
+    )
+    monkeypatch.setattr("structmt.bench.common.require_cuda", lambda command: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Fake GPU")
+    write_split(dict_dir)  # the split it decodes
+    out = tmp_path / "decode.json"
+    decode.main(["--dense", "d.pt", "--structured", "s.pt", "--data-bin", str(dict_dir), "--out", str(out), *options])
+    on = "cuda" if options else "cpu"
+    assert calls == [("test", 5, 64, 3, on), ([8, 32, 128, 512], 3, on)]
+    assert loaded == ["test", "test"] and moved == ([("cuda", dtype)] * 2 if dtype else [])
+    record = json.loads(out.read_text())
+    assert {k: v for k, v in record.items() if k not in ("command", "machine", "warmup")} == {
+        "device": device,
+        "precision": precision,
+        "dense": {"checkpoint": "d.pt", "sentences_per_s": 20.0},
+        "structured": {"checkpoint": "s.pt", "sentences_per_s": 48.0},
+        "ratio": 2.0,
+        "ratios": [1.5, 2.0, 3.0],
+        "first_by_round": ["dense", "structured", "dense"],
+        "step_batch": 64,
+        "cache_keys_by_length": {"dense": {"8": 8}, "structured": {"8": 3}},
+        "step_ms_by_length": {"dense": {"8": 1.5}, "structured": {"8": 2.5}},
+    }
+    assert capsys.readouterr().out.splitlines() == [
+        "dense 20.0 sent/s, structured 48.0 sent/s (best of 3); ratio structured / dense, median of rounds: 2.00 "
+        "(1.50, 2.00, 3.00)",
+        "dense      after L steps (cached keys, ms per step of 64 sequences): L=8: 8, 1.5 ms",
+        "structured after L steps (cached keys, ms per step of 64 sequences): L=8: 3, 2.5 ms",
+    ]
+
+
 def test_a_nan_training_ratio_meets_no_goal():
     record = json.loads((REPO / "results" / "bench_train.json").read_text())
     for name in record["results"]:
@@ -744,14 +917,16 @@ def test_pseudo_documents_concatenate_pairs_until_the_source_reaches_the_tokens(
     built = []
 
     def binarize(text_dir, bin_dir, src, tgt, splits):
+        assert splits == ["train", "valid"] and (src, tgt) == ("en", "de")
         built.append((text_dir / "train.en").read_text())
-        bin_dir.mkdir()
+        bin_dir.mkdir(exist_ok=True)
         (bin_dir / "train.en-de.en.bin").write_bytes(b"ids")
 
     monkeypatch.setattr(train, "binarize", binarize)
     train.pseudo_documents(spm, tmp_path / "docs", 4)
     assert (tmp_path / "docs" / "train.en").read_text() == "a b c d e\nf g h i j\n"  # "k" left over: dropped
     assert (tmp_path / "docs" / "train.de").read_text() == "A B\nC D\n"
+    assert (tmp_path / "docs" / "valid.en").read_text() == "a b c d e\nf g h i j\n"  # each split's own documents
     train.pseudo_documents(spm, tmp_path / "docs", 4)  # the same documents: their data-bin is kept
     assert built == ["a b c d e\nf g h i j\n"]
     (spm / "train.en").write_text("a b c\nd e\nf\ng h i j\nk l m n\n")  # the data prepared again
@@ -759,6 +934,14 @@ def test_pseudo_documents_concatenate_pairs_until_the_source_reaches_the_tokens(
     assert built[1:] == ["a b c d e\nf g h i j\nk l m n\n"]
     with pytest.raises(DataError, match="--doc-tokens 16: the train split has 14 source pieces in all, too few"):
         train.pseudo_documents(spm, tmp_path / "big", 16)
+    (tmp_path / "docs" / "bin" / "train.en-de.en.bin").unlink()  # a data-bin left unfinished
+    train.pseudo_documents(spm, tmp_path / "docs", 4)  # the same documents: binarized again
+    assert len(built) == 3
+    (spm / "train.en").write_text("a b c d\ne\nf\ng\nh\n")  # new documents, and a file of the user's in the data-bin
+    (tmp_path / "docs" / "bin" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"bin holds files fairseq-preprocess does not write \(notes.txt\)"):
+        train.pseudo_documents(spm, tmp_path / "docs", 4)
+    assert (tmp_path / "docs" / "bin" / "notes.txt").read_text() == "mine" and len(built) == 3
 
 
 @pytest.mark.parametrize(
@@ -785,15 +968,137 @@ def test_report_names_a_record_it_cannot_read(tmp_path, name, change, says):
         report.render(results)
 
 
+def test_compile_compiles_each_kernel_asked_for_and_records_the_target(tmp_path, monkeypatch, capsys):
+    """By default sm_90 (H100/H200) and every dtype, without and with dropout, at D=64 and C=16: a line per kernel
+    compiled (its warps, registers, spill stores, cubin size and seconds) and, with --out, the record of the
+    target and of every row."""
+    from structmt.bench import kernel_compile
+
+    asked = []
+
+    def compile_kernel(kernel, dtype, *, dropout, head_dim, candidates, arch):
+        asked.append((kernel, dtype, dropout, head_dim, candidates, arch))
+        return {"kernel": kernel, "num_warps": 4, "registers": 40, "spill_store_bytes": 8, "cubin_bytes": 9000,
+                "compile_seconds": 0.5}  # fmt: skip
+
+    monkeypatch.setattr(kernel_compile, "compile_kernel", compile_kernel)
+    monkeypatch.setitem(sys.modules, "triton", SimpleNamespace(__version__="3.9.0"))  # nothing is compiled
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the interpreter tests' setting
+    kernel_compile.main(["--kernels", "bwd"])
+    assert asked == [
+        ("bwd", dtype, dropout, 64, 16, 90)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16)
+        for dropout in (False, True)
+    ]
+    assert capsys.readouterr().out.splitlines() == [
+        "Triton 3.9.0, target sm_90, C=16 candidates per query",
+        "kernel dtype     dropout    D warps regs spill B  cubin B     s",
+        "bwd    float32   off       64     4   40       8     9000   0.5",
+        "bwd    float32   on        64     4   40       8     9000   0.5",
+        "bwd    bfloat16  off       64     4   40       8     9000   0.5",
+        "bwd    bfloat16  on        64     4   40       8     9000   0.5",
+        "bwd    float16   off       64     4   40       8     9000   0.5",
+        "bwd    float16   on        64     4   40       8     9000   0.5",
+    ]
+    asked.clear()
+    out = tmp_path / "sm80.json"
+    argv = ["--arch", "80", "--dtypes", "float16", "--head-dims", "32", "--candidates", "8", "--dropout", "on"]
+    kernel_compile.main([*argv, "--out", str(out)])
+    assert asked == [("fwd", torch.float16, True, 32, 8, 80), ("bwd", torch.float16, True, 32, 8, 80)]
+    lines = capsys.readouterr().out.splitlines()
+    assert (lines[0], lines[-1]) == ("Triton 3.9.0, target sm_80, C=8 candidates per query", f"wrote {out}")
+    record = json.loads(out.read_text())
+    assert (record["command"], record["triton"], record["arch"]) == (
+        f"structmt-bench compile {' '.join(argv)} --out {out}", "3.9.0", 80,
+    )  # fmt: skip
+    assert [row["kernel"] for row in record["kernels"]] == ["fwd", "bwd"]
+
+
+def test_compile_declares_each_argument_as_the_launch_passes_it_and_reports_the_compiled_kernel(monkeypatch):
+    """What Triton compiles: pointers 16-byte aligned (q, k, v, the output and weights in the input dtype; dk and dv
+    fp32), an integer of 1 a constant, one that is a multiple of 16 known as one, others plain i32 (the seed with
+    dropout: neither), the floats fp32; the row reports the kernel's launch, ptxas's registers, the cubin's size
+    and the seconds to a tenth."""
+    from structmt.attention import triton_kernel as tk
+    from structmt.bench import kernel_compile
+
+    kernels = tk._kernels()  # triton imported first, as this process's tests set TRITON_INTERPRET
+    import triton
+
+    compiled = []
+
+    def compile(src, target, options):
+        compiled.append((src, target.arch, options))
+        return SimpleNamespace(asm={"ptx": "PTX", "cubin": b"c" * 300}, metadata=SimpleNamespace(shared=1024))
+
+    monkeypatch.setattr(triton, "compile", compile)
+    monkeypatch.setattr(kernel_compile, "_ptxas_resources", lambda ptx, arch: {"registers": 40, "of": (ptx, arch)})
+    clock = iter([10.0, 11.26])
+    monkeypatch.setattr(kernel_compile, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    row = kernel_compile.compile_kernel("bwd", torch.bfloat16, dropout=True, head_dim=128, candidates=16, arch=80)
+    ((src, arch, options),) = compiled
+    blocks, launch = tk._launch_config(kernels, 16, 128, 128, "bwd")
+    assert arch == 80 and options == launch and launch["num_warps"] == 8
+    at = {name: (i,) for i, name in enumerate(src.fn.arg_names)}
+    aligned = [["tt.divisibility", 16]]
+    declared = {
+        n: (src.signature[n], src.constants.get(at[n]), src.attrs.get(at[n]))
+        for n in ("Q", "DK", "IDX", "KIND", "sqb", "sqd", "H", "C", "seed", "scale", "DROPOUT")
+    }
+    assert declared == {
+        "Q": ("*bf16", None, aligned),
+        "DK": ("*fp32", None, aligned),
+        "IDX": ("*i64", None, aligned),
+        "KIND": ("*i8", None, aligned),
+        "sqb": ("i32", None, aligned),
+        "sqd": ("constexpr", 1, None),
+        "H": ("i32", None, None),  # 8
+        "C": ("i32", None, aligned),
+        "seed": ("i32", None, None),
+        "scale": ("fp32", None, None),
+        "DROPOUT": ("constexpr", True, None),
+    }
+    assert row == {
+        "kernel": "bwd", "dtype": "bfloat16", "dropout": True, "head_dim": 128, "candidates": 16, **blocks,
+        "num_warps": 8, "registers": 40, "of": ("PTX", 80), "shared_bytes": 1024, "cubin_bytes": 300,
+        "compile_seconds": 1.3,
+    }  # fmt: skip
+
+
+def test_compile_reads_registers_and_spills_from_the_ptxas_of_the_architecture(monkeypatch):
+    """ptxas -v for sm_<arch> (sm_90a from 90 on: the architecture-specific features Triton targets); registers,
+    spill stores and spill loads from its report; a report without them, or a failed ptxas, is an error."""
+    from structmt.bench import kernel_compile
+
+    ran, report = [], SimpleNamespace(returncode=0, stderr="")
+
+    def run(cmd, capture_output, text):
+        ran.append(cmd[:4])
+        return report
+
+    ptxas = SimpleNamespace(get_ptxas=lambda arch: SimpleNamespace(path=f"ptxas-{arch}"))
+    monkeypatch.setitem(sys.modules, "triton.backends.nvidia.compiler", ptxas)
+    monkeypatch.setattr(kernel_compile.subprocess, "run", run)
+    report.stderr = "ptxas info    : Used 86 registers, used 1 barriers, 24 bytes spill stores, 16 bytes spill loads\n"
+    assert kernel_compile._ptxas_resources("PTX", 90) == {
+        "registers": 86, "spill_store_bytes": 24, "spill_load_bytes": 16,
+    }  # fmt: skip
+    assert kernel_compile._ptxas_resources("PTX", 80)["registers"] == 86
+    assert ran == [["ptxas-90", "-v", "--gpu-name", "sm_90a"], ["ptxas-80", "-v", "--gpu-name", "sm_80"]]
+    report.stderr = "ptxas info    : Used 86 registers\n"
+    with pytest.raises(RuntimeError, match="could not read registers and spills from ptxas -v:\nptxas info"):
+        kernel_compile._ptxas_resources("PTX", 90)
+    report.returncode, report.stderr = 255, "ptxas fatal   : Unknown option\n"
+    with pytest.raises(RuntimeError, match=r"ptxas failed \(ptxas-90 -v --gpu-name sm_90a .*\):\nptxas fatal"):
+        kernel_compile._ptxas_resources("PTX", 90)
+
+
 def test_compile_specialises_the_integers_the_op_passes_for_its_launch(monkeypatch):
     """A real launch specialises its integers (1: a constant, a multiple of 16: known as one), and the registers
     depend on it: compile once declared them all plain i32 and reported some twice the registers the launched
     kernel uses. The integers compile uses are those the op passes, recorded at its launch of both kernels on
     contiguous tensors of LAUNCH's shape."""
-    from types import SimpleNamespace
-
-    import torch
-
     from structmt.attention import triton_kernel as tk
     from structmt.bench.kernel_compile import _FLOATS, LAUNCH, launch_integers
 

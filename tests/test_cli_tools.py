@@ -492,6 +492,23 @@ def test_prepare_passes_its_options_and_the_recipes_language_pair_to_the_prepara
     assert capsys.readouterr().out == f"{out / 'bin'}\n" * 3
 
 
+def test_prepare_takes_verbose_and_ends_on_a_data_error_with_its_one_line(tmp_path, monkeypatch):
+    """-v reaches the console set-up (third-party log records and tracebacks shown); a data set that cannot be
+    prepared ends the command with status 1 and one line "error: ..." as every command's errors, no traceback."""
+    verbose: list[bool] = []
+
+    def prepare_dataset(name, out_dir, cfg, base_url):
+        raise DataError(f"{out_dir}: a damaged download")
+
+    monkeypatch.setattr(prepare, "prepare_dataset", prepare_dataset)
+    monkeypatch.setattr(prepare, "setup", verbose.append)
+    for argv in ([], ["-v"]):
+        with pytest.raises(SystemExit) as stop:
+            prepare.main([str(tmp_path), *argv])
+        assert stop.value.code == f"error: {tmp_path}: a damaged download"
+    assert verbose == [False, True]
+
+
 # --- path arguments ---------------------------------------------------------------------------------------------
 
 
