@@ -942,6 +942,13 @@ def test_pseudo_documents_concatenate_pairs_until_the_source_reaches_the_tokens(
     with pytest.raises(DataError, match=r"bin holds files fairseq-preprocess does not write \(notes.txt\)"):
         train.pseudo_documents(spm, tmp_path / "docs", 4)
     assert (tmp_path / "docs" / "bin" / "notes.txt").read_text() == "mine" and len(built) == 3
+    (spm / "valid.de").write_text("A\nB\n")  # a side shortened by hand: no longer sentence pairs
+    with pytest.raises(DataError) as e:
+        train.pseudo_documents(spm, tmp_path / "other", 4)
+    assert str(e.value) == (
+        f"{spm / 'valid.en'} has 5 lines, {spm / 'valid.de'} 2: not sentence pairs; delete {tmp_path} and run "
+        "again (it is prepared anew)"
+    )
 
 
 @pytest.mark.parametrize(

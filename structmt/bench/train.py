@@ -39,12 +39,17 @@ from .common import (
 def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en", tgt: str = "de") -> Path:
     """Concatenate consecutive SentencePiece-encoded sentence pairs until the source reaches ``tokens`` pieces
     (the pieces left over at the end of a split, fewer than ``tokens``, are dropped). A split too short for one
-    such document is a ``DataError`` naming ``--doc-tokens``."""
+    such document is a ``DataError`` naming ``--doc-tokens``; one whose two sides differ in lines, naming both."""
     out_dir.mkdir(parents=True, exist_ok=True)
     texts: dict[Path, str] = {}
     for split in ("train", "valid"):
         s_lines = (spm_dir / f"{split}.{src}").read_text(encoding="utf-8").splitlines()
         t_lines = (spm_dir / f"{split}.{tgt}").read_text(encoding="utf-8").splitlines()
+        if len(s_lines) != len(t_lines):  # damaged by hand: documents of mismatched sentences would train
+            raise DataError(
+                f"{spm_dir / f'{split}.{src}'} has {len(s_lines)} lines, {spm_dir / f'{split}.{tgt}'} "
+                f"{len(t_lines)}: not sentence pairs; delete {spm_dir.parent} and run again (it is prepared anew)"
+            )
         docs_s, docs_t, cur_s, cur_t, pieces = [], [], [], [], 0
         for s, t in zip(s_lines, t_lines, strict=True):
             cur_s.append(s)
