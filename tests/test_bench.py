@@ -96,6 +96,31 @@ def test_a_memory_probe_whose_process_dies_is_not_measured_and_says_so_at_once()
     )
 
 
+def _hanging_probe(conn, *args) -> None:
+    """A memory probe's process that never sends (the spawned child imports it from this module)."""
+    import time
+
+    time.sleep(120)
+
+
+def test_a_memory_probe_past_its_time_limit_is_stopped_and_not_measured(monkeypatch, capsys):
+    """A probe with no result within the limit (a step that swaps, a hang) was waited for without end: after the
+    limit the parent joined the child with no timeout. Now the child is stopped and the length recorded as not
+    measured."""
+    import time
+
+    from structmt.bench import attention
+
+    monkeypatch.setattr(attention, "PEAK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(attention, "_peak_child", _hanging_probe)
+    start = time.monotonic()
+    assert peak_bytes("efficient", 32, 64, 2, 8, 1, 1) == -1
+    assert time.monotonic() - start < 60  # not the child's two minutes
+    assert capsys.readouterr().out == (
+        "T=32 efficient: the memory measurement ended without a result (none within 0.5 s: its process was stopped)\n"
+    )
+
+
 def test_the_cpu_flex_step_stays_compiled_past_dynamos_recompile_limit(monkeypatch):
     """One compiled FlexAttention serves every length; past dynamo's limit (8 shapes) it fell back to unfused
     eager Flex with a warning, and the benchmark's Flex row measured that. Dynamo traces with its eager backend

@@ -153,6 +153,10 @@ def _peak_child(conn, impl, length, tokens, heads, dim, rare, window):
     conn.close()
 
 
+#: seconds a memory measurement's process may take before it is stopped (and the measurement recorded as none)
+PEAK_TIMEOUT_S = 1800
+
+
 def peak_bytes(impl: str, length: int, tokens: int, heads: int, dim: int, rare: int, window: int) -> int:
     """Peak resident memory one step adds on top of its inputs, measured in a fresh process.
 
@@ -174,15 +178,20 @@ def peak_bytes(impl: str, length: int, tokens: int, heads: int, dim: int, rare: 
             os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
     child.close()  # the child's end is the child's alone: its exit then ends the wait below
     try:
-        value = parent.recv() if parent.poll(1800) else None
+        value = parent.recv() if parent.poll(PEAK_TIMEOUT_S) else None
     except EOFError:  # the child died before it sent (an exception, or killed for memory)
         value = None
+    late = value is None and proc.is_alive()
+    if late:  # stopped: join() alone would wait for it without end (a step that swaps, a hang)
+        proc.kill()
     proc.join()
     if value is None:  # recorded as not measured (the report's "–"), said here
-        say(
-            f"T={length} {impl}: the memory measurement ended without a result (its process's exit code "
-            f"{proc.exitcode}; its error, if any, is above)"
+        why = (
+            f"none within {PEAK_TIMEOUT_S} s: its process was stopped"
+            if late
+            else f"its process's exit code {proc.exitcode}; its error, if any, is above"
         )
+        say(f"T={length} {impl}: the memory measurement ended without a result ({why})")
         return -1
     return int(value)
 
