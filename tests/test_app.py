@@ -41,6 +41,8 @@ def test_every_group_option_composes_and_validates(group):
         if spec.model.structured:
             assert baseline is not None and baseline.model.arch == spec.model.arch.removeprefix("structured_")
             assert baseline.schedule == spec.schedule and baseline.data == spec.data
+        else:  # a dense run is its own baseline: none to train beside it
+            assert baseline is None
 
 
 def test_a_results_or_runs_folder_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
@@ -55,6 +57,10 @@ def test_a_results_or_runs_folder_that_cannot_be_written_is_refused_before_train
     with pytest.raises(ConfigError, match=rf"runs_dir='{locked}/runs': cannot write in {locked}; give a folder"):
         validate(_compose(f"runs_dir={locked}/runs"))
     validate(_compose(f"runs_dir={tmp_path}/new/runs", f"results_dir={tmp_path}/results"))
+    # writable but not searchable (no x): no file can be made in it either
+    monkeypatch.setattr(os, "access", lambda p, mode: not (Path(p) == locked and mode & os.X_OK))
+    with pytest.raises(ConfigError, match=rf"results_dir='{locked}': cannot write in {locked}; give a folder"):
+        validate(_compose(f"results_dir={locked}"))
 
 
 def test_train_finetune_is_make_finetune(tmp_path):
@@ -81,6 +87,7 @@ def test_train_finetune_is_make_finetune(tmp_path):
     with pytest.raises(ConfigError, match=r"a checkpoint file names no dense run to compare with"):
         validate(_compose("train=finetune", f"train.finetune_from={start}"))
     validate(_compose("train=finetune", f"train.finetune_from={start}", "baseline=false"))
+    validate(_compose("model=dense_multi30k", "train=finetune", f"train.finetune_from={start}"))  # no baseline
     with pytest.raises(ConfigError, match=r"was trained on other data .*must be the same to compare with it"):
         specs(
             _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}", "data.tgt=fr")
@@ -98,6 +105,12 @@ def test_train_finetune_is_make_finetune(tmp_path):
     with pytest.raises(ConfigError, match=r"train.beam=3, but train.finetune_from=.* was decoded with beam 5"):
         specs(
             _compose("train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}", "train.beam=3")
+        )
+    with pytest.raises(ConfigError, match=r"train.lenpen=0.6, but train.finetune_from=.* was decoded with lenpen 1.0"):
+        specs(
+            _compose(
+                "train=finetune", f"runs_dir={tmp_path}", f"train.finetune_from={dense.run_id()}", "train.lenpen=0.6"
+            )
         )
     # a start of another schedule (or seed) than make finetune's: named for it, never averaged with its seeds
     other = replace(dense, schedule=load_schedule("cpu_demo"))
@@ -411,10 +424,16 @@ def test_help_lists_structmts_own_groups_only(tmp_path):
 SMOKE = ["data=multi30k_smoke", "model=structured_tiny", "train=smoke", "logger=none", "baseline=false"]
 
 
-def test_verbose_is_hydras_verbose_as_the_other_commands_take_it(tmp_path):
+def test_verbose_is_hydras_verbose_as_the_other_commands_take_it(tmp_path, monkeypatch):
     shown = _run(tmp_path, "-v", "--cfg", "hydra")
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert re.search(r"^  verbose: true$", shown.stdout, flags=re.M) and "- hydra.verbose=true" in shown.stdout
+    from structmt.pipeline import app
+
+    monkeypatch.setattr(sys, "argv", ["structmt-run", "--verbose", "basline=false"])  # its long name too
+    with pytest.raises(SystemExit, match="basline is not a key at the top level"):  # stopped before Hydra starts
+        app.main()
+    assert sys.argv == ["structmt-run", "basline=false", "hydra.verbose=true"]
 
 
 def test_relative_folders_are_under_the_checkout_whatever_the_current_directory(tmp_path):
@@ -617,8 +636,13 @@ def test_a_misspelt_key_is_named_with_the_keys_there_are_not_hydras_add_it_advic
     ]
 
 
-def test_a_runs_folder_under_a_file_is_refused_before_hydra_makes_its_folders(tmp_path):
+def test_a_runs_folder_under_a_file_is_refused_before_hydra_makes_its_folders(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
+    from structmt.pipeline import app
+
+    monkeypatch.setattr(sys, "argv", ["structmt-run", f"++runs_dir={tmp_path}/file/runs"])  # as Hydra's ++ sets it
+    with pytest.raises(SystemExit, match=f"^error: invalid configuration: runs_dir='{tmp_path}/file/runs': "):
+        app.main()
     result = subprocess.run(
         [sys.executable, "-m", "structmt.pipeline.app", f"runs_dir={tmp_path}/file/runs"],
         capture_output=True, text=True, cwd=tmp_path,
@@ -684,7 +708,8 @@ def test_multirun_with_cfg_is_refused_in_a_sentence(tmp_path, monkeypatch):
     assert result.stderr.startswith(refused)
     from structmt.pipeline import app
 
-    for argv in (["--multirun", "--cfg=job"], ["-m", "-cjob"]):  # the other spellings, refused by the same check
+    # the other spellings, refused by the same check
+    for argv in (["--multirun", "--cfg=job"], ["-m", "-cjob"], ["-m", "--cfg=all"]):
         monkeypatch.setattr(sys, "argv", ["structmt-run", *argv, "+sweep=wr_small", f"runs_dir={tmp_path}/runs"])
         with pytest.raises(SystemExit) as refusal:
             app.main()

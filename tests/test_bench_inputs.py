@@ -94,24 +94,106 @@ def test_cuda_attention_refuses_bad_options_before_measuring(argv, message, monk
 
 
 def test_the_cpu_cli_passes_parsed_lists_and_prints_what_the_flex_ratio_times(tmp_path, monkeypatch, capsys):
-    """#10: the Flex / efficient forward ratio is labelled: Flex's BlockMask is built outside its timed step."""
+    """#10: the Flex / efficient forward ratio is labelled: Flex's BlockMask is built outside its timed step (the
+    label printed when both are measured). The defaults: every length 32…8192, peak memory measured, the O(T²)
+    implementations up to T=8192; the JSON records the command and the goals, the last line the machine's rates."""
     seen = {}
 
     def fake_run(lengths, tokens, heads, dim, window, rare, impls, repeats, memory, dense_limit):
-        seen.update(lengths=lengths, impls=impls, repeats=repeats)
+        seen.update(lengths=lengths, impls=impls, repeats=repeats, memory=memory, dense_limit=dense_limit)
         row = {"T": 16, "batch": 1, "flex_s": 0.3, "efficient_fwd_s": 0.1, "floor_s": 0.1}
-        return {"machine": "m", "hardware": {"copy_gb_per_s": 1.0, "matmul_gflop_per_s": 1.0}, "rows": [row]}
+        return {"machine": "m", "hardware": {"copy_gb_per_s": 1.0, "matmul_gflop_per_s": 2.0}, "rows": [row]}
 
     monkeypatch.setattr(cpu, "run", fake_run)
     monkeypatch.setattr(cpu, "plot", lambda results, png: None)
     cpu.main(["--lengths", "16,32", "--impls", "flex,efficient_fwd", "--out", str(tmp_path / "b")])
-    assert seen == {"lengths": [16, 32], "impls": ["flex", "efficient_fwd"], "repeats": 5}
+    assert seen == {"lengths": [16, 32], "impls": ["flex", "efficient_fwd"], "repeats": 5, "memory": True,
+                    "dense_limit": 8192}  # fmt: skip
     out = capsys.readouterr().out
     assert (
         "\nFlex fwd / efficient fwd: Flex's BlockMask is built once per T, outside its timed step; efficient_fwd "
         "builds its plan and candidates inside every timed step (conservative for the ≥ 3 verdict).\n"
     ) in out
     assert "outside its timed step" in cpu.__doc__ and "conservative" in cpu.__doc__
+    assert out.startswith(f"wrote {tmp_path / 'b.json'} and {tmp_path / 'b.png'}\n")
+    assert out.endswith("\ncopy bandwidth 1.0 GB/s, matmul 2.0 GFLOP/s; m\n")
+    record = json.loads((tmp_path / "b.json").read_text())
+    command = f"structmt-bench attention --lengths 16,32 --impls flex,efficient_fwd --out {tmp_path / 'b'}"
+    assert record["command"] == command
+    assert record["goals"][1] == {"goal": "T=4096: Flex fwd / efficient fwd", "measured": None, "target": "≥ 3",
+                                  "met": False}  # fmt: skip
+    cpu.main(["--impls", "flex", "--no-memory", "--out", str(tmp_path / "c")])
+    assert seen == {"lengths": [32, 128, 512, 1024, 2048, 4096, 8192], "impls": ["flex"], "repeats": 5,
+                    "memory": False, "dense_limit": 8192}  # fmt: skip
+    assert "BlockMask" not in capsys.readouterr().out  # no efficient_fwd: no ratio to label
+
+
+def test_the_cpu_run_records_every_measurement_and_skips_the_quadratic_ones_only_above_the_dense_limit(
+    monkeypatch, capsys
+):
+    """``run``: each implementation's median time over ``repeats`` steps, whether it includes the backward pass
+    and its peak memory (not efficient_fwd's: no training step), the O(T²) ones skipped above ``dense_limit`` only
+    (T = the limit is measured), a peak of 0 bytes printed as measured, and each length's memory-traffic floor:
+    T=16 (batch 2) and T=32 (batch 1) both move 64 rows × (2·6+2 + 4·6+3 of C=6 candidates) × 8 floats × 4 bytes
+    = 83968 bytes, at 2 GB/s. (Fakes stand in for the steps, the clock, the memory probe and the machine.)"""
+    timed, probed = [], []
+
+    def median_time(step, repeats, warmup, device):
+        timed.append((*step(), repeats, warmup, device))
+        return 0.004
+
+    def peak_bytes(impl, length, tokens, heads, dim, rare, window):
+        probed.append((impl, length, tokens, heads, dim, rare, window))
+        return {"sdpa": 3 * MiB, "efficient": 0}.get(impl, -1)  # -1: not measured
+
+    def make_step(impl, q, k, v, rare_index, window):
+        return lambda: (impl, q.size(0), q.size(2)), impl not in ("flex", "efficient_fwd")
+
+    monkeypatch.setattr(cpu, "make_step", make_step)
+    monkeypatch.setattr(cpu, "median_time", median_time)
+    monkeypatch.setattr(cpu, "peak_bytes", peak_bytes)
+    monkeypatch.setattr(cpu, "hardware", lambda: {"copy_gb_per_s": 2.0, "matmul_gflop_per_s": 1.0})
+    monkeypatch.setattr(cpu, "machine", lambda: "m")
+    record = cpu.run([16, 32], 32, 2, 8, 2, 1, list(cpu.CPU_IMPLS), repeats=3, memory=True, dense_limit=16)
+    kernel = record["settings"].pop("efficient_kernel")
+    assert kernel in ("fused", "gather")
+    assert record["settings"] == {"tokens": 32, "heads": 2, "dim": 8, "window": 2, "rare": 1, "repeats": 3}
+    assert record["machine"] == "m" and record["hardware"] == {"copy_gb_per_s": 2.0, "matmul_gflop_per_s": 1.0}
+    floor = 83968 / 2e9
+
+    def measured(impl, peak):
+        return {f"{impl}_s": 0.004, f"{impl}_backward": impl != "flex", f"{impl}_peak_bytes": peak}
+
+    everything = {"T": 16, "batch": 2, **measured("sdpa", 3 * MiB), **measured("fairseq_mha", -1)}
+    everything |= {**measured("flex", -1), **measured("reference", -1), **measured("efficient", 0)}
+    everything |= {"efficient_fwd_s": 0.004, "efficient_fwd_backward": False, "floor_s": floor}
+    linear = {"T": 32, "batch": 1, **measured("flex", -1), **measured("efficient", 0)}
+    linear |= {"efficient_fwd_s": 0.004, "efficient_fwd_backward": False, "floor_s": floor}
+    assert record["rows"] == [everything, linear]
+    impls_16, impls_32 = list(cpu.CPU_IMPLS), ["flex", "efficient", "efficient_fwd"]
+    assert timed == [(i, 2, 16, 3, 1, "cpu") for i in impls_16] + [(i, 1, 32, 3, 1, "cpu") for i in impls_32]
+    assert probed == [(i, 16, 32, 2, 8, 1, 2) for i in impls_16[:-1]] + [(i, 32, 32, 2, 8, 1, 2) for i in impls_32[:-1]]
+    assert capsys.readouterr().out.splitlines() == [
+        "T=   16 sdpa              4.00 ms  peak      3.0 MiB",
+        "T=   16 fairseq_mha       4.00 ms",
+        "T=   16 flex              4.00 ms",
+        "T=   16 reference         4.00 ms",
+        "T=   16 efficient         4.00 ms  peak      0.0 MiB",
+        "T=   16 efficient_fwd      4.00 ms",
+        "T=   32 flex              4.00 ms",
+        "T=   32 efficient         4.00 ms  peak      0.0 MiB",
+        "T=   32 efficient_fwd      4.00 ms",
+    ]
+    cpu.run([16], 32, 2, 8, 2, 1, ["sdpa", "efficient"], repeats=1, memory=False, dense_limit=15)
+    assert probed[-1][:2] == ("efficient", 32) and capsys.readouterr().out == "T=   16 efficient         4.00 ms\n"
+
+
+def test_the_cpu_hardware_rates_count_the_bytes_and_flops_they_move(monkeypatch):
+    """The copy bandwidth counts each byte read and written (a 1 MiB copy in 0.5 s: 4.194304 MB/s), the matmul
+    rate the 2·2048³ flops of a 2048 × 2048 product."""
+    monkeypatch.setattr(cpu, "median_time", lambda step, repeats, warmup, device: 0.5)
+    rates = cpu.hardware(1)
+    assert rates == {"copy_gb_per_s": pytest.approx(0.004194304), "matmul_gflop_per_s": pytest.approx(34.359738368)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -847,7 +929,9 @@ def test_the_decode_cache_goal_is_that_the_cache_stops_growing(counts, met):
     assert ("(as many keys at the two longest L): met." in text) == met
 
 
-def test_attention_lengths_must_divide_the_tokens_per_batch(capsys):
+def test_attention_lengths_must_divide_the_tokens_per_batch(monkeypatch, capsys):
+    for module, first in ((cpu, "run"), (ac, "run"), (ac, "require_cuda")):  # a check dropped: no benchmark run
+        monkeypatch.setattr(module, first, _no_measurement)  # (that would write the committed results)
     for main in (cpu.main, ac.main):
         error = _argparse_error(main, ["--lengths", "32,48,100", "--tokens", "128"], capsys)
         assert error.endswith("--lengths 48,100: each T must divide --tokens 128, so that every T runs 128 tokens per "

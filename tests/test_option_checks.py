@@ -72,6 +72,17 @@ def test_keys_added_with_plus_that_the_schema_lacks_are_rejected(override, messa
         (f"logger.project={'p' * 129}", r"logger.project='p+' must be 1 to 128 characters"),
         ("train.lr=inf", r"train.lr=inf must be a finite number > 0"),  # fairseq-train refused it after the data
         ("train.lr=nan", r"train.lr=nan must be a finite number > 0"),
+        ("train.lr=0", r"train.lr=0.0 must be a finite number > 0"),
+        ("train.max_update=0", r"train.max_update=0 must be > 0"),
+        ("train.max_tokens=0", r"train.max_tokens=0 must be > 0"),
+        ("train.dropout=1", r"train.dropout=1.0 must lie in \[0, 1\)"),
+        ("train.threads=0", r"train.threads=0 must be > 0"),
+        ("train.beam=0", r"train.beam=0 must be > 0"),
+        ("train.lenpen=inf", r"train.lenpen=inf must be a finite number \(fairseq's default: 1.0\)"),
+        ("data.vocab_size=0", r"data.vocab_size=0 must be > 0"),
+        ("logger.mode=live", r"logger.mode='live' must be one of auto, offline, online, disabled"),
+        ("train.finetune_from=/no/such.pt", r"train.finetune_from='/no/such.pt': no such checkpoint file"),
+        ("data.mirror=/no/such/dir", r"data.mirror='/no/such/dir' is not a folder; give the folder holding the corpus"),
         # the checkout itself: its run folders and data beside the code (into the data manifests' folder)
         ("runs_dir=''", r"runs_dir='': empty; give a folder \(a relative one lies under the repository checkout\)"),
         ("results_dir=' '", r"results_dir=' ': empty; give a folder"),
@@ -84,6 +95,17 @@ def test_keys_added_with_plus_that_the_schema_lacks_are_rejected(override, messa
 )
 def test_ranges(override, message):
     _rejects(message, override)
+
+
+def test_the_ends_of_the_ranges_are_accepted():
+    """The largest seed fairseq takes, no dropout or label smoothing, all the lines, a warmup of one update, and a
+    schedule name with the '=' and '+' of the names given to schedules with other settings."""
+    validate(
+        _compose(
+            "train.seed=2147483647", "train.dropout=0", "train.label_smoothing=0", "data.max_train_lines=0",
+            "data.max_eval_lines=0", "train.warmup=1", "train.name='mine+lr=0.001'",
+        )
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -285,6 +307,15 @@ def test_structure_options_on_a_dense_model_are_rejected():
         "model=dense_multi30k",
         "model.window=7",
     )
+    # every option set is named; an architecture without a structured one is not told to use one
+    _rejects(
+        r"model.window=7, model.rare=1: structure options apply only to structured architectures "
+        r"\(model.arch=structured_\*\), not to model.arch=transformer_align",
+        "model=dense_multi30k",
+        "model.arch=transformer_align",
+        "model.window=7",
+        "model.rare=1",
+    )
 
 
 @pytest.mark.parametrize(
@@ -434,9 +465,15 @@ def test_the_gpu_count_is_passed_and_names_the_run(monkeypatch):
     assert eight.schedule.name == "cpu_demo+world_size=8" and eight.run_id() != one.run_id()
     _rejects(r"train.world_size=9: this machine shows 8 GPU\(s\)", "train.world_size=9")
     _rejects(r"train.world_size=0 must be >= 1", "train.world_size=0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    _rejects(r"train.world_size=2: this machine shows 1 GPU\(s\)", "train.world_size=2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     _rejects(r"train.extra_args sets --distributed-world-size, .*; set train.world_size instead",
              "train.extra_args=[--distributed-world-size,8]")  # fmt: skip
     monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[01-02]")
     monkeypatch.setenv("SLURM_NNODES", "2")
     validate(_compose("train.world_size=16"))
     _rejects(r"this SLURM job shows 8 GPU\(s\) on 2 node\(s\), .*hydra.launcher.gpus_per_node", "train.world_size=8")
+    monkeypatch.delenv("SLURM_NNODES")  # a job of one node
+    validate(_compose("train.world_size=8"))
+    _rejects(r"this SLURM job shows 8 GPU\(s\) on 1 node\(s\)", "train.world_size=4")
