@@ -45,7 +45,7 @@ def pseudo_documents(spm_dir: Path, out_dir: Path, tokens: int, src: str = "en",
     for split in ("train", "valid"):
         s_lines = (spm_dir / f"{split}.{src}").read_text(encoding="utf-8").splitlines()
         t_lines = (spm_dir / f"{split}.{tgt}").read_text(encoding="utf-8").splitlines()
-        if len(s_lines) != len(t_lines):  # damaged by hand: documents of mismatched sentences would train
+        if len(s_lines) != len(t_lines):  # a file changed by hand: zip below would name neither file
             raise DataError(
                 f"{spm_dir / f'{split}.{src}'} has {len(s_lines)} lines, {spm_dir / f'{split}.{tgt}'} "
                 f"{len(t_lines)}: not sentence pairs; delete {spm_dir.parent} and run again (it is prepared anew)"
