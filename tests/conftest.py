@@ -3,6 +3,7 @@
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,17 @@ def _a_process_where_no_download_failed_before(monkeypatch):
     from structmt.data import fetch
 
     monkeypatch.setattr(fetch, "_FAILED_DOWNLOADS", {})
+
+
+def copy_benchmark_inputs(folder: Path) -> Path:
+    """A results folder ``folder/results`` holding what the committed BENCHMARKS.md is rendered from: the
+    benchmark records, the GPU folder and the leaderboard (its cross-band verdicts quote the BLEU)."""
+    results = folder / "results"
+    results.mkdir()
+    for name in ("bench_attention.json", "bench_train.json", "bench_decode.json", "leaderboard.csv"):
+        shutil.copy(REPO / "results" / name, results / name)
+    shutil.copytree(REPO / "results" / "gpu", results / "gpu")
+    return results
 
 
 def make_dict_dir(tmp: Path, size: int = 40) -> Path:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import write_split
+from conftest import copy_benchmark_inputs, write_split
 
 from structmt.bench import attention as cpu
 from structmt.bench import attention_cuda as ac
@@ -768,11 +768,7 @@ def test_report_states_the_settings_its_json_records():
 def test_the_committed_benchmarks_page_is_its_json_rendered_by_the_code_now(tmp_path):
     """``structmt-bench report`` on a copy of results/ writes BENCHMARKS.md byte for byte."""
     results = REPO / "results"
-    copy = tmp_path / "results"
-    copy.mkdir()
-    for name in ("bench_attention.json", "bench_train.json", "bench_decode.json", "leaderboard.csv"):
-        shutil.copy(results / name, copy / name)
-    shutil.copytree(results / "gpu", copy / "gpu")
+    copy = copy_benchmark_inputs(tmp_path)
     report.main(["--results-dir", str(copy)])
     assert (copy / "BENCHMARKS.md").read_text(encoding="utf-8") == (results / "BENCHMARKS.md").read_text(
         encoding="utf-8"

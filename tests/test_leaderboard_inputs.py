@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import copy_benchmark_inputs
 
 from structmt.pipeline import leaderboard, sweep_report
 
@@ -797,11 +798,8 @@ def test_a_rerun_recorded_in_a_copy_of_the_project_reaches_its_readme_tables_and
     """The README's two commands in order: ``make demo`` on a machine whose hypotheses differ records a re-run,
     and ``make test`` then checks that the README's tables and BENCHMARKS.md say what the leaderboard says. Both
     were left behind (only LEADERBOARD.md and the chart were rendered again), so the second command failed."""
-    results = tmp_path / "results"
-    results.mkdir()
-    for name in ("bench_attention.json", "bench_train.json", "bench_decode.json", "leaderboard.csv", "BENCHMARKS.md"):
-        shutil.copy(REPO / "results" / name, results / name)
-    shutil.copytree(REPO / "results" / "gpu", results / "gpu")
+    results = copy_benchmark_inputs(tmp_path)
+    shutil.copy(REPO / "results" / "BENCHMARKS.md", results / "BENCHMARKS.md")  # a publish renders it again
     readme = REPO.joinpath("README.md").read_text(encoding="utf-8")
     (tmp_path / "README.md").write_text(readme, encoding="utf-8")
     board = results / "leaderboard.csv"
