@@ -177,11 +177,11 @@ def peak_bytes(impl: str, length: int, tokens: int, heads: int, dim: int, rare: 
         else:
             os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
     child.close()  # the child's end is the child's alone: its exit then ends the wait below
+    late = not parent.poll(PEAK_TIMEOUT_S)  # a result, or the end of the pipe: the child closed it as it died
     try:
-        value = parent.recv() if parent.poll(PEAK_TIMEOUT_S) else None
-    except EOFError:  # the child died before it sent (an exception, or killed for memory)
-        value = None
-    late = value is None and proc.is_alive()
+        value = None if late else parent.recv()
+    except EOFError:  # the child died before it sent (an exception, or killed for memory), and may not have exited
+        value = None  # yet: whether it is still alive does not say whether it was late
     if late:  # stopped: join() alone would wait for it without end (a step that swaps, a hang)
         proc.kill()
     proc.join()
