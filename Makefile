@@ -59,13 +59,13 @@ $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candid
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(VPY) -m pytest -q -m "not slow"
+	$(VPY) -m pytest -q -m "not slow" -n auto
 
 test-reliability: $(STAMP)
-	$(VPY) -m pytest -q -m reliability
+	$(VPY) -m pytest -q -m reliability -n auto
 
 test-all: $(STAMP)
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n auto
 
 demo: $(STAMP)
 	$(VPY) -m structmt.pipeline.recipes demo

@@ -10,7 +10,7 @@
 #                    --system-site-packages (so it sees that torch) when it does not exist
 #   --sdist          install structmt from the wheelhouse's sdist instead of this checkout
 #                    (editable); the Hydra pipeline (structmt-run) needs the checkout's conf/
-#   --tests          also install pytest and hypothesis, to run the tests on the node
+#   --tests          also install pytest, pytest-xdist and hypothesis, to run the tests on the node
 #
 # Nothing is downloaded: every pip call has --no-index --find-links WHEELHOUSE. torch (and the
 # Triton that came with it) stay as they are. fairseq-fixed and structmt's C++ kernel are

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import structmt  # noqa: F401  (before fairseq: it imports fairseq without the logging.basicConfig its modules call)
+
+# isort: split
 from fairseq import options, tasks
 from fairseq.data import Dictionary
 
