@@ -224,18 +224,24 @@ def test_leaderboard_wandb_offline_looks_up_no_host(smoke_run):
 
 
 def test_an_error_is_one_line_without_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "structmt.pipeline.app", *SMOKE, "train.dropout=1.5", f"runs_dir={tmp_path}/runs"],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """One line that says how to see more; with -v, the traceback that line stands for."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "structmt.pipeline.app", *SMOKE, "train.dropout=1.5", f"runs_dir={tmp_path}/runs"]
+        return subprocess.run(
+            cmd + list(args), cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300
+        )
+
+    result = run()
     assert result.returncode != 0
     errors = [line for line in _lines(result) if line.startswith("error: ")]
-    assert len(errors) == 1 and "train.dropout=1.5 must lie in [0, 1)" in errors[0], result.stderr
+    assert errors == [
+        "error: invalid configuration: train.dropout=1.5 must lie in [0, 1) (hydra.verbose=true shows the traceback)"
+    ], result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+    verbose = run("-v")
+    assert verbose.returncode == 1 and "Traceback (most recent call last):" in verbose.stderr
+    assert "\nConfigError: invalid configuration: train.dropout=1.5 must lie in [0, 1)\n" in verbose.stderr
 
 
 def test_an_exception_in_a_finaliser_is_one_line_without_traceback():
