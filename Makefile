@@ -58,14 +58,18 @@ $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candid
 	$(VPY) scripts/check_install.py --require-kernel
 	touch $(STAMP)
 
+# the tests run on every core (pytest-xdist), at most 8 workers: each holds torch and fairseq (0.45 GB) and starts
+# fairseq processes of its own (0.55 GB), as measured at 2026-12-08 on the 2-core machine
+WORKERS := -n auto --maxprocesses 8
+
 test: $(STAMP)
-	$(VPY) -m pytest -q -m "not slow" -n auto
+	$(VPY) -m pytest -q -m "not slow" $(WORKERS)
 
 test-reliability: $(STAMP)
-	$(VPY) -m pytest -q -m reliability -n auto
+	$(VPY) -m pytest -q -m reliability $(WORKERS)
 
 test-all: $(STAMP)
-	$(VPY) -m pytest -q -n auto
+	$(VPY) -m pytest -q $(WORKERS)
 
 demo: $(STAMP)
 	$(VPY) -m structmt.pipeline.recipes demo
