@@ -17,6 +17,7 @@ from structmt.data.fetch import fetch_files, read_checksums
 from structmt.data.prepare import PrepConfig, prepare_multi30k
 from structmt.data.stages import Stage, sha256_file
 from structmt.files import DataError
+from structmt.leaderboard_csv import fill_empty
 from structmt.pipeline import leaderboard
 from structmt.pipeline.evaluation import score
 from structmt.pipeline.tracking import WandbSettings, log_experiment
@@ -475,23 +476,38 @@ def test_leaderboard_rows_are_never_duplicated(tmp_path):
     assert md.count("| a |") == 2 and "BLEU signature: `sig`" in md
 
 
-def _append_many(csv_path: str, worker: int) -> None:
+def _append_many(csv_path: str, worker: int, start) -> None:
+    start.wait(120)
     for i in range(15):
         leaderboard.add_rows(Path(csv_path), [_row(f"w{worker}-{i}"), _row("shared")])
+
+
+def _fill_many(csv_path: str, worker: int, start) -> None:
+    """A run's rows, then their p-values one by one, as a structured run's are filled once its dense partner is
+    scored (in a sweep, while other points add theirs)."""
+    rows = [_row(f"f{worker}-{i}") for i in range(15)]
+    leaderboard.add_rows(Path(csv_path), rows)
+    start.wait(120)
+    for row in rows:
+        fill_empty(Path(csv_path), [row | {"p_value_vs_dense": 0.5}], ["p_value_vs_dense"])
 
 
 @pytest.mark.reliability
 def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     csv_path = tmp_path / "leaderboard.csv"
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_many, args=(str(csv_path), w)) for w in range(4)]
+    start = ctx.Barrier(4)  # the writes begin together, after each process's imports
+    procs = [ctx.Process(target=_append_many, args=(str(csv_path), w, start)) for w in range(3)]
+    procs.append(ctx.Process(target=_fill_many, args=(str(csv_path), 3, start)))
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    keys = [(r["run_id"], r["test_set"]) for r in leaderboard.read_rows(csv_path)]
+    rows = leaderboard.read_rows(csv_path)
+    keys = [(r["run_id"], r["test_set"]) for r in rows]
     assert len(keys) == len(set(keys)) == 4 * 15 + 1
+    assert [r["p_value_vs_dense"] for r in rows if r["run_id"].startswith("f3-")] == ["0.5"] * 15
 
 
 def _read_records(wandb_file: Path) -> list:
