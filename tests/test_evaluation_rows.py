@@ -288,21 +288,28 @@ def test_a_p_value_left_empty_on_one_test_set_is_filled_against_that_test_sets_r
 
 
 def test_an_evaluation_waits_for_the_runs_lock(runs):
-    """Another job training or evaluating the run holds its lock: this evaluation decodes nothing until it is
-    released."""
+    """Another job training or evaluating the run holds its lock: this evaluation, and a sweep's validation
+    score, decode nothing until it is released."""
     import threading
 
     from structmt.pipeline.training import run_lock
 
     spec = runs(DENSE, [REFS])
-    done: list[list[dict]] = []
-    with run_lock(runs.runs_dir, spec.run_id()):
-        job = threading.Thread(target=lambda: done.append(_evaluate(runs, spec)))
-        job.start()
-        job.join(1.0)
-        assert job.is_alive() and runs.beams == []
-    job.join(30)
-    assert not job.is_alive() and len(done[0]) == 2 and len(runs.beams) == 2
+
+    def waits(evaluate, decodes: int):
+        runs.beams.clear()
+        done: list = []
+        with run_lock(runs.runs_dir, spec.run_id()):
+            job = threading.Thread(target=lambda: done.append(evaluate()))
+            job.start()
+            job.join(1.0)
+            assert job.is_alive() and runs.beams == []
+        job.join(30)
+        assert not job.is_alive() and len(runs.beams) == decodes
+        return done[0]
+
+    assert len(waits(lambda: _evaluate(runs, spec), 2)) == 2
+    assert waits(lambda: valid_bleu(spec, runs_dir=runs.runs_dir, log=quiet), 1) == 100.0
 
 
 def test_provenance_and_timing_columns_come_from_training_and_this_evaluation(runs, monkeypatch):
