@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from structmt.data import fetch
-from structmt.data.fetch import fetch_files, read_checksums
+from structmt.data import fetch, wmt
+from structmt.data.fetch import download_lock, fetch_files, read_checksums
 from structmt.data.prepare import PrepConfig, prepare_multi30k
 from structmt.data.stages import Stage, sha256_file
 from structmt.files import DataError
@@ -188,6 +188,29 @@ def test_a_download_cut_short_is_never_kept_and_falls_back_to_the_mirror(cut_htt
     # without a mirror: an error saying how much arrived
     with pytest.raises(DataError, match=r"incomplete download of .*a\.en\.gz: \d+ of \d+ bytes"):
         fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url, cache=cache))
+
+
+@pytest.mark.parametrize("corpus", ["multi30k", "wmt"])
+def test_a_download_waits_for_its_folders_lock(http_root, tmp_path, monkeypatch, corpus):
+    """Jobs preparing other data folders share one download folder: while another holds its lock (fetching the
+    same file), this one downloads nothing; then it takes the file from there."""
+    monkeypatch.delenv("STRUCTMT_MULTI30K", raising=False)
+    root, url = http_root
+    good = _gz(root / "a.en.gz", ["hello world"])
+    cache = tmp_path / "cache"
+    if corpus == "multi30k":
+        get = lambda: fetch_files(["a.en.gz"], {"a.en.gz": good}, **_fetch_args(tmp_path, url, cache=cache))  # noqa: E731
+    else:
+        get = lambda: wmt.fetch_archive(url.format(name="a.en.gz"), good, cache)  # noqa: E731
+    done: list = []
+    with download_lock(cache):
+        job = threading.Thread(target=lambda: done.append(get()))
+        job.start()
+        job.join(1.0)
+        assert job.is_alive() and not (cache / "a.en.gz").exists()
+    job.join(30)
+    assert not job.is_alive() and (cache / "a.en.gz").read_bytes() == (root / "a.en.gz").read_bytes()
+    assert done[0][0] == ({"a.en.gz": cache / "a.en.gz"} if corpus == "multi30k" else cache / "a.en.gz")
 
 
 @pytest.mark.reliability  # docs/reliability.md
