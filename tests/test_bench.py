@@ -124,6 +124,31 @@ def test_a_memory_probe_that_closes_its_pipe_before_it_exits_is_not_said_to_be_l
     )
 
 
+def _probe_that_hangs_after_sending(conn, *args) -> None:
+    """A memory probe's process that sends its result, then does not exit."""
+    import time
+
+    conn.send(4096)
+    conn.close()
+    time.sleep(120)
+
+
+def test_a_memory_probe_that_hangs_after_its_result_is_stopped_and_its_result_kept(monkeypatch):
+    """The parent joined the child without a time limit once it had the result: a child stuck as it exits
+    (a thread that does not end) held the benchmark for ever."""
+    import multiprocessing
+    import time
+
+    from structmt.bench import attention
+
+    monkeypatch.setattr(attention, "PEAK_EXIT_S", 0.5)
+    monkeypatch.setattr(attention, "_peak_child", _probe_that_hangs_after_sending)
+    start = time.monotonic()
+    assert peak_bytes("efficient", 32, 64, 2, 8, 1, 1) == 4096
+    assert time.monotonic() - start < 60  # not the child's two minutes
+    assert multiprocessing.active_children() == []  # stopped, not left behind
+
+
 def test_a_memory_probe_past_its_time_limit_is_stopped_and_not_measured(monkeypatch, capsys):
     """A probe with no result within the limit (a step that swaps, a hang) was waited for without end: after the
     limit the parent joined the child with no timeout. Now the child is stopped and the length recorded as not

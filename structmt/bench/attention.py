@@ -155,6 +155,8 @@ def _peak_child(conn, impl, length, tokens, heads, dim, rare, window):
 
 #: seconds a memory measurement's process may take before it is stopped (and the measurement recorded as none)
 PEAK_TIMEOUT_S = 1800
+#: seconds it may take to exit once it has sent its result or closed its pipe, before it is stopped
+PEAK_EXIT_S = 60
 
 
 def peak_bytes(impl: str, length: int, tokens: int, heads: int, dim: int, rare: int, window: int) -> int:
@@ -184,7 +186,10 @@ def peak_bytes(impl: str, length: int, tokens: int, heads: int, dim: int, rare: 
         value = None  # yet: whether it is still alive does not say whether it was late
     if late:  # stopped: join() alone would wait for it without end (a step that swaps, a hang)
         proc.kill()
-    proc.join()
+    proc.join(PEAK_EXIT_S)
+    if proc.is_alive():  # done with, but hanging as it exits: its result, if it sent one, stands
+        proc.kill()
+        proc.join()
     if value is None:  # recorded as not measured (the report's "–"), said here
         why = (
             f"none within {PEAK_TIMEOUT_S} s: its process was stopped"
