@@ -143,10 +143,10 @@ def test_a_memory_probe_that_hangs_after_its_result_is_stopped_and_its_result_ke
 
     monkeypatch.setattr(attention, "PEAK_EXIT_S", 0.5)
     monkeypatch.setattr(attention, "_peak_child", _probe_that_hangs_after_sending)
-    start = time.monotonic()
+    before, start = set(multiprocessing.active_children()), time.monotonic()
     assert peak_bytes("efficient", 32, 64, 2, 8, 1, 1) == 4096
     assert time.monotonic() - start < 60  # not the child's two minutes
-    assert multiprocessing.active_children() == []  # stopped, not left behind
+    assert set(multiprocessing.active_children()) <= before  # stopped, not left behind
 
 
 def test_a_memory_probe_past_its_time_limit_is_stopped_and_not_measured(monkeypatch, capsys):
