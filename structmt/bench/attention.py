@@ -184,10 +184,10 @@ def peak_bytes(impl: str, length: int, tokens: int, heads: int, dim: int, rare: 
         value = None if late else parent.recv()
     except EOFError:  # the child died before it sent (an exception, or killed for memory), and may not have exited
         value = None  # yet: whether it is still alive does not say whether it was late
-    if late:  # stopped: join() alone would wait for it without end (a step that swaps, a hang)
-        proc.kill()
-    proc.join(PEAK_EXIT_S)
-    if proc.is_alive():  # done with, but hanging as it exits: its result, if it sent one, stands
+    # a late child is stopped at once (a step that swaps, a hang), one that hangs as it exits after PEAK_EXIT_S
+    # (its result, if it sent one, stands): join() alone would wait for either without end
+    proc.join(0 if late else PEAK_EXIT_S)
+    if proc.is_alive():
         proc.kill()
         proc.join()
     if value is None:  # recorded as not measured (the report's "–"), said here
