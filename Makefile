@@ -58,8 +58,8 @@ $(STAMP): pyproject.toml constraints.txt setup.py structmt/attention/csrc/candid
 	$(VPY) scripts/check_install.py --require-kernel
 	touch $(STAMP)
 
-# the tests run on every core (pytest-xdist), at most 8 workers: each holds torch and fairseq (0.45 GB) and starts
-# fairseq processes of its own (0.55 GB), as measured at 2026-12-08 on the 2-core machine
+# the tests run on every core (pytest-xdist), at most 8 workers: each holds torch and fairseq in memory and starts
+# fairseq processes of its own
 WORKERS := -n auto --maxprocesses 8
 
 test: $(STAMP)
